@@ -1,0 +1,59 @@
+"""vindex-hub: build, publish and load vindexes of mixture-of-experts models.
+
+The public surface::
+
+    build_vindex(source, out, ...)     checkpoint (folder or Hub repo) -> vindex folder
+    push_vindex(folder, repo_id, ...)  vindex folder -> Hub repo (one commit)
+    Vindex.open(path_or_repo_id, ...)  read a vindex: numpy / torch, lazy or cached
+    verify_vindex(path_or_repo_id)     check binary, index, mirror and card against each other
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .errors import (
+    CheckpointError,
+    HubError,
+    IntegrityError,
+    OutputConflictError,
+    QuantizationError,
+    RemoteNotFoundError,
+    UnsupportedArchitectureError,
+    UsageError,
+    VindexError,
+    VindexFormatError,
+)
+
+__version__ = "0.1.0"
+
+# Heavy modules (torch, datasets) load on first use, so `vindex-hub --help` stays instant.
+_LAZY = {
+    "build_vindex": "vindex_hub.build",
+    "push_vindex": "vindex_hub.hub",
+    "Vindex": "vindex_hub.load",
+    "verify_vindex": "vindex_hub.verify",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'vindex_hub' has no attribute {name!r}")
+
+
+__all__ = [
+    "__version__",
+    *_LAZY,
+    "VindexError",
+    "CheckpointError",
+    "UnsupportedArchitectureError",
+    "QuantizationError",
+    "VindexFormatError",
+    "IntegrityError",
+    "OutputConflictError",
+    "UsageError",
+    "HubError",
+    "RemoteNotFoundError",
+]
