@@ -121,16 +121,21 @@ def var_key(num_feats: int) -> str:
     return f"var{num_feats}"
 
 
+def summary_var_key(stat: str, num_feats: int) -> str:
+    """``median_var64``, ``q25_var64``, ``mean_var64``...: a statistic of var{K} over experts."""
+    return f"{stat}_{var_key(num_feats)}"
+
+
 def median_var_key(num_feats: int) -> str:
-    return f"median_var{num_feats}"
+    return summary_var_key("median", num_feats)
 
 
 def q25_var_key(num_feats: int) -> str:
-    return f"q25_var{num_feats}"
+    return summary_var_key("q25", num_feats)
 
 
 def q75_var_key(num_feats: int) -> str:
-    return f"q75_var{num_feats}"
+    return summary_var_key("q75", num_feats)
 
 
 def router_topk_key(k: int) -> str:

@@ -1,0 +1,86 @@
+"""What the build computes for one layer, beyond the gate vectors themselves.
+
+``LayerResult`` holds the raw spectra; every statistic in the JSON files, the index, the card and
+the mirror is derived from it (``stats`` holds the formulas). An unfinished build keeps one
+``LayerResult`` per completed layer in its state folder (safetensors + JSON metadata: no pickle),
+so a resumed build ends with exactly the figures an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+from .fsutil import atomic_path
+
+
+@dataclass
+class LayerResult:
+    layer: int
+    sha256: str  # of the layer's block in gate_vectors.bin
+    singular_values: np.ndarray  # float32 (num_experts, num_feats), descending per expert
+    frobenius_norm: np.ndarray  # float64 (num_experts,): ||W_e||_F of the dequantized gate_proj
+    router_singular_values: np.ndarray  # float64 (min(E, H),): all singular values of the router
+    router_frobenius_norm: float
+    shared_singular_values: np.ndarray | None = None  # float32 (num_feats,)
+    shared_frobenius_norm: float | None = None
+    # Kept only when LarQL's router_weights.bin is asked for (build option larql_router).
+    router_weight: np.ndarray | None = None  # float32 (num_experts, hidden_size)
+    router_bias: np.ndarray | None = None  # float32 (num_experts,), None where the layer has none
+
+    @property
+    def num_experts(self) -> int:
+        return int(self.singular_values.shape[0])
+
+    @property
+    def num_feats(self) -> int:
+        return int(self.singular_values.shape[1])
+
+    # ---- persistence (an unfinished build's state) ------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> None:
+        arrays = {
+            "singular_values": self.singular_values,
+            "frobenius_norm": self.frobenius_norm,
+            "router_singular_values": self.router_singular_values,
+        }
+        for name in ("shared_singular_values", "router_weight", "router_bias"):
+            if getattr(self, name) is not None:
+                arrays[name] = getattr(self, name)
+        meta = {
+            "layer": self.layer,
+            "sha256": self.sha256,
+            "router_frobenius_norm": self.router_frobenius_norm,
+            "shared_frobenius_norm": self.shared_frobenius_norm,
+        }
+        with atomic_path(path) as tmp:
+            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp),
+                      metadata={"layer_result": json.dumps(meta)})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "LayerResult":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="numpy") as f:
+            meta = json.loads(f.metadata()["layer_result"])
+        arrays = load_file(str(path))
+        return cls(
+            layer=int(meta["layer"]),
+            sha256=meta["sha256"],
+            singular_values=arrays["singular_values"],
+            frobenius_norm=arrays["frobenius_norm"],
+            router_singular_values=arrays["router_singular_values"],
+            router_frobenius_norm=float(meta["router_frobenius_norm"]),
+            shared_singular_values=arrays.get("shared_singular_values"),
+            shared_frobenius_norm=meta["shared_frobenius_norm"],
+            router_weight=arrays.get("router_weight"),
+            router_bias=arrays.get("router_bias"),
+        )
+
+
+def layer_result_path(state_dir: str | os.PathLike[str], layer: int) -> Path:
+    return Path(state_dir) / f"layer_{layer:03d}.safetensors"
