@@ -1,0 +1,375 @@
+"""The builder: checkpoint -> vindex folder, one layer at a time, resumable.
+
+Flow (DESIGN.md): a reader thread fetches the raw tensors of layer L+1 (local mmap or ranged
+reads from the Hub) while the main thread dequantizes and decomposes layer L in batches of
+experts. Each finished layer is written into the preallocated binary and fsynced, then its
+``LayerResult`` is saved: a layer counts as done only once both are on disk, so a build killed at
+any point resumes after its last completed layer and ends bit-identical to an uninterrupted one.
+
+Work files live in ``OUT/.vindex-build/``; the published files appear under their final names
+only when complete, and the sidecar ``gate_vectors_index.json`` is written last, so a folder
+holding a sidecar is a finished vindex.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from . import __version__, schema, svd
+from .arch import MoEArchitecture, get_architecture
+from .checksums import sha256_file_range
+from .errors import CheckpointError, OutputConflictError, UsageError, VindexError
+from .fsutil import atomic_write_json, read_json
+from .results import LayerResult, layer_result_path
+from .source.base import CheckpointSource, RawTensor
+from .writers import stats_json
+from .writers.binary import GateVectorsWriter
+
+BUILDER_NAME = "vindex-hub"
+STATE_FILE = "build.json"
+PARTIAL_BIN = schema.GATE_VECTORS_BIN + ".partial"
+# Experts decomposed per batch: bounds the float32 working set (8 x 32 MiB at real size).
+DEFAULT_BATCH = 8
+
+
+@dataclass
+class BuildSummary:
+    out: Path
+    layers: list[int]
+    built_layers: list[int]  # computed in this run (the others were resumed from disk)
+    seconds: float
+    index: schema.VindexIndex
+
+
+def open_source(source: str | os.PathLike[str] | CheckpointSource, *, revision: str | None = None,
+                token: str | None = None) -> CheckpointSource:
+    """A local checkpoint folder, a Hub model repo id, or an already open source."""
+    if not isinstance(source, (str, os.PathLike)):
+        return source
+    path = Path(source)
+    if path.is_dir():
+        from .source.local import LocalCheckpoint
+
+        if revision is not None:
+            raise UsageError(f"--revision applies to Hub repos, but {source} is a local folder")
+        return LocalCheckpoint(path)
+    text = str(source)
+    if path.exists() or text.startswith((".", "/")) or text.count("/") != 1:
+        raise CheckpointError(f"{source}: not a checkpoint folder, nor a Hub repo id (namespace/name)")
+    from .source.remote import HubCheckpoint
+
+    return HubCheckpoint(text, revision=revision, token=token)
+
+
+def build_vindex(
+    source: str | os.PathLike[str] | CheckpointSource,
+    out: str | os.PathLike[str],
+    *,
+    num_feats: int = 64,
+    layers: str | Sequence[int] | None = None,
+    revision: str | None = None,
+    device: str = "auto",
+    batch_size: int = DEFAULT_BATCH,
+    prefetch_layers: int = 1,
+    card_options: Any = None,
+    larql_router: bool = False,
+    progress: bool = True,
+    token: str | None = None,
+) -> BuildSummary:
+    """Build a vindex of ``source`` into the folder ``out`` (resuming an unfinished build there).
+
+    ``layers`` selects a subset (``"3-5"``, ``[3, 4, 5]``); ``card_options`` is a
+    ``writers.card.CardOptions`` for the dataset card's user-set fields.
+    """
+    started = time.monotonic()
+    out = Path(out)
+    src = open_source(source, revision=revision, token=token)
+    try:
+        arch = get_architecture(src.config, where=f"{src.describe()}/config.json")
+        layer_ids = _select_layers(arch, layers)
+        _check_num_feats(arch, num_feats)
+        device = svd.resolve_device(device)
+        index = _new_index(arch, src, num_feats, layer_ids)
+        state_dir = out / schema.BUILD_STATE_DIR
+        fingerprint = _fingerprint(index, src, arch, layer_ids, larql_router)
+        finished = _claim_output(out, state_dir, fingerprint)
+        if finished is not None:  # the same vindex is already complete there: nothing to do
+            return BuildSummary(out, layer_ids, [], time.monotonic() - started, finished)
+
+        todo = [layer for layer in layer_ids if not _layer_done(state_dir, layer)]
+        final_bin = out / schema.GATE_VECTORS_BIN
+        if todo or not final_bin.exists():
+            writer = GateVectorsWriter(
+                state_dir / PARTIAL_BIN, num_layers=len(layer_ids), num_experts=index.num_experts,
+                num_feats=num_feats, hidden_size=index.hidden_size,
+            )
+            try:
+                _check_resumed_layers(state_dir, writer.path, index, layer_ids, todo)
+                _compute_layers(src, arch, writer, index, layer_ids, todo, state_dir,
+                                batch_size=batch_size, device=device, prefetch=prefetch_layers,
+                                keep_router=larql_router, progress=progress)
+                writer.finish(final_bin)
+            finally:
+                writer.close()
+        results = [LayerResult.load(layer_result_path(state_dir, layer)) for layer in layer_ids]
+        _finish(out, index, results, src.config, card_options=card_options, larql_router=larql_router)
+        shutil.rmtree(state_dir)
+        return BuildSummary(out, layer_ids, todo, time.monotonic() - started, index)
+    finally:
+        src.close()
+
+
+# ---- planning --------------------------------------------------------------------------------
+def _select_layers(arch: MoEArchitecture, layers: str | Sequence[int] | None) -> list[int]:
+    moe = arch.moe_layers()
+    if layers is None:
+        return moe
+    chosen = schema.parse_layers(layers, arch.num_hidden_layers)
+    dense = sorted(set(chosen) - set(moe))
+    if dense:
+        raise UsageError(f"layers {dense} are not MoE layers (MoE layers: {schema._span(moe)})")
+    return chosen
+
+
+def _check_num_feats(arch: MoEArchitecture, num_feats: int) -> None:
+    bound = min(arch.gate_shape)
+    if not 1 <= num_feats <= bound:
+        raise UsageError(
+            f"--num-feats {num_feats} must be between 1 and the rank bound {bound} of gate_proj "
+            f"{list(arch.gate_shape)}"
+        )
+
+
+def _new_index(arch: MoEArchitecture, src: CheckpointSource, num_feats: int,
+               layer_ids: list[int]) -> schema.VindexIndex:
+    return schema.VindexIndex(
+        num_feats=num_feats,
+        model_config=schema.ModelConfig(
+            model_type=arch.model_type, num_hidden_layers=arch.num_hidden_layers, moe=arch.moe_config()
+        ),
+        source=schema.SourceInfo(repo_id=src.repo_id, revision=src.revision, path=src.path),
+        builder=schema.BuilderInfo(name=BUILDER_NAME, version=__version__, method=svd.METHOD),
+    )
+
+
+def _fingerprint(index: schema.VindexIndex, src: CheckpointSource, arch: MoEArchitecture,
+                 layer_ids: list[int], larql_router: bool) -> dict[str, Any]:
+    """What must match for a build to resume in a folder (and for a vindex to be 'the same')."""
+    config_sha = hashlib.sha256(json.dumps(src.config, sort_keys=True).encode()).hexdigest()
+    return {
+        "model_type": arch.model_type,
+        "source": index.source.repo_id or index.source.path,
+        "revision": index.source.revision,
+        "config_sha256": config_sha,
+        "num_feats": index.num_feats,
+        "layers": layer_ids,
+        "builder_version": index.builder.version,
+        "method": index.builder.method,
+        "larql_router": larql_router,
+    }
+
+
+def _claim_output(out: Path, state_dir: Path, fingerprint: dict[str, Any]) -> schema.VindexIndex | None:
+    """Refuse a folder holding another vindex or another build's state; record ours.
+
+    Returns the existing index when ``out`` already holds this very vindex, finished.
+    """
+    existing_index = out / schema.INDEX_JSON
+    if existing_index.exists():
+        index = schema.VindexIndex.loads(existing_index.read_text(), where=str(existing_index))
+        theirs = {
+            "source": index.source.repo_id or index.source.path,
+            "revision": index.source.revision,
+            "model_type": index.model_config.model_type,
+            "num_feats": index.num_feats,
+            "layers": index.layer_ids,
+        }
+        changed = {k: (v, fingerprint[k]) for k, v in theirs.items() if fingerprint[k] != v}
+        if changed:
+            raise OutputConflictError(
+                f"{out} already holds a different vindex ({_describe_changes(changed)}); "
+                "choose another output folder"
+            )
+        return index
+    state_file = state_dir / STATE_FILE
+    if state_file.exists():
+        recorded = read_json(state_file)
+        changed = {k: (recorded.get(k), v) for k, v in fingerprint.items() if recorded.get(k) != v}
+        if changed:
+            raise OutputConflictError(
+                f"{out} holds an unfinished build of a different vindex ({_describe_changes(changed)}); "
+                f"remove {state_dir} to start over"
+            )
+        return None
+    if (out / schema.GATE_VECTORS_BIN).exists():
+        raise OutputConflictError(f"{out} holds a {schema.GATE_VECTORS_BIN} without its "
+                                  f"{schema.INDEX_JSON}; choose another output folder")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(state_file, fingerprint)
+    return None
+
+
+def _describe_changes(changed: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{key} {old!r} here, {new!r} asked" for key, (old, new) in changed.items())
+
+
+def _layer_done(state_dir: Path, layer: int) -> bool:
+    return layer_result_path(state_dir, layer).exists()
+
+
+def _check_resumed_layers(state_dir: Path, bin_path: Path, index: schema.VindexIndex,
+                          layer_ids: list[int], todo: list[int]) -> None:
+    """A resumed layer's block must still hash to what was recorded when it was written."""
+    for slot, layer in enumerate(layer_ids):
+        if layer in todo:
+            continue
+        recorded = LayerResult.load(layer_result_path(state_dir, layer)).sha256
+        offset = schema.layer_offset(slot, index.num_experts, index.num_feats, index.hidden_size)
+        if sha256_file_range(bin_path, offset, index.layer_nbytes) != recorded:
+            # The block was damaged after it was recorded: compute that layer again.
+            layer_result_path(state_dir, layer).unlink()
+            todo.append(layer)
+    todo.sort()
+
+
+# ---- the layer loop ---------------------------------------------------------------------------
+def _compute_layers(src: CheckpointSource, arch: MoEArchitecture, writer: GateVectorsWriter,
+                    index: schema.VindexIndex, layer_ids: list[int], todo: list[int], state_dir: Path,
+                    *, batch_size: int, device: str, prefetch: int, keep_router: bool,
+                    progress: bool) -> None:
+    if not todo:
+        return
+    from tqdm.auto import tqdm
+
+    num_experts = index.num_experts
+    bar = tqdm(total=len(todo) * num_experts, unit="expert", disable=not progress,
+               desc="vindex", dynamic_ncols=True)
+    try:
+        for layer, raw, read_seconds, read_bytes in _prefetch(src, arch, todo, prefetch):
+            bar.set_description(f"layer {layer}")
+            bar.set_postfix_str(f"read {read_bytes / max(read_seconds, 1e-9) / 1e6:.0f} MB/s")
+            vectors = np.empty((num_experts, index.num_feats, index.hidden_size), dtype=np.float32)
+            singular_values = np.empty((num_experts, index.num_feats), dtype=np.float32)
+            frobenius = np.empty(num_experts, dtype=np.float64)
+            for start in range(0, num_experts, batch_size):
+                experts = range(start, min(start + batch_size, num_experts))
+                weights = arch.expert_gate_weights(layer, experts, raw)
+                top = svd.top_k_right_singular(weights, index.num_feats, device=device)
+                vectors[experts.start:experts.stop] = top.vectors
+                singular_values[experts.start:experts.stop] = top.singular_values
+                frobenius[experts.start:experts.stop] = top.frobenius_norm
+                bar.update(len(experts))
+            extras = _layer_extras(arch, layer, raw, index.num_feats, device, keep_router)
+            del raw
+            sha256 = writer.write_layer(layer_ids.index(layer), vectors)
+            LayerResult(layer=layer, sha256=sha256, singular_values=singular_values,
+                        frobenius_norm=frobenius, **extras).save(layer_result_path(state_dir, layer))
+    finally:
+        bar.close()
+
+
+def _layer_extras(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor], num_feats: int,
+                  device: str, keep_router: bool) -> dict[str, Any]:
+    """The shared expert's and the router's decompositions of one layer (LayerResult fields)."""
+    router = arch.router_weight(layer, raw)
+    extras: dict[str, Any] = {
+        "router_singular_values": svd.singular_values(router),
+        "router_frobenius_norm": float(np.linalg.norm(router.astype(np.float64))),
+    }
+    shared = arch.shared_gate_weight(layer, raw)
+    if shared is not None:
+        top = svd.top_k_right_singular(shared[None], num_feats, device=device)
+        extras["shared_singular_values"] = top.singular_values[0]
+        extras["shared_frobenius_norm"] = float(top.frobenius_norm[0])
+    if keep_router:
+        extras["router_weight"] = router
+        extras["router_bias"] = arch.router_bias(layer, raw)
+    return extras
+
+
+_DONE = object()
+
+
+def _prefetch(src: CheckpointSource, arch: MoEArchitecture, layers: list[int],
+              depth: int) -> Iterator[tuple[int, Mapping[str, RawTensor], float, int]]:
+    """Read layers on a background thread, at most ``depth`` ahead of the consumer."""
+    q: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            for layer in layers:
+                t0 = time.monotonic()
+                raw = src.read(arch.layer_tensors(layer))
+                # Touch the bytes here so disk/network time overlaps the previous layer's compute.
+                nbytes = sum(int(t.data.nbytes) for t in raw.values())
+                raw = {name: RawTensor(t.info, np.array(t.data, copy=True)) for name, t in raw.items()}
+                item = (layer, raw, time.monotonic() - t0, nbytes)
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            q.put(exc)
+            return
+        q.put(_DONE)
+
+    thread = threading.Thread(target=reader, name="vindex-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+# ---- publishing the folder ---------------------------------------------------------------------
+def _finish(out: Path, index: schema.VindexIndex, results: list[LayerResult], config: dict[str, Any],
+            *, card_options: Any, larql_router: bool) -> None:
+    """Write every derived file; the sidecar last, so its presence means 'complete'."""
+    from .writers.card import CardOptions, write_card
+    from .writers.larql import write_larql_index
+    from .writers.parquet_mirror import write_mirror
+
+    for slot, r in enumerate(results):
+        summary = stats_json.routed_summary(r)
+        index.layers[r.layer] = schema.LayerEntry(
+            file_offset=schema.layer_offset(slot, index.num_experts, index.num_feats, index.hidden_size),
+            shape=[index.num_experts, index.num_feats, index.hidden_size],
+            nbytes=index.layer_nbytes,
+            sha256=r.sha256,
+            median_var=summary[schema.median_var_key(index.num_feats)],
+            q25_var=summary[schema.q25_var_key(index.num_feats)],
+            q75_var=summary[schema.q75_var_key(index.num_feats)],
+        )
+    index.check_layout(file_size=(out / schema.GATE_VECTORS_BIN).stat().st_size)
+    atomic_write_json(out / schema.PHASE1_JSON, stats_json.phase1_json(results, index))
+    atomic_write_json(out / schema.PHASE2_JSON, stats_json.phase2_json(results, index))
+    write_mirror(out, index, results)
+    write_larql_index(out, index, config, results, router=larql_router)
+    write_card(out, index, results, card_options or CardOptions())
+    atomic_write_json(out / schema.INDEX_JSON, index.to_json())
+
+
+__all__ = ["build_vindex", "open_source", "BuildSummary", "VindexError"]

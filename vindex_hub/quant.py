@@ -1,0 +1,207 @@
+"""Raw checkpoint bytes -> float32: FP4 E2M1 with E8M0 scales, FP8 E4M3 with block scales, BF16.
+
+Pure functions on numpy arrays, no I/O. numpy has no 8-bit float dtypes, so every 8-bit format
+decodes through a 256-entry lookup table built once from the format's definition; packed FP4
+decodes through a 256-entry table of value *pairs* (one byte holds two weights, low nibble
+first), so a 2048 x 4096 expert is one gather plus one broadcast multiply.
+
+Every function takes a ``name`` (the tensor's name) that goes into error messages.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import QuantizationError
+
+# ---- format tables --------------------------------------------------------------------------
+# FP4 E2M1 code -> value: sign bit 3, exponent bits 2-1 (bias 1), mantissa bit 0.
+E2M1_VALUES = np.array(
+    [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0],
+    dtype=np.float32,
+)
+
+E8M0_NAN = 255  # the one E8M0 byte that is not a power of two
+
+
+def _e8m0_table() -> np.ndarray:
+    # Byte b is 2^(b-127); byte 0 is 2^-127 (a float32 subnormal), not zero.
+    powers = np.ldexp(1.0, np.arange(E8M0_NAN) - 127).astype(np.float32)
+    return np.append(powers, np.float32(np.nan))
+
+
+def _e4m3_table() -> np.ndarray:
+    # OCP E4M3 ("fn"): bias 7, subnormals at exponent 0, no infinities, S.1111.111 is NaN.
+    b = np.arange(256)
+    sign = np.where(b & 0x80, -1.0, 1.0)
+    exp = (b >> 3) & 0xF
+    man = b & 0x7
+    value = np.where(exp == 0, man / 8.0 * 2.0**-6, (1.0 + man / 8.0) * np.ldexp(1.0, exp - 7))
+    value = (sign * value).astype(np.float32)
+    value[(b & 0x7F) == 0x7F] = np.nan
+    return value
+
+
+_E8M0 = _e8m0_table()
+_E4M3 = _e4m3_table()
+# byte -> (value of low nibble, value of high nibble), viewed as one 8-byte item so a single
+# 1-D take decodes a whole byte.
+_FP4_PAIRS = np.stack([E2M1_VALUES[np.arange(256) & 0xF], E2M1_VALUES[np.arange(256) >> 4]], axis=1)
+_FP4_PAIRS_U64 = np.ascontiguousarray(_FP4_PAIRS).view(np.uint64).reshape(256)
+
+FP8_BLOCK_SIZE = (128, 128)  # DeepSeek's quantization_config.weight_block_size
+
+
+# ---- element decoders -----------------------------------------------------------------------
+def _as_bytes(data: np.ndarray, name: str) -> np.ndarray:
+    data = np.asarray(data)
+    if data.dtype != np.uint8:
+        if data.dtype.itemsize != 1:
+            raise QuantizationError(f"tensor {name}: expected raw bytes, got dtype {data.dtype}")
+        data = data.view(np.uint8)  # int8 packed FP4 etc.: reinterpret, never convert
+    return data
+
+
+def decode_e8m0(data: np.ndarray, *, name: str = "?") -> np.ndarray:
+    """E8M0 bytes -> float32 ``2^(b-127)``, same shape. Byte 255 (NaN) raises ``QuantizationError``."""
+    data = _as_bytes(data, name)
+    bad = np.flatnonzero(data == E8M0_NAN)
+    if bad.size:
+        where = np.unravel_index(bad[0], data.shape)
+        raise QuantizationError(
+            f"tensor {name}: E8M0 scale byte 255 (NaN) at index {tuple(int(i) for i in where)} "
+            f"({bad.size} such bytes)"
+        )
+    return _E8M0[data]
+
+
+def decode_e4m3(data: np.ndarray, *, name: str = "?") -> np.ndarray:
+    """FP8 E4M3 (torch ``float8_e4m3fn``) bytes -> float32, same shape; 0x7F/0xFF decode to NaN."""
+    return _E4M3[_as_bytes(data, name)]
+
+
+def decode_bf16(data: np.ndarray, *, name: str = "?") -> np.ndarray:
+    """Little-endian BF16 bytes -> float32; the last axis halves (2 bytes a value)."""
+    data = _as_bytes(data, name)
+    if data.shape[-1] % 2:
+        raise QuantizationError(f"tensor {name}: BF16 data of {data.shape[-1]} bytes is not whole values")
+    halves = np.ascontiguousarray(data).view("<u2")
+    return (halves.astype(np.uint32) << 16).view(np.float32)
+
+
+_PLAIN_FLOATS = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8")}
+
+
+def decode_tensor(data: np.ndarray, dtype: str, shape: tuple[int, ...], *, name: str = "?") -> np.ndarray:
+    """Bytes of one unpacked float tensor (safetensors ``dtype``) -> float32 array of ``shape``."""
+    data = _as_bytes(data, name).reshape(-1)
+    if dtype == "BF16":
+        out = decode_bf16(data, name=name)
+    elif dtype == "F8_E4M3":
+        out = decode_e4m3(data, name=name)
+    elif dtype == "F8_E8M0":
+        out = decode_e8m0(data, name=name)
+    elif dtype in _PLAIN_FLOATS:
+        out = np.ascontiguousarray(data).view(_PLAIN_FLOATS[dtype]).astype(np.float32)
+    else:
+        raise QuantizationError(f"tensor {name}: cannot decode dtype {dtype} as floats")
+    if out.size != int(np.prod(shape)):
+        raise QuantizationError(f"tensor {name}: {out.size} values do not fill shape {list(shape)}")
+    return out.reshape(shape)
+
+
+# ---- checks -----------------------------------------------------------------------------------
+def check_finite(values: np.ndarray, *, name: str) -> np.ndarray:
+    """Raise ``QuantizationError`` naming the tensor if ``values`` holds NaN or Inf; else return it."""
+    if not np.isfinite(values).all():
+        bad = np.flatnonzero(~np.isfinite(values))
+        where = tuple(int(i) for i in np.unravel_index(bad[0], values.shape))
+        raise QuantizationError(
+            f"tensor {name}: dequantized weights hold {bad.size} NaN/Inf values "
+            f"(first at index {where}: {values[where]})"
+        )
+    return values
+
+
+def _check_out(out: np.ndarray | None, shape: tuple[int, ...], name: str) -> np.ndarray:
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ValueError(f"tensor {name}: out must be C-contiguous float32 {shape}, got {out.dtype} {out.shape}")
+    return out
+
+
+# ---- block-scaled formats -----------------------------------------------------------------------
+def dequantize_fp4(
+    weight_bytes: np.ndarray,
+    scale_bytes: np.ndarray,
+    *,
+    name: str = "?",
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Packed FP4 E2M1 + E8M0 block scales (MXFP4) -> float32.
+
+    ``weight_bytes``: uint8 ``(..., O, I/2)``, two weights a byte, low nibble first.
+    ``scale_bytes``: uint8 ``(..., O, I/block)``; the block size is ``I / scale_cols`` and must
+    divide ``I``. Returns float32 ``(..., O, I)`` (written into ``out`` when given).
+    ``W[o, i] = E2M1[nibble(o, i)] * 2^(S[o, i // block] - 127)``.
+    """
+    w = _as_bytes(weight_bytes, name)
+    s = _as_bytes(scale_bytes, name + " (scale)")
+    if w.ndim < 2 or s.ndim != w.ndim or w.shape[:-1] != s.shape[:-1]:
+        raise QuantizationError(
+            f"tensor {name}: packed FP4 weight {list(w.shape)} and scale {list(s.shape)} disagree "
+            "(expected weight (..., O, I/2) and scale (..., O, I/block))"
+        )
+    in_features = 2 * w.shape[-1]
+    num_blocks = s.shape[-1]
+    if num_blocks == 0 or in_features % num_blocks:
+        raise QuantizationError(
+            f"tensor {name}: {num_blocks} scale columns do not divide {in_features} input features"
+        )
+    block = in_features // num_blocks
+    scales = decode_e8m0(s, name=name)
+
+    result = _check_out(out, (*w.shape[:-1], in_features), name)
+    pairs = result.view(np.uint64).reshape(w.shape)  # each uint64 slot = two float32 outputs
+    np.take(_FP4_PAIRS_U64, w, out=pairs)
+    blocked = result.reshape(*s.shape, block)
+    np.multiply(blocked, scales[..., None], out=blocked)
+    return check_finite(result, name=name)
+
+
+def dequantize_fp8(
+    weight_bytes: np.ndarray,
+    scales: np.ndarray,
+    *,
+    name: str = "?",
+    block_size: tuple[int, int] = FP8_BLOCK_SIZE,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """FP8 E4M3 + 2-D block scales -> float32 ``W[i, j] = e4m3(Q[i, j]) * S[i // bo, j // bi]``.
+
+    ``weight_bytes``: uint8 ``(..., O, I)``. ``scales``: float32 grid ``(..., ceil(O/bo), ceil(I/bi))``
+    (decode E8M0 scales with ``decode_e8m0`` first); the last row/column of blocks may be ragged.
+    The block size cannot be read off ragged shapes, so it is passed (the checkpoint's
+    ``weight_block_size``) and the grid is checked against it.
+    """
+    w = _as_bytes(weight_bytes, name)
+    scales = np.asarray(scales, dtype=np.float32)
+    bo, bi = block_size
+    if w.ndim < 2 or scales.ndim != w.ndim:
+        raise QuantizationError(f"tensor {name}: FP8 weight {list(w.shape)} and scale grid {list(scales.shape)} disagree")
+    rows, cols = w.shape[-2:]
+    grid = (-(-rows // bo), -(-cols // bi))
+    if scales.shape != (*w.shape[:-2], *grid):
+        raise QuantizationError(
+            f"tensor {name}: scale grid {list(scales.shape)} does not fit weight {list(w.shape)} "
+            f"with {bo}x{bi} blocks (expected {[*w.shape[:-2], *grid]})"
+        )
+    result = _check_out(out, w.shape, name)
+    np.take(_E4M3, w, out=result)
+    # One broadcast multiply per row of blocks: a column-scale vector of length I (ragged-safe).
+    for r in range(grid[0]):
+        col_scale = np.repeat(scales[..., r, :], bi, axis=-1)[..., :cols]
+        rows_r = result[..., r * bo : (r + 1) * bo, :]
+        np.multiply(rows_r, col_scale[..., None, :], out=rows_r)
+    return check_finite(result, name=name)

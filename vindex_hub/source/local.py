@@ -1,0 +1,159 @@
+"""A checkpoint in a local folder: ``config.json`` + safetensors shards (+ the index).
+
+Shard headers are parsed lazily, the first time a tensor of that shard is asked for, so a
+build touches only the shards it needs. Tensors are read with positioned reads into fresh
+buffers (never a whole shard in memory, no long-lived mapping whose resident pages would grow
+with the number of layers read).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from ..errors import CheckpointError
+from .base import RawTensor, TensorInfo
+from .safetensors_format import PREFIX_BYTES, header_length, parse_header
+
+CONFIG_FILE = "config.json"
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+class LocalCheckpoint:
+    """A ``CheckpointSource`` over a local folder."""
+
+    repo_id: str | None = None
+    revision: str | None = None
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.root = Path(path)
+        self.path: str | None = str(path)
+        if not self.root.is_dir():
+            raise CheckpointError(f"checkpoint folder {self.root} does not exist")
+        self.config: dict[str, Any] = _read_json_object(self.root / CONFIG_FILE)
+        self._headers: dict[str, dict[str, TensorInfo]] = {}
+        self._files: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        index_path = self.root / INDEX_FILE
+        if index_path.exists():
+            self._index_file = str(index_path)
+            self._weight_map = self._load_weight_map(index_path)
+        elif (self.root / SINGLE_FILE).exists():
+            self._index_file = None
+            self._weight_map = {name: SINGLE_FILE for name in self._header(SINGLE_FILE)}
+        else:
+            raise CheckpointError(f"{self.root}: neither {INDEX_FILE} nor {SINGLE_FILE} found")
+
+    def _load_weight_map(self, index_path: Path) -> dict[str, str]:
+        weight_map = _read_json_object(index_path).get("weight_map")
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+        ):
+            raise CheckpointError(f"{index_path}: no weight_map object of tensor name -> shard file")
+        for shard in set(weight_map.values()):
+            # A shard name must stay inside the checkpoint folder.
+            if Path(shard).is_absolute() or ".." in Path(shard).parts or not shard:
+                raise CheckpointError(f"{index_path}: shard name {shard!r} points outside the checkpoint folder")
+        return weight_map
+
+    # ---- CheckpointSource ----------------------------------------------------------------
+    def describe(self) -> str:
+        return str(self.root)
+
+    def tensor_names(self) -> frozenset[str]:
+        return frozenset(self._weight_map)
+
+    def tensor_info(self, name: str) -> TensorInfo:
+        shard = self._weight_map.get(name)
+        if shard is None:
+            where = self._index_file or str(self.root / SINGLE_FILE)
+            kind = "weight_map of " if self._index_file else ""
+            raise CheckpointError(f"tensor {name} not in {kind}{where}")
+        info = self._header(shard).get(name)
+        if info is None:
+            raise CheckpointError(f"weight_map says {name} is in shard {shard} but {shard} has no such tensor")
+        return info
+
+    def read(self, names: Iterable[str]) -> Mapping[str, RawTensor]:
+        out: dict[str, RawTensor] = {}
+        for name in names:
+            info = self.tensor_info(name)
+            out[name] = RawTensor(info, self._read_range(info.shard, info.start, info.nbytes, what=f"tensor {name}"))
+        return out
+
+    def close(self) -> None:
+        with self._lock:
+            for f in self._files.values():
+                f.close()
+            self._files.clear()
+
+    def __enter__(self) -> "LocalCheckpoint":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- shards ------------------------------------------------------------------------------
+    def _file(self, shard: str) -> Any:
+        f = self._files.get(shard)
+        if f is None:
+            try:
+                f = open(self.root / shard, "rb", buffering=0)
+            except FileNotFoundError:
+                where = f" (listed in {self._index_file})" if self._index_file else ""
+                raise CheckpointError(f"shard file {self.root / shard} is missing{where}") from None
+            self._files[shard] = f
+        return f
+
+    def _read_range(self, shard: str, start: int, nbytes: int, *, what: str) -> np.ndarray:
+        buf = np.empty(nbytes, dtype=np.uint8)
+        view = memoryview(buf)
+        with self._lock:
+            f = self._file(shard)
+            f.seek(start)
+            got = 0
+            while got < nbytes:
+                n = f.readinto(view[got:])
+                if not n:
+                    raise CheckpointError(
+                        f"{self.root / shard}: {what} needs bytes {start}..{start + nbytes} but the file ends "
+                        f"at {start + got}: truncated"
+                    )
+                got += n
+        return buf
+
+    def _header(self, shard: str) -> dict[str, TensorInfo]:
+        header = self._headers.get(shard)
+        if header is None:
+            file = str(self.root / shard)
+            with self._lock:
+                f = self._file(shard)
+                size = os.fstat(f.fileno()).st_size
+            prefix = self._read_range(shard, 0, min(PREFIX_BYTES, size), what="the header length")
+            n = header_length(prefix.tobytes(), size, file=file)
+            raw = self._read_range(shard, PREFIX_BYTES, n, what="the header")
+            header = parse_header(prefix.tobytes(), raw.tobytes(), size, shard=shard, file=file)
+            self._headers[shard] = header
+        return header
