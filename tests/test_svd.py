@@ -81,9 +81,12 @@ def _via_torch(weights: np.ndarray, k: int) -> svd.TopK:
     return svd.TopK(svd.canonicalize_signs(vectors), s.astype(np.float32), fro)
 
 
+@pytest.mark.filterwarnings("error")
 def test_torch_path_matches_lapack_path(batch: np.ndarray) -> None:
-    a = svd.top_k_right_singular(batch, 8)
-    b = _via_torch(batch, 8)
+    read_only = batch.copy()
+    read_only.flags.writeable = False  # like an mmap of the checkpoint
+    a = svd.top_k_right_singular(read_only, 8)
+    b = _via_torch(read_only, 8)
     np.testing.assert_allclose(a.singular_values, b.singular_values, rtol=1e-6)
     np.testing.assert_allclose(a.frobenius_norm, b.frobenius_norm, rtol=1e-12)
     # Both apply the same sign rule, so vectors agree entrywise, not just up to sign.
@@ -137,8 +140,10 @@ def test_canonicalize_signs_first_on_ties() -> None:
 
 
 def test_k_above_rank_bound_is_a_usage_error(batch: np.ndarray) -> None:
-    with pytest.raises(UsageError, match="larger than the rank bound min"):
+    with pytest.raises(UsageError, match=r"--num-feats 65 is larger than the rank bound min\(O, I\) .*64 x 128: 64"):
         svd.top_k_right_singular(batch, 65)
+    with pytest.raises(UsageError, match="e.g. layer 2 expert 0 gate_proj"):
+        svd.top_k_right_singular(batch, 65, names=["layer 2 expert 0 gate_proj", "b", "c"])
     with pytest.raises(UsageError, match="positive"):
         svd.top_k_right_singular(batch, 0)
 

@@ -253,6 +253,7 @@ def _compute_layers(src: CheckpointSource, arch: MoEArchitecture, writer: GateVe
     from tqdm.auto import tqdm
 
     num_experts = index.num_experts
+    buffer: np.ndarray | None = None  # one reused dequantization buffer (no page faults per batch)
     bar = tqdm(total=len(todo) * num_experts, unit="expert", disable=not progress,
                desc="vindex", dynamic_ncols=True)
     try:
@@ -264,8 +265,11 @@ def _compute_layers(src: CheckpointSource, arch: MoEArchitecture, writer: GateVe
             frobenius = np.empty(num_experts, dtype=np.float64)
             for start in range(0, num_experts, batch_size):
                 experts = range(start, min(start + batch_size, num_experts))
-                weights = arch.expert_gate_weights(layer, experts, raw)
-                top = svd.top_k_right_singular(weights, index.num_feats, device=device)
+                if buffer is None or len(buffer) != len(experts):
+                    buffer = np.empty((len(experts), *arch.gate_shape), dtype=np.float32)
+                weights = arch.expert_gate_weights(layer, experts, raw, out=buffer)
+                names = [arch.expert_gate_tensors(layer, e)[0] for e in experts]
+                top = svd.top_k_right_singular(weights, index.num_feats, device=device, names=names)
                 vectors[experts.start:experts.stop] = top.vectors
                 singular_values[experts.start:experts.stop] = top.singular_values
                 frobenius[experts.start:experts.stop] = top.frobenius_norm
@@ -284,12 +288,13 @@ def _layer_extras(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor
     """The shared expert's and the router's decompositions of one layer (LayerResult fields)."""
     router = arch.router_weight(layer, raw)
     extras: dict[str, Any] = {
-        "router_singular_values": svd.singular_values(router),
+        "router_singular_values": svd.singular_values(router, name=arch.router_tensors(layer)[0]),
         "router_frobenius_norm": float(np.linalg.norm(router.astype(np.float64))),
     }
     shared = arch.shared_gate_weight(layer, raw)
     if shared is not None:
-        top = svd.top_k_right_singular(shared[None], num_feats, device=device)
+        top = svd.top_k_right_singular(shared[None], num_feats, device=device,
+                                       names=arch.shared_gate_tensors(layer)[:1])
         extras["shared_singular_values"] = top.singular_values[0]
         extras["shared_frobenius_norm"] = float(top.frobenius_norm[0])
     if keep_router:
@@ -311,10 +316,10 @@ def _prefetch(src: CheckpointSource, arch: MoEArchitecture, layers: list[int],
         try:
             for layer in layers:
                 t0 = time.monotonic()
+                # Sources return bytes already read into memory (no lazy mmap), so disk and
+                # network time overlap the previous layer's compute.
                 raw = src.read(arch.layer_tensors(layer))
-                # Touch the bytes here so disk/network time overlaps the previous layer's compute.
                 nbytes = sum(int(t.data.nbytes) for t in raw.values())
-                raw = {name: RawTensor(t.info, np.array(t.data, copy=True)) for name, t in raw.items()}
                 item = (layer, raw, time.monotonic() - t0, nbytes)
                 while not stop.is_set():
                     try:

@@ -137,6 +137,7 @@ def dequantize_fp4(
     scale_bytes: np.ndarray,
     *,
     name: str = "?",
+    scale_name: str | None = None,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Packed FP4 E2M1 + E8M0 block scales (MXFP4) -> float32.
@@ -147,7 +148,8 @@ def dequantize_fp4(
     ``W[o, i] = E2M1[nibble(o, i)] * 2^(S[o, i // block] - 127)``.
     """
     w = _as_bytes(weight_bytes, name)
-    s = _as_bytes(scale_bytes, name + " (scale)")
+    scale_name = scale_name or name
+    s = _as_bytes(scale_bytes, scale_name)
     if w.ndim < 2 or s.ndim != w.ndim or w.shape[:-1] != s.shape[:-1]:
         raise QuantizationError(
             f"tensor {name}: packed FP4 weight {list(w.shape)} and scale {list(s.shape)} disagree "
@@ -160,13 +162,14 @@ def dequantize_fp4(
             f"tensor {name}: {num_blocks} scale columns do not divide {in_features} input features"
         )
     block = in_features // num_blocks
-    scales = decode_e8m0(s, name=name)
+    scales = decode_e8m0(s, name=scale_name)
 
     result = _check_out(out, (*w.shape[:-1], in_features), name)
     pairs = result.view(np.uint64).reshape(w.shape)  # each uint64 slot = two float32 outputs
     np.take(_FP4_PAIRS_U64, w, out=pairs)
     blocked = result.reshape(*s.shape, block)
-    np.multiply(blocked, scales[..., None], out=blocked)
+    with np.errstate(over="ignore"):  # an overflow to Inf is reported by check_finite
+        np.multiply(blocked, scales[..., None], out=blocked)
     return check_finite(result, name=name)
 
 
@@ -203,5 +206,6 @@ def dequantize_fp8(
     for r in range(grid[0]):
         col_scale = np.repeat(scales[..., r, :], bi, axis=-1)[..., :cols]
         rows_r = result[..., r * bo : (r + 1) * bo, :]
-        np.multiply(rows_r, col_scale[..., None, :], out=rows_r)
+        with np.errstate(over="ignore", invalid="ignore"):  # reported by check_finite
+            np.multiply(rows_r, col_scale[..., None, :], out=rows_r)
     return check_finite(result, name=name)

@@ -19,6 +19,7 @@ Output rows are unit-norm float32 with the sign rule of ``schema.SIGN_RULE`` app
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -28,7 +29,10 @@ from scipy.linalg.blas import dsyrk
 
 from .errors import CheckpointError, UsageError
 
-__all__ = ["TopK", "canonicalize_signs", "resolve_device", "singular_values", "top_k_right_singular"]
+__all__ = ["METHOD", "TopK", "canonicalize_signs", "resolve_device", "singular_values", "top_k_right_singular"]
+
+# What the sidecar's builder.method records.
+METHOD = "exact top-K SVD: float64 Gram matrix + partial symmetric eigensolver (LAPACK syevr / torch eigh)"
 
 
 @dataclass(frozen=True)
@@ -104,12 +108,12 @@ def top_k_right_singular(
     if names is not None and len(names) != batch:
         raise UsageError(f"{len(names)} names given for a batch of {batch} matrices")
     labels = list(names) if names is not None else [f"matrix {b} of the batch" for b in range(batch)]
-    if not 1 <= k <= min(rows, cols):
+    if k < 1:
+        raise UsageError(f"--num-feats must be positive, got {k}")
+    if k > min(rows, cols):
         raise UsageError(
-            f"--num-feats {k} is larger than the rank bound min(O, I) = {min(rows, cols)} of gate_proj "
-            f"{labels[0] if batch else ''} (shape {rows} x {cols})"
-            if k > 0
-            else f"--num-feats must be positive, got {k}"
+            f"--num-feats {k} is larger than the rank bound min(O, I) of gate_proj "
+            f"({rows} x {cols}: {min(rows, cols)})" + (f", e.g. {names[0]}" if names else "")
         )
     weights = np.ascontiguousarray(weights, dtype=np.float32)
     if device == "cpu":
@@ -189,7 +193,11 @@ def _top_k_torch(
     import torch
 
     batch, rows, cols = weights.shape
-    w = torch.from_numpy(weights).to(device=device, dtype=torch.float64)
+    with warnings.catch_warnings():
+        # A read-only input (an mmap) is fine: the tensor is only read, never written.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        w32 = torch.from_numpy(weights)
+    w = w32.to(device).to(torch.float64)  # widen on the device: half the bytes to transfer
     gram = w @ w.mT if rows <= cols else w.mT @ w
     trace = gram.diagonal(dim1=-2, dim2=-1).sum(-1).cpu().numpy()
     for b in range(batch):

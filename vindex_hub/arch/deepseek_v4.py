@@ -165,8 +165,15 @@ class DeepseekV4(MoEArchitecture):
         return names
 
     # ---- decoding ------------------------------------------------------------------------------
-    def expert_gate_weights(self, layer: int, experts: Sequence[int], raw: Mapping[str, RawTensor]) -> np.ndarray:
-        out = np.empty((len(experts), *self.gate_shape), dtype=np.float32)
+    def expert_gate_weights(
+        self, layer: int, experts: Sequence[int], raw: Mapping[str, RawTensor], *, out: np.ndarray | None = None
+    ) -> np.ndarray:
+        """See the base class; ``out`` (float32 ``(len(experts), O, I)``) lets a caller reuse one buffer."""
+        shape = (len(experts), *self.gate_shape)
+        if out is None:
+            out = np.empty(shape, dtype=np.float32)
+        elif out.shape != shape or out.dtype != np.float32:
+            raise ValueError(f"out must be float32 {shape}, got {out.dtype} {out.shape}")
         for i, expert in enumerate(experts):
             weight_name, scale_name = self.expert_gate_tensors(layer, expert)
             if self.expert_dtype == EXPERT_DTYPE_FP4:
@@ -212,7 +219,8 @@ class DeepseekV4(MoEArchitecture):
             )
         _checked(raw, scale_name, (FP4_SCALE_DTYPE,), (rows, scale_cols))
         return dequantize_fp4(
-            w.data.reshape(rows, cols // 2), s.data.reshape(rows, scale_cols), name=weight_name, out=out
+            w.data.reshape(rows, cols // 2), s.data.reshape(rows, scale_cols),
+            name=weight_name, scale_name=scale_name, out=out,
         )
 
     def _fp8(

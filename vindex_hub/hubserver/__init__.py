@@ -1,0 +1,23 @@
+"""A local Hub-protocol server for the real ``huggingface_hub`` / ``datasets`` clients.
+
+Like a cloud SDK's local emulator: it stores repos on disk under a root folder (surviving
+restarts), counts the bytes it serves per file, and can inject faults. Standard library only.
+
+    hub = LocalHub(root).start()                       # or: with LocalHub(root) as hub: ...
+    os.environ.update(client_environment(hub.url, cache_dir, token="hf_..."))
+    ...                                                # then import huggingface_hub / datasets
+    hub.stats().file("ns/name", "data/train.parquet").bytes_sent
+    hub.inject_fault("error", method="GET", path="*.parquet", times=2)
+
+``serve(root, host, port)`` runs one in the foreground (``vindex-hub local-hub``); its admin API
+is then ``GET /_local_hub/stats``, ``POST /_local_hub/faults`` (JSON: ``inject_fault``'s
+arguments), ``DELETE /_local_hub/faults``, ``POST /_local_hub/reset`` (stats and faults).
+"""
+
+from __future__ import annotations
+
+from .environment import client_environment
+from .faults import Fault
+from .server import FileStats, HubStats, LocalHub, serve
+
+__all__ = ["Fault", "FileStats", "HubStats", "LocalHub", "client_environment", "serve"]

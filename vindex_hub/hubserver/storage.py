@@ -99,6 +99,14 @@ class RepoRef:
     repo_type: str
     repo_id: str
 
+    def __post_init__(self) -> None:
+        # Checked here, once: repo ids become folder names under the storage root.
+        if self.repo_type not in REPO_TYPES:
+            raise StorageError(404, f"repo type {self.repo_type!r} is not served here", "RepoNotFound")
+        parts = self.repo_id.split("/")
+        if len(parts) != 2 or not all(NAME_RE.match(p) for p in parts) or ".." in self.repo_id:
+            raise StorageError(400, f"invalid repo id {self.repo_id!r}: expected 'namespace/name'")
+
     @property
     def url_prefix(self) -> str:
         """The path prefix of the repo's web and resolve URLs (models have none)."""
@@ -169,9 +177,10 @@ class Storage:
         if not SHA256_RE.match(sha256):
             return False
         try:
-            return size is None or self.blob_path(sha256).stat().st_size == size
+            stored = self.blob_path(sha256).stat().st_size
         except FileNotFoundError:
             return False
+        return size is None or stored == size
 
     def put_blob_bytes(self, data: bytes) -> str:
         sha = hashlib.sha256(data).hexdigest()
@@ -179,8 +188,8 @@ class Storage:
             self._atomic_write(self.blob_path(sha), data)
         return sha
 
-    def put_blob_stream(self, chunks: Iterable[bytes], sha256: str, size: int) -> None:
-        """Store a blob streamed from ``chunks``; only a complete body with this sha256 and size lands.
+    def put_blob_stream(self, chunks: Iterable[bytes], sha256: str, size: int | None) -> None:
+        """Store a blob streamed from ``chunks``; only a body with this sha256 (and size, if given) lands.
 
         A broken stream (the iterator raises) or a mismatch leaves nothing behind.
         """
@@ -195,7 +204,7 @@ class Storage:
                     f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
-            if written != size or digest.hexdigest() != sha256:
+            if (size is not None and written != size) or digest.hexdigest() != sha256:
                 raise StorageError(
                     400,
                     f"uploaded object {sha256} has {written} bytes and sha256 {digest.hexdigest()};"
@@ -238,11 +247,8 @@ class Storage:
 
     def create_repo(self, repo: RepoRef, private: bool) -> None:
         """Create a repo with the Hub's initial commit (a ``.gitattributes``); 409 when it exists."""
-        if repo.repo_type not in REPO_TYPES:
-            raise StorageError(400, f"unsupported repo type {repo.repo_type!r}")
-        parts = repo.repo_id.split("/")
-        if len(parts) != 2 or not all(NAME_RE.match(p) for p in parts) or parts[1].endswith(".git"):
-            raise StorageError(400, f"invalid repo id {repo.repo_id!r}: expected 'namespace/name'")
+        if repo.repo_id.endswith(".git"):
+            raise StorageError(400, f"invalid repo id {repo.repo_id!r}: names cannot end with '.git'")
         with self._lock:
             if (self._repo_dir(repo) / "repo.json").exists():
                 raise StorageError(409, f"You already created this {repo.repo_type} repo: {repo.repo_id}")

@@ -41,6 +41,20 @@ def _read_json_object(path: Path) -> dict[str, Any]:
     return data
 
 
+def read_weight_map(index_path: Path) -> dict[str, str]:
+    """The checked ``weight_map`` (tensor name -> shard file) of a ``model.safetensors.index.json``."""
+    weight_map = _read_json_object(index_path).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
+    ):
+        raise CheckpointError(f"{index_path}: no weight_map object of tensor name -> shard file")
+    for shard in set(weight_map.values()):
+        # A shard name must stay inside the checkpoint folder.
+        if Path(shard).is_absolute() or ".." in Path(shard).parts or not shard:
+            raise CheckpointError(f"{index_path}: shard name {shard!r} points outside the checkpoint folder")
+    return weight_map
+
+
 class LocalCheckpoint:
     """A ``CheckpointSource`` over a local folder."""
 
@@ -59,24 +73,12 @@ class LocalCheckpoint:
         index_path = self.root / INDEX_FILE
         if index_path.exists():
             self._index_file = str(index_path)
-            self._weight_map = self._load_weight_map(index_path)
+            self._weight_map = read_weight_map(index_path)
         elif (self.root / SINGLE_FILE).exists():
             self._index_file = None
             self._weight_map = {name: SINGLE_FILE for name in self._header(SINGLE_FILE)}
         else:
             raise CheckpointError(f"{self.root}: neither {INDEX_FILE} nor {SINGLE_FILE} found")
-
-    def _load_weight_map(self, index_path: Path) -> dict[str, str]:
-        weight_map = _read_json_object(index_path).get("weight_map")
-        if not isinstance(weight_map, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
-        ):
-            raise CheckpointError(f"{index_path}: no weight_map object of tensor name -> shard file")
-        for shard in set(weight_map.values()):
-            # A shard name must stay inside the checkpoint folder.
-            if Path(shard).is_absolute() or ".." in Path(shard).parts or not shard:
-                raise CheckpointError(f"{index_path}: shard name {shard!r} points outside the checkpoint folder")
-        return weight_map
 
     # ---- CheckpointSource ----------------------------------------------------------------
     def describe(self) -> str:

@@ -1,0 +1,193 @@
+"""The dataset card: valid front matter the Hub and ``datasets`` accept, the seed's text filled
+from the real build, snippets that run, a deterministic plot, and user options from a file."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from vindex_hub import schema
+from vindex_hub.errors import UsageError
+from vindex_hub.writers.card import CardOptions, format_size, layer_span, var_plot_png, write_card
+
+from vindex_fixtures import (  # noqa: F401 (fixtures)
+    CARD_OPTIONS, HIDDEN, INTER, NUM_EXPERTS, NUM_FEATS, NUM_LAYERS, SEED_SNIPPET, SmallVindex,
+    first_python_block, small_vindex, vindex_copy,
+)
+
+
+def _card(folder: Path) -> str:
+    return (folder / schema.CARD_FILE).read_text(encoding="utf-8")
+
+
+def _python_blocks(markdown: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", markdown, re.S)
+
+
+def test_front_matter_parses_and_round_trips(small_vindex: SmallVindex):
+    text = _card(small_vindex.folder)
+    front = yaml.safe_load(text.split("---\n")[1])
+    card = DatasetCard(text)
+    assert DatasetCardData(**card.data.to_dict()).to_yaml() == card.data.to_yaml()
+    assert front["license"] == "mit"
+    assert "base_model" not in front  # built from a local folder: no Hub model to name
+    assert front["tags"][:4] == ["vindex", "moe", "sparse-routing", "mechanistic-interpretability"]
+    assert "deepseek" in front["tags"]
+    configs = {c["config_name"]: c for c in front["configs"]}
+    assert list(configs) == [schema.CONFIG_GATE_VECTORS, schema.CONFIG_EXPERT_STATS, schema.CONFIG_ROUTER_SVD]
+    assert configs[schema.CONFIG_GATE_VECTORS]["default"] is True
+    assert configs[schema.CONFIG_GATE_VECTORS]["data_files"] == [
+        {"split": schema.split_name(layer), "path": schema.gate_vectors_parquet(layer)} for layer in range(NUM_LAYERS)]
+
+
+def test_dataset_info_declares_fixed_size_lists_and_true_row_counts(small_vindex: SmallVindex):
+    front = DatasetCard(_card(small_vindex.folder)).data.to_dict()
+    infos = {i["config_name"]: i for i in front["dataset_info"]}
+    gate = infos[schema.CONFIG_GATE_VECTORS]
+    assert {"name": schema.COL_VECTOR, "list": "float32", "length": HIDDEN} in gate["features"]
+    for split in gate["splits"]:
+        path = small_vindex.folder / schema.gate_vectors_parquet(schema.layer_of_split(split["name"]))
+        assert split["num_examples"] == pq.read_metadata(path).num_rows == NUM_EXPERTS * NUM_FEATS
+    assert gate["download_size"] == sum(
+        (small_vindex.folder / schema.gate_vectors_parquet(layer)).stat().st_size for layer in range(NUM_LAYERS))
+    stats = infos[schema.CONFIG_EXPERT_STATS]
+    assert {"name": schema.COL_SINGULAR_VALUES, "list": "float32", "length": NUM_FEATS} in stats["features"]
+    assert stats["splits"][0]["num_examples"] == NUM_LAYERS * NUM_EXPERTS
+
+
+def test_text_is_filled_from_the_build(small_vindex: SmallVindex):
+    text = _card(small_vindex.folder)
+    index = schema.VindexIndex.loads((small_vindex.folder / schema.INDEX_JSON).read_text())
+    assert f"({NUM_LAYERS} layers, {HIDDEN} hidden, {INTER} moe_intermediate)" in text
+    assert f"**Experts**: {NUM_EXPERTS} routed + 1 shared, 2 per token" in text
+    assert f"**Layers indexed**: {NUM_LAYERS} MoE layers (L00-L02)" in text
+    assert f"**Features per expert**: {NUM_FEATS} (top-K" in text
+    assert f"**Total size**: {format_size(index.total_bytes)}" in text
+    assert index.builder.method in text and schema.SIGN_RULE in text
+    assert "singular values *are* retained" in text and "*not retained*" not in text
+    assert "built by the [Divinci-AI](https://huggingface.co/Divinci-AI) team" in text
+    assert f"![median var{NUM_FEATS} per layer" in text and f"]({schema.VAR_PLOT_FILE})" in text
+    assert str(small_vindex.checkpoint.parent) not in text  # no local paths in a published card
+    assert "url = {https://huggingface.co/datasets/Divinci-AI/tiny-v4-vindex}" in text
+    assert "year = {2026}" in text
+
+
+def test_a_hub_source_gives_base_model_and_revision(vindex_copy: Path):
+    index = schema.VindexIndex.loads((vindex_copy / schema.INDEX_JSON).read_text())
+    index.source = schema.SourceInfo(repo_id="deepseek-ai/DeepSeek-V4-Flash", revision="a" * 40)
+    write_card(vindex_copy, index, None, CardOptions())
+    text = _card(vindex_copy)
+    assert DatasetCard(text).data.base_model == "deepseek-ai/DeepSeek-V4-Flash"
+    assert "- **Source model**: `deepseek-ai/DeepSeek-V4-Flash` at revision `" + "a" * 40 + "`" in text
+    assert "# deepseek-v4-flash-vindex\n" in text  # the seed's title, derived from the model
+
+
+def test_seed_snippet_is_unchanged_and_runs(small_vindex: SmallVindex, monkeypatch: pytest.MonkeyPatch):
+    snippet = first_python_block(_card(small_vindex.folder))
+    assert snippet == SEED_SNIPPET
+    monkeypatch.chdir(small_vindex.folder)
+    out = io.StringIO()
+    namespace: dict = {}
+    with contextlib.redirect_stdout(out):
+        exec(compile(snippet, "README.md", "exec"), namespace)
+    assert namespace["V_L1"].shape == (NUM_EXPERTS, NUM_FEATS, HIDDEN)
+    norm = float(out.getvalue().rsplit(":", 1)[1])
+    assert abs(norm - 1.0) < 1e-5
+
+
+def test_snippets_run_against_the_hub(small_vindex: SmallVindex, local_hub, monkeypatch: pytest.MonkeyPatch,
+                                      tmp_path: Path):
+    """Push the folder where the card says it lives, then run the card's Hub snippets unchanged."""
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(CARD_OPTIONS.repo_id, repo_type="dataset", exist_ok=True)
+    api.upload_folder(folder_path=str(small_vindex.folder), repo_id=CARD_OPTIONS.repo_id, repo_type="dataset")
+    blocks = _python_blocks(_card(small_vindex.folder))
+    datasets_block = next(b for b in blocks if "load_dataset" in b and "data_files" not in b)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(datasets_block, "README.md", "exec"), namespace)
+    expected = small_vindex.binary_layer(small_vindex.folder, 1)
+    assert namespace["V"].numpy().tobytes() == expected.tobytes()
+    assert namespace["stats"].num_rows == NUM_LAYERS * NUM_EXPERTS
+    vindex_block = next(b for b in blocks if "Vindex.open" in b)
+    exec(compile(vindex_block, "README.md", "exec"), namespace)
+    assert namespace["V"].tobytes() == expected.tobytes()
+    assert namespace["v"].tobytes() == expected[0].tobytes()
+    one_layer = next(b for b in blocks if "data_files" in b)
+    exec(compile(one_layer, "README.md", "exec"), namespace)
+    assert np.array(namespace["one"][schema.COL_VECTOR], dtype=np.float32).tobytes() == expected.tobytes()
+
+
+def test_plot_is_a_deterministic_png_without_metadata(small_vindex: SmallVindex):
+    index = schema.VindexIndex.loads((small_vindex.folder / schema.INDEX_JSON).read_text())
+    png = (small_vindex.folder / schema.VAR_PLOT_FILE).read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert b"tEXt" not in png and b"Software" not in png and b"tIME" not in png
+    assert var_plot_png(index) == png
+
+
+def test_rewriting_the_card_is_bit_identical(vindex_copy: Path):
+    index = schema.VindexIndex.loads((vindex_copy / schema.INDEX_JSON).read_text())
+    write_card(vindex_copy, index, None, CARD_OPTIONS)
+    first = (_card(vindex_copy), (vindex_copy / schema.VAR_PLOT_FILE).read_bytes())
+    (vindex_copy / schema.CARD_FILE).unlink()
+    (vindex_copy / schema.VAR_PLOT_FILE).unlink()
+    write_card(vindex_copy, index, None, CARD_OPTIONS)
+    assert (_card(vindex_copy), (vindex_copy / schema.VAR_PLOT_FILE).read_bytes()) == first
+    # without spectra the card offers gate_vectors only
+    configs = DatasetCard(first[0]).data.to_dict()["configs"]
+    assert [c["config_name"] for c in configs] == [schema.CONFIG_GATE_VECTORS]
+
+
+def test_card_options_from_yaml_and_json(tmp_path: Path):
+    path = tmp_path / "card.yaml"
+    path.write_text("license: apache-2.0\nauthor: Someone\nextra_tags: [experts, svd]\nyear: 2025\n"
+                    "citation: |\n  @misc{x,\n    title = {X},\n  }\n")
+    options = CardOptions.from_file(path)
+    assert options.license == "apache-2.0" and options.author == "Someone" and options.year == 2025
+    assert options.extra_tags == ("experts", "svd") and options.citation.startswith("@misc{x,")
+    as_json = tmp_path / "card.json"
+    as_json.write_text(json.dumps({"repo_id": "ns/name", "pretty_name": "Nice"}))
+    assert CardOptions.from_file(as_json) == CardOptions(repo_id="ns/name", pretty_name="Nice")
+    # CLI flags override the file; flags left unset (None) do not
+    assert options.updated(license=None, author="Other").author == "Other"
+    assert options.updated(license=None).license == "apache-2.0"
+
+
+def test_card_options_file_errors_name_the_file(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("licence: mit\n")
+    with pytest.raises(UsageError, match=r"bad\.yaml.*licence"):
+        CardOptions.from_file(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(UsageError, match=r"bad\.yaml: expected a mapping"):
+        CardOptions.from_file(bad)
+    with pytest.raises(UsageError, match="missing.yaml"):
+        CardOptions.from_file(tmp_path / "missing.yaml")
+
+
+def test_user_citation_is_used_verbatim(vindex_copy: Path):
+    index = schema.VindexIndex.loads((vindex_copy / schema.INDEX_JSON).read_text())
+    bib = "@article{mine2026,\n  title = {Mine},\n}"
+    write_card(vindex_copy, index, None, CARD_OPTIONS.updated(citation=bib, license="cc-by-4.0"))
+    text = _card(vindex_copy)
+    assert f"```bibtex\n{bib}\n```" in text
+    assert DatasetCard(text).data.license == "cc-by-4.0"
+
+
+def test_formatting_helpers():
+    assert format_size(11_542_724_608) == "11.54 GB"
+    assert format_size(24_576) == "24.58 kB"
+    assert layer_span(list(range(43))) == "L00-L42"
+    assert layer_span([3, 5]) == "L03, L05"

@@ -1,0 +1,521 @@
+"""The local Hub server against the real, unmodified huggingface_hub and datasets clients."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from huggingface_hub import (
+    CommitOperationAdd,
+    HfApi,
+    HfFileSystem,
+    hf_hub_download,
+    hf_hub_url,
+    snapshot_download,
+)
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    RemoteEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.utils import build_hf_headers, get_session
+
+from vindex_hub.hubserver import LocalHub
+from vindex_hub.hubserver.server import parse_range
+from vindex_hub.hubserver.storage import git_blob_sha1, is_lfs_upload
+
+README = """---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data/train.parquet
+---
+# A tiny dataset
+"""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def folder(tmp_path: Path) -> Path:
+    """A dataset folder: a parquet and a .bin (LFS), a README with configs YAML (regular)."""
+    src = tmp_path / "src"
+    (src / "data").mkdir(parents=True)
+    table = pa.table({"layer": list(range(50)), "name": [f"row-{i}" for i in range(50)]})
+    pq.write_table(table, src / "data" / "train.parquet")
+    (src / "weights.bin").write_bytes(os.urandom(300_000))
+    (src / "README.md").write_text(README)
+    return src
+
+
+@pytest.fixture
+def pushed(local_hub: LocalHub, hub_repo_id: str, folder: Path) -> tuple[str, str, Path]:
+    """``folder`` uploaded to a new dataset repo: ``(repo_id, commit sha, folder)``."""
+    api = HfApi()
+    api.create_repo(hub_repo_id, repo_type="dataset")
+    info = api.upload_folder(folder_path=folder, repo_id=hub_repo_id, repo_type="dataset")
+    local_hub.reset_stats()
+    return hub_repo_id, info.oid, folder
+
+
+def test_create_repo_new_existing_and_conflict(local_hub: LocalHub, hub_repo_id: str) -> None:
+    api = HfApi()
+    url = api.create_repo(hub_repo_id, repo_type="dataset")
+    assert url == f"{local_hub.url}/datasets/{hub_repo_id}"
+    with pytest.raises(HfHubHTTPError) as e:
+        api.create_repo(hub_repo_id, repo_type="dataset")
+    assert e.value.response.status_code == 409
+    assert e.value.response.json()["url"] == url
+    assert api.create_repo(hub_repo_id, repo_type="dataset", exist_ok=True) == url
+    info = api.repo_info(hub_repo_id, repo_type="dataset")
+    assert len(info.sha) == 40 and info.private is False
+    assert [s.rfilename for s in info.siblings] == [".gitattributes"]  # the Hub's initial commit
+
+    model_url = api.create_repo(hub_repo_id)  # same name, other repo type: a different repo
+    assert model_url == f"{local_hub.url}/{hub_repo_id}"
+    api.upload_file(path_or_fileobj=b"{}", path_in_repo="config.json", repo_id=hub_repo_id)
+    assert "config.json" in api.list_repo_files(hub_repo_id)
+    assert Path(hf_hub_download(hub_repo_id, "config.json")).read_bytes() == b"{}"
+    assert "config.json" not in api.list_repo_files(hub_repo_id, repo_type="dataset")
+    assert api.repo_exists(hub_repo_id) and api.repo_exists(hub_repo_id, repo_type="dataset")
+    assert not api.repo_exists(hub_repo_id + "-missing", repo_type="dataset")
+    api.delete_repo(hub_repo_id)
+    assert not api.repo_exists(hub_repo_id) and api.repo_exists(hub_repo_id, repo_type="dataset")
+
+
+def test_upload_folder_lfs_and_regular(local_hub: LocalHub, hub_repo_id: str, folder: Path) -> None:
+    api = HfApi()
+    api.create_repo(hub_repo_id, repo_type="dataset")
+    info = api.upload_folder(folder_path=folder, repo_id=hub_repo_id, repo_type="dataset")
+    assert len(info.oid) == 40 and "/commit/" in info.commit_url
+
+    entries = {e.path: e for e in api.list_repo_tree(hub_repo_id, repo_type="dataset", recursive=True)}
+    assert set(entries) == {".gitattributes", "README.md", "data", "data/train.parquet", "weights.bin"}
+    for path in ("data/train.parquet", "weights.bin"):
+        data = (folder / path).read_bytes()
+        assert entries[path].lfs is not None, path
+        assert entries[path].lfs.sha256 == _sha256(data) and entries[path].size == len(data)
+        assert entries[path].xet_hash is None
+    readme = (folder / "README.md").read_bytes()
+    assert entries["README.md"].lfs is None and entries["README.md"].blob_id == git_blob_sha1(readme)
+    assert type(entries["data"]).__name__ == "RepoFolder"
+
+    stats = local_hub.stats()
+    lfs_sizes = sum((folder / p).stat().st_size for p in ("data/train.parquet", "weights.bin"))
+    assert stats.lfs_bytes_received == lfs_sizes
+    assert stats.file(hub_repo_id, "weights.bin").bytes_received == 300_000
+    assert stats.file(hub_repo_id, "README.md").bytes_received == len(readme)
+
+    raw = get_session().get(f"{local_hub.url}/api/datasets/{hub_repo_id}/tree/main?recursive=true")
+    assert "xetHash" not in raw.text and raw.headers["Content-Length"] == str(len(raw.content))
+
+
+def test_second_upload_of_unchanged_files_sends_no_lfs_bytes(local_hub: LocalHub, pushed) -> None:
+    repo_id, sha, folder = pushed
+    api = HfApi()
+    again = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="dataset")
+    assert again.oid == sha  # nothing changed: no new commit
+    stats = local_hub.stats()
+    assert stats.lfs_bytes_received == 0
+    assert not any(f.bytes_received for f in stats.files.values())
+
+    (folder / "weights.bin").write_bytes(os.urandom(1000))
+    local_hub.reset_stats()
+    third = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="dataset")
+    assert third.oid != sha
+    assert local_hub.stats().lfs_bytes_received == 1000  # only the changed file
+
+
+def test_create_pr_leaves_main_unchanged(local_hub: LocalHub, pushed) -> None:
+    repo_id, sha, _ = pushed
+    api = HfApi()
+    op = CommitOperationAdd(path_in_repo="extra.txt", path_or_fileobj=b"proposed\n")
+    pr = api.create_commit(repo_id, [op], commit_message="propose", repo_type="dataset", create_pr=True)
+    assert pr.pr_url.endswith("/discussions/1") and pr.pr_revision == "refs/pr/1"
+    assert api.repo_info(repo_id, repo_type="dataset").sha == sha
+    assert api.repo_info(repo_id, repo_type="dataset", revision="refs/pr/1").sha == pr.oid
+    path = hf_hub_download(repo_id, "extra.txt", repo_type="dataset", revision="refs/pr/1")
+    assert Path(path).read_bytes() == b"proposed\n"
+    with pytest.raises(RemoteEntryNotFoundError):
+        hf_hub_download(repo_id, "extra.txt", repo_type="dataset", revision="main")
+    op2 = CommitOperationAdd(path_in_repo="other.txt", path_or_fileobj=b"2\n")
+    pr2 = api.create_commit(repo_id, [op2], commit_message="second", repo_type="dataset", create_pr=True)
+    assert pr2.pr_revision == "refs/pr/2"
+    refs = api.list_repo_refs(repo_id, repo_type="dataset", include_pull_requests=True)
+    assert {r.ref: r.target_commit for r in refs.pull_requests} == {"refs/pr/1": pr.oid, "refs/pr/2": pr2.oid}
+    assert [b.target_commit for b in refs.branches] == [sha]
+
+
+def test_hf_hub_download_by_branch_and_sha(pushed) -> None:
+    repo_id, sha, folder = pushed
+    expected = (folder / "weights.bin").read_bytes()
+    by_branch = hf_hub_download(repo_id, "weights.bin", repo_type="dataset")
+    by_sha = hf_hub_download(repo_id, "weights.bin", repo_type="dataset", revision=sha)
+    assert Path(by_branch).read_bytes() == expected == Path(by_sha).read_bytes()
+    assert f"/snapshots/{sha}/" in by_branch
+    # The cache names the blob by its etag: the sha256 for LFS files.
+    assert os.path.basename(os.path.realpath(by_branch)) == _sha256(expected)
+
+
+def test_branches_and_missing_revision(local_hub: LocalHub, pushed) -> None:
+    repo_id, sha, _ = pushed
+    api = HfApi()
+    api.create_branch(repo_id, branch="dev", repo_type="dataset")
+    api.create_branch(repo_id, branch="dev", repo_type="dataset", exist_ok=True)
+    op = CommitOperationAdd(path_in_repo="dev.txt", path_or_fileobj=b"dev\n")
+    dev = api.create_commit(repo_id, [op], commit_message="on dev", repo_type="dataset", revision="dev")
+    assert api.repo_info(repo_id, repo_type="dataset", revision="dev").sha == dev.oid
+    assert api.repo_info(repo_id, repo_type="dataset").sha == sha
+    assert api.file_exists(repo_id, "dev.txt", repo_type="dataset", revision="dev")
+    assert not api.file_exists(repo_id, "dev.txt", repo_type="dataset")
+    with pytest.raises(RevisionNotFoundError):
+        api.create_commit(repo_id, [CommitOperationAdd(path_in_repo="x.txt", path_or_fileobj=b"x")],
+                          commit_message="nowhere", repo_type="dataset", revision="no-such-branch")
+    commits = api.list_repo_commits(repo_id, repo_type="dataset", revision="dev")
+    assert [c.commit_id for c in commits[:2]] == [dev.oid, sha]
+    api.create_tag(repo_id, tag="v1", revision="dev", repo_type="dataset")
+    assert api.repo_info(repo_id, repo_type="dataset", revision="v1").sha == dev.oid
+    api.delete_branch(repo_id, branch="dev", repo_type="dataset")
+    with pytest.raises(RevisionNotFoundError):
+        api.repo_info(repo_id, repo_type="dataset", revision="dev")
+
+
+def test_snapshot_download(pushed) -> None:
+    repo_id, sha, folder = pushed
+    snap = Path(snapshot_download(repo_id, repo_type="dataset"))
+    assert snap.name == sha
+    for path in ("README.md", "data/train.parquet", "weights.bin"):
+        assert (snap / path).read_bytes() == (folder / path).read_bytes()
+    assert (snap.parent.parent / "refs" / "main").read_text() == sha
+
+
+def test_hf_file_system_ls_info_and_ranged_read(local_hub: LocalHub, pushed) -> None:
+    repo_id, _, folder = pushed
+    fs = HfFileSystem()
+    root = f"datasets/{repo_id}"
+    names = {e["name"]: e["type"] for e in fs.ls(root)}
+    assert names == {f"{root}/.gitattributes": "file", f"{root}/README.md": "file",
+                     f"{root}/weights.bin": "file", f"{root}/data": "directory"}
+    assert fs.glob(f"{root}/data/*.parquet") == [f"{root}/data/train.parquet"]
+    info = fs.info(f"{root}/weights.bin", refresh=True)
+    assert info["size"] == 300_000 and info["type"] == "file"
+    expected = (folder / "weights.bin").read_bytes()
+    with fs.open(f"{root}/weights.bin", "rb", cache_type="none") as f:  # no read-ahead: one ranged GET a read
+        f.seek(1000)
+        assert f.read(500) == expected[1000:1500]
+    assert local_hub.stats().file(repo_id, "weights.bin").bytes_sent == 500
+    with pytest.raises(FileNotFoundError):
+        fs.info(f"{root}/nope.bin")
+
+
+def test_manual_ranged_get_is_exact(local_hub: LocalHub, pushed) -> None:
+    repo_id, sha, folder = pushed
+    expected = (folder / "weights.bin").read_bytes()
+    url = hf_hub_url(repo_id, "weights.bin", repo_type="dataset", revision=sha)
+    headers = build_hf_headers()
+    session = get_session()
+
+    r = session.get(url, headers={**headers, "Range": "bytes=100-4195"})
+    assert r.status_code == 206 and r.content == expected[100:4196]
+    assert r.headers["Content-Range"] == "bytes 100-4195/300000"
+    assert r.headers["X-Repo-Commit"] == sha and "X-Xet-Hash" not in r.headers
+    assert local_hub.stats().file(repo_id, "weights.bin").bytes_sent == 4096
+
+    assert session.get(url, headers={**headers, "Range": "bytes=-10"}).content == expected[-10:]
+    assert session.get(url, headers={**headers, "Range": "bytes=299990-"}).content == expected[-10:]
+    r = session.get(url, headers={**headers, "Range": "bytes=300000-"})
+    assert r.status_code == 416 and r.headers["Content-Range"] == "bytes */300000"
+
+    head = session.head(url, headers=headers)
+    assert head.headers["Content-Length"] == "300000" and head.headers["X-Linked-Size"] == "300000"
+    assert head.headers["X-Linked-Etag"] == f'"{_sha256(expected)}"' and head.headers["Accept-Ranges"] == "bytes"
+    stats = local_hub.stats().file(repo_id, "weights.bin")
+    assert (stats.requests, stats.head_requests, stats.bytes_sent) == (4, 1, 4096 + 20)
+
+
+def test_parse_range() -> None:
+    assert parse_range("bytes=0-0", 10) == (0, 0)
+    assert parse_range("bytes=5-100", 10) == (5, 9)
+    assert parse_range("bytes=-3", 10) == (7, 9)
+    assert parse_range("bytes=-30", 10) == (0, 9)
+    for bad in ("bytes=10-", "bytes=5-4", "bytes=-0", "bytes=0-1,3-4", "items=0-1", "bytes=-"):
+        with pytest.raises(Exception):
+            parse_range(bad, 10)
+
+
+def test_lfs_decision() -> None:
+    assert is_lfs_upload("a/b.parquet", 10, b"PAR1")
+    assert is_lfs_upload("x.png", 3, b"abc")
+    assert is_lfs_upload("blob", 4, b"\x00\x01\x02\x03")
+    assert is_lfs_upload("big.txt", 20 * 2**20, b"text")
+    assert not is_lfs_upload("README.md", 5, b"hello")
+    assert not is_lfs_upload("x.bin", 0, b"")
+    euro = "\u20ac".encode() * 200
+    assert not is_lfs_upload("t.txt", len(euro), euro[:512])  # a character cut by the sample is still text
+
+
+def test_load_dataset_with_configs_yaml(local_hub: LocalHub, pushed) -> None:
+    import datasets
+
+    repo_id, _, folder = pushed
+    expected = pq.read_table(folder / "data" / "train.parquet").to_pydict()
+    ds = datasets.load_dataset(repo_id)
+    assert list(ds) == ["train"]
+    assert ds["train"].to_dict() == expected
+    streamed = datasets.load_dataset(repo_id, split="train", streaming=True)  # ranged reads
+    assert [row["name"] for row in streamed] == expected["name"]
+    assert local_hub.stats().file(repo_id, "weights.bin", "dataset").bytes_sent == 0  # not a data file
+
+
+def test_typed_errors(local_hub: LocalHub, pushed) -> None:
+    repo_id, _, _ = pushed
+    api = HfApi()
+    with pytest.raises(RepositoryNotFoundError):
+        api.repo_info("tests/does-not-exist", repo_type="dataset")
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download("tests/does-not-exist", "README.md", repo_type="dataset")
+    with pytest.raises(RevisionNotFoundError):
+        hf_hub_download(repo_id, "README.md", repo_type="dataset", revision="no-such-branch")
+    with pytest.raises(RevisionNotFoundError):
+        api.repo_info(repo_id, repo_type="dataset", revision="0" * 40)
+    with pytest.raises(RemoteEntryNotFoundError):
+        hf_hub_download(repo_id, "missing.txt", repo_type="dataset")
+    with pytest.raises(RemoteEntryNotFoundError):
+        list(api.list_repo_tree(repo_id, "missing-dir", repo_type="dataset"))
+    # Repo ids become folder names on the server: nothing outside its root is reachable.
+    r = get_session().get(f"{local_hub.url}/api/datasets/..%2F..%2Fhub-root/repos")
+    assert r.status_code == 400 and "invalid repo id" in r.json()["error"]
+
+
+def test_private_repo_needs_a_token(local_hub: LocalHub, hub_repo_id: str) -> None:
+    api = HfApi()
+    api.create_repo(hub_repo_id, repo_type="dataset", private=True)
+    assert api.repo_info(hub_repo_id, repo_type="dataset").private is True
+    with pytest.raises(RepositoryNotFoundError):
+        api.repo_info(hub_repo_id, repo_type="dataset", token=False)
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download(hub_repo_id, ".gitattributes", repo_type="dataset", token=False)
+    with pytest.raises(HfHubHTTPError) as e:  # writes need a token even on public repos
+        HfApi(token=False).create_repo(hub_repo_id + "-anon", repo_type="dataset")
+    assert e.value.response.status_code == 401
+
+
+def test_storage_survives_restart(tmp_path: Path, folder: Path) -> None:
+    with LocalHub(tmp_path / "root") as first:
+        api = HfApi(endpoint=first.url)
+        api.create_repo("ns/persist", repo_type="dataset")
+        sha = api.upload_folder(folder_path=folder, repo_id="ns/persist", repo_type="dataset").oid
+        port = int(first.url.rsplit(":", 1)[1])
+    with LocalHub(tmp_path / "root", port=port) as second:
+        api = HfApi(endpoint=second.url)
+        assert api.repo_info("ns/persist", repo_type="dataset").sha == sha
+        path = hf_hub_download("ns/persist", "weights.bin", repo_type="dataset", endpoint=second.url,
+                               cache_dir=tmp_path / "cache")
+        assert Path(path).read_bytes() == (folder / "weights.bin").read_bytes()
+    assert not any((tmp_path / "root" / "tmp").iterdir())
+
+
+def _lfs_put_url(hub: LocalHub, repo_id: str, oid: str) -> str:
+    return f"{hub.url}/_local_hub/lfs/datasets/{repo_id}/{oid}"
+
+
+def test_broken_put_leaves_nothing_and_retry_succeeds(local_hub: LocalHub, hub_repo_id: str) -> None:
+    api = HfApi()
+    api.create_repo(hub_repo_id, repo_type="dataset")
+    data = os.urandom(200_000)
+    oid = _sha256(data)
+    tmp_dir = local_hub.root / "tmp"
+
+    # The server drops the connection mid-body.
+    local_hub.inject_fault("drop", method="PUT", path=oid, after_bytes=50_000)
+    with pytest.raises(Exception):
+        get_session().put(_lfs_put_url(local_hub, hub_repo_id, oid), content=data)
+    # The client goes away mid-body.
+    with socket.create_connection(("127.0.0.1", int(local_hub.url.rsplit(":", 1)[1]))) as s:
+        s.sendall(f"PUT /_local_hub/lfs/datasets/{hub_repo_id}/{oid} HTTP/1.1\r\nHost: x\r\n"
+                  f"Content-Length: {len(data)}\r\n\r\n".encode() + data[:70_000])
+    # A complete body with the wrong content.
+    bad = get_session().put(_lfs_put_url(local_hub, hub_repo_id, oid), content=data[:-1] + b"!")
+    assert bad.status_code == 400
+    deadline = time.monotonic() + 5
+    while any(tmp_dir.iterdir()) and time.monotonic() < deadline:  # the aborted handler may still be cleaning
+        time.sleep(0.01)
+    assert not local_hub.storage.has_blob(oid) and not any(tmp_dir.iterdir())
+
+    # The real client: the first PUT is dropped, http_backoff retries it, the push succeeds.
+    local_hub.reset_stats()
+    local_hub.inject_fault("drop", method="PUT", path="/_local_hub/lfs/", after_bytes=10_000)
+    api.upload_file(path_or_fileobj=data, path_in_repo="blob.bin", repo_id=hub_repo_id, repo_type="dataset")
+    assert local_hub.storage.has_blob(oid, len(data))
+    stats = local_hub.stats()
+    assert stats.lfs_bytes_received == 10_000 + len(data)  # the broken attempt, then the whole body
+    assert stats.file(hub_repo_id, "blob.bin").bytes_received == 10_000 + len(data)
+    path = hf_hub_download(hub_repo_id, "blob.bin", repo_type="dataset")
+    assert Path(path).read_bytes() == data
+
+
+def test_http_500_seen_by_client_and_retried(local_hub: LocalHub, pushed) -> None:
+    repo_id, sha, _ = pushed
+    api = HfApi()
+    local_hub.inject_fault("error", method="GET", path=f"/api/datasets/{repo_id}", times=1)
+    with pytest.raises(HfHubHTTPError) as e:
+        api.repo_info(repo_id, repo_type="dataset")
+    assert e.value.response.status_code == 500
+    assert api.repo_info(repo_id, repo_type="dataset").sha == sha  # the fault was used up
+
+    # preupload goes through http_backoff: the 500 is retried and the commit goes through.
+    local_hub.inject_fault("error", method="POST", path="*/preupload/*", times=1)
+    info = api.upload_file(path_or_fileobj=b"after a 500\n", path_in_repo="retry.txt",
+                           repo_id=repo_id, repo_type="dataset")
+    assert info.oid != sha and local_hub._faults.active() == []
+
+
+def test_dropped_download_resumes_with_a_range(local_hub: LocalHub, pushed) -> None:
+    repo_id, _, folder = pushed
+    local_hub.inject_fault("drop", method="GET", path="*/resolve/*/weights.bin", after_bytes=100_000)
+    path = hf_hub_download(repo_id, "weights.bin", repo_type="dataset", force_download=True)
+    assert Path(path).read_bytes() == (folder / "weights.bin").read_bytes()
+    stats = local_hub.stats().file(repo_id, "weights.bin")
+    # The client buffers DOWNLOAD_CHUNK_SIZE (10 MB) before writing, so the 100 kB that arrived
+    # before the drop are lost and its retry ("resume" from byte 0) fetches the whole file again.
+    assert stats.requests == 2 and stats.bytes_sent == 100_000 + 300_000
+
+
+def test_slow_body(local_hub: LocalHub, pushed) -> None:
+    repo_id, sha, folder = pushed
+    url = hf_hub_url(repo_id, "README.md", repo_type="dataset", revision=sha)
+    local_hub.inject_fault("slow", method="GET", path="README.md", delay_s=0.05, chunk_size=32)
+    start = time.monotonic()
+    r = get_session().get(url, headers=build_hf_headers())
+    elapsed = time.monotonic() - start
+    size = len(README.encode())
+    assert r.content == (folder / "README.md").read_bytes()
+    assert elapsed >= 0.05 * (size // 32)
+
+
+def test_admin_http_api(local_hub: LocalHub, pushed) -> None:
+    repo_id, _, _ = pushed
+    session = get_session()
+    r = session.post(f"{local_hub.url}/_local_hub/faults",
+                     json={"kind": "error", "method": "GET", "path": "weights.bin", "status": 503})
+    assert r.status_code == 200 and r.json()["status"] == 503
+    url = hf_hub_url(repo_id, "weights.bin", repo_type="dataset")
+    assert session.get(url, headers={"Range": "bytes=0-9"}).status_code == 503
+    assert session.get(url, headers={"Range": "bytes=0-9"}).status_code == 206
+    stats = session.get(f"{local_hub.url}/_local_hub/stats").json()
+    (entry,) = [f for f in stats["files"] if f["path"] == "weights.bin" and f["repo_id"] == repo_id]
+    assert entry["bytes_sent"] == 10
+    assert session.post(f"{local_hub.url}/_local_hub/faults", json={"kind": "nope"}).status_code == 400
+    session.post(f"{local_hub.url}/_local_hub/faults", json={"kind": "error", "times": None})
+    assert session.post(f"{local_hub.url}/_local_hub/reset").status_code == 200
+    assert local_hub._faults.active() == [] and local_hub.stats().files == {}
+
+
+def test_tree_and_paths_info_shapes(local_hub: LocalHub, pushed) -> None:
+    repo_id, sha, folder = pushed
+    session, headers = get_session(), build_hf_headers()
+    base = f"{local_hub.url}/api/datasets/{repo_id}"
+    top = session.get(f"{base}/tree/{sha}?recursive=false&expand=false&limit=10&cursor=abc", headers=headers).json()
+    assert {(e["type"], e["path"]) for e in top} == {
+        ("directory", "data"), ("file", ".gitattributes"), ("file", "README.md"), ("file", "weights.bin")}
+    sub = session.get(f"{base}/tree/main/data", headers=headers).json()
+    data = (folder / "data" / "train.parquet").read_bytes()
+    assert sub == [{"type": "file", "oid": sub[0]["oid"], "size": len(data), "path": "data/train.parquet",
+                    "lfs": {"oid": _sha256(data), "size": len(data), "pointerSize": sub[0]["lfs"]["pointerSize"]}}]
+    infos = HfApi().get_paths_info(repo_id, ["weights.bin", "data", "missing"], repo_type="dataset", expand=True)
+    assert [i.path for i in infos] == ["weights.bin", "data"]
+    assert infos[0].last_commit.oid == sha
+
+
+def test_concurrent_downloads(local_hub: LocalHub, pushed) -> None:
+    repo_id, sha, folder = pushed
+    expected = (folder / "weights.bin").read_bytes()
+    url = hf_hub_url(repo_id, "weights.bin", repo_type="dataset", revision=sha)
+    results: list[bytes] = [b""] * 8
+
+    def fetch(i: int) -> None:
+        start = i * 1000
+        r = get_session().get(url, headers={"Range": f"bytes={start}-{start + 999}"})
+        results[i] = r.content
+
+    threads = [threading.Thread(target=fetch, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [expected[i * 1000 : i * 1000 + 1000] for i in range(8)]
+    assert local_hub.stats().file(repo_id, "weights.bin").bytes_sent == 8000
+
+
+def test_parent_commit_and_deletions(local_hub: LocalHub, pushed) -> None:
+    from huggingface_hub import CommitOperationDelete
+
+    repo_id, sha, _ = pushed
+    api = HfApi()
+    delete = [CommitOperationDelete(path_in_repo="weights.bin"), CommitOperationDelete(path_in_repo="data/")]
+    new = api.create_commit(repo_id, delete, commit_message="prune", repo_type="dataset", parent_commit=sha)
+    assert api.list_repo_files(repo_id, repo_type="dataset") == [".gitattributes", "README.md"]
+    stale = [CommitOperationAdd(path_in_repo="late.txt", path_or_fileobj=b"late")]
+    with pytest.raises(HfHubHTTPError) as e:  # the branch moved on since `sha`
+        api.create_commit(repo_id, stale, commit_message="late", repo_type="dataset", parent_commit=sha)
+    assert e.value.response.status_code == 412
+    assert api.repo_info(repo_id, repo_type="dataset").sha == new.oid
+    # Old commits stay readable by sha.
+    assert api.file_exists(repo_id, "weights.bin", repo_type="dataset", revision=sha)
+
+
+def test_chunked_upload_body(local_hub: LocalHub, hub_repo_id: str) -> None:
+    HfApi().create_repo(hub_repo_id, repo_type="dataset")
+    parts = [os.urandom(40_000) for _ in range(3)]
+    oid = _sha256(b"".join(parts))
+    r = get_session().put(_lfs_put_url(local_hub, hub_repo_id, oid), content=iter(parts))  # no Content-Length
+    assert r.status_code == 200 and local_hub.storage.has_blob(oid, 120_000)
+    assert local_hub.stats().lfs_bytes_received == 120_000
+
+
+def test_token_never_logged(local_hub: LocalHub, pushed, caplog: pytest.LogCaptureFixture) -> None:
+    from conftest import HUB_TOKEN
+
+    repo_id, _, _ = pushed
+    with caplog.at_level("DEBUG", logger="vindex_hub.hubserver"):
+        HfApi().repo_info(repo_id, repo_type="dataset")
+        hf_hub_download(repo_id, "README.md", repo_type="dataset", force_download=True)
+    assert "GET /api/datasets/" in caplog.text  # the server did log these requests
+    assert HUB_TOKEN not in caplog.text
+
+
+def test_serve_in_a_separate_process(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    code = "import sys; from vindex_hub.hubserver import serve; serve(sys.argv[1], port=0)"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "root")], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        url = line.split(" at ")[1].split()[0]
+        api = HfApi(endpoint=url)
+        api.create_repo("ns/remote", repo_type="dataset")
+        api.upload_file(path_or_fileobj=b"x" * 1000, path_in_repo="a.bin", repo_id="ns/remote", repo_type="dataset")
+        session = get_session()
+        fault = {"kind": "error", "method": "GET", "path": "/api/datasets/ns/remote", "status": 503}
+        assert session.post(f"{url}/_local_hub/faults", json=fault).status_code == 200
+        assert session.get(f"{url}/api/datasets/ns/remote").status_code == 503
+        session.get(f"{url}/datasets/ns/remote/resolve/main/a.bin", headers={"Range": "bytes=0-99"})
+        stats = session.get(f"{url}/_local_hub/stats").json()
+        assert [(f["path"], f["bytes_sent"]) for f in stats["files"] if f["bytes_sent"]] == [("a.bin", 100)]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)
+    assert proc.returncode == 0

@@ -1,0 +1,95 @@
+"""A small real vindex shared by the mirror, card, LarQL and verify tests.
+
+It is built once per session by the real builder from a DeepSeek-V4-format checkpoint written by
+``vindex_hub.testing.synth`` (3 layers x 4 experts x hidden 64, K = 8, router weights kept for
+LarQL), with the exact float32 weights of every gate_proj and router kept as ``reference`` for
+float64 LAPACK comparisons. Tests that damage files work on a copy (``vindex_copy``).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vindex_hub import schema
+from vindex_hub.arch import deepseek_v4 as ds
+from vindex_hub.build import build_vindex
+from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
+from vindex_hub.writers.card import CardOptions
+
+NUM_LAYERS, NUM_EXPERTS, HIDDEN, INTER, NUM_FEATS = 3, 4, 64, 32, 8
+CARD_OPTIONS = CardOptions(author="Divinci-AI", repo_id="Divinci-AI/tiny-v4-vindex", year=2026,
+                           extra_tags=("deepseek",))
+
+# The seed card's usage snippet, verbatim (shared/seed/deepseek-v4-flash-vindex.card.md).
+SEED_SNIPPET = '''import numpy as np
+
+# Memory-map the binary
+arr = np.memmap("gate_vectors.bin", dtype=np.float32, mode="r")
+
+import json
+idx = json.load(open("gate_vectors_index.json"))
+moe = idx["model_config"]["moe"]
+n_experts = moe["n_routed_experts"]
+n_feats = idx["num_feats"]
+hidden = moe["hidden_size"]
+
+# Get layer L's experts
+def get_layer(L):
+    meta = idx["layers"][str(L)]
+    offset = meta["file_offset"] // 4  # bytes → float32 elements
+    n = n_experts * n_feats * hidden
+    return arr[offset:offset+n].reshape(n_experts, n_feats, hidden)
+
+V_L1 = get_layer(1)  # shape (n_experts, n_feats, hidden)
+print("L1 expert 0 top vector L2 norm:", np.linalg.norm(V_L1[0, 0]))  # ≈ 1.0
+'''
+
+
+@dataclass
+class SmallVindex:
+    folder: Path
+    checkpoint: Path
+    reference: dict[str, np.ndarray]  # exact float32 weights by tensor name
+
+    def gate_weight(self, layer: int, expert: int) -> np.ndarray:
+        name = ds.expert_tensor(ds.layer_block(layer), expert, ds.GATE_PROJ, ds.WEIGHT)
+        return self.reference[name].astype(np.float64)
+
+    def router(self, layer: int) -> tuple[np.ndarray, np.ndarray | None]:
+        block = ds.layer_block(layer)
+        bias = self.reference.get(ds.gate_tensor(block, ds.ROUTER_BIAS))
+        return self.reference[ds.gate_tensor(block, ds.WEIGHT)], bias
+
+    def binary_layer(self, folder: Path, layer: int) -> np.ndarray:
+        index = schema.VindexIndex.loads((folder / schema.INDEX_JSON).read_text())
+        e = index.layer(layer)
+        return np.fromfile(folder / schema.GATE_VECTORS_BIN, dtype=schema.NUMPY_DTYPE,
+                           count=e.nbytes // 4, offset=e.file_offset).reshape(e.shape)
+
+
+@pytest.fixture(scope="session")
+def small_vindex(tmp_path_factory: pytest.TempPathFactory) -> SmallVindex:
+    root = tmp_path_factory.mktemp("small-vindex")
+    reference: dict[str, np.ndarray] = {}
+    checkpoint = make_deepseek_v4_checkpoint(
+        root / "checkpoint", num_layers=NUM_LAYERS, num_experts=NUM_EXPERTS, hidden_size=HIDDEN,
+        moe_intermediate_size=INTER, reference=reference)
+    build_vindex(checkpoint, root / "vindex", num_feats=NUM_FEATS, device="cpu", progress=False,
+                 card_options=CARD_OPTIONS, larql_router=True)
+    return SmallVindex(root / "vindex", checkpoint, reference)
+
+
+@pytest.fixture
+def vindex_copy(small_vindex: SmallVindex, tmp_path: Path) -> Path:
+    """A private copy of the small vindex, free to damage."""
+    return Path(shutil.copytree(small_vindex.folder, tmp_path / "vindex"))
+
+
+def first_python_block(markdown: str) -> str:
+    return re.search(r"```python\n(.*?)```", markdown, re.S).group(1)

@@ -1,0 +1,119 @@
+"""The persistent block cache of lazily read byte ranges, shared by processes and revisions.
+
+Where: ``$VINDEX_HUB_CACHE`` if set, else a ``vindex-hub`` folder next to the Hub cache
+(``$HF_HUB_CACHE/../vindex-hub``, which is ``$HF_HOME/vindex-hub`` by default; with an explicit
+``cache_dir`` it is ``cache_dir/../vindex-hub``)::
+
+    blocks/<content sha256>/<start>-<end>    bytes [start, end) of the file with that content
+    meta/<repo folder>/<commit>.json         {filename: {"etag", "size"}}: lets offline opens key blocks
+    .locks/...                               filelock files, one per block / record
+
+Blocks are keyed by the file's content hash (the LFS sha256 / ETag at the resolved commit), not
+by repo or revision: a new revision with a new binary gets new keys and never sees stale bytes,
+and identical binaries share blocks. A block appears under its name only when complete and
+checked (atomic rename, under a per-block file lock so two processes fetch it once); a block
+whose size is wrong (truncated on disk) is treated as absent and fetched again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from filelock import FileLock
+from huggingface_hub import constants
+
+from .fsutil import atomic_path, atomic_write_json
+
+ENV_CACHE = "VINDEX_HUB_CACHE"
+_SAFE_KEY = re.compile(r"^[0-9A-Za-z._-]+$")
+
+
+def default_cache_root(hub_cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The block cache root for a Hub cache folder (None: the client's current ``HF_HUB_CACHE``)."""
+    if os.environ.get(ENV_CACHE):
+        return Path(os.environ[ENV_CACHE]).expanduser()
+    hub = Path(hub_cache_dir if hub_cache_dir is not None else constants.HF_HUB_CACHE).expanduser()
+    return hub.resolve().parent / "vindex-hub"
+
+
+class BlockCache:
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+
+    def block_path(self, key: str, start: int, end: int) -> Path:
+        if not _SAFE_KEY.match(key):  # a key comes from a server header: it must stay one path segment
+            raise ValueError(f"unsafe block cache key {key!r}")
+        return self.root / "blocks" / key / f"{start}-{end}"
+
+    def get(self, key: str, start: int, end: int) -> Path | None:
+        """The cached block of ``[start, end)``, or None when absent or of the wrong size."""
+        path = self.block_path(key, start, end)
+        try:
+            return path if path.stat().st_size == end - start else None
+        except FileNotFoundError:
+            return None
+
+    def fill(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        write: Callable[[BinaryIO], None],
+        check: Callable[[Path], None] | None = None,
+    ) -> Path:
+        """Return the block, creating it with ``write(fileobj)`` if absent.
+
+        ``check(tmp_path)`` runs on the complete temporary file before it is renamed into
+        place; if it raises, nothing is cached. Concurrent callers for one block wait on a lock
+        and the later ones find the block made by the first.
+        """
+        path = self.block_path(key, start, end)
+        with self._lock(f"blocks-{key}-{start}-{end}"):
+            if self.get(key, start, end) is not None:
+                return path
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as f:
+                    write(f)
+                size = tmp.stat().st_size
+                if size != end - start:
+                    raise OSError(f"{path}: wrote {size} bytes, expected {end - start}")
+                if check is not None:
+                    check(tmp)
+        return path
+
+    def discard(self, key: str, start: int, end: int) -> None:
+        """Drop a block found to be bad (another process may still hold its old inode: harmless)."""
+        with self._lock(f"blocks-{key}-{start}-{end}"):
+            self.block_path(key, start, end).unlink(missing_ok=True)
+
+    # Per-commit file records, so an offline open can find the content hash of a file.
+    def record_path(self, repo_folder: str, commit: str) -> Path:
+        return self.root / "meta" / repo_folder / f"{commit}.json"
+
+    def remember(self, repo_folder: str, commit: str, filename: str, info: dict[str, Any]) -> None:
+        path = self.record_path(repo_folder, commit)
+        with self._lock(f"meta-{repo_folder}-{commit}"):
+            records = self._read(path)
+            if records.get(filename) != info:
+                atomic_write_json(path, {**records, filename: info})
+
+    def recall(self, repo_folder: str, commit: str, filename: str) -> dict[str, Any] | None:
+        return self._read(self.record_path(repo_folder, commit)).get(filename)
+
+    @staticmethod
+    def _read(path: Path) -> dict[str, Any]:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _lock(self, name: str) -> FileLock:
+        locks = self.root / ".locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(locks / f"{name}.lock"))

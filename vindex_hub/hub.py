@@ -1,0 +1,408 @@
+"""Publishing a vindex folder to the Hub: ``push_vindex``, one verified folder -> one commit.
+
+What a push does, in order:
+
+1. Checks the arguments (repo id, repo type, branch options) and runs ``verify_vindex`` on the
+   folder: a folder that fails any check is refused before anything is sent.
+2. Creates the repo if needed (``exist_ok``; ``private`` applies only to a repo it creates) and
+   finds the head commit of the target branch (``revision``, default ``main``). A missing branch
+   is an error unless ``create_branch``, which creates it from ``main``.
+3. Compares the folder with the remote tree at that head: a file whose size and content hash
+   match (sha256 for LFS files, git blob sha1 for regular ones) is *unchanged* and not sent.
+   Files hashed here hand their sha256 to the client, so no file is read twice. Behind this,
+   the LFS batch API skips objects the server already stores (from an earlier failed push, or
+   another repo), so bytes that arrived once are never sent again.
+4. Makes ONE commit (``HfApi.create_commit``) with the new and changed files, deleting *stale*
+   files: remote files the vindex owns (the schema's file names and everything under ``data/``)
+   that the folder no longer has. So a re-push of a vindex with fewer layers leaves no parquet
+   split that the card no longer lists; files the vindex does not own (``.gitattributes``, a
+   LICENSE added on the Hub) are left alone. The commit names the head it was compared against
+   (``parent_commit``): if the branch moved meanwhile, the server refuses it instead of applying
+   a stale diff. ``create_pr`` opens a pull request from that head instead.
+
+Never uploaded: hidden paths (any part starting with ``.``: the build's work folder
+``schema.BUILD_STATE_DIR``, temporary files of atomic writes) and unfinished files
+(``*.tmp``, ``*.partial``, ``*.incomplete``, ``*.lock``).
+
+Failure leaves the branch as it was: LFS objects go to the server's object store first, and only
+the final commit request changes a branch, atomically. The client retries 5xx answers and dropped
+connections itself; what still fails becomes ``HubError`` / ``RemoteNotFoundError`` naming the repo
+and URL. The token (``token=``, else ``HF_TOKEN``, else the saved login) is never printed: it is
+scrubbed from every message that leaves this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from . import schema
+from .checksums import CHUNK
+from .errors import HubError, RemoteNotFoundError, UsageError, VindexError
+
+if TYPE_CHECKING:
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    from .remote import RepoRef
+
+REPO_TYPES = ("dataset", "model")
+DEFAULT_BRANCH = "main"
+UNFINISHED_SUFFIXES = (".tmp", ".partial", ".incomplete", ".lock")
+# Remote paths a vindex owns: a push deletes those the folder no longer has.
+VINDEX_FILES = frozenset({
+    schema.GATE_VECTORS_BIN, schema.INDEX_JSON, schema.PHASE1_JSON, schema.PHASE2_JSON, schema.CARD_FILE,
+    schema.VAR_PLOT_FILE, schema.LARQL_INDEX_JSON, schema.LARQL_ROUTER_BIN,
+})
+VINDEX_DIRS = (f"{schema.DATA_DIR}/",)
+
+
+@dataclass(frozen=True)
+class PushFile:
+    path: str  # relative to the vindex root, "/"-separated, as in the repo
+    size: int
+
+
+@dataclass
+class PushResult:
+    """What a push sent (or, for a dry run, would send), skipped and deleted, and where it went."""
+
+    folder: Path
+    repo_id: str
+    repo_type: str
+    revision: str  # the branch committed to (for a pull request: the branch it targets)
+    repo_url: str
+    uploaded: list[PushFile] = field(default_factory=list)  # new or changed files in the commit
+    unchanged: list[PushFile] = field(default_factory=list)  # already on the Hub with this content
+    deleted: list[str] = field(default_factory=list)  # stale vindex files removed by the commit
+    dry_run: bool = False
+    created_repo: bool = False  # for a dry run: would be created
+    created_branch: bool = False  # for a dry run: would be created
+    commit_oid: str | None = None  # None: dry run, or nothing changed (no commit made)
+    commit_url: str | None = None
+    pr_url: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def uploaded_bytes(self) -> int:
+        return sum(f.size for f in self.uploaded)
+
+    @property
+    def unchanged_bytes(self) -> int:
+        return sum(f.size for f in self.unchanged)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.uploaded or self.deleted)
+
+    def render(self) -> str:
+        """The CLI's report: a summary line, the commit / PR URL, per-file lines for a dry run."""
+        from .writers.card import format_size
+
+        target = f"{self.repo_type} repo {self.repo_id}@{self.revision}"
+        counts = (f"{len(self.uploaded)} file(s), {format_size(self.uploaded_bytes)}; "
+                  f"{len(self.unchanged)} unchanged ({format_size(self.unchanged_bytes)}); "
+                  f"{len(self.deleted)} stale file(s) deleted")
+        creations = [what for what, done in (("repo", self.created_repo), (f"branch {self.revision}",
+                                                                            self.created_branch)) if done]
+        lines: list[str] = []
+        if self.dry_run:
+            lines.append(f"dry run: would push to {target}: {counts.replace('deleted', 'to delete')}")
+            if creations:
+                lines.append(f"would create: {', '.join(creations)}")
+            lines += [f"  upload     {f.path}  ({format_size(f.size)})" for f in self.uploaded]
+            lines += [f"  unchanged  {f.path}" for f in self.unchanged]
+            lines += [f"  delete     {p}" for p in self.deleted]
+        elif not self.changed:
+            lines.append(f"{target} is up to date: {len(self.unchanged)} file(s) unchanged "
+                         f"({format_size(self.unchanged_bytes)}); no commit made")
+        else:
+            kind = "pull request" if self.pr_url else "commit"
+            lines.append(f"pushed to {target} in one {kind}: {counts}")
+            if creations:
+                lines.append(f"created: {', '.join(creations)}")
+            lines.append(f"commit: {self.commit_url}")
+            if self.pr_url:
+                lines.append(f"pull request: {self.pr_url}")
+        return "\n".join(lines + [f"note: {n}" for n in self.notes])
+
+
+def push_vindex(
+    folder: str | os.PathLike[str],
+    repo_id: str,
+    *,
+    repo_type: str = "dataset",
+    revision: str | None = None,
+    create_branch: bool = False,
+    create_pr: bool = False,
+    private: bool = False,
+    commit_message: str | None = None,
+    dry_run: bool = False,
+    token: str | None = None,
+    progress: bool = True,
+) -> PushResult:
+    """Upload the vindex in ``folder`` to the Hub repo ``repo_id`` in one commit (see the module doc).
+
+    ``revision``: the branch to commit to (default ``main``); ``create_branch`` creates it from
+    ``main`` when missing. ``create_pr``: open a pull request against that branch instead.
+    ``commit_message`` replaces the default summary (source model, revision, builder version).
+    ``dry_run``: work out what would be uploaded, skipped and deleted, and send nothing.
+    """
+    folder = Path(folder)
+    branch = revision or DEFAULT_BRANCH
+    _check_arguments(folder, repo_id, repo_type, revision, create_branch)
+    index = _verified_index(folder)
+    local = publishable_files(folder)
+
+    from huggingface_hub import HfApi, get_token
+
+    from .remote import RepoRef
+
+    ref = RepoRef(repo_id, repo_type, branch)
+    api = HfApi(token=token)
+    with _hub_errors(ref, secret=token or get_token()), _progress_bars(progress):
+        result = PushResult(folder, repo_id, repo_type, branch, repo_url=_repo_url(api, ref), dry_run=dry_run)
+        exists = _repo_exists(api, ref)
+        if not exists:
+            result.created_repo = True
+            if not dry_run:
+                result.repo_url = str(api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True))
+        elif private and not api.repo_info(repo_id, repo_type=repo_type).private:
+            result.notes.append(f"{repo_id} already exists and is public: private=True applies only to a new repo")
+        head = None
+        if exists or not dry_run:
+            head, result.created_branch = _branch_head(api, ref, create_branch=create_branch, dry_run=dry_run)
+        elif branch != DEFAULT_BRANCH:
+            _require_create_branch(api, ref, create_branch)
+            result.created_branch = True
+        remote = _remote_files(api, ref, head) if head is not None else {}
+        hashes = _plan(folder, local, remote, result, progress=progress)
+        if dry_run or not result.changed:
+            if not dry_run:
+                result.commit_oid = head
+            return result
+        summary, description = commit_text(index)
+        info = _commit(api, ref, folder, result, hashes, head=head, create_pr=create_pr,
+                       summary=commit_message or summary, description=description)
+        result.commit_oid, result.commit_url, result.pr_url = info.oid, info.commit_url, info.pr_url
+    return result
+
+
+# ---- what is pushed ----------------------------------------------------------------------------
+def publishable_files(folder: Path) -> list[PushFile]:
+    """Every file of the vindex to publish, sorted; hidden and unfinished files are left out."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        rel_dir = Path(dirpath).relative_to(folder)
+        dirnames[:] = sorted(d for d in dirnames if not _excluded(rel_dir / d))
+        for name in filenames:
+            rel = rel_dir / name
+            path = folder / rel
+            if not _excluded(rel) and path.is_file():
+                out.append(PushFile(rel.as_posix(), path.stat().st_size))
+    return sorted(out, key=lambda f: f.path)
+
+
+def _excluded(rel: Path) -> bool:
+    return (rel.parts[0] == schema.BUILD_STATE_DIR or any(p.startswith(".") for p in rel.parts)
+            or rel.name.endswith(UNFINISHED_SUFFIXES))
+
+
+def is_vindex_path(path: str) -> bool:
+    """A repo path that belongs to the vindex (so a push may delete it when the folder lacks it)."""
+    return path in VINDEX_FILES or path.startswith(VINDEX_DIRS)
+
+
+def commit_text(index: schema.VindexIndex) -> tuple[str, str]:
+    """The default commit summary and description, from the sidecar (never a local path)."""
+    from .writers.card import layer_span, model_name
+
+    src, b = index.source, index.builder
+    at = f"@{src.revision[:12]}" if src.revision else ""
+    summary = f"Upload vindex of {model_name(index)}{at} ({b.name} {b.version})"
+    description = "\n".join([
+        f"source: {model_name(index)}" + (f" at revision {src.revision}" if src.revision else ""),
+        f"builder: {b.name} {b.version}, method: {b.method}",
+        f"layers: {layer_span(index.layer_ids)} ({len(index.layers)} x {index.num_experts} experts x "
+        f"{index.num_feats} feats x {index.hidden_size} hidden, {schema.DTYPE})",
+    ])
+    return summary, description
+
+
+def _check_arguments(folder: Path, repo_id: str, repo_type: str, revision: str | None, create_branch: bool) -> None:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise UsageError(f"invalid repo id {repo_id!r}: {exc}") from None
+    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+        raise UsageError(f"invalid repo id {repo_id!r}: expected 'namespace/name'")
+    if repo_type not in REPO_TYPES:
+        raise UsageError(f"repo type {repo_type!r}: expected one of {', '.join(REPO_TYPES)}")
+    if create_branch and revision is None:
+        raise UsageError("create_branch needs a revision: the name of the branch to create")
+    if not folder.is_dir():
+        raise UsageError(f"{folder}: not a folder (expected a built vindex)")
+
+
+def _verified_index(folder: Path) -> schema.VindexIndex:
+    from .verify import verify_vindex
+
+    verify_vindex(folder).raise_if_failed()
+    return schema.VindexIndex.loads((folder / schema.INDEX_JSON).read_text(encoding="utf-8"),
+                                    where=str(folder / schema.INDEX_JSON))
+
+
+# ---- the remote side -----------------------------------------------------------------------------
+def _repo_url(api: "HfApi", ref: "RepoRef") -> str:
+    prefix = "" if ref.repo_type == "model" else f"{ref.repo_type}s/"
+    return f"{api.endpoint}/{prefix}{ref.repo_id}"
+
+
+def _repo_exists(api: "HfApi", ref: "RepoRef") -> bool:
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        api.repo_info(ref.repo_id, repo_type=ref.repo_type)
+    except RepositoryNotFoundError:
+        return False
+    return True
+
+
+def _branch_head(api: "HfApi", ref: "RepoRef", *, create_branch: bool, dry_run: bool) -> tuple[str, bool]:
+    """(head commit of the target branch, whether it is (to be) created from main)."""
+    refs = api.list_repo_refs(ref.repo_id, repo_type=ref.repo_type, include_pull_requests=True)
+    heads = {b.name: b.target_commit for b in refs.branches}
+    heads.update({p.ref: p.target_commit for p in refs.pull_requests or []})  # refs/pr/N: push onto a PR
+    if ref.revision in heads:
+        return heads[ref.revision], False
+    _require_create_branch(api, ref, create_branch)
+    if DEFAULT_BRANCH not in heads:
+        raise RemoteNotFoundError(f"{ref.repo_type} repo {ref.repo_id} has no {DEFAULT_BRANCH!r} branch "
+                                  f"to create {ref.revision!r} from")
+    if not dry_run:
+        api.create_branch(ref.repo_id, branch=ref.revision, revision=heads[DEFAULT_BRANCH], repo_type=ref.repo_type)
+    return heads[DEFAULT_BRANCH], True
+
+
+def _require_create_branch(api: "HfApi", ref: "RepoRef", create_branch: bool) -> None:
+    if not create_branch:
+        raise RemoteNotFoundError(
+            f"branch {ref.revision!r} does not exist in {ref.repo_type} repo {ref.repo_id} at {api.endpoint}; "
+            f"pass create_branch=True (--create-branch) to create it from {DEFAULT_BRANCH}"
+        )
+
+
+def _remote_files(api: "HfApi", ref: "RepoRef", head: str) -> dict[str, "RepoFile"]:
+    from huggingface_hub.hf_api import RepoFile
+
+    tree = api.list_repo_tree(ref.repo_id, recursive=True, revision=head, repo_type=ref.repo_type)
+    return {e.path: e for e in tree if isinstance(e, RepoFile)}
+
+
+def _plan(folder: Path, local: list[PushFile], remote: dict[str, "RepoFile"], result: PushResult,
+          *, progress: bool) -> dict[str, str]:
+    """Sort the folder's files into uploaded / unchanged and find stale remote files.
+
+    Returns the sha256 computed for each file hashed here (those with a same-size remote file).
+    """
+    from huggingface_hub.utils import tqdm
+
+    to_hash = [f for f in local if f.path in remote and remote[f.path].size == f.size]
+    hashes: dict[str, str] = {}
+    with tqdm(total=sum(f.size for f in to_hash), unit="B", unit_scale=True, desc="Comparing with the Hub",
+              disable=not progress or not to_hash) as bar:
+        for f in local:
+            r = remote.get(f.path)
+            if r is None or r.size != f.size:
+                same = False
+            elif r.lfs is not None:
+                hashes[f.path] = _sha256(folder / f.path, bar)
+                same = hashes[f.path] == r.lfs.sha256
+            else:
+                same = _git_blob_sha1(folder / f.path) == r.blob_id
+                bar.update(f.size)
+            (result.unchanged if same else result.uploaded).append(f)
+    local_paths = {f.path for f in local}
+    result.deleted = sorted(p for p in remote if is_vindex_path(p) and p not in local_paths)
+    return hashes
+
+
+def _sha256(path: Path, bar) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+            bar.update(len(chunk))
+    return h.hexdigest()
+
+
+def _git_blob_sha1(path: Path) -> str:
+    """What the Hub reports as a regular file's ``oid`` (regular files are small: read whole)."""
+    from huggingface_hub.utils.sha import git_hash
+
+    return git_hash(path.read_bytes())
+
+
+def _commit(api: "HfApi", ref: "RepoRef", folder: Path, result: PushResult, hashes: dict[str, str], *,
+            head: str, create_pr: bool, summary: str, description: str):
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    operations: list = []
+    for f in result.uploaded:
+        op = CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=str(folder / f.path))
+        if f.path in hashes:  # already read once here: spare the client a second pass
+            op.upload_info.sha256 = bytes.fromhex(hashes[f.path])
+        operations.append(op)
+    operations += [CommitOperationDelete(path_in_repo=p) for p in result.deleted]
+    try:
+        return api.create_commit(
+            ref.repo_id, operations, commit_message=summary, commit_description=description,
+            repo_type=ref.repo_type, revision=ref.revision, create_pr=create_pr, parent_commit=head,
+        )
+    except (RuntimeError, ValueError) as exc:
+        # The client wraps a failed LFS upload in RuntimeError("Error while uploading '<path>' ...").
+        cause = f" ({_one_line(exc.__cause__)})" if exc.__cause__ is not None else ""
+        raise HubError(f"{ref}: upload to {api.endpoint} failed: {_one_line(exc)}{cause}; nothing was committed, "
+                       "push again to resume (files that arrived are not sent twice)") from None
+
+
+# ---- plumbing --------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _hub_errors(ref: "RepoRef", *, secret: str | None) -> Iterator[None]:
+    """The loader's mapping of client errors to ``HubError``/``RemoteNotFoundError``, token scrubbed."""
+    from .remote import hub_errors
+
+    try:
+        with hub_errors(ref):
+            yield
+    except VindexError as exc:
+        message = str(exc)
+        if secret and secret in message:
+            raise type(exc)(message.replace(secret, "<token>")) from None
+        raise
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool) -> Iterator[None]:
+    """Show the client's progress bars or not, for the duration of one push."""
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    if enabled or are_progress_bars_disabled():
+        yield
+        return
+    disable_progress_bars()
+    try:
+        yield
+    finally:
+        enable_progress_bars()
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return f"{type(exc).__name__}: {' '.join(lines[:2])}" if lines else type(exc).__name__

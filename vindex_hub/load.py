@@ -1,0 +1,592 @@
+"""Reading a vindex: ``Vindex.open`` on a local folder or a Hub repo, ``pull``, ``remote_info``.
+
+Modes (``Vindex.open(..., mode=...)``):
+
+``local``     a folder on disk (chosen whenever the argument is an existing folder):
+              ``gate_vectors.bin`` is memory-mapped, ``layer(L)`` is a zero-copy view.
+``snapshot``  the binary, sidecar, stats JSON and card are downloaded once into the standard Hub
+              cache (``snapshot_download``; ``HF_HOME`` / ``HF_HUB_CACHE`` / ``cache_dir``
+              honoured), then memory-mapped like a local folder.
+``lazy``      (the default for repos) only the sidecar is downloaded at open; ``layer(L)`` and
+              ``expert(L, E)`` fetch exactly those bytes with ranged GETs and keep them in the
+              persistent block cache (``vindex_hub.cache``), keyed by the binary's content hash
+              at the resolved commit. Views of cached blocks are memory-mapped too.
+``arrow``     each layer is read from the parquet mirror with ``datasets.load_dataset(repo,
+              "gate_vectors", split="layer_NN")`` and reassembled to ``(E, K, H)``.
+
+Everything remote is pinned to the commit the revision resolved to at open, so a push in the
+middle of a session cannot mix two versions. Once fetched, ``lazy`` and ``snapshot`` opens work
+with ``HF_HUB_OFFLINE=1``.
+
+Integrity (``verify``):
+
+``True``      (default) a layer's bytes are checked against the sidecar's sha256 before they are
+              returned or cached; bytes already on disk (local folder, Hub cache, block cache) are
+              checked once per ``Vindex`` object, the first time that layer is read, so a block
+              corrupted on disk is caught (the block cache then drops it and fetches it again).
+              The sha256 is per layer, so an expert read in ``lazy`` mode while its layer is not
+              cached cannot be hash-checked without fetching 64x the bytes: such a read is checked
+              for shape, finiteness and unit-norm rows only. An expert read from a cached or local
+              layer is hash-checked through its layer.
+``"strict"``  as True, but an expert read always fetches and checks its whole layer.
+``False``     no checks (sizes and ``Content-Range`` are still checked).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import numpy as np
+from huggingface_hub import constants, hf_hub_download, snapshot_download
+from huggingface_hub.file_download import repo_folder_name
+
+from . import schema
+from .cache import BlockCache, default_cache_root
+from .checksums import sha256_bytes, sha256_file_range
+from .errors import HubError, IntegrityError, OutputConflictError, RemoteNotFoundError, UsageError, VindexFormatError
+from .fsutil import atomic_write_json, atomic_write_text, read_json
+from .remote import RemoteFile, RepoRef, fetch_range_into, file_metadata, hub_errors, parse_repo
+from .writers.binary import GateVectorsWriter
+
+Mode = Literal["local", "snapshot", "lazy", "arrow"]
+Verify = Union[bool, Literal["strict"]]
+MODES = ("local", "snapshot", "lazy", "arrow")
+# What a snapshot-mode open downloads: the binary and the small files beside it, not the mirror.
+SNAPSHOT_FILES = [schema.INDEX_JSON, schema.GATE_VECTORS_BIN, schema.PHASE1_JSON, schema.PHASE2_JSON, schema.CARD_FILE]
+UNIT_NORM_TOL = 1e-3  # rows are unit-norm float32 singular vectors; corrupted bytes rarely stay within this
+
+
+# ---- where the small files come from -----------------------------------------------------------
+class _LocalFiles:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def path(self, name: str) -> Path:
+        path = self.root / name
+        if not path.is_file():
+            raise VindexFormatError(f"{path}: no such file in this vindex")
+        return path
+
+    def describe(self, name: str) -> str:
+        return str(self.root / name)
+
+
+class _HubFiles:
+    """Files of a repo pinned to a commit, through the Hub cache (no request once cached)."""
+
+    def __init__(self, ref: RepoRef, *, cache_dir: str | None, token: str | bool | None):
+        self.ref, self.cache_dir, self.token = ref, cache_dir, token
+
+    def path(self, name: str) -> Path:
+        with hub_errors(self.ref, name):
+            return Path(hf_hub_download(self.ref.repo_id, name, repo_type=self.ref.repo_type,
+                                        revision=self.ref.revision, cache_dir=self.cache_dir, token=self.token))
+
+    def describe(self, name: str) -> str:
+        return f"{name} in {self.ref}"
+
+
+# ---- where the layers come from ------------------------------------------------------------------
+class _MemmapReader:
+    """gate_vectors.bin on local disk (a vindex folder or a Hub cache snapshot)."""
+
+    def __init__(self, path: Path, index: schema.VindexIndex):
+        index.check_layout(where=str(path.with_name(schema.INDEX_JSON)), file_size=path.stat().st_size)
+        self.path, self.index = path, index
+        self._mm = np.memmap(path, dtype=schema.NUMPY_DTYPE, mode="r",
+                             shape=(len(index.layers), index.num_experts, index.num_feats, index.hidden_size))
+        self._slot = {layer: slot for slot, layer in enumerate(index.layer_ids)}
+
+    def layer(self, layer: int, verify: Verify, verified: set[int]) -> np.ndarray:
+        block = np.asarray(self._mm[self._slot[layer]])
+        if verify and layer not in verified:
+            _check_sha256(block, self.index, layer, str(self.path))
+            verified.add(layer)
+        return block
+
+    def expert(self, layer: int, expert: int, verify: Verify, verified: set[int]) -> np.ndarray:
+        return self.layer(layer, verify, verified)[expert]
+
+    def close(self) -> None:
+        self._mm = None  # views handed out keep their own reference to the mapping
+
+
+class _RangedReader:
+    """Exact ranged reads of a remote gate_vectors.bin, through the persistent block cache."""
+
+    def __init__(self, remote: RemoteFile, index: schema.VindexIndex, cache: BlockCache, token: str | bool | None):
+        self.remote, self.index, self.cache, self.token = remote, index, cache, token
+
+    def _block(self, start: int, end: int, check) -> np.ndarray:
+        key = self.remote.etag
+        path = self.cache.get(key, start, end) or self.cache.fill(
+            key, start, end,
+            lambda f: fetch_range_into(f, self.remote.url, start, end, token=self.token,
+                                       expected_total=self.remote.size),
+            check,
+        )
+        return np.asarray(np.memmap(path, dtype=schema.NUMPY_DTYPE, mode="r"))
+
+    def layer(self, layer: int, verify: Verify, verified: set[int]) -> np.ndarray:
+        e = self.index.layer(layer)
+        start, end = e.file_offset, e.file_offset + e.nbytes
+        where = f"{schema.GATE_VECTORS_BIN} ({self.remote.url})"
+        check = (lambda tmp: _check_sha256_file(tmp, self.index, layer, where)) if verify else None
+        cached = self.cache.get(self.remote.etag, start, end) is not None
+        flat = self._block(start, end, check)
+        if verify and cached and layer not in verified:
+            try:
+                _check_sha256(flat, self.index, layer, str(self.cache.block_path(self.remote.etag, start, end)))
+            except IntegrityError as bad:
+                # Corrupted on disk after it was checked: drop it and fetch again (checked before caching).
+                del flat
+                self.cache.discard(self.remote.etag, start, end)
+                try:
+                    flat = self._block(start, end, check)
+                except HubError as exc:
+                    raise IntegrityError(f"{bad} (a corrupted cache block, now dropped; fetching it again "
+                                         f"failed: {exc})") from None
+        if verify:
+            verified.add(layer)
+        return flat.reshape(e.shape)
+
+    def expert(self, layer: int, expert: int, verify: Verify, verified: set[int]) -> np.ndarray:
+        e = self.index.layer(layer)
+        if verify == "strict" or self.cache.get(self.remote.etag, e.file_offset, e.file_offset + e.nbytes):
+            return self.layer(layer, verify, verified)[expert]
+        k, h = self.index.num_feats, self.index.hidden_size
+        start = e.file_offset + expert * schema.expert_nbytes(k, h)
+        end = start + schema.expert_nbytes(k, h)
+        where = f"{schema.GATE_VECTORS_BIN} ({self.remote.url}) layer {layer} expert {expert}"
+        check = (lambda tmp: _check_unit_rows(np.fromfile(tmp, dtype=schema.NUMPY_DTYPE).reshape(k, h), where)) if verify else None
+        return self._block(start, end, check).reshape(k, h)
+
+    def close(self) -> None:
+        pass
+
+
+class _ArrowReader:
+    """Layers from the parquet mirror via ``datasets.load_dataset``, one split per layer."""
+
+    def __init__(self, path_or_repo: str, revision: str | None, index: schema.VindexIndex, token: str | bool | None):
+        self.path_or_repo, self.revision, self.index, self.token = path_or_repo, revision, index, token
+
+    def layer(self, layer: int, verify: Verify, verified: set[int]) -> np.ndarray:
+        import datasets
+
+        e = self.index.layer(layer)
+        where = f"{self.path_or_repo} config {schema.CONFIG_GATE_VECTORS} split {schema.split_name(layer)}"
+        # data_files names this layer's file only: with just the config, datasets 5.2 downloads and
+        # prepares every split of it before returning one.
+        split = schema.split_name(layer)
+        ds = datasets.load_dataset(self.path_or_repo, data_files={split: schema.gate_vectors_parquet(layer)},
+                                   split=split, revision=self.revision, token=self.token)
+        block = gate_vectors_from_table(ds.data.table, e.shape, where=where)
+        if verify and layer not in verified:
+            _check_sha256(block, self.index, layer, where)
+            verified.add(layer)
+        return block
+
+    def expert(self, layer: int, expert: int, verify: Verify, verified: set[int]) -> np.ndarray:
+        return self.layer(layer, verify, verified)[expert]
+
+    def close(self) -> None:
+        pass
+
+
+def gate_vectors_from_table(table, shape: list[int], *, where: str) -> np.ndarray:
+    """Reassemble one layer's ``(E, K, H)`` block from its mirror rows, placed by (expert, feature)."""
+    num_experts, num_feats, hidden = shape
+    if table.num_rows != num_experts * num_feats:
+        raise VindexFormatError(f"{where}: {table.num_rows} rows, expected {num_experts} x {num_feats}")
+    expert = table.column(schema.COL_EXPERT).to_numpy().astype(np.int64)
+    feature = table.column(schema.COL_FEATURE).to_numpy().astype(np.int64)
+    vectors = table.column(schema.COL_VECTOR).combine_chunks()
+    flat = vectors.values.to_numpy(zero_copy_only=False)
+    if flat.dtype != np.float32 or flat.size != table.num_rows * hidden:
+        raise VindexFormatError(f"{where}: {schema.COL_VECTOR} is not float32 x {hidden}")
+    if expert.min() < 0 or expert.max() >= num_experts or feature.min() < 0 or feature.max() >= num_feats:
+        raise VindexFormatError(f"{where}: (expert, feature) outside {num_experts} x {num_feats}")
+    slot = expert * num_feats + feature
+    if np.unique(slot).size != slot.size:
+        raise VindexFormatError(f"{where}: repeated (expert, feature) rows")
+    out = np.empty((num_experts * num_feats, hidden), dtype=schema.NUMPY_DTYPE)
+    out[slot] = flat.reshape(-1, hidden)
+    return out.reshape(shape)
+
+
+def _check_sha256(block: np.ndarray, index: schema.VindexIndex, layer: int, where: str) -> None:
+    got = sha256_bytes(memoryview(np.ascontiguousarray(block)).cast("B"))
+    want = index.layer(layer).sha256
+    if got != want:
+        raise IntegrityError(f"{where}: layer {layer} has sha256 {got}, the sidecar records {want}")
+
+
+def _check_sha256_file(path: Path, index: schema.VindexIndex, layer: int, where: str) -> None:
+    got = sha256_file_range(path, 0, index.layer(layer).nbytes)
+    want = index.layer(layer).sha256
+    if got != want:
+        raise IntegrityError(f"{where}: layer {layer} has sha256 {got}, the sidecar records {want}")
+
+
+def _check_unit_rows(block: np.ndarray, where: str) -> None:
+    norms = np.linalg.norm(block.astype(np.float64), axis=-1)
+    if not np.all(np.isfinite(norms)) or np.max(np.abs(norms - 1.0)) > UNIT_NORM_TOL:
+        raise IntegrityError(f"{where}: rows are not unit-norm gate vectors (corrupted bytes?)")
+
+
+# ---- the public object ---------------------------------------------------------------------------
+class Vindex:
+    """A vindex opened for reading. Use ``Vindex.open``; close it (or use ``with``) when done.
+
+    Arrays from ``layer``/``expert`` are read-only; in local, snapshot and lazy modes they are
+    memory-mapped views (copy them to write). ``layer_torch``/``expert_torch`` return copies.
+    """
+
+    def __init__(self, index: schema.VindexIndex, reader, files, *, mode: Mode, verify: Verify,
+                 location: str, commit: str | None = None, file_size: int | None = None):
+        self._index, self._reader, self._files = index, reader, files
+        self.mode, self.verify, self.location, self.commit = mode, verify, location, commit
+        self._file_size = file_size
+        self._verified: set[int] = set()
+
+    @classmethod
+    def open(
+        cls,
+        path_or_repo_id: str | os.PathLike[str],
+        revision: str | None = None,
+        repo_type: str = "dataset",
+        mode: Mode | None = None,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        verify: Verify = True,
+        token: str | bool | None = None,
+    ) -> "Vindex":
+        """Open a vindex folder, a Hub repo id (``ns/name``, ``hf://datasets/ns/name@rev``) or a commit.
+
+        ``mode`` defaults to ``local`` for an existing folder and ``lazy`` for a repo; for a
+        folder, ``lazy`` and ``snapshot`` also mean memory-mapping. ``cache_dir`` is the Hub
+        cache folder (default ``HF_HUB_CACHE``); the block cache sits beside it.
+        """
+        if mode is not None and mode not in MODES:
+            raise UsageError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+        if verify not in (True, False, "strict"):
+            raise UsageError(f"verify={verify!r}: expected True, False or 'strict'")
+        cache_dir = str(cache_dir) if cache_dir is not None else None
+        if os.path.isdir(path_or_repo_id):
+            if revision is not None:
+                raise UsageError(f"{path_or_repo_id} is a local folder: revision={revision!r} does not apply")
+            return cls._open_local(Path(path_or_repo_id), mode, verify)
+        ref = parse_repo(str(path_or_repo_id), revision=revision, repo_type=repo_type)
+        mode = mode or "lazy"
+        if mode == "local":
+            raise UsageError(f"{path_or_repo_id} is not a local folder")
+        ref = ref.at(_resolve_commit(ref, cache_dir=cache_dir, token=token))
+        files = _HubFiles(ref, cache_dir=cache_dir, token=token)
+        index_path = files.path(schema.INDEX_JSON)
+        index = schema.VindexIndex.loads(index_path.read_text(encoding="utf-8"), where=files.describe(schema.INDEX_JSON))
+        if mode == "snapshot":
+            with hub_errors(ref):
+                folder = Path(snapshot_download(ref.repo_id, repo_type=ref.repo_type, revision=ref.revision,
+                                                allow_patterns=SNAPSHOT_FILES, cache_dir=cache_dir, token=token))
+            reader = _MemmapReader(_existing(folder / schema.GATE_VECTORS_BIN, ref), index)
+            size = reader.path.stat().st_size
+        elif mode == "lazy":
+            remote = _binary_metadata(ref, cache_dir=cache_dir, token=token)
+            index.check_layout(where=files.describe(schema.INDEX_JSON), file_size=remote.size)
+            cache = BlockCache(default_cache_root(cache_dir))
+            reader, size = _RangedReader(remote, index, cache, token), remote.size
+        else:
+            reader, size = _ArrowReader(ref.repo_id, ref.revision, index, token), None
+        return cls(index, reader, files, mode=mode, verify=verify, location=f"{ref.repo_id}@{ref.revision}",
+                   commit=ref.revision, file_size=size)
+
+    @classmethod
+    def _open_local(cls, root: Path, mode: Mode | None, verify: Verify) -> "Vindex":
+        files = _LocalFiles(root)
+        index_path = files.path(schema.INDEX_JSON)
+        index = schema.VindexIndex.loads(index_path.read_text(encoding="utf-8"), where=str(index_path))
+        if mode == "arrow":
+            reader, size = _ArrowReader(str(root), None, index, None), None
+        else:
+            reader = _MemmapReader(files.path(schema.GATE_VECTORS_BIN), index)
+            size, mode = reader.path.stat().st_size, "local"
+        return cls(index, reader, files, mode=mode, verify=verify, location=str(root), file_size=size)
+
+    # ---- shape ----
+    @property
+    def index(self) -> schema.VindexIndex:
+        return self._index
+
+    @property
+    def layers(self) -> list[int]:
+        return self._index.layer_ids
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._index.layers)
+
+    @property
+    def num_experts(self) -> int:
+        return self._index.num_experts
+
+    @property
+    def num_feats(self) -> int:
+        return self._index.num_feats
+
+    @property
+    def hidden_size(self) -> int:
+        return self._index.hidden_size
+
+    # ---- vectors ----
+    def layer(self, layer: int) -> np.ndarray:
+        """Layer ``layer``'s gate vectors, ``(num_experts, num_feats, hidden_size)`` float32, read-only."""
+        self._index.layer(layer)  # a clear error for a layer the vindex does not hold
+        return self._open_reader().layer(layer, self.verify, self._verified)
+
+    def expert(self, layer: int, expert: int) -> np.ndarray:
+        """One expert's ``(num_feats, hidden_size)`` vectors (rows by descending singular value)."""
+        self._index.layer(layer)
+        if not 0 <= expert < self.num_experts:
+            raise UsageError(f"expert {expert} out of range: layer {layer} has experts 0-{self.num_experts - 1}")
+        return self._open_reader().expert(layer, expert, self.verify, self._verified)
+
+    def layer_torch(self, layer: int, device=None, dtype=None):
+        """``layer(L)`` as a new torch tensor on ``device`` (default CPU) in ``dtype`` (default float32)."""
+        return _to_torch(self.layer(layer), device, dtype)
+
+    def expert_torch(self, layer: int, expert: int, device=None, dtype=None):
+        return _to_torch(self.expert(layer, expert), device, dtype)
+
+    # ---- statistics and card ----
+    @cached_property
+    def phase1(self) -> dict[str, Any]:
+        """``phase1_moe_svd.json``: per layer, the routed var-K summary, shared expert and router."""
+        return read_json(self._files.path(schema.PHASE1_JSON))
+
+    @cached_property
+    def phase2(self) -> dict[str, Any]:
+        """``phase2_router_svd.json``: per layer, the router decomposition."""
+        return read_json(self._files.path(schema.PHASE2_JSON))
+
+    def expert_stats(self) -> dict[str, np.ndarray]:
+        """The ``expert_stats`` table, one row per (layer, expert): columns as numpy arrays
+        (``singular_values`` is ``(rows, num_feats)``)."""
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(self._files.path(schema.EXPERT_STATS_PARQUET))
+        out: dict[str, np.ndarray] = {}
+        for name in table.column_names:
+            col = table.column(name).combine_chunks()
+            if hasattr(col.type, "list_size"):
+                out[name] = col.values.to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+            else:
+                out[name] = col.to_numpy(zero_copy_only=False)
+        return out
+
+    @cached_property
+    def card_data(self):
+        """The dataset card's metadata (``huggingface_hub.DatasetCardData``), None without a card."""
+        from huggingface_hub import DatasetCard
+
+        try:
+            path = self._files.path(schema.CARD_FILE)
+        except (VindexFormatError, RemoteNotFoundError):
+            return None
+        return DatasetCard.load(path).data
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-ready summary: where, shape, sizes, source, builder and the per-layer table."""
+        idx, k = self._index, self.num_feats
+        return {
+            "location": self.location,
+            "commit": self.commit,
+            "mode": self.mode,
+            "format_version": idx.format_version,
+            "model_type": idx.model_config.model_type,
+            "num_layers": self.num_layers,
+            "num_experts": self.num_experts,
+            "num_feats": k,
+            "hidden_size": self.hidden_size,
+            "layer_nbytes": idx.layer_nbytes,
+            "total_bytes": idx.total_bytes,
+            "file_size": self._file_size,
+            "source": idx.source.__dict__.copy(),
+            "builder": idx.builder.__dict__.copy(),
+            "layers": [
+                {"layer": layer, "file_offset": e.file_offset, "nbytes": e.nbytes, "sha256": e.sha256,
+                 schema.median_var_key(k): e.median_var, schema.q25_var_key(k): e.q25_var,
+                 schema.q75_var_key(k): e.q75_var}
+                for layer, e in sorted(idx.layers.items())
+            ],
+        }
+
+    # ---- lifetime ----
+    def _open_reader(self):
+        if self._reader is None:
+            raise UsageError(f"vindex {self.location} is closed")
+        return self._reader
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def __enter__(self) -> "Vindex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Vindex({self.location!r}, mode={self.mode!r}, layers={schema._span(self.layers)}, "
+                f"experts={self.num_experts}, num_feats={self.num_feats}, hidden_size={self.hidden_size})")
+
+
+def _to_torch(array: np.ndarray, device, dtype):
+    import torch
+
+    return torch.from_numpy(np.array(array)).to(device=device, dtype=dtype)
+
+
+def _existing(path: Path, ref: RepoRef) -> Path:
+    if not path.is_file():
+        raise VindexFormatError(f"{path.name} in {ref}: missing from the snapshot")
+    return path
+
+
+# ---- resolving a revision ------------------------------------------------------------------------
+def _resolve_commit(ref: RepoRef, *, cache_dir: str | None, token: str | bool | None) -> str:
+    """The commit sha ``ref.revision`` points to, by downloading the sidecar at that revision.
+
+    ``hf_hub_download`` records the revision -> commit mapping in the Hub cache, so the same call
+    resolves it offline; the file lands at ``snapshots/<commit>/<name>``.
+    """
+    with hub_errors(ref, schema.INDEX_JSON):
+        path = hf_hub_download(ref.repo_id, schema.INDEX_JSON, repo_type=ref.repo_type, revision=ref.revision,
+                               cache_dir=cache_dir, token=token)
+    return Path(path).parent.name
+
+
+def _binary_metadata(ref: RepoRef, *, cache_dir: str | None, token: str | bool | None) -> RemoteFile:
+    """HEAD gate_vectors.bin at the commit, remembered in the block cache for offline opens."""
+    cache = BlockCache(default_cache_root(cache_dir))
+    folder = repo_folder_name(repo_id=ref.repo_id, repo_type=ref.repo_type)
+    if constants.is_offline_mode():
+        record = cache.recall(folder, ref.revision, schema.GATE_VECTORS_BIN)
+        if record is None:
+            raise HubError(f"{schema.GATE_VECTORS_BIN} in {ref}: never opened online, and HF_HUB_OFFLINE is set")
+        return RemoteFile(ref.url(schema.GATE_VECTORS_BIN), ref.revision, record["etag"], int(record["size"]))
+    remote = file_metadata(ref, schema.GATE_VECTORS_BIN, token=token)
+    cache.remember(folder, ref.revision, schema.GATE_VECTORS_BIN, {"etag": remote.etag, "size": remote.size})
+    return remote
+
+
+# ---- pull / info ---------------------------------------------------------------------------------
+def pull(
+    repo_id: str,
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    layers: str | list[int] | None = None,
+    format: Literal["binary", "arrow"] = "binary",
+    revision: str | None = None,
+    repo_type: str = "dataset",
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+) -> Path:
+    """Materialize a Hub vindex in ``out_dir`` (default ``./<repo name>``); return the folder.
+
+    ``binary`` without ``layers``: the whole repo. ``binary`` with ``layers``: a smaller valid
+    vindex of just those layers (re-offset binary, its own sidecar, stats JSON of those layers;
+    each layer checked against its sha256). ``arrow``: the parquet files of those layers (all
+    without ``layers``), the stats parquet files, the card and the JSON files.
+    """
+    if format not in ("binary", "arrow"):
+        raise UsageError(f"format {format!r}: expected 'binary' or 'arrow'")
+    ref = parse_repo(repo_id, revision=revision, repo_type=repo_type)
+    out = Path(out_dir) if out_dir is not None else Path(ref.repo_id.split("/")[-1])
+    _check_out_dir(out)
+    cache_dir = str(cache_dir) if cache_dir is not None else None
+    if format == "binary" and layers is None:
+        return _snapshot_to(ref, out, None, cache_dir=cache_dir, token=token)
+    with Vindex.open(ref.repo_id, ref.revision, ref.repo_type, mode="lazy", cache_dir=cache_dir, token=token) as vx:
+        selected = schema.parse_layers(layers, vx.index.model_config.num_hidden_layers) if layers is not None else vx.layers
+        missing = [layer for layer in selected if layer not in vx.index.layers]
+        if missing:
+            raise UsageError(f"layers {missing} are not in {vx.location} (it holds layers {schema._span(vx.layers)})")
+        if format == "arrow":
+            patterns = [schema.gate_vectors_parquet(layer) for layer in selected]
+            patterns += [schema.EXPERT_STATS_PARQUET, schema.ROUTER_SVD_PARQUET, schema.CARD_FILE,
+                         schema.INDEX_JSON, schema.PHASE1_JSON, schema.PHASE2_JSON]
+            return _snapshot_to(ref.at(vx.commit), out, patterns, cache_dir=cache_dir, token=token)
+        return _write_subset(vx, selected, out)
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / schema.INDEX_JSON).exists())):
+        raise OutputConflictError(f"{out}: exists and is not an empty folder or an earlier pull; choose another -o")
+
+
+def _snapshot_to(ref: RepoRef, out: Path, patterns: list[str] | None, *, cache_dir, token) -> Path:
+    with hub_errors(ref):
+        return Path(snapshot_download(ref.repo_id, repo_type=ref.repo_type, revision=ref.revision,
+                                      allow_patterns=patterns, local_dir=out, cache_dir=cache_dir, token=token))
+
+
+def _write_subset(vx: Vindex, selected: list[int], out: Path) -> Path:
+    """A valid vindex of ``selected`` layers: binary re-offset from 0, sidecar and stats JSON to match."""
+    src = vx.index
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / schema.BUILD_STATE_DIR / f"{schema.GATE_VECTORS_BIN}.partial"
+    writer = GateVectorsWriter(tmp, num_layers=len(selected), num_experts=src.num_experts,
+                               num_feats=src.num_feats, hidden_size=src.hidden_size)
+    layers: dict[int, schema.LayerEntry] = {}
+    try:
+        for slot, layer in enumerate(selected):
+            sha = writer.write_layer(slot, vx.layer(layer))  # checked against the sidecar by vx
+            e = src.layer(layer)
+            layers[layer] = schema.LayerEntry(
+                file_offset=schema.layer_offset(slot, src.num_experts, src.num_feats, src.hidden_size),
+                shape=list(e.shape), nbytes=e.nbytes, sha256=sha,
+                median_var=e.median_var, q25_var=e.q25_var, q75_var=e.q75_var)
+        writer.finish(out / schema.GATE_VECTORS_BIN)
+    finally:
+        writer.close()
+    shutil.rmtree(out / schema.BUILD_STATE_DIR, ignore_errors=True)
+    for name, stats in ((schema.PHASE1_JSON, "phase1"), (schema.PHASE2_JSON, "phase2")):
+        try:
+            data = getattr(vx, stats)
+        except (VindexFormatError, RemoteNotFoundError):
+            continue  # an optional file the repo does not have
+        kept = {str(layer): data["layers"][str(layer)] for layer in selected if str(layer) in data.get("layers", {})}
+        atomic_write_json(out / name, {**data, "layers": kept})
+    index = schema.VindexIndex(num_feats=src.num_feats, model_config=src.model_config, source=src.source,
+                               builder=src.builder, layers=layers, format_version=src.format_version)
+    atomic_write_text(out / schema.INDEX_JSON, index.dumps())  # last: the folder is valid once it appears
+    return out
+
+
+def remote_info(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    repo_type: str = "dataset",
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+) -> dict[str, Any]:
+    """``Vindex.info()`` of a Hub vindex plus its phase-1/phase-2 JSON, without reading the binary.
+
+    Downloads the sidecar and the small stats JSON; a HEAD of the binary gives its size.
+    """
+    with Vindex.open(repo_id, revision, repo_type, mode="lazy", cache_dir=cache_dir, token=token) as vx:
+        info = vx.info()
+        for name in ("phase1", "phase2"):
+            try:
+                info[name] = getattr(vx, name)
+            except (VindexFormatError, RemoteNotFoundError):
+                info[name] = None
+        return info

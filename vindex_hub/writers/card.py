@@ -1,0 +1,288 @@
+"""The dataset card (``README.md``) and the var-K plot it shows.
+
+The card is the Jinja template ``dataset_card/vindex_card.md.j2`` (shipped in the package as
+``vindex_hub/templates``) rendered with figures from the real build, below typed front matter
+(``huggingface_hub.DatasetCardData``): license, tags, ``base_model``, ``configs`` (which parquet
+files make which config and split: what ``load_dataset`` reads) and ``dataset_info`` (features
+and split sizes, read back from the parquet files on disk so the card cannot disagree with them).
+
+The fields a user chooses (license, author, repo id, citation, tags, name) come from
+``CardOptions``: CLI options or a small YAML/JSON file (``CardOptions.from_file``).
+
+Both outputs are deterministic: no dates are invented (the citation's year is an option) and the
+PNG carries no software/time metadata, so two builds of one checkpoint are bit-identical.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from .. import __version__, schema
+from ..errors import UsageError, VindexFormatError
+from ..fsutil import atomic_write_bytes, atomic_write_text
+from ..results import LayerResult
+from .parquet_mirror import UNKNOWN
+
+TEMPLATE_FILE = "vindex_card.md.j2"
+TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+BASE_TAGS = ("vindex", "moe", "sparse-routing", "mechanistic-interpretability")
+
+
+@dataclass(frozen=True)
+class CardOptions:
+    """Card fields the user sets. In a file, the keys are these field names."""
+
+    license: str = "mit"
+    author: str | None = None  # person or organisation, e.g. "Divinci-AI"
+    repo_id: str | None = None  # where the vindex will live, for links: "Divinci-AI/deepseek-v4-flash-vindex"
+    citation: str | None = None  # a BibTeX entry; None writes one from the fields here
+    extra_tags: tuple[str, ...] = ()
+    pretty_name: str | None = None
+    year: int | None = None  # for the automatic citation (left out when None)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "CardOptions":
+        """Read a YAML (or JSON, a subset of YAML) mapping of the fields above."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read card options ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{path}: not valid YAML ({exc})") from None
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise UsageError(f"{path}: expected a mapping of card fields, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"{path}: unknown card option(s) {unknown}; known: {sorted(known)}")
+        return cls().updated(**data)
+
+    def updated(self, **changes: Any) -> "CardOptions":
+        """A copy with the given fields replaced; ``None`` values leave a field as it is."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "extra_tags" in changes:
+            tags = changes["extra_tags"]
+            changes["extra_tags"] = (tags,) if isinstance(tags, str) else tuple(str(t) for t in tags)
+        if "year" in changes:
+            changes["year"] = int(changes["year"])
+        return dataclasses.replace(self, **changes)
+
+
+# ---- figures for the text (pure) -------------------------------------------------------------
+def format_size(nbytes: int) -> str:
+    """Decimal units, as the seed card: 11,542,724,608 B -> ``11.54 GB``."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.2f} {unit}"
+    return f"{nbytes} B"
+
+
+def layer_span(layers: Sequence[int]) -> str:
+    """``L00-L42`` for a contiguous run, else the layers listed: ``L03, L05``."""
+    if list(layers) == list(range(layers[0], layers[-1] + 1)):
+        return f"L{layers[0]:02d}-L{layers[-1]:02d}"
+    return ", ".join(f"L{layer:02d}" for layer in layers)
+
+
+def title_of(index: schema.VindexIndex, options: CardOptions) -> str:
+    if options.pretty_name:
+        return options.pretty_name
+    if options.repo_id:
+        return options.repo_id.split("/")[-1]
+    return f"{model_name(index).split('/')[-1].lower()}-vindex"
+
+
+def model_name(index: schema.VindexIndex) -> str:
+    """The Hub repo id, else the local checkpoint folder's name (a card never shows local paths)."""
+    if index.source.repo_id:
+        return index.source.repo_id
+    return Path(index.source.path).name if index.source.path else index.model_config.model_type
+
+
+def auto_citation(index: schema.VindexIndex, options: CardOptions) -> str:
+    title = title_of(index, options)
+    author = options.author or "vindex-hub"
+    key = "_".join(re.sub(r"[^a-z0-9]+", "_", part.lower()).strip("_")
+                   for part in (author, title, str(options.year or "")) if part)
+    lines = [
+        f"@misc{{{key},",
+        f"  title = {{{title}: per-expert gate-vector vindex for {model_name(index)}}},",
+        f"  author = {{{author}}},",
+    ]
+    if options.year:
+        lines.append(f"  year = {{{options.year}}},")
+    if options.repo_id:
+        lines.append(f"  url = {{https://huggingface.co/datasets/{options.repo_id}}},")
+    return "\n".join(lines + ["}"])
+
+
+# ---- front matter ----------------------------------------------------------------------------
+def mirror_configs(index: schema.VindexIndex, with_stats: bool) -> list[tuple[str, list[tuple[str, str]]]]:
+    """(config name, [(split, parquet path)]) for each config of the mirror, default first."""
+    configs = [(schema.CONFIG_GATE_VECTORS,
+                [(schema.split_name(layer), schema.gate_vectors_parquet(layer)) for layer in index.layer_ids])]
+    if with_stats:
+        configs += [(schema.CONFIG_EXPERT_STATS, [(schema.STATS_SPLIT, schema.EXPERT_STATS_PARQUET)]),
+                    (schema.CONFIG_ROUTER_SVD, [(schema.STATS_SPLIT, schema.ROUTER_SVD_PARQUET)])]
+    return configs
+
+
+def dataset_info(folder: Path, configs: list[tuple[str, list[tuple[str, str]]]]) -> list[dict[str, Any]]:
+    """``dataset_info`` entries read from the parquet files: features, rows, sizes.
+
+    ``num_bytes`` is the uncompressed size of the split's data, ``download_size`` the files' size.
+    Features use ``datasets``' own YAML spelling (``{name, list: float32, length: H}`` for a
+    fixed-size list), the inverse of what ``load_dataset`` parses.
+    """
+    import pyarrow.parquet as pq
+    from datasets import Features
+
+    infos = []
+    for config_name, splits in configs:
+        features = None
+        split_infos, download = [], 0
+        for split, rel in splits:
+            path = folder / rel
+            try:
+                meta = pq.read_metadata(path)
+            except FileNotFoundError:
+                raise VindexFormatError(f"{path}: missing; write the mirror before the card") from None
+            if features is None:
+                features = Features.from_arrow_schema(meta.schema.to_arrow_schema())
+            nbytes = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+            split_infos.append({"name": split, "num_bytes": nbytes, "num_examples": meta.num_rows})
+            download += path.stat().st_size
+        infos.append({
+            "config_name": config_name,
+            "features": features._to_yaml_list(),
+            "splits": split_infos,
+            "download_size": download,
+            "dataset_size": sum(s["num_bytes"] for s in split_infos),
+        })
+    return infos
+
+
+def card_data(folder: Path, index: schema.VindexIndex, with_stats: bool, options: CardOptions):
+    from huggingface_hub import DatasetCardData
+
+    configs = mirror_configs(index, with_stats)
+    base_model = index.source.repo_id
+    return DatasetCardData(
+        license=options.license,
+        pretty_name=title_of(index, options),
+        tags=list(dict.fromkeys([*BASE_TAGS, *options.extra_tags])),
+        **({"base_model": base_model} if base_model else {}),
+        configs=[
+            {
+                "config_name": name,
+                **({"default": True} if name == schema.CONFIG_GATE_VECTORS else {}),
+                "data_files": [{"split": split, "path": rel} for split, rel in splits],
+            }
+            for name, splits in configs
+        ],
+        dataset_info=dataset_info(folder, configs),
+    )
+
+
+# ---- the plot --------------------------------------------------------------------------------
+def var_plot_png(index: schema.VindexIndex) -> bytes:
+    """Median var{K} per layer with the q25-q75 band; PNG bytes without time/software metadata."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    layers = index.layer_ids
+    median = [index.layers[layer].median_var for layer in layers]
+    q25 = [index.layers[layer].q25_var for layer in layers]
+    q75 = [index.layers[layer].q75_var for layer in layers]
+    k = index.num_feats
+    fig = Figure(figsize=(8, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.fill_between(layers, q25, q75, alpha=0.3, linewidth=0, label="q25-q75 over experts")
+    ax.plot(layers, median, marker="o", markersize=3, label=f"median {schema.var_key(k)}")
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"{schema.var_key(k)} = top-{k} energy fraction")
+    ax.set_title(f"{model_name(index)}: gate_proj energy in the top {k} singular directions")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+# ---- the card --------------------------------------------------------------------------------
+def render_card(folder: Path, index: schema.VindexIndex, results: Sequence[LayerResult] | None,
+                options: CardOptions) -> str:
+    """The card's text (front matter + body); reads the parquet files for ``dataset_info``."""
+    import jinja2
+    from huggingface_hub import DatasetCard
+
+    with_stats = results is not None
+    moe = index.model_config.moe
+    layers = index.layer_ids
+    example_layer = 1 if 1 in index.layers else layers[0]
+    k = index.num_feats
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), undefined=jinja2.StrictUndefined,
+                             keep_trailing_newline=True, autoescape=False)
+    text = env.get_template(TEMPLATE_FILE).render(
+        card_data=card_data(folder, index, with_stats, options).to_yaml(),
+        title=title_of(index, options),
+        model=model_name(index),
+        author=options.author,
+        revision=index.source.revision,
+        model_type=index.model_config.model_type,
+        num_hidden_layers=index.model_config.num_hidden_layers,
+        hidden_size=moe.hidden_size,
+        moe_intermediate_size=moe.moe_intermediate_size,
+        n_routed_experts=moe.n_routed_experts,
+        n_shared_experts=moe.n_shared_experts,
+        num_experts_per_tok=moe.num_experts_per_tok,
+        num_layers=len(layers),
+        layer_span=layer_span(layers),
+        num_feats=k,
+        method=index.builder.method,
+        sign_rule=index.builder.sign_rule,
+        total_size=format_size(index.total_bytes),
+        plot_file=schema.VAR_PLOT_FILE,
+        files={"binary": schema.GATE_VECTORS_BIN, "index": schema.INDEX_JSON, "phase1": schema.PHASE1_JSON,
+               "phase2": schema.PHASE2_JSON, "data_dir": schema.DATA_DIR, "larql": schema.LARQL_INDEX_JSON,
+               "router": schema.LARQL_ROUTER_BIN},
+        median_key=schema.median_var_key(k), q25_key=schema.q25_var_key(k), q75_key=schema.q75_var_key(k),
+        var_key=schema.var_key(k),
+        has_phase1=(folder / schema.PHASE1_JSON).exists(),
+        has_phase2=(folder / schema.PHASE2_JSON).exists(),
+        has_larql=(folder / schema.LARQL_INDEX_JSON).exists(),
+        has_router_bin=(folder / schema.LARQL_ROUTER_BIN).exists(),
+        has_stats=with_stats,
+        example_layer=example_layer,
+        example_split=schema.split_name(example_layer),
+        example_parquet=schema.gate_vectors_parquet(example_layer),
+        repo_id=options.repo_id or f"{options.author or 'your-namespace'}/{title_of(index, options)}",
+        citation=(options.citation or auto_citation(index, options)).strip(),
+        builder=None if index.builder.name == UNKNOWN else f"{index.builder.name} {index.builder.version}",
+        writer_version=__version__,
+    )
+    DatasetCard(text)  # parses the front matter: a card the Hub would reject fails here
+    return text
+
+
+def write_card(folder: str | Path, index: schema.VindexIndex, results: Sequence[LayerResult] | None,
+               options: CardOptions | None = None) -> None:
+    """Write ``README.md`` and the var-K plot it embeds (after the mirror and LarQL index)."""
+    folder = Path(folder)
+    options = options or CardOptions()
+    if not index.layers:
+        raise VindexFormatError(f"{folder}: the index lists no layers; nothing to describe")
+    atomic_write_bytes(folder / schema.VAR_PLOT_FILE, var_plot_png(index))
+    atomic_write_text(folder / schema.CARD_FILE, render_card(folder, index, results, options))
