@@ -253,7 +253,7 @@ def test_a_finished_build_run_again_does_nothing(tiny_checkpoint: Path, tiny_vin
     out = Path(shutil.copytree(tiny_vindex, tmp_path / "vindex"))
     before = folder_bytes(out)
     summary = build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
-    assert summary.built_layers == []
+    assert summary.built_layers == [] and summary.already_complete
     assert folder_bytes(out) == before
 
 

@@ -89,14 +89,14 @@ def test_router_stats_of_a_known_router() -> None:
     assert got[schema.router_topk_key(16)] == pytest.approx(1.0, rel=1e-14)
     assert got[schema.router_topk_key(64)] == pytest.approx(1.0, rel=1e-14)
     p = np.array(values) / sum(values)
-    assert got[stats.EFFECTIVE_RANK] == pytest.approx(math.exp(-np.sum(p * np.log(p))), rel=1e-14)
-    assert got[stats.STABLE_RANK] == pytest.approx(total / 16, rel=1e-14)
-    assert got[stats.S0_S1] == pytest.approx(2.0, rel=1e-14)
+    assert got[schema.ROUTER_EFFECTIVE_RANK] == pytest.approx(math.exp(-np.sum(p * np.log(p))), rel=1e-14)
+    assert got[schema.ROUTER_STABLE_RANK] == pytest.approx(total / 16, rel=1e-14)
+    assert got[schema.ROUTER_S0_S1] == pytest.approx(2.0, rel=1e-14)
     assert got[schema.COL_SINGULAR_VALUES] == pytest.approx(values, rel=1e-14)
     assert set(got) == {schema.router_topk_key(k) for k in schema.ROUTER_TOPK} | {
-        stats.EFFECTIVE_RANK,
-        stats.STABLE_RANK,
-        stats.S0_S1,
+        schema.ROUTER_EFFECTIVE_RANK,
+        schema.ROUTER_STABLE_RANK,
+        schema.ROUTER_S0_S1,
         schema.COL_SINGULAR_VALUES,
     }
 
@@ -108,16 +108,16 @@ def test_router_stats_of_a_random_router_match_numpy() -> None:
     ref = np.linalg.svd(router.astype(np.float64), compute_uv=False)
     for k in schema.ROUTER_TOPK:
         assert got[schema.router_topk_key(k)] == pytest.approx(np.sum(ref[:k] ** 2) / np.sum(ref**2), rel=1e-12)
-    assert got[stats.STABLE_RANK] == pytest.approx(np.sum(ref**2) / ref[0] ** 2, rel=1e-12)
-    assert got[stats.S0_S1] == pytest.approx(ref[0] / ref[1], rel=1e-12)
-    assert 1.0 < got[stats.EFFECTIVE_RANK] < 96.0
+    assert got[schema.ROUTER_STABLE_RANK] == pytest.approx(np.sum(ref**2) / ref[0] ** 2, rel=1e-12)
+    assert got[schema.ROUTER_S0_S1] == pytest.approx(ref[0] / ref[1], rel=1e-12)
+    assert 1.0 < got[schema.ROUTER_EFFECTIVE_RANK] < 96.0
 
 
 def test_router_stats_rank_one_and_bad_input() -> None:
     got = stats.router_stats([3.0, 0.0], 3.0)
-    assert got[stats.S0_S1] is None  # JSON has no infinity
-    assert got[stats.EFFECTIVE_RANK] == pytest.approx(1.0)
-    assert stats.router_stats([3.0], 3.0)[stats.S0_S1] is None
+    assert got[schema.ROUTER_S0_S1] is None  # JSON has no infinity
+    assert got[schema.ROUTER_EFFECTIVE_RANK] == pytest.approx(1.0)
+    assert stats.router_stats([3.0], 3.0)[schema.ROUTER_S0_S1] is None
     with pytest.raises(UsageError, match="descending"):
         stats.router_stats([1.0, 2.0], 3.0)
     with pytest.raises(UsageError, match="zero router"):

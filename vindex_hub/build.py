@@ -50,6 +50,7 @@ class BuildSummary:
     built_layers: list[int]  # computed in this run (the others were resumed from disk)
     seconds: float
     index: schema.VindexIndex
+    already_complete: bool = False  # ``out`` held this very vindex, finished: nothing was done
 
 
 def open_source(source: str | os.PathLike[str] | CheckpointSource, *, revision: str | None = None,
@@ -105,7 +106,8 @@ def build_vindex(
         fingerprint = _fingerprint(index, src, arch, layer_ids, larql_router)
         finished = _claim_output(out, state_dir, fingerprint)
         if finished is not None:  # the same vindex is already complete there: nothing to do
-            return BuildSummary(out, layer_ids, [], time.monotonic() - started, finished)
+            return BuildSummary(out, layer_ids, [], time.monotonic() - started, finished,
+                                already_complete=True)
 
         todo = [layer for layer in layer_ids if not _layer_done(state_dir, layer)]
         final_bin = out / schema.GATE_VECTORS_BIN

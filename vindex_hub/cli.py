@@ -7,11 +7,12 @@ single line on stderr and exit status 1 (2 for bad usage, as argparse does).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__
+from . import __version__, schema
 from .errors import UsageError, VindexError
 
 
@@ -32,6 +33,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         device=args.device, batch_size=args.batch_size, card_options=_card_options(args),
         larql_router=args.larql_router, progress=not args.quiet,
     )
+    if summary.already_complete:
+        print(f"{summary.out} already holds this vindex, complete; nothing to do")
+        return 0
     resumed = len(summary.layers) - len(summary.built_layers)
     note = f" ({resumed} resumed)" if resumed else ""
     print(f"built {summary.out}: {len(summary.layers)} layers{note}, "
@@ -58,11 +62,36 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .load import describe
+    from .load import Vindex, remote_info
 
-    print(describe(args.path, revision=args.revision, repo_type=args.repo_type,
-                   as_json=args.json))
+    if Path(args.path).is_dir():
+        with Vindex.open(args.path) as vx:
+            info = vx.info()
+    else:
+        info = remote_info(args.path, args.revision, repo_type=args.repo_type)
+    print(json.dumps(info, indent=2) if args.json else _render_info(info))
     return 0
+
+
+def _render_info(info: dict) -> str:
+    k = info["num_feats"]
+    source = info["source"]
+    lines = [
+        f"{info['location']}" + (f" @ {info['commit']}" if info.get("commit") else ""),
+        f"  model      {source.get('repo_id') or source.get('path')} ({info['model_type']})"
+        + (f" @ {source['revision']}" if source.get("revision") else ""),
+        f"  shape      {info['num_layers']} layers x {info['num_experts']} experts x {k} feats x "
+        f"{info['hidden_size']} hidden, float32",
+        f"  size       {info['total_bytes'] / 1e9:.2f} GB ({info['layer_nbytes'] / 1e6:.1f} MB a layer)",
+        f"  builder    {info['builder']['name']} {info['builder']['version']}: {info['builder']['method']}",
+        f"  {'layer':>5}  {'offset':>14}  {schema.median_var_key(k):>12}  {'q25..q75':>17}  sha256",
+    ]
+    for e in info["layers"]:
+        lines.append(
+            f"  {e['layer']:>5}  {e['file_offset']:>14}  {e[schema.median_var_key(k)]:>12.4f}  "
+            f"{e[schema.q25_var_key(k)]:>8.4f}..{e[schema.q75_var_key(k)]:<7.4f}  {e['sha256'][:16]}"
+        )
+    return "\n".join(lines)
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -174,7 +203,7 @@ def parser() -> argparse.ArgumentParser:
     p = command("local-hub", cmd_local_hub, "run the bundled Hub-protocol server (for tests and the demo)")
     p.add_argument("--root", required=True, help="folder holding the server's repos")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8089)
+    p.add_argument("--port", type=int, default=8089, help="0 picks a free port")
     return ap
 
 

@@ -590,3 +590,20 @@ def remote_info(
             except (VindexFormatError, RemoteNotFoundError):
                 info[name] = None
         return info
+
+
+def local_folder(
+    path_or_repo_id: str | os.PathLike[str],
+    revision: str | None = None,
+    *,
+    repo_type: str = "dataset",
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+) -> Path:
+    """A folder holding the whole vindex: ``path_or_repo_id`` itself, or a cached Hub snapshot."""
+    if Path(path_or_repo_id).is_dir():
+        return Path(path_or_repo_id)
+    ref = parse_repo(str(path_or_repo_id), revision=revision, repo_type=repo_type)
+    with hub_errors(ref):
+        return Path(snapshot_download(ref.repo_id, repo_type=ref.repo_type, revision=ref.revision,
+                                      cache_dir=str(cache_dir) if cache_dir else None, token=token))

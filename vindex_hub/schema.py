@@ -138,6 +138,11 @@ def q75_var_key(num_feats: int) -> str:
     return summary_var_key("q75", num_feats)
 
 
+ROUTER_EFFECTIVE_RANK = "effective_rank"
+ROUTER_STABLE_RANK = "stable_rank"
+ROUTER_S0_S1 = "s0_s1"
+
+
 def router_topk_key(k: int) -> str:
     return f"top{k}_energy"
 

@@ -21,11 +21,6 @@ from .errors import UsageError
 
 __all__ = ["effective_rank", "energy_fraction", "router_stats", "summarize"]
 
-# Keys of router_stats' result besides schema.router_topk_key(k) and schema.COL_SINGULAR_VALUES.
-# (To move into schema.py: requested from the lead.)
-EFFECTIVE_RANK = "effective_rank"
-STABLE_RANK = "stable_rank"
-S0_S1 = "s0_s1"
 
 
 def energy_fraction(singular_values: np.ndarray, frobenius_norm: np.ndarray | Sequence[float]) -> np.ndarray:
@@ -84,8 +79,8 @@ def router_stats(singular_values: np.ndarray | Sequence[float], frobenius_norm: 
         raise UsageError("router_stats of a zero router matrix is undefined")
     energy = np.cumsum(s**2) / fro2
     out: dict[str, Any] = {schema.router_topk_key(k): float(energy[min(k, s.size) - 1]) for k in schema.ROUTER_TOPK}
-    out[EFFECTIVE_RANK] = effective_rank(s)
-    out[STABLE_RANK] = fro2 / s[0] ** 2
-    out[S0_S1] = float(s[0] / s[1]) if s.size > 1 and s[1] > 0 else None
+    out[schema.ROUTER_EFFECTIVE_RANK] = effective_rank(s)
+    out[schema.ROUTER_STABLE_RANK] = fro2 / s[0] ** 2
+    out[schema.ROUTER_S0_S1] = float(s[0] / s[1]) if s.size > 1 and s[1] > 0 else None
     out[schema.COL_SINGULAR_VALUES] = s.tolist()
     return out

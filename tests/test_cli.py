@@ -1,0 +1,85 @@
+"""The command line: a thin layer whose errors are one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vindex_hub import schema
+from vindex_hub.cli import main, parser
+from vindex_fixtures import NUM_FEATS, SmallVindex, small_vindex  # noqa: F401 (fixture)
+
+
+def vindex_hub(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vindex_hub", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_every_command_in_the_design_has_a_subcommand():
+    commands = parser()._subparsers._group_actions[0].choices
+    assert {"build", "push", "pull", "info", "verify", "demo", "convert", "local-hub"} <= set(commands)
+
+
+def test_info_shows_the_layer_table(small_vindex: SmallVindex, capsys):
+    assert main(["info", str(small_vindex.folder)]) == 0
+    out = capsys.readouterr().out
+    index = schema.VindexIndex.loads((small_vindex.folder / schema.INDEX_JSON).read_text())
+    assert f"{len(index.layers)} layers x {index.num_experts} experts x {NUM_FEATS} feats" in out
+    for layer in index.layer_ids:
+        assert index.layer(layer).sha256[:16] in out
+    assert main(["info", str(small_vindex.folder), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert [e["layer"] for e in info["layers"]] == index.layer_ids
+    assert info["num_feats"] == NUM_FEATS
+
+
+def test_verify_exits_non_zero_and_names_the_damaged_layer(small_vindex: SmallVindex, tmp_path: Path):
+    folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "vindex"))
+    ok = vindex_hub("verify", str(folder))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    index = schema.VindexIndex.loads((folder / schema.INDEX_JSON).read_text())
+    with open(folder / schema.GATE_VECTORS_BIN, "r+b") as f:
+        f.seek(index.layer(2).file_offset + 12)
+        b = f.read(1)
+        f.seek(index.layer(2).file_offset + 12)
+        f.write(bytes([b[0] ^ 1]))
+    bad = vindex_hub("verify", str(folder))
+    assert bad.returncode == 1
+    assert "layer 2" in bad.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["build", "{ckpt}", "-o", "{out}", "--layers", "0-99"], "out of range"),
+    (["build", "{ckpt}", "-o", "{out}", "--num-feats", "0"], "--num-feats 0"),
+    (["build", "{tmp}/no-such-folder", "-o", "{out}"], "not a checkpoint folder"),
+    (["info", "{tmp}/not/a/repo/id"], "neither an existing folder nor a Hub repo id"),
+])
+def test_usage_errors_are_one_line_and_exit_2(args, message, small_vindex: SmallVindex, tmp_path: Path):
+    fill = {"ckpt": str(small_vindex.checkpoint), "out": str(tmp_path / "out"), "tmp": str(tmp_path)}
+    result = vindex_hub(*[a.format(**fill) for a in args])
+    assert result.returncode in (1, 2), result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "out" / schema.INDEX_JSON).exists()
+
+
+def test_pull_and_info_of_a_hub_repo(small_vindex: SmallVindex, local_hub, hub_repo_id: str, tmp_path: Path):
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    api.create_repo(hub_repo_id, repo_type="dataset")
+    api.upload_folder(folder_path=small_vindex.folder, repo_id=hub_repo_id, repo_type="dataset")
+    info = vindex_hub("info", hub_repo_id, "--json")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["num_feats"] == NUM_FEATS
+    assert local_hub.stats().file(hub_repo_id, schema.GATE_VECTORS_BIN).bytes_sent == 0
+
+    pulled = vindex_hub("pull", hub_repo_id, "-o", str(tmp_path / "one"), "--layers", "1")
+    assert pulled.returncode == 0, pulled.stderr
+    index = schema.VindexIndex.loads((tmp_path / "one" / schema.INDEX_JSON).read_text())
+    assert index.layer_ids == [1]
+    assert vindex_hub("verify", hub_repo_id).returncode == 0
