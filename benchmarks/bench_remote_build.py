@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -89,6 +90,13 @@ def main() -> None:
         return
 
     work = Path(tempfile.mkdtemp(prefix="bench-remote-build-"))
+    try:
+        run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
     hub = LocalHub(work / "server").start()
     os.environ.update(client_environment(hub.url, work / "hf-parent", token=TOKEN))
     # The clients read the environment at import time: import them only now.
@@ -151,7 +159,8 @@ def main() -> None:
         ("source's own count (bytes_fetched) = server count", f"{remote['bytes_fetched'] == remote_bytes}", ""),
         ("wall: local build / remote build", f"{local['seconds']:.1f} s / {remote['seconds']:.1f} s "
                                              f"= {remote['seconds'] / local['seconds']:.2f}x", "close to 1x"),
-        ("remote build: time waiting on fetches (reader thread)", f"{remote['fetch_seconds']:.1f} s", ""),
+        ("remote build: seconds fetching (reader thread, overlapped with compute)",
+         f"{remote['fetch_seconds']:.1f} s", ""),
         ("fetch only (no compute): throughput", f"{fetch_bytes / mb / fetch['fetch_seconds']:.0f} MB/s "
                                                 f"({fetch_bytes / mb:.1f} MB in {fetch['fetch_seconds']:.2f} s)", ""),
         ("snapshot_download alone", f"{snap['seconds']:.2f} s", ""),

@@ -25,7 +25,7 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 
-def _read_json_object(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -43,7 +43,7 @@ def _read_json_object(path: Path) -> dict[str, Any]:
 
 def read_weight_map(index_path: Path) -> dict[str, str]:
     """The checked ``weight_map`` (tensor name -> shard file) of a ``model.safetensors.index.json``."""
-    weight_map = _read_json_object(index_path).get("weight_map")
+    weight_map = read_json_object(index_path).get("weight_map")
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
@@ -66,7 +66,7 @@ class LocalCheckpoint:
         self.path: str | None = str(path)
         if not self.root.is_dir():
             raise CheckpointError(f"checkpoint folder {self.root} does not exist")
-        self.config: dict[str, Any] = _read_json_object(self.root / CONFIG_FILE)
+        self.config: dict[str, Any] = read_json_object(self.root / CONFIG_FILE)
         self._headers: dict[str, dict[str, TensorInfo]] = {}
         self._files: dict[str, Any] = {}
         self._lock = threading.Lock()

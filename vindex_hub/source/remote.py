@@ -22,7 +22,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from huggingface_hub import HfApi, hf_hub_download
@@ -32,7 +32,7 @@ from ..cache import BlockCache, default_cache_root
 from ..errors import CheckpointError, UsageError
 from ..remote import MAX_RETRIES, RemoteFile, fetch_range_into, file_metadata, hub_errors, parse_repo
 from .base import RawTensor, TensorInfo
-from .local import CONFIG_FILE, INDEX_FILE, SINGLE_FILE, _read_json_object, read_weight_map
+from .local import CONFIG_FILE, INDEX_FILE, SINGLE_FILE, read_json_object, read_weight_map
 from .safetensors_format import PREFIX_BYTES, header_length, parse_header
 
 # Coalescing: merge two ranges of a shard only across a gap below MAX_GAP_BYTES, never into a
@@ -141,7 +141,7 @@ class HubCheckpoint:
         self.bytes_fetched = 0  # bytes received from the Hub for shards (headers and tensor ranges)
         self.fetch_seconds = 0.0  # wall time spent waiting for them
 
-        self.config: dict[str, Any] = _read_json_object(self._download(CONFIG_FILE))
+        self.config: dict[str, Any] = read_json_object(self._download(CONFIG_FILE))
         files = {s.rfilename for s in info.siblings or ()}
         if INDEX_FILE in files:
             self._index_file: str | None = INDEX_FILE
