@@ -519,3 +519,25 @@ def test_serve_in_a_separate_process(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=10)
     assert proc.returncode == 0
+
+
+def test_totals_count_each_request_and_byte_once(local_hub, hub_repo_id, tmp_path):
+    """Per-file attribution must not add to the totals a second time."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    api = HfApi()
+    api.create_repo(hub_repo_id, repo_type="dataset")
+    payload = os.urandom(300_000)
+    (tmp_path / "blob.bin").write_bytes(payload)
+    local_hub.reset_stats()
+    api.upload_file(path_or_fileobj=str(tmp_path / "blob.bin"), path_in_repo="blob.bin",
+                    repo_id=hub_repo_id, repo_type="dataset")
+    stats = local_hub.stats()
+    assert stats.file(hub_repo_id, "blob.bin").bytes_received == len(payload)
+    assert len(payload) <= stats.bytes_received < len(payload) + 20_000  # + JSON request bodies
+    local_hub.reset_stats()
+    hf_hub_download(hub_repo_id, "blob.bin", repo_type="dataset", cache_dir=str(tmp_path / "cache"))
+    stats = local_hub.stats()
+    assert stats.file(hub_repo_id, "blob.bin").bytes_sent == len(payload)
+    assert stats.bytes_sent == len(payload)
+    assert stats.requests == 2  # HEAD + GET

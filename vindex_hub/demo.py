@@ -36,7 +36,7 @@ DEMO_REPO_ID = "demo/tiny-deepseek-v4-vindex"
 # The local server accepts any token; writes need one. Not a secret, and still never printed.
 DEMO_TOKEN = "hf_local_demo_token"
 # Small enough to run in seconds on 2 cores, big enough that every part of the format is exercised.
-MODEL_DIMS = dict(num_layers=4, num_experts=16, hidden_size=512, moe_intermediate_size=256)
+MODEL_DIMS = dict(num_layers=4, num_experts=8, hidden_size=256, moe_intermediate_size=128)
 NUM_FEATS = 32
 LAZY_LAYER = 1  # the layer read back through lazy ranged reads and load_dataset
 CLIENT_TIMEOUT_S = 300
@@ -186,7 +186,8 @@ def client_steps(folder: Path, repo_id: str, layer: int) -> dict[str, Any]:
     index = schema.VindexIndex.loads((folder / schema.INDEX_JSON).read_text(encoding="utf-8"))
     local = np.memmap(folder / schema.GATE_VECTORS_BIN, dtype=schema.NUMPY_DTYPE, mode="r")
     e = index.layer(layer)
-    want = np.asarray(local[e.file_offset // schema.ITEMSIZE:(e.file_offset + e.nbytes) // schema.ITEMSIZE]).reshape(e.shape)
+    first = e.file_offset // schema.ITEMSIZE
+    want = np.asarray(local[first:first + e.nbytes // schema.ITEMSIZE]).reshape(e.shape)
     timings: dict[str, float] = {}
 
     start = time.monotonic()
@@ -198,7 +199,8 @@ def client_steps(folder: Path, repo_id: str, layer: int) -> dict[str, Any]:
     with Vindex.open(repo_id) as vx:
         got = vx.layer(layer)
         if not np.array_equal(got, want):
-            raise IntegrityError(f"demo: Vindex.open({repo_id!r}).layer({layer}) differs from {schema.GATE_VECTORS_BIN}")
+            raise IntegrityError(f"demo: Vindex.open({repo_id!r}).layer({layer}) differs from "
+                                 f"{schema.GATE_VECTORS_BIN}")
     timings["lazy"] = time.monotonic() - start
     stats = _admin(constants.ENDPOINT, "GET", "/_local_hub/stats")
     fetched = sum(f["bytes_sent"] for f in stats["files"]

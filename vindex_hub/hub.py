@@ -166,19 +166,21 @@ def push_vindex(
     api = HfApi(token=token)
     with _hub_errors(ref, secret=token or get_token()), _progress_bars(progress):
         result = PushResult(folder, repo_id, repo_type, branch, repo_url=_repo_url(api, ref), dry_run=dry_run)
-        exists = _repo_exists(api, ref)
+        info = _existing_repo(api, ref)
+        exists = info is not None
+        if not exists and branch != DEFAULT_BRANCH:
+            _require_create_branch(api, ref, create_branch)  # before creating anything
         if not exists:
             result.created_repo = True
             if not dry_run:
                 result.repo_url = str(api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True))
-        elif private and not api.repo_info(repo_id, repo_type=repo_type).private:
+        elif private and not info.private:
             result.notes.append(f"{repo_id} already exists and is public: private=True applies only to a new repo")
         head = None
         if exists or not dry_run:
             head, result.created_branch = _branch_head(api, ref, create_branch=create_branch, dry_run=dry_run)
-        elif branch != DEFAULT_BRANCH:
-            _require_create_branch(api, ref, create_branch)
-            result.created_branch = True
+        else:
+            result.created_branch = branch != DEFAULT_BRANCH
         remote = _remote_files(api, ref, head) if head is not None else {}
         hashes = _plan(folder, local, remote, result, progress=progress)
         if dry_run or not result.changed:
@@ -186,9 +188,9 @@ def push_vindex(
                 result.commit_oid = head
             return result
         summary, description = commit_text(index)
-        info = _commit(api, ref, folder, result, hashes, head=head, create_pr=create_pr,
-                       summary=commit_message or summary, description=description)
-        result.commit_oid, result.commit_url, result.pr_url = info.oid, info.commit_url, info.pr_url
+        commit = _commit(api, ref, folder, result, hashes, head=head, create_pr=create_pr,
+                         summary=commit_message or summary, description=description)
+        result.commit_oid, result.commit_url, result.pr_url = commit.oid, commit.commit_url, commit.pr_url
     return result
 
 
@@ -240,7 +242,7 @@ def _check_arguments(folder: Path, repo_id: str, repo_type: str, revision: str |
         validate_repo_id(repo_id)
     except HFValidationError as exc:
         raise UsageError(f"invalid repo id {repo_id!r}: {exc}") from None
-    if not isinstance(repo_id, str) or repo_id.count("/") != 1:
+    if repo_id.count("/") != 1:
         raise UsageError(f"invalid repo id {repo_id!r}: expected 'namespace/name'")
     if repo_type not in REPO_TYPES:
         raise UsageError(f"repo type {repo_type!r}: expected one of {', '.join(REPO_TYPES)}")
@@ -264,14 +266,14 @@ def _repo_url(api: "HfApi", ref: "RepoRef") -> str:
     return f"{api.endpoint}/{prefix}{ref.repo_id}"
 
 
-def _repo_exists(api: "HfApi", ref: "RepoRef") -> bool:
+def _existing_repo(api: "HfApi", ref: "RepoRef"):
+    """The repo's info, or None when it does not exist (or is private and the token cannot see it)."""
     from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
-        api.repo_info(ref.repo_id, repo_type=ref.repo_type)
+        return api.repo_info(ref.repo_id, repo_type=ref.repo_type)
     except RepositoryNotFoundError:
-        return False
-    return True
+        return None
 
 
 def _branch_head(api: "HfApi", ref: "RepoRef", *, create_branch: bool, dry_run: bool) -> tuple[str, bool]:

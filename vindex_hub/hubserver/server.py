@@ -124,12 +124,14 @@ class _StatsRecorder:
             files = {k: FileStats(**vars(v)) for k, v in s.files.items()}
             return HubStats(files, s.requests, s.bytes_sent, s.bytes_received, s.lfs_bytes_received)
 
-    def add(self, key: tuple[str, str, str] | None = None, **counts: int) -> None:
-        """Add to the totals named in ``counts`` and, with ``key``, to that file's."""
+    def add(self, key: tuple[str, str, str] | None = None, *, totals: bool = True, **counts: int) -> None:
+        """Add ``counts`` to the totals (unless ``totals=False``: already counted when the request
+        arrived) and, with ``key``, to that file's."""
         with self._lock:
-            for name, n in counts.items():
-                if hasattr(self._stats, name):
-                    setattr(self._stats, name, getattr(self._stats, name) + n)
+            if totals:
+                for name, n in counts.items():
+                    if hasattr(self._stats, name):
+                        setattr(self._stats, name, getattr(self._stats, name) + n)
             if key is not None:
                 f = self._stats.files.setdefault(key, FileStats())
                 for name, n in counts.items():
@@ -147,7 +149,7 @@ class _StatsRecorder:
         with self._lock:
             n = self._pending_lfs.pop((repo.repo_type, repo.repo_id, sha256), 0)
         if n:
-            self.add((repo.repo_type, repo.repo_id, path), bytes_received=n)
+            self.add((repo.repo_type, repo.repo_id, path), totals=False, bytes_received=n)
 
 
 # -- HTTP plumbing ---------------------------------------------------------------------------------
@@ -824,7 +826,7 @@ class _Handler(BaseHTTPRequestHandler):
             create_pr=create_pr,
         )
         for path, n in inline_bytes.items():
-            self.hub._stats.add((repo.repo_type, repo.repo_id, path), bytes_received=n)
+            self.hub._stats.add((repo.repo_type, repo.repo_id, path), totals=False, bytes_received=n)
         for oid, path in lfs_paths:
             self.hub._stats.lfs_committed(repo, oid, path)
         web = f"{self._base_url()}/{repo.url_prefix}{repo.repo_id}"
@@ -843,7 +845,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HTTPFailure(404, f"Entry not found: {path!r} at {revision}", "EntryNotFound",
                                {"X-Repo-Commit": commit.sha})
         key = (repo.repo_type, repo.repo_id, path)
-        self.hub._stats.add(key, **{"head_requests" if self.command == "HEAD" else "requests": 1})
+        self.hub._stats.add(key, totals=False, **{"head_requests" if self.command == "HEAD" else "requests": 1})
         etag = f'"{entry.sha256}"' if entry.lfs else f'"{entry.oid}"'
         headers = {
             "X-Repo-Commit": commit.sha,

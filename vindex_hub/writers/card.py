@@ -199,6 +199,7 @@ def var_plot_png(index: schema.VindexIndex) -> bytes:
     """Median var{K} per layer with the q25-q75 band; PNG bytes without time/software metadata."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     layers = index.layer_ids
     median = [index.layers[layer].median_var for layer in layers]
@@ -211,6 +212,7 @@ def var_plot_png(index: schema.VindexIndex) -> bytes:
     ax.fill_between(layers, q25, q75, alpha=0.3, linewidth=0, label="q25-q75 over experts")
     ax.plot(layers, median, marker="o", markersize=3, label=f"median {schema.var_key(k)}")
     ax.set_xlabel("layer")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     ax.set_ylabel(f"{schema.var_key(k)} = top-{k} energy fraction")
     ax.set_title(f"{model_name(index)}: gate_proj energy in the top {k} singular directions")
     ax.grid(alpha=0.3)
