@@ -55,6 +55,7 @@ def test_verify_exits_non_zero_and_names_the_damaged_layer(small_vindex: SmallVi
 @pytest.mark.parametrize("args,message", [
     (["build", "{ckpt}", "-o", "{out}", "--layers", "0-99"], "out of range"),
     (["build", "{ckpt}", "-o", "{out}", "--num-feats", "0"], "--num-feats 0"),
+    (["build", "{ckpt}", "-o", "{out}", "--batch-size", "0"], "batch_size must be at least 1"),
     (["build", "{tmp}/no-such-folder", "-o", "{out}"], "not a checkpoint folder"),
     (["info", "{tmp}/not/a/repo/id"], "neither an existing folder nor a Hub repo id"),
 ])

@@ -94,6 +94,9 @@ def build_vindex(
     ``writers.card.CardOptions`` for the dataset card's user-set fields.
     """
     started = time.monotonic()
+    for name, value in (("batch_size", batch_size), ("prefetch_layers", prefetch_layers)):
+        if value < 1:
+            raise UsageError(f"{name} must be at least 1, got {value}")
     out = Path(out)
     src = open_source(source, revision=revision, token=token)
     try:
@@ -311,7 +314,7 @@ _DONE = object()
 def _prefetch(src: CheckpointSource, arch: MoEArchitecture, layers: list[int],
               depth: int) -> Iterator[tuple[int, Mapping[str, RawTensor], float, int]]:
     """Read layers on a background thread, at most ``depth`` ahead of the consumer."""
-    q: queue.Queue[Any] = queue.Queue(maxsize=max(1, depth))
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
     def reader() -> None:

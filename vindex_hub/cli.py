@@ -30,7 +30,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     summary = build_vindex(
         args.source, args.out, num_feats=args.num_feats, layers=args.layers, revision=args.revision,
-        device=args.device, batch_size=args.batch_size, card_options=_card_options(args),
+        device=args.device, batch_size=args.batch_size, prefetch_layers=args.prefetch_layers,
+        card_options=_card_options(args),
         larql_router=args.larql_router, progress=not args.quiet,
     )
     if summary.already_complete:
@@ -136,7 +137,10 @@ def _add_repo_type(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="vindex-hub", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="vindex-hub",
+        description="Build, publish and load vindexes (per-expert gate-vector SVDs) of mixture-of-experts models.",
+    )
     ap.add_argument("--version", action="version", version=f"vindex-hub {__version__}")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -152,7 +156,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="layer selection, e.g. 0-42 or 3,5,7-9 (default: all)")
     _add_revision(p, "source model")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--batch-size", type=int, default=8, help="experts decomposed at once")
+    p.add_argument("--batch-size", type=int, default=8, help="experts dequantized and decomposed at once")
+    p.add_argument("--prefetch-layers", type=int, default=1,
+                   help="layers read ahead while one is computed (each holds its raw tensors in memory)")
     p.add_argument("--larql-router", action="store_true", help="also write LarQL's router_weights.bin")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     card = p.add_argument_group("dataset card")
