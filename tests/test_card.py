@@ -17,7 +17,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from vindex_hub import schema
 from vindex_hub.errors import UsageError
-from vindex_hub.writers.card import CardOptions, format_size, layer_span, var_plot_png, write_card
+from vindex_hub.writers.card import CardOptions, format_size, var_plot_png, write_card
 
 from vindex_fixtures import (  # noqa: F401 (fixtures)
     CARD_OPTIONS, HIDDEN, INTER, NUM_EXPERTS, NUM_FEATS, NUM_LAYERS, SEED_SNIPPET, SmallVindex,
@@ -189,5 +189,7 @@ def test_user_citation_is_used_verbatim(vindex_copy: Path):
 def test_formatting_helpers():
     assert format_size(11_542_724_608) == "11.54 GB"
     assert format_size(24_576) == "24.58 kB"
-    assert layer_span(list(range(43))) == "L00-L42"
-    assert layer_span([3, 5]) == "L03, L05"
+    assert schema.layer_span(list(range(43)), labels=True) == "L00-L42"
+    assert schema.layer_span([3, 5], labels=True) == "L03, L05"
+    assert schema.layer_span([7], labels=True) == "L07"
+    assert schema.layer_span([3, 4, 5]) == "3-5" and schema.layer_span([3, 5]) == "3,5"

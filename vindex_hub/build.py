@@ -143,7 +143,7 @@ def _select_layers(arch: MoEArchitecture, layers: str | Sequence[int] | None) ->
     chosen = schema.parse_layers(layers, arch.num_hidden_layers)
     dense = sorted(set(chosen) - set(moe))
     if dense:
-        raise UsageError(f"layers {dense} are not MoE layers (MoE layers: {schema._span(moe)})")
+        raise UsageError(f"layers {dense} are not MoE layers (MoE layers: {schema.layer_span(moe)})")
     return chosen
 
 

@@ -4,8 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import os
+from typing import BinaryIO, Iterator
 
 CHUNK = 8 << 20
+
+
+def iter_chunks(f: BinaryIO, length: int, *, where: str = "file") -> Iterator[bytes]:
+    """The next ``length`` bytes of the open file ``f``, in chunks of at most ``CHUNK`` bytes.
+
+    Raises ``EOFError`` naming ``where`` if the file ends first (a file shrinking underneath us
+    must not turn into an endless loop or a short, wrong hash).
+    """
+    left = length
+    while left:
+        chunk = f.read(min(CHUNK, left))
+        if not chunk:
+            raise EOFError(f"{where}: ends {left} bytes early")
+        left -= len(chunk)
+        yield chunk
 
 
 def sha256_bytes(data: bytes | memoryview) -> str:
@@ -17,13 +33,8 @@ def sha256_file_range(path: str | os.PathLike[str], offset: int, length: int) ->
     h = hashlib.sha256()
     with open(path, "rb") as f:
         f.seek(offset)
-        left = length
-        while left:
-            chunk = f.read(min(CHUNK, left))
-            if not chunk:
-                raise EOFError(f"{path}: ends before byte {offset + length}")
+        for chunk in iter_chunks(f, length, where=str(path)):
             h.update(chunk)
-            left -= len(chunk)
     return h.hexdigest()
 
 

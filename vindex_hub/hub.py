@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from . import schema
-from .checksums import CHUNK
+from .checksums import iter_chunks
 from .errors import HubError, RemoteNotFoundError, UsageError, VindexError
 
 if TYPE_CHECKING:
@@ -210,8 +210,8 @@ def publishable_files(folder: Path) -> list[PushFile]:
 
 
 def _excluded(rel: Path) -> bool:
-    return (rel.parts[0] == schema.BUILD_STATE_DIR or any(p.startswith(".") for p in rel.parts)
-            or rel.name.endswith(UNFINISHED_SUFFIXES))
+    # Hidden parts cover schema.BUILD_STATE_DIR and the temporary files of atomic writes.
+    return any(p.startswith(".") for p in rel.parts) or rel.name.endswith(UNFINISHED_SUFFIXES)
 
 
 def is_vindex_path(path: str) -> bool:
@@ -221,7 +221,7 @@ def is_vindex_path(path: str) -> bool:
 
 def commit_text(index: schema.VindexIndex) -> tuple[str, str]:
     """The default commit summary and description, from the sidecar (never a local path)."""
-    from .writers.card import layer_span, model_name
+    from .writers.card import model_name
 
     src, b = index.source, index.builder
     at = f"@{src.revision[:12]}" if src.revision else ""
@@ -229,7 +229,7 @@ def commit_text(index: schema.VindexIndex) -> tuple[str, str]:
     description = "\n".join([
         f"source: {model_name(index)}" + (f" at revision {src.revision}" if src.revision else ""),
         f"builder: {b.name} {b.version}, method: {b.method}",
-        f"layers: {layer_span(index.layer_ids)} ({len(index.layers)} x {index.num_experts} experts x "
+        f"layers: {schema.layer_span(index.layer_ids)} ({len(index.layers)} x {index.num_experts} experts x "
         f"{index.num_feats} feats x {index.hidden_size} hidden, {schema.DTYPE})",
     ])
     return summary, description
@@ -338,7 +338,7 @@ def _plan(folder: Path, local: list[PushFile], remote: dict[str, "RepoFile"], re
 def _sha256(path: Path, bar) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
+        for chunk in iter_chunks(f, path.stat().st_size, where=str(path)):
             h.update(chunk)
             bar.update(len(chunk))
     return h.hexdigest()
@@ -355,6 +355,8 @@ def _commit(api: "HfApi", ref: "RepoRef", folder: Path, result: PushResult, hash
             head: str, create_pr: bool, summary: str, description: str):
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
+    from .remote import first_line
+
     operations: list = []
     for f in result.uploaded:
         op = CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=str(folder / f.path))
@@ -369,8 +371,8 @@ def _commit(api: "HfApi", ref: "RepoRef", folder: Path, result: PushResult, hash
         )
     except (RuntimeError, ValueError) as exc:
         # The client wraps a failed LFS upload in RuntimeError("Error while uploading '<path>' ...").
-        cause = f" ({_one_line(exc.__cause__)})" if exc.__cause__ is not None else ""
-        raise HubError(f"{ref}: upload to {api.endpoint} failed: {_one_line(exc)}{cause}; nothing was committed, "
+        cause = f" ({first_line(exc.__cause__)})" if exc.__cause__ is not None else ""
+        raise HubError(f"{ref}: upload to {api.endpoint} failed: {first_line(exc)}{cause}; nothing was committed, "
                        "push again to resume (files that arrived are not sent twice)") from None
 
 
@@ -403,8 +405,3 @@ def _progress_bars(enabled: bool) -> Iterator[None]:
         yield
     finally:
         enable_progress_bars()
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return f"{type(exc).__name__}: {' '.join(lines[:2])}" if lines else type(exc).__name__

@@ -443,7 +443,7 @@ class Vindex:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"Vindex({self.location!r}, mode={self.mode!r}, layers={schema._span(self.layers)}, "
+        return (f"Vindex({self.location!r}, mode={self.mode!r}, layers={schema.layer_span(self.layers)}, "
                 f"experts={self.num_experts}, num_feats={self.num_feats}, hidden_size={self.hidden_size})")
 
 
@@ -517,7 +517,7 @@ def pull(
         selected = schema.parse_layers(layers, vx.index.model_config.num_hidden_layers) if layers is not None else vx.layers
         missing = [layer for layer in selected if layer not in vx.index.layers]
         if missing:
-            raise UsageError(f"layers {missing} are not in {vx.location} (it holds layers {schema._span(vx.layers)})")
+            raise UsageError(f"layers {missing} are not in {vx.location} (it holds layers {schema.layer_span(vx.layers)})")
         if format == "arrow":
             patterns = [schema.gate_vectors_parquet(layer) for layer in selected]
             patterns += [schema.EXPERT_STATS_PARQUET, schema.ROUTER_SVD_PARQUET, schema.CARD_FILE,

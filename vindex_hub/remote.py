@@ -90,7 +90,7 @@ def hub_errors(ref: RepoRef, filename: str | None = None) -> Iterator[None]:
     try:
         yield
     except GatedRepoError as exc:
-        raise HubError(f"{ref}: gated repo, access not granted (log in or request access): {_first_line(exc)}") from None
+        raise HubError(f"{ref}: gated repo, access not granted (log in or request access): {first_line(exc)}") from None
     except RepositoryNotFoundError:
         raise RemoteNotFoundError(
             f"{ref.repo_type} repo {ref.repo_id} not found at {constants.ENDPOINT} "
@@ -105,13 +105,14 @@ def hub_errors(ref: RepoRef, filename: str | None = None) -> Iterator[None]:
     except OfflineModeIsEnabled:
         raise HubError(f"{where}: not in the local cache and HF_HUB_OFFLINE is set") from None
     except HfHubHTTPError as exc:
-        raise HubError(f"{where}: {_first_line(exc)}") from None
+        raise HubError(f"{where}: {first_line(exc)}") from None
     except httpx2.TransportError as exc:
         raise HubError(f"{where}: cannot reach {constants.ENDPOINT} ({type(exc).__name__}: {exc})") from None
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = [ln for ln in str(exc).splitlines() if ln.strip()]
+def first_line(exc: BaseException) -> str:
+    """An exception's message on one line (its first two non-empty lines), for error messages."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return " ".join(lines[:2]) if lines else type(exc).__name__
 
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from .errors import UsageError, VindexFormatError
 
@@ -241,7 +241,7 @@ class VindexIndex:
             return self.layers[layer]
         except KeyError:
             raise VindexFormatError(
-                f"layer {layer} is not in this vindex (it holds layers {_span(self.layer_ids)})"
+                f"layer {layer} is not in this vindex (it holds layers {layer_span(self.layer_ids)})"
             ) from None
 
     # JSON
@@ -384,9 +384,12 @@ def parse_layers(spec: str | Iterable[int] | None, num_layers: int) -> list[int]
     return sorted(ids)
 
 
-def _span(layers: list[int]) -> str:
+def layer_span(layers: Sequence[int], *, labels: bool = False) -> str:
+    """``0-42`` for a contiguous run, else ``3,5``; with ``labels``: ``L00-L42`` / ``L03, L05``."""
+    layers = list(layers)
     if not layers:
         return "none"
-    if layers == list(range(layers[0], layers[-1] + 1)):
-        return f"{layers[0]}-{layers[-1]}"
-    return ",".join(map(str, layers))
+    name = (lambda layer: f"L{layer:02d}") if labels else str
+    if layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 1:
+        return f"{name(layers[0])}-{name(layers[-1])}"
+    return (", " if labels else ",").join(map(name, layers))

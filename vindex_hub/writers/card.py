@@ -87,13 +87,6 @@ def format_size(nbytes: int) -> str:
     return f"{nbytes} B"
 
 
-def layer_span(layers: Sequence[int]) -> str:
-    """``L00-L42`` for a contiguous run, else the layers listed: ``L03, L05``."""
-    if list(layers) == list(range(layers[0], layers[-1] + 1)):
-        return f"L{layers[0]:02d}-L{layers[-1]:02d}"
-    return ", ".join(f"L{layer:02d}" for layer in layers)
-
-
 def title_of(index: schema.VindexIndex, options: CardOptions) -> str:
     if options.pretty_name:
         return options.pretty_name
@@ -251,7 +244,7 @@ def render_card(folder: Path, index: schema.VindexIndex, results: Sequence[Layer
         n_shared_experts=moe.n_shared_experts,
         num_experts_per_tok=moe.num_experts_per_tok,
         num_layers=len(layers),
-        layer_span=layer_span(layers),
+        layer_span=schema.layer_span(layers, labels=True),
         num_feats=k,
         method=index.builder.method,
         sign_rule=index.builder.sign_rule,
