@@ -257,6 +257,43 @@ def test_a_finished_build_run_again_does_nothing(tiny_checkpoint: Path, tiny_vin
     assert folder_bytes(out) == before
 
 
+def test_a_finished_build_asked_with_other_options_is_refused(tiny_checkpoint, tiny_vindex, tmp_path):
+    out = Path(shutil.copytree(tiny_vindex, tmp_path / "vindex"))
+    before = folder_bytes(out)
+    with pytest.raises(OutputConflictError, match="larql_router False here, True asked"):
+        build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False, larql_router=True)
+    assert folder_bytes(out) == before
+    (out / schema.GATE_VECTORS_BIN).unlink()
+    with pytest.raises(OutputConflictError, match="gate_vectors.bin is missing"):
+        build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
+
+
+def test_a_resumed_build_never_mixes_devices(tiny_checkpoint, tmp_path, monkeypatch):
+    """CPU and CUDA results differ in the last bits, so a build started on one must finish on it."""
+    from vindex_hub import build as build_module
+
+    out = tmp_path / "vindex"
+    crash_on_call(monkeypatch, "vindex_hub.results.LayerResult.save", 2)
+    with pytest.raises(Crash):
+        build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
+    monkeypatch.undo()
+    monkeypatch.setattr(build_module.svd, "resolve_device", lambda device: "cuda")
+    with pytest.raises(OutputConflictError, match="device 'cpu' here, 'cuda' asked"):
+        build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cuda", progress=False)
+
+
+def test_the_reader_thread_stops_when_the_build_fails(tiny_checkpoint, tmp_path, monkeypatch):
+    """A failure while layers are queued must not leave the reader blocked holding a layer."""
+    import threading
+
+    crash_on_call(monkeypatch, "vindex_hub.svd.top_k_right_singular", 1)
+    with pytest.raises(Crash):
+        # Two layers: the reader queues layer 1 and then its end marker while layer 0 fails.
+        build_vindex(tiny_checkpoint, tmp_path / "v", num_feats=NUM_FEATS, layers="0-1", device="cpu",
+                     progress=False)
+    assert not [t for t in threading.enumerate() if t.name == "vindex-reader"]
+
+
 def test_layer_result_round_trips_without_pickle(tmp_path: Path):
     rng = np.random.default_rng(0)
     r = LayerResult(layer=3, sha256="ab" * 32, singular_values=rng.random((4, 8), dtype=np.float32),

@@ -52,17 +52,20 @@ def test_verify_exits_non_zero_and_names_the_damaged_layer(small_vindex: SmallVi
     assert "layer 2" in bad.stdout
 
 
-@pytest.mark.parametrize("args,message", [
-    (["build", "{ckpt}", "-o", "{out}", "--layers", "0-99"], "out of range"),
-    (["build", "{ckpt}", "-o", "{out}", "--num-feats", "0"], "--num-feats 0"),
-    (["build", "{ckpt}", "-o", "{out}", "--batch-size", "0"], "batch_size must be at least 1"),
-    (["build", "{tmp}/no-such-folder", "-o", "{out}"], "not a checkpoint folder"),
-    (["info", "{tmp}/not/a/repo/id"], "neither an existing folder nor a Hub repo id"),
+@pytest.mark.parametrize("args,status,message", [
+    (["build", "{ckpt}", "-o", "{out}", "--layers", "0-99"], 2, "out of range"),
+    (["build", "{ckpt}", "-o", "{out}", "--num-feats", "0"], 2, "--num-feats 0"),
+    (["build", "{ckpt}", "-o", "{out}", "--batch-size", "0"], 2, "batch_size must be at least 1"),
+    (["build", "{ckpt}", "-o", "{out}", "--citation", "{tmp}/missing.bib"], 2, "--citation"),
+    (["build", "{tmp}/no-such-folder", "-o", "{out}"], 1, "not a checkpoint folder"),
+    (["info", "{tmp}/not/a/repo/id"], 2, "neither an existing folder nor a Hub repo id"),
 ])
-def test_usage_errors_are_one_line_and_exit_2(args, message, small_vindex: SmallVindex, tmp_path: Path):
+def test_bad_arguments_are_one_line_with_the_right_status(args, status, message, small_vindex: SmallVindex,
+                                                          tmp_path: Path):
+    """Bad usage exits 2, bad data 1; either way one line on stderr and no vindex."""
     fill = {"ckpt": str(small_vindex.checkpoint), "out": str(tmp_path / "out"), "tmp": str(tmp_path)}
     result = vindex_hub(*[a.format(**fill) for a in args])
-    assert result.returncode in (1, 2), result.stderr
+    assert result.returncode == status, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert not (tmp_path / "out" / schema.INDEX_JSON).exists()

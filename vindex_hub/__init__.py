@@ -5,7 +5,7 @@ The public surface::
     build_vindex(source, out, ...)     checkpoint (folder or Hub repo) -> vindex folder
     push_vindex(folder, repo_id, ...)  vindex folder -> Hub repo (one commit)
     Vindex.open(path_or_repo_id, ...)  read a vindex: numpy / torch, lazy or cached
-    verify_vindex(path_or_repo_id)     check binary, index, mirror and card against each other
+    verify_vindex(folder)              check binary, index, mirror and card against each other
 """
 
 from __future__ import annotations

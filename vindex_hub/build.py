@@ -106,7 +106,7 @@ def build_vindex(
         device = svd.resolve_device(device)
         index = _new_index(arch, src, num_feats, layer_ids)
         state_dir = out / schema.BUILD_STATE_DIR
-        fingerprint = _fingerprint(index, src, arch, layer_ids, larql_router)
+        fingerprint = _fingerprint(index, src, arch, layer_ids, larql_router, device)
         finished = _claim_output(out, state_dir, fingerprint)
         if finished is not None:  # the same vindex is already complete there: nothing to do
             return BuildSummary(out, layer_ids, [], time.monotonic() - started, finished,
@@ -169,8 +169,12 @@ def _new_index(arch: MoEArchitecture, src: CheckpointSource, num_feats: int,
 
 
 def _fingerprint(index: schema.VindexIndex, src: CheckpointSource, arch: MoEArchitecture,
-                 layer_ids: list[int], larql_router: bool) -> dict[str, Any]:
-    """What must match for a build to resume in a folder (and for a vindex to be 'the same')."""
+                 layer_ids: list[int], larql_router: bool, device: str) -> dict[str, Any]:
+    """What must match for a build to resume in a folder (and for a vindex to be 'the same').
+
+    The device is part of it: CPU (LAPACK) and CUDA (torch) results agree to ~1e-6, not bit for
+    bit, so one vindex must not mix layers computed on both.
+    """
     config_sha = hashlib.sha256(json.dumps(src.config, sort_keys=True).encode()).hexdigest()
     return {
         "model_type": arch.model_type,
@@ -182,6 +186,7 @@ def _fingerprint(index: schema.VindexIndex, src: CheckpointSource, arch: MoEArch
         "builder_version": index.builder.version,
         "method": index.builder.method,
         "larql_router": larql_router,
+        "device": device,
     }
 
 
@@ -199,12 +204,23 @@ def _claim_output(out: Path, state_dir: Path, fingerprint: dict[str, Any]) -> sc
             "model_type": index.model_config.model_type,
             "num_feats": index.num_feats,
             "layers": index.layer_ids,
+            "builder_version": index.builder.version,
+            "method": index.builder.method,
+            "larql_router": (out / schema.LARQL_ROUTER_BIN).exists(),
         }
         changed = {k: (v, fingerprint[k]) for k, v in theirs.items() if fingerprint[k] != v}
         if changed:
             raise OutputConflictError(
                 f"{out} already holds a different vindex ({_describe_changes(changed)}); "
-                "choose another output folder"
+                "choose another output folder, or remove it to rebuild"
+            )
+        binary = out / schema.GATE_VECTORS_BIN
+        size = binary.stat().st_size if binary.exists() else None
+        if size != index.total_bytes:
+            raise OutputConflictError(
+                f"{out} holds {schema.INDEX_JSON} but its {schema.GATE_VECTORS_BIN} is "
+                f"{'missing' if size is None else f'{size} bytes, not {index.total_bytes}'}; "
+                "run `vindex-hub verify` on it, or remove it to rebuild"
             )
         return index
     state_file = state_dir / STATE_FILE
@@ -313,31 +329,39 @@ _DONE = object()
 
 def _prefetch(src: CheckpointSource, arch: MoEArchitecture, layers: list[int],
               depth: int) -> Iterator[tuple[int, Mapping[str, RawTensor], float, int]]:
-    """Read layers on a background thread, at most ``depth`` ahead of the consumer."""
+    """Read layers on a background thread, at most ``depth`` ahead of the consumer.
+
+    However the consumer stops (done, an error, Ctrl-C), the reader is told to stop, the queue is
+    drained so it never blocks holding a layer, and it is joined before the source may be closed.
+    """
     q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def reader() -> None:
         try:
             for layer in layers:
+                if stop.is_set():
+                    return
                 t0 = time.monotonic()
                 # Sources return bytes already read into memory (no lazy mmap), so disk and
                 # network time overlap the previous layer's compute.
                 raw = src.read(arch.layer_tensors(layer))
                 nbytes = sum(int(t.data.nbytes) for t in raw.values())
-                item = (layer, raw, time.monotonic() - t0, nbytes)
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put((layer, raw, time.monotonic() - t0, nbytes)):
                     return
         except BaseException as exc:  # handed to the consumer, raised there
-            q.put(exc)
+            put(exc)
             return
-        q.put(_DONE)
+        put(_DONE)
 
     thread = threading.Thread(target=reader, name="vindex-reader", daemon=True)
     thread.start()
@@ -351,7 +375,12 @@ def _prefetch(src: CheckpointSource, arch: MoEArchitecture, layers: list[int],
             yield item
     finally:
         stop.set()
-        thread.join(timeout=5)
+        while thread.is_alive():
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
 
 
 # ---- publishing the folder ---------------------------------------------------------------------

@@ -20,9 +20,14 @@ def _card_options(args: argparse.Namespace):
     from .writers.card import CardOptions
 
     options = CardOptions.from_file(args.card_config) if args.card_config else CardOptions()
+    citation = None
+    if args.citation:
+        try:
+            citation = Path(args.citation).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--citation {args.citation}: cannot read it ({exc.strerror})") from None
     return options.updated(license=args.license, author=args.author, repo_id=args.card_repo_id,
-                           citation=Path(args.citation).read_text() if args.citation else None,
-                           extra_tags=args.tag or None)
+                           citation=citation, extra_tags=args.tag or None)
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -185,7 +190,7 @@ def parser() -> argparse.ArgumentParser:
 
     p = command("pull", cmd_pull, "download a vindex, or just some of its layers")
     p.add_argument("repo_id")
-    p.add_argument("-o", "--out", default=None, help="folder (default: the Hugging Face cache)")
+    p.add_argument("-o", "--out", default=None, help="folder (default: ./<repo name>)")
     p.add_argument("--layers", default=None, help="layer selection, e.g. 1 or 0-3")
     p.add_argument("--format", choices=["binary", "arrow"], default="binary")
     _add_revision(p, "repo")

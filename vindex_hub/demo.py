@@ -158,7 +158,10 @@ def _run_client(hub_url: str, work: Path, folder: Path) -> dict[str, Any]:
     if proc.returncode != 0:
         tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:] or ["(no message)"]
         raise VindexError(f"demo: the Hub client steps against {hub_url} failed: {tail[0]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise VindexError(f"demo: the Hub client steps against {hub_url} printed no summary") from None
     result["hub_url"] = hub_url
     return result
 
