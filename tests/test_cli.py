@@ -87,3 +87,21 @@ def test_pull_and_info_of_a_hub_repo(small_vindex: SmallVindex, local_hub, hub_r
     index = schema.VindexIndex.loads((tmp_path / "one" / schema.INDEX_JSON).read_text())
     assert index.layer_ids == [1]
     assert vindex_hub("verify", hub_repo_id).returncode == 0
+
+
+def test_card_fields_come_from_options_and_a_config_file(small_vindex: SmallVindex, tmp_path: Path):
+    from huggingface_hub import DatasetCard
+
+    folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "vindex"))
+    (tmp_path / "card.yaml").write_text("author: Example Lab\nyear: 2026\nextra_tags: [deepseek]\n")
+    (tmp_path / "cite.bib").write_text("@misc{example_vindex, title = {An example}}\n")
+    result = vindex_hub("convert", str(folder), "--card-config", str(tmp_path / "card.yaml"),
+                        "--license", "apache-2.0", "--citation", str(tmp_path / "cite.bib"),
+                        "--card-repo-id", "example/tiny-vindex")
+    assert result.returncode == 0, result.stderr
+    card = DatasetCard.load(folder / schema.CARD_FILE)
+    assert card.data.license == "apache-2.0"
+    assert "deepseek" in card.data.tags
+    assert "@misc{example_vindex" in card.text
+    assert "example/tiny-vindex" in card.text
+    assert vindex_hub("verify", str(folder)).returncode == 0

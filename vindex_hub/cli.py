@@ -52,7 +52,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .writers.parquet_mirror import convert_vindex
 
-    convert_vindex(Path(args.folder))
+    convert_vindex(Path(args.folder), card_options=_card_options(args))
     print(f"converted {args.folder}: Arrow mirror, LarQL index and card written")
     return 0
 
@@ -137,6 +137,17 @@ def _add_revision(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--revision", default=None, help=f"{what} branch, tag or commit sha")
 
 
+def _add_card_options(p: argparse.ArgumentParser) -> None:
+    card = p.add_argument_group("dataset card")
+    card.add_argument("--card-config", help="YAML file of card fields (license, author, repo_id, citation, "
+                                            "extra_tags, pretty_name, year)")
+    card.add_argument("--license", help="card license (default mit)")
+    card.add_argument("--author", help="author or organisation named in the card")
+    card.add_argument("--card-repo-id", help="the Hub repo the vindex will live in (for links)")
+    card.add_argument("--citation", help="file holding a BibTeX entry for the card")
+    card.add_argument("--tag", action="append", help="extra card tag (repeatable)")
+
+
 def _add_repo_type(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo-type", choices=["dataset", "model"], default="dataset")
 
@@ -166,16 +177,11 @@ def parser() -> argparse.ArgumentParser:
                    help="layers read ahead while one is computed (each holds its raw tensors in memory)")
     p.add_argument("--larql-router", action="store_true", help="also write LarQL's router_weights.bin")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    card = p.add_argument_group("dataset card")
-    card.add_argument("--card-config", help="YAML file of card fields (license, author, citation, tags, ...)")
-    card.add_argument("--license", help="card license (default mit)")
-    card.add_argument("--author", help="author or organisation named in the card")
-    card.add_argument("--card-repo-id", help="the Hub repo the vindex will live in (for links)")
-    card.add_argument("--citation", help="file holding a BibTeX entry for the card")
-    card.add_argument("--tag", action="append", help="extra card tag (repeatable)")
+    _add_card_options(p)
 
     p = command("convert", cmd_convert, "write the Arrow mirror, LarQL index and card of an existing vindex")
     p.add_argument("folder")
+    _add_card_options(p)
 
     p = command("verify", cmd_verify, "check binary, index, mirror and card against each other")
     p.add_argument("path", help="vindex folder or Hub repo id")
