@@ -183,6 +183,18 @@ def test_routed_scale_255_in_fp4(tmp_path):
         ({"expert_dtype": "int4"}, "expert_dtype 'int4'"),
         ({"hidden_size": None}, "hidden_size must be a positive integer"),
         ({"n_routed_experts": 0}, "n_routed_experts must be a positive integer"),
+        ({"num_hash_layers": "three"}, "num_hash_layers must be a non-negative integer, got 'three'"),
+        ({"num_hash_layers": None}, "num_hash_layers must be a non-negative integer, got None"),
+        ({"n_shared_experts": [1]}, r"n_shared_experts must be a non-negative integer, got \[1\]"),
+        ({"n_shared_experts": -1}, "n_shared_experts must be a non-negative integer, got -1"),
+        ({"first_k_dense_replace": 1.5}, "first_k_dense_replace must be a non-negative integer, got 1.5"),
+        ({"quantization_config": {"weight_block_size": ["a", 128]}},
+         "quantization_config.weight_block_size must be a positive integer, got 'a'"),
+        ({"quantization_config": {"weight_block_size": 128}},
+         "quantization_config.weight_block_size must be a list of 2 positive integers, got 128"),
+        ({"quantization_config": {"weight_block_size": [0, 128]}},
+         "quantization_config.weight_block_size must be a positive integer, got 0"),
+        ({"quantization_config": "fp8"}, "quantization_config must be an object, got 'fp8'"),
     ],
 )
 def test_bad_config(change, match):

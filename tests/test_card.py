@@ -193,3 +193,17 @@ def test_formatting_helpers():
     assert schema.layer_span([3, 5], labels=True) == "L03, L05"
     assert schema.layer_span([7], labels=True) == "L07"
     assert schema.layer_span([3, 4, 5]) == "3-5" and schema.layer_span([3, 5]) == "3,5"
+
+
+@pytest.mark.parametrize("year", ["twenty-twenty-six", "2026.5", "true", "[2026]"])
+def test_card_options_file_with_a_bad_year_names_field_and_file(tmp_path: Path, year: str):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"year: {year}\n")
+    with pytest.raises(UsageError, match=r"bad\.yaml: year is .*expected a year"):
+        CardOptions.from_file(bad)
+
+
+def test_card_option_year_may_be_quoted():
+    assert CardOptions().updated(year="2026").year == 2026
+    with pytest.raises(UsageError, match="card options: year is 'soon'"):
+        CardOptions().updated(year="soon")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import socket
 import threading
 import time
 from pathlib import Path
 
+import httpx2
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -29,8 +32,9 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import build_hf_headers, get_session
 
 from vindex_hub.hubserver import LocalHub
-from vindex_hub.hubserver.server import parse_range
-from vindex_hub.hubserver.storage import git_blob_sha1, is_lfs_upload
+from vindex_hub.hubserver import server as hub_server
+from vindex_hub.hubserver.server import _Unsatisfiable, parse_range
+from vindex_hub.hubserver.storage import RepoRef, Storage, StorageError, git_blob_sha1, is_lfs_upload
 
 README = """---
 configs:
@@ -250,7 +254,7 @@ def test_parse_range() -> None:
     assert parse_range("bytes=-3", 10) == (7, 9)
     assert parse_range("bytes=-30", 10) == (0, 9)
     for bad in ("bytes=10-", "bytes=5-4", "bytes=-0", "bytes=0-1,3-4", "items=0-1", "bytes=-"):
-        with pytest.raises(Exception):
+        with pytest.raises(_Unsatisfiable):
             parse_range(bad, 10)
 
 
@@ -326,8 +330,16 @@ def test_storage_survives_restart(tmp_path: Path, folder: Path) -> None:
     assert not any((tmp_path / "root" / "tmp").iterdir())
 
 
-def _lfs_put_url(hub: LocalHub, repo_id: str, oid: str) -> str:
-    return f"{hub.url}/_local_hub/lfs/datasets/{repo_id}/{oid}"
+def _lfs_hrefs(hub: LocalHub, repo_id: str, oid: str, size: int, *, headers: dict | None = None) -> tuple[str, str]:
+    """The upload and verify URLs of an LFS batch answer for one object of a dataset repo."""
+    r = get_session().post(
+        f"{hub.url}/datasets/{repo_id}.git/info/lfs/objects/batch",
+        json={"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": size}]},
+        headers=build_hf_headers() if headers is None else headers,
+    )
+    r.raise_for_status()
+    actions = r.json()["objects"][0]["actions"]
+    return actions["upload"]["href"], actions["verify"]["href"]
 
 
 def test_broken_put_leaves_nothing_and_retry_succeeds(local_hub: LocalHub, hub_repo_id: str) -> None:
@@ -336,17 +348,19 @@ def test_broken_put_leaves_nothing_and_retry_succeeds(local_hub: LocalHub, hub_r
     data = os.urandom(200_000)
     oid = _sha256(data)
     tmp_dir = local_hub.root / "tmp"
+    upload_url, _ = _lfs_hrefs(local_hub, hub_repo_id, oid, len(data))
 
     # The server drops the connection mid-body.
     local_hub.inject_fault("drop", method="PUT", path=oid, after_bytes=50_000)
-    with pytest.raises(Exception):
-        get_session().put(_lfs_put_url(local_hub, hub_repo_id, oid), content=data)
+    with pytest.raises(httpx2.TransportError):
+        get_session().put(upload_url, content=data)
     # The client goes away mid-body.
     with socket.create_connection(("127.0.0.1", int(local_hub.url.rsplit(":", 1)[1]))) as s:
-        s.sendall(f"PUT /_local_hub/lfs/datasets/{hub_repo_id}/{oid} HTTP/1.1\r\nHost: x\r\n"
+        target = upload_url.removeprefix(local_hub.url)
+        s.sendall(f"PUT {target} HTTP/1.1\r\nHost: x\r\n"
                   f"Content-Length: {len(data)}\r\n\r\n".encode() + data[:70_000])
     # A complete body with the wrong content.
-    bad = get_session().put(_lfs_put_url(local_hub, hub_repo_id, oid), content=data[:-1] + b"!")
+    bad = get_session().put(upload_url, content=data[:-1] + b"!")
     assert bad.status_code == 400
     deadline = time.monotonic() + 5
     while any(tmp_dir.iterdir()) and time.monotonic() < deadline:  # the aborted handler may still be cleaning
@@ -479,7 +493,8 @@ def test_chunked_upload_body(local_hub: LocalHub, hub_repo_id: str) -> None:
     HfApi().create_repo(hub_repo_id, repo_type="dataset")
     parts = [os.urandom(40_000) for _ in range(3)]
     oid = _sha256(b"".join(parts))
-    r = get_session().put(_lfs_put_url(local_hub, hub_repo_id, oid), content=iter(parts))  # no Content-Length
+    upload_url, _ = _lfs_hrefs(local_hub, hub_repo_id, oid, 120_000)
+    r = get_session().put(upload_url, content=iter(parts))  # no Content-Length
     assert r.status_code == 200 and local_hub.storage.has_blob(oid, 120_000)
     assert local_hub.stats().lfs_bytes_received == 120_000
 
@@ -541,3 +556,121 @@ def test_totals_count_each_request_and_byte_once(local_hub, hub_repo_id, tmp_pat
     assert stats.file(hub_repo_id, "blob.bin").bytes_sent == len(payload)
     assert stats.bytes_sent == len(payload)
     assert stats.requests == 2  # HEAD + GET
+
+
+def test_lfs_upload_urls_need_the_token_of_a_batch_answer(
+    local_hub: LocalHub, hub_repo_id: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    api = HfApi()
+    api.create_repo(hub_repo_id, repo_type="dataset")
+    api.create_repo(f"{hub_repo_id}-other", repo_type="dataset")
+    data, small = os.urandom(50_000), os.urandom(10)
+    oid, small_oid = _sha256(data), _sha256(small)
+    session = get_session()
+
+    with pytest.raises(httpx2.HTTPStatusError) as e:  # the batch answer itself needs Authorization
+        _lfs_hrefs(local_hub, hub_repo_id, oid, len(data), headers={})
+    assert e.value.response.status_code == 401
+    upload_url, verify_url = _lfs_hrefs(local_hub, hub_repo_id, oid, len(data))
+    small_url, _ = _lfs_hrefs(local_hub, hub_repo_id, small_oid, len(small))
+    other_repo_url, _ = _lfs_hrefs(local_hub, f"{hub_repo_id}-other", oid, len(data))
+    with monkeypatch.context() as m:
+        m.setattr(hub_server, "UPLOAD_URL_LIFETIME_S", -1)
+        expired_url, _ = _lfs_hrefs(local_hub, hub_repo_id, oid, len(data))
+    bare = upload_url.split("?")[0]
+    forged = {
+        "no token": bare,
+        "empty token": bare + "?token=",
+        "altered token": upload_url[:-1] + ("1" if upload_url.endswith("0") else "0"),
+        "token of another object": bare + "?" + small_url.split("?")[1],
+        "token of another repo": bare + "?" + other_repo_url.split("?")[1],
+        "expired token": expired_url,
+    }
+    local_hub.reset_stats()
+    for what, url in forged.items():
+        r = session.put(url, content=data)
+        assert r.status_code == 403 and "no valid token" in r.json()["error"], what
+    assert not local_hub.storage.has_blob(oid) and local_hub.stats().lfs_bytes_received == 0
+    verify = {"oid": oid, "size": len(data)}
+    assert session.post(verify_url.split("?")[0], json=verify, headers=build_hf_headers()).status_code == 403
+    assert session.post(verify_url, json=verify).status_code == 401  # the real client sends Authorization
+
+    with caplog.at_level("DEBUG", logger="vindex_hub.hubserver"):
+        assert session.put(upload_url, content=data).status_code == 200  # no Authorization, as the client does
+    assert local_hub.storage.has_blob(oid, len(data))
+    assert session.post(verify_url, json=verify, headers=build_hf_headers()).status_code == 200
+    token = upload_url.split("token=")[1]
+    assert "token=<redacted>" in caplog.text and token not in caplog.text
+
+    # The real client gets its URLs from the batch answer and uploads without Authorization.
+    api.upload_file(path_or_fileobj=small, path_in_repo="small.bin", repo_id=hub_repo_id, repo_type="dataset")
+    assert local_hub.storage.has_blob(small_oid, len(small))
+    assert Path(hf_hub_download(hub_repo_id, "small.bin", repo_type="dataset")).read_bytes() == small
+
+
+def _raw_commit(hub: LocalHub, repo_id: str, *operations: dict, parent: object = None) -> httpx2.Response:
+    """An NDJSON commit sent as is (the real client would refuse to send these values)."""
+    header = {"summary": "crafted", "description": ""}
+    if parent is not None:
+        header["parentCommit"] = parent
+    lines = [{"key": "header", "value": header}, *operations]
+    return get_session().post(
+        f"{hub.url}/api/datasets/{repo_id}/commit/main",
+        content="\n".join(json.dumps(line) for line in lines).encode(),
+        headers={**build_hf_headers(), "Content-Type": "application/x-ndjson"},
+    )
+
+
+def _inline_file(path: object, content: bytes = b"x") -> dict:
+    return {"key": "file", "value": {"path": path, "content": base64.b64encode(content).decode(), "encoding": "base64"}}
+
+
+def test_parent_commit_must_be_hex_digits_of_a_sha(local_hub: LocalHub, hub_repo_id: str) -> None:
+    api = HfApi()
+    api.create_repo(hub_repo_id, repo_type="dataset")  # one commit: "*" would glob exactly it
+    head = api.repo_info(hub_repo_id, repo_type="dataset").sha
+    for parent in ("*", "?" * 40, "../../../../*", f"../commits/{head}", head[:6], head + "0", 1234567):
+        r = _raw_commit(local_hub, hub_repo_id, _inline_file("a.txt"), parent=parent)
+        assert r.status_code == 400 and "invalid parent commit" in r.json()["error"], parent
+    assert api.repo_info(hub_repo_id, repo_type="dataset").sha == head
+    assert _raw_commit(local_hub, hub_repo_id, _inline_file("a.txt"), parent=head[:7].upper()).status_code == 200
+
+
+def test_crafted_paths_in_a_commit_are_refused(local_hub: LocalHub, hub_repo_id: str) -> None:
+    api = HfApi()
+    api.create_repo(hub_repo_id, repo_type="dataset")
+    api.upload_file(path_or_fileobj=b"keep", path_in_repo="dir/keep.txt", repo_id=hub_repo_id, repo_type="dataset")
+    head = api.repo_info(hub_repo_id, repo_type="dataset").sha
+    for path in ("../evil.txt", "a/../../evil.txt", "/etc/evil.txt", "a\\..\\evil.txt", "C:\\evil.txt",
+                 "a//b.txt", "./a.txt", "a/", "", "bad\nname.txt", None, ["a.txt"]):
+        r = _raw_commit(local_hub, hub_repo_id, _inline_file(path))
+        assert r.status_code == 400 and "invalid path in repo" in r.json()["error"], path
+    for op in ({"key": "deletedFile", "value": {"path": "../dir/keep.txt"}},
+               {"key": "deletedFolder", "value": {"path": "/dir/"}}):
+        assert _raw_commit(local_hub, hub_repo_id, op).status_code == 400, op
+    for oid in ("../../../../etc/passwd", "A" * 64, 5):
+        lfs = {"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": oid}}
+        r = _raw_commit(local_hub, hub_repo_id, lfs)
+        assert r.status_code == 400 and "is not 64 lowercase hex digits" in r.json()["error"], oid
+    assert api.repo_info(hub_repo_id, repo_type="dataset").sha == head
+    # A folder deletion may end with "/" (the client sends it that way).
+    assert _raw_commit(local_hub, hub_repo_id, {"key": "deletedFolder", "value": {"path": "dir/"}}).status_code == 200
+
+
+def test_crafted_repo_ids_and_revisions_never_become_paths(tmp_path: Path, local_hub: LocalHub, pushed) -> None:
+    for repo_id in ("ns/..", "../ns", "ns/a\\b", "ns/abc\n", "ns/a/b", "ns/.hidden", "ns/-x", "ns"):
+        with pytest.raises(StorageError) as e:
+            RepoRef("dataset", repo_id)
+        assert e.value.status == 400, repo_id
+    storage = Storage(tmp_path / "root")
+    repo = RepoRef("dataset", "ns/name")
+    storage.create_repo(repo, private=False)
+    sha = storage.resolve(repo, "main").sha
+    for revision in (f"../name/commits/{sha}", f"{sha}\n", "*", f"refs/pr/1\n", "../../repo"):
+        with pytest.raises(StorageError) as e:
+            storage.resolve(repo, revision)
+        assert e.value.error_code == "RevisionNotFound", revision
+    # Over HTTP: an encoded "../" revision is a plain unknown revision.
+    repo_id, _, _ = pushed
+    r = get_session().get(f"{local_hub.url}/api/datasets/{repo_id}/revision/..%2F..%2Fmain")
+    assert r.status_code == 404 and r.headers["X-Error-Code"] == "RevisionNotFound"

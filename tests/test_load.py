@@ -11,6 +11,7 @@ import http.server
 import itertools
 import json
 import mmap
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -28,6 +29,7 @@ from vindex_hub.errors import (HubError, IntegrityError, OutputConflictError, Re
 from vindex_hub.load import Vindex, pull, remote_info
 from vindex_hub.remote import fetch_range, parse_repo
 from vindex_hub.results import LayerResult
+from vindex_hub.verify import verify_vindex
 from vindex_hub.writers.binary import GateVectorsWriter
 from vindex_hub.writers.parquet_mirror import write_mirror
 from vindex_hub.writers.stats_json import phase1_json, phase2_json
@@ -310,9 +312,102 @@ def test_corrupted_and_truncated_cache_blocks_are_refetched(local_hub, vindex_fo
     assert bin_stats(local_hub, repo).bytes_sent == E * K * H * 4
 
 
-def test_corrupted_local_binary(vindex_folder, tmp_path):
-    import shutil
+def test_cached_expert_blocks_are_rechecked(local_hub, vindex_folder, repo, cache):
+    _, blocks = vindex_folder
+    with Vindex.open(repo, cache_dir=cache, verify=False) as vx:  # cached unchecked
+        vx.expert(2, 1)
+        e = vx.index.layer(2)
+        start = e.file_offset + schema.expert_nbytes(K, H)
+        block = BlockCache(default_cache_root(cache)).get(vx._reader.remote.etag, start, start + K * H * 4)
+    assert block is not None
+    block.write_bytes((np.fromfile(block, dtype=np.float32) * 2).tobytes())  # rotted: rows no longer unit-norm
+    local_hub.reset_stats()
+    with Vindex.open(repo, cache_dir=cache) as vx:
+        np.testing.assert_array_equal(vx.expert(2, 1), blocks[2][1])  # dropped and fetched again
+        assert bin_stats(local_hub, repo).bytes_sent == K * H * 4
+        vx.expert(2, 1)  # checked once per object
+    assert bin_stats(local_hub, repo).bytes_sent == K * H * 4
+    with Vindex.open(repo, cache_dir=cache, verify=False) as vx:
+        np.testing.assert_array_equal(vx.expert(2, 1), blocks[2][1])
 
+
+def test_block_cached_by_another_process_meanwhile_is_hashed(local_hub, vindex_folder, tmp_path, cache, monkeypatch):
+    """The race: a verify=False reader caches a bad layer between this reader's look-up and its lock."""
+    folder, blocks = vindex_folder
+    repo_id = upload(folder)
+    good = (folder / schema.GATE_VECTORS_BIN).read_bytes()
+    with Vindex.open(repo_id, cache_dir=cache) as vx:
+        e, etag = vx.index.layer(1), vx._reader.remote.etag
+    bad = bytearray(good[e.file_offset:e.file_offset + e.nbytes])
+    bad[10] ^= 0x01
+    real_get, raced = BlockCache.get, []
+
+    def get_then_other_process_fills(self, key, start, end):
+        if (key, start) == (etag, e.file_offset) and not raced:
+            raced.append(1)
+            path = self.block_path(key, start, end)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(bytes(bad))  # what the other process caches, unchecked
+            return None  # ...just after this process looked
+        return real_get(self, key, start, end)
+
+    monkeypatch.setattr(BlockCache, "get", get_then_other_process_fills)
+    with Vindex.open(repo_id, cache_dir=cache) as vx:
+        np.testing.assert_array_equal(vx.layer(1), blocks[1])
+    assert raced
+    assert BlockCache(default_cache_root(cache)).block_path(etag, e.file_offset, e.file_offset + e.nbytes
+                                                           ).read_bytes() == good[e.file_offset:e.file_offset + e.nbytes]
+
+
+def test_block_cache_refuses_unsafe_names_and_short_writes(tmp_path):
+    blocks = BlockCache(tmp_path / "c")
+    for etag in ("..", "../../etc", "a/b", ".hidden", ""):
+        with pytest.raises(HubError, match="cannot name a cache file"):
+            blocks.fill(etag, 0, 4, lambda f: f.write(b"abcd"))
+    with pytest.raises(HubError, match="commit '../x'"):
+        blocks.remember("datasets--a--b", "../x", schema.GATE_VECTORS_BIN, {"etag": "e", "size": 4})
+    with pytest.raises(HubError, match=r"http://h/f: bytes 0-3 came as 3 bytes"):
+        blocks.fill("e" * 64, 0, 4, lambda f: f.write(b"abc"), source="http://h/f")
+    assert blocks.get("e" * 64, 0, 4) is None
+    path, wrote = blocks.obtain("e" * 64, 0, 4, lambda f: f.write(b"abcd"))
+    assert wrote and path.read_bytes() == b"abcd"
+    assert blocks.obtain("e" * 64, 0, 4, lambda f: f.write(b"zzzz")) == (path, False)
+
+
+class _CraftedHead(http.server.BaseHTTPRequestHandler):
+    commit = "../../outside"
+
+    def do_HEAD(self):
+        self.send_response(200)
+        self.send_header("X-Repo-Commit", self.commit)
+        self.send_header("ETag", '"' + "e" * 64 + '"')
+        self.send_header("Content-Length", "12")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_server_commit_must_be_a_sha(monkeypatch):
+    from huggingface_hub import constants
+
+    from vindex_hub.remote import file_metadata
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CraftedHead)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                            f"http://127.0.0.1:{server.server_address[1]}/{{repo_id}}/resolve/{{revision}}/{{filename}}")
+        with pytest.raises(HubError, match="commit '../../outside', not a 40-hex sha"):
+            file_metadata(parse_repo("ns/name"), schema.GATE_VECTORS_BIN)
+        monkeypatch.setattr(_CraftedHead, "commit", "c" * 40)
+        assert file_metadata(parse_repo("ns/name"), schema.GATE_VECTORS_BIN).commit == "c" * 40
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_corrupted_local_binary(vindex_folder, tmp_path):
     folder = tmp_path / "copy"
     shutil.copytree(vindex_folder[0], folder)
     with open(folder / schema.GATE_VECTORS_BIN, "r+b") as f:
@@ -442,29 +537,87 @@ def test_pull_binary_subset_is_a_valid_smaller_vindex(local_hub, vindex_folder, 
     out = pull(repo, tmp_path / "sub", layers="1-2", cache_dir=cache)
     assert bin_stats(local_hub, repo).bytes_sent == 2 * E * K * H * 4
     assert (out / schema.GATE_VECTORS_BIN).stat().st_size == 2 * E * K * H * 4
+    report = verify_vindex(out)
+    assert report.ok, report.render()
+    assert (out / schema.LARQL_INDEX_JSON).exists() and not (out / schema.gate_vectors_parquet(0)).exists()
     with Vindex.open(out) as vx:
         assert vx.layers == [1, 2]
         assert vx.index.layer(1).file_offset == 0 and vx.index.layer(2).file_offset == E * K * H * 4
         np.testing.assert_array_equal(vx.layer(1), blocks[1])
         np.testing.assert_array_equal(vx.layer(2), blocks[2])
         assert set(vx.phase1["layers"]) == {"1", "2"}
+        assert [c["config_name"] for c in vx.card_data.to_dict()["configs"]] == [schema.CONFIG_GATE_VECTORS]
     assert not (out / schema.BUILD_STATE_DIR).exists()
+    one = pull(repo, tmp_path / "one", layers="1", cache_dir=cache)
+    assert verify_vindex(one).ok, verify_vindex(one).render()
+    with Vindex.open(one, mode="arrow") as vx:  # the regenerated mirror reads back through datasets
+        np.testing.assert_array_equal(vx.layer(1), blocks[1])
     with pytest.raises(UsageError, match="out of range"):
         pull(repo, tmp_path / "sub2", layers="7", cache_dir=cache)
 
 
-def test_pull_full_and_arrow(local_hub, vindex_folder, repo, tmp_path, cache):
+def test_pull_replaces_only_an_earlier_pull_of_the_same_repo(local_hub, vindex_folder, repo, tmp_path, cache):
+    folder, blocks = vindex_folder
+    out = pull(repo, tmp_path / "p", cache_dir=cache)
+    (out / "notes.txt").write_text("mine")
+    assert pull(repo, out, layers="1", cache_dir=cache) == out  # an earlier pull: replaced
+    assert verify_vindex(out).ok, verify_vindex(out).render()
+    assert not (out / schema.gate_vectors_parquet(0)).exists()  # no stale layer files left behind
+    assert not (out / schema.EXPERT_STATS_PARQUET).exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    with Vindex.open(out) as vx:
+        assert vx.layers == [1]
+        np.testing.assert_array_equal(vx.layer(1), blocks[1])
+    other = upload(folder)
+    with pytest.raises(OutputConflictError, match=f"not an earlier pull of dataset repo {other}"):
+        pull(other, out, cache_dir=cache)
+    mine = tmp_path / "built"
+    shutil.copytree(folder, mine)  # a vindex the user built: never overwritten
+    with pytest.raises(OutputConflictError, match="not empty and not an earlier pull"):
+        pull(repo, mine, layers="1", cache_dir=cache)
+    assert Vindex.open(mine).layers == list(LAYERS)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputConflictError, match="not empty"):
+        pull(repo, tmp_path / "busy", cache_dir=cache)
+
+
+def test_pull_full_is_verified_and_arrow_is_data_only(local_hub, vindex_folder, repo, tmp_path, cache):
     folder, blocks = vindex_folder
     full = pull(repo, tmp_path / "full", cache_dir=cache)
     assert (full / schema.GATE_VECTORS_BIN).read_bytes() == (folder / schema.GATE_VECTORS_BIN).read_bytes()
     assert (full / schema.gate_vectors_parquet(2)).exists()
+    assert verify_vindex(full).ok
     arrow = pull(repo, tmp_path / "arrow", layers=[0], format="arrow", cache_dir=cache)
     assert (arrow / schema.gate_vectors_parquet(0)).exists() and (arrow / schema.CARD_FILE).exists()
     assert not (arrow / schema.gate_vectors_parquet(1)).exists() and not (arrow / schema.GATE_VECTORS_BIN).exists()
-    (tmp_path / "busy").mkdir()
-    (tmp_path / "busy" / "notes.txt").write_text("mine")
-    with pytest.raises(OutputConflictError, match="not an empty folder"):
-        pull(repo, tmp_path / "busy", cache_dir=cache)
+    with pytest.raises(VindexFormatError, match="data-only pull .*mode='arrow'"):
+        Vindex.open(arrow)
+    with Vindex.open(arrow, mode="arrow") as vx:
+        np.testing.assert_array_equal(vx.layer(0), blocks[0])
+        with pytest.raises(VindexFormatError, match=r"layer_01.parquet .*layer 1 cannot be read"):
+            vx.layer(1)
+
+
+def test_pull_of_a_corrupted_repo_leaves_no_sidecar(local_hub, vindex_folder, tmp_path, cache):
+    folder, _ = vindex_folder
+    repo_id = upload(folder)
+    bad = bytearray((folder / schema.GATE_VECTORS_BIN).read_bytes())
+    bad[E * K * H * 4 + 100] ^= 0x01  # layer 1; the sidecar and mirror stay the old ones
+    HfApi().create_commit(repo_id, [CommitOperationAdd(schema.GATE_VECTORS_BIN, bytes(bad))],
+                          commit_message="corrupt", repo_type="dataset")
+    with pytest.raises(IntegrityError, match="layer 1"):
+        pull(repo_id, tmp_path / "full", cache_dir=cache)
+    assert (tmp_path / "full" / schema.GATE_VECTORS_BIN).exists()
+    assert not (tmp_path / "full" / schema.INDEX_JSON).exists()  # never a complete-looking wrong vindex
+    with pytest.raises(IntegrityError, match="layer 1 has sha256"):
+        pull(repo_id, tmp_path / "full", layers="1", cache_dir=cache)  # re-pull into the same folder
+    assert not (tmp_path / "full" / schema.INDEX_JSON).exists()
+
+
+def test_arrow_mode_needs_a_dataset_repo(local_hub, repo, cache):
+    with pytest.raises(UsageError, match="dataset repos only"):
+        Vindex.open(repo, repo_type="model", mode="arrow", cache_dir=cache)
 
 
 def test_remote_info_reads_no_binary(local_hub, vindex_folder, repo, cache):

@@ -182,3 +182,38 @@ def test_convert_refuses_a_binary_shorter_than_its_index(vindex_copy: Path):
         f.truncate(100)
     with pytest.raises(VindexFormatError, match="layer 0"):
         convert_vindex(vindex_copy)
+
+
+def test_convert_names_a_card_whose_front_matter_does_not_parse(vindex_copy: Path):
+    _seed_style(vindex_copy)
+    (vindex_copy / schema.CARD_FILE).write_text("---\nbase_model: [unclosed\n---\n# old card\n")
+    with pytest.raises(VindexFormatError, match=r"README\.md: the card's YAML front matter does not parse"):
+        convert_vindex(vindex_copy)
+
+
+def test_convert_takes_base_model_from_an_existing_card(vindex_copy: Path):
+    _seed_style(vindex_copy)
+    (vindex_copy / schema.CARD_FILE).write_text("---\nbase_model: someone/some-model\n---\n# old card\n")
+    convert_vindex(vindex_copy)
+    index = _index(vindex_copy)
+    assert index.source.repo_id == "someone/some-model"
+    assert (index.builder.name, index.builder.method) == (parquet_mirror.UNKNOWN, parquet_mirror.UNKNOWN)
+    assert verify_vindex(vindex_copy).ok
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: d["model_config"]["moe"].pop("hidden_size"), r"lacking \['hidden_size'\]"),
+    (lambda d: d.pop("num_feats"), r"lacking \['num_feats'\]"),
+    (lambda d: d["layers"]["1"].pop(schema.q25_var_key(NUM_FEATS)), r"layers \[1\] lack the var quartiles"),
+    (lambda d: d["layers"]["2"].update(file_offset=0), "layer 2 file_offset 0, expected"),
+    (lambda d: d.pop("layers"), "neither a vindex-hub sidecar nor a seed-style one"),
+])
+def test_convert_refuses_an_incomplete_seed_sidecar(vindex_copy: Path, damage, message):
+    _seed_style(vindex_copy)
+    path = vindex_copy / schema.INDEX_JSON
+    data = json.loads(path.read_text())
+    damage(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(VindexFormatError, match=message):
+        convert_vindex(vindex_copy)
+    assert not (vindex_copy / schema.CARD_FILE).exists()

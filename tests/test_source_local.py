@@ -144,6 +144,30 @@ def test_missing_shard_file_only_fails_its_tensors(ckpt):
         assert src.read([other])[other].data.nbytes > 0
 
 
+def test_unopenable_shard_names_the_file(ckpt):
+    shard = shard_of(ckpt, EXPERT_W1)
+    shard.unlink()
+    shard.mkdir()  # IsADirectoryError on open: an OSError that is not FileNotFoundError
+    with LocalCheckpoint(ckpt) as src:
+        with pytest.raises(CheckpointError, match=rf"shard file .*{shard.name} \(listed in .*{INDEX_FILE}\): cannot open"):
+            src.read([EXPERT_W1])
+
+
+def test_read_after_close_is_refused_and_opens_nothing(pristine):
+    src = LocalCheckpoint(pristine)
+    first = src.read([EXPERT_W1])[EXPERT_W1].data.copy()
+    other = other_shard_tensor(pristine, shard_of(pristine, EXPERT_W1))
+    src.close()
+    fds_before = len(list(Path("/proc/self/fd").iterdir()))
+    for name in (EXPERT_W1, other):  # a shard opened before close, and one never opened
+        with pytest.raises(CheckpointError, match=rf"checkpoint {pristine} is closed: cannot read shard"):
+            src.read([name])
+    assert len(list(Path("/proc/self/fd").iterdir())) == fds_before
+    src.close()  # closing twice is fine
+    with LocalCheckpoint(pristine) as again:  # a new source reads the same bytes
+        assert np.array_equal(again.read([EXPERT_W1])[EXPERT_W1].data, first)
+
+
 def test_weight_map_escaping_the_folder(ckpt):
     index = json.loads((ckpt / INDEX_FILE).read_text())
     index["weight_map"][EXPERT_W1] = "../elsewhere.safetensors"

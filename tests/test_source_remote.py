@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 from collections import defaultdict
 from pathlib import Path
@@ -288,6 +289,38 @@ def test_a_missing_repo_or_revision_is_a_typed_error_naming_it(local_hub, remote
     with pytest.raises(RemoteNotFoundError, match=f"no-such-branch.*{remote_repo}"):
         build_vindex(remote_repo, tmp_path / "out", revision="no-such-branch", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("sha", ["../../../escape", "a" * 39, "A" * 40, None])
+def test_a_commit_sha_that_is_not_a_hash_is_refused(monkeypatch, tmp_path, sha):
+    """A hostile or broken server's model-info sha never reaches the cache paths."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from huggingface_hub import constants
+
+    class Hostile(BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"id": "ns/hostile", "sha": sha, "siblings": [{"rfilename": CONFIG_FILE}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        with pytest.raises(HubError, match=rf"ns/hostile@main: the Hub answered commit sha {re.escape(repr(sha))}, expected 40"):
+            HubCheckpoint("ns/hostile", cache_dir=tmp_path / "cache")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_an_unsupported_model_is_refused_by_its_config(local_hub, hub_repo_id, checkpoint, tmp_path):

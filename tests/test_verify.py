@@ -154,3 +154,62 @@ def test_an_unreadable_sidecar_stops_early_with_its_name(vindex_copy: Path):
     report = verify_vindex(vindex_copy)
     assert len(report.problems) == 1 and "gate_vectors_index.json" in report.problems[0]
     assert "not valid JSON" in report.render()
+
+
+@pytest.mark.parametrize("front_matter, message", [
+    ("license: [mit\n", "does not parse"),  # not YAML
+    ("- a list\n", "does not parse"),  # YAML, but not a mapping
+])
+def test_a_card_whose_front_matter_does_not_parse_is_a_problem_not_a_crash(vindex_copy: Path, front_matter, message):
+    (vindex_copy / schema.CARD_FILE).write_text(f"---\n{front_matter}---\n# a card\n")
+    report = verify_vindex(vindex_copy)
+    assert len(report.problems) == 1
+    assert report.problems[0].startswith("README.md: VindexFormatError: ") and message in report.problems[0]
+    assert str(vindex_copy / schema.CARD_FILE) in report.problems[0]
+
+
+def test_card_configs_of_the_wrong_shape_are_a_problem_not_a_crash(vindex_copy: Path):
+    (vindex_copy / schema.CARD_FILE).write_text("---\nconfigs:\n- gate_vectors\n---\n# a card\n")
+    problems = _problems(vindex_copy)
+    assert len(problems) == 1 and problems[0].startswith("README.md: AttributeError")
+
+
+def test_a_binary_that_shrinks_while_being_hashed_is_a_problem_not_a_hang(
+        vindex_copy: Path, monkeypatch: pytest.MonkeyPatch):
+    import threading
+
+    from vindex_hub import verify
+
+    layout_ok = verify._check_layout
+    index = schema.VindexIndex.loads((vindex_copy / schema.INDEX_JSON).read_text())
+    cut = index.layers[1].file_offset + 100
+
+    def layout_then_shrink(c, index):  # another process truncates the file just after the size check
+        result = layout_ok(c, index)
+        with open(vindex_copy / schema.GATE_VECTORS_BIN, "r+b") as f:
+            f.truncate(cut)
+        return result
+
+    monkeypatch.setattr(verify, "_check_layout", layout_then_shrink)
+    reports: list = []
+    worker = threading.Thread(target=lambda: reports.append(verify_vindex(vindex_copy)), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "verify_vindex loops on a file that ended early"
+    problems = reports[0].problems
+    short = index.layers[1].nbytes - 100
+    assert f"layer 1: gate_vectors.bin: ends {short} bytes early (the file shrank while being read)" in problems
+    assert reports[0].integrity_failed
+    assert not any(p.startswith("layer 0: gate_vectors.bin") for p in problems)
+
+
+def test_each_larql_layer_field_is_checked(vindex_copy: Path):
+    layer_bytes = schema.layer_nbytes(NUM_EXPERTS, NUM_FEATS, HIDDEN)
+    want = {"num_features": NUM_EXPERTS * NUM_FEATS, "offset": 2 * layer_bytes, "length": layer_bytes,
+            "num_experts": NUM_EXPERTS, "num_features_per_expert": NUM_FEATS}
+    original = (vindex_copy / schema.LARQL_INDEX_JSON).read_text()
+    for key, value in want.items():
+        (vindex_copy / schema.LARQL_INDEX_JSON).write_text(original)
+        _edit_json(vindex_copy / schema.LARQL_INDEX_JSON, lambda doc: doc["layers"][2].update({key: 1}))
+        assert _problems(vindex_copy) == [
+            f"layer 2: index.json says {{'{key}': 1}}, gate_vectors_index.json implies {{'{key}': {value}}}"]

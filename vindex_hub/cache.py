@@ -13,6 +13,9 @@ by repo or revision: a new revision with a new binary gets new keys and never se
 and identical binaries share blocks. A block appears under its name only when complete and
 checked (atomic rename, under a per-block file lock so two processes fetch it once); a block
 whose size is wrong (truncated on disk) is treated as absent and fetched again.
+
+Every path component built from remote data (content hash, commit, repo folder) must be one
+plain file name (``HubError`` otherwise), so a crafted server header cannot point outside the cache.
 """
 
 from __future__ import annotations
@@ -26,10 +29,12 @@ from typing import Any, BinaryIO, Callable
 from filelock import FileLock
 from huggingface_hub import constants
 
+from .errors import HubError
 from .fsutil import atomic_path, atomic_write_json
 
 ENV_CACHE = "VINDEX_HUB_CACHE"
-_SAFE_KEY = re.compile(r"^[0-9A-Za-z._-]+$")
+# One path segment: no separators, no leading dot (so never "." or ".."), bounded length.
+_SAFE_NAME = re.compile(r"^[0-9A-Za-z_-][0-9A-Za-z._-]{0,199}$")
 
 
 def default_cache_root(hub_cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -40,14 +45,20 @@ def default_cache_root(hub_cache_dir: str | os.PathLike[str] | None = None) -> P
     return hub.resolve().parent / "vindex-hub"
 
 
+def safe_name(value: str, what: str) -> str:
+    """``value`` if it can be one cache path segment; else ``HubError`` naming ``what`` it is."""
+    if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value):
+        raise HubError(f"{what} {value!r} cannot name a cache file (expected letters, digits, '.', '_', '-'); "
+                       "refusing to use it")
+    return value
+
+
 class BlockCache:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
 
     def block_path(self, key: str, start: int, end: int) -> Path:
-        if not _SAFE_KEY.match(key):  # a key comes from a server header: it must stay one path segment
-            raise ValueError(f"unsafe block cache key {key!r}")
-        return self.root / "blocks" / key / f"{start}-{end}"
+        return self.root / "blocks" / safe_name(key, "content hash (ETag)") / f"{start}-{end}"
 
     def get(self, key: str, start: int, end: int) -> Path | None:
         """The cached block of ``[start, end)``, or None when absent or of the wrong size."""
@@ -64,26 +75,45 @@ class BlockCache:
         end: int,
         write: Callable[[BinaryIO], None],
         check: Callable[[Path], None] | None = None,
+        *,
+        source: str = "the remote file",
     ) -> Path:
-        """Return the block, creating it with ``write(fileobj)`` if absent.
+        """Return the block, creating it with ``write(fileobj)`` if absent (see ``obtain``)."""
+        return self.obtain(key, start, end, write, check, source=source)[0]
+
+    def obtain(
+        self,
+        key: str,
+        start: int,
+        end: int,
+        write: Callable[[BinaryIO], None],
+        check: Callable[[Path], None] | None = None,
+        *,
+        source: str = "the remote file",
+    ) -> tuple[Path, bool]:
+        """(the block, whether this call wrote it), creating it with ``write(fileobj)`` if absent.
 
         ``check(tmp_path)`` runs on the complete temporary file before it is renamed into
         place; if it raises, nothing is cached. Concurrent callers for one block wait on a lock
-        and the later ones find the block made by the first.
+        and the later ones find the block made by the first (``False``: this call did not check
+        it). ``source`` (the URL) names where the bytes come from in errors.
         """
         path = self.block_path(key, start, end)
+        if self.get(key, start, end) is not None:
+            return path, False
         with self._lock(f"blocks-{key}-{start}-{end}"):
             if self.get(key, start, end) is not None:
-                return path
+                return path, False
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as f:
                     write(f)
                 size = tmp.stat().st_size
                 if size != end - start:
-                    raise OSError(f"{path}: wrote {size} bytes, expected {end - start}")
+                    raise HubError(f"{source}: bytes {start}-{end - 1} came as {size} bytes, expected "
+                                   f"{end - start}; not cached")
                 if check is not None:
                     check(tmp)
-        return path
+        return path, True
 
     def discard(self, key: str, start: int, end: int) -> None:
         """Drop a block found to be bad (another process may still hold its old inode: harmless)."""
@@ -92,11 +122,11 @@ class BlockCache:
 
     # Per-commit file records, so an offline open can find the content hash of a file.
     def record_path(self, repo_folder: str, commit: str) -> Path:
-        return self.root / "meta" / repo_folder / f"{commit}.json"
+        return self.root / "meta" / safe_name(repo_folder, "repo folder") / f"{safe_name(commit, 'commit')}.json"
 
     def remember(self, repo_folder: str, commit: str, filename: str, info: dict[str, Any]) -> None:
         path = self.record_path(repo_folder, commit)
-        with self._lock(f"meta-{repo_folder}-{commit}"):
+        with self._lock(f"meta-{path.parent.name}-{path.stem}"):
             records = self._read(path)
             if records.get(filename) != info:
                 atomic_write_json(path, {**records, filename: info})

@@ -12,7 +12,8 @@ Modes (``Vindex.open(..., mode=...)``):
               persistent block cache (``vindex_hub.cache``), keyed by the binary's content hash
               at the resolved commit. Views of cached blocks are memory-mapped too.
 ``arrow``     each layer is read from the parquet mirror with ``datasets.load_dataset(repo,
-              "gate_vectors", split="layer_NN")`` and reassembled to ``(E, K, H)``.
+              "gate_vectors", split="layer_NN")`` and reassembled to ``(E, K, H)`` (dataset repos
+              and local folders only: ``datasets`` reads no other kind).
 
 Everything remote is pinned to the commit the revision resolved to at open, so a push in the
 middle of a session cannot mix two versions. Once fetched, ``lazy`` and ``snapshot`` opens work
@@ -23,11 +24,12 @@ Integrity (``verify``):
 ``True``      (default) a layer's bytes are checked against the sidecar's sha256 before they are
               returned or cached; bytes already on disk (local folder, Hub cache, block cache) are
               checked once per ``Vindex`` object, the first time that layer is read, so a block
-              corrupted on disk is caught (the block cache then drops it and fetches it again).
-              The sha256 is per layer, so an expert read in ``lazy`` mode while its layer is not
-              cached cannot be hash-checked without fetching 64x the bytes: such a read is checked
-              for shape, finiteness and unit-norm rows only. An expert read from a cached or local
-              layer is hash-checked through its layer.
+              corrupted on disk, or cached by a ``verify=False`` reader, is caught (the block cache
+              then drops it and fetches it again). The sha256 is per layer, so an expert read in
+              ``lazy`` mode while its layer is not cached cannot be hash-checked without fetching
+              64x the bytes: such a read (fetched, or cached and read first by this object) is
+              checked for shape, finiteness and unit-norm rows only. An expert read from a cached
+              or local layer is hash-checked through its layer.
 ``"strict"``  as True, but an expert read always fetches and checks its whole layer.
 ``False``     no checks (sizes and ``Content-Range`` are still checked).
 """
@@ -38,18 +40,20 @@ import os
 import shutil
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 import numpy as np
 from huggingface_hub import constants, hf_hub_download, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.file_download import repo_folder_name
 
 from . import schema
 from .cache import BlockCache, default_cache_root
-from .checksums import sha256_bytes, sha256_file_range
+from .checksums import sha256_bytes
 from .errors import HubError, IntegrityError, OutputConflictError, RemoteNotFoundError, UsageError, VindexFormatError
 from .fsutil import atomic_write_json, atomic_write_text, read_json
-from .remote import RemoteFile, RepoRef, fetch_range_into, file_metadata, hub_errors, parse_repo
+from .remote import RemoteFile, RepoRef, commit_sha, fetch_range_into, file_metadata, first_line, hub_errors, parse_repo
+from .writers import stats_json
 from .writers.binary import GateVectorsWriter
 
 Mode = Literal["local", "snapshot", "lazy", "arrow"]
@@ -101,14 +105,14 @@ class _MemmapReader:
                              shape=(len(index.layers), index.num_experts, index.num_feats, index.hidden_size))
         self._slot = {layer: slot for slot, layer in enumerate(index.layer_ids)}
 
-    def layer(self, layer: int, verify: Verify, verified: set[int]) -> np.ndarray:
+    def layer(self, layer: int, verify: Verify, verified: set) -> np.ndarray:
         block = np.asarray(self._mm[self._slot[layer]])
         if verify and layer not in verified:
             _check_sha256(block, self.index, layer, str(self.path))
             verified.add(layer)
         return block
 
-    def expert(self, layer: int, expert: int, verify: Verify, verified: set[int]) -> np.ndarray:
+    def expert(self, layer: int, expert: int, verify: Verify, verified: set) -> np.ndarray:
         return self.layer(layer, verify, verified)[expert]
 
     def close(self) -> None:
@@ -121,49 +125,49 @@ class _RangedReader:
     def __init__(self, remote: RemoteFile, index: schema.VindexIndex, cache: BlockCache, token: str | bool | None):
         self.remote, self.index, self.cache, self.token = remote, index, cache, token
 
-    def _block(self, start: int, end: int, check) -> np.ndarray:
+    def _block(self, start: int, end: int, check: Callable[[Path], None] | None, recheck: bool) -> np.ndarray:
+        """Bytes ``[start, end)``: fetched and passed through ``check`` before they are cached, or
+        found in the cache, and then (``recheck``) checked again, since another process may have
+        cached them unchecked or they may have rotted on disk; a bad block is dropped and refetched."""
         key = self.remote.etag
-        path = self.cache.get(key, start, end) or self.cache.fill(
-            key, start, end,
-            lambda f: fetch_range_into(f, self.remote.url, start, end, token=self.token,
-                                       expected_total=self.remote.size),
-            check,
-        )
+
+        def fetch(f) -> None:
+            fetch_range_into(f, self.remote.url, start, end, token=self.token, expected_total=self.remote.size)
+
+        path, fetched = self.cache.obtain(key, start, end, fetch, check, source=self.remote.url)
+        if check is not None and recheck and not fetched:
+            try:
+                check(path)
+            except IntegrityError as bad:
+                self.cache.discard(key, start, end)
+                try:
+                    path, _ = self.cache.obtain(key, start, end, fetch, check, source=self.remote.url)
+                except HubError as exc:
+                    raise IntegrityError(f"{bad} (cache block {path}, now dropped; fetching it again failed: "
+                                         f"{exc})") from None
         return np.asarray(np.memmap(path, dtype=schema.NUMPY_DTYPE, mode="r"))
 
-    def layer(self, layer: int, verify: Verify, verified: set[int]) -> np.ndarray:
+    def layer(self, layer: int, verify: Verify, verified: set) -> np.ndarray:
         e = self.index.layer(layer)
-        start, end = e.file_offset, e.file_offset + e.nbytes
         where = f"{schema.GATE_VECTORS_BIN} ({self.remote.url})"
-        check = (lambda tmp: _check_sha256_file(tmp, self.index, layer, where)) if verify else None
-        cached = self.cache.get(self.remote.etag, start, end) is not None
-        flat = self._block(start, end, check)
-        if verify and cached and layer not in verified:
-            try:
-                _check_sha256(flat, self.index, layer, str(self.cache.block_path(self.remote.etag, start, end)))
-            except IntegrityError as bad:
-                # Corrupted on disk after it was checked: drop it and fetch again (checked before caching).
-                del flat
-                self.cache.discard(self.remote.etag, start, end)
-                try:
-                    flat = self._block(start, end, check)
-                except HubError as exc:
-                    raise IntegrityError(f"{bad} (a corrupted cache block, now dropped; fetching it again "
-                                         f"failed: {exc})") from None
+        check = (lambda path: _check_sha256(_mapped(path), self.index, layer, where)) if verify else None
+        flat = self._block(e.file_offset, e.file_offset + e.nbytes, check, recheck=layer not in verified)
         if verify:
             verified.add(layer)
         return flat.reshape(e.shape)
 
-    def expert(self, layer: int, expert: int, verify: Verify, verified: set[int]) -> np.ndarray:
+    def expert(self, layer: int, expert: int, verify: Verify, verified: set) -> np.ndarray:
         e = self.index.layer(layer)
         if verify == "strict" or self.cache.get(self.remote.etag, e.file_offset, e.file_offset + e.nbytes):
             return self.layer(layer, verify, verified)[expert]
         k, h = self.index.num_feats, self.index.hidden_size
         start = e.file_offset + expert * schema.expert_nbytes(k, h)
-        end = start + schema.expert_nbytes(k, h)
         where = f"{schema.GATE_VECTORS_BIN} ({self.remote.url}) layer {layer} expert {expert}"
-        check = (lambda tmp: _check_unit_rows(np.fromfile(tmp, dtype=schema.NUMPY_DTYPE).reshape(k, h), where)) if verify else None
-        return self._block(start, end, check).reshape(k, h)
+        check = (lambda path: _check_unit_rows(_mapped(path).reshape(k, h), where)) if verify else None
+        block = self._block(start, start + schema.expert_nbytes(k, h), check, recheck=(layer, expert) not in verified)
+        if verify:
+            verified.add((layer, expert))
+        return block.reshape(k, h)
 
     def close(self) -> None:
         pass
@@ -175,23 +179,30 @@ class _ArrowReader:
     def __init__(self, path_or_repo: str, revision: str | None, index: schema.VindexIndex, token: str | bool | None):
         self.path_or_repo, self.revision, self.index, self.token = path_or_repo, revision, index, token
 
-    def layer(self, layer: int, verify: Verify, verified: set[int]) -> np.ndarray:
+    def layer(self, layer: int, verify: Verify, verified: set) -> np.ndarray:
         import datasets
+        from datasets.exceptions import DatasetNotFoundError
 
         e = self.index.layer(layer)
-        where = f"{self.path_or_repo} config {schema.CONFIG_GATE_VECTORS} split {schema.split_name(layer)}"
+        split, rel = schema.split_name(layer), schema.gate_vectors_parquet(layer)
+        where = f"{rel} of {self.path_or_repo} (config {schema.CONFIG_GATE_VECTORS}, split {split})"
         # data_files names this layer's file only: with just the config, datasets 5.2 downloads and
         # prepares every split of it before returning one.
-        split = schema.split_name(layer)
-        ds = datasets.load_dataset(self.path_or_repo, data_files={split: schema.gate_vectors_parquet(layer)},
-                                   split=split, revision=self.revision, token=self.token)
+        try:
+            ds = datasets.load_dataset(self.path_or_repo, data_files={split: rel}, split=split,
+                                       revision=self.revision, token=self.token)
+        except (FileNotFoundError, DatasetNotFoundError) as exc:  # DataFilesNotFoundError is a FileNotFoundError
+            raise VindexFormatError(f"{where}: layer {layer} cannot be read from the mirror "
+                                    f"({first_line(exc)})") from None
+        except (HfHubHTTPError, OSError) as exc:
+            raise HubError(f"{where}: layer {layer}: {type(exc).__name__}: {first_line(exc)}") from None
         block = gate_vectors_from_table(ds.data.table, e.shape, where=where)
         if verify and layer not in verified:
             _check_sha256(block, self.index, layer, where)
             verified.add(layer)
         return block
 
-    def expert(self, layer: int, expert: int, verify: Verify, verified: set[int]) -> np.ndarray:
+    def expert(self, layer: int, expert: int, verify: Verify, verified: set) -> np.ndarray:
         return self.layer(layer, verify, verified)[expert]
 
     def close(self) -> None:
@@ -219,15 +230,13 @@ def gate_vectors_from_table(table, shape: list[int], *, where: str) -> np.ndarra
     return out.reshape(shape)
 
 
+def _mapped(path: Path) -> np.ndarray:
+    """A read-only float32 view of a whole file (a cache block), for the checks below."""
+    return np.memmap(path, dtype=schema.NUMPY_DTYPE, mode="r")
+
+
 def _check_sha256(block: np.ndarray, index: schema.VindexIndex, layer: int, where: str) -> None:
     got = sha256_bytes(memoryview(np.ascontiguousarray(block)).cast("B"))
-    want = index.layer(layer).sha256
-    if got != want:
-        raise IntegrityError(f"{where}: layer {layer} has sha256 {got}, the sidecar records {want}")
-
-
-def _check_sha256_file(path: Path, index: schema.VindexIndex, layer: int, where: str) -> None:
-    got = sha256_file_range(path, 0, index.layer(layer).nbytes)
     want = index.layer(layer).sha256
     if got != want:
         raise IntegrityError(f"{where}: layer {layer} has sha256 {got}, the sidecar records {want}")
@@ -252,7 +261,7 @@ class Vindex:
         self._index, self._reader, self._files = index, reader, files
         self.mode, self.verify, self.location, self.commit = mode, verify, location, commit
         self._file_size = file_size
-        self._verified: set[int] = set()
+        self._verified: set = set()  # layers (and lazily read (layer, expert) blocks) checked by this object
 
     @classmethod
     def open(
@@ -285,6 +294,9 @@ class Vindex:
         mode = mode or "lazy"
         if mode == "local":
             raise UsageError(f"{path_or_repo_id} is not a local folder")
+        if mode == "arrow" and ref.repo_type != "dataset":
+            raise UsageError(f"mode='arrow' reads with datasets.load_dataset, which reads dataset repos only; "
+                             f"{ref} is a {ref.repo_type} repo (use mode='lazy' or 'snapshot')")
         ref = ref.at(_resolve_commit(ref, cache_dir=cache_dir, token=token))
         files = _HubFiles(ref, cache_dir=cache_dir, token=token)
         index_path = files.path(schema.INDEX_JSON)
@@ -313,6 +325,12 @@ class Vindex:
         if mode == "arrow":
             reader, size = _ArrowReader(str(root), None, index, None), None
         else:
+            if not (root / schema.GATE_VECTORS_BIN).is_file():
+                pulled = _read_pull_marker(root)
+                what = (f"a data-only pull (format='arrow') of {pulled.get('repo_id')}"
+                        if pulled.get("format") == "arrow" else "a folder")
+                raise VindexFormatError(f"{root / schema.GATE_VECTORS_BIN}: missing; {root} is {what} without "
+                                        "the binary: open it with mode='arrow' to read its parquet layers")
             reader = _MemmapReader(files.path(schema.GATE_VECTORS_BIN), index)
             size, mode = reader.path.stat().st_size, "local"
         return cls(index, reader, files, mode=mode, verify=verify, location=str(root), file_size=size)
@@ -469,7 +487,7 @@ def _resolve_commit(ref: RepoRef, *, cache_dir: str | None, token: str | bool | 
     with hub_errors(ref, schema.INDEX_JSON):
         path = hf_hub_download(ref.repo_id, schema.INDEX_JSON, repo_type=ref.repo_type, revision=ref.revision,
                                cache_dir=cache_dir, token=token)
-    return Path(path).parent.name
+    return commit_sha(Path(path).parent.name, f"{schema.INDEX_JSON} in {ref}")
 
 
 def _binary_metadata(ref: RepoRef, *, cache_dir: str | None, token: str | bool | None) -> RemoteFile:
@@ -487,6 +505,10 @@ def _binary_metadata(ref: RepoRef, *, cache_dir: str | None, token: str | bool |
 
 
 # ---- pull / info ---------------------------------------------------------------------------------
+# Marks a folder made by ``pull`` (repo, commit, format, layers); hidden, so never pushed.
+PULL_MARKER = ".vindex-pull.json"
+
+
 def pull(
     repo_id: str,
     out_dir: str | os.PathLike[str] | None = None,
@@ -498,49 +520,127 @@ def pull(
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
 ) -> Path:
-    """Materialize a Hub vindex in ``out_dir`` (default ``./<repo name>``); return the folder.
+    """Materialize a Hub vindex in a folder; return the folder.
 
-    ``binary`` without ``layers``: the whole repo. ``binary`` with ``layers``: a smaller valid
-    vindex of just those layers (re-offset binary, its own sidecar, stats JSON of those layers;
-    each layer checked against its sha256). ``arrow``: the parquet files of those layers (all
-    without ``layers``), the stats parquet files, the card and the JSON files.
+    ``out_dir`` defaults to ``./<repo name>`` (the part after the slash, in the current folder).
+    It must be missing, empty, or an earlier pull of the same repo, which is then replaced: its
+    sidecar is removed first, then the other files the vindex owns (other files are kept).
+
+    ``binary`` (the default) gives a valid vindex folder, checked with ``verify_vindex`` before
+    ``pull`` returns (on failure the sidecar is removed and ``IntegrityError`` raised):
+
+    * without ``layers``: a copy of the whole repo at the resolved commit, Arrow mirror included
+      (about twice the binary's size), so it can be pushed again unchanged;
+    * with ``layers``: a smaller vindex of just those layers: the binary re-offset from 0 (each
+      layer checked against its sha256 as it is read), its own sidecar, the phase JSON of those
+      layers, and the Arrow mirror, LarQL index and card written for it. The ``expert_stats`` /
+      ``router_svd`` spectra are not carried over (the card says the singular values are not
+      retained), and the LarQL index has no model ``config.json`` figures (vocab size...).
+
+    ``arrow`` is a data-only download: the parquet files of those layers (all without
+    ``layers``), the stats parquet files, the card and the JSON files, with the repo's sidecar
+    unchanged (it lists every layer). There is no binary, so ``Vindex.open(folder)`` refuses it;
+    ``Vindex.open(folder, mode="arrow")`` reads the layers that were pulled.
     """
     if format not in ("binary", "arrow"):
         raise UsageError(f"format {format!r}: expected 'binary' or 'arrow'")
     ref = parse_repo(repo_id, revision=revision, repo_type=repo_type)
     out = Path(out_dir) if out_dir is not None else Path(ref.repo_id.split("/")[-1])
-    _check_out_dir(out)
+    earlier_pull = _check_out_dir(out, ref)
     cache_dir = str(cache_dir) if cache_dir is not None else None
-    if format == "binary" and layers is None:
-        return _snapshot_to(ref, out, None, cache_dir=cache_dir, token=token)
     with Vindex.open(ref.repo_id, ref.revision, ref.repo_type, mode="lazy", cache_dir=cache_dir, token=token) as vx:
         selected = schema.parse_layers(layers, vx.index.model_config.num_hidden_layers) if layers is not None else vx.layers
         missing = [layer for layer in selected if layer not in vx.index.layers]
         if missing:
             raise UsageError(f"layers {missing} are not in {vx.location} (it holds layers {schema.layer_span(vx.layers)})")
+        if earlier_pull:
+            _remove_vindex_files(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / PULL_MARKER, {"repo_id": ref.repo_id, "repo_type": ref.repo_type, "commit": vx.commit,
+                                              "format": format, "layers": selected})
+        pinned = ref.at(vx.commit)
         if format == "arrow":
             patterns = [schema.gate_vectors_parquet(layer) for layer in selected]
             patterns += [schema.EXPERT_STATS_PARQUET, schema.ROUTER_SVD_PARQUET, schema.CARD_FILE,
                          schema.INDEX_JSON, schema.PHASE1_JSON, schema.PHASE2_JSON]
-            return _snapshot_to(ref.at(vx.commit), out, patterns, cache_dir=cache_dir, token=token)
-        return _write_subset(vx, selected, out)
+            _snapshot_to(pinned, out, allow=patterns, cache_dir=cache_dir, token=token)
+            return out
+        if layers is None:
+            _snapshot_to(pinned, out, ignore=[schema.INDEX_JSON], cache_dir=cache_dir, token=token)
+            _snapshot_to(pinned, out, allow=[schema.INDEX_JSON], cache_dir=cache_dir, token=token)  # last
+        else:
+            _write_subset(vx, selected, out)
+    _verify_pulled(out)
+    return out
 
 
-def _check_out_dir(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / schema.INDEX_JSON).exists())):
-        raise OutputConflictError(f"{out}: exists and is not an empty folder or an earlier pull; choose another -o")
+def _read_pull_marker(folder: Path) -> dict[str, Any]:
+    try:
+        data = read_json(folder / PULL_MARKER)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
-def _snapshot_to(ref: RepoRef, out: Path, patterns: list[str] | None, *, cache_dir, token) -> Path:
+def _check_out_dir(out: Path, ref: RepoRef) -> bool:
+    """Whether ``out`` holds an earlier pull of ``ref``'s repo; ``OutputConflictError`` unless it
+    does or is missing or empty (so a folder the user built is never overwritten)."""
+    if not out.exists():
+        return False
+    if not out.is_dir():
+        raise OutputConflictError(f"{out}: exists and is not a folder; choose another -o")
+    if not any(out.iterdir()):
+        return False
+    marker = _read_pull_marker(out)
+    if (marker.get("repo_id"), marker.get("repo_type")) == (ref.repo_id, ref.repo_type):
+        return True
+    raise OutputConflictError(f"{out}: not empty and not an earlier pull of {ref.repo_type} repo {ref.repo_id}; "
+                              "choose another -o (or empty it)")
+
+
+def _remove_vindex_files(out: Path) -> None:
+    """Empty an earlier pull: the sidecar first (so the folder never looks complete), then every
+    other file the vindex owns; the user's own files and hidden files stay."""
+    from .hub import is_vindex_path
+
+    (out / schema.INDEX_JSON).unlink(missing_ok=True)
+    for dirpath, dirnames, filenames in os.walk(out, topdown=False):
+        for name in filenames:
+            path = Path(dirpath) / name
+            if is_vindex_path(path.relative_to(out).as_posix()):
+                path.unlink()
+        if Path(dirpath) != out and not any(Path(dirpath).iterdir()):
+            Path(dirpath).rmdir()
+
+
+def _snapshot_to(ref: RepoRef, out: Path, *, allow: list[str] | None = None, ignore: list[str] | None = None,
+                 cache_dir, token) -> Path:
     with hub_errors(ref):
         return Path(snapshot_download(ref.repo_id, repo_type=ref.repo_type, revision=ref.revision,
-                                      allow_patterns=patterns, local_dir=out, cache_dir=cache_dir, token=token))
+                                      allow_patterns=allow, ignore_patterns=ignore, local_dir=out,
+                                      cache_dir=cache_dir, token=token))
 
 
-def _write_subset(vx: Vindex, selected: list[int], out: Path) -> Path:
-    """A valid vindex of ``selected`` layers: binary re-offset from 0, sidecar and stats JSON to match."""
+def _verify_pulled(out: Path) -> None:
+    """``verify_vindex`` on a pulled folder; on failure drop its sidecar (never a valid-looking but
+    wrong vindex) and raise."""
+    from .verify import verify_vindex
+
+    report = verify_vindex(out)
+    if not report.ok:
+        (out / schema.INDEX_JSON).unlink(missing_ok=True)
+        raise IntegrityError(f"{out}: the pulled vindex fails verification, its sidecar was removed: "
+                             + "; ".join(report.problems))
+
+
+def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
+    """A vindex of ``selected`` layers: binary re-offset from 0, stats JSON, mirror, LarQL index and
+    card to match, and the sidecar last (the folder is a vindex once it appears)."""
+    from .writers.card import CardOptions, write_card
+    from .writers.larql import write_larql_index
+    from .writers.parquet_mirror import write_mirror
+
     src = vx.index
-    out.mkdir(parents=True, exist_ok=True)
     tmp = out / schema.BUILD_STATE_DIR / f"{schema.GATE_VECTORS_BIN}.partial"
     writer = GateVectorsWriter(tmp, num_layers=len(selected), num_experts=src.num_experts,
                                num_feats=src.num_feats, hidden_size=src.hidden_size)
@@ -562,12 +662,16 @@ def _write_subset(vx: Vindex, selected: list[int], out: Path) -> Path:
             data = getattr(vx, stats)
         except (VindexFormatError, RemoteNotFoundError):
             continue  # an optional file the repo does not have
-        kept = {str(layer): data["layers"][str(layer)] for layer in selected if str(layer) in data.get("layers", {})}
-        atomic_write_json(out / name, {**data, "layers": kept})
+        phase_layers = data.get(stats_json.LAYERS, {})
+        kept = {str(layer): phase_layers[str(layer)] for layer in selected if str(layer) in phase_layers}
+        atomic_write_json(out / name, {**data, stats_json.LAYERS: kept})
     index = schema.VindexIndex(num_feats=src.num_feats, model_config=src.model_config, source=src.source,
                                builder=src.builder, layers=layers, format_version=src.format_version)
+    write_mirror(out, index, None)
+    write_larql_index(out, index, {}, None)
+    license = getattr(vx.card_data, "license", None)  # keep the source card's license
+    write_card(out, index, None, CardOptions(license=license) if isinstance(license, str) else CardOptions())
     atomic_write_text(out / schema.INDEX_JSON, index.dumps())  # last: the folder is valid once it appears
-    return out
 
 
 def remote_info(

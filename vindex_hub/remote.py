@@ -30,6 +30,7 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
+from huggingface_hub.file_download import REGEX_COMMIT_HASH
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from .errors import HubError, RemoteNotFoundError, UsageError
@@ -133,7 +134,15 @@ def file_metadata(ref: RepoRef, filename: str, *, token: str | bool | None = Non
         meta = get_hf_file_metadata(ref.url(filename), token=token, retry_on_errors=True)
     if not meta.commit_hash or not meta.etag or meta.size is None:
         raise HubError(f"{ref.url(filename)}: the server's HEAD answer lacks X-Repo-Commit, ETag or size")
-    return RemoteFile(ref.url(filename, meta.commit_hash), meta.commit_hash, meta.etag, meta.size)
+    return RemoteFile(ref.url(filename, meta.commit_hash), commit_sha(meta.commit_hash, ref.url(filename)),
+                      meta.etag, meta.size)
+
+
+def commit_sha(value: str, where: str) -> str:
+    """``value`` if it is a full 40-hex commit sha (it names cache files); else ``HubError``."""
+    if not REGEX_COMMIT_HASH.fullmatch(value or ""):
+        raise HubError(f"{where}: the server gave commit {value!r}, not a 40-hex sha; refusing to use it")
+    return value
 
 
 # ---- ranged reads -----------------------------------------------------------------------------

@@ -162,6 +162,12 @@ def layer_offset(slot: int, num_experts: int, num_feats: int, hidden_size: int) 
 
 
 # ---- the sidecar ----------------------------------------------------------------------------
+# Top-level keys other modules need to name (a seed-style sidecar lacks FORMAT_VERSION_KEY).
+FORMAT_VERSION_KEY = "format_version"
+NUM_FEATS_KEY = "num_feats"
+LAYERS_KEY = "layers"
+
+
 @dataclass
 class MoEConfig:
     n_routed_experts: int
@@ -248,18 +254,18 @@ class VindexIndex:
     def to_json(self) -> dict[str, Any]:
         k = self.num_feats
         return {
-            "format_version": self.format_version,
+            FORMAT_VERSION_KEY: self.format_version,
             "file": GATE_VECTORS_BIN,
             "dtype": DTYPE,
             "byteorder": BYTEORDER,
             "layout": LAYOUT,
-            "num_feats": k,
+            NUM_FEATS_KEY: k,
             "num_layers": len(self.layers),
             "total_bytes": self.total_bytes,
             "model_config": asdict(self.model_config),
             "source": asdict(self.source),
             "builder": asdict(self.builder),
-            "layers": {
+            LAYERS_KEY: {
                 str(layer): {
                     "file_offset": e.file_offset,
                     "shape": list(e.shape),
@@ -280,7 +286,7 @@ class VindexIndex:
     def from_json(cls, data: dict[str, Any], *, where: str = INDEX_JSON) -> "VindexIndex":
         """Parse and check a sidecar; ``where`` (a path or URL) goes into error messages."""
         try:
-            version = data.get("format_version")
+            version = data.get(FORMAT_VERSION_KEY)
             if version not in SUPPORTED_FORMAT_VERSIONS:
                 raise VindexFormatError(
                     f"{where}: format_version {version!r} is not one this vindex-hub reads "
@@ -288,7 +294,7 @@ class VindexIndex:
                 )
             if data.get("dtype") != DTYPE:
                 raise VindexFormatError(f"{where}: dtype {data.get('dtype')!r}, expected {DTYPE!r}")
-            k = int(data["num_feats"])
+            k = int(data[NUM_FEATS_KEY])
             mc = data["model_config"]
             index = cls(
                 num_feats=k,
@@ -309,7 +315,7 @@ class VindexIndex:
                         q25_var=float(e[q25_var_key(k)]),
                         q75_var=float(e[q75_var_key(k)]),
                     )
-                    for name, e in data["layers"].items()
+                    for name, e in data[LAYERS_KEY].items()
                 },
                 format_version=version,
             )

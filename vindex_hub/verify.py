@@ -20,8 +20,9 @@ from typing import Any, Callable
 import numpy as np
 
 from . import schema, stats
-from .checksums import CHUNK, sha256_file
+from .checksums import iter_chunks, sha256_file
 from .errors import IntegrityError, VindexError, VindexFormatError
+from .writers import larql, stats_json
 
 _RTOL = 1e-9  # statistics recomputed from stored float32/float64 values agree far closer than this
 
@@ -65,7 +66,8 @@ class _Checker:
         """Run one check; an unexpected read/parse error becomes a problem, not a crash."""
         try:
             return check()
-        except (VindexError, OSError, ValueError, KeyError, TypeError) as exc:
+        # AttributeError: a list or string where a file has a mapping (``.get`` on it)
+        except (VindexError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             self.problem(f"{name}: {type(exc).__name__}: {exc}")
             return None
 
@@ -105,20 +107,21 @@ def _check_layout(c: _Checker, index: schema.VindexIndex) -> bool:
     return True
 
 
-def _check_binary_hashes(c: _Checker, index: schema.VindexIndex) -> str:
-    """One sequential pass: each layer's sha256 against the index; returns the file's sha256."""
+def _check_binary_hashes(c: _Checker, index: schema.VindexIndex) -> str | None:
+    """One sequential pass: each layer's sha256 against the index; the file's sha256 (None if cut short)."""
     whole = hashlib.sha256()
     bad = 0
     with open(c.folder / schema.GATE_VECTORS_BIN, "rb") as f:
         for layer in index.layer_ids:  # contiguous, ascending: the file in order
             entry = index.layers[layer]
             h = hashlib.sha256()
-            left = entry.nbytes
-            while left:
-                chunk = f.read(min(CHUNK, left))
-                h.update(chunk)
-                whole.update(chunk)
-                left -= len(chunk)
+            try:
+                for chunk in iter_chunks(f, entry.nbytes, where=f"layer {layer}: {schema.GATE_VECTORS_BIN}"):
+                    h.update(chunk)
+                    whole.update(chunk)
+            except EOFError as exc:  # it shrank since the layout check
+                c.problem(f"{exc} (the file shrank while being read)", integrity=True)
+                return None
             if h.hexdigest() != entry.sha256:
                 bad += 1
                 c.problem(f"layer {layer}: {schema.GATE_VECTORS_BIN} bytes {entry.file_offset}.."
@@ -228,7 +231,7 @@ def _check_router_svd(c: _Checker, index: schema.VindexIndex) -> None:
         return
     phase2 = c.folder / schema.PHASE2_JSON
     if phase2.exists():
-        figures = json.loads(phase2.read_text(encoding="utf-8"))["layers"]
+        figures = json.loads(phase2.read_text(encoding="utf-8"))[stats_json.LAYERS]
         for row, layer in enumerate(layers):
             for name in table.column_names:
                 value = figures.get(str(layer), {}).get(name)
@@ -253,13 +256,14 @@ def _same_number(a: Any, b: Any) -> bool:
 def _check_card(c: _Checker, index: schema.VindexIndex) -> None:
     import pyarrow.parquet as pq
     from datasets import Features
-    from huggingface_hub import DatasetCard
+
+    from .writers.card import read_card_data
 
     path = c.folder / schema.CARD_FILE
     if not path.exists():
         c.problem(f"{schema.CARD_FILE}: missing (the dataset card)")
         return
-    data = DatasetCard(path.read_text(encoding="utf-8")).data.to_dict()
+    data = read_card_data(path)
     configs = {cfg.get("config_name"): cfg for cfg in data.get("configs") or []}
     n_problems = len(c.report.problems)
     gate = configs.get(schema.CONFIG_GATE_VECTORS)
@@ -310,18 +314,18 @@ def _check_larql(c: _Checker, index: schema.VindexIndex, file_sha: str | None) -
         return  # optional
     doc = json.loads(path.read_text(encoding="utf-8"))
     n_problems = len(c.report.problems)
-    by_layer = {int(e["layer"]): e for e in doc.get("layers") or []}
+    by_layer = {int(e[larql.LAYER]): e for e in doc.get(larql.LAYERS) or []}
     if sorted(by_layer) != index.layer_ids:
         c.problem(f"{schema.LARQL_INDEX_JSON}: layers {sorted(by_layer)}, {schema.INDEX_JSON} has {index.layer_ids}")
     for layer, e in sorted(by_layer.items()):
-        entry = index.layers.get(layer)
-        want = None if entry is None else {
-            "offset": entry.file_offset, "length": entry.nbytes, "num_experts": index.num_experts,
-            "num_features_per_expert": index.num_feats, "num_features": index.num_experts * index.num_feats}
-        if want is not None and any(e.get(key) != value for key, value in want.items()):
-            got = {key: e.get(key) for key in want}
-            c.problem(f"layer {layer}: {schema.LARQL_INDEX_JSON} says {got}, {schema.INDEX_JSON} implies {want}")
-    for name, digest in (doc.get("checksums") or {}).items():
+        if layer not in index.layers:
+            continue  # reported above
+        want = larql.layer_entry(index, layer)
+        differ = [key for key, value in want.items() if e.get(key) != value]
+        if differ:
+            c.problem(f"layer {layer}: {schema.LARQL_INDEX_JSON} says {({k: e.get(k) for k in differ})}, "
+                      f"{schema.INDEX_JSON} implies {({k: want[k] for k in differ})}")
+    for name, digest in (doc.get(larql.CHECKSUMS) or {}).items():
         target = c.folder / name
         if not target.is_file():
             c.problem(f"{schema.LARQL_INDEX_JSON}: checksum listed for {name}, which does not exist")
@@ -339,7 +343,7 @@ def _phase_layers(c: _Checker, name: str, index: schema.VindexIndex) -> dict[str
     path = c.folder / name
     if not path.exists():
         return None  # a converted vindex may have none
-    layers = json.loads(path.read_text(encoding="utf-8"))["layers"]
+    layers = json.loads(path.read_text(encoding="utf-8"))[stats_json.LAYERS]
     if sorted(int(k) for k in layers) != index.layer_ids:
         c.problem(f"{name}: layers {sorted(int(k) for k in layers)}, {schema.INDEX_JSON} has {index.layer_ids}")
         return None
@@ -353,7 +357,7 @@ def _check_phase1(c: _Checker, index: schema.VindexIndex) -> None:
     k = index.num_feats
     n_problems = len(c.report.problems)
     for layer in index.layer_ids:
-        routed = layers[str(layer)].get("routed") or {}
+        routed = layers[str(layer)].get(stats_json.ROUTED) or {}
         entry = index.layers[layer]
         for key, recorded in ((schema.median_var_key(k), entry.median_var), (schema.q25_var_key(k), entry.q25_var),
                               (schema.q75_var_key(k), entry.q75_var)):

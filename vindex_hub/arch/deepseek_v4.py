@@ -93,6 +93,15 @@ def fp8_scale_grid(shape: tuple[int, int], block: tuple[int, int] = FP8_BLOCK_SI
 _REQUIRED_INTS = ("num_hidden_layers", "hidden_size", "moe_intermediate_size", "n_routed_experts", "num_experts_per_tok")
 
 
+def _config_int(value: Any, key: str, *, minimum: int) -> int:
+    """``value`` of ``config.json``'s ``key`` as an int, refused (naming the key) unless a real int >= minimum."""
+    # bool is an int subclass and a float like 2.5 would truncate: neither is a count.
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        kind = "a positive integer" if minimum > 0 else "a non-negative integer"
+        raise CheckpointError(f"config.json: {key} must be {kind}, got {value!r}")
+    return value
+
+
 @register_architecture(MODEL_TYPE)
 class DeepseekV4(MoEArchitecture):
     """The DeepSeek-V4 adapter. Checks ``config.json`` on construction."""
@@ -100,9 +109,7 @@ class DeepseekV4(MoEArchitecture):
     def __init__(self, config: Mapping[str, Any]):
         super().__init__(config)
         for key in _REQUIRED_INTS:
-            value = self.config.get(key)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise CheckpointError(f"config.json: {key} must be a positive integer, got {value!r}")
+            _config_int(self.config.get(key), key, minimum=1)
         expert_dtype = self.config.get("expert_dtype") or EXPERT_DTYPE_FP4
         if expert_dtype not in (EXPERT_DTYPE_FP4, EXPERT_DTYPE_FP8):
             raise CheckpointError(
@@ -110,10 +117,21 @@ class DeepseekV4(MoEArchitecture):
                 f"({EXPERT_DTYPE_FP4!r}, {EXPERT_DTYPE_FP8!r})"
             )
         self.expert_dtype: str = expert_dtype
-        self.num_hash_layers: int = int(self.config.get("num_hash_layers", 0))
-        self.first_moe_layer: int = int(self.config.get("first_k_dense_replace", 0))
-        block = (self.config.get("quantization_config") or {}).get("weight_block_size", FP8_BLOCK_SIZE)
-        self.fp8_block: tuple[int, int] = (int(block[0]), int(block[1]))
+        self.num_hash_layers: int = _config_int(self.config.get("num_hash_layers", 0), "num_hash_layers", minimum=0)
+        self.first_moe_layer: int = _config_int(
+            self.config.get("first_k_dense_replace", 0), "first_k_dense_replace", minimum=0
+        )
+        self.n_shared_experts: int = _config_int(
+            self.config.get("n_shared_experts", 0), "n_shared_experts", minimum=0
+        )
+        quant = self.config.get("quantization_config") or {}
+        if not isinstance(quant, Mapping):
+            raise CheckpointError(f"config.json: quantization_config must be an object, got {quant!r}")
+        block = quant.get("weight_block_size", FP8_BLOCK_SIZE)
+        key = "quantization_config.weight_block_size"
+        if not isinstance(block, (list, tuple)) or len(block) != 2:
+            raise CheckpointError(f"config.json: {key} must be a list of 2 positive integers, got {block!r}")
+        self.fp8_block: tuple[int, int] = (_config_int(block[0], key, minimum=1), _config_int(block[1], key, minimum=1))
 
     # ---- the model's shape --------------------------------------------------------------
     @property
@@ -126,7 +144,7 @@ class DeepseekV4(MoEArchitecture):
     def moe_config(self) -> MoEConfig:
         return MoEConfig(
             n_routed_experts=int(self.config["n_routed_experts"]),
-            n_shared_experts=int(self.config.get("n_shared_experts", 0)),
+            n_shared_experts=self.n_shared_experts,
             num_experts_per_tok=int(self.config["num_experts_per_tok"]),
             hidden_size=int(self.config["hidden_size"]),
             moe_intermediate_size=int(self.config["moe_intermediate_size"]),
@@ -140,7 +158,7 @@ class DeepseekV4(MoEArchitecture):
     def shared_gate_shape(self) -> tuple[int, int]:
         """(out, in) of the shared expert's gate_proj: the shared experts side by side."""
         out, hidden = self.gate_shape
-        return (out * int(self.config.get("n_shared_experts", 0)), hidden)
+        return (out * self.n_shared_experts, hidden)
 
     def has_router_bias(self, layer: int) -> bool:
         """Learned-routing layers carry a score-correction bias; hash-routed layers do not."""
@@ -152,7 +170,7 @@ class DeepseekV4(MoEArchitecture):
         return [expert_tensor(block, expert, GATE_PROJ, WEIGHT), expert_tensor(block, expert, GATE_PROJ, SCALE)]
 
     def shared_gate_tensors(self, layer: int) -> list[str]:
-        if not self.config.get("n_shared_experts", 0):
+        if not self.n_shared_experts:
             return []
         block = layer_block(layer)
         return [shared_tensor(block, GATE_PROJ, WEIGHT), shared_tensor(block, GATE_PROJ, SCALE)]

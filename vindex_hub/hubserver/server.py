@@ -22,22 +22,28 @@ revisions are branch names, tags, ``refs/pr/N`` or full commit shas, percent-enc
     GET    /api/{t}/{ns}/{name}/refs[?include_prs=1]
     GET    /api/{t}/{ns}/{name}/commits/{rev}
     POST   /{p}{ns}/{name}.git/info/lfs/objects/batch
-    PUT    /_local_hub/lfs/{t}/{ns}/{name}/{sha256}          LFS upload (href of the batch answer)
-    POST   /_local_hub/lfs-verify/{t}/{ns}/{name}/{sha256}   LFS verify
+    PUT    /_local_hub/lfs/{t}/{ns}/{name}/{sha256}?token=         LFS upload (href of the batch answer)
+    POST   /_local_hub/lfs-verify/{t}/{ns}/{name}/{sha256}?token=  LFS verify
     HEAD   /{p}{ns}/{name}/resolve/{rev}/{path}   + GET; single ranges -> 206, 416
     GET    /_local_hub/stats   POST|DELETE /_local_hub/faults   POST /_local_hub/reset   (admin)
 
 Access: writes (create, delete, preupload, LFS batch, commit, branch, tag) need an
 ``Authorization`` header; any value is accepted and it is never logged. A private repo answers
-401 ``RepoNotFound`` to requests without one, like the Hub does for anonymous callers.
+401 ``RepoNotFound`` to requests without one, like the Hub does for anonymous callers. The
+client PUTs LFS bodies without ``Authorization``, so the (authenticated) batch answer hands out
+upload and verify URLs carrying a ``token`` query parameter: an HMAC of repo, oid and expiry
+under a per-server random secret. PUT and verify refuse (403) a URL without a valid one, so
+only a writer can store blobs; tokens are redacted from the request log.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import logging
+import os
 import re
 import socket
 import threading
@@ -54,6 +60,7 @@ from .storage import (
     DEFAULT_BRANCH,
     Commit,
     Entry,
+    SHA256_RE,
     RepoRef,
     Storage,
     StorageError,
@@ -67,6 +74,8 @@ logger = logging.getLogger(__name__)
 _CHUNK = 1024 * 1024  # file bodies are read and sent in chunks of this size
 _ADMIN_PATHS = ("/_local_hub/stats", "/_local_hub/faults", "/_local_hub/reset")
 _LOCAL_USER = "local-user"
+UPLOAD_URL_LIFETIME_S = 86400  # how long an LFS upload/verify URL of a batch answer stays valid
+_TOKEN_IN_URL_RE = re.compile(r"([?&]token=)[^&\s\"]+")
 
 
 # -- statistics ------------------------------------------------------------------------------------
@@ -246,7 +255,8 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
-        logger.debug("%s " + format, self.address_string(), *args)
+        # The request line of an LFS upload carries its upload token: keep it out of the log.
+        logger.debug("%s %s", self.address_string(), _TOKEN_IN_URL_RE.sub(r"\1<redacted>", format % args))
 
     # Every method goes through one dispatcher.
     def do_GET(self) -> None:
@@ -734,23 +744,34 @@ class _Handler(BaseHTTPRequestHandler):
         base = self._base_url()
         objects = []
         for obj in body.get("objects", []):
-            oid, size = str(obj.get("oid")), int(obj.get("size", -1))
-            if not re.fullmatch(r"[0-9a-f]{64}", oid) or size < 0:
+            oid, size = str(obj.get("oid")), obj.get("size")
+            if not SHA256_RE.match(oid) or not isinstance(size, int) or size < 0:
                 objects.append({"oid": oid, "size": size, "error": {"code": 422, "message": "invalid oid or size"}})
                 continue
             item: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
             if not self.hub.storage.has_blob(oid, size):
-                tail = f"{repo.repo_type}s/{repo.repo_id}/{oid}"
+                tail = f"{repo.repo_type}s/{repo.repo_id}/{oid}?token={self.hub._upload_token(repo, oid)}"
                 item["actions"] = {
-                    "upload": {"href": f"{base}/_local_hub/lfs/{tail}", "expires_in": 86400},
-                    "verify": {"href": f"{base}/_local_hub/lfs-verify/{tail}", "expires_in": 86400},
+                    "upload": {"href": f"{base}/_local_hub/lfs/{tail}", "expires_in": UPLOAD_URL_LIFETIME_S},
+                    "verify": {"href": f"{base}/_local_hub/lfs-verify/{tail}", "expires_in": UPLOAD_URL_LIFETIME_S},
                 }
             objects.append(item)
         self._send_json({"transfer": "basic", "objects": objects}, headers={"Content-Type": "application/vnd.git-lfs+json"})
 
+    def _check_upload_token(self, repo: RepoRef, oid: str) -> None:
+        """Refuse an LFS upload/verify URL that no batch answer of this server handed out (or expired)."""
+        token = (self._query.get("token") or [""])[-1]
+        if not self.hub._upload_token_valid(repo, oid, token):
+            # Read and discard the body (no disk, no hashing) so the client gets the 403, not a reset.
+            self._drain_body()
+            raise _HTTPFailure(
+                403, f"LFS URL for {oid} in {repo.repo_id} has no valid token: take it from the LFS batch answer"
+            )
+
     def _lfs_put(self, repo: RepoRef, oid: str) -> None:
+        self._check_upload_token(repo, oid)
         self.hub.storage.repo_meta(repo)
-        if not re.fullmatch(r"[0-9a-f]{64}", oid):
+        if not SHA256_RE.match(oid):
             raise _HTTPFailure(400, f"invalid LFS oid {oid!r}")
         # Every byte that arrives counts, also those of an attempt that breaks off.
         self._on_body_bytes = lambda n: self.hub._stats.lfs_uploaded(repo, oid, n)
@@ -759,6 +780,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_bytes(200, b"", {"ETag": f'"{oid}"'})
 
     def _lfs_verify(self, repo: RepoRef, oid: str) -> None:
+        self._check_upload_token(repo, oid)
+        self._check_write(repo)
         body = self._read_json()
         size = body.get("size")
         if body.get("oid") != oid or not isinstance(size, int):
@@ -783,32 +806,42 @@ class _Handler(BaseHTTPRequestHandler):
                 key, value = item["key"], item["value"]
             except (ValueError, KeyError, TypeError):
                 raise _HTTPFailure(400, "commit payload lines must be JSON objects with 'key' and 'value'") from None
+            if not isinstance(value, dict):
+                raise _HTTPFailure(400, f"commit payload line {key!r}: 'value' must be a JSON object")
             if key == "header":
                 header = value
             elif key == "file":
+                path = _clean_path(value.get("path"))
                 if value.get("encoding", "base64") != "base64":
-                    raise _HTTPFailure(400, f"unsupported encoding {value.get('encoding')!r} for {value['path']}")
-                data = base64.b64decode(value["content"])
+                    raise _HTTPFailure(400, f"unsupported encoding {value.get('encoding')!r} for {path}")
+                try:
+                    data = base64.b64decode(value.get("content", ""), validate=True)
+                except (TypeError, ValueError):
+                    raise _HTTPFailure(400, f"content of {path!r} is not valid base64") from None
                 sha = self.hub.storage.put_blob_bytes(data)
-                added[_clean_path(value["path"])] = Entry(git_blob_sha1(data), len(data), sha, False)
-                inline_bytes[_clean_path(value["path"])] = len(data)
+                added[path] = Entry(git_blob_sha1(data), len(data), sha, False)
+                inline_bytes[path] = len(data)
             elif key == "lfsFile":
-                path, oid = _clean_path(value["path"]), value["oid"]
+                path, oid = _clean_path(value.get("path")), value.get("oid")
                 if value.get("algo", "sha256") != "sha256":
                     raise _HTTPFailure(400, f"unsupported LFS hash {value.get('algo')!r} for {path}")
+                if not isinstance(oid, str) or not SHA256_RE.match(oid):
+                    raise _HTTPFailure(400, f"LFS oid {oid!r} for {path!r} is not 64 lowercase hex digits")
                 size = value.get("size")
                 if size is None:  # a copy of an existing LFS file: the size is the stored blob's
                     try:
                         size = self.hub.storage.blob_path(oid).stat().st_size
                     except FileNotFoundError:
                         raise _HTTPFailure(400, f"LFS object {oid} for {path!r} was never uploaded") from None
-                pointer = lfs_pointer(oid, int(size))
-                added[path] = Entry(git_blob_sha1(pointer), int(size), oid, True)
+                if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                    raise _HTTPFailure(400, f"LFS size {size!r} for {path!r} is not a non-negative integer")
+                pointer = lfs_pointer(oid, size)
+                added[path] = Entry(git_blob_sha1(pointer), size, oid, True)
                 lfs_paths.append((oid, path))
             elif key == "deletedFile":
-                deleted_files.append(_clean_path(value["path"]))
+                deleted_files.append(_clean_path(value.get("path")))
             elif key == "deletedFolder":
-                deleted_folders.append(_clean_path(value["path"]))
+                deleted_folders.append(_clean_path(value.get("path"), folder=True))
             else:
                 raise _HTTPFailure(400, f"unknown commit operation {key!r}")
         if header is None:
@@ -879,12 +912,23 @@ def _rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
             yield chunk[i : i + size]
 
 
-def _clean_path(path: str) -> str:
-    """A repo path as stored: no leading slash, no ``.``/``..``/empty parts (never outside the repo)."""
-    parts = path.strip("/").split("/")
-    if not path.strip("/") or any(p in ("", ".", "..") for p in parts):
-        raise _HTTPFailure(400, f"invalid path in repo: {path!r}")
-    return "/".join(parts)
+def _clean_path(path: Any, *, folder: bool = False) -> str:
+    """A client's repo path, checked: relative, ``/``-separated, no ``.``/``..``/empty parts.
+
+    Clients write these paths under their snapshot folders, so anything that could land outside
+    one is refused: absolute paths, backslashes (a separator on Windows), control characters.
+    A folder may end with ``/`` (the client sends ``deletedFolder`` paths that way).
+    """
+    if folder and isinstance(path, str):
+        path = path.removesuffix("/")
+    if (
+        not isinstance(path, str)
+        or "\\" in path
+        or any(ord(c) < 0x20 or c == "\x7f" for c in path)
+        or any(p in ("", ".", "..") for p in path.split("/"))  # also "" and "/absolute"
+    ):
+        raise _HTTPFailure(400, f"invalid path in repo: {path!r} (relative, '/'-separated, no '.' or '..' parts)")
+    return path
 
 
 def _directories(tree: dict[str, Entry]) -> dict[str, str]:
@@ -937,10 +981,26 @@ class LocalHub:
         self.host = host
         self.port = port
         self.storage = Storage(self.root)
+        self._upload_secret = os.urandom(32)  # signs LFS upload URLs; a restart invalidates them
         self._faults = FaultSet()
         self._stats = _StatsRecorder()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+
+    def _upload_mac(self, repo: RepoRef, oid: str, expires: int) -> str:
+        message = f"{repo.repo_type}\n{repo.repo_id}\n{oid}\n{expires}".encode()
+        return hmac.new(self._upload_secret, message, hashlib.sha256).hexdigest()
+
+    def _upload_token(self, repo: RepoRef, oid: str) -> str:
+        """``<expiry>.<hmac>``: lets the bearer upload (and verify) this one object into this repo."""
+        expires = int(time.time()) + UPLOAD_URL_LIFETIME_S
+        return f"{expires}.{self._upload_mac(repo, oid, expires)}"
+
+    def _upload_token_valid(self, repo: RepoRef, oid: str, token: str) -> bool:
+        expires, _, mac = token.partition(".")
+        if not expires.isdigit() or int(expires) < time.time():
+            return False
+        return hmac.compare_digest(mac, self._upload_mac(repo, oid, int(expires)))
 
     @property
     def url(self) -> str:

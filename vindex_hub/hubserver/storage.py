@@ -35,10 +35,12 @@ from typing import Any, BinaryIO
 
 REPO_TYPES = ("model", "dataset")
 DEFAULT_BRANCH = "main"
-SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-PR_REF_RE = re.compile(r"^refs/pr/(\d+)$")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+# \Z, not $: $ also matches before a trailing newline, letting "name\n" through.
+SHA1_RE = re.compile(r"^[0-9a-f]{40}\Z")
+ABBREV_SHA1_RE = re.compile(r"^[0-9a-f]{7,40}\Z")
+SHA256_RE = re.compile(r"^[0-9a-f]{64}\Z")
+PR_REF_RE = re.compile(r"^refs/pr/([0-9]+)\Z")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
 
 # What the Hub writes as the first commit of a new repo (it tracks these patterns with LFS).
 LFS_SUFFIXES = (
@@ -407,8 +409,11 @@ class Storage:
             self._write_json(self._repo_dir(repo) / "repo.json", meta)
             return commit, pr_num
 
-    def _expand_sha(self, repo: RepoRef, prefix: str) -> str:
+    def _expand_sha(self, repo: RepoRef, prefix: Any) -> str:
         """A full or abbreviated (>= 7 hex) commit sha -> the full sha."""
+        # Checked before it becomes a glob: "*" or "../" would match files that are not its commits.
+        if not isinstance(prefix, str) or not ABBREV_SHA1_RE.match(prefix.lower()):
+            raise StorageError(400, f"invalid parent commit {prefix!r}: expected 7 to 40 hex digits of a commit sha")
         prefix = prefix.lower()
         found = [p.stem for p in (self._repo_dir(repo) / "commits").glob(f"{prefix}*.json")]
         if len(found) != 1:

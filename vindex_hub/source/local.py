@@ -69,6 +69,7 @@ class LocalCheckpoint:
         self.config: dict[str, Any] = read_json_object(self.root / CONFIG_FILE)
         self._headers: dict[str, dict[str, TensorInfo]] = {}
         self._files: dict[str, Any] = {}
+        self._closed = False
         self._lock = threading.Lock()
         index_path = self.root / INDEX_FILE
         if index_path.exists():
@@ -106,7 +107,9 @@ class LocalCheckpoint:
         return out
 
     def close(self) -> None:
+        """Close the open shard files; reading afterwards raises ``CheckpointError``."""
         with self._lock:
+            self._closed = True
             for f in self._files.values():
                 f.close()
             self._files.clear()
@@ -119,13 +122,18 @@ class LocalCheckpoint:
 
     # ---- shards ------------------------------------------------------------------------------
     def _file(self, shard: str) -> Any:
+        """The open shard file (caller holds ``_lock``); opened on first use, never after ``close()``."""
+        if self._closed:
+            raise CheckpointError(f"checkpoint {self.root} is closed: cannot read shard {shard}")
         f = self._files.get(shard)
         if f is None:
+            where = f" (listed in {self._index_file})" if self._index_file else ""
             try:
                 f = open(self.root / shard, "rb", buffering=0)
             except FileNotFoundError:
-                where = f" (listed in {self._index_file})" if self._index_file else ""
                 raise CheckpointError(f"shard file {self.root / shard} is missing{where}") from None
+            except OSError as exc:  # a folder, no permission, ...
+                raise CheckpointError(f"shard file {self.root / shard}{where}: cannot open ({exc.strerror or exc})") from None
             self._files[shard] = f
         return f
 

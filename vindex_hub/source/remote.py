@@ -26,10 +26,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 from huggingface_hub import HfApi, hf_hub_download
-from huggingface_hub.file_download import repo_folder_name
+from huggingface_hub.file_download import REGEX_COMMIT_HASH, repo_folder_name
 
 from ..cache import BlockCache, default_cache_root
-from ..errors import CheckpointError, UsageError
+from ..errors import CheckpointError, HubError, UsageError
 from ..remote import MAX_RETRIES, RemoteFile, fetch_range_into, file_metadata, hub_errors, parse_repo
 from .base import RawTensor, TensorInfo
 from .local import CONFIG_FILE, INDEX_FILE, SINGLE_FILE, read_json_object, read_weight_map
@@ -125,6 +125,11 @@ class HubCheckpoint:
             raise UsageError(f"{repo_id}: a checkpoint is a model repo, not a {ref.repo_type} repo")
         with hub_errors(ref):
             info = HfApi().model_info(ref.repo_id, revision=ref.revision, token=token)
+        # The sha becomes part of cache paths and every URL: only a real commit hash may.
+        if not isinstance(info.sha, str) or not REGEX_COMMIT_HASH.fullmatch(info.sha):
+            raise HubError(
+                f"{ref}: the Hub answered commit sha {info.sha!r}, expected 40 lowercase hex digits"
+            )
         self.repo_id: str | None = ref.repo_id
         self.revision: str | None = info.sha
         self._ref = ref.at(info.sha)

@@ -65,17 +65,42 @@ class CardOptions:
         unknown = sorted(set(data) - known)
         if unknown:
             raise UsageError(f"{path}: unknown card option(s) {unknown}; known: {sorted(known)}")
-        return cls().updated(**data)
+        return cls().updated(where=str(path), **data)
 
-    def updated(self, **changes: Any) -> "CardOptions":
-        """A copy with the given fields replaced; ``None`` values leave a field as it is."""
+    def updated(self, *, where: str = "card options", **changes: Any) -> "CardOptions":
+        """A copy with the given fields replaced; ``None`` values leave a field as it is.
+
+        ``where`` (the options file, or the CLI) names the source in error messages.
+        """
         changes = {k: v for k, v in changes.items() if v is not None}
         if "extra_tags" in changes:
             tags = changes["extra_tags"]
             changes["extra_tags"] = (tags,) if isinstance(tags, str) else tuple(str(t) for t in tags)
         if "year" in changes:
-            changes["year"] = int(changes["year"])
+            changes["year"] = _year(changes["year"], where)
         return dataclasses.replace(self, **changes)
+
+
+def _year(value: Any, where: str) -> int:
+    # YAML gives 2026 as an int; a CLI or a quoted value gives "2026". Nothing else is a year.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdecimal():
+        return int(value)
+    raise UsageError(f"{where}: year is {value!r}; expected a year such as 2026")
+
+
+def read_card_data(path: Path) -> dict[str, Any]:
+    """The front matter of the card at ``path`` as a dict ({} without one).
+
+    Raises ``VindexFormatError`` naming the file when the front matter is not YAML or not a mapping.
+    """
+    from huggingface_hub import DatasetCard
+
+    try:
+        return DatasetCard(path.read_text(encoding="utf-8")).data.to_dict()
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a front matter that is not a mapping
+        raise VindexFormatError(f"{path}: the card's YAML front matter does not parse ({exc})") from None
 
 
 # ---- figures for the text (pure) -------------------------------------------------------------

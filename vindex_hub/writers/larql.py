@@ -34,6 +34,10 @@ LARQL_FORMAT_VERSION = 2
 WRITER = f"vindex-hub {__version__}"
 EXTRACT_LEVEL = "browse"
 DEFAULT_ROUTER_TYPE = "top_k_softmax"  # LarQL's default
+# Keys ``verify`` reads back: the per-layer list, each entry's layer id, the file checksums.
+LAYERS = "layers"
+LAYER = "layer"
+CHECKSUMS = "checksums"
 
 
 def extracted_at() -> str:
@@ -48,11 +52,23 @@ def router_type(config: dict[str, Any]) -> str:
     return f"top_k_{scoring}" if scoring else DEFAULT_ROUTER_TYPE
 
 
+def layer_entry(index: schema.VindexIndex, layer: int) -> dict[str, int]:
+    """One element of ``layers``: where LarQL finds the layer's ``[E * K, H]`` block."""
+    entry = index.layer(layer)
+    return {
+        LAYER: layer,
+        "num_features": index.num_experts * index.num_feats,
+        "offset": entry.file_offset,
+        "length": entry.nbytes,
+        "num_experts": index.num_experts,
+        "num_features_per_expert": index.num_feats,
+    }
+
+
 def larql_index(index: schema.VindexIndex, config: dict[str, Any],
                 checksums: dict[str, str]) -> dict[str, Any]:
     """The ``index.json`` document (pure)."""
     moe = index.model_config.moe
-    k = index.num_feats
     num_q_heads = int(config.get("num_attention_heads", 0))
     head_dim = config.get("head_dim") or (moe.hidden_size // num_q_heads if num_q_heads else 0)
     return {
@@ -65,7 +81,7 @@ def larql_index(index: schema.VindexIndex, config: dict[str, Any],
             "extracted_at": extracted_at(),
             "larql_version": WRITER,
         },
-        "checksums": dict(sorted(checksums.items())),
+        CHECKSUMS: dict(sorted(checksums.items())),
         "num_layers": index.model_config.num_hidden_layers,
         "hidden_size": moe.hidden_size,
         "intermediate_size": int(config.get("intermediate_size", moe.moe_intermediate_size)),
@@ -74,17 +90,7 @@ def larql_index(index: schema.VindexIndex, config: dict[str, Any],
         "extract_level": EXTRACT_LEVEL,
         "dtype": "f32",
         "quant": "none",
-        "layers": [
-            {
-                "layer": layer,
-                "num_features": index.num_experts * k,
-                "offset": entry.file_offset,
-                "length": entry.nbytes,
-                "num_experts": index.num_experts,
-                "num_features_per_expert": k,
-            }
-            for layer, entry in sorted(index.layers.items())
-        ],
+        LAYERS: [layer_entry(index, layer) for layer in index.layer_ids],
         "down_top_k": 0,
         "has_model_weights": False,
         "model_config": {

@@ -27,7 +27,9 @@ Every file is written under a temporary name and renamed when complete (``fsutil
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -43,6 +45,7 @@ from .stats_json import router_figures
 
 ROW_GROUP_BYTES = 16 << 20
 UNKNOWN = "unknown"  # builder fields of a converted seed-style vindex, which recorded none
+_UNSET = -1  # placeholder for a count the seed must give: no real one is negative
 INDEX_COLUMNS = [schema.COL_LAYER, schema.COL_EXPERT, schema.COL_FEATURE]
 _VECTOR_LEAF = f"{schema.COL_VECTOR}.list.element"  # parquet's path of the list's values
 
@@ -203,8 +206,6 @@ def convert_vindex(folder: str | Path, *, config: dict[str, Any] | None = None,
 
 def load_or_upgrade_index(folder: Path) -> tuple[schema.VindexIndex, bool]:
     """The folder's sidecar; a seed-style one (no ``format_version``) upgraded. (index, upgraded)."""
-    from ..checksums import sha256_file_range
-
     path = folder / schema.INDEX_JSON
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -214,43 +215,82 @@ def load_or_upgrade_index(folder: Path) -> tuple[schema.VindexIndex, bool]:
         raise VindexFormatError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise VindexFormatError(f"{path}: expected a JSON object")
-    if "format_version" in data:
+    if schema.FORMAT_VERSION_KEY in data:
         return schema.VindexIndex.from_json(data, where=str(path)), False
-    # The seed's sidecar: model_config.moe, num_feats and layers{file_offset, shape, stats}.
-    upgraded = dict(data)
-    upgraded["format_version"] = schema.FORMAT_VERSION
-    upgraded.setdefault("dtype", schema.DTYPE)
-    mc = dict(data.get("model_config") or {})
-    mc.setdefault("model_type", data.get("model_type", "unknown"))
-    mc.setdefault("num_hidden_layers", len(data.get("layers") or {}))
-    upgraded["model_config"] = mc
-    source = dict(data.get("source") or {})
-    source.setdefault("repo_id", data.get("model") or _card_base_model(folder))
-    upgraded["source"] = source
-    upgraded["builder"] = {"name": UNKNOWN, "version": UNKNOWN, "method": UNKNOWN, "sign_rule": UNKNOWN}
-    layers: dict[str, Any] = {}
-    for name, entry in (data.get("layers") or {}).items():
-        entry = dict(entry)
-        if "file_offset" in entry and "shape" in entry:
-            shape = [int(x) for x in entry["shape"]]
-            nbytes = int(np.prod(shape)) * schema.ITEMSIZE
-            entry.setdefault("nbytes", nbytes)
-            try:
-                entry.setdefault("sha256", sha256_file_range(
-                    folder / schema.GATE_VECTORS_BIN, int(entry["file_offset"]), nbytes))
-            except (EOFError, FileNotFoundError) as exc:
-                raise VindexFormatError(f"{path}: layer {name}: {exc}") from None
-        layers[name] = entry
-    upgraded["layers"] = layers
-    return schema.VindexIndex.from_json(upgraded, where=str(path)), True
+    return _upgrade_seed_index(folder, data, where=str(path)), True
+
+
+def _upgrade_seed_index(folder: Path, seed: dict[str, Any], *, where: str) -> schema.VindexIndex:
+    """The seed's sidecar (num_feats, model_config, layers{file_offset, shape, var quartiles}), typed.
+
+    What the seed did not record comes from typed defaults that ``schema`` serializes, with the
+    seed's own values laid over them, so no sidecar key is spelled here: an unknown builder and
+    model type, the card's ``base_model`` as the source, and per layer the ``nbytes`` and
+    ``sha256`` of the block the layout rule places it in. ``from_json`` then checks the seed's
+    offsets and shapes against that same rule, so the checksums cover the blocks it names.
+    What the seed must give itself starts as a placeholder (-1, NaN) and is refused if still one.
+    """
+    from ..checksums import sha256_file_range
+
+    seed_layers = seed.get(schema.LAYERS_KEY)
+    if not isinstance(seed_layers, dict) or not seed_layers:
+        raise VindexFormatError(f"{where}: no {schema.FORMAT_VERSION_KEY} and no {schema.LAYERS_KEY} "
+                                "mapping: neither a vindex-hub sidecar nor a seed-style one")
+    unset_moe = schema.MoEConfig(**{f.name: _UNSET for f in dataclasses.fields(schema.MoEConfig)})
+    defaults = schema.VindexIndex(
+        num_feats=_UNSET,
+        model_config=schema.ModelConfig(model_type=UNKNOWN, num_hidden_layers=len(seed_layers), moe=unset_moe),
+        source=schema.SourceInfo(repo_id=_card_base_model(folder)),
+        builder=schema.BuilderInfo(name=UNKNOWN, version=UNKNOWN, method=UNKNOWN, sign_rule=UNKNOWN),
+    )
+    # First without layers: the geometry, which fixes each layer's block.
+    index = schema.VindexIndex.from_json(_overlay(defaults.to_json(), {**seed, schema.LAYERS_KEY: {}}),
+                                         where=where)
+    unset = [name for name, value in dataclasses.asdict(index.model_config.moe).items() if value == _UNSET]
+    if index.num_feats == _UNSET:
+        unset.insert(0, schema.NUM_FEATS_KEY)
+    if unset:
+        raise VindexFormatError(f"{where}: a seed-style sidecar (no {schema.FORMAT_VERSION_KEY}) lacking {unset}")
+    try:
+        layer_ids = sorted(int(name) for name in seed_layers)
+    except ValueError as exc:
+        raise VindexFormatError(f"{where}: a layer id is not a number ({exc})") from None
+    shape = [index.num_experts, index.num_feats, index.hidden_size]
+    for slot, layer in enumerate(layer_ids):
+        offset = slot * index.layer_nbytes
+        try:
+            digest = sha256_file_range(folder / schema.GATE_VECTORS_BIN, offset, index.layer_nbytes)
+        except (EOFError, FileNotFoundError) as exc:
+            raise VindexFormatError(f"{where}: layer {layer}: {exc}") from None
+        index.layers[layer] = schema.LayerEntry(file_offset=offset, shape=shape, nbytes=index.layer_nbytes,
+                                                sha256=digest, median_var=math.nan, q25_var=math.nan,
+                                                q75_var=math.nan)
+    index = schema.VindexIndex.from_json(_overlay(index.to_json(), seed), where=where)
+    lacking = [layer for layer, e in index.layers.items()
+               if any(math.isnan(v) for v in (e.median_var, e.q25_var, e.q75_var))]
+    if lacking:
+        raise VindexFormatError(f"{where}: layers {lacking} lack the var quartiles "
+                                f"({schema.median_var_key(index.num_feats)}, ...)")
+    return index
+
+
+def _overlay(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``over``'s values laid on top, mappings merged key by key."""
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _overlay(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _card_base_model(folder: Path) -> str | None:
     """``base_model`` from the folder's existing card, if it has one."""
+    from .card import read_card_data
+
     card = folder / schema.CARD_FILE
     if not card.exists():
         return None
-    from huggingface_hub import DatasetCard
-
-    value = DatasetCard(card.read_text(encoding="utf-8")).data.to_dict().get("base_model")
+    value = read_card_data(card).get("base_model")
     return value if isinstance(value, str) else None

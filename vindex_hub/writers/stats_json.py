@@ -12,6 +12,7 @@ from typing import Any, Sequence
 from .. import schema, stats
 from ..results import LayerResult
 
+LAYERS = "layers"  # both files: {"<layer id>": that layer's figures}
 ROUTED = "routed"
 SHARED = "shared"
 ROUTER = "router"
@@ -47,7 +48,7 @@ def phase1_json(results: Sequence[LayerResult], index: schema.VindexIndex) -> di
         "num_feats": k,
         "model": index.source.repo_id,
         "revision": index.source.revision,
-        "layers": layers,
+        LAYERS: layers,
     }
 
 
@@ -56,5 +57,5 @@ def phase2_json(results: Sequence[LayerResult], index: schema.VindexIndex) -> di
         "format_version": schema.FORMAT_VERSION,
         "model": index.source.repo_id,
         "revision": index.source.revision,
-        "layers": {str(r.layer): router_figures(r) for r in results},
+        LAYERS: {str(r.layer): router_figures(r) for r in results},
     }
