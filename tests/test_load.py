@@ -363,11 +363,11 @@ def test_block_cache_refuses_unsafe_names_and_short_writes(tmp_path):
     blocks = BlockCache(tmp_path / "c")
     for etag in ("..", "../../etc", "a/b", ".hidden", ""):
         with pytest.raises(HubError, match="cannot name a cache file"):
-            blocks.fill(etag, 0, 4, lambda f: f.write(b"abcd"))
+            blocks.obtain(etag, 0, 4, lambda f: f.write(b"abcd"))
     with pytest.raises(HubError, match="commit '../x'"):
         blocks.remember("datasets--a--b", "../x", schema.GATE_VECTORS_BIN, {"etag": "e", "size": 4})
     with pytest.raises(HubError, match=r"http://h/f: bytes 0-3 came as 3 bytes"):
-        blocks.fill("e" * 64, 0, 4, lambda f: f.write(b"abc"), source="http://h/f")
+        blocks.obtain("e" * 64, 0, 4, lambda f: f.write(b"abc"), source="http://h/f")
     assert blocks.get("e" * 64, 0, 4) is None
     path, wrote = blocks.obtain("e" * 64, 0, 4, lambda f: f.write(b"abcd"))
     assert wrote and path.read_bytes() == b"abcd"

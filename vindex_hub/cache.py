@@ -68,19 +68,6 @@ class BlockCache:
         except FileNotFoundError:
             return None
 
-    def fill(
-        self,
-        key: str,
-        start: int,
-        end: int,
-        write: Callable[[BinaryIO], None],
-        check: Callable[[Path], None] | None = None,
-        *,
-        source: str = "the remote file",
-    ) -> Path:
-        """Return the block, creating it with ``write(fileobj)`` if absent (see ``obtain``)."""
-        return self.obtain(key, start, end, write, check, source=source)[0]
-
     def obtain(
         self,
         key: str,

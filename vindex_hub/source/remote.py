@@ -264,7 +264,8 @@ class HubCheckpoint:
             with self._lock:
                 self.fetch_seconds += time.monotonic() - t0
 
-        return self._blocks.fill(remote.etag, start, end, write).read_bytes()
+        path, _ = self._blocks.obtain(remote.etag, start, end, write)
+        return path.read_bytes()
 
     def _fetch(self, remote: RemoteFile, start: int, end: int) -> np.ndarray:
         buf = np.empty(end - start, dtype=np.uint8)
