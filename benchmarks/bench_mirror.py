@@ -149,7 +149,7 @@ def main() -> None:
         t0 = time.perf_counter()
         parquet_mirror.write_mirror(folder, index, None)
         mirror_s = time.perf_counter() - t0
-        write_card(folder, index, None, CardOptions())
+        write_card(folder, index, CardOptions())
         binary = (folder / schema.GATE_VECTORS_BIN).stat().st_size
         mirror = sum(f.stat().st_size for f in (folder / schema.DATA_DIR).rglob("*.parquet"))
         print(f"synthetic vindex: {args.layers} layers x {args.experts} experts x {args.feats} feats x "

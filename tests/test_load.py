@@ -546,7 +546,11 @@ def test_pull_binary_subset_is_a_valid_smaller_vindex(local_hub, vindex_folder, 
         np.testing.assert_array_equal(vx.layer(1), blocks[1])
         np.testing.assert_array_equal(vx.layer(2), blocks[2])
         assert set(vx.phase1["layers"]) == {"1", "2"}
-        assert [c["config_name"] for c in vx.card_data.to_dict()["configs"]] == [schema.CONFIG_GATE_VECTORS]
+        assert [c["config_name"] for c in vx.card_data.to_dict()["configs"]] == [
+            schema.CONFIG_GATE_VECTORS, schema.CONFIG_EXPERT_STATS, schema.CONFIG_ROUTER_SVD]
+        stats = vx.expert_stats()  # the source's spectra, kept for the pulled layers only
+        assert sorted(set(stats[schema.COL_LAYER].tolist())) == [1, 2]
+        assert len(stats[schema.COL_LAYER]) == 2 * E
     assert not (out / schema.BUILD_STATE_DIR).exists()
     one = pull(repo, tmp_path / "one", layers="1", cache_dir=cache)
     assert verify_vindex(one).ok, verify_vindex(one).render()
@@ -563,11 +567,11 @@ def test_pull_replaces_only_an_earlier_pull_of_the_same_repo(local_hub, vindex_f
     assert pull(repo, out, layers="1", cache_dir=cache) == out  # an earlier pull: replaced
     assert verify_vindex(out).ok, verify_vindex(out).render()
     assert not (out / schema.gate_vectors_parquet(0)).exists()  # no stale layer files left behind
-    assert not (out / schema.EXPERT_STATS_PARQUET).exists()
     assert (out / "notes.txt").read_text() == "mine"
     with Vindex.open(out) as vx:
         assert vx.layers == [1]
         np.testing.assert_array_equal(vx.layer(1), blocks[1])
+        assert set(vx.expert_stats()[schema.COL_LAYER].tolist()) == {1}  # the stats were replaced too
     other = upload(folder)
     with pytest.raises(OutputConflictError, match=f"not an earlier pull of dataset repo {other}"):
         pull(other, out, cache_dir=cache)

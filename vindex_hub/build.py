@@ -407,7 +407,7 @@ def _finish(out: Path, index: schema.VindexIndex, results: list[LayerResult], co
     atomic_write_json(out / schema.PHASE2_JSON, stats_json.phase2_json(results, index))
     write_mirror(out, index, results)
     write_larql_index(out, index, config, results, router=larql_router)
-    write_card(out, index, results, card_options or CardOptions())
+    write_card(out, index, card_options or CardOptions())
     atomic_write_json(out / schema.INDEX_JSON, index.to_json())
 
 

@@ -533,9 +533,9 @@ def pull(
       (about twice the binary's size), so it can be pushed again unchanged;
     * with ``layers``: a smaller vindex of just those layers: the binary re-offset from 0 (each
       layer checked against its sha256 as it is read), its own sidecar, the phase JSON of those
-      layers, and the Arrow mirror, LarQL index and card written for it. The ``expert_stats`` /
-      ``router_svd`` spectra are not carried over (the card says the singular values are not
-      retained), and the LarQL index has no model ``config.json`` figures (vocab size...).
+      layers, the ``expert_stats`` / ``router_svd`` rows of those layers, and the Arrow mirror,
+      LarQL index and card written for it (the LarQL index without the model's ``config.json``
+      figures, such as vocab size).
 
     ``arrow`` is a data-only download: the parquet files of those layers (all without
     ``layers``), the stats parquet files, the card and the JSON files, with the repo's sidecar
@@ -638,7 +638,7 @@ def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
     card to match, and the sidecar last (the folder is a vindex once it appears)."""
     from .writers.card import CardOptions, write_card
     from .writers.larql import write_larql_index
-    from .writers.parquet_mirror import write_mirror
+    from .writers.parquet_mirror import write_mirror, write_stats_for_layers
 
     src = vx.index
     tmp = out / schema.BUILD_STATE_DIR / f"{schema.GATE_VECTORS_BIN}.partial"
@@ -668,10 +668,24 @@ def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
     index = schema.VindexIndex(num_feats=src.num_feats, model_config=src.model_config, source=src.source,
                                builder=src.builder, layers=layers, format_version=src.format_version)
     write_mirror(out, index, None)
+    write_stats_for_layers(out, _stats_tables(vx), selected)
     write_larql_index(out, index, {}, None)
     license = getattr(vx.card_data, "license", None)  # keep the source card's license
-    write_card(out, index, None, CardOptions(license=license) if isinstance(license, str) else CardOptions())
+    write_card(out, index, CardOptions(license=license) if isinstance(license, str) else CardOptions())
     atomic_write_text(out / schema.INDEX_JSON, index.dumps())  # last: the folder is valid once it appears
+
+
+def _stats_tables(vx: Vindex) -> dict[str, Any]:
+    """The source's published stats configs (both, or none when it lacks either)."""
+    import pyarrow.parquet as pq
+
+    tables = {}
+    for rel in (schema.EXPERT_STATS_PARQUET, schema.ROUTER_SVD_PARQUET):
+        try:
+            tables[rel] = pq.read_table(vx._files.path(rel))
+        except (VindexFormatError, RemoteNotFoundError):
+            return {}
+    return tables
 
 
 def remote_info(

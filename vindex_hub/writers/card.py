@@ -20,14 +20,13 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
 from .. import __version__, schema
 from ..errors import UsageError, VindexFormatError
 from ..fsutil import atomic_write_bytes, atomic_write_text
-from ..results import LayerResult
 from .parquet_mirror import UNKNOWN
 
 TEMPLATE_FILE = "vindex_card.md.j2"
@@ -242,13 +241,18 @@ def var_plot_png(index: schema.VindexIndex) -> bytes:
 
 
 # ---- the card --------------------------------------------------------------------------------
-def render_card(folder: Path, index: schema.VindexIndex, results: Sequence[LayerResult] | None,
-                options: CardOptions) -> str:
-    """The card's text (front matter + body); reads the parquet files for ``dataset_info``."""
+def has_stats_mirror(folder: Path) -> bool:
+    """Whether the folder holds the ``expert_stats`` and ``router_svd`` configs' files."""
+    return all((folder / rel).is_file() for rel in (schema.EXPERT_STATS_PARQUET, schema.ROUTER_SVD_PARQUET))
+
+
+def render_card(folder: Path, index: schema.VindexIndex, options: CardOptions) -> str:
+    """The card's text (front matter + body), describing the files the folder holds; reads the
+    parquet files for ``dataset_info``."""
     import jinja2
     from huggingface_hub import DatasetCard
 
-    with_stats = results is not None
+    with_stats = has_stats_mirror(folder)
     moe = index.model_config.moe
     layers = index.layer_ids
     example_layer = 1 if 1 in index.layers else layers[0]
@@ -297,12 +301,12 @@ def render_card(folder: Path, index: schema.VindexIndex, results: Sequence[Layer
     return text
 
 
-def write_card(folder: str | Path, index: schema.VindexIndex, results: Sequence[LayerResult] | None,
-               options: CardOptions | None = None) -> None:
-    """Write ``README.md`` and the var-K plot it embeds (after the mirror and LarQL index)."""
+def write_card(folder: str | Path, index: schema.VindexIndex, options: CardOptions | None = None) -> None:
+    """Write ``README.md`` and the var-K plot it embeds, after the mirror and LarQL index: the
+    card lists the configs whose files are there."""
     folder = Path(folder)
     options = options or CardOptions()
     if not index.layers:
         raise VindexFormatError(f"{folder}: the index lists no layers; nothing to describe")
     atomic_write_bytes(folder / schema.VAR_PLOT_FILE, var_plot_png(index))
-    atomic_write_text(folder / schema.CARD_FILE, render_card(folder, index, results, options))
+    atomic_write_text(folder / schema.CARD_FILE, render_card(folder, index, options))

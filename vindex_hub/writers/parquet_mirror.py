@@ -31,10 +31,11 @@ import dataclasses
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .. import schema, stats
@@ -175,6 +176,18 @@ def write_mirror(folder: str | Path, index: schema.VindexIndex,
     return written
 
 
+def write_stats_for_layers(folder: str | Path, tables: Mapping[str, pa.Table], layers: Sequence[int]) -> list[str]:
+    """Write the stats configs of a vindex cut from a larger one: each table of ``tables``
+    (``{schema.EXPERT_STATS_PARQUET: ..., schema.ROUTER_SVD_PARQUET: ...}``, as published)
+    restricted to the rows of ``layers``."""
+    folder = Path(folder)
+    written = []
+    for rel, table in sorted(tables.items()):
+        keep = pa.array(list(layers), type=table.schema.field(schema.COL_LAYER).type)
+        written.append(_write_table(folder, rel, table.filter(pc.is_in(table[schema.COL_LAYER], value_set=keep))))
+    return written
+
+
 # ---- converting an existing vindex --------------------------------------------------------
 def convert_vindex(folder: str | Path, *, config: dict[str, Any] | None = None,
                    card_options: Any = None) -> list[str]:
@@ -194,7 +207,7 @@ def convert_vindex(folder: str | Path, *, config: dict[str, Any] | None = None,
                        file_size=(folder / schema.GATE_VECTORS_BIN).stat().st_size)
     written = write_mirror(folder, index, None)
     written += write_larql_index(folder, index, config or {}, None)
-    write_card(folder, index, None, card_options or CardOptions())
+    write_card(folder, index, card_options or CardOptions())
     written += [schema.CARD_FILE, schema.VAR_PLOT_FILE]
     if upgraded:
         from ..fsutil import atomic_write_json
