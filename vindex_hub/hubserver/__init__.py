@@ -11,7 +11,11 @@ restarts), counts the bytes it serves per file, and can inject faults. Standard 
 
 ``serve(root, host, port)`` runs one in the foreground (``vindex-hub local-hub``); its admin API
 is then ``GET /_local_hub/stats``, ``POST /_local_hub/faults`` (JSON: ``inject_fault``'s
-arguments), ``DELETE /_local_hub/faults``, ``POST /_local_hub/reset`` (stats and faults).
+arguments), ``DELETE /_local_hub/faults``, ``POST /_local_hub/reset`` (stats and faults) and
+``POST /_local_hub/gated`` (JSON: ``{"repo_id", "repo_type", "granted_tokens", "gated"}``, as
+``set_gated``).
+
+    hub.set_gated("ns/name", repo_type="model", granted_tokens=["hf_..."])   # like a gated Hub repo
 """
 
 from __future__ import annotations

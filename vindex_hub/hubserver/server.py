@@ -26,6 +26,7 @@ revisions are branch names, tags, ``refs/pr/N`` or full commit shas, percent-enc
     POST   /_local_hub/lfs-verify/{t}/{ns}/{name}/{sha256}?token=  LFS verify
     HEAD   /{p}{ns}/{name}/resolve/{rev}/{path}   + GET; single ranges -> 206, 416
     GET    /_local_hub/stats   POST|DELETE /_local_hub/faults   POST /_local_hub/reset   (admin)
+    POST   /_local_hub/gated   {"repo_id","repo_type"?,"gated"?,"granted_tokens"?}        (admin)
 
 Access: writes (create, delete, preupload, LFS batch, commit, branch, tag) need an
 ``Authorization`` header; any value is accepted and it is never logged. A private repo answers
@@ -34,6 +35,13 @@ client PUTs LFS bodies without ``Authorization``, so the (authenticated) batch a
 upload and verify URLs carrying a ``token`` query parameter: an HMAC of repo, oid and expiry
 under a per-server random secret. PUT and verify refuse (403) a URL without a valid one, so
 only a writer can store blobs; tokens are redacted from the request log.
+
+Gated repos (``LocalHub.set_gated``) behave like the Hub's: their info stays public (with
+``"gated": "auto"|"manual"``), but file downloads (``resolve``, ranged or not) and the ``tree`` /
+``paths-info`` listings need ``Authorization: Bearer <token>`` with a granted token. Without one
+the answer is 401, with another one 403, both with ``X-Error-Code: GatedRepo`` and the Hub's
+"Access to model ns/name is restricted..." message, which the client raises as ``GatedRepoError``.
+Only sha256 digests of granted tokens are stored (in ``repo.json``), compared and never logged.
 """
 
 from __future__ import annotations
@@ -67,12 +75,13 @@ from .storage import (
     git_blob_sha1,
     is_lfs_upload,
     lfs_pointer,
+    token_digest,
 )
 
 logger = logging.getLogger(__name__)
 
 _CHUNK = 1024 * 1024  # file bodies are read and sent in chunks of this size
-_ADMIN_PATHS = ("/_local_hub/stats", "/_local_hub/faults", "/_local_hub/reset")
+_ADMIN_PATHS = ("/_local_hub/stats", "/_local_hub/faults", "/_local_hub/reset", "/_local_hub/gated")
 _LOCAL_USER = "local-user"
 UPLOAD_URL_LIFETIME_S = 86400  # how long an LFS upload/verify URL of a batch answer stays valid
 _TOKEN_IN_URL_RE = re.compile(r"([?&]token=)[^&\s\"]+")
@@ -537,6 +546,31 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HTTPFailure(401, f"Repository {repo.repo_id} is private", "RepoNotFound")
         return meta
 
+    def _bearer_token(self) -> str | None:
+        scheme, _, token = self.headers.get("Authorization", "").strip().partition(" ")
+        token = token.strip()
+        return token if scheme.lower() == "bearer" and token else None
+
+    def _check_files(self, repo: RepoRef) -> dict[str, Any]:
+        """``_check_read`` plus the gate: a gated repo's files need a granted token, as on the Hub."""
+        meta = self._check_read(repo)
+        if not meta["gated"]:
+            return meta
+        what = f"{repo.repo_type} {repo.repo_id}"
+        token = self._bearer_token()
+        if token is None:
+            raise _HTTPFailure(
+                401, f"Access to {what} is restricted. You must have access to it and be authenticated to access it."
+                " Please log in.", "GatedRepo"
+            )
+        digest = token_digest(token)
+        if not any(hmac.compare_digest(digest, granted) for granted in meta["granted_token_sha256"]):
+            raise _HTTPFailure(
+                403, f"Access to {what} is restricted and you are not in the authorized list. Visit"
+                f" {self._base_url()}/{repo.url_prefix}{repo.repo_id} to ask for access.", "GatedRepo"
+            )
+        return meta
+
     def _check_write(self, repo: RepoRef) -> dict[str, Any]:
         self._require_auth()
         return self.hub.storage.repo_meta(repo)
@@ -557,6 +591,14 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json([f.to_json() for f in self.hub._faults.active()])
         if path == "/_local_hub/faults" and method == "DELETE":
             self.hub.clear_faults()
+            return self._send_json({})
+        if path == "/_local_hub/gated" and method == "POST":
+            spec = self._read_json()
+            tokens = spec.get("granted_tokens", [])
+            if not isinstance(spec.get("repo_id"), str) or not isinstance(tokens, list):
+                raise _HTTPFailure(400, "gated needs 'repo_id' (ns/name) and a list 'granted_tokens'")
+            self.hub.set_gated(spec["repo_id"], repo_type=spec.get("repo_type", "model"),
+                               granted_tokens=tokens, gated=spec.get("gated", "auto"))
             return self._send_json({})
         if path == "/_local_hub/reset" and method == "POST":
             self._read_body()
@@ -613,7 +655,7 @@ class _Handler(BaseHTTPRequestHandler):
             "lastModified": commit.created_at,
             "createdAt": meta["created_at"],
             "private": meta["private"],
-            "gated": False,
+            "gated": meta["gated"],
             "disabled": False,
             "downloads": 0,
             "likes": 0,
@@ -689,7 +731,7 @@ class _Handler(BaseHTTPRequestHandler):
         return out
 
     def _tree(self, repo: RepoRef, revision: str, path: str) -> None:
-        self._check_read(repo)
+        self._check_files(repo)
         commit = self.hub.storage.resolve(repo, revision)
         path = path.strip("/")
         dirs = _directories(commit.tree)
@@ -707,7 +749,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(self._entries(repo, commit, children, _bool_param(self._query.get("expand"))))
 
     def _paths_info(self, repo: RepoRef, revision: str) -> None:
-        self._check_read(repo)
+        self._check_files(repo)
         form = parse_qs(self._read_body().decode(), keep_blank_values=True)
         commit = self.hub.storage.resolve(repo, revision)
         dirs = _directories(commit.tree)
@@ -871,7 +913,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -- downloads --
 
     def _resolve(self, repo: RepoRef, revision: str, path: str) -> None:
-        self._check_read(repo)
+        self._check_files(repo)
         commit = self.hub.storage.resolve(repo, revision)
         entry = commit.tree.get(path)
         if entry is None:
@@ -1078,6 +1120,21 @@ class LocalHub:
 
     def clear_faults(self) -> None:
         self._faults.clear()
+
+    def set_gated(
+        self,
+        repo_id: str,
+        *,
+        repo_type: str = "model",
+        granted_tokens: Iterable[str] = (),
+        gated: str | bool = "auto",
+    ) -> None:
+        """Gate a repo: only requests bearing one of ``granted_tokens`` may read its files.
+
+        ``gated`` is what repo info reports (``"auto"`` or ``"manual"``); ``False`` opens the repo
+        again. Stored with the repo, so it survives restarts; replaces earlier grants.
+        """
+        self.storage.set_gated(RepoRef(repo_type, repo_id), gated, granted_tokens)
 
 
 def serve(root: str | Path, host: str = "127.0.0.1", port: int = 0) -> None:

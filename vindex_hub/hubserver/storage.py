@@ -4,7 +4,7 @@ Layout under ``root``::
 
     blobs/<sha256[:2]>/<sha256>                  every file body (regular and LFS), by sha256
     tmp/                                         partial writes; emptied on open
-    repos/<datasets|models>/<ns>/<name>/repo.json          private flag, created_at, refs
+    repos/<datasets|models>/<ns>/<name>/repo.json          private/gated flags, grants, created_at, refs
     repos/<datasets|models>/<ns>/<name>/commits/<sha>.json one immutable commit each
 
 A commit record is ``{"parent", "summary", "description", "created_at", "tree"}`` where ``tree``
@@ -12,6 +12,8 @@ maps each file path to ``{"oid": git sha1, "size", "sha256", "lfs": bool}``. ``o
 Hub calls a file's blob id: the git sha1 of the content for regular files, of the LFS pointer for
 LFS files. The commit sha is the sha1 of the record's canonical JSON, so it is 40 hex digits like
 git's. Refs are ``branches`` and ``tags`` (name -> sha) and ``pulls`` (PR number -> sha).
+A gated repo's ``repo.json`` has ``gated`` (``"auto"`` or ``"manual"``; ``false`` when open) and
+``granted_token_sha256``: the sha256 of each token granted access, so no token is on disk.
 
 Every file is written to ``tmp/`` first, fsynced and renamed into place, so a crash or a broken
 upload never leaves a partial blob or metadata file under its final name. One lock serialises
@@ -88,6 +90,11 @@ def is_lfs_upload(path: str, size: int, sample: bytes) -> bool:
         # A multi-byte character cut by the 512-byte sample boundary is still text.
         return e.start < len(sample) - 3
     return False
+
+
+def token_digest(token: str) -> str:
+    """How a granted token is stored and compared: its sha256, never the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _now() -> str:
@@ -243,9 +250,27 @@ class Storage:
             raise StorageError(404, f"Repository {repo.repo_type}s/{repo.repo_id} not found", "RepoNotFound") from None
 
     def repo_meta(self, repo: RepoRef) -> dict[str, Any]:
-        """``{"private", "created_at", "branches", "tags", "pulls"}`` (404 RepoNotFound if absent)."""
+        """``{"private", "gated", "granted_token_sha256", "created_at", "branches", "tags", "pulls"}``
+        (404 RepoNotFound if absent)."""
         with self._lock:
-            return self._read_repo(repo)
+            meta = self._read_repo(repo)
+            meta.setdefault("gated", False)  # repos stored before gating existed are open
+            meta.setdefault("granted_token_sha256", [])
+            return meta
+
+    def set_gated(self, repo: RepoRef, gated: str | bool, granted_tokens: Iterable[str]) -> None:
+        """Gate ``repo`` (``gated`` ``"auto"``/``"manual"``) so only ``granted_tokens`` read its files;
+        ``False`` opens it again (and drops the grants)."""
+        if gated not in ("auto", "manual", False):
+            raise StorageError(400, f"gated={gated!r}: expected 'auto', 'manual' or false")
+        tokens = list(granted_tokens)
+        if not all(isinstance(t, str) and t for t in tokens):
+            raise StorageError(400, "granted tokens must be non-empty strings")
+        with self._lock:
+            meta = self._read_repo(repo)
+            meta["gated"] = gated
+            meta["granted_token_sha256"] = sorted({token_digest(t) for t in tokens}) if gated else []
+            self._write_json(self._repo_dir(repo) / "repo.json", meta)
 
     def create_repo(self, repo: RepoRef, private: bool) -> None:
         """Create a repo with the Hub's initial commit (a ``.gitattributes``); 409 when it exists."""
@@ -259,6 +284,8 @@ class Storage:
             commit = self._write_commit(repo, None, "initial commit", "", tree)
             meta = {
                 "private": private,
+                "gated": False,
+                "granted_token_sha256": [],
                 "created_at": commit.created_at,
                 "branches": {DEFAULT_BRANCH: commit.sha},
                 "tags": {},
