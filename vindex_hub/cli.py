@@ -38,7 +38,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         args.source, args.out, num_feats=args.num_feats, layers=args.layers, revision=args.revision,
         device=args.device, batch_size=args.batch_size, prefetch_layers=args.prefetch_layers,
         card_options=_card_options(args),
-        larql_router=args.larql_router, progress=not args.quiet,
+        larql_router=args.larql_router, progress=not args.quiet, engine=args.engine, ray_address=args.ray_address,
     )
     if summary.already_complete:
         print(f"{summary.out} already holds this vindex, complete; nothing to do")
@@ -177,6 +177,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--prefetch-layers", type=int, default=1,
                    help="layers read ahead while one is computed (each holds its raw tensors in memory)")
     p.add_argument("--larql-router", action="store_true", help="also write LarQL's router_weights.bin")
+    # Checked by build_vindex (importing the builder here would slow every command).
+    p.add_argument("--engine", default=None,
+                   help="where layers are decomposed: local (default) or ray (pip install 'vindex-hub[ray]')")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join with --engine ray (default: $RAY_ADDRESS, else start a local one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_card_options(p)
 

@@ -46,3 +46,7 @@ class HubError(VindexError):
 
 class RemoteNotFoundError(HubError):
     """The repo, revision or file does not exist on the Hub (message says which)."""
+
+
+class ClusterError(VindexError):
+    """The compute cluster a build runs on failed: it cannot be joined, or a task's worker kept dying."""

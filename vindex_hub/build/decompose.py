@@ -36,29 +36,50 @@ def decompose_layer(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTens
     """Dequantize and decompose every routed expert of ``layer`` in batches of ``batch_size`` (one
     reused float32 buffer), then the shared expert and the router. ``on_batch(n)`` is told each
     time ``n`` more experts are done (a progress bar)."""
-    num_experts = arch.moe_config().n_routed_experts
-    vectors = np.empty((num_experts, num_feats, arch.gate_shape[1]), dtype=np.float32)
-    singular_values = np.empty((num_experts, num_feats), dtype=np.float32)
-    frobenius = np.empty(num_experts, dtype=np.float64)
+    experts = decompose_experts(arch, layer, raw, range(arch.moe_config().n_routed_experts), num_feats=num_feats,
+                                device=device, batch_size=batch_size, on_batch=on_batch)
+    spectra = {"singular_values": experts.singular_values, "frobenius_norm": experts.frobenius_norm,
+               **shared_and_router(arch, layer, raw, num_feats, device, keep_router)}
+    return DecomposedLayer(layer, experts.vectors, spectra)
+
+
+@dataclass
+class ExpertBlock:
+    """Consecutive routed experts of one layer, decomposed (a whole layer, or an engine's share)."""
+
+    experts: range
+    vectors: np.ndarray  # float32 (len(experts), K, H)
+    singular_values: np.ndarray  # float32 (len(experts), K)
+    frobenius_norm: np.ndarray  # float64 (len(experts),)
+
+
+def decompose_experts(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor], experts: range, *,
+                      num_feats: int, device: str, batch_size: int,
+                      on_batch: Callable[[int], None] | None = None) -> ExpertBlock:
+    """The routed experts ``experts`` of ``layer``, in batches of ``batch_size`` counted from
+    ``experts.start`` (an engine splitting a layer starts its shares on batch boundaries, so the
+    batches, and on CUDA the bits, are the serial build's)."""
+    vectors = np.empty((len(experts), num_feats, arch.gate_shape[1]), dtype=np.float32)
+    singular_values = np.empty((len(experts), num_feats), dtype=np.float32)
+    frobenius = np.empty(len(experts), dtype=np.float64)
     buffer: np.ndarray | None = None  # reused across batches: no page faults per batch
-    for start in range(0, num_experts, batch_size):
-        experts = range(start, min(start + batch_size, num_experts))
-        if buffer is None or len(buffer) != len(experts):
-            buffer = np.empty((len(experts), *arch.gate_shape), dtype=np.float32)
-        weights = arch.expert_gate_weights(layer, experts, raw, out=buffer)
-        names = [arch.expert_gate_tensors(layer, e)[0] for e in experts]
+    for start in range(experts.start, experts.stop, batch_size):
+        batch = range(start, min(start + batch_size, experts.stop))
+        if buffer is None or len(buffer) != len(batch):
+            buffer = np.empty((len(batch), *arch.gate_shape), dtype=np.float32)
+        weights = arch.expert_gate_weights(layer, batch, raw, out=buffer)
+        names = [arch.expert_gate_tensors(layer, e)[0] for e in batch]
         top = svd.top_k_right_singular(weights, num_feats, device=device, names=names)
-        vectors[experts.start:experts.stop] = top.vectors
-        singular_values[experts.start:experts.stop] = top.singular_values
-        frobenius[experts.start:experts.stop] = top.frobenius_norm
+        rows = slice(batch.start - experts.start, batch.stop - experts.start)
+        vectors[rows] = top.vectors
+        singular_values[rows] = top.singular_values
+        frobenius[rows] = top.frobenius_norm
         if on_batch is not None:
-            on_batch(len(experts))
-    spectra = {"singular_values": singular_values, "frobenius_norm": frobenius,
-               **_shared_and_router(arch, layer, raw, num_feats, device, keep_router)}
-    return DecomposedLayer(layer, vectors, spectra)
+            on_batch(len(batch))
+    return ExpertBlock(experts, vectors, singular_values, frobenius)
 
 
-def _shared_and_router(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor], num_feats: int,
+def shared_and_router(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor], num_feats: int,
                        device: str, keep_router: bool) -> dict[str, Any]:
     """The shared expert's and the router's decompositions of one layer (LayerResult fields)."""
     router = arch.router_weight(layer, raw)

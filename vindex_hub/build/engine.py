@@ -18,6 +18,11 @@ from .decompose import DecomposedLayer, decompose_layer
 from .plan import BuildPlan
 
 
+# Where a build's layers are decomposed: this machine, or a Ray cluster (``ray_engine``).
+ENGINES = ("local", "ray")
+DEFAULT_ENGINE = ENGINES[0]
+
+
 class Engine(Protocol):
     def run(self, src: CheckpointSource, plan: BuildPlan, todo: list[int], *,
             on_experts: Callable[[int], None], on_layer_read: Callable[[int, float, int], None]

@@ -26,7 +26,7 @@ from ..source.base import CheckpointSource
 from ..writers.binary import GateVectorsWriter
 from ..writers.derived import write_derived_files
 from ..writers.phases import routed_summary
-from .engine import Engine, SerialEngine
+from .engine import DEFAULT_ENGINE, ENGINES, Engine, SerialEngine
 from .plan import (DEFAULT_BATCH, DEFAULT_NUM_FEATS, DEFAULT_PREFETCH_LAYERS, BuildPlan, claim_output, make_plan,
                    open_source)
 
@@ -55,16 +55,31 @@ def build_vindex(
     larql_router: bool = False,
     progress: bool = True,
     token: str | None = None,
+    engine: str | None = None,
+    ray_address: str | None = None,
 ) -> BuildSummary:
     """Build a vindex of ``source`` into the folder ``out`` (resuming an unfinished build there).
 
     ``layers`` selects a subset (``"3-5"``, ``[3, 4, 5]``); ``card_options``
-    (``format.card_data.CardOptions``) sets the dataset card's user-set fields.
+    (``format.card_data.CardOptions``) sets the dataset card's user-set fields. ``engine``:
+    ``"local"`` (this machine, the default) or ``"ray"`` (Ray tasks on the cluster at ``ray_address``, else
+    ``RAY_ADDRESS``, else a new local one; ``build.ray_engine``): the same bits either way.
     """
     started = time.monotonic()
     for name, value in (("batch_size", batch_size), ("prefetch_layers", prefetch_layers)):
         if value < 1:
             raise UsageError(f"{name} must be at least 1, got {value}")
+    engine = engine or DEFAULT_ENGINE
+    if engine not in ENGINES:
+        raise UsageError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if ray_address is not None and engine != "ray":
+        raise UsageError(f"a Ray address ({ray_address}) applies to engine 'ray', not {engine!r}")
+    if engine == "ray":  # before anything is claimed: says how to install Ray when it is missing
+        from .ray_engine import RayEngine
+
+        runner: Engine = RayEngine(batch_size=batch_size, address=ray_address, token=token)
+    else:
+        runner = SerialEngine(batch_size=batch_size, prefetch_layers=prefetch_layers)
     src = open_source(source, revision=revision, token=token)
     try:
         plan = make_plan(src, out, num_feats=num_feats, layers=layers, device=device, larql_router=larql_router)
@@ -72,8 +87,7 @@ def build_vindex(
         if finished is not None:  # the same vindex is already complete there: nothing to do
             return BuildSummary(plan.out, plan.layer_ids, [], time.monotonic() - started, finished,
                                 already_complete=True)
-        engine = SerialEngine(batch_size=batch_size, prefetch_layers=prefetch_layers)
-        todo = _run(src, plan, engine, progress=progress)
+        todo = _run(src, plan, runner, progress=progress)
         results = [LayerResult.load(layer_result_path(plan.state_dir, layer)) for layer in plan.layer_ids]
         _finish(plan, results, src.config, card_options=card_options)
         shutil.rmtree(plan.state_dir)
@@ -123,16 +137,18 @@ def _compute(src: CheckpointSource, plan: BuildPlan, engine: Engine, writer: Gat
     from tqdm.auto import tqdm
 
     bar = tqdm(total=len(todo) * plan.index.num_experts, unit="expert", disable=not progress,
-               desc="vindex", dynamic_ncols=True)
+               desc=f"0/{len(todo)} layers", dynamic_ncols=True)
 
     def layer_read(layer: int, seconds: float, nbytes: int) -> None:
-        bar.set_description(f"layer {layer}")
-        bar.set_postfix_str(f"read {nbytes / max(seconds, 1e-9) / 1e6:.0f} MB/s")
+        bar.set_postfix_str(f"layer {layer} read {nbytes / max(seconds, 1e-9) / 1e6:.0f} MB/s")
 
+    written = 0
     try:
         for decomposed in engine.run(src, plan, todo, on_experts=bar.update, on_layer_read=layer_read):
             sha256 = writer.write_layer(plan.slot(decomposed.layer), decomposed.vectors)
             decomposed.result(sha256).save(layer_result_path(plan.state_dir, decomposed.layer))
+            written += 1
+            bar.set_description(f"{written}/{len(todo)} layers")
     finally:
         bar.close()
 

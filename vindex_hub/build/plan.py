@@ -81,11 +81,16 @@ def make_plan(src: CheckpointSource, out: str | os.PathLike[str], *, num_feats: 
         source=sidecar.SourceInfo(repo_id=src.repo_id, revision=src.revision, path=src.path),
         builder=sidecar.BuilderInfo(name=BUILDER_NAME, version=__version__, method=svd.METHOD),
     )
-    config_sha = hashlib.sha256(json.dumps(src.config, sort_keys=True).encode()).hexdigest()
+    config_sha = config_sha256(src.config)
     # The device is part of it: CPU (LAPACK) and CUDA (torch) results agree to ~1e-6, not bit for
     # bit, so one vindex must not mix layers computed on both.
     fingerprint = {**_identity(index, layer_ids, larql_router), "config_sha256": config_sha, "device": device}
     return BuildPlan(Path(out), arch, layer_ids, num_feats, device, larql_router, index, fingerprint)
+
+
+def config_sha256(config: dict[str, Any]) -> str:
+    """The fingerprint's hash of a checkpoint's config.json (every worker checks it sees the same)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
 
 
 def _identity(index: sidecar.VindexIndex, layer_ids: list[int], larql_router: bool) -> dict[str, Any]:

@@ -1,0 +1,268 @@
+"""``--engine ray``: a build's layers decomposed as Ray tasks, on an existing cluster or a local one.
+
+The unit of work is a layer, or, when there are fewer layers to do than worker slots, a share of
+one layer's experts (shares start on ``batch_size`` boundaries, so the batches are the serial
+build's). Each task opens the checkpoint itself from a *source spec* of plain data (a Hub repo id
+and its resolved commit sha, or a folder path the workers see), reads only its tensors (ranged
+reads from the Hub), dequantizes and decomposes them with one BLAS thread (or on one GPU,
+``num_gpus=1``) by the same pure functions as the serial engine, and returns numpy arrays and
+plain values. The driver writes each layer and its resume state exactly as a serial build does,
+so the bits and the resume are the same.
+
+Only numpy arrays and plain data cross Ray's object store: no source object, no exception of
+ours (a task that meets a ``VindexError`` returns its type name and message, and the driver
+raises it; those are never retried, since they would fail again). A task whose worker or node
+dies is retried ``max_retries`` times by Ray, then the build ends with a ``ClusterError``. At
+most ``max_in_flight`` tasks are submitted at a time (default: the cluster's slots), which bounds
+the results held in the object store and the driver.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .. import errors
+from ..arch import MoEArchitecture, get_architecture
+from ..errors import CheckpointError, ClusterError, UsageError, VindexError
+from ..source.base import CheckpointSource
+from .decompose import DecomposedLayer, decompose_experts, shared_and_router
+from .plan import BuildPlan, config_sha256
+
+INSTALL_HINT = "pip install 'vindex-hub[ray]'"
+# Ray retries a task this many times when its worker process or node dies.
+DEFAULT_MAX_RETRIES = 3
+# The client settings a worker must share with the driver to reach the same Hub.
+HUB_CLIENT_VARIABLES = ("HF_ENDPOINT",)
+# Task names (and so worker process titles, ``ray::<name>``) start with this.
+TASK_NAME = "vindex-layer"
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(f"--engine ray needs Ray, an optional extra: {INSTALL_HINT}") from None
+    return ray
+
+
+def source_spec(src: CheckpointSource) -> dict[str, str]:
+    """What a worker needs to open ``src`` itself: plain data, never the source object."""
+    if src.repo_id is not None:
+        return {"repo_id": src.repo_id, "revision": str(src.revision)}
+    if src.path is not None:
+        return {"path": os.path.abspath(src.path)}
+    raise UsageError(f"--engine ray needs a checkpoint folder or a Hub repo id, not {src.describe()}")
+
+
+# ---- the units of work (pure) ----------------------------------------------------------------
+@dataclass(frozen=True)
+class Part:
+    layer: int
+    experts: range
+    with_layer_extras: bool  # the share that also decomposes the shared expert and the router
+
+    @property
+    def name(self) -> str:
+        return f"{TASK_NAME}-{self.layer}-experts-{self.experts.start}-{self.experts.stop}"
+
+
+def split_work(layers: list[int], num_experts: int, batch_size: int, slots: int) -> list[Part]:
+    """One part per layer, or, with fewer layers than ``slots``, each layer in about
+    ``slots / len(layers)`` shares of whole batches."""
+    batches = math.ceil(num_experts / batch_size)
+    shares = 1 if len(layers) >= slots else min(batches, math.ceil(slots / len(layers)))
+    size = math.ceil(batches / shares) * batch_size
+    return [Part(layer, range(start, min(start + size, num_experts)), start == 0)
+            for layer in layers for start in range(0, num_experts, size)]
+
+
+def part_tensors(arch: MoEArchitecture, part: Part) -> list[str]:
+    names = [n for e in part.experts for n in arch.expert_gate_tensors(part.layer, e)]
+    if part.with_layer_extras:
+        names += arch.shared_gate_tensors(part.layer) + arch.router_tensors(part.layer)
+    return names
+
+
+# ---- the task (runs on a worker) -------------------------------------------------------------
+_open_sources: dict[tuple[str, ...], CheckpointSource] = {}  # per worker process, reused by its tasks
+
+
+def _open(spec: dict[str, str], token: str | None) -> CheckpointSource:
+    key = tuple(sorted(spec.items()))
+    if key not in _open_sources:
+        for old in _open_sources.values():
+            old.close()
+        _open_sources.clear()
+        if "repo_id" in spec:
+            from ..source.hub import HubCheckpoint
+
+            _open_sources[key] = HubCheckpoint(spec["repo_id"], revision=spec["revision"], token=token)
+        else:
+            from ..source.local import LocalCheckpoint
+
+            _open_sources[key] = LocalCheckpoint(spec["path"])
+    return _open_sources[key]
+
+
+def decompose_part(spec: dict[str, str], token: str | None, expected_config: str, layer: int, start: int,
+                   stop: int, with_layer_extras: bool, num_feats: int, device: str, batch_size: int,
+                   keep_router: bool) -> dict[str, Any]:
+    """One part, as a Ray task: numpy arrays and plain values, or ``{"error", "message"}``."""
+    from threadpoolctl import threadpool_limits
+
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            src = _open(spec, token)
+            if config_sha256(src.config) != expected_config:
+                raise CheckpointError(f"{src.describe()}: the config.json this worker reads differs from the "
+                                      "driver's; every node must see the same checkpoint")
+            arch = get_architecture(src.config)
+            part = Part(layer, range(start, stop), with_layer_extras)
+            t0 = time.monotonic()
+            raw = src.read(part_tensors(arch, part))
+            read_seconds = time.monotonic() - t0
+            block = decompose_experts(arch, layer, raw, part.experts, num_feats=num_feats, device=device,
+                                      batch_size=batch_size)
+            extras = shared_and_router(arch, layer, raw, num_feats, device, keep_router) if with_layer_extras else {}
+            return {"vectors": block.vectors, "singular_values": block.singular_values,
+                    "frobenius_norm": block.frobenius_norm, "extras": extras, "read_seconds": read_seconds,
+                    "read_bytes": sum(int(t.data.nbytes) for t in raw.values())}
+    except VindexError as exc:
+        return {"error": type(exc).__name__, "message": str(exc)}
+
+
+def _raise_task_error(out: dict[str, Any]) -> None:
+    kind = getattr(errors, out["error"], VindexError)
+    raise (kind if isinstance(kind, type) and issubclass(kind, VindexError) else VindexError)(out["message"])
+
+
+# ---- the driver --------------------------------------------------------------------------------
+class _Assembly:
+    """A split layer's shares, put together as they arrive."""
+
+    def __init__(self, layer: int, parts: int):
+        self.layer, self.missing = layer, parts
+        self.pieces: list[tuple[range, dict[str, Any]]] = []
+        self.extras: dict[str, Any] = {}
+
+    def add(self, part: Part, out: dict[str, Any]) -> DecomposedLayer | None:
+        self.pieces.append((part.experts, out))
+        self.extras.update(out["extras"])
+        self.missing -= 1
+        if self.missing:
+            return None
+        self.pieces.sort(key=lambda piece: piece[0].start)
+        joined = {key: np.concatenate([o[key] for _, o in self.pieces]) if len(self.pieces) > 1
+                  else self.pieces[0][1][key] for key in ("vectors", "singular_values", "frobenius_norm")}
+        spectra = {"singular_values": joined["singular_values"], "frobenius_norm": joined["frobenius_norm"],
+                   **self.extras}
+        return DecomposedLayer(self.layer, joined["vectors"], spectra)
+
+
+class RayEngine:
+    """Runs the parts on the Ray cluster at ``address`` (else ``RAY_ADDRESS``, else a new local one)."""
+
+    def __init__(self, *, batch_size: int, address: str | None = None, token: str | None = None,
+                 max_retries: int = DEFAULT_MAX_RETRIES, max_in_flight: int | None = None):
+        if max_in_flight is not None and max_in_flight < 1:
+            raise UsageError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        self.batch_size, self.token, self.max_retries = batch_size, token, max_retries
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.max_in_flight = max_in_flight
+        self.ray = import_ray()
+
+    def run(self, src: CheckpointSource, plan: BuildPlan, todo: list[int], *, on_experts: Callable[[int], None],
+            on_layer_read: Callable[[int, float, int], None]) -> Iterator[DecomposedLayer]:
+        ray = self.ray
+        spec = source_spec(src)
+        token = self.token
+        if token is None and "repo_id" in spec:
+            from huggingface_hub import get_token
+
+            token = get_token()
+        joined_here = self._join()
+        pending: dict[Any, Part] = {}
+        try:
+            gpu = plan.device == "cuda"
+            slots = self._slots("GPU" if gpu else "CPU")
+            num_experts = plan.index.num_experts
+            parts = deque(split_work(todo, num_experts, self.batch_size, slots))
+            shares = {layer: sum(p.layer == layer for p in parts) for layer in todo}
+            assemblies: dict[int, _Assembly] = {}
+            task = ray.remote(decompose_part)
+            resources = dict(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=self.max_retries,
+                             retry_exceptions=False)
+            args = (spec, token, plan.fingerprint["config_sha256"])
+            settings = (plan.num_feats, plan.device, self.batch_size, plan.larql_router)
+            in_flight = self.max_in_flight or slots
+            while parts or pending:
+                while parts and len(pending) < in_flight:
+                    p = parts.popleft()
+                    ref = task.options(name=p.name, **resources).remote(*args, p.layer, p.experts.start, p.experts.stop,
+                                                           p.with_layer_extras, *settings)
+                    pending[ref] = p
+                (ref,), _ = ray.wait(list(pending), num_returns=1)
+                part = pending.pop(ref)
+                out = self._get(ref, part)
+                if "error" in out:
+                    _raise_task_error(out)
+                on_layer_read(part.layer, out["read_seconds"], out["read_bytes"])
+                on_experts(len(part.experts))
+                assembly = assemblies.setdefault(part.layer, _Assembly(part.layer, shares[part.layer]))
+                done = assembly.add(part, out)
+                del out, ref
+                if done is not None:
+                    del assemblies[part.layer]
+                    yield done
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            if joined_here:
+                ray.shutdown()
+
+    def _join(self) -> bool:
+        """Connect to the cluster (or start a local one); True when this call did it."""
+        ray = self.ray
+        if ray.is_initialized():
+            return False
+        env = {name: os.environ[name] for name in HUB_CLIENT_VARIABLES if name in os.environ}
+        options: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
+                                   "runtime_env": {"env_vars": env} if env else None}
+        try:
+            if self.address:
+                ray.init(address=self.address, **options)
+            else:
+                ray.init(address="local", include_dashboard=False, **options)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            where = f"at {self.address}" if self.address else "(a new local one)"
+            raise ClusterError(f"cannot join the Ray cluster {where}: {' '.join(str(exc).split())}") from None
+        return True
+
+    def _slots(self, resource: str) -> int:
+        slots = int(self.ray.cluster_resources().get(resource, 0))
+        if slots < 1:
+            raise ClusterError(f"the Ray cluster has no {resource}s to run the build's tasks on")
+        return slots
+
+    def _get(self, ref: Any, part: Part) -> dict[str, Any]:
+        exceptions = self.ray.exceptions
+        died = (exceptions.WorkerCrashedError, exceptions.NodeDiedError, exceptions.OutOfMemoryError,
+                exceptions.ObjectLostError)
+        try:
+            return self.ray.get(ref)
+        except died as exc:
+            raise ClusterError(
+                f"layer {part.layer} (experts {part.experts.start}-{part.experts.stop - 1}): its Ray task's "
+                f"worker died {self.max_retries + 1} times ({type(exc).__name__}); see the cluster's logs"
+            ) from None
+
+
+__all__ = ["RayEngine", "split_work", "source_spec", "INSTALL_HINT"]
