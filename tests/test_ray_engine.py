@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -205,3 +206,15 @@ def test_without_ray_the_engine_says_how_to_install_it(checkpoint, tmp_path, mon
     assert not out.exists()
     with pytest.raises(UsageError, match="engine must be one of local, ray"):
         build_vindex(checkpoint, out, engine="spark", **OPTIONS)
+
+
+def test_a_cluster_that_cannot_be_reached_is_one_line(checkpoint, tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    out = tmp_path / "vindex"
+    result = subprocess.run(ray_cli(str(checkpoint), "-o", str(out), address=address), capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"vindex-hub build: error: cannot reach the Ray cluster at {address}: "
+                                     "Connection refused; is `ray start` running there?")
+    assert not out.exists()

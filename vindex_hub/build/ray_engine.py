@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -41,6 +42,8 @@ INSTALL_HINT = "pip install 'vindex-hub[ray]'"
 DEFAULT_MAX_RETRIES = 3
 # The client settings a worker must share with the driver to reach the same Hub.
 HUB_CLIENT_VARIABLES = ("HF_ENDPOINT",)
+# How long the driver waits to reach a named cluster's address before giving up.
+REACH_TIMEOUT_S = 10
 # Task names (and so worker process titles, ``ray::<name>``) start with this.
 TASK_NAME = "vindex-layer"
 
@@ -167,6 +170,18 @@ class _Assembly:
         return DecomposedLayer(self.layer, joined["vectors"], spectra)
 
 
+def _check_reachable(address: str) -> None:
+    """One TCP connect to a ``host:port`` address: Ray itself retries an unreachable GCS for minutes."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or "://" in address:
+        return  # "auto", "ray://...": left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}; "
+                           "is `ray start` running there?") from None
+
+
 class RayEngine:
     """Runs the parts on the Ray cluster at ``address`` (else ``RAY_ADDRESS``, else a new local one)."""
 
@@ -178,6 +193,8 @@ class RayEngine:
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self.max_in_flight = max_in_flight
         self.ray = import_ray()
+        if self.address:
+            _check_reachable(self.address)
 
     def run(self, src: CheckpointSource, plan: BuildPlan, todo: list[int], *, on_experts: Callable[[int], None],
             on_layer_read: Callable[[int, float, int], None]) -> Iterator[DecomposedLayer]:
@@ -259,9 +276,10 @@ class RayEngine:
         try:
             return self.ray.get(ref)
         except died as exc:
+            tries = self.max_retries + 1
             raise ClusterError(
-                f"layer {part.layer} (experts {part.experts.start}-{part.experts.stop - 1}): its Ray task's "
-                f"worker died {self.max_retries + 1} times ({type(exc).__name__}); see the cluster's logs"
+                f"layer {part.layer} (experts {part.experts.start}-{part.experts.stop - 1}): the worker running "
+                f"its Ray task died on each of {tries} tries ({type(exc).__name__}); see the cluster's logs"
             ) from None
 
 

@@ -105,23 +105,28 @@ class LocalRayCluster:
         raise RuntimeError(f"{count} Ray nodes did not come up at {self.address} within {timeout} s")
 
     def worker_pids(self, title_prefix: str) -> list[int]:
-        """Pids of this cluster's worker processes whose title starts with ``title_prefix``
-        (Ray titles a worker ``ray::<task name>`` while it runs that task)."""
-        import psutil
-
-        pids = []
-        for node in self.processes:
-            try:
-                children = psutil.Process(node.pid).children(recursive=True)
-            except psutil.NoSuchProcess:
+        """Pids of this cluster's processes (descendants of its nodes) whose title starts with
+        ``title_prefix``: Ray titles a worker ``ray::<task name>`` while it runs that task (Linux /proc)."""
+        parents: dict[int, int] = {}
+        titles: dict[int, str] = {}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
                 continue
-            for child in children:
-                try:
-                    if " ".join(child.cmdline()).startswith(title_prefix):
-                        pids.append(child.pid)
-                except psutil.Error:
-                    continue
-        return pids
+            try:
+                stat = (entry / "stat").read_text()
+                titles[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])  # field 4: ppid
+        ours = {p.pid for p in self.processes}
+        found = []
+        for pid in parents:
+            ancestor = parents.get(pid)
+            while ancestor and ancestor not in ours:
+                ancestor = parents.get(ancestor)
+            if ancestor and titles.get(pid, "").startswith(title_prefix):
+                found.append(pid)
+        return found
 
     def stop(self, timeout: float = 60) -> None:
         """SIGTERM to each node's own process (worker nodes first), then wait for it."""
