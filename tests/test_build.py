@@ -224,6 +224,18 @@ def test_a_damaged_resumed_layer_is_computed_again(tiny_checkpoint: Path, tiny_v
     assert folder_bytes(out) == folder_bytes(tiny_vindex)
 
 
+def kill_after_first_layer(cmd: list[str], out: Path, timeout: float = 180) -> None:
+    """Run a build command and SIGKILL it as soon as its first layer is recorded in ``out``."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first_layer = out / filenames.BUILD_STATE_DIR / "layer_000.safetensors"
+    deadline = time.monotonic() + timeout
+    while not first_layer.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
+
+
 def test_a_killed_build_process_resumes_bit_identical(tmp_path: Path):
     """A real SIGKILL in the middle of the layer loop, then the same command again."""
     dims = dict(num_layers=4, num_experts=16, hidden_size=1024, moe_intermediate_size=512, num_shards=2)
@@ -231,14 +243,7 @@ def test_a_killed_build_process_resumes_bit_identical(tmp_path: Path):
     cmd = [sys.executable, "-m", "vindex_hub", "build", str(ckpt), "--num-feats", "16", "--quiet",
            "--device", "cpu"]
     out = tmp_path / "killed" / "vindex"
-    proc = subprocess.Popen([*cmd, "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    first_layer = out / filenames.BUILD_STATE_DIR / "layer_000.safetensors"
-    deadline = time.monotonic() + 120
-    while not first_layer.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
+    kill_after_first_layer([*cmd, "-o", str(out)], out)
     assert not (out / filenames.GATE_VECTORS_BIN).exists() and not (out / filenames.INDEX_JSON).exists()
 
     resumed = subprocess.run([*cmd, "-o", str(out)], capture_output=True, text=True)

@@ -28,7 +28,7 @@ from vindex_hub.format import filenames
 from vindex_hub.testing.ray_cluster import LocalRayCluster, client_environment
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 from conftest import HUB_TOKEN
-from test_build import _nan_scale, folder_bytes
+from test_build import _nan_scale, folder_bytes, kill_after_first_layer
 from test_source_remote import header_bytes, layer_infos, planned_bytes, shard_bytes_sent, upload
 
 # Ray reads these when it is imported: set before any test imports it.
@@ -138,14 +138,7 @@ def test_a_killed_task_worker_is_retried_and_the_build_is_identical(
 def test_a_killed_driver_resumes_bit_identical(ray_cluster, checkpoint, serial_vindex, tmp_path):
     out = tmp_path / "killed" / "vindex"
     cmd = ray_cli(str(checkpoint), "-o", str(out), address=ray_cluster.address)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    first_layer = out / filenames.BUILD_STATE_DIR / "layer_000.safetensors"
-    deadline = time.monotonic() + 180
-    while not first_layer.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
+    kill_after_first_layer(cmd, out)
     assert not (out / filenames.INDEX_JSON).exists()
 
     resumed = subprocess.run(cmd, capture_output=True, text=True)
