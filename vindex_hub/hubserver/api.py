@@ -77,7 +77,7 @@ def _split_revision(segments: list[str]) -> tuple[str, str]:
 
 
 def _match_repo(segments: list[str], git: bool) -> tuple[dict[str, Any], int] | None:
-    """``[datasets/]ns/name[.git]`` at the start of ``segments`` -> ``({"repo": RepoRef}, parts used)``."""
+    """``[datasets/]ns/name[.git]`` at the start of ``segments`` -> ``({"repo": (type, id)}, parts used)``."""
     if segments[:1] == ["datasets"] and len(segments) >= 3:
         repo_type, ns_at = "dataset", 1
     elif len(segments) >= 2:
@@ -93,6 +93,7 @@ def _match_repo(segments: list[str], git: bool) -> tuple[dict[str, Any], int] | 
 
 
 def _match_api_repo(segments: list[str]) -> tuple[dict[str, Any], int] | None:
+    """``models|datasets/ns/name`` (any type is matched; ``RepoRef`` refuses the unknown ones)."""
     if len(segments) < 3:
         return None
     return {"repo": (segments[0].removesuffix("s"), f"{segments[1]}/{segments[2]}")}, 3
