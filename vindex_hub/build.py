@@ -100,7 +100,7 @@ def build_vindex(
     out = Path(out)
     src = open_source(source, revision=revision, token=token)
     try:
-        arch = get_architecture(src.config, where=f"{src.describe()}/config.json")
+        arch = get_architecture(src.config, tensor_names=src.tensor_names(), where=f"{src.describe()}/config.json")
         layer_ids = _select_layers(arch, layers)
         _check_num_feats(arch, num_feats)
         device = svd.resolve_device(device)
@@ -289,7 +289,7 @@ def _compute_layers(src: CheckpointSource, arch: MoEArchitecture, writer: GateVe
                 if buffer is None or len(buffer) != len(experts):
                     buffer = np.empty((len(experts), *arch.gate_shape), dtype=np.float32)
                 weights = arch.expert_gate_weights(layer, experts, raw, out=buffer)
-                names = [arch.expert_gate_tensors(layer, e)[0] for e in experts]
+                names = [arch.expert_gate_name(layer, e) for e in experts]
                 top = svd.top_k_right_singular(weights, index.num_feats, device=device, names=names)
                 vectors[experts.start:experts.stop] = top.vectors
                 singular_values[experts.start:experts.stop] = top.singular_values
@@ -309,13 +309,13 @@ def _layer_extras(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor
     """The shared expert's and the router's decompositions of one layer (LayerResult fields)."""
     router = arch.router_weight(layer, raw)
     extras: dict[str, Any] = {
-        "router_singular_values": svd.singular_values(router, name=arch.router_tensors(layer)[0]),
+        "router_singular_values": svd.singular_values(router, name=arch.router_name(layer)),
         "router_frobenius_norm": float(np.linalg.norm(router.astype(np.float64))),
     }
     shared = arch.shared_gate_weight(layer, raw)
     if shared is not None:
         top = svd.top_k_right_singular(shared[None], num_feats, device=device,
-                                       names=arch.shared_gate_tensors(layer)[:1])
+                                       names=[arch.shared_gate_name(layer)])
         extras["shared_singular_values"] = top.singular_values[0]
         extras["shared_frobenius_norm"] = float(top.frobenius_norm[0])
     if keep_router:
