@@ -207,3 +207,21 @@ def test_bad_config(change, match):
               "n_routed_experts": 4, "num_experts_per_tok": 2, **change}
     with pytest.raises(CheckpointError, match=rf"config\.json: {match}"):
         get_architecture(config)
+
+
+def test_transformers_config_spellings(model, tmp_path):
+    """``mlp_layer_types`` for ``num_hash_layers``, ``quantization_config.expert_dtype`` for ``expert_dtype``."""
+    src, arch, _ = model
+    config = dict(src.config)
+    config["quantization_config"] = {**config["quantization_config"], "expert_dtype": arch.expert_dtype}
+    config.pop("expert_dtype", None)
+    config.pop("num_hash_layers")
+    config["mlp_layer_types"] = ["hash_moe", "moe", "moe"]
+    resaved = get_architecture(config, tensor_names=src.tensor_names())
+    assert resaved.expert_dtype == arch.expert_dtype and resaved.num_hash_layers == 1
+    for layer in resaved.moe_layers():
+        assert resaved.layer_tensors(layer) == arch.layer_tensors(layer)
+    with pytest.raises(CheckpointError, match=r"config\.json: mlp_layer_types must list 'hash_moe' or 'moe' for each of the 3 layers"):
+        get_architecture({**config, "mlp_layer_types": ["hash_moe", "moe"]})
+    with pytest.raises(CheckpointError, match=r"config\.json: expert_dtype 'int4'"):
+        get_architecture({**config, "quantization_config": {"expert_dtype": "int4"}})

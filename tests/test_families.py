@@ -90,6 +90,9 @@ def test_the_adapter_decodes_the_models_own_parameters(case: Case, checkpoints):
         for layer, ref in checkpoint.layers.items():
             names = arch.layer_tensors(layer)
             assert len(names) == len(set(names)) and set(names) <= src.tensor_names()
+            if "gate_up_proj" in arch.expert_gate_name(layer, 0):  # fused: named once a layer, not per expert
+                assert len({arch.expert_gate_name(layer, e) for e in range(len(ref.gates))}) == 1
+                assert sum("gate_up_proj" in n for n in names) == (2 if case.quantize == "mxfp4" else 1)
             raw = src.read(names)
             num_experts = len(ref.gates)
             assert arch.gate_shape == ref.gates.shape[1:] and arch.moe_config().n_routed_experts == num_experts
@@ -272,3 +275,27 @@ def test_a_layer_the_config_calls_moe_without_expert_tensors(checkpoints, tmp_pa
     refused(folder, tmp_path, CheckpointError,
             r"layer 2: .*config\.json makes it an MoE layer, but tensor "
             r"model\.layers\.2\.feed_forward\.experts\.gate_up_proj is not in the checkpoint")
+
+
+# ---- the generic path --------------------------------------------------------------------------
+def test_unquantized_experts_under_another_familys_names_and_dtype(checkpoints, tmp_path):
+    """OLMoE's experts renamed to Mixtral's pattern and stored as BF16: read through the generic path."""
+    renamed = {".mlp.experts.": ".block_sparse_moe.experts.", ".gate_proj.": ".w1.", ".mlp.gate.": ".block_sparse_moe.gate."}
+
+    def to_mixtral_names(tensors):
+        for name in [n for n in tensors if ".mlp." in n]:
+            new = name
+            for old, replacement in renamed.items():
+                new = new.replace(old, replacement)
+            tensors[new] = tensors.pop(name).to(torch.bfloat16)
+
+    checkpoint = checkpoints("olmoe")
+    folder = variant(checkpoints, "olmoe", tmp_path, tensors_change=to_mixtral_names)
+    with LocalCheckpoint(folder) as src:
+        arch = get_architecture(src.config, tensor_names=src.tensor_names())
+        assert arch.expert_gate_name(2, 3) == "model.layers.2.block_sparse_moe.experts.3.w1.weight"
+        raw = src.read(arch.layer_tensors(2))
+        ours = arch.expert_gate_weights(2, range(4), raw)
+        assert raw[arch.expert_gate_name(2, 0)].info.dtype == "BF16"
+    expected = torch.from_numpy(checkpoint.layers[2].gates).to(torch.bfloat16).to(torch.float32).numpy()
+    np.testing.assert_array_equal(ours, expected)

@@ -7,7 +7,8 @@ construction the adapter looks at the checkpoint's tensor names and picks, for t
 layer, the first layout whose tensors are all there, in this order:
 
 1. the family's own layouts (``family_layouts``: FP8 blocks, MXFP4, DeepSeek-V4's FP4 ...);
-2. the generic unquantized ones, under every prefix and block name of the family: per-expert
+2. the generic unquantized ones, under the family's prefixes and block names first, then under
+   every other family's (``GENERIC_PREFIXES`` x ``GENERIC_BLOCKS``): per-expert
    ``experts.{E}.gate_proj.weight`` (FP8-block when a ``weight_scale_inv`` sits beside it) or
    ``experts.{E}.w1.weight``, and the fused ``experts.gate_up_proj``.
 
@@ -34,6 +35,10 @@ TOP_K_KEY = "num_experts_per_tok"
 LAYERS_KEY = "num_hidden_layers"
 FP8_SCALE_PART = "weight_scale_inv"  # DeepSeek-V3 / Kimi-K2 / GLM FP8: a multiplier despite its name
 FP8_QUANT_METHOD = "fp8"
+# Every prefix and MoE block name a supported family uses: the generic path tries them all.
+GENERIC_PREFIXES = ("model.", "", "language_model.model.", "model.language_model.")
+GENERIC_BLOCKS = ("mlp", "block_sparse_moe", "feed_forward", "ffn")
+SHOWN_CANDIDATES = 4  # names an error lists of the layouts it tried
 
 
 class MoEFamily:
@@ -114,7 +119,10 @@ class MoEFamily:
 
     # ---- resolution ---------------------------------------------------------------------------
     def candidate_blocks(self) -> list[str]:
-        return [f"{prefix}layers.{{layer}}.{block}" for prefix in self.prefixes for block in self.blocks]
+        """The family's own prefixes and block names first, then every other family's (the generic path)."""
+        prefixes = dict.fromkeys(self.prefixes + GENERIC_PREFIXES)
+        blocks = dict.fromkeys(self.blocks + GENERIC_BLOCKS)
+        return [f"{prefix}layers.{{layer}}.{block}" for prefix in prefixes for block in blocks]
 
     def candidate_layouts(self, block: str) -> list[RoutedLayout]:
         generic: list[RoutedLayout] = [
@@ -145,9 +153,11 @@ class MoEFamily:
             if self.routed is not None:
                 break
         if self.routed is None:
+            tried = list(dict.fromkeys(tried))
+            more = f" and {len(tried) - SHOWN_CANDIDATES} more" if len(tried) > SHOWN_CANDIDATES else ""
             raise CheckpointError(
                 f"layer {first}: {self.where} makes it an MoE layer, but the checkpoint holds no "
-                f"routed-expert gate_proj for it (looked for {', '.join(dict.fromkeys(tried))})"
+                f"routed-expert gate_proj for it (looked for {', '.join(tried[:SHOWN_CANDIDATES])}{more})"
             )
         self.router_weight_part = self._pick(first, self.router_parts, "router weight")
         self.shared_codec, self.shared_part = self._pick_shared(first)
