@@ -47,6 +47,7 @@ class Case:
     saved_model_type: str | None = None  # Kimi-K2: DeepSeek-V3 code under its own model_type
     vision_config: dict[str, Any] | None = None  # multimodal (Llama-4)
     hash_layers: tuple[int, ...] = ()  # DeepSeek-V4 layers routed by token id (no router bias)
+    published_layout: bool = True  # the layout the family publishes (assumed when names are unknown)
 
 
 _V3 = dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
@@ -65,7 +66,7 @@ CASES = [
     Case("mixtral-bf16", "mixtral", dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=48),
          dtype=torch.bfloat16),
     Case("mixtral-fused", "mixtral", dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=48),
-         save_kwargs=dict(save_original_format=False)),
+         save_kwargs=dict(save_original_format=False), published_layout=False),
     Case("qwen2_moe", "qwen2_moe", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                                         shared_expert_intermediate_size=48, mlp_only_layers=[0], intermediate_size=96),
          shared="shared_expert.gate_proj.weight"),
@@ -74,7 +75,7 @@ CASES = [
          dtype=torch.float16),
     Case("deepseek_v3", "deepseek_v3", dict(_V3, **_MLA), bias=_BIAS_V3, shared=_SHARED_V3),
     Case("deepseek_v3-fused", "deepseek_v3", dict(_V3, **_MLA), bias=_BIAS_V3, shared=_SHARED_V3,
-         save_kwargs=dict(save_original_format=False)),
+         save_kwargs=dict(save_original_format=False), published_layout=False),
     Case("kimi_k2-fp8", "deepseek_v3", dict(_V3, **_MLA, moe_intermediate_size=40), bias=_BIAS_V3,
          shared=_SHARED_V3, quantize="fp8", saved_model_type="kimi_k2"),
     Case("glm4_moe", "glm4_moe", dict(_V3), bias=_BIAS_V3, shared=_SHARED_V3),
@@ -90,9 +91,11 @@ CASES = [
          vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                             image_size=28, patch_size=14, vision_output_dim=64, projector_input_dim=64,
                             projector_output_dim=64)),
-    Case("deepseek_v4", "deepseek_v4", _V4, bias=_BIAS_V3, shared=_SHARED_V3, hash_layers=(0,)),
+    # transformers' DeepSeek-V4 layouts (the published native one is tests/test_arch_deepseek_v4.py's)
+    Case("deepseek_v4", "deepseek_v4", _V4, bias=_BIAS_V3, shared=_SHARED_V3, hash_layers=(0,),
+         published_layout=False),
     Case("deepseek_v4-fused", "deepseek_v4", _V4, bias=_BIAS_V3, shared=_SHARED_V3, hash_layers=(0,),
-         save_kwargs=dict(save_original_format=False)),
+         save_kwargs=dict(save_original_format=False), published_layout=False),
 ]
 BY_ID = {case.id: case for case in CASES}
 

@@ -107,6 +107,7 @@ class DeepseekV4(MoEFamily):
     prefixes = ("", "model.")
     blocks = ("ffn", "mlp")
     expert_count_keys = ("n_routed_experts",)
+    expert_gate_projs = ("w1", "gate_proj")
     router_parts = (f"gate.{WEIGHT}",)
     router_bias_parts = (f"gate.{ROUTER_BIAS}", "gate.e_score_correction_bias")
     shared_parts = (f"shared_experts.{GATE_PROJ}.{WEIGHT}", "shared_experts.gate_proj.weight")

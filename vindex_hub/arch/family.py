@@ -9,8 +9,8 @@ layer, the first layout whose tensors are all there, in this order:
 1. the family's own layouts (``family_layouts``: FP8 blocks, MXFP4, DeepSeek-V4's FP4 ...);
 2. the generic unquantized ones, under the family's prefixes and block names first, then under
    every other family's (``GENERIC_PREFIXES`` x ``GENERIC_BLOCKS``): per-expert
-   ``experts.{E}.gate_proj.weight`` (FP8-block when a ``weight_scale_inv`` sits beside it) or
-   ``experts.{E}.w1.weight``, and the fused ``experts.gate_up_proj``.
+   ``experts.{E}.gate_proj.weight`` or ``experts.{E}.w1.weight`` (FP8-block when a
+   ``weight_scale_inv`` sits beside it), and the fused ``experts.gate_up_proj``.
 
 Then every MoE layer is checked to hold that layout's tensors, so a layer the config calls MoE
 without experts is refused before anything is read. Without tensor names (``tensor_names=None``)
@@ -54,6 +54,10 @@ class MoEFamily:
     #: how the fused ``experts.gate_up_proj`` orders gate and up (transformers' default: [E, 2I, H] halves)
     fused_axis: str = ROWS
     fused_split: str = HALVES
+    #: whether the published float checkpoints fuse the experts (tried first when names are unknown)
+    publishes_fused: bool = False
+    #: a routed expert's gate_proj module name (w1 in Mixtral and DeepSeek-V4), the published one first
+    expert_gate_projs: tuple[str, ...] = ("gate_proj", "w1")
     router_parts: tuple[str, ...] = ("gate.weight", "router.weight")
     router_bias_parts: tuple[str, ...] = ("gate.e_score_correction_bias", "gate.bias", "router.bias")
     shared_parts: tuple[str, ...] = ("shared_experts.gate_proj.weight", "shared_expert.gate_proj.weight",
@@ -125,12 +129,13 @@ class MoEFamily:
         return [f"{prefix}layers.{{layer}}.{block}" for prefix in prefixes for block in blocks]
 
     def candidate_layouts(self, block: str) -> list[RoutedLayout]:
-        generic: list[RoutedLayout] = [
-            PerExpert(f"{block}.experts.{{expert}}.gate_proj.weight", FP8BlockCodec(FP8_SCALE_PART, self.fp8_block), self.dims),
-            PerExpert(f"{block}.experts.{{expert}}.gate_proj.weight", FLOAT, self.dims),
-            PerExpert(f"{block}.experts.{{expert}}.w1.weight", FLOAT, self.dims),
-            FusedGateUp(f"{block}.experts.gate_up_proj", self.dims, self.fused_axis, self.fused_split),
+        fused: list[RoutedLayout] = [FusedGateUp(f"{block}.experts.gate_up_proj", self.dims, self.fused_axis, self.fused_split)]
+        per_expert: list[RoutedLayout] = [
+            PerExpert(f"{block}.experts.{{expert}}.{proj}.weight", codec, self.dims)
+            for proj in self.expert_gate_projs
+            for codec in (FP8BlockCodec(FP8_SCALE_PART, self.fp8_block), FLOAT)
         ]
+        generic = fused + per_expert if self.publishes_fused else per_expert + fused
         return self.family_layouts(block) + generic
 
     def _resolve(self) -> None:
@@ -143,7 +148,7 @@ class MoEFamily:
         tried: list[str] = []
         for block in self.candidate_blocks():
             for layout in self.candidate_layouts(block):
-                if self.names is None and layout.quantized != self.quantized_expected() and isinstance(layout, PerExpert):
+                if self.names is None and layout.quantized != self.quantized_expected():
                     continue  # names unknown: the config's quantization decides
                 wanted = layout.names(first)
                 tried.append(layout.expert_name(first, 0))

@@ -23,6 +23,7 @@ class GptOss(MoEFamily):
     intermediate_key = "intermediate_size"
     fused_axis = COLUMNS
     fused_split = INTERLEAVED
+    publishes_fused = True
     router_parts = ("router.weight",)
     router_bias_parts = ("router.bias",)
 

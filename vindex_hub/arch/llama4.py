@@ -26,6 +26,7 @@ class Llama4Text(MoEFamily):
     intermediate_key = "intermediate_size"
     fused_axis = COLUMNS
     fused_split = HALVES
+    publishes_fused = True
     router_parts = ("router.weight",)
     shared_parts = ("shared_expert.gate_proj.weight",)
 

@@ -16,3 +16,4 @@ class Mixtral(MoEFamily):
     blocks = ("block_sparse_moe", "mlp")
     expert_count_keys = ("num_local_experts",)
     intermediate_key = "intermediate_size"
+    expert_gate_projs = ("w1", "gate_proj")

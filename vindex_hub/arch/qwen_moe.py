@@ -30,6 +30,8 @@ class QwenMoe(MoEFamily):
 
 @register_architecture("qwen2_moe")
 class Qwen2Moe(QwenMoe):
+    shared_parts = ("shared_expert.gate_proj.weight", *MoEFamily.shared_parts)
+
     def num_shared_experts(self) -> int:
         return 1 if config_int(self.params, SHARED_SIZE_KEY, minimum=0, default=0, where=self.where) else 0
 
