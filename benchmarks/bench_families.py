@@ -2,9 +2,10 @@
 
 For each family a one-layer checkpoint with synthetic tensors of the real shape and storage
 format is written as real safetensors (config.json + model.safetensors), then one layer is
-timed with the builder's own functions, per expert: read (``LocalCheckpoint.read`` of
-``layer_tensors``), dequantize (``expert_gate_weights``, in batches into one buffer, as the
-builder does), exact top-K (``svd.top_k_right_singular``), and the dequantization share.
+timed with the builder's own functions (``bench_build.stage_times``), per expert: read
+(``LocalCheckpoint.read`` of ``layer_tensors``), dequantize (``expert_gate_weights``, in batches
+into one buffer, as the builder does), exact top-K (``svd.top_k_right_singular``), and the
+dequantization share.
 
 | family | gate_proj [I, H] | storage |
 | --- | --- | --- |
@@ -22,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,13 +31,12 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from bench_build import stage_times  # the same read / dequantize / SVD loop as the builder's
 from vindex_hub import svd
-from vindex_hub.arch import get_architecture
 from vindex_hub.arch.layouts import MXFP4_GROUP, fp8_scale_grid
 from vindex_hub.quant import FP8_BLOCK_SIZE
-from vindex_hub.source.local import CONFIG_FILE, SINGLE_FILE, LocalCheckpoint
+from vindex_hub.source.local import CONFIG_FILE, SINGLE_FILE
 
-BATCH = 8
 WEIGHT_STD = 0.02
 
 
@@ -119,27 +118,12 @@ def write_checkpoint(f: Family, folder: Path, experts: int, seed: int) -> Path:
     return folder
 
 
-def time_one_layer(folder: Path, num_feats: int, device: str) -> dict[str, float]:
-    with LocalCheckpoint(folder) as src:
-        arch = get_architecture(src.config, tensor_names=src.tensor_names())
-        experts = arch.moe_config().n_routed_experts
-        t0 = time.perf_counter()
-        raw = src.read(arch.layer_tensors(0))
-        read = time.perf_counter() - t0
-        buffer = np.empty((BATCH, *arch.gate_shape), dtype=np.float32)
-        dequant = decompose = 0.0
-        for start in range(0, experts, BATCH):
-            batch = range(start, min(start + BATCH, experts))
-            t0 = time.perf_counter()
-            weights = arch.expert_gate_weights(0, batch, raw, out=buffer[: len(batch)])
-            t1 = time.perf_counter()
-            svd.top_k_right_singular(weights, num_feats, device=device)
-            decompose += time.perf_counter() - t1
-            dequant += t1 - t0
-    total = read + dequant + decompose
-    return {"experts": experts, "read_ms": 1e3 * read / experts, "dequantize_ms": 1e3 * dequant / experts,
-            "svd_ms": 1e3 * decompose / experts, "total_ms": 1e3 * total / experts,
-            "dequantize_share": dequant / total}
+def per_expert(folder: Path, num_feats: int, device: str) -> dict[str, float]:
+    """The builder's stage times for the one layer (``bench_build.stage_times``), per expert."""
+    t = stage_times(folder, 0, num_feats=num_feats, device=device)
+    total = t["read"] + t["dequantize"] + t["svd"]
+    return {"experts": t["experts"], "total_ms": 1e3 * total / t["experts"], "dequantize_share": t["dequantize"] / total,
+            **{f"{stage}_ms": 1e3 * t[stage] / t["experts"] for stage in ("read", "dequantize", "svd")}}
 
 
 def _shrunk(dim: int, shrink: int) -> int:
@@ -167,7 +151,7 @@ def main() -> None:
         f = Family(full.name, full.model_type, _shrunk(full.intermediate, shrink), _shrunk(full.hidden, shrink),
                    full.storage, full.write)
         folder = write_checkpoint(f, work / f.model_type, args.experts, seed)
-        r = time_one_layer(folder, num_feats, device)
+        r = per_expert(folder, num_feats, device)
         print(f"| {f.name} | {f.intermediate} x {f.hidden} | {f.storage} | {r['experts']} | {r['read_ms']:.1f} "
               f"| {r['dequantize_ms']:.1f} | {r['svd_ms']:.1f} | {r['total_ms']:.1f} | {100 * r['dequantize_share']:.0f}% |")
     print(f"\n(device {device}; checkpoints under {work})")

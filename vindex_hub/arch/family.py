@@ -28,7 +28,7 @@ from ..schema import MoEConfig
 from ..source.base import RawTensor
 from ..quant import FP8_BLOCK_SIZE
 from .base import check_out, config_block_size, config_int, config_object, decode_float, first_config_int, first_present
-from .layouts import FLOAT, HALVES, ROWS, ExpertDims, FP8BlockCodec, FusedGateUp, MatrixCodec, PerExpert, RoutedLayout
+from .layouts import COLUMNS, FLOAT, HALVES, ROWS, ExpertDims, FP8BlockCodec, FusedGateUp, MatrixCodec, PerExpert, RoutedLayout
 
 HIDDEN_KEY = "hidden_size"
 TOP_K_KEY = "num_experts_per_tok"
@@ -281,4 +281,15 @@ class MoEFamily:
         if self.routed is None:
             raise CheckpointError(f"{self.where}: the model has no MoE layers")
         return self.routed
+
+
+class TransposedFusedFamily(MoEFamily):
+    """Families whose float checkpoints fuse a layer's experts as ``gate_up_proj`` [E, H, 2I]
+    (stored transposed, ``x @ W``) behind a ``router`` module: gpt-oss and Llama-4."""
+
+    expert_count_keys = ("num_local_experts",)
+    intermediate_key = "intermediate_size"
+    fused_axis = COLUMNS
+    publishes_fused = True
+    router_parts = ("router.weight",)
 

@@ -10,21 +10,16 @@ Router ``mlp.router.weight`` [E, H] + ``mlp.router.bias`` [E].
 
 from __future__ import annotations
 
-from .family import MoEFamily
-from .layouts import COLUMNS, INTERLEAVED, FusedMXFP4, RoutedLayout
+from .family import TransposedFusedFamily
+from .layouts import INTERLEAVED, FusedMXFP4, RoutedLayout
 from .registry import register_architecture
 
 MXFP4_QUANT_METHOD = "mxfp4"
 
 
 @register_architecture("gpt_oss")
-class GptOss(MoEFamily):
-    expert_count_keys = ("num_local_experts",)
-    intermediate_key = "intermediate_size"
-    fused_axis = COLUMNS
+class GptOss(TransposedFusedFamily):
     fused_split = INTERLEAVED
-    publishes_fused = True
-    router_parts = ("router.weight",)
     router_bias_parts = ("router.bias",)
 
     def family_layouts(self, block: str) -> list[RoutedLayout]:

@@ -11,8 +11,8 @@ expert ``feed_forward.shared_expert.gate_proj.weight``. MoE layers: ``moe_layers
 from __future__ import annotations
 
 from .base import check_moe_layer_list, config_int
-from .family import MoEFamily
-from .layouts import COLUMNS, HALVES
+from .family import TransposedFusedFamily
+from .layouts import HALVES
 from .registry import register_architecture
 
 MOE_LAYERS_KEY = "moe_layers"
@@ -20,14 +20,9 @@ STEP_KEY = "interleave_moe_layer_step"
 
 
 @register_architecture("llama4_text")
-class Llama4Text(MoEFamily):
+class Llama4Text(TransposedFusedFamily):
     blocks = ("feed_forward",)
-    expert_count_keys = ("num_local_experts",)
-    intermediate_key = "intermediate_size"
-    fused_axis = COLUMNS
     fused_split = HALVES
-    publishes_fused = True
-    router_parts = ("router.weight",)
     shared_parts = ("shared_expert.gate_proj.weight",)
 
     def moe_layer_ids(self) -> list[int]:
