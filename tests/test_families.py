@@ -26,7 +26,7 @@ pytest.importorskip("transformers")  # the test extra; families are tested again
 from family_models import BASE, BY_ID, CASES, SAFETENSORS, Case, Checkpoint, make_checkpoint  # noqa: E402
 from test_source_remote import header_bytes, planned_bytes, shard_bytes_sent, upload  # noqa: E402
 
-from vindex_hub import schema  # noqa: E402
+from vindex_hub.format import filenames, statistics  # noqa: E402
 from vindex_hub.arch import MoEArchitecture, get_architecture, supported_architectures  # noqa: E402
 from vindex_hub.build import build_vindex  # noqa: E402
 from vindex_hub.errors import CheckpointError, QuantizationError, UnsupportedArchitectureError  # noqa: E402
@@ -119,8 +119,8 @@ def test_the_adapter_decodes_the_models_own_parameters(case: Case, checkpoints):
 def test_a_build_indexes_exactly_the_moe_layers_against_a_float64_svd(case: Case, checkpoints, built):
     checkpoint = checkpoints(case.id)
     out = built(case.id)
-    phase1 = json.loads((out / schema.PHASE1_JSON).read_text())
-    phase2 = json.loads((out / schema.PHASE2_JSON).read_text())
+    phase1 = json.loads((out / filenames.PHASE1_JSON).read_text())
+    phase2 = json.loads((out / filenames.PHASE2_JSON).read_text())
     checked = total = 0
     with Vindex.open(out) as vindex:
         assert vindex.layers == sorted(checkpoint.layers)  # dense layers are absent from the sidecar
@@ -140,7 +140,7 @@ def test_a_build_indexes_exactly_the_moe_layers_against_a_float64_svd(case: Case
             assert (shared is None) == (ref.shared is None)
             if ref.shared is not None:
                 s = scipy.linalg.svdvals(ref.shared)
-                assert shared[schema.var_key(NUM_FEATS)] == pytest.approx(np.sum(s[:NUM_FEATS] ** 2) / np.sum(s**2), rel=1e-5)
+                assert shared[statistics.var_key(NUM_FEATS)] == pytest.approx(np.sum(s[:NUM_FEATS] ** 2) / np.sum(s**2), rel=1e-5)
     assert checked >= 0.9 * total
 
 
@@ -186,7 +186,7 @@ def test_a_remote_build_of_a_fused_family_fetches_only_what_it_needs(local_hub, 
     upload(folder, hub_repo_id)
     summary = build_vindex(hub_repo_id, tmp_path / "vindex", num_feats=NUM_FEATS, device="cpu", progress=False)
     local = built("gpt_oss-mxfp4")
-    assert (tmp_path / "vindex" / schema.GATE_VECTORS_BIN).read_bytes() == (local / schema.GATE_VECTORS_BIN).read_bytes()
+    assert (tmp_path / "vindex" / filenames.GATE_VECTORS_BIN).read_bytes() == (local / filenames.GATE_VECTORS_BIN).read_bytes()
     with LocalCheckpoint(folder) as src:
         arch = get_architecture(src.config, tensor_names=src.tensor_names())
         infos = [[src.tensor_info(n) for n in arch.layer_tensors(layer)] for layer in summary.layers]
@@ -225,7 +225,7 @@ def refused(folder: Path, tmp_path: Path, error: type[Exception], match: str) ->
         build_vindex(folder, tmp_path / "out", num_feats=NUM_FEATS, device="cpu", progress=False)
     message = str(info.value)
     assert "\n" not in message
-    assert not (tmp_path / "out" / schema.INDEX_JSON).exists()
+    assert not (tmp_path / "out" / filenames.INDEX_JSON).exists()
     return message
 
 

@@ -1,4 +1,4 @@
-"""``vindex_hub.svd`` against a float64 LAPACK SVD reference."""
+"""``vindex_hub.numerics.svd`` against a float64 LAPACK SVD reference."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vindex_hub import svd
+from vindex_hub.numerics import svd
 from vindex_hub.errors import CheckpointError, UsageError
 
 # A vector is well defined (and compared) only when its singular value is separated from its

@@ -16,8 +16,8 @@ from typing import Any, Collection, Mapping, Protocol, Sequence, runtime_checkab
 import numpy as np
 
 from ..errors import CheckpointError
-from ..quant import widen_to_float32
-from ..schema import MoEConfig
+from ..numerics.quant import widen_to_float32
+from ..format.sidecar import MoEConfig
 from ..source.base import RawTensor
 
 #: The unquantized safetensors dtypes a float tensor may have, and their numpy storage dtype

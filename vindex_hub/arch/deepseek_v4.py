@@ -23,7 +23,7 @@ checkpoint generator imports them from here).
 from __future__ import annotations
 
 from ..errors import CheckpointError
-from ..quant import FP8_BLOCK_SIZE
+from ..numerics.quant import FP8_BLOCK_SIZE
 from .base import config_int
 from .family import MoEFamily
 from .layouts import FP8BlockCodec, MatrixCodec, PackedFP4Codec, PerExpert, RoutedLayout, fp8_scale_grid

@@ -24,9 +24,9 @@ from typing import Any, Collection, Mapping, Sequence
 import numpy as np
 
 from ..errors import CheckpointError
-from ..schema import MoEConfig
+from ..format.sidecar import MoEConfig
 from ..source.base import RawTensor
-from ..quant import FP8_BLOCK_SIZE
+from ..numerics.quant import FP8_BLOCK_SIZE
 from .base import check_out, config_block_size, config_int, config_object, decode_float, first_config_int, first_present
 from .layouts import COLUMNS, FLOAT, HALVES, ROWS, ExpertDims, FP8BlockCodec, FusedGateUp, MatrixCodec, PerExpert, RoutedLayout
 

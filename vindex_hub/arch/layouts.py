@@ -15,7 +15,7 @@ from typing import Mapping, Protocol, Sequence
 import numpy as np
 
 from ..errors import CheckpointError
-from ..quant import FP8_BLOCK_SIZE, decode_e8m0, decode_tensor, dequantize_fp4, dequantize_fp8, widen_to_float32
+from ..numerics.quant import FP8_BLOCK_SIZE, decode_e8m0, decode_tensor, dequantize_fp4, dequantize_fp8, widen_to_float32
 from ..source.base import RawTensor
 from .base import FLOAT_DTYPES, checked_tensor, decode_float, float_view
 

@@ -13,7 +13,7 @@ Forming the Gram matrix squares the condition number; in float64 that costs noth
 the input is float32, and singular values below ``s_0 * max(O, I) * eps(float32)`` (the
 numerical-rank threshold of a float32 matrix) are refused anyway.
 
-Output rows are unit-norm float32 with the sign rule of ``schema.SIGN_RULE`` applied by
+Output rows are unit-norm float32 with the sign rule of ``layout.SIGN_RULE`` applied by
 ``canonicalize_signs``, so two builds on the same device are bit-identical.
 """
 
@@ -27,7 +27,7 @@ import numpy as np
 import scipy.linalg
 from scipy.linalg.blas import dsyrk
 
-from .errors import CheckpointError, UsageError
+from ..errors import CheckpointError, UsageError
 
 __all__ = ["METHOD", "TopK", "canonicalize_signs", "resolve_device", "singular_values", "top_k_right_singular"]
 
@@ -62,7 +62,7 @@ def resolve_device(device: str = "auto") -> str:
 def canonicalize_signs(vectors: np.ndarray) -> np.ndarray:
     """Flip each row (last axis) so its largest-magnitude entry is positive, the first on ties.
 
-    ``schema.SIGN_RULE``. Works in place on a float array of any leading shape and returns it.
+    ``layout.SIGN_RULE``. Works in place on a float array of any leading shape and returns it.
     Negation is exact, so the rule is applied to the stored float32 values themselves.
     """
     pivot = np.argmax(np.abs(vectors), axis=-1)[..., None]  # argmax: the first index on ties

@@ -1,0 +1,56 @@
+"""``phase1_moe_svd.json`` and ``phase2_router_svd.json``, derived from the layers' results.
+
+The documents' keys are ``format.phases`` and ``format.statistics``; the formulas ``numerics.stats``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ..format import phases, sidecar, statistics
+from ..numerics import stats
+from ..results import LayerResult
+
+
+def routed_summary(result: LayerResult) -> dict[str, float]:
+    """var{K} over the routed experts, by statistic: ``{"median": ..., "q25": ..., ...}``."""
+    return stats.summarize(stats.energy_fraction(result.singular_values, result.frobenius_norm))
+
+
+def router_figures(result: LayerResult) -> dict[str, Any]:
+    return stats.router_stats(result.router_singular_values, result.router_frobenius_norm)
+
+
+def _header(index: sidecar.VindexIndex) -> dict[str, Any]:
+    return {sidecar.FORMAT_VERSION_KEY: sidecar.FORMAT_VERSION, phases.MODEL: index.source.repo_id,
+            phases.REVISION: index.source.revision}
+
+
+def phase1_json(results: Sequence[LayerResult], index: sidecar.VindexIndex) -> dict[str, Any]:
+    k = index.num_feats
+    layers: dict[str, Any] = {}
+    for r in results:
+        shared = None
+        if r.shared_singular_values is not None:
+            var = stats.energy_fraction(r.shared_singular_values[None, :], [r.shared_frobenius_norm])
+            shared = {statistics.var_key(k): float(var[0]), statistics.FROBENIUS_NORM: r.shared_frobenius_norm}
+        router = {key: v for key, v in router_figures(r).items() if key != statistics.SINGULAR_VALUES}
+        summary = {statistics.summary_var_key(name, k): v for name, v in routed_summary(r).items()}
+        layers[str(r.layer)] = {
+            phases.ROUTED: {phases.N_EXPERTS: r.num_experts, **summary},
+            phases.SHARED: shared,
+            phases.ROUTER: router,
+        }
+    header = _header(index)
+    return {sidecar.FORMAT_VERSION_KEY: header.pop(sidecar.FORMAT_VERSION_KEY), sidecar.NUM_FEATS_KEY: k,
+            **header, phases.LAYERS: layers}
+
+
+def phase2_json(results: Sequence[LayerResult], index: sidecar.VindexIndex) -> dict[str, Any]:
+    return {**_header(index), phases.LAYERS: {str(r.layer): router_figures(r) for r in results}}
+
+
+def restrict_to_layers(document: dict[str, Any], layers: Sequence[int]) -> dict[str, Any]:
+    """A published phase document cut to ``layers`` (for a vindex of some of its layers)."""
+    have = document.get(phases.LAYERS, {})
+    return {**document, phases.LAYERS: {str(layer): have[str(layer)] for layer in layers if str(layer) in have}}
