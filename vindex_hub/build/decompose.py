@@ -68,7 +68,7 @@ def decompose_experts(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTe
         if buffer is None or len(buffer) != len(batch):
             buffer = np.empty((len(batch), *arch.gate_shape), dtype=np.float32)
         weights = arch.expert_gate_weights(layer, batch, raw, out=buffer)
-        names = [arch.expert_gate_tensors(layer, e)[0] for e in batch]
+        names = [arch.expert_gate_name(layer, e) for e in batch]
         top = svd.top_k_right_singular(weights, num_feats, device=device, names=names)
         rows = slice(batch.start - experts.start, batch.stop - experts.start)
         vectors[rows] = top.vectors
@@ -84,13 +84,13 @@ def shared_and_router(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTe
     """The shared expert's and the router's decompositions of one layer (LayerResult fields)."""
     router = arch.router_weight(layer, raw)
     extras: dict[str, Any] = {
-        "router_singular_values": svd.singular_values(router, name=arch.router_tensors(layer)[0]),
+        "router_singular_values": svd.singular_values(router, name=arch.router_name(layer)),
         "router_frobenius_norm": float(np.linalg.norm(router.astype(np.float64))),
     }
     shared = arch.shared_gate_weight(layer, raw)
     if shared is not None:
         top = svd.top_k_right_singular(shared[None], num_feats, device=device,
-                                       names=arch.shared_gate_tensors(layer)[:1])
+                                       names=[arch.shared_gate_name(layer)])
         extras["shared_singular_values"] = top.singular_values[0]
         extras["shared_frobenius_norm"] = float(top.frobenius_norm[0])
     if keep_router:

@@ -4,7 +4,7 @@ The unit of work is a layer, or, when there are fewer layers to do than worker s
 one layer's experts (shares start on ``batch_size`` boundaries, so the batches are the serial
 build's). Each task opens the checkpoint itself from a *source spec* of plain data (a Hub repo id
 and its resolved commit sha, or a folder path the workers see), reads only its tensors (ranged
-reads from the Hub), dequantizes and decomposes them with one BLAS thread (or on one GPU,
+reads from the Hub; a share reads its whole layer), dequantizes and decomposes them with one BLAS thread (or on one GPU,
 ``num_gpus=1``) by the same pure functions as the serial engine, and returns numpy arrays and
 plain values. The driver writes each layer and its resume state exactly as a serial build does,
 so the bits and the resume are the same.
@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from .. import errors
-from ..arch import MoEArchitecture, get_architecture
+from ..arch import get_architecture
 from ..errors import CheckpointError, ClusterError, UsageError, VindexError
 from ..source.base import CheckpointSource
 from .decompose import DecomposedLayer, decompose_experts, shared_and_router
@@ -87,13 +87,6 @@ def split_work(layers: list[int], num_experts: int, batch_size: int, slots: int)
             for layer in layers for start in range(0, num_experts, size)]
 
 
-def part_tensors(arch: MoEArchitecture, part: Part) -> list[str]:
-    names = [n for e in part.experts for n in arch.expert_gate_tensors(part.layer, e)]
-    if part.with_layer_extras:
-        names += arch.shared_gate_tensors(part.layer) + arch.router_tensors(part.layer)
-    return names
-
-
 # ---- the task (runs on a worker) -------------------------------------------------------------
 _open_sources: dict[tuple[str, ...], CheckpointSource] = {}  # per worker process, reused by its tasks
 
@@ -127,12 +120,15 @@ def decompose_part(spec: dict[str, str], token: str | None, expected_config: str
             if config_sha256(src.config) != expected_config:
                 raise CheckpointError(f"{src.describe()}: the config.json this worker reads differs from the "
                                       "driver's; every node must see the same checkpoint")
-            arch = get_architecture(src.config)
-            part = Part(layer, range(start, stop), with_layer_extras)
+            arch = get_architecture(src.config, tensor_names=src.tensor_names(),
+                                    where=f"{src.describe()}/config.json")
             t0 = time.monotonic()
-            raw = src.read(part_tensors(arch, part))
+            # The whole layer's tensors even for a share: a family may fuse all experts into one
+            # tensor (the arch interface names tensors per layer). Shares exist only with fewer
+            # layers than slots, so at most ``slots`` layer reads in all.
+            raw = src.read(arch.layer_tensors(layer))
             read_seconds = time.monotonic() - t0
-            block = decompose_experts(arch, layer, raw, part.experts, num_feats=num_feats, device=device,
+            block = decompose_experts(arch, layer, raw, range(start, stop), num_feats=num_feats, device=device,
                                       batch_size=batch_size)
             extras = shared_and_router(arch, layer, raw, num_feats, device, keep_router) if with_layer_extras else {}
             return {"vectors": block.vectors, "singular_values": block.singular_values,
