@@ -9,7 +9,6 @@ bundled Hub server (bytes served counted across all workers).
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -47,7 +46,6 @@ def ray_cluster():
     cluster = LocalRayCluster(nodes=2, cpus_per_node=1).start()
     yield cluster
     cluster.stop()
-    shutil.rmtree(cluster.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

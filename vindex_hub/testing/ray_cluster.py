@@ -14,6 +14,7 @@ ends the processes it started) and waits; nothing is found or stopped by name.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -129,7 +130,7 @@ class LocalRayCluster:
         return found
 
     def stop(self, timeout: float = 60) -> None:
-        """SIGTERM to each node's own process (worker nodes first), then wait for it."""
+        """SIGTERM to each node's own process (worker nodes first), wait for it, remove the temp dir."""
         for proc in reversed(self.processes):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -139,6 +140,7 @@ class LocalRayCluster:
                 proc.kill()
                 proc.wait()
         self.processes.clear()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def __enter__(self) -> "LocalRayCluster":
         return self.start()
