@@ -55,6 +55,11 @@ class MoEArchitecture:
         """Names for the router weight (and bias, where the layer has one)."""
         raise NotImplementedError
 
+    def embedding_tensor(self) -> str:
+        """Name of the input embedding ``[vocab, hidden]`` (feature tokens, LarQL's embeddings.bin):
+        ``model.embed_tokens.weight`` in the transformers layout."""
+        raise NotImplementedError
+
     def layer_tensors(self, layer: int) -> list[str]:
         """Every tensor the builder reads for one layer (all experts, shared, router)."""
         names: list[str] = []

@@ -33,6 +33,7 @@ MTP_BLOCK = "mtp.{index}"
 EXPERT_TENSOR = "{block}.ffn.experts.{expert}.{proj}.{part}"  # proj w1 (gate) / w2 (down) / w3 (up)
 SHARED_TENSOR = "{block}.ffn.shared_experts.{proj}.{part}"
 GATE_TENSOR = "{block}.ffn.gate.{part}"  # part: weight / bias / tid2eid
+EMBED_TENSOR = "embed.weight"  # the input embedding [vocab, hidden], BF16
 GATE_PROJ = "w1"
 UP_PROJ = "w3"
 DOWN_PROJ = "w2"
@@ -174,6 +175,9 @@ class DeepseekV4(MoEArchitecture):
             return []
         block = layer_block(layer)
         return [shared_tensor(block, GATE_PROJ, WEIGHT), shared_tensor(block, GATE_PROJ, SCALE)]
+
+    def embedding_tensor(self) -> str:
+        return EMBED_TENSOR
 
     def router_tensors(self, layer: int) -> list[str]:
         block = layer_block(layer)
