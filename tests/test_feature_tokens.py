@@ -206,3 +206,38 @@ def test_a_checkpoint_without_embedding_or_tokenizer_is_refused_before_any_layer
                  "--feature-tokens", "3", "--quiet"])
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1 and missing in err and "Traceback" not in err
+
+
+# ---- every family: the embedding transformers writes ----------------------------------------------------
+pytest.importorskip("transformers")
+from family_models import CASES  # noqa: E402
+from test_families import checkpoints  # noqa: E402,F401 (the session's family checkpoints)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_every_family_names_the_embedding_transformers_saves(case, checkpoints):  # noqa: F811
+    from vindex_hub.arch import get_architecture
+    from vindex_hub.source.local import LocalCheckpoint
+
+    folder = checkpoints(case.id).folder
+    with LocalCheckpoint(folder) as src:
+        arch = get_architecture(src.config, tensor_names=src.tensor_names())
+        name = arch.embedding_tensor()
+        assert name in src.tensor_names()
+        assert src.tensor_info(name).shape[1] == arch.gate_shape[1]
+
+
+def test_a_transformers_checkpoint_gets_feature_tokens_from_its_own_embedding(checkpoints, tmp_path):  # noqa: F811
+    from safetensors.numpy import load_file
+
+    folder = Path(shutil.copytree(checkpoints("olmoe").folder, tmp_path / "olmoe"))
+    write_tokenizer(folder / filenames.TOKENIZER_JSON, 300)
+    build_vindex(folder, tmp_path / "v", num_feats=4, device="cpu", progress=False,
+                 browse=BrowseOptions(feature_tokens=3))
+    tensors = {}
+    for shard in folder.glob("*.safetensors"):
+        tensors.update(load_file(shard))
+    embedding = tensors["model.embed_tokens.weight"].astype(np.float32)
+    want_ids, _ = reference_top_abs_cosine(_vectors(tmp_path / "v").reshape(-1, embedding.shape[1]), embedding, 3)
+    got = pq.read_table(tmp_path / "v" / mirror.FEATURE_TOKENS_PARQUET).column(mirror.COL_TOKEN_IDS).to_pylist()
+    np.testing.assert_array_equal(np.array(got), want_ids)

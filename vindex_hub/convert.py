@@ -47,7 +47,8 @@ def convert_vindex(folder: str | Path, *, config: Mapping[str, Any] | None = Non
     try:
         inputs = None
         if browse is not None and browse.wanted:
-            arch = get_architecture(src.config, where=f"{src.describe()}/config.json")
+            arch = get_architecture(src.config, tensor_names=src.tensor_names(),
+                                    where=f"{src.describe()}/config.json")
             inputs = read_browse_inputs(src, arch)
             browse = dataclasses.replace(browse, device=resolve_device(device))
         return write_derived_files(folder, index, model_config=config or src.config, card_options=card_options,
