@@ -241,3 +241,20 @@ def test_a_transformers_checkpoint_gets_feature_tokens_from_its_own_embedding(ch
     want_ids, _ = reference_top_abs_cosine(_vectors(tmp_path / "v").reshape(-1, embedding.shape[1]), embedding, 3)
     got = pq.read_table(tmp_path / "v" / mirror.FEATURE_TOKENS_PARQUET).column(mirror.COL_TOKEN_IDS).to_pylist()
     np.testing.assert_array_equal(np.array(got), want_ids)
+
+
+def test_feature_tokens_of_a_pushed_vindex_fetch_only_their_file(browse_build, local_hub, hub_repo_id, tmp_path):
+    from vindex_hub.push import push_vindex
+
+    folder = browse_build[0]
+    push_vindex(folder, hub_repo_id, progress=False)
+    with Vindex.open(folder) as vx:
+        want = vx.feature_tokens(1, 2)
+    local_hub.reset_stats()
+    with Vindex.open(hub_repo_id, cache_dir=tmp_path / "cache") as vx:
+        assert vx.feature_tokens(1, 2) == want
+    stats = local_hub.stats()
+    assert stats.file(hub_repo_id, mirror.FEATURE_TOKENS_PARQUET).bytes_sent == (
+        folder / mirror.FEATURE_TOKENS_PARQUET).stat().st_size
+    for name in (filenames.GATE_VECTORS_BIN, filenames.LARQL_EMBEDDINGS_BIN):
+        assert stats.file(hub_repo_id, name).bytes_sent == 0
