@@ -258,3 +258,11 @@ def test_feature_tokens_of_a_pushed_vindex_fetch_only_their_file(browse_build, l
         folder / mirror.FEATURE_TOKENS_PARQUET).stat().st_size
     for name in (filenames.GATE_VECTORS_BIN, filenames.LARQL_EMBEDDINGS_BIN):
         assert stats.file(hub_repo_id, name).bytes_sent == 0
+
+
+def test_more_feature_tokens_than_the_vocabulary_is_refused_by_name(browse_build, tmp_path, capsys):
+    code = main(["build", str(browse_build[1]), "-o", str(tmp_path / "o"), "--num-feats", "2", "--quiet",
+                 "--feature-tokens", str(VOCAB + 1)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--feature-tokens {VOCAB + 1} exceeds the {VOCAB} tokens of {ds.EMBED_TENSOR}" in err
+    assert not (tmp_path / "o").exists()

@@ -10,16 +10,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..arch import MoEArchitecture
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UsageError
 from ..format import filenames
 from ..numerics.quant import check_finite, decode_tensor
 from ..source.base import CheckpointSource
 from ..writers.browse import BrowseInputs
 
 
-def check_browse_inputs(src: CheckpointSource, arch: MoEArchitecture) -> Path:
-    """Refuse a checkpoint without the embedding or ``tokenizer.json`` (reads no tensor); return
-    the tokenizer's local path."""
+def check_browse_inputs(src: CheckpointSource, arch: MoEArchitecture, feature_tokens: int = 0) -> Path:
+    """Refuse a checkpoint without the embedding or ``tokenizer.json``, or with fewer tokens than
+    ``feature_tokens`` (reads no tensor); return the tokenizer's local path."""
     what = "--feature-tokens / --larql-browse need"
     name = arch.embedding_tensor()
     if name not in src.tensor_names():
@@ -29,6 +29,9 @@ def check_browse_inputs(src: CheckpointSource, arch: MoEArchitecture) -> Path:
         tokenizer = src.file(filenames.TOKENIZER_JSON)
     except CheckpointError:
         raise CheckpointError(f"{src.describe()}: {what} {filenames.TOKENIZER_JSON}, which the checkpoint does not have") from None
+    vocab = src.tensor_info(name).shape[0]
+    if feature_tokens > vocab:
+        raise UsageError(f"--feature-tokens {feature_tokens} exceeds the {vocab} tokens of {name} in {src.describe()}")
     return tokenizer
 
 

@@ -75,7 +75,7 @@ def build_vindex(
         plan = make_plan(src, out, num_feats=num_feats, layers=layers, device=device, larql_router=larql_router,
                          browse=browse)
         if plan.browse.wanted:  # fail now, not after hours of layers, when the inputs are missing
-            check_browse_inputs(src, plan.arch)
+            check_browse_inputs(src, plan.arch, plan.browse.feature_tokens)
         finished = claim_output(plan)
         if finished is not None:  # the same vindex is already complete there: nothing to do
             return BuildSummary(plan.out, plan.layer_ids, [], time.monotonic() - started, finished,
