@@ -18,6 +18,7 @@ import numpy as np
 
 DEFAULT_VOCAB_BLOCK = 16384  # columns of a float32 score tile (with 1024 vectors: 64 MiB)
 DEFAULT_VECTOR_BLOCK = 1024
+NORM_BLOCK = 8192  # embedding rows normalized at once
 RESCORE_CHUNK = 64  # vectors re-scored in float64 at once (64 x pool x H float64)
 
 
@@ -33,9 +34,14 @@ class UnitEmbedding:
     @classmethod
     def of(cls, embedding: np.ndarray) -> "UnitEmbedding":
         rows = np.ascontiguousarray(embedding, dtype=np.float32)
-        norms = np.sqrt(np.einsum("vh,vh->v", rows, rows, dtype=np.float64))
-        scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
-        return cls(rows, norms, (rows * scale[:, None].astype(np.float32)).astype(np.float32))
+        norms = np.empty(len(rows), dtype=np.float64)
+        unit = np.empty_like(rows)
+        for start in range(0, len(rows), NORM_BLOCK):  # float64 a block at a time, not a 2x copy
+            block = rows[start:start + NORM_BLOCK].astype(np.float64)
+            norms[start:start + len(block)] = n = np.linalg.norm(block, axis=1)
+            np.divide(block, n[:, None], out=block, where=n[:, None] > 0)
+            unit[start:start + len(block)] = np.where(n[:, None] > 0, block, 0)
+        return cls(rows, norms, unit)
 
     @property
     def vocab_size(self) -> int:
