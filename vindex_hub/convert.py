@@ -1,9 +1,14 @@
-"""``convert``: give a folder holding just ``gate_vectors.bin`` and its sidecar every derived file.
+"""``convert``: bring a vindex folder to the current layout.
 
-The seed's published vindex is such a folder: its sidecar (no ``format_version``) is upgraded in
-place (``format.seed``: layer checksums computed from the binary, the current keys added, every
-key the seed's usage snippet reads kept), then the one write sequence (``writers.derived``) writes
-the Arrow mirror, LarQL index and card.
+* A folder holding just ``gate_vectors.bin`` and its sidecar gets every derived file. The seed's
+  published vindex is such a folder: its sidecar (no ``format_version``) is upgraded in place
+  (``format.seed``: layer checksums computed from the binary, the current keys added, every key
+  the seed's usage snippet reads kept), then the one write sequence (``writers.derived``) writes
+  the Arrow mirror, LarQL index and card.
+* A finished folder (current sidecar and a card), e.g. one whose mirror is in the old layout (one
+  ``gate_vectors`` split per layer), gets its mirror and card rewritten (``rewrite_mirror``),
+  keeping its statistics, phase JSON and LarQL index; ``push`` then deletes from the repo the
+  files the new card no longer names.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ from typing import Any, Mapping
 
 from .format.card_data import CardOptions
 from .format.seed import load_or_upgrade_index
-from .writers.derived import write_derived_files
+from .format.filenames import CARD_FILE
+from .writers.derived import rewrite_mirror, write_derived_files
 
 
 def convert_vindex(folder: str | Path, *, config: Mapping[str, Any] | None = None,
@@ -23,5 +29,7 @@ def convert_vindex(folder: str | Path, *, config: Mapping[str, Any] | None = Non
     ``config`` is the model's ``config.json`` when at hand (LarQL's vocab_size...).
     """
     folder = Path(folder)
-    index, _upgraded = load_or_upgrade_index(folder)
+    index, upgraded = load_or_upgrade_index(folder)
+    if not upgraded and (folder / CARD_FILE).is_file():
+        return rewrite_mirror(folder, index, card_options)
     return write_derived_files(folder, index, model_config=config, card_options=card_options).paths
