@@ -152,7 +152,8 @@ def _vector_rows(table: Any, width: int, where: str) -> np.ndarray:
 
 
 def _layer_files(c: _Checker, index: sidecar.VindexIndex) -> dict[int, str]:
-    """Each layer's parquet file as the card lists it (either layout)."""
+    """Each layer's parquet file: the mirror's own name, or where an old-layout card lists it (the
+    card check reports a current-layout config that points elsewhere)."""
     from .format.card_data import read_card_data
 
     path = c.folder / filenames.CARD_FILE
@@ -160,6 +161,8 @@ def _layer_files(c: _Checker, index: sidecar.VindexIndex) -> dict[int, str]:
         configs = mirror.configs_by_name(read_card_data(path)) if path.is_file() else {}
     except VindexFormatError:
         configs = {}  # the card check reports it
+    if mirror.mirror_layout(configs) != mirror.LAYOUT_SPLIT_PER_LAYER:
+        configs = {}
     sources = mirror.layer_sources(configs, index.layer_ids, index.model_config.num_hidden_layers)
     return {layer: source.path for layer, source in sources.items()}
 
@@ -285,10 +288,11 @@ def _check_card(c: _Checker, index: sidecar.VindexIndex) -> None:
     n_problems = len(c.report.problems)
     layout_seen = mirror.mirror_layout(configs)
     _check_config_names(c, configs, layout_seen)
+    foreign: set[str] = set()  # configs naming files not theirs: their dataset_info is not compared
     if layout_seen == mirror.LAYOUT_SPLIT_PER_LAYER:
         _check_split_per_layer_configs(c, index, configs)
     else:
-        _check_config_per_layer(c, index, configs)
+        foreign = _check_config_per_layer(c, index, configs)
     files: dict[str, list[tuple[str, Path]]] = {}  # config -> (split, file)
     for name, cfg in configs.items():
         for split, rel in mirror.config_paths(cfg):
@@ -300,7 +304,8 @@ def _check_card(c: _Checker, index: sidecar.VindexIndex) -> None:
                 files.setdefault(name, []).append((split, target))
     infos = data.get("dataset_info") or []
     for info in [infos] if isinstance(infos, dict) else infos:
-        _check_dataset_info(c, info, files.get(info.get("config_name"), []))
+        if info.get("config_name") not in foreign:
+            _check_dataset_info(c, info, files.get(info.get("config_name"), []))
     if len(c.report.problems) == n_problems:
         c.passed(f"{filenames.CARD_FILE}: mirror layout: {layout_seen}; front matter parses; {len(configs)} configs "
                  "point at the mirror's files with the declared features and row counts")
@@ -332,8 +337,9 @@ def _check_split_per_layer_configs(c: _Checker, index: sidecar.VindexIndex, conf
               "layer; `vindex-hub convert` upgrades it to a config per layer")
 
 
-def _check_config_per_layer(c: _Checker, index: sidecar.VindexIndex, configs: dict[str, Any]) -> None:
-    """Each config of ours names exactly the mirror's file(s) for it: none missing, none foreign."""
+def _check_config_per_layer(c: _Checker, index: sidecar.VindexIndex, configs: dict[str, Any]) -> set[str]:
+    """Each config of ours names exactly the mirror's file(s) for it: none missing, none foreign.
+    Returns the configs that name foreign files."""
     n = index.model_config.num_hidden_layers
     layer_files = {mirror.layer_config(layer, n): [mirror.gate_vectors_parquet(layer, n)] for layer in index.layer_ids}
     expected = {**layer_files, mirror.CONFIG_GATE_VECTORS: [p for paths in layer_files.values() for p in paths],
@@ -341,6 +347,7 @@ def _check_config_per_layer(c: _Checker, index: sidecar.VindexIndex, configs: di
     for name, want in expected.items():
         if name not in configs:
             c.problem(f"{filenames.CARD_FILE}: no config {name!r} (for {', '.join(want)})")
+    with_foreign = set()
     for name, cfg in configs.items():
         got = [rel for _, rel in mirror.config_paths(cfg)]
         if mirror.layer_of_name(name) is not None and name not in expected:
@@ -352,14 +359,16 @@ def _check_config_per_layer(c: _Checker, index: sidecar.VindexIndex, configs: di
             foreign = [rel for rel in got if rel not in expected[name] and rel not in absent]
             lacking = [rel for rel in expected[name] if rel not in got]
             if foreign:
+                with_foreign.add(name)
                 c.problem(f"{filenames.CARD_FILE}: config {name!r} points at {foreign}, which "
                           f"{'is' if len(foreign) == 1 else 'are'} not its file(s) of the mirror")
-            if lacking and not absent:
+            if lacking and not absent and not foreign:
                 c.problem(f"{filenames.CARD_FILE}: config {name!r} lacks {lacking}")
     default = [name for name, cfg in configs.items() if cfg.get("default")]
     if default == [mirror.CONFIG_GATE_VECTORS]:
         c.problem(f"{filenames.CARD_FILE}: the default config is {mirror.CONFIG_GATE_VECTORS!r}: a bare "
                   "load_dataset(repo) would prepare every layer")
+    return with_foreign
 
 
 def _check_dataset_info(c: _Checker, info: dict[str, Any], split_files: list[tuple[str, Path]]) -> None:
