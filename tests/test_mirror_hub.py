@@ -209,26 +209,21 @@ def test_row_groups_at_real_sizes_stay_far_below_the_viewer_limit(tmp_path, hidd
 
 
 # ---- verify and the old layout -----------------------------------------------------------------------
-def _old_layout(folder: Path, *, width: int = 2) -> list[str]:
+def _old_layout(folder: Path) -> list[str]:
     """Give ``folder`` the old mirror layout: layer files named ``layer_NN`` (two digits, whatever the
     model) listed as splits of one default ``gate_vectors`` config. Returns the layer files."""
     index = _index(folder)
     n = index.model_config.num_hidden_layers
     old = {}
     for layer in index.layer_ids:
-        path = f"{mirror.GATE_VECTORS_DIR}layer_{layer:0{width}d}.parquet"
+        path = f"{mirror.GATE_VECTORS_DIR}{mirror.old_layout_split(layer)}.parquet"
         current = folder / mirror.gate_vectors_parquet(layer, n)
         if current.exists() and current != folder / path:
             current.rename(folder / path)
-        old[f"layer_{layer:02d}"] = path
+        old[layer] = path
     card = folder / filenames.CARD_FILE
     front = yaml.safe_load(card.read_text().split("---\n")[1])
-    front["configs"] = [
-        {"config_name": mirror.CONFIG_GATE_VECTORS, "default": True,
-         "data_files": [{"split": split, "path": path} for split, path in old.items()]},
-        *({"config_name": name, "data_files": [{"split": "train", "path": rel}]}
-          for name, rel in mirror.STATS_PARQUET_OF.items()),
-    ]
+    front["configs"] = mirror.split_per_layer_configs(old, mirror.STATS_PARQUET_OF)
     front.pop("dataset_info")
     card.write_text("---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n# an old card\n")
     return list(old.values())

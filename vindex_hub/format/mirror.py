@@ -189,6 +189,16 @@ def layer_sources(configs: Mapping[str, Mapping[str, Any]], layer_ids: Sequence[
             for layer in layer_ids}
 
 
+def split_per_layer_configs(layer_paths: Mapping[int, str], stats_paths: Mapping[str, str]) -> list[dict[str, Any]]:
+    """A card's ``configs`` in the old layout (to reproduce one: tests, benchmarks): ``gate_vectors``,
+    the default, with a split ``layer_NN`` per layer, then the stats configs."""
+    return [
+        {"config_name": CONFIG_GATE_VECTORS, "default": True,
+         "data_files": [{"split": old_layout_split(layer), "path": path} for layer, path in sorted(layer_paths.items())]},
+        *({"config_name": name, "data_files": [{"split": SPLIT, "path": path}]} for name, path in stats_paths.items()),
+    ]
+
+
 def configs_by_name(card_data: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     """The card front matter's ``configs`` list as a mapping by ``config_name``."""
     configs = card_data.get("configs") or []
