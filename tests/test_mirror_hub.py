@@ -325,3 +325,34 @@ def test_convert_upgrades_the_old_layout_and_push_deletes_what_the_card_no_longe
                                                                                   "layer_003.parquet"]
     with Vindex.open(pulled, mode="arrow") as vx:
         assert vx.layer(3).tobytes() == _binary_layer(vindex, 3).tobytes()
+
+
+def test_cli_convert_and_verify_say_what_they_did(vindex, tmp_path, capsys):
+    from vindex_hub.cli import main
+
+    folder = Path(shutil.copytree(vindex, tmp_path / "old"))
+    _old_layout(folder)
+    assert main(["verify", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert f"mirror layout: {mirror.LAYOUT_SPLIT_PER_LAYER}" in out and "WARN" in out
+    assert main(["convert", str(folder)]) == 0
+    assert f"converted {folder}: " in capsys.readouterr().out
+    assert main(["verify", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert f"mirror layout: {mirror.LAYOUT_CONFIG_PER_LAYER}" in out and "WARN" not in out
+
+
+def test_card_configs_order_and_default():
+    import pyarrow as pa
+
+    def f(config: str) -> mirror.MirrorFile:
+        return mirror.MirrorFile(config, "train", f"data/{config}.parquet", 1, 1, 1, pa.schema([]))
+
+    layers = [f("layer_10"), f("layer_02")]
+    names = lambda configs: [(c.name, c.default) for c in configs]  # noqa: E731
+    assert names(mirror.card_configs([*layers, f("router_svd"), f("feature_tokens"), f("expert_stats")])) == [
+        ("expert_stats", True), ("router_svd", False), ("feature_tokens", False), ("layer_02", False),
+        ("layer_10", False), ("gate_vectors", False)]
+    # without the stats: the first layer is the default (small), listed first
+    assert names(mirror.card_configs(layers)) == [("layer_02", True), ("layer_10", False), ("gate_vectors", False)]
+    assert [p.path for p in mirror.card_configs(layers)[-1].files] == ["data/layer_02.parquet", "data/layer_10.parquet"]

@@ -53,8 +53,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert_vindex
 
-    convert_vindex(Path(args.folder), card_options=_card_options(args))
-    print(f"converted {args.folder}: Arrow mirror, LarQL index and card written")
+    written = convert_vindex(Path(args.folder), card_options=_card_options(args))
+    print(f"converted {args.folder}: {len(written)} files written ({', '.join(sorted(written)[:3])}, ...)")
     return 0
 
 

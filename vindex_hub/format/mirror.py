@@ -122,17 +122,24 @@ class CardConfig:
 
 
 def card_configs(files: Sequence[MirrorFile]) -> list[CardConfig]:
-    """The configs of a mirror holding ``files``: the stats configs, one per layer (in layer
-    order), then ``gate_vectors`` over the layers' files; the default first."""
+    """The configs of a mirror holding ``files``: the stats configs, any other config, one per
+    layer (in layer order), then ``gate_vectors`` over the layers' files; the default first."""
     stats = [f for f in files if f.config in STATS_CONFIGS]
     stats.sort(key=lambda f: STATS_CONFIGS.index(f.config))
     layers = sorted((f for f in files if f.layer is not None), key=lambda f: f.layer)
-    configs = [CardConfig(f.config, (f,)) for f in [*stats, *layers]]
+    others: dict[str, list[MirrorFile]] = {}  # any other config (one or more files), in written order
+    for f in files:
+        if f.config not in STATS_CONFIGS and f.layer is None:
+            others.setdefault(f.config, []).append(f)
+    configs = [CardConfig(f.config, (f,)) for f in stats]
+    configs += [CardConfig(name, tuple(group)) for name, group in others.items()]
+    configs += [CardConfig(f.config, (f,)) for f in layers]
     if layers:
         configs.append(CardConfig(CONFIG_GATE_VECTORS, tuple(layers)))
-    if configs:  # expert_stats when written, else the first layer: never the whole mirror
-        configs[0] = CardConfig(configs[0].name, configs[0].files, default=True)
-    return configs
+    # expert_stats when written, else the first layer: small, never the whole mirror
+    default = CONFIG_EXPERT_STATS if stats else layers[0].config if layers else None
+    configs = [CardConfig(c.name, c.files, default=c.name == default) for c in configs]
+    return sorted(configs, key=lambda c: not c.default)  # the default first, as the viewer lists it
 
 
 # ---- reading a card's configs back ----------------------------------------------------------
