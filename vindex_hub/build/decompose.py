@@ -46,7 +46,7 @@ def decompose_layer(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTens
         if buffer is None or len(buffer) != len(experts):
             buffer = np.empty((len(experts), *arch.gate_shape), dtype=np.float32)
         weights = arch.expert_gate_weights(layer, experts, raw, out=buffer)
-        names = [arch.expert_gate_tensors(layer, e)[0] for e in experts]
+        names = [arch.expert_gate_name(layer, e) for e in experts]
         top = svd.top_k_right_singular(weights, num_feats, device=device, names=names)
         vectors[experts.start:experts.stop] = top.vectors
         singular_values[experts.start:experts.stop] = top.singular_values
@@ -63,13 +63,13 @@ def _shared_and_router(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawT
     """The shared expert's and the router's decompositions of one layer (LayerResult fields)."""
     router = arch.router_weight(layer, raw)
     extras: dict[str, Any] = {
-        "router_singular_values": svd.singular_values(router, name=arch.router_tensors(layer)[0]),
+        "router_singular_values": svd.singular_values(router, name=arch.router_name(layer)),
         "router_frobenius_norm": float(np.linalg.norm(router.astype(np.float64))),
     }
     shared = arch.shared_gate_weight(layer, raw)
     if shared is not None:
         top = svd.top_k_right_singular(shared[None], num_feats, device=device,
-                                       names=arch.shared_gate_tensors(layer)[:1])
+                                       names=[arch.shared_gate_name(layer)])
         extras["shared_singular_values"] = top.singular_values[0]
         extras["shared_frobenius_norm"] = float(top.frobenius_norm[0])
     if keep_router:
