@@ -127,6 +127,10 @@ def test_pyarrow_reads_one_layer_through_hf_filesystem(local_hub, hub_repo_id, v
     vectors = table.column(mirror.COL_VECTOR).combine_chunks().flatten().to_numpy()
     assert vectors.tobytes() == _binary_layer(vindex, LAYER).tobytes()
     assert set(_parquet_sent(local_hub, repo)) == {path}
+    import pandas as pd
+
+    df = pd.read_parquet(f"hf://datasets/{repo}/{path}")  # the README's pandas line
+    assert np.stack(df[mirror.COL_VECTOR].to_numpy()).astype(np.float32).tobytes() == vectors.tobytes()
 
 
 # ---- what the card declares ----------------------------------------------------------------------------
