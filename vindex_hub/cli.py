@@ -60,9 +60,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert_vindex
 
-    convert_vindex(Path(args.folder), card_options=_card_options(args), source=args.source,
-                   revision=args.revision, browse=_browse_options(args), device=args.device)
-    print(f"converted {args.folder}: Arrow mirror, LarQL index and card written")
+    written = convert_vindex(Path(args.folder), card_options=_card_options(args), source=args.source,
+                             revision=args.revision, browse=_browse_options(args), device=args.device)
+    print(f"converted {args.folder}: {len(written)} files written ({', '.join(sorted(written)[:3])}, ...)")
     return 0
 
 
