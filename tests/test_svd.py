@@ -369,3 +369,22 @@ def test_the_decomposition_runs_with_blas_threads(monkeypatch: pytest.MonkeyPatc
     assert seen == [{svd.BLAS_THREADS}, {2}]
     with pytest.raises(UsageError, match="blas_threads must be at least 1"):
         svd.top_k_right_singular(w, K, blas_threads=0)
+
+
+def test_f64_route_solves_the_whole_spectrum_when_the_index_range_falls_short(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = _fp4_like(np.random.default_rng(16))[None]
+    expected = svd.top_k_right_singular(w, K, precision="f64")
+    real = svd._top_eigenpairs
+    calls = []
+
+    def short_index_range(gram, count, *, everything=False):
+        calls.append(everything)
+        return None if not everything else real(gram, count, everything=True)
+
+    monkeypatch.setattr(svd, "_top_eigenpairs", short_index_range)
+    top = svd.top_k_right_singular(w, K, precision="f64")
+    assert calls == [False, True]
+    np.testing.assert_allclose(top.singular_values, expected.singular_values, rtol=1e-12)
+    np.testing.assert_allclose(top.vectors, expected.vectors, atol=1e-6)
