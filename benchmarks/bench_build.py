@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vindex_hub import svd
+from vindex_hub.numerics import svd
 from vindex_hub.arch import get_architecture
 from vindex_hub.source.local import LocalCheckpoint
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint

@@ -50,7 +50,7 @@ def main() -> None:
     import numpy as np
     from huggingface_hub import HfApi
 
-    from vindex_hub import schema
+    from vindex_hub.format import filenames, layout, sidecar
     from vindex_hub.load import Vindex
     from vindex_hub.writers.binary import GateVectorsWriter
 
@@ -58,16 +58,16 @@ def main() -> None:
     rng = np.random.default_rng(0)
     folder = work / "vindex"
     writer = GateVectorsWriter(folder / "partial.bin", num_layers=args.layers, num_experts=e, num_feats=k, hidden_size=h)
-    index = schema.VindexIndex(
+    index = sidecar.VindexIndex(
         num_feats=k,
-        model_config=schema.ModelConfig("deepseek_v4", args.layers, schema.MoEConfig(e, 1, 6, h, 2048)),
-        source=schema.SourceInfo(repo_id="bench/moe"), builder=schema.BuilderInfo("vindex-hub", "bench", "bench"))
+        model_config=sidecar.ModelConfig("deepseek_v4", args.layers, sidecar.MoEConfig(e, 1, 6, h, 2048)),
+        source=sidecar.SourceInfo(repo_id="bench/moe"), builder=sidecar.BuilderInfo("vindex-hub", "bench", "bench"))
     for slot in range(args.layers):
         block = np.stack([np.linalg.qr(rng.standard_normal((h, k)))[0].T for _ in range(e)]).astype(np.float32)
-        index.layers[slot] = schema.LayerEntry(schema.layer_offset(slot, e, k, h), [e, k, h], index.layer_nbytes,
+        index.layers[slot] = sidecar.LayerEntry(layout.layer_offset(slot, e, k, h), [e, k, h], index.layer_nbytes,
                                                writer.write_layer(slot, block), 0.5, 0.4, 0.6)
-    writer.finish(folder / schema.GATE_VECTORS_BIN)
-    (folder / schema.INDEX_JSON).write_text(index.dumps())
+    writer.finish(folder / filenames.GATE_VECTORS_BIN)
+    (folder / filenames.INDEX_JSON).write_text(index.dumps())
     repo = "bench/vindex"
     HfApi().create_repo(repo, repo_type="dataset")
     HfApi().upload_folder(folder_path=folder, repo_id=repo, repo_type="dataset")
@@ -75,7 +75,7 @@ def main() -> None:
     layer, nbytes, mib = 1, index.layer_nbytes, float(1 << 20)
 
     def fetched() -> int:
-        return hub.stats().file(repo, schema.GATE_VECTORS_BIN).bytes_sent
+        return hub.stats().file(repo, filenames.GATE_VECTORS_BIN).bytes_sent
 
     def fresh_cache(name: str) -> Path:
         return work / name / "hub"
@@ -89,9 +89,9 @@ def main() -> None:
         vx.layer(layer)
     t_lazy = time.perf_counter() - t0
     rows.append(("lazy layer(L), cold: bytes fetched / layer bytes", f"{fetched() / nbytes:.4f} ({fetched()} / {nbytes})"))
-    sidecar = hub.stats().file(repo, schema.INDEX_JSON).bytes_sent
+    sidecar_bytes = hub.stats().file(repo, filenames.INDEX_JSON).bytes_sent
     rows.append(("lazy open + layer(L), cold: all bytes served / layer bytes",
-                 f"{hub.stats().bytes_sent / nbytes:.4f} (sidecar {sidecar} B)"))
+                 f"{hub.stats().bytes_sent / nbytes:.4f} (sidecar {sidecar_bytes} B)"))
     # lazy, second load
     hub.reset_stats()
     with Vindex.open(repo, cache_dir=cache) as vx:

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from vindex_hub import schema
+from vindex_hub.format import filenames, layout, mirror, sidecar
 from vindex_hub.checksums import sha256_file_range
-from vindex_hub.writers import parquet_mirror
+from vindex_hub.writers import mirror as parquet_mirror
 from vindex_hub.writers.card import CardOptions, write_card
 
-VECTOR_LEAF = f"{schema.COL_VECTOR}.list.element"
+VECTOR_LEAF = f"{mirror.COL_VECTOR}.list.element"
 INTS = parquet_mirror.INDEX_COLUMNS
 CANDIDATES = {
     "none (pyarrow defaults, dictionary on)": dict(compression="none"),
@@ -43,26 +43,26 @@ CANDIDATES = {
 }
 
 
-def make_vindex(folder: Path, layers: int, experts: int, feats: int, hidden: int) -> schema.VindexIndex:
+def make_vindex(folder: Path, layers: int, experts: int, feats: int, hidden: int) -> sidecar.VindexIndex:
     rng = np.random.default_rng(0)
-    index = schema.VindexIndex(
+    index = sidecar.VindexIndex(
         num_feats=feats,
-        model_config=schema.ModelConfig("deepseek_v4", layers, schema.MoEConfig(experts, 1, 6, hidden, 2048)),
-        source=schema.SourceInfo(repo_id="bench/synthetic"),
-        builder=schema.BuilderInfo("bench_mirror", "0", "random unit vectors (I/O benchmark)"),
+        model_config=sidecar.ModelConfig("deepseek_v4", layers, sidecar.MoEConfig(experts, 1, 6, hidden, 2048)),
+        source=sidecar.SourceInfo(repo_id="bench/synthetic"),
+        builder=sidecar.BuilderInfo("bench_mirror", "0", "random unit vectors (I/O benchmark)"),
     )
-    nbytes = schema.layer_nbytes(experts, feats, hidden)
-    with open(folder / schema.GATE_VECTORS_BIN, "wb") as f:
+    nbytes = layout.layer_nbytes(experts, feats, hidden)
+    with open(folder / filenames.GATE_VECTORS_BIN, "wb") as f:
         for layer in range(layers):
             v = rng.standard_normal((experts, feats, hidden), dtype=np.float32)
             v /= np.linalg.norm(v, axis=-1, keepdims=True)
             f.write(v.tobytes())
     for layer in range(layers):
-        offset = schema.layer_offset(layer, experts, feats, hidden)
-        index.layers[layer] = schema.LayerEntry(
+        offset = layout.layer_offset(layer, experts, feats, hidden)
+        index.layers[layer] = sidecar.LayerEntry(
             offset, [experts, feats, hidden], nbytes,
-            sha256_file_range(folder / schema.GATE_VECTORS_BIN, offset, nbytes), 0.1, 0.09, 0.11)
-    (folder / schema.INDEX_JSON).write_text(index.dumps())
+            sha256_file_range(folder / filenames.GATE_VECTORS_BIN, offset, nbytes), 0.1, 0.09, 0.11)
+    (folder / filenames.INDEX_JSON).write_text(index.dumps())
     return index
 
 
@@ -75,7 +75,7 @@ def best_of(n: int, fn):
     return min(times), out
 
 
-def encodings(folder: Path, index: schema.VindexIndex, layer: int) -> None:
+def encodings(folder: Path, index: sidecar.VindexIndex, layer: int) -> None:
     block = np.array(parquet_mirror.open_gate_vectors(folder, index, layer))
     table = parquet_mirror.gate_vectors_table(layer, 0, block)
     rows_per_group = parquet_mirror.experts_per_row_group(index.num_feats, index.hidden_size) * index.num_feats
@@ -88,7 +88,7 @@ def encodings(folder: Path, index: schema.VindexIndex, layer: int) -> None:
         t0 = time.perf_counter()
         pq.write_table(table, path, row_group_size=rows_per_group, **options)
         write_s = time.perf_counter() - t0
-        read_s, back = best_of(3, lambda: pq.read_table(path).column(schema.COL_VECTOR)
+        read_s, back = best_of(3, lambda: pq.read_table(path).column(mirror.COL_VECTOR)
                                .combine_chunks().flatten().to_numpy())
         assert back.tobytes() == block.tobytes()
         print(f"| {name} | {path.stat().st_size / block.nbytes:.3f} | {write_s:.2f} | {read_s:.3f} | "
@@ -104,19 +104,19 @@ def encodings(folder: Path, index: schema.VindexIndex, layer: int) -> None:
         path.unlink()
 
 
-def load_vs_memmap(folder: Path, index: schema.VindexIndex, layer: int, cache: Path) -> None:
+def load_vs_memmap(folder: Path, index: sidecar.VindexIndex, layer: int, cache: Path) -> None:
     from datasets import disable_progress_bars, load_dataset
 
     disable_progress_bars()
     entry = index.layers[layer]
 
     def via_datasets():
-        ds = load_dataset(str(folder), schema.CONFIG_GATE_VECTORS, split=schema.split_name(layer),
+        ds = load_dataset(str(folder), mirror.CONFIG_GATE_VECTORS, split=mirror.split_name(layer),
                           cache_dir=str(cache)).with_format("torch")
-        return ds[schema.COL_VECTOR][:].reshape(entry.shape)
+        return ds[mirror.COL_VECTOR][:].reshape(entry.shape)
 
     def via_memmap():
-        arr = np.memmap(folder / schema.GATE_VECTORS_BIN, dtype=schema.NUMPY_DTYPE, mode="r",
+        arr = np.memmap(folder / filenames.GATE_VECTORS_BIN, dtype=layout.NUMPY_DTYPE, mode="r",
                         offset=entry.file_offset, shape=tuple(entry.shape))
         return np.array(arr)
 
@@ -150,12 +150,12 @@ def main() -> None:
         parquet_mirror.write_mirror(folder, index, None)
         mirror_s = time.perf_counter() - t0
         write_card(folder, index, CardOptions())
-        binary = (folder / schema.GATE_VECTORS_BIN).stat().st_size
-        mirror = sum(f.stat().st_size for f in (folder / schema.DATA_DIR).rglob("*.parquet"))
+        binary = (folder / filenames.GATE_VECTORS_BIN).stat().st_size
+        mirror_size = sum(f.stat().st_size for f in (folder / filenames.DATA_DIR).rglob("*.parquet"))
         print(f"synthetic vindex: {args.layers} layers x {args.experts} experts x {args.feats} feats x "
               f"{args.hidden} hidden = {binary / 2**20:.0f} MiB; cpus {os.cpu_count()}")
         print(f"write_mirror: {mirror_s:.2f} s ({binary / mirror_s / 1e6:.0f} MB/s); "
-              f"mirror / binary size {mirror / binary:.3f}")
+              f"mirror / binary size {mirror_size / binary:.3f}")
         encodings(folder, index, 1 if args.layers > 1 else 0)
         load_vs_memmap(folder, index, 1 if args.layers > 1 else 0, root / "hf-cache")
     finally:

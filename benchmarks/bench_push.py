@@ -37,9 +37,9 @@ def main() -> int:
     assert "huggingface_hub" not in sys.modules
     os.environ.update(client_environment(hub.url, work / "hf-home", token="hf_bench_token"))
 
-    from vindex_hub import schema
+    from vindex_hub.format import filenames
     from vindex_hub.build import build_vindex
-    from vindex_hub.hub import publishable_files, push_vindex
+    from vindex_hub.push import publishable_files, push_vindex
     from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 
     checkpoint = make_deepseek_v4_checkpoint(work / "checkpoint", num_layers=args.layers, num_experts=args.experts,
@@ -62,14 +62,14 @@ def main() -> int:
                 "commit": result.commit_oid if result.changed else "none (up to date)"}
 
     rows = [push("first push (new repo)"), push("same folder again")]
-    card = folder / schema.CARD_FILE
+    card = folder / filenames.CARD_FILE
     card.write_text(card.read_text(encoding="utf-8") + "\nEdited for the benchmark.\n", encoding="utf-8")
     rows.append(push("after editing only README.md"))
     hub.stop()
 
     print(f"vindex: {args.layers} layers x {args.experts} experts x {args.num_feats} feats x {args.hidden} hidden; "
           f"{len(files)} files, {folder_bytes:,} B (gate_vectors.bin "
-          f"{(folder / schema.GATE_VECTORS_BIN).stat().st_size:,} B); built in {build_s:.1f} s\n")
+          f"{(folder / filenames.GATE_VECTORS_BIN).stat().st_size:,} B); built in {build_s:.1f} s\n")
     print("| push | file bytes received | / folder | LFS bytes received | files received | commit | s |")
     print("| --- | ---: | ---: | ---: | --- | --- | ---: |")
     for r in rows:

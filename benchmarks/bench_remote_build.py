@@ -43,14 +43,14 @@ def child(kind: str, target: str, out: str) -> dict:
     if kind == "local":
         build_vindex(target, out, device="cpu", progress=False)
     elif kind == "remote":
-        from vindex_hub.source.remote import HubCheckpoint
+        from vindex_hub.source.hub import HubCheckpoint
 
         src = HubCheckpoint(target)
         build_vindex(src, out, device="cpu", progress=False)
         result = {"bytes_fetched": src.bytes_fetched, "fetch_seconds": src.fetch_seconds}
     elif kind == "fetch":
         from vindex_hub.arch import get_architecture
-        from vindex_hub.source.remote import HubCheckpoint
+        from vindex_hub.source.hub import HubCheckpoint
 
         with HubCheckpoint(target) as src:
             arch = get_architecture(src.config)
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     # The clients read the environment at import time: import them only now.
     from huggingface_hub import HfApi
 
-    from vindex_hub import schema
+    from vindex_hub.format import filenames
     from vindex_hub.arch import get_architecture
     from vindex_hub.source.local import LocalCheckpoint
     from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
@@ -140,8 +140,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
     remote, remote_bytes = measured("remote", REPO_ID, "remote")
     fetch, fetch_bytes = measured("fetch", REPO_ID, "fetch")
     snap, snap_bytes = measured("snapshot", REPO_ID, "snapshot")
-    identical = (work / "remote" / schema.GATE_VECTORS_BIN).read_bytes() == (
-        work / "local" / schema.GATE_VECTORS_BIN).read_bytes()
+    identical = (work / "remote" / filenames.GATE_VECTORS_BIN).read_bytes() == (
+        work / "local" / filenames.GATE_VECTORS_BIN).read_bytes()
     hub.stop()
 
     mb = 1e6

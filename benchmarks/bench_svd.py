@@ -3,7 +3,7 @@
 One run measures, side by side on the same FP4-rounded expert matrices (2048 x 4096, K=64,
 flat spectrum with a top-64 energy fraction near DeepSeek-V4-Flash's 0.11):
 
-* ``vindex_hub.svd.top_k_right_singular`` (float64 Gram + LAPACK syevr for the top K only),
+* ``vindex_hub.numerics.svd.top_k_right_singular`` (float64 Gram + LAPACK syevr for the top K only),
 * ``numpy.linalg.svd(W, full_matrices=False)`` on the float32 matrix (the naive builder),
 * 4-round randomized subspace iteration in float32 (LarQL's MoE summary mode),
 
@@ -35,7 +35,7 @@ import numpy as np
 import scipy
 import scipy.linalg
 
-from vindex_hub.svd import top_k_right_singular
+from vindex_hub.numerics.svd import top_k_right_singular
 
 OUT_FEATURES, IN_FEATURES, K = 2048, 4096, 64
 GAP_ALLOWS = 1e-4

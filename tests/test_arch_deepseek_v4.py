@@ -11,7 +11,7 @@ import pytest
 from vindex_hub.arch import get_architecture, supported_architectures
 from vindex_hub.arch.deepseek_v4 import DeepseekV4
 from vindex_hub.errors import CheckpointError, QuantizationError, UnsupportedArchitectureError
-from vindex_hub.schema import MoEConfig
+from vindex_hub.format.sidecar import MoEConfig
 from vindex_hub.source.base import RawTensor
 from vindex_hub.source.local import LocalCheckpoint
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from vindex_hub import schema
+from vindex_hub.format import filenames, sidecar, statistics
 from vindex_hub.arch import deepseek_v4 as ds
 from vindex_hub.build import build_vindex
 from vindex_hub.errors import OutputConflictError, UsageError
@@ -56,7 +56,7 @@ def tiny_vindex(tiny_checkpoint: Path, tmp_path_factory) -> Path:
 
 # ---- correctness -------------------------------------------------------------------------------
 def test_vectors_match_a_float64_lapack_svd_of_the_dequantized_weights(small_vindex: SmallVindex):
-    index = schema.VindexIndex.loads((small_vindex.folder / schema.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((small_vindex.folder / filenames.INDEX_JSON).read_text())
     checked = 0
     for layer in index.layer_ids:
         block = small_vindex.binary_layer(small_vindex.folder, layer)
@@ -75,9 +75,9 @@ def test_vectors_match_a_float64_lapack_svd_of_the_dequantized_weights(small_vin
 
 def test_spectra_and_sidecar_stats_match_the_reference(small_vindex: SmallVindex):
     folder = small_vindex.folder
-    index = schema.VindexIndex.loads((folder / schema.INDEX_JSON).read_text())
-    phase1 = json.loads((folder / schema.PHASE1_JSON).read_text())
-    phase2 = json.loads((folder / schema.PHASE2_JSON).read_text())
+    index = sidecar.VindexIndex.loads((folder / filenames.INDEX_JSON).read_text())
+    phase1 = json.loads((folder / filenames.PHASE1_JSON).read_text())
+    phase2 = json.loads((folder / filenames.PHASE2_JSON).read_text())
     for layer in index.layer_ids:
         var = []
         for expert in range(index.num_experts):
@@ -89,13 +89,13 @@ def test_spectra_and_sidecar_stats_match_the_reference(small_vindex: SmallVindex
         assert entry.q25_var == pytest.approx(np.quantile(var, 0.25), rel=1e-5)
         assert entry.q75_var == pytest.approx(np.quantile(var, 0.75), rel=1e-5)
         routed = phase1["layers"][str(layer)]["routed"]
-        assert routed[schema.median_var_key(NUM_FEATS)] == pytest.approx(np.median(var), rel=1e-5)
-        assert routed[schema.summary_var_key("max", NUM_FEATS)] == pytest.approx(max(var), rel=1e-5)
+        assert routed[statistics.median_var_key(NUM_FEATS)] == pytest.approx(np.median(var), rel=1e-5)
+        assert routed[statistics.summary_var_key("max", NUM_FEATS)] == pytest.approx(max(var), rel=1e-5)
 
         shared_w = small_vindex.reference[ds.shared_tensor(ds.layer_block(layer), ds.GATE_PROJ, ds.WEIGHT)]
         s = scipy.linalg.svdvals(shared_w.astype(np.float64))
         shared = phase1["layers"][str(layer)]["shared"]
-        assert shared[schema.var_key(NUM_FEATS)] == pytest.approx(
+        assert shared[statistics.var_key(NUM_FEATS)] == pytest.approx(
             np.sum(s[:NUM_FEATS] ** 2) / np.sum(s**2), rel=1e-5)
 
         router, _ = small_vindex.router(layer)
@@ -108,8 +108,8 @@ def test_layer_sha256_in_the_sidecar_is_the_binary(small_vindex: SmallVindex):
     import hashlib
 
     folder = small_vindex.folder
-    index = schema.VindexIndex.loads((folder / schema.INDEX_JSON).read_text())
-    data = (folder / schema.GATE_VECTORS_BIN).read_bytes()
+    index = sidecar.VindexIndex.loads((folder / filenames.INDEX_JSON).read_text())
+    data = (folder / filenames.GATE_VECTORS_BIN).read_bytes()
     assert len(data) == index.total_bytes
     for layer in index.layer_ids:
         e = index.layer(layer)
@@ -136,8 +136,8 @@ def test_a_layer_subset_is_a_valid_vindex(tiny_checkpoint: Path, tiny_vindex: Pa
 
     out = tmp_path / "subset"
     build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, layers="1-2", device="cpu", progress=False)
-    index = schema.VindexIndex.loads((out / schema.INDEX_JSON).read_text())
-    full = schema.VindexIndex.loads((tiny_vindex / schema.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((out / filenames.INDEX_JSON).read_text())
+    full = sidecar.VindexIndex.loads((tiny_vindex / filenames.INDEX_JSON).read_text())
     assert index.layer_ids == [1, 2]
     assert index.layer(1).file_offset == 0
     assert [index.layer(i).sha256 for i in (1, 2)] == [full.layer(i).sha256 for i in (1, 2)]
@@ -178,8 +178,8 @@ def crash_on_call(monkeypatch, target: str, call: int = 1) -> None:
 @pytest.mark.parametrize("target,call", [
     ("vindex_hub.writers.binary.GateVectorsWriter.write_layer", 2),  # before layer 1 is written
     ("vindex_hub.results.LayerResult.save", 3),  # layer 2 written, not yet recorded
-    ("vindex_hub.writers.stats_json.phase1_json", 1),  # binary final, derived files not yet
-    ("vindex_hub.writers.parquet_mirror.write_mirror", 1),
+    ("vindex_hub.writers.phases.phase1_json", 1),  # binary final, derived files not yet
+    ("vindex_hub.writers.mirror.write_mirror", 1),
     ("vindex_hub.writers.card.write_card", 1),
 ])
 def test_a_build_crashed_anywhere_resumes_bit_identical(
@@ -191,10 +191,10 @@ def test_a_build_crashed_anywhere_resumes_bit_identical(
         with pytest.raises(Crash):
             build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
     # Nothing looks finished: the sidecar (written last) is absent.
-    assert not (out / schema.INDEX_JSON).exists()
+    assert not (out / filenames.INDEX_JSON).exists()
     summary = build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
     assert folder_bytes(out) == folder_bytes(tiny_vindex)
-    assert not (out / schema.BUILD_STATE_DIR).exists()
+    assert not (out / filenames.BUILD_STATE_DIR).exists()
     if "write_layer" in target:
         assert summary.built_layers == [1, 2, 3]
     elif "save" in target:
@@ -206,14 +206,14 @@ def test_a_build_crashed_anywhere_resumes_bit_identical(
 def test_a_damaged_resumed_layer_is_computed_again(tiny_checkpoint: Path, tiny_vindex: Path,
                                                    tmp_path: Path, monkeypatch):
     out = tmp_path / "vindex"
-    crash_on_call(monkeypatch, "vindex_hub.writers.parquet_mirror.write_mirror")
+    crash_on_call(monkeypatch, "vindex_hub.writers.mirror.write_mirror")
     with pytest.raises(Crash):
         build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
     monkeypatch.undo()
     # Simulate a crash before the final rename, with layer 0's block damaged on disk.
-    state = out / schema.BUILD_STATE_DIR
+    state = out / filenames.BUILD_STATE_DIR
     partial = state / "gate_vectors.bin.partial"
-    os.replace(out / schema.GATE_VECTORS_BIN, partial)
+    os.replace(out / filenames.GATE_VECTORS_BIN, partial)
     with open(partial, "r+b") as f:
         f.seek(100)
         byte = f.read(1)
@@ -232,14 +232,14 @@ def test_a_killed_build_process_resumes_bit_identical(tmp_path: Path):
            "--device", "cpu"]
     out = tmp_path / "killed" / "vindex"
     proc = subprocess.Popen([*cmd, "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    first_layer = out / schema.BUILD_STATE_DIR / "layer_000.safetensors"
+    first_layer = out / filenames.BUILD_STATE_DIR / "layer_000.safetensors"
     deadline = time.monotonic() + 120
     while not first_layer.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
-    assert not (out / schema.GATE_VECTORS_BIN).exists() and not (out / schema.INDEX_JSON).exists()
+    assert not (out / filenames.GATE_VECTORS_BIN).exists() and not (out / filenames.INDEX_JSON).exists()
 
     resumed = subprocess.run([*cmd, "-o", str(out)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
@@ -263,7 +263,7 @@ def test_a_finished_build_asked_with_other_options_is_refused(tiny_checkpoint, t
     with pytest.raises(OutputConflictError, match="larql_router False here, True asked"):
         build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False, larql_router=True)
     assert folder_bytes(out) == before
-    (out / schema.GATE_VECTORS_BIN).unlink()
+    (out / filenames.GATE_VECTORS_BIN).unlink()
     with pytest.raises(OutputConflictError, match="gate_vectors.bin is missing"):
         build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
 
@@ -286,7 +286,7 @@ def test_the_reader_thread_stops_when_the_build_fails(tiny_checkpoint, tmp_path,
     """A failure while layers are queued must not leave the reader blocked holding a layer."""
     import threading
 
-    crash_on_call(monkeypatch, "vindex_hub.svd.top_k_right_singular", 1)
+    crash_on_call(monkeypatch, "vindex_hub.numerics.svd.top_k_right_singular", 1)
     with pytest.raises(Crash):
         # Two layers: the reader queues layer 1 and then its end marker while layer 0 fails.
         build_vindex(tiny_checkpoint, tmp_path / "v", num_feats=NUM_FEATS, layers="0-1", device="cpu",
@@ -320,7 +320,7 @@ def test_output_folder_holding_another_models_vindex_is_refused(tiny_checkpoint,
 
 def test_an_unfinished_build_of_other_settings_is_refused(tiny_checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "vindex"
-    crash_on_call(monkeypatch, "vindex_hub.writers.parquet_mirror.write_mirror")
+    crash_on_call(monkeypatch, "vindex_hub.writers.mirror.write_mirror")
     with pytest.raises(Crash):
         build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
     with pytest.raises(OutputConflictError, match="unfinished build"):
@@ -393,4 +393,4 @@ def test_bad_checkpoints_fail_with_a_clear_error_and_no_vindex(damage, tiny_chec
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vindex-hub build: error:"), result.stderr
     assert culprit in lines[0]
-    assert not (out / schema.INDEX_JSON).exists() and not (out / schema.GATE_VECTORS_BIN).exists()
+    assert not (out / filenames.INDEX_JSON).exists() and not (out / filenames.GATE_VECTORS_BIN).exists()

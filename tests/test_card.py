@@ -15,7 +15,7 @@ import pytest
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from vindex_hub import schema
+from vindex_hub.format import filenames, layout, mirror, selection, sidecar, statistics
 from vindex_hub.errors import UsageError
 from vindex_hub.writers.card import CardOptions, format_size, var_plot_png, write_card
 
@@ -26,7 +26,7 @@ from vindex_fixtures import (  # noqa: F401 (fixtures)
 
 
 def _card(folder: Path) -> str:
-    return (folder / schema.CARD_FILE).read_text(encoding="utf-8")
+    return (folder / filenames.CARD_FILE).read_text(encoding="utf-8")
 
 
 def _python_blocks(markdown: str) -> list[str]:
@@ -43,47 +43,47 @@ def test_front_matter_parses_and_round_trips(small_vindex: SmallVindex):
     assert front["tags"][:4] == ["vindex", "moe", "sparse-routing", "mechanistic-interpretability"]
     assert "deepseek" in front["tags"]
     configs = {c["config_name"]: c for c in front["configs"]}
-    assert list(configs) == [schema.CONFIG_GATE_VECTORS, schema.CONFIG_EXPERT_STATS, schema.CONFIG_ROUTER_SVD]
-    assert configs[schema.CONFIG_GATE_VECTORS]["default"] is True
-    assert configs[schema.CONFIG_GATE_VECTORS]["data_files"] == [
-        {"split": schema.split_name(layer), "path": schema.gate_vectors_parquet(layer)} for layer in range(NUM_LAYERS)]
+    assert list(configs) == [mirror.CONFIG_GATE_VECTORS, mirror.CONFIG_EXPERT_STATS, mirror.CONFIG_ROUTER_SVD]
+    assert configs[mirror.CONFIG_GATE_VECTORS]["default"] is True
+    assert configs[mirror.CONFIG_GATE_VECTORS]["data_files"] == [
+        {"split": mirror.split_name(layer), "path": mirror.gate_vectors_parquet(layer)} for layer in range(NUM_LAYERS)]
 
 
 def test_dataset_info_declares_fixed_size_lists_and_true_row_counts(small_vindex: SmallVindex):
     front = DatasetCard(_card(small_vindex.folder)).data.to_dict()
     infos = {i["config_name"]: i for i in front["dataset_info"]}
-    gate = infos[schema.CONFIG_GATE_VECTORS]
-    assert {"name": schema.COL_VECTOR, "list": "float32", "length": HIDDEN} in gate["features"]
+    gate = infos[mirror.CONFIG_GATE_VECTORS]
+    assert {"name": mirror.COL_VECTOR, "list": "float32", "length": HIDDEN} in gate["features"]
     for split in gate["splits"]:
-        path = small_vindex.folder / schema.gate_vectors_parquet(schema.layer_of_split(split["name"]))
+        path = small_vindex.folder / mirror.gate_vectors_parquet(mirror.layer_of_split(split["name"]))
         assert split["num_examples"] == pq.read_metadata(path).num_rows == NUM_EXPERTS * NUM_FEATS
     assert gate["download_size"] == sum(
-        (small_vindex.folder / schema.gate_vectors_parquet(layer)).stat().st_size for layer in range(NUM_LAYERS))
-    stats = infos[schema.CONFIG_EXPERT_STATS]
-    assert {"name": schema.COL_SINGULAR_VALUES, "list": "float32", "length": NUM_FEATS} in stats["features"]
+        (small_vindex.folder / mirror.gate_vectors_parquet(layer)).stat().st_size for layer in range(NUM_LAYERS))
+    stats = infos[mirror.CONFIG_EXPERT_STATS]
+    assert {"name": statistics.SINGULAR_VALUES, "list": "float32", "length": NUM_FEATS} in stats["features"]
     assert stats["splits"][0]["num_examples"] == NUM_LAYERS * NUM_EXPERTS
 
 
 def test_text_is_filled_from_the_build(small_vindex: SmallVindex):
     text = _card(small_vindex.folder)
-    index = schema.VindexIndex.loads((small_vindex.folder / schema.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((small_vindex.folder / filenames.INDEX_JSON).read_text())
     assert f"({NUM_LAYERS} layers, {HIDDEN} hidden, {INTER} moe_intermediate)" in text
     assert f"**Experts**: {NUM_EXPERTS} routed + 1 shared, 2 per token" in text
     assert f"**Layers indexed**: {NUM_LAYERS} MoE layers (L00-L02)" in text
     assert f"**Features per expert**: {NUM_FEATS} (top-K" in text
     assert f"**Total size**: {format_size(index.total_bytes)}" in text
-    assert index.builder.method in text and schema.SIGN_RULE in text
+    assert index.builder.method in text and layout.SIGN_RULE in text
     assert "singular values *are* retained" in text and "*not retained*" not in text
     assert "built by the [Divinci-AI](https://huggingface.co/Divinci-AI) team" in text
-    assert f"![median var{NUM_FEATS} per layer" in text and f"]({schema.VAR_PLOT_FILE})" in text
+    assert f"![median var{NUM_FEATS} per layer" in text and f"]({filenames.VAR_PLOT_FILE})" in text
     assert str(small_vindex.checkpoint.parent) not in text  # no local paths in a published card
     assert "url = {https://huggingface.co/datasets/Divinci-AI/tiny-v4-vindex}" in text
     assert "year = {2026}" in text
 
 
 def test_a_hub_source_gives_base_model_and_revision(vindex_copy: Path):
-    index = schema.VindexIndex.loads((vindex_copy / schema.INDEX_JSON).read_text())
-    index.source = schema.SourceInfo(repo_id="deepseek-ai/DeepSeek-V4-Flash", revision="a" * 40)
+    index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
+    index.source = sidecar.SourceInfo(repo_id="deepseek-ai/DeepSeek-V4-Flash", revision="a" * 40)
     write_card(vindex_copy, index, CardOptions())
     text = _card(vindex_copy)
     assert DatasetCard(text).data.base_model == "deepseek-ai/DeepSeek-V4-Flash"
@@ -126,37 +126,37 @@ def test_snippets_run_against_the_hub(small_vindex: SmallVindex, local_hub, monk
     assert namespace["v"].tobytes() == expected[0].tobytes()
     one_layer = next(b for b in blocks if "data_files" in b)
     exec(compile(one_layer, "README.md", "exec"), namespace)
-    assert np.array(namespace["one"][schema.COL_VECTOR], dtype=np.float32).tobytes() == expected.tobytes()
+    assert np.array(namespace["one"][mirror.COL_VECTOR], dtype=np.float32).tobytes() == expected.tobytes()
 
 
 def test_plot_is_a_deterministic_png_without_metadata(small_vindex: SmallVindex):
-    index = schema.VindexIndex.loads((small_vindex.folder / schema.INDEX_JSON).read_text())
-    png = (small_vindex.folder / schema.VAR_PLOT_FILE).read_bytes()
+    index = sidecar.VindexIndex.loads((small_vindex.folder / filenames.INDEX_JSON).read_text())
+    png = (small_vindex.folder / filenames.VAR_PLOT_FILE).read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert b"tEXt" not in png and b"Software" not in png and b"tIME" not in png
     assert var_plot_png(index) == png
 
 
 def test_rewriting_the_card_is_bit_identical(vindex_copy: Path):
-    index = schema.VindexIndex.loads((vindex_copy / schema.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
     write_card(vindex_copy, index, CARD_OPTIONS)
-    first = (_card(vindex_copy), (vindex_copy / schema.VAR_PLOT_FILE).read_bytes())
-    (vindex_copy / schema.CARD_FILE).unlink()
-    (vindex_copy / schema.VAR_PLOT_FILE).unlink()
+    first = (_card(vindex_copy), (vindex_copy / filenames.VAR_PLOT_FILE).read_bytes())
+    (vindex_copy / filenames.CARD_FILE).unlink()
+    (vindex_copy / filenames.VAR_PLOT_FILE).unlink()
     write_card(vindex_copy, index, CARD_OPTIONS)
-    assert (_card(vindex_copy), (vindex_copy / schema.VAR_PLOT_FILE).read_bytes()) == first
+    assert (_card(vindex_copy), (vindex_copy / filenames.VAR_PLOT_FILE).read_bytes()) == first
 
 
 def test_the_card_lists_the_configs_whose_files_are_there(vindex_copy: Path):
-    index = schema.VindexIndex.loads((vindex_copy / schema.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
     write_card(vindex_copy, index, CARD_OPTIONS)
     configs = DatasetCard(_card(vindex_copy)).data.to_dict()["configs"]
     assert [c["config_name"] for c in configs] == [
-        schema.CONFIG_GATE_VECTORS, schema.CONFIG_EXPERT_STATS, schema.CONFIG_ROUTER_SVD]
-    (vindex_copy / schema.ROUTER_SVD_PARQUET).unlink()  # without the spectra: gate_vectors only
+        mirror.CONFIG_GATE_VECTORS, mirror.CONFIG_EXPERT_STATS, mirror.CONFIG_ROUTER_SVD]
+    (vindex_copy / mirror.ROUTER_SVD_PARQUET).unlink()  # without the spectra: gate_vectors only
     write_card(vindex_copy, index, CARD_OPTIONS)
     configs = DatasetCard(_card(vindex_copy)).data.to_dict()["configs"]
-    assert [c["config_name"] for c in configs] == [schema.CONFIG_GATE_VECTORS]
+    assert [c["config_name"] for c in configs] == [mirror.CONFIG_GATE_VECTORS]
 
 
 def test_card_options_from_yaml_and_json(tmp_path: Path):
@@ -187,7 +187,7 @@ def test_card_options_file_errors_name_the_file(tmp_path: Path):
 
 
 def test_user_citation_is_used_verbatim(vindex_copy: Path):
-    index = schema.VindexIndex.loads((vindex_copy / schema.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
     bib = "@article{mine2026,\n  title = {Mine},\n}"
     write_card(vindex_copy, index, CARD_OPTIONS.updated(citation=bib, license="cc-by-4.0"))
     text = _card(vindex_copy)
@@ -198,10 +198,10 @@ def test_user_citation_is_used_verbatim(vindex_copy: Path):
 def test_formatting_helpers():
     assert format_size(11_542_724_608) == "11.54 GB"
     assert format_size(24_576) == "24.58 kB"
-    assert schema.layer_span(list(range(43)), labels=True) == "L00-L42"
-    assert schema.layer_span([3, 5], labels=True) == "L03, L05"
-    assert schema.layer_span([7], labels=True) == "L07"
-    assert schema.layer_span([3, 4, 5]) == "3-5" and schema.layer_span([3, 5]) == "3,5"
+    assert selection.layer_span(list(range(43)), labels=True) == "L00-L42"
+    assert selection.layer_span([3, 5], labels=True) == "L03, L05"
+    assert selection.layer_span([7], labels=True) == "L07"
+    assert selection.layer_span([3, 4, 5]) == "3-5" and selection.layer_span([3, 5]) == "3,5"
 
 
 @pytest.mark.parametrize("year", ["twenty-twenty-six", "2026.5", "true", "[2026]"])

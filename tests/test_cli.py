@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vindex_hub import schema
+from vindex_hub.format import filenames, sidecar
 from vindex_hub.cli import main, parser
 from vindex_fixtures import NUM_FEATS, SmallVindex, small_vindex  # noqa: F401 (fixture)
 
@@ -27,7 +27,7 @@ def test_every_command_in_the_design_has_a_subcommand():
 def test_info_shows_the_layer_table(small_vindex: SmallVindex, capsys):
     assert main(["info", str(small_vindex.folder)]) == 0
     out = capsys.readouterr().out
-    index = schema.VindexIndex.loads((small_vindex.folder / schema.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((small_vindex.folder / filenames.INDEX_JSON).read_text())
     assert f"{len(index.layers)} layers x {index.num_experts} experts x {NUM_FEATS} feats" in out
     for layer in index.layer_ids:
         assert index.layer(layer).sha256[:16] in out
@@ -41,8 +41,8 @@ def test_verify_exits_non_zero_and_names_the_damaged_layer(small_vindex: SmallVi
     folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "vindex"))
     ok = vindex_hub("verify", str(folder))
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    index = schema.VindexIndex.loads((folder / schema.INDEX_JSON).read_text())
-    with open(folder / schema.GATE_VECTORS_BIN, "r+b") as f:
+    index = sidecar.VindexIndex.loads((folder / filenames.INDEX_JSON).read_text())
+    with open(folder / filenames.GATE_VECTORS_BIN, "r+b") as f:
         f.seek(index.layer(2).file_offset + 12)
         b = f.read(1)
         f.seek(index.layer(2).file_offset + 12)
@@ -68,7 +68,7 @@ def test_bad_arguments_are_one_line_with_the_right_status(args, status, message,
     assert result.returncode == status, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
-    assert not (tmp_path / "out" / schema.INDEX_JSON).exists()
+    assert not (tmp_path / "out" / filenames.INDEX_JSON).exists()
 
 
 def test_pull_and_info_of_a_hub_repo(small_vindex: SmallVindex, local_hub, hub_repo_id: str, tmp_path: Path):
@@ -80,11 +80,11 @@ def test_pull_and_info_of_a_hub_repo(small_vindex: SmallVindex, local_hub, hub_r
     info = vindex_hub("info", hub_repo_id, "--json")
     assert info.returncode == 0, info.stderr
     assert json.loads(info.stdout)["num_feats"] == NUM_FEATS
-    assert local_hub.stats().file(hub_repo_id, schema.GATE_VECTORS_BIN).bytes_sent == 0
+    assert local_hub.stats().file(hub_repo_id, filenames.GATE_VECTORS_BIN).bytes_sent == 0
 
     pulled = vindex_hub("pull", hub_repo_id, "-o", str(tmp_path / "one"), "--layers", "1")
     assert pulled.returncode == 0, pulled.stderr
-    index = schema.VindexIndex.loads((tmp_path / "one" / schema.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((tmp_path / "one" / filenames.INDEX_JSON).read_text())
     assert index.layer_ids == [1]
     assert vindex_hub("verify", hub_repo_id).returncode == 0
 
@@ -99,7 +99,7 @@ def test_card_fields_come_from_options_and_a_config_file(small_vindex: SmallVind
                         "--license", "apache-2.0", "--citation", str(tmp_path / "cite.bib"),
                         "--card-repo-id", "example/tiny-vindex")
     assert result.returncode == 0, result.stderr
-    card = DatasetCard.load(folder / schema.CARD_FILE)
+    card = DatasetCard.load(folder / filenames.CARD_FILE)
     assert card.data.license == "apache-2.0"
     assert "deepseek" in card.data.tags
     assert "@misc{example_vindex" in card.text

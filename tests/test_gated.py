@@ -20,7 +20,7 @@ from huggingface_hub.errors import GatedRepoError
 from huggingface_hub.utils import build_hf_headers, get_session
 
 from conftest import HUB_TOKEN
-from vindex_hub import schema
+from vindex_hub.format import filenames
 from vindex_hub.build import build_vindex
 from vindex_hub.errors import HubError
 from vindex_hub.hubserver import LocalHub
@@ -132,8 +132,8 @@ def test_gating_survives_a_restart_and_the_admin_api_sets_it(tmp_path: Path) -> 
 def test_build_from_a_gated_model_repo(gated_model: str, local_vindex: Path, tmp_path: Path) -> None:
     out = tmp_path / "granted"
     build_vindex(gated_model, out, num_feats=NUM_FEATS, progress=False)
-    built = (out / schema.GATE_VECTORS_BIN).read_bytes()
-    assert built == (local_vindex / schema.GATE_VECTORS_BIN).read_bytes()
+    built = (out / filenames.GATE_VECTORS_BIN).read_bytes()
+    assert built == (local_vindex / filenames.GATE_VECTORS_BIN).read_bytes()
 
     refused = tmp_path / "refused"
     with pytest.raises(HubError, match=f"{gated_model}.*gated.*access") as e:
@@ -142,7 +142,7 @@ def test_build_from_a_gated_model_repo(gated_model: str, local_vindex: Path, tmp
     # config.json may come from the cache the granted build filled (the client skips the network for
     # a file cached at a commit sha), so the build can get as far as its state folder; the shard
     # reads are refused and nothing complete-looking is left behind.
-    assert not (refused / schema.INDEX_JSON).exists() and not (refused / schema.GATE_VECTORS_BIN).exists()
+    assert not (refused / filenames.INDEX_JSON).exists() and not (refused / filenames.GATE_VECTORS_BIN).exists()
 
 
 def test_open_a_gated_dataset_vindex(gated_dataset: str, local_vindex: Path, tmp_path: Path) -> None:

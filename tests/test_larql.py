@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vindex_hub import schema
+from vindex_hub.format import filenames, sidecar
 from vindex_hub.errors import UsageError
 from vindex_hub.writers.larql import extracted_at, write_larql_index
 
@@ -19,7 +19,7 @@ from vindex_fixtures import (  # noqa: F401 (fixtures)
 
 
 def _larql(folder: Path) -> dict:
-    return json.loads((folder / schema.LARQL_INDEX_JSON).read_text())
+    return json.loads((folder / filenames.LARQL_INDEX_JSON).read_text())
 
 
 def test_index_json_fields(small_vindex: SmallVindex):
@@ -41,9 +41,9 @@ def test_index_json_fields(small_vindex: SmallVindex):
 def test_layers_address_the_same_bytes_as_the_sidecar(small_vindex: SmallVindex):
     folder = small_vindex.folder
     doc = _larql(folder)
-    index = schema.VindexIndex.loads((folder / schema.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((folder / filenames.INDEX_JSON).read_text())
     assert [e["layer"] for e in doc["layers"]] == index.layer_ids
-    data = (folder / schema.GATE_VECTORS_BIN).read_bytes()
+    data = (folder / filenames.GATE_VECTORS_BIN).read_bytes()
     for e in doc["layers"]:
         assert e["num_features"] == e["num_experts"] * e["num_features_per_expert"] == NUM_EXPERTS * NUM_FEATS
         # LarQL reads [num_features, hidden] row-major at offset: the sidecar's layer, expert by expert
@@ -53,13 +53,13 @@ def test_layers_address_the_same_bytes_as_the_sidecar(small_vindex: SmallVindex)
 
 def test_checksums_are_the_files_sha256(small_vindex: SmallVindex):
     checksums = _larql(small_vindex.folder)["checksums"]
-    assert sorted(checksums) == [schema.GATE_VECTORS_BIN, schema.LARQL_ROUTER_BIN]
+    assert sorted(checksums) == [filenames.GATE_VECTORS_BIN, filenames.LARQL_ROUTER_BIN]
     for name, digest in checksums.items():
         assert hashlib.sha256((small_vindex.folder / name).read_bytes()).hexdigest() == digest
 
 
 def test_router_weights_bin_holds_the_checkpoint_routers(small_vindex: SmallVindex):
-    raw = np.fromfile(small_vindex.folder / schema.LARQL_ROUTER_BIN, dtype="<f4")
+    raw = np.fromfile(small_vindex.folder / filenames.LARQL_ROUTER_BIN, dtype="<f4")
     per_layer = NUM_EXPERTS * HIDDEN + NUM_EXPERTS
     assert raw.size == NUM_LAYERS * per_layer
     for layer in range(NUM_LAYERS):
@@ -75,15 +75,15 @@ def test_router_weights_bin_holds_the_checkpoint_routers(small_vindex: SmallVind
 def test_extracted_at_is_reproducible(monkeypatch: pytest.MonkeyPatch, vindex_copy: Path):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
     assert extracted_at() == "2026-01-01T00:00:00Z"
-    index = schema.VindexIndex.loads((vindex_copy / schema.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
     write_larql_index(vindex_copy, index, {}, None)
-    first = (vindex_copy / schema.LARQL_INDEX_JSON).read_bytes()
+    first = (vindex_copy / filenames.LARQL_INDEX_JSON).read_bytes()
     write_larql_index(vindex_copy, index, {}, None)
-    assert (vindex_copy / schema.LARQL_INDEX_JSON).read_bytes() == first
+    assert (vindex_copy / filenames.LARQL_INDEX_JSON).read_bytes() == first
     assert json.loads(first)["source"]["extracted_at"] == "2026-01-01T00:00:00Z"
 
 
 def test_router_weights_need_the_routers(vindex_copy: Path):
-    index = schema.VindexIndex.loads((vindex_copy / schema.INDEX_JSON).read_text())
-    with pytest.raises(UsageError, match=schema.LARQL_ROUTER_BIN):
+    index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
+    with pytest.raises(UsageError, match=filenames.LARQL_ROUTER_BIN):
         write_larql_index(vindex_copy, index, {}, None, router=True)

@@ -22,17 +22,18 @@ import numpy as np
 import pytest
 from huggingface_hub import CommitOperationAdd, HfApi
 
-from vindex_hub import schema
-from vindex_hub.cache import BlockCache, default_cache_root
+from vindex_hub.format import filenames, layout, mirror, sidecar, statistics
+from vindex_hub.hub.blockcache import BlockCache, default_cache_root
 from vindex_hub.errors import (HubError, IntegrityError, OutputConflictError, RemoteNotFoundError, UsageError,
                                VindexFormatError)
 from vindex_hub.load import Vindex, pull, remote_info
-from vindex_hub.remote import fetch_range, parse_repo
+from vindex_hub.hub.http import fetch_range
+from vindex_hub.hub.refs import parse_repo
 from vindex_hub.results import LayerResult
 from vindex_hub.verify import verify_vindex
 from vindex_hub.writers.binary import GateVectorsWriter
-from vindex_hub.writers.parquet_mirror import write_mirror
-from vindex_hub.writers.stats_json import phase1_json, phase2_json
+from vindex_hub.writers.mirror import write_mirror
+from vindex_hub.writers.phases import phase1_json, phase2_json
 
 LAYERS = (0, 1, 2)
 E, K, H = 4, 3, 64  # a layer is 3 KiB, an expert 768 B
@@ -53,12 +54,12 @@ def write_vindex(folder: Path, *, layers=LAYERS, num_experts=E, num_feats=K, hid
               for layer in layers}
     writer = GateVectorsWriter(folder / "partial.bin", num_layers=len(layers), num_experts=num_experts,
                                num_feats=num_feats, hidden_size=hidden)
-    index = schema.VindexIndex(
+    index = sidecar.VindexIndex(
         num_feats=num_feats,
-        model_config=schema.ModelConfig("deepseek_v4", max(layers) + 1,
-                                        schema.MoEConfig(num_experts, 1, 2, hidden, 2 * hidden)),
-        source=schema.SourceInfo(repo_id="tests/tiny-moe", revision="a" * 40),
-        builder=schema.BuilderInfo(name="vindex-hub", version="test", method="test"),
+        model_config=sidecar.ModelConfig("deepseek_v4", max(layers) + 1,
+                                        sidecar.MoEConfig(num_experts, 1, 2, hidden, 2 * hidden)),
+        source=sidecar.SourceInfo(repo_id="tests/tiny-moe", revision="a" * 40),
+        builder=sidecar.BuilderInfo(name="vindex-hub", version="test", method="test"),
     )
     results = []
     for slot, layer in enumerate(layers):
@@ -70,23 +71,23 @@ def write_vindex(folder: Path, *, layers=LAYERS, num_experts=E, num_feats=K, hid
                                    frobenius_norm=frob, router_singular_values=router_s,
                                    router_frobenius_norm=float(np.sqrt((router_s ** 2).sum()))))
         var = (svals.astype(np.float64) ** 2).sum(1) / frob ** 2
-        index.layers[layer] = schema.LayerEntry(
-            file_offset=schema.layer_offset(slot, num_experts, num_feats, hidden),
+        index.layers[layer] = sidecar.LayerEntry(
+            file_offset=layout.layer_offset(slot, num_experts, num_feats, hidden),
             shape=[num_experts, num_feats, hidden], nbytes=index.layer_nbytes, sha256=sha,
             median_var=float(np.median(var)), q25_var=float(np.quantile(var, 0.25)),
             q75_var=float(np.quantile(var, 0.75)))
-    writer.finish(folder / schema.GATE_VECTORS_BIN)
-    (folder / schema.INDEX_JSON).write_text(index.dumps())
-    (folder / schema.PHASE1_JSON).write_text(json.dumps(phase1_json(results, index)))
-    (folder / schema.PHASE2_JSON).write_text(json.dumps(phase2_json(results, index)))
+    writer.finish(folder / filenames.GATE_VECTORS_BIN)
+    (folder / filenames.INDEX_JSON).write_text(index.dumps())
+    (folder / filenames.PHASE1_JSON).write_text(json.dumps(phase1_json(results, index)))
+    (folder / filenames.PHASE2_JSON).write_text(json.dumps(phase2_json(results, index)))
     write_mirror(folder, index, results)
-    splits = "".join(f"  - split: {schema.split_name(layer)}\n    path: {schema.gate_vectors_parquet(layer)}\n"
+    splits = "".join(f"  - split: {mirror.split_name(layer)}\n    path: {mirror.gate_vectors_parquet(layer)}\n"
                      for layer in layers)
-    (folder / schema.CARD_FILE).write_text(
+    (folder / filenames.CARD_FILE).write_text(
         "---\nlicense: mit\ntags:\n- vindex\nconfigs:\n"
-        f"- config_name: {schema.CONFIG_GATE_VECTORS}\n  default: true\n  data_files:\n{splits}"
-        f"- config_name: {schema.CONFIG_EXPERT_STATS}\n  data_files:\n"
-        f"  - split: {schema.STATS_SPLIT}\n    path: {schema.EXPERT_STATS_PARQUET}\n"
+        f"- config_name: {mirror.CONFIG_GATE_VECTORS}\n  default: true\n  data_files:\n{splits}"
+        f"- config_name: {mirror.CONFIG_EXPERT_STATS}\n  data_files:\n"
+        f"  - split: {mirror.STATS_SPLIT}\n    path: {mirror.EXPERT_STATS_PARQUET}\n"
         "---\n# a test vindex\n")
     return blocks
 
@@ -100,7 +101,7 @@ def upload(folder: Path, name: str | None = None) -> str:
 
 
 def bin_stats(hub, repo_id: str):
-    return hub.stats().file(repo_id, schema.GATE_VECTORS_BIN)
+    return hub.stats().file(repo_id, filenames.GATE_VECTORS_BIN)
 
 
 @pytest.fixture(scope="module")
@@ -133,9 +134,9 @@ def test_remote_modes_equal_local_binary(local_hub, vindex_folder, repo, cache, 
         np.testing.assert_array_equal(vx.layer(1), blocks[1])
         fetched = {k[2] for k, v in local_hub.stats().files.items() if k[1] == repo and v.bytes_sent}
         if mode == "arrow":  # that layer's parquet file only, not the whole config
-            assert {p for p in fetched if p.endswith(".parquet")} == {schema.gate_vectors_parquet(1)}
+            assert {p for p in fetched if p.endswith(".parquet")} == {mirror.gate_vectors_parquet(1)}
         else:  # snapshot: everything came at open
-            assert fetched == ({schema.GATE_VECTORS_BIN} if mode == "lazy" else set())
+            assert fetched == ({filenames.GATE_VECTORS_BIN} if mode == "lazy" else set())
         for layer in LAYERS:
             got = vx.layer(layer)
             assert got.dtype == np.float32 and got.shape == (E, K, H)
@@ -172,8 +173,8 @@ def test_stats_card_and_info(local_hub, vindex_folder, repo, cache):
             assert set(v.phase1["layers"]) == {"0", "1", "2"}
             assert set(v.phase2["layers"]) == {"0", "1", "2"}
             st = v.expert_stats()
-            assert st[schema.COL_SINGULAR_VALUES].shape == (len(LAYERS) * E, K)
-            assert sorted(set(st[schema.COL_LAYER].tolist())) == list(LAYERS)
+            assert st[statistics.SINGULAR_VALUES].shape == (len(LAYERS) * E, K)
+            assert sorted(set(st[mirror.COL_LAYER].tolist())) == list(LAYERS)
             assert "vindex" in v.card_data.to_dict()["tags"]
         info = vx.info()
         assert info["file_size"] == 3 * E * K * H * 4 and [r["layer"] for r in info["layers"]] == [0, 1, 2]
@@ -188,9 +189,9 @@ def test_lazy_fetches_only_the_layer_then_nothing(local_hub, repo, cache):
         assert bin_stats(local_hub, repo).bytes_sent == 0  # open reads only the sidecar
         vx.layer(1)
     s = local_hub.stats()
-    assert s.file(repo, schema.GATE_VECTORS_BIN).bytes_sent == nbytes
-    assert s.file(repo, schema.PHASE1_JSON).bytes_sent == 0 and s.file(repo, schema.CARD_FILE).bytes_sent == 0
-    assert s.bytes_sent == nbytes + s.file(repo, schema.INDEX_JSON).bytes_sent
+    assert s.file(repo, filenames.GATE_VECTORS_BIN).bytes_sent == nbytes
+    assert s.file(repo, filenames.PHASE1_JSON).bytes_sent == 0 and s.file(repo, filenames.CARD_FILE).bytes_sent == 0
+    assert s.bytes_sent == nbytes + s.file(repo, filenames.INDEX_JSON).bytes_sent
 
     local_hub.reset_stats()
     with Vindex.open(repo, cache_dir=cache) as vx:  # a new object on the same cache
@@ -269,9 +270,9 @@ def test_offline_reuse(local_hub, vindex_folder, repo, cache, monkeypatch):
 def test_corrupted_binary_on_the_server(local_hub, vindex_folder, tmp_path, cache):
     folder, _ = vindex_folder
     repo_id = upload(folder)
-    bad = bytearray((folder / schema.GATE_VECTORS_BIN).read_bytes())
+    bad = bytearray((folder / filenames.GATE_VECTORS_BIN).read_bytes())
     bad[E * K * H * 4 + 100] ^= 0x01  # one bit of layer 1 (slot 1)
-    HfApi().create_commit(repo_id, [CommitOperationAdd(schema.GATE_VECTORS_BIN, bytes(bad))],
+    HfApi().create_commit(repo_id, [CommitOperationAdd(filenames.GATE_VECTORS_BIN, bytes(bad))],
                           commit_message="corrupt", repo_type="dataset")  # the sidecar stays the old one
     for mode in ("lazy", "snapshot"):
         with Vindex.open(repo_id, mode=mode, cache_dir=cache) as vx:
@@ -317,7 +318,7 @@ def test_cached_expert_blocks_are_rechecked(local_hub, vindex_folder, repo, cach
     with Vindex.open(repo, cache_dir=cache, verify=False) as vx:  # cached unchecked
         vx.expert(2, 1)
         e = vx.index.layer(2)
-        start = e.file_offset + schema.expert_nbytes(K, H)
+        start = e.file_offset + layout.expert_nbytes(K, H)
         block = BlockCache(default_cache_root(cache)).get(vx._reader.remote.etag, start, start + K * H * 4)
     assert block is not None
     block.write_bytes((np.fromfile(block, dtype=np.float32) * 2).tobytes())  # rotted: rows no longer unit-norm
@@ -335,7 +336,7 @@ def test_block_cached_by_another_process_meanwhile_is_hashed(local_hub, vindex_f
     """The race: a verify=False reader caches a bad layer between this reader's look-up and its lock."""
     folder, blocks = vindex_folder
     repo_id = upload(folder)
-    good = (folder / schema.GATE_VECTORS_BIN).read_bytes()
+    good = (folder / filenames.GATE_VECTORS_BIN).read_bytes()
     with Vindex.open(repo_id, cache_dir=cache) as vx:
         e, etag = vx.index.layer(1), vx._reader.remote.etag
     bad = bytearray(good[e.file_offset:e.file_offset + e.nbytes])
@@ -365,7 +366,7 @@ def test_block_cache_refuses_unsafe_names_and_short_writes(tmp_path):
         with pytest.raises(HubError, match="cannot name a cache file"):
             blocks.obtain(etag, 0, 4, lambda f: f.write(b"abcd"))
     with pytest.raises(HubError, match="commit '../x'"):
-        blocks.remember("datasets--a--b", "../x", schema.GATE_VECTORS_BIN, {"etag": "e", "size": 4})
+        blocks.remember("datasets--a--b", "../x", filenames.GATE_VECTORS_BIN, {"etag": "e", "size": 4})
     with pytest.raises(HubError, match=r"http://h/f: bytes 0-3 came as 3 bytes"):
         blocks.obtain("e" * 64, 0, 4, lambda f: f.write(b"abc"), source="http://h/f")
     assert blocks.get("e" * 64, 0, 4) is None
@@ -391,7 +392,7 @@ class _CraftedHead(http.server.BaseHTTPRequestHandler):
 def test_server_commit_must_be_a_sha(monkeypatch):
     from huggingface_hub import constants
 
-    from vindex_hub.remote import file_metadata
+    from vindex_hub.hub.http import file_metadata
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CraftedHead)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -399,9 +400,9 @@ def test_server_commit_must_be_a_sha(monkeypatch):
         monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
                             f"http://127.0.0.1:{server.server_address[1]}/{{repo_id}}/resolve/{{revision}}/{{filename}}")
         with pytest.raises(HubError, match="commit '../../outside', not a 40-hex sha"):
-            file_metadata(parse_repo("ns/name"), schema.GATE_VECTORS_BIN)
+            file_metadata(parse_repo("ns/name"), filenames.GATE_VECTORS_BIN)
         monkeypatch.setattr(_CraftedHead, "commit", "c" * 40)
-        assert file_metadata(parse_repo("ns/name"), schema.GATE_VECTORS_BIN).commit == "c" * 40
+        assert file_metadata(parse_repo("ns/name"), filenames.GATE_VECTORS_BIN).commit == "c" * 40
     finally:
         server.shutdown()
         server.server_close()
@@ -410,7 +411,7 @@ def test_server_commit_must_be_a_sha(monkeypatch):
 def test_corrupted_local_binary(vindex_folder, tmp_path):
     folder = tmp_path / "copy"
     shutil.copytree(vindex_folder[0], folder)
-    with open(folder / schema.GATE_VECTORS_BIN, "r+b") as f:
+    with open(folder / filenames.GATE_VECTORS_BIN, "r+b") as f:
         f.seek(2 * E * K * H * 4 + 5)
         byte = f.read(1)
         f.seek(-1, 1)
@@ -426,7 +427,7 @@ def test_offsets_that_do_not_fit_the_file(local_hub, vindex_folder, tmp_path, ca
     big = tmp_path / "big"
     write_vindex(big, layers=(0, 1, 2, 3))
     repo_id = upload(folder)
-    HfApi().upload_file(path_or_fileobj=big / schema.INDEX_JSON, path_in_repo=schema.INDEX_JSON,
+    HfApi().upload_file(path_or_fileobj=big / filenames.INDEX_JSON, path_in_repo=filenames.INDEX_JSON,
                         repo_id=repo_id, repo_type="dataset")
     with pytest.raises(VindexFormatError, match="layer 3 spans bytes"):
         Vindex.open(repo_id, cache_dir=cache)
@@ -441,7 +442,7 @@ def test_missing_repo_revision_file(local_hub, vindex_folder, tmp_path, cache):
         Vindex.open(repo_id, revision="nope", cache_dir=cache)
     only_sidecar = tmp_path / "sidecar-only"
     only_sidecar.mkdir()
-    (only_sidecar / schema.INDEX_JSON).write_bytes((vindex_folder[0] / schema.INDEX_JSON).read_bytes())
+    (only_sidecar / filenames.INDEX_JSON).write_bytes((vindex_folder[0] / filenames.INDEX_JSON).read_bytes())
     repo2 = upload(only_sidecar)
     with pytest.raises(RemoteNotFoundError, match=f"gate_vectors.bin in dataset repo {repo2}.*no such file"):
         Vindex.open(repo2, cache_dir=cache)
@@ -454,7 +455,7 @@ def test_dropped_connection_is_resumed(local_hub, vindex_folder, repo, cache):
     _, blocks = vindex_folder
     nbytes = E * K * H * 4
     local_hub.reset_stats()
-    local_hub.inject_fault("drop", method="GET", path=f"*/{schema.GATE_VECTORS_BIN}", after_bytes=1000, times=2)
+    local_hub.inject_fault("drop", method="GET", path=f"*/{filenames.GATE_VECTORS_BIN}", after_bytes=1000, times=2)
     with Vindex.open(repo, cache_dir=cache) as vx:
         np.testing.assert_array_equal(vx.layer(2), blocks[2])
     s = bin_stats(local_hub, repo)
@@ -464,10 +465,10 @@ def test_dropped_connection_is_resumed(local_hub, vindex_folder, repo, cache):
 
 def test_server_errors_are_retried_then_reported(local_hub, vindex_folder, repo, cache):
     _, blocks = vindex_folder
-    local_hub.inject_fault("error", status=503, method="GET", path=f"*/{schema.GATE_VECTORS_BIN}", times=2)
+    local_hub.inject_fault("error", status=503, method="GET", path=f"*/{filenames.GATE_VECTORS_BIN}", times=2)
     with Vindex.open(repo, cache_dir=cache) as vx:
         np.testing.assert_array_equal(vx.layer(0), blocks[0])
-    local_hub.inject_fault("error", status=500, method="GET", path=f"*/{schema.GATE_VECTORS_BIN}", times=None)
+    local_hub.inject_fault("error", status=500, method="GET", path=f"*/{filenames.GATE_VECTORS_BIN}", times=None)
     with Vindex.open(repo, cache_dir=cache) as vx:
         with pytest.raises(HubError, match=r"gate_vectors.bin: bytes .* giving up after 5 retries \(HTTP 500\)"):
             vx.layer(1)
@@ -503,8 +504,8 @@ def test_server_ignoring_range_is_detected():
 
 def test_fetch_range_exact_bytes(local_hub, vindex_folder, repo):
     folder, _ = vindex_folder
-    raw = (folder / schema.GATE_VECTORS_BIN).read_bytes()
-    url = parse_repo(repo).url(schema.GATE_VECTORS_BIN)
+    raw = (folder / filenames.GATE_VECTORS_BIN).read_bytes()
+    url = parse_repo(repo).url(filenames.GATE_VECTORS_BIN)
     local_hub.reset_stats()
     assert fetch_range(url, 10, 1234, expected_total=len(raw)) == raw[10:1234]
     assert bin_stats(local_hub, repo).bytes_sent == 1224
@@ -515,7 +516,7 @@ def test_fetch_range_exact_bytes(local_hub, vindex_folder, repo):
 # ---- a shared cache across processes ----------------------------------------------------------------
 def test_concurrent_processes_share_one_cache(local_hub, vindex_folder, repo, cache):
     _, blocks = vindex_folder
-    local_hub.inject_fault("slow", method="GET", path=f"*/{schema.GATE_VECTORS_BIN}", delay_s=0.05,
+    local_hub.inject_fault("slow", method="GET", path=f"*/{filenames.GATE_VECTORS_BIN}", delay_s=0.05,
                            chunk_size=512, times=None)
     script = textwrap.dedent(f"""
         import hashlib
@@ -526,7 +527,7 @@ def test_concurrent_processes_share_one_cache(local_hub, vindex_folder, repo, ca
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
-    assert outs == [schema.VindexIndex.loads((vindex_folder[0] / schema.INDEX_JSON).read_text()).layer(1).sha256] * 3
+    assert outs == [sidecar.VindexIndex.loads((vindex_folder[0] / filenames.INDEX_JSON).read_text()).layer(1).sha256] * 3
     assert bin_stats(local_hub, repo).bytes_sent == E * K * H * 4  # fetched once, under the lock
 
 
@@ -536,10 +537,10 @@ def test_pull_binary_subset_is_a_valid_smaller_vindex(local_hub, vindex_folder, 
     local_hub.reset_stats()
     out = pull(repo, tmp_path / "sub", layers="1-2", cache_dir=cache)
     assert bin_stats(local_hub, repo).bytes_sent == 2 * E * K * H * 4
-    assert (out / schema.GATE_VECTORS_BIN).stat().st_size == 2 * E * K * H * 4
+    assert (out / filenames.GATE_VECTORS_BIN).stat().st_size == 2 * E * K * H * 4
     report = verify_vindex(out)
     assert report.ok, report.render()
-    assert (out / schema.LARQL_INDEX_JSON).exists() and not (out / schema.gate_vectors_parquet(0)).exists()
+    assert (out / filenames.LARQL_INDEX_JSON).exists() and not (out / mirror.gate_vectors_parquet(0)).exists()
     with Vindex.open(out) as vx:
         assert vx.layers == [1, 2]
         assert vx.index.layer(1).file_offset == 0 and vx.index.layer(2).file_offset == E * K * H * 4
@@ -547,11 +548,11 @@ def test_pull_binary_subset_is_a_valid_smaller_vindex(local_hub, vindex_folder, 
         np.testing.assert_array_equal(vx.layer(2), blocks[2])
         assert set(vx.phase1["layers"]) == {"1", "2"}
         assert [c["config_name"] for c in vx.card_data.to_dict()["configs"]] == [
-            schema.CONFIG_GATE_VECTORS, schema.CONFIG_EXPERT_STATS, schema.CONFIG_ROUTER_SVD]
+            mirror.CONFIG_GATE_VECTORS, mirror.CONFIG_EXPERT_STATS, mirror.CONFIG_ROUTER_SVD]
         stats = vx.expert_stats()  # the source's spectra, kept for the pulled layers only
-        assert sorted(set(stats[schema.COL_LAYER].tolist())) == [1, 2]
-        assert len(stats[schema.COL_LAYER]) == 2 * E
-    assert not (out / schema.BUILD_STATE_DIR).exists()
+        assert sorted(set(stats[mirror.COL_LAYER].tolist())) == [1, 2]
+        assert len(stats[mirror.COL_LAYER]) == 2 * E
+    assert not (out / filenames.BUILD_STATE_DIR).exists()
     one = pull(repo, tmp_path / "one", layers="1", cache_dir=cache)
     assert verify_vindex(one).ok, verify_vindex(one).render()
     with Vindex.open(one, mode="arrow") as vx:  # the regenerated mirror reads back through datasets
@@ -566,12 +567,12 @@ def test_pull_replaces_only_an_earlier_pull_of_the_same_repo(local_hub, vindex_f
     (out / "notes.txt").write_text("mine")
     assert pull(repo, out, layers="1", cache_dir=cache) == out  # an earlier pull: replaced
     assert verify_vindex(out).ok, verify_vindex(out).render()
-    assert not (out / schema.gate_vectors_parquet(0)).exists()  # no stale layer files left behind
+    assert not (out / mirror.gate_vectors_parquet(0)).exists()  # no stale layer files left behind
     assert (out / "notes.txt").read_text() == "mine"
     with Vindex.open(out) as vx:
         assert vx.layers == [1]
         np.testing.assert_array_equal(vx.layer(1), blocks[1])
-        assert set(vx.expert_stats()[schema.COL_LAYER].tolist()) == {1}  # the stats were replaced too
+        assert set(vx.expert_stats()[mirror.COL_LAYER].tolist()) == {1}  # the stats were replaced too
     other = upload(folder)
     with pytest.raises(OutputConflictError, match=f"not an earlier pull of dataset repo {other}"):
         pull(other, out, cache_dir=cache)
@@ -589,12 +590,12 @@ def test_pull_replaces_only_an_earlier_pull_of_the_same_repo(local_hub, vindex_f
 def test_pull_full_is_verified_and_arrow_is_data_only(local_hub, vindex_folder, repo, tmp_path, cache):
     folder, blocks = vindex_folder
     full = pull(repo, tmp_path / "full", cache_dir=cache)
-    assert (full / schema.GATE_VECTORS_BIN).read_bytes() == (folder / schema.GATE_VECTORS_BIN).read_bytes()
-    assert (full / schema.gate_vectors_parquet(2)).exists()
+    assert (full / filenames.GATE_VECTORS_BIN).read_bytes() == (folder / filenames.GATE_VECTORS_BIN).read_bytes()
+    assert (full / mirror.gate_vectors_parquet(2)).exists()
     assert verify_vindex(full).ok
     arrow = pull(repo, tmp_path / "arrow", layers=[0], format="arrow", cache_dir=cache)
-    assert (arrow / schema.gate_vectors_parquet(0)).exists() and (arrow / schema.CARD_FILE).exists()
-    assert not (arrow / schema.gate_vectors_parquet(1)).exists() and not (arrow / schema.GATE_VECTORS_BIN).exists()
+    assert (arrow / mirror.gate_vectors_parquet(0)).exists() and (arrow / filenames.CARD_FILE).exists()
+    assert not (arrow / mirror.gate_vectors_parquet(1)).exists() and not (arrow / filenames.GATE_VECTORS_BIN).exists()
     with pytest.raises(VindexFormatError, match="data-only pull .*mode='arrow'"):
         Vindex.open(arrow)
     with Vindex.open(arrow, mode="arrow") as vx:
@@ -606,17 +607,17 @@ def test_pull_full_is_verified_and_arrow_is_data_only(local_hub, vindex_folder, 
 def test_pull_of_a_corrupted_repo_leaves_no_sidecar(local_hub, vindex_folder, tmp_path, cache):
     folder, _ = vindex_folder
     repo_id = upload(folder)
-    bad = bytearray((folder / schema.GATE_VECTORS_BIN).read_bytes())
+    bad = bytearray((folder / filenames.GATE_VECTORS_BIN).read_bytes())
     bad[E * K * H * 4 + 100] ^= 0x01  # layer 1; the sidecar and mirror stay the old ones
-    HfApi().create_commit(repo_id, [CommitOperationAdd(schema.GATE_VECTORS_BIN, bytes(bad))],
+    HfApi().create_commit(repo_id, [CommitOperationAdd(filenames.GATE_VECTORS_BIN, bytes(bad))],
                           commit_message="corrupt", repo_type="dataset")
     with pytest.raises(IntegrityError, match="layer 1"):
         pull(repo_id, tmp_path / "full", cache_dir=cache)
-    assert (tmp_path / "full" / schema.GATE_VECTORS_BIN).exists()
-    assert not (tmp_path / "full" / schema.INDEX_JSON).exists()  # never a complete-looking wrong vindex
+    assert (tmp_path / "full" / filenames.GATE_VECTORS_BIN).exists()
+    assert not (tmp_path / "full" / filenames.INDEX_JSON).exists()  # never a complete-looking wrong vindex
     with pytest.raises(IntegrityError, match="layer 1 has sha256"):
         pull(repo_id, tmp_path / "full", layers="1", cache_dir=cache)  # re-pull into the same folder
-    assert not (tmp_path / "full" / schema.INDEX_JSON).exists()
+    assert not (tmp_path / "full" / filenames.INDEX_JSON).exists()
 
 
 def test_arrow_mode_needs_a_dataset_repo(local_hub, repo, cache):
@@ -630,6 +631,6 @@ def test_remote_info_reads_no_binary(local_hub, vindex_folder, repo, cache):
     info = remote_info(repo, cache_dir=cache)
     assert bin_stats(local_hub, repo).bytes_sent == 0
     assert (info["num_layers"], info["num_experts"], info["num_feats"], info["hidden_size"]) == (3, E, K, H)
-    assert info["file_size"] == (folder / schema.GATE_VECTORS_BIN).stat().st_size
+    assert info["file_size"] == (folder / filenames.GATE_VECTORS_BIN).stat().st_size
     assert info["phase2"]["layers"].keys() == {"0", "1", "2"}
     assert info["commit"] == HfApi().dataset_info(repo).sha

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vindex_hub.errors import UsageError
-from vindex_hub.research import project
+from vindex_hub.projection import project
 
 
 def _orthonormal(rng, e, k, h):

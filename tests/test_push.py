@@ -21,11 +21,11 @@ from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
-from vindex_hub import schema
+from vindex_hub.format import filenames, mirror
 from vindex_hub.build import build_vindex
 from vindex_hub.checksums import sha256_file
 from vindex_hub.errors import HubError, IntegrityError, RemoteNotFoundError, UsageError
-from vindex_hub.hub import publishable_files, push_vindex
+from vindex_hub.push import publishable_files, push_vindex
 from vindex_hub.hubserver import LocalHub
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 
@@ -60,7 +60,7 @@ def _assert_server_holds(repo_id: str, folder: Path, revision: str, cache: Path)
 
 
 def _edit_card(folder: Path, line: str) -> None:
-    card = folder / schema.CARD_FILE
+    card = folder / filenames.CARD_FILE
     card.write_text(card.read_text(encoding="utf-8") + f"\n{line}\n", encoding="utf-8")
 
 
@@ -86,8 +86,8 @@ def test_push_creates_repo_and_uploads_the_folder_in_one_commit(
         local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, tmp_path: Path) -> None:
     vindex_copy = fresh_vindex
     # Work files of a build and temporary files must never be published.
-    (vindex_copy / schema.BUILD_STATE_DIR).mkdir()
-    (vindex_copy / schema.BUILD_STATE_DIR / "build.json").write_text("{}")
+    (vindex_copy / filenames.BUILD_STATE_DIR).mkdir()
+    (vindex_copy / filenames.BUILD_STATE_DIR / "build.json").write_text("{}")
     (vindex_copy / "data" / ".layer_00.parquet.x1y2.tmp").write_bytes(b"half")
     (vindex_copy / "gate_vectors.bin.partial").write_bytes(b"half")
 
@@ -123,14 +123,14 @@ def test_push_after_a_card_edit_sends_only_the_card(local_hub: LocalHub, hub_rep
     _edit_card(vindex_copy, "Edited after the first push.")
     local_hub.reset_stats()
     second = push_vindex(vindex_copy, hub_repo_id, commit_message="Fix the card", progress=False)
-    card = vindex_copy / schema.CARD_FILE
-    assert [f.path for f in second.uploaded] == [schema.CARD_FILE]
-    assert _received(local_hub, hub_repo_id) == {schema.CARD_FILE: card.stat().st_size}
+    card = vindex_copy / filenames.CARD_FILE
+    assert [f.path for f in second.uploaded] == [filenames.CARD_FILE]
+    assert _received(local_hub, hub_repo_id) == {filenames.CARD_FILE: card.stat().st_size}
     assert local_hub.stats().lfs_bytes_received == 0
     commits = HfApi().list_repo_commits(hub_repo_id, repo_type="dataset")
     assert [c.commit_id for c in commits[:2]] == [second.commit_oid, first.commit_oid]
     assert commits[0].title == "Fix the card"
-    assert _tree(hub_repo_id)[schema.CARD_FILE].size == card.stat().st_size
+    assert _tree(hub_repo_id)[filenames.CARD_FILE].size == card.stat().st_size
 
 
 def test_push_of_fewer_layers_deletes_stale_splits_only(
@@ -143,15 +143,15 @@ def test_push_of_fewer_layers_deletes_stale_splits_only(
                  card_options=CARD_OPTIONS, larql_router=True)
 
     dry = push_vindex(fewer, hub_repo_id, dry_run=True, progress=False)
-    assert dry.deleted == [schema.gate_vectors_parquet(2)]
+    assert dry.deleted == [mirror.gate_vectors_parquet(2)]
     result = push_vindex(fewer, hub_repo_id, progress=False)
 
-    assert result.deleted == [schema.gate_vectors_parquet(2)]
+    assert result.deleted == [mirror.gate_vectors_parquet(2)]
     tree = _tree(hub_repo_id)
-    assert schema.gate_vectors_parquet(2) not in tree and "LICENSE" in tree and ".gitattributes" in tree
+    assert mirror.gate_vectors_parquet(2) not in tree and "LICENSE" in tree and ".gitattributes" in tree
     assert set(tree) == {f.path for f in publishable_files(fewer)} | {"LICENSE", ".gitattributes"}
     # Layers 0 and 1 are computed from the same weights: their parquet files were not sent again.
-    assert schema.gate_vectors_parquet(0) in {f.path for f in result.unchanged}
+    assert mirror.gate_vectors_parquet(0) in {f.path for f in result.unchanged}
 
 
 # ---- branches and pull requests -----------------------------------------------------------------------
@@ -173,7 +173,7 @@ def test_missing_branch_is_an_error_unless_create_branch(
     assert [b.name for b in refs.branches] == ["main"]
 
     result = push_vindex(vindex_copy, hub_repo_id, revision="dev", create_branch=True, progress=False)
-    assert result.created_branch and [f.path for f in result.uploaded] == [schema.CARD_FILE]
+    assert result.created_branch and [f.path for f in result.uploaded] == [filenames.CARD_FILE]
     assert _head(hub_repo_id) == main and _head(hub_repo_id, "dev") == result.commit_oid
     _assert_server_holds(hub_repo_id, vindex_copy, "dev", tmp_path / "cache")
     # The branch exists now: a second push to it needs no create_branch and finds nothing to do.
@@ -198,14 +198,14 @@ def test_dry_run_sends_nothing(local_hub: LocalHub, hub_repo_id: str, vindex_cop
     _edit_card(vindex_copy, "Not pushed.")
     local_hub.reset_stats()
     dry = push_vindex(vindex_copy, hub_repo_id, dry_run=True, progress=False)
-    assert [f.path for f in dry.uploaded] == [schema.CARD_FILE] and len(dry.unchanged) == len(new.uploaded) - 1
+    assert [f.path for f in dry.uploaded] == [filenames.CARD_FILE] and len(dry.unchanged) == len(new.uploaded) - 1
     assert local_hub.stats().bytes_received == 0 and _head(hub_repo_id) == head
     text = dry.render()
-    assert text.startswith("dry run: would push") and f"upload     {schema.CARD_FILE}" in text
+    assert text.startswith("dry run: would push") and f"upload     {filenames.CARD_FILE}" in text
 
 
 def test_a_folder_that_fails_verify_is_refused(local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path) -> None:
-    with open(vindex_copy / schema.GATE_VECTORS_BIN, "r+b") as f:
+    with open(vindex_copy / filenames.GATE_VECTORS_BIN, "r+b") as f:
         f.seek(100)
         f.write(b"\x00\x00\x80\x7f")  # one float becomes +inf: the layer's sha256 no longer matches
     with pytest.raises(IntegrityError, match="layer 0: gate_vectors.bin bytes 0..8192 hash to"):
@@ -244,25 +244,25 @@ def test_a_500_on_the_first_lfs_put_is_retried(local_hub: LocalHub, hub_repo_id:
 
 
 def test_a_dropped_upload_is_retried(local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, tmp_path: Path) -> None:
-    binary = fresh_vindex / schema.GATE_VECTORS_BIN
+    binary = fresh_vindex / filenames.GATE_VECTORS_BIN
     size, sha = binary.stat().st_size, sha256_file(binary)
     local_hub.inject_fault("drop", method="PUT", path=f"*/{sha}", after_bytes=size // 2, times=1)
     result = push_vindex(fresh_vindex, hub_repo_id, progress=False)
     # The broken attempt's bytes arrived too: the retry sent the file once more, whole.
-    assert local_hub.stats().file(hub_repo_id, schema.GATE_VECTORS_BIN).bytes_received > size
+    assert local_hub.stats().file(hub_repo_id, filenames.GATE_VECTORS_BIN).bytes_received > size
     _assert_server_holds(hub_repo_id, fresh_vindex, result.commit_oid, tmp_path / "cache")
 
 
 @pytest.mark.parametrize("kind", ["error", "drop"])
 def test_a_failed_upload_commits_nothing_and_the_next_push_resumes(
         local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, tmp_path: Path, fast_lfs_retries, kind: str) -> None:
-    binary = fresh_vindex / schema.GATE_VECTORS_BIN
+    binary = fresh_vindex / filenames.GATE_VECTORS_BIN
     size, sha = binary.stat().st_size, sha256_file(binary)
     local_hub.inject_fault(kind, method="PUT", path=f"*/{sha}", after_bytes=size // 3, times=None)
     with pytest.raises(HubError) as err:
         push_vindex(fresh_vindex, hub_repo_id, progress=False)
     message = str(err.value)
-    assert hub_repo_id in message and schema.GATE_VECTORS_BIN in message and "nothing was committed" in message
+    assert hub_repo_id in message and filenames.GATE_VECTORS_BIN in message and "nothing was committed" in message
     assert HUB_TOKEN not in message
     # The branch is as it was (the repo's initial commit) and no partial object was kept.
     assert set(_tree(hub_repo_id)) == {".gitattributes"}
@@ -274,7 +274,7 @@ def test_a_failed_upload_commits_nothing_and_the_next_push_resumes(
     _assert_server_holds(hub_repo_id, fresh_vindex, result.commit_oid, tmp_path / "cache")
     # The parquet files and the plot arrived during the failed push: only the binary is sent now.
     lfs = {p: n for p, n in _received(local_hub, hub_repo_id).items() if _tree(hub_repo_id)[p].lfs}
-    assert lfs == {schema.GATE_VECTORS_BIN: size}
+    assert lfs == {filenames.GATE_VECTORS_BIN: size}
 
 
 def test_a_failed_commit_request_changes_nothing(local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from vindex_hub.errors import QuantizationError
-from vindex_hub.quant import (
+from vindex_hub.numerics.quant import (
     check_finite,
     decode_bf16,
     decode_e4m3,
@@ -77,7 +77,7 @@ def same(a: np.ndarray, b: np.ndarray) -> bool:
 
 # ---- element decoders -----------------------------------------------------------------------
 def test_e2m1_table_matches_the_bit_layout():
-    from vindex_hub.quant import E2M1_VALUES
+    from vindex_hub.numerics.quant import E2M1_VALUES
 
     assert same(E2M1_VALUES, [ref_e2m1(c) for c in range(16)])
     assert [abs(v) for v in E2M1_VALUES[:8]] == E2M1

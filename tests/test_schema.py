@@ -4,23 +4,23 @@ import json
 
 import pytest
 
-from vindex_hub import schema
+from vindex_hub.format import layout, mirror, selection, sidecar
 from vindex_hub.errors import UsageError, VindexFormatError
 
 
-def make_index(layers=(0, 1, 2), num_experts=4, num_feats=8, hidden=32) -> schema.VindexIndex:
-    index = schema.VindexIndex(
+def make_index(layers=(0, 1, 2), num_experts=4, num_feats=8, hidden=32) -> sidecar.VindexIndex:
+    index = sidecar.VindexIndex(
         num_feats=num_feats,
-        model_config=schema.ModelConfig(
+        model_config=sidecar.ModelConfig(
             model_type="deepseek_v4", num_hidden_layers=max(layers) + 1,
-            moe=schema.MoEConfig(num_experts, 1, 2, hidden, 16),
+            moe=sidecar.MoEConfig(num_experts, 1, 2, hidden, 16),
         ),
-        source=schema.SourceInfo(repo_id="ns/model", revision="a" * 40),
-        builder=schema.BuilderInfo(name="vindex-hub", version="0", method="m"),
+        source=sidecar.SourceInfo(repo_id="ns/model", revision="a" * 40),
+        builder=sidecar.BuilderInfo(name="vindex-hub", version="0", method="m"),
     )
     for slot, layer in enumerate(layers):
-        index.layers[layer] = schema.LayerEntry(
-            file_offset=schema.layer_offset(slot, num_experts, num_feats, hidden),
+        index.layers[layer] = sidecar.LayerEntry(
+            file_offset=layout.layer_offset(slot, num_experts, num_feats, hidden),
             shape=[num_experts, num_feats, hidden], nbytes=index.layer_nbytes,
             sha256="0" * 64, median_var=0.5, q25_var=0.4, q75_var=0.6,
         )
@@ -31,20 +31,20 @@ def make_index(layers=(0, 1, 2), num_experts=4, num_feats=8, hidden=32) -> schem
     ("0-3", [0, 1, 2, 3]), ("3,5,7-9", [3, 5, 7, 8, 9]), ("5,5,1", [1, 5]), ([2, 0], [0, 2]), (None, list(range(10))),
 ])
 def test_parse_layers(spec, expected):
-    assert schema.parse_layers(spec, 10) == expected
+    assert selection.parse_layers(spec, 10) == expected
 
 
 @pytest.mark.parametrize("spec", ["", "a-b", "5-3", "0-10", "-1"])
 def test_parse_layers_rejects(spec):
     with pytest.raises(UsageError):
-        schema.parse_layers(spec, 10)
+        selection.parse_layers(spec, 10)
 
 
 def test_split_names_round_trip():
-    assert schema.split_name(1) == "layer_01"
-    assert schema.split_name(42) == "layer_42"
-    assert schema.layer_of_split(schema.split_name(7)) == 7
-    assert schema.gate_vectors_parquet(3) == "data/gate_vectors/layer_03.parquet"
+    assert mirror.split_name(1) == "layer_01"
+    assert mirror.split_name(42) == "layer_42"
+    assert mirror.layer_of_split(mirror.split_name(7)) == 7
+    assert mirror.gate_vectors_parquet(3) == "data/gate_vectors/layer_03.parquet"
 
 
 def test_index_round_trip_and_seed_keys():
@@ -56,7 +56,7 @@ def test_index_round_trip_and_seed_keys():
     assert data["num_feats"] == 8
     assert data["layers"]["4"]["file_offset"] == index.layer_nbytes
     assert data["layers"]["3"]["median_var8"] == 0.5
-    back = schema.VindexIndex.from_json(data)
+    back = sidecar.VindexIndex.from_json(data)
     assert back == index
     assert back.layer_ids == [3, 4, 5]
     assert back.total_bytes == 3 * 4 * 8 * 32 * 4
@@ -66,14 +66,14 @@ def test_index_refuses_unknown_format_version():
     data = make_index().to_json()
     data["format_version"] = 99
     with pytest.raises(VindexFormatError, match="format_version 99"):
-        schema.VindexIndex.from_json(data)
+        sidecar.VindexIndex.from_json(data)
 
 
 def test_index_rejects_overlapping_offsets():
     data = make_index().to_json()
     data["layers"]["1"]["file_offset"] = 0
     with pytest.raises(VindexFormatError, match="layer 1 file_offset 0"):
-        schema.VindexIndex.from_json(data)
+        sidecar.VindexIndex.from_json(data)
 
 
 def test_index_rejects_file_too_short():
@@ -87,6 +87,6 @@ def test_index_rejects_file_too_short():
 
 def test_malformed_sidecar_names_the_file():
     with pytest.raises(VindexFormatError, match="where.json: malformed"):
-        schema.VindexIndex.from_json({"format_version": 1, "dtype": "float32"}, where="where.json")
+        sidecar.VindexIndex.from_json({"format_version": 1, "dtype": "float32"}, where="where.json")
     with pytest.raises(VindexFormatError, match="not valid JSON"):
-        schema.VindexIndex.loads("{", where="x")
+        sidecar.VindexIndex.loads("{", where="x")

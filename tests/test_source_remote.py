@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 from huggingface_hub import HfApi
 
-from vindex_hub import schema
+from vindex_hub.format import filenames
 from vindex_hub.arch import get_architecture
 from vindex_hub.build import build_vindex
 from vindex_hub.errors import CheckpointError, HubError, RemoteNotFoundError, UnsupportedArchitectureError
 from vindex_hub.results import layer_result_path
 from vindex_hub.source.local import CONFIG_FILE, INDEX_FILE, SINGLE_FILE, LocalCheckpoint
-from vindex_hub.source.remote import HubCheckpoint, coalesce_ranges
+from vindex_hub.source.hub import HubCheckpoint, coalesce_ranges
 from vindex_hub.source.safetensors_format import PREFIX_BYTES
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 
@@ -99,13 +99,13 @@ def planned_bytes(infos_per_read) -> dict[str, int]:
 
 def assert_same_vindex(remote: Path, local: Path, *, repo_id: str, revision: str) -> None:
     """Bit-identical binary, sidecar (but for its source fields), phase JSONs and layer hashes."""
-    assert (remote / schema.GATE_VECTORS_BIN).read_bytes() == (local / schema.GATE_VECTORS_BIN).read_bytes()
-    ours, theirs = (json.loads((f / schema.INDEX_JSON).read_text()) for f in (remote, local))
+    assert (remote / filenames.GATE_VECTORS_BIN).read_bytes() == (local / filenames.GATE_VECTORS_BIN).read_bytes()
+    ours, theirs = (json.loads((f / filenames.INDEX_JSON).read_text()) for f in (remote, local))
     assert ours["source"]["repo_id"] == repo_id and ours["source"]["revision"] == revision
     assert ours.pop("source") != theirs.pop("source")
     assert ours == theirs
     assert {k: v["sha256"] for k, v in ours["layers"].items()} == {k: v["sha256"] for k, v in theirs["layers"].items()}
-    for name in (schema.PHASE1_JSON, schema.PHASE2_JSON):
+    for name in (filenames.PHASE1_JSON, filenames.PHASE2_JSON):
         ours, theirs = (json.loads((f / name).read_text()) for f in (remote, local))
         assert (ours.pop("model"), ours.pop("revision")) == (repo_id, revision), name
         del theirs["model"], theirs["revision"]
@@ -200,7 +200,7 @@ def test_a_resumed_build_fetches_nothing_for_the_layers_already_done(
     with pytest.raises(KeyboardInterrupt):
         build_vindex(remote_repo, out, num_feats=NUM_FEATS, device="cpu", progress=False)
     monkeypatch.setattr(HubCheckpoint, "read", real_read)
-    state = out / schema.BUILD_STATE_DIR
+    state = out / filenames.BUILD_STATE_DIR
     done = [layer for layer in range(SYNTH["num_layers"]) if layer_result_path(state, layer).exists()]
     assert done == [0, 1]
     first_run = shard_bytes_sent(local_hub, remote_repo, checkpoint)

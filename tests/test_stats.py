@@ -1,4 +1,4 @@
-"""``vindex_hub.stats`` against closed forms and float64 numpy computations of the definitions."""
+"""``vindex_hub.numerics.stats`` against closed forms and float64 numpy computations of the definitions."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from vindex_hub import schema, stats, svd
+from vindex_hub.format import statistics
+from vindex_hub.numerics import stats, svd
 from vindex_hub.errors import UsageError
 
 
@@ -56,11 +57,11 @@ def test_summarize() -> None:
     assert got["q25"] == np.percentile(sample, 25) and got["q75"] == np.percentile(sample, 75)
     assert got["median"] == np.median(sample)
     assert all(type(v) is float for v in got.values())
-    # The names are the ones schema.summary_var_key turns into sidecar keys.
-    assert {schema.summary_var_key(k, 64) for k in got} >= {
-        schema.median_var_key(64),
-        schema.q25_var_key(64),
-        schema.q75_var_key(64),
+    # The names are the ones statistics.summary_var_key turns into sidecar keys.
+    assert {statistics.summary_var_key(k, 64) for k in got} >= {
+        statistics.median_var_key(64),
+        statistics.q25_var_key(64),
+        statistics.q75_var_key(64),
     }
     with pytest.raises(UsageError):
         stats.summarize([])
@@ -83,21 +84,21 @@ def test_router_stats_of_a_known_router() -> None:
     got = stats.router_stats(s, fro)
 
     total = sum(v * v for v in values)  # 16 + 4 + 4 + 1 + 12 * 0.25 = 28
-    assert got[schema.router_topk_key(1)] == pytest.approx(16 / total, rel=1e-14)
-    assert got[schema.router_topk_key(8)] == pytest.approx((25 + 4 * 0.25) / total, rel=1e-14)
+    assert got[statistics.router_topk_key(1)] == pytest.approx(16 / total, rel=1e-14)
+    assert got[statistics.router_topk_key(8)] == pytest.approx((25 + 4 * 0.25) / total, rel=1e-14)
     # k >= len(s): the sum runs over the whole spectrum.
-    assert got[schema.router_topk_key(16)] == pytest.approx(1.0, rel=1e-14)
-    assert got[schema.router_topk_key(64)] == pytest.approx(1.0, rel=1e-14)
+    assert got[statistics.router_topk_key(16)] == pytest.approx(1.0, rel=1e-14)
+    assert got[statistics.router_topk_key(64)] == pytest.approx(1.0, rel=1e-14)
     p = np.array(values) / sum(values)
-    assert got[schema.ROUTER_EFFECTIVE_RANK] == pytest.approx(math.exp(-np.sum(p * np.log(p))), rel=1e-14)
-    assert got[schema.ROUTER_STABLE_RANK] == pytest.approx(total / 16, rel=1e-14)
-    assert got[schema.ROUTER_S0_S1] == pytest.approx(2.0, rel=1e-14)
-    assert got[schema.COL_SINGULAR_VALUES] == pytest.approx(values, rel=1e-14)
-    assert set(got) == {schema.router_topk_key(k) for k in schema.ROUTER_TOPK} | {
-        schema.ROUTER_EFFECTIVE_RANK,
-        schema.ROUTER_STABLE_RANK,
-        schema.ROUTER_S0_S1,
-        schema.COL_SINGULAR_VALUES,
+    assert got[statistics.ROUTER_EFFECTIVE_RANK] == pytest.approx(math.exp(-np.sum(p * np.log(p))), rel=1e-14)
+    assert got[statistics.ROUTER_STABLE_RANK] == pytest.approx(total / 16, rel=1e-14)
+    assert got[statistics.ROUTER_S0_S1] == pytest.approx(2.0, rel=1e-14)
+    assert got[statistics.SINGULAR_VALUES] == pytest.approx(values, rel=1e-14)
+    assert set(got) == {statistics.router_topk_key(k) for k in statistics.ROUTER_TOPK} | {
+        statistics.ROUTER_EFFECTIVE_RANK,
+        statistics.ROUTER_STABLE_RANK,
+        statistics.ROUTER_S0_S1,
+        statistics.SINGULAR_VALUES,
     }
 
 
@@ -106,18 +107,18 @@ def test_router_stats_of_a_random_router_match_numpy() -> None:
     s = svd.singular_values(router, name="router")
     got = stats.router_stats(s, float(np.linalg.norm(router.astype(np.float64))))
     ref = np.linalg.svd(router.astype(np.float64), compute_uv=False)
-    for k in schema.ROUTER_TOPK:
-        assert got[schema.router_topk_key(k)] == pytest.approx(np.sum(ref[:k] ** 2) / np.sum(ref**2), rel=1e-12)
-    assert got[schema.ROUTER_STABLE_RANK] == pytest.approx(np.sum(ref**2) / ref[0] ** 2, rel=1e-12)
-    assert got[schema.ROUTER_S0_S1] == pytest.approx(ref[0] / ref[1], rel=1e-12)
-    assert 1.0 < got[schema.ROUTER_EFFECTIVE_RANK] < 96.0
+    for k in statistics.ROUTER_TOPK:
+        assert got[statistics.router_topk_key(k)] == pytest.approx(np.sum(ref[:k] ** 2) / np.sum(ref**2), rel=1e-12)
+    assert got[statistics.ROUTER_STABLE_RANK] == pytest.approx(np.sum(ref**2) / ref[0] ** 2, rel=1e-12)
+    assert got[statistics.ROUTER_S0_S1] == pytest.approx(ref[0] / ref[1], rel=1e-12)
+    assert 1.0 < got[statistics.ROUTER_EFFECTIVE_RANK] < 96.0
 
 
 def test_router_stats_rank_one_and_bad_input() -> None:
     got = stats.router_stats([3.0, 0.0], 3.0)
-    assert got[schema.ROUTER_S0_S1] is None  # JSON has no infinity
-    assert got[schema.ROUTER_EFFECTIVE_RANK] == pytest.approx(1.0)
-    assert stats.router_stats([3.0], 3.0)[schema.ROUTER_S0_S1] is None
+    assert got[statistics.ROUTER_S0_S1] is None  # JSON has no infinity
+    assert got[statistics.ROUTER_EFFECTIVE_RANK] == pytest.approx(1.0)
+    assert stats.router_stats([3.0], 3.0)[statistics.ROUTER_S0_S1] is None
     with pytest.raises(UsageError, match="descending"):
         stats.router_stats([1.0, 2.0], 3.0)
     with pytest.raises(UsageError, match="zero router"):

@@ -1,4 +1,4 @@
-"""``vindex_hub.svd`` against a float64 LAPACK SVD reference."""
+"""``vindex_hub.numerics.svd`` against a float64 LAPACK SVD reference."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import scipy.linalg
 import threadpoolctl
 import torch
 
-from vindex_hub import svd
+from vindex_hub.numerics import svd
 from vindex_hub.testing import synth
 from vindex_hub.errors import CheckpointError, UsageError
 

@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from vindex_hub import schema
+from vindex_hub.format import filenames, layout, mirror, sidecar, statistics
 from vindex_hub.errors import IntegrityError, VindexFormatError
 from vindex_hub.verify import verify_vindex
-from vindex_hub.writers.parquet_mirror import gate_vectors_table
+from vindex_hub.writers.mirror import gate_vectors_table
 
 from vindex_fixtures import (  # noqa: F401 (fixtures)
     HIDDEN, NUM_EXPERTS, NUM_FEATS, SmallVindex, small_vindex, vindex_copy,
@@ -35,17 +35,17 @@ def test_a_built_vindex_passes(small_vindex: SmallVindex):
     assert report.problems == []
     # every part was looked at
     text = "\n".join(report.checks)
-    for name in (schema.INDEX_JSON, schema.GATE_VECTORS_BIN, schema.gate_vectors_parquet(2),
-                 schema.EXPERT_STATS_PARQUET, schema.ROUTER_SVD_PARQUET, schema.CARD_FILE,
-                 schema.LARQL_INDEX_JSON, schema.PHASE1_JSON, schema.PHASE2_JSON):
+    for name in (filenames.INDEX_JSON, filenames.GATE_VECTORS_BIN, mirror.gate_vectors_parquet(2),
+                 mirror.EXPERT_STATS_PARQUET, mirror.ROUTER_SVD_PARQUET, filenames.CARD_FILE,
+                 filenames.LARQL_INDEX_JSON, filenames.PHASE1_JSON, filenames.PHASE2_JSON):
         assert name in text
     report.raise_if_failed()
 
 
 def test_a_flipped_byte_in_the_binary_is_named_by_layer(vindex_copy: Path):
-    index = schema.VindexIndex.loads((vindex_copy / schema.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
     offset = index.layers[1].file_offset + 5 * 4 * HIDDEN + 7  # layer 1, expert 0, feature 5
-    with open(vindex_copy / schema.GATE_VECTORS_BIN, "r+b") as f:
+    with open(vindex_copy / filenames.GATE_VECTORS_BIN, "r+b") as f:
         f.seek(offset)
         byte = f.read(1)
         f.seek(offset)
@@ -64,7 +64,7 @@ def test_a_flipped_byte_in_the_binary_is_named_by_layer(vindex_copy: Path):
 def test_a_mirror_that_disagrees_with_the_binary_is_named(vindex_copy: Path, small_vindex: SmallVindex):
     vectors = small_vindex.binary_layer(vindex_copy, 2).copy()
     vectors[3, 6, 10] = np.nextafter(vectors[3, 6, 10], np.float32(1))  # one ulp, expert 3 feature 6
-    pq.write_table(gate_vectors_table(2, 0, vectors), vindex_copy / schema.gate_vectors_parquet(2))
+    pq.write_table(gate_vectors_table(2, 0, vectors), vindex_copy / mirror.gate_vectors_parquet(2))
     problems = _problems(vindex_copy)
     row = 3 * NUM_FEATS + 6
     assert problems == [f"layer 2: data/gate_vectors/layer_02.parquet row {row} (expert 3, feature 6) "
@@ -72,7 +72,7 @@ def test_a_mirror_that_disagrees_with_the_binary_is_named(vindex_copy: Path, sma
 
 
 def test_a_missing_parquet_file_is_named(vindex_copy: Path):
-    (vindex_copy / schema.gate_vectors_parquet(0)).unlink()
+    (vindex_copy / mirror.gate_vectors_parquet(0)).unlink()
     problems = _problems(vindex_copy)
     assert "layer 0: data/gate_vectors/layer_00.parquet is missing (the Arrow mirror of this layer)" in problems
     # the card still points at it
@@ -80,7 +80,7 @@ def test_a_missing_parquet_file_is_named(vindex_copy: Path):
 
 
 def test_card_configs_pointing_at_missing_files(vindex_copy: Path):
-    card = vindex_copy / schema.CARD_FILE
+    card = vindex_copy / filenames.CARD_FILE
     card.write_text(card.read_text().replace("path: data/router_svd/train.parquet",
                                              "path: data/router_svd/nowhere.parquet"))
     assert _problems(vindex_copy) == [
@@ -89,7 +89,7 @@ def test_card_configs_pointing_at_missing_files(vindex_copy: Path):
 
 
 def test_card_row_counts_that_disagree_with_the_parquet(vindex_copy: Path):
-    card = vindex_copy / schema.CARD_FILE
+    card = vindex_copy / filenames.CARD_FILE
     text = card.read_text()
     rows = NUM_EXPERTS * NUM_FEATS
     head, rest = text.split("  - name: layer_01\n", 1)
@@ -105,7 +105,7 @@ def test_card_row_counts_that_disagree_with_the_parquet(vindex_copy: Path):
     (lambda d: d["layers"]["2"].update(file_offset=d["layers"]["2"]["file_offset"] + 8), "layer 2 file_offset"),
 ])
 def test_an_index_whose_offsets_overlap_is_refused(vindex_copy: Path, damage, message):
-    _edit_json(vindex_copy / schema.INDEX_JSON, damage)
+    _edit_json(vindex_copy / filenames.INDEX_JSON, damage)
     report = verify_vindex(vindex_copy)
     assert len(report.problems) == 1 and message in report.problems[0]
     with pytest.raises(VindexFormatError, match=message) as info:
@@ -114,8 +114,8 @@ def test_an_index_whose_offsets_overlap_is_refused(vindex_copy: Path, damage, me
 
 
 def test_a_binary_shorter_than_its_index(vindex_copy: Path):
-    index = schema.VindexIndex.loads((vindex_copy / schema.INDEX_JSON).read_text())
-    with open(vindex_copy / schema.GATE_VECTORS_BIN, "r+b") as f:
+    index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
+    with open(vindex_copy / filenames.GATE_VECTORS_BIN, "r+b") as f:
         f.truncate(index.total_bytes - 4)
     problems = _problems(vindex_copy)
     assert any("layer 2 spans bytes" in p and f"holds {index.total_bytes - 4} bytes" in p for p in problems)
@@ -124,8 +124,8 @@ def test_a_binary_shorter_than_its_index(vindex_copy: Path):
 def test_a_larql_index_that_disagrees_with_the_sidecar(vindex_copy: Path):
     def damage(doc):
         doc["layers"][1]["offset"] += 4
-        doc["checksums"][schema.LARQL_ROUTER_BIN] = "0" * 64
-    _edit_json(vindex_copy / schema.LARQL_INDEX_JSON, damage)
+        doc["checksums"][filenames.LARQL_ROUTER_BIN] = "0" * 64
+    _edit_json(vindex_copy / filenames.LARQL_INDEX_JSON, damage)
     problems = _problems(vindex_copy)
     assert len(problems) == 2
     assert problems[0].startswith("layer 1: index.json says {'offset': ")
@@ -133,24 +133,24 @@ def test_a_larql_index_that_disagrees_with_the_sidecar(vindex_copy: Path):
 
 
 def test_phase_json_and_stats_that_disagree_with_the_index(vindex_copy: Path):
-    _edit_json(vindex_copy / schema.PHASE2_JSON, lambda d: d["layers"].pop("2"))
-    key = schema.median_var_key(NUM_FEATS)
-    _edit_json(vindex_copy / schema.PHASE1_JSON, lambda d: d["layers"]["0"]["routed"].update({key: 0.5}))
+    _edit_json(vindex_copy / filenames.PHASE2_JSON, lambda d: d["layers"].pop("2"))
+    key = statistics.median_var_key(NUM_FEATS)
+    _edit_json(vindex_copy / filenames.PHASE1_JSON, lambda d: d["layers"]["0"]["routed"].update({key: 0.5}))
     problems = _problems(vindex_copy)
     assert f"layer 0: phase1_moe_svd.json {key} = 0.5, gate_vectors_index.json has" in " ".join(problems)
     assert "phase2_router_svd.json: layers [0, 1], gate_vectors_index.json has [0, 1, 2]" in problems
 
 
 def test_index_var_stats_that_disagree_with_expert_stats(vindex_copy: Path):
-    key = schema.q75_var_key(NUM_FEATS)
-    _edit_json(vindex_copy / schema.INDEX_JSON, lambda d: d["layers"]["1"].update({key: 0.99}))
+    key = statistics.q75_var_key(NUM_FEATS)
+    _edit_json(vindex_copy / filenames.INDEX_JSON, lambda d: d["layers"]["1"].update({key: 0.99}))
     problems = _problems(vindex_copy)
     assert any(p.startswith(f"layer 1: data/expert_stats/train.parquet var{NUM_FEATS} gives") for p in problems)
     assert any(p.startswith(f"layer 1: phase1_moe_svd.json {key}") for p in problems)
 
 
 def test_an_unreadable_sidecar_stops_early_with_its_name(vindex_copy: Path):
-    (vindex_copy / schema.INDEX_JSON).write_text("{not json")
+    (vindex_copy / filenames.INDEX_JSON).write_text("{not json")
     report = verify_vindex(vindex_copy)
     assert len(report.problems) == 1 and "gate_vectors_index.json" in report.problems[0]
     assert "not valid JSON" in report.render()
@@ -161,15 +161,15 @@ def test_an_unreadable_sidecar_stops_early_with_its_name(vindex_copy: Path):
     ("- a list\n", "does not parse"),  # YAML, but not a mapping
 ])
 def test_a_card_whose_front_matter_does_not_parse_is_a_problem_not_a_crash(vindex_copy: Path, front_matter, message):
-    (vindex_copy / schema.CARD_FILE).write_text(f"---\n{front_matter}---\n# a card\n")
+    (vindex_copy / filenames.CARD_FILE).write_text(f"---\n{front_matter}---\n# a card\n")
     report = verify_vindex(vindex_copy)
     assert len(report.problems) == 1
     assert report.problems[0].startswith("README.md: VindexFormatError: ") and message in report.problems[0]
-    assert str(vindex_copy / schema.CARD_FILE) in report.problems[0]
+    assert str(vindex_copy / filenames.CARD_FILE) in report.problems[0]
 
 
 def test_card_configs_of_the_wrong_shape_are_a_problem_not_a_crash(vindex_copy: Path):
-    (vindex_copy / schema.CARD_FILE).write_text("---\nconfigs:\n- gate_vectors\n---\n# a card\n")
+    (vindex_copy / filenames.CARD_FILE).write_text("---\nconfigs:\n- gate_vectors\n---\n# a card\n")
     problems = _problems(vindex_copy)
     assert len(problems) == 1 and problems[0].startswith("README.md: AttributeError")
 
@@ -181,12 +181,12 @@ def test_a_binary_that_shrinks_while_being_hashed_is_a_problem_not_a_hang(
     from vindex_hub import verify
 
     layout_ok = verify._check_layout
-    index = schema.VindexIndex.loads((vindex_copy / schema.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
     cut = index.layers[1].file_offset + 100
 
     def layout_then_shrink(c, index):  # another process truncates the file just after the size check
         result = layout_ok(c, index)
-        with open(vindex_copy / schema.GATE_VECTORS_BIN, "r+b") as f:
+        with open(vindex_copy / filenames.GATE_VECTORS_BIN, "r+b") as f:
             f.truncate(cut)
         return result
 
@@ -204,12 +204,12 @@ def test_a_binary_that_shrinks_while_being_hashed_is_a_problem_not_a_hang(
 
 
 def test_each_larql_layer_field_is_checked(vindex_copy: Path):
-    layer_bytes = schema.layer_nbytes(NUM_EXPERTS, NUM_FEATS, HIDDEN)
+    layer_bytes = layout.layer_nbytes(NUM_EXPERTS, NUM_FEATS, HIDDEN)
     want = {"num_features": NUM_EXPERTS * NUM_FEATS, "offset": 2 * layer_bytes, "length": layer_bytes,
             "num_experts": NUM_EXPERTS, "num_features_per_expert": NUM_FEATS}
-    original = (vindex_copy / schema.LARQL_INDEX_JSON).read_text()
+    original = (vindex_copy / filenames.LARQL_INDEX_JSON).read_text()
     for key, value in want.items():
-        (vindex_copy / schema.LARQL_INDEX_JSON).write_text(original)
-        _edit_json(vindex_copy / schema.LARQL_INDEX_JSON, lambda doc: doc["layers"][2].update({key: 1}))
+        (vindex_copy / filenames.LARQL_INDEX_JSON).write_text(original)
+        _edit_json(vindex_copy / filenames.LARQL_INDEX_JSON, lambda doc: doc["layers"][2].update({key: 1}))
         assert _problems(vindex_copy) == [
             f"layer 2: index.json says {{'{key}': 1}}, gate_vectors_index.json implies {{'{key}': {value}}}"]

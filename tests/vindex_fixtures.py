@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vindex_hub import schema
+from vindex_hub.format import filenames, layout, sidecar
 from vindex_hub.arch import deepseek_v4 as ds
 from vindex_hub.build import build_vindex
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
@@ -67,9 +67,9 @@ class SmallVindex:
         return self.reference[ds.gate_tensor(block, ds.WEIGHT)], bias
 
     def binary_layer(self, folder: Path, layer: int) -> np.ndarray:
-        index = schema.VindexIndex.loads((folder / schema.INDEX_JSON).read_text())
+        index = sidecar.VindexIndex.loads((folder / filenames.INDEX_JSON).read_text())
         e = index.layer(layer)
-        return np.fromfile(folder / schema.GATE_VECTORS_BIN, dtype=schema.NUMPY_DTYPE,
+        return np.fromfile(folder / filenames.GATE_VECTORS_BIN, dtype=layout.NUMPY_DTYPE,
                            count=e.nbytes // 4, offset=e.file_offset).reshape(e.shape)
 
 

@@ -31,7 +31,7 @@ __version__ = "0.1.0"
 # Heavy modules (torch, datasets) load on first use, so `vindex-hub --help` stays instant.
 _LAZY = {
     "build_vindex": "vindex_hub.build",
-    "push_vindex": "vindex_hub.hub",
+    "push_vindex": "vindex_hub.push",
     "Vindex": "vindex_hub.load",
     "verify_vindex": "vindex_hub.verify",
 }

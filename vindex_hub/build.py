@@ -26,19 +26,21 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from . import __version__, schema, svd
+from . import __version__
+from .format import filenames, layout, selection, sidecar, statistics
+from .numerics import svd
 from .arch import MoEArchitecture, get_architecture
 from .checksums import sha256_file_range
 from .errors import CheckpointError, OutputConflictError, UsageError, VindexError
 from .fsutil import atomic_write_json, read_json
 from .results import LayerResult, layer_result_path
 from .source.base import CheckpointSource, RawTensor
-from .writers import stats_json
+from .writers import phases as stats_json
 from .writers.binary import GateVectorsWriter
 
 BUILDER_NAME = "vindex-hub"
 STATE_FILE = "build.json"
-PARTIAL_BIN = schema.GATE_VECTORS_BIN + ".partial"
+PARTIAL_BIN = filenames.GATE_VECTORS_BIN + ".partial"
 # Experts decomposed per batch: bounds the float32 working set (8 x 32 MiB at real size).
 DEFAULT_BATCH = 8
 
@@ -49,7 +51,7 @@ class BuildSummary:
     layers: list[int]
     built_layers: list[int]  # computed in this run (the others were resumed from disk)
     seconds: float
-    index: schema.VindexIndex
+    index: sidecar.VindexIndex
     already_complete: bool = False  # ``out`` held this very vindex, finished: nothing was done
 
 
@@ -68,7 +70,7 @@ def open_source(source: str | os.PathLike[str] | CheckpointSource, *, revision: 
     text = str(source)
     if path.exists() or text.startswith((".", "/")) or text.count("/") != 1:
         raise CheckpointError(f"{source}: not a checkpoint folder, nor a Hub repo id (namespace/name)")
-    from .source.remote import HubCheckpoint
+    from .source.hub import HubCheckpoint
 
     return HubCheckpoint(text, revision=revision, token=token)
 
@@ -105,7 +107,7 @@ def build_vindex(
         _check_num_feats(arch, num_feats)
         device = svd.resolve_device(device)
         index = _new_index(arch, src, num_feats, layer_ids)
-        state_dir = out / schema.BUILD_STATE_DIR
+        state_dir = out / filenames.BUILD_STATE_DIR
         fingerprint = _fingerprint(index, src, arch, layer_ids, larql_router, device)
         finished = _claim_output(out, state_dir, fingerprint)
         if finished is not None:  # the same vindex is already complete there: nothing to do
@@ -113,7 +115,7 @@ def build_vindex(
                                 already_complete=True)
 
         todo = [layer for layer in layer_ids if not _layer_done(state_dir, layer)]
-        final_bin = out / schema.GATE_VECTORS_BIN
+        final_bin = out / filenames.GATE_VECTORS_BIN
         if todo or not final_bin.exists():
             writer = GateVectorsWriter(
                 state_dir / PARTIAL_BIN, num_layers=len(layer_ids), num_experts=index.num_experts,
@@ -140,10 +142,10 @@ def _select_layers(arch: MoEArchitecture, layers: str | Sequence[int] | None) ->
     moe = arch.moe_layers()
     if layers is None:
         return moe
-    chosen = schema.parse_layers(layers, arch.num_hidden_layers)
+    chosen = selection.parse_layers(layers, arch.num_hidden_layers)
     dense = sorted(set(chosen) - set(moe))
     if dense:
-        raise UsageError(f"layers {dense} are not MoE layers (MoE layers: {schema.layer_span(moe)})")
+        raise UsageError(f"layers {dense} are not MoE layers (MoE layers: {selection.layer_span(moe)})")
     return chosen
 
 
@@ -157,18 +159,18 @@ def _check_num_feats(arch: MoEArchitecture, num_feats: int) -> None:
 
 
 def _new_index(arch: MoEArchitecture, src: CheckpointSource, num_feats: int,
-               layer_ids: list[int]) -> schema.VindexIndex:
-    return schema.VindexIndex(
+               layer_ids: list[int]) -> sidecar.VindexIndex:
+    return sidecar.VindexIndex(
         num_feats=num_feats,
-        model_config=schema.ModelConfig(
+        model_config=sidecar.ModelConfig(
             model_type=arch.model_type, num_hidden_layers=arch.num_hidden_layers, moe=arch.moe_config()
         ),
-        source=schema.SourceInfo(repo_id=src.repo_id, revision=src.revision, path=src.path),
-        builder=schema.BuilderInfo(name=BUILDER_NAME, version=__version__, method=svd.METHOD),
+        source=sidecar.SourceInfo(repo_id=src.repo_id, revision=src.revision, path=src.path),
+        builder=sidecar.BuilderInfo(name=BUILDER_NAME, version=__version__, method=svd.METHOD),
     )
 
 
-def _fingerprint(index: schema.VindexIndex, src: CheckpointSource, arch: MoEArchitecture,
+def _fingerprint(index: sidecar.VindexIndex, src: CheckpointSource, arch: MoEArchitecture,
                  layer_ids: list[int], larql_router: bool, device: str) -> dict[str, Any]:
     """What must match for a build to resume in a folder (and for a vindex to be 'the same').
 
@@ -190,14 +192,14 @@ def _fingerprint(index: schema.VindexIndex, src: CheckpointSource, arch: MoEArch
     }
 
 
-def _claim_output(out: Path, state_dir: Path, fingerprint: dict[str, Any]) -> schema.VindexIndex | None:
+def _claim_output(out: Path, state_dir: Path, fingerprint: dict[str, Any]) -> sidecar.VindexIndex | None:
     """Refuse a folder holding another vindex or another build's state; record ours.
 
     Returns the existing index when ``out`` already holds this very vindex, finished.
     """
-    existing_index = out / schema.INDEX_JSON
+    existing_index = out / filenames.INDEX_JSON
     if existing_index.exists():
-        index = schema.VindexIndex.loads(existing_index.read_text(), where=str(existing_index))
+        index = sidecar.VindexIndex.loads(existing_index.read_text(), where=str(existing_index))
         theirs = {
             "source": index.source.repo_id or index.source.path,
             "revision": index.source.revision,
@@ -206,7 +208,7 @@ def _claim_output(out: Path, state_dir: Path, fingerprint: dict[str, Any]) -> sc
             "layers": index.layer_ids,
             "builder_version": index.builder.version,
             "method": index.builder.method,
-            "larql_router": (out / schema.LARQL_ROUTER_BIN).exists(),
+            "larql_router": (out / filenames.LARQL_ROUTER_BIN).exists(),
         }
         changed = {k: (v, fingerprint[k]) for k, v in theirs.items() if fingerprint[k] != v}
         if changed:
@@ -214,11 +216,11 @@ def _claim_output(out: Path, state_dir: Path, fingerprint: dict[str, Any]) -> sc
                 f"{out} already holds a different vindex ({_describe_changes(changed)}); "
                 "choose another output folder, or remove it to rebuild"
             )
-        binary = out / schema.GATE_VECTORS_BIN
+        binary = out / filenames.GATE_VECTORS_BIN
         size = binary.stat().st_size if binary.exists() else None
         if size != index.total_bytes:
             raise OutputConflictError(
-                f"{out} holds {schema.INDEX_JSON} but its {schema.GATE_VECTORS_BIN} is "
+                f"{out} holds {filenames.INDEX_JSON} but its {filenames.GATE_VECTORS_BIN} is "
                 f"{'missing' if size is None else f'{size} bytes, not {index.total_bytes}'}; "
                 "run `vindex-hub verify` on it, or remove it to rebuild"
             )
@@ -233,9 +235,9 @@ def _claim_output(out: Path, state_dir: Path, fingerprint: dict[str, Any]) -> sc
                 f"remove {state_dir} to start over"
             )
         return None
-    if (out / schema.GATE_VECTORS_BIN).exists():
-        raise OutputConflictError(f"{out} holds a {schema.GATE_VECTORS_BIN} without its "
-                                  f"{schema.INDEX_JSON}; choose another output folder")
+    if (out / filenames.GATE_VECTORS_BIN).exists():
+        raise OutputConflictError(f"{out} holds a {filenames.GATE_VECTORS_BIN} without its "
+                                  f"{filenames.INDEX_JSON}; choose another output folder")
     state_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(state_file, fingerprint)
     return None
@@ -249,14 +251,14 @@ def _layer_done(state_dir: Path, layer: int) -> bool:
     return layer_result_path(state_dir, layer).exists()
 
 
-def _check_resumed_layers(state_dir: Path, bin_path: Path, index: schema.VindexIndex,
+def _check_resumed_layers(state_dir: Path, bin_path: Path, index: sidecar.VindexIndex,
                           layer_ids: list[int], todo: list[int]) -> None:
     """A resumed layer's block must still hash to what was recorded when it was written."""
     for slot, layer in enumerate(layer_ids):
         if layer in todo:
             continue
         recorded = LayerResult.load(layer_result_path(state_dir, layer)).sha256
-        offset = schema.layer_offset(slot, index.num_experts, index.num_feats, index.hidden_size)
+        offset = layout.layer_offset(slot, index.num_experts, index.num_feats, index.hidden_size)
         if sha256_file_range(bin_path, offset, index.layer_nbytes) != recorded:
             # The block was damaged after it was recorded: compute that layer again.
             layer_result_path(state_dir, layer).unlink()
@@ -266,7 +268,7 @@ def _check_resumed_layers(state_dir: Path, bin_path: Path, index: schema.VindexI
 
 # ---- the layer loop ---------------------------------------------------------------------------
 def _compute_layers(src: CheckpointSource, arch: MoEArchitecture, writer: GateVectorsWriter,
-                    index: schema.VindexIndex, layer_ids: list[int], todo: list[int], state_dir: Path,
+                    index: sidecar.VindexIndex, layer_ids: list[int], todo: list[int], state_dir: Path,
                     *, batch_size: int, device: str, prefetch: int, keep_router: bool,
                     progress: bool) -> None:
     if not todo:
@@ -384,31 +386,31 @@ def _prefetch(src: CheckpointSource, arch: MoEArchitecture, layers: list[int],
 
 
 # ---- publishing the folder ---------------------------------------------------------------------
-def _finish(out: Path, index: schema.VindexIndex, results: list[LayerResult], config: dict[str, Any],
+def _finish(out: Path, index: sidecar.VindexIndex, results: list[LayerResult], config: dict[str, Any],
             *, card_options: Any, larql_router: bool) -> None:
     """Write every derived file; the sidecar last, so its presence means 'complete'."""
     from .writers.card import CardOptions, write_card
     from .writers.larql import write_larql_index
-    from .writers.parquet_mirror import write_mirror
+    from .writers.mirror import write_mirror
 
     for slot, r in enumerate(results):
         summary = stats_json.routed_summary(r)
-        index.layers[r.layer] = schema.LayerEntry(
-            file_offset=schema.layer_offset(slot, index.num_experts, index.num_feats, index.hidden_size),
+        index.layers[r.layer] = sidecar.LayerEntry(
+            file_offset=layout.layer_offset(slot, index.num_experts, index.num_feats, index.hidden_size),
             shape=[index.num_experts, index.num_feats, index.hidden_size],
             nbytes=index.layer_nbytes,
             sha256=r.sha256,
-            median_var=summary[schema.median_var_key(index.num_feats)],
-            q25_var=summary[schema.q25_var_key(index.num_feats)],
-            q75_var=summary[schema.q75_var_key(index.num_feats)],
+            median_var=summary[statistics.median_var_key(index.num_feats)],
+            q25_var=summary[statistics.q25_var_key(index.num_feats)],
+            q75_var=summary[statistics.q75_var_key(index.num_feats)],
         )
-    index.check_layout(file_size=(out / schema.GATE_VECTORS_BIN).stat().st_size)
-    atomic_write_json(out / schema.PHASE1_JSON, stats_json.phase1_json(results, index))
-    atomic_write_json(out / schema.PHASE2_JSON, stats_json.phase2_json(results, index))
+    index.check_layout(file_size=(out / filenames.GATE_VECTORS_BIN).stat().st_size)
+    atomic_write_json(out / filenames.PHASE1_JSON, stats_json.phase1_json(results, index))
+    atomic_write_json(out / filenames.PHASE2_JSON, stats_json.phase2_json(results, index))
     write_mirror(out, index, results)
     write_larql_index(out, index, config, results, router=larql_router)
     write_card(out, index, card_options or CardOptions())
-    atomic_write_json(out / schema.INDEX_JSON, index.to_json())
+    atomic_write_json(out / filenames.INDEX_JSON, index.to_json())
 
 
 __all__ = ["build_vindex", "open_source", "BuildSummary", "VindexError"]

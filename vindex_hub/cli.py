@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import __version__, schema
+from . import __version__
+from .format import statistics
 from .errors import UsageError, VindexError
 
 
@@ -50,7 +51,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .writers.parquet_mirror import convert_vindex
+    from .writers.mirror import convert_vindex
 
     convert_vindex(Path(args.folder), card_options=_card_options(args))
     print(f"converted {args.folder}: Arrow mirror, LarQL index and card written")
@@ -90,12 +91,12 @@ def _render_info(info: dict) -> str:
         f"{info['hidden_size']} hidden, float32",
         f"  size       {info['total_bytes'] / 1e9:.2f} GB ({info['layer_nbytes'] / 1e6:.1f} MB a layer)",
         f"  builder    {info['builder']['name']} {info['builder']['version']}: {info['builder']['method']}",
-        f"  {'layer':>5}  {'offset':>14}  {schema.median_var_key(k):>12}  {'q25..q75':>17}  sha256",
+        f"  {'layer':>5}  {'offset':>14}  {statistics.median_var_key(k):>12}  {'q25..q75':>17}  sha256",
     ]
     for e in info["layers"]:
         lines.append(
-            f"  {e['layer']:>5}  {e['file_offset']:>14}  {e[schema.median_var_key(k)]:>12.4f}  "
-            f"{e[schema.q25_var_key(k)]:>8.4f}..{e[schema.q75_var_key(k)]:<7.4f}  {e['sha256'][:16]}"
+            f"  {e['layer']:>5}  {e['file_offset']:>14}  {e[statistics.median_var_key(k)]:>12.4f}  "
+            f"{e[statistics.q25_var_key(k)]:>8.4f}..{e[statistics.q75_var_key(k)]:<7.4f}  {e['sha256'][:16]}"
         )
     return "\n".join(lines)
 
@@ -110,7 +111,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def cmd_push(args: argparse.Namespace) -> int:
-    from .hub import push_vindex
+    from .push import push_vindex
 
     result = push_vindex(args.folder, args.repo_id, repo_type=args.repo_type, revision=args.revision,
                          create_pr=args.create_pr, private=args.private, commit_message=args.message,

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import schema
+from .format import filenames, layout, mirror, sidecar
 from .errors import VindexError
 
 DEMO_REPO_ID = "demo/tiny-deepseek-v4-vindex"
@@ -69,7 +69,7 @@ class DemoSummary:
 
         t = self.timings
         ratio = self.lazy_bytes_fetched / self.lazy_layer_bytes
-        split = schema.split_name(self.lazy_layer)
+        split = mirror.split_name(self.lazy_layer)
         where = f"dataset repo {self.repo_id} on the local Hub at {self.hub_url}"
         pushed = (f"{self.pushed_files} files, {format_size(self.pushed_bytes)} in one commit to {where}"
                   if self.pushed_files else f"nothing sent: {where} already holds this vindex")
@@ -86,7 +86,7 @@ class DemoSummary:
             f"  Vindex.open    lazy layer({self.lazy_layer}): equals gate_vectors.bin; fetched "
             f"{self.lazy_bytes_fetched:,} B for a {self.lazy_layer_bytes:,} B layer ({ratio:.2f}x{cached}) "
             f"({t['lazy']:.1f} s)",
-            f"  load_dataset   (repo, \"{schema.CONFIG_GATE_VECTORS}\", split=\"{split}\"): equals "
+            f"  load_dataset   (repo, \"{mirror.CONFIG_GATE_VECTORS}\", split=\"{split}\"): equals "
             f"gate_vectors.bin layer {self.lazy_layer} ({t['load_dataset']:.1f} s)",
             f"  snapshot       snapshot_download: {self.snapshot_files} files, byte-identical to the folder "
             f"({t['snapshot']:.1f} s)",
@@ -131,7 +131,7 @@ def run_demo(workdir: str | os.PathLike[str] | None = None, keep: bool = False) 
             workdir=work, kept=kept, hub_url=client["hub_url"], repo_id=DEMO_REPO_ID,
             layers=index.layer_ids, num_experts=index.num_experts, num_feats=index.num_feats,
             hidden_size=index.hidden_size, checkpoint_bytes=_tree_bytes(checkpoint),
-            binary_bytes=(build.out / schema.GATE_VECTORS_BIN).stat().st_size, folder_bytes=_tree_bytes(build.out),
+            binary_bytes=(build.out / filenames.GATE_VECTORS_BIN).stat().st_size, folder_bytes=_tree_bytes(build.out),
             pushed_files=client["pushed_files"], pushed_bytes=client["pushed_bytes"],
             commit_url=client["commit_url"], lazy_layer=LAZY_LAYER, lazy_layer_bytes=index.layer_nbytes,
             lazy_bytes_fetched=client["lazy_bytes_fetched"], snapshot_files=client["snapshot_files"],
@@ -182,15 +182,15 @@ def client_steps(folder: Path, repo_id: str, layer: int) -> dict[str, Any]:
 
     from .checksums import sha256_file
     from .errors import IntegrityError
-    from .hub import publishable_files, push_vindex
+    from .push import publishable_files, push_vindex
     from .load import Vindex, gate_vectors_from_table
 
     datasets.config.USE_PARQUET_EXPORT = False  # else load_dataset asks datasets-server.<host> (off-machine)
-    index = schema.VindexIndex.loads((folder / schema.INDEX_JSON).read_text(encoding="utf-8"))
-    local = np.memmap(folder / schema.GATE_VECTORS_BIN, dtype=schema.NUMPY_DTYPE, mode="r")
+    index = sidecar.VindexIndex.loads((folder / filenames.INDEX_JSON).read_text(encoding="utf-8"))
+    local = np.memmap(folder / filenames.GATE_VECTORS_BIN, dtype=layout.NUMPY_DTYPE, mode="r")
     e = index.layer(layer)
-    first = e.file_offset // schema.ITEMSIZE
-    want = np.asarray(local[first:first + e.nbytes // schema.ITEMSIZE]).reshape(e.shape)
+    first = e.file_offset // layout.ITEMSIZE
+    want = np.asarray(local[first:first + e.nbytes // layout.ITEMSIZE]).reshape(e.shape)
     timings: dict[str, float] = {}
 
     start = time.monotonic()
@@ -203,18 +203,18 @@ def client_steps(folder: Path, repo_id: str, layer: int) -> dict[str, Any]:
         got = vx.layer(layer)
         if not np.array_equal(got, want):
             raise IntegrityError(f"demo: Vindex.open({repo_id!r}).layer({layer}) differs from "
-                                 f"{schema.GATE_VECTORS_BIN}")
+                                 f"{filenames.GATE_VECTORS_BIN}")
     timings["lazy"] = time.monotonic() - start
     stats = _admin(constants.ENDPOINT, "GET", "/_local_hub/stats")
     fetched = sum(f["bytes_sent"] for f in stats["files"]
-                  if f["repo_id"] == repo_id and f["path"] == schema.GATE_VECTORS_BIN)
+                  if f["repo_id"] == repo_id and f["path"] == filenames.GATE_VECTORS_BIN)
 
     start = time.monotonic()
-    split = schema.split_name(layer)
-    ds = datasets.load_dataset(repo_id, schema.CONFIG_GATE_VECTORS, split=split)
+    split = mirror.split_name(layer)
+    ds = datasets.load_dataset(repo_id, mirror.CONFIG_GATE_VECTORS, split=split)
     block = gate_vectors_from_table(ds.data.table, e.shape, where=f"{repo_id} split {split}")
     if not np.array_equal(block, want):
-        raise IntegrityError(f"demo: load_dataset({repo_id!r}, split={split!r}) differs from {schema.GATE_VECTORS_BIN}")
+        raise IntegrityError(f"demo: load_dataset({repo_id!r}, split={split!r}) differs from {filenames.GATE_VECTORS_BIN}")
     timings["load_dataset"] = time.monotonic() - start
 
     start = time.monotonic()

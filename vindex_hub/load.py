@@ -9,7 +9,7 @@ Modes (``Vindex.open(..., mode=...)``):
               honoured), then memory-mapped like a local folder.
 ``lazy``      (the default for repos) only the sidecar is downloaded at open; ``layer(L)`` and
               ``expert(L, E)`` fetch exactly those bytes with ranged GETs and keep them in the
-              persistent block cache (``vindex_hub.cache``), keyed by the binary's content hash
+              persistent block cache (``vindex_hub.hub.blockcache``), keyed by the binary's content hash
               at the resolved commit. Views of cached blocks are memory-mapped too.
 ``arrow``     each layer is read from the parquet mirror with ``datasets.load_dataset(repo,
               "gate_vectors", split="layer_NN")`` and reassembled to ``(E, K, H)`` (dataset repos
@@ -47,20 +47,22 @@ from huggingface_hub import constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.file_download import repo_folder_name
 
-from . import schema
-from .cache import BlockCache, default_cache_root
+from .format import filenames, layout, mirror, selection, sidecar, statistics
+from .hub.blockcache import BlockCache, default_cache_root
 from .checksums import sha256_bytes
 from .errors import HubError, IntegrityError, OutputConflictError, RemoteNotFoundError, UsageError, VindexFormatError
 from .fsutil import atomic_write_json, atomic_write_text, read_json
-from .remote import RemoteFile, RepoRef, commit_sha, fetch_range_into, file_metadata, first_line, hub_errors, parse_repo
-from .writers import stats_json
+from .hub.http import RemoteFile, fetch_range_into, file_metadata
+from .hub.refs import RepoRef, commit_sha, parse_repo
+from .hub.errors import first_line, hub_errors
+from .writers import phases as stats_json
 from .writers.binary import GateVectorsWriter
 
 Mode = Literal["local", "snapshot", "lazy", "arrow"]
 Verify = Union[bool, Literal["strict"]]
 MODES = ("local", "snapshot", "lazy", "arrow")
 # What a snapshot-mode open downloads: the binary and the small files beside it, not the mirror.
-SNAPSHOT_FILES = [schema.INDEX_JSON, schema.GATE_VECTORS_BIN, schema.PHASE1_JSON, schema.PHASE2_JSON, schema.CARD_FILE]
+SNAPSHOT_FILES = [filenames.INDEX_JSON, filenames.GATE_VECTORS_BIN, filenames.PHASE1_JSON, filenames.PHASE2_JSON, filenames.CARD_FILE]
 UNIT_NORM_TOL = 1e-3  # rows are unit-norm float32 singular vectors; corrupted bytes rarely stay within this
 
 
@@ -98,10 +100,10 @@ class _HubFiles:
 class _MemmapReader:
     """gate_vectors.bin on local disk (a vindex folder or a Hub cache snapshot)."""
 
-    def __init__(self, path: Path, index: schema.VindexIndex):
-        index.check_layout(where=str(path.with_name(schema.INDEX_JSON)), file_size=path.stat().st_size)
+    def __init__(self, path: Path, index: sidecar.VindexIndex):
+        index.check_layout(where=str(path.with_name(filenames.INDEX_JSON)), file_size=path.stat().st_size)
         self.path, self.index = path, index
-        self._mm = np.memmap(path, dtype=schema.NUMPY_DTYPE, mode="r",
+        self._mm = np.memmap(path, dtype=layout.NUMPY_DTYPE, mode="r",
                              shape=(len(index.layers), index.num_experts, index.num_feats, index.hidden_size))
         self._slot = {layer: slot for slot, layer in enumerate(index.layer_ids)}
 
@@ -122,7 +124,7 @@ class _MemmapReader:
 class _RangedReader:
     """Exact ranged reads of a remote gate_vectors.bin, through the persistent block cache."""
 
-    def __init__(self, remote: RemoteFile, index: schema.VindexIndex, cache: BlockCache, token: str | bool | None):
+    def __init__(self, remote: RemoteFile, index: sidecar.VindexIndex, cache: BlockCache, token: str | bool | None):
         self.remote, self.index, self.cache, self.token = remote, index, cache, token
 
     def _block(self, start: int, end: int, check: Callable[[Path], None] | None, recheck: bool) -> np.ndarray:
@@ -145,11 +147,11 @@ class _RangedReader:
                 except HubError as exc:
                     raise IntegrityError(f"{bad} (cache block {path}, now dropped; fetching it again failed: "
                                          f"{exc})") from None
-        return np.asarray(np.memmap(path, dtype=schema.NUMPY_DTYPE, mode="r"))
+        return np.asarray(np.memmap(path, dtype=layout.NUMPY_DTYPE, mode="r"))
 
     def layer(self, layer: int, verify: Verify, verified: set) -> np.ndarray:
         e = self.index.layer(layer)
-        where = f"{schema.GATE_VECTORS_BIN} ({self.remote.url})"
+        where = f"{filenames.GATE_VECTORS_BIN} ({self.remote.url})"
         check = (lambda path: _check_sha256(_mapped(path), self.index, layer, where)) if verify else None
         flat = self._block(e.file_offset, e.file_offset + e.nbytes, check, recheck=layer not in verified)
         if verify:
@@ -161,10 +163,10 @@ class _RangedReader:
         if verify == "strict" or self.cache.get(self.remote.etag, e.file_offset, e.file_offset + e.nbytes):
             return self.layer(layer, verify, verified)[expert]
         k, h = self.index.num_feats, self.index.hidden_size
-        start = e.file_offset + expert * schema.expert_nbytes(k, h)
-        where = f"{schema.GATE_VECTORS_BIN} ({self.remote.url}) layer {layer} expert {expert}"
+        start = e.file_offset + expert * layout.expert_nbytes(k, h)
+        where = f"{filenames.GATE_VECTORS_BIN} ({self.remote.url}) layer {layer} expert {expert}"
         check = (lambda path: _check_unit_rows(_mapped(path).reshape(k, h), where)) if verify else None
-        block = self._block(start, start + schema.expert_nbytes(k, h), check, recheck=(layer, expert) not in verified)
+        block = self._block(start, start + layout.expert_nbytes(k, h), check, recheck=(layer, expert) not in verified)
         if verify:
             verified.add((layer, expert))
         return block.reshape(k, h)
@@ -176,7 +178,7 @@ class _RangedReader:
 class _ArrowReader:
     """Layers from the parquet mirror via ``datasets.load_dataset``, one split per layer."""
 
-    def __init__(self, path_or_repo: str, revision: str | None, index: schema.VindexIndex, token: str | bool | None):
+    def __init__(self, path_or_repo: str, revision: str | None, index: sidecar.VindexIndex, token: str | bool | None):
         self.path_or_repo, self.revision, self.index, self.token = path_or_repo, revision, index, token
 
     def layer(self, layer: int, verify: Verify, verified: set) -> np.ndarray:
@@ -184,8 +186,8 @@ class _ArrowReader:
         from datasets.exceptions import DatasetNotFoundError
 
         e = self.index.layer(layer)
-        split, rel = schema.split_name(layer), schema.gate_vectors_parquet(layer)
-        where = f"{rel} of {self.path_or_repo} (config {schema.CONFIG_GATE_VECTORS}, split {split})"
+        split, rel = mirror.split_name(layer), mirror.gate_vectors_parquet(layer)
+        where = f"{rel} of {self.path_or_repo} (config {mirror.CONFIG_GATE_VECTORS}, split {split})"
         # data_files names this layer's file only: with just the config, datasets 5.2 downloads and
         # prepares every split of it before returning one.
         try:
@@ -214,28 +216,28 @@ def gate_vectors_from_table(table, shape: list[int], *, where: str) -> np.ndarra
     num_experts, num_feats, hidden = shape
     if table.num_rows != num_experts * num_feats:
         raise VindexFormatError(f"{where}: {table.num_rows} rows, expected {num_experts} x {num_feats}")
-    expert = table.column(schema.COL_EXPERT).to_numpy().astype(np.int64)
-    feature = table.column(schema.COL_FEATURE).to_numpy().astype(np.int64)
-    vectors = table.column(schema.COL_VECTOR).combine_chunks()
+    expert = table.column(mirror.COL_EXPERT).to_numpy().astype(np.int64)
+    feature = table.column(mirror.COL_FEATURE).to_numpy().astype(np.int64)
+    vectors = table.column(mirror.COL_VECTOR).combine_chunks()
     flat = vectors.values.to_numpy(zero_copy_only=False)
     if flat.dtype != np.float32 or flat.size != table.num_rows * hidden:
-        raise VindexFormatError(f"{where}: {schema.COL_VECTOR} is not float32 x {hidden}")
+        raise VindexFormatError(f"{where}: {mirror.COL_VECTOR} is not float32 x {hidden}")
     if expert.min() < 0 or expert.max() >= num_experts or feature.min() < 0 or feature.max() >= num_feats:
         raise VindexFormatError(f"{where}: (expert, feature) outside {num_experts} x {num_feats}")
     slot = expert * num_feats + feature
     if np.unique(slot).size != slot.size:
         raise VindexFormatError(f"{where}: repeated (expert, feature) rows")
-    out = np.empty((num_experts * num_feats, hidden), dtype=schema.NUMPY_DTYPE)
+    out = np.empty((num_experts * num_feats, hidden), dtype=layout.NUMPY_DTYPE)
     out[slot] = flat.reshape(-1, hidden)
     return out.reshape(shape)
 
 
 def _mapped(path: Path) -> np.ndarray:
     """A read-only float32 view of a whole file (a cache block), for the checks below."""
-    return np.memmap(path, dtype=schema.NUMPY_DTYPE, mode="r")
+    return np.memmap(path, dtype=layout.NUMPY_DTYPE, mode="r")
 
 
-def _check_sha256(block: np.ndarray, index: schema.VindexIndex, layer: int, where: str) -> None:
+def _check_sha256(block: np.ndarray, index: sidecar.VindexIndex, layer: int, where: str) -> None:
     got = sha256_bytes(memoryview(np.ascontiguousarray(block)).cast("B"))
     want = index.layer(layer).sha256
     if got != want:
@@ -256,7 +258,7 @@ class Vindex:
     memory-mapped views (copy them to write). ``layer_torch``/``expert_torch`` return copies.
     """
 
-    def __init__(self, index: schema.VindexIndex, reader, files, *, mode: Mode, verify: Verify,
+    def __init__(self, index: sidecar.VindexIndex, reader, files, *, mode: Mode, verify: Verify,
                  location: str, commit: str | None = None, file_size: int | None = None):
         self._index, self._reader, self._files = index, reader, files
         self.mode, self.verify, self.location, self.commit = mode, verify, location, commit
@@ -299,17 +301,17 @@ class Vindex:
                              f"{ref} is a {ref.repo_type} repo (use mode='lazy' or 'snapshot')")
         ref = ref.at(_resolve_commit(ref, cache_dir=cache_dir, token=token))
         files = _HubFiles(ref, cache_dir=cache_dir, token=token)
-        index_path = files.path(schema.INDEX_JSON)
-        index = schema.VindexIndex.loads(index_path.read_text(encoding="utf-8"), where=files.describe(schema.INDEX_JSON))
+        index_path = files.path(filenames.INDEX_JSON)
+        index = sidecar.VindexIndex.loads(index_path.read_text(encoding="utf-8"), where=files.describe(filenames.INDEX_JSON))
         if mode == "snapshot":
             with hub_errors(ref):
                 folder = Path(snapshot_download(ref.repo_id, repo_type=ref.repo_type, revision=ref.revision,
                                                 allow_patterns=SNAPSHOT_FILES, cache_dir=cache_dir, token=token))
-            reader = _MemmapReader(_existing(folder / schema.GATE_VECTORS_BIN, ref), index)
+            reader = _MemmapReader(_existing(folder / filenames.GATE_VECTORS_BIN, ref), index)
             size = reader.path.stat().st_size
         elif mode == "lazy":
             remote = _binary_metadata(ref, cache_dir=cache_dir, token=token)
-            index.check_layout(where=files.describe(schema.INDEX_JSON), file_size=remote.size)
+            index.check_layout(where=files.describe(filenames.INDEX_JSON), file_size=remote.size)
             cache = BlockCache(default_cache_root(cache_dir))
             reader, size = _RangedReader(remote, index, cache, token), remote.size
         else:
@@ -320,24 +322,24 @@ class Vindex:
     @classmethod
     def _open_local(cls, root: Path, mode: Mode | None, verify: Verify) -> "Vindex":
         files = _LocalFiles(root)
-        index_path = files.path(schema.INDEX_JSON)
-        index = schema.VindexIndex.loads(index_path.read_text(encoding="utf-8"), where=str(index_path))
+        index_path = files.path(filenames.INDEX_JSON)
+        index = sidecar.VindexIndex.loads(index_path.read_text(encoding="utf-8"), where=str(index_path))
         if mode == "arrow":
             reader, size = _ArrowReader(str(root), None, index, None), None
         else:
-            if not (root / schema.GATE_VECTORS_BIN).is_file():
+            if not (root / filenames.GATE_VECTORS_BIN).is_file():
                 pulled = _read_pull_marker(root)
                 what = (f"a data-only pull (format='arrow') of {pulled.get('repo_id')}"
                         if pulled.get("format") == "arrow" else "a folder")
-                raise VindexFormatError(f"{root / schema.GATE_VECTORS_BIN}: missing; {root} is {what} without "
+                raise VindexFormatError(f"{root / filenames.GATE_VECTORS_BIN}: missing; {root} is {what} without "
                                         "the binary: open it with mode='arrow' to read its parquet layers")
-            reader = _MemmapReader(files.path(schema.GATE_VECTORS_BIN), index)
+            reader = _MemmapReader(files.path(filenames.GATE_VECTORS_BIN), index)
             size, mode = reader.path.stat().st_size, "local"
         return cls(index, reader, files, mode=mode, verify=verify, location=str(root), file_size=size)
 
     # ---- shape ----
     @property
-    def index(self) -> schema.VindexIndex:
+    def index(self) -> sidecar.VindexIndex:
         return self._index
 
     @property
@@ -384,19 +386,19 @@ class Vindex:
     @cached_property
     def phase1(self) -> dict[str, Any]:
         """``phase1_moe_svd.json``: per layer, the routed var-K summary, shared expert and router."""
-        return read_json(self._files.path(schema.PHASE1_JSON))
+        return read_json(self._files.path(filenames.PHASE1_JSON))
 
     @cached_property
     def phase2(self) -> dict[str, Any]:
         """``phase2_router_svd.json``: per layer, the router decomposition."""
-        return read_json(self._files.path(schema.PHASE2_JSON))
+        return read_json(self._files.path(filenames.PHASE2_JSON))
 
     def expert_stats(self) -> dict[str, np.ndarray]:
         """The ``expert_stats`` table, one row per (layer, expert): columns as numpy arrays
         (``singular_values`` is ``(rows, num_feats)``)."""
         import pyarrow.parquet as pq
 
-        table = pq.read_table(self._files.path(schema.EXPERT_STATS_PARQUET))
+        table = pq.read_table(self._files.path(mirror.EXPERT_STATS_PARQUET))
         out: dict[str, np.ndarray] = {}
         for name in table.column_names:
             col = table.column(name).combine_chunks()
@@ -412,7 +414,7 @@ class Vindex:
         from huggingface_hub import DatasetCard
 
         try:
-            path = self._files.path(schema.CARD_FILE)
+            path = self._files.path(filenames.CARD_FILE)
         except (VindexFormatError, RemoteNotFoundError):
             return None
         return DatasetCard.load(path).data
@@ -437,8 +439,8 @@ class Vindex:
             "builder": idx.builder.__dict__.copy(),
             "layers": [
                 {"layer": layer, "file_offset": e.file_offset, "nbytes": e.nbytes, "sha256": e.sha256,
-                 schema.median_var_key(k): e.median_var, schema.q25_var_key(k): e.q25_var,
-                 schema.q75_var_key(k): e.q75_var}
+                 statistics.median_var_key(k): e.median_var, statistics.q25_var_key(k): e.q25_var,
+                 statistics.q75_var_key(k): e.q75_var}
                 for layer, e in sorted(idx.layers.items())
             ],
         }
@@ -461,7 +463,7 @@ class Vindex:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"Vindex({self.location!r}, mode={self.mode!r}, layers={schema.layer_span(self.layers)}, "
+        return (f"Vindex({self.location!r}, mode={self.mode!r}, layers={selection.layer_span(self.layers)}, "
                 f"experts={self.num_experts}, num_feats={self.num_feats}, hidden_size={self.hidden_size})")
 
 
@@ -484,10 +486,10 @@ def _resolve_commit(ref: RepoRef, *, cache_dir: str | None, token: str | bool | 
     ``hf_hub_download`` records the revision -> commit mapping in the Hub cache, so the same call
     resolves it offline; the file lands at ``snapshots/<commit>/<name>``.
     """
-    with hub_errors(ref, schema.INDEX_JSON):
-        path = hf_hub_download(ref.repo_id, schema.INDEX_JSON, repo_type=ref.repo_type, revision=ref.revision,
+    with hub_errors(ref, filenames.INDEX_JSON):
+        path = hf_hub_download(ref.repo_id, filenames.INDEX_JSON, repo_type=ref.repo_type, revision=ref.revision,
                                cache_dir=cache_dir, token=token)
-    return commit_sha(Path(path).parent.name, f"{schema.INDEX_JSON} in {ref}")
+    return commit_sha(Path(path).parent.name, f"{filenames.INDEX_JSON} in {ref}")
 
 
 def _binary_metadata(ref: RepoRef, *, cache_dir: str | None, token: str | bool | None) -> RemoteFile:
@@ -495,12 +497,12 @@ def _binary_metadata(ref: RepoRef, *, cache_dir: str | None, token: str | bool |
     cache = BlockCache(default_cache_root(cache_dir))
     folder = repo_folder_name(repo_id=ref.repo_id, repo_type=ref.repo_type)
     if constants.is_offline_mode():
-        record = cache.recall(folder, ref.revision, schema.GATE_VECTORS_BIN)
+        record = cache.recall(folder, ref.revision, filenames.GATE_VECTORS_BIN)
         if record is None:
-            raise HubError(f"{schema.GATE_VECTORS_BIN} in {ref}: never opened online, and HF_HUB_OFFLINE is set")
-        return RemoteFile(ref.url(schema.GATE_VECTORS_BIN), ref.revision, record["etag"], int(record["size"]))
-    remote = file_metadata(ref, schema.GATE_VECTORS_BIN, token=token)
-    cache.remember(folder, ref.revision, schema.GATE_VECTORS_BIN, {"etag": remote.etag, "size": remote.size})
+            raise HubError(f"{filenames.GATE_VECTORS_BIN} in {ref}: never opened online, and HF_HUB_OFFLINE is set")
+        return RemoteFile(ref.url(filenames.GATE_VECTORS_BIN), ref.revision, record["etag"], int(record["size"]))
+    remote = file_metadata(ref, filenames.GATE_VECTORS_BIN, token=token)
+    cache.remember(folder, ref.revision, filenames.GATE_VECTORS_BIN, {"etag": remote.etag, "size": remote.size})
     return remote
 
 
@@ -549,10 +551,10 @@ def pull(
     earlier_pull = _check_out_dir(out, ref)
     cache_dir = str(cache_dir) if cache_dir is not None else None
     with Vindex.open(ref.repo_id, ref.revision, ref.repo_type, mode="lazy", cache_dir=cache_dir, token=token) as vx:
-        selected = schema.parse_layers(layers, vx.index.model_config.num_hidden_layers) if layers is not None else vx.layers
+        selected = selection.parse_layers(layers, vx.index.model_config.num_hidden_layers) if layers is not None else vx.layers
         missing = [layer for layer in selected if layer not in vx.index.layers]
         if missing:
-            raise UsageError(f"layers {missing} are not in {vx.location} (it holds layers {schema.layer_span(vx.layers)})")
+            raise UsageError(f"layers {missing} are not in {vx.location} (it holds layers {selection.layer_span(vx.layers)})")
         if earlier_pull:
             _remove_vindex_files(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -560,14 +562,14 @@ def pull(
                                               "format": format, "layers": selected})
         pinned = ref.at(vx.commit)
         if format == "arrow":
-            patterns = [schema.gate_vectors_parquet(layer) for layer in selected]
-            patterns += [schema.EXPERT_STATS_PARQUET, schema.ROUTER_SVD_PARQUET, schema.CARD_FILE,
-                         schema.INDEX_JSON, schema.PHASE1_JSON, schema.PHASE2_JSON]
+            patterns = [mirror.gate_vectors_parquet(layer) for layer in selected]
+            patterns += [mirror.EXPERT_STATS_PARQUET, mirror.ROUTER_SVD_PARQUET, filenames.CARD_FILE,
+                         filenames.INDEX_JSON, filenames.PHASE1_JSON, filenames.PHASE2_JSON]
             _snapshot_to(pinned, out, allow=patterns, cache_dir=cache_dir, token=token)
             return out
         if layers is None:
-            _snapshot_to(pinned, out, ignore=[schema.INDEX_JSON], cache_dir=cache_dir, token=token)
-            _snapshot_to(pinned, out, allow=[schema.INDEX_JSON], cache_dir=cache_dir, token=token)  # last
+            _snapshot_to(pinned, out, ignore=[filenames.INDEX_JSON], cache_dir=cache_dir, token=token)
+            _snapshot_to(pinned, out, allow=[filenames.INDEX_JSON], cache_dir=cache_dir, token=token)  # last
         else:
             _write_subset(vx, selected, out)
     _verify_pulled(out)
@@ -601,11 +603,11 @@ def _check_out_dir(out: Path, ref: RepoRef) -> bool:
 def _remove_vindex_files(out: Path) -> None:
     """Empty an earlier pull: the sidecar first (so the folder never looks complete), then every
     other file the vindex owns; the user's own files and hidden files stay."""
-    from .hub import is_vindex_path
+    from .format.filenames import is_vindex_path
 
-    (out / schema.INDEX_JSON).unlink(missing_ok=True)
-    for dirpath, dirnames, filenames in os.walk(out, topdown=False):
-        for name in filenames:
+    (out / filenames.INDEX_JSON).unlink(missing_ok=True)
+    for dirpath, dirnames, names in os.walk(out, topdown=False):
+        for name in names:
             path = Path(dirpath) / name
             if is_vindex_path(path.relative_to(out).as_posix()):
                 path.unlink()
@@ -628,7 +630,7 @@ def _verify_pulled(out: Path) -> None:
 
     report = verify_vindex(out)
     if not report.ok:
-        (out / schema.INDEX_JSON).unlink(missing_ok=True)
+        (out / filenames.INDEX_JSON).unlink(missing_ok=True)
         raise IntegrityError(f"{out}: the pulled vindex fails verification, its sidecar was removed: "
                              + "; ".join(report.problems))
 
@@ -638,26 +640,26 @@ def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
     card to match, and the sidecar last (the folder is a vindex once it appears)."""
     from .writers.card import CardOptions, write_card
     from .writers.larql import write_larql_index
-    from .writers.parquet_mirror import write_mirror, write_stats_for_layers
+    from .writers.mirror import write_mirror, write_stats_for_layers
 
     src = vx.index
-    tmp = out / schema.BUILD_STATE_DIR / f"{schema.GATE_VECTORS_BIN}.partial"
+    tmp = out / filenames.BUILD_STATE_DIR / f"{filenames.GATE_VECTORS_BIN}.partial"
     writer = GateVectorsWriter(tmp, num_layers=len(selected), num_experts=src.num_experts,
                                num_feats=src.num_feats, hidden_size=src.hidden_size)
-    layers: dict[int, schema.LayerEntry] = {}
+    layers: dict[int, sidecar.LayerEntry] = {}
     try:
         for slot, layer in enumerate(selected):
             sha = writer.write_layer(slot, vx.layer(layer))  # checked against the sidecar by vx
             e = src.layer(layer)
-            layers[layer] = schema.LayerEntry(
-                file_offset=schema.layer_offset(slot, src.num_experts, src.num_feats, src.hidden_size),
+            layers[layer] = sidecar.LayerEntry(
+                file_offset=layout.layer_offset(slot, src.num_experts, src.num_feats, src.hidden_size),
                 shape=list(e.shape), nbytes=e.nbytes, sha256=sha,
                 median_var=e.median_var, q25_var=e.q25_var, q75_var=e.q75_var)
-        writer.finish(out / schema.GATE_VECTORS_BIN)
+        writer.finish(out / filenames.GATE_VECTORS_BIN)
     finally:
         writer.close()
-    shutil.rmtree(out / schema.BUILD_STATE_DIR, ignore_errors=True)
-    for name, stats in ((schema.PHASE1_JSON, "phase1"), (schema.PHASE2_JSON, "phase2")):
+    shutil.rmtree(out / filenames.BUILD_STATE_DIR, ignore_errors=True)
+    for name, stats in ((filenames.PHASE1_JSON, "phase1"), (filenames.PHASE2_JSON, "phase2")):
         try:
             data = getattr(vx, stats)
         except (VindexFormatError, RemoteNotFoundError):
@@ -665,14 +667,14 @@ def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
         phase_layers = data.get(stats_json.LAYERS, {})
         kept = {str(layer): phase_layers[str(layer)] for layer in selected if str(layer) in phase_layers}
         atomic_write_json(out / name, {**data, stats_json.LAYERS: kept})
-    index = schema.VindexIndex(num_feats=src.num_feats, model_config=src.model_config, source=src.source,
+    index = sidecar.VindexIndex(num_feats=src.num_feats, model_config=src.model_config, source=src.source,
                                builder=src.builder, layers=layers, format_version=src.format_version)
     write_mirror(out, index, None)
     write_stats_for_layers(out, _stats_tables(vx), selected)
     write_larql_index(out, index, {}, None)
     license = getattr(vx.card_data, "license", None)  # keep the source card's license
     write_card(out, index, CardOptions(license=license) if isinstance(license, str) else CardOptions())
-    atomic_write_text(out / schema.INDEX_JSON, index.dumps())  # last: the folder is valid once it appears
+    atomic_write_text(out / filenames.INDEX_JSON, index.dumps())  # last: the folder is valid once it appears
 
 
 def _stats_tables(vx: Vindex) -> dict[str, Any]:
@@ -680,7 +682,7 @@ def _stats_tables(vx: Vindex) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     tables = {}
-    for rel in (schema.EXPERT_STATS_PARQUET, schema.ROUTER_SVD_PARQUET):
+    for rel in (mirror.EXPERT_STATS_PARQUET, mirror.ROUTER_SVD_PARQUET):
         try:
             tables[rel] = pq.read_table(vx._files.path(rel))
         except (VindexFormatError, RemoteNotFoundError):

@@ -19,10 +19,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import schema, stats
+from .format import filenames, layout, mirror, sidecar, statistics
+from .numerics import stats
 from .checksums import iter_chunks, sha256_file
 from .errors import IntegrityError, VindexError, VindexFormatError
-from .writers import larql, stats_json
+from .writers import larql, phases as stats_json
 
 _RTOL = 1e-9  # statistics recomputed from stored float32/float64 values agree far closer than this
 
@@ -75,48 +76,48 @@ class _Checker:
 def verify_vindex(folder: str | Path) -> VerifyReport:
     """Check every file of a local vindex folder against the others; see the module docstring."""
     c = _Checker(Path(folder))
-    index = c.run(schema.INDEX_JSON, lambda: _check_index(c))
+    index = c.run(filenames.INDEX_JSON, lambda: _check_index(c))
     if index is None:
         return c.report
     file_sha = None
-    if c.run(schema.GATE_VECTORS_BIN, lambda: _check_layout(c, index)):
-        file_sha = c.run(schema.GATE_VECTORS_BIN, lambda: _check_binary_hashes(c, index))
+    if c.run(filenames.GATE_VECTORS_BIN, lambda: _check_layout(c, index)):
+        file_sha = c.run(filenames.GATE_VECTORS_BIN, lambda: _check_binary_hashes(c, index))
         for layer in index.layer_ids:
             c.run(f"layer {layer}", lambda layer=layer: _check_gate_vectors_mirror(c, index, layer))
-    c.run(schema.EXPERT_STATS_PARQUET, lambda: _check_expert_stats(c, index))
-    c.run(schema.ROUTER_SVD_PARQUET, lambda: _check_router_svd(c, index))
-    c.run(schema.CARD_FILE, lambda: _check_card(c, index))
-    c.run(schema.LARQL_INDEX_JSON, lambda: _check_larql(c, index, file_sha))
-    c.run(schema.PHASE1_JSON, lambda: _check_phase1(c, index))
-    c.run(schema.PHASE2_JSON, lambda: _check_phase2(c, index))
+    c.run(mirror.EXPERT_STATS_PARQUET, lambda: _check_expert_stats(c, index))
+    c.run(mirror.ROUTER_SVD_PARQUET, lambda: _check_router_svd(c, index))
+    c.run(filenames.CARD_FILE, lambda: _check_card(c, index))
+    c.run(filenames.LARQL_INDEX_JSON, lambda: _check_larql(c, index, file_sha))
+    c.run(filenames.PHASE1_JSON, lambda: _check_phase1(c, index))
+    c.run(filenames.PHASE2_JSON, lambda: _check_phase2(c, index))
     return c.report
 
 
 # ---- sidecar and binary ------------------------------------------------------------------------
-def _check_index(c: _Checker) -> schema.VindexIndex:
-    path = c.folder / schema.INDEX_JSON
-    index = schema.VindexIndex.loads(path.read_text(encoding="utf-8"), where=str(path))
-    c.passed(f"{schema.INDEX_JSON}: parses (format {index.format_version}, {len(index.layers)} layers)")
+def _check_index(c: _Checker) -> sidecar.VindexIndex:
+    path = c.folder / filenames.INDEX_JSON
+    index = sidecar.VindexIndex.loads(path.read_text(encoding="utf-8"), where=str(path))
+    c.passed(f"{filenames.INDEX_JSON}: parses (format {index.format_version}, {len(index.layers)} layers)")
     return index
 
 
-def _check_layout(c: _Checker, index: schema.VindexIndex) -> bool:
-    size = (c.folder / schema.GATE_VECTORS_BIN).stat().st_size
-    index.check_layout(where=schema.INDEX_JSON, file_size=size)
-    c.passed(f"{schema.GATE_VECTORS_BIN}: {size} bytes, offsets contiguous and in range")
+def _check_layout(c: _Checker, index: sidecar.VindexIndex) -> bool:
+    size = (c.folder / filenames.GATE_VECTORS_BIN).stat().st_size
+    index.check_layout(where=filenames.INDEX_JSON, file_size=size)
+    c.passed(f"{filenames.GATE_VECTORS_BIN}: {size} bytes, offsets contiguous and in range")
     return True
 
 
-def _check_binary_hashes(c: _Checker, index: schema.VindexIndex) -> str | None:
+def _check_binary_hashes(c: _Checker, index: sidecar.VindexIndex) -> str | None:
     """One sequential pass: each layer's sha256 against the index; the file's sha256 (None if cut short)."""
     whole = hashlib.sha256()
     bad = 0
-    with open(c.folder / schema.GATE_VECTORS_BIN, "rb") as f:
+    with open(c.folder / filenames.GATE_VECTORS_BIN, "rb") as f:
         for layer in index.layer_ids:  # contiguous, ascending: the file in order
             entry = index.layers[layer]
             h = hashlib.sha256()
             try:
-                for chunk in iter_chunks(f, entry.nbytes, where=f"layer {layer}: {schema.GATE_VECTORS_BIN}"):
+                for chunk in iter_chunks(f, entry.nbytes, where=f"layer {layer}: {filenames.GATE_VECTORS_BIN}"):
                     h.update(chunk)
                     whole.update(chunk)
             except EOFError as exc:  # it shrank since the layout check
@@ -124,11 +125,11 @@ def _check_binary_hashes(c: _Checker, index: schema.VindexIndex) -> str | None:
                 return None
             if h.hexdigest() != entry.sha256:
                 bad += 1
-                c.problem(f"layer {layer}: {schema.GATE_VECTORS_BIN} bytes {entry.file_offset}.."
+                c.problem(f"layer {layer}: {filenames.GATE_VECTORS_BIN} bytes {entry.file_offset}.."
                           f"{entry.file_offset + entry.nbytes} hash to {h.hexdigest()[:16]}..., "
-                          f"{schema.INDEX_JSON} records {entry.sha256[:16]}...", integrity=True)
+                          f"{filenames.INDEX_JSON} records {entry.sha256[:16]}...", integrity=True)
     if not bad:
-        c.passed(f"{schema.GATE_VECTORS_BIN}: sha256 of all {len(index.layers)} layers match the index")
+        c.passed(f"{filenames.GATE_VECTORS_BIN}: sha256 of all {len(index.layers)} layers match the index")
     return whole.hexdigest()
 
 
@@ -136,24 +137,24 @@ def _check_binary_hashes(c: _Checker, index: schema.VindexIndex) -> str | None:
 def _vector_rows(table: Any, width: int, where: str) -> np.ndarray:
     import pyarrow as pa
 
-    column = table.column(schema.COL_VECTOR).combine_chunks()
+    column = table.column(mirror.COL_VECTOR).combine_chunks()
     if column.type != pa.list_(pa.float32(), width):
-        raise VindexFormatError(f"{where}: column {schema.COL_VECTOR} is {column.type}, "
+        raise VindexFormatError(f"{where}: column {mirror.COL_VECTOR} is {column.type}, "
                                 f"expected fixed_size_list<float>[{width}]")
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
 
 
-def _check_gate_vectors_mirror(c: _Checker, index: schema.VindexIndex, layer: int) -> None:
+def _check_gate_vectors_mirror(c: _Checker, index: sidecar.VindexIndex, layer: int) -> None:
     import pyarrow.parquet as pq
 
-    rel = schema.gate_vectors_parquet(layer)
+    rel = mirror.gate_vectors_parquet(layer)
     path = c.folder / rel
     if not path.exists():
         c.problem(f"layer {layer}: {rel} is missing (the Arrow mirror of this layer)")
         return
     entry = index.layers[layer]
     k, h = index.num_feats, index.hidden_size
-    rows = np.memmap(c.folder / schema.GATE_VECTORS_BIN, dtype=schema.NUMPY_DTYPE, mode="r",
+    rows = np.memmap(c.folder / filenames.GATE_VECTORS_BIN, dtype=layout.NUMPY_DTYPE, mode="r",
                      offset=entry.file_offset, shape=(index.num_experts * k, h))
     pf = pq.ParquetFile(path)
     start = 0
@@ -169,13 +170,13 @@ def _check_gate_vectors_mirror(c: _Checker, index: schema.VindexIndex, layer: in
         if differ.size:
             r = start + int(differ[0])
             c.problem(f"layer {layer}: {rel} row {r} (expert {r // k}, feature {r % k}) differs from "
-                      f"{schema.GATE_VECTORS_BIN} ({differ.size} differing row(s) in row group {group})",
+                      f"{filenames.GATE_VECTORS_BIN} ({differ.size} differing row(s) in row group {group})",
                       integrity=True)
             return
         expect = {
-            schema.COL_LAYER: np.full(n, layer),
-            schema.COL_EXPERT: np.arange(start, start + n) // k,
-            schema.COL_FEATURE: np.arange(start, start + n) % k,
+            mirror.COL_LAYER: np.full(n, layer),
+            mirror.COL_EXPERT: np.arange(start, start + n) // k,
+            mirror.COL_FEATURE: np.arange(start, start + n) % k,
         }
         for name, values in expect.items():
             if not np.array_equal(table.column(name).to_numpy(), values):
@@ -186,24 +187,24 @@ def _check_gate_vectors_mirror(c: _Checker, index: schema.VindexIndex, layer: in
     if start != rows.shape[0]:
         c.problem(f"layer {layer}: {rel} has {start} rows, the layer has {rows.shape[0]}")
         return
-    c.passed(f"layer {layer}: {rel} is bit-identical to {schema.GATE_VECTORS_BIN} ({start} rows)")
+    c.passed(f"layer {layer}: {rel} is bit-identical to {filenames.GATE_VECTORS_BIN} ({start} rows)")
 
 
-def _check_expert_stats(c: _Checker, index: schema.VindexIndex) -> None:
+def _check_expert_stats(c: _Checker, index: sidecar.VindexIndex) -> None:
     import pyarrow.parquet as pq
 
-    path = c.folder / schema.EXPERT_STATS_PARQUET
+    path = c.folder / mirror.EXPERT_STATS_PARQUET
     if not path.exists():
         return  # optional (a converted vindex has no spectra); the card check flags a dangling config
     table = pq.read_table(path)
     k, e = index.num_feats, index.num_experts
-    layers = table.column(schema.COL_LAYER).to_numpy()
+    layers = table.column(mirror.COL_LAYER).to_numpy()
     want_layers = np.repeat(index.layer_ids, e)
     if not np.array_equal(layers, want_layers):
-        c.problem(f"{schema.EXPERT_STATS_PARQUET}: {table.num_rows} rows of layers "
+        c.problem(f"{mirror.EXPERT_STATS_PARQUET}: {table.num_rows} rows of layers "
                   f"{sorted(set(layers.tolist()))}, expected {e} experts of each layer {index.layer_ids}")
         return
-    var = table.column(schema.var_key(k)).to_numpy()
+    var = table.column(statistics.var_key(k)).to_numpy()
     bad = []
     for layer in index.layer_ids:
         summary = stats.summarize(var[layers == layer])
@@ -211,39 +212,39 @@ def _check_expert_stats(c: _Checker, index: schema.VindexIndex) -> None:
         recorded = (entry.median_var, entry.q25_var, entry.q75_var)
         if not np.allclose([summary["median"], summary["q25"], summary["q75"]], recorded, rtol=_RTOL, atol=0):
             bad.append(layer)
-            c.problem(f"layer {layer}: {schema.EXPERT_STATS_PARQUET} {schema.var_key(k)} gives median/q25/q75 "
+            c.problem(f"layer {layer}: {mirror.EXPERT_STATS_PARQUET} {statistics.var_key(k)} gives median/q25/q75 "
                       f"{summary['median']:.6g}/{summary['q25']:.6g}/{summary['q75']:.6g}, "
-                      f"{schema.INDEX_JSON} records {'/'.join(f'{v:.6g}' for v in recorded)}")
+                      f"{filenames.INDEX_JSON} records {'/'.join(f'{v:.6g}' for v in recorded)}")
     if not bad:
-        c.passed(f"{schema.EXPERT_STATS_PARQUET}: {table.num_rows} rows; var quartiles match the index")
+        c.passed(f"{mirror.EXPERT_STATS_PARQUET}: {table.num_rows} rows; var quartiles match the index")
 
 
-def _check_router_svd(c: _Checker, index: schema.VindexIndex) -> None:
+def _check_router_svd(c: _Checker, index: sidecar.VindexIndex) -> None:
     import pyarrow.parquet as pq
 
-    path = c.folder / schema.ROUTER_SVD_PARQUET
+    path = c.folder / mirror.ROUTER_SVD_PARQUET
     if not path.exists():
         return
     table = pq.read_table(path)
-    layers = table.column(schema.COL_LAYER).to_numpy().tolist()
+    layers = table.column(mirror.COL_LAYER).to_numpy().tolist()
     if layers != index.layer_ids:
-        c.problem(f"{schema.ROUTER_SVD_PARQUET}: layers {layers}, the index has {index.layer_ids}")
+        c.problem(f"{mirror.ROUTER_SVD_PARQUET}: layers {layers}, the index has {index.layer_ids}")
         return
-    phase2 = c.folder / schema.PHASE2_JSON
+    phase2 = c.folder / filenames.PHASE2_JSON
     if phase2.exists():
         figures = json.loads(phase2.read_text(encoding="utf-8"))[stats_json.LAYERS]
         for row, layer in enumerate(layers):
             for name in table.column_names:
                 value = figures.get(str(layer), {}).get(name)
-                if name == schema.COL_LAYER or isinstance(value, list):
+                if name == mirror.COL_LAYER or isinstance(value, list):
                     continue
                 got = table.column(name)[row].as_py()
                 if not _same_number(got, value):
-                    c.problem(f"layer {layer}: {schema.ROUTER_SVD_PARQUET} {name} = {got}, "
-                              f"{schema.PHASE2_JSON} has {value}")
+                    c.problem(f"layer {layer}: {mirror.ROUTER_SVD_PARQUET} {name} = {got}, "
+                              f"{filenames.PHASE2_JSON} has {value}")
                     return
-    c.passed(f"{schema.ROUTER_SVD_PARQUET}: one row per layer"
-             + (f", figures match {schema.PHASE2_JSON}" if phase2.exists() else ""))
+    c.passed(f"{mirror.ROUTER_SVD_PARQUET}: one row per layer"
+             + (f", figures match {filenames.PHASE2_JSON}" if phase2.exists() else ""))
 
 
 def _same_number(a: Any, b: Any) -> bool:
@@ -253,34 +254,34 @@ def _same_number(a: Any, b: Any) -> bool:
 
 
 # ---- card ----------------------------------------------------------------------------------------
-def _check_card(c: _Checker, index: schema.VindexIndex) -> None:
+def _check_card(c: _Checker, index: sidecar.VindexIndex) -> None:
     import pyarrow.parquet as pq
     from datasets import Features
 
     from .writers.card import read_card_data
 
-    path = c.folder / schema.CARD_FILE
+    path = c.folder / filenames.CARD_FILE
     if not path.exists():
-        c.problem(f"{schema.CARD_FILE}: missing (the dataset card)")
+        c.problem(f"{filenames.CARD_FILE}: missing (the dataset card)")
         return
     data = read_card_data(path)
     configs = {cfg.get("config_name"): cfg for cfg in data.get("configs") or []}
     n_problems = len(c.report.problems)
-    gate = configs.get(schema.CONFIG_GATE_VECTORS)
+    gate = configs.get(mirror.CONFIG_GATE_VECTORS)
     if gate is None:
-        c.problem(f"{schema.CARD_FILE}: no configs entry for {schema.CONFIG_GATE_VECTORS!r}")
+        c.problem(f"{filenames.CARD_FILE}: no configs entry for {mirror.CONFIG_GATE_VECTORS!r}")
     else:
         splits = {f["split"] for f in gate.get("data_files") or []}
-        missing = [schema.split_name(layer) for layer in index.layer_ids if schema.split_name(layer) not in splits]
+        missing = [mirror.split_name(layer) for layer in index.layer_ids if mirror.split_name(layer) not in splits]
         if missing:
-            c.problem(f"{schema.CARD_FILE}: config {schema.CONFIG_GATE_VECTORS!r} lacks splits {missing}")
+            c.problem(f"{filenames.CARD_FILE}: config {mirror.CONFIG_GATE_VECTORS!r} lacks splits {missing}")
     files: dict[tuple[str, str], Path] = {}
     for name, cfg in configs.items():
         for entry in cfg.get("data_files") or []:
             rel = entry.get("path")
             target = c.folder / rel if isinstance(rel, str) else None
             if target is None or not target.is_file():
-                c.problem(f"{schema.CARD_FILE}: config {name!r} split {entry.get('split')!r} points at "
+                c.problem(f"{filenames.CARD_FILE}: config {name!r} split {entry.get('split')!r} points at "
                           f"{rel!r}, which does not exist")
             else:
                 files[(name, entry["split"])] = target
@@ -294,64 +295,64 @@ def _check_card(c: _Checker, index: schema.VindexIndex) -> None:
             declared = Features._from_yaml_list(info["features"])
             actual = Features.from_arrow_schema(pq.read_schema(split_files[0][1]))
             if declared != actual:
-                c.problem(f"{schema.CARD_FILE}: dataset_info features of {name!r} ({declared}) differ from "
+                c.problem(f"{filenames.CARD_FILE}: dataset_info features of {name!r} ({declared}) differ from "
                           f"{split_files[0][1].relative_to(c.folder)} ({actual})")
         declared_rows = {s["name"]: s.get("num_examples") for s in info.get("splits") or []}
         for split, p in split_files:
             rows = pq.read_metadata(p).num_rows
             if split in declared_rows and declared_rows[split] != rows:
-                c.problem(f"{schema.CARD_FILE}: dataset_info says {name}/{split} has {declared_rows[split]} "
+                c.problem(f"{filenames.CARD_FILE}: dataset_info says {name}/{split} has {declared_rows[split]} "
                           f"rows, {p.relative_to(c.folder)} has {rows}")
     if len(c.report.problems) == n_problems:
-        c.passed(f"{schema.CARD_FILE}: front matter parses; {len(configs)} configs point at existing files "
+        c.passed(f"{filenames.CARD_FILE}: front matter parses; {len(configs)} configs point at existing files "
                  "with the declared features and row counts")
 
 
 # ---- LarQL ---------------------------------------------------------------------------------------
-def _check_larql(c: _Checker, index: schema.VindexIndex, file_sha: str | None) -> None:
-    path = c.folder / schema.LARQL_INDEX_JSON
+def _check_larql(c: _Checker, index: sidecar.VindexIndex, file_sha: str | None) -> None:
+    path = c.folder / filenames.LARQL_INDEX_JSON
     if not path.exists():
         return  # optional
     doc = json.loads(path.read_text(encoding="utf-8"))
     n_problems = len(c.report.problems)
     by_layer = {int(e[larql.LAYER]): e for e in doc.get(larql.LAYERS) or []}
     if sorted(by_layer) != index.layer_ids:
-        c.problem(f"{schema.LARQL_INDEX_JSON}: layers {sorted(by_layer)}, {schema.INDEX_JSON} has {index.layer_ids}")
+        c.problem(f"{filenames.LARQL_INDEX_JSON}: layers {sorted(by_layer)}, {filenames.INDEX_JSON} has {index.layer_ids}")
     for layer, e in sorted(by_layer.items()):
         if layer not in index.layers:
             continue  # reported above
         want = larql.layer_entry(index, layer)
         differ = [key for key, value in want.items() if e.get(key) != value]
         if differ:
-            c.problem(f"layer {layer}: {schema.LARQL_INDEX_JSON} says {({k: e.get(k) for k in differ})}, "
-                      f"{schema.INDEX_JSON} implies {({k: want[k] for k in differ})}")
+            c.problem(f"layer {layer}: {filenames.LARQL_INDEX_JSON} says {({k: e.get(k) for k in differ})}, "
+                      f"{filenames.INDEX_JSON} implies {({k: want[k] for k in differ})}")
     for name, digest in (doc.get(larql.CHECKSUMS) or {}).items():
         target = c.folder / name
         if not target.is_file():
-            c.problem(f"{schema.LARQL_INDEX_JSON}: checksum listed for {name}, which does not exist")
+            c.problem(f"{filenames.LARQL_INDEX_JSON}: checksum listed for {name}, which does not exist")
             continue
-        actual = file_sha if name == schema.GATE_VECTORS_BIN and file_sha else sha256_file(target)
+        actual = file_sha if name == filenames.GATE_VECTORS_BIN and file_sha else sha256_file(target)
         if actual != digest:
-            c.problem(f"{schema.LARQL_INDEX_JSON}: {name} hashes to {actual[:16]}..., recorded "
+            c.problem(f"{filenames.LARQL_INDEX_JSON}: {name} hashes to {actual[:16]}..., recorded "
                       f"{str(digest)[:16]}...", integrity=True)
     if len(c.report.problems) == n_problems:
-        c.passed(f"{schema.LARQL_INDEX_JSON}: layers, offsets and checksums agree")
+        c.passed(f"{filenames.LARQL_INDEX_JSON}: layers, offsets and checksums agree")
 
 
 # ---- phase JSON ----------------------------------------------------------------------------------
-def _phase_layers(c: _Checker, name: str, index: schema.VindexIndex) -> dict[str, Any] | None:
+def _phase_layers(c: _Checker, name: str, index: sidecar.VindexIndex) -> dict[str, Any] | None:
     path = c.folder / name
     if not path.exists():
         return None  # a converted vindex may have none
     layers = json.loads(path.read_text(encoding="utf-8"))[stats_json.LAYERS]
     if sorted(int(k) for k in layers) != index.layer_ids:
-        c.problem(f"{name}: layers {sorted(int(k) for k in layers)}, {schema.INDEX_JSON} has {index.layer_ids}")
+        c.problem(f"{name}: layers {sorted(int(k) for k in layers)}, {filenames.INDEX_JSON} has {index.layer_ids}")
         return None
     return layers
 
 
-def _check_phase1(c: _Checker, index: schema.VindexIndex) -> None:
-    layers = _phase_layers(c, schema.PHASE1_JSON, index)
+def _check_phase1(c: _Checker, index: sidecar.VindexIndex) -> None:
+    layers = _phase_layers(c, filenames.PHASE1_JSON, index)
     if layers is None:
         return
     k = index.num_feats
@@ -359,15 +360,15 @@ def _check_phase1(c: _Checker, index: schema.VindexIndex) -> None:
     for layer in index.layer_ids:
         routed = layers[str(layer)].get(stats_json.ROUTED) or {}
         entry = index.layers[layer]
-        for key, recorded in ((schema.median_var_key(k), entry.median_var), (schema.q25_var_key(k), entry.q25_var),
-                              (schema.q75_var_key(k), entry.q75_var)):
+        for key, recorded in ((statistics.median_var_key(k), entry.median_var), (statistics.q25_var_key(k), entry.q25_var),
+                              (statistics.q75_var_key(k), entry.q75_var)):
             if not _same_number(routed.get(key), recorded):
-                c.problem(f"layer {layer}: {schema.PHASE1_JSON} {key} = {routed.get(key)}, "
-                          f"{schema.INDEX_JSON} has {recorded}")
+                c.problem(f"layer {layer}: {filenames.PHASE1_JSON} {key} = {routed.get(key)}, "
+                          f"{filenames.INDEX_JSON} has {recorded}")
     if len(c.report.problems) == n_problems:
-        c.passed(f"{schema.PHASE1_JSON}: same layers and var quartiles as the index")
+        c.passed(f"{filenames.PHASE1_JSON}: same layers and var quartiles as the index")
 
 
-def _check_phase2(c: _Checker, index: schema.VindexIndex) -> None:
-    if _phase_layers(c, schema.PHASE2_JSON, index) is not None:
-        c.passed(f"{schema.PHASE2_JSON}: same layers as the index")
+def _check_phase2(c: _Checker, index: sidecar.VindexIndex) -> None:
+    if _phase_layers(c, filenames.PHASE2_JSON, index) is not None:
+        c.passed(f"{filenames.PHASE2_JSON}: same layers as the index")

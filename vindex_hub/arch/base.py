@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import UnsupportedArchitectureError
-from ..schema import MoEConfig
+from ..format.sidecar import MoEConfig
 from ..source.base import RawTensor
 
 

@@ -19,8 +19,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import CheckpointError
-from ..quant import FP8_BLOCK_SIZE, decode_e8m0, decode_tensor, dequantize_fp4, dequantize_fp8
-from ..schema import MoEConfig
+from ..numerics.quant import FP8_BLOCK_SIZE, decode_e8m0, decode_tensor, dequantize_fp4, dequantize_fp8
+from ..format.sidecar import MoEConfig
 from ..source.base import RawTensor
 from .base import MoEArchitecture, register_architecture
 

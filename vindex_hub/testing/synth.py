@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..arch import deepseek_v4 as ds
-from ..quant import E2M1_VALUES, FP8_BLOCK_SIZE
+from ..numerics.quant import E2M1_VALUES, FP8_BLOCK_SIZE
 from ..source.local import CONFIG_FILE, INDEX_FILE, SINGLE_FILE
 from ..source.safetensors_format import DTYPE_ITEMSIZE
 
@@ -55,7 +55,7 @@ _E2M1_POSITIVE = E2M1_VALUES[:8]
 _E2M1_MIDPOINTS = (_E2M1_POSITIVE[1:] + _E2M1_POSITIVE[:-1]) / 2
 
 
-# ---- quantizers (the inverse of vindex_hub.quant, for generating test data) --------------------
+# ---- quantizers (the inverse of vindex_hub.numerics.quant, for generating test data) --------------------
 def _e8m0_exponent(amax: np.ndarray, max_code: float) -> np.ndarray:
     """Smallest power-of-two exponent e with amax / 2^e <= max_code, clipped to E8M0's range."""
     with np.errstate(divide="ignore"):

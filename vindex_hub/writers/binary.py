@@ -1,7 +1,7 @@
 """``gate_vectors.bin``: layers written in place at their fixed offsets, renamed when complete.
 
 While a build runs, the binary lives in the build's state folder under a temporary name,
-preallocated to its final size; each layer's block is written at ``schema.layer_offset`` and
+preallocated to its final size; each layer's block is written at ``layout.layer_offset`` and
 fsynced before the layer is recorded as done, so a killed build resumes with every recorded
 layer intact. ``finish`` moves the file to its final name.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import schema
+from ..format import layout
 
 
 class GateVectorsWriter:
@@ -22,7 +22,7 @@ class GateVectorsWriter:
                  num_feats: int, hidden_size: int):
         self.path = Path(path)
         self.layer_shape = (num_experts, num_feats, hidden_size)
-        self.layer_nbytes = schema.layer_nbytes(num_experts, num_feats, hidden_size)
+        self.layer_nbytes = layout.layer_nbytes(num_experts, num_feats, hidden_size)
         self.total_bytes = self.layer_nbytes * num_layers
         self.path.parent.mkdir(parents=True, exist_ok=True)
         mode = "r+b" if self.path.exists() else "w+b"
@@ -34,8 +34,8 @@ class GateVectorsWriter:
         """Write one layer's ``(E, K, H)`` float32 block durably; return its sha256."""
         if vectors.shape != self.layer_shape:
             raise ValueError(f"layer block shape {vectors.shape}, expected {self.layer_shape}")
-        data = np.ascontiguousarray(vectors, dtype=schema.NUMPY_DTYPE).tobytes()
-        os.pwrite(self._file.fileno(), data, schema.layer_offset(slot, *self.layer_shape))
+        data = np.ascontiguousarray(vectors, dtype=layout.NUMPY_DTYPE).tobytes()
+        os.pwrite(self._file.fileno(), data, layout.layer_offset(slot, *self.layer_shape))
         os.fsync(self._file.fileno())
         return hashlib.sha256(data).hexdigest()
 

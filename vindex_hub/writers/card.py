@@ -24,13 +24,14 @@ from typing import Any
 
 import yaml
 
-from .. import __version__, schema
+from .. import __version__
+from ..format import filenames, mirror, selection, sidecar, statistics
 from ..errors import UsageError, VindexFormatError
 from ..fsutil import atomic_write_bytes, atomic_write_text
-from .parquet_mirror import UNKNOWN
+from .mirror import UNKNOWN
 
 TEMPLATE_FILE = "vindex_card.md.j2"
-TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"  # package data; dataset_card/ holds a copy
 BASE_TAGS = ("vindex", "moe", "sparse-routing", "mechanistic-interpretability")
 
 
@@ -111,7 +112,7 @@ def format_size(nbytes: int) -> str:
     return f"{nbytes} B"
 
 
-def title_of(index: schema.VindexIndex, options: CardOptions) -> str:
+def title_of(index: sidecar.VindexIndex, options: CardOptions) -> str:
     if options.pretty_name:
         return options.pretty_name
     if options.repo_id:
@@ -119,14 +120,14 @@ def title_of(index: schema.VindexIndex, options: CardOptions) -> str:
     return f"{model_name(index).split('/')[-1].lower()}-vindex"
 
 
-def model_name(index: schema.VindexIndex) -> str:
+def model_name(index: sidecar.VindexIndex) -> str:
     """The Hub repo id, else the local checkpoint folder's name (a card never shows local paths)."""
     if index.source.repo_id:
         return index.source.repo_id
     return Path(index.source.path).name if index.source.path else index.model_config.model_type
 
 
-def auto_citation(index: schema.VindexIndex, options: CardOptions) -> str:
+def auto_citation(index: sidecar.VindexIndex, options: CardOptions) -> str:
     title = title_of(index, options)
     author = options.author or "vindex-hub"
     key = "_".join(re.sub(r"[^a-z0-9]+", "_", part.lower()).strip("_")
@@ -144,13 +145,13 @@ def auto_citation(index: schema.VindexIndex, options: CardOptions) -> str:
 
 
 # ---- front matter ----------------------------------------------------------------------------
-def mirror_configs(index: schema.VindexIndex, with_stats: bool) -> list[tuple[str, list[tuple[str, str]]]]:
+def mirror_configs(index: sidecar.VindexIndex, with_stats: bool) -> list[tuple[str, list[tuple[str, str]]]]:
     """(config name, [(split, parquet path)]) for each config of the mirror, default first."""
-    configs = [(schema.CONFIG_GATE_VECTORS,
-                [(schema.split_name(layer), schema.gate_vectors_parquet(layer)) for layer in index.layer_ids])]
+    configs = [(mirror.CONFIG_GATE_VECTORS,
+                [(mirror.split_name(layer), mirror.gate_vectors_parquet(layer)) for layer in index.layer_ids])]
     if with_stats:
-        configs += [(schema.CONFIG_EXPERT_STATS, [(schema.STATS_SPLIT, schema.EXPERT_STATS_PARQUET)]),
-                    (schema.CONFIG_ROUTER_SVD, [(schema.STATS_SPLIT, schema.ROUTER_SVD_PARQUET)])]
+        configs += [(mirror.CONFIG_EXPERT_STATS, [(mirror.STATS_SPLIT, mirror.EXPERT_STATS_PARQUET)]),
+                    (mirror.CONFIG_ROUTER_SVD, [(mirror.STATS_SPLIT, mirror.ROUTER_SVD_PARQUET)])]
     return configs
 
 
@@ -189,7 +190,7 @@ def dataset_info(folder: Path, configs: list[tuple[str, list[tuple[str, str]]]])
     return infos
 
 
-def card_data(folder: Path, index: schema.VindexIndex, with_stats: bool, options: CardOptions):
+def card_data(folder: Path, index: sidecar.VindexIndex, with_stats: bool, options: CardOptions):
     from huggingface_hub import DatasetCardData
 
     configs = mirror_configs(index, with_stats)
@@ -202,7 +203,7 @@ def card_data(folder: Path, index: schema.VindexIndex, with_stats: bool, options
         configs=[
             {
                 "config_name": name,
-                **({"default": True} if name == schema.CONFIG_GATE_VECTORS else {}),
+                **({"default": True} if name == mirror.CONFIG_GATE_VECTORS else {}),
                 "data_files": [{"split": split, "path": rel} for split, rel in splits],
             }
             for name, splits in configs
@@ -212,7 +213,7 @@ def card_data(folder: Path, index: schema.VindexIndex, with_stats: bool, options
 
 
 # ---- the plot --------------------------------------------------------------------------------
-def var_plot_png(index: schema.VindexIndex) -> bytes:
+def var_plot_png(index: sidecar.VindexIndex) -> bytes:
     """Median var{K} per layer with the q25-q75 band; PNG bytes without time/software metadata."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -227,10 +228,10 @@ def var_plot_png(index: schema.VindexIndex) -> bytes:
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.fill_between(layers, q25, q75, alpha=0.3, linewidth=0, label="q25-q75 over experts")
-    ax.plot(layers, median, marker="o", markersize=3, label=f"median {schema.var_key(k)}")
+    ax.plot(layers, median, marker="o", markersize=3, label=f"median {statistics.var_key(k)}")
     ax.set_xlabel("layer")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
-    ax.set_ylabel(f"{schema.var_key(k)} = top-{k} energy fraction")
+    ax.set_ylabel(f"{statistics.var_key(k)} = top-{k} energy fraction")
     ax.set_title(f"{model_name(index)}: gate_proj energy in the top {k} singular directions")
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
@@ -243,10 +244,10 @@ def var_plot_png(index: schema.VindexIndex) -> bytes:
 # ---- the card --------------------------------------------------------------------------------
 def has_stats_mirror(folder: Path) -> bool:
     """Whether the folder holds the ``expert_stats`` and ``router_svd`` configs' files."""
-    return all((folder / rel).is_file() for rel in (schema.EXPERT_STATS_PARQUET, schema.ROUTER_SVD_PARQUET))
+    return all((folder / rel).is_file() for rel in (mirror.EXPERT_STATS_PARQUET, mirror.ROUTER_SVD_PARQUET))
 
 
-def render_card(folder: Path, index: schema.VindexIndex, options: CardOptions) -> str:
+def render_card(folder: Path, index: sidecar.VindexIndex, options: CardOptions) -> str:
     """The card's text (front matter + body), describing the files the folder holds; reads the
     parquet files for ``dataset_info``."""
     import jinja2
@@ -273,25 +274,25 @@ def render_card(folder: Path, index: schema.VindexIndex, options: CardOptions) -
         n_shared_experts=moe.n_shared_experts,
         num_experts_per_tok=moe.num_experts_per_tok,
         num_layers=len(layers),
-        layer_span=schema.layer_span(layers, labels=True),
+        layer_span=selection.layer_span(layers, labels=True),
         num_feats=k,
         method=index.builder.method,
         sign_rule=index.builder.sign_rule,
         total_size=format_size(index.total_bytes),
-        plot_file=schema.VAR_PLOT_FILE,
-        files={"binary": schema.GATE_VECTORS_BIN, "index": schema.INDEX_JSON, "phase1": schema.PHASE1_JSON,
-               "phase2": schema.PHASE2_JSON, "data_dir": schema.DATA_DIR, "larql": schema.LARQL_INDEX_JSON,
-               "router": schema.LARQL_ROUTER_BIN},
-        median_key=schema.median_var_key(k), q25_key=schema.q25_var_key(k), q75_key=schema.q75_var_key(k),
-        var_key=schema.var_key(k),
-        has_phase1=(folder / schema.PHASE1_JSON).exists(),
-        has_phase2=(folder / schema.PHASE2_JSON).exists(),
-        has_larql=(folder / schema.LARQL_INDEX_JSON).exists(),
-        has_router_bin=(folder / schema.LARQL_ROUTER_BIN).exists(),
+        plot_file=filenames.VAR_PLOT_FILE,
+        files={"binary": filenames.GATE_VECTORS_BIN, "index": filenames.INDEX_JSON, "phase1": filenames.PHASE1_JSON,
+               "phase2": filenames.PHASE2_JSON, "data_dir": filenames.DATA_DIR, "larql": filenames.LARQL_INDEX_JSON,
+               "router": filenames.LARQL_ROUTER_BIN},
+        median_key=statistics.median_var_key(k), q25_key=statistics.q25_var_key(k), q75_key=statistics.q75_var_key(k),
+        var_key=statistics.var_key(k),
+        has_phase1=(folder / filenames.PHASE1_JSON).exists(),
+        has_phase2=(folder / filenames.PHASE2_JSON).exists(),
+        has_larql=(folder / filenames.LARQL_INDEX_JSON).exists(),
+        has_router_bin=(folder / filenames.LARQL_ROUTER_BIN).exists(),
         has_stats=with_stats,
         example_layer=example_layer,
-        example_split=schema.split_name(example_layer),
-        example_parquet=schema.gate_vectors_parquet(example_layer),
+        example_split=mirror.split_name(example_layer),
+        example_parquet=mirror.gate_vectors_parquet(example_layer),
         repo_id=options.repo_id or f"{options.author or 'your-namespace'}/{title_of(index, options)}",
         citation=(options.citation or auto_citation(index, options)).strip(),
         builder=None if index.builder.name == UNKNOWN else f"{index.builder.name} {index.builder.version}",
@@ -301,12 +302,12 @@ def render_card(folder: Path, index: schema.VindexIndex, options: CardOptions) -
     return text
 
 
-def write_card(folder: str | Path, index: schema.VindexIndex, options: CardOptions | None = None) -> None:
+def write_card(folder: str | Path, index: sidecar.VindexIndex, options: CardOptions | None = None) -> None:
     """Write ``README.md`` and the var-K plot it embeds, after the mirror and LarQL index: the
     card lists the configs whose files are there."""
     folder = Path(folder)
     options = options or CardOptions()
     if not index.layers:
         raise VindexFormatError(f"{folder}: the index lists no layers; nothing to describe")
-    atomic_write_bytes(folder / schema.VAR_PLOT_FILE, var_plot_png(index))
-    atomic_write_text(folder / schema.CARD_FILE, render_card(folder, index, options))
+    atomic_write_bytes(folder / filenames.VAR_PLOT_FILE, var_plot_png(index))
+    atomic_write_text(folder / filenames.CARD_FILE, render_card(folder, index, options))

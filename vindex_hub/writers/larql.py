@@ -23,7 +23,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .. import __version__, schema
+from .. import __version__
+from ..format import filenames, layout, sidecar
 from ..checksums import sha256_file
 from ..errors import UsageError
 from ..fsutil import atomic_path, atomic_write_json
@@ -52,7 +53,7 @@ def router_type(config: dict[str, Any]) -> str:
     return f"top_k_{scoring}" if scoring else DEFAULT_ROUTER_TYPE
 
 
-def layer_entry(index: schema.VindexIndex, layer: int) -> dict[str, int]:
+def layer_entry(index: sidecar.VindexIndex, layer: int) -> dict[str, int]:
     """One element of ``layers``: where LarQL finds the layer's ``[E * K, H]`` block."""
     entry = index.layer(layer)
     return {
@@ -65,7 +66,7 @@ def layer_entry(index: schema.VindexIndex, layer: int) -> dict[str, int]:
     }
 
 
-def larql_index(index: schema.VindexIndex, config: dict[str, Any],
+def larql_index(index: sidecar.VindexIndex, config: dict[str, Any],
                 checksums: dict[str, str]) -> dict[str, Any]:
     """The ``index.json`` document (pure)."""
     moe = index.model_config.moe
@@ -111,7 +112,7 @@ def larql_index(index: schema.VindexIndex, config: dict[str, Any],
     }
 
 
-def write_router_weights(path: Path, index: schema.VindexIndex,
+def write_router_weights(path: Path, index: sidecar.VindexIndex,
                          results: Sequence[LayerResult]) -> None:
     """Per layer: ``[E, H]`` router weight then ``E`` bias values (zeros without a bias), f32 LE."""
     by_layer = {r.layer: r for r in results}
@@ -120,29 +121,29 @@ def write_router_weights(path: Path, index: schema.VindexIndex,
         for layer in index.layer_ids:
             r = by_layer.get(layer)
             if r is None or r.router_weight is None:
-                raise UsageError(f"{schema.LARQL_ROUTER_BIN}: layer {layer} has no router weight kept "
+                raise UsageError(f"{filenames.LARQL_ROUTER_BIN}: layer {layer} has no router weight kept "
                                  "(build with larql_router=True)")
-            weight = np.asarray(r.router_weight, dtype=schema.NUMPY_DTYPE)
+            weight = np.asarray(r.router_weight, dtype=layout.NUMPY_DTYPE)
             if weight.shape != shape:
-                raise UsageError(f"{schema.LARQL_ROUTER_BIN}: layer {layer} router weight "
+                raise UsageError(f"{filenames.LARQL_ROUTER_BIN}: layer {layer} router weight "
                                  f"{list(weight.shape)}, expected {list(shape)}")
-            bias = (np.zeros(shape[0], dtype=schema.NUMPY_DTYPE) if r.router_bias is None
-                    else np.asarray(r.router_bias, dtype=schema.NUMPY_DTYPE).reshape(shape[0]))
+            bias = (np.zeros(shape[0], dtype=layout.NUMPY_DTYPE) if r.router_bias is None
+                    else np.asarray(r.router_bias, dtype=layout.NUMPY_DTYPE).reshape(shape[0]))
             f.write(np.ascontiguousarray(weight).tobytes())
             f.write(bias.tobytes())
 
 
-def write_larql_index(folder: str | Path, index: schema.VindexIndex, config: dict[str, Any],
+def write_larql_index(folder: str | Path, index: sidecar.VindexIndex, config: dict[str, Any],
                       results: Sequence[LayerResult] | None, *, router: bool = False) -> list[str]:
     """Write ``index.json`` (and ``router_weights.bin`` with ``router=True``); return their paths."""
     folder = Path(folder)
     written: list[str] = []
     if router:
         if results is None:
-            raise UsageError(f"{schema.LARQL_ROUTER_BIN} needs the layers' router weights; "
+            raise UsageError(f"{filenames.LARQL_ROUTER_BIN} needs the layers' router weights; "
                              "a converted vindex has none")
-        write_router_weights(folder / schema.LARQL_ROUTER_BIN, index, results)
-        written.append(schema.LARQL_ROUTER_BIN)
-    checksums = {name: sha256_file(folder / name) for name in [schema.GATE_VECTORS_BIN, *written]}
-    atomic_write_json(folder / schema.LARQL_INDEX_JSON, larql_index(index, config, checksums))
-    return [schema.LARQL_INDEX_JSON, *written]
+        write_router_weights(folder / filenames.LARQL_ROUTER_BIN, index, results)
+        written.append(filenames.LARQL_ROUTER_BIN)
+    checksums = {name: sha256_file(folder / name) for name in [filenames.GATE_VECTORS_BIN, *written]}
+    atomic_write_json(folder / filenames.LARQL_INDEX_JSON, larql_index(index, config, checksums))
+    return [filenames.LARQL_INDEX_JSON, *written]

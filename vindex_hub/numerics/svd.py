@@ -34,7 +34,7 @@ resumable anywhere. Parallelism comes from processes (``build.engine``), not BLA
 
 ``cuda``: the float64 method batched in torch on the device (``torch.linalg.eigh``).
 
-Output rows are unit-norm float32 with the sign rule of ``schema.SIGN_RULE`` applied by
+Output rows are unit-norm float32 with the sign rule of ``layout.SIGN_RULE`` applied by
 ``canonicalize_signs``, so two builds with the same route are bit-identical.
 """
 
@@ -50,7 +50,7 @@ import numpy as np
 import scipy.linalg
 from scipy.linalg import blas, lapack
 
-from .errors import CheckpointError, UsageError
+from ..errors import CheckpointError, UsageError
 
 __all__ = [
     "BLAS_THREADS", "DEFAULT_PRECISION", "METHOD", "PRECISIONS", "TopK", "canonicalize_signs",
@@ -134,7 +134,7 @@ def resolve_device(device: str = "auto") -> str:
 def canonicalize_signs(vectors: np.ndarray) -> np.ndarray:
     """Flip each row (last axis) so its largest-magnitude entry is positive, the first on ties.
 
-    ``schema.SIGN_RULE``. Works in place on a float array of any leading shape and returns it.
+    ``layout.SIGN_RULE``. Works in place on a float array of any leading shape and returns it.
     Negation is exact, so the rule is applied to the stored float32 values themselves.
     """
     pivot = np.argmax(np.abs(vectors), axis=-1)[..., None]  # argmax: the first index on ties

@@ -29,8 +29,8 @@ from typing import Any, BinaryIO, Callable
 from filelock import FileLock
 from huggingface_hub import constants
 
-from .errors import HubError
-from .fsutil import atomic_path, atomic_write_json
+from ..errors import HubError
+from ..fsutil import atomic_path, atomic_write_json
 
 ENV_CACHE = "VINDEX_HUB_CACHE"
 # One path segment: no separators, no leading dot (so never "." or ".."), bounded length.

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from .. import schema, stats
+from ..format import sidecar, statistics
+from ..numerics import stats
 from ..results import LayerResult
 
 LAYERS = "layers"  # both files: {"<layer id>": that layer's figures}
@@ -22,29 +23,29 @@ def routed_summary(result: LayerResult) -> dict[str, float]:
     """var{K} over the routed experts: ``{median_var64: ..., q25_var64: ..., ...}``."""
     k = result.num_feats
     var = stats.energy_fraction(result.singular_values, result.frobenius_norm)
-    return {schema.summary_var_key(name, k): value for name, value in stats.summarize(var).items()}
+    return {statistics.summary_var_key(name, k): value for name, value in stats.summarize(var).items()}
 
 
 def router_figures(result: LayerResult) -> dict[str, Any]:
     return stats.router_stats(result.router_singular_values, result.router_frobenius_norm)
 
 
-def phase1_json(results: Sequence[LayerResult], index: schema.VindexIndex) -> dict[str, Any]:
+def phase1_json(results: Sequence[LayerResult], index: sidecar.VindexIndex) -> dict[str, Any]:
     k = index.num_feats
     layers: dict[str, Any] = {}
     for r in results:
         shared = None
         if r.shared_singular_values is not None:
             var = stats.energy_fraction(r.shared_singular_values[None, :], [r.shared_frobenius_norm])
-            shared = {schema.var_key(k): float(var[0]), schema.COL_FROBENIUS: r.shared_frobenius_norm}
-        router = {key: v for key, v in router_figures(r).items() if key != schema.COL_SINGULAR_VALUES}
+            shared = {statistics.var_key(k): float(var[0]), statistics.FROBENIUS_NORM: r.shared_frobenius_norm}
+        router = {key: v for key, v in router_figures(r).items() if key != statistics.SINGULAR_VALUES}
         layers[str(r.layer)] = {
             ROUTED: {"n_experts": r.num_experts, **routed_summary(r)},
             SHARED: shared,
             ROUTER: router,
         }
     return {
-        "format_version": schema.FORMAT_VERSION,
+        "format_version": sidecar.FORMAT_VERSION,
         "num_feats": k,
         "model": index.source.repo_id,
         "revision": index.source.revision,
@@ -52,9 +53,9 @@ def phase1_json(results: Sequence[LayerResult], index: schema.VindexIndex) -> di
     }
 
 
-def phase2_json(results: Sequence[LayerResult], index: schema.VindexIndex) -> dict[str, Any]:
+def phase2_json(results: Sequence[LayerResult], index: sidecar.VindexIndex) -> dict[str, Any]:
     return {
-        "format_version": schema.FORMAT_VERSION,
+        "format_version": sidecar.FORMAT_VERSION,
         "model": index.source.repo_id,
         "revision": index.source.revision,
         LAYERS: {str(r.layer): router_figures(r) for r in results},

@@ -21,7 +21,7 @@ What a push does, in order:
    a stale diff. ``create_pr`` opens a pull request from that head instead.
 
 Never uploaded: hidden paths (any part starting with ``.``: the build's work folder
-``schema.BUILD_STATE_DIR``, temporary files of atomic writes) and unfinished files
+``filenames.BUILD_STATE_DIR``, temporary files of atomic writes) and unfinished files
 (``*.tmp``, ``*.partial``, ``*.incomplete``, ``*.lock``).
 
 Failure leaves the branch as it was: LFS objects go to the server's object store first, and only
@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from . import schema
+from .format import filenames, layout, selection, sidecar
 from .checksums import iter_chunks
 from .errors import HubError, RemoteNotFoundError, UsageError, VindexError
 
@@ -48,17 +48,17 @@ if TYPE_CHECKING:
     from huggingface_hub import HfApi
     from huggingface_hub.hf_api import RepoFile
 
-    from .remote import RepoRef
+    from .hub.refs import RepoRef
 
 REPO_TYPES = ("dataset", "model")
 DEFAULT_BRANCH = "main"
 UNFINISHED_SUFFIXES = (".tmp", ".partial", ".incomplete", ".lock")
 # Remote paths a vindex owns: a push deletes those the folder no longer has.
 VINDEX_FILES = frozenset({
-    schema.GATE_VECTORS_BIN, schema.INDEX_JSON, schema.PHASE1_JSON, schema.PHASE2_JSON, schema.CARD_FILE,
-    schema.VAR_PLOT_FILE, schema.LARQL_INDEX_JSON, schema.LARQL_ROUTER_BIN,
+    filenames.GATE_VECTORS_BIN, filenames.INDEX_JSON, filenames.PHASE1_JSON, filenames.PHASE2_JSON, filenames.CARD_FILE,
+    filenames.VAR_PLOT_FILE, filenames.LARQL_INDEX_JSON, filenames.LARQL_ROUTER_BIN,
 })
-VINDEX_DIRS = (f"{schema.DATA_DIR}/",)
+VINDEX_DIRS = (f"{filenames.DATA_DIR}/",)
 
 
 @dataclass(frozen=True)
@@ -160,7 +160,7 @@ def push_vindex(
 
     from huggingface_hub import HfApi, get_token
 
-    from .remote import RepoRef
+    from .hub.refs import RepoRef
 
     ref = RepoRef(repo_id, repo_type, branch)
     api = HfApi(token=token)
@@ -198,10 +198,10 @@ def push_vindex(
 def publishable_files(folder: Path) -> list[PushFile]:
     """Every file of the vindex to publish, sorted; hidden and unfinished files are left out."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    for dirpath, dirnames, names in os.walk(folder):
         rel_dir = Path(dirpath).relative_to(folder)
         dirnames[:] = sorted(d for d in dirnames if not _excluded(rel_dir / d))
-        for name in filenames:
+        for name in names:
             rel = rel_dir / name
             path = folder / rel
             if not _excluded(rel) and path.is_file():
@@ -210,7 +210,7 @@ def publishable_files(folder: Path) -> list[PushFile]:
 
 
 def _excluded(rel: Path) -> bool:
-    # Hidden parts cover schema.BUILD_STATE_DIR and the temporary files of atomic writes.
+    # Hidden parts cover filenames.BUILD_STATE_DIR and the temporary files of atomic writes.
     return any(p.startswith(".") for p in rel.parts) or rel.name.endswith(UNFINISHED_SUFFIXES)
 
 
@@ -219,7 +219,7 @@ def is_vindex_path(path: str) -> bool:
     return path in VINDEX_FILES or path.startswith(VINDEX_DIRS)
 
 
-def commit_text(index: schema.VindexIndex) -> tuple[str, str]:
+def commit_text(index: sidecar.VindexIndex) -> tuple[str, str]:
     """The default commit summary and description, from the sidecar (never a local path)."""
     from .writers.card import model_name
 
@@ -229,8 +229,8 @@ def commit_text(index: schema.VindexIndex) -> tuple[str, str]:
     description = "\n".join([
         f"source: {model_name(index)}" + (f" at revision {src.revision}" if src.revision else ""),
         f"builder: {b.name} {b.version}, method: {b.method}",
-        f"layers: {schema.layer_span(index.layer_ids)} ({len(index.layers)} x {index.num_experts} experts x "
-        f"{index.num_feats} feats x {index.hidden_size} hidden, {schema.DTYPE})",
+        f"layers: {selection.layer_span(index.layer_ids)} ({len(index.layers)} x {index.num_experts} experts x "
+        f"{index.num_feats} feats x {index.hidden_size} hidden, {layout.DTYPE})",
     ])
     return summary, description
 
@@ -252,12 +252,12 @@ def _check_arguments(folder: Path, repo_id: str, repo_type: str, revision: str |
         raise UsageError(f"{folder}: not a folder (expected a built vindex)")
 
 
-def _verified_index(folder: Path) -> schema.VindexIndex:
+def _verified_index(folder: Path) -> sidecar.VindexIndex:
     from .verify import verify_vindex
 
     verify_vindex(folder).raise_if_failed()
-    return schema.VindexIndex.loads((folder / schema.INDEX_JSON).read_text(encoding="utf-8"),
-                                    where=str(folder / schema.INDEX_JSON))
+    return sidecar.VindexIndex.loads((folder / filenames.INDEX_JSON).read_text(encoding="utf-8"),
+                                    where=str(folder / filenames.INDEX_JSON))
 
 
 # ---- the remote side -----------------------------------------------------------------------------
@@ -355,7 +355,7 @@ def _commit(api: "HfApi", ref: "RepoRef", folder: Path, result: PushResult, hash
             head: str, create_pr: bool, summary: str, description: str):
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
-    from .remote import first_line
+    from .hub.errors import first_line
 
     operations: list = []
     for f in result.uploaded:
@@ -380,7 +380,7 @@ def _commit(api: "HfApi", ref: "RepoRef", folder: Path, result: PushResult, hash
 @contextlib.contextmanager
 def _hub_errors(ref: "RepoRef", *, secret: str | None) -> Iterator[None]:
     """The loader's mapping of client errors to ``HubError``/``RemoteNotFoundError``, token scrubbed."""
-    from .remote import hub_errors
+    from .hub.errors import hub_errors
 
     try:
         with hub_errors(ref):

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import schema
-from .errors import UsageError
+from ..format import statistics
+from ..errors import UsageError
 
 __all__ = ["effective_rank", "energy_fraction", "router_stats", "summarize"]
 
@@ -63,11 +63,11 @@ def effective_rank(singular_values: np.ndarray | Sequence[float]) -> float:
 def router_stats(singular_values: np.ndarray | Sequence[float], frobenius_norm: float) -> dict[str, Any]:
     """The router decomposition of one layer from its *full* spectrum (all ``min(E, H)`` values).
 
-    Keys: ``schema.router_topk_key(k)`` for ``k`` in ``schema.ROUTER_TOPK`` (the top-k energy
+    Keys: ``statistics.router_topk_key(k)`` for ``k`` in ``statistics.ROUTER_TOPK`` (the top-k energy
     fraction; for ``k > len(s)`` the sum runs over all ``len(s)`` values, so the key set is
     the same for every model and the value is the whole energy, 1 up to rounding),
     ``effective_rank``, ``stable_rank``, ``s0_s1`` (None when ``s1`` is 0 or absent: JSON has
-    no infinity) and ``schema.COL_SINGULAR_VALUES`` (the spectrum, a list of floats).
+    no infinity) and ``statistics.SINGULAR_VALUES`` (the spectrum, a list of floats).
     """
     s = np.asarray(singular_values, dtype=np.float64)
     if s.ndim != 1 or s.size == 0:
@@ -78,9 +78,9 @@ def router_stats(singular_values: np.ndarray | Sequence[float], frobenius_norm: 
     if not fro2 > 0 or not s[0] > 0:
         raise UsageError("router_stats of a zero router matrix is undefined")
     energy = np.cumsum(s**2) / fro2
-    out: dict[str, Any] = {schema.router_topk_key(k): float(energy[min(k, s.size) - 1]) for k in schema.ROUTER_TOPK}
-    out[schema.ROUTER_EFFECTIVE_RANK] = effective_rank(s)
-    out[schema.ROUTER_STABLE_RANK] = fro2 / s[0] ** 2
-    out[schema.ROUTER_S0_S1] = float(s[0] / s[1]) if s.size > 1 and s[1] > 0 else None
-    out[schema.COL_SINGULAR_VALUES] = s.tolist()
+    out: dict[str, Any] = {statistics.router_topk_key(k): float(energy[min(k, s.size) - 1]) for k in statistics.ROUTER_TOPK}
+    out[statistics.ROUTER_EFFECTIVE_RANK] = effective_rank(s)
+    out[statistics.ROUTER_STABLE_RANK] = fro2 / s[0] ** 2
+    out[statistics.ROUTER_S0_S1] = float(s[0] / s[1]) if s.size > 1 and s[1] > 0 else None
+    out[statistics.SINGULAR_VALUES] = s.tolist()
     return out

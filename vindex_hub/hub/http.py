@@ -1,4 +1,4 @@
-"""Talking to the Hub: repo references, typed errors, file metadata and exact ranged reads.
+"""Requests to the Hub: file metadata and exact ranged reads.
 
 ``fetch_range_into`` is the one place a byte range is read from a Hub file. It sends the ranged
 GET itself (``HfFileSystem`` over-fetches small ranges, see ``reference/hub-protocol.md``) with
@@ -11,29 +11,20 @@ checkpoint source reads safetensors tensors with it.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import re
 import time
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
-from urllib.parse import unquote
+from typing import BinaryIO
 
 import httpx2
-from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    GatedRepoError,
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-from huggingface_hub.file_download import REGEX_COMMIT_HASH
+from huggingface_hub import get_hf_file_metadata
+from huggingface_hub.errors import OfflineModeIsEnabled
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
-from .errors import HubError, RemoteNotFoundError, UsageError
+from ..errors import HubError
+from .errors import hub_errors
+from .refs import RepoRef, commit_sha, ref_from_url
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRIES = 5  # consecutive failures without progress before giving up
@@ -42,82 +33,8 @@ BACKOFF_MAX_S = 8.0
 TIMEOUT_S = 60.0
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-_HF_URI = re.compile(r"^hf://(?:(?P<type>datasets|models|spaces)/)?(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/?$")
 
 
-# ---- repo references --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RepoRef:
-    """A Hub repo at a revision (branch, tag or commit sha; None means the default branch)."""
-
-    repo_id: str
-    repo_type: str = "dataset"
-    revision: str | None = None
-
-    def __str__(self) -> str:
-        return f"{self.repo_type} repo {self.repo_id}@{self.revision or constants.DEFAULT_REVISION}"
-
-    def url(self, filename: str, revision: str | None = None) -> str:
-        return hf_hub_url(self.repo_id, filename, repo_type=self.repo_type, revision=revision or self.revision)
-
-    def at(self, revision: str) -> "RepoRef":
-        return RepoRef(self.repo_id, self.repo_type, revision)
-
-
-def parse_repo(spec: str, *, revision: str | None = None, repo_type: str = "dataset") -> RepoRef:
-    """``ns/name`` (of ``repo_type``) or ``hf://datasets/ns/name@rev`` (``hf://ns/name`` is a model).
-
-    A revision inside an ``hf://`` URI may be URL-encoded (``refs%2Fpr%2F1``).
-    """
-    m = _HF_URI.match(spec)
-    if m:
-        kind = {"datasets": "dataset", "spaces": "space", None: "model"}.get(m.group("type"), "model")
-        uri_rev = unquote(m.group("rev")) if m.group("rev") else None
-        if uri_rev and revision and uri_rev != revision:
-            raise UsageError(f"{spec}: revision {uri_rev!r} in the URI conflicts with revision={revision!r}")
-        return RepoRef(m.group("repo"), kind, uri_rev or revision)
-    if spec.startswith("hf://") or spec.count("/") != 1 or not all(spec.split("/")):
-        raise UsageError(f"{spec!r} is neither an existing folder nor a Hub repo id (ns/name or hf://datasets/ns/name@rev)")
-    if repo_type not in constants.REPO_TYPES:
-        raise UsageError(f"repo_type {repo_type!r}: expected one of {constants.REPO_TYPES}")
-    return RepoRef(spec, repo_type, revision)
-
-
-# ---- errors -----------------------------------------------------------------------------------
-@contextlib.contextmanager
-def hub_errors(ref: RepoRef, filename: str | None = None) -> Iterator[None]:
-    """Turn the hub client's exceptions into ``HubError`` / ``RemoteNotFoundError`` naming what failed."""
-    where = f"{filename} in {ref}" if filename else str(ref)
-    try:
-        yield
-    except GatedRepoError as exc:
-        raise HubError(f"{ref}: gated repo, access not granted (log in or request access): {first_line(exc)}") from None
-    except RepositoryNotFoundError:
-        raise RemoteNotFoundError(
-            f"{ref.repo_type} repo {ref.repo_id} not found at {constants.ENDPOINT} "
-            "(check the id and repo_type; private repos need a token)"
-        ) from None
-    except RevisionNotFoundError:
-        raise RemoteNotFoundError(f"revision {ref.revision!r} not found in {ref.repo_type} repo {ref.repo_id}") from None
-    except LocalEntryNotFoundError:
-        raise HubError(f"{where}: not in the local cache and the Hub cannot be reached (offline?)") from None
-    except EntryNotFoundError:
-        raise RemoteNotFoundError(f"{where}: no such file") from None
-    except OfflineModeIsEnabled:
-        raise HubError(f"{where}: not in the local cache and HF_HUB_OFFLINE is set") from None
-    except HfHubHTTPError as exc:
-        raise HubError(f"{where}: {first_line(exc)}") from None
-    except httpx2.TransportError as exc:
-        raise HubError(f"{where}: cannot reach {constants.ENDPOINT} ({type(exc).__name__}: {exc})") from None
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception's message on one line (its first two non-empty lines), for error messages."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    return " ".join(lines[:2]) if lines else type(exc).__name__
-
-
-# ---- metadata ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class RemoteFile:
     """One file of a repo at a resolved commit: where to read it and what its content is."""
@@ -136,13 +53,6 @@ def file_metadata(ref: RepoRef, filename: str, *, token: str | bool | None = Non
         raise HubError(f"{ref.url(filename)}: the server's HEAD answer lacks X-Repo-Commit, ETag or size")
     return RemoteFile(ref.url(filename, meta.commit_hash), commit_sha(meta.commit_hash, ref.url(filename)),
                       meta.etag, meta.size)
-
-
-def commit_sha(value: str, where: str) -> str:
-    """``value`` if it is a full 40-hex commit sha (it names cache files); else ``HubError``."""
-    if not REGEX_COMMIT_HASH.fullmatch(value or ""):
-        raise HubError(f"{where}: the server gave commit {value!r}, not a 40-hex sha; refusing to use it")
-    return value
 
 
 # ---- ranged reads -----------------------------------------------------------------------------
@@ -209,7 +119,7 @@ def _get_once(fileobj: BinaryIO, url: str, pos: int, end: int, *, token, expecte
                 raise _Retryable(f"HTTP {resp.status_code}")
             if resp.status_code >= 400:
                 resp.read()
-                with hub_errors(_ref_from_url(url)):
+                with hub_errors(ref_from_url(url)):
                     hf_raise_for_status(resp)
             if resp.status_code != 206:
                 raise HubError(
@@ -241,14 +151,3 @@ def _check_content_range(value: str | None, url: str, pos: int, end: int, total:
     if total is not None and m.group(3) != "*" and int(m.group(3)) != total:
         raise HubError(f"{url}: Content-Range says the file holds {m.group(3)} bytes, its metadata {total}")
     return first, last
-
-
-_RESOLVE = re.compile(r"/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/")
-
-
-def _ref_from_url(url: str) -> RepoRef:
-    m = _RESOLVE.search(url)
-    if not m:
-        return RepoRef(url, "model")
-    kind = {"datasets": "dataset", "spaces": "space"}.get(m.group(1) or "", "model")
-    return RepoRef(m.group(2), kind, unquote(m.group(3)))

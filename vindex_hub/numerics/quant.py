@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import QuantizationError
+from ..errors import QuantizationError
 
 # ---- format tables --------------------------------------------------------------------------
 # FP4 E2M1 code -> value: sign bit 3, exponent bits 2-1 (bias 1), mantissa bit 0.

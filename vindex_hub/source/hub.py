@@ -10,7 +10,7 @@ and ETag for that commit, so a resumed build opens the source without touching a
 ``read`` fetches the byte ranges of the tensors asked for, merging neighbours within a shard
 into fewer, larger requests only where the gap bytes stay a small fraction of what is needed
 (``coalesce_ranges``), and runs a few requests in parallel. Broken bodies and 5xx answers are
-retried and resumed from the first missing byte (``vindex_hub.remote.fetch_range_into``).
+retried and resumed from the first missing byte (``vindex_hub.hub.http.fetch_range_into``).
 ``bytes_fetched`` and ``fetch_seconds`` count the traffic, for progress bars and benchmarks.
 """
 
@@ -28,9 +28,11 @@ import numpy as np
 from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.file_download import REGEX_COMMIT_HASH, repo_folder_name
 
-from ..cache import BlockCache, default_cache_root
+from ..hub.blockcache import BlockCache, default_cache_root
 from ..errors import CheckpointError, HubError, UsageError
-from ..remote import MAX_RETRIES, RemoteFile, fetch_range_into, file_metadata, hub_errors, parse_repo
+from ..hub.http import MAX_RETRIES, RemoteFile, fetch_range_into, file_metadata
+from ..hub.errors import hub_errors
+from ..hub.refs import parse_repo
 from .base import RawTensor, TensorInfo
 from .local import CONFIG_FILE, INDEX_FILE, SINGLE_FILE, read_json_object, read_weight_map
 from .safetensors_format import PREFIX_BYTES, header_length, parse_header

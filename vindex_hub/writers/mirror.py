@@ -38,17 +38,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from .. import schema, stats
+from ..format import filenames, layout, mirror, sidecar, statistics
+from ..numerics import stats
 from ..errors import VindexFormatError
 from ..fsutil import atomic_path
 from ..results import LayerResult
-from .stats_json import router_figures
+from .phases import router_figures
 
 ROW_GROUP_BYTES = 16 << 20
 UNKNOWN = "unknown"  # builder fields of a converted seed-style vindex, which recorded none
 _UNSET = -1  # placeholder for a count the seed must give: no real one is negative
-INDEX_COLUMNS = [schema.COL_LAYER, schema.COL_EXPERT, schema.COL_FEATURE]
-_VECTOR_LEAF = f"{schema.COL_VECTOR}.list.element"  # parquet's path of the list's values
+INDEX_COLUMNS = [mirror.COL_LAYER, mirror.COL_EXPERT, mirror.COL_FEATURE]
+_VECTOR_LEAF = f"{mirror.COL_VECTOR}.list.element"  # parquet's path of the list's values
 
 GATE_VECTORS_WRITE_OPTIONS: dict[str, Any] = {
     "compression": "zstd",
@@ -63,21 +64,21 @@ STATS_WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd"}
 # ---- schemas and tables (pure) -----------------------------------------------------------
 def gate_vectors_schema(hidden_size: int) -> pa.Schema:
     return pa.schema([
-        (schema.COL_LAYER, pa.int16()),
-        (schema.COL_EXPERT, pa.int16()),
-        (schema.COL_FEATURE, pa.int16()),
-        (schema.COL_VECTOR, pa.list_(pa.float32(), hidden_size)),
+        (mirror.COL_LAYER, pa.int16()),
+        (mirror.COL_EXPERT, pa.int16()),
+        (mirror.COL_FEATURE, pa.int16()),
+        (mirror.COL_VECTOR, pa.list_(pa.float32(), hidden_size)),
     ])
 
 
 def experts_per_row_group(num_feats: int, hidden_size: int) -> int:
-    return max(1, ROW_GROUP_BYTES // schema.expert_nbytes(num_feats, hidden_size))
+    return max(1, ROW_GROUP_BYTES // layout.expert_nbytes(num_feats, hidden_size))
 
 
 def gate_vectors_table(layer: int, first_expert: int, vectors: np.ndarray) -> pa.Table:
     """Rows of experts ``first_expert ...`` of one layer; ``vectors`` is float32 ``(e, K, H)``."""
     e, k, h = vectors.shape
-    flat = np.ascontiguousarray(vectors, dtype=schema.NUMPY_DTYPE).reshape(-1)
+    flat = np.ascontiguousarray(vectors, dtype=layout.NUMPY_DTYPE).reshape(-1)
     return pa.Table.from_arrays(
         [
             pa.array(np.full(e * k, layer, dtype=np.int16)),
@@ -99,11 +100,11 @@ def expert_stats_table(results: Sequence[LayerResult], num_feats: int) -> pa.Tab
         frob.append(np.asarray(r.frobenius_norm, dtype=np.float64))
         svals.append(np.asarray(r.singular_values, dtype=np.float32).reshape(-1))
     return pa.table({
-        schema.COL_LAYER: pa.array(np.concatenate(layers)),
-        schema.COL_EXPERT: pa.array(np.concatenate(experts)),
-        schema.var_key(num_feats): pa.array(np.concatenate(var).astype(np.float64)),
-        schema.COL_FROBENIUS: pa.array(np.concatenate(frob)),
-        schema.COL_SINGULAR_VALUES: pa.FixedSizeListArray.from_arrays(
+        mirror.COL_LAYER: pa.array(np.concatenate(layers)),
+        mirror.COL_EXPERT: pa.array(np.concatenate(experts)),
+        statistics.var_key(num_feats): pa.array(np.concatenate(var).astype(np.float64)),
+        statistics.FROBENIUS_NORM: pa.array(np.concatenate(frob)),
+        statistics.SINGULAR_VALUES: pa.FixedSizeListArray.from_arrays(
             pa.array(np.concatenate(svals), type=pa.float32()), num_feats),
     })
 
@@ -115,7 +116,7 @@ def router_svd_table(results: Sequence[LayerResult]) -> pa.Table:
     """
     rows = [router_figures(r) for r in results]
     columns: dict[str, pa.Array] = {
-        schema.COL_LAYER: pa.array(np.array([r.layer for r in results], dtype=np.int16))
+        mirror.COL_LAYER: pa.array(np.array([r.layer for r in results], dtype=np.int16))
     }
     for key in rows[0] if rows else []:
         values = [row[key] for row in rows]
@@ -130,16 +131,16 @@ def router_svd_table(results: Sequence[LayerResult]) -> pa.Table:
 
 
 # ---- writing ---------------------------------------------------------------------------------
-def open_gate_vectors(folder: Path, index: schema.VindexIndex, layer: int) -> np.ndarray:
+def open_gate_vectors(folder: Path, index: sidecar.VindexIndex, layer: int) -> np.ndarray:
     """Read-only ``(E, K, H)`` memmap of one layer's block of ``gate_vectors.bin``."""
     entry = index.layer(layer)
-    return np.memmap(folder / schema.GATE_VECTORS_BIN, dtype=schema.NUMPY_DTYPE, mode="r",
+    return np.memmap(folder / filenames.GATE_VECTORS_BIN, dtype=layout.NUMPY_DTYPE, mode="r",
                      offset=entry.file_offset, shape=tuple(entry.shape))
 
 
-def write_gate_vectors_layer(folder: Path, index: schema.VindexIndex, layer: int) -> str:
+def write_gate_vectors_layer(folder: Path, index: sidecar.VindexIndex, layer: int) -> str:
     """One layer's parquet file, streamed one row group at a time from the binary."""
-    rel = schema.gate_vectors_parquet(layer)
+    rel = mirror.gate_vectors_parquet(layer)
     block = open_gate_vectors(folder, index, layer)
     step = experts_per_row_group(index.num_feats, index.hidden_size)
     with atomic_path(folder / rel) as tmp:
@@ -157,7 +158,7 @@ def _write_table(folder: Path, rel: str, table: pa.Table) -> str:
     return rel
 
 
-def write_mirror(folder: str | Path, index: schema.VindexIndex,
+def write_mirror(folder: str | Path, index: sidecar.VindexIndex,
                  results: Sequence[LayerResult] | None) -> list[str]:
     """Write the mirror's parquet files; return their paths relative to ``folder``.
 
@@ -170,21 +171,21 @@ def write_mirror(folder: str | Path, index: schema.VindexIndex,
         if have != index.layer_ids:
             raise VindexFormatError(
                 f"{folder}: layer results {have} do not match the index's layers {index.layer_ids}")
-        written.append(_write_table(folder, schema.EXPERT_STATS_PARQUET,
+        written.append(_write_table(folder, mirror.EXPERT_STATS_PARQUET,
                                     expert_stats_table(results, index.num_feats)))
-        written.append(_write_table(folder, schema.ROUTER_SVD_PARQUET, router_svd_table(results)))
+        written.append(_write_table(folder, mirror.ROUTER_SVD_PARQUET, router_svd_table(results)))
     return written
 
 
 def write_stats_for_layers(folder: str | Path, tables: Mapping[str, pa.Table], layers: Sequence[int]) -> list[str]:
     """Write the stats configs of a vindex cut from a larger one: each table of ``tables``
-    (``{schema.EXPERT_STATS_PARQUET: ..., schema.ROUTER_SVD_PARQUET: ...}``, as published)
+    (``{mirror.EXPERT_STATS_PARQUET: ..., mirror.ROUTER_SVD_PARQUET: ...}``, as published)
     restricted to the rows of ``layers``."""
     folder = Path(folder)
     written = []
     for rel, table in sorted(tables.items()):
-        keep = pa.array(list(layers), type=table.schema.field(schema.COL_LAYER).type)
-        written.append(_write_table(folder, rel, table.filter(pc.is_in(table[schema.COL_LAYER], value_set=keep))))
+        keep = pa.array(list(layers), type=table.schema.field(mirror.COL_LAYER).type)
+        written.append(_write_table(folder, rel, table.filter(pc.is_in(table[mirror.COL_LAYER], value_set=keep))))
     return written
 
 
@@ -203,23 +204,23 @@ def convert_vindex(folder: str | Path, *, config: dict[str, Any] | None = None,
 
     folder = Path(folder)
     index, upgraded = load_or_upgrade_index(folder)
-    index.check_layout(where=str(folder / schema.INDEX_JSON),
-                       file_size=(folder / schema.GATE_VECTORS_BIN).stat().st_size)
+    index.check_layout(where=str(folder / filenames.INDEX_JSON),
+                       file_size=(folder / filenames.GATE_VECTORS_BIN).stat().st_size)
     written = write_mirror(folder, index, None)
     written += write_larql_index(folder, index, config or {}, None)
     write_card(folder, index, card_options or CardOptions())
-    written += [schema.CARD_FILE, schema.VAR_PLOT_FILE]
+    written += [filenames.CARD_FILE, filenames.VAR_PLOT_FILE]
     if upgraded:
         from ..fsutil import atomic_write_json
 
-        atomic_write_json(folder / schema.INDEX_JSON, index.to_json())
-        written.append(schema.INDEX_JSON)
+        atomic_write_json(folder / filenames.INDEX_JSON, index.to_json())
+        written.append(filenames.INDEX_JSON)
     return written
 
 
-def load_or_upgrade_index(folder: Path) -> tuple[schema.VindexIndex, bool]:
+def load_or_upgrade_index(folder: Path) -> tuple[sidecar.VindexIndex, bool]:
     """The folder's sidecar; a seed-style one (no ``format_version``) upgraded. (index, upgraded)."""
-    path = folder / schema.INDEX_JSON
+    path = folder / filenames.INDEX_JSON
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -228,12 +229,12 @@ def load_or_upgrade_index(folder: Path) -> tuple[schema.VindexIndex, bool]:
         raise VindexFormatError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise VindexFormatError(f"{path}: expected a JSON object")
-    if schema.FORMAT_VERSION_KEY in data:
-        return schema.VindexIndex.from_json(data, where=str(path)), False
+    if sidecar.FORMAT_VERSION_KEY in data:
+        return sidecar.VindexIndex.from_json(data, where=str(path)), False
     return _upgrade_seed_index(folder, data, where=str(path)), True
 
 
-def _upgrade_seed_index(folder: Path, seed: dict[str, Any], *, where: str) -> schema.VindexIndex:
+def _upgrade_seed_index(folder: Path, seed: dict[str, Any], *, where: str) -> sidecar.VindexIndex:
     """The seed's sidecar (num_feats, model_config, layers{file_offset, shape, var quartiles}), typed.
 
     What the seed did not record comes from typed defaults that ``schema`` serializes, with the
@@ -245,25 +246,25 @@ def _upgrade_seed_index(folder: Path, seed: dict[str, Any], *, where: str) -> sc
     """
     from ..checksums import sha256_file_range
 
-    seed_layers = seed.get(schema.LAYERS_KEY)
+    seed_layers = seed.get(sidecar.LAYERS_KEY)
     if not isinstance(seed_layers, dict) or not seed_layers:
-        raise VindexFormatError(f"{where}: no {schema.FORMAT_VERSION_KEY} and no {schema.LAYERS_KEY} "
+        raise VindexFormatError(f"{where}: no {sidecar.FORMAT_VERSION_KEY} and no {sidecar.LAYERS_KEY} "
                                 "mapping: neither a vindex-hub sidecar nor a seed-style one")
-    unset_moe = schema.MoEConfig(**{f.name: _UNSET for f in dataclasses.fields(schema.MoEConfig)})
-    defaults = schema.VindexIndex(
+    unset_moe = sidecar.MoEConfig(**{f.name: _UNSET for f in dataclasses.fields(sidecar.MoEConfig)})
+    defaults = sidecar.VindexIndex(
         num_feats=_UNSET,
-        model_config=schema.ModelConfig(model_type=UNKNOWN, num_hidden_layers=len(seed_layers), moe=unset_moe),
-        source=schema.SourceInfo(repo_id=_card_base_model(folder)),
-        builder=schema.BuilderInfo(name=UNKNOWN, version=UNKNOWN, method=UNKNOWN, sign_rule=UNKNOWN),
+        model_config=sidecar.ModelConfig(model_type=UNKNOWN, num_hidden_layers=len(seed_layers), moe=unset_moe),
+        source=sidecar.SourceInfo(repo_id=_card_base_model(folder)),
+        builder=sidecar.BuilderInfo(name=UNKNOWN, version=UNKNOWN, method=UNKNOWN, sign_rule=UNKNOWN),
     )
     # First without layers: the geometry, which fixes each layer's block.
-    index = schema.VindexIndex.from_json(_overlay(defaults.to_json(), {**seed, schema.LAYERS_KEY: {}}),
+    index = sidecar.VindexIndex.from_json(_overlay(defaults.to_json(), {**seed, sidecar.LAYERS_KEY: {}}),
                                          where=where)
     unset = [name for name, value in dataclasses.asdict(index.model_config.moe).items() if value == _UNSET]
     if index.num_feats == _UNSET:
-        unset.insert(0, schema.NUM_FEATS_KEY)
+        unset.insert(0, sidecar.NUM_FEATS_KEY)
     if unset:
-        raise VindexFormatError(f"{where}: a seed-style sidecar (no {schema.FORMAT_VERSION_KEY}) lacking {unset}")
+        raise VindexFormatError(f"{where}: a seed-style sidecar (no {sidecar.FORMAT_VERSION_KEY}) lacking {unset}")
     try:
         layer_ids = sorted(int(name) for name in seed_layers)
     except ValueError as exc:
@@ -272,18 +273,18 @@ def _upgrade_seed_index(folder: Path, seed: dict[str, Any], *, where: str) -> sc
     for slot, layer in enumerate(layer_ids):
         offset = slot * index.layer_nbytes
         try:
-            digest = sha256_file_range(folder / schema.GATE_VECTORS_BIN, offset, index.layer_nbytes)
+            digest = sha256_file_range(folder / filenames.GATE_VECTORS_BIN, offset, index.layer_nbytes)
         except (EOFError, FileNotFoundError) as exc:
             raise VindexFormatError(f"{where}: layer {layer}: {exc}") from None
-        index.layers[layer] = schema.LayerEntry(file_offset=offset, shape=shape, nbytes=index.layer_nbytes,
+        index.layers[layer] = sidecar.LayerEntry(file_offset=offset, shape=shape, nbytes=index.layer_nbytes,
                                                 sha256=digest, median_var=math.nan, q25_var=math.nan,
                                                 q75_var=math.nan)
-    index = schema.VindexIndex.from_json(_overlay(index.to_json(), seed), where=where)
+    index = sidecar.VindexIndex.from_json(_overlay(index.to_json(), seed), where=where)
     lacking = [layer for layer, e in index.layers.items()
                if any(math.isnan(v) for v in (e.median_var, e.q25_var, e.q75_var))]
     if lacking:
         raise VindexFormatError(f"{where}: layers {lacking} lack the var quartiles "
-                                f"({schema.median_var_key(index.num_feats)}, ...)")
+                                f"({statistics.median_var_key(index.num_feats)}, ...)")
     return index
 
 
@@ -302,7 +303,7 @@ def _card_base_model(folder: Path) -> str | None:
     """``base_model`` from the folder's existing card, if it has one."""
     from .card import read_card_data
 
-    card = folder / schema.CARD_FILE
+    card = folder / filenames.CARD_FILE
     if not card.exists():
         return None
     value = read_card_data(card).get("base_model")

@@ -1,0 +1,45 @@
+"""The one list of file and folder names in a vindex (and of our own bookkeeping files).
+
+Every writer, reader, check and the push/pull verbs name files through this module only.
+"""
+
+from __future__ import annotations
+
+GATE_VECTORS_BIN = "gate_vectors.bin"
+INDEX_JSON = "gate_vectors_index.json"  # the sidecar
+PHASE1_JSON = "phase1_moe_svd.json"
+PHASE2_JSON = "phase2_router_svd.json"
+CARD_FILE = "README.md"
+VAR_PLOT_FILE = "images/var_per_layer.png"
+LARQL_INDEX_JSON = "index.json"
+LARQL_ROUTER_BIN = "router_weights.bin"
+DATA_DIR = "data"  # the Arrow mirror lives below it (``format.mirror`` names its files)
+
+# Remote paths a vindex owns: a push deletes those a folder no longer has, a re-pull replaces them.
+VINDEX_FILES = frozenset({
+    GATE_VECTORS_BIN, INDEX_JSON, PHASE1_JSON, PHASE2_JSON, CARD_FILE, VAR_PLOT_FILE,
+    LARQL_INDEX_JSON, LARQL_ROUTER_BIN,
+})
+VINDEX_DIRS = (f"{DATA_DIR}/",)
+# What a snapshot-mode open downloads: the binary and the small files beside it, not the mirror.
+SNAPSHOT_FILES = (INDEX_JSON, GATE_VECTORS_BIN, PHASE1_JSON, PHASE2_JSON, CARD_FILE)
+
+# ---- our bookkeeping: never part of a published vindex ---------------------------------------
+BUILD_STATE_DIR = ".vindex-build"  # work files of an unfinished build (or pull)
+BUILD_STATE_FILE = "build.json"  # in BUILD_STATE_DIR: the fingerprint of the build it holds
+PULL_MARKER = ".vindex-pull.json"  # marks a folder made by ``pull`` (repo, commit, format, layers)
+PARTIAL_SUFFIX = ".partial"  # a file still being written in place
+PARTIAL_BIN = GATE_VECTORS_BIN + PARTIAL_SUFFIX
+# Names of unfinished files: never uploaded, never counted as part of a vindex.
+UNFINISHED_SUFFIXES = (".tmp", PARTIAL_SUFFIX, ".incomplete", ".lock")
+
+
+def is_vindex_path(path: str) -> bool:
+    """A repo path that belongs to the vindex (so a push may delete it when the folder lacks it)."""
+    return path in VINDEX_FILES or path.startswith(VINDEX_DIRS)
+
+
+def is_bookkeeping_path(path: str) -> bool:
+    """Hidden or unfinished: our work files, atomic-write temporaries, markers. Never published."""
+    parts = path.split("/")
+    return any(p.startswith(".") for p in parts) or parts[-1].endswith(UNFINISHED_SUFFIXES)

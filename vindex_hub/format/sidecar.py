@@ -1,0 +1,229 @@
+"""The typed sidecar ``gate_vectors_index.json``: ``VindexIndex`` and its parts.
+
+``to_json``/``from_json`` are the only places its keys are spelled; ``check_layout`` holds the
+binary's layout rule against the entries. The format is described in prose in ``format/__init__``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import VindexFormatError
+from . import layout
+from .filenames import GATE_VECTORS_BIN, INDEX_JSON
+from .selection import layer_span
+from .statistics import median_var_key, q25_var_key, q75_var_key
+
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = frozenset({1})
+# Top-level keys other modules need to name (a seed-style sidecar lacks FORMAT_VERSION_KEY).
+FORMAT_VERSION_KEY = "format_version"
+NUM_FEATS_KEY = "num_feats"
+LAYERS_KEY = "layers"
+# Builder fields of a converted seed-style vindex, which recorded none.
+UNKNOWN = "unknown"
+
+
+@dataclass
+class MoEConfig:
+    n_routed_experts: int
+    n_shared_experts: int
+    num_experts_per_tok: int
+    hidden_size: int
+    moe_intermediate_size: int
+
+
+@dataclass
+class ModelConfig:
+    model_type: str
+    num_hidden_layers: int
+    moe: MoEConfig
+
+
+@dataclass
+class SourceInfo:
+    repo_id: str | None = None  # Hub model repo the checkpoint came from, when known
+    revision: str | None = None  # commit sha (40 hex) when known
+    path: str | None = None  # local folder, when built from one
+
+
+@dataclass
+class BuilderInfo:
+    name: str
+    version: str
+    method: str
+    sign_rule: str = layout.SIGN_RULE
+
+
+@dataclass
+class LayerEntry:
+    file_offset: int
+    shape: list[int]  # [num_experts, num_feats, hidden_size]
+    nbytes: int
+    sha256: str
+    median_var: float
+    q25_var: float
+    q75_var: float
+
+
+@dataclass
+class VindexIndex:
+    """The typed sidecar. ``to_json``/``from_json`` are the only places its keys are spelled."""
+
+    num_feats: int
+    model_config: ModelConfig
+    source: SourceInfo
+    builder: BuilderInfo
+    layers: dict[int, LayerEntry] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    # derived facts
+    @property
+    def num_experts(self) -> int:
+        return self.model_config.moe.n_routed_experts
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model_config.moe.hidden_size
+
+    @property
+    def layer_ids(self) -> list[int]:
+        return sorted(self.layers)
+
+    @property
+    def layer_nbytes(self) -> int:
+        return layout.layer_nbytes(self.num_experts, self.num_feats, self.hidden_size)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.layer_nbytes * len(self.layers)
+
+    @property
+    def display_name(self) -> str:
+        """The model's name for people: its Hub repo id, else the checkpoint folder's name, else the
+        model type. Never a local path (a vindex's card, commit and LarQL index show this)."""
+        if self.source.repo_id:
+            return self.source.repo_id
+        return Path(self.source.path).name if self.source.path else self.model_config.model_type
+
+    def layer(self, layer: int) -> LayerEntry:
+        try:
+            return self.layers[layer]
+        except KeyError:
+            raise VindexFormatError(
+                f"layer {layer} is not in this vindex (it holds layers {layer_span(self.layer_ids)})"
+            ) from None
+
+    # JSON
+    def to_json(self) -> dict[str, Any]:
+        k = self.num_feats
+        return {
+            FORMAT_VERSION_KEY: self.format_version,
+            "file": GATE_VECTORS_BIN,
+            "dtype": layout.DTYPE,
+            "byteorder": layout.BYTEORDER,
+            "layout": layout.LAYOUT,
+            NUM_FEATS_KEY: k,
+            "num_layers": len(self.layers),
+            "total_bytes": self.total_bytes,
+            "model_config": asdict(self.model_config),
+            "source": asdict(self.source),
+            "builder": asdict(self.builder),
+            LAYERS_KEY: {
+                str(layer): {
+                    "file_offset": e.file_offset,
+                    "shape": list(e.shape),
+                    "nbytes": e.nbytes,
+                    "sha256": e.sha256,
+                    median_var_key(k): e.median_var,
+                    q25_var_key(k): e.q25_var,
+                    q75_var_key(k): e.q75_var,
+                }
+                for layer, e in sorted(self.layers.items())
+            },
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, where: str = INDEX_JSON) -> "VindexIndex":
+        """Parse and check a sidecar; ``where`` (a path or URL) goes into error messages."""
+        try:
+            version = data.get(FORMAT_VERSION_KEY)
+            if version not in SUPPORTED_FORMAT_VERSIONS:
+                raise VindexFormatError(
+                    f"{where}: format_version {version!r} is not one this vindex-hub reads "
+                    f"({sorted(SUPPORTED_FORMAT_VERSIONS)}); upgrade vindex-hub"
+                )
+            if data.get("dtype") != layout.DTYPE:
+                raise VindexFormatError(f"{where}: dtype {data.get('dtype')!r}, expected {layout.DTYPE!r}")
+            k = int(data[NUM_FEATS_KEY])
+            mc = data["model_config"]
+            index = cls(
+                num_feats=k,
+                model_config=ModelConfig(
+                    model_type=mc["model_type"],
+                    num_hidden_layers=int(mc["num_hidden_layers"]),
+                    moe=MoEConfig(**{f: int(mc["moe"][f]) for f in MoEConfig.__dataclass_fields__}),
+                ),
+                source=SourceInfo(**{f: data["source"].get(f) for f in SourceInfo.__dataclass_fields__}),
+                builder=BuilderInfo(**{f: data["builder"][f] for f in BuilderInfo.__dataclass_fields__}),
+                layers={
+                    int(name): LayerEntry(
+                        file_offset=int(e["file_offset"]),
+                        shape=[int(x) for x in e["shape"]],
+                        nbytes=int(e["nbytes"]),
+                        sha256=str(e["sha256"]),
+                        median_var=float(e[median_var_key(k)]),
+                        q25_var=float(e[q25_var_key(k)]),
+                        q75_var=float(e[q75_var_key(k)]),
+                    )
+                    for name, e in data[LAYERS_KEY].items()
+                },
+                format_version=version,
+            )
+        except VindexFormatError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise VindexFormatError(f"{where}: malformed sidecar ({type(exc).__name__}: {exc})") from None
+        index.check_layout(where=where)
+        return index
+
+    @classmethod
+    def loads(cls, text: str, *, where: str = INDEX_JSON) -> "VindexIndex":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise VindexFormatError(f"{where}: not valid JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise VindexFormatError(f"{where}: expected a JSON object")
+        return cls.from_json(data, where=where)
+
+    def check_layout(self, *, where: str = INDEX_JSON, file_size: int | None = None) -> None:
+        """Offsets follow the layout rule (no overlap, no gap) and fit ``file_size`` if given."""
+        expect_shape = [self.num_experts, self.num_feats, self.hidden_size]
+        for slot, layer in enumerate(self.layer_ids):
+            e = self.layers[layer]
+            if e.shape != expect_shape:
+                raise VindexFormatError(f"{where}: layer {layer} shape {e.shape}, expected {expect_shape}")
+            if e.nbytes != self.layer_nbytes:
+                raise VindexFormatError(f"{where}: layer {layer} nbytes {e.nbytes}, expected {self.layer_nbytes}")
+            want = slot * self.layer_nbytes
+            if e.file_offset != want:
+                raise VindexFormatError(
+                    f"{where}: layer {layer} file_offset {e.file_offset}, expected {want} "
+                    "(layers are contiguous in ascending order; offsets overlap or leave gaps)"
+                )
+            if file_size is not None and e.file_offset + e.nbytes > file_size:
+                raise VindexFormatError(
+                    f"{where}: layer {layer} spans bytes {e.file_offset}..{e.file_offset + e.nbytes} "
+                    f"but {GATE_VECTORS_BIN} holds {file_size} bytes"
+                )
+        if file_size is not None and file_size != self.total_bytes:
+            raise VindexFormatError(
+                f"{GATE_VECTORS_BIN} holds {file_size} bytes but {where} describes {self.total_bytes}"
+            )

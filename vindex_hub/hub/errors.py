@@ -1,0 +1,54 @@
+"""The hub client's exceptions as the package's own: ``HubError`` / ``RemoteNotFoundError``."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import httpx2
+from huggingface_hub import constants
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from ..errors import HubError, RemoteNotFoundError
+from .refs import RepoRef
+
+
+@contextlib.contextmanager
+def hub_errors(ref: RepoRef, filename: str | None = None) -> Iterator[None]:
+    """Turn the hub client's exceptions into ``HubError`` / ``RemoteNotFoundError`` naming what failed."""
+    where = f"{filename} in {ref}" if filename else str(ref)
+    try:
+        yield
+    except GatedRepoError as exc:
+        raise HubError(f"{ref}: gated repo, access not granted (log in or request access): {first_line(exc)}") from None
+    except RepositoryNotFoundError:
+        raise RemoteNotFoundError(
+            f"{ref.repo_type} repo {ref.repo_id} not found at {constants.ENDPOINT} "
+            "(check the id and repo_type; private repos need a token)"
+        ) from None
+    except RevisionNotFoundError:
+        raise RemoteNotFoundError(f"revision {ref.revision!r} not found in {ref.repo_type} repo {ref.repo_id}") from None
+    except LocalEntryNotFoundError:
+        raise HubError(f"{where}: not in the local cache and the Hub cannot be reached (offline?)") from None
+    except EntryNotFoundError:
+        raise RemoteNotFoundError(f"{where}: no such file") from None
+    except OfflineModeIsEnabled:
+        raise HubError(f"{where}: not in the local cache and HF_HUB_OFFLINE is set") from None
+    except HfHubHTTPError as exc:
+        raise HubError(f"{where}: {first_line(exc)}") from None
+    except httpx2.TransportError as exc:
+        raise HubError(f"{where}: cannot reach {constants.ENDPOINT} ({type(exc).__name__}: {exc})") from None
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's message on one line (its first two non-empty lines), for error messages."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return " ".join(lines[:2]) if lines else type(exc).__name__

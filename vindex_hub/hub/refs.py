@@ -1,0 +1,68 @@
+"""References to Hub repos: ``RepoRef`` (repo, type, revision), ``parse_repo`` and commit shas."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from huggingface_hub import constants, hf_hub_url
+from huggingface_hub.file_download import REGEX_COMMIT_HASH
+
+from ..errors import HubError, UsageError
+
+_HF_URI = re.compile(r"^hf://(?:(?P<type>datasets|models|spaces)/)?(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/?$")
+_RESOLVE = re.compile(r"/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/")
+
+
+@dataclass(frozen=True)
+class RepoRef:
+    """A Hub repo at a revision (branch, tag or commit sha; None means the default branch)."""
+
+    repo_id: str
+    repo_type: str = "dataset"
+    revision: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.repo_type} repo {self.repo_id}@{self.revision or constants.DEFAULT_REVISION}"
+
+    def url(self, filename: str, revision: str | None = None) -> str:
+        return hf_hub_url(self.repo_id, filename, repo_type=self.repo_type, revision=revision or self.revision)
+
+    def at(self, revision: str) -> "RepoRef":
+        return RepoRef(self.repo_id, self.repo_type, revision)
+
+
+def parse_repo(spec: str, *, revision: str | None = None, repo_type: str = "dataset") -> RepoRef:
+    """``ns/name`` (of ``repo_type``) or ``hf://datasets/ns/name@rev`` (``hf://ns/name`` is a model).
+
+    A revision inside an ``hf://`` URI may be URL-encoded (``refs%2Fpr%2F1``).
+    """
+    m = _HF_URI.match(spec)
+    if m:
+        kind = {"datasets": "dataset", "spaces": "space", None: "model"}.get(m.group("type"), "model")
+        uri_rev = unquote(m.group("rev")) if m.group("rev") else None
+        if uri_rev and revision and uri_rev != revision:
+            raise UsageError(f"{spec}: revision {uri_rev!r} in the URI conflicts with revision={revision!r}")
+        return RepoRef(m.group("repo"), kind, uri_rev or revision)
+    if spec.startswith("hf://") or spec.count("/") != 1 or not all(spec.split("/")):
+        raise UsageError(f"{spec!r} is neither an existing folder nor a Hub repo id (ns/name or hf://datasets/ns/name@rev)")
+    if repo_type not in constants.REPO_TYPES:
+        raise UsageError(f"repo_type {repo_type!r}: expected one of {constants.REPO_TYPES}")
+    return RepoRef(spec, repo_type, revision)
+
+
+def commit_sha(value: str, where: str) -> str:
+    """``value`` if it is a full 40-hex commit sha (it names cache files); else ``HubError``."""
+    if not REGEX_COMMIT_HASH.fullmatch(value or ""):
+        raise HubError(f"{where}: the server gave commit {value!r}, not a 40-hex sha; refusing to use it")
+    return value
+
+
+def ref_from_url(url: str) -> RepoRef:
+    """The repo a ``.../resolve/<rev>/...`` URL points into (for error messages)."""
+    m = _RESOLVE.search(url)
+    if not m:
+        return RepoRef(url, "model")
+    kind = {"datasets": "dataset", "spaces": "space"}.get(m.group(1) or "", "model")
+    return RepoRef(m.group(2), kind, unquote(m.group(3)))
