@@ -80,6 +80,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe_route(builder: dict) -> str:
+    """The SVD route line of ``info``: route, BLAS threads and workers, where recorded."""
+    if not builder.get("svd_route"):
+        return "not recorded (built before routes were recorded)"
+    extras = [f"{builder[key]} {label}" for key, label in (("blas_threads", "BLAS thread(s) each"),
+                                                          ("workers", "worker(s)")) if builder.get(key)]
+    return builder["svd_route"] + (f" ({', '.join(extras)})" if extras else "")
+
+
 def _render_info(info: dict) -> str:
     k = info["num_feats"]
     source = info["source"]
@@ -91,6 +100,7 @@ def _render_info(info: dict) -> str:
         f"{info['hidden_size']} hidden, float32",
         f"  size       {info['total_bytes'] / 1e9:.2f} GB ({info['layer_nbytes'] / 1e6:.1f} MB a layer)",
         f"  builder    {info['builder']['name']} {info['builder']['version']}: {info['builder']['method']}",
+        f"  svd route  {_describe_route(info['builder'])}",
         f"  {'layer':>5}  {'offset':>14}  {statistics.median_var_key(k):>12}  {'q25..q75':>17}  sha256",
     ]
     for e in info["layers"]:
