@@ -178,9 +178,9 @@ def crash_on_call(monkeypatch, target: str, call: int = 1) -> None:
 @pytest.mark.parametrize("target,call", [
     ("vindex_hub.writers.binary.GateVectorsWriter.write_layer", 2),  # before layer 1 is written
     ("vindex_hub.results.LayerResult.save", 3),  # layer 2 written, not yet recorded
-    ("vindex_hub.writers.phases.phase1_json", 1),  # binary final, derived files not yet
-    ("vindex_hub.writers.mirror.write_mirror", 1),
-    ("vindex_hub.writers.card.write_card", 1),
+    ("vindex_hub.writers.derived.phase1_json", 1),  # binary final, derived files not yet
+    ("vindex_hub.writers.derived.write_mirror", 1),
+    ("vindex_hub.writers.derived.write_card", 1),
 ])
 def test_a_build_crashed_anywhere_resumes_bit_identical(
     target, call, tiny_checkpoint: Path, tiny_vindex: Path, tmp_path: Path, monkeypatch
@@ -206,7 +206,7 @@ def test_a_build_crashed_anywhere_resumes_bit_identical(
 def test_a_damaged_resumed_layer_is_computed_again(tiny_checkpoint: Path, tiny_vindex: Path,
                                                    tmp_path: Path, monkeypatch):
     out = tmp_path / "vindex"
-    crash_on_call(monkeypatch, "vindex_hub.writers.mirror.write_mirror")
+    crash_on_call(monkeypatch, "vindex_hub.writers.derived.write_mirror")
     with pytest.raises(Crash):
         build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
     monkeypatch.undo()
@@ -320,7 +320,7 @@ def test_output_folder_holding_another_models_vindex_is_refused(tiny_checkpoint,
 
 def test_an_unfinished_build_of_other_settings_is_refused(tiny_checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "vindex"
-    crash_on_call(monkeypatch, "vindex_hub.writers.mirror.write_mirror")
+    crash_on_call(monkeypatch, "vindex_hub.writers.derived.write_mirror")
     with pytest.raises(Crash):
         build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
     with pytest.raises(OutputConflictError, match="unfinished build"):

@@ -27,7 +27,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from . import __version__
-from .format import filenames, layout, selection, sidecar, statistics
+from .format import filenames, layout, selection, sidecar
 from .numerics import svd
 from .arch import MoEArchitecture, get_architecture
 from .checksums import sha256_file_range
@@ -35,7 +35,9 @@ from .errors import CheckpointError, OutputConflictError, UsageError, VindexErro
 from .fsutil import atomic_write_json, read_json
 from .results import LayerResult, layer_result_path
 from .source.base import CheckpointSource, RawTensor
-from .writers import phases as stats_json
+from .format.card_data import CardOptions
+from .writers.derived import write_derived_files
+from .writers.phases import routed_summary
 from .writers.binary import GateVectorsWriter
 
 BUILDER_NAME = "vindex-hub"
@@ -85,15 +87,14 @@ def build_vindex(
     device: str = "auto",
     batch_size: int = DEFAULT_BATCH,
     prefetch_layers: int = 1,
-    card_options: Any = None,
+    card_options: CardOptions | None = None,
     larql_router: bool = False,
     progress: bool = True,
     token: str | None = None,
 ) -> BuildSummary:
     """Build a vindex of ``source`` into the folder ``out`` (resuming an unfinished build there).
 
-    ``layers`` selects a subset (``"3-5"``, ``[3, 4, 5]``); ``card_options`` is a
-    ``writers.card.CardOptions`` for the dataset card's user-set fields.
+    ``layers`` selects a subset (``"3-5"``, ``[3, 4, 5]``); ``card_options`` (``format.card_data.CardOptions``) sets the dataset card's user-set fields.
     """
     started = time.monotonic()
     for name, value in (("batch_size", batch_size), ("prefetch_layers", prefetch_layers)):
@@ -387,30 +388,21 @@ def _prefetch(src: CheckpointSource, arch: MoEArchitecture, layers: list[int],
 
 # ---- publishing the folder ---------------------------------------------------------------------
 def _finish(out: Path, index: sidecar.VindexIndex, results: list[LayerResult], config: dict[str, Any],
-            *, card_options: Any, larql_router: bool) -> None:
-    """Write every derived file; the sidecar last, so its presence means 'complete'."""
-    from .writers.card import CardOptions, write_card
-    from .writers.larql import write_larql_index
-    from .writers.mirror import write_mirror
-
+            *, card_options: CardOptions | None, larql_router: bool) -> None:
+    """Record each layer in the sidecar, then write every derived file (the sidecar last)."""
     for slot, r in enumerate(results):
-        summary = stats_json.routed_summary(r)
+        summary = routed_summary(r)
         index.layers[r.layer] = sidecar.LayerEntry(
             file_offset=layout.layer_offset(slot, index.num_experts, index.num_feats, index.hidden_size),
             shape=[index.num_experts, index.num_feats, index.hidden_size],
             nbytes=index.layer_nbytes,
             sha256=r.sha256,
-            median_var=summary[statistics.median_var_key(index.num_feats)],
-            q25_var=summary[statistics.q25_var_key(index.num_feats)],
-            q75_var=summary[statistics.q75_var_key(index.num_feats)],
+            median_var=summary["median"],
+            q25_var=summary["q25"],
+            q75_var=summary["q75"],
         )
-    index.check_layout(file_size=(out / filenames.GATE_VECTORS_BIN).stat().st_size)
-    atomic_write_json(out / filenames.PHASE1_JSON, stats_json.phase1_json(results, index))
-    atomic_write_json(out / filenames.PHASE2_JSON, stats_json.phase2_json(results, index))
-    write_mirror(out, index, results)
-    write_larql_index(out, index, config, results, router=larql_router)
-    write_card(out, index, card_options or CardOptions())
-    atomic_write_json(out / filenames.INDEX_JSON, index.to_json())
+    write_derived_files(out, index, results=results, model_config=config, card_options=card_options,
+                        larql_router=larql_router)
 
 
 __all__ = ["build_vindex", "open_source", "BuildSummary", "VindexError"]

@@ -18,7 +18,7 @@ from .errors import UsageError, VindexError
 
 
 def _card_options(args: argparse.Namespace):
-    from .writers.card import CardOptions
+    from .format.card_data import CardOptions
 
     options = CardOptions.from_file(args.card_config) if args.card_config else CardOptions()
     citation = None
@@ -51,7 +51,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .writers.mirror import convert_vindex
+    from .convert import convert_vindex
 
     convert_vindex(Path(args.folder), card_options=_card_options(args))
     print(f"converted {args.folder}: Arrow mirror, LarQL index and card written")

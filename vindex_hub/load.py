@@ -51,11 +51,11 @@ from .format import filenames, layout, mirror, selection, sidecar, statistics
 from .hub.blockcache import BlockCache, default_cache_root
 from .checksums import sha256_bytes
 from .errors import HubError, IntegrityError, OutputConflictError, RemoteNotFoundError, UsageError, VindexFormatError
-from .fsutil import atomic_write_json, atomic_write_text, read_json
+from .fsutil import atomic_write_json, read_json
 from .hub.http import RemoteFile, fetch_range_into, file_metadata
 from .hub.refs import RepoRef, commit_sha, parse_repo
 from .hub.errors import first_line, hub_errors
-from .writers import phases as stats_json
+from .format.card_data import CardOptions
 from .writers.binary import GateVectorsWriter
 
 Mode = Literal["local", "snapshot", "lazy", "arrow"]
@@ -636,14 +636,14 @@ def _verify_pulled(out: Path) -> None:
 
 
 def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
-    """A vindex of ``selected`` layers: binary re-offset from 0, stats JSON, mirror, LarQL index and
-    card to match, and the sidecar last (the folder is a vindex once it appears)."""
-    from .writers.card import CardOptions, write_card
-    from .writers.larql import write_larql_index
-    from .writers.mirror import write_mirror, write_stats_for_layers
+    """A vindex of ``selected`` layers: binary re-offset from 0, then the one write sequence with the
+    source's statistics of those layers carried over (the sidecar last)."""
+    from .writers.derived import CarriedStats, write_derived_files
+    from .writers.mirror import restrict_to_layers as restrict_table
+    from .writers.phases import restrict_to_layers as restrict_document
 
     src = vx.index
-    tmp = out / filenames.BUILD_STATE_DIR / f"{filenames.GATE_VECTORS_BIN}.partial"
+    tmp = out / filenames.BUILD_STATE_DIR / filenames.PARTIAL_BIN
     writer = GateVectorsWriter(tmp, num_layers=len(selected), num_experts=src.num_experts,
                                num_feats=src.num_feats, hidden_size=src.hidden_size)
     layers: dict[int, sidecar.LayerEntry] = {}
@@ -659,22 +659,18 @@ def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
     finally:
         writer.close()
     shutil.rmtree(out / filenames.BUILD_STATE_DIR, ignore_errors=True)
-    for name, stats in ((filenames.PHASE1_JSON, "phase1"), (filenames.PHASE2_JSON, "phase2")):
+    documents = []
+    for stats in ("phase1", "phase2"):
         try:
-            data = getattr(vx, stats)
+            documents.append(restrict_document(getattr(vx, stats), selected))
         except (VindexFormatError, RemoteNotFoundError):
-            continue  # an optional file the repo does not have
-        phase_layers = data.get(stats_json.LAYERS, {})
-        kept = {str(layer): phase_layers[str(layer)] for layer in selected if str(layer) in phase_layers}
-        atomic_write_json(out / name, {**data, stats_json.LAYERS: kept})
+            documents.append(None)  # an optional file the repo does not have
+    tables = {rel: restrict_table(table, selected) for rel, table in _stats_tables(vx).items()}
     index = sidecar.VindexIndex(num_feats=src.num_feats, model_config=src.model_config, source=src.source,
-                               builder=src.builder, layers=layers, format_version=src.format_version)
-    write_mirror(out, index, None)
-    write_stats_for_layers(out, _stats_tables(vx), selected)
-    write_larql_index(out, index, {}, None)
+                                builder=src.builder, layers=layers, format_version=src.format_version)
     license = getattr(vx.card_data, "license", None)  # keep the source card's license
-    write_card(out, index, CardOptions(license=license) if isinstance(license, str) else CardOptions())
-    atomic_write_text(out / filenames.INDEX_JSON, index.dumps())  # last: the folder is valid once it appears
+    write_derived_files(out, index, carried=CarriedStats(*documents, tables=tables),
+                        card_options=CardOptions(license=license) if isinstance(license, str) else CardOptions())
 
 
 def _stats_tables(vx: Vindex) -> dict[str, Any]:
@@ -682,7 +678,7 @@ def _stats_tables(vx: Vindex) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     tables = {}
-    for rel in (mirror.EXPERT_STATS_PARQUET, mirror.ROUTER_SVD_PARQUET):
+    for rel in mirror.STATS_PARQUETS:
         try:
             tables[rel] = pq.read_table(vx._files.path(rel))
         except (VindexFormatError, RemoteNotFoundError):

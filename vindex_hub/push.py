@@ -221,13 +221,11 @@ def is_vindex_path(path: str) -> bool:
 
 def commit_text(index: sidecar.VindexIndex) -> tuple[str, str]:
     """The default commit summary and description, from the sidecar (never a local path)."""
-    from .writers.card import model_name
-
     src, b = index.source, index.builder
     at = f"@{src.revision[:12]}" if src.revision else ""
-    summary = f"Upload vindex of {model_name(index)}{at} ({b.name} {b.version})"
+    summary = f"Upload vindex of {index.display_name}{at} ({b.name} {b.version})"
     description = "\n".join([
-        f"source: {model_name(index)}" + (f" at revision {src.revision}" if src.revision else ""),
+        f"source: {index.display_name}" + (f" at revision {src.revision}" if src.revision else ""),
         f"builder: {b.name} {b.version}, method: {b.method}",
         f"layers: {selection.layer_span(index.layer_ids)} ({len(index.layers)} x {index.num_experts} experts x "
         f"{index.num_feats} feats x {index.hidden_size} hidden, {layout.DTYPE})",
