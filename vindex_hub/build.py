@@ -27,6 +27,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from . import __version__
+from . import build_engine as engine
 from .format import filenames, layout, selection, sidecar
 from .numerics import svd
 from .arch import MoEArchitecture, get_architecture
@@ -85,6 +86,8 @@ def build_vindex(
     layers: str | Sequence[int] | None = None,
     revision: str | None = None,
     device: str = "auto",
+    precision: str = svd.DEFAULT_PRECISION,
+    workers: int | None = None,
     batch_size: int = DEFAULT_BATCH,
     prefetch_layers: int = 1,
     card_options: CardOptions | None = None,
@@ -95,6 +98,9 @@ def build_vindex(
     """Build a vindex of ``source`` into the folder ``out`` (resuming an unfinished build there).
 
     ``layers`` selects a subset (``"3-5"``, ``[3, 4, 5]``); ``card_options`` (``format.card_data.CardOptions``) sets the dataset card's user-set fields.
+    ``precision`` picks the CPU SVD route (``numerics.svd.PRECISIONS``); ``workers`` is how many
+    processes decompose the experts (None: the cores this process may use): any count gives the
+    same bits.
     """
     started = time.monotonic()
     for name, value in (("batch_size", batch_size), ("prefetch_layers", prefetch_layers)):
@@ -107,7 +113,9 @@ def build_vindex(
         layer_ids = _select_layers(arch, layers)
         _check_num_feats(arch, num_feats)
         device = svd.resolve_device(device)
-        index = _new_index(arch, src, num_feats, layer_ids)
+        settings = engine.DecomposeSettings(num_feats=num_feats, device=device, precision=precision,
+                                            batch_size=batch_size)
+        index = _new_index(arch, src, num_feats, layer_ids, settings, engine.worker_count(settings, workers))
         state_dir = out / filenames.BUILD_STATE_DIR
         fingerprint = _fingerprint(index, src, arch, layer_ids, larql_router, device)
         finished = _claim_output(out, state_dir, fingerprint)
@@ -124,9 +132,9 @@ def build_vindex(
             )
             try:
                 _check_resumed_layers(state_dir, writer.path, index, layer_ids, todo)
-                _compute_layers(src, arch, writer, index, layer_ids, todo, state_dir,
-                                batch_size=batch_size, device=device, prefetch=prefetch_layers,
-                                keep_router=larql_router, progress=progress)
+                _compute_layers(src, arch, writer, index, layer_ids, todo, state_dir, settings=settings,
+                                workers=workers, prefetch=prefetch_layers, keep_router=larql_router,
+                                progress=progress)
                 writer.finish(final_bin)
             finally:
                 writer.close()
@@ -159,15 +167,17 @@ def _check_num_feats(arch: MoEArchitecture, num_feats: int) -> None:
         )
 
 
-def _new_index(arch: MoEArchitecture, src: CheckpointSource, num_feats: int,
-               layer_ids: list[int]) -> sidecar.VindexIndex:
+def _new_index(arch: MoEArchitecture, src: CheckpointSource, num_feats: int, layer_ids: list[int],
+               settings: engine.DecomposeSettings, workers: int) -> sidecar.VindexIndex:
+    route = svd.route_for(settings.device, settings.precision)
     return sidecar.VindexIndex(
         num_feats=num_feats,
         model_config=sidecar.ModelConfig(
             model_type=arch.model_type, num_hidden_layers=arch.num_hidden_layers, moe=arch.moe_config()
         ),
         source=sidecar.SourceInfo(repo_id=src.repo_id, revision=src.revision, path=src.path),
-        builder=sidecar.BuilderInfo(name=BUILDER_NAME, version=__version__, method=svd.METHOD),
+        builder=sidecar.BuilderInfo(name=BUILDER_NAME, version=__version__, method=svd.method_for(route),
+                                    svd_route=route, blas_threads=settings.blas_threads, workers=workers),
     )
 
 
@@ -175,8 +185,9 @@ def _fingerprint(index: sidecar.VindexIndex, src: CheckpointSource, arch: MoEArc
                  layer_ids: list[int], larql_router: bool, device: str) -> dict[str, Any]:
     """What must match for a build to resume in a folder (and for a vindex to be 'the same').
 
-    The device is part of it: CPU (LAPACK) and CUDA (torch) results agree to ~1e-6, not bit for
-    bit, so one vindex must not mix layers computed on both.
+    The device, the SVD route and the BLAS threads are part of it: results of different routes
+    agree to ~1e-6, and LAPACK's bits change with the thread count, so one vindex must not mix
+    layers computed differently. The worker count is not: it does not change a bit.
     """
     config_sha = hashlib.sha256(json.dumps(src.config, sort_keys=True).encode()).hexdigest()
     return {
@@ -190,6 +201,8 @@ def _fingerprint(index: sidecar.VindexIndex, src: CheckpointSource, arch: MoEArc
         "method": index.builder.method,
         "larql_router": larql_router,
         "device": device,
+        "svd_route": index.builder.svd_route,
+        "blas_threads": index.builder.blas_threads,
     }
 
 
@@ -209,6 +222,8 @@ def _claim_output(out: Path, state_dir: Path, fingerprint: dict[str, Any]) -> si
             "layers": index.layer_ids,
             "builder_version": index.builder.version,
             "method": index.builder.method,
+            "svd_route": index.builder.svd_route,
+            "blas_threads": index.builder.blas_threads,
             "larql_router": (out / filenames.LARQL_ROUTER_BIN).exists(),
         }
         changed = {k: (v, fingerprint[k]) for k, v in theirs.items() if fingerprint[k] != v}
@@ -270,45 +285,32 @@ def _check_resumed_layers(state_dir: Path, bin_path: Path, index: sidecar.Vindex
 # ---- the layer loop ---------------------------------------------------------------------------
 def _compute_layers(src: CheckpointSource, arch: MoEArchitecture, writer: GateVectorsWriter,
                     index: sidecar.VindexIndex, layer_ids: list[int], todo: list[int], state_dir: Path,
-                    *, batch_size: int, device: str, prefetch: int, keep_router: bool,
-                    progress: bool) -> None:
+                    *, settings: engine.DecomposeSettings, workers: int | None, prefetch: int,
+                    keep_router: bool, progress: bool) -> None:
     if not todo:
         return
     from tqdm.auto import tqdm
 
-    num_experts = index.num_experts
-    buffer: np.ndarray | None = None  # one reused dequantization buffer (no page faults per batch)
-    bar = tqdm(total=len(todo) * num_experts, unit="expert", disable=not progress,
+    bar = tqdm(total=len(todo) * index.num_experts, unit="expert", disable=not progress,
                desc="vindex", dynamic_ncols=True)
     try:
-        for layer, raw, read_seconds, read_bytes in _prefetch(src, arch, todo, prefetch):
-            bar.set_description(f"layer {layer}")
-            bar.set_postfix_str(f"read {read_bytes / max(read_seconds, 1e-9) / 1e6:.0f} MB/s")
-            vectors = np.empty((num_experts, index.num_feats, index.hidden_size), dtype=np.float32)
-            singular_values = np.empty((num_experts, index.num_feats), dtype=np.float32)
-            frobenius = np.empty(num_experts, dtype=np.float64)
-            for start in range(0, num_experts, batch_size):
-                experts = range(start, min(start + batch_size, num_experts))
-                if buffer is None or len(buffer) != len(experts):
-                    buffer = np.empty((len(experts), *arch.gate_shape), dtype=np.float32)
-                weights = arch.expert_gate_weights(layer, experts, raw, out=buffer)
-                names = [arch.expert_gate_tensors(layer, e)[0] for e in experts]
-                top = svd.top_k_right_singular(weights, index.num_feats, device=device, names=names)
-                vectors[experts.start:experts.stop] = top.vectors
-                singular_values[experts.start:experts.stop] = top.singular_values
-                frobenius[experts.start:experts.stop] = top.frobenius_norm
-                bar.update(len(experts))
-            extras = _layer_extras(arch, layer, raw, index.num_feats, device, keep_router)
-            del raw
-            sha256 = writer.write_layer(layer_ids.index(layer), vectors)
-            LayerResult(layer=layer, sha256=sha256, singular_values=singular_values,
-                        frobenius_norm=frobenius, **extras).save(layer_result_path(state_dir, layer))
+        with engine.make_engine(src.config, settings, workers) as decomposer:
+            for layer, raw, read_seconds, read_bytes in _prefetch(src, arch, todo, prefetch):
+                bar.set_description(f"layer {layer}")
+                bar.set_postfix_str(f"read {read_bytes / max(read_seconds, 1e-9) / 1e6:.0f} MB/s")
+                experts = engine.ExpertResults.empty(index.num_experts, index.num_feats, index.hidden_size)
+                decomposer.decompose_layer(arch, layer, raw, experts, bar.update)
+                extras = _layer_extras(arch, layer, raw, settings, keep_router)
+                del raw
+                sha256 = writer.write_layer(layer_ids.index(layer), experts.vectors)
+                LayerResult(layer=layer, sha256=sha256, singular_values=experts.singular_values,
+                            frobenius_norm=experts.frobenius_norm, **extras).save(layer_result_path(state_dir, layer))
     finally:
         bar.close()
 
 
-def _layer_extras(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor], num_feats: int,
-                  device: str, keep_router: bool) -> dict[str, Any]:
+def _layer_extras(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor],
+                  settings: engine.DecomposeSettings, keep_router: bool) -> dict[str, Any]:
     """The shared expert's and the router's decompositions of one layer (LayerResult fields)."""
     router = arch.router_weight(layer, raw)
     extras: dict[str, Any] = {
@@ -317,9 +319,10 @@ def _layer_extras(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor
     }
     shared = arch.shared_gate_weight(layer, raw)
     if shared is not None:
-        top = svd.top_k_right_singular(shared[None], num_feats, device=device,
+        top = svd.top_k_right_singular(shared[None], settings.num_feats, device=settings.device,
+                                       precision=settings.precision, blas_threads=settings.blas_threads,
                                        names=arch.shared_gate_tensors(layer)[:1])
-        extras["shared_singular_values"] = top.singular_values[0]
+        extras["shared_singular_values"] = top.singular_values[0].astype(np.float32)
         extras["shared_frobenius_norm"] = float(top.frobenius_norm[0])
     if keep_router:
         extras["router_weight"] = router

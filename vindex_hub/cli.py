@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 from . import __version__
 from .format import statistics
+from .numerics import routes
 from .errors import UsageError, VindexError
 
 
@@ -36,8 +37,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     summary = build_vindex(
         args.source, args.out, num_feats=args.num_feats, layers=args.layers, revision=args.revision,
-        device=args.device, batch_size=args.batch_size, prefetch_layers=args.prefetch_layers,
-        card_options=_card_options(args),
+        device=args.device, precision=args.precision, workers=args.workers, batch_size=args.batch_size,
+        prefetch_layers=args.prefetch_layers, card_options=_card_options(args),
         larql_router=args.larql_router, progress=not args.quiet,
     )
     if summary.already_complete:
@@ -183,6 +184,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="layer selection, e.g. 0-42 or 3,5,7-9 (default: all)")
     _add_revision(p, "source model")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--precision", choices=routes.PRECISIONS, default=routes.DEFAULT_PRECISION,
+                   help="CPU SVD route: mixed (float32 subspace + float64 Rayleigh-Ritz, exact, the "
+                        "fast one) or f64 (float64 throughout); default %(default)s")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes decomposing experts, one BLAS thread each; any count gives the same "
+                        "bits (default: the cores this process may use)")
     p.add_argument("--batch-size", type=int, default=8, help="experts dequantized and decomposed at once")
     p.add_argument("--prefetch-layers", type=int, default=1,
                    help="layers read ahead while one is computed (each holds its raw tensors in memory)")

@@ -51,31 +51,13 @@ import scipy.linalg
 from scipy.linalg import blas, lapack
 
 from ..errors import CheckpointError, UsageError
+from .routes import (BLAS_THREADS, DEFAULT_PRECISION, PRECISIONS, ROUTE_CUDA, ROUTE_F64, ROUTE_MIXED,
+                     method_for, route_for)
 
 __all__ = [
-    "BLAS_THREADS", "DEFAULT_PRECISION", "METHOD", "PRECISIONS", "TopK", "canonicalize_signs",
+    "BLAS_THREADS", "DEFAULT_PRECISION", "PRECISIONS", "TopK", "canonicalize_signs",
     "method_for", "resolve_device", "route_for", "singular_values", "top_k_right_singular",
 ]
-
-# ``precision`` choices of the CPU routes (module docstring), the default first.
-PRECISIONS = ("mixed", "f64")
-DEFAULT_PRECISION = PRECISIONS[0]
-# The BLAS threads every decomposition runs with: part of what fixes its bits.
-BLAS_THREADS = 1
-
-# The route a matrix took (``TopK.routes``); the route a build records is the one it asked for.
-ROUTE_MIXED = "cpu-mixed"
-ROUTE_F64 = "cpu-f64"
-ROUTE_CUDA = "cuda-f64"
-_METHODS = {
-    ROUTE_MIXED: "exact top-K SVD: float32 Gram matrix + float32 partial symmetric eigensolver "
-                 "(LAPACK ssyevr, top K+16) + one float64 Rayleigh-Ritz step with W; float64 route "
-                 "where a guard asks for it",
-    ROUTE_F64: "exact top-K SVD: float64 Gram matrix + partial symmetric eigensolver (LAPACK dsyevr)",
-    ROUTE_CUDA: "exact top-K SVD: float64 Gram matrix + symmetric eigensolver (torch eigh, batched)",
-}
-# What the sidecar's builder.method recorded before routes existed (0.1: the float64 method).
-METHOD = "exact top-K SVD: float64 Gram matrix + partial symmetric eigensolver (LAPACK syevr / torch eigh)"
 
 # Guard of the mixed route (module docstring).
 # Eigenpairs computed beyond k: the Rayleigh-Ritz subspace's margin. The Ritz vectors' error
@@ -100,20 +82,6 @@ class TopK:
     singular_values: np.ndarray  # float64 (B, k), descending
     frobenius_norm: np.ndarray  # float64 (B,): ||W||_F, for energy fractions
     routes: tuple[str, ...] = field(default=())  # per matrix, the route it took (ROUTE_*)
-
-
-def route_for(device: str, precision: str = DEFAULT_PRECISION) -> str:
-    """The route a build with this (resolved) device and precision asks for."""
-    if precision not in PRECISIONS:
-        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    if device == "cuda":
-        return ROUTE_CUDA
-    return ROUTE_MIXED if precision == "mixed" else ROUTE_F64
-
-
-def method_for(route: str) -> str:
-    """The sidecar's ``builder.method`` text of a route."""
-    return _METHODS[route]
 
 
 def resolve_device(device: str = "auto") -> str:
