@@ -270,14 +270,14 @@ def test_a_finished_build_asked_with_other_options_is_refused(tiny_checkpoint, t
 
 def test_a_resumed_build_never_mixes_devices(tiny_checkpoint, tmp_path, monkeypatch):
     """CPU and CUDA results differ in the last bits, so a build started on one must finish on it."""
-    from vindex_hub import build as build_module
+    from vindex_hub.build import plan as build_plan
 
     out = tmp_path / "vindex"
     crash_on_call(monkeypatch, "vindex_hub.results.LayerResult.save", 2)
     with pytest.raises(Crash):
         build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
     monkeypatch.undo()
-    monkeypatch.setattr(build_module.svd, "resolve_device", lambda device: "cuda")
+    monkeypatch.setattr(build_plan.svd, "resolve_device", lambda device: "cuda")
     with pytest.raises(OutputConflictError, match="device 'cpu' here, 'cuda' asked"):
         build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cuda", progress=False)
 

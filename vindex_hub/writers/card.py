@@ -3,7 +3,7 @@
 The card is the Jinja template ``templates/vindex_card.md.j2`` (package data; the top-level
 ``dataset_card/`` folder holds the same file for readers of the repository) rendered with
 figures from the real build, below the typed front matter of ``format.card_data``. The card is
-handed what was written (``derived.WrittenFiles``), so it lists exactly the files the folder holds.
+handed what was written (by ``writers.derived``), so it lists exactly the files the folder holds.
 
 Both outputs are deterministic: no dates are invented (the citation's year is an option) and the
 PNG carries no software/time metadata, so two builds of one checkpoint are bit-identical.
@@ -14,16 +14,14 @@ from __future__ import annotations
 import io
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Collection, Sequence
 
 from .. import __version__
 from ..errors import VindexFormatError
 from ..format import filenames, mirror, selection, sidecar, statistics
 from ..format.card_data import CardOptions, card_front_matter, title_of
+from ..format.mirror import MirrorFile
 from ..fsutil import atomic_write_bytes, atomic_write_text
-
-if TYPE_CHECKING:
-    from .derived import WrittenFiles
 
 TEMPLATE_FILE = "vindex_card.md.j2"
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -85,8 +83,9 @@ def var_plot_png(index: sidecar.VindexIndex) -> bytes:
 
 
 # ---- the card --------------------------------------------------------------------------------
-def render_card(index: sidecar.VindexIndex, options: CardOptions, written: "WrittenFiles") -> str:
-    """The card's text (front matter + body), describing the files in ``written``."""
+def render_card(index: sidecar.VindexIndex, options: CardOptions, *, files: Collection[str],
+                mirror_files: Sequence[MirrorFile]) -> str:
+    """The card's text (front matter + body), describing the written ``files`` and ``mirror_files``."""
     import jinja2
     from huggingface_hub import DatasetCard
 
@@ -97,7 +96,7 @@ def render_card(index: sidecar.VindexIndex, options: CardOptions, written: "Writ
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False)
     text = env.get_template(TEMPLATE_FILE).render(
-        card_data=card_front_matter(index, written.mirror, options).to_yaml(),
+        card_data=card_front_matter(index, mirror_files, options).to_yaml(),
         title=title_of(index, options),
         model=index.display_name,
         author=options.author,
@@ -122,11 +121,11 @@ def render_card(index: sidecar.VindexIndex, options: CardOptions, written: "Writ
                "router": filenames.LARQL_ROUTER_BIN},
         median_key=statistics.median_var_key(k), q25_key=statistics.q25_var_key(k),
         q75_key=statistics.q75_var_key(k), var_key=statistics.var_key(k),
-        has_phase1=filenames.PHASE1_JSON in written.files,
-        has_phase2=filenames.PHASE2_JSON in written.files,
-        has_larql=filenames.LARQL_INDEX_JSON in written.files,
-        has_router_bin=filenames.LARQL_ROUTER_BIN in written.files,
-        has_stats=written.has_config(mirror.CONFIG_EXPERT_STATS),
+        has_phase1=filenames.PHASE1_JSON in files,
+        has_phase2=filenames.PHASE2_JSON in files,
+        has_larql=filenames.LARQL_INDEX_JSON in files,
+        has_router_bin=filenames.LARQL_ROUTER_BIN in files,
+        has_stats=any(f.config == mirror.CONFIG_EXPERT_STATS for f in mirror_files),
         example_layer=example_layer,
         example_split=mirror.split_name(example_layer),
         example_parquet=mirror.gate_vectors_parquet(example_layer),
@@ -139,12 +138,12 @@ def render_card(index: sidecar.VindexIndex, options: CardOptions, written: "Writ
     return text
 
 
-def write_card(folder: str | Path, index: sidecar.VindexIndex, options: CardOptions,
-               written: "WrittenFiles") -> list[str]:
+def write_card(folder: str | Path, index: sidecar.VindexIndex, options: CardOptions, *,
+               files: Collection[str], mirror_files: Sequence[MirrorFile]) -> list[str]:
     """Write ``README.md`` and the var-K plot it embeds; return their paths."""
     folder = Path(folder)
     if not index.layers:
         raise VindexFormatError(f"{folder}: the index lists no layers; nothing to describe")
     atomic_write_bytes(folder / filenames.VAR_PLOT_FILE, var_plot_png(index))
-    atomic_write_text(folder / filenames.CARD_FILE, render_card(index, options, written))
+    atomic_write_text(folder / filenames.CARD_FILE, render_card(index, options, files=files, mirror_files=mirror_files))
     return [filenames.VAR_PLOT_FILE, filenames.CARD_FILE]

@@ -44,9 +44,6 @@ class WrittenFiles:
     files: list[str] = field(default_factory=list)
     mirror: list[MirrorFile] = field(default_factory=list)
 
-    def has_config(self, config: str) -> bool:
-        return any(f.config == config for f in self.mirror)
-
     @property
     def paths(self) -> list[str]:
         return [*(f.path for f in self.mirror), *self.files]
@@ -87,7 +84,8 @@ def write_derived_files(
     written.mirror = write_mirror(folder, index, tables, binary_hash=binary_sha256)
     written.files += write_larql_index(folder, index, model_config or {}, results,
                                        binary_sha256=binary_sha256.hexdigest(), router=larql_router)
-    written.files += write_card(folder, index, card_options or CardOptions(), written)
+    written.files += write_card(folder, index, card_options or CardOptions(), files=written.files,
+                                mirror_files=written.mirror)
     atomic_write_json(folder / filenames.INDEX_JSON, index.to_json())
     written.files.append(filenames.INDEX_JSON)
     return written
@@ -97,8 +95,7 @@ def rewrite_card(folder: str | Path, index: sidecar.VindexIndex, card_options: C
     """Render the card of a finished vindex folder again (other card options, a newer template),
     describing the files the folder holds; nothing else is rewritten."""
     folder = Path(folder)
-    written = WrittenFiles(files=[name for name in (filenames.PHASE1_JSON, filenames.PHASE2_JSON,
-                                                    filenames.LARQL_INDEX_JSON, filenames.LARQL_ROUTER_BIN)
-                                  if (folder / name).is_file()],
-                           mirror=written_mirror(folder, index))
-    return write_card(folder, index, card_options or CardOptions(), written)
+    files = [name for name in (filenames.PHASE1_JSON, filenames.PHASE2_JSON, filenames.LARQL_INDEX_JSON,
+                               filenames.LARQL_ROUTER_BIN) if (folder / name).is_file()]
+    return write_card(folder, index, card_options or CardOptions(), files=files,
+                      mirror_files=written_mirror(folder, index))

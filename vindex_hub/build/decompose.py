@@ -1,0 +1,142 @@
+"""The per-layer decomposition: one layer's raw tensors in, its gate vectors and spectra out.
+
+Pure computation (no I/O): every engine (serial, worker processes, a Ray task) runs the same
+function on the same inputs, so a layer's result does not depend on where it was computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ..arch import MoEArchitecture
+from ..numerics import svd
+from ..numerics.routes import BLAS_THREADS, DEFAULT_PRECISION
+from ..results import LayerResult
+from ..source.base import RawTensor
+
+
+@dataclass
+class DecomposedLayer:
+    """A layer's gate vectors ``(E, K, H)`` and the spectra ``LayerResult`` keeps (all but the
+    checksum of the block, which the binary's writer computes as it writes it)."""
+
+    layer: int
+    vectors: np.ndarray
+    spectra: dict[str, Any] = field(default_factory=dict)
+
+    def result(self, sha256: str) -> LayerResult:
+        return LayerResult(layer=self.layer, sha256=sha256, **self.spectra)
+
+
+@dataclass(frozen=True)
+class DecomposeSettings:
+    """How experts are decomposed. All but ``batch_size`` fix the bits; plain data, so it crosses
+    to worker processes as a dict."""
+
+    num_feats: int
+    device: str  # resolved: "cpu" or "cuda"
+    precision: str = DEFAULT_PRECISION  # numerics.routes.PRECISIONS
+    batch_size: int = 8
+    blas_threads: int = BLAS_THREADS
+
+
+class BufferPool:
+    """One reused float32 dequantization buffer (no page faults per batch)."""
+
+    def __init__(self) -> None:
+        self.buffer: np.ndarray | None = None
+
+    def get(self, shape: tuple[int, ...]) -> np.ndarray:
+        if self.buffer is None or self.buffer.shape != shape:
+            self.buffer = None  # free the old one before allocating the new
+            self.buffer = np.empty(shape, dtype=np.float32)
+        return self.buffer
+
+
+@dataclass
+class RoutedExperts:
+    """A layer's routed experts, filled in batch by batch (in any order)."""
+
+    vectors: np.ndarray  # float32 (E, K, H)
+    singular_values: np.ndarray  # float32 (E, K)
+    frobenius_norm: np.ndarray  # float64 (E,)
+
+    @classmethod
+    def empty(cls, arch: MoEArchitecture, num_feats: int) -> "RoutedExperts":
+        num_experts = arch.moe_config().n_routed_experts
+        return cls(np.empty((num_experts, num_feats, arch.gate_shape[1]), np.float32),
+                   np.empty((num_experts, num_feats), np.float32), np.empty(num_experts, np.float64))
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.frobenius_norm)
+
+    def store(self, experts: range, vectors: np.ndarray, singular_values: np.ndarray,
+              frobenius_norm: np.ndarray) -> None:
+        self.vectors[experts.start:experts.stop] = vectors
+        self.singular_values[experts.start:experts.stop] = singular_values  # float64 -> float32
+        self.frobenius_norm[experts.start:experts.stop] = frobenius_norm
+
+
+def expert_batches(num_experts: int, batch_size: int, workers: int = 1) -> list[range]:
+    """Batches of at most ``batch_size`` experts, small enough that each of ``workers`` gets one."""
+    size = max(1, min(batch_size, -(-num_experts // workers)))
+    return [range(start, min(start + size, num_experts)) for start in range(0, num_experts, size)]
+
+
+def decompose_experts(arch: MoEArchitecture, layer: int, experts: range, raw: Mapping[str, RawTensor],
+                      settings: DecomposeSettings, buffers: BufferPool) -> svd.TopK:
+    """Dequantize a batch of routed experts' gate_proj into a reused buffer and decompose it."""
+    weights = arch.expert_gate_weights(layer, experts, raw, out=buffers.get((len(experts), *arch.gate_shape)))
+    names = [arch.expert_gate_tensors(layer, e)[0] for e in experts]
+    return svd.top_k_right_singular(weights, settings.num_feats, device=settings.device,
+                                    precision=settings.precision, names=names,
+                                    blas_threads=settings.blas_threads)
+
+
+def decompose_layer(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor],
+                    settings: DecomposeSettings, *, keep_router: bool, buffers: BufferPool | None = None,
+                    on_batch: Callable[[int], None] | None = None) -> DecomposedLayer:
+    """Dequantize and decompose every routed expert of ``layer`` in batches (one reused float32
+    buffer), then the shared expert and the router. ``on_batch(n)`` is told each time ``n`` more
+    experts are done (a progress bar)."""
+    buffers = buffers or BufferPool()
+    routed = RoutedExperts.empty(arch, settings.num_feats)
+    for experts in expert_batches(routed.num_experts, settings.batch_size):
+        top = decompose_experts(arch, layer, experts, raw, settings, buffers)
+        routed.store(experts, top.vectors, top.singular_values, top.frobenius_norm)
+        if on_batch is not None:
+            on_batch(len(experts))
+    return finish_layer(arch, layer, raw, routed, settings, keep_router=keep_router)
+
+
+def finish_layer(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor], routed: RoutedExperts,
+                 settings: DecomposeSettings, *, keep_router: bool) -> DecomposedLayer:
+    """A layer whose routed experts are done: add the shared expert's and the router's spectra."""
+    spectra = {"singular_values": routed.singular_values, "frobenius_norm": routed.frobenius_norm,
+               **_shared_and_router(arch, layer, raw, settings, keep_router)}
+    return DecomposedLayer(layer, routed.vectors, spectra)
+
+
+def _shared_and_router(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor],
+                       settings: DecomposeSettings, keep_router: bool) -> dict[str, Any]:
+    """The shared expert's and the router's decompositions of one layer (LayerResult fields)."""
+    router = arch.router_weight(layer, raw)
+    extras: dict[str, Any] = {
+        "router_singular_values": svd.singular_values(router, name=arch.router_tensors(layer)[0]),
+        "router_frobenius_norm": float(np.linalg.norm(router.astype(np.float64))),
+    }
+    shared = arch.shared_gate_weight(layer, raw)
+    if shared is not None:
+        top = svd.top_k_right_singular(shared[None], settings.num_feats, device=settings.device,
+                                       precision=settings.precision, blas_threads=settings.blas_threads,
+                                       names=arch.shared_gate_tensors(layer)[:1])
+        extras["shared_singular_values"] = top.singular_values[0].astype(np.float32)
+        extras["shared_frobenius_norm"] = float(top.frobenius_norm[0])
+    if keep_router:
+        extras["router_weight"] = router
+        extras["router_bias"] = arch.router_bias(layer, raw)
+    return extras

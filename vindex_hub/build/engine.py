@@ -1,0 +1,313 @@
+"""Engines: where a build's layers are decomposed.
+
+An engine takes the layers still to do and yields each one's ``DecomposedLayer`` (in any
+order); the pipeline writes and records them. In both engines here a reader thread reads layer
+L+1 while layer L is decomposed:
+
+* ``SerialEngine``: this process dequantizes and decomposes (``--workers 1``, and CUDA, which
+  batches on the device);
+* ``ProcessEngine``: ``workers`` spawned processes, each with ``blas_threads`` BLAS threads (set
+  in its environment before BLAS loads, and by threadpoolctl). Each idle worker is handed the raw
+  bytes of a batch of routed experts; it dequantizes them into its own reused buffer, decomposes
+  them and sends the floats back, while this process does the layer's shared expert and router.
+
+Both run ``decompose.decompose_experts`` with the same settings and thread count, so the results
+are the same bits whatever the worker count or the machine's ``OMP_NUM_THREADS``. A worker that
+dies (killed, out of memory) is replaced and its batch redone; workers that keep dying end the
+build with an error (it resumes when run again). Only plain data crosses between processes: the
+config dict, the settings, tensor names/dtypes/shapes, numpy arrays, and error type + message.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable, Iterator, Mapping, Protocol
+
+
+from .. import errors
+from ..arch import MoEArchitecture, get_architecture
+from ..errors import UsageError, VindexError
+from ..source.base import CheckpointSource, RawTensor, TensorInfo
+from .decompose import (BufferPool, DecomposedLayer, DecomposeSettings, RoutedExperts, decompose_experts,
+                        decompose_layer, expert_batches, finish_layer)
+from .plan import BuildPlan
+
+# Deaths of worker processes tolerated within one layer before the build gives up.
+MAX_WORKER_DEATHS_PER_LAYER = 3
+# The variables BLAS libraries read their thread count from when they load.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+class Engine(Protocol):
+    def run(self, src: CheckpointSource, plan: BuildPlan, todo: list[int], *,
+            on_experts: Callable[[int], None], on_layer_read: Callable[[int, float, int], None]
+            ) -> Iterator[DecomposedLayer]:
+        """Decompose ``todo``'s layers; ``on_experts(n)`` per batch of experts done,
+        ``on_layer_read(layer, seconds, nbytes)`` as each layer's tensors arrive."""
+        ...
+
+
+class SerialEngine:
+    """This process decomposes; a reader thread stays ``prefetch_layers`` layers ahead."""
+
+    workers = 1
+
+    def __init__(self, settings: DecomposeSettings, *, prefetch_layers: int):
+        self.settings, self.prefetch_layers = settings, prefetch_layers
+
+    def run(self, src, plan, todo, *, on_experts, on_layer_read):
+        buffers = BufferPool()
+        for layer, raw, seconds, nbytes in prefetch(src, plan.arch, todo, self.prefetch_layers):
+            on_layer_read(layer, seconds, nbytes)
+            decomposed = decompose_layer(plan.arch, layer, raw, self.settings, keep_router=plan.larql_router,
+                                         buffers=buffers, on_batch=on_experts)
+            del raw  # before the layer is written: one raw layer less in memory
+            yield decomposed
+
+
+def make_engine(config: Mapping[str, Any], settings: DecomposeSettings, workers: int, *,
+                prefetch_layers: int) -> "SerialEngine | ProcessEngine":
+    """One worker, or CUDA: this process; more: that many worker processes."""
+    if workers == 1 or settings.device == "cuda":
+        return SerialEngine(settings, prefetch_layers=prefetch_layers)
+    return ProcessEngine(config, settings, workers, prefetch_layers=prefetch_layers)
+
+
+# ---- worker processes ---------------------------------------------------------------------------
+def _worker_main(conn: Connection, config: dict[str, Any], settings: dict[str, Any]) -> None:
+    """A worker: decompose the batches it is sent until told to stop (None) or the pipe closes."""
+    from threadpoolctl import threadpool_limits
+
+    decompose = DecomposeSettings(**settings)
+    threadpool_limits(limits=decompose.blas_threads, user_api="blas")  # whatever an import loaded
+    arch = get_architecture(config)
+    buffers = BufferPool()  # kept across batches and layers
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            return
+        if task is None:
+            return
+        layer, start, stop, tensors = task
+        raw = {name: RawTensor(TensorInfo(name, dtype, tuple(shape), "", 0, int(data.nbytes)), data)
+               for name, (dtype, shape, data) in tensors.items()}
+        try:
+            top = decompose_experts(arch, layer, range(start, stop), raw, decompose, buffers)
+            reply: tuple = ("ok", top.vectors, top.singular_values, top.frobenius_norm)
+        except Exception as exc:  # noqa: BLE001 - sent to the parent as (type name, message)
+            reply = ("error", type(exc).__name__, str(exc))
+        del raw, tensors, task
+        conn.send(reply)
+
+
+def _error_from(type_name: str, message: str) -> Exception:
+    """A worker's error as the package's own exception type (it crossed as plain data)."""
+    cls = getattr(errors, type_name, None)
+    if isinstance(cls, type) and issubclass(cls, VindexError):
+        return cls(message)
+    return RuntimeError(f"a worker process failed: {type_name}: {message}")
+
+
+def _exit_reason(process: multiprocessing.process.BaseProcess) -> str:
+    process.join(timeout=1)
+    code = process.exitcode
+    if code is None:
+        return "no exit status"
+    return f"signal {-code}" if code < 0 else f"exit status {code}"
+
+
+@dataclass
+class _Worker:
+    process: multiprocessing.process.BaseProcess
+    conn: Connection
+    experts: range | None = None  # the batch in flight
+
+
+class ProcessEngine:
+    """Routed experts on ``workers`` spawned processes, ``settings.blas_threads`` BLAS threads each."""
+
+    def __init__(self, config: Mapping[str, Any], settings: DecomposeSettings, workers: int, *,
+                 prefetch_layers: int, warn: Callable[[str], None] | None = None):
+        if workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {workers}")
+        self.settings, self.workers, self.prefetch_layers = settings, workers, prefetch_layers
+        self._config = dict(config)
+        self._context = multiprocessing.get_context("spawn")
+        self._warn = warn or (lambda message: print(message, file=sys.stderr, flush=True))
+        self._pool: list[_Worker] = []
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids (for tests and monitoring)."""
+        return [w.process.pid for w in self._pool if w.process.pid is not None]
+
+    def run(self, src, plan, todo, *, on_experts, on_layer_read):
+        try:
+            while len(self._pool) < self.workers:
+                self._pool.append(self._start())
+            for layer, raw, seconds, nbytes in prefetch(src, plan.arch, todo, self.prefetch_layers):
+                on_layer_read(layer, seconds, nbytes)
+                yield self._layer(plan, layer, raw, on_experts)
+                del raw
+        finally:
+            self.close()
+
+    def _start(self) -> _Worker:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(target=_worker_main, name="vindex-worker", daemon=True,
+                                        args=(child, self._config, asdict(self.settings)))
+        saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+        os.environ.update({name: str(self.settings.blas_threads) for name in THREAD_VARIABLES})
+        try:  # a spawned child starts with the environment as it is now: BLAS loads with these
+            process.start()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        child.close()
+        return _Worker(process, parent)
+
+    def _layer(self, plan: BuildPlan, layer: int, raw: Mapping[str, RawTensor],
+               on_experts: Callable[[int], None]) -> DecomposedLayer:
+        arch = plan.arch
+        routed = RoutedExperts.empty(arch, self.settings.num_feats)
+        todo = expert_batches(routed.num_experts, self.settings.batch_size, self.workers)[::-1]
+        self._feed(arch, layer, raw, todo)
+        # The shared expert and the router here, while the workers run the routed experts.
+        decomposed = finish_layer(arch, layer, raw, routed, self.settings, keep_router=plan.larql_router)
+        deaths = 0
+        while todo or any(w.experts for w in self._pool):
+            busy = [w for w in self._pool if w.experts]
+            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+            for i, worker in enumerate(self._pool):
+                if worker.experts is None:
+                    continue
+                reply = None
+                if worker.conn in ready:
+                    try:
+                        reply = worker.conn.recv()
+                    except (EOFError, OSError):  # died mid-reply: handled as a death below
+                        pass
+                if reply is not None:
+                    experts, worker.experts = worker.experts, None
+                    if reply[0] == "error":
+                        raise _error_from(reply[1], reply[2])
+                    routed.store(experts, *reply[1:])
+                    on_experts(len(experts))
+                elif worker.process.sentinel in ready or not worker.process.is_alive():
+                    deaths += 1
+                    self._replace(i, layer, deaths)
+                    todo.append(worker.experts)
+            self._feed(arch, layer, raw, todo)
+        return decomposed
+
+    def _feed(self, arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor], todo: list[range]) -> None:
+        """Hand each idle worker the next batch (popped from the end of ``todo``)."""
+        for worker in self._pool:
+            if worker.experts is None and todo:
+                worker.experts = experts = todo.pop()
+                names = [name for e in experts for name in arch.expert_gate_tensors(layer, e)]
+                payload = {name: (raw[name].info.dtype, raw[name].info.shape, raw[name].data) for name in names}
+                try:
+                    worker.conn.send((layer, experts.start, experts.stop, payload))
+                except OSError:  # it died: its sentinel says so
+                    pass
+
+    def _replace(self, i: int, layer: int, deaths: int) -> None:
+        worker = self._pool[i]
+        experts = worker.experts
+        giving_up = deaths > MAX_WORKER_DEATHS_PER_LAYER
+        self._warn(f"worker process {worker.process.pid} died ({_exit_reason(worker.process)}) in layer {layer}, "
+                   f"experts {experts.start}-{experts.stop - 1}; "
+                   + ("giving up" if giving_up else "starting another and redoing them"))
+        worker.conn.close()
+        if giving_up:
+            raise VindexError(f"layer {layer}: {deaths} worker processes died (out of memory? try fewer "
+                              "--workers or a smaller --batch-size); run the same command again to resume")
+        self._pool[i] = self._start()
+        self._pool[i].experts = None
+
+    def close(self) -> None:
+        """Stop every worker through its own process handle, however the build ends."""
+        for worker in self._pool:
+            try:
+                worker.conn.send(None)
+            except (OSError, ValueError):
+                pass
+        for worker in self._pool:
+            worker.process.join(timeout=5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+        self._pool = []
+
+
+_DONE = object()
+
+
+def prefetch(src: CheckpointSource, arch: MoEArchitecture, layers: list[int],
+             depth: int) -> Iterator[tuple[int, Mapping[str, RawTensor], float, int]]:
+    """Read layers on a background thread, at most ``depth`` ahead of the consumer:
+    yields ``(layer, raw tensors, read seconds, bytes read)``.
+
+    However the consumer stops (done, an error, Ctrl-C), the reader is told to stop, the queue is
+    drained so it never blocks holding a layer, and it is joined before the source may be closed.
+    """
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def reader() -> None:
+        try:
+            for layer in layers:
+                if stop.is_set():
+                    return
+                t0 = time.monotonic()
+                # Sources return bytes already read into memory (no lazy mmap), so disk and
+                # network time overlap the previous layer's compute.
+                raw = src.read(arch.layer_tensors(layer))
+                nbytes = sum(int(t.data.nbytes) for t in raw.values())
+                if not put((layer, raw, time.monotonic() - t0, nbytes)):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+            return
+        put(_DONE)
+
+    thread = threading.Thread(target=reader, name="vindex-reader", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        thread.join()
