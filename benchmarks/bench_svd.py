@@ -44,6 +44,7 @@ import scipy
 import scipy.linalg
 from scipy.linalg.blas import dsyrk
 
+from vindex_hub.build.engine import blas_thread_environment
 from vindex_hub.numerics.svd import top_k_right_singular
 from vindex_hub.testing import synth
 
@@ -108,23 +109,13 @@ def wall_per_expert_in_processes(experts: list[np.ndarray], processes: int, repe
     """The mixed route on ``processes`` spawned processes (1 BLAS thread each, as a build's
     workers): median over ``repeat`` rounds of wall time / experts, start-up excluded."""
     context = multiprocessing.get_context("spawn")
-    env = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)  # the children's BLAS starts with one thread
-    try:
-        with ProcessPoolExecutor(processes, mp_context=context) as pool:
-            list(pool.map(_mixed_in_worker, experts[:processes]))  # start-up, imports, buffers
-            rounds = []
-            for _ in range(repeat):
-                t0 = time.perf_counter()
-                list(pool.map(_mixed_in_worker, experts))
-                rounds.append((time.perf_counter() - t0) / len(experts))
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with blas_thread_environment(1), ProcessPoolExecutor(processes, mp_context=context) as pool:
+        list(pool.map(_mixed_in_worker, experts[:processes]))  # start-up, imports, buffers
+        rounds = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            list(pool.map(_mixed_in_worker, experts))
+            rounds.append((time.perf_counter() - t0) / len(experts))
     return float(np.median(rounds))
 
 

@@ -20,6 +20,7 @@ config dict, the settings, tensor names/dtypes/shapes, numpy arrays, and error t
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import queue
@@ -124,6 +125,23 @@ def _exit_reason(process: multiprocessing.process.BaseProcess) -> str:
     return f"signal {-code}" if code < 0 else f"exit status {code}"
 
 
+@contextlib.contextmanager
+def blas_thread_environment(threads: int) -> Iterator[None]:
+    """The BLAS thread variables set to ``threads`` for a while: a process spawned meanwhile
+    starts with them, so its BLAS loads with that many threads. This process's loaded BLAS is
+    not affected."""
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 @dataclass
 class _Worker:
     process: multiprocessing.process.BaseProcess
@@ -164,16 +182,8 @@ class ProcessEngine:
         parent, child = self._context.Pipe()
         process = self._context.Process(target=_worker_main, name="vindex-worker", daemon=True,
                                         args=(child, self._config, asdict(self.settings)))
-        saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-        os.environ.update({name: str(self.settings.blas_threads) for name in THREAD_VARIABLES})
-        try:  # a spawned child starts with the environment as it is now: BLAS loads with these
+        with blas_thread_environment(self.settings.blas_threads):
             process.start()
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
         child.close()
         return _Worker(process, parent)
 
