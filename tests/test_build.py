@@ -347,9 +347,9 @@ def _lfs_pointer_shard(ckpt: Path) -> str:
 
 def _unsupported_architecture(ckpt: Path) -> str:
     config = json.loads((ckpt / "config.json").read_text())
-    config["model_type"] = "mixtral"
+    config["model_type"] = "llama"
     (ckpt / "config.json").write_text(json.dumps(config))
-    return "mixtral"
+    return "llama"
 
 
 def _nan_scale(ckpt: Path) -> str:

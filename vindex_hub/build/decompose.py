@@ -91,7 +91,7 @@ def decompose_experts(arch: MoEArchitecture, layer: int, experts: range, raw: Ma
                       settings: DecomposeSettings, buffers: BufferPool) -> svd.TopK:
     """Dequantize a batch of routed experts' gate_proj into a reused buffer and decompose it."""
     weights = arch.expert_gate_weights(layer, experts, raw, out=buffers.get((len(experts), *arch.gate_shape)))
-    names = [arch.expert_gate_tensors(layer, e)[0] for e in experts]
+    names = [arch.expert_gate_name(layer, e) for e in experts]
     return svd.top_k_right_singular(weights, settings.num_feats, device=settings.device,
                                     precision=settings.precision, names=names,
                                     blas_threads=settings.blas_threads)
@@ -126,14 +126,14 @@ def _shared_and_router(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawT
     """The shared expert's and the router's decompositions of one layer (LayerResult fields)."""
     router = arch.router_weight(layer, raw)
     extras: dict[str, Any] = {
-        "router_singular_values": svd.singular_values(router, name=arch.router_tensors(layer)[0]),
+        "router_singular_values": svd.singular_values(router, name=arch.router_name(layer)),
         "router_frobenius_norm": float(np.linalg.norm(router.astype(np.float64))),
     }
     shared = arch.shared_gate_weight(layer, raw)
     if shared is not None:
         top = svd.top_k_right_singular(shared[None], settings.num_feats, device=settings.device,
                                        precision=settings.precision, blas_threads=settings.blas_threads,
-                                       names=arch.shared_gate_tensors(layer)[:1])
+                                       names=[arch.shared_gate_name(layer)])
         extras["shared_singular_values"] = top.singular_values[0].astype(np.float32)
         extras["shared_frobenius_norm"] = float(top.frobenius_norm[0])
     if keep_router:

@@ -7,15 +7,17 @@ L+1 while layer L is decomposed:
 * ``SerialEngine``: this process dequantizes and decomposes (``--workers 1``, and CUDA, which
   batches on the device);
 * ``ProcessEngine``: ``workers`` spawned processes, each with ``blas_threads`` BLAS threads (set
-  in its environment before BLAS loads, and by threadpoolctl). Each idle worker is handed the raw
-  bytes of a batch of routed experts; it dequantizes them into its own reused buffer, decomposes
-  them and sends the floats back, while this process does the layer's shared expert and router.
+  in its environment before BLAS loads, and by threadpoolctl). A layer's raw bytes sit once in
+  shared memory, mapped by every worker; each idle worker is handed
+  a batch of routed experts, dequantizes them into its own reused buffer, decomposes them and
+  sends the floats back, while this process does the layer's shared expert and router.
 
 Both run ``decompose.decompose_experts`` with the same settings and thread count, so the results
 are the same bits whatever the worker count or the machine's ``OMP_NUM_THREADS``. A worker that
 dies (killed, out of memory) is replaced and its batch redone; workers that keep dying end the
 build with an error (it resumes when run again). Only plain data crosses between processes: the
-config dict, the settings, tensor names/dtypes/shapes, numpy arrays, and error type + message.
+config dict and tensor names, the settings, a shared-memory name with its table of tensor
+names/dtypes/shapes/offsets, numpy arrays, and error type + message.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
+from multiprocessing import shared_memory
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterator, Mapping, Protocol
+
+import numpy as np
 
 
 from .. import errors
@@ -74,39 +79,73 @@ class SerialEngine:
 
 
 def make_engine(config: Mapping[str, Any], settings: DecomposeSettings, workers: int, *,
-                prefetch_layers: int) -> "SerialEngine | ProcessEngine":
-    """One worker, or CUDA: this process; more: that many worker processes."""
+                prefetch_layers: int, tensor_names: list[str] | None = None) -> "SerialEngine | ProcessEngine":
+    """One worker, or CUDA: this process; more: that many worker processes (``tensor_names``:
+    the checkpoint's, which some families' adapters check)."""
     if workers == 1 or settings.device == "cuda":
         return SerialEngine(settings, prefetch_layers=prefetch_layers)
-    return ProcessEngine(config, settings, workers, prefetch_layers=prefetch_layers)
+    return ProcessEngine(config, settings, workers, prefetch_layers=prefetch_layers, tensor_names=tensor_names)
 
 
 # ---- worker processes ---------------------------------------------------------------------------
-def _worker_main(conn: Connection, config: dict[str, Any], settings: dict[str, Any]) -> None:
+_Table = dict[str, tuple[str, tuple[int, ...], int, int]]  # name -> (dtype, shape, offset, nbytes)
+
+
+def _share_layer(raw: Mapping[str, RawTensor]) -> tuple[shared_memory.SharedMemory, _Table, dict[str, RawTensor]]:
+    """One shared-memory copy of a layer's raw tensors, its table, and views of it to use in
+    place of ``raw`` (so the layer's bytes are held once, and every worker maps them)."""
+    table: _Table = {}
+    offset = 0
+    for name, tensor in raw.items():
+        table[name] = (tensor.info.dtype, tuple(tensor.info.shape), offset, int(tensor.data.nbytes))
+        offset += int(tensor.data.nbytes)
+    block = shared_memory.SharedMemory(create=True, size=max(offset, 1))
+    views = _views(block, table)
+    for name, tensor in raw.items():
+        views[name].data[...] = tensor.data
+    return block, table, views
+
+
+def _views(block: shared_memory.SharedMemory, table: _Table) -> dict[str, RawTensor]:
+    return {name: RawTensor(TensorInfo(name, dtype, shape, "", 0, nbytes),
+                            np.ndarray((nbytes,), dtype=np.uint8, buffer=block.buf, offset=offset))
+            for name, (dtype, shape, offset, nbytes) in table.items()}
+
+
+def _worker_main(conn: Connection, config: dict[str, Any], tensor_names: list[str] | None,
+                 settings: dict[str, Any]) -> None:
     """A worker: decompose the batches it is sent until told to stop (None) or the pipe closes."""
     from threadpoolctl import threadpool_limits
 
     decompose = DecomposeSettings(**settings)
     threadpool_limits(limits=decompose.blas_threads, user_api="blas")  # whatever an import loaded
-    arch = get_architecture(config)
+    arch = get_architecture(config, tensor_names=tensor_names)
     buffers = BufferPool()  # kept across batches and layers
+    block: shared_memory.SharedMemory | None = None
+    raw: dict[str, RawTensor] = {}
     while True:
         try:
             task = conn.recv()
         except (EOFError, OSError):  # the parent is gone
-            return
+            task = None
         if task is None:
-            return
-        layer, start, stop, tensors = task
-        raw = {name: RawTensor(TensorInfo(name, dtype, tuple(shape), "", 0, int(data.nbytes)), data)
-               for name, (dtype, shape, data) in tensors.items()}
+            break
+        layer, start, stop, block_name, table = task
+        if block is None or block.name != block_name:  # a new layer: map its block
+            raw = {}
+            if block is not None:
+                block.close()
+            block = shared_memory.SharedMemory(name=block_name)
+            raw = _views(block, table)
         try:
             top = decompose_experts(arch, layer, range(start, stop), raw, decompose, buffers)
             reply: tuple = ("ok", top.vectors, top.singular_values, top.frobenius_norm)
         except Exception as exc:  # noqa: BLE001 - sent to the parent as (type name, message)
             reply = ("error", type(exc).__name__, str(exc))
-        del raw, tensors, task
         conn.send(reply)
+    raw = {}
+    if block is not None:
+        block.close()
 
 
 def _error_from(type_name: str, message: str) -> Exception:
@@ -153,11 +192,13 @@ class ProcessEngine:
     """Routed experts on ``workers`` spawned processes, ``settings.blas_threads`` BLAS threads each."""
 
     def __init__(self, config: Mapping[str, Any], settings: DecomposeSettings, workers: int, *,
-                 prefetch_layers: int, warn: Callable[[str], None] | None = None):
+                 prefetch_layers: int, tensor_names: list[str] | None = None,
+                 warn: Callable[[str], None] | None = None):
         if workers < 1:
             raise UsageError(f"--workers must be at least 1, got {workers}")
         self.settings, self.workers, self.prefetch_layers = settings, workers, prefetch_layers
         self._config = dict(config)
+        self._tensor_names = tensor_names
         self._context = multiprocessing.get_context("spawn")
         self._warn = warn or (lambda message: print(message, file=sys.stderr, flush=True))
         self._pool: list[_Worker] = []
@@ -173,26 +214,32 @@ class ProcessEngine:
                 self._pool.append(self._start())
             for layer, raw, seconds, nbytes in prefetch(src, plan.arch, todo, self.prefetch_layers):
                 on_layer_read(layer, seconds, nbytes)
-                yield self._layer(plan, layer, raw, on_experts)
-                del raw
+                block, table, raw = _share_layer(raw)  # the read copy is dropped here
+                try:
+                    decomposed = self._layer(plan, layer, raw, block.name, table, on_experts)
+                finally:
+                    raw = {}
+                    block.close()
+                    block.unlink()
+                yield decomposed
         finally:
             self.close()
 
     def _start(self) -> _Worker:
         parent, child = self._context.Pipe()
         process = self._context.Process(target=_worker_main, name="vindex-worker", daemon=True,
-                                        args=(child, self._config, asdict(self.settings)))
+                                        args=(child, self._config, self._tensor_names, asdict(self.settings)))
         with blas_thread_environment(self.settings.blas_threads):
             process.start()
         child.close()
         return _Worker(process, parent)
 
-    def _layer(self, plan: BuildPlan, layer: int, raw: Mapping[str, RawTensor],
+    def _layer(self, plan: BuildPlan, layer: int, raw: Mapping[str, RawTensor], block_name: str, table: _Table,
                on_experts: Callable[[int], None]) -> DecomposedLayer:
         arch = plan.arch
         routed = RoutedExperts.empty(arch, self.settings.num_feats)
         todo = expert_batches(routed.num_experts, self.settings.batch_size, self.workers)[::-1]
-        self._feed(arch, layer, raw, todo)
+        self._feed(layer, block_name, table, todo)
         # The shared expert and the router here, while the workers run the routed experts.
         decomposed = finish_layer(arch, layer, raw, routed, self.settings, keep_router=plan.larql_router)
         deaths = 0
@@ -218,18 +265,16 @@ class ProcessEngine:
                     deaths += 1
                     self._replace(i, layer, deaths)
                     todo.append(worker.experts)
-            self._feed(arch, layer, raw, todo)
+            self._feed(layer, block_name, table, todo)
         return decomposed
 
-    def _feed(self, arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor], todo: list[range]) -> None:
+    def _feed(self, layer: int, block_name: str, table: _Table, todo: list[range]) -> None:
         """Hand each idle worker the next batch (popped from the end of ``todo``)."""
         for worker in self._pool:
             if worker.experts is None and todo:
                 worker.experts = experts = todo.pop()
-                names = [name for e in experts for name in arch.expert_gate_tensors(layer, e)]
-                payload = {name: (raw[name].info.dtype, raw[name].info.shape, raw[name].data) for name in names}
                 try:
-                    worker.conn.send((layer, experts.start, experts.stop, payload))
+                    worker.conn.send((layer, experts.start, experts.stop, block_name, table))
                 except OSError:  # it died: its sentinel says so
                     pass
 

@@ -82,7 +82,8 @@ def build_vindex(
                                 already_complete=True)
         settings = DecomposeSettings(num_feats=plan.num_feats, device=plan.device, precision=plan.precision,
                                      batch_size=batch_size, blas_threads=plan.index.builder.blas_threads)
-        engine = make_engine(src.config, settings, plan.workers, prefetch_layers=prefetch_layers)
+        engine = make_engine(src.config, settings, plan.workers, prefetch_layers=prefetch_layers,
+                             tensor_names=sorted(src.tensor_names()))
         todo = _run(src, plan, engine, progress=progress)
         results = [LayerResult.load(layer_result_path(plan.state_dir, layer)) for layer in plan.layer_ids]
         _finish(plan, results, src.config, card_options=card_options)

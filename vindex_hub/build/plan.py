@@ -90,7 +90,7 @@ class BuildPlan:
 def make_plan(src: CheckpointSource, out: str | os.PathLike[str], *, num_feats: int,
               layers: str | Sequence[int] | None, device: str, larql_router: bool,
               precision: str = routes.DEFAULT_PRECISION, workers: int | None = None) -> BuildPlan:
-    arch = get_architecture(src.config, where=f"{src.describe()}/config.json")
+    arch = get_architecture(src.config, tensor_names=src.tensor_names(), where=f"{src.describe()}/config.json")
     layer_ids = _select_layers(arch, layers)
     _check_num_feats(arch, num_feats)
     device = svd.resolve_device(device)
