@@ -8,9 +8,10 @@ L+1 while layer L is decomposed:
   batches on the device);
 * ``ProcessEngine``: ``workers`` spawned processes, each with ``blas_threads`` BLAS threads (set
   in its environment before BLAS loads, and by threadpoolctl). A layer's raw bytes sit once in
-  shared memory, mapped by every worker; each idle worker is handed
-  a batch of routed experts, dequantizes them into its own reused buffer, decomposes them and
-  sends the floats back, while this process does the layer's shared expert and router.
+  shared memory, mapped by every worker; each idle worker is handed a batch of routed experts,
+  dequantizes them into its own reused buffer, decomposes them and sends the floats back; this
+  process then does the layer's shared expert and router (as the serial engine does, after the
+  routed experts, so a bad checkpoint fails with the same error).
 
 Both run ``decompose.decompose_experts`` with the same settings and thread count, so the results
 are the same bits whatever the worker count or the machine's ``OMP_NUM_THREADS``. A worker that
@@ -135,7 +136,12 @@ def _worker_main(conn: Connection, config: dict[str, Any], tensor_names: list[st
             raw = {}
             if block is not None:
                 block.close()
-            block = shared_memory.SharedMemory(name=block_name)
+                block = None
+            try:
+                block = shared_memory.SharedMemory(name=block_name)
+            except FileNotFoundError:  # the parent gave the layer up (an error): it reads no reply
+                conn.send(("error", "RuntimeError", f"layer {layer} is no longer shared"))
+                continue
             raw = _views(block, table)
         try:
             top = decompose_experts(arch, layer, range(start, stop), raw, decompose, buffers)
@@ -240,8 +246,6 @@ class ProcessEngine:
         routed = RoutedExperts.empty(arch, self.settings.num_feats)
         todo = expert_batches(routed.num_experts, self.settings.batch_size, self.workers)[::-1]
         self._feed(layer, block_name, table, todo)
-        # The shared expert and the router here, while the workers run the routed experts.
-        decomposed = finish_layer(arch, layer, raw, routed, self.settings, keep_router=plan.larql_router)
         deaths = 0
         while todo or any(w.experts for w in self._pool):
             busy = [w for w in self._pool if w.experts]
@@ -266,7 +270,8 @@ class ProcessEngine:
                     self._replace(i, layer, deaths)
                     todo.append(worker.experts)
             self._feed(layer, block_name, table, todo)
-        return decomposed
+        # After the routed experts, as the serial engine does: a bad checkpoint fails the same way.
+        return finish_layer(arch, layer, raw, routed, self.settings, keep_router=plan.larql_router)
 
     def _feed(self, layer: int, block_name: str, table: _Table, todo: list[range]) -> None:
         """Hand each idle worker the next batch (popped from the end of ``todo``)."""
