@@ -247,6 +247,9 @@ class ProcessEngine:
         todo = expert_batches(routed.num_experts, self.settings.batch_size, self.workers)[::-1]
         self._feed(layer, block_name, table, todo)
         deaths = 0
+        # The failure of the lowest batch, raised once no lower batch is in flight: the error the
+        # serial engine, going in order, would stop at.
+        failure: tuple[int, Exception] | None = None
         while todo or any(w.experts for w in self._pool):
             busy = [w for w in self._pool if w.experts]
             ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
@@ -262,7 +265,10 @@ class ProcessEngine:
                 if reply is not None:
                     experts, worker.experts = worker.experts, None
                     if reply[0] == "error":
-                        raise _error_from(reply[1], reply[2])
+                        if failure is None or experts.start < failure[0]:
+                            failure = (experts.start, _error_from(reply[1], reply[2]))
+                        todo[:] = [batch for batch in todo if batch.start < failure[0]]
+                        continue
                     routed.store(experts, *reply[1:])
                     on_experts(len(experts))
                 elif worker.process.sentinel in ready or not worker.process.is_alive():
@@ -270,6 +276,8 @@ class ProcessEngine:
                     self._replace(i, layer, deaths)
                     todo.append(worker.experts)
             self._feed(layer, block_name, table, todo)
+        if failure is not None:
+            raise failure[1]
         # After the routed experts, as the serial engine does: a bad checkpoint fails the same way.
         return finish_layer(arch, layer, raw, routed, self.settings, keep_router=plan.larql_router)
 
