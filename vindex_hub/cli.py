@@ -32,6 +32,13 @@ def _card_options(args: argparse.Namespace):
                            citation=citation, extra_tags=args.tag or None)
 
 
+def _browse_options(args: argparse.Namespace):
+    from .writers.browse import BrowseOptions
+
+    return BrowseOptions(feature_tokens=args.feature_tokens, larql_browse=args.larql_browse,
+                         embeddings_dtype=args.embeddings_dtype)
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from .build import build_vindex
 
@@ -39,7 +46,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         args.source, args.out, num_feats=args.num_feats, layers=args.layers, revision=args.revision,
         device=args.device, precision=args.precision, workers=args.workers, batch_size=args.batch_size,
         prefetch_layers=args.prefetch_layers, card_options=_card_options(args),
-        larql_router=args.larql_router, progress=not args.quiet,
+        larql_router=args.larql_router, browse=_browse_options(args), progress=not args.quiet,
     )
     if summary.already_complete:
         print(f"{summary.out} already holds this vindex, complete; nothing to do")
@@ -54,8 +61,9 @@ def cmd_build(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert_vindex
 
-    convert_vindex(Path(args.folder), card_options=_card_options(args))
-    print(f"converted {args.folder}: Arrow mirror, LarQL index and card written")
+    written = convert_vindex(Path(args.folder), card_options=_card_options(args), source=args.source,
+                             revision=args.revision, browse=_browse_options(args), device=args.device)
+    print(f"converted {args.folder}: {len(written)} files written ({', '.join(sorted(written)[:3])}, ...)")
     return 0
 
 
@@ -72,6 +80,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from .load import Vindex, remote_info
 
+    if args.features:
+        with Vindex.open(args.path, revision=args.revision, repo_type=args.repo_type) as vx:
+            print(_render_features(args.features, vx.feature_tokens(*args.features)))
+        return 0
     if Path(args.path).is_dir():
         with Vindex.open(args.path) as vx:
             info = vx.info()
@@ -109,6 +121,13 @@ def _render_info(info: dict) -> str:
             f"  {e['layer']:>5}  {e['file_offset']:>14}  {e[statistics.median_var_key(k)]:>12.4f}  "
             f"{e[statistics.q25_var_key(k)]:>8.4f}..{e[statistics.q75_var_key(k)]:<7.4f}  {e['sha256'][:16]}"
         )
+    return "\n".join(lines)
+
+
+def _render_features(where: Sequence[int], features: list) -> str:
+    lines = [f"layer {where[0]}, expert {where[1]}: top tokens by |cosine| with the input embedding"]
+    for feature, tokens in enumerate(features):
+        lines.append(f"  {feature:>4}  " + "  ".join(f"{text!r} {score:+.3f}" for text, _, score in tokens))
     return "\n".join(lines)
 
 
@@ -160,6 +179,17 @@ def _add_card_options(p: argparse.ArgumentParser) -> None:
     card.add_argument("--tag", action="append", help="extra card tag (repeatable)")
 
 
+def _add_browse_options(p: argparse.ArgumentParser) -> None:
+    from .format.larql import DEFAULT_EMBEDDING_DTYPE, EMBEDDING_DTYPES
+
+    g = p.add_argument_group("feature tokens and LarQL's browse tier (need the checkpoint's embedding and tokenizer)")
+    g.add_argument("--feature-tokens", type=int, default=0, metavar="K",
+                   help="label every gate vector with the K tokens of largest |cosine| (config feature_tokens)")
+    g.add_argument("--larql-browse", action="store_true",
+                   help="write LarQL's embeddings.bin and tokenizer.json (implied by --feature-tokens)")
+    g.add_argument("--embeddings-dtype", choices=list(EMBEDDING_DTYPES), default=DEFAULT_EMBEDDING_DTYPE)
+
+
 def _add_repo_type(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo-type", choices=["dataset", "model"], default="dataset")
 
@@ -195,10 +225,15 @@ def parser() -> argparse.ArgumentParser:
                    help="layers read ahead while one is computed (each holds its raw tensors in memory)")
     p.add_argument("--larql-router", action="store_true", help="also write LarQL's router_weights.bin")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_browse_options(p)
     _add_card_options(p)
 
     p = command("convert", cmd_convert, "write the Arrow mirror, LarQL index and card of an existing vindex")
     p.add_argument("folder")
+    p.add_argument("--source", default=None, help="the checkpoint the vindex was built from (folder or Hub repo)")
+    _add_revision(p, "source model")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _add_browse_options(p)
     _add_card_options(p)
 
     p = command("verify", cmd_verify, "check binary, index, mirror and card against each other")
@@ -211,6 +246,8 @@ def parser() -> argparse.ArgumentParser:
     _add_revision(p, "repo")
     _add_repo_type(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--features", type=int, nargs=2, metavar=("L", "E"), default=None,
+                   help="print the feature tokens of layer L, expert E")
 
     p = command("pull", cmd_pull, "download a vindex, or just some of its layers")
     p.add_argument("repo_id")

@@ -12,8 +12,9 @@ Modes (``Vindex.open(..., mode=...)``):
               persistent block cache (``vindex_hub.hub.blockcache``), keyed by the binary's content hash
               at the resolved commit. Views of cached blocks are memory-mapped too.
 ``arrow``     each layer is read from the parquet mirror with ``datasets.load_dataset(repo,
-              "gate_vectors", split="layer_NN")`` and reassembled to ``(E, K, H)`` (dataset repos
-              and local folders only: ``datasets`` reads no other kind).
+              "layer_NN", split="train")`` (that one file; an old-layout card's split file by
+              ``data_files``) and reassembled to ``(E, K, H)`` (dataset repos and local folders
+              only: ``datasets`` reads no other kind).
 
 Everything remote is pinned to the commit the revision resolved to at open, so a push in the
 middle of a session cannot mix two versions. Once fetched, ``lazy`` and ``snapshot`` opens work
@@ -176,24 +177,36 @@ class _RangedReader:
 
 
 class _ArrowReader:
-    """Layers from the parquet mirror via ``datasets.load_dataset``, one split per layer."""
+    """Layers from the parquet mirror via ``datasets.load_dataset``: the layer's own config
+    (``layer_NN``, which fetches that one file); for a card in the old layout (one split per layer
+    of ``gate_vectors``) that split's file named as ``data_files``, since naming the config would
+    prepare every split of it."""
 
-    def __init__(self, path_or_repo: str, revision: str | None, index: sidecar.VindexIndex, token: str | bool | None):
+    def __init__(self, path_or_repo: str, revision: str | None, index: sidecar.VindexIndex, token: str | bool | None,
+                 files):
         self.path_or_repo, self.revision, self.index, self.token = path_or_repo, revision, index, token
+        self._files = files
+
+    @cached_property
+    def _sources(self) -> dict[int, mirror.LayerSource]:
+        return layer_sources(self._files, self.index)
 
     def layer(self, layer: int, verify: Verify, verified: set) -> np.ndarray:
         import datasets
         from datasets.exceptions import DatasetNotFoundError
 
         e = self.index.layer(layer)
-        split, rel = mirror.split_name(layer), mirror.gate_vectors_parquet(layer)
-        where = f"{rel} of {self.path_or_repo} (config {mirror.CONFIG_GATE_VECTORS}, split {split})"
-        # data_files names this layer's file only: with just the config, datasets 5.2 downloads and
-        # prepares every split of it before returning one.
+        source = self._sources[layer]
+        where = f"{source.path} of {self.path_or_repo} (config {source.config}, split {source.split})"
+        if source.config == mirror.CONFIG_GATE_VECTORS:  # the old layout
+            which: dict[str, Any] = {"data_files": {source.split: source.path}}
+        else:
+            which = {"name": source.config}
         try:
-            ds = datasets.load_dataset(self.path_or_repo, data_files={split: rel}, split=split,
-                                       revision=self.revision, token=self.token)
-        except (FileNotFoundError, DatasetNotFoundError) as exc:  # DataFilesNotFoundError is a FileNotFoundError
+            ds = datasets.load_dataset(self.path_or_repo, split=source.split, revision=self.revision,
+                                       token=self.token, **which)
+        except (FileNotFoundError, DatasetNotFoundError, ValueError) as exc:
+            # DataFilesNotFoundError is a FileNotFoundError; a config the card lacks is a ValueError
             raise VindexFormatError(f"{where}: layer {layer} cannot be read from the mirror "
                                     f"({first_line(exc)})") from None
         except (HfHubHTTPError, OSError) as exc:
@@ -209,6 +222,17 @@ class _ArrowReader:
 
     def close(self) -> None:
         pass
+
+
+def layer_sources(files, index: sidecar.VindexIndex) -> dict[int, mirror.LayerSource]:
+    """Each layer's parquet file, config and split as the card lists them (either layout)."""
+    from .format.card_data import read_card_data
+
+    try:
+        configs = mirror.configs_by_name(read_card_data(files.path(filenames.CARD_FILE)))
+    except (VindexFormatError, RemoteNotFoundError):
+        configs = {}  # no card: the current layout's names
+    return mirror.layer_sources(configs, index.layer_ids, index.model_config.num_hidden_layers)
 
 
 def gate_vectors_from_table(table, shape: list[int], *, where: str) -> np.ndarray:
@@ -315,7 +339,7 @@ class Vindex:
             cache = BlockCache(default_cache_root(cache_dir))
             reader, size = _RangedReader(remote, index, cache, token), remote.size
         else:
-            reader, size = _ArrowReader(ref.repo_id, ref.revision, index, token), None
+            reader, size = _ArrowReader(ref.repo_id, ref.revision, index, token, files), None
         return cls(index, reader, files, mode=mode, verify=verify, location=f"{ref.repo_id}@{ref.revision}",
                    commit=ref.revision, file_size=size)
 
@@ -325,7 +349,7 @@ class Vindex:
         index_path = files.path(filenames.INDEX_JSON)
         index = sidecar.VindexIndex.loads(index_path.read_text(encoding="utf-8"), where=str(index_path))
         if mode == "arrow":
-            reader, size = _ArrowReader(str(root), None, index, None), None
+            reader, size = _ArrowReader(str(root), None, index, None, files), None
         else:
             if not (root / filenames.GATE_VECTORS_BIN).is_file():
                 pulled = _read_pull_marker(root)
@@ -407,6 +431,23 @@ class Vindex:
             else:
                 out[name] = col.to_numpy(zero_copy_only=False)
         return out
+
+    def feature_tokens(self, layer: int, expert: int) -> list[list[tuple[str, int, float]]]:
+        """Per feature of one expert, its ``(token, token_id, cosine)`` labels from the
+        ``feature_tokens`` config, by |cosine| descending (fetches only that file)."""
+        import pyarrow.parquet as pq
+
+        self._index.layer(layer)
+        if not 0 <= expert < self.num_experts:
+            raise UsageError(f"expert {expert} out of range: layer {layer} has experts 0-{self.num_experts - 1}")
+        try:
+            path = self._files.path(mirror.FEATURE_TOKENS_PARQUET)
+        except (VindexFormatError, RemoteNotFoundError):
+            raise VindexFormatError(f"{self.location} has no {mirror.FEATURE_TOKENS_PARQUET} "
+                                    "(built without --feature-tokens K)") from None
+        rows = pq.read_table(path, filters=[(mirror.COL_LAYER, "=", layer), (mirror.COL_EXPERT, "=", expert)]
+                             ).sort_by(mirror.COL_FEATURE).to_pylist()
+        return [list(zip(r[mirror.COL_TOKENS], r[mirror.COL_TOKEN_IDS], r[mirror.COL_SCORES])) for r in rows]
 
     @cached_property
     def card_data(self):
@@ -562,7 +603,8 @@ def pull(
                                               "format": format, "layers": selected})
         pinned = ref.at(vx.commit)
         if format == "arrow":
-            patterns = [mirror.gate_vectors_parquet(layer) for layer in selected]
+            sources = layer_sources(vx._files, vx.index)  # the card says where (either layout)
+            patterns = [sources[layer].path for layer in selected]
             patterns += [mirror.EXPERT_STATS_PARQUET, mirror.ROUTER_SVD_PARQUET, filenames.CARD_FILE,
                          filenames.INDEX_JSON, filenames.PHASE1_JSON, filenames.PHASE2_JSON]
             _snapshot_to(pinned, out, allow=patterns, cache_dir=cache_dir, token=token)

@@ -53,12 +53,9 @@ if TYPE_CHECKING:
 REPO_TYPES = ("dataset", "model")
 DEFAULT_BRANCH = "main"
 UNFINISHED_SUFFIXES = (".tmp", ".partial", ".incomplete", ".lock")
-# Remote paths a vindex owns: a push deletes those the folder no longer has.
-VINDEX_FILES = frozenset({
-    filenames.GATE_VECTORS_BIN, filenames.INDEX_JSON, filenames.PHASE1_JSON, filenames.PHASE2_JSON, filenames.CARD_FILE,
-    filenames.VAR_PLOT_FILE, filenames.LARQL_INDEX_JSON, filenames.LARQL_ROUTER_BIN,
-})
-VINDEX_DIRS = (f"{filenames.DATA_DIR}/",)
+# Remote paths a vindex owns (a push deletes those the folder no longer has): filenames' one list.
+VINDEX_FILES = filenames.VINDEX_FILES
+VINDEX_DIRS = filenames.VINDEX_DIRS
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ folder, and for a finished vindex there to count as this one).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,10 +18,11 @@ from typing import Any, Sequence
 from .. import __version__
 from ..arch import MoEArchitecture, get_architecture
 from ..errors import CheckpointError, OutputConflictError, UsageError
-from ..format import filenames, selection, sidecar
+from ..format import filenames, mirror, selection, sidecar
 from ..fsutil import atomic_write_json, read_json
 from ..numerics import routes, svd
 from ..source.base import CheckpointSource
+from ..writers.browse import BrowseOptions
 
 BUILDER_NAME = "vindex-hub"
 DEFAULT_NUM_FEATS = 64
@@ -78,6 +80,7 @@ class BuildPlan:
     larql_router: bool
     index: sidecar.VindexIndex  # the sidecar to fill in, layers still empty
     fingerprint: dict[str, Any]
+    browse: BrowseOptions = BrowseOptions()  # feature tokens / LarQL browse tier
 
     @property
     def state_dir(self) -> Path:
@@ -89,13 +92,15 @@ class BuildPlan:
 
 def make_plan(src: CheckpointSource, out: str | os.PathLike[str], *, num_feats: int,
               layers: str | Sequence[int] | None, device: str, larql_router: bool,
-              precision: str = routes.DEFAULT_PRECISION, workers: int | None = None) -> BuildPlan:
+              browse: BrowseOptions | None = None, precision: str = routes.DEFAULT_PRECISION,
+              workers: int | None = None) -> BuildPlan:
     arch = get_architecture(src.config, tensor_names=src.tensor_names(), where=f"{src.describe()}/config.json")
     layer_ids = _select_layers(arch, layers)
     _check_num_feats(arch, num_feats)
     device = svd.resolve_device(device)
     route = routes.route_for(device, precision)
     workers = worker_count(device, workers)
+    browse = dataclasses.replace(browse or BrowseOptions(), device=device)
     index = sidecar.VindexIndex(
         num_feats=num_feats,
         model_config=sidecar.ModelConfig(model_type=arch.model_type, num_hidden_layers=arch.num_hidden_layers,
@@ -108,14 +113,30 @@ def make_plan(src: CheckpointSource, out: str | os.PathLike[str], *, num_feats: 
     # The device, the SVD route and the BLAS threads are part of it: results of different routes
     # agree to ~1e-6, and LAPACK's bits change with the thread count, so one vindex must not mix
     # layers computed differently. The worker count is not: it changes no bit.
-    fingerprint = {**_identity(index, layer_ids, larql_router), "config_sha256": config_sha, "device": device}
+    fingerprint = {**_identity(index, layer_ids, larql_router, _browse_identity(browse)),
+                   "config_sha256": config_sha, "device": device}
     return BuildPlan(Path(out), arch, layer_ids, num_feats, device, precision, workers, larql_router, index,
-                     fingerprint)
+                     fingerprint, browse)
 
 
-def _identity(index: sidecar.VindexIndex, layer_ids: list[int], larql_router: bool) -> dict[str, Any]:
+def _browse_identity(browse: BrowseOptions) -> dict[str, Any]:
+    return {"feature_tokens": browse.feature_tokens, "larql_browse": browse.writes_larql_files}
+
+
+def _browse_identity_of_folder(out: Path) -> dict[str, Any]:
+    """What a finished folder's files tell of its browse options."""
+    import pyarrow.parquet as pq
+
+    tokens = out / mirror.FEATURE_TOKENS_PARQUET
+    k = (pq.read_schema(tokens).field(mirror.COL_TOKEN_IDS).type.list_size if tokens.is_file() else 0)
+    return {"feature_tokens": k, "larql_browse": (out / filenames.LARQL_EMBEDDINGS_BIN).is_file()}
+
+
+def _identity(index: sidecar.VindexIndex, layer_ids: list[int], larql_router: bool,
+              browse: dict[str, Any]) -> dict[str, Any]:
     """The part of the fingerprint a finished vindex's own files also tell."""
     return {
+        **browse,
         "model_type": index.model_config.model_type,
         "source": index.source.repo_id or index.source.path,
         "revision": index.source.revision,
@@ -158,7 +179,8 @@ def claim_output(plan: BuildPlan) -> sidecar.VindexIndex | None:
     existing_index = out / filenames.INDEX_JSON
     if existing_index.exists():
         index = sidecar.VindexIndex.loads(existing_index.read_text(), where=str(existing_index))
-        theirs = _identity(index, index.layer_ids, (out / filenames.LARQL_ROUTER_BIN).exists())
+        theirs = _identity(index, index.layer_ids, (out / filenames.LARQL_ROUTER_BIN).exists(),
+                           _browse_identity_of_folder(out))
         changed = {k: (v, fingerprint[k]) for k, v in theirs.items() if fingerprint[k] != v}
         if changed:
             raise OutputConflictError(
