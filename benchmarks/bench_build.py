@@ -5,15 +5,24 @@ Generates a DeepSeek-V4-Flash-format checkpoint with real expert dimensions (gat
 
 1. times one layer's stages with the builder's own functions: read (``LocalCheckpoint.read``),
    dequantize (``DeepseekV4.expert_gate_weights``), exact top-K (``svd.top_k_right_singular``);
-2. runs whole builds of 1 and of 4 layers, each in a fresh process, and reports peak RSS.
+2. runs whole builds of 1 and of 4 layers, each in a fresh process on ``--workers`` processes,
+   and reports wall time, peak RSS (the build process and its largest worker) and the *core busy
+   share*: CPU time of the build and its workers / (wall time x cores);
+3. times the whole command ``vindex-hub build --layers 0`` (start-up, reading, writing the
+   derived files included) against ``numpy.linalg.svd`` of the same layer's dequantized experts,
+   the issue-11 ratio (target >= 9x at 16 experts).
 
-    python benchmarks/bench_build.py [--experts 8] [--layers 4] [--workdir DIR]
+    python benchmarks/bench_build.py [--experts 16] [--layers 4] [--workers N] [--workdir DIR]
+
+``--scale 8`` divides the matrix dimensions by 8 (a quick check that it runs, not figures).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -24,6 +33,7 @@ import numpy as np
 
 from vindex_hub.numerics import svd
 from vindex_hub.arch import get_architecture
+from vindex_hub.build.plan import default_workers
 from vindex_hub.source.local import LocalCheckpoint
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 
@@ -33,9 +43,11 @@ BUILD_AND_MEASURE = """
 import json, resource, sys, time
 from vindex_hub.build import build_vindex
 t = time.perf_counter()
-build_vindex(sys.argv[1], sys.argv[2], num_feats=64, layers=sys.argv[3], device="cpu", progress=False)
+build_vindex(sys.argv[1], sys.argv[2], num_feats=64, layers=sys.argv[3], device="cpu", progress=False,
+             workers=int(sys.argv[4]))
 print(json.dumps({"seconds": time.perf_counter() - t,
-                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "worker_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
 
 
@@ -61,25 +73,65 @@ def stage_times(checkpoint: Path, layer: int, *, num_feats: int = NUM_FEATS, dev
     return {"experts": num_experts, "read": read, "dequantize": dequant, "svd": decompose}
 
 
-def build_in_fresh_process(checkpoint: Path, out: Path, layers: str) -> dict[str, float]:
-    result = subprocess.run([sys.executable, "-c", BUILD_AND_MEASURE, str(checkpoint), str(out), layers],
-                            capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def _cpu_seconds_of_children() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for descendants: workers too
+    return usage.ru_utime + usage.ru_stime
+
+
+def build_in_fresh_process(checkpoint: Path, out: Path, layers: str, workers: int) -> dict[str, float]:
+    cpu = _cpu_seconds_of_children()
+    t = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", BUILD_AND_MEASURE, str(checkpoint), str(out), layers,
+                             str(workers)], capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - t
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    measured["busy"] = (_cpu_seconds_of_children() - cpu) / (wall * (os.cpu_count() or 1))
+    return measured
+
+
+def whole_command(checkpoint: Path, out: Path, workers: int) -> tuple[float, float]:
+    """``vindex-hub build --layers 0`` as a user runs it: (wall seconds, core busy share)."""
+    cpu = _cpu_seconds_of_children()
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "vindex_hub", "build", str(checkpoint), "-o", str(out), "--layers", "0",
+                    "--workers", str(workers), "--device", "cpu", "--quiet"], check=True, capture_output=True)
+    wall = time.perf_counter() - t
+    return wall, (_cpu_seconds_of_children() - cpu) / (wall * (os.cpu_count() or 1))
+
+
+def numpy_svd_seconds(checkpoint: Path, layer: int, experts: int) -> float:
+    """``numpy.linalg.svd`` of the first ``experts`` dequantized experts of ``layer``, in seconds."""
+    with LocalCheckpoint(checkpoint) as src:
+        arch = get_architecture(src.config)
+        raw = src.read(arch.layer_tensors(layer))
+        total = 0.0
+        for e in range(experts):
+            w = arch.expert_gate_weights(layer, [e], raw)[0]
+            t0 = time.perf_counter()
+            np.linalg.svd(w, full_matrices=False)
+            total += time.perf_counter() - t0
+    return total
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--experts", type=int, default=8, help="routed experts per layer")
+    ap.add_argument("--experts", type=int, default=16, help="routed experts per layer")
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=default_workers(), help="build worker processes")
+    ap.add_argument("--numpy-experts", type=int, default=None,
+                    help="experts numpy's SVD is timed on (default all; fewer are scaled up)")
+    ap.add_argument("--scale", type=int, default=1, help="divide the matrix dimensions by this (smoke runs)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-build-"))
+    hidden, intermediate = HIDDEN // args.scale, MOE_INTERMEDIATE // args.scale
+    load_before = os.getloadavg()[0]
 
     t = time.perf_counter()
     checkpoint = make_deepseek_v4_checkpoint(
-        work / "checkpoint", num_layers=args.layers, num_experts=args.experts, hidden_size=HIDDEN,
-        moe_intermediate_size=MOE_INTERMEDIATE, num_shards=args.layers, include_mtp=False)
-    print(f"generated {args.layers} layers x {args.experts} experts at 2048 x 4096 in "
+        work / "checkpoint", num_layers=args.layers, num_experts=args.experts, hidden_size=hidden,
+        moe_intermediate_size=intermediate, num_shards=args.layers, include_mtp=False)
+    print(f"generated {args.layers} layers x {args.experts} experts at {intermediate} x {hidden} in "
           f"{time.perf_counter() - t:.0f} s ({sum(p.stat().st_size for p in checkpoint.iterdir()) / 1e9:.2f} GB)")
 
     s = stage_times(checkpoint, layer=args.layers - 1)  # a non-hash layer (it has a router bias)
@@ -89,13 +141,25 @@ def main() -> None:
         print(f"| {stage} | {s[stage]:.2f} | {s[stage] / s['experts']:.3f} | {s[stage] / total:.1%} |")
     print(f"| read + dequantize vs svd | | | {(s['read'] + s['dequantize']) / s['svd']:.1%} of svd |")
 
-    one = build_in_fresh_process(checkpoint, work / "out-1", "0")
-    many = build_in_fresh_process(checkpoint, work / f"out-{args.layers}", f"0-{args.layers - 1}")
-    print(f"\n| build | seconds | per expert | peak RSS |\n| --- | --- | --- | --- |")
-    print(f"| 1 layer | {one['seconds']:.1f} | {one['seconds'] / args.experts:.2f} | {one['peak_rss_mib']:.0f} MiB |")
-    print(f"| {args.layers} layers | {many['seconds']:.1f} | "
-          f"{many['seconds'] / (args.layers * args.experts):.2f} | {many['peak_rss_mib']:.0f} MiB |")
-    print(f"| ratio | | | {many['peak_rss_mib'] / one['peak_rss_mib']:.2f}x |")
+    one = build_in_fresh_process(checkpoint, work / "out-1", "0", args.workers)
+    many = build_in_fresh_process(checkpoint, work / f"out-{args.layers}", f"0-{args.layers - 1}", args.workers)
+    print(f"\n| build ({args.workers} workers) | seconds | per expert | core busy | peak RSS (build, largest worker) |"
+          "\n| --- | --- | --- | --- | --- |")
+    for name, run, count in (("1 layer", one, 1), (f"{args.layers} layers", many, args.layers)):
+        print(f"| {name} | {run['seconds']:.1f} | {run['seconds'] / (count * args.experts):.2f} | {run['busy']:.0%} "
+              f"| {run['peak_rss_mib']:.0f} MiB, {run['worker_peak_rss_mib']:.0f} MiB |")
+    print(f"| ratio {args.layers} layers / 1 | | | | {many['peak_rss_mib'] / one['peak_rss_mib']:.2f}x, "
+          f"{many['worker_peak_rss_mib'] / max(one['worker_peak_rss_mib'], 1):.2f}x |")
+
+    timed = min(args.numpy_experts or args.experts, args.experts)
+    numpy_seconds = numpy_svd_seconds(checkpoint, 0, timed) * args.experts / timed
+    wall, busy = whole_command(checkpoint, work / "out-command", args.workers)
+    print(f"\n| whole command, layer 0 ({args.experts} experts, {args.workers} workers) | seconds | core busy |"
+          f" vs numpy SVD of the same experts |\n| --- | --- | --- | --- |")
+    print(f"| `vindex-hub build --layers 0` | {wall:.1f} | {busy:.0%} | {numpy_seconds / wall:.1f}x |")
+    print(f"| numpy.linalg.svd x {args.experts}" + (f" (timed on {timed})" if timed < args.experts else "")
+          + f" | {numpy_seconds:.1f} | | 1.0x |")
+    print(f"\nmachine: {os.cpu_count()} cores, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -1,25 +1,30 @@
-"""Exact top-K SVD per expert at real size: our Gram + partial eigensolver vs the alternatives.
+"""Exact top-K SVD per expert at real size: the mixed route vs 0.1's method vs numpy's full SVD.
 
-One run measures, side by side on the same FP4-rounded expert matrices (2048 x 4096, K=64,
-flat spectrum with a top-64 energy fraction near DeepSeek-V4-Flash's 0.11):
+One process run measures, side by side on the same expert matrices (K=64):
 
-* ``vindex_hub.numerics.svd.top_k_right_singular`` (float64 Gram + LAPACK syevr for the top K only),
-* ``numpy.linalg.svd(W, full_matrices=False)`` on the float32 matrix (the naive builder),
+* FP4-like ``2048 x 4096`` (DeepSeek-V4-Flash routed gate_proj: MXFP4 values, flat spectrum,
+  top-64 energy fraction near 0.11) and FP8-like ``2048 x 7168`` (a 7168-hidden family's routed
+  gate_proj: E4M3 values with a float32 scale per 128 x 128 block), both from
+  ``vindex_hub.testing.synth``;
+* ``numpy.linalg.svd(W, full_matrices=False)`` (the naive builder; float64 inside, so exact),
+* the 0.1 method (float64 Gram ``dsyrk`` + ``scipy.linalg.eigh(subset_by_index, driver="evr")``
+  + ``V = W^T U / s`` with numpy's matmul), kept here as it shipped,
+* ``top_k_right_singular(precision="f64")`` and the default ``precision="mixed"``
+  (``vindex_hub.numerics.svd``), both with one BLAS thread, in this process,
+* the mixed route on ``--processes`` spawned single-thread processes sharing the experts (how a
+  build runs it: ``--workers``), reported as wall time per expert,
 * 4-round randomized subspace iteration in float32 (LarQL's MoE summary mode),
 
-and scores each method's top-K vectors against a float64 LAPACK reference
-(``scipy.linalg.svd(W.astype(float64), lapack_driver="gesdd")``): min / median |cos|, and the
-min restricted to *gap-allowing* vectors. A singular vector is determined by the matrix only
-up to its gap to the neighbouring singular values (Wedin's theorem: a perturbation ``E`` moves
-it by an angle up to ``||E|| / gap``), so vector ``i`` counts as gap-allowing when
-``min(s[i-1] - s[i], s[i] - s[i+1]) / s[0] >= GAP_ALLOWS`` (1e-4: a float32-level backward
-error ``~ 1e-7 * sqrt(n) * s[0]`` then moves it by at most ~5e-2 rad in the worst case, and
-by far less in practice).
+and scores each method's top-K against a float64 LAPACK reference
+(``scipy.linalg.svd(W.astype(float64), lapack_driver="gesdd")``): the worst ``1 - |cos|`` over
+*gap-allowing* vectors (singular value gap to both neighbours ``>= GAP_ALLOWS x s_0``: only those
+does the matrix determine), the median ``|cos|`` over all, and the worst relative error of the
+singular values (methods that return them).
 
-Usage: ``python benchmarks/bench_svd.py [--experts 3] [--repeat 3]``; prints a markdown table.
-The full SVD runs once per expert, the fast methods ``--repeat`` times; times are medians.
-Note: ``numpy.linalg.svd`` computes in float64 even for float32 input (it upcasts), so its
-vectors are as accurate as the reference; it is the slow baseline, not an inaccurate one.
+Usage: ``python benchmarks/bench_svd.py [--experts 3] [--repeat 3] [--processes 2] [--scale 1]``;
+prints a markdown table per shape. ``--scale 8`` divides both dimensions by 8 (a quick check that
+the script runs, not figures). The full SVD runs once per expert, the others ``--repeat`` times;
+times are medians. Run it on a quiet machine and report the load average it prints.
 """
 
 from __future__ import annotations
@@ -27,47 +32,65 @@ from __future__ import annotations
 import argparse
 import ctypes
 import glob
+import multiprocessing
 import os
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable
 
 import numpy as np
 import scipy
 import scipy.linalg
+from scipy.linalg.blas import dsyrk
 
+from vindex_hub.build.engine import blas_thread_environment
 from vindex_hub.numerics.svd import top_k_right_singular
+from vindex_hub.testing import synth
 
-OUT_FEATURES, IN_FEATURES, K = 2048, 4096, 64
+K = 64
 GAP_ALLOWS = 1e-4
 NUMPY_SVD = "numpy.linalg.svd(full_matrices=False)"
-FP4_BLOCK = 32
-# E2M1 magnitudes (the FP4 code points of DeepSeek-V4's MXFP4 experts).
-FP4_GRID = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+SHAPES = {  # name: (out, in, values)
+    "FP4-like 2048 x 4096": (2048, 4096, "fp4"),
+    "FP8-like 2048 x 7168": (2048, 7168, "fp8"),
+}
+
+Result = tuple[np.ndarray, np.ndarray | None]  # (top-K rows of Vt, singular values or None)
 
 
-def fp4_round(w: np.ndarray) -> np.ndarray:
-    """Round to FP4 E2M1 with one power-of-two (E8M0) scale per 32 inputs, as MXFP4 stores it.
-
-    The benchmark only needs realistic FP4 values, not the checkpoint's bytes, so this rounds
-    in place of encoding + dequantizing.
-    """
-    blocks = w.reshape(w.shape[0], -1, FP4_BLOCK)
-    amax = np.abs(blocks).max(axis=-1, keepdims=True)
-    scale = np.exp2(np.ceil(np.log2(amax / FP4_GRID[-1])))
-    mag = np.abs(blocks) / scale
-    midpoints = (FP4_GRID[1:] + FP4_GRID[:-1]) / 2
-    q = FP4_GRID[np.searchsorted(midpoints, mag)]
-    return (np.sign(blocks) * q * scale).reshape(w.shape).astype(np.float32)
+def expert(rng: np.random.Generator, rows: int, cols: int, values: str) -> np.ndarray:
+    w = synth.gate_matrix(rng, rows, cols)
+    if values == "fp4":
+        return synth.quantize_fp4(w)[2]
+    return synth.quantize_fp8(w, scale_dtype="F32")[2]
 
 
-def synthetic_expert(rng: np.random.Generator) -> np.ndarray:
-    """A gate_proj-like matrix: slowly decaying row scales times Gaussian noise, FP4-rounded."""
-    decay = (1.0 + np.arange(OUT_FEATURES) / 16.0) ** -0.18
-    g = rng.standard_normal((OUT_FEATURES, IN_FEATURES)) / np.sqrt(IN_FEATURES)
-    return fp4_round(decay[:, None] * g)
+def method_v01(w: np.ndarray, k: int) -> Result:
+    """The method shipped in 0.1, as it was (numpy matmul between scipy calls included)."""
+    w64 = w.astype(np.float64)
+    gram = dsyrk(1.0, w64.T, trans=1, lower=0)
+    n = gram.shape[0]
+    lam, u = scipy.linalg.eigh(gram, lower=False, subset_by_index=[n - k, n - 1], driver="evr",
+                               overwrite_a=True, check_finite=False)
+    s = np.sqrt(np.maximum(lam[::-1], 0.0))
+    return (w64.T @ u[:, ::-1] / s).T, s
 
 
-def randomized_subspace_iteration(w: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+def numpy_full_svd(w: np.ndarray, k: int) -> Result:
+    _, s, vt = np.linalg.svd(w, full_matrices=False)
+    return vt[:k], s[:k]
+
+
+def ours(precision: str) -> Callable[[np.ndarray, int], Result]:
+    def run(w: np.ndarray, k: int) -> Result:
+        top = top_k_right_singular(w[None], k, precision=precision)
+        return top.vectors[0], top.singular_values[0]
+
+    return run
+
+
+def randomized_subspace_iteration(w: np.ndarray, k: int, rng: np.random.Generator) -> Result:
     """LarQL's summary mode: float32, oversampling 8, 4 power iterations with re-orthonormalization."""
     omega = rng.standard_normal((w.shape[1], k + 8)).astype(np.float32)
     q, _ = np.linalg.qr(w @ omega)
@@ -75,15 +98,25 @@ def randomized_subspace_iteration(w: np.ndarray, k: int, rng: np.random.Generato
         p, _ = np.linalg.qr(w.T @ q)
         q, _ = np.linalg.qr(w @ p)
     _, _, vt = np.linalg.svd(q.T @ w, full_matrices=False)
-    return vt[:k]
+    return vt[:k], None
 
 
-def numpy_full_svd(w: np.ndarray, k: int) -> np.ndarray:
-    return np.linalg.svd(w, full_matrices=False)[2][:k]
+def _mixed_in_worker(w: np.ndarray) -> np.ndarray:
+    return top_k_right_singular(w[None], K).vectors[0]
 
 
-def ours(w: np.ndarray, k: int) -> np.ndarray:
-    return top_k_right_singular(w[None], k).vectors[0]
+def wall_per_expert_in_processes(experts: list[np.ndarray], processes: int, repeat: int) -> float:
+    """The mixed route on ``processes`` spawned processes (1 BLAS thread each, as a build's
+    workers): median over ``repeat`` rounds of wall time / experts, start-up excluded."""
+    context = multiprocessing.get_context("spawn")
+    with blas_thread_environment(1), ProcessPoolExecutor(processes, mp_context=context) as pool:
+        list(pool.map(_mixed_in_worker, experts[:processes]))  # start-up, imports, buffers
+        rounds = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            list(pool.map(_mixed_in_worker, experts))
+            rounds.append((time.perf_counter() - t0) / len(experts))
+    return float(np.median(rounds))
 
 
 def gap_allowing(s: np.ndarray, k: int) -> np.ndarray:
@@ -108,71 +141,75 @@ def blas_kernels() -> str:
     return "; ".join(found) or "OpenBLAS not found"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experts", type=int, default=3, help="experts to time (median reported)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per expert of the fast methods")
-    args = parser.parse_args()
-
-    load_before = os.getloadavg()[0]  # other jobs on the machine skew the absolute times
+def bench_shape(name: str, rows: int, cols: int, values: str, args: argparse.Namespace) -> None:
     rng = np.random.default_rng(0)
-    methods = {
-        "vindex_hub (f64 Gram + syevr top-K)": ours,
+    methods: dict[str, Callable[[np.ndarray, int], Result]] = {
         NUMPY_SVD: numpy_full_svd,
+        "0.1: f64 Gram (dsyrk) + scipy eigh evr + numpy matmul": method_v01,
+        "precision=f64: f64 Gram + dsyevr, scipy BLAS, 1 thread": ours("f64"),
+        "precision=mixed (default): f32 Gram + ssyevr + f64 Rayleigh-Ritz, 1 thread": ours("mixed"),
         "randomized subspace iteration (f32, 4 rounds)": lambda w, k: randomized_subspace_iteration(w, k, rng),
     }
     times: dict[str, list[float]] = {m: [] for m in methods}
-    cos_all: dict[str, list[np.ndarray]] = {m: [] for m in methods}
-    cos_gap: dict[str, list[np.ndarray]] = {m: [] for m in methods}
-    ref_times, var_k, n_allowed = [], [], []
+    worst: dict[str, list[float]] = {m: [] for m in methods}
+    median_cos: dict[str, list[float]] = {m: [] for m in methods}
+    s_err: dict[str, list[float]] = {m: [] for m in methods}
+    energy, n_allowed, experts = [], [], []
     for _ in range(args.experts):
-        w = synthetic_expert(rng)
-        t0 = time.perf_counter()
+        w = expert(rng, rows, cols, values)
+        experts.append(w)
         _, s_ref, vt_ref = scipy.linalg.svd(w.astype(np.float64), full_matrices=False, lapack_driver="gesdd")
-        ref_times.append(time.perf_counter() - t0)
-        var_k.append(np.sum(s_ref[:K] ** 2) / np.sum(s_ref**2))
+        energy.append(np.sum(s_ref[:K] ** 2) / np.sum(s_ref**2))
         allowed = gap_allowing(s_ref, K)
         n_allowed.append(int(allowed.sum()))
-        for name, method in methods.items():
-            # The slow full SVD once per expert, the fast methods a few times (the machine is shared).
-            for _ in range(1 if name == NUMPY_SVD else args.repeat):
+        for method_name, method in methods.items():
+            for _ in range(1 if method_name == NUMPY_SVD else args.repeat):
                 t0 = time.perf_counter()
-                vt = method(w, K)
-                times[name].append(time.perf_counter() - t0)
-            vt64 = vt.astype(np.float64)
-            # Normalized in float64 so the score is the angle only, not float32 norm rounding.
-            vt64 /= np.linalg.norm(vt64, axis=1, keepdims=True)
+                vt, s = method(w, K)
+                times[method_name].append(time.perf_counter() - t0)
+            vt64 = np.asarray(vt, dtype=np.float64)
+            vt64 = vt64 / np.linalg.norm(vt64, axis=1, keepdims=True)  # the angle, not float32 norms
             cos = np.abs(np.sum(vt64 * vt_ref[:K], axis=1))
-            cos_all[name].append(cos)
-            cos_gap[name].append(cos[allowed])
-
+            worst[method_name].append(float((1 - cos[allowed]).max()))
+            median_cos[method_name].append(float(np.median(cos)))
+            if s is not None:
+                s_err[method_name].append(float(np.max(np.abs(s - s_ref[:K]) / s_ref[:K])))
     base = float(np.median(times[NUMPY_SVD]))
+    print(f"\n### {name} (x{args.experts} experts, K={K})\n")
+    print(f"top-{K} energy fraction {np.mean(energy):.3f}; gap-allowing vectors (relative gap >= "
+          f"{GAP_ALLOWS:g}): {min(n_allowed)}-{max(n_allowed)} of {K}\n")
+    print("| method | s / expert | vs numpy SVD | 1 - min \\|cos\\| gap-allowing | median \\|cos\\| "
+          "| max rel err of s |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for method_name in methods:
+        t = float(np.median(times[method_name]))
+        err = f"{max(s_err[method_name]):.1e}" if s_err[method_name] else "-"
+        print(f"| {method_name} | {t:.3f} | {base / t:.1f}x | {max(worst[method_name]):.1e} "
+              f"| {np.median(median_cos[method_name]):.6f} | {err} |")
+    if args.processes > 1:
+        t = wall_per_expert_in_processes(experts, args.processes, args.repeat)
+        print(f"| precision=mixed on {args.processes} single-thread processes (wall / expert) | {t:.3f} "
+              f"| {base / t:.1f}x | (same bits as above) | | |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experts", type=int, default=3, help="experts per shape (median reported)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per expert of the fast methods")
+    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                        help="processes for the multi-process row (1: skip it)")
+    parser.add_argument("--scale", type=int, default=1, help="divide both dimensions by this (smoke runs)")
+    args = parser.parse_args()
+
+    load_before = os.getloadavg()[0]  # other jobs on the machine skew the absolute times
+    for name, (rows, cols, values) in SHAPES.items():
+        rows, cols = rows // args.scale, cols // args.scale
+        bench_shape(name if args.scale == 1 else f"{name} / {args.scale}", rows, cols, values, args)
     print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cores, load average {load_before:.1f} -> "
-        f"{os.getloadavg()[0]:.1f}; {blas_kernels()}"
+        f"\nmachine: {platform.machine()}, {os.cpu_count()} cores, load average {load_before:.1f} -> "
+        f"{os.getloadavg()[0]:.1f}; {blas_kernels()}; "
+        f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')}"
     )
-    print(
-        f"OPENBLAS_CORETYPE={os.environ.get('OPENBLAS_CORETYPE', '(unset)')} "
-        f"OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE', '(unset)')}"
-    )
-    print(
-        f"{args.experts} experts {OUT_FEATURES}x{IN_FEATURES} FP4-rounded, K={K}, top-{K} energy fraction "
-        f"{np.mean(var_k):.3f}; gap-allowing vectors (relative gap >= {GAP_ALLOWS:g}): "
-        f"{min(n_allowed)}-{max(n_allowed)} of {K}; float64 gesdd reference {np.median(ref_times):.2f} s/expert\n"
-    )
-    print(
-        "| method | median s / expert | speed vs numpy SVD | min \\|cos\\| | median \\|cos\\| "
-        "| min \\|cos\\| gap-allowing | 1 - min \\|cos\\| gap-allowing |"
-    )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for name in methods:
-        t = float(np.median(times[name]))
-        all_cos = np.concatenate(cos_all[name])
-        gap_cos = np.concatenate(cos_gap[name])
-        print(
-            f"| {name} | {t:.3f} | {base / t:.1f}x | {all_cos.min():.6f} | {np.median(all_cos):.6f} "
-            f"| {gap_cos.min():.6f} | {1 - gap_cos.min():.1e} |"
-        )
 
 
 if __name__ == "__main__":

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.linalg
+import threadpoolctl
 import torch
 
 from vindex_hub.numerics import svd
+from vindex_hub.testing import synth
 from vindex_hub.errors import CheckpointError, UsageError
 
 # A vector is well defined (and compared) only when its singular value is separated from its
@@ -67,7 +70,7 @@ def test_top_k_matches_float64_svd(batch: np.ndarray, device_path: str) -> None:
     else:
         top = _via_torch(batch, k)
     assert top.vectors.shape == (3, k, 128) and top.vectors.dtype == np.float32
-    assert top.singular_values.shape == (3, k) and top.singular_values.dtype == np.float32
+    assert top.singular_values.shape == (3, k) and top.singular_values.dtype == np.float64
     assert top.frobenius_norm.shape == (3,) and top.frobenius_norm.dtype == np.float64
     assert np.all(np.diff(top.singular_values, axis=1) <= 0)
     for b in range(3):
@@ -77,8 +80,7 @@ def test_top_k_matches_float64_svd(batch: np.ndarray, device_path: str) -> None:
 def _via_torch(weights: np.ndarray, k: int) -> svd.TopK:
     """The CUDA code path run on CPU: same torch ops, same post-processing as the public call."""
     s, v, fro = svd._top_k_torch(weights, k, [f"m{b}" for b in range(len(weights))], device="cpu")
-    vectors = np.ascontiguousarray(v / np.linalg.norm(v, axis=-1, keepdims=True), dtype=np.float32)
-    return svd.TopK(svd.canonicalize_signs(vectors), s.astype(np.float32), fro)
+    return svd._finish(s, v, fro, [svd.ROUTE_CUDA] * len(weights))
 
 
 @pytest.mark.filterwarnings("error")
@@ -98,11 +100,11 @@ def test_cuda_device_runs_the_torch_path(batch: np.ndarray, monkeypatch: pytest.
 
     def fake_torch(weights, k, labels, *, device):
         calls.append(device)
-        return svd._top_k_lapack(weights, k, labels)
+        return svd._top_k_lapack(weights, k, labels, mixed=False)[:3]
 
     monkeypatch.setattr(svd, "_top_k_torch", fake_torch)
-    svd.top_k_right_singular(batch, 4, device="cuda")
-    assert calls == ["cuda"]
+    top = svd.top_k_right_singular(batch, 4, device="cuda")
+    assert calls == ["cuda"] and top.routes == (svd.ROUTE_CUDA,) * 3
 
 
 def test_tall_matrix_uses_the_other_gram(batch: np.ndarray) -> None:
@@ -208,3 +210,181 @@ def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert svd.resolve_device("auto") == "cuda"
     assert svd.resolve_device("cuda") == "cuda"
+
+
+# ---- exactness of the CPU routes on adversarial spectra ------------------------------------------
+# The promise (issue 11): every vector whose singular value gap to both neighbours is at least
+# BOUND x s_0 within 1 - |cos| <= 1e-9 of a float64 LAPACK SVD, and every singular value within
+# 1e-9 relative, whichever route the guard picks.
+BOUND = 1e-4
+EXACT_COS = 1e-9
+EXACT_S = 1e-9
+K = 64
+ROWS, COLS = 256, 512  # p = K + 32 = 96: big enough (>= 2p) for the mixed route to be tried
+
+
+def _assert_exact(w: np.ndarray, top: svd.TopK, *, min_defined: int) -> None:
+    _, s_ref, vt_ref = scipy.linalg.svd(w.astype(np.float64), full_matrices=False, lapack_driver="gesdd")
+    k = top.vectors.shape[1]
+    vec = top.vectors[0].astype(np.float64)
+    vec /= np.linalg.norm(vec, axis=1, keepdims=True)  # the angle only, not float32 norm rounding
+    one_minus_cos = 1 - np.abs(np.sum(vec * vt_ref[:k], axis=1))
+    gaps = s_ref[:k] - s_ref[1 : k + 1]
+    gaps[1:] = np.minimum(gaps[1:], gaps[:-1])
+    # A designed gap of exactly BOUND moves by float32 rounding of W (~1e-7 s_0): 1% slack.
+    defined = gaps >= 0.99 * BOUND * s_ref[0]
+    assert defined.sum() >= min_defined, defined.sum()
+    assert one_minus_cos[defined].max() <= EXACT_COS, (one_minus_cos.max(), np.argmax(one_minus_cos))
+    rel = np.abs(top.singular_values[0] - s_ref[:k]) / s_ref[:k]
+    assert rel.max() <= EXACT_S, rel.max()
+    np.testing.assert_allclose(top.frobenius_norm[0], np.linalg.norm(w.astype(np.float64)), rtol=1e-13)
+
+
+def _spectrum(name: str) -> np.ndarray:
+    n = ROWS
+    i = np.arange(n)
+    if name == "gaps at the bound, all of them":
+        return 1.0 - BOUND * i
+    if name == "gaps at the bound, a cluster right below the top K":
+        # Crowded, not equal: 1e-7 apart (an exactly repeated value is the next case).
+        return np.r_[1.0 - BOUND * np.arange(K + 1), 1.0 - BOUND * (K + 1) - 1e-7 * np.arange(n - K - 1)]
+    if name == "gaps at the bound over a repeated singular value":
+        return np.r_[1.0 - BOUND * np.arange(K + 1), np.full(n - K - 1, 1.0 - BOUND * (K + 1))]
+    if name == "steep decay":
+        return 10.0 ** (-i / 32)
+    if name == "geometric decay, guard passes":
+        return 0.3 ** (i / (K + svd.OVERSAMPLE - 1))
+    if name == "rank exactly K":
+        return np.linspace(1.0, 0.5, K)
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize(
+    ("name", "route"),
+    [
+        # The certificate refuses the float32 subspace; the float64 route is exact.
+        ("gaps at the bound, all of them", svd.ROUTE_F64),
+        ("gaps at the bound, a cluster right below the top K", svd.ROUTE_F64),
+        # ssyevr's index range cuts through the repeated value (finds fewer): float64 route.
+        ("gaps at the bound over a repeated singular value", svd.ROUTE_F64),
+        ("steep decay", svd.ROUTE_F64),  # eigenvalue p-1 below STEEP_SPECTRUM of the largest
+        ("rank exactly K", svd.ROUTE_F64),  # the same guard: eigenvalues K..p-1 are zero
+        ("geometric decay, guard passes", svd.ROUTE_MIXED),
+    ],
+)
+@pytest.mark.parametrize("tall", [False, True])
+def test_adversarial_spectra_are_exact(name: str, route: str, tall: bool) -> None:
+    rng = np.random.default_rng(11)
+    w = _matrix_with_spectrum(rng, ROWS, COLS, _spectrum(name))
+    if tall:
+        w = np.ascontiguousarray(w.T)  # O > I: the other Gram matrix
+    top = svd.top_k_right_singular(w[None], K)
+    assert top.routes == (route,)
+    _assert_exact(w, top, min_defined=K if "bound" in name or "geometric" in name else K // 2)
+
+
+def _fp4_like(rng: np.random.Generator, rows: int = ROWS, cols: int = COLS) -> np.ndarray:
+    """A gate_proj-like matrix holding exact MXFP4 values (E2M1 x a power of two per 32 inputs)."""
+    return synth.quantize_fp4(synth.gate_matrix(rng, rows, cols))[2]
+
+
+def test_fp4_like_and_zero_rows_take_the_mixed_route_exactly() -> None:
+    rng = np.random.default_rng(12)
+    fp4 = _fp4_like(rng)
+    zero_rows = fp4.copy()
+    zero_rows[::3] = 0.0  # e.g. dead channels: rank 170, still far above p
+    fp8 = synth.quantize_fp8(synth.gate_matrix(rng, ROWS, COLS), scale_dtype="F32")[2]
+    batch = np.stack([fp4, zero_rows, fp8])
+    top = svd.top_k_right_singular(batch, K)
+    assert top.routes == (svd.ROUTE_MIXED,) * 3
+    for b in range(3):
+        one = svd.TopK(top.vectors[b : b + 1], top.singular_values[b : b + 1], top.frobenius_norm[b : b + 1])
+        _assert_exact(batch[b], one, min_defined=K // 2)
+    f64 = svd.top_k_right_singular(batch, K, precision="f64")
+    assert f64.routes == (svd.ROUTE_F64,) * 3
+    np.testing.assert_allclose(top.singular_values, f64.singular_values, rtol=1e-10)
+
+
+def test_the_certificate_is_what_keeps_a_crowded_tail_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the certificate, the float32 subspace of a spectrum crowding right below the top
+    K gives vectors outside the promise: the guard is needed, not decoration."""
+    rng = np.random.default_rng(11)
+    w = _matrix_with_spectrum(rng, ROWS, COLS, _spectrum("gaps at the bound, a cluster right below the top K"))
+    monkeypatch.setattr(svd, "_ritz_pairs_certain", lambda theta, residual_norms, k: True)
+    top = svd.top_k_right_singular(w[None], K)
+    assert top.routes == (svd.ROUTE_MIXED,)
+    with pytest.raises(AssertionError):
+        _assert_exact(w, top, min_defined=K)
+
+
+def test_tiny_and_out_of_range_matrices_take_the_f64_route(batch: np.ndarray) -> None:
+    assert svd.top_k_right_singular(batch, 8).routes == (svd.ROUTE_F64,) * 3  # 64 < 2 (8 + 32)
+    rng = np.random.default_rng(13)
+    w = _fp4_like(rng)
+    for scale in (2.0**-80, 2.0**70):  # exact scalings whose float32 Gram would under/overflow
+        scaled = (w * np.float32(scale))[None]
+        top = svd.top_k_right_singular(scaled, K)
+        assert top.routes == (svd.ROUTE_F64,)
+        _assert_exact(scaled[0], top, min_defined=K // 2)
+
+
+def test_precision_choices() -> None:
+    assert svd.route_for("cpu") == svd.ROUTE_MIXED
+    assert svd.route_for("cpu", "f64") == svd.ROUTE_F64
+    assert svd.route_for("cuda", "mixed") == svd.ROUTE_CUDA
+    with pytest.raises(UsageError, match="--precision must be one of mixed, f64, not 'f16'"):
+        svd.top_k_right_singular(np.ones((1, 4, 4), np.float32), 1, precision="f16")
+
+
+# ---- bits: independent of the caller's BLAS threads, the same run to run ---------------------------
+@pytest.mark.parametrize("precision", svd.PRECISIONS)
+def test_bits_do_not_depend_on_the_callers_blas_threads(precision: str) -> None:
+    rng = np.random.default_rng(14)
+    w = np.stack([_fp4_like(rng, 384, 768), _fp4_like(rng, 384, 768)])
+    results = []
+    for threads in (1, 2, 1):
+        with threadpoolctl.threadpool_limits(limits=threads, user_api="blas"):
+            results.append(svd.top_k_right_singular(w, K, precision=precision))
+            # The caller's setting is restored afterwards.
+            assert {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"} == {threads}
+    for other in results[1:]:
+        assert other.vectors.tobytes() == results[0].vectors.tobytes()
+        assert other.singular_values.tobytes() == results[0].singular_values.tobytes()
+        assert other.frobenius_norm.tobytes() == results[0].frobenius_norm.tobytes()
+
+
+def test_the_decomposition_runs_with_blas_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+    real = svd._gram
+
+    def spy(syrk, w, buffer):
+        seen.append({i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"})
+        return real(syrk, w, buffer)
+
+    monkeypatch.setattr(svd, "_gram", spy)
+    w = _fp4_like(np.random.default_rng(15))[None]
+    with threadpoolctl.threadpool_limits(limits=2, user_api="blas"):
+        svd.top_k_right_singular(w, K)
+        svd.top_k_right_singular(w, K, blas_threads=2)
+    assert seen == [{svd.BLAS_THREADS}, {2}]
+    with pytest.raises(UsageError, match="blas_threads must be at least 1"):
+        svd.top_k_right_singular(w, K, blas_threads=0)
+
+
+def test_f64_route_solves_the_whole_spectrum_when_the_index_range_falls_short(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    w = _fp4_like(np.random.default_rng(16))[None]
+    expected = svd.top_k_right_singular(w, K, precision="f64")
+    real = svd._top_eigenpairs
+    calls = []
+
+    def short_index_range(gram, count, *, everything=False):
+        calls.append(everything)
+        return None if not everything else real(gram, count, everything=True)
+
+    monkeypatch.setattr(svd, "_top_eigenpairs", short_index_range)
+    top = svd.top_k_right_singular(w, K, precision="f64")
+    assert calls == [False, True]
+    np.testing.assert_allclose(top.singular_values, expected.singular_values, rtol=1e-12)
+    np.testing.assert_allclose(top.vectors, expected.vectors, atol=1e-6)

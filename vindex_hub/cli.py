@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 from . import __version__
 from .format import statistics
+from .numerics import routes
 from .errors import UsageError, VindexError
 
 
@@ -43,8 +44,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     summary = build_vindex(
         args.source, args.out, num_feats=args.num_feats, layers=args.layers, revision=args.revision,
-        device=args.device, batch_size=args.batch_size, prefetch_layers=args.prefetch_layers,
-        card_options=_card_options(args),
+        device=args.device, precision=args.precision, workers=args.workers, batch_size=args.batch_size,
+        prefetch_layers=args.prefetch_layers, card_options=_card_options(args),
         larql_router=args.larql_router, browse=_browse_options(args), progress=not args.quiet,
         engine=args.engine, ray_address=args.ray_address,
     )
@@ -93,6 +94,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _describe_route(builder: dict) -> str:
+    """The SVD route line of ``info``: route, BLAS threads and workers, where recorded."""
+    if not builder.get("svd_route"):
+        return "not recorded (built before routes were recorded)"
+    extras = [f"{builder[key]} {label}" for key, label in (("blas_threads", "BLAS thread(s) each"),
+                                                          ("workers", "worker(s)")) if builder.get(key)]
+    return builder["svd_route"] + (f" ({', '.join(extras)})" if extras else "")
+
+
 def _render_info(info: dict) -> str:
     k = info["num_feats"]
     source = info["source"]
@@ -104,6 +114,7 @@ def _render_info(info: dict) -> str:
         f"{info['hidden_size']} hidden, float32",
         f"  size       {info['total_bytes'] / 1e9:.2f} GB ({info['layer_nbytes'] / 1e6:.1f} MB a layer)",
         f"  builder    {info['builder']['name']} {info['builder']['version']}: {info['builder']['method']}",
+        f"  svd route  {_describe_route(info['builder'])}",
         f"  {'layer':>5}  {'offset':>14}  {statistics.median_var_key(k):>12}  {'q25..q75':>17}  sha256",
     ]
     for e in info["layers"]:
@@ -204,6 +215,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="layer selection, e.g. 0-42 or 3,5,7-9 (default: all)")
     _add_revision(p, "source model")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--precision", choices=routes.PRECISIONS, default=routes.DEFAULT_PRECISION,
+                   help="CPU SVD route: mixed (float32 subspace + float64 Rayleigh-Ritz, exact, the "
+                        "fast one) or f64 (float64 throughout); default %(default)s")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes decomposing experts, one BLAS thread each; any count gives the same "
+                        "bits (default: the cores this process may use)")
     p.add_argument("--batch-size", type=int, default=8, help="experts dequantized and decomposed at once")
     p.add_argument("--prefetch-layers", type=int, default=1,
                    help="layers read ahead while one is computed (each holds its raw tensors in memory)")

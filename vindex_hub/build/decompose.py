@@ -13,6 +13,7 @@ import numpy as np
 
 from ..arch import MoEArchitecture
 from ..numerics import svd
+from ..numerics.routes import BLAS_THREADS, DEFAULT_PRECISION
 from ..results import LayerResult
 from ..source.base import RawTensor
 
@@ -30,57 +31,98 @@ class DecomposedLayer:
         return LayerResult(layer=self.layer, sha256=sha256, **self.spectra)
 
 
-def decompose_layer(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor], *, num_feats: int,
-                    device: str, batch_size: int, keep_router: bool,
-                    on_batch: Callable[[int], None] | None = None) -> DecomposedLayer:
-    """Dequantize and decompose every routed expert of ``layer`` in batches of ``batch_size`` (one
-    reused float32 buffer), then the shared expert and the router. ``on_batch(n)`` is told each
-    time ``n`` more experts are done (a progress bar)."""
-    experts = decompose_experts(arch, layer, raw, range(arch.moe_config().n_routed_experts), num_feats=num_feats,
-                                device=device, batch_size=batch_size, on_batch=on_batch)
-    spectra = {"singular_values": experts.singular_values, "frobenius_norm": experts.frobenius_norm,
-               **shared_and_router(arch, layer, raw, num_feats, device, keep_router)}
-    return DecomposedLayer(layer, experts.vectors, spectra)
+@dataclass(frozen=True)
+class DecomposeSettings:
+    """How experts are decomposed. All but ``batch_size`` fix the bits; plain data, so it crosses
+    to worker processes as a dict."""
+
+    num_feats: int
+    device: str  # resolved: "cpu" or "cuda"
+    precision: str = DEFAULT_PRECISION  # numerics.routes.PRECISIONS
+    batch_size: int = 8
+    blas_threads: int = BLAS_THREADS
+
+
+class BufferPool:
+    """One reused float32 dequantization buffer (no page faults per batch)."""
+
+    def __init__(self) -> None:
+        self.buffer: np.ndarray | None = None
+
+    def get(self, shape: tuple[int, ...]) -> np.ndarray:
+        if self.buffer is None or self.buffer.shape != shape:
+            self.buffer = None  # free the old one before allocating the new
+            self.buffer = np.empty(shape, dtype=np.float32)
+        return self.buffer
 
 
 @dataclass
-class ExpertBlock:
-    """Consecutive routed experts of one layer, decomposed (a whole layer, or an engine's share)."""
+class RoutedExperts:
+    """A layer's routed experts, filled in batch by batch (in any order)."""
 
-    experts: range
-    vectors: np.ndarray  # float32 (len(experts), K, H)
-    singular_values: np.ndarray  # float32 (len(experts), K)
-    frobenius_norm: np.ndarray  # float64 (len(experts),)
+    vectors: np.ndarray  # float32 (E, K, H)
+    singular_values: np.ndarray  # float32 (E, K)
+    frobenius_norm: np.ndarray  # float64 (E,)
+
+    @classmethod
+    def empty(cls, arch: MoEArchitecture, num_feats: int) -> "RoutedExperts":
+        num_experts = arch.moe_config().n_routed_experts
+        return cls(np.empty((num_experts, num_feats, arch.gate_shape[1]), np.float32),
+                   np.empty((num_experts, num_feats), np.float32), np.empty(num_experts, np.float64))
+
+    @property
+    def num_experts(self) -> int:
+        return len(self.frobenius_norm)
+
+    def store(self, experts: range, vectors: np.ndarray, singular_values: np.ndarray,
+              frobenius_norm: np.ndarray) -> None:
+        self.vectors[experts.start:experts.stop] = vectors
+        self.singular_values[experts.start:experts.stop] = singular_values  # float64 -> float32
+        self.frobenius_norm[experts.start:experts.stop] = frobenius_norm
 
 
-def decompose_experts(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor], experts: range, *,
-                      num_feats: int, device: str, batch_size: int,
-                      on_batch: Callable[[int], None] | None = None) -> ExpertBlock:
-    """The routed experts ``experts`` of ``layer``, in batches of ``batch_size`` counted from
-    ``experts.start`` (an engine splitting a layer starts its shares on batch boundaries, so the
-    batches, and on CUDA the bits, are the serial build's)."""
-    vectors = np.empty((len(experts), num_feats, arch.gate_shape[1]), dtype=np.float32)
-    singular_values = np.empty((len(experts), num_feats), dtype=np.float32)
-    frobenius = np.empty(len(experts), dtype=np.float64)
-    buffer: np.ndarray | None = None  # reused across batches: no page faults per batch
-    for start in range(experts.start, experts.stop, batch_size):
-        batch = range(start, min(start + batch_size, experts.stop))
-        if buffer is None or len(buffer) != len(batch):
-            buffer = np.empty((len(batch), *arch.gate_shape), dtype=np.float32)
-        weights = arch.expert_gate_weights(layer, batch, raw, out=buffer)
-        names = [arch.expert_gate_name(layer, e) for e in batch]
-        top = svd.top_k_right_singular(weights, num_feats, device=device, names=names)
-        rows = slice(batch.start - experts.start, batch.stop - experts.start)
-        vectors[rows] = top.vectors
-        singular_values[rows] = top.singular_values
-        frobenius[rows] = top.frobenius_norm
+def expert_batches(num_experts: int, batch_size: int, workers: int = 1) -> list[range]:
+    """Batches of at most ``batch_size`` experts, small enough that each of ``workers`` gets one."""
+    size = max(1, min(batch_size, -(-num_experts // workers)))
+    return [range(start, min(start + size, num_experts)) for start in range(0, num_experts, size)]
+
+
+def decompose_experts(arch: MoEArchitecture, layer: int, experts: range, raw: Mapping[str, RawTensor],
+                      settings: DecomposeSettings, buffers: BufferPool) -> svd.TopK:
+    """Dequantize a batch of routed experts' gate_proj into a reused buffer and decompose it."""
+    weights = arch.expert_gate_weights(layer, experts, raw, out=buffers.get((len(experts), *arch.gate_shape)))
+    names = [arch.expert_gate_name(layer, e) for e in experts]
+    return svd.top_k_right_singular(weights, settings.num_feats, device=settings.device,
+                                    precision=settings.precision, names=names,
+                                    blas_threads=settings.blas_threads)
+
+
+def decompose_layer(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor],
+                    settings: DecomposeSettings, *, keep_router: bool, buffers: BufferPool | None = None,
+                    on_batch: Callable[[int], None] | None = None) -> DecomposedLayer:
+    """Dequantize and decompose every routed expert of ``layer`` in batches (one reused float32
+    buffer), then the shared expert and the router. ``on_batch(n)`` is told each time ``n`` more
+    experts are done (a progress bar)."""
+    buffers = buffers or BufferPool()
+    routed = RoutedExperts.empty(arch, settings.num_feats)
+    for experts in expert_batches(routed.num_experts, settings.batch_size):
+        top = decompose_experts(arch, layer, experts, raw, settings, buffers)
+        routed.store(experts, top.vectors, top.singular_values, top.frobenius_norm)
         if on_batch is not None:
-            on_batch(len(batch))
-    return ExpertBlock(experts, vectors, singular_values, frobenius)
+            on_batch(len(experts))
+    return finish_layer(arch, layer, raw, routed, settings, keep_router=keep_router)
 
 
-def shared_and_router(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor], num_feats: int,
-                       device: str, keep_router: bool) -> dict[str, Any]:
+def finish_layer(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor], routed: RoutedExperts,
+                 settings: DecomposeSettings, *, keep_router: bool) -> DecomposedLayer:
+    """A layer whose routed experts are done: add the shared expert's and the router's spectra."""
+    spectra = {"singular_values": routed.singular_values, "frobenius_norm": routed.frobenius_norm,
+               **shared_and_router(arch, layer, raw, settings, keep_router)}
+    return DecomposedLayer(layer, routed.vectors, spectra)
+
+
+def shared_and_router(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor],
+                       settings: DecomposeSettings, keep_router: bool) -> dict[str, Any]:
     """The shared expert's and the router's decompositions of one layer (LayerResult fields)."""
     router = arch.router_weight(layer, raw)
     extras: dict[str, Any] = {
@@ -89,9 +131,10 @@ def shared_and_router(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTe
     }
     shared = arch.shared_gate_weight(layer, raw)
     if shared is not None:
-        top = svd.top_k_right_singular(shared[None], num_feats, device=device,
+        top = svd.top_k_right_singular(shared[None], settings.num_feats, device=settings.device,
+                                       precision=settings.precision, blas_threads=settings.blas_threads,
                                        names=[arch.shared_gate_name(layer)])
-        extras["shared_singular_values"] = top.singular_values[0]
+        extras["shared_singular_values"] = top.singular_values[0].astype(np.float32)
         extras["shared_frobenius_norm"] = float(top.frobenius_norm[0])
     if keep_router:
         extras["router_weight"] = router

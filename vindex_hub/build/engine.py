@@ -1,21 +1,55 @@
 """Engines: where a build's layers are decomposed.
 
 An engine takes the layers still to do and yields each one's ``DecomposedLayer`` (in any
-order); the pipeline writes and records them. ``SerialEngine`` reads layer L+1 on a background
-thread while this process decomposes layer L.
+order); the pipeline writes and records them. In both engines here a reader thread reads layer
+L+1 while layer L is decomposed:
+
+* ``SerialEngine``: this process dequantizes and decomposes (``--workers 1``, and CUDA, which
+  batches on the device);
+* ``ProcessEngine``: ``workers`` spawned processes, each with ``blas_threads`` BLAS threads (set
+  in its environment before BLAS loads, and by threadpoolctl). A layer's raw bytes sit once in
+  shared memory, mapped by every worker; each idle worker is handed a batch of routed experts,
+  dequantizes them into its own reused buffer, decomposes them and sends the floats back; this
+  process then does the layer's shared expert and router (as the serial engine does, after the
+  routed experts, so a bad checkpoint fails with the same error).
+
+Both run ``decompose.decompose_experts`` with the same settings and thread count, so the results
+are the same bits whatever the worker count or the machine's ``OMP_NUM_THREADS``. A worker that
+dies (killed, out of memory) is replaced and its batch redone; workers that keep dying end the
+build with an error (it resumes when run again). Only plain data crosses between processes: the
+config dict and tensor names, the settings, a shared-memory name with its table of tensor
+names/dtypes/shapes/offsets, numpy arrays, and error type + message.
 """
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import os
 import queue
+import sys
 import threading
 import time
+from dataclasses import asdict, dataclass
+from multiprocessing import shared_memory
+from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Iterator, Mapping, Protocol
 
-from ..arch import MoEArchitecture
-from ..source.base import CheckpointSource, RawTensor
-from .decompose import DecomposedLayer, decompose_layer
+import numpy as np
+
+
+from .. import errors
+from ..arch import MoEArchitecture, get_architecture
+from ..errors import UsageError, VindexError
+from ..source.base import CheckpointSource, RawTensor, TensorInfo
+from .decompose import (BufferPool, DecomposedLayer, DecomposeSettings, RoutedExperts, decompose_experts,
+                        decompose_layer, expert_batches, finish_layer)
 from .plan import BuildPlan
+
+# Deaths of worker processes tolerated within one layer before the build gives up.
+MAX_WORKER_DEATHS_PER_LAYER = 3
+# The variables BLAS libraries read their thread count from when they load.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 # Where a build's layers are decomposed: this machine, or a Ray cluster (``ray_engine``).
@@ -35,17 +69,261 @@ class Engine(Protocol):
 class SerialEngine:
     """This process decomposes; a reader thread stays ``prefetch_layers`` layers ahead."""
 
-    def __init__(self, *, batch_size: int, prefetch_layers: int):
-        self.batch_size, self.prefetch_layers = batch_size, prefetch_layers
+    workers = 1
+
+    def __init__(self, settings: DecomposeSettings, *, prefetch_layers: int):
+        self.settings, self.prefetch_layers = settings, prefetch_layers
 
     def run(self, src, plan, todo, *, on_experts, on_layer_read):
+        buffers = BufferPool()
         for layer, raw, seconds, nbytes in prefetch(src, plan.arch, todo, self.prefetch_layers):
             on_layer_read(layer, seconds, nbytes)
-            decomposed = decompose_layer(plan.arch, layer, raw, num_feats=plan.num_feats, device=plan.device,
-                                         batch_size=self.batch_size, keep_router=plan.larql_router,
-                                         on_batch=on_experts)
+            decomposed = decompose_layer(plan.arch, layer, raw, self.settings, keep_router=plan.larql_router,
+                                         buffers=buffers, on_batch=on_experts)
             del raw  # before the layer is written: one raw layer less in memory
             yield decomposed
+
+
+def make_engine(config: Mapping[str, Any], settings: DecomposeSettings, workers: int, *,
+                prefetch_layers: int, tensor_names: list[str] | None = None) -> "SerialEngine | ProcessEngine":
+    """One worker, or CUDA: this process; more: that many worker processes (``tensor_names``:
+    the checkpoint's, which some families' adapters check)."""
+    if workers == 1 or settings.device == "cuda":
+        return SerialEngine(settings, prefetch_layers=prefetch_layers)
+    return ProcessEngine(config, settings, workers, prefetch_layers=prefetch_layers, tensor_names=tensor_names)
+
+
+# ---- worker processes ---------------------------------------------------------------------------
+_Table = dict[str, tuple[str, tuple[int, ...], int, int]]  # name -> (dtype, shape, offset, nbytes)
+
+
+def _share_layer(raw: Mapping[str, RawTensor]) -> tuple[shared_memory.SharedMemory, _Table, dict[str, RawTensor]]:
+    """One shared-memory copy of a layer's raw tensors, its table, and views of it to use in
+    place of ``raw`` (so the layer's bytes are held once, and every worker maps them)."""
+    table: _Table = {}
+    offset = 0
+    for name, tensor in raw.items():
+        table[name] = (tensor.info.dtype, tuple(tensor.info.shape), offset, int(tensor.data.nbytes))
+        offset += int(tensor.data.nbytes)
+    block = shared_memory.SharedMemory(create=True, size=max(offset, 1))
+    views = _views(block, table)
+    for name, tensor in raw.items():
+        views[name].data[...] = tensor.data
+    return block, table, views
+
+
+def _views(block: shared_memory.SharedMemory, table: _Table) -> dict[str, RawTensor]:
+    return {name: RawTensor(TensorInfo(name, dtype, shape, "", 0, nbytes),
+                            np.ndarray((nbytes,), dtype=np.uint8, buffer=block.buf, offset=offset))
+            for name, (dtype, shape, offset, nbytes) in table.items()}
+
+
+def _worker_main(conn: Connection, config: dict[str, Any], tensor_names: list[str] | None,
+                 settings: dict[str, Any]) -> None:
+    """A worker: decompose the batches it is sent until told to stop (None) or the pipe closes."""
+    from threadpoolctl import threadpool_limits
+
+    decompose = DecomposeSettings(**settings)
+    threadpool_limits(limits=decompose.blas_threads, user_api="blas")  # whatever an import loaded
+    arch = get_architecture(config, tensor_names=tensor_names)
+    buffers = BufferPool()  # kept across batches and layers
+    block: shared_memory.SharedMemory | None = None
+    raw: dict[str, RawTensor] = {}
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):  # the parent is gone
+            task = None
+        if task is None:
+            break
+        layer, start, stop, block_name, table = task
+        if block is None or block.name != block_name:  # a new layer: map its block
+            raw = {}
+            if block is not None:
+                block.close()
+                block = None
+            try:
+                block = shared_memory.SharedMemory(name=block_name)
+            except FileNotFoundError:  # the parent gave the layer up (an error): it reads no reply
+                conn.send(("error", "RuntimeError", f"layer {layer} is no longer shared"))
+                continue
+            raw = _views(block, table)
+        try:
+            top = decompose_experts(arch, layer, range(start, stop), raw, decompose, buffers)
+            reply: tuple = ("ok", top.vectors, top.singular_values, top.frobenius_norm)
+        except Exception as exc:  # noqa: BLE001 - sent to the parent as (type name, message)
+            reply = ("error", type(exc).__name__, str(exc))
+        conn.send(reply)
+    raw = {}
+    if block is not None:
+        block.close()
+
+
+def _error_from(type_name: str, message: str) -> Exception:
+    """A worker's error as the package's own exception type (it crossed as plain data)."""
+    cls = getattr(errors, type_name, None)
+    if isinstance(cls, type) and issubclass(cls, VindexError):
+        return cls(message)
+    return RuntimeError(f"a worker process failed: {type_name}: {message}")
+
+
+def _exit_reason(process: multiprocessing.process.BaseProcess) -> str:
+    process.join(timeout=1)
+    code = process.exitcode
+    if code is None:
+        return "no exit status"
+    return f"signal {-code}" if code < 0 else f"exit status {code}"
+
+
+@contextlib.contextmanager
+def blas_thread_environment(threads: int) -> Iterator[None]:
+    """The BLAS thread variables set to ``threads`` for a while: a process spawned meanwhile
+    starts with them, so its BLAS loads with that many threads. This process's loaded BLAS is
+    not affected."""
+    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
+    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@dataclass
+class _Worker:
+    process: multiprocessing.process.BaseProcess
+    conn: Connection
+    experts: range | None = None  # the batch in flight
+
+
+class ProcessEngine:
+    """Routed experts on ``workers`` spawned processes, ``settings.blas_threads`` BLAS threads each."""
+
+    def __init__(self, config: Mapping[str, Any], settings: DecomposeSettings, workers: int, *,
+                 prefetch_layers: int, tensor_names: list[str] | None = None,
+                 warn: Callable[[str], None] | None = None):
+        if workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {workers}")
+        self.settings, self.workers, self.prefetch_layers = settings, workers, prefetch_layers
+        self._config = dict(config)
+        self._tensor_names = tensor_names
+        self._context = multiprocessing.get_context("spawn")
+        self._warn = warn or (lambda message: print(message, file=sys.stderr, flush=True))
+        self._pool: list[_Worker] = []
+
+    @property
+    def pids(self) -> list[int]:
+        """The worker processes' ids (for tests and monitoring)."""
+        return [w.process.pid for w in self._pool if w.process.pid is not None]
+
+    def run(self, src, plan, todo, *, on_experts, on_layer_read):
+        try:
+            while len(self._pool) < self.workers:
+                self._pool.append(self._start())
+            for layer, raw, seconds, nbytes in prefetch(src, plan.arch, todo, self.prefetch_layers):
+                on_layer_read(layer, seconds, nbytes)
+                block, table, raw = _share_layer(raw)  # the read copy is dropped here
+                try:
+                    decomposed = self._layer(plan, layer, raw, block.name, table, on_experts)
+                finally:
+                    raw = {}
+                    block.close()
+                    block.unlink()
+                yield decomposed
+        finally:
+            self.close()
+
+    def _start(self) -> _Worker:
+        parent, child = self._context.Pipe()
+        process = self._context.Process(target=_worker_main, name="vindex-worker", daemon=True,
+                                        args=(child, self._config, self._tensor_names, asdict(self.settings)))
+        with blas_thread_environment(self.settings.blas_threads):
+            process.start()
+        child.close()
+        return _Worker(process, parent)
+
+    def _layer(self, plan: BuildPlan, layer: int, raw: Mapping[str, RawTensor], block_name: str, table: _Table,
+               on_experts: Callable[[int], None]) -> DecomposedLayer:
+        arch = plan.arch
+        routed = RoutedExperts.empty(arch, self.settings.num_feats)
+        todo = expert_batches(routed.num_experts, self.settings.batch_size, self.workers)[::-1]
+        self._feed(layer, block_name, table, todo)
+        deaths = 0
+        # The failure of the lowest batch, raised once no lower batch is in flight: the error the
+        # serial engine, going in order, would stop at.
+        failure: tuple[int, Exception] | None = None
+        while todo or any(w.experts for w in self._pool):
+            busy = [w for w in self._pool if w.experts]
+            ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
+            for i, worker in enumerate(self._pool):
+                if worker.experts is None:
+                    continue
+                reply = None
+                if worker.conn in ready:
+                    try:
+                        reply = worker.conn.recv()
+                    except (EOFError, OSError):  # died mid-reply: handled as a death below
+                        pass
+                if reply is not None:
+                    experts, worker.experts = worker.experts, None
+                    if reply[0] == "error":
+                        if failure is None or experts.start < failure[0]:
+                            failure = (experts.start, _error_from(reply[1], reply[2]))
+                        todo[:] = [batch for batch in todo if batch.start < failure[0]]
+                        continue
+                    routed.store(experts, *reply[1:])
+                    on_experts(len(experts))
+                elif worker.process.sentinel in ready or not worker.process.is_alive():
+                    deaths += 1
+                    self._replace(i, layer, deaths)
+                    todo.append(worker.experts)
+            self._feed(layer, block_name, table, todo)
+        if failure is not None:
+            raise failure[1]
+        # After the routed experts, as the serial engine does: a bad checkpoint fails the same way.
+        return finish_layer(arch, layer, raw, routed, self.settings, keep_router=plan.larql_router)
+
+    def _feed(self, layer: int, block_name: str, table: _Table, todo: list[range]) -> None:
+        """Hand each idle worker the next batch (popped from the end of ``todo``)."""
+        for worker in self._pool:
+            if worker.experts is None and todo:
+                worker.experts = experts = todo.pop()
+                try:
+                    worker.conn.send((layer, experts.start, experts.stop, block_name, table))
+                except OSError:  # it died: its sentinel says so
+                    pass
+
+    def _replace(self, i: int, layer: int, deaths: int) -> None:
+        worker = self._pool[i]
+        experts = worker.experts
+        giving_up = deaths > MAX_WORKER_DEATHS_PER_LAYER
+        self._warn(f"worker process {worker.process.pid} died ({_exit_reason(worker.process)}) in layer {layer}, "
+                   f"experts {experts.start}-{experts.stop - 1}; "
+                   + ("giving up" if giving_up else "starting another and redoing them"))
+        worker.conn.close()
+        if giving_up:
+            raise VindexError(f"layer {layer}: {deaths} worker processes died (out of memory? try fewer "
+                              "--workers or a smaller --batch-size); run the same command again to resume")
+        self._pool[i] = self._start()
+        self._pool[i].experts = None
+
+    def close(self) -> None:
+        """Stop every worker through its own process handle, however the build ends."""
+        for worker in self._pool:
+            try:
+                worker.conn.send(None)
+            except (OSError, ValueError):
+                pass
+        for worker in self._pool:
+            worker.process.join(timeout=5)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+        self._pool = []
 
 
 _DONE = object()

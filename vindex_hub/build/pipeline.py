@@ -28,7 +28,9 @@ from ..writers.browse import BrowseInputs, BrowseOptions
 from ..writers.derived import write_derived_files
 from .browse import check_browse_inputs, read_browse_inputs
 from ..writers.phases import routed_summary
-from .engine import DEFAULT_ENGINE, ENGINES, Engine, SerialEngine
+from ..numerics import routes
+from .decompose import DecomposeSettings
+from .engine import DEFAULT_ENGINE, ENGINES, Engine, make_engine
 from .plan import (DEFAULT_BATCH, DEFAULT_NUM_FEATS, DEFAULT_PREFETCH_LAYERS, BuildPlan, claim_output, make_plan,
                    open_source)
 
@@ -51,6 +53,8 @@ def build_vindex(
     layers: str | Sequence[int] | None = None,
     revision: str | None = None,
     device: str = "auto",
+    precision: str = routes.DEFAULT_PRECISION,
+    workers: int | None = None,
     batch_size: int = DEFAULT_BATCH,
     prefetch_layers: int = DEFAULT_PREFETCH_LAYERS,
     card_options: CardOptions | None = None,
@@ -67,6 +71,9 @@ def build_vindex(
     (``format.card_data.CardOptions``) sets the dataset card's user-set fields; ``browse``
     (``writers.browse.BrowseOptions``) asks for feature tokens and LarQL's browse tier, made from
     the checkpoint's input embedding and tokenizer (checked before any layer is computed).
+    ``precision`` picks the CPU SVD route (``numerics.routes.PRECISIONS``); ``workers`` is how
+    many processes decompose the experts (None: the cores this process may use): any count gives
+    the same bits, and a build resumes with any count.
     ``engine``: ``"local"`` (this machine, the default) or ``"ray"`` (Ray tasks on the cluster at
     ``ray_address``, else ``RAY_ADDRESS``, else a new local one; ``build.ray_engine``): the same
     bits either way.
@@ -80,22 +87,28 @@ def build_vindex(
         raise UsageError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
     if ray_address is not None and engine != "ray":
         raise UsageError(f"a Ray address ({ray_address}) applies to engine 'ray', not {engine!r}")
+    ray_runner = None
     if engine == "ray":  # before anything is claimed: says how to install Ray when it is missing
         from .ray_engine import RayEngine
 
-        runner: Engine = RayEngine(batch_size=batch_size, address=ray_address, token=token)
-    else:
-        runner = SerialEngine(batch_size=batch_size, prefetch_layers=prefetch_layers)
+        ray_runner = RayEngine(batch_size=batch_size, address=ray_address, token=token)
     src = open_source(source, revision=revision, token=token)
     try:
         plan = make_plan(src, out, num_feats=num_feats, layers=layers, device=device, larql_router=larql_router,
-                         browse=browse)
+                         browse=browse, precision=precision, workers=workers)
         if plan.browse.wanted:  # fail now, not after hours of layers, when the inputs are missing
             check_browse_inputs(src, plan.arch, plan.browse.feature_tokens)
         finished = claim_output(plan)
         if finished is not None:  # the same vindex is already complete there: nothing to do
             return BuildSummary(plan.out, plan.layer_ids, [], time.monotonic() - started, finished,
                                 already_complete=True)
+        settings = DecomposeSettings(num_feats=plan.num_feats, device=plan.device, precision=plan.precision,
+                                     batch_size=batch_size, blas_threads=plan.index.builder.blas_threads)
+        if ray_runner is None:
+            runner: Engine = make_engine(src.config, settings, plan.workers, prefetch_layers=prefetch_layers,
+                                         tensor_names=sorted(src.tensor_names()))
+        else:
+            runner = ray_runner
         todo = _run(src, plan, runner, progress=progress)
         results = [LayerResult.load(layer_result_path(plan.state_dir, layer)) for layer in plan.layer_ids]
         inputs = read_browse_inputs(src, plan.arch) if plan.browse.wanted else None

@@ -20,7 +20,7 @@ from ..arch import MoEArchitecture, get_architecture
 from ..errors import CheckpointError, OutputConflictError, UsageError
 from ..format import filenames, mirror, selection, sidecar
 from ..fsutil import atomic_write_json, read_json
-from ..numerics import svd
+from ..numerics import routes, svd
 from ..source.base import CheckpointSource
 from ..writers.browse import BrowseOptions
 
@@ -51,6 +51,23 @@ def open_source(source: str | os.PathLike[str] | CheckpointSource, *, revision: 
     return HubCheckpoint(text, revision=revision, token=token)
 
 
+def default_workers() -> int:
+    """The cores this process may run on (its CPU affinity, not the machine's core count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def worker_count(device: str, workers: int | None) -> int:
+    """How many processes a build decomposes on (CUDA: this one); checks ``workers``."""
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {workers}")
+    if device == "cuda":
+        return 1
+    return default_workers() if workers is None else workers
+
+
 @dataclass
 class BuildPlan:
     out: Path
@@ -58,6 +75,8 @@ class BuildPlan:
     layer_ids: list[int]  # ascending; slot i of the binary holds layer_ids[i]
     num_feats: int
     device: str  # resolved: "cpu" or "cuda"
+    precision: str  # numerics.routes.PRECISIONS
+    workers: int  # processes decomposing the experts (does not change a bit)
     larql_router: bool
     index: sidecar.VindexIndex  # the sidecar to fill in, layers still empty
     fingerprint: dict[str, Any]
@@ -73,25 +92,31 @@ class BuildPlan:
 
 def make_plan(src: CheckpointSource, out: str | os.PathLike[str], *, num_feats: int,
               layers: str | Sequence[int] | None, device: str, larql_router: bool,
-              browse: BrowseOptions | None = None) -> BuildPlan:
+              browse: BrowseOptions | None = None, precision: str = routes.DEFAULT_PRECISION,
+              workers: int | None = None) -> BuildPlan:
     arch = get_architecture(src.config, tensor_names=src.tensor_names(), where=f"{src.describe()}/config.json")
     layer_ids = _select_layers(arch, layers)
     _check_num_feats(arch, num_feats)
     device = svd.resolve_device(device)
+    route = routes.route_for(device, precision)
+    workers = worker_count(device, workers)
     browse = dataclasses.replace(browse or BrowseOptions(), device=device)
     index = sidecar.VindexIndex(
         num_feats=num_feats,
         model_config=sidecar.ModelConfig(model_type=arch.model_type, num_hidden_layers=arch.num_hidden_layers,
                                          moe=arch.moe_config()),
         source=sidecar.SourceInfo(repo_id=src.repo_id, revision=src.revision, path=src.path),
-        builder=sidecar.BuilderInfo(name=BUILDER_NAME, version=__version__, method=svd.METHOD),
+        builder=sidecar.BuilderInfo(name=BUILDER_NAME, version=__version__, method=routes.method_for(route),
+                                    svd_route=route, blas_threads=routes.BLAS_THREADS, workers=workers),
     )
     config_sha = config_sha256(src.config)
-    # The device is part of it: CPU (LAPACK) and CUDA (torch) results agree to ~1e-6, not bit for
-    # bit, so one vindex must not mix layers computed on both.
+    # The device, the SVD route and the BLAS threads are part of it: results of different routes
+    # agree to ~1e-6, and LAPACK's bits change with the thread count, so one vindex must not mix
+    # layers computed differently. The worker count is not: it changes no bit.
     fingerprint = {**_identity(index, layer_ids, larql_router, _browse_identity(browse)),
                    "config_sha256": config_sha, "device": device}
-    return BuildPlan(Path(out), arch, layer_ids, num_feats, device, larql_router, index, fingerprint, browse)
+    return BuildPlan(Path(out), arch, layer_ids, num_feats, device, precision, workers, larql_router, index,
+                     fingerprint, browse)
 
 
 def config_sha256(config: dict[str, Any]) -> str:
@@ -124,6 +149,8 @@ def _identity(index: sidecar.VindexIndex, layer_ids: list[int], larql_router: bo
         "layers": layer_ids,
         "builder_version": index.builder.version,
         "method": index.builder.method,
+        "svd_route": index.builder.svd_route,
+        "blas_threads": index.builder.blas_threads,
         "larql_router": larql_router,
     }
 

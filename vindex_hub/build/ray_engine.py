@@ -19,6 +19,7 @@ the results held in the object store and the driver.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -34,7 +35,8 @@ from .. import errors
 from ..arch import get_architecture
 from ..errors import CheckpointError, ClusterError, UsageError, VindexError
 from ..source.base import CheckpointSource
-from .decompose import DecomposedLayer, decompose_experts, shared_and_router
+from .decompose import (BufferPool, DecomposedLayer, DecomposeSettings, RoutedExperts, decompose_experts,
+                        expert_batches, shared_and_router)
 from .plan import BuildPlan, config_sha256
 
 INSTALL_HINT = "pip install 'vindex-hub[ray]'"
@@ -109,7 +111,7 @@ def _open(spec: dict[str, str], token: str | None) -> CheckpointSource:
 
 
 def decompose_part(spec: dict[str, str], token: str | None, expected_config: str, layer: int, start: int,
-                   stop: int, with_layer_extras: bool, num_feats: int, device: str, batch_size: int,
+                   stop: int, with_layer_extras: bool, settings: dict[str, Any],
                    keep_router: bool) -> dict[str, Any]:
     """One part, as a Ray task: numpy arrays and plain values, or ``{"error", "message"}``."""
     from threadpoolctl import threadpool_limits
@@ -128,11 +130,19 @@ def decompose_part(spec: dict[str, str], token: str | None, expected_config: str
             # layers than slots, so at most ``slots`` layer reads in all.
             raw = src.read(arch.layer_tensors(layer))
             read_seconds = time.monotonic() - t0
-            block = decompose_experts(arch, layer, raw, range(start, stop), num_feats=num_feats, device=device,
-                                      batch_size=batch_size)
-            extras = shared_and_router(arch, layer, raw, num_feats, device, keep_router) if with_layer_extras else {}
-            return {"vectors": block.vectors, "singular_values": block.singular_values,
-                    "frobenius_norm": block.frobenius_norm, "extras": extras, "read_seconds": read_seconds,
+            decompose = DecomposeSettings(**settings)
+            share = RoutedExperts(np.empty((stop - start, decompose.num_feats, arch.gate_shape[1]), np.float32),
+                                  np.empty((stop - start, decompose.num_feats), np.float32),
+                                  np.empty(stop - start, np.float64))
+            buffers = BufferPool()
+            # batches counted from ``start`` (a share starts on a batch boundary): the serial build's batches
+            for batch in expert_batches(stop - start, decompose.batch_size):
+                top = decompose_experts(arch, layer, range(start + batch.start, start + batch.stop), raw,
+                                        decompose, buffers)
+                share.store(batch, top.vectors, top.singular_values, top.frobenius_norm)
+            extras = shared_and_router(arch, layer, raw, decompose, keep_router) if with_layer_extras else {}
+            return {"vectors": share.vectors, "singular_values": share.singular_values,
+                    "frobenius_norm": share.frobenius_norm, "extras": extras, "read_seconds": read_seconds,
                     "read_bytes": sum(int(t.data.nbytes) for t in raw.values())}
     except VindexError as exc:
         return {"error": type(exc).__name__, "message": str(exc)}
@@ -214,7 +224,9 @@ class RayEngine:
             resources = dict(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=self.max_retries,
                              retry_exceptions=False)
             args = (spec, token, plan.fingerprint["config_sha256"])
-            settings = (plan.num_feats, plan.device, self.batch_size, plan.larql_router)
+            decompose = DecomposeSettings(num_feats=plan.num_feats, device=plan.device, precision=plan.precision,
+                                          batch_size=self.batch_size, blas_threads=plan.index.builder.blas_threads)
+            settings = (dataclasses.asdict(decompose), plan.larql_router)
             in_flight = self.max_in_flight or slots
             while parts or pending:
                 while parts and len(pending) < in_flight:

@@ -7,7 +7,7 @@ binary's layout rule against the entries. The format is described in prose in ``
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,18 @@ class BuilderInfo:
     version: str
     method: str
     sign_rule: str = layout.SIGN_RULE
+    # How the vectors were computed (None in sidecars written before these were recorded):
+    svd_route: str | None = None  # numerics.svd ROUTE_*: which decomposition (cpu-mixed, cpu-f64, cuda-f64)
+    blas_threads: int | None = None  # BLAS threads per decomposition: the route's bits depend on it
+    workers: int | None = None  # processes the experts were decomposed on (the bits do not depend on it)
+
+    def to_json(self) -> dict[str, Any]:
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "BuilderInfo":
+        optional = {f.name for f in fields(cls) if f.default is None}
+        return cls(**{f: data.get(f) if f in optional else data[f] for f in cls.__dataclass_fields__})
 
 
 @dataclass
@@ -131,7 +143,7 @@ class VindexIndex:
             "total_bytes": self.total_bytes,
             "model_config": asdict(self.model_config),
             "source": asdict(self.source),
-            "builder": asdict(self.builder),
+            "builder": self.builder.to_json(),
             LAYERS_KEY: {
                 str(layer): {
                     "file_offset": e.file_offset,
@@ -171,7 +183,7 @@ class VindexIndex:
                     moe=MoEConfig(**{f: int(mc["moe"][f]) for f in MoEConfig.__dataclass_fields__}),
                 ),
                 source=SourceInfo(**{f: data["source"].get(f) for f in SourceInfo.__dataclass_fields__}),
-                builder=BuilderInfo(**{f: data["builder"][f] for f in BuilderInfo.__dataclass_fields__}),
+                builder=BuilderInfo.from_json(data["builder"]),
                 layers={
                     int(name): LayerEntry(
                         file_offset=int(e["file_offset"]),

@@ -119,6 +119,7 @@ def render_card(index: sidecar.VindexIndex, options: CardOptions, *, files: Coll
         layer_span=selection.layer_span(layers, labels=True),
         num_feats=k,
         method=index.builder.method,
+        svd_route=index.builder.svd_route,
         sign_rule=index.builder.sign_rule,
         total_size=format_size(index.total_bytes),
         plot_file=filenames.VAR_PLOT_FILE,

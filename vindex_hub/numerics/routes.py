@@ -1,0 +1,44 @@
+"""The SVD routes' names, choices and defaults (no numpy: the CLI reads them at start-up).
+
+``numerics.svd`` implements the routes; a build records the route it asked for, and the BLAS
+thread count, in the sidecar's builder block and its resume fingerprint.
+"""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+
+__all__ = ["BLAS_THREADS", "DEFAULT_PRECISION", "PRECISIONS", "ROUTE_CUDA", "ROUTE_F64", "ROUTE_MIXED",
+           "method_for", "route_for"]
+
+# ``precision`` choices of the CPU routes (``numerics.svd``'s docstring), the default first.
+PRECISIONS = ("mixed", "f64")
+DEFAULT_PRECISION = PRECISIONS[0]
+# The BLAS threads every decomposition runs with: part of what fixes its bits.
+BLAS_THREADS = 1
+
+# The route a matrix took (``TopK.routes``); the route a build records is the one it asked for.
+ROUTE_MIXED = "cpu-mixed"
+ROUTE_F64 = "cpu-f64"
+ROUTE_CUDA = "cuda-f64"
+_METHODS = {
+    ROUTE_MIXED: "exact top-K SVD: float32 Gram matrix + float32 partial symmetric eigensolver "
+                 "(LAPACK ssyevr, top K+32) + one float64 Rayleigh-Ritz step with W; float64 route "
+                 "where a guard asks for it",
+    ROUTE_F64: "exact top-K SVD: float64 Gram matrix + partial symmetric eigensolver (LAPACK dsyevr)",
+    ROUTE_CUDA: "exact top-K SVD: float64 Gram matrix + symmetric eigensolver (torch eigh, batched)",
+}
+
+
+def route_for(device: str, precision: str = DEFAULT_PRECISION) -> str:
+    """The route a build with this (resolved) device and precision asks for."""
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if device == "cuda":
+        return ROUTE_CUDA
+    return ROUTE_MIXED if precision == "mixed" else ROUTE_F64
+
+
+def method_for(route: str) -> str:
+    """The sidecar's ``builder.method`` text of a route."""
+    return _METHODS[route]
