@@ -32,7 +32,7 @@ from .numerics import svd
 from .arch import MoEArchitecture, get_architecture
 from .checksums import sha256_file_range
 from .errors import CheckpointError, OutputConflictError, UsageError, VindexError
-from .fsutil import atomic_write_json, read_json
+from .fsutil import atomic_write_json, read_json_object
 from .results import LayerResult, layer_result_path
 from .source.base import CheckpointSource, RawTensor
 from .writers import phases as stats_json
@@ -227,7 +227,7 @@ def _claim_output(out: Path, state_dir: Path, fingerprint: dict[str, Any]) -> si
         return index
     state_file = state_dir / STATE_FILE
     if state_file.exists():
-        recorded = read_json(state_file)
+        recorded = read_json_object(state_file, what="build state", error=OutputConflictError)
         changed = {k: (recorded.get(k), v) for k, v in fingerprint.items() if recorded.get(k) != v}
         if changed:
             raise OutputConflictError(

@@ -102,7 +102,7 @@ def _render_info(info: dict) -> str:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    from .load import pull
+    from .pull import pull
 
     path = pull(args.repo_id, args.out, layers=args.layers, format=args.format,
                 revision=args.revision, repo_type=args.repo_type)

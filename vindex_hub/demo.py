@@ -65,7 +65,7 @@ class DemoSummary:
     timings: dict[str, float] = field(default_factory=dict)
 
     def render(self) -> str:
-        from .writers.card import format_size
+        from .format.layout import format_size
 
         t = self.timings
         ratio = self.lazy_bytes_fetched / self.lazy_layer_bytes

@@ -20,13 +20,14 @@ What a push does, in order:
    (``parent_commit``): if the branch moved meanwhile, the server refuses it instead of applying
    a stale diff. ``create_pr`` opens a pull request from that head instead.
 
-Never uploaded: hidden paths (any part starting with ``.``: the build's work folder
-``filenames.BUILD_STATE_DIR``, temporary files of atomic writes) and unfinished files
-(``*.tmp``, ``*.partial``, ``*.incomplete``, ``*.lock``).
+Never uploaded: our bookkeeping (``filenames.is_bookkeeping_path``): hidden paths (any part
+starting with ``.``: the build's work folder, the pull marker, temporary files of atomic writes)
+and unfinished files (``filenames.UNFINISHED_SUFFIXES``).
 
 Failure leaves the branch as it was: LFS objects go to the server's object store first, and only
-the final commit request changes a branch, atomically. The client retries 5xx answers and dropped
-connections itself; what still fails becomes ``HubError`` / ``RemoteNotFoundError`` naming the repo
+the final commit request changes a branch, atomically. Every request (repo info, refs, tree, the
+LFS batch and uploads, the commit) is retried on 5xx / 429 / dropped connections
+(``hub.http.with_retries``); what still fails becomes ``HubError`` / ``RemoteNotFoundError`` naming the repo
 and URL. The token (``token=``, else ``HF_TOKEN``, else the saved login) is never printed: it is
 scrubbed from every message that leaves this module.
 """
@@ -41,6 +42,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from .format import filenames, layout, selection, sidecar
+from .format.layout import format_size
+from .hub.refs import DEFAULT_REPO_TYPE, REPO_TYPES
 from .checksums import iter_chunks
 from .errors import HubError, RemoteNotFoundError, UsageError, VindexError
 
@@ -50,15 +53,7 @@ if TYPE_CHECKING:
 
     from .hub.refs import RepoRef
 
-REPO_TYPES = ("dataset", "model")
 DEFAULT_BRANCH = "main"
-UNFINISHED_SUFFIXES = (".tmp", ".partial", ".incomplete", ".lock")
-# Remote paths a vindex owns: a push deletes those the folder no longer has.
-VINDEX_FILES = frozenset({
-    filenames.GATE_VECTORS_BIN, filenames.INDEX_JSON, filenames.PHASE1_JSON, filenames.PHASE2_JSON, filenames.CARD_FILE,
-    filenames.VAR_PLOT_FILE, filenames.LARQL_INDEX_JSON, filenames.LARQL_ROUTER_BIN,
-})
-VINDEX_DIRS = (f"{filenames.DATA_DIR}/",)
 
 
 @dataclass(frozen=True)
@@ -101,8 +96,6 @@ class PushResult:
 
     def render(self) -> str:
         """The CLI's report: a summary line, the commit / PR URL, per-file lines for a dry run."""
-        from .writers.card import format_size
-
         target = f"{self.repo_type} repo {self.repo_id}@{self.revision}"
         counts = (f"{len(self.uploaded)} file(s), {format_size(self.uploaded_bytes)}; "
                   f"{len(self.unchanged)} unchanged ({format_size(self.unchanged_bytes)}); "
@@ -135,7 +128,7 @@ def push_vindex(
     folder: str | os.PathLike[str],
     repo_id: str,
     *,
-    repo_type: str = "dataset",
+    repo_type: str = DEFAULT_REPO_TYPE,
     revision: str | None = None,
     create_branch: bool = False,
     create_pr: bool = False,
@@ -210,24 +203,16 @@ def publishable_files(folder: Path) -> list[PushFile]:
 
 
 def _excluded(rel: Path) -> bool:
-    # Hidden parts cover filenames.BUILD_STATE_DIR and the temporary files of atomic writes.
-    return any(p.startswith(".") for p in rel.parts) or rel.name.endswith(UNFINISHED_SUFFIXES)
-
-
-def is_vindex_path(path: str) -> bool:
-    """A repo path that belongs to the vindex (so a push may delete it when the folder lacks it)."""
-    return path in VINDEX_FILES or path.startswith(VINDEX_DIRS)
+    return filenames.is_bookkeeping_path(rel.as_posix())
 
 
 def commit_text(index: sidecar.VindexIndex) -> tuple[str, str]:
     """The default commit summary and description, from the sidecar (never a local path)."""
-    from .writers.card import model_name
-
     src, b = index.source, index.builder
     at = f"@{src.revision[:12]}" if src.revision else ""
-    summary = f"Upload vindex of {model_name(index)}{at} ({b.name} {b.version})"
+    summary = f"Upload vindex of {index.display_name}{at} ({b.name} {b.version})"
     description = "\n".join([
-        f"source: {model_name(index)}" + (f" at revision {src.revision}" if src.revision else ""),
+        f"source: {index.display_name}" + (f" at revision {src.revision}" if src.revision else ""),
         f"builder: {b.name} {b.version}, method: {b.method}",
         f"layers: {selection.layer_span(index.layer_ids)} ({len(index.layers)} x {index.num_experts} experts x "
         f"{index.num_feats} feats x {index.hidden_size} hidden, {layout.DTYPE})",
@@ -331,7 +316,7 @@ def _plan(folder: Path, local: list[PushFile], remote: dict[str, "RepoFile"], re
                 bar.update(f.size)
             (result.unchanged if same else result.uploaded).append(f)
     local_paths = {f.path for f in local}
-    result.deleted = sorted(p for p in remote if is_vindex_path(p) and p not in local_paths)
+    result.deleted = sorted(p for p in remote if filenames.is_vindex_path(p) and p not in local_paths)
     return hashes
 
 

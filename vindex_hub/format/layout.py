@@ -21,3 +21,11 @@ def layer_nbytes(num_experts: int, num_feats: int, hidden_size: int) -> int:
 def layer_offset(slot: int, num_experts: int, num_feats: int, hidden_size: int) -> int:
     """Byte offset of the ``slot``-th stored layer (slot = position in ascending layer order)."""
     return slot * layer_nbytes(num_experts, num_feats, hidden_size)
+
+
+def format_size(nbytes: int) -> str:
+    """A byte count for people, in decimal units as the seed card: 11,542,724,608 -> ``11.54 GB``."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.2f} {unit}"
+    return f"{nbytes} B"

@@ -20,7 +20,6 @@ plain file name (``HubError`` otherwise), so a crafted server header cannot poin
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -29,8 +28,8 @@ from typing import Any, BinaryIO, Callable
 from filelock import FileLock
 from huggingface_hub import constants
 
-from ..errors import HubError
-from ..fsutil import atomic_path, atomic_write_json
+from ..errors import HubError, VindexFormatError
+from ..fsutil import atomic_path, atomic_write_json, read_json_object
 
 ENV_CACHE = "VINDEX_HUB_CACHE"
 # One path segment: no separators, no leading dot (so never "." or ".."), bounded length.
@@ -56,6 +55,11 @@ def safe_name(value: str, what: str) -> str:
 class BlockCache:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
+
+    @classmethod
+    def beside(cls, hub_cache_dir: str | os.PathLike[str] | None = None) -> "BlockCache":
+        """The block cache that goes with a Hub cache folder (see ``default_cache_root``)."""
+        return cls(default_cache_root(hub_cache_dir))
 
     def block_path(self, key: str, start: int, end: int) -> Path:
         return self.root / "blocks" / safe_name(key, "content hash (ETag)") / f"{start}-{end}"
@@ -124,11 +128,9 @@ class BlockCache:
     @staticmethod
     def _read(path: Path) -> dict[str, Any]:
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (FileNotFoundError, json.JSONDecodeError):
+            return read_json_object(path, what="block cache record")
+        except VindexFormatError:  # missing or damaged: a record is only a hint, rebuilt online
             return {}
-        return data if isinstance(data, dict) else {}
 
     def _lock(self, name: str) -> FileLock:
         locks = self.root / ".locks"

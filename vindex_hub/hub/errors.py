@@ -46,6 +46,10 @@ def hub_errors(ref: RepoRef, filename: str | None = None) -> Iterator[None]:
         raise HubError(f"{where}: {first_line(exc)}") from None
     except httpx2.TransportError as exc:
         raise HubError(f"{where}: cannot reach {constants.ENDPOINT} ({type(exc).__name__}: {exc})") from None
+    except ValueError as exc:
+        # The client refuses some repo contents itself: a file name with "..", a file it would
+        # need hf_xet for (a size it cannot fetch over plain HTTP).
+        raise HubError(f"{where}: the Hub client refuses it: {first_line(exc)}") from None
 
 
 def first_line(exc: BaseException) -> str:

@@ -27,6 +27,7 @@ import yaml
 from .. import __version__
 from ..format import filenames, mirror, selection, sidecar, statistics
 from ..errors import UsageError, VindexFormatError
+from ..format.layout import format_size  # noqa: F401 (the card's size figures; re-exported)
 from ..fsutil import atomic_write_bytes, atomic_write_text
 from .mirror import UNKNOWN
 
@@ -104,14 +105,6 @@ def read_card_data(path: Path) -> dict[str, Any]:
 
 
 # ---- figures for the text (pure) -------------------------------------------------------------
-def format_size(nbytes: int) -> str:
-    """Decimal units, as the seed card: 11,542,724,608 B -> ``11.54 GB``."""
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.2f} {unit}"
-    return f"{nbytes} B"
-
-
 def title_of(index: sidecar.VindexIndex, options: CardOptions) -> str:
     if options.pretty_name:
         return options.pretty_name

@@ -28,7 +28,6 @@ Every file is written under a temporary name and renamed when complete (``fsutil
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -41,7 +40,7 @@ import pyarrow.parquet as pq
 from ..format import filenames, layout, mirror, sidecar, statistics
 from ..numerics import stats
 from ..errors import VindexFormatError
-from ..fsutil import atomic_path
+from ..fsutil import atomic_path, read_json_object
 from ..results import LayerResult
 from .phases import router_figures
 
@@ -221,14 +220,7 @@ def convert_vindex(folder: str | Path, *, config: dict[str, Any] | None = None,
 def load_or_upgrade_index(folder: Path) -> tuple[sidecar.VindexIndex, bool]:
     """The folder's sidecar; a seed-style one (no ``format_version``) upgraded. (index, upgraded)."""
     path = folder / filenames.INDEX_JSON
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise VindexFormatError(f"{path}: missing; a vindex folder needs its sidecar") from None
-    except json.JSONDecodeError as exc:
-        raise VindexFormatError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise VindexFormatError(f"{path}: expected a JSON object")
+    data = read_json_object(path, what="sidecar (a vindex folder needs one)")
     if sidecar.FORMAT_VERSION_KEY in data:
         return sidecar.VindexIndex.from_json(data, where=str(path)), False
     return _upgrade_seed_index(folder, data, where=str(path)), True
