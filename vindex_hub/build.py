@@ -43,6 +43,8 @@ STATE_FILE = "build.json"
 PARTIAL_BIN = filenames.GATE_VECTORS_BIN + ".partial"
 # Experts decomposed per batch: bounds the float32 working set (8 x 32 MiB at real size).
 DEFAULT_BATCH = 8
+DEFAULT_NUM_FEATS = 64  # top-K right singular vectors per expert
+DEFAULT_PREFETCH_LAYERS = 1
 
 
 @dataclass
@@ -79,12 +81,12 @@ def build_vindex(
     source: str | os.PathLike[str] | CheckpointSource,
     out: str | os.PathLike[str],
     *,
-    num_feats: int = 64,
+    num_feats: int = DEFAULT_NUM_FEATS,
     layers: str | Sequence[int] | None = None,
     revision: str | None = None,
     device: str = "auto",
     batch_size: int = DEFAULT_BATCH,
-    prefetch_layers: int = 1,
+    prefetch_layers: int = DEFAULT_PREFETCH_LAYERS,
     card_options: Any = None,
     larql_router: bool = False,
     progress: bool = True,

@@ -45,6 +45,9 @@ class VerifyReport:
             kind = IntegrityError if self.integrity_failed else VindexFormatError
             raise kind(f"{self.folder}: {len(self.problems)} problem(s): " + "; ".join(self.problems))
 
+    def to_json(self) -> dict[str, Any]:
+        return {"folder": str(self.folder), "ok": self.ok, "checks": self.checks, "problems": self.problems}
+
     def render(self) -> str:
         lines = [f"ok    {c}" for c in self.checks] + [f"FAIL  {p}" for p in self.problems]
         verdict = "vindex OK" if self.ok else f"{len(self.problems)} problem(s)"

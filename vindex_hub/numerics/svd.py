@@ -44,9 +44,13 @@ class TopK:
     frobenius_norm: np.ndarray  # float64 (B,): ||W||_F, for energy fractions
 
 
-def resolve_device(device: str = "auto") -> str:
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_DEVICE = "auto"
+
+
+def resolve_device(device: str = DEFAULT_DEVICE) -> str:
     """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; checks ``"cuda"`` is there."""
-    if device not in ("auto", "cpu", "cuda"):
+    if device not in DEVICES:
         raise UsageError(f"--device must be auto, cpu or cuda, not {device!r}")
     if device == "cpu":
         return "cpu"
