@@ -71,7 +71,7 @@ def open_source(source: str | os.PathLike[str] | CheckpointSource, *, revision: 
         return LocalCheckpoint(path)
     text = str(source)
     if path.exists() or text.startswith((".", "/")) or text.count("/") != 1:
-        raise CheckpointError(f"{source}: not a checkpoint folder, nor a Hub repo id (namespace/name)")
+        raise UsageError(f"{source}: not a checkpoint folder, nor a Hub repo id (namespace/name)")
     from .source.hub import HubCheckpoint
 
     return HubCheckpoint(text, revision=revision, token=token)
@@ -167,7 +167,8 @@ def _new_index(arch: MoEArchitecture, src: CheckpointSource, num_feats: int,
         model_config=sidecar.ModelConfig(
             model_type=arch.model_type, num_hidden_layers=arch.num_hidden_layers, moe=arch.moe_config()
         ),
-        source=sidecar.SourceInfo(repo_id=src.repo_id, revision=src.revision, path=src.path),
+        source=(sidecar.SourceInfo(repo_id=src.repo_id, revision=src.revision) if src.repo_id
+                else sidecar.SourceInfo.local(src.path or src.describe(), src.content_fingerprint())),
         builder=sidecar.BuilderInfo(name=BUILDER_NAME, version=__version__, method=svd.METHOD),
     )
 
@@ -182,7 +183,7 @@ def _fingerprint(index: sidecar.VindexIndex, src: CheckpointSource, arch: MoEArc
     config_sha = hashlib.sha256(json.dumps(src.config, sort_keys=True).encode()).hexdigest()
     return {
         "model_type": arch.model_type,
-        "source": index.source.repo_id or index.source.path,
+        "source": index.source.identity,
         "revision": index.source.revision,
         "config_sha256": config_sha,
         "num_feats": index.num_feats,
@@ -203,7 +204,7 @@ def _claim_output(out: Path, state_dir: Path, fingerprint: dict[str, Any]) -> si
     if existing_index.exists():
         index = sidecar.VindexIndex.loads(existing_index.read_text(), where=str(existing_index))
         theirs = {
-            "source": index.source.repo_id or index.source.path,
+            "source": index.source.identity,
             "revision": index.source.revision,
             "model_type": index.model_config.model_type,
             "num_feats": index.num_feats,

@@ -282,8 +282,12 @@ def _check_card(c: _Checker, index: sidecar.VindexIndex) -> None:
     for name, cfg in configs.items():
         for entry in cfg.get("data_files") or []:
             rel = entry.get("path")
-            target = c.folder / rel if isinstance(rel, str) else None
-            if target is None or not target.is_file():
+            try:
+                target = c.folder / filenames.inside_vindex(rel, f"{filenames.CARD_FILE}: config {name!r}")
+            except VindexFormatError as exc:
+                c.problem(str(exc))
+                continue
+            if not target.is_file():
                 c.problem(f"{filenames.CARD_FILE}: config {name!r} split {entry.get('split')!r} points at "
                           f"{rel!r}, which does not exist")
             else:

@@ -8,6 +8,10 @@ ITEMSIZE = 4
 BYTEORDER = "little"
 LAYOUT = "[layers, experts, num_feats, hidden]"
 SIGN_RULE = "largest-magnitude entry positive (first on ties)"
+# Sanity ceiling on what one layer may claim (a sidecar or a Hub listing is remote data): the
+# largest MoE layers known (DeepSeek-V4-Pro class, 384 experts x 64 x 7168) are ~0.7 GB, so a claim
+# above this is a hostile or corrupt repo, refused before any byte is requested.
+MAX_LAYER_NBYTES = 16 * 10**9
 
 
 def expert_nbytes(num_feats: int, hidden_size: int) -> int:

@@ -3,7 +3,8 @@
 A fault matches a request by method and path and applies to the next ``times`` matching
 requests (``times=None``: until cleared). Kinds:
 
-- ``"error"``: answer ``status`` (default 500) with a JSON error body instead of serving.
+- ``"error"``: answer ``status`` (default 500) with a JSON error body instead of serving; with
+  ``retry_after_s``, a ``Retry-After`` header of that many seconds (for 429 / 503).
 - ``"drop"``: close the connection after ``after_bytes`` bytes of the body: of the request body
   when the request has one (an upload PUT, a commit POST: nothing is stored), else of the
   response body (the client sees a short read).
@@ -36,6 +37,7 @@ class Fault:
     after_bytes: int = 0
     delay_s: float = 0.0
     chunk_size: int = 64 * 1024
+    retry_after_s: int | None = None
     id: int = field(default=0)
 
     def __post_init__(self) -> None:
@@ -43,6 +45,8 @@ class Fault:
             raise ValueError(f"fault kind must be one of {FAULT_KINDS}, got {self.kind!r}")
         if self.times is not None and self.times < 1:
             raise ValueError(f"fault times must be >= 1 or None, got {self.times}")
+        if self.retry_after_s is not None and self.retry_after_s < 0:
+            raise ValueError(f"fault retry_after_s must be >= 0, got {self.retry_after_s}")
         if self.after_bytes < 0 or self.delay_s < 0 or self.chunk_size < 1:
             raise ValueError("fault after_bytes and delay_s must be >= 0 and chunk_size >= 1")
         if self.method is not None:

@@ -296,7 +296,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._body_left = self._body_length()
             if self._fault is not None and self._fault.kind == "error":
                 self._drain_body()
-                raise _HTTPFailure(self._fault.status, f"injected fault #{self._fault.id}")
+                retry_after = self._fault.retry_after_s
+                raise _HTTPFailure(self._fault.status, f"injected fault #{self._fault.id}",
+                                   headers=None if retry_after is None else {"Retry-After": str(retry_after)})
             if self._fault is not None and self._fault.kind == "drop" and self.command == "HEAD":
                 self._abort()
                 return
@@ -1107,6 +1109,7 @@ class LocalHub:
         after_bytes: int = 0,
         delay_s: float = 0.0,
         chunk_size: int = 64 * 1024,
+        retry_after_s: int | None = None,
     ) -> Fault:
         """Make the next ``times`` requests matching ``method`` and ``path`` fail.
 
@@ -1115,7 +1118,7 @@ class LocalHub:
         ``"slow"`` (sleep ``delay_s`` before each ``chunk_size`` bytes of the response body).
         ``path``: a substring of, or an ``fnmatch`` glob over, the decoded URL path.
         """
-        fault = Fault(kind, method, path, times, status, after_bytes, delay_s, chunk_size)
+        fault = Fault(kind, method, path, times, status, after_bytes, delay_s, chunk_size, retry_after_s)
         return self._faults.add(fault)
 
     def clear_faults(self) -> None:

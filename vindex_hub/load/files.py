@@ -1,16 +1,16 @@
 """Where a vindex's small files come from: a local folder, or a Hub repo pinned to a commit.
 
-Both locators answer ``path(name)`` with a local file and ``describe(name)`` for messages. Names
-come from the format (``format.filenames``, ``format.mirror``) or from a card; a name that would
-leave the vindex folder or repo (absolute, ``..``) is refused before anything is opened.
+Both locators answer ``path(name)`` with a local file and ``describe(name)`` for messages; a name
+that would leave the vindex folder or repo (absolute, ``..``) is refused before anything is opened.
 """
 
 from __future__ import annotations
 
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Protocol
 
 from ..errors import VindexFormatError
+from ..format.filenames import inside_vindex
 from ..hub.http import download_file
 from ..hub.refs import RepoRef
 
@@ -21,16 +21,6 @@ class VindexFiles(Protocol):
     def describe(self, name: str) -> str: ...
 
 
-def inside(name: object, where: str) -> str:
-    """``name`` if it is a relative path that stays inside the vindex; ``VindexFormatError`` naming it otherwise."""
-    if not isinstance(name, str) or not name:
-        raise VindexFormatError(f"{where}: file name {name!r} is not a path")
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    if name.startswith(("/", "\\")) or ".." in parts or (parts and parts[0].endswith(":")):
-        raise VindexFormatError(f"{where}: path {name!r} leaves the vindex; refusing to read it")
-    return name
-
-
 class LocalFiles:
     """Files of a vindex folder."""
 
@@ -38,7 +28,7 @@ class LocalFiles:
         self.root = root
 
     def path(self, name: str) -> Path:
-        path = self.root / inside(name, str(self.root))
+        path = self.root / inside_vindex(name, str(self.root))
         if not path.is_file():
             raise VindexFormatError(f"{path}: no such file in this vindex")
         return path
@@ -54,7 +44,7 @@ class HubFiles:
         self.ref, self.cache_dir, self.token = ref, cache_dir, token
 
     def path(self, name: str) -> Path:
-        return download_file(self.ref, inside(name, str(self.ref)), cache_dir=self.cache_dir, token=self.token)
+        return download_file(self.ref, inside_vindex(name, str(self.ref)), cache_dir=self.cache_dir, token=self.token)
 
     def describe(self, name: str) -> str:
         return f"{name} in {self.ref}"

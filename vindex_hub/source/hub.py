@@ -166,6 +166,9 @@ class HubCheckpoint:
     def describe(self) -> str:
         return f"{self.repo_id}@{self.revision}"
 
+    def content_fingerprint(self) -> str | None:
+        return None  # the commit sha identifies a Hub checkpoint
+
     def tensor_names(self) -> frozenset[str]:
         return frozenset(self._weight_map)
 

@@ -8,6 +8,7 @@ with the number of layers read).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -69,6 +70,18 @@ class LocalCheckpoint:
     # ---- CheckpointSource ----------------------------------------------------------------
     def describe(self) -> str:
         return str(self.root)
+
+    def content_fingerprint(self) -> str | None:
+        h = hashlib.sha256()
+        if self._index_file is not None:
+            h.update(Path(self._index_file).read_bytes())
+        else:
+            h.update((self.root / CONFIG_FILE).read_bytes())
+            with open(self.root / SINGLE_FILE, "rb") as f:
+                prefix = f.read(PREFIX_BYTES)
+                size = os.fstat(f.fileno()).st_size
+                h.update(prefix + f.read(header_length(prefix, size, file=str(self.root / SINGLE_FILE))))
+        return h.hexdigest()
 
     def tensor_names(self) -> frozenset[str]:
         return frozenset(self._weight_map)

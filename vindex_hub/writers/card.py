@@ -115,9 +115,7 @@ def title_of(index: sidecar.VindexIndex, options: CardOptions) -> str:
 
 def model_name(index: sidecar.VindexIndex) -> str:
     """The Hub repo id, else the local checkpoint folder's name (a card never shows local paths)."""
-    if index.source.repo_id:
-        return index.source.repo_id
-    return Path(index.source.path).name if index.source.path else index.model_config.model_type
+    return index.display_name
 
 
 def auto_citation(index: sidecar.VindexIndex, options: CardOptions) -> str:
