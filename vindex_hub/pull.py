@@ -7,6 +7,7 @@ result is checked with ``verify_vindex`` before ``pull`` returns.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -127,11 +128,14 @@ def _remove_vindex_files(out: Path) -> None:
 def _snapshot_to(ref: RepoRef, out: Path, *, allow: list[str] | None = None, ignore: list[str] | None = None,
                  cache_dir, token) -> Path:
     """Download into ``out``, never taking our bookkeeping names (a repo's own ``.vindex-pull.json``),
-    ``.gitattributes`` or anything else hidden from the repo; the client's ``.cache/huggingface``
+    ``.gitattributes``, anything else hidden, or a name with a ``..`` part (the patterns match
+    those too) from the repo; the client's ``.cache/huggingface``
     record of the download is removed afterwards."""
     path = download_snapshot(ref, allow=allow, ignore=[*(ignore or []), *BOOKKEEPING_PATTERNS], local_dir=out,
                              cache_dir=cache_dir, token=token)
     shutil.rmtree(out / CLIENT_CACHE_DIR, ignore_errors=True)
+    with contextlib.suppress(OSError):  # its parent too, unless the user keeps something there
+        (out / CLIENT_CACHE_DIR).parent.rmdir()
     return path
 
 
@@ -155,6 +159,7 @@ def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
     from .writers.mirror import write_mirror, write_stats_for_layers
 
     src = vx.index
+    license = getattr(vx.card_data, "license", None)  # the source card's license; read first: a bad card stops here
     tmp = out / filenames.BUILD_STATE_DIR / filenames.PARTIAL_BIN
     writer = GateVectorsWriter(tmp, num_layers=len(selected), num_experts=src.num_experts,
                                num_feats=src.num_feats, hidden_size=src.hidden_size)
@@ -184,7 +189,6 @@ def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
     write_mirror(out, index, None)
     write_stats_for_layers(out, _stats_tables(vx), selected)
     write_larql_index(out, index, {}, None)
-    license = getattr(vx.card_data, "license", None)  # keep the source card's license
     write_card(out, index, CardOptions(license=license) if isinstance(license, str) else CardOptions())
     atomic_write_text(out / filenames.INDEX_JSON, index.dumps())  # last: the folder is valid once it appears
 
