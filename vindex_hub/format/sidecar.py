@@ -179,6 +179,8 @@ class VindexIndex:
     @classmethod
     def from_json(cls, data: dict[str, Any], *, where: str = INDEX_JSON) -> "VindexIndex":
         """Parse and check a sidecar; ``where`` (a path or URL) goes into error messages."""
+        if not isinstance(data, dict):
+            raise VindexFormatError(f"{where}: expected a JSON object")
         try:
             version = data.get(FORMAT_VERSION_KEY)
             if version not in SUPPORTED_FORMAT_VERSIONS:
@@ -226,8 +228,6 @@ class VindexIndex:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise VindexFormatError(f"{where}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise VindexFormatError(f"{where}: expected a JSON object")
         return cls.from_json(data, where=where)
 
     def check_layout(self, *, where: str = INDEX_JSON, file_size: int | None = None) -> None:
