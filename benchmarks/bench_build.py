@@ -39,9 +39,10 @@ print(json.dumps({"seconds": time.perf_counter() - t,
 """
 
 
-def stage_times(checkpoint: Path, layer: int) -> dict[str, float]:
+def stage_times(checkpoint: Path, layer: int, *, num_feats: int = NUM_FEATS, device: str = "cpu") -> dict[str, float]:
+    """Seconds one layer spends in read, dequantize and SVD (also used by bench_families.py)."""
     with LocalCheckpoint(checkpoint) as src:
-        arch = get_architecture(src.config)
+        arch = get_architecture(src.config, tensor_names=src.tensor_names())
         num_experts = arch.moe_config().n_routed_experts
         t0 = time.perf_counter()
         raw = src.read(arch.layer_tensors(layer))
@@ -53,7 +54,7 @@ def stage_times(checkpoint: Path, layer: int) -> dict[str, float]:
             t0 = time.perf_counter()
             weights = arch.expert_gate_weights(layer, experts, raw, out=buffer[: len(experts)])
             t1 = time.perf_counter()
-            svd.top_k_right_singular(weights, NUM_FEATS, device="cpu")
+            svd.top_k_right_singular(weights, num_feats, device=device)
             t2 = time.perf_counter()
             dequant += t1 - t0
             decompose += t2 - t1

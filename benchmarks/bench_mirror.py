@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 from vindex_hub.format import filenames, layout, mirror, sidecar
 from vindex_hub.checksums import sha256_file_range
 from vindex_hub.writers import mirror as parquet_mirror
-from vindex_hub.writers.card import CardOptions, write_card
+from vindex_hub.load import Vindex
+from vindex_hub.writers.derived import rewrite_card
 
 VECTOR_LEAF = f"{mirror.COL_VECTOR}.list.element"
 INTS = parquet_mirror.INDEX_COLUMNS
@@ -76,9 +77,9 @@ def best_of(n: int, fn):
 
 
 def encodings(folder: Path, index: sidecar.VindexIndex, layer: int) -> None:
-    block = np.array(parquet_mirror.open_gate_vectors(folder, index, layer))
+    block = np.array(Vindex.open(folder).layer(layer))
     table = parquet_mirror.gate_vectors_table(layer, 0, block)
-    rows_per_group = parquet_mirror.experts_per_row_group(index.num_feats, index.hidden_size) * index.num_feats
+    rows_per_group = mirror.experts_per_row_group(index.num_feats, index.hidden_size) * index.num_feats
     print(f"\n### Parquet settings, one layer ({block.nbytes / 2**20:.0f} MiB of vectors, "
           f"{rows_per_group} rows a row group)\n")
     print("| setting | size / binary | write s | read s (best of 3) | read GB/s |")
@@ -94,7 +95,7 @@ def encodings(folder: Path, index: sidecar.VindexIndex, layer: int) -> None:
         print(f"| {name} | {path.stat().st_size / block.nbytes:.3f} | {write_s:.2f} | {read_s:.3f} | "
               f"{block.nbytes / read_s / 1e9:.2f} |")
         path.unlink()
-    for experts_per_group in (1, parquet_mirror.experts_per_row_group(index.num_feats, index.hidden_size)):
+    for experts_per_group in (1, mirror.experts_per_row_group(index.num_feats, index.hidden_size)):
         path = folder / "rowgroups.parquet"
         pq.write_table(table, path, row_group_size=experts_per_group * index.num_feats,
                        **parquet_mirror.GATE_VECTORS_WRITE_OPTIONS)
@@ -147,9 +148,9 @@ def main() -> None:
         folder.mkdir()
         index = make_vindex(folder, args.layers, args.experts, args.feats, args.hidden)
         t0 = time.perf_counter()
-        parquet_mirror.write_mirror(folder, index, None)
+        parquet_mirror.write_mirror(folder, index)
         mirror_s = time.perf_counter() - t0
-        write_card(folder, index, CardOptions())
+        rewrite_card(folder, index)
         binary = (folder / filenames.GATE_VECTORS_BIN).stat().st_size
         mirror_size = sum(f.stat().st_size for f in (folder / filenames.DATA_DIR).rglob("*.parquet"))
         print(f"synthetic vindex: {args.layers} layers x {args.experts} experts x {args.feats} feats x "

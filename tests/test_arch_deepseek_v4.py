@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from vindex_hub.arch import get_architecture, supported_architectures
-from vindex_hub.arch.deepseek_v4 import DeepseekV4
+from vindex_hub.arch.deepseek_v4 import SCALE, DeepseekV4
+from vindex_hub.arch.layouts import sibling
 from vindex_hub.errors import CheckpointError, QuantizationError, UnsupportedArchitectureError
 from vindex_hub.format.sidecar import MoEConfig
 from vindex_hub.source.base import RawTensor
@@ -38,8 +39,8 @@ def test_registered():
 
 
 def test_unsupported_model_type():
-    with pytest.raises(UnsupportedArchitectureError, match=r"config\.json: model_type 'deepseek_v3' is not supported.*deepseek_v4"):
-        get_architecture({"model_type": "deepseek_v3"})
+    with pytest.raises(UnsupportedArchitectureError, match=r"config\.json: model_type 'deepseek_v5' is not supported.*deepseek_v4.*did you mean 'deepseek_v4'"):
+        get_architecture({"model_type": "deepseek_v5"})
 
 
 def test_shape_and_layers(model):
@@ -69,20 +70,19 @@ def test_names_exist_and_exclude_mtp_and_other_projections(model):
         assert len(wanted) == len(set(wanted))
         assert not any(n.startswith("mtp.") for n in wanted)
         assert not any(".w2." in n or ".w3." in n or "tid2eid" in n for n in wanted)
-        assert arch.expert_gate_tensors(layer, 3) == [
-            f"layers.{layer}.ffn.experts.3.w1.weight", f"layers.{layer}.ffn.experts.3.w1.scale"]
-        assert arch.shared_gate_tensors(layer) == [
-            f"layers.{layer}.ffn.shared_experts.w1.weight", f"layers.{layer}.ffn.shared_experts.w1.scale"]
+        assert arch.expert_gate_name(layer, 3) == f"layers.{layer}.ffn.experts.3.w1.weight"
+        assert {f"layers.{layer}.ffn.experts.3.w1.scale", f"layers.{layer}.ffn.shared_experts.w1.scale"} <= set(wanted)
+        assert arch.shared_gate_name(layer) == f"layers.{layer}.ffn.shared_experts.w1.weight"
 
 
 def test_hash_layers_have_no_bias(model):
     src, arch, _ = model
     names = src.tensor_names()
-    assert arch.router_tensors(0) == ["layers.0.ffn.gate.weight"]
+    assert arch.router_name(0) == "layers.0.ffn.gate.weight" and arch.router_bias_name(0) is None
     assert "layers.0.ffn.gate.tid2eid" in names and "layers.0.ffn.gate.bias" not in names
-    assert arch.router_tensors(1) == ["layers.1.ffn.gate.weight", "layers.1.ffn.gate.bias"]
+    assert arch.router_bias_name(1) == "layers.1.ffn.gate.bias" and "layers.1.ffn.gate.bias" in arch.layer_tensors(1)
     assert "layers.1.ffn.gate.tid2eid" not in names
-    raw = src.read(arch.router_tensors(0))
+    raw = src.read([arch.router_name(0)])
     assert arch.router_bias(0, raw) is None
 
 
@@ -107,6 +107,11 @@ def test_decoded_weights_equal_generator_values(model):
 
 
 # ---- bad inputs -------------------------------------------------------------------------------
+def with_scale(weight: str) -> tuple[str, str]:
+    """A V4 weight's name and its scale tensor's (``...w1.weight`` -> ``...w1.scale``)."""
+    return weight, sibling(weight, SCALE)
+
+
 def altered(raw: dict[str, RawTensor], name: str, *, data: np.ndarray | None = None, **info_changes) -> dict[str, RawTensor]:
     t = raw[name]
     return {**raw, name: RawTensor(dataclasses.replace(t.info, **info_changes), t.data if data is None else data)}
@@ -114,7 +119,7 @@ def altered(raw: dict[str, RawTensor], name: str, *, data: np.ndarray | None = N
 
 def test_wrong_dtype_names_tensor(model):
     src, arch, _ = model
-    w, s = arch.expert_gate_tensors(1, 2)
+    w, s = with_scale(arch.expert_gate_name(1, 2))
     raw = src.read([w, s])
     with pytest.raises(CheckpointError, match=rf"tensor {w}: dtype BF16, expected"):
         arch.expert_gate_weights(1, [2], altered(raw, w, dtype="BF16"))
@@ -122,7 +127,7 @@ def test_wrong_dtype_names_tensor(model):
 
 def test_wrong_shape_names_tensor(model):
     src, arch, _ = model
-    w, s = arch.expert_gate_tensors(1, 2)
+    w, s = with_scale(arch.expert_gate_name(1, 2))
     raw = src.read([w, s])
     bad_shape = (raw[w].info.shape[1], raw[w].info.shape[0])
     with pytest.raises(CheckpointError, match=rf"tensor {w}: shape \[{bad_shape[0]}, {bad_shape[1]}\], expected"):
@@ -135,14 +140,14 @@ def test_wrong_shape_names_tensor(model):
 
 def test_tensor_not_read(model):
     src, arch, _ = model
-    w, s = arch.expert_gate_tensors(1, 2)
+    w, s = with_scale(arch.expert_gate_name(1, 2))
     with pytest.raises(CheckpointError, match=rf"{s}"):
         arch.expert_gate_weights(1, [2], src.read([w]))
 
 
 def test_scale_byte_255_names_tensor(model):
     src, arch, _ = model
-    w, s = arch.shared_gate_tensors(2)
+    w, s = with_scale(arch.shared_gate_name(2))
     raw = src.read([w, s])
     data = raw[s].data.copy()
     data[0] = 255
@@ -152,7 +157,7 @@ def test_scale_byte_255_names_tensor(model):
 
 def test_nan_weight_names_tensor(model):
     src, arch, _ = model
-    w, s = arch.shared_gate_tensors(2)
+    w, s = with_scale(arch.shared_gate_name(2))
     raw = src.read([w, s])
     data = raw[w].data.copy()
     data[5] = 0x7F  # E4M3 NaN
@@ -166,7 +171,7 @@ def test_routed_scale_255_in_fp4(tmp_path):
                                        include_mtp=False, include_attention=False)
     with LocalCheckpoint(root) as src:
         arch = get_architecture(src.config)
-        w, s = arch.expert_gate_tensors(0, 1)
+        w, s = with_scale(arch.expert_gate_name(0, 1))
         raw = src.read([w, s])
         data = raw[s].data.copy()
         data[-1] = 255
@@ -202,3 +207,21 @@ def test_bad_config(change, match):
               "n_routed_experts": 4, "num_experts_per_tok": 2, **change}
     with pytest.raises(CheckpointError, match=rf"config\.json: {match}"):
         get_architecture(config)
+
+
+def test_transformers_config_spellings(model, tmp_path):
+    """``mlp_layer_types`` for ``num_hash_layers``, ``quantization_config.expert_dtype`` for ``expert_dtype``."""
+    src, arch, _ = model
+    config = dict(src.config)
+    config["quantization_config"] = {**config["quantization_config"], "expert_dtype": arch.expert_dtype}
+    config.pop("expert_dtype", None)
+    config.pop("num_hash_layers")
+    config["mlp_layer_types"] = ["hash_moe", "moe", "moe"]
+    resaved = get_architecture(config, tensor_names=src.tensor_names())
+    assert resaved.expert_dtype == arch.expert_dtype and resaved.num_hash_layers == 1
+    for layer in resaved.moe_layers():
+        assert resaved.layer_tensors(layer) == arch.layer_tensors(layer)
+    with pytest.raises(CheckpointError, match=r"config\.json: mlp_layer_types must list 'hash_moe' or 'moe' for each of the 3 layers"):
+        get_architecture({**config, "mlp_layer_types": ["hash_moe", "moe"]})
+    with pytest.raises(CheckpointError, match=r"config\.json: expert_dtype 'int4'"):
+        get_architecture({**config, "quantization_config": {"expert_dtype": "int4"}})

@@ -178,9 +178,9 @@ def crash_on_call(monkeypatch, target: str, call: int = 1) -> None:
 @pytest.mark.parametrize("target,call", [
     ("vindex_hub.writers.binary.GateVectorsWriter.write_layer", 2),  # before layer 1 is written
     ("vindex_hub.results.LayerResult.save", 3),  # layer 2 written, not yet recorded
-    ("vindex_hub.writers.phases.phase1_json", 1),  # binary final, derived files not yet
-    ("vindex_hub.writers.mirror.write_mirror", 1),
-    ("vindex_hub.writers.card.write_card", 1),
+    ("vindex_hub.writers.derived.phase1_json", 1),  # binary final, derived files not yet
+    ("vindex_hub.writers.derived.write_mirror", 1),
+    ("vindex_hub.writers.derived.write_card", 1),
 ])
 def test_a_build_crashed_anywhere_resumes_bit_identical(
     target, call, tiny_checkpoint: Path, tiny_vindex: Path, tmp_path: Path, monkeypatch
@@ -206,7 +206,7 @@ def test_a_build_crashed_anywhere_resumes_bit_identical(
 def test_a_damaged_resumed_layer_is_computed_again(tiny_checkpoint: Path, tiny_vindex: Path,
                                                    tmp_path: Path, monkeypatch):
     out = tmp_path / "vindex"
-    crash_on_call(monkeypatch, "vindex_hub.writers.mirror.write_mirror")
+    crash_on_call(monkeypatch, "vindex_hub.writers.derived.write_mirror")
     with pytest.raises(Crash):
         build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
     monkeypatch.undo()
@@ -270,14 +270,14 @@ def test_a_finished_build_asked_with_other_options_is_refused(tiny_checkpoint, t
 
 def test_a_resumed_build_never_mixes_devices(tiny_checkpoint, tmp_path, monkeypatch):
     """CPU and CUDA results differ in the last bits, so a build started on one must finish on it."""
-    from vindex_hub import build as build_module
+    from vindex_hub.build import plan as build_plan
 
     out = tmp_path / "vindex"
     crash_on_call(monkeypatch, "vindex_hub.results.LayerResult.save", 2)
     with pytest.raises(Crash):
         build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
     monkeypatch.undo()
-    monkeypatch.setattr(build_module.svd, "resolve_device", lambda device: "cuda")
+    monkeypatch.setattr(build_plan.svd, "resolve_device", lambda device: "cuda")
     with pytest.raises(OutputConflictError, match="device 'cpu' here, 'cuda' asked"):
         build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cuda", progress=False)
 
@@ -320,7 +320,7 @@ def test_output_folder_holding_another_models_vindex_is_refused(tiny_checkpoint,
 
 def test_an_unfinished_build_of_other_settings_is_refused(tiny_checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "vindex"
-    crash_on_call(monkeypatch, "vindex_hub.writers.mirror.write_mirror")
+    crash_on_call(monkeypatch, "vindex_hub.writers.derived.write_mirror")
     with pytest.raises(Crash):
         build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
     with pytest.raises(OutputConflictError, match="unfinished build"):
@@ -347,9 +347,9 @@ def _lfs_pointer_shard(ckpt: Path) -> str:
 
 def _unsupported_architecture(ckpt: Path) -> str:
     config = json.loads((ckpt / "config.json").read_text())
-    config["model_type"] = "mixtral"
+    config["model_type"] = "llama"
     (ckpt / "config.json").write_text(json.dumps(config))
-    return "mixtral"
+    return "llama"
 
 
 def _nan_scale(ckpt: Path) -> str:

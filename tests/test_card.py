@@ -17,7 +17,9 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from vindex_hub.format import filenames, layout, mirror, selection, sidecar, statistics
 from vindex_hub.errors import UsageError
-from vindex_hub.writers.card import CardOptions, format_size, var_plot_png, write_card
+from vindex_hub.format.card_data import CardOptions
+from vindex_hub.writers.card import format_size, var_plot_png
+from vindex_hub.writers.derived import rewrite_card
 
 from vindex_fixtures import (  # noqa: F401 (fixtures)
     CARD_OPTIONS, HIDDEN, INTER, NUM_EXPERTS, NUM_FEATS, NUM_LAYERS, SEED_SNIPPET, SmallVindex,
@@ -84,7 +86,7 @@ def test_text_is_filled_from_the_build(small_vindex: SmallVindex):
 def test_a_hub_source_gives_base_model_and_revision(vindex_copy: Path):
     index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
     index.source = sidecar.SourceInfo(repo_id="deepseek-ai/DeepSeek-V4-Flash", revision="a" * 40)
-    write_card(vindex_copy, index, CardOptions())
+    rewrite_card(vindex_copy, index, CardOptions())
     text = _card(vindex_copy)
     assert DatasetCard(text).data.base_model == "deepseek-ai/DeepSeek-V4-Flash"
     assert "- **Source model**: `deepseek-ai/DeepSeek-V4-Flash` at revision `" + "a" * 40 + "`" in text
@@ -139,22 +141,22 @@ def test_plot_is_a_deterministic_png_without_metadata(small_vindex: SmallVindex)
 
 def test_rewriting_the_card_is_bit_identical(vindex_copy: Path):
     index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
-    write_card(vindex_copy, index, CARD_OPTIONS)
+    rewrite_card(vindex_copy, index, CARD_OPTIONS)
     first = (_card(vindex_copy), (vindex_copy / filenames.VAR_PLOT_FILE).read_bytes())
     (vindex_copy / filenames.CARD_FILE).unlink()
     (vindex_copy / filenames.VAR_PLOT_FILE).unlink()
-    write_card(vindex_copy, index, CARD_OPTIONS)
+    rewrite_card(vindex_copy, index, CARD_OPTIONS)
     assert (_card(vindex_copy), (vindex_copy / filenames.VAR_PLOT_FILE).read_bytes()) == first
 
 
 def test_the_card_lists_the_configs_whose_files_are_there(vindex_copy: Path):
     index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
-    write_card(vindex_copy, index, CARD_OPTIONS)
+    rewrite_card(vindex_copy, index, CARD_OPTIONS)
     configs = DatasetCard(_card(vindex_copy)).data.to_dict()["configs"]
     assert [c["config_name"] for c in configs] == [
         mirror.CONFIG_GATE_VECTORS, mirror.CONFIG_EXPERT_STATS, mirror.CONFIG_ROUTER_SVD]
     (vindex_copy / mirror.ROUTER_SVD_PARQUET).unlink()  # without the spectra: gate_vectors only
-    write_card(vindex_copy, index, CARD_OPTIONS)
+    rewrite_card(vindex_copy, index, CARD_OPTIONS)
     configs = DatasetCard(_card(vindex_copy)).data.to_dict()["configs"]
     assert [c["config_name"] for c in configs] == [mirror.CONFIG_GATE_VECTORS]
 
@@ -189,7 +191,7 @@ def test_card_options_file_errors_name_the_file(tmp_path: Path):
 def test_user_citation_is_used_verbatim(vindex_copy: Path):
     index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
     bib = "@article{mine2026,\n  title = {Mine},\n}"
-    write_card(vindex_copy, index, CARD_OPTIONS.updated(citation=bib, license="cc-by-4.0"))
+    rewrite_card(vindex_copy, index, CARD_OPTIONS.updated(citation=bib, license="cc-by-4.0"))
     text = _card(vindex_copy)
     assert f"```bibtex\n{bib}\n```" in text
     assert DatasetCard(text).data.license == "cc-by-4.0"

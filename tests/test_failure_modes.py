@@ -121,7 +121,7 @@ def test_a_429_waits_what_retry_after_asks(local_hub: LocalHub, repo: str, cache
     waits: list[float] = []
     monkeypatch.setattr(hub_http.time, "sleep", waits.append)
     local_hub.inject_fault("error", method="GET", path=f"*/{filenames.INDEX_JSON}", status=429,
-                           retry_after_s=7, times=1)
+                           retry_after=7, times=1)
     with Vindex.open(repo, cache_dir=cache) as vx:
         assert vx.layers
     assert waits and all(w >= 7 for w in waits)  # the client's loop adds a second of margin

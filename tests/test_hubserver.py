@@ -32,8 +32,8 @@ from huggingface_hub.errors import (
 from huggingface_hub.utils import build_hf_headers, get_session
 
 from vindex_hub.hubserver import LocalHub
-from vindex_hub.hubserver import server as hub_server
-from vindex_hub.hubserver.server import _Unsatisfiable, parse_range
+from vindex_hub.hubserver import lfs as hub_lfs
+from vindex_hub.hubserver.http import Unsatisfiable, parse_range
 from vindex_hub.hubserver.storage import RepoRef, Storage, StorageError, git_blob_sha1, is_lfs_upload
 
 README = """---
@@ -254,7 +254,7 @@ def test_parse_range() -> None:
     assert parse_range("bytes=-3", 10) == (7, 9)
     assert parse_range("bytes=-30", 10) == (0, 9)
     for bad in ("bytes=10-", "bytes=5-4", "bytes=-0", "bytes=0-1,3-4", "items=0-1", "bytes=-"):
-        with pytest.raises(_Unsatisfiable):
+        with pytest.raises(Unsatisfiable):
             parse_range(bad, 10)
 
 
@@ -575,7 +575,7 @@ def test_lfs_upload_urls_need_the_token_of_a_batch_answer(
     small_url, _ = _lfs_hrefs(local_hub, hub_repo_id, small_oid, len(small))
     other_repo_url, _ = _lfs_hrefs(local_hub, f"{hub_repo_id}-other", oid, len(data))
     with monkeypatch.context() as m:
-        m.setattr(hub_server, "UPLOAD_URL_LIFETIME_S", -1)
+        m.setattr(hub_lfs, "UPLOAD_URL_LIFETIME_S", -1)
         expired_url, _ = _lfs_hrefs(local_hub, hub_repo_id, oid, len(data))
     bare = upload_url.split("?")[0]
     forged = {
@@ -674,3 +674,208 @@ def test_crafted_repo_ids_and_revisions_never_become_paths(tmp_path: Path, local
     repo_id, _, _ = pushed
     r = get_session().get(f"{local_hub.url}/api/datasets/{repo_id}/revision/..%2F..%2Fmain")
     assert r.status_code == 404 and r.headers["X-Error-Code"] == "RevisionNotFound"
+
+
+# -- fault injection reaches every kind of request the package makes --------------------------------
+
+
+def _request_kinds(hub: LocalHub, repo_id: str, sha: str) -> dict[str, tuple[str, str, object]]:
+    """name -> (method, path glob of the fault, a callable sending that request once)."""
+    session, headers = get_session(), build_hf_headers()
+    url = hf_hub_url(repo_id, "weights.bin", repo_type="dataset", revision=sha)
+    api = f"{hub.url}/api/datasets/{repo_id}"
+    blob = os.urandom(20_000)
+    upload_url, _ = _lfs_hrefs(hub, repo_id, _sha256(blob), len(blob))
+    batch = {"operation": "upload", "transfers": ["basic"], "objects": [{"oid": _sha256(blob), "size": len(blob)}]}
+    return {
+        "HEAD": ("HEAD", "*/resolve/*/weights.bin", lambda: session.head(url, headers=headers)),
+        "whole GET": ("GET", "*/resolve/*/weights.bin", lambda: session.get(url, headers=headers)),
+        "ranged GET": ("GET", "*/resolve/*/weights.bin",
+                       lambda: session.get(url, headers={**headers, "Range": "bytes=10-99"})),
+        "repo info": ("GET", f"/api/datasets/{repo_id}", lambda: session.get(api, headers=headers)),
+        "refs": ("GET", "*/refs", lambda: session.get(f"{api}/refs", headers=headers)),
+        "tree": ("GET", "*/tree/*", lambda: session.get(f"{api}/tree/main?recursive=true", headers=headers)),
+        "commit POST": ("POST", "*/commit/*", lambda: _raw_commit(hub, repo_id, _inline_file("f.txt", os.urandom(8)))),
+        "LFS batch POST": ("POST", "*.git/info/lfs/objects/batch",
+                           lambda: session.post(f"{hub.url}/datasets/{repo_id}.git/info/lfs/objects/batch",
+                                                json=batch, headers=headers)),
+        "LFS PUT": ("PUT", "/_local_hub/lfs/*", lambda: session.put(upload_url, content=blob)),
+    }
+
+
+@pytest.mark.parametrize("kind", ["HEAD", "whole GET", "ranged GET", "repo info", "refs", "tree", "commit POST",
+                                  "LFS batch POST", "LFS PUT"])
+def test_faults_hit_each_kind_of_request(local_hub: LocalHub, pushed, kind: str) -> None:
+    repo_id, sha, _ = pushed
+    method, path, send = _request_kinds(local_hub, repo_id, sha)[kind]
+    for status, retry_after in ((503, 2), (429, 0), (500, None), (502, None)):
+        spec = {} if retry_after is None else {"retry_after": retry_after}
+        local_hub.inject_fault("error", method=method, path=path, status=status, **spec)
+        r = send()
+        assert r.status_code == status, (kind, status)
+        assert r.headers.get("Retry-After") == (None if retry_after is None else str(retry_after))
+        assert r.headers["X-Error-Message"].startswith("injected fault #")
+        assert local_hub._faults.active() == []  # used up by exactly this request
+    local_hub.inject_fault("drop", method=method, path=path)
+    with pytest.raises(httpx2.TransportError):
+        send()
+    assert local_hub._faults.active() == []
+    assert send().status_code in (200, 206)  # the next one is served
+    # Only that served request sent file bytes: the faulted ones sent none.
+    expected = {"whole GET": 300_000, "ranged GET": 90}.get(kind, 0)
+    assert local_hub.stats().file(repo_id, "weights.bin").bytes_sent == expected
+
+
+def test_ranged_faults_tell_ranged_from_whole_gets(local_hub: LocalHub, pushed, tmp_path: Path) -> None:
+    repo_id, sha, folder = pushed
+    url = hf_hub_url(repo_id, "weights.bin", repo_type="dataset", revision=sha)
+    session = get_session()
+    ranged_only = local_hub.inject_fault("drop", method="GET", path="*/weights.bin", ranged=True, after_bytes=10)
+    # hf_hub_download sends a HEAD and a whole GET: neither is ranged.
+    path = hf_hub_download(repo_id, "weights.bin", repo_type="dataset", cache_dir=tmp_path / "cache")
+    assert Path(path).read_bytes() == (folder / "weights.bin").read_bytes()
+    assert local_hub._faults.active() == [ranged_only]
+    with pytest.raises(httpx2.TransportError):
+        session.get(url, headers={"Range": "bytes=0-99"})
+    assert local_hub._faults.active() == []
+
+    whole_only = local_hub.inject_fault("error", method="GET", path="*/weights.bin", ranged=False)
+    assert session.get(url, headers={"Range": "bytes=0-99"}).status_code == 206
+    assert local_hub._faults.active() == [whole_only]
+    assert session.get(url).status_code == 500
+
+
+def test_retry_after_reaches_the_hub_clients_backoff(
+    local_hub: LocalHub, pushed, caplog: pytest.LogCaptureFixture
+) -> None:
+    repo_id, sha, _ = pushed
+    local_hub.inject_fault("error", method="POST", path="*/preupload/*", status=429, retry_after=0)
+    with caplog.at_level("WARNING", logger="huggingface_hub"):
+        info = HfApi().upload_file(path_or_fileobj=b"after a 429\n", path_in_repo="limited.txt",
+                                   repo_id=repo_id, repo_type="dataset")
+    assert info.oid != sha and local_hub._faults.active() == []
+    # The backoff waits Retry-After + 1 s when it read the header, its own base wait otherwise.
+    assert "HTTP Error 429" in caplog.text and "Rate limited. Waiting 1.0s" in caplog.text
+
+
+def test_dropped_commit_request_and_response(local_hub: LocalHub, pushed) -> None:
+    repo_id, sha, _ = pushed
+    api = HfApi()
+
+    def add(name: str) -> CommitOperationAdd:
+        return CommitOperationAdd(path_in_repo=name, path_or_fileobj=name.encode())
+
+    # Dropped while the server reads the commit: nothing is committed.
+    local_hub.inject_fault("drop", method="POST", path="*/commit/*", side="request", after_bytes=20)
+    with pytest.raises(httpx2.TransportError):
+        api.create_commit(repo_id, [add("lost.txt")], commit_message="lost", repo_type="dataset")
+    assert api.repo_info(repo_id, repo_type="dataset").sha == sha
+    # Dropped while the server answers: the commit was made, the client never hears of it.
+    local_hub.inject_fault("drop", method="POST", path="*/commit/*", side="response")
+    with pytest.raises(httpx2.TransportError):
+        api.create_commit(repo_id, [add("made.txt")], commit_message="made", repo_type="dataset")
+    head = api.repo_info(repo_id, repo_type="dataset")
+    assert head.sha != sha and "made.txt" in [s.rfilename for s in head.siblings]
+    assert "lost.txt" not in [s.rfilename for s in head.siblings]
+
+
+def test_bad_fault_specs_are_refused(local_hub: LocalHub) -> None:
+    bad = [
+        {"kind": "error", "status": 500, "retry_after": 1},  # Retry-After only on 429 and 503
+        {"kind": "drop", "retry_after": 1},
+        {"kind": "error", "status": 503, "retry_after": -1},
+        {"kind": "error", "status": 503, "retry_after": 1.5},
+        {"kind": "error", "status": 200},
+        {"kind": "error", "side": "response"},  # only drops have a side
+        {"kind": "drop", "side": "both"},
+        {"kind": "drop", "ranged": "yes"},
+        {"kind": "drop", "id": 7},
+        {"kind": "drop", "unknown": 1},
+    ]
+    session = get_session()
+    for spec in bad:
+        r = session.post(f"{local_hub.url}/_local_hub/faults", json=spec)
+        assert r.status_code == 400 and r.json()["error"].startswith("bad fault spec"), spec
+    with pytest.raises(ValueError, match="retry_after"):
+        local_hub.inject_fault("error", status=500, retry_after=1)
+    ok = session.post(f"{local_hub.url}/_local_hub/faults",
+                      json={"kind": "error", "status": 429, "retry_after": 3, "ranged": True, "times": None})
+    assert ok.status_code == 200
+    assert {k: ok.json()[k] for k in ("status", "retry_after", "ranged", "times")} == {
+        "status": 429, "retry_after": 3, "ranged": True, "times": None}
+    assert [f.to_json() for f in local_hub._faults.active()] == [ok.json()]
+    assert session.get(f"{local_hub.url}/_local_hub/faults").json() == [ok.json()]
+
+
+# -- writes without a token; routing -----------------------------------------------------------------
+
+
+def test_writes_without_a_token_say_that_any_hf_token_will_do(local_hub: LocalHub, pushed) -> None:
+    repo_id, _, _ = pushed
+    anonymous = HfApi(token=False)
+    with pytest.raises(HfHubHTTPError) as e:
+        anonymous.create_repo(repo_id + "-anon", repo_type="dataset")
+    assert e.value.response.status_code == 401 and "any non-empty" in str(e.value) and "HF_TOKEN" in str(e.value)
+    with pytest.raises(HfHubHTTPError) as e:
+        anonymous.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=repo_id, repo_type="dataset")
+    assert e.value.response.status_code == 401 and "HF_TOKEN" in str(e.value)
+    with pytest.raises(httpx2.HTTPStatusError) as e:
+        _lfs_hrefs(local_hub, repo_id, "0" * 64, 1, headers={})
+    assert "HF_TOKEN" in e.value.response.json()["error"] and "HF_TOKEN" in e.value.response.headers["X-Error-Message"]
+
+
+def test_unknown_routes_and_methods(local_hub: LocalHub, pushed) -> None:
+    repo_id, _, _ = pushed
+    session = get_session()
+    r = session.put(f"{local_hub.url}/api/repos/create")
+    assert r.status_code == 405 and r.headers["Allow"] == "POST"
+    r = session.delete(f"{local_hub.url}/datasets/{repo_id}/resolve/main/README.md")
+    assert r.status_code == 405 and r.headers["Allow"] == "GET, HEAD"
+    assert session.put(f"{local_hub.url}/_local_hub/stats").status_code == 405
+    r = session.get(f"{local_hub.url}/api/nothing-here")
+    assert r.status_code == 404 and "no route for GET /api/nothing-here" in r.json()["error"]
+
+
+def test_branch_names_with_slashes(local_hub: LocalHub, pushed) -> None:
+    """The client percent-encodes revisions: ``feature/x`` arrives as one path part, ``feature%2Fx``."""
+    repo_id, sha, _ = pushed
+    api = HfApi()
+    api.create_branch(repo_id, branch="feature/x", repo_type="dataset")
+    op = CommitOperationAdd(path_in_repo="data/feature.txt", path_or_fileobj=b"on feature/x\n")
+    new = api.create_commit(repo_id, [op], commit_message="f", repo_type="dataset", revision="feature/x")
+    assert api.repo_info(repo_id, repo_type="dataset", revision="feature/x").sha == new.oid
+    path = hf_hub_download(repo_id, "data/feature.txt", repo_type="dataset", revision="feature/x")
+    assert Path(path).read_bytes() == b"on feature/x\n"
+    listed = api.list_repo_tree(repo_id, "data", repo_type="dataset", revision="feature/x")
+    assert sorted(e.path for e in listed) == ["data/feature.txt", "data/train.parquet"]
+    assert api.repo_info(repo_id, repo_type="dataset").sha == sha
+
+
+# -- byte counters ---------------------------------------------------------------------------------
+
+
+def test_byte_counters_count_bytes_sent(local_hub: LocalHub, pushed, tmp_path: Path) -> None:
+    repo_id, sha, folder = pushed
+    size = (folder / "weights.bin").stat().st_size
+    url = hf_hub_url(repo_id, "weights.bin", repo_type="dataset", revision=sha)
+    session, headers = get_session(), build_hf_headers()
+
+    def counted() -> tuple[int, int, int]:
+        f = local_hub.stats().file(repo_id, "weights.bin")
+        return f.requests, f.head_requests, f.bytes_sent
+
+    assert session.head(url, headers=headers).headers["Content-Length"] == str(size)
+    assert counted() == (0, 1, 0)  # a HEAD sends no body
+    hf_hub_download(repo_id, "weights.bin", repo_type="dataset", cache_dir=tmp_path / "cache")  # HEAD + whole GET
+    assert counted() == (1, 2, size)
+    assert len(session.get(url, headers={**headers, "Range": "bytes=1000-1999"}).content) == 1000
+    assert counted() == (2, 2, size + 1000)
+    assert session.get(url, headers={**headers, "Range": f"bytes={size}-"}).status_code == 416
+    local_hub.inject_fault("error", method="GET", path="*/weights.bin")
+    assert session.get(url, headers=headers).status_code == 500
+    assert counted()[2] == size + 1000  # refused answers send none of the file
+    local_hub.inject_fault("drop", method="GET", path="*/weights.bin", after_bytes=1234)
+    with pytest.raises(httpx2.TransportError):
+        session.get(url, headers=headers)
+    assert counted()[2] == size + 1000 + 1234
+    assert local_hub.stats().bytes_sent == size + 1000 + 1234

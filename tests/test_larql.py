@@ -11,7 +11,9 @@ import pytest
 
 from vindex_hub.format import filenames, sidecar
 from vindex_hub.errors import UsageError
-from vindex_hub.writers.larql import extracted_at, write_larql_index
+from vindex_hub.checksums import sha256_file
+from vindex_hub.format.larql import extracted_at
+from vindex_hub.writers.larql import write_larql_index
 
 from vindex_fixtures import (  # noqa: F401 (fixtures)
     HIDDEN, INTER, NUM_EXPERTS, NUM_FEATS, NUM_LAYERS, SmallVindex, small_vindex, vindex_copy,
@@ -76,9 +78,10 @@ def test_extracted_at_is_reproducible(monkeypatch: pytest.MonkeyPatch, vindex_co
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
     assert extracted_at() == "2026-01-01T00:00:00Z"
     index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
-    write_larql_index(vindex_copy, index, {}, None)
+    binary_sha256 = sha256_file(vindex_copy / filenames.GATE_VECTORS_BIN)
+    write_larql_index(vindex_copy, index, {}, None, binary_sha256=binary_sha256)
     first = (vindex_copy / filenames.LARQL_INDEX_JSON).read_bytes()
-    write_larql_index(vindex_copy, index, {}, None)
+    write_larql_index(vindex_copy, index, {}, None, binary_sha256=binary_sha256)
     assert (vindex_copy / filenames.LARQL_INDEX_JSON).read_bytes() == first
     assert json.loads(first)["source"]["extracted_at"] == "2026-01-01T00:00:00Z"
 
@@ -86,4 +89,4 @@ def test_extracted_at_is_reproducible(monkeypatch: pytest.MonkeyPatch, vindex_co
 def test_router_weights_need_the_routers(vindex_copy: Path):
     index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
     with pytest.raises(UsageError, match=filenames.LARQL_ROUTER_BIN):
-        write_larql_index(vindex_copy, index, {}, None, router=True)
+        write_larql_index(vindex_copy, index, {}, None, binary_sha256="0" * 64, router=True)

@@ -33,7 +33,7 @@ from vindex_hub.hub.refs import parse_repo
 from vindex_hub.results import LayerResult
 from vindex_hub.verify import verify_vindex
 from vindex_hub.writers.binary import GateVectorsWriter
-from vindex_hub.writers.mirror import write_mirror
+from vindex_hub.writers.mirror import stats_tables, write_mirror
 from vindex_hub.writers.phases import phase1_json, phase2_json
 
 LAYERS = (0, 1, 2)
@@ -81,7 +81,7 @@ def write_vindex(folder: Path, *, layers=LAYERS, num_experts=E, num_feats=K, hid
     (folder / filenames.INDEX_JSON).write_text(index.dumps())
     (folder / filenames.PHASE1_JSON).write_text(json.dumps(phase1_json(results, index)))
     (folder / filenames.PHASE2_JSON).write_text(json.dumps(phase2_json(results, index)))
-    write_mirror(folder, index, results)
+    write_mirror(folder, index, stats_tables(index, results))
     splits = "".join(f"  - split: {mirror.split_name(layer)}\n    path: {mirror.gate_vectors_parquet(layer)}\n"
                      for layer in layers)
     (folder / filenames.CARD_FILE).write_text(

@@ -15,8 +15,9 @@ import pytest
 from vindex_hub.format import filenames, layout, mirror, sidecar, statistics
 from vindex_hub.errors import VindexFormatError
 from vindex_hub.verify import verify_vindex
-from vindex_hub.writers import mirror as parquet_mirror
-from vindex_hub.writers.mirror import convert_vindex, experts_per_row_group, write_mirror
+from vindex_hub.convert import convert_vindex
+from vindex_hub.format.mirror import experts_per_row_group
+from vindex_hub.writers.mirror import stats_tables, write_mirror
 
 from vindex_fixtures import (  # noqa: F401 (fixtures)
     HIDDEN, NUM_EXPERTS, NUM_FEATS, NUM_LAYERS, SEED_SNIPPET, SmallVindex, first_python_block,
@@ -113,8 +114,8 @@ def test_row_groups_hold_whole_experts_and_verify_compares_each(
     assert experts_per_row_group(64, 4096) == 16
     folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "v"))
     expert_bytes = layout.expert_nbytes(NUM_FEATS, HIDDEN)
-    monkeypatch.setattr(parquet_mirror, "ROW_GROUP_BYTES", 3 * expert_bytes)
-    write_mirror(folder, _index(folder), None)
+    monkeypatch.setattr(mirror, "ROW_GROUP_BYTES", 3 * expert_bytes)
+    write_mirror(folder, _index(folder))
     meta = pq.read_metadata(folder / mirror.gate_vectors_parquet(1))
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [3 * NUM_FEATS, NUM_FEATS]
     assert verify_vindex(folder).ok
@@ -124,15 +125,15 @@ def test_mirror_is_deterministic(small_vindex: SmallVindex, tmp_path: Path):
     folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "v"))
     before = {p: (folder / p).read_bytes() for p in
               [mirror.gate_vectors_parquet(layer) for layer in range(NUM_LAYERS)]}
-    written = write_mirror(folder, _index(folder), None)
-    assert sorted(written) == sorted(before)
+    written = write_mirror(folder, _index(folder))
+    assert sorted(f.path for f in written) == sorted(before)
     assert all((folder / p).read_bytes() == data for p, data in before.items())
 
 
 def test_results_must_match_the_index_layers(small_vindex: SmallVindex, tmp_path: Path):
     folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "v"))
     with pytest.raises(VindexFormatError, match=r"layer results \[\] do not match"):
-        write_mirror(folder, _index(folder), [])
+        stats_tables(_index(folder), [])
 
 
 def _seed_style(folder: Path) -> None:
@@ -197,7 +198,7 @@ def test_convert_takes_base_model_from_an_existing_card(vindex_copy: Path):
     convert_vindex(vindex_copy)
     index = _index(vindex_copy)
     assert index.source.repo_id == "someone/some-model"
-    assert (index.builder.name, index.builder.method) == (parquet_mirror.UNKNOWN, parquet_mirror.UNKNOWN)
+    assert (index.builder.name, index.builder.method) == (sidecar.UNKNOWN, sidecar.UNKNOWN)
     assert verify_vindex(vindex_copy).ok
 
 

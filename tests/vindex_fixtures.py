@@ -20,7 +20,7 @@ from vindex_hub.format import filenames, layout, sidecar
 from vindex_hub.arch import deepseek_v4 as ds
 from vindex_hub.build import build_vindex
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
-from vindex_hub.writers.card import CardOptions
+from vindex_hub.format.card_data import CardOptions
 
 NUM_LAYERS, NUM_EXPERTS, HIDDEN, INTER, NUM_FEATS = 3, 4, 64, 32, 8
 CARD_OPTIONS = CardOptions(author="Divinci-AI", repo_id="Divinci-AI/tiny-v4-vindex", year=2026,

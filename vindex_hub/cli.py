@@ -40,7 +40,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _card_options(args: argparse.Namespace):
-    from .writers.card import CardOptions
+    from .format.card_data import CardOptions
 
     options = CardOptions.from_file(args.card_config) if args.card_config else CardOptions()
     citation = None
@@ -74,7 +74,7 @@ def cmd_build(args: argparse.Namespace) -> Outcome:
 
 
 def cmd_convert(args: argparse.Namespace) -> Outcome:
-    from .writers.mirror import convert_vindex
+    from .convert import convert_vindex
 
     written = convert_vindex(Path(args.folder), card_options=_card_options(args))
     return Outcome(f"converted {args.folder}: Arrow mirror, LarQL index and card written",
@@ -157,7 +157,7 @@ def _add_revision(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _add_card_options(p: argparse.ArgumentParser) -> None:
-    from .writers.card import CardOptions
+    from .format.card_data import CardOptions
 
     card = p.add_argument_group("dataset card")
     card.add_argument("--card-config", help="YAML file of card fields (license, author, repo_id, citation, "

@@ -108,7 +108,7 @@ def run_demo(workdir: str | os.PathLike[str] | None = None, keep: bool = False, 
     from .hubserver import LocalHub
     from .testing.synth import make_deepseek_v4_checkpoint
     from .verify import verify_vindex
-    from .writers.card import CardOptions
+    from .format.card_data import CardOptions
 
     own = workdir is None
     work = Path(tempfile.mkdtemp(prefix="vindex-hub-demo-")) if own else Path(workdir)

@@ -15,13 +15,17 @@ from typing import Any, Literal
 
 from .errors import IntegrityError, OutputConflictError, RemoteNotFoundError, UsageError, VindexFormatError
 from .format import filenames, layout, mirror, selection, sidecar
-from .fsutil import atomic_write_json, atomic_write_text
+from .format.card_data import CardOptions
+from .fsutil import atomic_write_json
 from .hub.http import download_snapshot
 from .hub.refs import RepoRef, parse_repo
 from .load import Vindex
+from .load.info import PHASES
 from .load.vindex import read_pull_marker
-from .writers import phases as stats_json
 from .writers.binary import GateVectorsWriter
+from .writers.derived import CarriedStats, write_derived_files
+from .writers.mirror import restrict_to_layers as restrict_table
+from .writers.phases import restrict_to_layers as restrict_document
 
 Format = Literal["binary", "arrow"]
 FORMATS: tuple[Format, ...] = ("binary", "arrow")
@@ -83,7 +87,7 @@ def pull(
         pinned = ref.at(vx.commit)
         if format == "arrow":
             patterns = [mirror.gate_vectors_parquet(layer) for layer in selected]
-            patterns += [mirror.EXPERT_STATS_PARQUET, mirror.ROUTER_SVD_PARQUET, filenames.CARD_FILE,
+            patterns += [*mirror.STATS_PARQUETS, filenames.CARD_FILE,
                          filenames.INDEX_JSON, filenames.PHASE1_JSON, filenames.PHASE2_JSON]
             _snapshot_to(pinned, out, allow=patterns, cache_dir=cache_dir, token=token)
             return out
@@ -152,12 +156,8 @@ def _verify_pulled(out: Path) -> None:
 
 
 def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
-    """A vindex of ``selected`` layers: binary re-offset from 0, stats JSON, mirror, LarQL index and
-    card to match, and the sidecar last (the folder is a vindex once it appears)."""
-    from .writers.card import CardOptions, write_card
-    from .writers.larql import write_larql_index
-    from .writers.mirror import write_mirror, write_stats_for_layers
-
+    """A vindex of ``selected`` layers: binary re-offset from 0, then the one write sequence with the
+    source's statistics of those layers carried over (the sidecar last)."""
     src = vx.index
     license = getattr(vx.card_data, "license", None)  # the source card's license; read first: a bad card stops here
     tmp = out / filenames.BUILD_STATE_DIR / filenames.PARTIAL_BIN
@@ -176,21 +176,17 @@ def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
     finally:
         writer.close()
     shutil.rmtree(out / filenames.BUILD_STATE_DIR, ignore_errors=True)
-    for name, stats in ((filenames.PHASE1_JSON, "phase1"), (filenames.PHASE2_JSON, "phase2")):
+    documents = []
+    for stats in PHASES:
         try:
-            data = getattr(vx, stats)
+            documents.append(restrict_document(getattr(vx, stats), selected))
         except (VindexFormatError, RemoteNotFoundError):
-            continue  # an optional file the repo does not have
-        phase_layers = data.get(stats_json.LAYERS, {})
-        kept = {str(layer): phase_layers[str(layer)] for layer in selected if str(layer) in phase_layers}
-        atomic_write_json(out / name, {**data, stats_json.LAYERS: kept})
+            documents.append(None)  # an optional file the repo does not have
+    tables = {rel: restrict_table(table, selected) for rel, table in _stats_tables(vx).items()}
     index = sidecar.VindexIndex(num_feats=src.num_feats, model_config=src.model_config, source=src.source,
-                               builder=src.builder, layers=layers, format_version=src.format_version)
-    write_mirror(out, index, None)
-    write_stats_for_layers(out, _stats_tables(vx), selected)
-    write_larql_index(out, index, {}, None)
-    write_card(out, index, CardOptions(license=license) if isinstance(license, str) else CardOptions())
-    atomic_write_text(out / filenames.INDEX_JSON, index.dumps())  # last: the folder is valid once it appears
+                                builder=src.builder, layers=layers, format_version=src.format_version)
+    write_derived_files(out, index, carried=CarriedStats(*documents, tables=tables),
+                        card_options=CardOptions(license=license) if isinstance(license, str) else CardOptions())
 
 
 def _stats_tables(vx: Vindex) -> dict[str, Any]:
@@ -198,7 +194,7 @@ def _stats_tables(vx: Vindex) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     tables = {}
-    for rel in (mirror.EXPERT_STATS_PARQUET, mirror.ROUTER_SVD_PARQUET):
+    for rel in mirror.STATS_PARQUETS:
         try:
             tables[rel] = pq.read_table(vx._files.path(rel))
         except (VindexFormatError, RemoteNotFoundError):

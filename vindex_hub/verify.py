@@ -23,7 +23,7 @@ from .format import filenames, layout, mirror, sidecar, statistics
 from .numerics import stats
 from .checksums import iter_chunks, sha256_file
 from .errors import IntegrityError, VindexError, VindexFormatError
-from .writers import larql, phases as stats_json
+from .format import larql, phases
 
 _RTOL = 1e-9  # statistics recomputed from stored float32/float64 values agree far closer than this
 
@@ -235,7 +235,7 @@ def _check_router_svd(c: _Checker, index: sidecar.VindexIndex) -> None:
         return
     phase2 = c.folder / filenames.PHASE2_JSON
     if phase2.exists():
-        figures = json.loads(phase2.read_text(encoding="utf-8"))[stats_json.LAYERS]
+        figures = json.loads(phase2.read_text(encoding="utf-8"))[phases.LAYERS]
         for row, layer in enumerate(layers):
             for name in table.column_names:
                 value = figures.get(str(layer), {}).get(name)
@@ -261,7 +261,7 @@ def _check_card(c: _Checker, index: sidecar.VindexIndex) -> None:
     import pyarrow.parquet as pq
     from datasets import Features
 
-    from .writers.card import read_card_data
+    from .format.card_data import read_card_data
 
     path = c.folder / filenames.CARD_FILE
     if not path.exists():
@@ -351,7 +351,7 @@ def _phase_layers(c: _Checker, name: str, index: sidecar.VindexIndex) -> dict[st
     path = c.folder / name
     if not path.exists():
         return None  # a converted vindex may have none
-    layers = json.loads(path.read_text(encoding="utf-8"))[stats_json.LAYERS]
+    layers = json.loads(path.read_text(encoding="utf-8"))[phases.LAYERS]
     if sorted(int(k) for k in layers) != index.layer_ids:
         c.problem(f"{name}: layers {sorted(int(k) for k in layers)}, {filenames.INDEX_JSON} has {index.layer_ids}")
         return None
@@ -365,7 +365,7 @@ def _check_phase1(c: _Checker, index: sidecar.VindexIndex) -> None:
     k = index.num_feats
     n_problems = len(c.report.problems)
     for layer in index.layer_ids:
-        routed = layers[str(layer)].get(stats_json.ROUTED) or {}
+        routed = layers[str(layer)].get(phases.ROUTED) or {}
         entry = index.layers[layer]
         for key, recorded in ((statistics.median_var_key(k), entry.median_var), (statistics.q25_var_key(k), entry.q25_var),
                               (statistics.q75_var_key(k), entry.q75_var)):

@@ -1,6 +1,7 @@
-"""Architecture adapters; importing this package registers the built-in ones."""
+"""Architecture adapters; importing this package registers the built-in families."""
 
-from .base import MoEArchitecture, get_architecture, register_architecture, supported_architectures
-from . import deepseek_v4  # noqa: F401  (registers "deepseek_v4")
+from .base import MoEArchitecture
+from .registry import get_architecture, register_architecture, supported_architectures
+from . import deepseek_v3, deepseek_v4, glm4_moe, gpt_oss, llama4, mixtral, olmoe, qwen_moe  # noqa: F401  (register)
 
 __all__ = ["MoEArchitecture", "get_architecture", "register_architecture", "supported_architectures"]

@@ -8,6 +8,7 @@ row per (expert, feature) with the vector as a fixed-size float32 list, bit for 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import pyarrow as pa
 
@@ -55,16 +56,20 @@ ROUTER_SVD_PARQUET = f"{DATA_DIR}/{CONFIG_ROUTER_SVD}/{STATS_SPLIT}.parquet"
 STATS_PARQUETS = (EXPERT_STATS_PARQUET, ROUTER_SVD_PARQUET)
 
 
-def mirror_configs(layer_ids: list[int], with_stats: bool) -> list[tuple[str, list[tuple[str, str]]]]:
-    """(config name, [(split, parquet path)]) for each config of the mirror, default first."""
-    configs = [(CONFIG_GATE_VECTORS, [(split_name(layer), gate_vectors_parquet(layer)) for layer in layer_ids])]
-    if with_stats:
-        configs += [(CONFIG_EXPERT_STATS, [(STATS_SPLIT, EXPERT_STATS_PARQUET)]),
-                    (CONFIG_ROUTER_SVD, [(STATS_SPLIT, ROUTER_SVD_PARQUET)])]
-    return configs
-
-
 DEFAULT_CONFIG = CONFIG_GATE_VECTORS
+
+
+@dataclass(frozen=True)
+class MirrorFile:
+    """One parquet file of the mirror as written: what the card's ``configs``/``dataset_info`` say."""
+
+    config: str
+    split: str
+    path: str  # relative to the vindex root
+    num_rows: int
+    num_bytes: int  # uncompressed data size
+    size: int  # bytes on disk
+    arrow_schema: pa.Schema
 
 
 # ---- Arrow schemas ------------------------------------------------------------------------

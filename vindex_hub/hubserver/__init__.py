@@ -8,10 +8,11 @@ restarts), counts the bytes it serves per file, and can inject faults. Standard 
     ...                                                # then import huggingface_hub / datasets
     hub.stats().file("ns/name", "data/train.parquet").bytes_sent
     hub.inject_fault("error", method="GET", path="*.parquet", times=2)
+    hub.inject_fault("error", status=429, retry_after=1, method="POST", path="*/commit/*")
 
 ``serve(root, host, port)`` runs one in the foreground (``vindex-hub local-hub``); its admin API
 is then ``GET /_local_hub/stats``, ``POST /_local_hub/faults`` (JSON: ``inject_fault``'s
-arguments), ``DELETE /_local_hub/faults``, ``POST /_local_hub/reset`` (stats and faults) and
+arguments, see :mod:`.faults`), ``DELETE /_local_hub/faults``, ``POST /_local_hub/reset`` (stats and faults) and
 ``POST /_local_hub/gated`` (JSON: ``{"repo_id", "repo_type", "granted_tokens", "gated"}``, as
 ``set_gated``).
 

@@ -1,19 +1,45 @@
 """Fault injection for the local Hub server: HTTP errors, dropped connections, slow bodies.
 
-A fault matches a request by method and path and applies to the next ``times`` matching
-requests (``times=None``: until cleared). Kinds:
+A fault is ``LocalHub.inject_fault(kind, **fields)`` or, over HTTP, ``POST /_local_hub/faults``
+with the same fields as a JSON object (answered with the fault, ``id`` included; ``GET`` lists
+the active ones, ``DELETE`` clears them)::
 
-- ``"error"``: answer ``status`` (default 500) with a JSON error body instead of serving; with
-  ``retry_after_s``, a ``Retry-After`` header of that many seconds (for 429 / 503).
-- ``"drop"``: close the connection after ``after_bytes`` bytes of the body: of the request body
-  when the request has one (an upload PUT, a commit POST: nothing is stored), else of the
-  response body (the client sees a short read).
+    {"kind": "error", "method": "GET", "path": "*/resolve/*/gate_vectors.bin",
+     "ranged": true, "times": 2, "status": 503, "retry_after": 1}
+
+Matching: the fault applies to the next ``times`` requests (``null``/``None``: until cleared)
+that match all of
+
+- ``method``: ``GET``, ``HEAD``, ``POST``, ``PUT`` or ``DELETE`` (``None``: any);
+- ``path``: matched against the URL path with percent-escapes decoded and without the query
+  string, e.g. ``/datasets/ns/name/resolve/main/data/layer_00.parquet``: a pattern with ``*``,
+  ``?`` or ``[`` is an ``fnmatch`` glob over the whole path, anything else a substring;
+- ``ranged``: ``True`` only requests with a ``Range`` header, ``False`` only those without,
+  ``None`` (default) both.
+
+When several match, the first injected is used. The requests of each kind, by path::
+
+    HEAD/GET (whole or ranged)  /{datasets/}ns/name/resolve/{rev}/{file}
+    repo info, refs, tree       GET /api/{models|datasets}/ns/name[/revision/{rev}], .../refs, .../tree/{rev}[/{dir}]
+    preupload, commit           POST /api/{models|datasets}/ns/name/preupload/{rev}, .../commit/{rev}
+    LFS batch                   POST /{datasets/}ns/name.git/info/lfs/objects/batch
+    LFS upload, verify          PUT /_local_hub/lfs/{models|datasets}/ns/name/{sha256}, POST /_local_hub/lfs-verify/...
+
+The admin API (``/_local_hub/stats``, ``faults``, ``reset``, ``gated``) is never faulted.
+
+Kinds:
+
+- ``"error"``: answer ``status`` (400-599, default 500; the Hub's are 500, 502, 503 and 429)
+  with the Hub's JSON error body instead of serving; nothing is stored. With ``status`` 429 or
+  503, ``retry_after`` (whole seconds) adds a ``Retry-After`` header, which the hub client's
+  backoff waits for.
+- ``"drop"``: close the connection after ``after_bytes`` bytes (default 0) of a body, like a
+  network failure. ``side``: ``"request"`` (the body the client sends: an upload PUT, a commit
+  POST; the server then stores nothing), ``"response"`` (the body the server sends; a commit's
+  response is dropped after the commit was made) or ``"auto"`` (default: the request body when
+  the server reads one, else the response body). A HEAD is dropped before its headers; a body
+  shorter than ``after_bytes`` arrives whole on the response side.
 - ``"slow"``: sleep ``delay_s`` before each ``chunk_size``-byte chunk of the response body.
-
-``path`` is matched against the URL path with percent-escapes decoded and without the query
-string, e.g. ``/datasets/ns/name/resolve/main/data/layer_00.parquet``: a pattern with ``*``,
-``?`` or ``[`` is an ``fnmatch`` glob over the whole path, anything else a substring. Upload
-bodies go to ``/_local_hub/lfs/<type>s/<ns>/<name>/<sha256>`` (PUT).
 """
 
 from __future__ import annotations
@@ -25,6 +51,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 FAULT_KINDS = ("error", "drop", "slow")
+DROP_SIDES = ("auto", "request", "response")
+RETRY_AFTER_STATUSES = (429, 503)  # the statuses whose answers may carry Retry-After
 
 
 @dataclass
@@ -37,27 +65,44 @@ class Fault:
     after_bytes: int = 0
     delay_s: float = 0.0
     chunk_size: int = 64 * 1024
-    retry_after_s: int | None = None
-    id: int = field(default=0)
+    retry_after: int | None = None
+    ranged: bool | None = None
+    side: str = "auto"
+    id: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"fault kind must be one of {FAULT_KINDS}, got {self.kind!r}")
         if self.times is not None and self.times < 1:
             raise ValueError(f"fault times must be >= 1 or None, got {self.times}")
-        if self.retry_after_s is not None and self.retry_after_s < 0:
-            raise ValueError(f"fault retry_after_s must be >= 0, got {self.retry_after_s}")
         if self.after_bytes < 0 or self.delay_s < 0 or self.chunk_size < 1:
             raise ValueError("fault after_bytes and delay_s must be >= 0 and chunk_size >= 1")
+        if not isinstance(self.status, int) or not 400 <= self.status <= 599:
+            raise ValueError(f"fault status must be an HTTP error status (400-599), got {self.status!r}")
+        if self.retry_after is not None:
+            if isinstance(self.retry_after, bool) or not isinstance(self.retry_after, int) or self.retry_after < 0:
+                raise ValueError(f"fault retry_after must be whole seconds >= 0, got {self.retry_after!r}")
+            if self.kind != "error" or self.status not in RETRY_AFTER_STATUSES:
+                raise ValueError(f"fault retry_after needs kind 'error' with status {RETRY_AFTER_STATUSES}")
+        if self.ranged not in (None, True, False):
+            raise ValueError(f"fault ranged must be true, false or null, got {self.ranged!r}")
+        if self.side not in DROP_SIDES or (self.side != "auto" and self.kind != "drop"):
+            raise ValueError(f"fault side must be one of {DROP_SIDES}, and only a 'drop' fault takes one")
         if self.method is not None:
             self.method = self.method.upper()
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, ranged: bool) -> bool:
         if self.method is not None and self.method != method:
+            return False
+        if self.ranged is not None and self.ranged != ranged:
             return False
         if any(c in self.path for c in "*?["):
             return fnmatch.fnmatchcase(path, self.path)
         return self.path in path
+
+    def answer_headers(self) -> dict[str, str]:
+        """Headers of an injected error answer."""
+        return {} if self.retry_after is None else {"Retry-After": str(self.retry_after)}
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,10 +130,10 @@ class FaultSet:
         with self._lock:
             return list(self._faults)
 
-    def take(self, method: str, path: str) -> Fault | None:
+    def take(self, method: str, path: str, ranged: bool = False) -> Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.matches(method, path):
+                if fault.matches(method, path, ranged):
                     if fault.times is not None:
                         fault.times -= 1
                         if fault.times == 0:

@@ -110,6 +110,24 @@ def decode_tensor(data: np.ndarray, dtype: str, shape: tuple[int, ...], *, name:
     return out.reshape(shape)
 
 
+def widen_to_float32(values: np.ndarray, dtype: str, *, out: np.ndarray) -> np.ndarray:
+    """An unquantized tensor, as a (possibly strided) view in its storage dtype, -> float32 ``out``.
+
+    ``dtype`` is the safetensors dtype: BF16 values are uint16 bit patterns (the high half of a
+    float32), F16/F32 are numpy floats. Only the viewed elements are touched, so a slice of a
+    fused tensor converts without copying the whole tensor.
+    """
+    if dtype == "BF16":
+        bits = out.view(np.uint32)
+        bits[...] = values  # uint16 -> uint32, then shift into the high half
+        np.left_shift(bits, 16, out=bits)
+    elif dtype in ("F16", "F32"):
+        out[...] = values
+    else:
+        raise QuantizationError(f"cannot widen dtype {dtype} to float32")
+    return out
+
+
 # ---- checks -----------------------------------------------------------------------------------
 def check_finite(values: np.ndarray, *, name: str) -> np.ndarray:
     """Raise ``QuantizationError`` naming the tensor if ``values`` holds NaN or Inf; else return it."""

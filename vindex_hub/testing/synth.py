@@ -85,6 +85,15 @@ def quantize_fp4(weight: np.ndarray, block: int = ds.FP4_BLOCK) -> tuple[np.ndar
     return packed, (exponent + E8M0_BIAS).astype(np.uint8), values
 
 
+def quantize_mxfp4(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float ``(..., O, I)`` -> gpt-oss's MXFP4 tensors: ``_blocks`` uint8 ``(..., O, I/32, 16)``
+    and ``_scales`` uint8 ``(..., O, I/32)`` (the same E2M1 + E8M0 rule as ``quantize_fp4``)."""
+    *lead, rows, cols = weight.shape
+    packed, scales, _ = quantize_fp4(weight.reshape(-1, cols), ds.FP4_BLOCK)
+    groups = cols // ds.FP4_BLOCK
+    return (packed.reshape(*lead, rows, groups, ds.FP4_BLOCK // 2), scales.reshape(*lead, rows, groups))
+
+
 def quantize_fp8(
     weight: np.ndarray, *, scale_dtype: str, block: tuple[int, int] = FP8_BLOCK_SIZE
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,120 +1,28 @@
-"""LarQL's ``index.json`` (format version 2) over the same ``gate_vectors.bin``.
-
-LarQL reads a layer as a row-major ``[num_features, hidden_size]`` block at a byte offset, with
-experts concatenated in order: exactly one layer block of our binary, so no second copy of the
-vectors is needed (``shared/reference/larql-vindex.md``).
-
-Fields LarQL requires but a gate-vector vindex has no value for are written as documented
-"unknown"s rather than guesses: ``down_top_k`` 0 (no ``down_meta.bin``), ``vocab_size`` and the
-attention geometry 0 when the source ``config.json`` does not give them.
-
-Provenance is reproducible: ``source.extracted_at`` is ``SOURCE_DATE_EPOCH`` (the
-reproducible-builds convention) when set, else the Unix epoch, which here means "not recorded";
-a wall-clock time would make two builds of one checkpoint differ. ``source.larql_version``
-names the writer (``vindex-hub X.Y.Z``), since LarQL did not extract this vindex.
-"""
+"""Writing LarQL's ``index.json`` (the document is ``format.larql``) and ``router_weights.bin``."""
 
 from __future__ import annotations
 
-import os
-from datetime import datetime, timezone
+import hashlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from .. import __version__
-from ..format import filenames, layout, sidecar
-from ..checksums import sha256_file
 from ..errors import UsageError
+from ..format import filenames, layout, sidecar
+from ..format.larql import larql_index
 from ..fsutil import atomic_path, atomic_write_json
 from ..results import LayerResult
-from .card import model_name
 
-LARQL_FORMAT_VERSION = 2
 WRITER = f"vindex-hub {__version__}"
-EXTRACT_LEVEL = "browse"
-DEFAULT_ROUTER_TYPE = "top_k_softmax"  # LarQL's default
-# Keys ``verify`` reads back: the per-layer list, each entry's layer id, the file checksums.
-LAYERS = "layers"
-LAYER = "layer"
-CHECKSUMS = "checksums"
 
 
-def extracted_at() -> str:
-    """ISO 8601 time for ``source.extracted_at``: SOURCE_DATE_EPOCH, else 1970-01-01T00:00:00Z."""
-    epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def write_router_weights(path: Path, index: sidecar.VindexIndex, results: Sequence[LayerResult]) -> str:
+    """Per layer: ``[E, H]`` router weight then ``E`` bias values (zeros without a bias), f32 LE.
 
-
-def router_type(config: dict[str, Any]) -> str:
-    """``top_k_<scoring function>``: ``top_k_sqrtsoftplus`` for DeepSeek-V4."""
-    scoring = config.get("scoring_func")
-    return f"top_k_{scoring}" if scoring else DEFAULT_ROUTER_TYPE
-
-
-def layer_entry(index: sidecar.VindexIndex, layer: int) -> dict[str, int]:
-    """One element of ``layers``: where LarQL finds the layer's ``[E * K, H]`` block."""
-    entry = index.layer(layer)
-    return {
-        LAYER: layer,
-        "num_features": index.num_experts * index.num_feats,
-        "offset": entry.file_offset,
-        "length": entry.nbytes,
-        "num_experts": index.num_experts,
-        "num_features_per_expert": index.num_feats,
-    }
-
-
-def larql_index(index: sidecar.VindexIndex, config: dict[str, Any],
-                checksums: dict[str, str]) -> dict[str, Any]:
-    """The ``index.json`` document (pure)."""
-    moe = index.model_config.moe
-    num_q_heads = int(config.get("num_attention_heads", 0))
-    head_dim = config.get("head_dim") or (moe.hidden_size // num_q_heads if num_q_heads else 0)
-    return {
-        "version": LARQL_FORMAT_VERSION,
-        "model": model_name(index),
-        "family": index.model_config.model_type,
-        "source": {
-            "huggingface_repo": index.source.repo_id,
-            "huggingface_revision": index.source.revision,
-            "extracted_at": extracted_at(),
-            "larql_version": WRITER,
-        },
-        CHECKSUMS: dict(sorted(checksums.items())),
-        "num_layers": index.model_config.num_hidden_layers,
-        "hidden_size": moe.hidden_size,
-        "intermediate_size": int(config.get("intermediate_size", moe.moe_intermediate_size)),
-        "vocab_size": int(config.get("vocab_size", 0)),
-        "embed_scale": 1.0,
-        "extract_level": EXTRACT_LEVEL,
-        "dtype": "f32",
-        "quant": "none",
-        LAYERS: [layer_entry(index, layer) for layer in index.layer_ids],
-        "down_top_k": 0,
-        "has_model_weights": False,
-        "model_config": {
-            "model_type": index.model_config.model_type,
-            "head_dim": int(head_dim),
-            "num_q_heads": num_q_heads,
-            "num_kv_heads": int(config.get("num_key_value_heads", num_q_heads)),
-            "rope_base": float(config.get("rope_theta", 10000.0)),
-            "moe": {
-                "num_experts": moe.n_routed_experts,
-                "top_k": moe.num_experts_per_tok,
-                "shared_expert": moe.n_shared_experts > 0,
-                "router_type": router_type(config),
-                "moe_intermediate_size": moe.moe_intermediate_size,
-                "hybrid": False,
-            },
-        },
-    }
-
-
-def write_router_weights(path: Path, index: sidecar.VindexIndex,
-                         results: Sequence[LayerResult]) -> None:
-    """Per layer: ``[E, H]`` router weight then ``E`` bias values (zeros without a bias), f32 LE."""
+    Returns the file's sha256."""
+    digest = hashlib.sha256()
     by_layer = {r.layer: r for r in results}
     shape = (index.num_experts, index.hidden_size)
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
@@ -129,21 +37,29 @@ def write_router_weights(path: Path, index: sidecar.VindexIndex,
                                  f"{list(weight.shape)}, expected {list(shape)}")
             bias = (np.zeros(shape[0], dtype=layout.NUMPY_DTYPE) if r.router_bias is None
                     else np.asarray(r.router_bias, dtype=layout.NUMPY_DTYPE).reshape(shape[0]))
-            f.write(np.ascontiguousarray(weight).tobytes())
-            f.write(bias.tobytes())
+            for block in (np.ascontiguousarray(weight).tobytes(), bias.tobytes()):
+                f.write(block)
+                digest.update(block)
+    return digest.hexdigest()
 
 
-def write_larql_index(folder: str | Path, index: sidecar.VindexIndex, config: dict[str, Any],
-                      results: Sequence[LayerResult] | None, *, router: bool = False) -> list[str]:
-    """Write ``index.json`` (and ``router_weights.bin`` with ``router=True``); return their paths."""
+def write_larql_index(folder: str | Path, index: sidecar.VindexIndex, config: Mapping[str, Any],
+                      results: Sequence[LayerResult] | None, *, binary_sha256: str,
+                      router: bool = False) -> list[str]:
+    """Write ``index.json`` (and ``router_weights.bin`` with ``router=True``); return their paths.
+
+    ``binary_sha256`` is the whole ``gate_vectors.bin``'s digest, computed by the caller while it
+    streamed the binary for the mirror, so the binary is not read again here.
+    """
     folder = Path(folder)
+    checksums = {filenames.GATE_VECTORS_BIN: binary_sha256}
     written: list[str] = []
     if router:
         if results is None:
             raise UsageError(f"{filenames.LARQL_ROUTER_BIN} needs the layers' router weights; "
                              "a converted vindex has none")
-        write_router_weights(folder / filenames.LARQL_ROUTER_BIN, index, results)
+        checksums[filenames.LARQL_ROUTER_BIN] = write_router_weights(folder / filenames.LARQL_ROUTER_BIN,
+                                                                     index, results)
         written.append(filenames.LARQL_ROUTER_BIN)
-    checksums = {name: sha256_file(folder / name) for name in [filenames.GATE_VECTORS_BIN, *written]}
-    atomic_write_json(folder / filenames.LARQL_INDEX_JSON, larql_index(index, config, checksums))
+    atomic_write_json(folder / filenames.LARQL_INDEX_JSON, larql_index(index, config, checksums, writer=WRITER))
     return [filenames.LARQL_INDEX_JSON, *written]

@@ -1,0 +1,46 @@
+"""The registry of model families: ``model_type`` -> adapter class."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable, Collection, Mapping, TypeVar
+
+from ..errors import UnsupportedArchitectureError
+from .base import MoEArchitecture
+
+# An adapter class is constructed as ``cls(config, tensor_names=...)``; ``tensor_names`` (the
+# checkpoint's tensor names, when known) lets it pick among its family's layouts.
+_REGISTRY: dict[str, Callable[..., MoEArchitecture]] = {}
+A = TypeVar("A")
+
+
+def register_architecture(*model_types: str) -> Callable[[A], A]:
+    """Class decorator: the adapter for ``model_types`` (the first is its ``model_type`` default)."""
+
+    def deco(cls: A) -> A:
+        for model_type in model_types:
+            if model_type in _REGISTRY:
+                raise ValueError(f"model_type {model_type!r} is registered twice")
+            _REGISTRY[model_type] = cls  # type: ignore[assignment]
+        return cls
+
+    return deco
+
+
+def supported_architectures() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_architecture(config: Mapping[str, Any], *, tensor_names: Collection[str] | None = None,
+                     where: str = "config.json") -> MoEArchitecture:
+    """The adapter for ``config['model_type']``, checking the config (and, given them, the names)."""
+    model_type = config.get("model_type")
+    cls = _REGISTRY.get(model_type) if isinstance(model_type, str) else None
+    if cls is None:
+        nearest = difflib.get_close_matches(str(model_type), _REGISTRY, n=1, cutoff=0.5)
+        hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
+        raise UnsupportedArchitectureError(
+            f"{where}: model_type {model_type!r} is not supported "
+            f"(supported: {', '.join(supported_architectures())}){hint}"
+        )
+    return cls(config, tensor_names=tensor_names, where=where)

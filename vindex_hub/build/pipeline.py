@@ -1,0 +1,156 @@
+"""The resumable build: plan, decompose each layer on an engine, write it, record it, finish.
+
+Each finished layer is written into the preallocated binary and fsynced, then its
+``LayerResult`` is saved: a layer counts as done only once both are on disk, so a build killed at
+any point resumes after its last completed layer and ends bit-identical to an uninterrupted one.
+Work files live in ``OUT/.vindex-build/``; the published files appear under their final names
+only when complete (``writers.derived``), the sidecar last, so a folder holding a sidecar is a
+finished vindex.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from ..checksums import sha256_file_range
+from ..errors import UsageError
+from ..format import filenames, layout, sidecar
+from ..format.card_data import CardOptions
+from ..results import LayerResult, layer_result_path
+from ..source.base import CheckpointSource
+from ..writers.binary import GateVectorsWriter
+from ..writers.derived import write_derived_files
+from ..writers.phases import routed_summary
+from .engine import Engine, SerialEngine
+from .plan import (DEFAULT_BATCH, DEFAULT_NUM_FEATS, DEFAULT_PREFETCH_LAYERS, BuildPlan, claim_output, make_plan,
+                   open_source)
+
+
+@dataclass
+class BuildSummary:
+    out: Path
+    layers: list[int]
+    built_layers: list[int]  # computed in this run (the others were resumed from disk)
+    seconds: float
+    index: sidecar.VindexIndex
+    already_complete: bool = False  # ``out`` held this very vindex, finished: nothing was done
+
+
+def build_vindex(
+    source: str | os.PathLike[str] | CheckpointSource,
+    out: str | os.PathLike[str],
+    *,
+    num_feats: int = DEFAULT_NUM_FEATS,
+    layers: str | Sequence[int] | None = None,
+    revision: str | None = None,
+    device: str = "auto",
+    batch_size: int = DEFAULT_BATCH,
+    prefetch_layers: int = DEFAULT_PREFETCH_LAYERS,
+    card_options: CardOptions | None = None,
+    larql_router: bool = False,
+    progress: bool = True,
+    token: str | None = None,
+) -> BuildSummary:
+    """Build a vindex of ``source`` into the folder ``out`` (resuming an unfinished build there).
+
+    ``layers`` selects a subset (``"3-5"``, ``[3, 4, 5]``); ``card_options``
+    (``format.card_data.CardOptions``) sets the dataset card's user-set fields.
+    """
+    started = time.monotonic()
+    for name, value in (("batch_size", batch_size), ("prefetch_layers", prefetch_layers)):
+        if value < 1:
+            raise UsageError(f"{name} must be at least 1, got {value}")
+    src = open_source(source, revision=revision, token=token)
+    try:
+        plan = make_plan(src, out, num_feats=num_feats, layers=layers, device=device, larql_router=larql_router)
+        finished = claim_output(plan)
+        if finished is not None:  # the same vindex is already complete there: nothing to do
+            return BuildSummary(plan.out, plan.layer_ids, [], time.monotonic() - started, finished,
+                                already_complete=True)
+        engine = SerialEngine(batch_size=batch_size, prefetch_layers=prefetch_layers)
+        todo = _run(src, plan, engine, progress=progress)
+        results = [LayerResult.load(layer_result_path(plan.state_dir, layer)) for layer in plan.layer_ids]
+        _finish(plan, results, src.config, card_options=card_options)
+        shutil.rmtree(plan.state_dir)
+        return BuildSummary(plan.out, plan.layer_ids, todo, time.monotonic() - started, plan.index)
+    finally:
+        src.close()
+
+
+def _run(src: CheckpointSource, plan: BuildPlan, engine: Engine, *, progress: bool) -> list[int]:
+    """Compute the layers not yet done into the binary; return them. The binary is renamed to its
+    final name once every layer is in it."""
+    todo = [layer for layer in plan.layer_ids if not layer_result_path(plan.state_dir, layer).exists()]
+    final_bin = plan.out / filenames.GATE_VECTORS_BIN
+    if not todo and final_bin.exists():
+        return todo
+    index = plan.index
+    writer = GateVectorsWriter(plan.state_dir / filenames.PARTIAL_BIN, num_layers=len(plan.layer_ids),
+                               num_experts=index.num_experts, num_feats=plan.num_feats, hidden_size=index.hidden_size)
+    try:
+        todo += _damaged_layers(plan, writer.path, todo)
+        todo.sort()
+        if todo:
+            _compute(src, plan, engine, writer, todo, progress=progress)
+        writer.finish(final_bin)
+    finally:
+        writer.close()
+    return todo
+
+
+def _damaged_layers(plan: BuildPlan, bin_path: Path, todo: list[int]) -> list[int]:
+    """Resumed layers whose block no longer hashes to what was recorded when it was written: their
+    records are dropped, so they are computed again."""
+    damaged = []
+    for slot, layer in enumerate(plan.layer_ids):
+        if layer in todo:
+            continue
+        recorded = LayerResult.load(layer_result_path(plan.state_dir, layer)).sha256
+        offset = layout.layer_offset(slot, plan.index.num_experts, plan.num_feats, plan.index.hidden_size)
+        if sha256_file_range(bin_path, offset, plan.index.layer_nbytes) != recorded:
+            layer_result_path(plan.state_dir, layer).unlink()
+            damaged.append(layer)
+    return damaged
+
+
+def _compute(src: CheckpointSource, plan: BuildPlan, engine: Engine, writer: GateVectorsWriter,
+             todo: list[int], *, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(todo) * plan.index.num_experts, unit="expert", disable=not progress,
+               desc="vindex", dynamic_ncols=True)
+
+    def layer_read(layer: int, seconds: float, nbytes: int) -> None:
+        bar.set_description(f"layer {layer}")
+        bar.set_postfix_str(f"read {nbytes / max(seconds, 1e-9) / 1e6:.0f} MB/s")
+
+    try:
+        for decomposed in engine.run(src, plan, todo, on_experts=bar.update, on_layer_read=layer_read):
+            sha256 = writer.write_layer(plan.slot(decomposed.layer), decomposed.vectors)
+            decomposed.result(sha256).save(layer_result_path(plan.state_dir, decomposed.layer))
+    finally:
+        bar.close()
+
+
+def _finish(plan: BuildPlan, results: list[LayerResult], config: dict, *,
+            card_options: CardOptions | None) -> None:
+    """Record each layer in the sidecar, then write every derived file (the sidecar last)."""
+    index = plan.index
+    for slot, r in enumerate(results):
+        summary = routed_summary(r)
+        index.layers[r.layer] = sidecar.LayerEntry(
+            file_offset=layout.layer_offset(slot, index.num_experts, index.num_feats, index.hidden_size),
+            shape=[index.num_experts, index.num_feats, index.hidden_size],
+            nbytes=index.layer_nbytes,
+            sha256=r.sha256,
+            median_var=summary["median"],
+            q25_var=summary["q25"],
+            q75_var=summary["q75"],
+        )
+    write_derived_files(plan.out, index, results=results, model_config=config, card_options=card_options,
+                        larql_router=plan.larql_router)

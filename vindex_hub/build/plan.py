@@ -1,0 +1,170 @@
+"""Planning a build: which source, which layers, which vindex, and whether the output folder is ours.
+
+A plan is fixed before any tensor is read: the architecture adapter, the MoE layers to build, the
+sidecar to fill in, and the build's *fingerprint* (what must match for a build to resume in a
+folder, and for a finished vindex there to count as this one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from .. import __version__
+from ..arch import MoEArchitecture, get_architecture
+from ..errors import OutputConflictError, UsageError
+from ..format import filenames, selection, sidecar
+from ..fsutil import atomic_write_json, read_json_object
+from ..numerics import svd
+from ..source.base import CheckpointSource
+
+BUILDER_NAME = "vindex-hub"
+DEFAULT_NUM_FEATS = 64
+# Experts decomposed per batch: bounds the float32 working set (8 x 32 MiB at real size).
+DEFAULT_BATCH = 8
+DEFAULT_PREFETCH_LAYERS = 1
+
+
+def open_source(source: str | os.PathLike[str] | CheckpointSource, *, revision: str | None = None,
+                token: str | None = None) -> CheckpointSource:
+    """A local checkpoint folder, a Hub model repo id, or an already open source."""
+    if not isinstance(source, (str, os.PathLike)):
+        return source
+    path = Path(source)
+    if path.is_dir():
+        from ..source.local import LocalCheckpoint
+
+        if revision is not None:
+            raise UsageError(f"--revision applies to Hub repos, but {source} is a local folder")
+        return LocalCheckpoint(path)
+    text = str(source)
+    if path.exists() or text.startswith((".", "/")) or text.count("/") != 1:
+        raise UsageError(f"{source}: not a checkpoint folder, nor a Hub repo id (namespace/name)")
+    from ..source.hub import HubCheckpoint
+
+    return HubCheckpoint(text, revision=revision, token=token)
+
+
+@dataclass
+class BuildPlan:
+    out: Path
+    arch: MoEArchitecture
+    layer_ids: list[int]  # ascending; slot i of the binary holds layer_ids[i]
+    num_feats: int
+    device: str  # resolved: "cpu" or "cuda"
+    larql_router: bool
+    index: sidecar.VindexIndex  # the sidecar to fill in, layers still empty
+    fingerprint: dict[str, Any]
+
+    @property
+    def state_dir(self) -> Path:
+        return self.out / filenames.BUILD_STATE_DIR
+
+    def slot(self, layer: int) -> int:
+        return self.layer_ids.index(layer)
+
+
+def make_plan(src: CheckpointSource, out: str | os.PathLike[str], *, num_feats: int,
+              layers: str | Sequence[int] | None, device: str, larql_router: bool) -> BuildPlan:
+    arch = get_architecture(src.config, tensor_names=src.tensor_names(), where=f"{src.describe()}/config.json")
+    layer_ids = _select_layers(arch, layers)
+    _check_num_feats(arch, num_feats)
+    device = svd.resolve_device(device)
+    index = sidecar.VindexIndex(
+        num_feats=num_feats,
+        model_config=sidecar.ModelConfig(model_type=arch.model_type, num_hidden_layers=arch.num_hidden_layers,
+                                         moe=arch.moe_config()),
+        source=(sidecar.SourceInfo(repo_id=src.repo_id, revision=src.revision) if src.repo_id
+                else sidecar.SourceInfo.local(src.path or src.describe(), src.content_fingerprint())),
+        builder=sidecar.BuilderInfo(name=BUILDER_NAME, version=__version__, method=svd.METHOD),
+    )
+    config_sha = hashlib.sha256(json.dumps(src.config, sort_keys=True).encode()).hexdigest()
+    # The device is part of it: CPU (LAPACK) and CUDA (torch) results agree to ~1e-6, not bit for
+    # bit, so one vindex must not mix layers computed on both.
+    fingerprint = {**_identity(index, layer_ids, larql_router), "config_sha256": config_sha, "device": device}
+    return BuildPlan(Path(out), arch, layer_ids, num_feats, device, larql_router, index, fingerprint)
+
+
+def _identity(index: sidecar.VindexIndex, layer_ids: list[int], larql_router: bool) -> dict[str, Any]:
+    """The part of the fingerprint a finished vindex's own files also tell."""
+    return {
+        "model_type": index.model_config.model_type,
+        "source": index.source.identity,
+        "revision": index.source.revision,
+        "num_feats": index.num_feats,
+        "layers": layer_ids,
+        "builder_version": index.builder.version,
+        "method": index.builder.method,
+        "larql_router": larql_router,
+    }
+
+
+def _select_layers(arch: MoEArchitecture, layers: str | Sequence[int] | None) -> list[int]:
+    moe = arch.moe_layers()
+    if layers is None:
+        return moe
+    chosen = selection.parse_layers(layers, arch.num_hidden_layers)
+    dense = sorted(set(chosen) - set(moe))
+    if dense:
+        raise UsageError(f"layers {dense} are not MoE layers (MoE layers: {selection.layer_span(moe)})")
+    return chosen
+
+
+def _check_num_feats(arch: MoEArchitecture, num_feats: int) -> None:
+    bound = min(arch.gate_shape)
+    if not 1 <= num_feats <= bound:
+        raise UsageError(
+            f"--num-feats {num_feats} must be between 1 and the rank bound {bound} of gate_proj "
+            f"{list(arch.gate_shape)}"
+        )
+
+
+def claim_output(plan: BuildPlan) -> sidecar.VindexIndex | None:
+    """Refuse a folder holding another vindex or another build's state; record ours.
+
+    Returns the existing sidecar when ``plan.out`` already holds this very vindex, finished.
+    """
+    out, state_dir, fingerprint = plan.out, plan.state_dir, plan.fingerprint
+    existing_index = out / filenames.INDEX_JSON
+    if existing_index.exists():
+        index = sidecar.VindexIndex.loads(existing_index.read_text(), where=str(existing_index))
+        theirs = _identity(index, index.layer_ids, (out / filenames.LARQL_ROUTER_BIN).exists())
+        changed = {k: (v, fingerprint[k]) for k, v in theirs.items() if fingerprint[k] != v}
+        if changed:
+            raise OutputConflictError(
+                f"{out} already holds a different vindex ({_describe_changes(changed)}); "
+                "choose another output folder, or remove it to rebuild"
+            )
+        binary = out / filenames.GATE_VECTORS_BIN
+        size = binary.stat().st_size if binary.exists() else None
+        if size != index.total_bytes:
+            raise OutputConflictError(
+                f"{out} holds {filenames.INDEX_JSON} but its {filenames.GATE_VECTORS_BIN} is "
+                f"{'missing' if size is None else f'{size} bytes, not {index.total_bytes}'}; "
+                "run `vindex-hub verify` on it, or remove it to rebuild"
+            )
+        return index
+    state_file = state_dir / filenames.BUILD_STATE_FILE
+    if state_file.exists():
+        recorded = read_json_object(state_file, what="build state", error=OutputConflictError)
+        changed = {k: (recorded.get(k), v) for k, v in fingerprint.items() if recorded.get(k) != v}
+        if changed:
+            raise OutputConflictError(
+                f"{out} holds an unfinished build of a different vindex ({_describe_changes(changed)}); "
+                f"remove {state_dir} to start over"
+            )
+        return None
+    if (out / filenames.GATE_VECTORS_BIN).exists():
+        raise OutputConflictError(f"{out} holds a {filenames.GATE_VECTORS_BIN} without its "
+                                  f"{filenames.INDEX_JSON}; choose another output folder")
+    state_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(state_file, fingerprint)
+    return None
+
+
+def _describe_changes(changed: dict[str, tuple[Any, Any]]) -> str:
+    return ", ".join(f"{key} {old!r} here, {new!r} asked" for key, (old, new) in changed.items())

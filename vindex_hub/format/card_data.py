@@ -1,0 +1,164 @@
+"""The dataset card's typed data: the user's card options and the YAML front matter.
+
+``CardOptions`` are the fields a user chooses (license, author, repo id, citation, tags, name),
+from CLI options or a small YAML/JSON file. ``card_front_matter`` builds the front matter
+(``huggingface_hub.DatasetCardData``: license, tags, ``base_model``, ``configs`` and
+``dataset_info``) from the sidecar and the mirror files that were written; ``read_card_data``
+parses it back. Every front-matter key is spelled here; the text is rendered by ``writers.card``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from ..errors import UsageError, VindexFormatError
+from . import mirror, sidecar
+
+BASE_TAGS = ("vindex", "moe", "sparse-routing", "mechanistic-interpretability")
+# Front-matter keys (the Hub's dataset card metadata spec).
+CONFIGS = "configs"
+CONFIG_NAME = "config_name"
+DEFAULT = "default"
+DATA_FILES = "data_files"
+SPLIT = "split"
+PATH = "path"
+DATASET_INFO = "dataset_info"
+FEATURES = "features"
+SPLITS = "splits"
+SPLIT_NAME = "name"
+NUM_EXAMPLES = "num_examples"
+NUM_BYTES = "num_bytes"
+BASE_MODEL = "base_model"
+LICENSE = "license"
+
+
+@dataclass(frozen=True)
+class CardOptions:
+    """Card fields the user sets. In a file, the keys are these field names."""
+
+    license: str = "mit"
+    author: str | None = None  # person or organisation, e.g. "Divinci-AI"
+    repo_id: str | None = None  # where the vindex will live, for links: "Divinci-AI/deepseek-v4-flash-vindex"
+    citation: str | None = None  # a BibTeX entry; None writes one from the fields here
+    extra_tags: tuple[str, ...] = ()
+    pretty_name: str | None = None
+    year: int | None = None  # for the automatic citation (left out when None)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "CardOptions":
+        """Read a YAML (or JSON, a subset of YAML) mapping of the fields above."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read card options ({exc.strerror})") from None
+        except yaml.YAMLError as exc:
+            raise UsageError(f"{path}: not valid YAML ({exc})") from None
+        if data is None:
+            return cls()
+        if not isinstance(data, dict):
+            raise UsageError(f"{path}: expected a mapping of card fields, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UsageError(f"{path}: unknown card option(s) {unknown}; known: {sorted(known)}")
+        return cls().updated(where=str(path), **data)
+
+    def updated(self, *, where: str = "card options", **changes: Any) -> "CardOptions":
+        """A copy with the given fields replaced; ``None`` values leave a field as it is.
+
+        ``where`` (the options file, or the CLI) names the source in error messages.
+        """
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "extra_tags" in changes:
+            tags = changes["extra_tags"]
+            changes["extra_tags"] = (tags,) if isinstance(tags, str) else tuple(str(t) for t in tags)
+        if "year" in changes:
+            changes["year"] = _year(changes["year"], where)
+        return dataclasses.replace(self, **changes)
+
+
+def _year(value: Any, where: str) -> int:
+    # YAML gives 2026 as an int; a CLI or a quoted value gives "2026". Nothing else is a year.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().isdecimal():
+        return int(value)
+    raise UsageError(f"{where}: year is {value!r}; expected a year such as 2026")
+
+
+def read_card_data(path: Path) -> dict[str, Any]:
+    """The front matter of the card at ``path`` as a dict ({} without one).
+
+    Raises ``VindexFormatError`` naming the file when the front matter is not YAML or not a mapping.
+    """
+    from huggingface_hub import DatasetCard
+
+    try:
+        return DatasetCard(path.read_text(encoding="utf-8")).data.to_dict()
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a front matter that is not a mapping
+        raise VindexFormatError(f"{path}: the card's YAML front matter does not parse ({exc})") from None
+
+
+def title_of(index: sidecar.VindexIndex, options: CardOptions) -> str:
+    if options.pretty_name:
+        return options.pretty_name
+    if options.repo_id:
+        return options.repo_id.split("/")[-1]
+    return f"{index.display_name.split('/')[-1].lower()}-vindex"
+
+
+def dataset_info(files: Sequence[mirror.MirrorFile]) -> list[dict[str, Any]]:
+    """``dataset_info`` entries, one per config, from the mirror files as written.
+
+    ``num_bytes`` is the uncompressed size of the split's data, ``download_size`` the files' size.
+    Features use ``datasets``' own YAML spelling (``{name, list: float32, length: H}`` for a
+    fixed-size list), the inverse of what ``load_dataset`` parses.
+    """
+    from datasets import Features
+
+    infos = []
+    for config_name, config_files in _by_config(files):
+        splits = [{SPLIT_NAME: f.split, NUM_BYTES: f.num_bytes, NUM_EXAMPLES: f.num_rows} for f in config_files]
+        infos.append({
+            CONFIG_NAME: config_name,
+            FEATURES: Features.from_arrow_schema(config_files[0].arrow_schema)._to_yaml_list(),
+            SPLITS: splits,
+            "download_size": sum(f.size for f in config_files),
+            "dataset_size": sum(s[NUM_BYTES] for s in splits),
+        })
+    return infos
+
+
+def _by_config(files: Sequence[mirror.MirrorFile]) -> list[tuple[str, list[mirror.MirrorFile]]]:
+    grouped: dict[str, list[mirror.MirrorFile]] = {}
+    for f in files:
+        grouped.setdefault(f.config, []).append(f)
+    return list(grouped.items())
+
+
+def card_front_matter(index: sidecar.VindexIndex, files: Sequence[mirror.MirrorFile], options: CardOptions):
+    """The card's ``DatasetCardData`` for a vindex whose mirror holds ``files`` (in config order)."""
+    from huggingface_hub import DatasetCardData
+
+    base_model = index.source.repo_id
+    return DatasetCardData(
+        license=options.license,
+        pretty_name=title_of(index, options),
+        tags=list(dict.fromkeys([*BASE_TAGS, *options.extra_tags])),
+        **({BASE_MODEL: base_model} if base_model else {}),
+        configs=[
+            {
+                CONFIG_NAME: name,
+                **({DEFAULT: True} if name == mirror.DEFAULT_CONFIG else {}),
+                DATA_FILES: [{SPLIT: f.split, PATH: f.path} for f in config_files],
+            }
+            for name, config_files in _by_config(files)
+        ],
+        dataset_info=dataset_info(files),
+    )
