@@ -53,6 +53,13 @@ def _card_options(args: argparse.Namespace):
                            citation=citation, extra_tags=args.tag or None)
 
 
+def _browse_options(args: argparse.Namespace):
+    from .writers.browse import BrowseOptions
+
+    return BrowseOptions(feature_tokens=args.feature_tokens, larql_browse=args.larql_browse,
+                         embeddings_dtype=args.embeddings_dtype)
+
+
 def cmd_build(args: argparse.Namespace) -> Outcome:
     from .build import build_vindex
 
@@ -60,7 +67,7 @@ def cmd_build(args: argparse.Namespace) -> Outcome:
         args.source, args.out, num_feats=args.num_feats, layers=args.layers, revision=args.revision,
         device=args.device, batch_size=args.batch_size, prefetch_layers=args.prefetch_layers,
         card_options=_card_options(args),
-        larql_router=args.larql_router, progress=not args.quiet,
+        larql_router=args.larql_router, browse=_browse_options(args), progress=not args.quiet,
     )
     data = {"out": str(summary.out), "layers": summary.layers, "built_layers": summary.built_layers,
             "total_bytes": summary.index.total_bytes, "seconds": summary.seconds,
@@ -76,7 +83,8 @@ def cmd_build(args: argparse.Namespace) -> Outcome:
 def cmd_convert(args: argparse.Namespace) -> Outcome:
     from .convert import convert_vindex
 
-    written = convert_vindex(Path(args.folder), card_options=_card_options(args))
+    written = convert_vindex(Path(args.folder), card_options=_card_options(args), source=args.source,
+                             revision=args.revision, browse=_browse_options(args), device=args.device)
     return Outcome(f"converted {args.folder}: Arrow mirror, LarQL index and card written",
                    {"folder": args.folder, "written": written})
 
@@ -92,6 +100,11 @@ def cmd_verify(args: argparse.Namespace) -> Outcome:
 def cmd_info(args: argparse.Namespace) -> Outcome:
     from .load import Vindex, remote_info
 
+    if args.features:
+        with Vindex.open(args.path, revision=args.revision, repo_type=args.repo_type) as vx:
+            features = vx.feature_tokens(*args.features)
+        return Outcome(_render_features(args.features, features),
+                       {"layer": args.features[0], "expert": args.features[1], "features": features})
     if Path(args.path).is_dir():
         with Vindex.open(args.path) as vx:
             info = vx.info()
@@ -118,6 +131,13 @@ def _render_info(info: dict) -> str:
             f"  {e['layer']:>5}  {e['file_offset']:>14}  {e[statistics.median_var_key(k)]:>12.4f}  "
             f"{e[statistics.q25_var_key(k)]:>8.4f}..{e[statistics.q75_var_key(k)]:<7.4f}  {e['sha256'][:16]}"
         )
+    return "\n".join(lines)
+
+
+def _render_features(where: Sequence[int], features: list) -> str:
+    lines = [f"layer {where[0]}, expert {where[1]}: top tokens by |cosine| with the input embedding"]
+    for feature, tokens in enumerate(features):
+        lines.append(f"  {feature:>4}  " + "  ".join(f"{text!r} {score:+.3f}" for text, _, score in tokens))
     return "\n".join(lines)
 
 
@@ -169,6 +189,17 @@ def _add_card_options(p: argparse.ArgumentParser) -> None:
     card.add_argument("--tag", action="append", help="extra card tag (repeatable)")
 
 
+def _add_browse_options(p: argparse.ArgumentParser) -> None:
+    from .format.larql import DEFAULT_EMBEDDING_DTYPE, EMBEDDING_DTYPES
+
+    g = p.add_argument_group("feature tokens and LarQL's browse tier (need the checkpoint's embedding and tokenizer)")
+    g.add_argument("--feature-tokens", type=int, default=0, metavar="K",
+                   help="label every gate vector with the K tokens of largest |cosine| (config feature_tokens)")
+    g.add_argument("--larql-browse", action="store_true",
+                   help="write LarQL's embeddings.bin and tokenizer.json (implied by --feature-tokens)")
+    g.add_argument("--embeddings-dtype", choices=list(EMBEDDING_DTYPES), default=DEFAULT_EMBEDDING_DTYPE)
+
+
 def _add_repo_type(p: argparse.ArgumentParser) -> None:
     from .hub.refs import DEFAULT_REPO_TYPE, REPO_TYPES
 
@@ -210,11 +241,16 @@ def parser() -> argparse.ArgumentParser:
                    help="layers read ahead while one is computed (each holds its raw tensors in memory)")
     p.add_argument("--larql-router", action="store_true", help="also write LarQL's router_weights.bin")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_browse_options(p)
     _add_card_options(p)
 
     p = command("convert", cmd_convert, "write the Arrow mirror, LarQL index and card of an existing vindex")
     p.add_argument("folder", help="vindex folder holding gate_vectors.bin and its sidecar (seed-style sidecars "
                                   "are upgraded)")
+    p.add_argument("--source", default=None, help="the checkpoint the vindex was built from (folder or Hub repo)")
+    _add_revision(p, "source model")
+    p.add_argument("--device", choices=DEVICES, default=DEFAULT_DEVICE, help="where the feature-token products run")
+    _add_browse_options(p)
     _add_card_options(p)
 
     p = command("verify", cmd_verify, "check binary, index, mirror and card against each other")
@@ -226,6 +262,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="vindex folder or Hub repo id")
     _add_revision(p, "repo")
     _add_repo_type(p)
+    p.add_argument("--features", type=int, nargs=2, metavar=("L", "E"), default=None,
+                   help="print the feature tokens of layer L, expert E")
 
     p = command("pull", cmd_pull, "download a vindex, or just some of its layers")
     p.add_argument("repo_id", help="Hub repo id (namespace/name)")

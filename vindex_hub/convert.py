@@ -3,25 +3,55 @@
 The seed's published vindex is such a folder: its sidecar (no ``format_version``) is upgraded in
 place (``format.seed``: layer checksums computed from the binary, the current keys added, every
 key the seed's usage snippet reads kept), then the one write sequence (``writers.derived``) writes
-the Arrow mirror, LarQL index and card.
+the Arrow mirror, LarQL index and card. Given the source checkpoint (``source``), its
+``config.json`` fills LarQL's fields and ``browse`` can ask for feature tokens and LarQL's
+browse tier, made from the checkpoint's embedding and tokenizer.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from .errors import UsageError
 from .format.card_data import CardOptions
 from .format.seed import load_or_upgrade_index
+from .writers.browse import BrowseOptions
 from .writers.derived import write_derived_files
 
 
 def convert_vindex(folder: str | Path, *, config: Mapping[str, Any] | None = None,
-                   card_options: CardOptions | None = None) -> list[str]:
+                   card_options: CardOptions | None = None, source: str | os.PathLike[str] | None = None,
+                   revision: str | None = None, browse: BrowseOptions | None = None,
+                   device: str = "auto", token: str | None = None) -> list[str]:
     """Write the derived files of ``folder``; return the paths written, relative to it.
 
-    ``config`` is the model's ``config.json`` when at hand (LarQL's vocab_size...).
+    ``config`` is the model's ``config.json`` when at hand (LarQL's vocab_size...); ``source`` (a
+    checkpoint folder or Hub model repo) gives it, and the inputs ``browse`` needs.
     """
     folder = Path(folder)
     index, _upgraded = load_or_upgrade_index(folder)
-    return write_derived_files(folder, index, model_config=config, card_options=card_options).paths
+    if browse is None or not browse.wanted:
+        if source is None:
+            return write_derived_files(folder, index, model_config=config, card_options=card_options).paths
+    elif source is None:
+        raise UsageError("--feature-tokens / --larql-browse on convert need the source checkpoint (--source)")
+    from .arch import get_architecture
+    from .build.browse import read_browse_inputs
+    from .build.plan import open_source
+    from .numerics.svd import resolve_device
+
+    src = open_source(source, revision=revision, token=token)
+    try:
+        inputs = None
+        if browse is not None and browse.wanted:
+            arch = get_architecture(src.config, tensor_names=src.tensor_names(),
+                                    where=f"{src.describe()}/config.json")
+            inputs = read_browse_inputs(src, arch)
+            browse = dataclasses.replace(browse, device=resolve_device(device))
+        return write_derived_files(folder, index, model_config=config or src.config, card_options=card_options,
+                                   browse=browse, browse_inputs=inputs).paths
+    finally:
+        src.close()

@@ -90,6 +90,7 @@ def verify_vindex(folder: str | Path) -> VerifyReport:
     c.run(mirror.EXPERT_STATS_PARQUET, lambda: _check_expert_stats(c, index))
     c.run(mirror.ROUTER_SVD_PARQUET, lambda: _check_router_svd(c, index))
     c.run(filenames.CARD_FILE, lambda: _check_card(c, index))
+    c.run(mirror.FEATURE_TOKENS_PARQUET, lambda: _check_feature_tokens(c, index))
     c.run(filenames.LARQL_INDEX_JSON, lambda: _check_larql(c, index, file_sha))
     c.run(filenames.PHASE1_JSON, lambda: _check_phase1(c, index))
     c.run(filenames.PHASE2_JSON, lambda: _check_phase2(c, index))
@@ -315,6 +316,50 @@ def _check_card(c: _Checker, index: sidecar.VindexIndex) -> None:
                  "with the declared features and row counts")
 
 
+# ---- feature tokens ------------------------------------------------------------------------------
+def _check_feature_tokens(c: _Checker, index: sidecar.VindexIndex) -> None:
+    """One row per (layer, expert, feature) in order; K ids, tokens and scores a row; ids within
+    the embedding's vocabulary; |scores| at most 1 and non-increasing."""
+    import pyarrow.parquet as pq
+
+    path = c.folder / mirror.FEATURE_TOKENS_PARQUET
+    if not path.exists():
+        return  # optional
+    name = mirror.FEATURE_TOKENS_PARQUET
+    table = pq.read_table(path)
+    n_problems = len(c.report.problems)
+    k = table.schema.field(mirror.COL_TOKEN_IDS).type.list_size
+    if table.schema != mirror.feature_tokens_schema(k):
+        c.problem(f"{name}: schema {table.schema}, expected {mirror.feature_tokens_schema(k)}")
+        return
+    e, f = index.num_experts, index.num_feats
+    want_rows = len(index.layers) * e * f
+    if table.num_rows != want_rows:
+        c.problem(f"{name}: {table.num_rows} rows, expected {want_rows} ({len(index.layers)} layers x {e} experts "
+                  f"x {f} features)")
+        return
+    columns = {col: table.column(col).combine_chunks() for col in table.column_names}
+    layer_ids = np.repeat(np.asarray(index.layer_ids), e * f)
+    expected = {mirror.COL_LAYER: layer_ids, mirror.COL_EXPERT: np.tile(np.repeat(np.arange(e), f), len(index.layers)),
+                mirror.COL_FEATURE: np.tile(np.arange(f), len(index.layers) * e)}
+    for col, want in expected.items():
+        bad = np.flatnonzero(columns[col].to_numpy() != want)
+        if bad.size:
+            c.problem(f"{name}: row {bad[0]} has {col} {columns[col][int(bad[0])]}, expected {want[bad[0]]}")
+    ids = columns[mirror.COL_TOKEN_IDS].values.to_numpy().reshape(-1, k)
+    scores = columns[mirror.COL_SCORES].values.to_numpy().reshape(-1, k).astype(np.float64)
+    larql_doc = c.folder / filenames.LARQL_INDEX_JSON
+    vocab = json.loads(larql_doc.read_text(encoding="utf-8")).get("vocab_size") if larql_doc.exists() else None
+    if ids.min() < 0 or (vocab and ids.max() >= vocab):
+        c.problem(f"{name}: token ids span {ids.min()}..{ids.max()}, outside the vocabulary of {vocab}")
+    if not (np.abs(scores) <= 1 + 1e-6).all() or (np.diff(np.abs(scores), axis=1) > 1e-7).any():
+        c.problem(f"{name}: scores are not cosines ordered by |cosine| descending")
+    if columns[mirror.COL_TOKENS].values.null_count:
+        c.problem(f"{name}: some tokens are null")
+    if len(c.report.problems) == n_problems:
+        c.passed(f"{name}: {table.num_rows} rows of {k} tokens, one per layer, expert and feature")
+
+
 # ---- LarQL ---------------------------------------------------------------------------------------
 def _check_larql(c: _Checker, index: sidecar.VindexIndex, file_sha: str | None) -> None:
     path = c.folder / filenames.LARQL_INDEX_JSON
@@ -342,8 +387,27 @@ def _check_larql(c: _Checker, index: sidecar.VindexIndex, file_sha: str | None) 
         if actual != digest:
             c.problem(f"{filenames.LARQL_INDEX_JSON}: {name} hashes to {actual[:16]}..., recorded "
                       f"{str(digest)[:16]}...", integrity=True)
+    _check_larql_sizes(c, index, doc)
     if len(c.report.problems) == n_problems:
-        c.passed(f"{filenames.LARQL_INDEX_JSON}: layers, offsets and checksums agree")
+        c.passed(f"{filenames.LARQL_INDEX_JSON}: layers, offsets, checksums and file sizes agree")
+
+
+def _check_larql_sizes(c: _Checker, index: sidecar.VindexIndex, doc: dict[str, Any]) -> None:
+    """The sizes LarQL decodes the browse and router files by."""
+    embeddings = c.folder / filenames.LARQL_EMBEDDINGS_BIN
+    if embeddings.exists():
+        values = int(doc.get("vocab_size") or 0) * index.hidden_size
+        sizes = {values * np.dtype(d).itemsize for d in larql.EMBEDDING_DTYPES.values()}
+        if embeddings.stat().st_size not in sizes:
+            c.problem(f"{filenames.LARQL_EMBEDDINGS_BIN}: {embeddings.stat().st_size} bytes, not vocab_size x "
+                      f"hidden_size ({values}) f16 or f32 values")
+    router = c.folder / filenames.LARQL_ROUTER_BIN
+    if router.exists():
+        want = (int(doc.get("num_layers") or 0) * layout.ITEMSIZE
+                * larql.router_block_values(index.num_experts, index.hidden_size))
+        if router.stat().st_size != want:
+            c.problem(f"{filenames.LARQL_ROUTER_BIN}: {router.stat().st_size} bytes, LarQL reads {want} "
+                      "(a block for every layer below num_layers)")
 
 
 # ---- phase JSON ----------------------------------------------------------------------------------

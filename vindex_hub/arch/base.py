@@ -55,6 +55,11 @@ class MoEArchitecture(Protocol):
         """(out, in) = (moe_intermediate_size, hidden_size) of one routed expert's gate_proj."""
         ...
 
+    def embedding_tensor(self) -> str:
+        """Name of the input embedding ``[vocab, hidden]`` (feature tokens, LarQL's embeddings.bin):
+        ``model.embed_tokens.weight`` in the transformers layout."""
+        ...
+
     def layer_tensors(self, layer: int) -> list[str]:
         """Every tensor the builder reads for one layer, each once (a fused tensor is one name)."""
         ...

@@ -38,6 +38,7 @@ MTP_BLOCK = "mtp.{index}"
 EXPERT_TENSOR = "{block}.ffn.experts.{expert}.{proj}.{part}"  # proj w1 (gate) / w2 (down) / w3 (up)
 SHARED_TENSOR = "{block}.ffn.shared_experts.{proj}.{part}"
 GATE_TENSOR = "{block}.ffn.gate.{part}"  # part: weight / bias / tid2eid
+EMBED_TENSOR = "embed.weight"  # the input embedding [vocab, hidden], BF16
 GATE_PROJ = "w1"
 UP_PROJ = "w3"
 DOWN_PROJ = "w2"
@@ -111,6 +112,7 @@ class DeepseekV4(MoEFamily):
     router_parts = (f"gate.{WEIGHT}",)
     router_bias_parts = (f"gate.{ROUTER_BIAS}", "gate.e_score_correction_bias")
     shared_parts = (f"shared_experts.{GATE_PROJ}.{WEIGHT}", "shared_experts.gate_proj.weight")
+    embedding_names = (EMBED_TENSOR, "model.embed_tokens.weight")  # DeepSeek's layout, then transformers'
 
     def _check_family_config(self) -> None:
         for key in _REQUIRED_INTS:

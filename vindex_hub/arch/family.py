@@ -64,6 +64,9 @@ class MoEFamily:
                                      "shared_experts.w1.weight")
     #: where the text model's keys live in a multimodal config (Llama-4: ``text_config``)
     text_config_key: str | None = None
+    #: the input embedding ``[vocab, hidden]`` (feature tokens, LarQL's embeddings.bin), most likely
+    #: first; empty: ``{prefix}embed_tokens.weight`` under the family's then the generic prefixes
+    embedding_names: tuple[str, ...] = ()
 
     def __init__(self, config: Mapping[str, Any], *, tensor_names: Collection[str] | None = None,
                  where: str = "config.json"):
@@ -233,6 +236,13 @@ class MoEFamily:
 
     def router_name(self, layer: int) -> str:
         return f"{self._block(layer)}.{self.router_weight_part}"
+
+    def embedding_tensor(self) -> str:
+        """The first of ``embedding_names`` the checkpoint holds (the first when it holds none: the
+        caller names it as missing)."""
+        candidates = self.embedding_names or tuple(
+            f"{prefix}embed_tokens.weight" for prefix in dict.fromkeys(self.prefixes + GENERIC_PREFIXES))
+        return first_present(candidates, self.names) or candidates[0]
 
     def router_bias_name(self, layer: int) -> str | None:
         block = self._block(layer)

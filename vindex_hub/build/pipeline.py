@@ -24,7 +24,9 @@ from ..format.card_data import CardOptions
 from ..results import LayerResult, layer_result_path
 from ..source.base import CheckpointSource
 from ..writers.binary import GateVectorsWriter
+from ..writers.browse import BrowseInputs, BrowseOptions
 from ..writers.derived import write_derived_files
+from .browse import check_browse_inputs, read_browse_inputs
 from ..writers.phases import routed_summary
 from .engine import Engine, SerialEngine
 from .plan import (DEFAULT_BATCH, DEFAULT_NUM_FEATS, DEFAULT_PREFETCH_LAYERS, BuildPlan, claim_output, make_plan,
@@ -53,13 +55,16 @@ def build_vindex(
     prefetch_layers: int = DEFAULT_PREFETCH_LAYERS,
     card_options: CardOptions | None = None,
     larql_router: bool = False,
+    browse: BrowseOptions | None = None,
     progress: bool = True,
     token: str | None = None,
 ) -> BuildSummary:
     """Build a vindex of ``source`` into the folder ``out`` (resuming an unfinished build there).
 
     ``layers`` selects a subset (``"3-5"``, ``[3, 4, 5]``); ``card_options``
-    (``format.card_data.CardOptions``) sets the dataset card's user-set fields.
+    (``format.card_data.CardOptions``) sets the dataset card's user-set fields; ``browse``
+    (``writers.browse.BrowseOptions``) asks for feature tokens and LarQL's browse tier, made from
+    the checkpoint's input embedding and tokenizer (checked before any layer is computed).
     """
     started = time.monotonic()
     for name, value in (("batch_size", batch_size), ("prefetch_layers", prefetch_layers)):
@@ -67,7 +72,10 @@ def build_vindex(
             raise UsageError(f"{name} must be at least 1, got {value}")
     src = open_source(source, revision=revision, token=token)
     try:
-        plan = make_plan(src, out, num_feats=num_feats, layers=layers, device=device, larql_router=larql_router)
+        plan = make_plan(src, out, num_feats=num_feats, layers=layers, device=device, larql_router=larql_router,
+                         browse=browse)
+        if plan.browse.wanted:  # fail now, not after hours of layers, when the inputs are missing
+            check_browse_inputs(src, plan.arch, plan.browse.feature_tokens)
         finished = claim_output(plan)
         if finished is not None:  # the same vindex is already complete there: nothing to do
             return BuildSummary(plan.out, plan.layer_ids, [], time.monotonic() - started, finished,
@@ -75,7 +83,8 @@ def build_vindex(
         engine = SerialEngine(batch_size=batch_size, prefetch_layers=prefetch_layers)
         todo = _run(src, plan, engine, progress=progress)
         results = [LayerResult.load(layer_result_path(plan.state_dir, layer)) for layer in plan.layer_ids]
-        _finish(plan, results, src.config, card_options=card_options)
+        inputs = read_browse_inputs(src, plan.arch) if plan.browse.wanted else None
+        _finish(plan, results, src.config, card_options=card_options, browse_inputs=inputs)
         shutil.rmtree(plan.state_dir)
         return BuildSummary(plan.out, plan.layer_ids, todo, time.monotonic() - started, plan.index)
     finally:
@@ -138,7 +147,7 @@ def _compute(src: CheckpointSource, plan: BuildPlan, engine: Engine, writer: Gat
 
 
 def _finish(plan: BuildPlan, results: list[LayerResult], config: dict, *,
-            card_options: CardOptions | None) -> None:
+            card_options: CardOptions | None, browse_inputs: BrowseInputs | None = None) -> None:
     """Record each layer in the sidecar, then write every derived file (the sidecar last)."""
     index = plan.index
     for slot, r in enumerate(results):
@@ -153,4 +162,4 @@ def _finish(plan: BuildPlan, results: list[LayerResult], config: dict, *,
             q75_var=summary["q75"],
         )
     write_derived_files(plan.out, index, results=results, model_config=config, card_options=card_options,
-                        larql_router=plan.larql_router)
+                        larql_router=plan.larql_router, browse=plan.browse, browse_inputs=browse_inputs)

@@ -7,6 +7,7 @@ folder, and for a finished vindex there to count as this one).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -17,10 +18,11 @@ from typing import Any, Sequence
 from .. import __version__
 from ..arch import MoEArchitecture, get_architecture
 from ..errors import OutputConflictError, UsageError
-from ..format import filenames, selection, sidecar
+from ..format import filenames, mirror, selection, sidecar
 from ..fsutil import atomic_write_json, read_json_object
 from ..numerics import svd
 from ..source.base import CheckpointSource
+from ..writers.browse import BrowseOptions
 
 BUILDER_NAME = "vindex-hub"
 DEFAULT_NUM_FEATS = 64
@@ -59,6 +61,7 @@ class BuildPlan:
     larql_router: bool
     index: sidecar.VindexIndex  # the sidecar to fill in, layers still empty
     fingerprint: dict[str, Any]
+    browse: BrowseOptions = BrowseOptions()  # feature tokens / LarQL browse tier
 
     @property
     def state_dir(self) -> Path:
@@ -69,11 +72,13 @@ class BuildPlan:
 
 
 def make_plan(src: CheckpointSource, out: str | os.PathLike[str], *, num_feats: int,
-              layers: str | Sequence[int] | None, device: str, larql_router: bool) -> BuildPlan:
+              layers: str | Sequence[int] | None, device: str, larql_router: bool,
+              browse: BrowseOptions | None = None) -> BuildPlan:
     arch = get_architecture(src.config, tensor_names=src.tensor_names(), where=f"{src.describe()}/config.json")
     layer_ids = _select_layers(arch, layers)
     _check_num_feats(arch, num_feats)
     device = svd.resolve_device(device)
+    browse = dataclasses.replace(browse or BrowseOptions(), device=device)
     index = sidecar.VindexIndex(
         num_feats=num_feats,
         model_config=sidecar.ModelConfig(model_type=arch.model_type, num_hidden_layers=arch.num_hidden_layers,
@@ -85,13 +90,29 @@ def make_plan(src: CheckpointSource, out: str | os.PathLike[str], *, num_feats: 
     config_sha = hashlib.sha256(json.dumps(src.config, sort_keys=True).encode()).hexdigest()
     # The device is part of it: CPU (LAPACK) and CUDA (torch) results agree to ~1e-6, not bit for
     # bit, so one vindex must not mix layers computed on both.
-    fingerprint = {**_identity(index, layer_ids, larql_router), "config_sha256": config_sha, "device": device}
-    return BuildPlan(Path(out), arch, layer_ids, num_feats, device, larql_router, index, fingerprint)
+    fingerprint = {**_identity(index, layer_ids, larql_router, _browse_identity(browse)),
+                   "config_sha256": config_sha, "device": device}
+    return BuildPlan(Path(out), arch, layer_ids, num_feats, device, larql_router, index, fingerprint, browse)
 
 
-def _identity(index: sidecar.VindexIndex, layer_ids: list[int], larql_router: bool) -> dict[str, Any]:
+def _browse_identity(browse: BrowseOptions) -> dict[str, Any]:
+    return {"feature_tokens": browse.feature_tokens, "larql_browse": browse.writes_larql_files}
+
+
+def _browse_identity_of_folder(out: Path) -> dict[str, Any]:
+    """What a finished folder's files tell of its browse options."""
+    import pyarrow.parquet as pq
+
+    tokens = out / mirror.FEATURE_TOKENS_PARQUET
+    k = (pq.read_schema(tokens).field(mirror.COL_TOKEN_IDS).type.list_size if tokens.is_file() else 0)
+    return {"feature_tokens": k, "larql_browse": (out / filenames.LARQL_EMBEDDINGS_BIN).is_file()}
+
+
+def _identity(index: sidecar.VindexIndex, layer_ids: list[int], larql_router: bool,
+              browse: dict[str, Any]) -> dict[str, Any]:
     """The part of the fingerprint a finished vindex's own files also tell."""
     return {
+        **browse,
         "model_type": index.model_config.model_type,
         "source": index.source.identity,
         "revision": index.source.revision,
@@ -132,7 +153,8 @@ def claim_output(plan: BuildPlan) -> sidecar.VindexIndex | None:
     existing_index = out / filenames.INDEX_JSON
     if existing_index.exists():
         index = sidecar.VindexIndex.loads(existing_index.read_text(), where=str(existing_index))
-        theirs = _identity(index, index.layer_ids, (out / filenames.LARQL_ROUTER_BIN).exists())
+        theirs = _identity(index, index.layer_ids, (out / filenames.LARQL_ROUTER_BIN).exists(),
+                           _browse_identity_of_folder(out))
         changed = {k: (v, fingerprint[k]) for k, v in theirs.items() if fingerprint[k] != v}
         if changed:
             raise OutputConflictError(

@@ -17,12 +17,15 @@ CARD_FILE = "README.md"
 VAR_PLOT_FILE = "images/var_per_layer.png"
 LARQL_INDEX_JSON = "index.json"
 LARQL_ROUTER_BIN = "router_weights.bin"
+# LarQL's browse tier: the input embedding (raw LE [vocab, hidden], f16 or f32) and the tokenizer.
+LARQL_EMBEDDINGS_BIN = "embeddings.bin"
+TOKENIZER_JSON = "tokenizer.json"
 DATA_DIR = "data"  # the Arrow mirror lives below it (``format.mirror`` names its files)
 
 # Remote paths a vindex owns: a push deletes those a folder no longer has, a re-pull replaces them.
 VINDEX_FILES = frozenset({
     GATE_VECTORS_BIN, INDEX_JSON, PHASE1_JSON, PHASE2_JSON, CARD_FILE, VAR_PLOT_FILE,
-    LARQL_INDEX_JSON, LARQL_ROUTER_BIN,
+    LARQL_INDEX_JSON, LARQL_ROUTER_BIN, LARQL_EMBEDDINGS_BIN, TOKENIZER_JSON,
 })
 VINDEX_DIRS = (f"{DATA_DIR}/",)
 # What a snapshot-mode open downloads: the binary and the small files beside it, not the mirror.

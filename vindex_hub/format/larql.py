@@ -23,7 +23,18 @@ from typing import Any, Mapping
 from . import sidecar
 
 LARQL_FORMAT_VERSION = 2
+# LarQL's lowest tier. Its browse tier proper is gate vectors + embeddings.bin + tokenizer.json;
+# without the last two (no --larql-browse) there is no lower level to write, so the card says
+# which LarQL commands work (``BROWSE_COMMANDS`` / ``GATE_ONLY_COMMANDS``).
 EXTRACT_LEVEL = "browse"
+GATE_ONLY_COMMANDS = ("larql show", "larql verify", "LQL USE")
+BROWSE_COMMANDS = ("DESCRIBE", "WALK", "SELECT NEAREST")  # need embeddings.bin and tokenizer.json
+# embeddings.bin: raw little-endian [vocab, hidden]; LarQL tells f32 from f16 by the file size.
+EMBEDDING_DTYPES = {"f16": "<f2", "f32": "<f4"}
+DEFAULT_EMBEDDING_DTYPE = "f16"
+# router_weights.bin holds a block for every layer below num_layers (LarQL reads layer L at
+# L * (E*H + E) values); the layers whose block holds real router weights, the rest zeros:
+ROUTER_LAYERS = "router_weights_layers"  # our key (LarQL ignores unknown keys)
 DEFAULT_ROUTER_TYPE = "top_k_softmax"  # LarQL's default
 # Keys ``verify`` reads back: the per-layer list, each entry's layer id, the file checksums.
 LAYERS = "layers"
@@ -56,9 +67,18 @@ def layer_entry(index: sidecar.VindexIndex, layer: int) -> dict[str, int]:
     }
 
 
+def router_block_values(num_experts: int, hidden_size: int) -> int:
+    """Values of one layer's block in ``router_weights.bin``: the ``[E, H]`` weight, then E biases."""
+    return num_experts * hidden_size + num_experts
+
+
 def larql_index(index: sidecar.VindexIndex, config: Mapping[str, Any], checksums: Mapping[str, str], *,
-                writer: str) -> dict[str, Any]:
-    """The ``index.json`` document (pure). ``writer`` names the tool that wrote it (``vindex-hub X.Y.Z``)."""
+                writer: str, vocab_size: int | None = None,
+                router_layers: list[int] | None = None) -> dict[str, Any]:
+    """The ``index.json`` document (pure). ``writer`` names the tool that wrote it (``vindex-hub X.Y.Z``).
+
+    ``vocab_size``: the rows of the ``embeddings.bin`` written (else ``config.json``'s);
+    ``router_layers``: the layers whose ``router_weights.bin`` block holds real weights."""
     moe = index.model_config.moe
     num_q_heads = int(config.get("num_attention_heads", 0))
     head_dim = config.get("head_dim") or (moe.hidden_size // num_q_heads if num_q_heads else 0)
@@ -76,7 +96,7 @@ def larql_index(index: sidecar.VindexIndex, config: Mapping[str, Any], checksums
         "num_layers": index.model_config.num_hidden_layers,
         "hidden_size": moe.hidden_size,
         "intermediate_size": int(config.get("intermediate_size", moe.moe_intermediate_size)),
-        "vocab_size": int(config.get("vocab_size", 0)),
+        "vocab_size": int(vocab_size if vocab_size is not None else config.get("vocab_size", 0)),
         "embed_scale": 1.0,
         "extract_level": EXTRACT_LEVEL,
         "dtype": "f32",
@@ -84,6 +104,7 @@ def larql_index(index: sidecar.VindexIndex, config: Mapping[str, Any], checksums
         LAYERS: [layer_entry(index, layer) for layer in index.layer_ids],
         "down_top_k": 0,
         "has_model_weights": False,
+        **({ROUTER_LAYERS: list(router_layers)} if router_layers is not None else {}),
         "model_config": {
             "model_type": index.model_config.model_type,
             "head_dim": int(head_dim),

@@ -2,7 +2,9 @@
 
 ``gate_vectors`` (the default config) holds one parquet file per layer, split ``layer_NN``, one
 row per (expert, feature) with the vector as a fixed-size float32 list, bit for bit the binary's;
-``expert_stats`` one row per (layer, expert); ``router_svd`` one row per layer.
+``expert_stats`` one row per (layer, expert); ``router_svd`` one row per layer;
+``feature_tokens`` (built with ``--feature-tokens K``) one row per (layer, expert, feature): the K
+tokens whose input-embedding rows have the largest |cosine| with the vector.
 """
 
 from __future__ import annotations
@@ -19,12 +21,16 @@ from .filenames import DATA_DIR
 CONFIG_GATE_VECTORS = "gate_vectors"  # the default config
 CONFIG_EXPERT_STATS = "expert_stats"
 CONFIG_ROUTER_SVD = "router_svd"
+CONFIG_FEATURE_TOKENS = "feature_tokens"
 STATS_SPLIT = "train"  # the one split of expert_stats and router_svd
 
 COL_LAYER = "layer"
 COL_EXPERT = "expert"
 COL_FEATURE = "feature"
 COL_VECTOR = "vector"
+COL_TOKEN_IDS = "token_ids"  # feature_tokens: ids by |cosine| descending, ties by id
+COL_TOKENS = "tokens"  # the ids decoded with the model's tokenizer.json
+COL_SCORES = "scores"  # the signed cosines
 INDEX_COLUMNS = (COL_LAYER, COL_EXPERT, COL_FEATURE)
 
 # Row groups hold whole experts, at most this many bytes of vectors (writers.mirror says why).
@@ -54,6 +60,7 @@ def gate_vectors_parquet(layer: int) -> str:
 EXPERT_STATS_PARQUET = f"{DATA_DIR}/{CONFIG_EXPERT_STATS}/{STATS_SPLIT}.parquet"
 ROUTER_SVD_PARQUET = f"{DATA_DIR}/{CONFIG_ROUTER_SVD}/{STATS_SPLIT}.parquet"
 STATS_PARQUETS = (EXPERT_STATS_PARQUET, ROUTER_SVD_PARQUET)
+FEATURE_TOKENS_PARQUET = f"{DATA_DIR}/{CONFIG_FEATURE_TOKENS}/{STATS_SPLIT}.parquet"
 
 
 DEFAULT_CONFIG = CONFIG_GATE_VECTORS
@@ -89,6 +96,17 @@ def expert_stats_schema(num_feats: int) -> pa.Schema:
         (statistics.var_key(num_feats), pa.float64()),
         (statistics.FROBENIUS_NORM, pa.float64()),
         (statistics.SINGULAR_VALUES, pa.list_(pa.float32(), num_feats)),
+    ])
+
+
+def feature_tokens_schema(k: int) -> pa.Schema:
+    return pa.schema([
+        (COL_LAYER, pa.int16()),
+        (COL_EXPERT, pa.int16()),
+        (COL_FEATURE, pa.int16()),
+        (COL_TOKEN_IDS, pa.list_(pa.int32(), k)),
+        (COL_TOKENS, pa.list_(pa.string(), k)),
+        (COL_SCORES, pa.list_(pa.float32(), k)),
     ])
 
 

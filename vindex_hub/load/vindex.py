@@ -215,6 +215,23 @@ class Vindex:
                 out[name] = col.to_numpy(zero_copy_only=False)
         return out
 
+    def feature_tokens(self, layer: int, expert: int) -> list[list[tuple[str, int, float]]]:
+        """Per feature of one expert, its ``(token, token_id, cosine)`` labels from the
+        ``feature_tokens`` config, by |cosine| descending (fetches only that file)."""
+        import pyarrow.parquet as pq
+
+        self._index.layer(layer)
+        if not 0 <= expert < self.num_experts:
+            raise UsageError(f"expert {expert} out of range: layer {layer} has experts 0-{self.num_experts - 1}")
+        try:
+            path = self._files.path(mirror.FEATURE_TOKENS_PARQUET)
+        except (VindexFormatError, RemoteNotFoundError):
+            raise VindexFormatError(f"{self.location} has no {mirror.FEATURE_TOKENS_PARQUET} "
+                                    "(built without --feature-tokens K)") from None
+        rows = pq.read_table(path, filters=[(mirror.COL_LAYER, "=", layer), (mirror.COL_EXPERT, "=", expert)]
+                             ).sort_by(mirror.COL_FEATURE).to_pylist()
+        return [list(zip(r[mirror.COL_TOKENS], r[mirror.COL_TOKEN_IDS], r[mirror.COL_SCORES])) for r in rows]
+
     @cached_property
     def card_data(self):
         """The dataset card's metadata (``huggingface_hub.DatasetCardData``), None without a card;

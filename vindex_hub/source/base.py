@@ -8,6 +8,7 @@ here (``quant`` decodes them). Both sources parse shard headers with the same ch
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable, Mapping, Protocol
 
 import numpy as np
@@ -64,6 +65,11 @@ class CheckpointSource(Protocol):
 
     def read(self, names: Iterable[str]) -> Mapping[str, RawTensor]:
         """Read several tensors at once (a remote source coalesces adjacent byte ranges)."""
+        ...
+
+    def file(self, name: str) -> Path:
+        """A small file beside the weights (``tokenizer.json``) as a local path; raises
+        ``CheckpointError`` naming it and the checkpoint when there is none."""
         ...
 
     def close(self) -> None:

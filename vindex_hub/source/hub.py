@@ -153,6 +153,7 @@ class HubCheckpoint:
         self.config: dict[str, Any] = read_json_object(self._download(CONFIG_FILE), what="checkpoint config",
                                                        error=CheckpointError)
         files = {s.rfilename for s in info.siblings or ()}
+        self._repo_files = frozenset(files)
         if INDEX_FILE in files:
             self._index_file: str | None = INDEX_FILE
             self._weight_map = read_weight_map(self._download(INDEX_FILE))
@@ -214,6 +215,11 @@ class HubCheckpoint:
             start, buf = parts[bisect.bisect_right(starts, info.start) - 1]
             out[name] = RawTensor(info, buf[info.start - start:info.end - start])
         return out
+
+    def file(self, name: str) -> Path:
+        if name not in self._repo_files:
+            raise CheckpointError(f"{self.describe()} has no {name}")
+        return self._download(name)
 
     def close(self) -> None:
         pool, self._pool = self._pool, None

@@ -104,6 +104,12 @@ class LocalCheckpoint:
             out[name] = RawTensor(info, self._read_range(info.shard, info.start, info.nbytes, what=f"tensor {name}"))
         return out
 
+    def file(self, name: str) -> Path:
+        path = self.root / name
+        if not path.is_file():
+            raise CheckpointError(f"{self.root} has no {name}")
+        return path
+
     def close(self) -> None:
         """Close the open shard files; reading afterwards raises ``CheckpointError``."""
         with self._lock:

@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import save_file
 
 from ..arch import deepseek_v4 as ds
+from ..format.filenames import TOKENIZER_JSON
 from ..numerics.quant import E2M1_VALUES, FP8_BLOCK_SIZE
 from ..source.local import CONFIG_FILE, INDEX_FILE, SINGLE_FILE
 from ..source.safetensors_format import DTYPE_ITEMSIZE
@@ -127,6 +128,34 @@ def round_bf16(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float -> (BF16 bytes as uint8 ``(..., 2n)``, exact float32 values); round to nearest even."""
     t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).to(torch.bfloat16)
     return t.view(torch.uint8).numpy(), t.to(torch.float32).numpy()
+
+
+# A byte-level BPE tokenizer is trained on this text: words, punctuation, newlines and multi-byte
+# characters, so decoded labels meet every kind of piece a real tokenizer has.
+TOKENIZER_CORPUS = [
+    "The cat sat on the mat. The dog ran after the cat!\n",
+    "def main():\n    return 42  # the answer\n",
+    "Paris is the capital of France; Berlin is the capital of Germany.\n",
+    "ünïcødé tèxt, 中文文本, русский текст, and emoji \U0001f600 too.\n",
+    "numbers 0 1 2 3 10 100 1000 and symbols <>[]{}()=+-*/\n",
+]
+SPECIAL_TOKENS = ["<|begin_of_sentence|>", "<|end_of_sentence|>"]
+
+
+def write_tokenizer(path: str | Path, vocab_size: int) -> Path:
+    """A ``tokenizer.json`` made by the ``tokenizers`` library: byte-level BPE (as DeepSeek's),
+    trained on ``TOKENIZER_CORPUS`` up to ``vocab_size`` tokens (a small corpus stops earlier:
+    the embedding's rows beyond the tokenizer's vocabulary are padding, as in real models)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(TOKENIZER_CORPUS * 4, trainer)
+    tokenizer.save(str(path))
+    return Path(path)
 
 
 def gate_matrix(rng: np.random.Generator, rows: int, cols: int, spectrum: str = "flat") -> np.ndarray:
@@ -289,6 +318,7 @@ def make_deepseek_v4_checkpoint(
     vocab_size: int = 512,
     include_mtp: bool = True,
     include_attention: bool = True,
+    include_tokenizer: bool = True,
     spectrum: str = "flat",
     reference: dict[str, np.ndarray] | None = None,
 ) -> Path:
@@ -300,7 +330,9 @@ def make_deepseek_v4_checkpoint(
     index. ``hidden_size`` and ``moe_intermediate_size`` must be multiples of 32.
 
     ``reference``, when given, is filled with the exact float32 value of every routed and shared
-    gate_proj (``...w1.weight``), router weight and router bias written, keyed by tensor name.
+    gate_proj (``...w1.weight``), router weight and router bias written, and of the input embedding
+    (``embed.weight``, written with ``include_attention``), keyed by tensor name.
+    ``include_tokenizer`` writes ``tokenizer.json`` (``write_tokenizer``).
     """
     if expert_dtype not in (ds.EXPERT_DTYPE_FP4, ds.EXPERT_DTYPE_FP8, None):
         raise ValueError(f"expert_dtype {expert_dtype!r}: use 'fp4', 'fp8' or None")
@@ -344,7 +376,7 @@ def make_deepseek_v4_checkpoint(
     )
     groups: list[_Group] = []
     if include_attention:
-        groups.append(_bf16_group("embed.weight", (vocab_size, hidden_size), 1.0, keep=False))
+        groups.append(_bf16_group(ds.EMBED_TENSOR, (vocab_size, hidden_size), 1.0, keep=True))
     for layer in range(num_layers):
         groups += _block_groups(ds.layer_block(layer), hash_routed=layer < num_hash_layers, **common)
     if include_mtp:
@@ -388,6 +420,8 @@ def make_deepseek_v4_checkpoint(
         del tensors
 
     (root / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    if include_tokenizer:
+        write_tokenizer(root / TOKENIZER_JSON, vocab_size)
     if num_shards > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
         (root / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")

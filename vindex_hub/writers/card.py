@@ -18,7 +18,7 @@ from typing import Collection, Sequence
 
 from .. import __version__
 from ..errors import VindexFormatError
-from ..format import filenames, mirror, selection, sidecar, statistics
+from ..format import filenames, larql, mirror, selection, sidecar, statistics
 from ..format.card_data import CardOptions, card_front_matter, title_of
 from ..format.layout import format_size
 from ..format.mirror import MirrorFile
@@ -76,15 +76,22 @@ def var_plot_png(index: sidecar.VindexIndex) -> bytes:
 
 
 # ---- the card --------------------------------------------------------------------------------
+def example_layer_of(index: sidecar.VindexIndex) -> int:
+    """The layer the card's examples use: layer 1 when the vindex has it, else its first."""
+    return 1 if 1 in index.layers else index.layer_ids[0]
+
+
 def render_card(index: sidecar.VindexIndex, options: CardOptions, *, files: Collection[str],
-                mirror_files: Sequence[MirrorFile]) -> str:
-    """The card's text (front matter + body), describing the written ``files`` and ``mirror_files``."""
+                mirror_files: Sequence[MirrorFile], feature_examples: Sequence[dict] = ()) -> str:
+    """The card's text (front matter + body), describing the written ``files`` and ``mirror_files``;
+    ``feature_examples`` are a few ``feature_tokens`` rows to quote."""
     import jinja2
     from huggingface_hub import DatasetCard
 
     moe = index.model_config.moe
     layers = index.layer_ids
-    example_layer = 1 if 1 in index.layers else layers[0]
+    example_layer = example_layer_of(index)
+    feature_files = [f for f in mirror_files if f.config == mirror.CONFIG_FEATURE_TOKENS]
     k = index.num_feats
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), undefined=jinja2.StrictUndefined,
                              keep_trailing_newline=True, autoescape=False)
@@ -110,13 +117,20 @@ def render_card(index: sidecar.VindexIndex, options: CardOptions, *, files: Coll
         plot_file=filenames.VAR_PLOT_FILE,
         files={"binary": filenames.GATE_VECTORS_BIN, "index": filenames.INDEX_JSON, "phase1": filenames.PHASE1_JSON,
                "phase2": filenames.PHASE2_JSON, "data_dir": filenames.DATA_DIR, "larql": filenames.LARQL_INDEX_JSON,
-               "router": filenames.LARQL_ROUTER_BIN},
+               "router": filenames.LARQL_ROUTER_BIN, "embeddings": filenames.LARQL_EMBEDDINGS_BIN,
+               "tokenizer": filenames.TOKENIZER_JSON, "feature_tokens": mirror.FEATURE_TOKENS_PARQUET},
         median_key=statistics.median_var_key(k), q25_key=statistics.q25_var_key(k),
         q75_key=statistics.q75_var_key(k), var_key=statistics.var_key(k),
         has_phase1=filenames.PHASE1_JSON in files,
         has_phase2=filenames.PHASE2_JSON in files,
         has_larql=filenames.LARQL_INDEX_JSON in files,
         has_router_bin=filenames.LARQL_ROUTER_BIN in files,
+        has_browse_tier=filenames.LARQL_EMBEDDINGS_BIN in files and filenames.TOKENIZER_JSON in files,
+        gate_only_commands=", ".join(f"`{c}`" for c in larql.GATE_ONLY_COMMANDS),
+        browse_commands=", ".join(f"`{c}`" for c in larql.BROWSE_COMMANDS),
+        feature_tokens_k=(feature_files[0].arrow_schema.field(mirror.COL_TOKEN_IDS).type.list_size
+                          if feature_files else 0),
+        feature_examples=[_example_row(row) for row in feature_examples],
         has_stats=any(f.config == mirror.CONFIG_EXPERT_STATS for f in mirror_files),
         example_layer=example_layer,
         example_split=mirror.split_name(example_layer),
@@ -130,12 +144,21 @@ def render_card(index: sidecar.VindexIndex, options: CardOptions, *, files: Coll
     return text
 
 
+def _example_row(row: dict) -> dict:
+    """A feature_tokens row for the card's table: tokens quoted, cosines to 3 places."""
+    pairs = zip(row[mirror.COL_TOKENS], row[mirror.COL_SCORES])
+    return {"expert": row[mirror.COL_EXPERT], "feature": row[mirror.COL_FEATURE],
+            "tokens": ", ".join(f'`"{t}"` ({s:+.3f})'.replace("|", "\\|") for t, s in pairs)}
+
+
 def write_card(folder: str | Path, index: sidecar.VindexIndex, options: CardOptions, *,
-               files: Collection[str], mirror_files: Sequence[MirrorFile]) -> list[str]:
+               files: Collection[str], mirror_files: Sequence[MirrorFile],
+               feature_examples: Sequence[dict] = ()) -> list[str]:
     """Write ``README.md`` and the var-K plot it embeds; return their paths."""
     folder = Path(folder)
     if not index.layers:
         raise VindexFormatError(f"{folder}: the index lists no layers; nothing to describe")
     atomic_write_bytes(folder / filenames.VAR_PLOT_FILE, var_plot_png(index))
-    atomic_write_text(folder / filenames.CARD_FILE, render_card(index, options, files=files, mirror_files=mirror_files))
+    atomic_write_text(folder / filenames.CARD_FILE, render_card(index, options, files=files, mirror_files=mirror_files,
+                                                                     feature_examples=feature_examples))
     return [filenames.VAR_PLOT_FILE, filenames.CARD_FILE]

@@ -5,9 +5,11 @@
 1. the phase documents (from the layers' results, or carried over from a source vindex);
 2. the Arrow mirror: the binary is streamed once, layer by layer, each block becoming its parquet
    file and feeding the whole file's sha256 (which LarQL's index records), then the stats tables;
-3. LarQL's ``index.json`` (and ``router_weights.bin`` when asked);
-4. the card and its plot, handed the list of what was written (it probes nothing);
-5. the sidecar, last: a folder holding a sidecar is a finished vindex.
+3. with browse inputs (the model's input embedding and tokenizer): the ``feature_tokens`` config
+   and LarQL's ``embeddings.bin`` + ``tokenizer.json`` (``writers.browse``);
+4. LarQL's ``index.json`` (and ``router_weights.bin`` when asked), with the browse files' checksums;
+5. the card and its plot, handed the list of what was written (it probes nothing);
+6. the sidecar, last: a folder holding a sidecar is a finished vindex.
 """
 
 from __future__ import annotations
@@ -17,14 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..format import filenames, sidecar
+from ..errors import UsageError
+from ..format import filenames, mirror, sidecar
 from ..format.mirror import MirrorFile
 from ..format.card_data import CardOptions
 from ..fsutil import atomic_write_json
 from ..results import LayerResult
-from .card import write_card
+from .browse import (BrowseFiles, BrowseInputs, BrowseOptions, feature_token_examples, write_feature_tokens,
+                     write_larql_browse)
+from .card import example_layer_of, write_card
 from .larql import write_larql_index
-from .mirror import stats_tables, written_mirror, write_mirror
+from .mirror import written_file, stats_tables, written_mirror, write_mirror
 from .phases import phase1_json, phase2_json
 
 
@@ -58,12 +63,15 @@ def write_derived_files(
     model_config: Mapping[str, Any] | None = None,
     card_options: CardOptions | None = None,
     larql_router: bool = False,
+    browse: BrowseOptions | None = None,
+    browse_inputs: BrowseInputs | None = None,
 ) -> WrittenFiles:
     """Write every derived file of the vindex in ``folder`` (see the module docstring).
 
     ``results`` are a build's per-layer results; without them (convert) ``carried`` may give a
     source vindex's statistics, else only the gate vectors are mirrored. ``model_config`` is the
     checkpoint's ``config.json`` when at hand (LarQL's vocab size and attention geometry).
+    ``browse`` asks for the files made from ``browse_inputs`` (the embedding and tokenizer).
     """
     folder = Path(folder)
     index.check_layout(where=str(folder / filenames.INDEX_JSON),
@@ -82,13 +90,35 @@ def write_derived_files(
 
     binary_sha256 = hashlib.sha256()
     written.mirror = write_mirror(folder, index, tables, binary_hash=binary_sha256)
+    browse_files = _write_browse(folder, index, browse, browse_inputs, written)
     written.files += write_larql_index(folder, index, model_config or {}, results,
-                                       binary_sha256=binary_sha256.hexdigest(), router=larql_router)
+                                       binary_sha256=binary_sha256.hexdigest(), router=larql_router,
+                                       browse=browse_files)
     written.files += write_card(folder, index, card_options or CardOptions(), files=written.files,
-                                mirror_files=written.mirror)
+                                mirror_files=written.mirror,
+                                feature_examples=feature_token_examples(folder, example_layer_of(index)))
     atomic_write_json(folder / filenames.INDEX_JSON, index.to_json())
     written.files.append(filenames.INDEX_JSON)
     return written
+
+
+def _write_browse(folder: Path, index: sidecar.VindexIndex, browse: BrowseOptions | None,
+                  inputs: BrowseInputs | None, written: WrittenFiles) -> BrowseFiles | None:
+    """Step 3: the feature_tokens config and LarQL's browse files, when asked."""
+    if browse is None or not browse.wanted:
+        return None
+    if inputs is None:
+        raise UsageError("--feature-tokens / --larql-browse need the source checkpoint's embedding and tokenizer")
+    if inputs.embedding.shape[1] != index.hidden_size:
+        raise UsageError(f"{inputs.where}: the input embedding is {list(inputs.embedding.shape)}, but the vindex's "
+                         f"hidden size is {index.hidden_size}: not this vindex's model")
+    if browse.feature_tokens:
+        write_feature_tokens(folder, index, inputs, browse)
+        written.mirror.append(written_file(folder, mirror.CONFIG_FEATURE_TOKENS, mirror.STATS_SPLIT,
+                                       mirror.FEATURE_TOKENS_PARQUET))
+    files = write_larql_browse(folder, inputs, browse)
+    written.files += sorted(files.checksums)
+    return files
 
 
 def rewrite_card(folder: str | Path, index: sidecar.VindexIndex, card_options: CardOptions | None = None) -> list[str]:
@@ -96,6 +126,8 @@ def rewrite_card(folder: str | Path, index: sidecar.VindexIndex, card_options: C
     describing the files the folder holds; nothing else is rewritten."""
     folder = Path(folder)
     files = [name for name in (filenames.PHASE1_JSON, filenames.PHASE2_JSON, filenames.LARQL_INDEX_JSON,
-                               filenames.LARQL_ROUTER_BIN) if (folder / name).is_file()]
+                               filenames.LARQL_ROUTER_BIN, filenames.LARQL_EMBEDDINGS_BIN, filenames.TOKENIZER_JSON)
+             if (folder / name).is_file()]
     return write_card(folder, index, card_options or CardOptions(), files=files,
-                      mirror_files=written_mirror(folder, index))
+                      mirror_files=written_mirror(folder, index),
+                      feature_examples=feature_token_examples(folder, example_layer_of(index)))

@@ -111,7 +111,7 @@ def router_svd_table(results: Sequence[LayerResult]) -> pa.Table:
 
 
 # ---- writing ---------------------------------------------------------------------------------
-def _written(folder: Path, config: str, split: str, rel: str) -> mirror.MirrorFile:
+def written_file(folder: Path, config: str, split: str, rel: str) -> mirror.MirrorFile:
     """What a just-written parquet file holds, from its footer (the card reports these figures)."""
     meta = pq.read_metadata(folder / rel)
     return mirror.MirrorFile(
@@ -132,7 +132,7 @@ def write_gate_vectors_layer(folder: Path, index: sidecar.VindexIndex, layer: in
             for start in range(0, index.num_experts, step):
                 table = gate_vectors_table(layer, start, np.array(block[start:start + step]))
                 writer.write_table(table, row_group_size=table.num_rows)
-    return _written(folder, mirror.CONFIG_GATE_VECTORS, mirror.split_name(layer), rel)
+    return written_file(folder, mirror.CONFIG_GATE_VECTORS, mirror.split_name(layer), rel)
 
 
 def write_stats_table(folder: Path, rel: str, table: pa.Table) -> mirror.MirrorFile:
@@ -141,7 +141,7 @@ def write_stats_table(folder: Path, rel: str, table: pa.Table) -> mirror.MirrorF
               mirror.ROUTER_SVD_PARQUET: mirror.CONFIG_ROUTER_SVD}[rel]
     with atomic_path(folder / rel) as tmp:
         pq.write_table(table, tmp, **STATS_WRITE_OPTIONS)
-    return _written(folder, config, mirror.STATS_SPLIT, rel)
+    return written_file(folder, config, mirror.STATS_SPLIT, rel)
 
 
 def write_mirror(folder: str | Path, index: sidecar.VindexIndex, tables: Mapping[str, pa.Table] | None = None,
@@ -167,10 +167,14 @@ def written_mirror(folder: Path, index: sidecar.VindexIndex) -> list[mirror.Mirr
              for layer in index.layer_ids]
     paths += [(mirror.CONFIG_EXPERT_STATS, mirror.STATS_SPLIT, mirror.EXPERT_STATS_PARQUET),
               (mirror.CONFIG_ROUTER_SVD, mirror.STATS_SPLIT, mirror.ROUTER_SVD_PARQUET)]
-    files = [_written(folder, *entry) for entry in paths if (folder / entry[2]).is_file()]
+    files = [written_file(folder, *entry) for entry in paths if (folder / entry[2]).is_file()]
     # the stats configs come as a pair: one without the other is not listed (as a build writes them)
     stats = [f for f in files if f.config != mirror.CONFIG_GATE_VECTORS]
-    return files if len(stats) in (0, 2) else [f for f in files if f not in stats]
+    files = files if len(stats) in (0, 2) else [f for f in files if f not in stats]
+    if (folder / mirror.FEATURE_TOKENS_PARQUET).is_file():
+        files.append(written_file(folder, mirror.CONFIG_FEATURE_TOKENS, mirror.STATS_SPLIT,
+                                  mirror.FEATURE_TOKENS_PARQUET))
+    return files
 
 
 def stats_tables(index: sidecar.VindexIndex, results: Sequence[LayerResult]) -> dict[str, pa.Table]:
