@@ -6,7 +6,7 @@ look like real singular vectors' to a compressor; no SVD needed to measure I/O),
 
 1. one layer is written with each candidate parquet setting: size vs the binary, write time,
    and read time (``pyarrow.parquet.read_table`` to numpy, best of 3);
-2. ``load_dataset(folder, "gate_vectors", split="layer_01")`` to an ``(E, K, H)`` torch tensor,
+2. ``load_dataset(folder, "layer_01", split="train")`` to an ``(E, K, H)`` torch tensor,
    first load (fresh cache: parquet -> Arrow cache) and cached load (same cache), against
    ``np.memmap`` + copy of the same bytes, side by side in one run.
 
@@ -112,8 +112,8 @@ def load_vs_memmap(folder: Path, index: sidecar.VindexIndex, layer: int, cache: 
     entry = index.layers[layer]
 
     def via_datasets():
-        ds = load_dataset(str(folder), mirror.CONFIG_GATE_VECTORS, split=mirror.split_name(layer),
-                          cache_dir=str(cache)).with_format("torch")
+        ds = load_dataset(str(folder), mirror.layer_config(layer, index.model_config.num_hidden_layers),
+                          split=mirror.SPLIT, cache_dir=str(cache)).with_format("torch")
         return ds[mirror.COL_VECTOR][:].reshape(entry.shape)
 
     def via_memmap():
@@ -122,7 +122,7 @@ def load_vs_memmap(folder: Path, index: sidecar.VindexIndex, layer: int, cache: 
         return np.array(arr)
 
     first_mm, a = best_of(1, via_memmap)
-    first_ds, b = best_of(1, via_datasets)  # fresh cache: converts every split of the config
+    first_ds, b = best_of(1, via_datasets)  # fresh cache: converts the layer's file
     cached_ds, c = best_of(3, via_datasets)
     cached_mm, _ = best_of(3, via_memmap)
     assert b.numpy().tobytes() == a.tobytes() == c.numpy().tobytes()

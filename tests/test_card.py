@@ -45,10 +45,18 @@ def test_front_matter_parses_and_round_trips(small_vindex: SmallVindex):
     assert front["tags"][:4] == ["vindex", "moe", "sparse-routing", "mechanistic-interpretability"]
     assert "deepseek" in front["tags"]
     configs = {c["config_name"]: c for c in front["configs"]}
-    assert list(configs) == [mirror.CONFIG_GATE_VECTORS, mirror.CONFIG_EXPERT_STATS, mirror.CONFIG_ROUTER_SVD]
-    assert configs[mirror.CONFIG_GATE_VECTORS]["default"] is True
+    layer_configs = [f"layer_{layer:02d}" for layer in range(NUM_LAYERS)]
+    assert list(configs) == [mirror.CONFIG_EXPERT_STATS, mirror.CONFIG_ROUTER_SVD, *layer_configs,
+                             mirror.CONFIG_GATE_VECTORS]
+    assert [name for name, c in configs.items() if c.get("default")] == [mirror.CONFIG_EXPERT_STATS]
+    for layer, name in enumerate(layer_configs):  # one split, one file
+        assert configs[name]["data_files"] == [
+            {"split": "train", "path": f"data/gate_vectors/layer_{layer:02d}.parquet"}]
     assert configs[mirror.CONFIG_GATE_VECTORS]["data_files"] == [
-        {"split": mirror.split_name(layer), "path": mirror.gate_vectors_parquet(layer)} for layer in range(NUM_LAYERS)]
+        {"split": "train", "path": [f"data/gate_vectors/layer_{layer:02d}.parquet" for layer in range(NUM_LAYERS)]}]
+    assert configs[mirror.CONFIG_EXPERT_STATS]["data_files"] == [
+        {"split": "train", "path": mirror.EXPERT_STATS_PARQUET}]
+    assert all(re.fullmatch(r"\w+", name) for name in configs)
 
 
 def test_dataset_info_declares_fixed_size_lists_and_true_row_counts(small_vindex: SmallVindex):
@@ -56,11 +64,15 @@ def test_dataset_info_declares_fixed_size_lists_and_true_row_counts(small_vindex
     infos = {i["config_name"]: i for i in front["dataset_info"]}
     gate = infos[mirror.CONFIG_GATE_VECTORS]
     assert {"name": mirror.COL_VECTOR, "list": "float32", "length": HIDDEN} in gate["features"]
-    for split in gate["splits"]:
-        path = small_vindex.folder / mirror.gate_vectors_parquet(mirror.layer_of_split(split["name"]))
-        assert split["num_examples"] == pq.read_metadata(path).num_rows == NUM_EXPERTS * NUM_FEATS
-    assert gate["download_size"] == sum(
-        (small_vindex.folder / mirror.gate_vectors_parquet(layer)).stat().st_size for layer in range(NUM_LAYERS))
+    paths = [small_vindex.folder / mirror.gate_vectors_parquet(layer, NUM_LAYERS) for layer in range(NUM_LAYERS)]
+    for layer, path in enumerate(paths):
+        one = infos[mirror.layer_config(layer, NUM_LAYERS)]
+        assert one["features"] == gate["features"]
+        assert [s["name"] for s in one["splits"]] == ["train"]
+        assert one["splits"][0]["num_examples"] == pq.read_metadata(path).num_rows == NUM_EXPERTS * NUM_FEATS
+        assert one["download_size"] == path.stat().st_size
+    assert [(s["name"], s["num_examples"]) for s in gate["splits"]] == [("train", NUM_LAYERS * NUM_EXPERTS * NUM_FEATS)]
+    assert gate["download_size"] == sum(path.stat().st_size for path in paths)
     stats = infos[mirror.CONFIG_EXPERT_STATS]
     assert {"name": statistics.SINGULAR_VALUES, "list": "float32", "length": NUM_FEATS} in stats["features"]
     assert stats["splits"][0]["num_examples"] == NUM_LAYERS * NUM_EXPERTS
@@ -115,7 +127,7 @@ def test_snippets_run_against_the_hub(small_vindex: SmallVindex, local_hub, monk
     api.create_repo(CARD_OPTIONS.repo_id, repo_type="dataset", exist_ok=True)
     api.upload_folder(folder_path=str(small_vindex.folder), repo_id=CARD_OPTIONS.repo_id, repo_type="dataset")
     blocks = _python_blocks(_card(small_vindex.folder))
-    datasets_block = next(b for b in blocks if "load_dataset" in b and "data_files" not in b)
+    datasets_block = next(b for b in blocks if "load_dataset" in b)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(datasets_block, "README.md", "exec"), namespace)
@@ -126,9 +138,6 @@ def test_snippets_run_against_the_hub(small_vindex: SmallVindex, local_hub, monk
     exec(compile(vindex_block, "README.md", "exec"), namespace)
     assert namespace["V"].tobytes() == expected.tobytes()
     assert namespace["v"].tobytes() == expected[0].tobytes()
-    one_layer = next(b for b in blocks if "data_files" in b)
-    exec(compile(one_layer, "README.md", "exec"), namespace)
-    assert np.array(namespace["one"][mirror.COL_VECTOR], dtype=np.float32).tobytes() == expected.tobytes()
 
 
 def test_plot_is_a_deterministic_png_without_metadata(small_vindex: SmallVindex):
@@ -152,13 +161,16 @@ def test_rewriting_the_card_is_bit_identical(vindex_copy: Path):
 def test_the_card_lists_the_configs_whose_files_are_there(vindex_copy: Path):
     index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
     rewrite_card(vindex_copy, index, CARD_OPTIONS)
+    layer_configs = [mirror.layer_config(layer, NUM_LAYERS) for layer in range(NUM_LAYERS)]
     configs = DatasetCard(_card(vindex_copy)).data.to_dict()["configs"]
     assert [c["config_name"] for c in configs] == [
-        mirror.CONFIG_GATE_VECTORS, mirror.CONFIG_EXPERT_STATS, mirror.CONFIG_ROUTER_SVD]
-    (vindex_copy / mirror.ROUTER_SVD_PARQUET).unlink()  # without the spectra: gate_vectors only
+        mirror.CONFIG_EXPERT_STATS, mirror.CONFIG_ROUTER_SVD, *layer_configs, mirror.CONFIG_GATE_VECTORS]
+    (vindex_copy / mirror.ROUTER_SVD_PARQUET).unlink()  # without the spectra: the layers only
     rewrite_card(vindex_copy, index, CARD_OPTIONS)
     configs = DatasetCard(_card(vindex_copy)).data.to_dict()["configs"]
-    assert [c["config_name"] for c in configs] == [mirror.CONFIG_GATE_VECTORS]
+    assert [c["config_name"] for c in configs] == [*layer_configs, mirror.CONFIG_GATE_VECTORS]
+    # the default is then the first layer, never the whole mirror
+    assert [c["config_name"] for c in configs if c.get("default")] == [layer_configs[0]]
 
 
 def test_card_options_from_yaml_and_json(tmp_path: Path):

@@ -39,7 +39,7 @@ def test_demo_command_runs_the_whole_loop(demo_run, local_hub) -> None:
     assert f"dataset repo {DEMO_REPO_ID} on the local Hub at http://127.0.0.1:" in lines["push"]
     # One lazy layer costs exactly that layer's bytes (the server's byte counter).
     assert f"fetched {LAYER_BYTES:,} B for a {LAYER_BYTES:,} B layer (1.00x)" in lines["Vindex.open"]
-    assert f'split="{mirror.split_name(LAZY_LAYER)}"): equals gate_vectors.bin' in lines["load_dataset"]
+    assert f'(repo, "{mirror.layer_config(LAZY_LAYER, MODEL_DIMS["num_layers"])}", split="train"): equals gate_vectors.bin' in lines["load_dataset"]
     assert f"{n_files} files, byte-identical to the folder" in lines["snapshot"]
     assert f"kept in {workdir}" in lines["files"]
     # The demo's server kept its repos in the work folder, not in this test session's server.

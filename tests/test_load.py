@@ -23,6 +23,7 @@ import pytest
 from huggingface_hub import CommitOperationAdd, HfApi
 
 from vindex_hub.format import filenames, layout, mirror, sidecar, statistics
+from vindex_hub.format.card_data import CardOptions, card_front_matter
 from vindex_hub.hub.blockcache import BlockCache, default_cache_root
 from vindex_hub.errors import (HubError, IntegrityError, OutputConflictError, RemoteNotFoundError, UsageError,
                                VindexFormatError)
@@ -38,6 +39,12 @@ from vindex_hub.writers.phases import phase1_json, phase2_json
 
 LAYERS = (0, 1, 2)
 E, K, H = 4, 3, 64  # a layer is 3 KiB, an expert 768 B
+MODEL_LAYERS = max(LAYERS) + 1  # the model's num_hidden_layers in write_vindex
+
+
+def layer_parquet(layer: int) -> str:
+    return mirror.gate_vectors_parquet(layer, MODEL_LAYERS)
+
 _names = itertools.count()
 
 
@@ -81,15 +88,9 @@ def write_vindex(folder: Path, *, layers=LAYERS, num_experts=E, num_feats=K, hid
     (folder / filenames.INDEX_JSON).write_text(index.dumps())
     (folder / filenames.PHASE1_JSON).write_text(json.dumps(phase1_json(results, index)))
     (folder / filenames.PHASE2_JSON).write_text(json.dumps(phase2_json(results, index)))
-    write_mirror(folder, index, stats_tables(index, results))
-    splits = "".join(f"  - split: {mirror.split_name(layer)}\n    path: {mirror.gate_vectors_parquet(layer)}\n"
-                     for layer in layers)
-    (folder / filenames.CARD_FILE).write_text(
-        "---\nlicense: mit\ntags:\n- vindex\nconfigs:\n"
-        f"- config_name: {mirror.CONFIG_GATE_VECTORS}\n  default: true\n  data_files:\n{splits}"
-        f"- config_name: {mirror.CONFIG_EXPERT_STATS}\n  data_files:\n"
-        f"  - split: {mirror.STATS_SPLIT}\n    path: {mirror.EXPERT_STATS_PARQUET}\n"
-        "---\n# a test vindex\n")
+    files = write_mirror(folder, index, stats_tables(index, results))
+    front = card_front_matter(index, files, CardOptions()).to_yaml()
+    (folder / filenames.CARD_FILE).write_text(f"---\n{front}\n---\n# a test vindex\n")
     return blocks
 
 
@@ -135,7 +136,7 @@ def test_remote_modes_equal_local_binary(local_hub, vindex_folder, repo, cache, 
         np.testing.assert_array_equal(vx.layer(1), blocks[1])
         fetched = {k[2] for k, v in local_hub.stats().files.items() if k[1] == repo and v.bytes_sent}
         if mode == "arrow":  # that layer's parquet file only, not the whole config
-            assert {p for p in fetched if p.endswith(".parquet")} == {mirror.gate_vectors_parquet(1)}
+            assert {p for p in fetched if p.endswith(".parquet")} == {layer_parquet(1)}
         else:  # snapshot: everything came at open
             assert fetched == ({filenames.GATE_VECTORS_BIN} if mode == "lazy" else set())
         for layer in LAYERS:
@@ -541,15 +542,15 @@ def test_pull_binary_subset_is_a_valid_smaller_vindex(local_hub, vindex_folder, 
     assert (out / filenames.GATE_VECTORS_BIN).stat().st_size == 2 * E * K * H * 4
     report = verify_vindex(out)
     assert report.ok, report.render()
-    assert (out / filenames.LARQL_INDEX_JSON).exists() and not (out / mirror.gate_vectors_parquet(0)).exists()
+    assert (out / filenames.LARQL_INDEX_JSON).exists() and not (out / layer_parquet(0)).exists()
     with Vindex.open(out) as vx:
         assert vx.layers == [1, 2]
         assert vx.index.layer(1).file_offset == 0 and vx.index.layer(2).file_offset == E * K * H * 4
         np.testing.assert_array_equal(vx.layer(1), blocks[1])
         np.testing.assert_array_equal(vx.layer(2), blocks[2])
         assert set(vx.phase1["layers"]) == {"1", "2"}
-        assert [c["config_name"] for c in vx.card_data.to_dict()["configs"]] == [
-            mirror.CONFIG_GATE_VECTORS, mirror.CONFIG_EXPERT_STATS, mirror.CONFIG_ROUTER_SVD]
+        assert [c["config_name"] for c in vx.card_data.to_dict()["configs"]] == [  # only its layers
+            mirror.CONFIG_EXPERT_STATS, mirror.CONFIG_ROUTER_SVD, "layer_01", "layer_02", mirror.CONFIG_GATE_VECTORS]
         stats = vx.expert_stats()  # the source's spectra, kept for the pulled layers only
         assert sorted(set(stats[mirror.COL_LAYER].tolist())) == [1, 2]
         assert len(stats[mirror.COL_LAYER]) == 2 * E
@@ -568,7 +569,7 @@ def test_pull_replaces_only_an_earlier_pull_of_the_same_repo(local_hub, vindex_f
     (out / "notes.txt").write_text("mine")
     assert pull(repo, out, layers="1", cache_dir=cache) == out  # an earlier pull: replaced
     assert verify_vindex(out).ok, verify_vindex(out).render()
-    assert not (out / mirror.gate_vectors_parquet(0)).exists()  # no stale layer files left behind
+    assert not (out / layer_parquet(0)).exists()  # no stale layer files left behind
     assert (out / "notes.txt").read_text() == "mine"
     with Vindex.open(out) as vx:
         assert vx.layers == [1]
@@ -592,11 +593,11 @@ def test_pull_full_is_verified_and_arrow_is_data_only(local_hub, vindex_folder, 
     folder, blocks = vindex_folder
     full = pull(repo, tmp_path / "full", cache_dir=cache)
     assert (full / filenames.GATE_VECTORS_BIN).read_bytes() == (folder / filenames.GATE_VECTORS_BIN).read_bytes()
-    assert (full / mirror.gate_vectors_parquet(2)).exists()
+    assert (full / layer_parquet(2)).exists()
     assert verify_vindex(full).ok
     arrow = pull(repo, tmp_path / "arrow", layers=[0], format="arrow", cache_dir=cache)
-    assert (arrow / mirror.gate_vectors_parquet(0)).exists() and (arrow / filenames.CARD_FILE).exists()
-    assert not (arrow / mirror.gate_vectors_parquet(1)).exists() and not (arrow / filenames.GATE_VECTORS_BIN).exists()
+    assert (arrow / layer_parquet(0)).exists() and (arrow / filenames.CARD_FILE).exists()
+    assert not (arrow / layer_parquet(1)).exists() and not (arrow / filenames.GATE_VECTORS_BIN).exists()
     with pytest.raises(VindexFormatError, match="data-only pull .*mode='arrow'"):
         Vindex.open(arrow)
     with Vindex.open(arrow, mode="arrow") as vx:

@@ -32,7 +32,7 @@ def _index(folder: Path) -> sidecar.VindexIndex:
 def test_gate_vectors_parquet_is_the_binary_bit_for_bit(small_vindex: SmallVindex):
     folder = small_vindex.folder
     for layer in range(NUM_LAYERS):
-        table = pq.read_table(folder / mirror.gate_vectors_parquet(layer))
+        table = pq.read_table(folder / mirror.gate_vectors_parquet(layer, NUM_LAYERS))
         assert table.schema.field(mirror.COL_VECTOR).type == pa.list_(pa.float32(), HIDDEN)
         for col in (mirror.COL_LAYER, mirror.COL_EXPERT, mirror.COL_FEATURE):
             assert table.schema.field(col).type == pa.int16()
@@ -46,7 +46,7 @@ def test_gate_vectors_parquet_is_the_binary_bit_for_bit(small_vindex: SmallVinde
 
 
 def test_gate_vectors_encoding_is_byte_stream_split_zstd(small_vindex: SmallVindex):
-    meta = pq.read_metadata(small_vindex.folder / mirror.gate_vectors_parquet(0))
+    meta = pq.read_metadata(small_vindex.folder / mirror.gate_vectors_parquet(0, NUM_LAYERS))
     columns = {meta.row_group(0).column(i).path_in_schema: meta.row_group(0).column(i)
                for i in range(meta.num_columns)}
     vector = columns["vector.list.element"]
@@ -86,17 +86,18 @@ def test_load_dataset_reads_every_config_from_the_folder(small_vindex: SmallVind
     from datasets import List, Value, load_dataset
 
     folder = small_vindex.folder
-    ds = load_dataset(str(folder), mirror.CONFIG_GATE_VECTORS, split="layer_01", cache_dir=str(tmp_path))
+    ds = load_dataset(str(folder), "layer_01", split="train", cache_dir=str(tmp_path))
     assert ds.features[mirror.COL_VECTOR] == List(Value("float32"), length=HIDDEN)
     vectors = ds.with_format("torch")[mirror.COL_VECTOR][:].reshape(NUM_EXPERTS, NUM_FEATS, HIDDEN).numpy()
     assert vectors.tobytes() == small_vindex.binary_layer(folder, 1).tobytes()
 
-    # gate_vectors is the default config
-    default = load_dataset(str(folder), split="layer_02", cache_dir=str(tmp_path))
-    assert np.array(default[mirror.COL_VECTOR], dtype=np.float32).tobytes() == \
-        small_vindex.binary_layer(folder, 2).reshape(-1, HIDDEN).tobytes()
+    every = load_dataset(str(folder), mirror.CONFIG_GATE_VECTORS, split="train", cache_dir=str(tmp_path))
+    assert every[mirror.COL_LAYER] == [layer for layer in range(NUM_LAYERS) for _ in range(NUM_EXPERTS * NUM_FEATS)]
+    assert np.array(every[mirror.COL_VECTOR], dtype=np.float32).tobytes() == \
+        (folder / filenames.GATE_VECTORS_BIN).read_bytes()
 
-    stats = load_dataset(str(folder), mirror.CONFIG_EXPERT_STATS, split=mirror.STATS_SPLIT, cache_dir=str(tmp_path))
+    # expert_stats is the default config
+    stats = load_dataset(str(folder), split=mirror.STATS_SPLIT, cache_dir=str(tmp_path))
     assert stats.num_rows == NUM_LAYERS * NUM_EXPERTS
     assert stats.to_pandas().equals(pq.read_table(folder / mirror.EXPERT_STATS_PARQUET).to_pandas())
 
@@ -116,7 +117,7 @@ def test_row_groups_hold_whole_experts_and_verify_compares_each(
     expert_bytes = layout.expert_nbytes(NUM_FEATS, HIDDEN)
     monkeypatch.setattr(mirror, "ROW_GROUP_BYTES", 3 * expert_bytes)
     write_mirror(folder, _index(folder))
-    meta = pq.read_metadata(folder / mirror.gate_vectors_parquet(1))
+    meta = pq.read_metadata(folder / mirror.gate_vectors_parquet(1, NUM_LAYERS))
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [3 * NUM_FEATS, NUM_FEATS]
     assert verify_vindex(folder).ok
 
@@ -124,7 +125,7 @@ def test_row_groups_hold_whole_experts_and_verify_compares_each(
 def test_mirror_is_deterministic(small_vindex: SmallVindex, tmp_path: Path):
     folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "v"))
     before = {p: (folder / p).read_bytes() for p in
-              [mirror.gate_vectors_parquet(layer) for layer in range(NUM_LAYERS)]}
+              [mirror.gate_vectors_parquet(layer, NUM_LAYERS) for layer in range(NUM_LAYERS)]}
     written = write_mirror(folder, _index(folder))
     assert sorted(f.path for f in written) == sorted(before)
     assert all((folder / p).read_bytes() == data for p, data in before.items())
@@ -159,7 +160,7 @@ def test_convert_a_seed_style_vindex(vindex_copy: Path, small_vindex: SmallVinde
 
     _seed_style(vindex_copy)
     written = convert_vindex(vindex_copy)
-    assert mirror.gate_vectors_parquet(0) in written and filenames.INDEX_JSON in written
+    assert mirror.gate_vectors_parquet(0, NUM_LAYERS) in written and filenames.INDEX_JSON in written
     assert not (vindex_copy / mirror.EXPERT_STATS_PARQUET).exists()
 
     report = verify_vindex(vindex_copy)
@@ -172,7 +173,7 @@ def test_convert_a_seed_style_vindex(vindex_copy: Path, small_vindex: SmallVinde
     assert "singular values *not retained*" in card and "expert_stats" not in card.split("---")[1]
     assert first_python_block(card) == SEED_SNIPPET
     assert "**Method**: unknown" in card and "\nCard, mirror and LarQL index written by vindex-hub" in card
-    ds = load_dataset(str(vindex_copy), mirror.CONFIG_GATE_VECTORS, split="layer_01", cache_dir=str(tmp_path))
+    ds = load_dataset(str(vindex_copy), "layer_01", split="train", cache_dir=str(tmp_path))
     assert np.array(ds[mirror.COL_VECTOR], dtype=np.float32).tobytes() == \
         small_vindex.binary_layer(vindex_copy, 1).tobytes()
 

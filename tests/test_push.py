@@ -30,7 +30,7 @@ from vindex_hub.hubserver import LocalHub
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 
 from conftest import HUB_TOKEN
-from vindex_fixtures import CARD_OPTIONS, NUM_FEATS, SmallVindex, small_vindex, vindex_copy  # noqa: F401
+from vindex_fixtures import CARD_OPTIONS, NUM_FEATS, NUM_LAYERS, SmallVindex, small_vindex, vindex_copy  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _seeds = itertools.count(1000)
@@ -143,15 +143,15 @@ def test_push_of_fewer_layers_deletes_stale_splits_only(
                  card_options=CARD_OPTIONS, larql_router=True)
 
     dry = push_vindex(fewer, hub_repo_id, dry_run=True, progress=False)
-    assert dry.deleted == [mirror.gate_vectors_parquet(2)]
+    assert dry.deleted == [mirror.gate_vectors_parquet(2, NUM_LAYERS)]
     result = push_vindex(fewer, hub_repo_id, progress=False)
 
-    assert result.deleted == [mirror.gate_vectors_parquet(2)]
+    assert result.deleted == [mirror.gate_vectors_parquet(2, NUM_LAYERS)]
     tree = _tree(hub_repo_id)
-    assert mirror.gate_vectors_parquet(2) not in tree and "LICENSE" in tree and ".gitattributes" in tree
+    assert mirror.gate_vectors_parquet(2, NUM_LAYERS) not in tree and "LICENSE" in tree and ".gitattributes" in tree
     assert set(tree) == {f.path for f in publishable_files(fewer)} | {"LICENSE", ".gitattributes"}
     # Layers 0 and 1 are computed from the same weights: their parquet files were not sent again.
-    assert mirror.gate_vectors_parquet(0) in {f.path for f in result.unchanged}
+    assert mirror.gate_vectors_parquet(0, NUM_LAYERS) in {f.path for f in result.unchanged}
 
 
 # ---- branches and pull requests -----------------------------------------------------------------------

@@ -40,11 +40,16 @@ def test_parse_layers_rejects(spec):
         selection.parse_layers(spec, 10)
 
 
-def test_split_names_round_trip():
-    assert mirror.split_name(1) == "layer_01"
-    assert mirror.split_name(42) == "layer_42"
-    assert mirror.layer_of_split(mirror.split_name(7)) == 7
-    assert mirror.gate_vectors_parquet(3) == "data/gate_vectors/layer_03.parquet"
+def test_layer_config_names_round_trip():
+    assert mirror.layer_config(1, 43) == "layer_01"
+    assert mirror.layer_config(42, 43) == "layer_42"
+    assert mirror.layer_config(7, 99) == "layer_07"
+    assert mirror.layer_config(7, 100) == "layer_007"  # three digits from 100 layers
+    assert mirror.layer_config(120, 128) == "layer_120"
+    assert mirror.layer_of_name(mirror.layer_config(7, 128)) == 7
+    assert mirror.layer_of_name("gate_vectors") is None
+    assert mirror.gate_vectors_parquet(3, 43) == "data/gate_vectors/layer_03.parquet"
+    assert mirror.gate_vectors_parquet(3, 128) == "data/gate_vectors/layer_003.parquet"
 
 
 def test_index_round_trip_and_seed_keys():

@@ -15,7 +15,7 @@ from vindex_hub.verify import verify_vindex
 from vindex_hub.writers.mirror import gate_vectors_table
 
 from vindex_fixtures import (  # noqa: F401 (fixtures)
-    HIDDEN, NUM_EXPERTS, NUM_FEATS, SmallVindex, small_vindex, vindex_copy,
+    HIDDEN, NUM_EXPERTS, NUM_FEATS, NUM_LAYERS, SmallVindex, small_vindex, vindex_copy,
 )
 
 
@@ -35,7 +35,9 @@ def test_a_built_vindex_passes(small_vindex: SmallVindex):
     assert report.problems == []
     # every part was looked at
     text = "\n".join(report.checks)
-    for name in (filenames.INDEX_JSON, filenames.GATE_VECTORS_BIN, mirror.gate_vectors_parquet(2),
+    assert report.warnings == []
+    assert f"mirror layout: {mirror.LAYOUT_CONFIG_PER_LAYER}" in "\n".join(report.checks)  # says which it saw
+    for name in (filenames.INDEX_JSON, filenames.GATE_VECTORS_BIN, mirror.gate_vectors_parquet(2, NUM_LAYERS),
                  mirror.EXPERT_STATS_PARQUET, mirror.ROUTER_SVD_PARQUET, filenames.CARD_FILE,
                  filenames.LARQL_INDEX_JSON, filenames.PHASE1_JSON, filenames.PHASE2_JSON):
         assert name in text
@@ -64,7 +66,7 @@ def test_a_flipped_byte_in_the_binary_is_named_by_layer(vindex_copy: Path):
 def test_a_mirror_that_disagrees_with_the_binary_is_named(vindex_copy: Path, small_vindex: SmallVindex):
     vectors = small_vindex.binary_layer(vindex_copy, 2).copy()
     vectors[3, 6, 10] = np.nextafter(vectors[3, 6, 10], np.float32(1))  # one ulp, expert 3 feature 6
-    pq.write_table(gate_vectors_table(2, 0, vectors), vindex_copy / mirror.gate_vectors_parquet(2))
+    pq.write_table(gate_vectors_table(2, 0, vectors), vindex_copy / mirror.gate_vectors_parquet(2, NUM_LAYERS))
     problems = _problems(vindex_copy)
     row = 3 * NUM_FEATS + 6
     assert problems == [f"layer 2: data/gate_vectors/layer_02.parquet row {row} (expert 3, feature 6) "
@@ -72,11 +74,13 @@ def test_a_mirror_that_disagrees_with_the_binary_is_named(vindex_copy: Path, sma
 
 
 def test_a_missing_parquet_file_is_named(vindex_copy: Path):
-    (vindex_copy / mirror.gate_vectors_parquet(0)).unlink()
+    (vindex_copy / mirror.gate_vectors_parquet(0, NUM_LAYERS)).unlink()
     problems = _problems(vindex_copy)
     assert "layer 0: data/gate_vectors/layer_00.parquet is missing (the Arrow mirror of this layer)" in problems
-    # the card still points at it
-    assert any(p.startswith("README.md: config 'gate_vectors' split 'layer_00' points at") for p in problems)
+    # the card still points at it, from both configs that name it
+    assert any(p.startswith("README.md: config 'layer_00' split 'train' points at") for p in problems)
+    assert any(p.startswith("README.md: config 'gate_vectors' split 'train' points at "
+                            "'data/gate_vectors/layer_00.parquet'") for p in problems)
 
 
 def test_card_configs_pointing_at_missing_files(vindex_copy: Path):
@@ -92,11 +96,11 @@ def test_card_row_counts_that_disagree_with_the_parquet(vindex_copy: Path):
     card = vindex_copy / filenames.CARD_FILE
     text = card.read_text()
     rows = NUM_EXPERTS * NUM_FEATS
-    head, rest = text.split("  - name: layer_01\n", 1)
+    head, rest = text.split("- config_name: layer_01\n  features:", 1)
     rest = rest.replace(f"num_examples: {rows}", "num_examples: 999", 1)
-    card.write_text(head + "  - name: layer_01\n" + rest)
+    card.write_text(head + "- config_name: layer_01\n  features:" + rest)
     assert _problems(vindex_copy) == [
-        f"README.md: dataset_info says gate_vectors/layer_01 has 999 rows, "
+        f"README.md: dataset_info says layer_01/train has 999 rows, "
         f"data/gate_vectors/layer_01.parquet has {rows}"]
 
 
@@ -171,7 +175,8 @@ def test_a_card_whose_front_matter_does_not_parse_is_a_problem_not_a_crash(vinde
 def test_card_configs_of_the_wrong_shape_are_a_problem_not_a_crash(vindex_copy: Path):
     (vindex_copy / filenames.CARD_FILE).write_text("---\nconfigs:\n- gate_vectors\n---\n# a card\n")
     problems = _problems(vindex_copy)
-    assert len(problems) == 1 and problems[0].startswith("README.md: AttributeError")
+    assert problems == ["README.md: VindexFormatError: configs entry 'gate_vectors' is a str, "
+                        "expected a mapping with config_name"]
 
 
 def test_a_binary_that_shrinks_while_being_hashed_is_a_problem_not_a_hang(

@@ -85,7 +85,7 @@ def cmd_convert(args: argparse.Namespace) -> Outcome:
 
     written = convert_vindex(Path(args.folder), card_options=_card_options(args), source=args.source,
                              revision=args.revision, browse=_browse_options(args), device=args.device)
-    return Outcome(f"converted {args.folder}: Arrow mirror, LarQL index and card written",
+    return Outcome(f"converted {args.folder}: {len(written)} files written ({', '.join(sorted(written)[:3])}, ...)",
                    {"folder": args.folder, "written": written})
 
 

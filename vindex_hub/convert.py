@@ -1,11 +1,18 @@
-"""``convert``: give a folder holding just ``gate_vectors.bin`` and its sidecar every derived file.
+"""``convert``: bring a vindex folder to the current layout.
 
-The seed's published vindex is such a folder: its sidecar (no ``format_version``) is upgraded in
-place (``format.seed``: layer checksums computed from the binary, the current keys added, every
-key the seed's usage snippet reads kept), then the one write sequence (``writers.derived``) writes
-the Arrow mirror, LarQL index and card. Given the source checkpoint (``source``), its
-``config.json`` fills LarQL's fields and ``browse`` can ask for feature tokens and LarQL's
-browse tier, made from the checkpoint's embedding and tokenizer.
+* A folder holding just ``gate_vectors.bin`` and its sidecar gets every derived file. The seed's
+  published vindex is such a folder: its sidecar (no ``format_version``) is upgraded in place
+  (``format.seed``: layer checksums computed from the binary, the current keys added, every key
+  the seed's usage snippet reads kept), then the one write sequence (``writers.derived``) writes
+  the Arrow mirror, LarQL index and card.
+* A finished folder (current sidecar and a card), e.g. one whose mirror is in the old layout (one
+  ``gate_vectors`` split per layer), gets its mirror and card rewritten (``rewrite_mirror``),
+  keeping its statistics, phase JSON and LarQL index; ``push`` then deletes from the repo the
+  files the new card no longer names.
+
+Given the source checkpoint (``source``), its ``config.json`` fills LarQL's fields and
+``browse`` can ask for feature tokens and LarQL's browse tier, made from the checkpoint's
+embedding and tokenizer (the whole write sequence then runs).
 """
 
 from __future__ import annotations
@@ -17,9 +24,10 @@ from typing import Any, Mapping
 
 from .errors import UsageError
 from .format.card_data import CardOptions
+from .format.filenames import CARD_FILE
 from .format.seed import load_or_upgrade_index
 from .writers.browse import BrowseOptions
-from .writers.derived import write_derived_files
+from .writers.derived import rewrite_mirror, write_derived_files
 
 
 def convert_vindex(folder: str | Path, *, config: Mapping[str, Any] | None = None,
@@ -32,9 +40,11 @@ def convert_vindex(folder: str | Path, *, config: Mapping[str, Any] | None = Non
     checkpoint folder or Hub model repo) gives it, and the inputs ``browse`` needs.
     """
     folder = Path(folder)
-    index, _upgraded = load_or_upgrade_index(folder)
+    index, upgraded = load_or_upgrade_index(folder)
     if browse is None or not browse.wanted:
         if source is None:
+            if not upgraded and (folder / CARD_FILE).is_file():
+                return rewrite_mirror(folder, index, card_options)
             return write_derived_files(folder, index, model_config=config, card_options=card_options).paths
     elif source is None:
         raise UsageError("--feature-tokens / --larql-browse on convert need the source checkpoint (--source)")

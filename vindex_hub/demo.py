@@ -59,6 +59,7 @@ class DemoSummary:
     pushed_bytes: int
     commit_url: str | None
     lazy_layer: int
+    lazy_config: str  # the lazy layer's mirror config, read with load_dataset
     lazy_layer_bytes: int  # the layer's size in gate_vectors.bin
     lazy_bytes_fetched: int  # what the server sent for it (its byte counter)
     snapshot_files: int
@@ -72,7 +73,6 @@ class DemoSummary:
 
         t = self.timings
         ratio = self.lazy_bytes_fetched / self.lazy_layer_bytes
-        split = mirror.split_name(self.lazy_layer)
         where = f"dataset repo {self.repo_id} on the local Hub at {self.hub_url}"
         pushed = (f"{self.pushed_files} files, {format_size(self.pushed_bytes)} in one commit to {where}"
                   if self.pushed_files else f"nothing sent: {where} already holds this vindex")
@@ -89,7 +89,7 @@ class DemoSummary:
             f"  Vindex.open    lazy layer({self.lazy_layer}): equals gate_vectors.bin; fetched "
             f"{self.lazy_bytes_fetched:,} B for a {self.lazy_layer_bytes:,} B layer ({ratio:.2f}x{cached}) "
             f"({t['lazy']:.1f} s)",
-            f"  load_dataset   (repo, \"{mirror.CONFIG_GATE_VECTORS}\", split=\"{split}\"): equals "
+            f"  load_dataset   (repo, \"{self.lazy_config}\", split=\"{mirror.SPLIT}\"): equals "
             f"gate_vectors.bin layer {self.lazy_layer} ({t['load_dataset']:.1f} s)",
             f"  snapshot       snapshot_download: {self.snapshot_files} files, byte-identical to the folder "
             f"({t['snapshot']:.1f} s)",
@@ -136,7 +136,9 @@ def run_demo(workdir: str | os.PathLike[str] | None = None, keep: bool = False, 
             hidden_size=index.hidden_size, checkpoint_bytes=_tree_bytes(checkpoint),
             binary_bytes=(build.out / filenames.GATE_VECTORS_BIN).stat().st_size, folder_bytes=_tree_bytes(build.out),
             pushed_files=client["pushed_files"], pushed_bytes=client["pushed_bytes"],
-            commit_url=client["commit_url"], lazy_layer=LAZY_LAYER, lazy_layer_bytes=index.layer_nbytes,
+            commit_url=client["commit_url"], lazy_layer=LAZY_LAYER,
+            lazy_config=mirror.layer_config(LAZY_LAYER, index.model_config.num_hidden_layers),
+            lazy_layer_bytes=index.layer_nbytes,
             lazy_bytes_fetched=client["lazy_bytes_fetched"], snapshot_files=client["snapshot_files"],
             timings=timings,
         )
@@ -215,11 +217,11 @@ def client_steps(folder: Path, repo_id: str, layer: int) -> dict[str, Any]:
                   if f["repo_id"] == repo_id and f["path"] == filenames.GATE_VECTORS_BIN)
 
     start = time.monotonic()
-    split = mirror.split_name(layer)
-    ds = datasets.load_dataset(repo_id, mirror.CONFIG_GATE_VECTORS, split=split)
-    block = gate_vectors_from_table(ds.data.table, e.shape, where=f"{repo_id} split {split}")
+    config = mirror.layer_config(layer, index.model_config.num_hidden_layers)
+    ds = datasets.load_dataset(repo_id, config, split=mirror.SPLIT)
+    block = gate_vectors_from_table(ds.data.table, e.shape, where=f"{repo_id} config {config}")
     if not np.array_equal(block, want):
-        raise IntegrityError(f"demo: load_dataset({repo_id!r}, split={split!r}) differs from {filenames.GATE_VECTORS_BIN}")
+        raise IntegrityError(f"demo: load_dataset({repo_id!r}, {config!r}) differs from {filenames.GATE_VECTORS_BIN}")
     timings["load_dataset"] = time.monotonic() - start
 
     start = time.monotonic()

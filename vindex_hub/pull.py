@@ -21,6 +21,7 @@ from .hub.http import download_snapshot
 from .hub.refs import RepoRef, parse_repo
 from .load import Vindex
 from .load.info import PHASES
+from .load.readers import layer_sources
 from .load.vindex import read_pull_marker
 from .writers.binary import GateVectorsWriter
 from .writers.derived import CarriedStats, write_derived_files
@@ -86,7 +87,8 @@ def pull(
                                               "format": format, "layers": selected})
         pinned = ref.at(vx.commit)
         if format == "arrow":
-            patterns = [mirror.gate_vectors_parquet(layer) for layer in selected]
+            sources = layer_sources(vx._files, vx.index)  # the card says where (either layout)
+            patterns = [sources[layer].path for layer in selected]
             patterns += [*mirror.STATS_PARQUETS, filenames.CARD_FILE,
                          filenames.INDEX_JSON, filenames.PHASE1_JSON, filenames.PHASE2_JSON]
             _snapshot_to(pinned, out, allow=patterns, cache_dir=cache_dir, token=token)

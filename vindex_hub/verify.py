@@ -33,6 +33,7 @@ class VerifyReport:
     folder: Path
     checks: list[str] = field(default_factory=list)  # what passed
     problems: list[str] = field(default_factory=list)  # what failed, each naming file and layer
+    warnings: list[str] = field(default_factory=list)  # valid, but worth upgrading (an old mirror layout)
     integrity_failed: bool = False  # some bytes disagree with their checksum or their copy
 
     @property
@@ -49,7 +50,8 @@ class VerifyReport:
         return {"folder": str(self.folder), "ok": self.ok, "checks": self.checks, "problems": self.problems}
 
     def render(self) -> str:
-        lines = [f"ok    {c}" for c in self.checks] + [f"FAIL  {p}" for p in self.problems]
+        lines = ([f"ok    {c}" for c in self.checks] + [f"WARN  {w}" for w in self.warnings]
+                 + [f"FAIL  {p}" for p in self.problems])
         verdict = "vindex OK" if self.ok else f"{len(self.problems)} problem(s)"
         return "\n".join([*lines, f"{self.folder}: {verdict}"])
 
@@ -61,6 +63,9 @@ class _Checker:
 
     def passed(self, what: str) -> None:
         self.report.checks.append(what)
+
+    def warning(self, what: str) -> None:
+        self.report.warnings.append(what)
 
     def problem(self, what: str, *, integrity: bool = False) -> None:
         self.report.problems.append(what)
@@ -85,8 +90,10 @@ def verify_vindex(folder: str | Path) -> VerifyReport:
     file_sha = None
     if c.run(filenames.GATE_VECTORS_BIN, lambda: _check_layout(c, index)):
         file_sha = c.run(filenames.GATE_VECTORS_BIN, lambda: _check_binary_hashes(c, index))
+        sources = _layer_files(c, index)
         for layer in index.layer_ids:
-            c.run(f"layer {layer}", lambda layer=layer: _check_gate_vectors_mirror(c, index, layer))
+            rel = sources.get(layer) or mirror.gate_vectors_parquet(layer, index.model_config.num_hidden_layers)
+            c.run(f"layer {layer}", lambda layer=layer, rel=rel: _check_gate_vectors_mirror(c, index, layer, rel))
     c.run(mirror.EXPERT_STATS_PARQUET, lambda: _check_expert_stats(c, index))
     c.run(mirror.ROUTER_SVD_PARQUET, lambda: _check_router_svd(c, index))
     c.run(filenames.CARD_FILE, lambda: _check_card(c, index))
@@ -148,10 +155,25 @@ def _vector_rows(table: Any, width: int, where: str) -> np.ndarray:
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
 
 
-def _check_gate_vectors_mirror(c: _Checker, index: sidecar.VindexIndex, layer: int) -> None:
+def _layer_files(c: _Checker, index: sidecar.VindexIndex) -> dict[int, str]:
+    """Each layer's parquet file: the mirror's own name, or where an old-layout card lists it (the
+    card check reports a current-layout config that points elsewhere)."""
+    from .format.card_data import read_card_data
+
+    path = c.folder / filenames.CARD_FILE
+    try:
+        configs = mirror.configs_by_name(read_card_data(path)) if path.is_file() else {}
+    except VindexFormatError:
+        configs = {}  # the card check reports it
+    if mirror.mirror_layout(configs) != mirror.LAYOUT_SPLIT_PER_LAYER:
+        configs = {}
+    sources = mirror.layer_sources(configs, index.layer_ids, index.model_config.num_hidden_layers)
+    return {layer: source.path for layer, source in sources.items()}
+
+
+def _check_gate_vectors_mirror(c: _Checker, index: sidecar.VindexIndex, layer: int, rel: str) -> None:
     import pyarrow.parquet as pq
 
-    rel = mirror.gate_vectors_parquet(layer)
     path = c.folder / rel
     if not path.exists():
         c.problem(f"layer {layer}: {rel} is missing (the Arrow mirror of this layer)")
@@ -259,9 +281,6 @@ def _same_number(a: Any, b: Any) -> bool:
 
 # ---- card ----------------------------------------------------------------------------------------
 def _check_card(c: _Checker, index: sidecar.VindexIndex) -> None:
-    import pyarrow.parquet as pq
-    from datasets import Features
-
     from .format.card_data import read_card_data
 
     path = c.folder / filenames.CARD_FILE
@@ -269,51 +288,119 @@ def _check_card(c: _Checker, index: sidecar.VindexIndex) -> None:
         c.problem(f"{filenames.CARD_FILE}: missing (the dataset card)")
         return
     data = read_card_data(path)
-    configs = {cfg.get("config_name"): cfg for cfg in data.get("configs") or []}
+    configs = mirror.configs_by_name(data)
     n_problems = len(c.report.problems)
-    gate = configs.get(mirror.CONFIG_GATE_VECTORS)
-    if gate is None:
-        c.problem(f"{filenames.CARD_FILE}: no configs entry for {mirror.CONFIG_GATE_VECTORS!r}")
+    layout_seen = mirror.mirror_layout(configs)
+    _check_config_names(c, configs, layout_seen)
+    foreign: set[str] = set()  # configs naming files not theirs: their dataset_info is not compared
+    if layout_seen == mirror.LAYOUT_SPLIT_PER_LAYER:
+        _check_split_per_layer_configs(c, index, configs)
     else:
-        splits = {f["split"] for f in gate.get("data_files") or []}
-        missing = [mirror.split_name(layer) for layer in index.layer_ids if mirror.split_name(layer) not in splits]
-        if missing:
-            c.problem(f"{filenames.CARD_FILE}: config {mirror.CONFIG_GATE_VECTORS!r} lacks splits {missing}")
-    files: dict[tuple[str, str], Path] = {}
+        foreign = _check_config_per_layer(c, index, configs)
+    files: dict[str, list[tuple[str, Path]]] = {}  # config -> (split, file)
     for name, cfg in configs.items():
-        for entry in cfg.get("data_files") or []:
-            rel = entry.get("path")
+        for split, rel in mirror.config_paths(cfg):
             try:
                 target = c.folder / filenames.inside_vindex(rel, f"{filenames.CARD_FILE}: config {name!r}")
             except VindexFormatError as exc:
                 c.problem(str(exc))
                 continue
             if not target.is_file():
-                c.problem(f"{filenames.CARD_FILE}: config {name!r} split {entry.get('split')!r} points at "
-                          f"{rel!r}, which does not exist")
+                c.problem(f"{filenames.CARD_FILE}: config {name!r} split {split!r} points at {rel!r}, "
+                          "which does not exist")
             else:
-                files[(name, entry["split"])] = target
+                files.setdefault(name, []).append((split, target))
     infos = data.get("dataset_info") or []
     for info in [infos] if isinstance(infos, dict) else infos:
-        name = info.get("config_name")
-        split_files = [(split, path) for (cfg, split), path in files.items() if cfg == name]
-        if not split_files:
-            continue
-        if "features" in info:
-            declared = Features._from_yaml_list(info["features"])
-            actual = Features.from_arrow_schema(pq.read_schema(split_files[0][1]))
-            if declared != actual:
-                c.problem(f"{filenames.CARD_FILE}: dataset_info features of {name!r} ({declared}) differ from "
-                          f"{split_files[0][1].relative_to(c.folder)} ({actual})")
-        declared_rows = {s["name"]: s.get("num_examples") for s in info.get("splits") or []}
-        for split, p in split_files:
-            rows = pq.read_metadata(p).num_rows
-            if split in declared_rows and declared_rows[split] != rows:
-                c.problem(f"{filenames.CARD_FILE}: dataset_info says {name}/{split} has {declared_rows[split]} "
-                          f"rows, {p.relative_to(c.folder)} has {rows}")
+        if info.get("config_name") not in foreign:
+            _check_dataset_info(c, info, files.get(info.get("config_name"), []))
     if len(c.report.problems) == n_problems:
-        c.passed(f"{filenames.CARD_FILE}: front matter parses; {len(configs)} configs point at existing files "
-                 "with the declared features and row counts")
+        c.passed(f"{filenames.CARD_FILE}: mirror layout: {layout_seen}; front matter parses; {len(configs)} configs "
+                 "point at the mirror's files with the declared features and row counts")
+
+
+def _check_config_names(c: _Checker, configs: dict[str, Any], layout_seen: str) -> None:
+    """Word-character names, and no more splits in a config than the Hub's viewer takes."""
+    for name, cfg in configs.items():
+        splits = sorted({split for split, _ in mirror.config_paths(cfg)})
+        bad = [n for n in [name, *splits] if not mirror.NAME_RE.match(n)]
+        if bad:
+            c.problem(f"{filenames.CARD_FILE}: config {name!r}: names {bad} are not word characters "
+                      "(the Hub's viewer refuses them)")
+        if len(splits) > mirror.MAX_SPLITS_PER_CONFIG:
+            what = (f"{filenames.CARD_FILE}: config {name!r} has {len(splits)} splits; the Hub's dataset viewer "
+                    f"refuses more than {mirror.MAX_SPLITS_PER_CONFIG}")
+            if layout_seen == mirror.LAYOUT_SPLIT_PER_LAYER and name == mirror.CONFIG_GATE_VECTORS:
+                c.warning(f"{what} (old layout: `vindex-hub convert` upgrades it to a config per layer)")
+            else:
+                c.problem(what)
+
+
+def _check_split_per_layer_configs(c: _Checker, index: sidecar.VindexIndex, configs: dict[str, Any]) -> None:
+    splits = {split for split, _ in mirror.config_paths(configs[mirror.CONFIG_GATE_VECTORS])}
+    missing = [layer for layer in index.layer_ids if mirror.old_layout_split(layer) not in splits]
+    if missing:
+        c.problem(f"{filenames.CARD_FILE}: config {mirror.CONFIG_GATE_VECTORS!r} lacks the splits of layers {missing}")
+    c.warning(f"{filenames.CARD_FILE}: {mirror.LAYOUT_SPLIT_PER_LAYER}: load_dataset of one split prepares every "
+              "layer; `vindex-hub convert` upgrades it to a config per layer")
+
+
+def _check_config_per_layer(c: _Checker, index: sidecar.VindexIndex, configs: dict[str, Any]) -> set[str]:
+    """Each config of ours names exactly the mirror's file(s) for it: none missing, none foreign.
+    Returns the configs that name foreign files."""
+    n = index.model_config.num_hidden_layers
+    layer_files = {mirror.layer_config(layer, n): [mirror.gate_vectors_parquet(layer, n)] for layer in index.layer_ids}
+    expected = {**layer_files, mirror.CONFIG_GATE_VECTORS: [p for paths in layer_files.values() for p in paths],
+                **{name: [rel] for name, rel in mirror.STATS_PARQUET_OF.items() if (c.folder / rel).is_file()}}
+    for name, want in expected.items():
+        if name not in configs:
+            c.problem(f"{filenames.CARD_FILE}: no config {name!r} (for {', '.join(want)})")
+    with_foreign = set()
+    for name, cfg in configs.items():
+        got = [rel for _, rel in mirror.config_paths(cfg)]
+        if mirror.layer_of_name(name) is not None and name not in expected:
+            c.problem(f"{filenames.CARD_FILE}: config {name!r} names layer {mirror.layer_of_name(name)}, "
+                      f"which {filenames.INDEX_JSON} does not hold (it holds {index.layer_ids})")
+        elif name in expected:
+            # a path that does not exist is reported with the card's files below
+            absent = [rel for rel in got if not (c.folder / rel).is_file()]
+            foreign = [rel for rel in got if rel not in expected[name] and rel not in absent]
+            lacking = [rel for rel in expected[name] if rel not in got]
+            if foreign:
+                with_foreign.add(name)
+                c.problem(f"{filenames.CARD_FILE}: config {name!r} points at {foreign}, which "
+                          f"{'is' if len(foreign) == 1 else 'are'} not its file(s) of the mirror")
+            if lacking and not absent and not foreign:
+                c.problem(f"{filenames.CARD_FILE}: config {name!r} lacks {lacking}")
+    default = [name for name, cfg in configs.items() if cfg.get("default")]
+    if default == [mirror.CONFIG_GATE_VECTORS]:
+        c.problem(f"{filenames.CARD_FILE}: the default config is {mirror.CONFIG_GATE_VECTORS!r}: a bare "
+                  "load_dataset(repo) would prepare every layer")
+    return with_foreign
+
+
+def _check_dataset_info(c: _Checker, info: dict[str, Any], split_files: list[tuple[str, Path]]) -> None:
+    import pyarrow.parquet as pq
+    from datasets import Features
+
+    name = info.get("config_name")
+    if not split_files:
+        return
+    if "features" in info:
+        declared = Features._from_yaml_list(info["features"])
+        actual = Features.from_arrow_schema(pq.read_schema(split_files[0][1]))
+        if declared != actual:
+            c.problem(f"{filenames.CARD_FILE}: dataset_info features of {name!r} ({declared}) differ from "
+                      f"{split_files[0][1].relative_to(c.folder)} ({actual})")
+    rows: dict[str, int] = {}
+    for split, p in split_files:
+        rows[split] = rows.get(split, 0) + pq.read_metadata(p).num_rows
+    for s in info.get("splits") or []:
+        split, declared = s.get("name"), s.get("num_examples")
+        if split in rows and declared != rows[split]:
+            where = ", ".join(str(p.relative_to(c.folder)) for sp, p in split_files if sp == split)
+            c.problem(f"{filenames.CARD_FILE}: dataset_info says {name}/{split} has {declared} rows, "
+                      f"{where} {'has' if ', ' not in where else 'have'} {rows[split]}")
 
 
 # ---- feature tokens ------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ A vindex is a folder::
     images/var_per_layer.png  the var-K plot shown in the card
     index.json                LarQL's index (format version 2) over the same gate_vectors.bin
     router_weights.bin        optional, LarQL's router layout
-    data/...parquet           the Arrow mirror: configs gate_vectors / expert_stats / router_svd
+    data/...parquet           the Arrow mirror: configs expert_stats (default) / router_svd / layer_NN / gate_vectors
 
 Layers are stored in ascending layer-id order, one contiguous block each, with no gaps: the
 ``i``-th stored layer starts at ``i * layer_nbytes``. A vindex of a subset of layers (``--layers

@@ -114,36 +114,30 @@ def title_of(index: sidecar.VindexIndex, options: CardOptions) -> str:
 
 
 def dataset_info(files: Sequence[mirror.MirrorFile]) -> list[dict[str, Any]]:
-    """``dataset_info`` entries, one per config, from the mirror files as written.
+    """``dataset_info`` entries, one per config (``mirror.card_configs``), from the files as written.
 
-    ``num_bytes`` is the uncompressed size of the split's data, ``download_size`` the files' size.
-    Features use ``datasets``' own YAML spelling (``{name, list: float32, length: H}`` for a
-    fixed-size list), the inverse of what ``load_dataset`` parses.
+    ``num_bytes`` is the decoded size of the split's data as ``datasets`` computes it,
+    ``download_size`` the files' size. Features use ``datasets``' own YAML spelling (``{name,
+    list: float32, length: H}`` for a fixed-size list), the inverse of what ``load_dataset`` parses.
     """
     from datasets import Features
 
     infos = []
-    for config_name, config_files in _by_config(files):
-        splits = [{SPLIT_NAME: f.split, NUM_BYTES: f.num_bytes, NUM_EXAMPLES: f.num_rows} for f in config_files]
+    for config in mirror.card_configs(files):
+        num_bytes = sum(f.num_bytes for f in config.files)
         infos.append({
-            CONFIG_NAME: config_name,
-            FEATURES: Features.from_arrow_schema(config_files[0].arrow_schema)._to_yaml_list(),
-            SPLITS: splits,
-            "download_size": sum(f.size for f in config_files),
-            "dataset_size": sum(s[NUM_BYTES] for s in splits),
+            CONFIG_NAME: config.name,
+            FEATURES: Features.from_arrow_schema(config.files[0].arrow_schema)._to_yaml_list(),
+            SPLITS: [{SPLIT_NAME: mirror.SPLIT, NUM_BYTES: num_bytes,
+                      NUM_EXAMPLES: sum(f.num_rows for f in config.files)}],
+            "download_size": sum(f.size for f in config.files),
+            "dataset_size": num_bytes,
         })
     return infos
 
 
-def _by_config(files: Sequence[mirror.MirrorFile]) -> list[tuple[str, list[mirror.MirrorFile]]]:
-    grouped: dict[str, list[mirror.MirrorFile]] = {}
-    for f in files:
-        grouped.setdefault(f.config, []).append(f)
-    return list(grouped.items())
-
-
 def card_front_matter(index: sidecar.VindexIndex, files: Sequence[mirror.MirrorFile], options: CardOptions):
-    """The card's ``DatasetCardData`` for a vindex whose mirror holds ``files`` (in config order)."""
+    """The card's ``DatasetCardData`` for a vindex whose mirror holds ``files``."""
     from huggingface_hub import DatasetCardData
 
     base_model = index.source.repo_id
@@ -154,11 +148,12 @@ def card_front_matter(index: sidecar.VindexIndex, files: Sequence[mirror.MirrorF
         **({BASE_MODEL: base_model} if base_model else {}),
         configs=[
             {
-                CONFIG_NAME: name,
-                **({DEFAULT: True} if name == mirror.DEFAULT_CONFIG else {}),
-                DATA_FILES: [{SPLIT: f.split, PATH: f.path} for f in config_files],
+                CONFIG_NAME: config.name,
+                **({DEFAULT: True} if config.default else {}),
+                DATA_FILES: [{SPLIT: mirror.SPLIT, PATH: [f.path for f in config.files]
+                              if len(config.files) > 1 else config.files[0].path}],
             }
-            for name, config_files in _by_config(files)
+            for config in mirror.card_configs(files)
         ],
         dataset_info=dataset_info(files),
     )

@@ -1,16 +1,27 @@
 """The Arrow mirror's configs, splits, columns, file paths and Arrow schemas.
 
-``gate_vectors`` (the default config) holds one parquet file per layer, split ``layer_NN``, one
-row per (expert, feature) with the vector as a fixed-size float32 list, bit for bit the binary's;
-``expert_stats`` one row per (layer, expert); ``router_svd`` one row per layer;
-``feature_tokens`` (built with ``--feature-tokens K``) one row per (layer, expert, feature): the K
-tokens whose input-embedding rows have the largest |cosine| with the vector.
+One parquet file per layer, ``data/gate_vectors/layer_NN.parquet``, one row per (expert,
+feature) with the vector as a fixed-size float32 list, bit for bit the binary's. The card's
+configs (the Hub's viewer refuses a config of more than 30 splits, and ``load_dataset(repo,
+config, split=X)`` prepares every split of the config, ``shared/reference/hub-dataset-viewer.md``):
+
+``expert_stats`` (the default: small)  one row per (layer, expert), split ``train``
+``router_svd``                         one row per layer, split ``train``
+``layer_NN``                           that layer's file, split ``train``
+``gate_vectors``                       every layer's file (the same files), split ``train``
+``feature_tokens`` (``--feature-tokens K``) one row per (layer, expert, feature): the K tokens
+                                       whose input-embedding rows have the largest |cosine|
+
+Without the stats configs (a converted seed vindex) the first layer's config is the default.
+``NN`` is the model's layer id, two digits, more when the model has 100 layers or more.
+The *old* layout, still read: one config ``gate_vectors`` (the default) with a split per layer.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
 
@@ -18,11 +29,18 @@ from ..errors import VindexFormatError
 from . import layout, statistics
 from .filenames import DATA_DIR
 
-CONFIG_GATE_VECTORS = "gate_vectors"  # the default config
-CONFIG_EXPERT_STATS = "expert_stats"
+CONFIG_GATE_VECTORS = "gate_vectors"  # all layers, one split
+CONFIG_EXPERT_STATS = "expert_stats"  # the default config
 CONFIG_ROUTER_SVD = "router_svd"
 CONFIG_FEATURE_TOKENS = "feature_tokens"
-STATS_SPLIT = "train"  # the one split of expert_stats and router_svd
+SPLIT = "train"  # the one split of every config
+STATS_SPLIT = SPLIT
+STATS_CONFIGS = (CONFIG_EXPERT_STATS, CONFIG_ROUTER_SVD)
+# The Hub's dataset viewer refuses a config with more splits (DatasetWithTooManySplitsError).
+MAX_SPLITS_PER_CONFIG = 30
+# The viewer refuses to page through row groups whose decoded data exceeds this many bytes.
+VIEWER_MAX_ROW_GROUP_BYTES = 300_000_000
+NAME_RE = re.compile(r"^\w+$")  # config and split names: word characters only
 
 COL_LAYER = "layer"
 COL_EXPERT = "expert"
@@ -33,50 +51,178 @@ COL_TOKENS = "tokens"  # the ids decoded with the model's tokenizer.json
 COL_SCORES = "scores"  # the signed cosines
 INDEX_COLUMNS = (COL_LAYER, COL_EXPERT, COL_FEATURE)
 
-# Row groups hold whole experts, at most this many bytes of vectors (writers.mirror says why).
+# Row groups hold whole experts, at most this many bytes of vectors and this many rows (so the
+# viewer, which reads whole row groups to show 100 rows, stays quick; writers.mirror says why).
 ROW_GROUP_BYTES = 16 << 20
+ROW_GROUP_ROWS = 4096
+
+# The two card layouts ``mirror_layout`` tells apart.
+LAYOUT_CONFIG_PER_LAYER = "a config per layer"
+LAYOUT_SPLIT_PER_LAYER = "old layout: one gate_vectors config with a split per layer"
 
 
-def split_name(layer: int) -> str:
-    """The ``gate_vectors`` split of one layer: ``layer_00``, ``layer_01``, ... ``layer_42``."""
+def name_width(num_hidden_layers: int) -> int:
+    """Digits of the layer number in names: 2, or 3 for a model of 100-999 layers, ..."""
+    return max(2, len(str(num_hidden_layers)))
+
+
+def layer_config(layer: int, num_hidden_layers: int) -> str:
+    """The config (and file stem) of one layer: ``layer_00`` ... ``layer_42``; ``layer_007`` at 128 layers."""
+    return f"layer_{layer:0{name_width(num_hidden_layers)}d}"
+
+
+_LAYER_NAME_RE = re.compile(r"^layer_(\d+)$")
+
+
+def layer_of_name(name: str) -> int | None:
+    """The layer a ``layer_NN`` config (or old-layout split) names; None for another name."""
+    m = _LAYER_NAME_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def old_layout_split(layer: int) -> str:
+    """The old layout's ``gate_vectors`` split of a layer (two digits at least, whatever the model)."""
     return f"layer_{layer:02d}"
 
 
-_SPLIT_RE = re.compile(r"^layer_(\d+)$")
+def gate_vectors_parquet(layer: int, num_hidden_layers: int) -> str:
+    """Path (relative to the vindex root) of one layer's parquet file."""
+    return f"{DATA_DIR}/{CONFIG_GATE_VECTORS}/{layer_config(layer, num_hidden_layers)}.parquet"
 
 
-def layer_of_split(split: str) -> int:
-    m = _SPLIT_RE.match(split)
-    if not m:
-        raise VindexFormatError(f"{split!r} is not a gate_vectors split name (expected layer_NN)")
-    return int(m.group(1))
-
-
-def gate_vectors_parquet(layer: int) -> str:
-    """Path (relative to the vindex root) of one layer's gate_vectors parquet file."""
-    return f"{DATA_DIR}/{CONFIG_GATE_VECTORS}/{split_name(layer)}.parquet"
-
-
+GATE_VECTORS_DIR = f"{DATA_DIR}/{CONFIG_GATE_VECTORS}/"
 EXPERT_STATS_PARQUET = f"{DATA_DIR}/{CONFIG_EXPERT_STATS}/{STATS_SPLIT}.parquet"
 ROUTER_SVD_PARQUET = f"{DATA_DIR}/{CONFIG_ROUTER_SVD}/{STATS_SPLIT}.parquet"
 STATS_PARQUETS = (EXPERT_STATS_PARQUET, ROUTER_SVD_PARQUET)
 FEATURE_TOKENS_PARQUET = f"{DATA_DIR}/{CONFIG_FEATURE_TOKENS}/{STATS_SPLIT}.parquet"
 
-
-DEFAULT_CONFIG = CONFIG_GATE_VECTORS
+STATS_PARQUET_OF = {CONFIG_EXPERT_STATS: EXPERT_STATS_PARQUET, CONFIG_ROUTER_SVD: ROUTER_SVD_PARQUET}
 
 
 @dataclass(frozen=True)
 class MirrorFile:
-    """One parquet file of the mirror as written: what the card's ``configs``/``dataset_info`` say."""
+    """One parquet file of the mirror as written: what the card's ``configs``/``dataset_info`` say.
+
+    ``config`` is the file's own config (``layer_NN``, ``expert_stats``, ``router_svd``); a layer
+    file is also part of ``gate_vectors`` (``card_configs``).
+    """
 
     config: str
     split: str
     path: str  # relative to the vindex root
     num_rows: int
-    num_bytes: int  # uncompressed data size
+    num_bytes: int  # the decoded (Arrow) size, as ``datasets`` counts it
     size: int  # bytes on disk
     arrow_schema: pa.Schema
+
+    @property
+    def layer(self) -> int | None:
+        return layer_of_name(self.config)
+
+
+@dataclass(frozen=True)
+class CardConfig:
+    """One entry of the card's ``configs``: its name, whether it is the default, and its files."""
+
+    name: str
+    files: tuple[MirrorFile, ...]
+    default: bool = False
+
+
+def card_configs(files: Sequence[MirrorFile]) -> list[CardConfig]:
+    """The configs of a mirror holding ``files``: the stats configs, any other config, one per
+    layer (in layer order), then ``gate_vectors`` over the layers' files; the default first."""
+    stats = [f for f in files if f.config in STATS_CONFIGS]
+    stats.sort(key=lambda f: STATS_CONFIGS.index(f.config))
+    layers = sorted((f for f in files if f.layer is not None), key=lambda f: f.layer)
+    others: dict[str, list[MirrorFile]] = {}  # any other config (one or more files), in written order
+    for f in files:
+        if f.config not in STATS_CONFIGS and f.layer is None:
+            others.setdefault(f.config, []).append(f)
+    configs = [CardConfig(f.config, (f,)) for f in stats]
+    configs += [CardConfig(name, tuple(group)) for name, group in others.items()]
+    configs += [CardConfig(f.config, (f,)) for f in layers]
+    if layers:
+        configs.append(CardConfig(CONFIG_GATE_VECTORS, tuple(layers)))
+    # expert_stats when written, else the first layer: small, never the whole mirror
+    default = CONFIG_EXPERT_STATS if stats else layers[0].config if layers else None
+    configs = [CardConfig(c.name, c.files, default=c.name == default) for c in configs]
+    return sorted(configs, key=lambda c: not c.default)  # the default first, as the viewer lists it
+
+
+# ---- reading a card's configs back ----------------------------------------------------------
+def config_paths(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(split, path)`` of a card ``configs`` entry (``path`` may be a string or a list)."""
+    out = []
+    for entry in config.get("data_files") or []:
+        if isinstance(entry, str):
+            out.append((SPLIT, entry))
+            continue
+        paths = entry.get("path")
+        for path in paths if isinstance(paths, list) else [paths]:
+            out.append((str(entry.get("split", SPLIT)), path if isinstance(path, str) else repr(path)))
+    return out
+
+
+def mirror_layout(configs: Mapping[str, Mapping[str, Any]]) -> str:
+    """Which layout a card's configs (by name) are in: ``LAYOUT_CONFIG_PER_LAYER`` or
+    ``LAYOUT_SPLIT_PER_LAYER`` (``gate_vectors`` with ``layer_NN`` splits and no layer configs)."""
+    if any(layer_of_name(name) is not None for name in configs):
+        return LAYOUT_CONFIG_PER_LAYER
+    gate = configs.get(CONFIG_GATE_VECTORS)
+    if gate is not None and any(layer_of_name(split) is not None for split, _ in config_paths(gate)):
+        return LAYOUT_SPLIT_PER_LAYER
+    return LAYOUT_CONFIG_PER_LAYER
+
+
+@dataclass(frozen=True)
+class LayerSource:
+    """Where a card says one layer's parquet is, and how ``load_dataset`` names it."""
+
+    path: str
+    config: str
+    split: str
+
+
+def layer_sources(configs: Mapping[str, Mapping[str, Any]], layer_ids: Sequence[int],
+                  num_hidden_layers: int) -> dict[int, LayerSource]:
+    """Each of ``layer_ids``' file as a card in either layout lists it (configs by name); a layer
+    the card does not list gets the current layout's names."""
+    listed: dict[int, LayerSource] = {}
+    if mirror_layout(configs) == LAYOUT_SPLIT_PER_LAYER:
+        for split, path in config_paths(configs[CONFIG_GATE_VECTORS]):
+            layer = layer_of_name(split)
+            if layer is not None:
+                listed[layer] = LayerSource(path, CONFIG_GATE_VECTORS, split)
+    else:
+        for name, config in configs.items():
+            layer, paths = layer_of_name(name), config_paths(config)
+            if layer is not None and len(paths) == 1:
+                listed[layer] = LayerSource(paths[0][1], name, paths[0][0])
+    return {layer: listed.get(layer) or LayerSource(gate_vectors_parquet(layer, num_hidden_layers),
+                                                     layer_config(layer, num_hidden_layers), SPLIT)
+            for layer in layer_ids}
+
+
+def split_per_layer_configs(layer_paths: Mapping[int, str], stats_paths: Mapping[str, str]) -> list[dict[str, Any]]:
+    """A card's ``configs`` in the old layout (to reproduce one: tests, benchmarks): ``gate_vectors``,
+    the default, with a split ``layer_NN`` per layer, then the stats configs."""
+    return [
+        {"config_name": CONFIG_GATE_VECTORS, "default": True,
+         "data_files": [{"split": old_layout_split(layer), "path": path} for layer, path in sorted(layer_paths.items())]},
+        *({"config_name": name, "data_files": [{"split": SPLIT, "path": path}]} for name, path in stats_paths.items()),
+    ]
+
+
+def configs_by_name(card_data: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The card front matter's ``configs`` list as a mapping by ``config_name``."""
+    configs = card_data.get("configs") or []
+    if not isinstance(configs, list):
+        raise VindexFormatError(f"configs is a {type(configs).__name__}, expected a list")
+    for c in configs:
+        if not isinstance(c, Mapping):
+            raise VindexFormatError(f"configs entry {c!r} is a {type(c).__name__}, expected a mapping with config_name")
+    return {str(c.get("config_name")): c for c in configs}
 
 
 # ---- Arrow schemas ------------------------------------------------------------------------
@@ -111,4 +257,5 @@ def feature_tokens_schema(k: int) -> pa.Schema:
 
 
 def experts_per_row_group(num_feats: int, hidden_size: int) -> int:
-    return max(1, ROW_GROUP_BYTES // layout.expert_nbytes(num_feats, hidden_size))
+    by_bytes = ROW_GROUP_BYTES // layout.expert_nbytes(num_feats, hidden_size)
+    return max(1, min(by_bytes, ROW_GROUP_ROWS // num_feats))

@@ -9,17 +9,20 @@ disk are hashed once per reader, the first time they are read.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Literal, Protocol, Union
+from functools import cached_property
+from typing import Any, Callable, Literal, Protocol, Union
 
 import numpy as np
 import yaml
 from huggingface_hub.errors import HfHubHTTPError
 
-from ..errors import HubError, IntegrityError, VindexFormatError
+from ..errors import HubError, IntegrityError, RemoteNotFoundError, VindexFormatError
 from ..format import filenames, layout, mirror, sidecar
+from ..format.card_data import read_card_data
 from ..hub.blockcache import BlockCache
 from ..hub.errors import first_line
 from ..hub.http import RemoteFile, fetch_range_into
+from .files import VindexFiles
 from .integrity import check_sha256, check_unit_rows, mapped
 
 Verify = Union[bool, Literal["strict"]]
@@ -118,34 +121,46 @@ class RangedReader:
 
 
 class ArrowReader:
-    """Layers from the parquet mirror via ``datasets.load_dataset``, one split per layer."""
+    """Layers from the parquet mirror via ``datasets.load_dataset``: the layer's own config
+    (``layer_NN``, which fetches that one file); for a card in the old layout (one split per layer
+    of ``gate_vectors``) that split's file named as ``data_files``, since naming the config would
+    prepare every split of it."""
 
     def __init__(self, path_or_repo: str, revision: str | None, index: sidecar.VindexIndex,
-                 token: str | bool | None, verify: Verify):
+                 token: str | bool | None, verify: Verify, files: VindexFiles):
         self.path_or_repo, self.revision, self.index, self.token = path_or_repo, revision, index, token
-        self.verify = verify
+        self.verify, self._files = verify, files
         self._verified: set[int] = set()
+
+    @cached_property
+    def _sources(self) -> dict[int, mirror.LayerSource]:
+        return layer_sources(self._files, self.index)
 
     def layer(self, layer: int) -> np.ndarray:
         import datasets
         from datasets.exceptions import DatasetNotFoundError
 
         e = self.index.layer(layer)
-        split, rel = mirror.split_name(layer), mirror.gate_vectors_parquet(layer)
-        where = f"{rel} of {self.path_or_repo} (config {mirror.CONFIG_GATE_VECTORS}, split {split})"
-        # data_files names this layer's file only: with just the config, datasets 5.2 downloads and
-        # prepares every split of it before returning one.
+        source = self._sources[layer]
+        where = f"{source.path} of {self.path_or_repo} (config {source.config}, split {source.split})"
+        if source.config == mirror.CONFIG_GATE_VECTORS:  # the old layout
+            which: dict[str, Any] = {"data_files": {source.split: source.path}}
+        else:
+            which = {"name": source.config}
         try:
-            ds = datasets.load_dataset(self.path_or_repo, data_files={split: rel}, split=split,
-                                       revision=self.revision, token=self.token)
+            ds = datasets.load_dataset(self.path_or_repo, split=source.split, revision=self.revision,
+                                       token=self.token, **which)
         except (FileNotFoundError, DatasetNotFoundError) as exc:  # DataFilesNotFoundError is a FileNotFoundError
             raise VindexFormatError(f"{where}: layer {layer} cannot be read from the mirror "
                                     f"({first_line(exc)})") from None
         except (HfHubHTTPError, OSError) as exc:
             raise HubError(f"{where}: layer {layer}: {type(exc).__name__}: {first_line(exc)}") from None
-        except (yaml.YAMLError, ValueError) as exc:  # datasets parses the repo's card front matter first
+        except yaml.YAMLError as exc:  # datasets parses the repo's card front matter first
             raise VindexFormatError(f"{where}: layer {layer}: the repo's card front matter does not parse "
                                     f"({type(exc).__name__}: {first_line(exc)})") from None
+        except ValueError as exc:  # a config the card lacks, or a front matter that is not a mapping
+            raise VindexFormatError(f"{where}: layer {layer} cannot be read from the mirror "
+                                    f"({first_line(exc)})") from None
         block = gate_vectors_from_table(ds.data.table, e.shape, where=where)
         if self.verify and layer not in self._verified:
             check_sha256(block, self.index, layer, where)
@@ -157,6 +172,15 @@ class ArrowReader:
 
     def close(self) -> None:
         pass
+
+
+def layer_sources(files: VindexFiles, index: sidecar.VindexIndex) -> dict[int, mirror.LayerSource]:
+    """Each layer's parquet file, config and split as the card lists them (either layout)."""
+    try:
+        configs = mirror.configs_by_name(read_card_data(files.path(filenames.CARD_FILE)))
+    except (VindexFormatError, RemoteNotFoundError):
+        configs = {}  # no card: the current layout's names
+    return mirror.layer_sources(configs, index.layer_ids, index.model_config.num_hidden_layers)
 
 
 def gate_vectors_from_table(table, shape: list[int], *, where: str) -> np.ndarray:

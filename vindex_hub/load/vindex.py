@@ -12,8 +12,9 @@ Modes (``Vindex.open(..., mode=...)``):
               persistent block cache (``vindex_hub.hub.blockcache``), keyed by the binary's content hash
               at the resolved commit. Views of cached blocks are memory-mapped too.
 ``arrow``     each layer is read from the parquet mirror with ``datasets.load_dataset(repo,
-              "gate_vectors", split="layer_NN")`` and reassembled to ``(E, K, H)`` (dataset repos
-              and local folders only: ``datasets`` reads no other kind).
+              "layer_NN", split="train")`` (that one file; an old-layout card's split file by
+              ``data_files``) and reassembled to ``(E, K, H)`` (dataset repos and local folders
+              only: ``datasets`` reads no other kind).
 
 Everything remote is pinned to the commit the revision resolved to at open, so a push in the
 middle of a session cannot mix two versions. Once fetched, ``lazy`` and ``snapshot`` opens work
@@ -122,7 +123,7 @@ class Vindex:
             reader = RangedReader(remote, index, BlockCache.beside(cache_dir), token, verify)
             size = remote.size
         else:
-            reader, size = ArrowReader(ref.repo_id, ref.revision, index, token, verify), None
+            reader, size = ArrowReader(ref.repo_id, ref.revision, index, token, verify, files), None
         return cls(index, reader, files, mode=mode, verify=verify, location=f"{ref.repo_id}@{ref.revision}",
                    commit=ref.revision, file_size=size)
 
@@ -132,7 +133,7 @@ class Vindex:
         index_path = files.path(filenames.INDEX_JSON)
         index = sidecar.VindexIndex.loads(index_path.read_text(encoding="utf-8"), where=str(index_path))
         if mode == "arrow":
-            reader, size = ArrowReader(str(root), None, index, None, verify), None
+            reader, size = ArrowReader(str(root), None, index, None, verify, files), None
         else:
             if not (root / filenames.GATE_VECTORS_BIN).is_file():
                 pulled = read_pull_marker(root)

@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 
 from ..errors import UsageError
 from ..format import filenames, mirror, sidecar
-from ..format.mirror import MirrorFile
+from ..format.mirror import STATS_PARQUETS, MirrorFile
 from ..format.card_data import CardOptions
 from ..fsutil import atomic_write_json
 from ..results import LayerResult
@@ -114,20 +114,42 @@ def _write_browse(folder: Path, index: sidecar.VindexIndex, browse: BrowseOption
                          f"hidden size is {index.hidden_size}: not this vindex's model")
     if browse.feature_tokens:
         write_feature_tokens(folder, index, inputs, browse)
-        written.mirror.append(written_file(folder, mirror.CONFIG_FEATURE_TOKENS, mirror.STATS_SPLIT,
-                                       mirror.FEATURE_TOKENS_PARQUET))
+        written.mirror.append(written_file(folder, mirror.CONFIG_FEATURE_TOKENS, mirror.FEATURE_TOKENS_PARQUET))
     files = write_larql_browse(folder, inputs, browse)
     written.files += sorted(files.checksums)
     return files
+
+
+def _optional_files(folder: Path) -> list[str]:
+    return [name for name in (filenames.PHASE1_JSON, filenames.PHASE2_JSON, filenames.LARQL_INDEX_JSON,
+                              filenames.LARQL_ROUTER_BIN, filenames.LARQL_EMBEDDINGS_BIN, filenames.TOKENIZER_JSON)
+            if (folder / name).is_file()]
 
 
 def rewrite_card(folder: str | Path, index: sidecar.VindexIndex, card_options: CardOptions | None = None) -> list[str]:
     """Render the card of a finished vindex folder again (other card options, a newer template),
     describing the files the folder holds; nothing else is rewritten."""
     folder = Path(folder)
-    files = [name for name in (filenames.PHASE1_JSON, filenames.PHASE2_JSON, filenames.LARQL_INDEX_JSON,
-                               filenames.LARQL_ROUTER_BIN, filenames.LARQL_EMBEDDINGS_BIN, filenames.TOKENIZER_JSON)
-             if (folder / name).is_file()]
-    return write_card(folder, index, card_options or CardOptions(), files=files,
+    return write_card(folder, index, card_options or CardOptions(), files=_optional_files(folder),
                       mirror_files=written_mirror(folder, index),
                       feature_examples=feature_token_examples(folder, example_layer_of(index)))
+
+
+def rewrite_mirror(folder: str | Path, index: sidecar.VindexIndex, card_options: CardOptions | None = None) -> list[str]:
+    """Upgrade a finished vindex folder's Arrow mirror to the current layout (``format.mirror``):
+    each layer's parquet file written again from the binary (current names, row groups, page
+    index), the stats configs rewritten from the folder's own tables, layer files the mirror no
+    longer names removed, then the card rendered for what was written. The binary, sidecar,
+    phase JSON and LarQL index are left as they are. Returns the paths written."""
+    import pyarrow.parquet as pq
+
+    folder = Path(folder)
+    index.check_layout(where=str(folder / filenames.INDEX_JSON),
+                       file_size=(folder / filenames.GATE_VECTORS_BIN).stat().st_size)
+    present = [rel for rel in STATS_PARQUETS if (folder / rel).is_file()]
+    # both stats configs or neither, as a build writes them
+    tables = {rel: pq.read_table(folder / rel) for rel in present} if len(present) == len(STATS_PARQUETS) else {}
+    written = write_mirror(folder, index, tables)
+    return [*(f.path for f in written),
+            *write_card(folder, index, card_options or CardOptions(), files=_optional_files(folder),
+                        mirror_files=written, feature_examples=feature_token_examples(folder, example_layer_of(index)))]

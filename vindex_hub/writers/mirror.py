@@ -1,10 +1,10 @@
 """The Arrow mirror: the vindex as parquet files that ``datasets.load_dataset`` reads.
 
-Three configs (``format.mirror``): ``gate_vectors`` (one file per layer, split ``layer_NN``, one row per
-(expert, feature), the vector as a fixed-size float32 list copied bit for bit from
-``gate_vectors.bin``), ``expert_stats`` (one row per (layer, expert): var{K}, Frobenius norm and
-the top-K singular values, which the binary does not keep) and ``router_svd`` (one row per layer:
-the phase-2 router figures).
+One file per layer (``format.mirror``: config ``layer_NN``, and all of them config
+``gate_vectors``), one row per (expert, feature), the vector as a fixed-size float32 list copied
+bit for bit from ``gate_vectors.bin``; ``expert_stats`` (one row per (layer, expert): var{K},
+Frobenius norm and the top-K singular values, which the binary does not keep) and ``router_svd``
+(one row per layer: the phase-2 router figures).
 
 Parquet settings, chosen by measurement (``benchmarks/bench_mirror.py``, BENCHMARKS.md):
 
@@ -15,11 +15,15 @@ Parquet settings, chosen by measurement (``benchmarks/bench_mirror.py``, BENCHMA
   entries serve no query.
 * ``layer``/``expert``/``feature``: int16 with dictionary and statistics, so readers can prune
   row groups by expert.
-* Row groups hold whole experts, at most ``ROW_GROUP_BYTES`` (16 MiB) of vectors: 16 experts at
-  DeepSeek-V4-Flash size. The Hub's dataset viewer refuses pages whose row groups exceed about
-  286 MiB and reads whole row groups to show 100 rows, so small groups keep it quick;
-  ``datasets`` itself caps row groups at 100 MB. Reading speed did not change between 1 MiB and
-  16 MiB groups.
+* Row groups hold whole experts, at most ``ROW_GROUP_BYTES`` (16 MiB) of vectors and
+  ``ROW_GROUP_ROWS`` rows: 16 experts (1024 rows) at DeepSeek-V4-Flash size, 9 (576 rows) at
+  hidden 7168. The Hub's dataset viewer refuses pages whose row groups exceed about 286 MiB and
+  reads whole row groups to show 100 rows, so small groups keep it quick; ``datasets`` itself
+  caps row groups at 100 MB. Reading speed did not change between 1 MiB and 16 MiB groups.
+* Every file has a page index (``write_page_index``), as the Hub advises for large parquet, so
+  readers can seek inside a row group.
+* The card's ``num_bytes`` is what ``datasets`` counts: the decoded Arrow size of each row group
+  (``arrow_nbytes``), not parquet's ``total_byte_size``.
 
 Every file is written under a temporary name and renamed when complete (``fsutil``).
 """
@@ -49,9 +53,10 @@ GATE_VECTORS_WRITE_OPTIONS: dict[str, Any] = {
     "use_dictionary": INDEX_COLUMNS,
     "write_statistics": INDEX_COLUMNS,
     "column_encoding": {_VECTOR_LEAF: "BYTE_STREAM_SPLIT"},
+    "write_page_index": True,
 }
 # The stats tables are small (kilobytes to a few MB): plain zstd.
-STATS_WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd"}
+STATS_WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd", "write_page_index": True}
 
 
 # ---- tables (pure) ---------------------------------------------------------------------------
@@ -111,20 +116,28 @@ def router_svd_table(results: Sequence[LayerResult]) -> pa.Table:
 
 
 # ---- writing ---------------------------------------------------------------------------------
-def written_file(folder: Path, config: str, split: str, rel: str) -> mirror.MirrorFile:
+def arrow_nbytes(pf: pq.ParquetFile) -> int:
+    """The decoded size of a parquet file as ``datasets`` counts a split's ``num_bytes``: the sum
+    of ``Table.nbytes`` over its row groups (datasets reads one row group a batch), validity
+    buffers included; parquet's ``total_byte_size`` differs from it."""
+    return sum(pf.read_row_group(i).nbytes for i in range(pf.metadata.num_row_groups))
+
+
+def written_file(folder: Path, config: str, rel: str) -> mirror.MirrorFile:
     """What a just-written parquet file holds, from its footer (the card reports these figures)."""
-    meta = pq.read_metadata(folder / rel)
-    return mirror.MirrorFile(
-        config=config, split=split, path=rel, num_rows=meta.num_rows,
-        num_bytes=sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups)),
-        size=(folder / rel).stat().st_size, arrow_schema=meta.schema.to_arrow_schema(),
-    )
+    with pq.ParquetFile(folder / rel) as pf:
+        meta = pf.metadata
+        return mirror.MirrorFile(
+            config=config, split=mirror.SPLIT, path=rel, num_rows=meta.num_rows, num_bytes=arrow_nbytes(pf),
+            size=(folder / rel).stat().st_size, arrow_schema=meta.schema.to_arrow_schema(),
+        )
 
 
 def write_gate_vectors_layer(folder: Path, index: sidecar.VindexIndex, layer: int,
                              block: np.ndarray) -> mirror.MirrorFile:
     """One layer's parquet file from its ``(E, K, H)`` block, one row group at a time."""
-    rel = mirror.gate_vectors_parquet(layer)
+    n = index.model_config.num_hidden_layers
+    rel = mirror.gate_vectors_parquet(layer, n)
     step = mirror.experts_per_row_group(index.num_feats, index.hidden_size)
     with atomic_path(folder / rel) as tmp:
         with pq.ParquetWriter(tmp, mirror.gate_vectors_schema(index.hidden_size),
@@ -132,23 +145,24 @@ def write_gate_vectors_layer(folder: Path, index: sidecar.VindexIndex, layer: in
             for start in range(0, index.num_experts, step):
                 table = gate_vectors_table(layer, start, np.array(block[start:start + step]))
                 writer.write_table(table, row_group_size=table.num_rows)
-    return written_file(folder, mirror.CONFIG_GATE_VECTORS, mirror.split_name(layer), rel)
+    return written_file(folder, mirror.layer_config(layer, n), rel)
 
 
 def write_stats_table(folder: Path, rel: str, table: pa.Table) -> mirror.MirrorFile:
     """One stats config's file (``mirror.EXPERT_STATS_PARQUET`` or ``mirror.ROUTER_SVD_PARQUET``)."""
-    config = {mirror.EXPERT_STATS_PARQUET: mirror.CONFIG_EXPERT_STATS,
-              mirror.ROUTER_SVD_PARQUET: mirror.CONFIG_ROUTER_SVD}[rel]
+    config = {path: name for name, path in mirror.STATS_PARQUET_OF.items()}[rel]
     with atomic_path(folder / rel) as tmp:
         pq.write_table(table, tmp, **STATS_WRITE_OPTIONS)
-    return written_file(folder, config, mirror.STATS_SPLIT, rel)
+    return written_file(folder, config, rel)
 
 
 def write_mirror(folder: str | Path, index: sidecar.VindexIndex, tables: Mapping[str, pa.Table] | None = None,
                  *, binary_hash: Any = None) -> list[mirror.MirrorFile]:
     """Write the mirror: each layer's parquet file, streamed from ``gate_vectors.bin`` in file order
     (each block also fed to ``binary_hash``, a hashlib object, when given), then ``tables`` (the
-    stats configs by file path; ``stats_tables`` makes them from a build's results)."""
+    stats configs by file path; ``stats_tables`` makes them from a build's results). Parquet
+    files of layers under ``data/gate_vectors/`` that the mirror no longer names (an old
+    layout's names) are removed, so a push deletes them from the repo too."""
     folder = Path(folder)
     vectors = np.memmap(folder / filenames.GATE_VECTORS_BIN, dtype=layout.NUMPY_DTYPE, mode="r",
                         shape=(len(index.layers), index.num_experts, index.num_feats, index.hidden_size))
@@ -158,22 +172,28 @@ def write_mirror(folder: str | Path, index: sidecar.VindexIndex, tables: Mapping
             binary_hash.update(memoryview(vectors[slot]).cast("B"))
         written.append(write_gate_vectors_layer(folder, index, layer, vectors[slot]))
     del vectors
+    _remove_unnamed_layer_files(folder, {f.path for f in written})
     return written + [write_stats_table(folder, rel, table) for rel, table in sorted((tables or {}).items())]
 
 
+def _remove_unnamed_layer_files(folder: Path, keep: set[str]) -> None:
+    layer_dir = folder / mirror.GATE_VECTORS_DIR
+    for path in sorted(layer_dir.glob("*.parquet")) if layer_dir.is_dir() else []:
+        if path.relative_to(folder).as_posix() not in keep:
+            path.unlink()
+
+
 def written_mirror(folder: Path, index: sidecar.VindexIndex) -> list[mirror.MirrorFile]:
-    """The mirror files a finished folder holds, in config order (for re-rendering its card)."""
-    paths = [(mirror.CONFIG_GATE_VECTORS, mirror.split_name(layer), mirror.gate_vectors_parquet(layer))
-             for layer in index.layer_ids]
-    paths += [(mirror.CONFIG_EXPERT_STATS, mirror.STATS_SPLIT, mirror.EXPERT_STATS_PARQUET),
-              (mirror.CONFIG_ROUTER_SVD, mirror.STATS_SPLIT, mirror.ROUTER_SVD_PARQUET)]
-    files = [written_file(folder, *entry) for entry in paths if (folder / entry[2]).is_file()]
+    """The mirror files a finished folder holds (for re-rendering its card)."""
+    n = index.model_config.num_hidden_layers
+    paths = [(mirror.layer_config(layer, n), mirror.gate_vectors_parquet(layer, n)) for layer in index.layer_ids]
+    paths += list(mirror.STATS_PARQUET_OF.items())
+    files = [written_file(folder, *entry) for entry in paths if (folder / entry[1]).is_file()]
     # the stats configs come as a pair: one without the other is not listed (as a build writes them)
-    stats = [f for f in files if f.config != mirror.CONFIG_GATE_VECTORS]
+    stats = [f for f in files if f.config in mirror.STATS_CONFIGS]
     files = files if len(stats) in (0, 2) else [f for f in files if f not in stats]
     if (folder / mirror.FEATURE_TOKENS_PARQUET).is_file():
-        files.append(written_file(folder, mirror.CONFIG_FEATURE_TOKENS, mirror.STATS_SPLIT,
-                                  mirror.FEATURE_TOKENS_PARQUET))
+        files.append(written_file(folder, mirror.CONFIG_FEATURE_TOKENS, mirror.FEATURE_TOKENS_PARQUET))
     return files
 
 
