@@ -57,7 +57,7 @@ def test_verify_exits_non_zero_and_names_the_damaged_layer(small_vindex: SmallVi
     (["build", "{ckpt}", "-o", "{out}", "--num-feats", "0"], 2, "--num-feats 0"),
     (["build", "{ckpt}", "-o", "{out}", "--batch-size", "0"], 2, "batch_size must be at least 1"),
     (["build", "{ckpt}", "-o", "{out}", "--citation", "{tmp}/missing.bib"], 2, "--citation"),
-    (["build", "{tmp}/no-such-folder", "-o", "{out}"], 1, "not a checkpoint folder"),
+    (["build", "{tmp}/no-such-folder", "-o", "{out}"], 2, "not a checkpoint folder"),  # a bad argument (issue 13)
     (["info", "{tmp}/not/a/repo/id"], 2, "neither an existing folder nor a Hub repo id"),
 ])
 def test_bad_arguments_are_one_line_with_the_right_status(args, status, message, small_vindex: SmallVindex,

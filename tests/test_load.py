@@ -27,7 +27,8 @@ from vindex_hub.format.card_data import CardOptions, card_front_matter
 from vindex_hub.hub.blockcache import BlockCache, default_cache_root
 from vindex_hub.errors import (HubError, IntegrityError, OutputConflictError, RemoteNotFoundError, UsageError,
                                VindexFormatError)
-from vindex_hub.load import Vindex, pull, remote_info
+from vindex_hub.load import Vindex, remote_info
+from vindex_hub.pull import pull
 from vindex_hub.hub.http import fetch_range
 from vindex_hub.hub.refs import parse_repo
 from vindex_hub.results import LayerResult

@@ -22,7 +22,8 @@ from vindex_hub.build import build_vindex
 from vindex_hub.convert import convert_vindex
 from vindex_hub.format import filenames, layout, mirror, sidecar
 from vindex_hub.format.card_data import CardOptions
-from vindex_hub.load import Vindex, pull
+from vindex_hub.load import Vindex
+from vindex_hub.pull import pull
 from vindex_hub.push import push_vindex
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 from vindex_hub.verify import verify_vindex

@@ -282,10 +282,12 @@ def test_a_failed_commit_request_changes_nothing(local_hub: LocalHub, hub_repo_i
     head = _head(hub_repo_id)
     _edit_card(fresh_vindex, "second version")
     (fresh_vindex / "extra.parquet").write_bytes(os.urandom(4096))
-    local_hub.inject_fault("error", method="POST", path="*/commit/*", times=1)
+    # A persistent fault (a single one is retried, see test_failure_modes.py).
+    local_hub.inject_fault("error", method="POST", path="*/commit/*", times=None)
     with pytest.raises(HubError, match=hub_repo_id):
         push_vindex(fresh_vindex, hub_repo_id, progress=False)
     assert _head(hub_repo_id) == head and "extra.parquet" not in _tree(hub_repo_id)
+    local_hub.clear_faults()
     local_hub.reset_stats()
     push_vindex(fresh_vindex, hub_repo_id, progress=False)
     assert local_hub.stats().lfs_bytes_received == 0  # extra.parquet arrived before the failed commit
@@ -307,7 +309,7 @@ def test_cli_push_never_shows_the_token(local_hub: LocalHub, hub_repo_id: str, v
         "no branch": _cli("push", str(vindex_copy), hub_repo_id, "--revision", "dev", HF_HUB_VERBOSITY="debug"),
     }
     _edit_card(vindex_copy, "changed")
-    local_hub.inject_fault("error", method="POST", path="*/commit/*", status=500, times=1)
+    local_hub.inject_fault("error", method="POST", path="*/commit/*", status=500, times=None)  # persistent
     runs["server error"] = _cli("push", str(vindex_copy), hub_repo_id, HF_HUB_VERBOSITY="debug")
     for name, run in runs.items():
         assert HUB_TOKEN not in run.stdout + run.stderr, name

@@ -33,6 +33,7 @@ _LAZY = {
     "build_vindex": "vindex_hub.build",
     "push_vindex": "vindex_hub.push",
     "Vindex": "vindex_hub.load",
+    "pull_vindex": "vindex_hub.pull",
     "verify_vindex": "vindex_hub.verify",
 }
 

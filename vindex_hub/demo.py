@@ -65,8 +65,11 @@ class DemoSummary:
     snapshot_files: int
     timings: dict[str, float] = field(default_factory=dict)
 
+    def to_json(self) -> dict:
+        return {**self.__dict__, "workdir": str(self.workdir)}
+
     def render(self) -> str:
-        from .writers.card import format_size
+        from .format.layout import format_size
 
         t = self.timings
         ratio = self.lazy_bytes_fetched / self.lazy_layer_bytes
@@ -94,8 +97,8 @@ class DemoSummary:
         ])
 
 
-def run_demo(workdir: str | os.PathLike[str] | None = None, keep: bool = False) -> DemoSummary:
-    """Run the demo, print its summary and return it.
+def run_demo(workdir: str | os.PathLike[str] | None = None, keep: bool = False, *, show: bool = True) -> DemoSummary:
+    """Run the demo, print its summary (unless ``show`` is false: the CLI renders it) and return it.
 
     Without ``workdir`` everything goes to a temporary folder, removed at the end unless ``keep``;
     a ``workdir`` you name is always kept (a second run there reuses the build and finds the
@@ -142,7 +145,8 @@ def run_demo(workdir: str | os.PathLike[str] | None = None, keep: bool = False) 
     finally:
         if not kept:
             shutil.rmtree(work, ignore_errors=True)
-    print(summary.render())
+    if show:
+        print(summary.render())
     return summary
 
 
@@ -185,7 +189,8 @@ def client_steps(folder: Path, repo_id: str, layer: int) -> dict[str, Any]:
     from .checksums import sha256_file
     from .errors import IntegrityError
     from .push import publishable_files, push_vindex
-    from .load import Vindex, gate_vectors_from_table
+    from .load import Vindex
+    from .load.readers import gate_vectors_from_table
 
     datasets.config.USE_PARQUET_EXPORT = False  # else load_dataset asks datasets-server.<host> (off-machine)
     index = sidecar.VindexIndex.loads((folder / filenames.INDEX_JSON).read_text(encoding="utf-8"))

@@ -1,4 +1,5 @@
-"""Atomic file creation: a file appears under its final name only when it is complete."""
+"""Atomic file creation (a file appears under its final name only when it is complete) and the one
+reader of JSON-object files."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+from .errors import VindexError, VindexFormatError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -48,6 +51,21 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+def read_json_object(path: str | os.PathLike[str], *, what: str,
+                     error: type[VindexError] = VindexFormatError) -> dict[str, Any]:
+    """The JSON object in the file at ``path``; ``error`` (default ``VindexFormatError``) naming the
+    path and ``what`` the file is (``"sidecar"``, ``"checkpoint config"``) when it is missing,
+    unreadable, not JSON or not an object."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{path} not found (the {what})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: cannot read the {what} ({exc})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: the {what} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: the {what} is not a JSON object (got {type(data).__name__})")
+    return data

@@ -20,13 +20,14 @@ What a push does, in order:
    (``parent_commit``): if the branch moved meanwhile, the server refuses it instead of applying
    a stale diff. ``create_pr`` opens a pull request from that head instead.
 
-Never uploaded: hidden paths (any part starting with ``.``: the build's work folder
-``filenames.BUILD_STATE_DIR``, temporary files of atomic writes) and unfinished files
-(``*.tmp``, ``*.partial``, ``*.incomplete``, ``*.lock``).
+Never uploaded: our bookkeeping (``filenames.is_bookkeeping_path``): hidden paths (any part
+starting with ``.``: the build's work folder, the pull marker, temporary files of atomic writes)
+and unfinished files (``filenames.UNFINISHED_SUFFIXES``).
 
 Failure leaves the branch as it was: LFS objects go to the server's object store first, and only
-the final commit request changes a branch, atomically. The client retries 5xx answers and dropped
-connections itself; what still fails becomes ``HubError`` / ``RemoteNotFoundError`` naming the repo
+the final commit request changes a branch, atomically. Every request (repo info, refs, tree, the
+LFS batch and uploads, the commit) is retried on 5xx / 429 / dropped connections
+(``hub.http.with_retries``); what still fails becomes ``HubError`` / ``RemoteNotFoundError`` naming the repo
 and URL. The token (``token=``, else ``HF_TOKEN``, else the saved login) is never printed: it is
 scrubbed from every message that leaves this module.
 """
@@ -38,11 +39,17 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
-from .format import filenames, layout, selection, sidecar
+from huggingface_hub import CommitOperationAdd
+from huggingface_hub.utils import tqdm as hf_tqdm
+
 from .checksums import iter_chunks
 from .errors import HubError, RemoteNotFoundError, UsageError, VindexError
+from .format import filenames, layout, selection, sidecar
+from .format.layout import format_size
+from .hub.http import with_retries
+from .hub.refs import DEFAULT_REPO_TYPE, REPO_TYPES
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -50,12 +57,7 @@ if TYPE_CHECKING:
 
     from .hub.refs import RepoRef
 
-REPO_TYPES = ("dataset", "model")
 DEFAULT_BRANCH = "main"
-UNFINISHED_SUFFIXES = (".tmp", ".partial", ".incomplete", ".lock")
-# Remote paths a vindex owns (a push deletes those the folder no longer has): filenames' one list.
-VINDEX_FILES = filenames.VINDEX_FILES
-VINDEX_DIRS = filenames.VINDEX_DIRS
 
 
 @dataclass(frozen=True)
@@ -96,10 +98,13 @@ class PushResult:
     def changed(self) -> bool:
         return bool(self.uploaded or self.deleted)
 
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in self.__dict__.items() if k not in ("uploaded", "unchanged")}
+        return {**data, "folder": str(self.folder),
+                "uploaded": [f.__dict__ for f in self.uploaded], "unchanged": [f.__dict__ for f in self.unchanged]}
+
     def render(self) -> str:
         """The CLI's report: a summary line, the commit / PR URL, per-file lines for a dry run."""
-        from .writers.card import format_size
-
         target = f"{self.repo_type} repo {self.repo_id}@{self.revision}"
         counts = (f"{len(self.uploaded)} file(s), {format_size(self.uploaded_bytes)}; "
                   f"{len(self.unchanged)} unchanged ({format_size(self.unchanged_bytes)}); "
@@ -132,7 +137,7 @@ def push_vindex(
     folder: str | os.PathLike[str],
     repo_id: str,
     *,
-    repo_type: str = "dataset",
+    repo_type: str = DEFAULT_REPO_TYPE,
     revision: str | None = None,
     create_branch: bool = False,
     create_pr: bool = False,
@@ -163,14 +168,15 @@ def push_vindex(
     api = HfApi(token=token)
     with _hub_errors(ref, secret=token or get_token()), _progress_bars(progress):
         result = PushResult(folder, repo_id, repo_type, branch, repo_url=_repo_url(api, ref), dry_run=dry_run)
-        info = _existing_repo(api, ref)
+        info = with_retries(lambda: _existing_repo(api, ref), url=result.repo_url)
         exists = info is not None
         if not exists and branch != DEFAULT_BRANCH:
             _require_create_branch(api, ref, create_branch)  # before creating anything
         if not exists:
             result.created_repo = True
             if not dry_run:
-                result.repo_url = str(api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True))
+                result.repo_url = str(with_retries(lambda: api.create_repo(
+                    repo_id, repo_type=repo_type, private=private, exist_ok=True), url=result.repo_url))
         elif private and not info.private:
             result.notes.append(f"{repo_id} already exists and is public: private=True applies only to a new repo")
         head = None
@@ -207,13 +213,7 @@ def publishable_files(folder: Path) -> list[PushFile]:
 
 
 def _excluded(rel: Path) -> bool:
-    # Hidden parts cover filenames.BUILD_STATE_DIR and the temporary files of atomic writes.
-    return any(p.startswith(".") for p in rel.parts) or rel.name.endswith(UNFINISHED_SUFFIXES)
-
-
-def is_vindex_path(path: str) -> bool:
-    """A repo path that belongs to the vindex (so a push may delete it when the folder lacks it)."""
-    return path in VINDEX_FILES or path.startswith(VINDEX_DIRS)
+    return filenames.is_bookkeeping_path(rel.as_posix())
 
 
 def commit_text(index: sidecar.VindexIndex) -> tuple[str, str]:
@@ -273,7 +273,8 @@ def _existing_repo(api: "HfApi", ref: "RepoRef"):
 
 def _branch_head(api: "HfApi", ref: "RepoRef", *, create_branch: bool, dry_run: bool) -> tuple[str, bool]:
     """(head commit of the target branch, whether it is (to be) created from main)."""
-    refs = api.list_repo_refs(ref.repo_id, repo_type=ref.repo_type, include_pull_requests=True)
+    refs = with_retries(lambda: api.list_repo_refs(ref.repo_id, repo_type=ref.repo_type, include_pull_requests=True),
+                        url=ref.web_url())
     heads = {b.name: b.target_commit for b in refs.branches}
     heads.update({p.ref: p.target_commit for p in refs.pull_requests or []})  # refs/pr/N: push onto a PR
     if ref.revision in heads:
@@ -283,7 +284,8 @@ def _branch_head(api: "HfApi", ref: "RepoRef", *, create_branch: bool, dry_run: 
         raise RemoteNotFoundError(f"{ref.repo_type} repo {ref.repo_id} has no {DEFAULT_BRANCH!r} branch "
                                   f"to create {ref.revision!r} from")
     if not dry_run:
-        api.create_branch(ref.repo_id, branch=ref.revision, revision=heads[DEFAULT_BRANCH], repo_type=ref.repo_type)
+        with_retries(lambda: api.create_branch(ref.repo_id, branch=ref.revision, revision=heads[DEFAULT_BRANCH],
+                                               repo_type=ref.repo_type, exist_ok=True), url=ref.web_url())
     return heads[DEFAULT_BRANCH], True
 
 
@@ -298,7 +300,8 @@ def _require_create_branch(api: "HfApi", ref: "RepoRef", create_branch: bool) ->
 def _remote_files(api: "HfApi", ref: "RepoRef", head: str) -> dict[str, "RepoFile"]:
     from huggingface_hub.hf_api import RepoFile
 
-    tree = api.list_repo_tree(ref.repo_id, recursive=True, revision=head, repo_type=ref.repo_type)
+    tree = with_retries(lambda: list(api.list_repo_tree(ref.repo_id, recursive=True, revision=head,
+                                                        repo_type=ref.repo_type)), url=ref.at(head).web_url())
     return {e.path: e for e in tree if isinstance(e, RepoFile)}
 
 
@@ -326,7 +329,7 @@ def _plan(folder: Path, local: list[PushFile], remote: dict[str, "RepoFile"], re
                 bar.update(f.size)
             (result.unchanged if same else result.uploaded).append(f)
     local_paths = {f.path for f in local}
-    result.deleted = sorted(p for p in remote if is_vindex_path(p) and p not in local_paths)
+    result.deleted = sorted(p for p in remote if filenames.is_vindex_path(p) and p not in local_paths)
     return hashes
 
 
@@ -348,27 +351,54 @@ def _git_blob_sha1(path: Path) -> str:
 
 def _commit(api: "HfApi", ref: "RepoRef", folder: Path, result: PushResult, hashes: dict[str, str], *,
             head: str, create_pr: bool, summary: str, description: str):
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+    from huggingface_hub import CommitOperationDelete
 
     from .hub.errors import first_line
 
     operations: list = []
     for f in result.uploaded:
-        op = CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=str(folder / f.path))
+        op = _CountedAdd(path_in_repo=f.path, path_or_fileobj=str(folder / f.path))
         if f.path in hashes:  # already read once here: spare the client a second pass
             op.upload_info.sha256 = bytes.fromhex(hashes[f.path])
         operations.append(op)
     operations += [CommitOperationDelete(path_in_repo=p) for p in result.deleted]
     try:
-        return api.create_commit(
+        # A retried commit re-sends only what the server lacks: the LFS batch skips stored objects.
+        return with_retries(lambda: api.create_commit(
             ref.repo_id, operations, commit_message=summary, commit_description=description,
             repo_type=ref.repo_type, revision=ref.revision, create_pr=create_pr, parent_commit=head,
-        )
+        ), url=f"{api.endpoint}/api/{ref.repo_type}s/{ref.repo_id}/commit/{ref.revision}")
     except (RuntimeError, ValueError) as exc:
         # The client wraps a failed LFS upload in RuntimeError("Error while uploading '<path>' ...").
         cause = f" ({first_line(exc.__cause__)})" if exc.__cause__ is not None else ""
         raise HubError(f"{ref}: upload to {api.endpoint} failed: {first_line(exc)}{cause}; nothing was committed, "
                        "push again to resume (files that arrived are not sent twice)") from None
+
+
+class _CountedAdd(CommitOperationAdd):
+    """An upload whose progress bar counts each byte once: the client's own bar counts every read,
+    so a retried PUT (the client seeks back and reads again) took it past 100%."""
+
+    @contextlib.contextmanager
+    def as_file(self, with_tqdm: bool = False) -> Iterator[BinaryIO]:
+        if not with_tqdm:
+            with super().as_file() as f:
+                yield f
+            return
+        path = Path(self.path_or_fileobj)
+        with open(path, "rb") as f, hf_tqdm(unit="B", unit_scale=True, total=path.stat().st_size,
+                                            desc=path.name) as bar:
+            read, counted = f.read, [0]
+
+            def read_counting_once(size: int | None = -1) -> bytes:
+                data = read(size)
+                if f.tell() > counted[0]:
+                    bar.update(f.tell() - counted[0])
+                    counted[0] = f.tell()
+                return data
+
+            f.read = read_counting_once  # type: ignore[method-assign]
+            yield f
 
 
 # ---- plumbing --------------------------------------------------------------------------------------

@@ -46,6 +46,9 @@ class VerifyReport:
             kind = IntegrityError if self.integrity_failed else VindexFormatError
             raise kind(f"{self.folder}: {len(self.problems)} problem(s): " + "; ".join(self.problems))
 
+    def to_json(self) -> dict[str, Any]:
+        return {"folder": str(self.folder), "ok": self.ok, "checks": self.checks, "problems": self.problems}
+
     def render(self) -> str:
         lines = ([f"ok    {c}" for c in self.checks] + [f"WARN  {w}" for w in self.warnings]
                  + [f"FAIL  {p}" for p in self.problems])
@@ -297,7 +300,11 @@ def _check_card(c: _Checker, index: sidecar.VindexIndex) -> None:
     files: dict[str, list[tuple[str, Path]]] = {}  # config -> (split, file)
     for name, cfg in configs.items():
         for split, rel in mirror.config_paths(cfg):
-            target = c.folder / rel
+            try:
+                target = c.folder / filenames.inside_vindex(rel, f"{filenames.CARD_FILE}: config {name!r}")
+            except VindexFormatError as exc:
+                c.problem(str(exc))
+                continue
             if not target.is_file():
                 c.problem(f"{filenames.CARD_FILE}: config {name!r} split {split!r} points at {rel!r}, "
                           "which does not exist")

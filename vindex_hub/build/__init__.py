@@ -9,6 +9,7 @@ sequence of ``writers.derived``.
 
 from ..errors import VindexError
 from .pipeline import BuildSummary, build_vindex
-from .plan import open_source
+from .plan import DEFAULT_BATCH, DEFAULT_NUM_FEATS, DEFAULT_PREFETCH_LAYERS, open_source
 
-__all__ = ["build_vindex", "open_source", "BuildSummary", "VindexError"]
+__all__ = ["build_vindex", "open_source", "BuildSummary", "VindexError", "DEFAULT_BATCH", "DEFAULT_NUM_FEATS",
+           "DEFAULT_PREFETCH_LAYERS"]

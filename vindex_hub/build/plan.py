@@ -17,9 +17,9 @@ from typing import Any, Sequence
 
 from .. import __version__
 from ..arch import MoEArchitecture, get_architecture
-from ..errors import CheckpointError, OutputConflictError, UsageError
+from ..errors import OutputConflictError, UsageError
 from ..format import filenames, mirror, selection, sidecar
-from ..fsutil import atomic_write_json, read_json
+from ..fsutil import atomic_write_json, read_json_object
 from ..numerics import routes, svd
 from ..source.base import CheckpointSource
 from ..writers.browse import BrowseOptions
@@ -45,7 +45,7 @@ def open_source(source: str | os.PathLike[str] | CheckpointSource, *, revision: 
         return LocalCheckpoint(path)
     text = str(source)
     if path.exists() or text.startswith((".", "/")) or text.count("/") != 1:
-        raise CheckpointError(f"{source}: not a checkpoint folder, nor a Hub repo id (namespace/name)")
+        raise UsageError(f"{source}: not a checkpoint folder, nor a Hub repo id (namespace/name)")
     from ..source.hub import HubCheckpoint
 
     return HubCheckpoint(text, revision=revision, token=token)
@@ -105,7 +105,8 @@ def make_plan(src: CheckpointSource, out: str | os.PathLike[str], *, num_feats: 
         num_feats=num_feats,
         model_config=sidecar.ModelConfig(model_type=arch.model_type, num_hidden_layers=arch.num_hidden_layers,
                                          moe=arch.moe_config()),
-        source=sidecar.SourceInfo(repo_id=src.repo_id, revision=src.revision, path=src.path),
+        source=(sidecar.SourceInfo(repo_id=src.repo_id, revision=src.revision) if src.repo_id
+                else sidecar.SourceInfo.local(src.path or src.describe(), src.content_fingerprint())),
         builder=sidecar.BuilderInfo(name=BUILDER_NAME, version=__version__, method=routes.method_for(route),
                                     svd_route=route, blas_threads=routes.BLAS_THREADS, workers=workers),
     )
@@ -143,7 +144,7 @@ def _identity(index: sidecar.VindexIndex, layer_ids: list[int], larql_router: bo
     return {
         **browse,
         "model_type": index.model_config.model_type,
-        "source": index.source.repo_id or index.source.path,
+        "source": index.source.identity,
         "revision": index.source.revision,
         "num_feats": index.num_feats,
         "layers": layer_ids,
@@ -203,7 +204,7 @@ def claim_output(plan: BuildPlan) -> sidecar.VindexIndex | None:
         return index
     state_file = state_dir / filenames.BUILD_STATE_FILE
     if state_file.exists():
-        recorded = read_json(state_file)
+        recorded = read_json_object(state_file, what="build state", error=OutputConflictError)
         changed = {k: (recorded.get(k), v) for k, v in fingerprint.items() if recorded.get(k) != v}
         if changed:
             raise OutputConflictError(

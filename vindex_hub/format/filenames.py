@@ -5,6 +5,10 @@ Every writer, reader, check and the push/pull verbs name files through this modu
 
 from __future__ import annotations
 
+from pathlib import PurePosixPath
+
+from ..errors import VindexFormatError
+
 GATE_VECTORS_BIN = "gate_vectors.bin"
 INDEX_JSON = "gate_vectors_index.json"  # the sidecar
 PHASE1_JSON = "phase1_moe_svd.json"
@@ -46,3 +50,15 @@ def is_bookkeeping_path(path: str) -> bool:
     """Hidden or unfinished: our work files, atomic-write temporaries, markers. Never published."""
     parts = path.split("/")
     return any(p.startswith(".") for p in parts) or parts[-1].endswith(UNFINISHED_SUFFIXES)
+
+
+def inside_vindex(name: object, where: str) -> str:
+    """``name`` if it is a relative path that stays inside the vindex folder or repo; else
+    ``VindexFormatError`` naming it (a card, sidecar or repo listing is remote data: a path such as
+    ``../../../../etc/passwd`` or ``/etc/passwd`` in it is refused by name, never opened)."""
+    if not isinstance(name, str) or not name:
+        raise VindexFormatError(f"{where}: file name {name!r} is not a path")
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if name.startswith(("/", "\\")) or ".." in parts or (parts and parts[0].endswith(":")):
+        raise VindexFormatError(f"{where}: path {name!r} leaves the vindex; refusing to read it")
+    return name

@@ -24,6 +24,8 @@ def parse_layers(spec: str | Iterable[int] | None, num_layers: int) -> list[int]
             hi = int(m.group(2)) if m.group(2) is not None else lo
             if hi < lo:
                 raise UsageError(f"bad layer range {part!r} in {spec!r}: end before start")
+            if hi >= num_layers:  # checked before expanding: "0-99999999" must not build 10^8 ints
+                raise UsageError(f"layers {part} out of range: the model has layers 0-{num_layers - 1}")
             ids.update(range(lo, hi + 1))
     else:
         ids = {int(x) for x in spec}

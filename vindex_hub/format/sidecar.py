@@ -45,9 +45,27 @@ class ModelConfig:
 
 @dataclass
 class SourceInfo:
+    """Where the checkpoint came from, never as a local path: a Hub repo id + commit sha, or a local
+    folder's name + the checkpoint's own fingerprint (``CheckpointSource.content_fingerprint``)."""
+
     repo_id: str | None = None  # Hub model repo the checkpoint came from, when known
     revision: str | None = None  # commit sha (40 hex) when known
-    path: str | None = None  # local folder, when built from one
+    name: str | None = None  # a local checkpoint folder's name (its last path component only)
+    fingerprint: str | None = None  # sha256 of a local checkpoint's index JSON (or config + header)
+    path: str | None = None  # older sidecars recorded the local folder itself: read, never written
+
+    @classmethod
+    def local(cls, folder: str, fingerprint: str | None) -> "SourceInfo":
+        return cls(name=Path(folder).name, fingerprint=fingerprint)
+
+    @property
+    def identity(self) -> str | None:
+        """What names the checkpoint in a resume fingerprint: repo id, else name + fingerprint."""
+        if self.repo_id:
+            return self.repo_id
+        if self.fingerprint:
+            return f"{self.name}@sha256:{self.fingerprint}"
+        return self.path
 
 
 @dataclass
@@ -79,6 +97,14 @@ class LayerEntry:
     median_var: float
     q25_var: float
     q75_var: float
+
+
+def _layer_id(name: object, num_layers: int, where: str) -> int:
+    """A sidecar layer key: the decimal spelling of one of the model's layer ids, nothing else."""
+    if not isinstance(name, str) or not name.isdigit() or str(int(name)) != name or int(name) >= num_layers:
+        raise VindexFormatError(f"{where}: layer key {name!r} is not a layer of the model "
+                                f"(expected 0-{num_layers - 1}, written in decimal)")
+    return int(name)
 
 
 @dataclass
@@ -119,7 +145,8 @@ class VindexIndex:
         model type. Never a local path (a vindex's card, commit and LarQL index show this)."""
         if self.source.repo_id:
             return self.source.repo_id
-        return Path(self.source.path).name if self.source.path else self.model_config.model_type
+        local = self.source.name or (Path(self.source.path).name if self.source.path else None)
+        return local or self.model_config.model_type
 
     def layer(self, layer: int) -> LayerEntry:
         try:
@@ -142,7 +169,7 @@ class VindexIndex:
             "num_layers": len(self.layers),
             "total_bytes": self.total_bytes,
             "model_config": asdict(self.model_config),
-            "source": asdict(self.source),
+            "source": {k: v for k, v in asdict(self.source).items() if k != "path" or v is not None},
             "builder": self.builder.to_json(),
             LAYERS_KEY: {
                 str(layer): {
@@ -164,6 +191,8 @@ class VindexIndex:
     @classmethod
     def from_json(cls, data: dict[str, Any], *, where: str = INDEX_JSON) -> "VindexIndex":
         """Parse and check a sidecar; ``where`` (a path or URL) goes into error messages."""
+        if not isinstance(data, dict):
+            raise VindexFormatError(f"{where}: expected a JSON object")
         try:
             version = data.get(FORMAT_VERSION_KEY)
             if version not in SUPPORTED_FORMAT_VERSIONS:
@@ -185,7 +214,7 @@ class VindexIndex:
                 source=SourceInfo(**{f: data["source"].get(f) for f in SourceInfo.__dataclass_fields__}),
                 builder=BuilderInfo.from_json(data["builder"]),
                 layers={
-                    int(name): LayerEntry(
+                    _layer_id(name, int(mc["num_hidden_layers"]), where): LayerEntry(
                         file_offset=int(e["file_offset"]),
                         shape=[int(x) for x in e["shape"]],
                         nbytes=int(e["nbytes"]),
@@ -211,13 +240,17 @@ class VindexIndex:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise VindexFormatError(f"{where}: not valid JSON ({exc})") from None
-        if not isinstance(data, dict):
-            raise VindexFormatError(f"{where}: expected a JSON object")
         return cls.from_json(data, where=where)
 
     def check_layout(self, *, where: str = INDEX_JSON, file_size: int | None = None) -> None:
         """Offsets follow the layout rule (no overlap, no gap) and fit ``file_size`` if given."""
         expect_shape = [self.num_experts, self.num_feats, self.hidden_size]
+        if self.layer_nbytes > layout.MAX_LAYER_NBYTES:
+            raise VindexFormatError(
+                f"{where}: a layer of {' x '.join(map(str, expect_shape))} {layout.DTYPE} claims "
+                f"{self.layer_nbytes:,} bytes ({layout.format_size(self.layer_nbytes)}), above the "
+                f"{layout.format_size(layout.MAX_LAYER_NBYTES)} any real model's layer holds; refusing it"
+            )
         for slot, layer in enumerate(self.layer_ids):
             e = self.layers[layer]
             if e.shape != expect_shape:

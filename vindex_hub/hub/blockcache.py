@@ -14,25 +14,32 @@ and identical binaries share blocks. A block appears under its name only when co
 checked (atomic rename, under a per-block file lock so two processes fetch it once); a block
 whose size is wrong (truncated on disk) is treated as absent and fetched again.
 
+A fetch killed mid-way (kill -9) leaves its temporary file ``blocks/<sha>/.<start>-<end>.*.tmp``
+behind (up to a layer). The cache removes such a file itself, the next time a block of that
+content is obtained, when it is older than this process and its block's lock is free (so no live
+fetch is writing it); ``usage`` never counts temporary files.
+
 Every path component built from remote data (content hash, commit, repo folder) must be one
 plain file name (``HubError`` otherwise), so a crafted server header cannot point outside the cache.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 from huggingface_hub import constants
 
-from ..errors import HubError
-from ..fsutil import atomic_path, atomic_write_json
+from ..errors import HubError, VindexFormatError
+from ..fsutil import atomic_path, atomic_write_json, read_json_object
 
 ENV_CACHE = "VINDEX_HUB_CACHE"
+TMP_GLOB = ".*.tmp"  # fsutil.atomic_path's temporary files: ".<final name>.<random>.tmp"
+_STARTED = time.time()  # a temporary file older than this process is no write of this run
 # One path segment: no separators, no leading dot (so never "." or ".."), bounded length.
 _SAFE_NAME = re.compile(r"^[0-9A-Za-z_-][0-9A-Za-z._-]{0,199}$")
 
@@ -56,6 +63,12 @@ def safe_name(value: str, what: str) -> str:
 class BlockCache:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
+        self._swept: set[str] = set()  # content hashes whose stale temporary files were removed
+
+    @classmethod
+    def beside(cls, hub_cache_dir: str | os.PathLike[str] | None = None) -> "BlockCache":
+        """The block cache that goes with a Hub cache folder (see ``default_cache_root``)."""
+        return cls(default_cache_root(hub_cache_dir))
 
     def block_path(self, key: str, start: int, end: int) -> Path:
         return self.root / "blocks" / safe_name(key, "content hash (ETag)") / f"{start}-{end}"
@@ -88,6 +101,7 @@ class BlockCache:
         path = self.block_path(key, start, end)
         if self.get(key, start, end) is not None:
             return path, False
+        self._sweep(key)
         with self._lock(f"blocks-{key}-{start}-{end}"):
             if self.get(key, start, end) is not None:
                 return path, False
@@ -107,6 +121,29 @@ class BlockCache:
         with self._lock(f"blocks-{key}-{start}-{end}"):
             self.block_path(key, start, end).unlink(missing_ok=True)
 
+    def _sweep(self, key: str) -> None:
+        """Remove the temporary files a killed fetch left for blocks of ``key`` (once per object)."""
+        if key in self._swept:
+            return
+        self._swept.add(key)
+        for tmp in self.block_path(key, 0, 0).parent.glob(TMP_GLOB):
+            block = tmp.name[1:].split(".")[0]  # ".<start>-<end>.<random>.tmp"
+            try:
+                if tmp.stat().st_mtime >= _STARTED:
+                    continue  # perhaps this process's own fetch, in another thread
+                with self._lock(f"blocks-{key}-{block}").acquire(timeout=0):
+                    tmp.unlink(missing_ok=True)
+            except (FileNotFoundError, Timeout):  # gone already, or a live fetch holds its lock
+                continue
+
+    def usage(self) -> tuple[int, int]:
+        """(complete blocks, their bytes) in the cache; temporary files are never counted."""
+        count = size = 0
+        for block in (self.root / "blocks").glob("*/*"):
+            if not block.name.startswith(".") and block.is_file():
+                count, size = count + 1, size + block.stat().st_size
+        return count, size
+
     # Per-commit file records, so an offline open can find the content hash of a file.
     def record_path(self, repo_folder: str, commit: str) -> Path:
         return self.root / "meta" / safe_name(repo_folder, "repo folder") / f"{safe_name(commit, 'commit')}.json"
@@ -124,11 +161,9 @@ class BlockCache:
     @staticmethod
     def _read(path: Path) -> dict[str, Any]:
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except (FileNotFoundError, json.JSONDecodeError):
+            return read_json_object(path, what="block cache record")
+        except VindexFormatError:  # missing or damaged: a record is only a hint, rebuilt online
             return {}
-        return data if isinstance(data, dict) else {}
 
     def _lock(self, name: str) -> FileLock:
         locks = self.root / ".locks"

@@ -1,4 +1,11 @@
-"""Requests to the Hub: file metadata and exact ranged reads.
+"""Requests to the Hub: retries, file metadata and exact ranged reads.
+
+``with_retries`` is the one retry policy for whole operations of the hub client (a file or
+snapshot download, repo info, refs, tree, a commit): a transient fault (HTTP 408 / 429 / 5xx, a
+dropped or refused connection) is retried with bounded exponential backoff, waiting what a
+``Retry-After`` header asks for (capped); a persistent one ends in one ``HubError`` line naming
+the URL and the number of attempts. Downloads resume from the client's ``.incomplete`` file, and a
+retried commit re-sends only what the server lacks (the LFS batch API skips stored objects).
 
 ``fetch_range_into`` is the one place a byte range is read from a Hub file. It sends the ranged
 GET itself (``HfFileSystem`` over-fetches small ranges, see ``reference/hub-protocol.md``) with
@@ -15,11 +22,12 @@ import io
 import re
 import time
 from dataclasses import dataclass
-from typing import BinaryIO
+from pathlib import Path
+from typing import BinaryIO, Callable, Mapping, TypeVar
 
 import httpx2
-from huggingface_hub import get_hf_file_metadata
-from huggingface_hub.errors import OfflineModeIsEnabled
+from huggingface_hub import get_hf_file_metadata, hf_hub_download, snapshot_download
+from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from ..errors import HubError
@@ -30,7 +38,9 @@ RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRIES = 5  # consecutive failures without progress before giving up
 BACKOFF_S = 0.25  # first wait; doubles per consecutive failure, capped at BACKOFF_MAX_S
 BACKOFF_MAX_S = 8.0
+RETRY_AFTER_MAX_S = 60.0  # a Retry-After asking for longer is waited this long, then retried
 TIMEOUT_S = 60.0
+T = TypeVar("T")
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
@@ -48,11 +58,81 @@ class RemoteFile:
 def file_metadata(ref: RepoRef, filename: str, *, token: str | bool | None = None) -> RemoteFile:
     """HEAD one file: commit sha, ETag and true size (``RemoteNotFoundError`` names repo/revision/file)."""
     with hub_errors(ref, filename):
-        meta = get_hf_file_metadata(ref.url(filename), token=token, retry_on_errors=True)
+        meta = with_retries(lambda: get_hf_file_metadata(ref.url(filename), token=token), url=ref.url(filename))
     if not meta.commit_hash or not meta.etag or meta.size is None:
         raise HubError(f"{ref.url(filename)}: the server's HEAD answer lacks X-Repo-Commit, ETag or size")
     return RemoteFile(ref.url(filename, meta.commit_hash), commit_sha(meta.commit_hash, ref.url(filename)),
                       meta.etag, meta.size)
+
+
+# ---- retries ------------------------------------------------------------------------------------
+def backoff_s(failures: int, retry_after: float | None = None) -> float:
+    """How long to wait before retry number ``failures`` (1-based): ``Retry-After`` when the server
+    gave one (capped), else exponential from ``BACKOFF_S``, capped at ``BACKOFF_MAX_S``."""
+    if retry_after is not None:
+        return min(max(retry_after, 0.0), RETRY_AFTER_MAX_S)
+    return min(BACKOFF_S * 2 ** max(failures - 1, 0), BACKOFF_MAX_S)
+
+
+def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
+    """The delay-seconds form of a ``Retry-After`` header (the HTTP-date form is ignored)."""
+    value = (headers or {}).get("Retry-After", "").strip()
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def transient(exc: BaseException) -> tuple[str, float | None] | None:
+    """(reason, Retry-After) when ``exc`` is a fault worth retrying, else None."""
+    if isinstance(exc, HfHubHTTPError) and exc.response is not None:
+        status = exc.response.status_code
+        if status in RETRY_STATUS:
+            return f"HTTP {status}", retry_after_s(exc.response.headers)
+        return None
+    if isinstance(exc, httpx2.TransportError):
+        return f"{type(exc).__name__}: {exc}", None
+    return None
+
+
+def with_retries(call: Callable[[], T], *, url: str, max_retries: int = MAX_RETRIES) -> T:
+    """``call()``, retried on transient faults (see the module doc); ``url`` names it in the error.
+
+    Other exceptions pass through unchanged (the caller's ``hub_errors`` turns them into the
+    package's types), so a 404 or 401 is reported at once, never retried.
+    """
+    for attempt in range(1, max_retries + 2):
+        try:
+            return call()
+        except (HfHubHTTPError, httpx2.TransportError) as exc:
+            fault = transient(exc)
+            if fault is None:
+                raise
+            reason, retry_after = fault
+            if attempt > max_retries:
+                raise HubError(f"{url}: giving up after {max_retries} retries ({reason}), {attempt} attempts") from None
+            time.sleep(backoff_s(attempt, retry_after))
+    raise AssertionError("unreachable")
+
+
+# ---- whole files -------------------------------------------------------------------------------
+def download_file(ref: RepoRef, filename: str, *, cache_dir: str | None = None,
+                  token: str | bool | None = None) -> Path:
+    """One file of ``ref`` through the Hub cache (``hf_hub_download``), retried, errors typed."""
+    with hub_errors(ref, filename):
+        return Path(with_retries(lambda: hf_hub_download(
+            ref.repo_id, filename, repo_type=ref.repo_type, revision=ref.revision, cache_dir=cache_dir,
+            token=token), url=ref.url(filename)))
+
+
+def download_snapshot(ref: RepoRef, *, allow: list[str] | None = None, ignore: list[str] | None = None,
+                      local_dir: Path | None = None, cache_dir: str | None = None,
+                      token: str | bool | None = None) -> Path:
+    """The repo's files at ``ref`` (``snapshot_download``), retried (files already fetched are kept)."""
+    with hub_errors(ref):
+        return Path(with_retries(lambda: snapshot_download(
+            ref.repo_id, repo_type=ref.repo_type, revision=ref.revision, allow_patterns=allow,
+            ignore_patterns=ignore, local_dir=local_dir, cache_dir=cache_dir, token=token), url=ref.web_url()))
 
 
 # ---- ranged reads -----------------------------------------------------------------------------
@@ -81,16 +161,17 @@ def fetch_range_into(
         try:
             got = _get_once(fileobj, url, pos, end, token=token, expected_total=expected_total)
         except _Retryable as exc:
-            got, reason = exc.got, exc.reason
+            got, reason, retry_after = exc.got, exc.reason, exc.retry_after
         else:
-            reason = f"body ended {end - pos - got} bytes early" if pos + got < end else ""
+            reason, retry_after = (f"body ended {end - pos - got} bytes early" if pos + got < end else ""), None
         pos += got
         if pos >= end:
             break
         failures = 0 if got else failures + 1
         if failures > max_retries:
-            raise HubError(f"{url}: bytes {start}-{end - 1}: giving up after {max_retries} retries ({reason})")
-        time.sleep(min(BACKOFF_S * 2 ** max(failures - 1, 0), BACKOFF_MAX_S))
+            raise HubError(f"{url}: bytes {start}-{end - 1}: giving up after {max_retries} retries ({reason}), "
+                           f"{failures} attempts without progress")
+        time.sleep(backoff_s(max(failures, 1), retry_after))
     return end - start
 
 
@@ -102,9 +183,9 @@ def fetch_range(url: str, start: int, end: int, **kwargs) -> bytes:
 
 
 class _Retryable(Exception):
-    def __init__(self, reason: str, got: int = 0):
+    def __init__(self, reason: str, got: int = 0, retry_after: float | None = None):
         super().__init__(reason)
-        self.reason, self.got = reason, got
+        self.reason, self.got, self.retry_after = reason, got, retry_after
 
 
 def _get_once(fileobj: BinaryIO, url: str, pos: int, end: int, *, token, expected_total: int | None) -> int:
@@ -116,7 +197,7 @@ def _get_once(fileobj: BinaryIO, url: str, pos: int, end: int, *, token, expecte
     try:
         with get_session().stream("GET", url, headers=headers, timeout=TIMEOUT_S) as resp:
             if resp.status_code in RETRY_STATUS:
-                raise _Retryable(f"HTTP {resp.status_code}")
+                raise _Retryable(f"HTTP {resp.status_code}", retry_after=retry_after_s(resp.headers))
             if resp.status_code >= 400:
                 resp.read()
                 with hub_errors(ref_from_url(url)):

@@ -11,6 +11,11 @@ from huggingface_hub.file_download import REGEX_COMMIT_HASH
 
 from ..errors import HubError, UsageError
 
+# The repo types a vindex lives in (the CLI's --repo-type choices); a dataset repo by default,
+# since only those are read by ``datasets.load_dataset``.
+REPO_TYPES = ("dataset", "model")
+DEFAULT_REPO_TYPE = "dataset"
+
 _HF_URI = re.compile(r"^hf://(?:(?P<type>datasets|models|spaces)/)?(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/?$")
 _RESOLVE = re.compile(r"/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/")
 
@@ -31,6 +36,11 @@ class RepoRef:
 
     def at(self, revision: str) -> "RepoRef":
         return RepoRef(self.repo_id, self.repo_type, revision)
+
+    def web_url(self) -> str:
+        """The repo's page at its revision (names the repo in messages about whole-repo requests)."""
+        prefix = "" if self.repo_type == "model" else f"{self.repo_type}s/"
+        return f"{constants.ENDPOINT}/{prefix}{self.repo_id}/tree/{self.revision or constants.DEFAULT_REVISION}"
 
 
 def parse_repo(spec: str, *, revision: str | None = None, repo_type: str = "dataset") -> RepoRef:

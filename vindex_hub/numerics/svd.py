@@ -84,9 +84,13 @@ class TopK:
     routes: tuple[str, ...] = field(default=())  # per matrix, the route it took (ROUTE_*)
 
 
-def resolve_device(device: str = "auto") -> str:
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_DEVICE = "auto"
+
+
+def resolve_device(device: str = DEFAULT_DEVICE) -> str:
     """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; checks ``"cuda"`` is there."""
-    if device not in ("auto", "cpu", "cuda"):
+    if device not in DEVICES:
         raise UsageError(f"--device must be auto, cpu or cuda, not {device!r}")
     if device == "cpu":
         return "cpu"

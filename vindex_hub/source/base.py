@@ -50,6 +50,12 @@ class CheckpointSource(Protocol):
         """A short human name for messages: a path, or ``repo@sha``."""
         ...
 
+    def content_fingerprint(self) -> str | None:
+        """For a local checkpoint, the sha256 that identifies its contents without its path (of the
+        index JSON; of config.json and the shard header for a single-file one); None for a Hub one,
+        which its commit sha identifies."""
+        ...
+
     def tensor_names(self) -> frozenset[str]:
         ...
 

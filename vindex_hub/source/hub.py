@@ -25,16 +25,17 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-from huggingface_hub import HfApi, hf_hub_download
+from huggingface_hub import HfApi
 from huggingface_hub.file_download import REGEX_COMMIT_HASH, repo_folder_name
 
-from ..hub.blockcache import BlockCache, default_cache_root
+from ..hub.blockcache import BlockCache
 from ..errors import CheckpointError, HubError, UsageError
-from ..hub.http import MAX_RETRIES, RemoteFile, fetch_range_into, file_metadata
+from ..hub.http import MAX_RETRIES, RemoteFile, download_file, fetch_range_into, file_metadata, with_retries
 from ..hub.errors import hub_errors
 from ..hub.refs import parse_repo
 from .base import RawTensor, TensorInfo
-from .local import CONFIG_FILE, INDEX_FILE, SINGLE_FILE, read_json_object, read_weight_map
+from ..fsutil import read_json_object
+from .local import CONFIG_FILE, INDEX_FILE, SINGLE_FILE, read_weight_map
 from .safetensors_format import PREFIX_BYTES, header_length, parse_header
 
 # Coalescing: merge two ranges of a shard only across a gap below MAX_GAP_BYTES, never into a
@@ -126,7 +127,8 @@ class HubCheckpoint:
         if ref.repo_type != "model":
             raise UsageError(f"{repo_id}: a checkpoint is a model repo, not a {ref.repo_type} repo")
         with hub_errors(ref):
-            info = HfApi().model_info(ref.repo_id, revision=ref.revision, token=token)
+            info = with_retries(lambda: HfApi().model_info(ref.repo_id, revision=ref.revision, token=token),
+                                url=ref.web_url())
         # The sha becomes part of cache paths and every URL: only a real commit hash may.
         if not isinstance(info.sha, str) or not REGEX_COMMIT_HASH.fullmatch(info.sha):
             raise HubError(
@@ -139,7 +141,7 @@ class HubCheckpoint:
         self._cache_dir = cache_dir
         self._max_retries = max_retries
         self._workers = max(1, workers)
-        self._blocks = BlockCache(default_cache_root(cache_dir))
+        self._blocks = BlockCache.beside(cache_dir)
         self._repo_folder = repo_folder_name(repo_id=ref.repo_id, repo_type="model")
         self._files: dict[str, RemoteFile] = {}
         self._headers: dict[str, dict[str, TensorInfo]] = {}
@@ -148,7 +150,8 @@ class HubCheckpoint:
         self.bytes_fetched = 0  # bytes received from the Hub for shards (headers and tensor ranges)
         self.fetch_seconds = 0.0  # wall time spent waiting for them
 
-        self.config: dict[str, Any] = read_json_object(self._download(CONFIG_FILE))
+        self.config: dict[str, Any] = read_json_object(self._download(CONFIG_FILE), what="checkpoint config",
+                                                       error=CheckpointError)
         files = {s.rfilename for s in info.siblings or ()}
         self._repo_files = frozenset(files)
         if INDEX_FILE in files:
@@ -163,6 +166,9 @@ class HubCheckpoint:
     # ---- CheckpointSource ----------------------------------------------------------------
     def describe(self) -> str:
         return f"{self.repo_id}@{self.revision}"
+
+    def content_fingerprint(self) -> str | None:
+        return None  # the commit sha identifies a Hub checkpoint
 
     def tensor_names(self) -> frozenset[str]:
         return frozenset(self._weight_map)
@@ -229,9 +235,7 @@ class HubCheckpoint:
     # ---- files ------------------------------------------------------------------------------
     def _download(self, filename: str) -> Path:
         """A small repo file at the pinned commit, through the Hub cache (no request once cached)."""
-        with hub_errors(self._ref, filename):
-            return Path(hf_hub_download(self._ref.repo_id, filename, revision=self.revision,
-                                        cache_dir=self._cache_dir, token=self._token))
+        return download_file(self._ref, filename, cache_dir=self._cache_dir, token=self._token)
 
     def _remote_file(self, shard: str) -> RemoteFile:
         """Size and ETag of a shard at the pinned commit: remembered on disk, else one HEAD."""

@@ -8,7 +8,7 @@ with the number of layers read).
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import threading
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ..errors import CheckpointError
+from ..fsutil import read_json_object
 from .base import RawTensor, TensorInfo
 from .safetensors_format import PREFIX_BYTES, header_length, parse_header
 
@@ -25,25 +26,9 @@ INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 
-def read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: cannot read ({exc})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
-
-
 def read_weight_map(index_path: Path) -> dict[str, str]:
     """The checked ``weight_map`` (tensor name -> shard file) of a ``model.safetensors.index.json``."""
-    weight_map = read_json_object(index_path).get("weight_map")
+    weight_map = read_json_object(index_path, what="safetensors index", error=CheckpointError).get("weight_map")
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
@@ -66,7 +51,8 @@ class LocalCheckpoint:
         self.path: str | None = str(path)
         if not self.root.is_dir():
             raise CheckpointError(f"checkpoint folder {self.root} does not exist")
-        self.config: dict[str, Any] = read_json_object(self.root / CONFIG_FILE)
+        self.config: dict[str, Any] = read_json_object(self.root / CONFIG_FILE, what="checkpoint config",
+                                                       error=CheckpointError)
         self._headers: dict[str, dict[str, TensorInfo]] = {}
         self._files: dict[str, Any] = {}
         self._closed = False
@@ -84,6 +70,18 @@ class LocalCheckpoint:
     # ---- CheckpointSource ----------------------------------------------------------------
     def describe(self) -> str:
         return str(self.root)
+
+    def content_fingerprint(self) -> str | None:
+        h = hashlib.sha256()
+        if self._index_file is not None:
+            h.update(Path(self._index_file).read_bytes())
+        else:
+            h.update((self.root / CONFIG_FILE).read_bytes())
+            with open(self.root / SINGLE_FILE, "rb") as f:
+                prefix = f.read(PREFIX_BYTES)
+                size = os.fstat(f.fileno()).st_size
+                h.update(prefix + f.read(header_length(prefix, size, file=str(self.root / SINGLE_FILE))))
+        return h.hexdigest()
 
     def tensor_names(self) -> frozenset[str]:
         return frozenset(self._weight_map)

@@ -20,6 +20,7 @@ from .. import __version__
 from ..errors import VindexFormatError
 from ..format import filenames, larql, mirror, selection, sidecar, statistics
 from ..format.card_data import CardOptions, card_front_matter, title_of
+from ..format.layout import format_size
 from ..format.mirror import MirrorFile
 from ..fsutil import atomic_write_bytes, atomic_write_text
 
@@ -28,14 +29,6 @@ TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 
 
 # ---- figures for the text (pure) -------------------------------------------------------------
-def format_size(nbytes: int) -> str:
-    """Decimal units, as the seed card: 11,542,724,608 B -> ``11.54 GB``."""
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if nbytes >= scale:
-            return f"{nbytes / scale:.2f} {unit}"
-    return f"{nbytes} B"
-
-
 def auto_citation(index: sidecar.VindexIndex, options: CardOptions) -> str:
     title = title_of(index, options)
     author = options.author or "vindex-hub"

@@ -1,0 +1,50 @@
+"""Where a vindex's small files come from: a local folder, or a Hub repo pinned to a commit.
+
+Both locators answer ``path(name)`` with a local file and ``describe(name)`` for messages; a name
+that would leave the vindex folder or repo (absolute, ``..``) is refused before anything is opened.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from ..errors import VindexFormatError
+from ..format.filenames import inside_vindex
+from ..hub.http import download_file
+from ..hub.refs import RepoRef
+
+
+class VindexFiles(Protocol):
+    def path(self, name: str) -> Path: ...
+
+    def describe(self, name: str) -> str: ...
+
+
+class LocalFiles:
+    """Files of a vindex folder."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def path(self, name: str) -> Path:
+        path = self.root / inside_vindex(name, str(self.root))
+        if not path.is_file():
+            raise VindexFormatError(f"{path}: no such file in this vindex")
+        return path
+
+    def describe(self, name: str) -> str:
+        return str(self.root / name)
+
+
+class HubFiles:
+    """Files of a repo pinned to a commit, through the Hub cache (no request once cached)."""
+
+    def __init__(self, ref: RepoRef, *, cache_dir: str | None, token: str | bool | None):
+        self.ref, self.cache_dir, self.token = ref, cache_dir, token
+
+    def path(self, name: str) -> Path:
+        return download_file(self.ref, inside_vindex(name, str(self.ref)), cache_dir=self.cache_dir, token=self.token)
+
+    def describe(self, name: str) -> str:
+        return f"{name} in {self.ref}"

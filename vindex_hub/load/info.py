@@ -1,0 +1,51 @@
+"""Describing a Hub vindex without its binary (``remote_info``) and finding a whole vindex on disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import RemoteNotFoundError, VindexFormatError
+from ..hub.http import download_snapshot
+from ..hub.refs import parse_repo
+from .vindex import DEFAULT_REPO_MODE, Vindex
+
+PHASES = ("phase1", "phase2")
+
+
+def remote_info(
+    repo_id: str,
+    revision: str | None = None,
+    *,
+    repo_type: str = "dataset",
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+) -> dict[str, Any]:
+    """``Vindex.info()`` of a Hub vindex plus its phase-1/phase-2 JSON, without reading the binary.
+
+    Downloads the sidecar and the small stats JSON; a HEAD of the binary gives its size.
+    """
+    with Vindex.open(repo_id, revision, repo_type, mode=DEFAULT_REPO_MODE, cache_dir=cache_dir, token=token) as vx:
+        info = vx.info()
+        for name in PHASES:
+            try:
+                info[name] = getattr(vx, name)
+            except (VindexFormatError, RemoteNotFoundError):
+                info[name] = None
+        return info
+
+
+def local_folder(
+    path_or_repo_id: str | os.PathLike[str],
+    revision: str | None = None,
+    *,
+    repo_type: str = "dataset",
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+) -> Path:
+    """A folder holding the whole vindex: ``path_or_repo_id`` itself, or a cached Hub snapshot."""
+    if Path(path_or_repo_id).is_dir():
+        return Path(path_or_repo_id)
+    ref = parse_repo(str(path_or_repo_id), revision=revision, repo_type=repo_type)
+    return download_snapshot(ref, cache_dir=str(cache_dir) if cache_dir else None, token=token)

@@ -1,0 +1,343 @@
+"""``Vindex``: a vindex opened for reading, from a local folder or a Hub repo.
+
+Modes (``Vindex.open(..., mode=...)``):
+
+``local``     a folder on disk (chosen whenever the argument is an existing folder):
+              ``gate_vectors.bin`` is memory-mapped, ``layer(L)`` is a zero-copy view.
+``snapshot``  the binary, sidecar, stats JSON and card are downloaded once into the standard Hub
+              cache (``snapshot_download``; ``HF_HOME`` / ``HF_HUB_CACHE`` / ``cache_dir``
+              honoured), then memory-mapped like a local folder.
+``lazy``      (the default for repos) only the sidecar is downloaded at open; ``layer(L)`` and
+              ``expert(L, E)`` fetch exactly those bytes with ranged GETs and keep them in the
+              persistent block cache (``vindex_hub.hub.blockcache``), keyed by the binary's content hash
+              at the resolved commit. Views of cached blocks are memory-mapped too.
+``arrow``     each layer is read from the parquet mirror with ``datasets.load_dataset(repo,
+              "layer_NN", split="train")`` (that one file; an old-layout card's split file by
+              ``data_files``) and reassembled to ``(E, K, H)`` (dataset repos and local folders
+              only: ``datasets`` reads no other kind).
+
+Everything remote is pinned to the commit the revision resolved to at open, so a push in the
+middle of a session cannot mix two versions. Once fetched, ``lazy`` and ``snapshot`` opens work
+with ``HF_HUB_OFFLINE=1``.
+
+Integrity (``verify``):
+
+``True``      (default) a layer's bytes are checked against the sidecar's sha256 before they are
+              returned or cached; bytes already on disk (local folder, Hub cache, block cache) are
+              checked once per ``Vindex`` object, the first time that layer is read, so a block
+              corrupted on disk, or cached by a ``verify=False`` reader, is caught (the block cache
+              then drops it and fetches it again). The sha256 is per layer, so an expert read in
+              ``lazy`` mode while its layer is not cached cannot be hash-checked without fetching
+              64x the bytes: such a read (fetched, or cached and read first by this object) is
+              checked for shape, finiteness and unit-norm rows only. An expert read from a cached
+              or local layer is hash-checked through its layer.
+``"strict"``  as True, but an expert read always fetches and checks its whole layer.
+``False``     no checks (sizes and ``Content-Range`` are still checked).
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from huggingface_hub import constants
+from huggingface_hub.file_download import repo_folder_name
+
+from ..errors import HubError, RemoteNotFoundError, UsageError, VindexFormatError
+from ..format import filenames, mirror, selection, sidecar, statistics
+from ..fsutil import read_json_object
+from ..hub.blockcache import BlockCache
+from ..hub.errors import first_line
+from ..hub.http import RemoteFile, download_file, download_snapshot, file_metadata
+from ..hub.refs import RepoRef, commit_sha, parse_repo
+from .files import HubFiles, LocalFiles, VindexFiles
+from .readers import ArrowReader, LayerReader, MemmapReader, RangedReader, Verify
+
+Mode = Literal["local", "snapshot", "lazy", "arrow"]
+MODES: tuple[Mode, ...] = ("local", "snapshot", "lazy", "arrow")
+DEFAULT_REPO_MODE: Mode = "lazy"
+
+
+# ---- the public object ---------------------------------------------------------------------------
+class Vindex:
+    """A vindex opened for reading. Use ``Vindex.open``; close it (or use ``with``) when done.
+
+    Arrays from ``layer``/``expert`` are read-only; in local, snapshot and lazy modes they are
+    memory-mapped views (copy them to write). ``layer_torch``/``expert_torch`` return copies.
+    """
+
+    def __init__(self, index: sidecar.VindexIndex, reader: LayerReader, files: VindexFiles, *, mode: Mode,
+                 verify: Verify, location: str, commit: str | None = None, file_size: int | None = None):
+        self._index, self._reader, self._files = index, reader, files
+        self.mode, self.verify, self.location, self.commit = mode, verify, location, commit
+        self._file_size = file_size
+
+    @classmethod
+    def open(
+        cls,
+        path_or_repo_id: str | os.PathLike[str],
+        revision: str | None = None,
+        repo_type: str = "dataset",
+        mode: Mode | None = None,
+        *,
+        cache_dir: str | os.PathLike[str] | None = None,
+        verify: Verify = True,
+        token: str | bool | None = None,
+    ) -> "Vindex":
+        """Open a vindex folder, a Hub repo id (``ns/name``, ``hf://datasets/ns/name@rev``) or a commit.
+
+        ``mode`` defaults to ``local`` for an existing folder and ``lazy`` for a repo; for a
+        folder, ``lazy`` and ``snapshot`` also mean memory-mapping. ``cache_dir`` is the Hub
+        cache folder (default ``HF_HUB_CACHE``); the block cache sits beside it.
+        """
+        if mode is not None and mode not in MODES:
+            raise UsageError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+        if verify not in (True, False, "strict"):
+            raise UsageError(f"verify={verify!r}: expected True, False or 'strict'")
+        cache_dir = str(cache_dir) if cache_dir is not None else None
+        if os.path.isdir(path_or_repo_id):
+            if revision is not None:
+                raise UsageError(f"{path_or_repo_id} is a local folder: revision={revision!r} does not apply")
+            return cls._open_local(Path(path_or_repo_id), mode, verify)
+        ref = parse_repo(str(path_or_repo_id), revision=revision, repo_type=repo_type)
+        mode = mode or DEFAULT_REPO_MODE
+        if mode == "local":
+            raise UsageError(f"{path_or_repo_id} is not a local folder")
+        if mode == "arrow" and ref.repo_type != "dataset":
+            raise UsageError(f"mode='arrow' reads with datasets.load_dataset, which reads dataset repos only; "
+                             f"{ref} is a {ref.repo_type} repo (use mode='lazy' or 'snapshot')")
+        ref = ref.at(_resolve_commit(ref, cache_dir=cache_dir, token=token))
+        files = HubFiles(ref, cache_dir=cache_dir, token=token)
+        index_path = files.path(filenames.INDEX_JSON)
+        index = sidecar.VindexIndex.loads(index_path.read_text(encoding="utf-8"), where=files.describe(filenames.INDEX_JSON))
+        if mode == "snapshot":
+            folder = download_snapshot(ref, allow=list(filenames.SNAPSHOT_FILES), cache_dir=cache_dir, token=token)
+            reader = MemmapReader(_existing(folder / filenames.GATE_VECTORS_BIN, ref), index, verify)
+            size = reader.path.stat().st_size
+        elif mode == "lazy":
+            remote = _binary_metadata(ref, cache_dir=cache_dir, token=token)
+            index.check_layout(where=files.describe(filenames.INDEX_JSON), file_size=remote.size)
+            reader = RangedReader(remote, index, BlockCache.beside(cache_dir), token, verify)
+            size = remote.size
+        else:
+            reader, size = ArrowReader(ref.repo_id, ref.revision, index, token, verify, files), None
+        return cls(index, reader, files, mode=mode, verify=verify, location=f"{ref.repo_id}@{ref.revision}",
+                   commit=ref.revision, file_size=size)
+
+    @classmethod
+    def _open_local(cls, root: Path, mode: Mode | None, verify: Verify) -> "Vindex":
+        files = LocalFiles(root)
+        index_path = files.path(filenames.INDEX_JSON)
+        index = sidecar.VindexIndex.loads(index_path.read_text(encoding="utf-8"), where=str(index_path))
+        if mode == "arrow":
+            reader, size = ArrowReader(str(root), None, index, None, verify, files), None
+        else:
+            if not (root / filenames.GATE_VECTORS_BIN).is_file():
+                pulled = read_pull_marker(root)
+                what = (f"a data-only pull (format='arrow') of {pulled.get('repo_id')}"
+                        if pulled.get("format") == "arrow" else "a folder")
+                raise VindexFormatError(f"{root / filenames.GATE_VECTORS_BIN}: missing; {root} is {what} without "
+                                        "the binary: open it with mode='arrow' to read its parquet layers")
+            reader = MemmapReader(files.path(filenames.GATE_VECTORS_BIN), index, verify)
+            size, mode = reader.path.stat().st_size, "local"
+        return cls(index, reader, files, mode=mode, verify=verify, location=str(root), file_size=size)
+
+    # ---- shape ----
+    @property
+    def index(self) -> sidecar.VindexIndex:
+        return self._index
+
+    @property
+    def layers(self) -> list[int]:
+        return self._index.layer_ids
+
+    @property
+    def num_layers(self) -> int:
+        return len(self._index.layers)
+
+    @property
+    def num_experts(self) -> int:
+        return self._index.num_experts
+
+    @property
+    def num_feats(self) -> int:
+        return self._index.num_feats
+
+    @property
+    def hidden_size(self) -> int:
+        return self._index.hidden_size
+
+    # ---- vectors ----
+    def layer(self, layer: int) -> np.ndarray:
+        """Layer ``layer``'s gate vectors, ``(num_experts, num_feats, hidden_size)`` float32, read-only."""
+        self._index.layer(layer)  # a clear error for a layer the vindex does not hold
+        return self._open_reader().layer(layer)
+
+    def expert(self, layer: int, expert: int) -> np.ndarray:
+        """One expert's ``(num_feats, hidden_size)`` vectors (rows by descending singular value)."""
+        self._index.layer(layer)
+        if not 0 <= expert < self.num_experts:
+            raise UsageError(f"expert {expert} out of range: layer {layer} has experts 0-{self.num_experts - 1}")
+        return self._open_reader().expert(layer, expert)
+
+    def layer_torch(self, layer: int, device=None, dtype=None):
+        """``layer(L)`` as a new torch tensor on ``device`` (default CPU) in ``dtype`` (default float32)."""
+        return _to_torch(self.layer(layer), device, dtype)
+
+    def expert_torch(self, layer: int, expert: int, device=None, dtype=None):
+        return _to_torch(self.expert(layer, expert), device, dtype)
+
+    # ---- statistics and card ----
+    @cached_property
+    def phase1(self) -> dict[str, Any]:
+        """``phase1_moe_svd.json``: per layer, the routed var-K summary, shared expert and router."""
+        return read_json_object(self._files.path(filenames.PHASE1_JSON), what="phase-1 statistics")
+
+    @cached_property
+    def phase2(self) -> dict[str, Any]:
+        """``phase2_router_svd.json``: per layer, the router decomposition."""
+        return read_json_object(self._files.path(filenames.PHASE2_JSON), what="phase-2 statistics")
+
+    def expert_stats(self) -> dict[str, np.ndarray]:
+        """The ``expert_stats`` table, one row per (layer, expert): columns as numpy arrays
+        (``singular_values`` is ``(rows, num_feats)``)."""
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(self._files.path(mirror.EXPERT_STATS_PARQUET))
+        out: dict[str, np.ndarray] = {}
+        for name in table.column_names:
+            col = table.column(name).combine_chunks()
+            if hasattr(col.type, "list_size"):
+                out[name] = col.values.to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+            else:
+                out[name] = col.to_numpy(zero_copy_only=False)
+        return out
+
+    def feature_tokens(self, layer: int, expert: int) -> list[list[tuple[str, int, float]]]:
+        """Per feature of one expert, its ``(token, token_id, cosine)`` labels from the
+        ``feature_tokens`` config, by |cosine| descending (fetches only that file)."""
+        import pyarrow.parquet as pq
+
+        self._index.layer(layer)
+        if not 0 <= expert < self.num_experts:
+            raise UsageError(f"expert {expert} out of range: layer {layer} has experts 0-{self.num_experts - 1}")
+        try:
+            path = self._files.path(mirror.FEATURE_TOKENS_PARQUET)
+        except (VindexFormatError, RemoteNotFoundError):
+            raise VindexFormatError(f"{self.location} has no {mirror.FEATURE_TOKENS_PARQUET} "
+                                    "(built without --feature-tokens K)") from None
+        rows = pq.read_table(path, filters=[(mirror.COL_LAYER, "=", layer), (mirror.COL_EXPERT, "=", expert)]
+                             ).sort_by(mirror.COL_FEATURE).to_pylist()
+        return [list(zip(r[mirror.COL_TOKENS], r[mirror.COL_TOKEN_IDS], r[mirror.COL_SCORES])) for r in rows]
+
+    @cached_property
+    def card_data(self):
+        """The dataset card's metadata (``huggingface_hub.DatasetCardData``), None without a card;
+        ``VindexFormatError`` naming the card when its front matter does not parse."""
+        import yaml
+        from huggingface_hub import DatasetCard
+
+        try:
+            path = self._files.path(filenames.CARD_FILE)
+        except (VindexFormatError, RemoteNotFoundError):
+            return None
+        try:
+            return DatasetCard.load(path).data
+        except (yaml.YAMLError, ValueError) as exc:  # ValueError: a front matter that is not a mapping
+            raise VindexFormatError(f"{self._files.describe(filenames.CARD_FILE)}: the card's YAML front matter "
+                                    f"does not parse ({type(exc).__name__}: {first_line(exc)})") from None
+
+    def info(self) -> dict[str, Any]:
+        """A JSON-ready summary: where, shape, sizes, source, builder and the per-layer table."""
+        idx, k = self._index, self.num_feats
+        return {
+            "location": self.location,
+            "commit": self.commit,
+            "mode": self.mode,
+            "format_version": idx.format_version,
+            "model_type": idx.model_config.model_type,
+            "num_layers": self.num_layers,
+            "num_experts": self.num_experts,
+            "num_feats": k,
+            "hidden_size": self.hidden_size,
+            "layer_nbytes": idx.layer_nbytes,
+            "total_bytes": idx.total_bytes,
+            "file_size": self._file_size,
+            "source": idx.source.__dict__.copy(),
+            "builder": idx.builder.__dict__.copy(),
+            "layers": [
+                {"layer": layer, "file_offset": e.file_offset, "nbytes": e.nbytes, "sha256": e.sha256,
+                 statistics.median_var_key(k): e.median_var, statistics.q25_var_key(k): e.q25_var,
+                 statistics.q75_var_key(k): e.q75_var}
+                for layer, e in sorted(idx.layers.items())
+            ],
+        }
+
+    # ---- lifetime ----
+    def _open_reader(self) -> LayerReader:
+        if self._reader is None:
+            raise UsageError(f"vindex {self.location} is closed")
+        return self._reader
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def __enter__(self) -> "Vindex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"Vindex({self.location!r}, mode={self.mode!r}, layers={selection.layer_span(self.layers)}, "
+                f"experts={self.num_experts}, num_feats={self.num_feats}, hidden_size={self.hidden_size})")
+
+
+def _to_torch(array: np.ndarray, device, dtype):
+    import torch
+
+    return torch.from_numpy(np.array(array)).to(device=device, dtype=dtype)
+
+
+def _existing(path: Path, ref: RepoRef) -> Path:
+    if not path.is_file():
+        raise VindexFormatError(f"{path.name} in {ref}: missing from the snapshot")
+    return path
+
+
+# ---- resolving a revision ------------------------------------------------------------------------
+def _resolve_commit(ref: RepoRef, *, cache_dir: str | None, token: str | bool | None) -> str:
+    """The commit sha ``ref.revision`` points to, by downloading the sidecar at that revision.
+
+    ``hf_hub_download`` records the revision -> commit mapping in the Hub cache, so the same call
+    resolves it offline; the file lands at ``snapshots/<commit>/<name>``.
+    """
+    path = download_file(ref, filenames.INDEX_JSON, cache_dir=cache_dir, token=token)
+    return commit_sha(path.parent.name, f"{filenames.INDEX_JSON} in {ref}")
+
+
+def _binary_metadata(ref: RepoRef, *, cache_dir: str | None, token: str | bool | None) -> RemoteFile:
+    """HEAD gate_vectors.bin at the commit, remembered in the block cache for offline opens."""
+    cache = BlockCache.beside(cache_dir)
+    folder = repo_folder_name(repo_id=ref.repo_id, repo_type=ref.repo_type)
+    if constants.is_offline_mode():
+        record = cache.recall(folder, ref.revision, filenames.GATE_VECTORS_BIN)
+        if record is None:
+            raise HubError(f"{filenames.GATE_VECTORS_BIN} in {ref}: never opened online, and HF_HUB_OFFLINE is set")
+        return RemoteFile(ref.url(filenames.GATE_VECTORS_BIN), ref.revision, record["etag"], int(record["size"]))
+    remote = file_metadata(ref, filenames.GATE_VECTORS_BIN, token=token)
+    cache.remember(folder, ref.revision, filenames.GATE_VECTORS_BIN, {"etag": remote.etag, "size": remote.size})
+    return remote
+
+
+def read_pull_marker(folder: Path) -> dict[str, Any]:
+    """What ``pull`` recorded about the folder it made ({} when there is no readable marker)."""
+    try:
+        return read_json_object(folder / filenames.PULL_MARKER, what="pull marker")
+    except VindexFormatError:
+        return {}
