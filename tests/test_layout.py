@@ -9,13 +9,10 @@ import importlib
 import pkgutil
 from pathlib import Path
 
-import pytest
-
 import vindex_hub
 
 PACKAGE_ROOT = Path(vindex_hub.__file__).resolve().parent
 REPO_ROOT = PACKAGE_ROOT.parent
-
 
 def _modules() -> dict[str, Path]:
     out = {}
@@ -25,13 +22,11 @@ def _modules() -> dict[str, Path]:
     out["vindex_hub"] = PACKAGE_ROOT / "__init__.py"
     return out
 
-
 def _resolve(module: str, is_package: bool, level: int, name: str | None) -> str:
     base = module.split(".") if is_package else module.split(".")[:-1]
     if level > 1:
         base = base[: len(base) - (level - 1)]
     return ".".join(base + ([name] if name else []))
-
 
 def _runtime_nodes(tree: ast.AST):
     """``ast.walk`` without the bodies of ``if TYPE_CHECKING:`` blocks."""
@@ -44,7 +39,6 @@ def _runtime_nodes(tree: ast.AST):
                 todo.extend(child.orelse)
                 continue
             todo.append(child)
-
 
 def _imports(modules: dict[str, Path]) -> dict[str, set[str]]:
     """Every vindex_hub module each module imports, at any depth of its code (function-level
@@ -65,18 +59,15 @@ def _imports(modules: dict[str, Path]) -> dict[str, set[str]]:
         graph[module] = {t for t in targets if t in modules and t != module}
     return graph
 
-
 def _without_package_inits(graph: dict[str, set[str]], modules: dict[str, Path]) -> dict[str, set[str]]:
     """Edges into a package's ``__init__`` (a re-export) are not dependencies on its submodules."""
     return {m: {t for t in targets if modules[t].name != "__init__.py" or t == "vindex_hub.arch"}
             for m, targets in graph.items() if modules[m].name != "__init__.py"}
 
-
 def test_every_module_imports():
     for module in _modules():
         if not module.endswith("__main__"):
             importlib.import_module(module)
-
 
 def test_no_import_cycle():
     modules = _modules()
@@ -100,7 +91,6 @@ def test_no_import_cycle():
         if node not in state:
             visit(node)
 
-
 # Which parts of the package each part may import (besides itself and the leaf utilities).
 LEAVES = {"vindex_hub", "vindex_hub.errors", "vindex_hub.fsutil", "vindex_hub.checksums"}
 MAY_IMPORT = {
@@ -111,13 +101,9 @@ MAY_IMPORT = {
     "vindex_hub.writers": {"vindex_hub.format", "vindex_hub.numerics", "vindex_hub.results"},
 }
 
-
 def _part(module: str) -> str:
     return ".".join(module.split(".")[:2])
 
-
-@pytest.mark.xfail(strict=True, reason="writers.browse imports source.tokenizer (from the feature-tokens merge); "
-                   "the read side is clean since load/ was split from pull.py: remove this mark with that import")
 def test_the_format_the_read_side_and_the_write_side_keep_their_direction():
     modules = _modules()
     graph = _imports(modules)
@@ -131,7 +117,6 @@ def test_the_format_the_read_side_and_the_write_side_keep_their_direction():
                 continue
             wrong.append(f"{module} imports {target}")
     assert not wrong, "\n".join(wrong)
-
 
 def test_the_card_template_ships_in_the_package_and_matches_dataset_card():
     from vindex_hub.writers.card import TEMPLATE_DIR, TEMPLATE_FILE

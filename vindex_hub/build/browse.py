@@ -14,6 +14,7 @@ from ..errors import CheckpointError, UsageError
 from ..format import filenames
 from ..numerics.quant import check_finite, decode_tensor
 from ..source.base import CheckpointSource
+from ..source.tokenizer import TokenDecoder
 from ..writers.browse import BrowseInputs
 
 
@@ -45,4 +46,4 @@ def read_browse_inputs(src: CheckpointSource, arch: MoEArchitecture) -> BrowseIn
         raise CheckpointError(f"tensor {name}: shape {list(info.shape)}, expected [vocab, {hidden}]")
     raw = src.read([name])[name]
     embedding = check_finite(decode_tensor(raw.data, info.dtype, tuple(info.shape), name=name), name=name)
-    return BrowseInputs(embedding=embedding, tokenizer=tokenizer, where=src.describe())
+    return BrowseInputs(embedding=embedding, tokenizer=tokenizer, pieces=TokenDecoder(tokenizer), where=src.describe())

@@ -13,7 +13,7 @@ import hashlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +24,6 @@ from ..errors import UsageError
 from ..format import filenames, larql, layout, mirror, sidecar
 from ..fsutil import atomic_path
 from ..numerics.feature_tokens import UnitEmbedding, top_abs_cosine
-from ..source.tokenizer import TokenDecoder
 
 FEATURE_TOKENS_WRITE_OPTIONS: dict[str, Any] = {"compression": "zstd"}
 EMBEDDING_ROWS_PER_WRITE = 8192  # embeddings.bin is converted and written this many rows at a time
@@ -57,12 +56,21 @@ class BrowseOptions:
         return self.wanted  # feature tokens bring LarQL's browse tier along: same two inputs
 
 
+class TokenPieces(Protocol):
+    """Token ids to readable pieces (``source.tokenizer.TokenDecoder`` over the checkpoint's tokenizer)."""
+
+    def piece(self, token_id: int) -> str:
+        ...
+
+
 @dataclass(frozen=True)
 class BrowseInputs:
-    """The checkpoint's input embedding (float32 ``(vocab, hidden)``) and its ``tokenizer.json``."""
+    """The checkpoint's input embedding (float32 ``(vocab, hidden)``), its ``tokenizer.json`` and
+    that tokenizer's decoder, read by the build (``build.browse``) and handed to the writers."""
 
     embedding: np.ndarray
     tokenizer: Path
+    pieces: TokenPieces
     where: str  # the checkpoint, for messages
 
 
@@ -76,7 +84,7 @@ class BrowseFiles:
 
 # ---- feature_tokens -------------------------------------------------------------------------------
 def feature_tokens_table(layer: int, num_feats: int, ids: np.ndarray, scores: np.ndarray,
-                         decoder: TokenDecoder) -> pa.Table:
+                         decoder: TokenPieces) -> pa.Table:
     """One layer's rows from ids/scores ``(E * num_feats, K)`` in (expert, feature) order (pure but for
     decoding)."""
     rows, k = ids.shape
@@ -102,7 +110,7 @@ def write_feature_tokens(folder: Path, index: sidecar.VindexIndex, inputs: Brows
     if k > inputs.embedding.shape[0]:
         raise UsageError(f"--feature-tokens {k} exceeds the vocabulary of {inputs.where} "
                          f"({inputs.embedding.shape[0]} tokens)")
-    decoder = TokenDecoder(inputs.tokenizer)
+    decoder = inputs.pieces
     unit = UnitEmbedding.of(inputs.embedding)
     vectors = np.memmap(folder / filenames.GATE_VECTORS_BIN, dtype=layout.NUMPY_DTYPE, mode="r",
                         shape=(len(index.layers), index.num_experts, index.num_feats, index.hidden_size))
