@@ -67,7 +67,7 @@ def main() -> None:
         index.layers[slot] = sidecar.LayerEntry(layout.layer_offset(slot, e, k, h), [e, k, h], index.layer_nbytes,
                                                writer.write_layer(slot, block), 0.5, 0.4, 0.6)
     writer.finish(folder / filenames.GATE_VECTORS_BIN)
-    (folder / filenames.INDEX_JSON).write_text(index.dumps())
+    (folder / filenames.SIDECAR_JSON).write_text(index.dumps())
     repo = "bench/vindex"
     HfApi().create_repo(repo, repo_type="dataset")
     HfApi().upload_folder(folder_path=folder, repo_id=repo, repo_type="dataset")
@@ -89,7 +89,7 @@ def main() -> None:
         vx.layer(layer)
     t_lazy = time.perf_counter() - t0
     rows.append(("lazy layer(L), cold: bytes fetched / layer bytes", f"{fetched() / nbytes:.4f} ({fetched()} / {nbytes})"))
-    sidecar_bytes = hub.stats().file(repo, filenames.INDEX_JSON).bytes_sent
+    sidecar_bytes = hub.stats().file(repo, filenames.SIDECAR_JSON).bytes_sent
     rows.append(("lazy open + layer(L), cold: all bytes served / layer bytes",
                  f"{hub.stats().bytes_sent / nbytes:.4f} (sidecar {sidecar_bytes} B)"))
     # lazy, second load

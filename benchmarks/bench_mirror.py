@@ -63,7 +63,7 @@ def make_vindex(folder: Path, layers: int, experts: int, feats: int, hidden: int
         index.layers[layer] = sidecar.LayerEntry(
             offset, [experts, feats, hidden], nbytes,
             sha256_file_range(folder / filenames.GATE_VECTORS_BIN, offset, nbytes), 0.1, 0.09, 0.11)
-    (folder / filenames.INDEX_JSON).write_text(index.dumps())
+    (folder / filenames.SIDECAR_JSON).write_text(index.dumps())
     return index
 
 

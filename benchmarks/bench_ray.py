@@ -1,11 +1,11 @@
 """Serial build vs ``--engine ray`` on a local cluster of single-CPU raylets, same checkpoint.
 
 Generates a DeepSeek-V4-Flash-format checkpoint (default: the real expert shape, gate_proj 2048 x
-4096 FP4 + E8M0, 8 routed experts a layer, 4 layers), builds it with the serial engine, then
+4096 FP4 + E8M0, 8 routed experts a layer, 4 layers), builds it with the serial engine (one process, ``workers=1``), then
 starts ``--nodes`` raylets of one CPU each on 127.0.0.1 (``vindex_hub.testing.ray_cluster``) and
 builds it again through the cluster (one BLAS thread a task). Prints both wall times, the ratio,
-the cost per expert and whether the two binaries are the same bits (the serial build uses the
-BLAS's default threads unless numerics.svd pins them). Both times include the derived files; the
+the cost per expert and whether the two binaries are the same bits (every route pins one BLAS
+thread). Both times include the derived files; the
 Ray time includes the driver joining the cluster and the workers starting (not the cluster's own
 start), the serial one the first imports of the writers.
 
@@ -52,7 +52,7 @@ def main() -> None:
         work / "ckpt", num_layers=args.layers, num_experts=args.experts, hidden_size=args.hidden,
         moe_intermediate_size=args.intermediate, num_shards=max(1, args.layers // 2))
     num_feats = min(args.num_feats, args.intermediate)
-    serial = timed_build(checkpoint, work / "serial" / "vindex", num_feats)
+    serial = timed_build(checkpoint, work / "serial" / "vindex", num_feats, workers=1)  # one process, one thread
     with LocalRayCluster(nodes=args.nodes, cpus_per_node=1) as cluster:
         ray = timed_build(checkpoint, work / "ray" / "vindex", num_feats, engine="ray",
                           ray_address=cluster.address)

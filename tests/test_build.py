@@ -56,7 +56,7 @@ def tiny_vindex(tiny_checkpoint: Path, tmp_path_factory) -> Path:
 
 # ---- correctness -------------------------------------------------------------------------------
 def test_vectors_match_a_float64_lapack_svd_of_the_dequantized_weights(small_vindex: SmallVindex):
-    index = sidecar.VindexIndex.loads((small_vindex.folder / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((small_vindex.folder / filenames.SIDECAR_JSON).read_text())
     checked = 0
     for layer in index.layer_ids:
         block = small_vindex.binary_layer(small_vindex.folder, layer)
@@ -75,7 +75,7 @@ def test_vectors_match_a_float64_lapack_svd_of_the_dequantized_weights(small_vin
 
 def test_spectra_and_sidecar_stats_match_the_reference(small_vindex: SmallVindex):
     folder = small_vindex.folder
-    index = sidecar.VindexIndex.loads((folder / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((folder / filenames.SIDECAR_JSON).read_text())
     phase1 = json.loads((folder / filenames.PHASE1_JSON).read_text())
     phase2 = json.loads((folder / filenames.PHASE2_JSON).read_text())
     for layer in index.layer_ids:
@@ -108,7 +108,7 @@ def test_layer_sha256_in_the_sidecar_is_the_binary(small_vindex: SmallVindex):
     import hashlib
 
     folder = small_vindex.folder
-    index = sidecar.VindexIndex.loads((folder / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((folder / filenames.SIDECAR_JSON).read_text())
     data = (folder / filenames.GATE_VECTORS_BIN).read_bytes()
     assert len(data) == index.total_bytes
     for layer in index.layer_ids:
@@ -136,8 +136,8 @@ def test_a_layer_subset_is_a_valid_vindex(tiny_checkpoint: Path, tiny_vindex: Pa
 
     out = tmp_path / "subset"
     build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, layers="1-2", device="cpu", progress=False)
-    index = sidecar.VindexIndex.loads((out / filenames.INDEX_JSON).read_text())
-    full = sidecar.VindexIndex.loads((tiny_vindex / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((out / filenames.SIDECAR_JSON).read_text())
+    full = sidecar.VindexIndex.loads((tiny_vindex / filenames.SIDECAR_JSON).read_text())
     assert index.layer_ids == [1, 2]
     assert index.layer(1).file_offset == 0
     assert [index.layer(i).sha256 for i in (1, 2)] == [full.layer(i).sha256 for i in (1, 2)]
@@ -191,7 +191,7 @@ def test_a_build_crashed_anywhere_resumes_bit_identical(
         with pytest.raises(Crash):
             build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
     # Nothing looks finished: the sidecar (written last) is absent.
-    assert not (out / filenames.INDEX_JSON).exists()
+    assert not (out / filenames.SIDECAR_JSON).exists()
     summary = build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
     assert folder_bytes(out) == folder_bytes(tiny_vindex)
     assert not (out / filenames.BUILD_STATE_DIR).exists()
@@ -244,7 +244,7 @@ def test_a_killed_build_process_resumes_bit_identical(tmp_path: Path):
            "--device", "cpu"]
     out = tmp_path / "killed" / "vindex"
     kill_after_first_layer([*cmd, "-o", str(out)], out)
-    assert not (out / filenames.GATE_VECTORS_BIN).exists() and not (out / filenames.INDEX_JSON).exists()
+    assert not (out / filenames.GATE_VECTORS_BIN).exists() and not (out / filenames.SIDECAR_JSON).exists()
 
     resumed = subprocess.run([*cmd, "-o", str(out)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
@@ -398,4 +398,4 @@ def test_bad_checkpoints_fail_with_a_clear_error_and_no_vindex(damage, tiny_chec
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vindex-hub build: error:"), result.stderr
     assert culprit in lines[0]
-    assert not (out / filenames.INDEX_JSON).exists() and not (out / filenames.GATE_VECTORS_BIN).exists()
+    assert not (out / filenames.SIDECAR_JSON).exists() and not (out / filenames.GATE_VECTORS_BIN).exists()

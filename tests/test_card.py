@@ -80,7 +80,7 @@ def test_dataset_info_declares_fixed_size_lists_and_true_row_counts(small_vindex
 
 def test_text_is_filled_from_the_build(small_vindex: SmallVindex):
     text = _card(small_vindex.folder)
-    index = sidecar.VindexIndex.loads((small_vindex.folder / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((small_vindex.folder / filenames.SIDECAR_JSON).read_text())
     assert f"({NUM_LAYERS} layers, {HIDDEN} hidden, {INTER} moe_intermediate)" in text
     assert f"**Experts**: {NUM_EXPERTS} routed + 1 shared, 2 per token" in text
     assert f"**Layers indexed**: {NUM_LAYERS} MoE layers (L00-L02)" in text
@@ -96,7 +96,7 @@ def test_text_is_filled_from_the_build(small_vindex: SmallVindex):
 
 
 def test_a_hub_source_gives_base_model_and_revision(vindex_copy: Path):
-    index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((vindex_copy / filenames.SIDECAR_JSON).read_text())
     index.source = sidecar.SourceInfo(repo_id="deepseek-ai/DeepSeek-V4-Flash", revision="a" * 40)
     rewrite_card(vindex_copy, index, CardOptions())
     text = _card(vindex_copy)
@@ -141,7 +141,7 @@ def test_snippets_run_against_the_hub(small_vindex: SmallVindex, local_hub, monk
 
 
 def test_plot_is_a_deterministic_png_without_metadata(small_vindex: SmallVindex):
-    index = sidecar.VindexIndex.loads((small_vindex.folder / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((small_vindex.folder / filenames.SIDECAR_JSON).read_text())
     png = (small_vindex.folder / filenames.VAR_PLOT_FILE).read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     assert b"tEXt" not in png and b"Software" not in png and b"tIME" not in png
@@ -149,7 +149,7 @@ def test_plot_is_a_deterministic_png_without_metadata(small_vindex: SmallVindex)
 
 
 def test_rewriting_the_card_is_bit_identical(vindex_copy: Path):
-    index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((vindex_copy / filenames.SIDECAR_JSON).read_text())
     rewrite_card(vindex_copy, index, CARD_OPTIONS)
     first = (_card(vindex_copy), (vindex_copy / filenames.VAR_PLOT_FILE).read_bytes())
     (vindex_copy / filenames.CARD_FILE).unlink()
@@ -159,7 +159,7 @@ def test_rewriting_the_card_is_bit_identical(vindex_copy: Path):
 
 
 def test_the_card_lists_the_configs_whose_files_are_there(vindex_copy: Path):
-    index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((vindex_copy / filenames.SIDECAR_JSON).read_text())
     rewrite_card(vindex_copy, index, CARD_OPTIONS)
     layer_configs = [mirror.layer_config(layer, NUM_LAYERS) for layer in range(NUM_LAYERS)]
     configs = DatasetCard(_card(vindex_copy)).data.to_dict()["configs"]
@@ -201,7 +201,7 @@ def test_card_options_file_errors_name_the_file(tmp_path: Path):
 
 
 def test_user_citation_is_used_verbatim(vindex_copy: Path):
-    index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((vindex_copy / filenames.SIDECAR_JSON).read_text())
     bib = "@article{mine2026,\n  title = {Mine},\n}"
     rewrite_card(vindex_copy, index, CARD_OPTIONS.updated(citation=bib, license="cc-by-4.0"))
     text = _card(vindex_copy)

@@ -27,7 +27,7 @@ def test_every_command_in_the_design_has_a_subcommand():
 def test_info_shows_the_layer_table(small_vindex: SmallVindex, capsys):
     assert main(["info", str(small_vindex.folder)]) == 0
     out = capsys.readouterr().out
-    index = sidecar.VindexIndex.loads((small_vindex.folder / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((small_vindex.folder / filenames.SIDECAR_JSON).read_text())
     assert f"{len(index.layers)} layers x {index.num_experts} experts x {NUM_FEATS} feats" in out
     for layer in index.layer_ids:
         assert index.layer(layer).sha256[:16] in out
@@ -41,7 +41,7 @@ def test_verify_exits_non_zero_and_names_the_damaged_layer(small_vindex: SmallVi
     folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "vindex"))
     ok = vindex_hub("verify", str(folder))
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    index = sidecar.VindexIndex.loads((folder / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((folder / filenames.SIDECAR_JSON).read_text())
     with open(folder / filenames.GATE_VECTORS_BIN, "r+b") as f:
         f.seek(index.layer(2).file_offset + 12)
         b = f.read(1)
@@ -68,7 +68,7 @@ def test_bad_arguments_are_one_line_with_the_right_status(args, status, message,
     assert result.returncode == status, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
-    assert not (tmp_path / "out" / filenames.INDEX_JSON).exists()
+    assert not (tmp_path / "out" / filenames.SIDECAR_JSON).exists()
 
 
 def test_pull_and_info_of_a_hub_repo(small_vindex: SmallVindex, local_hub, hub_repo_id: str, tmp_path: Path):
@@ -84,7 +84,7 @@ def test_pull_and_info_of_a_hub_repo(small_vindex: SmallVindex, local_hub, hub_r
 
     pulled = vindex_hub("pull", hub_repo_id, "-o", str(tmp_path / "one"), "--layers", "1")
     assert pulled.returncode == 0, pulled.stderr
-    index = sidecar.VindexIndex.loads((tmp_path / "one" / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((tmp_path / "one" / filenames.SIDECAR_JSON).read_text())
     assert index.layer_ids == [1]
     assert vindex_hub("verify", hub_repo_id).returncode == 0
 

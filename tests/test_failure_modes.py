@@ -98,7 +98,7 @@ def cache(tmp_path: Path) -> Path:
 # ---- 1. every request survives a transient fault ------------------------------------------------------
 def test_one_5xx_on_the_sidecar_the_head_and_the_binary_is_retried(local_hub: LocalHub, repo: str, cache: Path,
                                                                    small_vindex: SmallVindex, tmp_path: Path):
-    for method, path in (("GET", f"*/{filenames.INDEX_JSON}"), ("HEAD", f"*/{filenames.GATE_VECTORS_BIN}")):
+    for method, path in (("GET", f"*/{filenames.SIDECAR_JSON}"), ("HEAD", f"*/{filenames.GATE_VECTORS_BIN}")):
         local_hub.inject_fault("error", method=method, path=path, status=503, times=1)
     with Vindex.open(repo, cache_dir=cache) as vx:
         np.testing.assert_array_equal(vx.layer(1), small_vindex.binary_layer(small_vindex.folder, 1))
@@ -111,7 +111,7 @@ def test_one_5xx_on_the_sidecar_the_head_and_the_binary_is_retried(local_hub: Lo
 
 
 def test_a_dropped_sidecar_download_is_retried(local_hub: LocalHub, repo: str, cache: Path):
-    local_hub.inject_fault("drop", method="GET", path=f"*/{filenames.INDEX_JSON}", after_bytes=20, times=2)
+    local_hub.inject_fault("drop", method="GET", path=f"*/{filenames.SIDECAR_JSON}", after_bytes=20, times=2)
     with Vindex.open(repo, cache_dir=cache) as vx:
         assert vx.num_feats == NUM_FEATS
     assert not local_hub._faults.active()
@@ -120,7 +120,7 @@ def test_a_dropped_sidecar_download_is_retried(local_hub: LocalHub, repo: str, c
 def test_a_429_waits_what_retry_after_asks(local_hub: LocalHub, repo: str, cache: Path, monkeypatch):
     waits: list[float] = []
     monkeypatch.setattr(hub_http.time, "sleep", waits.append)
-    local_hub.inject_fault("error", method="GET", path=f"*/{filenames.INDEX_JSON}", status=429,
+    local_hub.inject_fault("error", method="GET", path=f"*/{filenames.SIDECAR_JSON}", status=429,
                            retry_after=7, times=1)
     with Vindex.open(repo, cache_dir=cache) as vx:
         assert vx.layers
@@ -140,14 +140,14 @@ def test_config_json_of_a_hub_build_and_the_commit_of_a_push_are_retried(
     local_hub.inject_fault("error", method="GET", path="*/refs", status=503, times=1)
     result = push_vindex(summary.out, hub_repo_id, progress=False)
     assert not local_hub._faults.active()
-    assert result.commit_oid and filenames.INDEX_JSON in {f.path for f in result.uploaded}
+    assert result.commit_oid and filenames.SIDECAR_JSON in {f.path for f in result.uploaded}
 
 
 def test_a_persistent_fault_ends_in_one_line_naming_the_url_and_the_attempts(local_hub: LocalHub, repo: str,
                                                                             tmp_path: Path):
-    local_hub.inject_fault("error", method="GET", path=f"*/{filenames.INDEX_JSON}", status=500, times=None)
+    local_hub.inject_fault("error", method="GET", path=f"*/{filenames.SIDECAR_JSON}", status=500, times=None)
     line = one_error_line(cli("info", repo, HF_HUB_CACHE=str(tmp_path / "hub")))
-    assert f"/resolve/main/{filenames.INDEX_JSON}" in line and repo in line
+    assert f"/resolve/main/{filenames.SIDECAR_JSON}" in line and repo in line
     assert f"{hub_http.MAX_RETRIES + 1} attempts" in line and "HTTP 500" in line
 
 
@@ -229,7 +229,7 @@ def test_a_repo_claiming_terabytes_is_refused_before_any_byte(local_hub: LocalHu
     api = HfApi()
     api.create_repo(hub_repo_id, repo_type="dataset")
     text = json.dumps(index.to_json(), indent=2)  # written raw: loading it is what must fail
-    commit_raw(local_hub, hub_repo_id, {filenames.INDEX_JSON: text.encode(),
+    commit_raw(local_hub, hub_repo_id, {filenames.SIDECAR_JSON: text.encode(),
                                         filenames.GATE_VECTORS_BIN: ("c" * 64, index.total_bytes)})
     assert index.total_bytes > 2.19e12
     with pytest.raises(VindexFormatError, match=r"549,755,813,888 bytes \(549\.76 GB\)"):
@@ -335,9 +335,9 @@ def test_huge_layer_ranges_are_refused_before_expansion(small_vindex: SmallVinde
 @pytest.mark.parametrize("key", ["-1", "01", "+1", "99"])
 def test_a_sidecar_layer_key_must_be_a_layer_of_the_model(small_vindex: SmallVindex, tmp_path: Path, key: str):
     folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "vindex"))
-    data = json.loads((folder / filenames.INDEX_JSON).read_text())
+    data = json.loads((folder / filenames.SIDECAR_JSON).read_text())
     data[sidecar.LAYERS_KEY][key] = data[sidecar.LAYERS_KEY].pop("0")
-    (folder / filenames.INDEX_JSON).write_text(json.dumps(data))
+    (folder / filenames.SIDECAR_JSON).write_text(json.dumps(data))
     with pytest.raises(VindexFormatError, match=f"layer key '{re.escape(key)}' is not a layer of the model"):
         Vindex.open(folder)
 
@@ -345,12 +345,12 @@ def test_a_sidecar_layer_key_must_be_a_layer_of_the_model(small_vindex: SmallVin
 # ---- 9. no local path is published ---------------------------------------------------------------------
 def test_a_local_source_is_recorded_by_name_and_fingerprint(local_hub: LocalHub, small_vindex: SmallVindex,
                                                             hub_repo_id: str):
-    index = sidecar.VindexIndex.loads((small_vindex.folder / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((small_vindex.folder / filenames.SIDECAR_JSON).read_text())
     ckpt = Path(small_vindex.checkpoint)
     assert index.source.name == ckpt.name and index.source.path is None
     assert index.source.fingerprint == hashlib.sha256((ckpt / "model.safetensors.index.json").read_bytes()).hexdigest()
     parent = str(ckpt.parent)
-    for name in (filenames.INDEX_JSON, filenames.CARD_FILE, filenames.LARQL_INDEX_JSON):
+    for name in (filenames.SIDECAR_JSON, filenames.CARD_FILE, filenames.LARQL_INDEX_JSON):
         assert parent not in (small_vindex.folder / name).read_text(), name
     result = push_vindex(small_vindex.folder, hub_repo_id, dry_run=True, progress=False)
     assert result.repo_id == hub_repo_id
@@ -361,9 +361,9 @@ def test_a_local_source_is_recorded_by_name_and_fingerprint(local_hub: LocalHub,
 
 def test_an_older_sidecar_with_a_path_is_still_read(small_vindex: SmallVindex, tmp_path: Path):
     folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "vindex"))
-    data = json.loads((folder / filenames.INDEX_JSON).read_text())
+    data = json.loads((folder / filenames.SIDECAR_JSON).read_text())
     data["source"] = {"repo_id": None, "revision": None, "path": "/home/me/ckpt/tiny-v4"}
-    (folder / filenames.INDEX_JSON).write_text(json.dumps(data))
+    (folder / filenames.SIDECAR_JSON).write_text(json.dumps(data))
     with Vindex.open(folder) as vx:
         assert vx.index.source.path == "/home/me/ckpt/tiny-v4" and vx.index.display_name == "tiny-v4"
 

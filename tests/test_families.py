@@ -225,7 +225,7 @@ def refused(folder: Path, tmp_path: Path, error: type[Exception], match: str) ->
         build_vindex(folder, tmp_path / "out", num_feats=NUM_FEATS, device="cpu", progress=False)
     message = str(info.value)
     assert "\n" not in message
-    assert not (tmp_path / "out" / filenames.INDEX_JSON).exists()
+    assert not (tmp_path / "out" / filenames.SIDECAR_JSON).exists()
     return message
 
 

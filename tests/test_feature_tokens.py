@@ -79,7 +79,7 @@ def browse_build(tmp_path_factory: pytest.TempPathFactory):
 
 
 def _vectors(folder: Path) -> np.ndarray:
-    index = sidecar.VindexIndex.loads((folder / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((folder / filenames.SIDECAR_JSON).read_text())
     return np.fromfile(folder / filenames.GATE_VECTORS_BIN, dtype="<f4").reshape(
         len(index.layers), index.num_experts, index.num_feats, index.hidden_size)
 
@@ -168,7 +168,7 @@ def test_convert_with_the_source_writes_the_same_labels_and_f32_embeddings(brows
     folder, checkpoint, reference = browse_build
     plain = tmp_path / "plain"
     plain.mkdir()
-    for name in (filenames.GATE_VECTORS_BIN, filenames.INDEX_JSON):
+    for name in (filenames.GATE_VECTORS_BIN, filenames.SIDECAR_JSON):
         shutil.copy(folder / name, plain / name)
     convert_vindex(plain, source=checkpoint, device="cpu",
                    browse=BrowseOptions(feature_tokens=K, embeddings_dtype="f32"))

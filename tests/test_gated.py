@@ -142,7 +142,7 @@ def test_build_from_a_gated_model_repo(gated_model: str, local_vindex: Path, tmp
     # config.json may come from the cache the granted build filled (the client skips the network for
     # a file cached at a commit sha), so the build can get as far as its state folder; the shard
     # reads are refused and nothing complete-looking is left behind.
-    assert not (refused / filenames.INDEX_JSON).exists() and not (refused / filenames.GATE_VECTORS_BIN).exists()
+    assert not (refused / filenames.SIDECAR_JSON).exists() and not (refused / filenames.GATE_VECTORS_BIN).exists()
 
 
 def test_open_a_gated_dataset_vindex(gated_dataset: str, local_vindex: Path, tmp_path: Path) -> None:

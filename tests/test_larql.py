@@ -43,7 +43,7 @@ def test_index_json_fields(small_vindex: SmallVindex):
 def test_layers_address_the_same_bytes_as_the_sidecar(small_vindex: SmallVindex):
     folder = small_vindex.folder
     doc = _larql(folder)
-    index = sidecar.VindexIndex.loads((folder / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((folder / filenames.SIDECAR_JSON).read_text())
     assert [e["layer"] for e in doc["layers"]] == index.layer_ids
     data = (folder / filenames.GATE_VECTORS_BIN).read_bytes()
     for e in doc["layers"]:
@@ -77,7 +77,7 @@ def test_router_weights_bin_holds_the_checkpoint_routers(small_vindex: SmallVind
 def test_extracted_at_is_reproducible(monkeypatch: pytest.MonkeyPatch, vindex_copy: Path):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1767225600")
     assert extracted_at() == "2026-01-01T00:00:00Z"
-    index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((vindex_copy / filenames.SIDECAR_JSON).read_text())
     binary_sha256 = sha256_file(vindex_copy / filenames.GATE_VECTORS_BIN)
     write_larql_index(vindex_copy, index, {}, None, binary_sha256=binary_sha256)
     first = (vindex_copy / filenames.LARQL_INDEX_JSON).read_bytes()
@@ -87,6 +87,6 @@ def test_extracted_at_is_reproducible(monkeypatch: pytest.MonkeyPatch, vindex_co
 
 
 def test_router_weights_need_the_routers(vindex_copy: Path):
-    index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((vindex_copy / filenames.SIDECAR_JSON).read_text())
     with pytest.raises(UsageError, match=filenames.LARQL_ROUTER_BIN):
         write_larql_index(vindex_copy, index, {}, None, binary_sha256="0" * 64, router=True)

@@ -85,7 +85,7 @@ def write_vindex(folder: Path, *, layers=LAYERS, num_experts=E, num_feats=K, hid
             median_var=float(np.median(var)), q25_var=float(np.quantile(var, 0.25)),
             q75_var=float(np.quantile(var, 0.75)))
     writer.finish(folder / filenames.GATE_VECTORS_BIN)
-    (folder / filenames.INDEX_JSON).write_text(index.dumps())
+    (folder / filenames.SIDECAR_JSON).write_text(index.dumps())
     (folder / filenames.PHASE1_JSON).write_text(json.dumps(phase1_json(results, index)))
     (folder / filenames.PHASE2_JSON).write_text(json.dumps(phase2_json(results, index)))
     files = write_mirror(folder, index, stats_tables(index, results))
@@ -193,7 +193,7 @@ def test_lazy_fetches_only_the_layer_then_nothing(local_hub, repo, cache):
     s = local_hub.stats()
     assert s.file(repo, filenames.GATE_VECTORS_BIN).bytes_sent == nbytes
     assert s.file(repo, filenames.PHASE1_JSON).bytes_sent == 0 and s.file(repo, filenames.CARD_FILE).bytes_sent == 0
-    assert s.bytes_sent == nbytes + s.file(repo, filenames.INDEX_JSON).bytes_sent
+    assert s.bytes_sent == nbytes + s.file(repo, filenames.SIDECAR_JSON).bytes_sent
 
     local_hub.reset_stats()
     with Vindex.open(repo, cache_dir=cache) as vx:  # a new object on the same cache
@@ -429,7 +429,7 @@ def test_offsets_that_do_not_fit_the_file(local_hub, vindex_folder, tmp_path, ca
     big = tmp_path / "big"
     write_vindex(big, layers=(0, 1, 2, 3))
     repo_id = upload(folder)
-    HfApi().upload_file(path_or_fileobj=big / filenames.INDEX_JSON, path_in_repo=filenames.INDEX_JSON,
+    HfApi().upload_file(path_or_fileobj=big / filenames.SIDECAR_JSON, path_in_repo=filenames.SIDECAR_JSON,
                         repo_id=repo_id, repo_type="dataset")
     with pytest.raises(VindexFormatError, match="layer 3 spans bytes"):
         Vindex.open(repo_id, cache_dir=cache)
@@ -444,7 +444,7 @@ def test_missing_repo_revision_file(local_hub, vindex_folder, tmp_path, cache):
         Vindex.open(repo_id, revision="nope", cache_dir=cache)
     only_sidecar = tmp_path / "sidecar-only"
     only_sidecar.mkdir()
-    (only_sidecar / filenames.INDEX_JSON).write_bytes((vindex_folder[0] / filenames.INDEX_JSON).read_bytes())
+    (only_sidecar / filenames.SIDECAR_JSON).write_bytes((vindex_folder[0] / filenames.SIDECAR_JSON).read_bytes())
     repo2 = upload(only_sidecar)
     with pytest.raises(RemoteNotFoundError, match=f"gate_vectors.bin in dataset repo {repo2}.*no such file"):
         Vindex.open(repo2, cache_dir=cache)
@@ -529,7 +529,7 @@ def test_concurrent_processes_share_one_cache(local_hub, vindex_folder, repo, ca
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(3)]
     outs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
-    assert outs == [sidecar.VindexIndex.loads((vindex_folder[0] / filenames.INDEX_JSON).read_text()).layer(1).sha256] * 3
+    assert outs == [sidecar.VindexIndex.loads((vindex_folder[0] / filenames.SIDECAR_JSON).read_text()).layer(1).sha256] * 3
     assert bin_stats(local_hub, repo).bytes_sent == E * K * H * 4  # fetched once, under the lock
 
 
@@ -616,10 +616,10 @@ def test_pull_of_a_corrupted_repo_leaves_no_sidecar(local_hub, vindex_folder, tm
     with pytest.raises(IntegrityError, match="layer 1"):
         pull(repo_id, tmp_path / "full", cache_dir=cache)
     assert (tmp_path / "full" / filenames.GATE_VECTORS_BIN).exists()
-    assert not (tmp_path / "full" / filenames.INDEX_JSON).exists()  # never a complete-looking wrong vindex
+    assert not (tmp_path / "full" / filenames.SIDECAR_JSON).exists()  # never a complete-looking wrong vindex
     with pytest.raises(IntegrityError, match="layer 1 has sha256"):
         pull(repo_id, tmp_path / "full", layers="1", cache_dir=cache)  # re-pull into the same folder
-    assert not (tmp_path / "full" / filenames.INDEX_JSON).exists()
+    assert not (tmp_path / "full" / filenames.SIDECAR_JSON).exists()
 
 
 def test_arrow_mode_needs_a_dataset_repo(local_hub, repo, cache):

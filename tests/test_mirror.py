@@ -26,7 +26,7 @@ from vindex_fixtures import (  # noqa: F401 (fixtures)
 
 
 def _index(folder: Path) -> sidecar.VindexIndex:
-    return sidecar.VindexIndex.loads((folder / filenames.INDEX_JSON).read_text())
+    return sidecar.VindexIndex.loads((folder / filenames.SIDECAR_JSON).read_text())
 
 
 def test_gate_vectors_parquet_is_the_binary_bit_for_bit(small_vindex: SmallVindex):
@@ -139,7 +139,7 @@ def test_results_must_match_the_index_layers(small_vindex: SmallVindex, tmp_path
 
 def _seed_style(folder: Path) -> None:
     """Rewrite the sidecar the way the seed published it: no format version, checksums or builder."""
-    data = json.loads((folder / filenames.INDEX_JSON).read_text())
+    data = json.loads((folder / filenames.SIDECAR_JSON).read_text())
     k = data["num_feats"]
     seed = {
         "num_feats": k,
@@ -148,7 +148,7 @@ def _seed_style(folder: Path) -> None:
                                                    statistics.q25_var_key(k), statistics.q75_var_key(k))}
                    for name, e in data["layers"].items()},
     }
-    (folder / filenames.INDEX_JSON).write_text(json.dumps(seed))
+    (folder / filenames.SIDECAR_JSON).write_text(json.dumps(seed))
     for name in (filenames.CARD_FILE, filenames.LARQL_INDEX_JSON, filenames.LARQL_ROUTER_BIN,
                  filenames.PHASE1_JSON, filenames.PHASE2_JSON, filenames.VAR_PLOT_FILE):
         (folder / name).unlink()
@@ -160,7 +160,7 @@ def test_convert_a_seed_style_vindex(vindex_copy: Path, small_vindex: SmallVinde
 
     _seed_style(vindex_copy)
     written = convert_vindex(vindex_copy)
-    assert mirror.gate_vectors_parquet(0, NUM_LAYERS) in written and filenames.INDEX_JSON in written
+    assert mirror.gate_vectors_parquet(0, NUM_LAYERS) in written and filenames.SIDECAR_JSON in written
     assert not (vindex_copy / mirror.EXPERT_STATS_PARQUET).exists()
 
     report = verify_vindex(vindex_copy)
@@ -212,7 +212,7 @@ def test_convert_takes_base_model_from_an_existing_card(vindex_copy: Path):
 ])
 def test_convert_refuses_an_incomplete_seed_sidecar(vindex_copy: Path, damage, message):
     _seed_style(vindex_copy)
-    path = vindex_copy / filenames.INDEX_JSON
+    path = vindex_copy / filenames.SIDECAR_JSON
     data = json.loads(path.read_text())
     damage(data)
     path.write_text(json.dumps(data))

@@ -43,7 +43,7 @@ def vindex(tmp_path_factory) -> Path:
 
 
 def _index(folder: Path) -> sidecar.VindexIndex:
-    return sidecar.VindexIndex.loads((folder / filenames.INDEX_JSON).read_text())
+    return sidecar.VindexIndex.loads((folder / filenames.SIDECAR_JSON).read_text())
 
 
 def _binary_layer(folder: Path, layer: int) -> np.ndarray:
@@ -291,9 +291,9 @@ def test_convert_upgrades_the_old_layout_and_push_deletes_what_the_card_no_longe
     from datasets import load_dataset
 
     folder = Path(shutil.copytree(vindex, tmp_path / "old"))
-    data = json.loads((folder / filenames.INDEX_JSON).read_text())
+    data = json.loads((folder / filenames.SIDECAR_JSON).read_text())
     data["model_config"]["num_hidden_layers"] = 128  # layers 0-7 of a 128-layer model
-    (folder / filenames.INDEX_JSON).write_text(json.dumps(data))
+    (folder / filenames.SIDECAR_JSON).write_text(json.dumps(data))
     old_files = _old_layout(folder)
     assert verify_vindex(folder).ok, verify_vindex(folder).render()
     push_vindex(folder, hub_repo_id, progress=False)

@@ -137,7 +137,7 @@ def test_a_killed_driver_resumes_bit_identical(ray_cluster, checkpoint, serial_v
     out = tmp_path / "killed" / "vindex"
     cmd = ray_cli(str(checkpoint), "-o", str(out), address=ray_cluster.address)
     kill_after_first_layer(cmd, out)
-    assert not (out / filenames.INDEX_JSON).exists()
+    assert not (out / filenames.SIDECAR_JSON).exists()
 
     resumed = subprocess.run(cmd, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
@@ -153,7 +153,7 @@ def test_a_remote_build_on_ray_fetches_only_the_needed_bytes_across_workers(
     summary = build_vindex(repo, out, engine="ray", ray_address=ray_cluster.address, **OPTIONS)
     bin_name = filenames.GATE_VECTORS_BIN
     assert (out / bin_name).read_bytes() == (serial_vindex / bin_name).read_bytes()
-    assert HfApi().model_info(repo).sha in (out / filenames.INDEX_JSON).read_text()
+    assert HfApi().model_info(repo).sha in (out / filenames.SIDECAR_JSON).read_text()
 
     infos = layer_infos(checkpoint, summary.layers)
     needed = sum(i.nbytes for layer in infos for i in layer)
@@ -182,7 +182,7 @@ def test_a_checkpoint_error_in_a_task_ends_the_build_with_that_error(ray_cluster
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vindex-hub build: error:") and culprit in lines[0], result.stderr
-    assert not (out / filenames.GATE_VECTORS_BIN).exists() and not (out / filenames.INDEX_JSON).exists()
+    assert not (out / filenames.GATE_VECTORS_BIN).exists() and not (out / filenames.SIDECAR_JSON).exists()
     # The same error type as a serial build raises (returned as data, raised by the driver).
     with pytest.raises(QuantizationError, match=culprit):
         build_vindex(ckpt, tmp_path / "again", engine="ray", ray_address=ray_cluster.address, num_feats=8,

@@ -14,7 +14,7 @@ import torch
 from safetensors import safe_open
 
 from vindex_hub.errors import CheckpointError
-from vindex_hub.source.local import INDEX_FILE, LocalCheckpoint
+from vindex_hub.source.local import WEIGHT_MAP_FILE, LocalCheckpoint
 from vindex_hub.source.safetensors_format import (
     MAX_HEADER_BYTES,
     PREFIX_BYTES,
@@ -45,7 +45,7 @@ def ckpt(pristine, tmp_path) -> Path:
 
 
 def weight_map(root: Path) -> dict[str, str]:
-    return json.loads((root / INDEX_FILE).read_text())["weight_map"]
+    return json.loads((root / WEIGHT_MAP_FILE).read_text())["weight_map"]
 
 
 def shard_of(root: Path, name: str) -> Path:
@@ -94,7 +94,7 @@ def test_offsets_are_absolute(pristine):
 def test_single_file_checkpoint(tmp_path):
     root = make_deepseek_v4_checkpoint(tmp_path / "one", num_layers=2, num_experts=2, hidden_size=64,
                                        moe_intermediate_size=32, num_shards=1, vocab_size=16)
-    assert not (root / INDEX_FILE).exists()
+    assert not (root / WEIGHT_MAP_FILE).exists()
     with LocalCheckpoint(root) as src:
         assert "layers.0.ffn.gate.weight" in src.tensor_names()
         assert src.read(["layers.1.ffn.gate.bias"])["layers.1.ffn.gate.bias"].data.nbytes == 2 * 4
@@ -113,7 +113,7 @@ def test_missing_folder(tmp_path):
 
 
 def test_no_weights_at_all(ckpt):
-    (ckpt / INDEX_FILE).unlink()
+    (ckpt / WEIGHT_MAP_FILE).unlink()
     with pytest.raises(CheckpointError, match="neither model.safetensors.index.json nor model.safetensors"):
         LocalCheckpoint(ckpt)
 
@@ -125,10 +125,10 @@ def test_tensor_not_in_weight_map(pristine):
 
 
 def test_weight_map_points_to_wrong_shard(ckpt):
-    index = json.loads((ckpt / INDEX_FILE).read_text())
+    index = json.loads((ckpt / WEIGHT_MAP_FILE).read_text())
     shard = index["weight_map"][EXPERT_W1]
     index["weight_map"]["layers.0.ffn.experts.0.w9.weight"] = shard
-    (ckpt / INDEX_FILE).write_text(json.dumps(index))
+    (ckpt / WEIGHT_MAP_FILE).write_text(json.dumps(index))
     with LocalCheckpoint(ckpt) as src:
         with pytest.raises(CheckpointError, match=rf"weight_map says layers\.0\.ffn\.experts\.0\.w9\.weight is in shard {shard} but {shard} has no such tensor"):
             src.tensor_info("layers.0.ffn.experts.0.w9.weight")
@@ -149,7 +149,7 @@ def test_unopenable_shard_names_the_file(ckpt):
     shard.unlink()
     shard.mkdir()  # IsADirectoryError on open: an OSError that is not FileNotFoundError
     with LocalCheckpoint(ckpt) as src:
-        with pytest.raises(CheckpointError, match=rf"shard file .*{shard.name} \(listed in .*{INDEX_FILE}\): cannot open"):
+        with pytest.raises(CheckpointError, match=rf"shard file .*{shard.name} \(listed in .*{WEIGHT_MAP_FILE}\): cannot open"):
             src.read([EXPERT_W1])
 
 
@@ -169,15 +169,15 @@ def test_read_after_close_is_refused_and_opens_nothing(pristine):
 
 
 def test_weight_map_escaping_the_folder(ckpt):
-    index = json.loads((ckpt / INDEX_FILE).read_text())
+    index = json.loads((ckpt / WEIGHT_MAP_FILE).read_text())
     index["weight_map"][EXPERT_W1] = "../elsewhere.safetensors"
-    (ckpt / INDEX_FILE).write_text(json.dumps(index))
+    (ckpt / WEIGHT_MAP_FILE).write_text(json.dumps(index))
     with pytest.raises(CheckpointError, match="outside the checkpoint folder"):
         LocalCheckpoint(ckpt)
 
 
 def test_index_without_weight_map(ckpt):
-    (ckpt / INDEX_FILE).write_text(json.dumps({"metadata": {}}))
+    (ckpt / WEIGHT_MAP_FILE).write_text(json.dumps({"metadata": {}}))
     with pytest.raises(CheckpointError, match="no weight_map"):
         LocalCheckpoint(ckpt)
 

@@ -21,7 +21,7 @@ from vindex_hub.arch import get_architecture
 from vindex_hub.build import build_vindex
 from vindex_hub.errors import CheckpointError, HubError, RemoteNotFoundError, UnsupportedArchitectureError
 from vindex_hub.results import layer_result_path
-from vindex_hub.source.local import CONFIG_FILE, INDEX_FILE, SINGLE_FILE, LocalCheckpoint
+from vindex_hub.source.local import CONFIG_FILE, WEIGHT_MAP_FILE, SINGLE_FILE, LocalCheckpoint
 from vindex_hub.source.hub import HubCheckpoint, coalesce_ranges
 from vindex_hub.source.safetensors_format import PREFIX_BYTES
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
@@ -100,7 +100,7 @@ def planned_bytes(infos_per_read) -> dict[str, int]:
 def assert_same_vindex(remote: Path, local: Path, *, repo_id: str, revision: str) -> None:
     """Bit-identical binary, sidecar (but for its source fields), phase JSONs and layer hashes."""
     assert (remote / filenames.GATE_VECTORS_BIN).read_bytes() == (local / filenames.GATE_VECTORS_BIN).read_bytes()
-    ours, theirs = (json.loads((f / filenames.INDEX_JSON).read_text()) for f in (remote, local))
+    ours, theirs = (json.loads((f / filenames.SIDECAR_JSON).read_text()) for f in (remote, local))
     assert ours["source"]["repo_id"] == repo_id and ours["source"]["revision"] == revision
     assert ours.pop("source") != theirs.pop("source")
     assert ours == theirs
@@ -329,12 +329,12 @@ def test_an_unsupported_model_is_refused_by_its_config(local_hub, hub_repo_id, c
     config = json.loads((checkpoint / CONFIG_FILE).read_text())
     config["model_type"] = "llama"
     (folder / CONFIG_FILE).write_text(json.dumps(config))
-    shutil.copy(checkpoint / INDEX_FILE, folder / INDEX_FILE)
+    shutil.copy(checkpoint / WEIGHT_MAP_FILE, folder / WEIGHT_MAP_FILE)
     sha = upload(folder, hub_repo_id)
     with pytest.raises(UnsupportedArchitectureError, match=f"{hub_repo_id}@{sha}"):
         build_vindex(hub_repo_id, tmp_path / "out", progress=False)
     assert local_hub.stats().bytes_sent == len((folder / CONFIG_FILE).read_bytes()) + len(
-        (folder / INDEX_FILE).read_bytes()
+        (folder / WEIGHT_MAP_FILE).read_bytes()
     )
 
 
@@ -342,11 +342,11 @@ def test_a_shard_header_that_disagrees_with_the_weight_map_names_shard_and_tenso
     local_hub, hub_repo_id, checkpoint, tmp_path
 ):
     folder = Path(shutil.copytree(checkpoint, tmp_path / "ckpt"))
-    index = json.loads((folder / INDEX_FILE).read_text())
+    index = json.loads((folder / WEIGHT_MAP_FILE).read_text())
     name = "layers.1.ffn.experts.2.w1.weight"
     wrong = next(s for s in shard_files(folder) if s != index["weight_map"][name])
     index["weight_map"][name] = wrong
-    (folder / INDEX_FILE).write_text(json.dumps(index))
+    (folder / WEIGHT_MAP_FILE).write_text(json.dumps(index))
     upload(folder, hub_repo_id)
     with pytest.raises(CheckpointError, match=f"{name} is in shard {wrong} but {wrong} has no such tensor"):
         build_vindex(hub_repo_id, tmp_path / "out", num_feats=NUM_FEATS, progress=False)
@@ -364,7 +364,7 @@ def test_a_damaged_shard_is_a_checkpoint_error_naming_its_url(local_hub, hub_rep
         shard.write_bytes(np.random.default_rng(0).integers(0, 256, len(data), dtype=np.uint8).tobytes())
         message = "oversized header"
     sha = upload(folder, hub_repo_id)
-    name = next(n for n, s in json.loads((folder / INDEX_FILE).read_text())["weight_map"].items() if s == shard.name)
+    name = next(n for n, s in json.loads((folder / WEIGHT_MAP_FILE).read_text())["weight_map"].items() if s == shard.name)
     with HubCheckpoint(hub_repo_id) as src:
         with pytest.raises(CheckpointError, match=f"{sha}/{shard.name}: .*{message}"):
             src.tensor_info(name)
@@ -376,7 +376,7 @@ def test_a_damaged_shard_is_a_checkpoint_error_naming_its_url(local_hub, hub_rep
 def test_a_single_file_checkpoint_is_read_through_its_header(local_hub, hub_repo_id, tmp_path):
     folder = make_deepseek_v4_checkpoint(tmp_path / "single", num_layers=2, num_experts=4, hidden_size=64,
                                          moe_intermediate_size=32, num_shards=1)
-    assert (folder / SINGLE_FILE).exists() and not (folder / INDEX_FILE).exists()
+    assert (folder / SINGLE_FILE).exists() and not (folder / WEIGHT_MAP_FILE).exists()
     upload(folder, hub_repo_id)
     with HubCheckpoint(hub_repo_id) as src, LocalCheckpoint(folder) as local:
         assert src.tensor_names() == local.tensor_names()

@@ -37,7 +37,7 @@ def test_a_built_vindex_passes(small_vindex: SmallVindex):
     text = "\n".join(report.checks)
     assert report.warnings == []
     assert f"mirror layout: {mirror.LAYOUT_CONFIG_PER_LAYER}" in "\n".join(report.checks)  # says which it saw
-    for name in (filenames.INDEX_JSON, filenames.GATE_VECTORS_BIN, mirror.gate_vectors_parquet(2, NUM_LAYERS),
+    for name in (filenames.SIDECAR_JSON, filenames.GATE_VECTORS_BIN, mirror.gate_vectors_parquet(2, NUM_LAYERS),
                  mirror.EXPERT_STATS_PARQUET, mirror.ROUTER_SVD_PARQUET, filenames.CARD_FILE,
                  filenames.LARQL_INDEX_JSON, filenames.PHASE1_JSON, filenames.PHASE2_JSON):
         assert name in text
@@ -45,7 +45,7 @@ def test_a_built_vindex_passes(small_vindex: SmallVindex):
 
 
 def test_a_flipped_byte_in_the_binary_is_named_by_layer(vindex_copy: Path):
-    index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((vindex_copy / filenames.SIDECAR_JSON).read_text())
     offset = index.layers[1].file_offset + 5 * 4 * HIDDEN + 7  # layer 1, expert 0, feature 5
     with open(vindex_copy / filenames.GATE_VECTORS_BIN, "r+b") as f:
         f.seek(offset)
@@ -109,7 +109,7 @@ def test_card_row_counts_that_disagree_with_the_parquet(vindex_copy: Path):
     (lambda d: d["layers"]["2"].update(file_offset=d["layers"]["2"]["file_offset"] + 8), "layer 2 file_offset"),
 ])
 def test_an_index_whose_offsets_overlap_is_refused(vindex_copy: Path, damage, message):
-    _edit_json(vindex_copy / filenames.INDEX_JSON, damage)
+    _edit_json(vindex_copy / filenames.SIDECAR_JSON, damage)
     report = verify_vindex(vindex_copy)
     assert len(report.problems) == 1 and message in report.problems[0]
     with pytest.raises(VindexFormatError, match=message) as info:
@@ -118,7 +118,7 @@ def test_an_index_whose_offsets_overlap_is_refused(vindex_copy: Path, damage, me
 
 
 def test_a_binary_shorter_than_its_index(vindex_copy: Path):
-    index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((vindex_copy / filenames.SIDECAR_JSON).read_text())
     with open(vindex_copy / filenames.GATE_VECTORS_BIN, "r+b") as f:
         f.truncate(index.total_bytes - 4)
     problems = _problems(vindex_copy)
@@ -147,14 +147,14 @@ def test_phase_json_and_stats_that_disagree_with_the_index(vindex_copy: Path):
 
 def test_index_var_stats_that_disagree_with_expert_stats(vindex_copy: Path):
     key = statistics.q75_var_key(NUM_FEATS)
-    _edit_json(vindex_copy / filenames.INDEX_JSON, lambda d: d["layers"]["1"].update({key: 0.99}))
+    _edit_json(vindex_copy / filenames.SIDECAR_JSON, lambda d: d["layers"]["1"].update({key: 0.99}))
     problems = _problems(vindex_copy)
     assert any(p.startswith(f"layer 1: data/expert_stats/train.parquet var{NUM_FEATS} gives") for p in problems)
     assert any(p.startswith(f"layer 1: phase1_moe_svd.json {key}") for p in problems)
 
 
 def test_an_unreadable_sidecar_stops_early_with_its_name(vindex_copy: Path):
-    (vindex_copy / filenames.INDEX_JSON).write_text("{not json")
+    (vindex_copy / filenames.SIDECAR_JSON).write_text("{not json")
     report = verify_vindex(vindex_copy)
     assert len(report.problems) == 1 and "gate_vectors_index.json" in report.problems[0]
     assert "not valid JSON" in report.render()
@@ -186,7 +186,7 @@ def test_a_binary_that_shrinks_while_being_hashed_is_a_problem_not_a_hang(
     from vindex_hub import verify
 
     layout_ok = verify._check_layout
-    index = sidecar.VindexIndex.loads((vindex_copy / filenames.INDEX_JSON).read_text())
+    index = sidecar.VindexIndex.loads((vindex_copy / filenames.SIDECAR_JSON).read_text())
     cut = index.layers[1].file_offset + 100
 
     def layout_then_shrink(c, index):  # another process truncates the file just after the size check

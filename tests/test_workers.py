@@ -50,14 +50,14 @@ def _published(folder: Path) -> dict[str, bytes]:
     """Every file's bytes; the sidecar without ``builder.workers``, the one thing a worker count
     changes (it records how the vindex was built, not what it holds)."""
     files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-    index = json.loads(files.pop(filenames.INDEX_JSON))
+    index = json.loads(files.pop(filenames.SIDECAR_JSON))
     index["builder"].pop("workers")
-    files[filenames.INDEX_JSON] = json.dumps(index, sort_keys=True).encode()
+    files[filenames.SIDECAR_JSON] = json.dumps(index, sort_keys=True).encode()
     return files
 
 
 def _builder(folder: Path) -> dict:
-    return json.loads((folder / filenames.INDEX_JSON).read_text())["builder"]
+    return json.loads((folder / filenames.SIDECAR_JSON).read_text())["builder"]
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_a_killed_build_resumes_with_another_worker_count_bit_identical(checkpoi
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert not (out / filenames.INDEX_JSON).exists()
+    assert not (out / filenames.SIDECAR_JSON).exists()
     for pid in workers:  # orphaned workers see their pipe close and leave
         _wait_gone(pid)
 

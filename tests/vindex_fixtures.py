@@ -67,7 +67,7 @@ class SmallVindex:
         return self.reference[ds.gate_tensor(block, ds.WEIGHT)], bias
 
     def binary_layer(self, folder: Path, layer: int) -> np.ndarray:
-        index = sidecar.VindexIndex.loads((folder / filenames.INDEX_JSON).read_text())
+        index = sidecar.VindexIndex.loads((folder / filenames.SIDECAR_JSON).read_text())
         e = index.layer(layer)
         return np.fromfile(folder / filenames.GATE_VECTORS_BIN, dtype=layout.NUMPY_DTYPE,
                            count=e.nbytes // 4, offset=e.file_offset).reshape(e.shape)

@@ -193,7 +193,7 @@ def client_steps(folder: Path, repo_id: str, layer: int) -> dict[str, Any]:
     from .load.readers import gate_vectors_from_table
 
     datasets.config.USE_PARQUET_EXPORT = False  # else load_dataset asks datasets-server.<host> (off-machine)
-    index = sidecar.VindexIndex.loads((folder / filenames.INDEX_JSON).read_text(encoding="utf-8"))
+    index = sidecar.VindexIndex.loads((folder / filenames.SIDECAR_JSON).read_text(encoding="utf-8"))
     local = np.memmap(folder / filenames.GATE_VECTORS_BIN, dtype=layout.NUMPY_DTYPE, mode="r")
     e = index.layer(layer)
     first = e.file_offset // layout.ITEMSIZE

@@ -90,12 +90,12 @@ def pull(
             sources = layer_sources(vx._files, vx.index)  # the card says where (either layout)
             patterns = [sources[layer].path for layer in selected]
             patterns += [*mirror.STATS_PARQUETS, filenames.CARD_FILE,
-                         filenames.INDEX_JSON, filenames.PHASE1_JSON, filenames.PHASE2_JSON]
+                         filenames.SIDECAR_JSON, filenames.PHASE1_JSON, filenames.PHASE2_JSON]
             _snapshot_to(pinned, out, allow=patterns, cache_dir=cache_dir, token=token)
             return out
         if layers is None:
-            _snapshot_to(pinned, out, ignore=[filenames.INDEX_JSON], cache_dir=cache_dir, token=token)
-            _snapshot_to(pinned, out, allow=[filenames.INDEX_JSON], cache_dir=cache_dir, token=token)  # last
+            _snapshot_to(pinned, out, ignore=[filenames.SIDECAR_JSON], cache_dir=cache_dir, token=token)
+            _snapshot_to(pinned, out, allow=[filenames.SIDECAR_JSON], cache_dir=cache_dir, token=token)  # last
         else:
             _write_subset(vx, selected, out)
     _verify_pulled(out)
@@ -121,7 +121,7 @@ def _check_out_dir(out: Path, ref: RepoRef) -> bool:
 def _remove_vindex_files(out: Path) -> None:
     """Empty an earlier pull: the sidecar first (so the folder never looks complete), then every
     other file the vindex owns; the user's own files and hidden files stay."""
-    (out / filenames.INDEX_JSON).unlink(missing_ok=True)
+    (out / filenames.SIDECAR_JSON).unlink(missing_ok=True)
     for dirpath, dirnames, names in os.walk(out, topdown=False):
         for name in names:
             path = Path(dirpath) / name
@@ -152,7 +152,7 @@ def _verify_pulled(out: Path) -> None:
 
     report = verify_vindex(out)
     if not report.ok:
-        (out / filenames.INDEX_JSON).unlink(missing_ok=True)
+        (out / filenames.SIDECAR_JSON).unlink(missing_ok=True)
         raise IntegrityError(f"{out}: the pulled vindex fails verification, its sidecar was removed: "
                              + "; ".join(report.problems))
 

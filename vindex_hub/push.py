@@ -251,8 +251,8 @@ def _verified_index(folder: Path) -> sidecar.VindexIndex:
     from .verify import verify_vindex
 
     verify_vindex(folder).raise_if_failed()
-    return sidecar.VindexIndex.loads((folder / filenames.INDEX_JSON).read_text(encoding="utf-8"),
-                                    where=str(folder / filenames.INDEX_JSON))
+    return sidecar.VindexIndex.loads((folder / filenames.SIDECAR_JSON).read_text(encoding="utf-8"),
+                                    where=str(folder / filenames.SIDECAR_JSON))
 
 
 # ---- the remote side -----------------------------------------------------------------------------

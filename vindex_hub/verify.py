@@ -84,7 +84,7 @@ class _Checker:
 def verify_vindex(folder: str | Path) -> VerifyReport:
     """Check every file of a local vindex folder against the others; see the module docstring."""
     c = _Checker(Path(folder))
-    index = c.run(filenames.INDEX_JSON, lambda: _check_index(c))
+    index = c.run(filenames.SIDECAR_JSON, lambda: _check_index(c))
     if index is None:
         return c.report
     file_sha = None
@@ -106,15 +106,15 @@ def verify_vindex(folder: str | Path) -> VerifyReport:
 
 # ---- sidecar and binary ------------------------------------------------------------------------
 def _check_index(c: _Checker) -> sidecar.VindexIndex:
-    path = c.folder / filenames.INDEX_JSON
+    path = c.folder / filenames.SIDECAR_JSON
     index = sidecar.VindexIndex.loads(path.read_text(encoding="utf-8"), where=str(path))
-    c.passed(f"{filenames.INDEX_JSON}: parses (format {index.format_version}, {len(index.layers)} layers)")
+    c.passed(f"{filenames.SIDECAR_JSON}: parses (format {index.format_version}, {len(index.layers)} layers)")
     return index
 
 
 def _check_layout(c: _Checker, index: sidecar.VindexIndex) -> bool:
     size = (c.folder / filenames.GATE_VECTORS_BIN).stat().st_size
-    index.check_layout(where=filenames.INDEX_JSON, file_size=size)
+    index.check_layout(where=filenames.SIDECAR_JSON, file_size=size)
     c.passed(f"{filenames.GATE_VECTORS_BIN}: {size} bytes, offsets contiguous and in range")
     return True
 
@@ -138,7 +138,7 @@ def _check_binary_hashes(c: _Checker, index: sidecar.VindexIndex) -> str | None:
                 bad += 1
                 c.problem(f"layer {layer}: {filenames.GATE_VECTORS_BIN} bytes {entry.file_offset}.."
                           f"{entry.file_offset + entry.nbytes} hash to {h.hexdigest()[:16]}..., "
-                          f"{filenames.INDEX_JSON} records {entry.sha256[:16]}...", integrity=True)
+                          f"{filenames.SIDECAR_JSON} records {entry.sha256[:16]}...", integrity=True)
     if not bad:
         c.passed(f"{filenames.GATE_VECTORS_BIN}: sha256 of all {len(index.layers)} layers match the index")
     return whole.hexdigest()
@@ -240,7 +240,7 @@ def _check_expert_stats(c: _Checker, index: sidecar.VindexIndex) -> None:
             bad.append(layer)
             c.problem(f"layer {layer}: {mirror.EXPERT_STATS_PARQUET} {statistics.var_key(k)} gives median/q25/q75 "
                       f"{summary['median']:.6g}/{summary['q25']:.6g}/{summary['q75']:.6g}, "
-                      f"{filenames.INDEX_JSON} records {'/'.join(f'{v:.6g}' for v in recorded)}")
+                      f"{filenames.SIDECAR_JSON} records {'/'.join(f'{v:.6g}' for v in recorded)}")
     if not bad:
         c.passed(f"{mirror.EXPERT_STATS_PARQUET}: {table.num_rows} rows; var quartiles match the index")
 
@@ -360,7 +360,7 @@ def _check_config_per_layer(c: _Checker, index: sidecar.VindexIndex, configs: di
         got = [rel for _, rel in mirror.config_paths(cfg)]
         if mirror.layer_of_name(name) is not None and name not in expected:
             c.problem(f"{filenames.CARD_FILE}: config {name!r} names layer {mirror.layer_of_name(name)}, "
-                      f"which {filenames.INDEX_JSON} does not hold (it holds {index.layer_ids})")
+                      f"which {filenames.SIDECAR_JSON} does not hold (it holds {index.layer_ids})")
         elif name in expected:
             # a path that does not exist is reported with the card's files below
             absent = [rel for rel in got if not (c.folder / rel).is_file()]
@@ -456,7 +456,7 @@ def _check_larql(c: _Checker, index: sidecar.VindexIndex, file_sha: str | None) 
     n_problems = len(c.report.problems)
     by_layer = {int(e[larql.LAYER]): e for e in doc.get(larql.LAYERS) or []}
     if sorted(by_layer) != index.layer_ids:
-        c.problem(f"{filenames.LARQL_INDEX_JSON}: layers {sorted(by_layer)}, {filenames.INDEX_JSON} has {index.layer_ids}")
+        c.problem(f"{filenames.LARQL_INDEX_JSON}: layers {sorted(by_layer)}, {filenames.SIDECAR_JSON} has {index.layer_ids}")
     for layer, e in sorted(by_layer.items()):
         if layer not in index.layers:
             continue  # reported above
@@ -464,7 +464,7 @@ def _check_larql(c: _Checker, index: sidecar.VindexIndex, file_sha: str | None) 
         differ = [key for key, value in want.items() if e.get(key) != value]
         if differ:
             c.problem(f"layer {layer}: {filenames.LARQL_INDEX_JSON} says {({k: e.get(k) for k in differ})}, "
-                      f"{filenames.INDEX_JSON} implies {({k: want[k] for k in differ})}")
+                      f"{filenames.SIDECAR_JSON} implies {({k: want[k] for k in differ})}")
     for name, digest in (doc.get(larql.CHECKSUMS) or {}).items():
         target = c.folder / name
         if not target.is_file():
@@ -504,7 +504,7 @@ def _phase_layers(c: _Checker, name: str, index: sidecar.VindexIndex) -> dict[st
         return None  # a converted vindex may have none
     layers = json.loads(path.read_text(encoding="utf-8"))[phases.LAYERS]
     if sorted(int(k) for k in layers) != index.layer_ids:
-        c.problem(f"{name}: layers {sorted(int(k) for k in layers)}, {filenames.INDEX_JSON} has {index.layer_ids}")
+        c.problem(f"{name}: layers {sorted(int(k) for k in layers)}, {filenames.SIDECAR_JSON} has {index.layer_ids}")
         return None
     return layers
 
@@ -522,7 +522,7 @@ def _check_phase1(c: _Checker, index: sidecar.VindexIndex) -> None:
                               (statistics.q75_var_key(k), entry.q75_var)):
             if not _same_number(routed.get(key), recorded):
                 c.problem(f"layer {layer}: {filenames.PHASE1_JSON} {key} = {routed.get(key)}, "
-                          f"{filenames.INDEX_JSON} has {recorded}")
+                          f"{filenames.SIDECAR_JSON} has {recorded}")
     if len(c.report.problems) == n_problems:
         c.passed(f"{filenames.PHASE1_JSON}: same layers and var quartiles as the index")
 

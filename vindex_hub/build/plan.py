@@ -182,7 +182,7 @@ def claim_output(plan: BuildPlan) -> sidecar.VindexIndex | None:
     Returns the existing sidecar when ``plan.out`` already holds this very vindex, finished.
     """
     out, state_dir, fingerprint = plan.out, plan.state_dir, plan.fingerprint
-    existing_index = out / filenames.INDEX_JSON
+    existing_index = out / filenames.SIDECAR_JSON
     if existing_index.exists():
         index = sidecar.VindexIndex.loads(existing_index.read_text(), where=str(existing_index))
         theirs = _identity(index, index.layer_ids, (out / filenames.LARQL_ROUTER_BIN).exists(),
@@ -197,7 +197,7 @@ def claim_output(plan: BuildPlan) -> sidecar.VindexIndex | None:
         size = binary.stat().st_size if binary.exists() else None
         if size != index.total_bytes:
             raise OutputConflictError(
-                f"{out} holds {filenames.INDEX_JSON} but its {filenames.GATE_VECTORS_BIN} is "
+                f"{out} holds {filenames.SIDECAR_JSON} but its {filenames.GATE_VECTORS_BIN} is "
                 f"{'missing' if size is None else f'{size} bytes, not {index.total_bytes}'}; "
                 "run `vindex-hub verify` on it, or remove it to rebuild"
             )
@@ -214,7 +214,7 @@ def claim_output(plan: BuildPlan) -> sidecar.VindexIndex | None:
         return None
     if (out / filenames.GATE_VECTORS_BIN).exists():
         raise OutputConflictError(f"{out} holds a {filenames.GATE_VECTORS_BIN} without its "
-                                  f"{filenames.INDEX_JSON}; choose another output folder")
+                                  f"{filenames.SIDECAR_JSON}; choose another output folder")
     state_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(state_file, fingerprint)
     return None

@@ -10,7 +10,7 @@ from pathlib import PurePosixPath
 from ..errors import VindexFormatError
 
 GATE_VECTORS_BIN = "gate_vectors.bin"
-INDEX_JSON = "gate_vectors_index.json"  # the sidecar
+SIDECAR_JSON = "gate_vectors_index.json"  # the sidecar
 PHASE1_JSON = "phase1_moe_svd.json"
 PHASE2_JSON = "phase2_router_svd.json"
 CARD_FILE = "README.md"
@@ -24,12 +24,12 @@ DATA_DIR = "data"  # the Arrow mirror lives below it (``format.mirror`` names it
 
 # Remote paths a vindex owns: a push deletes those a folder no longer has, a re-pull replaces them.
 VINDEX_FILES = frozenset({
-    GATE_VECTORS_BIN, INDEX_JSON, PHASE1_JSON, PHASE2_JSON, CARD_FILE, VAR_PLOT_FILE,
+    GATE_VECTORS_BIN, SIDECAR_JSON, PHASE1_JSON, PHASE2_JSON, CARD_FILE, VAR_PLOT_FILE,
     LARQL_INDEX_JSON, LARQL_ROUTER_BIN, LARQL_EMBEDDINGS_BIN, TOKENIZER_JSON,
 })
 VINDEX_DIRS = (f"{DATA_DIR}/",)
 # What a snapshot-mode open downloads: the binary and the small files beside it, not the mirror.
-SNAPSHOT_FILES = (INDEX_JSON, GATE_VECTORS_BIN, PHASE1_JSON, PHASE2_JSON, CARD_FILE)
+SNAPSHOT_FILES = (SIDECAR_JSON, GATE_VECTORS_BIN, PHASE1_JSON, PHASE2_JSON, CARD_FILE)
 
 # ---- our bookkeeping: never part of a published vindex ---------------------------------------
 BUILD_STATE_DIR = ".vindex-build"  # work files of an unfinished build (or pull)

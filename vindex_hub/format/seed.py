@@ -17,14 +17,14 @@ from ..checksums import sha256_file_range
 from ..errors import VindexFormatError
 from . import sidecar, statistics
 from .card_data import BASE_MODEL, read_card_data
-from .filenames import CARD_FILE, GATE_VECTORS_BIN, INDEX_JSON
+from .filenames import CARD_FILE, GATE_VECTORS_BIN, SIDECAR_JSON
 
 _UNSET = -1  # placeholder for a count the seed must give: no real one is negative
 
 
 def load_or_upgrade_index(folder: Path) -> tuple[sidecar.VindexIndex, bool]:
     """The folder's sidecar; a seed-style one (no ``format_version``) upgraded. (index, upgraded)."""
-    path = folder / INDEX_JSON
+    path = folder / SIDECAR_JSON
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

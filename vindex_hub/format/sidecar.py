@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import VindexFormatError
 from . import layout
-from .filenames import GATE_VECTORS_BIN, INDEX_JSON
+from .filenames import GATE_VECTORS_BIN, SIDECAR_JSON
 from .selection import layer_span
 from .statistics import median_var_key, q25_var_key, q75_var_key
 
@@ -189,7 +189,7 @@ class VindexIndex:
         return json.dumps(self.to_json(), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], *, where: str = INDEX_JSON) -> "VindexIndex":
+    def from_json(cls, data: dict[str, Any], *, where: str = SIDECAR_JSON) -> "VindexIndex":
         """Parse and check a sidecar; ``where`` (a path or URL) goes into error messages."""
         if not isinstance(data, dict):
             raise VindexFormatError(f"{where}: expected a JSON object")
@@ -235,14 +235,14 @@ class VindexIndex:
         return index
 
     @classmethod
-    def loads(cls, text: str, *, where: str = INDEX_JSON) -> "VindexIndex":
+    def loads(cls, text: str, *, where: str = SIDECAR_JSON) -> "VindexIndex":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise VindexFormatError(f"{where}: not valid JSON ({exc})") from None
         return cls.from_json(data, where=where)
 
-    def check_layout(self, *, where: str = INDEX_JSON, file_size: int | None = None) -> None:
+    def check_layout(self, *, where: str = SIDECAR_JSON, file_size: int | None = None) -> None:
         """Offsets follow the layout rule (no overlap, no gap) and fit ``file_size`` if given."""
         expect_shape = [self.num_experts, self.num_feats, self.hidden_size]
         if self.layer_nbytes > layout.MAX_LAYER_NBYTES:

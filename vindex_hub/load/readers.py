@@ -42,7 +42,7 @@ class MemmapReader:
     """gate_vectors.bin on local disk (a vindex folder or a Hub cache snapshot)."""
 
     def __init__(self, path: Path, index: sidecar.VindexIndex, verify: Verify):
-        index.check_layout(where=str(path.with_name(filenames.INDEX_JSON)), file_size=path.stat().st_size)
+        index.check_layout(where=str(path.with_name(filenames.SIDECAR_JSON)), file_size=path.stat().st_size)
         self.path, self.index, self.verify = path, index, verify
         self._verified: set[int] = set()
         self._mm = np.memmap(path, dtype=layout.NUMPY_DTYPE, mode="r",

@@ -111,15 +111,15 @@ class Vindex:
                              f"{ref} is a {ref.repo_type} repo (use mode='lazy' or 'snapshot')")
         ref = ref.at(_resolve_commit(ref, cache_dir=cache_dir, token=token))
         files = HubFiles(ref, cache_dir=cache_dir, token=token)
-        index_path = files.path(filenames.INDEX_JSON)
-        index = sidecar.VindexIndex.loads(index_path.read_text(encoding="utf-8"), where=files.describe(filenames.INDEX_JSON))
+        index_path = files.path(filenames.SIDECAR_JSON)
+        index = sidecar.VindexIndex.loads(index_path.read_text(encoding="utf-8"), where=files.describe(filenames.SIDECAR_JSON))
         if mode == "snapshot":
             folder = download_snapshot(ref, allow=list(filenames.SNAPSHOT_FILES), cache_dir=cache_dir, token=token)
             reader = MemmapReader(_existing(folder / filenames.GATE_VECTORS_BIN, ref), index, verify)
             size = reader.path.stat().st_size
         elif mode == "lazy":
             remote = _binary_metadata(ref, cache_dir=cache_dir, token=token)
-            index.check_layout(where=files.describe(filenames.INDEX_JSON), file_size=remote.size)
+            index.check_layout(where=files.describe(filenames.SIDECAR_JSON), file_size=remote.size)
             reader = RangedReader(remote, index, BlockCache.beside(cache_dir), token, verify)
             size = remote.size
         else:
@@ -130,7 +130,7 @@ class Vindex:
     @classmethod
     def _open_local(cls, root: Path, mode: Mode | None, verify: Verify) -> "Vindex":
         files = LocalFiles(root)
-        index_path = files.path(filenames.INDEX_JSON)
+        index_path = files.path(filenames.SIDECAR_JSON)
         index = sidecar.VindexIndex.loads(index_path.read_text(encoding="utf-8"), where=str(index_path))
         if mode == "arrow":
             reader, size = ArrowReader(str(root), None, index, None, verify, files), None
@@ -317,8 +317,8 @@ def _resolve_commit(ref: RepoRef, *, cache_dir: str | None, token: str | bool | 
     ``hf_hub_download`` records the revision -> commit mapping in the Hub cache, so the same call
     resolves it offline; the file lands at ``snapshots/<commit>/<name>``.
     """
-    path = download_file(ref, filenames.INDEX_JSON, cache_dir=cache_dir, token=token)
-    return commit_sha(path.parent.name, f"{filenames.INDEX_JSON} in {ref}")
+    path = download_file(ref, filenames.SIDECAR_JSON, cache_dir=cache_dir, token=token)
+    return commit_sha(path.parent.name, f"{filenames.SIDECAR_JSON} in {ref}")
 
 
 def _binary_metadata(ref: RepoRef, *, cache_dir: str | None, token: str | bool | None) -> RemoteFile:

@@ -35,7 +35,7 @@ from ..hub.errors import hub_errors
 from ..hub.refs import parse_repo
 from .base import RawTensor, TensorInfo
 from ..fsutil import read_json_object
-from .local import CONFIG_FILE, INDEX_FILE, SINGLE_FILE, read_weight_map
+from .local import CONFIG_FILE, WEIGHT_MAP_FILE, SINGLE_FILE, read_weight_map
 from .safetensors_format import PREFIX_BYTES, header_length, parse_header
 
 # Coalescing: merge two ranges of a shard only across a gap below MAX_GAP_BYTES, never into a
@@ -154,14 +154,14 @@ class HubCheckpoint:
                                                        error=CheckpointError)
         files = {s.rfilename for s in info.siblings or ()}
         self._repo_files = frozenset(files)
-        if INDEX_FILE in files:
-            self._index_file: str | None = INDEX_FILE
-            self._weight_map = read_weight_map(self._download(INDEX_FILE))
+        if WEIGHT_MAP_FILE in files:
+            self._index_file: str | None = WEIGHT_MAP_FILE
+            self._weight_map = read_weight_map(self._download(WEIGHT_MAP_FILE))
         elif SINGLE_FILE in files:
             self._index_file = None
             self._weight_map = {name: SINGLE_FILE for name in self._header(SINGLE_FILE)}
         else:
-            raise CheckpointError(f"{self.describe()}: neither {INDEX_FILE} nor {SINGLE_FILE} in the repo")
+            raise CheckpointError(f"{self.describe()}: neither {WEIGHT_MAP_FILE} nor {SINGLE_FILE} in the repo")
 
     # ---- CheckpointSource ----------------------------------------------------------------
     def describe(self) -> str:

@@ -22,7 +22,7 @@ from .base import RawTensor, TensorInfo
 from .safetensors_format import PREFIX_BYTES, header_length, parse_header
 
 CONFIG_FILE = "config.json"
-INDEX_FILE = "model.safetensors.index.json"
+WEIGHT_MAP_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
 
@@ -57,7 +57,7 @@ class LocalCheckpoint:
         self._files: dict[str, Any] = {}
         self._closed = False
         self._lock = threading.Lock()
-        index_path = self.root / INDEX_FILE
+        index_path = self.root / WEIGHT_MAP_FILE
         if index_path.exists():
             self._index_file = str(index_path)
             self._weight_map = read_weight_map(index_path)
@@ -65,7 +65,7 @@ class LocalCheckpoint:
             self._index_file = None
             self._weight_map = {name: SINGLE_FILE for name in self._header(SINGLE_FILE)}
         else:
-            raise CheckpointError(f"{self.root}: neither {INDEX_FILE} nor {SINGLE_FILE} found")
+            raise CheckpointError(f"{self.root}: neither {WEIGHT_MAP_FILE} nor {SINGLE_FILE} found")
 
     # ---- CheckpointSource ----------------------------------------------------------------
     def describe(self) -> str:

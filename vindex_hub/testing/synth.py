@@ -34,7 +34,7 @@ from safetensors.torch import save_file
 from ..arch import deepseek_v4 as ds
 from ..format.filenames import TOKENIZER_JSON
 from ..numerics.quant import E2M1_VALUES, FP8_BLOCK_SIZE
-from ..source.local import CONFIG_FILE, INDEX_FILE, SINGLE_FILE
+from ..source.local import CONFIG_FILE, WEIGHT_MAP_FILE, SINGLE_FILE
 from ..source.safetensors_format import DTYPE_ITEMSIZE
 
 E4M3_MAX = 448.0
@@ -424,5 +424,5 @@ def make_deepseek_v4_checkpoint(
         write_tokenizer(root / TOKENIZER_JSON, vocab_size)
     if num_shards > 1:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-        (root / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        (root / WEIGHT_MAP_FILE).write_text(json.dumps(index, indent=2) + "\n")
     return root

@@ -116,7 +116,7 @@ def render_card(index: sidecar.VindexIndex, options: CardOptions, *, files: Coll
         sign_rule=index.builder.sign_rule,
         total_size=format_size(index.total_bytes),
         plot_file=filenames.VAR_PLOT_FILE,
-        files={"binary": filenames.GATE_VECTORS_BIN, "index": filenames.INDEX_JSON, "phase1": filenames.PHASE1_JSON,
+        files={"binary": filenames.GATE_VECTORS_BIN, "index": filenames.SIDECAR_JSON, "phase1": filenames.PHASE1_JSON,
                "phase2": filenames.PHASE2_JSON, "data_dir": filenames.DATA_DIR, "larql": filenames.LARQL_INDEX_JSON,
                "router": filenames.LARQL_ROUTER_BIN, "embeddings": filenames.LARQL_EMBEDDINGS_BIN,
                "tokenizer": filenames.TOKENIZER_JSON, "feature_tokens": mirror.FEATURE_TOKENS_PARQUET},

@@ -74,7 +74,7 @@ def write_derived_files(
     ``browse`` asks for the files made from ``browse_inputs`` (the embedding and tokenizer).
     """
     folder = Path(folder)
-    index.check_layout(where=str(folder / filenames.INDEX_JSON),
+    index.check_layout(where=str(folder / filenames.SIDECAR_JSON),
                        file_size=(folder / filenames.GATE_VECTORS_BIN).stat().st_size)
     written = WrittenFiles()
     if results is not None:
@@ -97,8 +97,8 @@ def write_derived_files(
     written.files += write_card(folder, index, card_options or CardOptions(), files=written.files,
                                 mirror_files=written.mirror,
                                 feature_examples=feature_token_examples(folder, example_layer_of(index)))
-    atomic_write_json(folder / filenames.INDEX_JSON, index.to_json())
-    written.files.append(filenames.INDEX_JSON)
+    atomic_write_json(folder / filenames.SIDECAR_JSON, index.to_json())
+    written.files.append(filenames.SIDECAR_JSON)
     return written
 
 
@@ -144,7 +144,7 @@ def rewrite_mirror(folder: str | Path, index: sidecar.VindexIndex, card_options:
     import pyarrow.parquet as pq
 
     folder = Path(folder)
-    index.check_layout(where=str(folder / filenames.INDEX_JSON),
+    index.check_layout(where=str(folder / filenames.SIDECAR_JSON),
                        file_size=(folder / filenames.GATE_VECTORS_BIN).stat().st_size)
     present = [rel for rel in STATS_PARQUETS if (folder / rel).is_file()]
     # both stats configs or neither, as a build writes them
