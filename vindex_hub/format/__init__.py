@@ -30,8 +30,12 @@ A vindex is a folder::
     README.md                 the dataset card (YAML front matter + text)
     images/var_per_layer.png  the var-K plot shown in the card
     index.json                LarQL's index (format version 2) over the same gate_vectors.bin
-    router_weights.bin        optional, LarQL's router layout
-    data/...parquet           the Arrow mirror: configs expert_stats (default) / router_svd / layer_NN / gate_vectors
+    router_weights.bin        optional, LarQL's router layout (a block for every model layer)
+    embeddings.bin            optional (LarQL's browse tier): the input embedding, [vocab, hidden] f16/f32
+    tokenizer.json            optional (LarQL's browse tier): the model's tokenizer, copied
+    data/...parquet           the Arrow mirror (``mirror``): configs expert_stats (the default),
+                              router_svd, layer_NN (one file each), gate_vectors (all layer files),
+                              feature_tokens (optional)
 
 Layers are stored in ascending layer-id order, one contiguous block each, with no gaps: the
 ``i``-th stored layer starts at ``i * layer_nbytes``. A vindex of a subset of layers (``--layers
@@ -49,8 +53,10 @@ The sidecar ``gate_vectors_index.json``::
     num_feats, num_layers, total_bytes
     model_config         {model_type, num_hidden_layers, moe: {n_routed_experts, n_shared_experts,
                           num_experts_per_tok, hidden_size, moe_intermediate_size}}
-    source               {repo_id, revision, path}        (revision: commit sha when known)
-    builder              {name, version, method, sign_rule}
+    source               {repo_id, revision} for a Hub checkpoint (revision: its commit sha), or
+                         {name, fingerprint} for a local one (the folder's name, never its path;
+                         older sidecars' ``path`` is still read)
+    builder              {name, version, method, sign_rule, svd_route, blas_threads, workers}
     layers               {"L": {file_offset, shape, nbytes, sha256,
                                 median_var{K}, q25_var{K}, q75_var{K}}}
 """
