@@ -11,7 +11,6 @@ flat whatever the vindex's size.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 from .format import filenames, layout, mirror, sidecar, statistics
 from .numerics import stats
 from .checksums import iter_chunks, sha256_file
+from .fsutil import read_json_object
 from .errors import IntegrityError, VindexError, VindexFormatError
 from .format import larql, phases
 
@@ -258,7 +258,7 @@ def _check_router_svd(c: _Checker, index: sidecar.VindexIndex) -> None:
         return
     phase2 = c.folder / filenames.PHASE2_JSON
     if phase2.exists():
-        figures = json.loads(phase2.read_text(encoding="utf-8"))[phases.LAYERS]
+        figures = read_json_object(phase2, what="phase-2 document")[phases.LAYERS]
         for row, layer in enumerate(layers):
             for name in table.column_names:
                 value = figures.get(str(layer), {}).get(name)
@@ -436,7 +436,7 @@ def _check_feature_tokens(c: _Checker, index: sidecar.VindexIndex) -> None:
     ids = columns[mirror.COL_TOKEN_IDS].values.to_numpy().reshape(-1, k)
     scores = columns[mirror.COL_SCORES].values.to_numpy().reshape(-1, k).astype(np.float64)
     larql_doc = c.folder / filenames.LARQL_INDEX_JSON
-    vocab = json.loads(larql_doc.read_text(encoding="utf-8")).get("vocab_size") if larql_doc.exists() else None
+    vocab = read_json_object(larql_doc, what="LarQL index").get("vocab_size") if larql_doc.exists() else None
     if ids.min() < 0 or (vocab and ids.max() >= vocab):
         c.problem(f"{name}: token ids span {ids.min()}..{ids.max()}, outside the vocabulary of {vocab}")
     if not (np.abs(scores) <= 1 + 1e-6).all() or (np.diff(np.abs(scores), axis=1) > 1e-7).any():
@@ -452,7 +452,7 @@ def _check_larql(c: _Checker, index: sidecar.VindexIndex, file_sha: str | None) 
     path = c.folder / filenames.LARQL_INDEX_JSON
     if not path.exists():
         return  # optional
-    doc = json.loads(path.read_text(encoding="utf-8"))
+    doc = read_json_object(path, what="LarQL index")
     n_problems = len(c.report.problems)
     by_layer = {int(e[larql.LAYER]): e for e in doc.get(larql.LAYERS) or []}
     if sorted(by_layer) != index.layer_ids:
@@ -502,7 +502,7 @@ def _phase_layers(c: _Checker, name: str, index: sidecar.VindexIndex) -> dict[st
     path = c.folder / name
     if not path.exists():
         return None  # a converted vindex may have none
-    layers = json.loads(path.read_text(encoding="utf-8"))[phases.LAYERS]
+    layers = read_json_object(path, what="phase document")[phases.LAYERS]
     if sorted(int(k) for k in layers) != index.layer_ids:
         c.problem(f"{name}: layers {sorted(int(k) for k in layers)}, {filenames.SIDECAR_JSON} has {index.layer_ids}")
         return None
