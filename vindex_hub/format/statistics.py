@@ -8,10 +8,6 @@ from __future__ import annotations
 FROBENIUS_NORM = "frobenius_norm"
 SINGULAR_VALUES = "singular_values"
 
-# Summaries of var{K} over a layer's routed experts; the sidecar keeps the first three.
-SUMMARY_STATS = ("median", "q25", "q75", "mean", "min", "max")
-SIDECAR_SUMMARY_STATS = ("median", "q25", "q75")
-
 # Router statistics: the k of the top-k energy fractions (DESIGN.md, Statistics).
 ROUTER_TOPK = (1, 8, 16, 32, 64)
 ROUTER_EFFECTIVE_RANK = "effective_rank"
