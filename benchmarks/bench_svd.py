@@ -11,11 +11,12 @@ One process run measures, side by side on the same expert matrices (K=64):
   + ``V = W^T U / s`` with numpy's matmul), kept here as it shipped,
 * ``top_k_right_singular(precision="f64")`` and the default ``precision="mixed"``
   (``vindex_hub.numerics.svd``), both with one BLAS thread, in this process,
-* the mixed route on ``--processes`` spawned single-thread processes sharing the experts (how a
-  build runs it: ``--workers``), reported as wall time per expert,
+* the mixed route on ``--processes`` spawned single-thread processes mapping the experts from
+  shared memory (how a build runs it: ``--workers``), reported as wall time per expert,
 * 4-round randomized subspace iteration in float32 (LarQL's MoE summary mode),
 
-and scores each method's top-K against a float64 LAPACK reference
+then where the mixed route's time goes on one expert (Gram, eigensolver, its tridiagonal
+reduction, Rayleigh-Ritz) next to this machine's sgemm/dgemm/ssymv rates, and scores each method's top-K against a float64 LAPACK reference
 (``scipy.linalg.svd(W.astype(float64), lapack_driver="gesdd")``): the worst ``1 - |cos|`` over
 *gap-allowing* vectors (singular value gap to both neighbours ``>= GAP_ALLOWS x s_0``: only those
 does the matrix determine), the median ``|cos|`` over all, and the worst relative error of the
@@ -37,14 +38,18 @@ import os
 import platform
 import time
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import shared_memory
 from typing import Callable
 
 import numpy as np
 import scipy
 import scipy.linalg
+from scipy.linalg import blas, lapack
 from scipy.linalg.blas import dsyrk
+from threadpoolctl import threadpool_limits
 
 from vindex_hub.build.engine import blas_thread_environment
+from vindex_hub.numerics import svd
 from vindex_hub.numerics.svd import top_k_right_singular
 from vindex_hub.testing import synth
 
@@ -101,22 +106,94 @@ def randomized_subspace_iteration(w: np.ndarray, k: int, rng: np.random.Generato
     return vt[:k], None
 
 
-def _mixed_in_worker(w: np.ndarray) -> np.ndarray:
-    return top_k_right_singular(w[None], K).vectors[0]
+# In a worker process: the shared block (open for the worker's life) and every expert in it.
+_shared: tuple[shared_memory.SharedMemory, np.ndarray] | None = None
+
+
+def _map_experts(name: str, shape: tuple[int, ...]) -> None:
+    global _shared
+    block = shared_memory.SharedMemory(name=name)
+    _shared = block, np.ndarray(shape, dtype=np.float32, buffer=block.buf)
+
+
+def _mixed_in_worker(index: int) -> np.ndarray:
+    assert _shared is not None, "the pool's initializer maps the experts"
+    return top_k_right_singular(_shared[1][index][None], K).vectors[0]
 
 
 def wall_per_expert_in_processes(experts: list[np.ndarray], processes: int, repeat: int) -> float:
     """The mixed route on ``processes`` spawned processes (1 BLAS thread each, as a build's
-    workers): median over ``repeat`` rounds of wall time / experts, start-up excluded."""
-    context = multiprocessing.get_context("spawn")
-    with blas_thread_environment(1), ProcessPoolExecutor(processes, mp_context=context) as pool:
-        list(pool.map(_mixed_in_worker, experts[:processes]))  # start-up, imports, buffers
-        rounds = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            list(pool.map(_mixed_in_worker, experts))
-            rounds.append((time.perf_counter() - t0) / len(experts))
+    workers): median over ``repeat`` rounds of wall time / experts, start-up excluded.
+
+    The experts sit once in shared memory, mapped by every process, and a task names its expert
+    by index: as in a build (``build.engine`` shares each layer's bytes the same way), no matrix
+    is pickled through a pipe (32 MiB an expert, ~0.1 s of copying that a build does not do).
+    """
+    stacked = np.stack(experts)
+    block = shared_memory.SharedMemory(create=True, size=stacked.nbytes)
+    try:
+        np.ndarray(stacked.shape, dtype=np.float32, buffer=block.buf)[...] = stacked
+        context = multiprocessing.get_context("spawn")
+        with blas_thread_environment(1), ProcessPoolExecutor(
+                processes, mp_context=context, initializer=_map_experts,
+                initargs=(block.name, stacked.shape)) as pool:
+            list(pool.map(_mixed_in_worker, range(min(processes, len(experts)))))  # start-up, buffers
+            # Every expert once per process: a round whose task count the processes divide (3
+            # experts on 2 processes would leave one idle for a third of the round).
+            tasks = [i % len(experts) for i in range(len(experts) * processes)]
+            rounds = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                list(pool.map(_mixed_in_worker, tasks))
+                rounds.append((time.perf_counter() - t0) / len(tasks))
+    finally:
+        block.close()
+        block.unlink()
     return float(np.median(rounds))
+
+
+def median_seconds(run: Callable[[], object], repeat: int) -> float:
+    """Median wall seconds of ``repeat`` runs (also used by svd_alternatives.py)."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def route_stages(w: np.ndarray, repeat: int) -> None:
+    """Where the mixed route's time goes on one expert, next to what this machine's BLAS can do
+    (one thread): the floor of the route here, and so the ratio to numpy it can reach."""
+    rows, cols = w.shape
+    n, p = min(rows, cols), min(K + svd.OVERSAMPLE, min(rows, cols))
+    square = np.asfortranarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
+    with threadpool_limits(1, user_api="blas"):
+        sgemm = 2 * n**3 / median_seconds(lambda: blas.sgemm(1.0, square, square), repeat) / 1e9
+        square64 = square.astype(np.float64, order="F")
+        dgemm = 2 * n**3 / median_seconds(lambda: blas.dgemm(1.0, square64, square64), repeat) / 1e9
+        x = np.ones(n, dtype=np.float32)
+        symv = 2 * n**2 * 20 / median_seconds(lambda: [blas.ssymv(1.0, square, x) for _ in range(20)], repeat) / 1e9
+        gram = np.empty((n, n), dtype=np.float32, order="F")
+        t_gram = median_seconds(lambda: svd._gram(blas.ssyrk, w, gram), repeat)
+        t_eig = median_seconds(lambda: svd._top_eigenpairs(svd._gram(blas.ssyrk, w, gram), p), repeat) - t_gram
+        lwork = int(lapack.ssytrd_lwork(n, lower=0)[0])
+        t_trd = median_seconds(lambda: lapack.ssytrd(svd._gram(blas.ssyrk, w, gram), lower=0, lwork=lwork,
+                                                      overwrite_a=1), repeat) - t_gram
+        t_all = median_seconds(lambda: top_k_right_singular(w[None], K), repeat)
+    rest = t_all - t_gram - t_eig
+    print(f"\nWhere `precision=mixed` spends one expert (1 thread; this machine's BLAS: sgemm {sgemm:.0f}, "
+          f"dgemm {dgemm:.0f}, ssymv {symv:.0f} GFLOP/s at n={n}):\n")
+    print("| stage | seconds | share | GFLOP | GFLOP/s |\n| --- | ---: | ---: | ---: | ---: |")
+    for name, seconds, gflop in (
+            (f"float32 Gram (ssyrk, {n} x {n})", t_gram, n * n * max(rows, cols) / 1e9),
+            (f"ssyevr, top {p} eigenpairs", t_eig, None),
+            ("- of which the tridiagonal reduction (ssytrd; half of it ssymv)", t_trd, 4 / 3 * n**3 / 1e9),
+            ("float64 Rayleigh-Ritz (two dgemm passes over W) and the rest", rest, 4 * rows * cols * p / 1e9)):
+        rate = f"{gflop / seconds:.0f}" if gflop else ""
+        flops = f"{gflop:.1f}" if gflop else ""
+        print(f"| {name} | {seconds:.3f} | {seconds / t_all:.0%} | {flops} | {rate} |")
+    print(f"| total | {t_all:.3f} | | | |")
 
 
 def gap_allowing(s: np.ndarray, k: int) -> np.ndarray:
@@ -190,6 +267,7 @@ def bench_shape(name: str, rows: int, cols: int, values: str, args: argparse.Nam
         t = wall_per_expert_in_processes(experts, args.processes, args.repeat)
         print(f"| precision=mixed on {args.processes} single-thread processes (wall / expert) | {t:.3f} "
               f"| {base / t:.1f}x | (same bits as above) | | |")
+    route_stages(experts[0], args.repeat)
 
 
 def main() -> None:
