@@ -16,8 +16,8 @@ One process run measures, side by side on the same expert matrices (K=64):
 * 4-round randomized subspace iteration in float32 (LarQL's MoE summary mode),
 
 then where the mixed route's time goes on one expert (Gram, eigensolver, its tridiagonal
-reduction, Rayleigh-Ritz) next to this machine's sgemm/dgemm/ssymv rates, and scores each method's top-K against a float64 LAPACK reference
-(``scipy.linalg.svd(W.astype(float64), lapack_driver="gesdd")``): the worst ``1 - |cos|`` over
+reduction, Rayleigh-Ritz) next to this machine's sgemm/dgemm/ssymv rates. It scores each
+method's top-K against a float64 LAPACK reference (``scipy.linalg.svd(W.astype(float64), lapack_driver="gesdd")``): the worst ``1 - |cos|`` over
 *gap-allowing* vectors (singular value gap to both neighbours ``>= GAP_ALLOWS x s_0``: only those
 does the matrix determine), the median ``|cos|`` over all, and the worst relative error of the
 singular values (methods that return them).
@@ -164,7 +164,8 @@ def median_seconds(run: Callable[[], object], repeat: int) -> float:
 
 def route_stages(w: np.ndarray, repeat: int) -> None:
     """Where the mixed route's time goes on one expert, next to what this machine's BLAS can do
-    (one thread): the floor of the route here, and so the ratio to numpy it can reach."""
+    on one thread: how far each step is from its floor here (the stages are the route's own
+    helpers; "the rest" is the whole call less the Gram and the eigensolver)."""
     rows, cols = w.shape
     n, p = min(rows, cols), min(K + svd.OVERSAMPLE, min(rows, cols))
     square = np.asfortranarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
