@@ -17,7 +17,8 @@ One process run measures, side by side on the same expert matrices (K=64):
 
 then where the mixed route's time goes on one expert (Gram, eigensolver, its tridiagonal
 reduction, Rayleigh-Ritz) next to this machine's sgemm/dgemm/ssymv rates. It scores each
-method's top-K against a float64 LAPACK reference (``scipy.linalg.svd(W.astype(float64), lapack_driver="gesdd")``): the worst ``1 - |cos|`` over
+method's top-K against a float64 LAPACK reference
+(``scipy.linalg.svd(W.astype(float64), lapack_driver="gesdd")``): the worst ``1 - |cos|`` over
 *gap-allowing* vectors (singular value gap to both neighbours ``>= GAP_ALLOWS x s_0``: only those
 does the matrix determine), the median ``|cos|`` over all, and the worst relative error of the
 singular values (methods that return them).
