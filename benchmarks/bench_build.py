@@ -4,7 +4,8 @@ Generates a DeepSeek-V4-Flash-format checkpoint with real expert dimensions (gat
 4096 FP4 + E8M0, shared expert FP8, BF16 router) but fewer experts per layer, then
 
 1. times one layer's stages with the builder's own functions: read (``LocalCheckpoint.read``),
-   dequantize (``DeepseekV4.expert_gate_weights``), exact top-K (``svd.top_k_right_singular``);
+   dequantize (``DeepseekV4.expert_gate_weights``), exact top-K (``svd.top_k_right_singular``),
+   after one untimed batch (a build's buffers are warm after its first batch);
 2. runs whole builds of 1 and of 4 layers, each in a fresh process on ``--workers`` processes,
    and reports wall time, peak RSS (the build process and its largest worker) and the *core busy
    share*: CPU time of the build and its workers / (wall time x cores);
@@ -60,6 +61,12 @@ def stage_times(checkpoint: Path, layer: int, *, num_feats: int = NUM_FEATS, dev
         raw = src.read(arch.layer_tensors(layer))
         read = time.perf_counter() - t0
         buffer = np.empty((BATCH, *arch.gate_shape), dtype=np.float32)
+        # A build's process reuses its buffers and its allocator's pages over every batch and
+        # layer: one untimed batch first, or a layer of one batch is charged the first-touch page
+        # faults (about 0.05 s an FP8 expert) and workspace set-up a real build pays once a worker.
+        warm = arch.expert_gate_weights(layer, range(min(BATCH, num_experts)), raw,
+                                        out=buffer[: min(BATCH, num_experts)])
+        svd.top_k_right_singular(warm[:1], num_feats, device=device)
         dequant = decompose = 0.0
         for start in range(0, num_experts, BATCH):
             experts = range(start, min(start + BATCH, num_experts))
