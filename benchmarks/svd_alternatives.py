@@ -10,9 +10,10 @@ have avoided that step:
   largest angle between the top-K Ritz subspace and the exact top-K vectors after ``m`` basis
   vectors. The route needs 3e-5 radians; on a flat MoE spectrum (eigenvalue K-1 / eigenvalue 0
   near 0.5, eigenvalue K+31 near 0.46) the angle only halves per block step;
-* the two-stage reduction: dense -> band (``ssytrd_sy2sb``, all BLAS-3; LAPACK has no public
-  eigenvector path after it, so it is called through ctypes here) then the band eigensolver
-  ``ssbevx`` for the top K+32 pairs, with and without vectors;
+* the two-stage reduction: dense -> band (``ssytrd_sy2sb``, all BLAS-3) then band ->
+  tridiagonal (``ssytrd_sb2st``), both called through ctypes (scipy wraps neither, and LAPACK has
+  no eigenvector path after them), or the band eigensolver ``ssbevx`` for the top K+32 pairs,
+  with and without vectors;
 * torch's CPU ``eigh`` (full spectrum, float32; a second LAPACK, which the route avoids anyway).
 
 Usage: ``python benchmarks/svd_alternatives.py [--repeat 3]``. Run it on a quiet machine.
@@ -65,14 +66,37 @@ def block_krylov_angle(gram: np.ndarray, exact: np.ndarray, block: int, steps: i
     return elapsed, float(sine.max())
 
 
-def sy2sb() -> object | None:
-    """LAPACK ``ssytrd_sy2sb`` from scipy's bundled OpenBLAS (not wrapped by scipy), or None."""
+def openblas_routine(symbol: str) -> object | None:
+    """A LAPACK routine scipy does not wrap, from scipy's bundled OpenBLAS (symbols prefixed
+    ``scipy_``), or None."""
     libdir = os.path.join(os.path.dirname(scipy.__file__), os.pardir, "scipy.libs")
     for path in glob.glob(os.path.join(libdir, "libscipy_openblas*.so")):
-        routine = getattr(ctypes.CDLL(path), "scipy_ssytrd_sy2sb_", None)
+        routine = getattr(ctypes.CDLL(path), f"scipy_{symbol}_", None)
         if routine is not None:
             return routine
     return None
+
+
+def band_to_tridiagonal(routine, band: np.ndarray, kd: int) -> None:  # noqa: ANN001 - a ctypes function
+    """The second stage, ``ssytrd_sb2st`` (bulge chasing, no Householder vectors kept): the
+    tridiagonal matrix's diagonals, computed and dropped (only the time is wanted)."""
+    n = band.shape[1]
+    diagonal, off = np.zeros(n, dtype=np.float32), np.zeros(n - 1, dtype=np.float32)
+    hous, work, info = np.zeros(1, dtype=np.float32), np.zeros(1, dtype=np.float32), ctypes.c_int(0)
+
+    def call(lhous: int, lwork: int) -> None:
+        ints = [ctypes.byref(ctypes.c_int(v)) for v in (n, kd, kd + 1, lhous, lwork)]
+        pointers = [a.ctypes.data_as(ctypes.c_void_p) for a in (band, diagonal, off, hous, work)]
+        routine(b"N", b"N", b"L", ints[0], ints[1], pointers[0], ints[2], pointers[1], pointers[2],
+                pointers[3], ints[3], pointers[4], ints[4], ctypes.byref(info),
+                ctypes.c_size_t(1), ctypes.c_size_t(1), ctypes.c_size_t(1))
+        if info.value != 0:
+            raise RuntimeError(f"ssytrd_sb2st: info {info.value}")
+
+    call(-1, -1)
+    lhous, lwork = int(hous[0]), int(work[0])
+    hous, work = np.zeros(max(lhous, 1), dtype=np.float32), np.zeros(max(lwork, 1), dtype=np.float32)
+    call(lhous, lwork)
 
 
 def dense_to_band(routine, gram: np.ndarray, kd: int) -> np.ndarray:  # noqa: ANN001 - a ctypes function
@@ -127,13 +151,16 @@ def main() -> None:
     for block, steps in ((96, 4), (96, 6), (128, 5), (192, 4)):
         elapsed, sine = block_krylov_angle(upper, exact, block, steps)
         print(f"| block Krylov, block {block} x {steps} steps ({block * steps} vectors) | {elapsed:.3f} | {sine:.1e} |")
-    routine = sy2sb()
-    if routine is None:
-        print("| two-stage: ssytrd_sy2sb not found in scipy's OpenBLAS | | |")
+    sy2sb, sb2st = openblas_routine("ssytrd_sy2sb"), openblas_routine("ssytrd_sb2st")
+    if sy2sb is None or sb2st is None:
+        print("| two-stage: ssytrd_sy2sb / ssytrd_sb2st not found in scipy's OpenBLAS | | |")
     else:
         for kd in (32, 64):
-            to_band = seconds(lambda: dense_to_band(routine, lower.copy(order="F"), kd), args.repeat) - copy
-            band = dense_to_band(routine, lower.copy(order="F"), kd)
+            to_band = seconds(lambda: dense_to_band(sy2sb, lower.copy(order="F"), kd), args.repeat) - copy
+            band = dense_to_band(sy2sb, lower.copy(order="F"), kd)
+            chase = seconds(lambda: band_to_tridiagonal(sb2st, band.copy(order="F"), kd), args.repeat)
+            print(f"| two-stage, band {kd}: sy2sb {to_band:.3f} + sb2st {chase:.3f} (no vectors: LAPACK has no "
+                  f"path to them) | {to_band + chase:.3f} | |")
             for vectors in (0, 1):
                 solve = seconds(lambda: lapack.ssbevx(band, 0.0, 0.0, n - P + 1, n, compute_v=vectors, range=2,
                                                       lower=1, abstol=0.0), args.repeat if not vectors else 1)
