@@ -49,6 +49,7 @@ from scipy.linalg import blas, lapack
 from scipy.linalg.blas import dsyrk
 from threadpoolctl import threadpool_limits
 
+from bench_load import timed  # median wall seconds of repeated runs
 from vindex_hub.build.engine import blas_thread_environment
 from vindex_hub.numerics import svd
 from vindex_hub.numerics.svd import top_k_right_singular
@@ -153,16 +154,6 @@ def wall_per_expert_in_processes(experts: list[np.ndarray], processes: int, repe
     return float(np.median(rounds))
 
 
-def median_seconds(run: Callable[[], object], repeat: int) -> float:
-    """Median wall seconds of ``repeat`` runs (also used by svd_alternatives.py)."""
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
 def route_stages(w: np.ndarray, repeat: int) -> None:
     """Where the mixed route's time goes on one expert, next to what this machine's BLAS can do
     on one thread: how far each step is from its floor here (the stages are the route's own
@@ -171,18 +162,18 @@ def route_stages(w: np.ndarray, repeat: int) -> None:
     n, p = min(rows, cols), min(K + svd.OVERSAMPLE, min(rows, cols))
     square = np.asfortranarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32))
     with threadpool_limits(1, user_api="blas"):
-        sgemm = 2 * n**3 / median_seconds(lambda: blas.sgemm(1.0, square, square), repeat) / 1e9
+        sgemm = 2 * n**3 / timed(lambda: blas.sgemm(1.0, square, square), repeat) / 1e9
         square64 = square.astype(np.float64, order="F")
-        dgemm = 2 * n**3 / median_seconds(lambda: blas.dgemm(1.0, square64, square64), repeat) / 1e9
+        dgemm = 2 * n**3 / timed(lambda: blas.dgemm(1.0, square64, square64), repeat) / 1e9
         x = np.ones(n, dtype=np.float32)
-        symv = 2 * n**2 * 20 / median_seconds(lambda: [blas.ssymv(1.0, square, x) for _ in range(20)], repeat) / 1e9
+        symv = 2 * n**2 * 20 / timed(lambda: [blas.ssymv(1.0, square, x) for _ in range(20)], repeat) / 1e9
         gram = np.empty((n, n), dtype=np.float32, order="F")
-        t_gram = median_seconds(lambda: svd._gram(blas.ssyrk, w, gram), repeat)
-        t_eig = median_seconds(lambda: svd._top_eigenpairs(svd._gram(blas.ssyrk, w, gram), p), repeat) - t_gram
+        t_gram = timed(lambda: svd._gram(blas.ssyrk, w, gram), repeat)
+        t_eig = timed(lambda: svd._top_eigenpairs(svd._gram(blas.ssyrk, w, gram), p), repeat) - t_gram
         lwork = int(lapack.ssytrd_lwork(n, lower=0)[0])
-        t_trd = median_seconds(lambda: lapack.ssytrd(svd._gram(blas.ssyrk, w, gram), lower=0, lwork=lwork,
-                                                      overwrite_a=1), repeat) - t_gram
-        t_all = median_seconds(lambda: top_k_right_singular(w[None], K), repeat)
+        t_trd = timed(lambda: lapack.ssytrd(svd._gram(blas.ssyrk, w, gram), lower=0, lwork=lwork,
+                                            overwrite_a=1), repeat) - t_gram
+        t_all = timed(lambda: top_k_right_singular(w[None], K), repeat)
     rest = t_all - t_gram - t_eig
     print(f"\nWhere `precision=mixed` spends one expert (1 thread; this machine's BLAS: sgemm {sgemm:.0f}, "
           f"dgemm {dgemm:.0f}, ssymv {symv:.0f} GFLOP/s at n={n}):\n")

@@ -32,7 +32,7 @@ import scipy
 from scipy.linalg import blas, lapack
 from threadpoolctl import threadpool_limits
 
-from bench_svd import median_seconds as seconds  # the same timing as the route's breakdown
+from bench_load import timed  # median wall seconds of repeated runs
 from vindex_hub.numerics import svd
 from vindex_hub.testing import synth
 
@@ -139,11 +139,11 @@ def main() -> None:
           f"{P - 1} / 0 = {lam[-P] / lam[-1]:.3f}\n")
 
     lwork, liwork = (int(v) for v in lapack.ssyevr_lwork(n, lower=0)[:2])
-    evr = seconds(lambda: lapack.ssyevr(upper.copy(order="F"), compute_v=1, range="I", lower=0, il=n - P + 1,
+    evr = timed(lambda: lapack.ssyevr(upper.copy(order="F"), compute_v=1, range="I", lower=0, il=n - P + 1,
                                         iu=n, lwork=lwork, liwork=liwork, overwrite_a=1), args.repeat)
     trd_lwork = int(lapack.ssytrd_lwork(n, lower=0)[0])
-    trd = seconds(lambda: lapack.ssytrd(upper.copy(order="F"), lower=0, lwork=trd_lwork, overwrite_a=1), args.repeat)
-    copy = seconds(lambda: upper.copy(order="F"), args.repeat)
+    trd = timed(lambda: lapack.ssytrd(upper.copy(order="F"), lower=0, lwork=trd_lwork, overwrite_a=1), args.repeat)
+    copy = timed(lambda: upper.copy(order="F"), args.repeat)
     print("| eigensolver step (1 thread) | seconds | largest sine to the exact top-K |")
     print("| --- | ---: | ---: |")
     print(f"| ssyevr, top {P} (the route) | {evr - copy:.3f} | float32 rounding |")
@@ -156,13 +156,13 @@ def main() -> None:
         print("| two-stage: ssytrd_sy2sb / ssytrd_sb2st not found in scipy's OpenBLAS | | |")
     else:
         for kd in (32, 64):
-            to_band = seconds(lambda: dense_to_band(sy2sb, lower.copy(order="F"), kd), args.repeat) - copy
+            to_band = timed(lambda: dense_to_band(sy2sb, lower.copy(order="F"), kd), args.repeat) - copy
             band = dense_to_band(sy2sb, lower.copy(order="F"), kd)
-            chase = seconds(lambda: band_to_tridiagonal(sb2st, band.copy(order="F"), kd), args.repeat)
+            chase = timed(lambda: band_to_tridiagonal(sb2st, band.copy(order="F"), kd), args.repeat)
             print(f"| two-stage, band {kd}: sy2sb {to_band:.3f} + sb2st {chase:.3f} (no vectors: LAPACK has no "
                   f"path to them) | {to_band + chase:.3f} | |")
             for vectors in (0, 1):
-                solve = seconds(lambda: lapack.ssbevx(band, 0.0, 0.0, n - P + 1, n, compute_v=vectors, range=2,
+                solve = timed(lambda: lapack.ssbevx(band, 0.0, 0.0, n - P + 1, n, compute_v=vectors, range=2,
                                                       lower=1, abstol=0.0), args.repeat if not vectors else 1)
                 what = "with" if vectors else "without"
                 print(f"| two-stage, band {kd}: sy2sb {to_band:.3f} + ssbevx {what} vectors {solve:.3f} "
@@ -174,7 +174,7 @@ def main() -> None:
     else:
         torch.set_num_threads(1)
         full = torch.from_numpy(np.triu(upper) + np.triu(upper, 1).T)
-        print(f"| torch.linalg.eigh, float32, full spectrum | {seconds(lambda: torch.linalg.eigh(full), 1):.3f} | |")
+        print(f"| torch.linalg.eigh, float32, full spectrum | {timed(lambda: torch.linalg.eigh(full), 1):.3f} | |")
     print(f"\nload average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
 
 
