@@ -14,9 +14,16 @@ have avoided that step:
   tridiagonal (``ssytrd_sb2st``), both called through ctypes (scipy wraps neither, and LAPACK has
   no eigenvector path after them), or the band eigensolver ``ssbevx`` for the top K+32 pairs,
   with and without vectors;
-* torch's CPU ``eigh`` (full spectrum, float32; a second LAPACK, which the route avoids anyway).
+* torch's CPU ``eigh`` (full spectrum, float32; a second LAPACK, which the route avoids anyway);
+* a larger block size for ``ssytrd`` (LAPACK's is 32, not settable): the rate of its trailing
+  update ``ssyr2k`` at rank 2 x 32 against 2 x 128, the most a custom blocked driver could gain;
+* with ``--lapack LIB`` (repeatable), the same ``ssytrd`` and ``ssyevr`` from another LAPACK
+  shared library through ctypes, e.g. Intel MKL (``libmkl_rt.so.3`` of the ``mkl`` wheel) or a
+  newer OpenBLAS (``libscipy_openblas.so`` of the ``scipy-openblas32`` wheel): whether a
+  different library's tridiagonal reduction would be worth binding.
 
-Usage: ``python benchmarks/svd_alternatives.py [--repeat 3]``. Run it on a quiet machine.
+Usage: ``python benchmarks/svd_alternatives.py [--repeat 3] [--lapack LIB ...]``. Run it on a
+quiet machine.
 """
 
 from __future__ import annotations
@@ -77,6 +84,60 @@ def openblas_routine(symbol: str) -> object | None:
     return None
 
 
+class CtypesLapack:
+    """``ssytrd`` and ``ssyevr`` of a LAPACK shared library (32-bit integers, Fortran symbols,
+    plain or ``scipy_``-prefixed), on one BLAS thread."""
+
+    def __init__(self, path: str) -> None:
+        self.lib = ctypes.CDLL(path)
+        self.prefix = next(p for p in ("scipy_", "") if hasattr(self.lib, f"{p}ssytrd_"))
+        threadpool_limits(1, user_api="blas")  # a rescan: it now sees this library too
+        for setter in ("MKL_Set_Num_Threads", "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
+            if hasattr(self.lib, setter):
+                getattr(self.lib, setter)(1)
+
+    def _call(self, name: str, flags: int, *args) -> None:  # noqa: ANN002 - ctypes arguments
+        """``name(*args, info)``, then the hidden lengths of its ``flags`` character arguments
+        (gfortran's calling convention; other compilers ignore them)."""
+        info = ctypes.c_int(0)
+        getattr(self.lib, f"{self.prefix}{name}_")(*args, ctypes.byref(info), *[ctypes.c_size_t(1)] * flags)
+        if info.value != 0:
+            raise RuntimeError(f"{name}: info {info.value}")
+
+    def ssytrd(self, gram: np.ndarray) -> None:
+        """Tridiagonal reduction of the upper triangle, in place, with the optimal work size."""
+        n = gram.shape[0]
+        d, e, tau = (np.zeros(n, dtype=np.float32) for _ in range(3))
+        work = np.zeros(1, dtype=np.float32)
+        for query in (True, False):
+            if not query:
+                work = np.zeros(int(work[0]), dtype=np.float32)
+            self._call("ssytrd", 1, b"U", _int(n), _ptr(gram), _int(n), _ptr(d), _ptr(e), _ptr(tau), _ptr(work),
+                       _int(-1 if query else len(work)))
+
+    def ssyevr(self, gram: np.ndarray, count: int) -> None:
+        """The top ``count`` eigenpairs of the upper triangle (index range), as the route asks."""
+        n = gram.shape[0]
+        w, isuppz = np.zeros(n, dtype=np.float32), np.zeros(2 * n, dtype=np.int32)
+        z = np.zeros((n, count), dtype=np.float32, order="F")
+        work, iwork, found = np.zeros(1, dtype=np.float32), np.zeros(1, dtype=np.int32), ctypes.c_int(0)
+        zero = ctypes.byref(ctypes.c_float(0.0))
+        for query in (True, False):
+            if not query:
+                work, iwork = np.zeros(int(work[0]), dtype=np.float32), np.zeros(int(iwork[0]), dtype=np.int32)
+            self._call("ssyevr", 3, b"V", b"I", b"U", _int(n), _ptr(gram), _int(n), zero, zero, _int(n - count + 1),
+                       _int(n), zero, ctypes.byref(found), _ptr(w), _ptr(z), _int(n), _ptr(isuppz), _ptr(work),
+                       _int(-1 if query else len(work)), _ptr(iwork), _int(-1 if query else len(iwork)))
+
+
+def _int(value: int):  # noqa: ANN202 - a ctypes reference
+    return ctypes.byref(ctypes.c_int(value))
+
+
+def _ptr(array: np.ndarray) -> ctypes.c_void_p:
+    return array.ctypes.data_as(ctypes.c_void_p)
+
+
 def band_to_tridiagonal(routine, band: np.ndarray, kd: int) -> None:  # noqa: ANN001 - a ctypes function
     """The second stage, ``ssytrd_sb2st`` (bulge chasing, no Householder vectors kept): the
     tridiagonal matrix's diagonals, computed and dropped (only the time is wanted)."""
@@ -124,6 +185,8 @@ def dense_to_band(routine, gram: np.ndarray, kd: int) -> np.ndarray:  # noqa: AN
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--lapack", action="append", default=[], metavar="LIB",
+                        help="another LAPACK shared library to time ssytrd and ssyevr from")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     rng = np.random.default_rng(1)
@@ -148,6 +211,12 @@ def main() -> None:
     print("| --- | ---: | ---: |")
     print(f"| ssyevr, top {P} (the route) | {evr - copy:.3f} | float32 rounding |")
     print(f"| - of which ssytrd | {trd - copy:.3f} | |")
+    panels = {nb: np.asfortranarray(rng.standard_normal((n, nb), dtype=np.float32)) for nb in (32, 128)}
+    for nb, panel in panels.items():
+        update = timed(lambda: blas.ssyr2k(-1.0, panel, panel, beta=1.0, c=upper.copy(order="F"), overwrite_c=1),
+                       args.repeat) - copy
+        print(f"| ssytrd's trailing update ssyr2k, n {n}, rank 2 x {nb}: {2 * n * n * nb / update / 1e9:.0f} GFLOP/s "
+              f"| {update:.4f} | |")
     for block, steps in ((96, 4), (96, 6), (128, 5), (192, 4)):
         elapsed, sine = block_krylov_angle(upper, exact, block, steps)
         print(f"| block Krylov, block {block} x {steps} steps ({block * steps} vectors) | {elapsed:.3f} | {sine:.1e} |")
@@ -167,6 +236,12 @@ def main() -> None:
                 what = "with" if vectors else "without"
                 print(f"| two-stage, band {kd}: sy2sb {to_band:.3f} + ssbevx {what} vectors {solve:.3f} "
                       f"| {to_band + solve:.3f} | |")
+    for path in args.lapack:
+        other = CtypesLapack(path)
+        other_trd = timed(lambda: other.ssytrd(upper.copy(order="F")), args.repeat) - copy
+        other_evr = timed(lambda: other.ssyevr(upper.copy(order="F"), P), args.repeat) - copy
+        print(f"| {os.path.basename(path)}: ssyevr, top {P} | {other_evr:.3f} | |")
+        print(f"| {os.path.basename(path)}: - of which ssytrd | {other_trd:.3f} | |")
     try:
         import torch
     except ImportError:
