@@ -13,6 +13,9 @@ One process run measures, side by side on the same expert matrices (K=64):
   (``vindex_hub.numerics.svd``), both with one BLAS thread, in this process,
 * the mixed route on ``--processes`` spawned single-thread processes mapping the experts from
   shared memory (how a build runs it: ``--workers``), reported as wall time per expert,
+* where torch sees a GPU (``--device auto``, the default, or ``cuda``), the CUDA route on all the
+  experts of a shape as one batch (how a build runs it), reported as wall time per expert,
+  transfers included,
 * 4-round randomized subspace iteration in float32 (LarQL's MoE summary mode),
 
 then where the mixed route's time goes on one expert (Gram, eigensolver, its tridiagonal
@@ -23,7 +26,8 @@ method's top-K against a float64 LAPACK reference
 does the matrix determine), the median ``|cos|`` over all, and the worst relative error of the
 singular values (methods that return them).
 
-Usage: ``python benchmarks/bench_svd.py [--experts 3] [--repeat 3] [--processes 2] [--scale 1]``;
+Usage: ``python benchmarks/bench_svd.py [--experts 3] [--repeat 3] [--processes 2] [--device auto]
+[--scale 1]``;
 prints a markdown table per shape. ``--scale 8`` divides both dimensions by 8 (a quick check that
 the script runs, not figures). The full SVD runs once per expert, the others ``--repeat`` times;
 times are medians. Run it on a quiet machine and report the load average it prints.
@@ -189,6 +193,14 @@ def route_stages(w: np.ndarray, repeat: int) -> None:
     print(f"| total | {t_all:.3f} | | | |")
 
 
+def abs_cosines(vt: np.ndarray, vt_ref: np.ndarray) -> np.ndarray:
+    """``|cos|`` between each row of ``vt`` and the reference's, in float64 (the angle, not float32
+    norms)."""
+    vt64 = np.asarray(vt, dtype=np.float64)
+    vt64 = vt64 / np.linalg.norm(vt64, axis=1, keepdims=True)
+    return np.abs(np.sum(vt64 * vt_ref, axis=1))
+
+
 def gap_allowing(s: np.ndarray, k: int) -> np.ndarray:
     diffs = -np.diff(s[: k + 1])
     gaps = diffs[:k].copy()
@@ -224,7 +236,7 @@ def bench_shape(name: str, rows: int, cols: int, values: str, args: argparse.Nam
     worst: dict[str, list[float]] = {m: [] for m in methods}
     median_cos: dict[str, list[float]] = {m: [] for m in methods}
     s_err: dict[str, list[float]] = {m: [] for m in methods}
-    energy, n_allowed, experts = [], [], []
+    energy, n_allowed, experts, references = [], [], [], []
     for _ in range(args.experts):
         w = expert(rng, rows, cols, values)
         experts.append(w)
@@ -232,14 +244,13 @@ def bench_shape(name: str, rows: int, cols: int, values: str, args: argparse.Nam
         energy.append(np.sum(s_ref[:K] ** 2) / np.sum(s_ref**2))
         allowed = gap_allowing(s_ref, K)
         n_allowed.append(int(allowed.sum()))
+        references.append((s_ref[:K], vt_ref[:K], allowed))
         for method_name, method in methods.items():
             for _ in range(1 if method_name == NUMPY_SVD else args.repeat):
                 t0 = time.perf_counter()
                 vt, s = method(w, K)
                 times[method_name].append(time.perf_counter() - t0)
-            vt64 = np.asarray(vt, dtype=np.float64)
-            vt64 = vt64 / np.linalg.norm(vt64, axis=1, keepdims=True)  # the angle, not float32 norms
-            cos = np.abs(np.sum(vt64 * vt_ref[:K], axis=1))
+            cos = abs_cosines(vt, vt_ref[:K])
             worst[method_name].append(float((1 - cos[allowed]).max()))
             median_cos[method_name].append(float(np.median(cos)))
             if s is not None:
@@ -260,6 +271,16 @@ def bench_shape(name: str, rows: int, cols: int, values: str, args: argparse.Nam
         t = wall_per_expert_in_processes(experts, args.processes, args.repeat)
         print(f"| precision=mixed on {args.processes} single-thread processes (wall / expert) | {t:.3f} "
               f"| {base / t:.1f}x | (same bits as above) | | |")
+    if args.device == "cuda":
+        batch = np.stack(experts)
+        t = timed(lambda: top_k_right_singular(batch, K, device="cuda"), args.repeat) / len(experts)
+        found = top_k_right_singular(batch, K, device="cuda")
+        cos = [abs_cosines(v, vt_ref) for v, (_, vt_ref, _) in zip(found.vectors, references)]
+        worst_cuda = max(float((1 - c[allowed]).max()) for c, (_, _, allowed) in zip(cos, references))
+        err = max(float(np.max(np.abs(s - s_ref) / s_ref))
+                  for s, (s_ref, _, _) in zip(found.singular_values, references))
+        print(f"| device=cuda, the {len(experts)} experts as one batch (wall / expert) | {t:.3f} | {base / t:.1f}x "
+              f"| {worst_cuda:.1e} | {np.median([np.median(c) for c in cos]):.6f} | {err:.1e} |")
     route_stages(experts[0], args.repeat)
 
 
@@ -269,8 +290,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per expert of the fast methods")
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
                         help="processes for the multi-process row (1: skip it)")
+    parser.add_argument("--device", default="auto", choices=svd.DEVICES,
+                        help="cuda (or auto, where torch sees a GPU) adds the CUDA route's row")
     parser.add_argument("--scale", type=int, default=1, help="divide both dimensions by this (smoke runs)")
     args = parser.parse_args()
+    args.device = svd.resolve_device(args.device)
 
     load_before = os.getloadavg()[0]  # other jobs on the machine skew the absolute times
     for name, (rows, cols, values) in SHAPES.items():
