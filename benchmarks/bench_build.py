@@ -85,25 +85,26 @@ def _cpu_seconds_of_children() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def build_in_fresh_process(checkpoint: Path, out: Path, layers: str, workers: int) -> dict[str, float]:
+def run_measured(command: list[str]) -> tuple[str, float, float]:
+    """Run ``command`` to its end: (its stdout, wall seconds, core busy share of it and its workers)."""
     cpu = _cpu_seconds_of_children()
     t = time.perf_counter()
-    result = subprocess.run([sys.executable, "-c", BUILD_AND_MEASURE, str(checkpoint), str(out), layers,
-                             str(workers)], capture_output=True, text=True, check=True)
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - t
-    measured = json.loads(result.stdout.strip().splitlines()[-1])
-    measured["busy"] = (_cpu_seconds_of_children() - cpu) / (wall * (os.cpu_count() or 1))
-    return measured
+    return result.stdout, wall, (_cpu_seconds_of_children() - cpu) / (wall * (os.cpu_count() or 1))
+
+
+def build_in_fresh_process(checkpoint: Path, out: Path, layers: str, workers: int) -> dict[str, float]:
+    stdout, _, busy = run_measured([sys.executable, "-c", BUILD_AND_MEASURE, str(checkpoint), str(out), layers,
+                                    str(workers)])
+    return {**json.loads(stdout.strip().splitlines()[-1]), "busy": busy}
 
 
 def whole_command(checkpoint: Path, out: Path, workers: int) -> tuple[float, float]:
     """``vindex-hub build --layers 0`` as a user runs it: (wall seconds, core busy share)."""
-    cpu = _cpu_seconds_of_children()
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "vindex_hub", "build", str(checkpoint), "-o", str(out), "--layers", "0",
-                    "--workers", str(workers), "--device", "cpu", "--quiet"], check=True, capture_output=True)
-    wall = time.perf_counter() - t
-    return wall, (_cpu_seconds_of_children() - cpu) / (wall * (os.cpu_count() or 1))
+    _, wall, busy = run_measured([sys.executable, "-m", "vindex_hub", "build", str(checkpoint), "-o", str(out),
+                                  "--layers", "0", "--workers", str(workers), "--device", "cpu", "--quiet"])
+    return wall, busy
 
 
 def numpy_svd_seconds(checkpoint: Path, layer: int, experts: int) -> float:

@@ -21,6 +21,7 @@ dequantization share.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from dataclasses import dataclass
@@ -148,8 +149,8 @@ def main() -> None:
           f"| total ms / expert | dequantize share |")
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for seed, full in enumerate(FAMILIES):
-        f = Family(full.name, full.model_type, _shrunk(full.intermediate, shrink), _shrunk(full.hidden, shrink),
-                   full.storage, full.write)
+        f = dataclasses.replace(full, intermediate=_shrunk(full.intermediate, shrink),
+                                hidden=_shrunk(full.hidden, shrink))
         folder = write_checkpoint(f, work / f.model_type, args.experts, seed)
         r = per_expert(folder, num_feats, device)
         print(f"| {f.name} | {f.intermediate} x {f.hidden} | {f.storage} | {r['experts']} | {r['read_ms']:.1f} "

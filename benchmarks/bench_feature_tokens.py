@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 from vindex_hub.numerics.feature_tokens import UnitEmbedding, top_abs_cosine
-from vindex_hub.numerics.svd import resolve_device, top_k_right_singular
+from vindex_hub.numerics.svd import DEVICES, resolve_device, top_k_right_singular
 
 V4_FLASH_VECTORS = 43 * 256 * 64
 V4_FLASH_EXPERTS = 43 * 256
@@ -39,7 +39,7 @@ def main() -> None:
     ap.add_argument("--vectors", type=int, default=1024, help="gate vectors labelled in the timed run")
     ap.add_argument("--experts", type=int, default=2, help="experts decomposed in the timed SVD run")
     ap.add_argument("--k", type=int, default=10, help="feature tokens per vector")
-    ap.add_argument("--device", default="cpu", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--device", default="cpu", choices=DEVICES)
     args = ap.parse_args()
     device = resolve_device(args.device)
     rng = np.random.default_rng(0)

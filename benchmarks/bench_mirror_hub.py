@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -50,7 +49,6 @@ def run(args, work: Path, hub: LocalHub) -> None:
     import yaml
     from huggingface_hub import HfApi
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from bench_mirror import make_vindex
     from vindex_hub.format import filenames, mirror
     from vindex_hub.writers.derived import rewrite_card

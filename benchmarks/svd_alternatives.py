@@ -91,7 +91,6 @@ class CtypesLapack:
     def __init__(self, path: str) -> None:
         self.lib = ctypes.CDLL(path)
         self.prefix = next(p for p in ("scipy_", "") if hasattr(self.lib, f"{p}ssytrd_"))
-        threadpool_limits(1, user_api="blas")  # a rescan: it now sees this library too
         for setter in ("MKL_Set_Num_Threads", "scipy_openblas_set_num_threads", "openblas_set_num_threads"):
             if hasattr(self.lib, setter):
                 getattr(self.lib, setter)(1)
