@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import IntegrityError, OutputConflictError, RemoteNotFoundError, UsageError, VindexFormatError
-from .format import filenames, layout, mirror, selection, sidecar
+from .format import filenames, mirror, selection, sidecar
 from .format.card_data import CardOptions
 from .fsutil import atomic_write_json
 from .hub.http import download_snapshot
@@ -171,7 +171,7 @@ def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
             sha = writer.write_layer(slot, vx.layer(layer))  # checked against the sidecar by vx
             e = src.layer(layer)
             layers[layer] = sidecar.LayerEntry(
-                file_offset=layout.layer_offset(slot, src.num_experts, src.num_feats, src.hidden_size),
+                file_offset=src.layer_offset(slot),
                 shape=list(e.shape), nbytes=e.nbytes, sha256=sha,
                 median_var=e.median_var, q25_var=e.q25_var, q75_var=e.q75_var)
         writer.finish(out / filenames.GATE_VECTORS_BIN)

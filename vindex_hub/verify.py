@@ -23,7 +23,7 @@ from .numerics import stats
 from .checksums import iter_chunks, sha256_file
 from .fsutil import read_json_object
 from .errors import IntegrityError, VindexError, VindexFormatError
-from .format import larql, phases
+from .format import card_data, larql, phases
 
 _RTOL = 1e-9  # statistics recomputed from stored float32/float64 values agree far closer than this
 
@@ -310,10 +310,10 @@ def _check_card(c: _Checker, index: sidecar.VindexIndex) -> None:
                           "which does not exist")
             else:
                 files.setdefault(name, []).append((split, target))
-    infos = data.get("dataset_info") or []
+    infos = data.get(card_data.DATASET_INFO) or []
     for info in [infos] if isinstance(infos, dict) else infos:
-        if info.get("config_name") not in foreign:
-            _check_dataset_info(c, info, files.get(info.get("config_name"), []))
+        if info.get(mirror.CONFIG_NAME_KEY) not in foreign:
+            _check_dataset_info(c, info, files.get(info.get(mirror.CONFIG_NAME_KEY), []))
     if len(c.report.problems) == n_problems:
         c.passed(f"{filenames.CARD_FILE}: mirror layout: {layout_seen}; front matter parses; {len(configs)} configs "
                  "point at the mirror's files with the declared features and row counts")
@@ -383,11 +383,11 @@ def _check_dataset_info(c: _Checker, info: dict[str, Any], split_files: list[tup
     import pyarrow.parquet as pq
     from datasets import Features
 
-    name = info.get("config_name")
+    name = info.get(mirror.CONFIG_NAME_KEY)
     if not split_files:
         return
-    if "features" in info:
-        declared = Features._from_yaml_list(info["features"])
+    if card_data.FEATURES in info:
+        declared = Features._from_yaml_list(info[card_data.FEATURES])
         actual = Features.from_arrow_schema(pq.read_schema(split_files[0][1]))
         if declared != actual:
             c.problem(f"{filenames.CARD_FILE}: dataset_info features of {name!r} ({declared}) differ from "
@@ -395,8 +395,8 @@ def _check_dataset_info(c: _Checker, info: dict[str, Any], split_files: list[tup
     rows: dict[str, int] = {}
     for split, p in split_files:
         rows[split] = rows.get(split, 0) + pq.read_metadata(p).num_rows
-    for s in info.get("splits") or []:
-        split, declared = s.get("name"), s.get("num_examples")
+    for s in info.get(card_data.SPLITS) or []:
+        split, declared = s.get(card_data.SPLIT_NAME), s.get(card_data.NUM_EXAMPLES)
         if split in rows and declared != rows[split]:
             where = ", ".join(str(p.relative_to(c.folder)) for sp, p in split_files if sp == split)
             c.problem(f"{filenames.CARD_FILE}: dataset_info says {name}/{split} has {declared} rows, "
@@ -415,7 +415,7 @@ def _check_feature_tokens(c: _Checker, index: sidecar.VindexIndex) -> None:
     name = mirror.FEATURE_TOKENS_PARQUET
     table = pq.read_table(path)
     n_problems = len(c.report.problems)
-    k = table.schema.field(mirror.COL_TOKEN_IDS).type.list_size
+    k = mirror.feature_tokens_k(table.schema)
     if table.schema != mirror.feature_tokens_schema(k):
         c.problem(f"{name}: schema {table.schema}, expected {mirror.feature_tokens_schema(k)}")
         return

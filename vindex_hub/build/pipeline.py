@@ -19,7 +19,7 @@ from typing import Sequence
 
 from ..checksums import sha256_file_range
 from ..errors import UsageError
-from ..format import filenames, layout, sidecar
+from ..format import filenames, sidecar
 from ..format.card_data import CardOptions
 from ..results import LayerResult, layer_result_path
 from ..source.base import CheckpointSource
@@ -148,8 +148,7 @@ def _damaged_layers(plan: BuildPlan, bin_path: Path, todo: list[int]) -> list[in
         if layer in todo:
             continue
         recorded = LayerResult.load(layer_result_path(plan.state_dir, layer)).sha256
-        offset = layout.layer_offset(slot, plan.index.num_experts, plan.num_feats, plan.index.hidden_size)
-        if sha256_file_range(bin_path, offset, plan.index.layer_nbytes) != recorded:
+        if sha256_file_range(bin_path, plan.index.layer_offset(slot), plan.index.layer_nbytes) != recorded:
             layer_result_path(plan.state_dir, layer).unlink()
             damaged.append(layer)
     return damaged
@@ -183,8 +182,8 @@ def _finish(plan: BuildPlan, results: list[LayerResult], config: dict, *,
     for slot, r in enumerate(results):
         summary = routed_summary(r)
         index.layers[r.layer] = sidecar.LayerEntry(
-            file_offset=layout.layer_offset(slot, index.num_experts, index.num_feats, index.hidden_size),
-            shape=[index.num_experts, index.num_feats, index.hidden_size],
+            file_offset=index.layer_offset(slot),
+            shape=index.layer_shape,
             nbytes=index.layer_nbytes,
             sha256=r.sha256,
             median_var=summary["median"],

@@ -134,7 +134,7 @@ def _browse_identity_of_folder(out: Path) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     tokens = out / mirror.FEATURE_TOKENS_PARQUET
-    k = (pq.read_schema(tokens).field(mirror.COL_TOKEN_IDS).type.list_size if tokens.is_file() else 0)
+    k = (mirror.feature_tokens_k(pq.read_schema(tokens)) if tokens.is_file() else 0)
     return {"feature_tokens": k, "larql_browse": (out / filenames.LARQL_EMBEDDINGS_BIN).is_file()}
 
 

@@ -20,13 +20,7 @@ from ..errors import UsageError, VindexFormatError
 from . import mirror, sidecar
 
 BASE_TAGS = ("vindex", "moe", "sparse-routing", "mechanistic-interpretability")
-# Front-matter keys (the Hub's dataset card metadata spec).
-CONFIGS = "configs"
-CONFIG_NAME = "config_name"
-DEFAULT = "default"
-DATA_FILES = "data_files"
-SPLIT = "split"
-PATH = "path"
+# Front-matter keys (the Hub's dataset card metadata spec); those of ``configs`` are in ``mirror``.
 DATASET_INFO = "dataset_info"
 FEATURES = "features"
 SPLITS = "splits"
@@ -34,7 +28,6 @@ SPLIT_NAME = "name"
 NUM_EXAMPLES = "num_examples"
 NUM_BYTES = "num_bytes"
 BASE_MODEL = "base_model"
-LICENSE = "license"
 
 
 @dataclass(frozen=True)
@@ -126,7 +119,7 @@ def dataset_info(files: Sequence[mirror.MirrorFile]) -> list[dict[str, Any]]:
     for config in mirror.card_configs(files):
         num_bytes = sum(f.num_bytes for f in config.files)
         infos.append({
-            CONFIG_NAME: config.name,
+            mirror.CONFIG_NAME_KEY: config.name,
             FEATURES: Features.from_arrow_schema(config.files[0].arrow_schema)._to_yaml_list(),
             SPLITS: [{SPLIT_NAME: mirror.SPLIT, NUM_BYTES: num_bytes,
                       NUM_EXAMPLES: sum(f.num_rows for f in config.files)}],
@@ -148,10 +141,12 @@ def card_front_matter(index: sidecar.VindexIndex, files: Sequence[mirror.MirrorF
         **({BASE_MODEL: base_model} if base_model else {}),
         configs=[
             {
-                CONFIG_NAME: config.name,
-                **({DEFAULT: True} if config.default else {}),
-                DATA_FILES: [{SPLIT: mirror.SPLIT, PATH: [f.path for f in config.files]
-                              if len(config.files) > 1 else config.files[0].path}],
+                mirror.CONFIG_NAME_KEY: config.name,
+                **({mirror.DEFAULT_KEY: True} if config.default else {}),
+                mirror.DATA_FILES_KEY: [{
+                    mirror.SPLIT_KEY: mirror.SPLIT,
+                    mirror.PATH_KEY: [f.path for f in config.files] if len(config.files) > 1 else config.files[0].path,
+                }],
             }
             for config in mirror.card_configs(files)
         ],

@@ -35,12 +35,19 @@ CONFIG_ROUTER_SVD = "router_svd"
 CONFIG_FEATURE_TOKENS = "feature_tokens"
 SPLIT = "train"  # the one split of every config
 STATS_SPLIT = SPLIT
-STATS_CONFIGS = (CONFIG_EXPERT_STATS, CONFIG_ROUTER_SVD)
 # The Hub's dataset viewer refuses a config with more splits (DatasetWithTooManySplitsError).
 MAX_SPLITS_PER_CONFIG = 30
 # The viewer refuses to page through row groups whose decoded data exceeds this many bytes.
 VIEWER_MAX_ROW_GROUP_BYTES = 300_000_000
 NAME_RE = re.compile(r"^\w+$")  # config and split names: word characters only
+# Keys of the card's ``configs`` list and its entries (the Hub's dataset card metadata spec):
+# read back here, written by ``card_data``.
+CONFIGS_KEY = "configs"
+CONFIG_NAME_KEY = "config_name"
+DEFAULT_KEY = "default"
+DATA_FILES_KEY = "data_files"
+SPLIT_KEY = "split"
+PATH_KEY = "path"
 
 COL_LAYER = "layer"
 COL_EXPERT = "expert"
@@ -93,10 +100,12 @@ def gate_vectors_parquet(layer: int, num_hidden_layers: int) -> str:
 GATE_VECTORS_DIR = f"{DATA_DIR}/{CONFIG_GATE_VECTORS}/"
 EXPERT_STATS_PARQUET = f"{DATA_DIR}/{CONFIG_EXPERT_STATS}/{STATS_SPLIT}.parquet"
 ROUTER_SVD_PARQUET = f"{DATA_DIR}/{CONFIG_ROUTER_SVD}/{STATS_SPLIT}.parquet"
-STATS_PARQUETS = (EXPERT_STATS_PARQUET, ROUTER_SVD_PARQUET)
 FEATURE_TOKENS_PARQUET = f"{DATA_DIR}/{CONFIG_FEATURE_TOKENS}/{STATS_SPLIT}.parquet"
 
 STATS_PARQUET_OF = {CONFIG_EXPERT_STATS: EXPERT_STATS_PARQUET, CONFIG_ROUTER_SVD: ROUTER_SVD_PARQUET}
+STATS_PARQUETS = tuple(STATS_PARQUET_OF.values())
+STATS_CONFIG_OF = {path: name for name, path in STATS_PARQUET_OF.items()}
+STATS_CONFIGS = tuple(STATS_PARQUET_OF)
 
 
 @dataclass(frozen=True)
@@ -154,13 +163,13 @@ def card_configs(files: Sequence[MirrorFile]) -> list[CardConfig]:
 def config_paths(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     """``(split, path)`` of a card ``configs`` entry (``path`` may be a string or a list)."""
     out = []
-    for entry in config.get("data_files") or []:
+    for entry in config.get(DATA_FILES_KEY) or []:
         if isinstance(entry, str):
             out.append((SPLIT, entry))
             continue
-        paths = entry.get("path")
+        paths = entry.get(PATH_KEY)
         for path in paths if isinstance(paths, list) else [paths]:
-            out.append((str(entry.get("split", SPLIT)), path if isinstance(path, str) else repr(path)))
+            out.append((str(entry.get(SPLIT_KEY, SPLIT)), path if isinstance(path, str) else repr(path)))
     return out
 
 
@@ -208,21 +217,23 @@ def split_per_layer_configs(layer_paths: Mapping[int, str], stats_paths: Mapping
     """A card's ``configs`` in the old layout (to reproduce one: tests, benchmarks): ``gate_vectors``,
     the default, with a split ``layer_NN`` per layer, then the stats configs."""
     return [
-        {"config_name": CONFIG_GATE_VECTORS, "default": True,
-         "data_files": [{"split": old_layout_split(layer), "path": path} for layer, path in sorted(layer_paths.items())]},
-        *({"config_name": name, "data_files": [{"split": SPLIT, "path": path}]} for name, path in stats_paths.items()),
+        {CONFIG_NAME_KEY: CONFIG_GATE_VECTORS, DEFAULT_KEY: True,
+         DATA_FILES_KEY: [{SPLIT_KEY: old_layout_split(layer), PATH_KEY: path}
+                          for layer, path in sorted(layer_paths.items())]},
+        *({CONFIG_NAME_KEY: name, DATA_FILES_KEY: [{SPLIT_KEY: SPLIT, PATH_KEY: path}]}
+          for name, path in stats_paths.items()),
     ]
 
 
 def configs_by_name(card_data: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
     """The card front matter's ``configs`` list as a mapping by ``config_name``."""
-    configs = card_data.get("configs") or []
+    configs = card_data.get(CONFIGS_KEY) or []
     if not isinstance(configs, list):
         raise VindexFormatError(f"configs is a {type(configs).__name__}, expected a list")
     for c in configs:
         if not isinstance(c, Mapping):
             raise VindexFormatError(f"configs entry {c!r} is a {type(c).__name__}, expected a mapping with config_name")
-    return {str(c.get("config_name")): c for c in configs}
+    return {str(c.get(CONFIG_NAME_KEY)): c for c in configs}
 
 
 # ---- Arrow schemas ------------------------------------------------------------------------
@@ -243,6 +254,11 @@ def expert_stats_schema(num_feats: int) -> pa.Schema:
         (statistics.FROBENIUS_NORM, pa.float64()),
         (statistics.SINGULAR_VALUES, pa.list_(pa.float32(), num_feats)),
     ])
+
+
+def feature_tokens_k(schema: pa.Schema) -> int:
+    """The K of a ``feature_tokens_schema(k)`` (its lists' fixed length)."""
+    return schema.field(COL_TOKEN_IDS).type.list_size
 
 
 def feature_tokens_schema(k: int) -> pa.Schema:

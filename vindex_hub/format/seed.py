@@ -71,14 +71,13 @@ def _upgrade_seed_index(folder: Path, seed: dict[str, Any], *, where: str) -> si
         layer_ids = sorted(int(name) for name in seed_layers)
     except ValueError as exc:
         raise VindexFormatError(f"{where}: a layer id is not a number ({exc})") from None
-    shape = [index.num_experts, index.num_feats, index.hidden_size]
     for slot, layer in enumerate(layer_ids):
-        offset = slot * index.layer_nbytes
+        offset = index.layer_offset(slot)
         try:
             digest = sha256_file_range(folder / GATE_VECTORS_BIN, offset, index.layer_nbytes)
         except (EOFError, FileNotFoundError) as exc:
             raise VindexFormatError(f"{where}: layer {layer}: {exc}") from None
-        index.layers[layer] = sidecar.LayerEntry(file_offset=offset, shape=shape, nbytes=index.layer_nbytes,
+        index.layers[layer] = sidecar.LayerEntry(file_offset=offset, shape=index.layer_shape, nbytes=index.layer_nbytes,
                                                 sha256=digest, median_var=math.nan, q25_var=math.nan,
                                                 q75_var=math.nan)
     index = sidecar.VindexIndex.from_json(_overlay(index.to_json(), seed), where=where)

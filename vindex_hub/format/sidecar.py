@@ -132,8 +132,22 @@ class VindexIndex:
         return sorted(self.layers)
 
     @property
+    def layer_shape(self) -> list[int]:
+        """One layer's block: ``[num_experts, num_feats, hidden_size]``."""
+        return [self.num_experts, self.num_feats, self.hidden_size]
+
+    @property
+    def array_shape(self) -> tuple[int, ...]:
+        """``gate_vectors.bin`` as one array: ``(stored layers, num_experts, num_feats, hidden_size)``."""
+        return (len(self.layers), *self.layer_shape)
+
+    @property
     def layer_nbytes(self) -> int:
-        return layout.layer_nbytes(self.num_experts, self.num_feats, self.hidden_size)
+        return layout.layer_nbytes(*self.layer_shape)
+
+    def layer_offset(self, slot: int) -> int:
+        """Byte offset of the ``slot``-th stored layer (``layout.layer_offset``)."""
+        return layout.layer_offset(slot, *self.layer_shape)
 
     @property
     def total_bytes(self) -> int:
@@ -244,7 +258,7 @@ class VindexIndex:
 
     def check_layout(self, *, where: str = SIDECAR_JSON, file_size: int | None = None) -> None:
         """Offsets follow the layout rule (no overlap, no gap) and fit ``file_size`` if given."""
-        expect_shape = [self.num_experts, self.num_feats, self.hidden_size]
+        expect_shape = self.layer_shape
         if self.layer_nbytes > layout.MAX_LAYER_NBYTES:
             raise VindexFormatError(
                 f"{where}: a layer of {' x '.join(map(str, expect_shape))} {layout.DTYPE} claims "
@@ -257,7 +271,7 @@ class VindexIndex:
                 raise VindexFormatError(f"{where}: layer {layer} shape {e.shape}, expected {expect_shape}")
             if e.nbytes != self.layer_nbytes:
                 raise VindexFormatError(f"{where}: layer {layer} nbytes {e.nbytes}, expected {self.layer_nbytes}")
-            want = slot * self.layer_nbytes
+            want = self.layer_offset(slot)
             if e.file_offset != want:
                 raise VindexFormatError(
                     f"{where}: layer {layer} file_offset {e.file_offset}, expected {want} "

@@ -46,7 +46,7 @@ class MemmapReader:
         self.path, self.index, self.verify = path, index, verify
         self._verified: set[int] = set()
         self._mm = np.memmap(path, dtype=layout.NUMPY_DTYPE, mode="r",
-                             shape=(len(index.layers), index.num_experts, index.num_feats, index.hidden_size))
+                             shape=index.array_shape)
         self._slot = {layer: slot for slot, layer in enumerate(index.layer_ids)}
 
     def layer(self, layer: int) -> np.ndarray:

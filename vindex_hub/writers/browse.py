@@ -113,7 +113,7 @@ def write_feature_tokens(folder: Path, index: sidecar.VindexIndex, inputs: Brows
     decoder = inputs.pieces
     unit = UnitEmbedding.of(inputs.embedding)
     vectors = np.memmap(folder / filenames.GATE_VECTORS_BIN, dtype=layout.NUMPY_DTYPE, mode="r",
-                        shape=(len(index.layers), index.num_experts, index.num_feats, index.hidden_size))
+                        shape=index.array_shape)
     rel = mirror.FEATURE_TOKENS_PARQUET
     with atomic_path(folder / rel) as tmp:
         with pq.ParquetWriter(tmp, mirror.feature_tokens_schema(k), **FEATURE_TOKENS_WRITE_OPTIONS) as writer:
@@ -141,7 +141,7 @@ def write_larql_browse(folder: Path, inputs: BrowseInputs, options: BrowseOption
     dtype = np.dtype(larql.EMBEDDING_DTYPES[options.embeddings_dtype])
     embedding = inputs.embedding
     if dtype.itemsize == 2:
-        big = float(np.abs(embedding).max(initial=0.0))
+        big = max(float(embedding.max(initial=0.0)), -float(embedding.min(initial=0.0)))  # no |x| copy
         if big > np.finfo(np.float16).max:
             raise UsageError(f"{inputs.where}: the input embedding holds |x| = {big:g}, beyond float16; "
                              f"write {filenames.LARQL_EMBEDDINGS_BIN} with --embeddings-dtype f32")

@@ -129,7 +129,7 @@ def render_card(index: sidecar.VindexIndex, options: CardOptions, *, files: Coll
         has_browse_tier=filenames.LARQL_EMBEDDINGS_BIN in files and filenames.TOKENIZER_JSON in files,
         gate_only_commands=", ".join(f"`{c}`" for c in larql.GATE_ONLY_COMMANDS),
         browse_commands=", ".join(f"`{c}`" for c in larql.BROWSE_COMMANDS),
-        feature_tokens_k=(feature_files[0].arrow_schema.field(mirror.COL_TOKEN_IDS).type.list_size
+        feature_tokens_k=(mirror.feature_tokens_k(feature_files[0].arrow_schema)
                           if feature_files else 0),
         feature_examples=[_example_row(row) for row in feature_examples],
         has_stats=any(f.config == mirror.CONFIG_EXPERT_STATS for f in mirror_files),

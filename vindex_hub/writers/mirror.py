@@ -91,7 +91,7 @@ def expert_stats_table(results: Sequence[LayerResult], num_feats: int) -> pa.Tab
         statistics.FROBENIUS_NORM: pa.array(np.concatenate(frob)),
         statistics.SINGULAR_VALUES: pa.FixedSizeListArray.from_arrays(
             pa.array(np.concatenate(svals), type=pa.float32()), num_feats),
-    })
+    }, schema=mirror.expert_stats_schema(num_feats))
 
 
 def router_svd_table(results: Sequence[LayerResult]) -> pa.Table:
@@ -150,7 +150,7 @@ def write_gate_vectors_layer(folder: Path, index: sidecar.VindexIndex, layer: in
 
 def write_stats_table(folder: Path, rel: str, table: pa.Table) -> mirror.MirrorFile:
     """One stats config's file (``mirror.EXPERT_STATS_PARQUET`` or ``mirror.ROUTER_SVD_PARQUET``)."""
-    config = {path: name for name, path in mirror.STATS_PARQUET_OF.items()}[rel]
+    config = mirror.STATS_CONFIG_OF[rel]
     with atomic_path(folder / rel) as tmp:
         pq.write_table(table, tmp, **STATS_WRITE_OPTIONS)
     return written_file(folder, config, rel)
@@ -165,7 +165,7 @@ def write_mirror(folder: str | Path, index: sidecar.VindexIndex, tables: Mapping
     layout's names) are removed, so a push deletes them from the repo too."""
     folder = Path(folder)
     vectors = np.memmap(folder / filenames.GATE_VECTORS_BIN, dtype=layout.NUMPY_DTYPE, mode="r",
-                        shape=(len(index.layers), index.num_experts, index.num_feats, index.hidden_size))
+                        shape=index.array_shape)
     written = []
     for slot, layer in enumerate(index.layer_ids):  # slot order is file order
         if binary_hash is not None:
@@ -191,7 +191,7 @@ def written_mirror(folder: Path, index: sidecar.VindexIndex) -> list[mirror.Mirr
     files = [written_file(folder, *entry) for entry in paths if (folder / entry[1]).is_file()]
     # the stats configs come as a pair: one without the other is not listed (as a build writes them)
     stats = [f for f in files if f.config in mirror.STATS_CONFIGS]
-    files = files if len(stats) in (0, 2) else [f for f in files if f not in stats]
+    files = files if len(stats) in (0, len(mirror.STATS_CONFIGS)) else [f for f in files if f not in stats]
     if (folder / mirror.FEATURE_TOKENS_PARQUET).is_file():
         files.append(written_file(folder, mirror.CONFIG_FEATURE_TOKENS, mirror.FEATURE_TOKENS_PARQUET))
     return files

@@ -21,8 +21,9 @@ def router_figures(result: LayerResult) -> dict[str, Any]:
     return stats.router_stats(result.router_singular_values, result.router_frobenius_norm)
 
 
-def _header(index: sidecar.VindexIndex) -> dict[str, Any]:
-    return {sidecar.FORMAT_VERSION_KEY: sidecar.FORMAT_VERSION, phases.MODEL: index.source.repo_id,
+def _header(index: sidecar.VindexIndex, **first: Any) -> dict[str, Any]:
+    """The documents' opening keys; ``first`` goes right after the format version."""
+    return {sidecar.FORMAT_VERSION_KEY: sidecar.FORMAT_VERSION, **first, phases.MODEL: index.source.repo_id,
             phases.REVISION: index.source.revision}
 
 
@@ -41,9 +42,7 @@ def phase1_json(results: Sequence[LayerResult], index: sidecar.VindexIndex) -> d
             phases.SHARED: shared,
             phases.ROUTER: router,
         }
-    header = _header(index)
-    return {sidecar.FORMAT_VERSION_KEY: header.pop(sidecar.FORMAT_VERSION_KEY), sidecar.NUM_FEATS_KEY: k,
-            **header, phases.LAYERS: layers}
+    return {**_header(index, **{sidecar.NUM_FEATS_KEY: k}), phases.LAYERS: layers}
 
 
 def phase2_json(results: Sequence[LayerResult], index: sidecar.VindexIndex) -> dict[str, Any]:
