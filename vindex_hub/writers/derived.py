@@ -121,9 +121,8 @@ def _write_browse(folder: Path, index: sidecar.VindexIndex, browse: BrowseOption
 
 
 def _optional_files(folder: Path) -> list[str]:
-    return [name for name in (filenames.PHASE1_JSON, filenames.PHASE2_JSON, filenames.LARQL_INDEX_JSON,
-                              filenames.LARQL_ROUTER_BIN, filenames.LARQL_EMBEDDINGS_BIN, filenames.TOKENIZER_JSON)
-            if (folder / name).is_file()]
+    """The vindex's own files the folder holds (the card asks which of the optional ones are there)."""
+    return [name for name in sorted(filenames.VINDEX_FILES) if (folder / name).is_file()]
 
 
 def rewrite_card(folder: str | Path, index: sidecar.VindexIndex, card_options: CardOptions | None = None) -> list[str]:
