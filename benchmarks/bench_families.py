@@ -34,8 +34,8 @@ from safetensors.torch import save_file
 
 from bench_build import stage_times  # the same read / dequantize / SVD loop as the builder's
 from vindex_hub.numerics import svd
-from vindex_hub.arch.layouts import MXFP4_GROUP, fp8_scale_grid
-from vindex_hub.numerics.quant import FP8_BLOCK_SIZE
+from vindex_hub.arch.layouts import MXFP4_GROUP
+from vindex_hub.numerics.quant import FP8_BLOCK_SIZE, fp8_scale_grid
 from vindex_hub.source.local import CONFIG_FILE, SINGLE_FILE
 
 WEIGHT_STD = 0.02

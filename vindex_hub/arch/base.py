@@ -16,7 +16,7 @@ from typing import Any, Collection, Mapping, Protocol, Sequence, runtime_checkab
 import numpy as np
 
 from ..errors import CheckpointError
-from ..numerics.quant import widen_to_float32
+from ..numerics.quant import check_out, widen_to_float32
 from ..format.sidecar import MoEConfig
 from ..source.base import RawTensor
 
@@ -171,15 +171,6 @@ def decode_float(raw: Mapping[str, RawTensor], name: str, shape: tuple[int, ...]
     t = checked_tensor(raw, name, FLOAT_DTYPES, shape)
     view = float_view(t)
     return widen_to_float32(view, t.info.dtype, out=check_out(out, view.shape, name))
-
-
-def check_out(out: np.ndarray | None, shape: tuple[int, ...], name: str) -> np.ndarray:
-    """``out`` checked to be C-contiguous float32 of ``shape``, or a new such array."""
-    if out is None:
-        return np.empty(shape, dtype=np.float32)
-    if out.shape != tuple(shape) or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(f"tensor {name}: out must be C-contiguous float32 {tuple(shape)}, got {out.dtype} {out.shape}")
-    return out
 
 
 def first_present(candidates: Sequence[str], names: Collection[str] | None) -> str | None:

@@ -23,7 +23,7 @@ class DeepseekV3Style(MoEFamily):
     """The DeepSeek-V3 rules, shared with GLM-4.5 (``glm4_moe``)."""
 
     expert_count_keys = ("n_routed_experts",)
-    bias_part = "gate.e_score_correction_bias"
+    assumes_router_bias = True
 
     def moe_layer_ids(self) -> list[int]:
         dense = config_int(self.params, DENSE_KEY, minimum=0, default=0, where=self.where)
@@ -32,9 +32,6 @@ class DeepseekV3Style(MoEFamily):
 
     def num_shared_experts(self) -> int:
         return config_int(self.params, SHARED_KEY, minimum=0, default=0, where=self.where)
-
-    def _default_bias(self, block: str) -> str | None:
-        return f"{block}.{self.bias_part}"
 
 
 @register_architecture("deepseek_v3", "kimi_k2")

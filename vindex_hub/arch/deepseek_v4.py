@@ -16,8 +16,9 @@ names under a ``model.`` prefix with unquantized ``w1`` (no ``.scale``);
 ``"hash_moe"`` entries of ``mlp_layer_types`` instead of ``num_hash_layers``, and V4.1-style
 configs put ``expert_dtype`` inside ``quantization_config``.
 
-Every tensor name and storage fact of the family is written in this module (the test
-checkpoint generator imports them from here).
+Every tensor name and storage fact of the family is written in this module, or in the module
+it shares it with (``arch.layouts``' dtypes, ``arch.deepseek_v3``'s config keys); the test
+checkpoint generator imports them from there.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from __future__ import annotations
 from ..errors import CheckpointError
 from ..numerics.quant import FP8_BLOCK_SIZE
 from .base import config_int
+from .deepseek_v3 import DENSE_KEY, SHARED_KEY
 from .family import MoEFamily
-from .layouts import FP8BlockCodec, MatrixCodec, PackedFP4Codec, PerExpert, RoutedLayout, fp8_scale_grid
+from .layouts import E8M0_DTYPE, FP8BlockCodec, MatrixCodec, PackedFP4Codec, PerExpert, RoutedLayout
 from .registry import register_architecture
 
 MODEL_TYPE = "deepseek_v4"
@@ -55,15 +57,13 @@ LEARNED_MOE = "moe"
 # ---- storage formats ------------------------------------------------------------------------
 EXPERT_DTYPE_FP4 = "fp4"  # also what an absent expert_dtype means (older revisions)
 EXPERT_DTYPE_FP8 = "fp8"  # Flash-Base
+# FP8 weights are layouts.FP8_WEIGHT_DTYPE, FP4 scales layouts.E8M0_DTYPE (the codecs' facts).
 FP4_WEIGHT_DTYPE = "I8"  # packed E2M1, 2 a byte, low nibble first; raw bytes, never numeric int8
-FP4_SCALE_DTYPE = "F8_E8M0"
 FP4_BLOCK = 32  # inputs per E8M0 scale in the real checkpoint (the decoder reads it off the shapes)
-FP8_WEIGHT_DTYPE = "F8_E4M3"
-FP8_SCALE_DTYPES = ("F8_E8M0", "F32")  # E8M0 in Flash, F32 in Flash-Base
-SHARED_SCALE_DTYPE = "F8_E8M0"
-ROUTED_FP8_SCALE_DTYPE = "F32"
+SHARED_SCALE_DTYPE = E8M0_DTYPE  # the shared expert's (and attention's) FP8 block scales
+ROUTED_FP8_SCALE_DTYPE = "F32"  # Flash-Base's routed experts
+FP8_SCALE_DTYPES = (SHARED_SCALE_DTYPE, ROUTED_FP8_SCALE_DTYPE)  # E8M0 in Flash, F32 in Flash-Base
 ROUTER_DTYPE = "BF16"
-ROUTER_FLOAT_DTYPES = ("BF16", "F16", "F32")
 ROUTER_BIAS_DTYPE = "F32"
 HASH_TABLE_DTYPE = "I64"
 
@@ -96,11 +96,6 @@ def gate_tensor(block: str, part: str) -> str:
     return GATE_TENSOR.format(block=block, part=part)
 
 
-__all__ = ["fp8_scale_grid"]  # re-exported for the checkpoint generator
-
-_REQUIRED_INTS = ("hidden_size", "moe_intermediate_size", "n_routed_experts", "num_experts_per_tok")
-
-
 @register_architecture(MODEL_TYPE)
 class DeepseekV4(MoEFamily):
     """The DeepSeek-V4 adapter. Checks ``config.json`` on construction."""
@@ -115,8 +110,6 @@ class DeepseekV4(MoEFamily):
     embedding_names = (EMBED_TENSOR, "model.embed_tokens.weight")  # DeepSeek's layout, then transformers'
 
     def _check_family_config(self) -> None:
-        for key in _REQUIRED_INTS:
-            config_int(self.config, key, where=self.where)
         expert_dtype = self.config.get(EXPERT_DTYPE_KEY) or self.quant.get(EXPERT_DTYPE_KEY) or EXPERT_DTYPE_FP4
         if expert_dtype not in (EXPERT_DTYPE_FP4, EXPERT_DTYPE_FP8):
             raise CheckpointError(
@@ -125,8 +118,8 @@ class DeepseekV4(MoEFamily):
             )
         self.expert_dtype: str = expert_dtype
         self.hash_layers = self._hash_layers()
-        self.first_moe_layer = config_int(self.config, "first_k_dense_replace", minimum=0, default=0, where=self.where)
-        self.n_shared_experts = config_int(self.config, "n_shared_experts", minimum=0, default=0, where=self.where)
+        self.first_moe_layer = config_int(self.config, DENSE_KEY, minimum=0, default=0, where=self.where)
+        self.n_shared_experts = config_int(self.config, SHARED_KEY, minimum=0, default=0, where=self.where)
 
     def _hash_layers(self) -> frozenset[int]:
         types = self.config.get(MLP_LAYER_TYPES_KEY)
@@ -166,11 +159,3 @@ class DeepseekV4(MoEFamily):
     def expects_router_bias(self, layer: int) -> bool:
         """Learned-routing layers carry a score-correction bias; hash-routed layers do not."""
         return layer not in self.hash_layers
-
-    def has_router_bias(self, layer: int) -> bool:
-        return self.expects_router_bias(layer)
-
-    @property
-    def shared_gate_shape(self) -> tuple[int, int]:
-        """(out, in) of the shared expert's gate_proj: the shared experts side by side."""
-        return (self.shared_gate_rows(), self.dims.hidden)

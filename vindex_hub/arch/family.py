@@ -67,6 +67,9 @@ class MoEFamily:
     #: the input embedding ``[vocab, hidden]`` (feature tokens, LarQL's embeddings.bin), most likely
     #: first; empty: ``{prefix}embed_tokens.weight`` under the family's then the generic prefixes
     embedding_names: tuple[str, ...] = ()
+    #: when the checkpoint's names are unknown, whether a layer the family does not rule on
+    #: (``expects_router_bias`` None) is assumed to have the first of ``router_bias_parts``
+    assumes_router_bias: bool = False
 
     def __init__(self, config: Mapping[str, Any], *, tensor_names: Collection[str] | None = None,
                  where: str = "config.json"):
@@ -251,12 +254,8 @@ class MoEFamily:
         if expected is False:
             return None
         if self.names is None:
-            return candidates[0] if expected else self._default_bias(block)
+            return candidates[0] if expected or self.assumes_router_bias else None
         return first_present(candidates, self.names) or (candidates[0] if expected else None)
-
-    def _default_bias(self, block: str) -> str | None:
-        """The bias name assumed when the checkpoint's names are unknown (none by default)."""
-        return None
 
     def layer_tensors(self, layer: int) -> list[str]:
         names = list(self._routed().names(layer))

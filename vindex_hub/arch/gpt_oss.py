@@ -21,6 +21,7 @@ MXFP4_QUANT_METHOD = "mxfp4"
 class GptOss(TransposedFusedFamily):
     fused_split = INTERLEAVED
     router_bias_parts = ("router.bias",)
+    assumes_router_bias = True
 
     def family_layouts(self, block: str) -> list[RoutedLayout]:
         mxfp4 = FusedMXFP4(f"{block}.experts.gate_up_proj_blocks", f"{block}.experts.gate_up_proj_scales",
@@ -29,6 +30,3 @@ class GptOss(TransposedFusedFamily):
 
     def quantized_expected(self) -> bool:
         return self.quant.get("quant_method") == MXFP4_QUANT_METHOD
-
-    def _default_bias(self, block: str) -> str | None:
-        return f"{block}.{self.router_bias_parts[0]}"

@@ -15,7 +15,8 @@ from typing import Mapping, Protocol, Sequence
 import numpy as np
 
 from ..errors import CheckpointError
-from ..numerics.quant import FP8_BLOCK_SIZE, decode_e8m0, decode_tensor, dequantize_fp4, dequantize_fp8, widen_to_float32
+from ..numerics.quant import (FP8_BLOCK_SIZE, decode_e8m0, decode_tensor, dequantize_fp4, dequantize_fp8,
+                              fp8_scale_grid, widen_to_float32)
 from ..source.base import RawTensor
 from .base import FLOAT_DTYPES, checked_tensor, decode_float, float_view
 
@@ -24,11 +25,6 @@ E8M0_DTYPE = "F8_E8M0"
 PACKED_FP4_DTYPES = ("I8", "U8")  # two E2M1 values a byte: raw bytes, never converted numerically
 MXFP4_BYTE_DTYPE = "U8"
 MXFP4_GROUP = 32  # inputs per E8M0 scale in gpt-oss's *_blocks/*_scales (16 bytes of 2 values)
-
-
-def fp8_scale_grid(shape: tuple[int, int], block: tuple[int, int] = FP8_BLOCK_SIZE) -> tuple[int, int]:
-    """Scale grid of a block-quantized FP8 matrix: ``ceil(rows/bo) x ceil(cols/bi)``."""
-    return (-(-shape[0] // block[0]), -(-shape[1] // block[1]))
 
 
 def sibling(weight: str, part: str) -> str:

@@ -17,18 +17,8 @@ from ..numerics.routes import BLAS_THREADS, DEFAULT_PRECISION
 from ..results import LayerResult
 from ..source.base import RawTensor
 
-
-@dataclass
-class DecomposedLayer:
-    """A layer's gate vectors ``(E, K, H)`` and the spectra ``LayerResult`` keeps (all but the
-    checksum of the block, which the binary's writer computes as it writes it)."""
-
-    layer: int
-    vectors: np.ndarray
-    spectra: dict[str, Any] = field(default_factory=dict)
-
-    def result(self, sha256: str) -> LayerResult:
-        return LayerResult(layer=self.layer, sha256=sha256, **self.spectra)
+# Experts decomposed per batch: bounds the float32 working set (8 x 32 MiB at real size).
+DEFAULT_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -39,7 +29,7 @@ class DecomposeSettings:
     num_feats: int
     device: str  # resolved: "cpu" or "cuda"
     precision: str = DEFAULT_PRECISION  # numerics.routes.PRECISIONS
-    batch_size: int = 8
+    batch_size: int = DEFAULT_BATCH
     blas_threads: int = BLAS_THREADS
 
 
@@ -65,8 +55,10 @@ class RoutedExperts:
     frobenius_norm: np.ndarray  # float64 (E,)
 
     @classmethod
-    def empty(cls, arch: MoEArchitecture, num_feats: int) -> "RoutedExperts":
-        num_experts = arch.moe_config().n_routed_experts
+    def empty(cls, arch: MoEArchitecture, num_feats: int, num_experts: int | None = None) -> "RoutedExperts":
+        """Room for ``num_experts`` experts (None: all the layer's)."""
+        if num_experts is None:
+            num_experts = arch.moe_config().n_routed_experts
         return cls(np.empty((num_experts, num_feats, arch.gate_shape[1]), np.float32),
                    np.empty((num_experts, num_feats), np.float32), np.empty(num_experts, np.float64))
 
@@ -79,6 +71,26 @@ class RoutedExperts:
         self.vectors[experts.start:experts.stop] = vectors
         self.singular_values[experts.start:experts.stop] = singular_values  # float64 -> float32
         self.frobenius_norm[experts.start:experts.stop] = frobenius_norm
+
+
+@dataclass
+class DecomposedLayer:
+    """A layer's gate vectors ``(E, K, H)`` and the spectra ``LayerResult`` keeps (all but the
+    checksum of the block, which the binary's writer computes as it writes it)."""
+
+    layer: int
+    vectors: np.ndarray
+    spectra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, layer: int, routed: RoutedExperts, extras: Mapping[str, Any]) -> "DecomposedLayer":
+        """A finished layer: its routed experts, and the shared expert's and router's spectra
+        (``shared_and_router``)."""
+        return cls(layer, routed.vectors, {"singular_values": routed.singular_values,
+                                           "frobenius_norm": routed.frobenius_norm, **extras})
+
+    def result(self, sha256: str) -> LayerResult:
+        return LayerResult(layer=self.layer, sha256=sha256, **self.spectra)
 
 
 def expert_batches(num_experts: int, batch_size: int, workers: int = 1) -> list[range]:
@@ -97,37 +109,46 @@ def decompose_experts(arch: MoEArchitecture, layer: int, experts: range, raw: Ma
                                     blas_threads=settings.blas_threads)
 
 
+def decompose_routed(arch: MoEArchitecture, layer: int, experts: range | None, raw: Mapping[str, RawTensor],
+                     settings: DecomposeSettings, buffers: BufferPool,
+                     on_batch: Callable[[int], None] | None = None) -> RoutedExperts:
+    """Dequantize and decompose the routed experts ``experts`` of ``layer`` (None: all of them;
+    a range starting on a batch boundary) in batches counted from its start, the serial build's
+    batches, each into the one reused buffer. ``on_batch(n)`` is told each time ``n`` more
+    experts are done (a progress bar)."""
+    routed = RoutedExperts.empty(arch, settings.num_feats, None if experts is None else len(experts))
+    start = 0 if experts is None else experts.start
+    for batch in expert_batches(routed.num_experts, settings.batch_size):
+        top = decompose_experts(arch, layer, range(start + batch.start, start + batch.stop), raw, settings, buffers)
+        routed.store(batch, top.vectors, top.singular_values, top.frobenius_norm)
+        if on_batch is not None:
+            on_batch(len(batch))
+    return routed
+
+
 def decompose_layer(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor],
                     settings: DecomposeSettings, *, keep_router: bool, buffers: BufferPool | None = None,
                     on_batch: Callable[[int], None] | None = None) -> DecomposedLayer:
-    """Dequantize and decompose every routed expert of ``layer`` in batches (one reused float32
-    buffer), then the shared expert and the router. ``on_batch(n)`` is told each time ``n`` more
-    experts are done (a progress bar)."""
-    buffers = buffers or BufferPool()
-    routed = RoutedExperts.empty(arch, settings.num_feats)
-    for experts in expert_batches(routed.num_experts, settings.batch_size):
-        top = decompose_experts(arch, layer, experts, raw, settings, buffers)
-        routed.store(experts, top.vectors, top.singular_values, top.frobenius_norm)
-        if on_batch is not None:
-            on_batch(len(experts))
+    """Every routed expert of ``layer`` (``decompose_routed``), then the shared expert and the router."""
+    routed = decompose_routed(arch, layer, None, raw, settings, buffers or BufferPool(), on_batch)
     return finish_layer(arch, layer, raw, routed, settings, keep_router=keep_router)
 
 
 def finish_layer(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor], routed: RoutedExperts,
                  settings: DecomposeSettings, *, keep_router: bool) -> DecomposedLayer:
     """A layer whose routed experts are done: add the shared expert's and the router's spectra."""
-    spectra = {"singular_values": routed.singular_values, "frobenius_norm": routed.frobenius_norm,
-               **shared_and_router(arch, layer, raw, settings, keep_router)}
-    return DecomposedLayer(layer, routed.vectors, spectra)
+    return DecomposedLayer.of(layer, routed, shared_and_router(arch, layer, raw, settings, keep_router))
 
 
 def shared_and_router(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor],
                        settings: DecomposeSettings, keep_router: bool) -> dict[str, Any]:
     """The shared expert's and the router's decompositions of one layer (LayerResult fields)."""
     router = arch.router_weight(layer, raw)
+    router64 = router.astype(np.float64)  # widened once, for both
     extras: dict[str, Any] = {
-        "router_singular_values": svd.singular_values(router, name=arch.router_name(layer)),
-        "router_frobenius_norm": float(np.linalg.norm(router.astype(np.float64))),
+        "router_singular_values": svd.singular_values(router64, name=arch.router_name(layer),
+                                                      blas_threads=settings.blas_threads),
+        "router_frobenius_norm": svd.frobenius_norm(router64, blas_threads=settings.blas_threads),
     }
     shared = arch.shared_gate_weight(layer, raw)
     if shared is not None:

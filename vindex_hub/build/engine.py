@@ -7,18 +7,19 @@ L+1 while layer L is decomposed:
 * ``SerialEngine``: this process dequantizes and decomposes (``--workers 1``, and CUDA, which
   batches on the device);
 * ``ProcessEngine``: ``workers`` spawned processes, each with ``blas_threads`` BLAS threads (set
-  in its environment before BLAS loads, and by threadpoolctl). A layer's raw bytes sit once in
-  shared memory, mapped by every worker; each idle worker is handed a batch of routed experts,
-  dequantizes them into its own reused buffer, decomposes them and sends the floats back; this
-  process then does the layer's shared expert and router (as the serial engine does, after the
-  routed experts, so a bad checkpoint fails with the same error).
+  in its environment before BLAS loads). A layer's raw bytes sit once in shared memory, mapped
+  by every worker; each idle worker is handed a batch of routed experts, dequantizes them into
+  its own reused buffer, decomposes them and sends the floats back; this process then does the
+  layer's shared expert and router (as the serial engine does, after the routed experts, so a
+  bad checkpoint fails with the same error).
 
-Both run ``decompose.decompose_experts`` with the same settings and thread count, so the results
-are the same bits whatever the worker count or the machine's ``OMP_NUM_THREADS``. A worker that
-dies (killed, out of memory) is replaced and its batch redone; workers that keep dying end the
-build with an error (it resumes when run again). Only plain data crosses between processes: the
-config dict and tensor names, the settings, a shared-memory name with its table of tensor
-names/dtypes/shapes/offsets, numpy arrays, and error type + message.
+Both run ``decompose.decompose_experts`` with the same settings, and ``numerics.svd`` runs every
+BLAS call of a decomposition with ``blas_threads`` threads whatever the process's setting, so the
+results are the same bits whatever the worker count or the machine's ``OMP_NUM_THREADS``. A
+worker that dies (killed, out of memory) is replaced and its batch redone; workers that keep
+dying end the build with an error (it resumes when run again). Only plain data crosses between
+processes: the config dict and tensor names, the settings, a shared-memory name with its table
+of tensor names/dtypes/shapes/offsets, numpy arrays, and error type + message.
 """
 
 from __future__ import annotations
@@ -121,10 +122,7 @@ def _views(block: shared_memory.SharedMemory, table: _Table) -> dict[str, RawTen
 def _worker_main(conn: Connection, config: dict[str, Any], tensor_names: list[str] | None,
                  settings: dict[str, Any]) -> None:
     """A worker: decompose the batches it is sent until told to stop (None) or the pipe closes."""
-    from threadpoolctl import threadpool_limits
-
     decompose = DecomposeSettings(**settings)
-    threadpool_limits(limits=decompose.blas_threads, user_api="blas")  # whatever an import loaded
     arch = get_architecture(config, tensor_names=tensor_names)
     buffers = BufferPool()  # kept across batches and layers
     block: shared_memory.SharedMemory | None = None
@@ -159,8 +157,9 @@ def _worker_main(conn: Connection, config: dict[str, Any], tensor_names: list[st
         block.close()
 
 
-def _error_from(type_name: str, message: str) -> Exception:
-    """A worker's error as the package's own exception type (it crossed as plain data)."""
+def error_from(type_name: str, message: str) -> Exception:
+    """A worker's (or a Ray task's) error as the package's own exception type (it crossed as plain
+    data)."""
     cls = getattr(errors, type_name, None)
     if isinstance(cls, type) and issubclass(cls, VindexError):
         return cls(message)
@@ -271,7 +270,7 @@ class ProcessEngine:
                     experts, worker.experts = worker.experts, None
                     if reply[0] == "error":
                         if failure is None or experts.start < failure[0]:
-                            failure = (experts.start, _error_from(reply[1], reply[2]))
+                            failure = (experts.start, error_from(reply[1], reply[2]))
                         todo[:] = [batch for batch in todo if batch.start < failure[0]]
                         continue
                     routed.store(experts, *reply[1:])

@@ -29,10 +29,9 @@ from ..writers.derived import write_derived_files
 from .browse import check_browse_inputs, read_browse_inputs
 from ..writers.phases import routed_summary
 from ..numerics import routes
-from .decompose import DecomposeSettings
+from .decompose import DEFAULT_BATCH
 from .engine import DEFAULT_ENGINE, ENGINES, Engine, make_engine
-from .plan import (DEFAULT_BATCH, DEFAULT_NUM_FEATS, DEFAULT_PREFETCH_LAYERS, BuildPlan, claim_output, make_plan,
-                   open_source)
+from .plan import DEFAULT_NUM_FEATS, DEFAULT_PREFETCH_LAYERS, BuildPlan, claim_output, make_plan, open_source
 
 
 @dataclass
@@ -102,8 +101,7 @@ def build_vindex(
         if finished is not None:  # the same vindex is already complete there: nothing to do
             return BuildSummary(plan.out, plan.layer_ids, [], time.monotonic() - started, finished,
                                 already_complete=True)
-        settings = DecomposeSettings(num_feats=plan.num_feats, device=plan.device, precision=plan.precision,
-                                     batch_size=batch_size, blas_threads=plan.index.builder.blas_threads)
+        settings = plan.decompose_settings(batch_size)
         if ray_runner is None:
             runner: Engine = make_engine(src.config, settings, plan.workers, prefetch_layers=prefetch_layers,
                                          tensor_names=sorted(src.tensor_names()))

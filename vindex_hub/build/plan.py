@@ -23,11 +23,10 @@ from ..fsutil import atomic_write_json, read_json_object
 from ..numerics import routes, svd
 from ..source.base import CheckpointSource
 from ..writers.browse import BrowseOptions
+from .decompose import DecomposeSettings
 
 BUILDER_NAME = "vindex-hub"
 DEFAULT_NUM_FEATS = 64
-# Experts decomposed per batch: bounds the float32 working set (8 x 32 MiB at real size).
-DEFAULT_BATCH = 8
 DEFAULT_PREFETCH_LAYERS = 1
 
 
@@ -88,6 +87,11 @@ class BuildPlan:
 
     def slot(self, layer: int) -> int:
         return self.layer_ids.index(layer)
+
+    def decompose_settings(self, batch_size: int) -> DecomposeSettings:
+        """How every engine decomposes this plan's experts (``batch_size`` changes no bit)."""
+        return DecomposeSettings(num_feats=self.num_feats, device=self.device, precision=self.precision,
+                                 batch_size=batch_size, blas_threads=self.index.builder.blas_threads)
 
 
 def make_plan(src: CheckpointSource, out: str | os.PathLike[str], *, num_feats: int,

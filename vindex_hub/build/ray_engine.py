@@ -4,10 +4,10 @@ The unit of work is a layer, or, when there are fewer layers to do than worker s
 one layer's experts (shares start on ``batch_size`` boundaries, so the batches are the serial
 build's). Each task opens the checkpoint itself from a *source spec* of plain data (a Hub repo id
 and its resolved commit sha, or a folder path the workers see), reads only its tensors (ranged
-reads from the Hub; a share reads its whole layer), dequantizes and decomposes them with one BLAS thread (or on one GPU,
-``num_gpus=1``) by the same pure functions as the serial engine, and returns numpy arrays and
-plain values. The driver writes each layer and its resume state exactly as a serial build does,
-so the bits and the resume are the same.
+reads from the Hub; a share reads its whole layer), dequantizes and decomposes them by the same
+pure functions as the serial engine (with its fixed BLAS threads, or on one GPU, ``num_gpus=1``),
+and returns numpy arrays and plain values. The driver writes each layer and its resume state
+exactly as a serial build does, so the bits and the resume are the same.
 
 Only numpy arrays and plain data cross Ray's object store: no source object, no exception of
 ours (a task that meets a ``VindexError`` returns its type name and message, and the driver
@@ -31,12 +31,11 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .. import errors
 from ..arch import get_architecture
 from ..errors import CheckpointError, ClusterError, UsageError, VindexError
 from ..source.base import CheckpointSource
-from .decompose import (BufferPool, DecomposedLayer, DecomposeSettings, RoutedExperts, decompose_experts,
-                        expert_batches, shared_and_router)
+from .decompose import BufferPool, DecomposedLayer, DecomposeSettings, RoutedExperts, decompose_routed, shared_and_router
+from .engine import error_from
 from .plan import BuildPlan, config_sha256
 
 INSTALL_HINT = "pip install 'vindex-hub[ray]'"
@@ -91,6 +90,8 @@ def split_work(layers: list[int], num_experts: int, batch_size: int, slots: int)
 
 # ---- the task (runs on a worker) -------------------------------------------------------------
 _open_sources: dict[tuple[str, ...], CheckpointSource] = {}  # per worker process, reused by its tasks
+# The arrays a task returns of its share of a layer's experts, by RoutedExperts' field names.
+_ROUTED_FIELDS = tuple(field.name for field in dataclasses.fields(RoutedExperts))
 
 
 def _open(spec: dict[str, str], token: str | None) -> CheckpointSource:
@@ -114,43 +115,27 @@ def decompose_part(spec: dict[str, str], token: str | None, expected_config: str
                    stop: int, with_layer_extras: bool, settings: dict[str, Any],
                    keep_router: bool) -> dict[str, Any]:
     """One part, as a Ray task: numpy arrays and plain values, or ``{"error", "message"}``."""
-    from threadpoolctl import threadpool_limits
-
     try:
-        with threadpool_limits(limits=1, user_api="blas"):
-            src = _open(spec, token)
-            if config_sha256(src.config) != expected_config:
-                raise CheckpointError(f"{src.describe()}: the config.json this worker reads differs from the "
-                                      "driver's; every node must see the same checkpoint")
-            arch = get_architecture(src.config, tensor_names=src.tensor_names(),
-                                    where=f"{src.describe()}/config.json")
-            t0 = time.monotonic()
-            # The whole layer's tensors even for a share: a family may fuse all experts into one
-            # tensor (the arch interface names tensors per layer). Shares exist only with fewer
-            # layers than slots, so at most ``slots`` layer reads in all.
-            raw = src.read(arch.layer_tensors(layer))
-            read_seconds = time.monotonic() - t0
-            decompose = DecomposeSettings(**settings)
-            share = RoutedExperts(np.empty((stop - start, decompose.num_feats, arch.gate_shape[1]), np.float32),
-                                  np.empty((stop - start, decompose.num_feats), np.float32),
-                                  np.empty(stop - start, np.float64))
-            buffers = BufferPool()
-            # batches counted from ``start`` (a share starts on a batch boundary): the serial build's batches
-            for batch in expert_batches(stop - start, decompose.batch_size):
-                top = decompose_experts(arch, layer, range(start + batch.start, start + batch.stop), raw,
-                                        decompose, buffers)
-                share.store(batch, top.vectors, top.singular_values, top.frobenius_norm)
-            extras = shared_and_router(arch, layer, raw, decompose, keep_router) if with_layer_extras else {}
-            return {"vectors": share.vectors, "singular_values": share.singular_values,
-                    "frobenius_norm": share.frobenius_norm, "extras": extras, "read_seconds": read_seconds,
-                    "read_bytes": sum(int(t.data.nbytes) for t in raw.values())}
+        src = _open(spec, token)
+        if config_sha256(src.config) != expected_config:
+            raise CheckpointError(f"{src.describe()}: the config.json this worker reads differs from the "
+                                  "driver's; every node must see the same checkpoint")
+        arch = get_architecture(src.config, tensor_names=src.tensor_names(),
+                                where=f"{src.describe()}/config.json")
+        t0 = time.monotonic()
+        # The whole layer's tensors even for a share: a family may fuse all experts into one
+        # tensor (the arch interface names tensors per layer). Shares exist only with fewer
+        # layers than slots, so at most ``slots`` layer reads in all.
+        raw = src.read(arch.layer_tensors(layer))
+        read_seconds = time.monotonic() - t0
+        decompose = DecomposeSettings(**settings)
+        # A share starts on a batch boundary: its batches are the serial build's.
+        share = decompose_routed(arch, layer, range(start, stop), raw, decompose, BufferPool())
+        extras = shared_and_router(arch, layer, raw, decompose, keep_router) if with_layer_extras else {}
+        return {**{key: getattr(share, key) for key in _ROUTED_FIELDS}, "extras": extras,
+                "read_seconds": read_seconds, "read_bytes": sum(int(t.data.nbytes) for t in raw.values())}
     except VindexError as exc:
         return {"error": type(exc).__name__, "message": str(exc)}
-
-
-def _raise_task_error(out: dict[str, Any]) -> None:
-    kind = getattr(errors, out["error"], VindexError)
-    raise (kind if isinstance(kind, type) and issubclass(kind, VindexError) else VindexError)(out["message"])
 
 
 # ---- the driver --------------------------------------------------------------------------------
@@ -169,11 +154,9 @@ class _Assembly:
         if self.missing:
             return None
         self.pieces.sort(key=lambda piece: piece[0].start)
-        joined = {key: np.concatenate([o[key] for _, o in self.pieces]) if len(self.pieces) > 1
-                  else self.pieces[0][1][key] for key in ("vectors", "singular_values", "frobenius_norm")}
-        spectra = {"singular_values": joined["singular_values"], "frobenius_norm": joined["frobenius_norm"],
-                   **self.extras}
-        return DecomposedLayer(self.layer, joined["vectors"], spectra)
+        joined = RoutedExperts(**{key: np.concatenate([o[key] for _, o in self.pieces]) if len(self.pieces) > 1
+                                  else self.pieces[0][1][key] for key in _ROUTED_FIELDS})
+        return DecomposedLayer.of(self.layer, joined, self.extras)
 
 
 def _check_reachable(address: str) -> None:
@@ -224,9 +207,7 @@ class RayEngine:
             resources = dict(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=self.max_retries,
                              retry_exceptions=False)
             args = (spec, token, plan.fingerprint["config_sha256"])
-            decompose = DecomposeSettings(num_feats=plan.num_feats, device=plan.device, precision=plan.precision,
-                                          batch_size=self.batch_size, blas_threads=plan.index.builder.blas_threads)
-            settings = (dataclasses.asdict(decompose), plan.larql_router)
+            settings = (dataclasses.asdict(plan.decompose_settings(self.batch_size)), plan.larql_router)
             in_flight = self.max_in_flight or slots
             while parts or pending:
                 while parts and len(pending) < in_flight:
@@ -238,7 +219,7 @@ class RayEngine:
                 part = pending.pop(ref)
                 out = self._get(ref, part)
                 if "error" in out:
-                    _raise_task_error(out)
+                    raise error_from(out["error"], out["message"])
                 on_layer_read(part.layer, out["read_seconds"], out["read_bytes"])
                 on_experts(len(part.experts))
                 assembly = assemblies.setdefault(part.layer, _Assembly(part.layer, shares[part.layer]))

@@ -52,6 +52,11 @@ _FP4_PAIRS_U64 = np.ascontiguousarray(_FP4_PAIRS).view(np.uint64).reshape(256)
 FP8_BLOCK_SIZE = (128, 128)  # DeepSeek's quantization_config.weight_block_size
 
 
+def fp8_scale_grid(shape: tuple[int, int], block: tuple[int, int] = FP8_BLOCK_SIZE) -> tuple[int, int]:
+    """Scale grid of a block-quantized FP8 matrix: ``ceil(rows/bo) x ceil(cols/bi)``."""
+    return (-(-shape[0] // block[0]), -(-shape[1] // block[1]))
+
+
 # ---- element decoders -----------------------------------------------------------------------
 def _as_bytes(data: np.ndarray, name: str) -> np.ndarray:
     data = np.asarray(data)
@@ -141,7 +146,9 @@ def check_finite(values: np.ndarray, *, name: str) -> np.ndarray:
     return values
 
 
-def _check_out(out: np.ndarray | None, shape: tuple[int, ...], name: str) -> np.ndarray:
+def check_out(out: np.ndarray | None, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """``out`` checked to be C-contiguous float32 of ``shape``, or a new such array."""
+    shape = tuple(shape)
     if out is None:
         return np.empty(shape, dtype=np.float32)
     if out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
@@ -182,7 +189,7 @@ def dequantize_fp4(
     block = in_features // num_blocks
     scales = decode_e8m0(s, name=scale_name)
 
-    result = _check_out(out, (*w.shape[:-1], in_features), name)
+    result = check_out(out, (*w.shape[:-1], in_features), name)
     pairs = result.view(np.uint64).reshape(w.shape)  # each uint64 slot = two float32 outputs
     np.take(_FP4_PAIRS_U64, w, out=pairs)
     blocked = result.reshape(*s.shape, block)
@@ -212,13 +219,13 @@ def dequantize_fp8(
     if w.ndim < 2 or scales.ndim != w.ndim:
         raise QuantizationError(f"tensor {name}: FP8 weight {list(w.shape)} and scale grid {list(scales.shape)} disagree")
     rows, cols = w.shape[-2:]
-    grid = (-(-rows // bo), -(-cols // bi))
+    grid = fp8_scale_grid((rows, cols), block_size)
     if scales.shape != (*w.shape[:-2], *grid):
         raise QuantizationError(
             f"tensor {name}: scale grid {list(scales.shape)} does not fit weight {list(w.shape)} "
             f"with {bo}x{bi} blocks (expected {[*w.shape[:-2], *grid]})"
         )
-    result = _check_out(out, w.shape, name)
+    result = check_out(out, w.shape, name)
     np.take(_E4M3, w, out=result)
     # One broadcast multiply per row of blocks: a column-scale vector of length I (ragged-safe).
     for r in range(grid[0]):

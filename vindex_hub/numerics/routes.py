@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from ..errors import UsageError
 
-__all__ = ["BLAS_THREADS", "DEFAULT_PRECISION", "PRECISIONS", "ROUTE_CUDA", "ROUTE_F64", "ROUTE_MIXED",
-           "method_for", "route_for"]
+__all__ = ["BLAS_THREADS", "DEFAULT_DEVICE", "DEFAULT_PRECISION", "DEVICES", "PRECISIONS", "ROUTE_CUDA",
+           "ROUTE_F64", "ROUTE_MIXED", "method_for", "route_for"]
 
+# ``--device`` choices (``numerics.svd.resolve_device`` resolves "auto"), the default first.
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_DEVICE = DEVICES[0]
 # ``precision`` choices of the CPU routes (``numerics.svd``'s docstring), the default first.
 PRECISIONS = ("mixed", "f64")
 DEFAULT_PRECISION = PRECISIONS[0]

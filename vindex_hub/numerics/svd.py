@@ -51,12 +51,12 @@ import scipy.linalg
 from scipy.linalg import blas, lapack
 
 from ..errors import CheckpointError, UsageError
-from .routes import (BLAS_THREADS, DEFAULT_PRECISION, PRECISIONS, ROUTE_CUDA, ROUTE_F64, ROUTE_MIXED,
-                     method_for, route_for)
+from .routes import (BLAS_THREADS, DEFAULT_DEVICE, DEFAULT_PRECISION, DEVICES, PRECISIONS, ROUTE_CUDA, ROUTE_F64,
+                     ROUTE_MIXED, method_for, route_for)
 
 __all__ = [
-    "BLAS_THREADS", "DEFAULT_PRECISION", "PRECISIONS", "TopK", "canonicalize_signs",
-    "method_for", "resolve_device", "route_for", "singular_values", "top_k_right_singular",
+    "BLAS_THREADS", "DEFAULT_DEVICE", "DEFAULT_PRECISION", "DEVICES", "PRECISIONS", "TopK", "canonicalize_signs",
+    "frobenius_norm", "method_for", "resolve_device", "route_for", "singular_values", "top_k_right_singular",
 ]
 
 # Guard of the mixed route (module docstring).
@@ -82,10 +82,6 @@ class TopK:
     singular_values: np.ndarray  # float64 (B, k), descending
     frobenius_norm: np.ndarray  # float64 (B,): ||W||_F, for energy fractions
     routes: tuple[str, ...] = field(default=())  # per matrix, the route it took (ROUTE_*)
-
-
-DEVICES = ("auto", "cpu", "cuda")
-DEFAULT_DEVICE = "auto"
 
 
 def resolve_device(device: str = DEFAULT_DEVICE) -> str:
@@ -115,17 +111,28 @@ def canonicalize_signs(vectors: np.ndarray) -> np.ndarray:
     return vectors
 
 
-def singular_values(matrix: np.ndarray, *, name: str = "matrix") -> np.ndarray:
+def singular_values(matrix: np.ndarray, *, name: str = "matrix", blas_threads: int = BLAS_THREADS) -> np.ndarray:
     """All singular values of one 2-D matrix (float64, descending), e.g. a router ``[E, H]``.
 
-    Computed by float64 LAPACK; meant for small matrices (routers), not for expert batches.
+    Computed by float64 LAPACK with ``blas_threads`` BLAS threads, whatever the caller's setting
+    (the bits depend on it); meant for small matrices (routers), not for expert batches. A
+    float64 ``matrix`` is not widened again.
     """
     if matrix.ndim != 2:
         raise UsageError(f"{name}: expected a 2-D matrix, got shape {matrix.shape}")
     m64 = np.asarray(matrix, dtype=np.float64)
     if not np.isfinite(m64).all():
         raise CheckpointError(f"{name} contains NaN or Inf values")
-    return scipy.linalg.svdvals(m64, check_finite=False)
+    with _blas_threads(blas_threads):
+        return scipy.linalg.svdvals(m64, check_finite=False)
+
+
+def frobenius_norm(matrix: np.ndarray, *, blas_threads: int = BLAS_THREADS) -> float:
+    """``||matrix||_F`` in float64: one BLAS ``ddot`` of its float64 values with ``blas_threads``
+    threads (a threaded ddot sums in another order), as the decomposition computes an expert's."""
+    flat = np.ascontiguousarray(matrix, dtype=np.float64).reshape(-1)
+    with _blas_threads(blas_threads):
+        return float(np.sqrt(blas.ddot(flat, flat)))
 
 
 def top_k_right_singular(

@@ -32,8 +32,9 @@ import torch
 from safetensors.torch import save_file
 
 from ..arch import deepseek_v4 as ds
+from ..arch.layouts import E8M0_DTYPE, FP8_WEIGHT_DTYPE, MXFP4_GROUP
 from ..format.filenames import TOKENIZER_JSON
-from ..numerics.quant import E2M1_VALUES, FP8_BLOCK_SIZE
+from ..numerics.quant import E2M1_VALUES, FP8_BLOCK_SIZE, fp8_scale_grid
 from ..source.local import CONFIG_FILE, WEIGHT_MAP_FILE, SINGLE_FILE
 from ..source.safetensors_format import DTYPE_ITEMSIZE
 
@@ -90,9 +91,9 @@ def quantize_mxfp4(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """float ``(..., O, I)`` -> gpt-oss's MXFP4 tensors: ``_blocks`` uint8 ``(..., O, I/32, 16)``
     and ``_scales`` uint8 ``(..., O, I/32)`` (the same E2M1 + E8M0 rule as ``quantize_fp4``)."""
     *lead, rows, cols = weight.shape
-    packed, scales, _ = quantize_fp4(weight.reshape(-1, cols), ds.FP4_BLOCK)
-    groups = cols // ds.FP4_BLOCK
-    return (packed.reshape(*lead, rows, groups, ds.FP4_BLOCK // 2), scales.reshape(*lead, rows, groups))
+    packed, scales, _ = quantize_fp4(weight.reshape(-1, cols), MXFP4_GROUP)
+    groups = cols // MXFP4_GROUP
+    return (packed.reshape(*lead, rows, groups, MXFP4_GROUP // 2), scales.reshape(*lead, rows, groups))
 
 
 def quantize_fp8(
@@ -104,11 +105,11 @@ def quantize_fp8(
     Flash; scale bytes ``(R, C)``) or "F32" (amax/448, as in Flash-Base; bytes ``(R, 4*C)``).
     """
     rows, cols = weight.shape
-    grid = ds.fp8_scale_grid((rows, cols), block)
+    grid = fp8_scale_grid((rows, cols), block)
     padded = np.zeros((grid[0] * block[0], grid[1] * block[1]), dtype=np.float32)
     padded[:rows, :cols] = weight
     amax = np.abs(padded.reshape(grid[0], block[0], grid[1], block[1])).max(axis=(1, 3))
-    if scale_dtype == "F8_E8M0":
+    if scale_dtype == E8M0_DTYPE:
         exponent = _e8m0_exponent(amax, E4M3_MAX)
         scale = np.ldexp(np.float32(1.0), exponent).astype(np.float32)
         scale_bytes = (exponent + E8M0_BIAS).astype(np.uint8)
@@ -199,7 +200,7 @@ def _random_fp8_bytes(rng: np.random.Generator, shape: tuple[int, ...]) -> np.nd
 
 
 def _fp4_group(name_w: str, name_s: str, rows: int, cols: int, matrix: Callable | None) -> _Group:
-    shapes = [(name_w, ds.FP4_WEIGHT_DTYPE, (rows, cols // 2)), (name_s, ds.FP4_SCALE_DTYPE, (rows, cols // ds.FP4_BLOCK))]
+    shapes = [(name_w, ds.FP4_WEIGHT_DTYPE, (rows, cols // 2)), (name_s, E8M0_DTYPE, (rows, cols // ds.FP4_BLOCK))]
 
     def make(rng: np.random.Generator):
         if matrix is None:  # a tensor no vindex reads: valid bytes, no structure
@@ -213,8 +214,8 @@ def _fp4_group(name_w: str, name_s: str, rows: int, cols: int, matrix: Callable 
 
 
 def _fp8_group(name_w: str, name_s: str, rows: int, cols: int, scale_dtype: str, matrix: Callable | None) -> _Group:
-    grid = ds.fp8_scale_grid((rows, cols))
-    shapes = [(name_w, ds.FP8_WEIGHT_DTYPE, (rows, cols)), (name_s, scale_dtype, grid)]
+    grid = fp8_scale_grid((rows, cols))
+    shapes = [(name_w, FP8_WEIGHT_DTYPE, (rows, cols)), (name_s, scale_dtype, grid)]
 
     def make(rng: np.random.Generator):
         if matrix is None:
