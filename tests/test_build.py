@@ -23,7 +23,7 @@ from vindex_hub.format import filenames, sidecar, statistics
 from vindex_hub.arch import deepseek_v4 as ds
 from vindex_hub.build import build_vindex
 from vindex_hub.errors import OutputConflictError, UsageError
-from vindex_hub.results import LayerResult
+from vindex_hub.results import LayerResult, layer_result_path
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 from vindex_fixtures import NUM_FEATS, SEED_SNIPPET, SmallVindex, small_vindex  # noqa: F401 (fixture)
 
@@ -227,7 +227,7 @@ def test_a_damaged_resumed_layer_is_computed_again(tiny_checkpoint: Path, tiny_v
 def kill_after_first_layer(cmd: list[str], out: Path, timeout: float = 180) -> None:
     """Run a build command and SIGKILL it as soon as its first layer is recorded in ``out``."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    first_layer = out / filenames.BUILD_STATE_DIR / "layer_000.safetensors"
+    first_layer = layer_result_path(out / filenames.BUILD_STATE_DIR, 0)
     deadline = time.monotonic() + timeout
     while not first_layer.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.01)

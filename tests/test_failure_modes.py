@@ -8,7 +8,6 @@ the server's own storage API.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import os
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tqdm
 from filelock import FileLock
 from huggingface_hub import HfApi
 from huggingface_hub.utils.sha import git_hash
@@ -40,14 +38,9 @@ from vindex_hub.pull import pull
 from vindex_hub.push import push_vindex
 from vindex_hub.source.local import LocalCheckpoint
 from vindex_hub.verify import verify_vindex
-from vindex_fixtures import NUM_FEATS, SmallVindex, small_vindex  # noqa: F401 (fixture)
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def cli(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vindex_hub", *args], capture_output=True, text=True,
-                          cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **env}, timeout=timeout)
+from vindex_fixtures import (  # noqa: F401 (fixtures)
+    NUM_FEATS, REPO_ROOT, SmallVindex, cli, small_vindex, upload, vindex_copy,
+)
 
 
 def one_error_line(run: subprocess.CompletedProcess, status: int = 1) -> str:
@@ -56,13 +49,6 @@ def one_error_line(run: subprocess.CompletedProcess, status: int = 1) -> str:
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in run.stderr, run.stderr
     return lines[0]
-
-
-def upload(folder: Path, repo_id: str, repo_type: str = "dataset") -> str:
-    api = HfApi()
-    api.create_repo(repo_id, repo_type=repo_type)
-    api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type=repo_type)
-    return repo_id
 
 
 def commit_raw(hub: LocalHub, repo_id: str, files: dict[str, bytes | tuple[str, int]]) -> None:
@@ -151,34 +137,6 @@ def test_a_persistent_fault_ends_in_one_line_naming_the_url_and_the_attempts(loc
     assert f"{hub_http.MAX_RETRIES + 1} attempts" in line and "HTTP 500" in line
 
 
-def test_upload_progress_counts_each_byte_once_when_a_put_is_retried(local_hub: LocalHub, hub_repo_id: str,
-                                                                    tmp_path: Path, monkeypatch):
-    import vindex_hub.push as push_module
-
-    folder = tmp_path / "fresh"
-    ckpt = tmp_path / "ckpt"
-    from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
-
-    make_deepseek_v4_checkpoint(ckpt, num_layers=2, num_experts=4, hidden_size=64, moe_intermediate_size=32,
-                                seed=1313, include_mtp=False)
-    build_vindex(ckpt, folder, num_feats=NUM_FEATS, device="cpu", progress=False)
-    binary = folder / filenames.GATE_VECTORS_BIN
-    bars: dict[str, object] = {}
-
-    class RecordingBar(tqdm.tqdm):  # a live bar (the test environment disables the client's), printing nowhere
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, file=io.StringIO(), **kwargs)
-            bars[kwargs.get("desc")] = self
-
-    monkeypatch.setattr(push_module, "hf_tqdm", RecordingBar)
-    sha = hashlib.sha256(binary.read_bytes()).hexdigest()
-    local_hub.inject_fault("drop", method="PUT", path=f"*/{sha}", after_bytes=binary.stat().st_size // 2, times=1)
-    push_vindex(folder, hub_repo_id, progress=True)
-    assert not local_hub._faults.active()
-    bar = bars[binary.name]
-    assert bar.n == bar.total == binary.stat().st_size
-
-
 # ---- 2, 3. hostile repos: one line, typed errors, nothing requested ---------------------------------------
 def test_dot_dot_file_names_are_refused_in_one_line(local_hub: LocalHub, repo: str, tmp_path: Path):
     commit_raw(local_hub, repo, {"../escape.txt": b"outside\n", "data/../../escape2.txt": b"outside\n"})
@@ -192,11 +150,10 @@ def test_dot_dot_file_names_are_refused_in_one_line(local_hub: LocalHub, repo: s
     assert not list(tmp_path.glob("**/escape*.txt"))
 
 
-def test_garbage_card_yaml_is_a_format_error(local_hub: LocalHub, small_vindex: SmallVindex, hub_repo_id: str,
+def test_garbage_card_yaml_is_a_format_error(local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str,
                                              tmp_path: Path, cache: Path):
-    folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "vindex"))
-    (folder / filenames.CARD_FILE).write_text("---\nconfigs: [unclosed\n  - : :\n---\n# card\n")
-    repo = upload(folder, hub_repo_id)
+    (vindex_copy / filenames.CARD_FILE).write_text("---\nconfigs: [unclosed\n  - : :\n---\n# card\n")
+    repo = upload(vindex_copy, hub_repo_id)
     line = one_error_line(cli("pull", repo, "--layers", "1", "-o", str(tmp_path / "one"),
                               HF_HUB_CACHE=str(tmp_path / "cli-hub")))
     assert filenames.CARD_FILE in line and "does not parse" in line
@@ -242,29 +199,26 @@ def test_a_repo_claiming_terabytes_is_refused_before_any_byte(local_hub: LocalHu
 
 
 # ---- 4. paths from a card stay inside the vindex -------------------------------------------------------
-def test_a_card_path_leaving_the_folder_is_refused_by_name(local_hub: LocalHub, small_vindex: SmallVindex,
+def test_a_card_path_leaving_the_folder_is_refused_by_name(local_hub: LocalHub, vindex_copy: Path,
                                                            hub_repo_id: str, tmp_path: Path):
-    folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "vindex"))
-    card = folder / filenames.CARD_FILE
+    card = vindex_copy / filenames.CARD_FILE
     evil = "../../../../etc/passwd"
     card.write_text(card.read_text().replace(f"path: {mirror.EXPERT_STATS_PARQUET}", f"path: {evil}", 1))
     assert evil in card.read_text()
-    report = verify_vindex(folder)
+    report = verify_vindex(vindex_copy)
     assert not report.ok and any(evil in p and "leaves the vindex" in p for p in report.problems)
-    upload(folder, hub_repo_id)
+    upload(vindex_copy, hub_repo_id)
     run = cli("verify", hub_repo_id, HF_HUB_CACHE=str(tmp_path / "hub"))
     assert run.returncode == 1 and "leaves the vindex" in run.stdout and evil in run.stdout
 
 
 # ---- 5. our markers are never taken from a repo, never pushed -----------------------------------------
-def test_a_planted_pull_marker_is_neither_pulled_nor_pushed(local_hub: LocalHub, small_vindex: SmallVindex,
+def test_a_planted_pull_marker_is_neither_pulled_nor_pushed(local_hub: LocalHub, vindex_copy: Path,
                                                             hub_repo_id: str, tmp_path: Path):
-    folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "vindex"))
     planted = {"repo_id": "someone/else", "repo_type": "dataset", "commit": "f" * 40, "format": "binary"}
-    (folder / filenames.PULL_MARKER).write_text(json.dumps(planted))
+    (vindex_copy / filenames.PULL_MARKER).write_text(json.dumps(planted))
+    upload(vindex_copy, hub_repo_id)  # the client sends it
     api = HfApi()
-    api.create_repo(hub_repo_id, repo_type="dataset")
-    api.upload_folder(folder_path=folder, repo_id=hub_repo_id, repo_type="dataset")  # the client sends it
     assert filenames.PULL_MARKER in api.list_repo_files(hub_repo_id, repo_type="dataset")
 
     out = tmp_path / "pulled"
@@ -333,13 +287,12 @@ def test_huge_layer_ranges_are_refused_before_expansion(small_vindex: SmallVinde
 
 
 @pytest.mark.parametrize("key", ["-1", "01", "+1", "99"])
-def test_a_sidecar_layer_key_must_be_a_layer_of_the_model(small_vindex: SmallVindex, tmp_path: Path, key: str):
-    folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "vindex"))
-    data = json.loads((folder / filenames.SIDECAR_JSON).read_text())
+def test_a_sidecar_layer_key_must_be_a_layer_of_the_model(vindex_copy: Path, key: str):
+    data = json.loads((vindex_copy / filenames.SIDECAR_JSON).read_text())
     data[sidecar.LAYERS_KEY][key] = data[sidecar.LAYERS_KEY].pop("0")
-    (folder / filenames.SIDECAR_JSON).write_text(json.dumps(data))
+    (vindex_copy / filenames.SIDECAR_JSON).write_text(json.dumps(data))
     with pytest.raises(VindexFormatError, match=f"layer key '{re.escape(key)}' is not a layer of the model"):
-        Vindex.open(folder)
+        Vindex.open(vindex_copy)
 
 
 # ---- 9. no local path is published ---------------------------------------------------------------------
@@ -359,12 +312,11 @@ def test_a_local_source_is_recorded_by_name_and_fingerprint(local_hub: LocalHub,
     assert all(parent not in text for text in commit_text(index))
 
 
-def test_an_older_sidecar_with_a_path_is_still_read(small_vindex: SmallVindex, tmp_path: Path):
-    folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "vindex"))
-    data = json.loads((folder / filenames.SIDECAR_JSON).read_text())
+def test_an_older_sidecar_with_a_path_is_still_read(vindex_copy: Path):
+    data = json.loads((vindex_copy / filenames.SIDECAR_JSON).read_text())
     data["source"] = {"repo_id": None, "revision": None, "path": "/home/me/ckpt/tiny-v4"}
-    (folder / filenames.SIDECAR_JSON).write_text(json.dumps(data))
-    with Vindex.open(folder) as vx:
+    (vindex_copy / filenames.SIDECAR_JSON).write_text(json.dumps(data))
+    with Vindex.open(vindex_copy) as vx:
         assert vx.index.source.path == "/home/me/ckpt/tiny-v4" and vx.index.display_name == "tiny-v4"
 
 

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 pytest.importorskip("transformers")  # the test extra; families are tested against its writers
 
 from family_models import BASE, BY_ID, CASES, SAFETENSORS, Case, Checkpoint, make_checkpoint  # noqa: E402
+from test_build import gap_allows  # noqa: E402
 from test_source_remote import header_bytes, planned_bytes, shard_bytes_sent, upload  # noqa: E402
 
 from vindex_hub.format import filenames, statistics  # noqa: E402
@@ -67,11 +68,6 @@ def built(checkpoints, tmp_path_factory):
 def adapter(checkpoint: Checkpoint):
     src = LocalCheckpoint(checkpoint.folder)
     return src, get_architecture(src.config, tensor_names=src.tensor_names())
-
-
-def gap_allows(s: np.ndarray, i: int, rel_gap: float = 1e-3) -> bool:
-    gaps = [abs(s[i] - s[j]) for j in (i - 1, i + 1) if 0 <= j < len(s)]
-    return min(gaps) > rel_gap * s[0]
 
 
 # ---- every family ------------------------------------------------------------------------------

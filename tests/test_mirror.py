@@ -21,12 +21,8 @@ from vindex_hub.writers.mirror import stats_tables, write_mirror
 
 from vindex_fixtures import (  # noqa: F401 (fixtures)
     HIDDEN, NUM_EXPERTS, NUM_FEATS, NUM_LAYERS, SEED_SNIPPET, SmallVindex, first_python_block,
-    small_vindex, vindex_copy,
+    read_index, small_vindex, vindex_copy,
 )
-
-
-def _index(folder: Path) -> sidecar.VindexIndex:
-    return sidecar.VindexIndex.loads((folder / filenames.SIDECAR_JSON).read_text())
 
 
 def test_gate_vectors_parquet_is_the_binary_bit_for_bit(small_vindex: SmallVindex):
@@ -116,7 +112,7 @@ def test_row_groups_hold_whole_experts_and_verify_compares_each(
     folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "v"))
     expert_bytes = layout.expert_nbytes(NUM_FEATS, HIDDEN)
     monkeypatch.setattr(mirror, "ROW_GROUP_BYTES", 3 * expert_bytes)
-    write_mirror(folder, _index(folder))
+    write_mirror(folder, read_index(folder))
     meta = pq.read_metadata(folder / mirror.gate_vectors_parquet(1, NUM_LAYERS))
     assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [3 * NUM_FEATS, NUM_FEATS]
     assert verify_vindex(folder).ok
@@ -126,7 +122,7 @@ def test_mirror_is_deterministic(small_vindex: SmallVindex, tmp_path: Path):
     folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "v"))
     before = {p: (folder / p).read_bytes() for p in
               [mirror.gate_vectors_parquet(layer, NUM_LAYERS) for layer in range(NUM_LAYERS)]}
-    written = write_mirror(folder, _index(folder))
+    written = write_mirror(folder, read_index(folder))
     assert sorted(f.path for f in written) == sorted(before)
     assert all((folder / p).read_bytes() == data for p, data in before.items())
 
@@ -134,7 +130,7 @@ def test_mirror_is_deterministic(small_vindex: SmallVindex, tmp_path: Path):
 def test_results_must_match_the_index_layers(small_vindex: SmallVindex, tmp_path: Path):
     folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "v"))
     with pytest.raises(VindexFormatError, match=r"layer results \[\] do not match"):
-        stats_tables(_index(folder), [])
+        stats_tables(read_index(folder), [])
 
 
 def _seed_style(folder: Path) -> None:
@@ -165,8 +161,8 @@ def test_convert_a_seed_style_vindex(vindex_copy: Path, small_vindex: SmallVinde
 
     report = verify_vindex(vindex_copy)
     assert report.ok, report.render()
-    index = _index(vindex_copy)
-    original = _index(small_vindex.folder)
+    index = read_index(vindex_copy)
+    original = read_index(small_vindex.folder)
     assert [index.layers[i].sha256 for i in range(NUM_LAYERS)] == [original.layers[i].sha256 for i in range(NUM_LAYERS)]
 
     card = (vindex_copy / filenames.CARD_FILE).read_text()
@@ -197,7 +193,7 @@ def test_convert_takes_base_model_from_an_existing_card(vindex_copy: Path):
     _seed_style(vindex_copy)
     (vindex_copy / filenames.CARD_FILE).write_text("---\nbase_model: someone/some-model\n---\n# old card\n")
     convert_vindex(vindex_copy)
-    index = _index(vindex_copy)
+    index = read_index(vindex_copy)
     assert index.source.repo_id == "someone/some-model"
     assert (index.builder.name, index.builder.method) == (sidecar.UNKNOWN, sidecar.UNKNOWN)
     assert verify_vindex(vindex_copy).ok

@@ -6,6 +6,7 @@ Byte counts come from the server's own counters: what a push sends is measured, 
 from __future__ import annotations
 
 import functools
+import io
 import itertools
 import json
 import os
@@ -16,11 +17,13 @@ from pathlib import Path
 
 import huggingface_hub.lfs
 import pytest
+import tqdm
 import yaml
 from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
+import vindex_hub.push as push_module
 from vindex_hub.format import filenames, mirror
 from vindex_hub.build import build_vindex
 from vindex_hub.checksums import sha256_file
@@ -30,9 +33,10 @@ from vindex_hub.hubserver import LocalHub
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 
 from conftest import HUB_TOKEN
-from vindex_fixtures import CARD_OPTIONS, NUM_FEATS, NUM_LAYERS, SmallVindex, small_vindex, vindex_copy  # noqa: F401
+from vindex_fixtures import (  # noqa: F401 (fixtures)
+    CARD_OPTIONS, NUM_FEATS, NUM_LAYERS, REPO_ROOT, SmallVindex, cli, small_vindex, vindex_copy,
+)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 _seeds = itertools.count(1000)
 
 
@@ -253,6 +257,25 @@ def test_a_dropped_upload_is_retried(local_hub: LocalHub, hub_repo_id: str, fres
     _assert_server_holds(hub_repo_id, fresh_vindex, result.commit_oid, tmp_path / "cache")
 
 
+def test_upload_progress_counts_each_byte_once_when_a_put_is_retried(local_hub: LocalHub, hub_repo_id: str,
+                                                                    fresh_vindex: Path, monkeypatch) -> None:
+    binary = fresh_vindex / filenames.GATE_VECTORS_BIN
+    bars: dict[str, object] = {}
+
+    class RecordingBar(tqdm.tqdm):  # a live bar (the test environment disables the client's), printing nowhere
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, file=io.StringIO(), **kwargs)
+            bars[kwargs.get("desc")] = self
+
+    monkeypatch.setattr(push_module, "hf_tqdm", RecordingBar)
+    sha = sha256_file(binary)
+    local_hub.inject_fault("drop", method="PUT", path=f"*/{sha}", after_bytes=binary.stat().st_size // 2, times=1)
+    push_vindex(fresh_vindex, hub_repo_id, progress=True)
+    assert not local_hub._faults.active()
+    bar = bars[binary.name]
+    assert bar.n == bar.total == binary.stat().st_size
+
+
 @pytest.mark.parametrize("kind", ["error", "drop"])
 def test_a_failed_upload_commits_nothing_and_the_next_push_resumes(
         local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, tmp_path: Path, fast_lfs_retries, kind: str) -> None:
@@ -295,22 +318,17 @@ def test_a_failed_commit_request_changes_nothing(local_hub: LocalHub, hub_repo_i
 
 
 # ---- the command line and the token -----------------------------------------------------------------------
-def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vindex_hub", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, cwd=REPO_ROOT, timeout=120)
-
-
 def test_cli_push_never_shows_the_token(local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path) -> None:
     assert os.environ["HF_TOKEN"] == HUB_TOKEN  # set by conftest: the CLI's only credential
     runs = {
-        "push": _cli("push", str(vindex_copy), hub_repo_id),
-        "dry run": _cli("push", str(vindex_copy), hub_repo_id, "--dry-run"),
-        "bad id": _cli("push", str(vindex_copy), "not/a/repo"),
-        "no branch": _cli("push", str(vindex_copy), hub_repo_id, "--revision", "dev", HF_HUB_VERBOSITY="debug"),
+        "push": cli("push", str(vindex_copy), hub_repo_id),
+        "dry run": cli("push", str(vindex_copy), hub_repo_id, "--dry-run"),
+        "bad id": cli("push", str(vindex_copy), "not/a/repo"),
+        "no branch": cli("push", str(vindex_copy), hub_repo_id, "--revision", "dev", HF_HUB_VERBOSITY="debug"),
     }
     _edit_card(vindex_copy, "changed")
     local_hub.inject_fault("error", method="POST", path="*/commit/*", status=500, times=None)  # persistent
-    runs["server error"] = _cli("push", str(vindex_copy), hub_repo_id, HF_HUB_VERBOSITY="debug")
+    runs["server error"] = cli("push", str(vindex_copy), hub_repo_id, HF_HUB_VERBOSITY="debug")
     for name, run in runs.items():
         assert HUB_TOKEN not in run.stdout + run.stderr, name
     assert runs["push"].returncode == 0 and "pushed to dataset repo" in runs["push"].stdout

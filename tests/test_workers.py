@@ -19,7 +19,10 @@ from vindex_hub.build.decompose import DecomposeSettings
 from vindex_hub.errors import UsageError
 from vindex_hub.format import filenames
 from vindex_hub.numerics import routes
+from vindex_hub.results import layer_result_path
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
+
+from test_build import folder_bytes
 
 # gate_proj 256 x 512 with 16 features: big enough for the mixed route (p = 48, n >= 2p).
 DIMS = dict(num_layers=6, num_experts=16, hidden_size=512, moe_intermediate_size=256, num_shards=2)
@@ -49,7 +52,7 @@ def _build(ckpt: Path, out: Path, workers: int, blas_threads: int | None = None)
 def _published(folder: Path) -> dict[str, bytes]:
     """Every file's bytes; the sidecar without ``builder.workers``, the one thing a worker count
     changes (it records how the vindex was built, not what it holds)."""
-    files = {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    files = folder_bytes(folder)
     index = json.loads(files.pop(filenames.SIDECAR_JSON))
     index["builder"].pop("workers")
     files[filenames.SIDECAR_JSON] = json.dumps(index, sort_keys=True).encode()
@@ -94,15 +97,7 @@ def _children(pid: int) -> list[int]:
 
 def _worker_pids(pid: int) -> list[int]:
     """The build's worker processes: its spawned children."""
-    found = []
-    for child in _children(pid):
-        try:
-            cmdline = Path(f"/proc/{child}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"spawn_main" in cmdline:
-            found.append(child)
-    return found
+    return [child for child in _children(pid) if b"spawn_main" in _cmdline(child)]
 
 
 def _wait_for(condition, proc: subprocess.Popen, what: str) -> None:
@@ -114,7 +109,7 @@ def _wait_for(condition, proc: subprocess.Popen, what: str) -> None:
 
 
 def _first_layer_done(out: Path):
-    return (out / filenames.BUILD_STATE_DIR / "layer_000.safetensors").exists
+    return layer_result_path(out / filenames.BUILD_STATE_DIR, 0).exists
 
 
 def test_a_killed_build_resumes_with_another_worker_count_bit_identical(checkpoint: Path, reference: Path,

@@ -4,17 +4,24 @@ It is built once per session by the real builder from a DeepSeek-V4-format check
 ``vindex_hub.testing.synth`` (3 layers x 4 experts x hidden 64, K = 8, router weights kept for
 LarQL), with the exact float32 weights of every gate_proj and router kept as ``reference`` for
 float64 LAPACK comparisons. Tests that damage files work on a copy (``vindex_copy``).
+
+Helpers for any vindex folder: ``read_index`` (its sidecar), ``binary_layer`` (one layer of its
+binary), ``upload`` (to a new Hub repo) and ``cli`` (a ``vindex-hub`` command in a subprocess).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+from huggingface_hub import HfApi
 
 from vindex_hub.format import filenames, layout, sidecar
 from vindex_hub.arch import deepseek_v4 as ds
@@ -22,6 +29,7 @@ from vindex_hub.build import build_vindex
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 from vindex_hub.format.card_data import CardOptions
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_LAYERS, NUM_EXPERTS, HIDDEN, INTER, NUM_FEATS = 3, 4, 64, 32, 8
 CARD_OPTIONS = CardOptions(author="Divinci-AI", repo_id="Divinci-AI/tiny-v4-vindex", year=2026,
                            extra_tags=("deepseek",))
@@ -67,10 +75,32 @@ class SmallVindex:
         return self.reference[ds.gate_tensor(block, ds.WEIGHT)], bias
 
     def binary_layer(self, folder: Path, layer: int) -> np.ndarray:
-        index = sidecar.VindexIndex.loads((folder / filenames.SIDECAR_JSON).read_text())
-        e = index.layer(layer)
-        return np.fromfile(folder / filenames.GATE_VECTORS_BIN, dtype=layout.NUMPY_DTYPE,
-                           count=e.nbytes // 4, offset=e.file_offset).reshape(e.shape)
+        return binary_layer(folder, layer)
+
+
+def read_index(folder: Path) -> sidecar.VindexIndex:
+    return sidecar.VindexIndex.loads((folder / filenames.SIDECAR_JSON).read_text())
+
+
+def binary_layer(folder: Path, layer: int) -> np.ndarray:
+    """Layer ``layer`` of ``folder``'s binary as the sidecar places it: an (E, K, H) block."""
+    e = read_index(folder).layer(layer)
+    return np.fromfile(folder / filenames.GATE_VECTORS_BIN, dtype=layout.NUMPY_DTYPE,
+                       count=e.nbytes // 4, offset=e.file_offset).reshape(e.shape)
+
+
+def upload(folder: Path, repo_id: str, repo_type: str = "dataset") -> str:
+    """Create ``repo_id`` and upload ``folder`` to it with the real client; returns the repo id."""
+    api = HfApi()
+    api.create_repo(repo_id, repo_type=repo_type)
+    api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type=repo_type)
+    return repo_id
+
+
+def cli(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
+    """``python -m vindex_hub *args`` from the repo root (so on ``sys.path``), ``env`` over ours."""
+    return subprocess.run([sys.executable, "-m", "vindex_hub", *args], capture_output=True, text=True,
+                          cwd=REPO_ROOT, env={**os.environ, **env}, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
