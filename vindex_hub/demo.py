@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .format import filenames, layout, mirror, sidecar
+from .format import filenames, mirror
 from .errors import VindexError
 
 DEMO_REPO_ID = "demo/tiny-deepseek-v4-vindex"
@@ -193,11 +193,8 @@ def client_steps(folder: Path, repo_id: str, layer: int) -> dict[str, Any]:
     from .load.readers import gate_vectors_from_table
 
     datasets.config.USE_PARQUET_EXPORT = False  # else load_dataset asks datasets-server.<host> (off-machine)
-    index = sidecar.VindexIndex.loads((folder / filenames.SIDECAR_JSON).read_text(encoding="utf-8"))
-    local = np.memmap(folder / filenames.GATE_VECTORS_BIN, dtype=layout.NUMPY_DTYPE, mode="r")
-    e = index.layer(layer)
-    first = e.file_offset // layout.ITEMSIZE
-    want = np.asarray(local[first:first + e.nbytes // layout.ITEMSIZE]).reshape(e.shape)
+    with Vindex.open(folder) as local:
+        index, want = local.index, local.layer(layer)  # a memory-mapped view: it outlives close()
     timings: dict[str, float] = {}
 
     start = time.monotonic()
@@ -219,7 +216,7 @@ def client_steps(folder: Path, repo_id: str, layer: int) -> dict[str, Any]:
     start = time.monotonic()
     config = mirror.layer_config(layer, index.model_config.num_hidden_layers)
     ds = datasets.load_dataset(repo_id, config, split=mirror.SPLIT)
-    block = gate_vectors_from_table(ds.data.table, e.shape, where=f"{repo_id} config {config}")
+    block = gate_vectors_from_table(ds.data.table, want.shape, where=f"{repo_id} config {config}")
     if not np.array_equal(block, want):
         raise IntegrityError(f"demo: load_dataset({repo_id!r}, {config!r}) differs from {filenames.GATE_VECTORS_BIN}")
     timings["load_dataset"] = time.monotonic() - start

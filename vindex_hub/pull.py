@@ -11,26 +11,23 @@ import contextlib
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from .errors import IntegrityError, OutputConflictError, RemoteNotFoundError, UsageError, VindexFormatError
-from .format import filenames, mirror, selection, sidecar
+from .format import filenames, mirror, pull_marker, selection, sidecar
 from .format.card_data import CardOptions
-from .fsutil import atomic_write_json
+from .format.pull_marker import FORMATS, Format
 from .hub.http import download_snapshot
-from .hub.refs import RepoRef, parse_repo
+from .hub.refs import DEFAULT_REPO_TYPE, RepoRef, parse_repo
 from .load import Vindex
 from .load.info import PHASES
 from .load.readers import layer_sources
-from .load.vindex import read_pull_marker
 from .writers.binary import GateVectorsWriter
 from .writers.derived import CarriedStats, write_derived_files
 from .writers.mirror import restrict_to_layers as restrict_table
 from .writers.phases import restrict_to_layers as restrict_document
 
-Format = Literal["binary", "arrow"]
-FORMATS: tuple[Format, ...] = ("binary", "arrow")
-DEFAULT_FORMAT: Format = "binary"
+DEFAULT_FORMAT: Format = pull_marker.BINARY
 # Never taken from a repo: hidden paths (our markers, .gitattributes) and unfinished files.
 BOOKKEEPING_PATTERNS = [".*", "*/.*", *(f"*{suffix}" for suffix in filenames.UNFINISHED_SUFFIXES)]
 CLIENT_CACHE_DIR = ".cache/huggingface"  # where snapshot_download(local_dir=...) keeps its own records
@@ -43,7 +40,7 @@ def pull(
     layers: str | list[int] | None = None,
     format: Format = DEFAULT_FORMAT,
     revision: str | None = None,
-    repo_type: str = "dataset",
+    repo_type: str = DEFAULT_REPO_TYPE,
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
 ) -> Path:
@@ -83,10 +80,10 @@ def pull(
         if earlier_pull:
             _remove_vindex_files(out)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / filenames.PULL_MARKER, {"repo_id": ref.repo_id, "repo_type": ref.repo_type, "commit": vx.commit,
-                                              "format": format, "layers": selected})
+        pull_marker.write_pull_marker(out, repo_id=ref.repo_id, repo_type=ref.repo_type, commit=vx.commit,
+                                      format=format, layers=selected)
         pinned = ref.at(vx.commit)
-        if format == "arrow":
+        if format == pull_marker.ARROW:
             sources = layer_sources(vx._files, vx.index)  # the card says where (either layout)
             patterns = [sources[layer].path for layer in selected]
             patterns += [*mirror.STATS_PARQUETS, filenames.CARD_FILE,
@@ -111,8 +108,8 @@ def _check_out_dir(out: Path, ref: RepoRef) -> bool:
         raise OutputConflictError(f"{out}: exists and is not a folder; choose another -o")
     if not any(out.iterdir()):
         return False
-    marker = read_pull_marker(out)
-    if (marker.get("repo_id"), marker.get("repo_type")) == (ref.repo_id, ref.repo_type):
+    marker = pull_marker.read_pull_marker(out)
+    if (marker.get(pull_marker.REPO_ID), marker.get(pull_marker.REPO_TYPE)) == (ref.repo_id, ref.repo_type):
         return True
     raise OutputConflictError(f"{out}: not empty and not an earlier pull of {ref.repo_type} repo {ref.repo_id}; "
                               "choose another -o (or empty it)")

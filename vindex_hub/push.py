@@ -9,7 +9,8 @@ What a push does, in order:
    is an error unless ``create_branch``, which creates it from ``main``.
 3. Compares the folder with the remote tree at that head: a file whose size and content hash
    match (sha256 for LFS files, git blob sha1 for regular ones) is *unchanged* and not sent.
-   Files hashed here hand their sha256 to the client, so no file is read twice. Behind this,
+   The sha256s the verification computed (the binary's, the LarQL index's checksummed files) and
+   those computed here go to the client, so no file is hashed twice. Behind this,
    the LFS batch API skips objects the server already stores (from an earlier failed push, or
    another repo), so bytes that arrived once are never sent again.
 4. Makes ONE commit (``HfApi.create_commit``) with the new and changed files, deleting *stale*
@@ -41,21 +42,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
 
-from huggingface_hub import CommitOperationAdd
+# Importing hub.http below loads huggingface_hub (its hf_api, errors, utils) anyway: these add nothing.
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
+from huggingface_hub.errors import RepositoryNotFoundError
+from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import (HFValidationError, are_progress_bars_disabled, disable_progress_bars,
+                                   enable_progress_bars, validate_repo_id)
 from huggingface_hub.utils import tqdm as hf_tqdm
+from huggingface_hub.utils.sha import git_hash
 
 from .checksums import iter_chunks
 from .errors import HubError, RemoteNotFoundError, UsageError, VindexError
 from .format import filenames, layout, selection, sidecar
 from .format.layout import format_size
+from .hub.errors import first_line, hub_errors
 from .hub.http import with_retries
-from .hub.refs import DEFAULT_REPO_TYPE, REPO_TYPES
+from .hub.refs import DEFAULT_REPO_TYPE, REPO_TYPES, RepoRef
 
 if TYPE_CHECKING:
-    from huggingface_hub import HfApi
-    from huggingface_hub.hf_api import RepoFile
-
-    from .hub.refs import RepoRef
+    from .verify import VerifyReport
 
 DEFAULT_BRANCH = "main"
 
@@ -157,17 +162,13 @@ def push_vindex(
     folder = Path(folder)
     branch = revision or DEFAULT_BRANCH
     _check_arguments(folder, repo_id, repo_type, revision, create_branch)
-    index = _verified_index(folder)
+    verified = _verified(folder)
     local = publishable_files(folder)
-
-    from huggingface_hub import HfApi, get_token
-
-    from .hub.refs import RepoRef
-
     ref = RepoRef(repo_id, repo_type, branch)
     api = HfApi(token=token)
     with _hub_errors(ref, secret=token or get_token()), _progress_bars(progress):
-        result = PushResult(folder, repo_id, repo_type, branch, repo_url=_repo_url(api, ref), dry_run=dry_run)
+        result = PushResult(folder, repo_id, repo_type, branch, repo_url=ref.repo_url(api.endpoint),
+                            dry_run=dry_run)
         info = with_retries(lambda: _existing_repo(api, ref), url=result.repo_url)
         exists = info is not None
         if not exists and branch != DEFAULT_BRANCH:
@@ -185,12 +186,12 @@ def push_vindex(
         else:
             result.created_branch = branch != DEFAULT_BRANCH
         remote = _remote_files(api, ref, head) if head is not None else {}
-        hashes = _plan(folder, local, remote, result, progress=progress)
+        hashes = _plan(folder, local, remote, result, known=verified.sha256, progress=progress)
         if dry_run or not result.changed:
             if not dry_run:
                 result.commit_oid = head
             return result
-        summary, description = commit_text(index)
+        summary, description = commit_text(verified.index)
         commit = _commit(api, ref, folder, result, hashes, head=head, create_pr=create_pr,
                          summary=commit_message or summary, description=description)
         result.commit_oid, result.commit_url, result.pr_url = commit.oid, commit.commit_url, commit.pr_url
@@ -231,8 +232,6 @@ def commit_text(index: sidecar.VindexIndex) -> tuple[str, str]:
 
 
 def _check_arguments(folder: Path, repo_id: str, repo_type: str, revision: str | None, create_branch: bool) -> None:
-    from huggingface_hub.utils import HFValidationError, validate_repo_id
-
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
@@ -247,31 +246,26 @@ def _check_arguments(folder: Path, repo_id: str, repo_type: str, revision: str |
         raise UsageError(f"{folder}: not a folder (expected a built vindex)")
 
 
-def _verified_index(folder: Path) -> sidecar.VindexIndex:
+def _verified(folder: Path) -> "VerifyReport":
+    """``verify_vindex`` of the folder, raising on any problem; the push reuses what it computed (the
+    parsed sidecar, the files' sha256s)."""
     from .verify import verify_vindex
 
-    verify_vindex(folder).raise_if_failed()
-    return sidecar.VindexIndex.loads((folder / filenames.SIDECAR_JSON).read_text(encoding="utf-8"),
-                                    where=str(folder / filenames.SIDECAR_JSON))
+    report = verify_vindex(folder)
+    report.raise_if_failed()
+    return report
 
 
 # ---- the remote side -----------------------------------------------------------------------------
-def _repo_url(api: "HfApi", ref: "RepoRef") -> str:
-    prefix = "" if ref.repo_type == "model" else f"{ref.repo_type}s/"
-    return f"{api.endpoint}/{prefix}{ref.repo_id}"
-
-
-def _existing_repo(api: "HfApi", ref: "RepoRef"):
+def _existing_repo(api: HfApi, ref: RepoRef):
     """The repo's info, or None when it does not exist (or is private and the token cannot see it)."""
-    from huggingface_hub.errors import RepositoryNotFoundError
-
     try:
         return api.repo_info(ref.repo_id, repo_type=ref.repo_type)
     except RepositoryNotFoundError:
         return None
 
 
-def _branch_head(api: "HfApi", ref: "RepoRef", *, create_branch: bool, dry_run: bool) -> tuple[str, bool]:
+def _branch_head(api: HfApi, ref: RepoRef, *, create_branch: bool, dry_run: bool) -> tuple[str, bool]:
     """(head commit of the target branch, whether it is (to be) created from main)."""
     refs = with_retries(lambda: api.list_repo_refs(ref.repo_id, repo_type=ref.repo_type, include_pull_requests=True),
                         url=ref.web_url())
@@ -289,7 +283,7 @@ def _branch_head(api: "HfApi", ref: "RepoRef", *, create_branch: bool, dry_run: 
     return heads[DEFAULT_BRANCH], True
 
 
-def _require_create_branch(api: "HfApi", ref: "RepoRef", create_branch: bool) -> None:
+def _require_create_branch(api: HfApi, ref: RepoRef, create_branch: bool) -> None:
     if not create_branch:
         raise RemoteNotFoundError(
             f"branch {ref.revision!r} does not exist in {ref.repo_type} repo {ref.repo_id} at {api.endpoint}; "
@@ -297,32 +291,32 @@ def _require_create_branch(api: "HfApi", ref: "RepoRef", create_branch: bool) ->
         )
 
 
-def _remote_files(api: "HfApi", ref: "RepoRef", head: str) -> dict[str, "RepoFile"]:
-    from huggingface_hub.hf_api import RepoFile
-
+def _remote_files(api: HfApi, ref: RepoRef, head: str) -> dict[str, RepoFile]:
     tree = with_retries(lambda: list(api.list_repo_tree(ref.repo_id, recursive=True, revision=head,
                                                         repo_type=ref.repo_type)), url=ref.at(head).web_url())
     return {e.path: e for e in tree if isinstance(e, RepoFile)}
 
 
-def _plan(folder: Path, local: list[PushFile], remote: dict[str, "RepoFile"], result: PushResult,
-          *, progress: bool) -> dict[str, str]:
+def _plan(folder: Path, local: list[PushFile], remote: dict[str, RepoFile], result: PushResult,
+          *, known: dict[str, str], progress: bool) -> dict[str, str]:
     """Sort the folder's files into uploaded / unchanged and find stale remote files.
 
-    Returns the sha256 computed for each file hashed here (those with a same-size remote file).
+    ``known``: sha256s already computed (by the verification), by path. Returns the sha256 of each
+    file known or hashed here (those with a same-size LFS remote file).
     """
-    from huggingface_hub.utils import tqdm
-
     to_hash = [f for f in local if f.path in remote and remote[f.path].size == f.size]
-    hashes: dict[str, str] = {}
-    with tqdm(total=sum(f.size for f in to_hash), unit="B", unit_scale=True, desc="Comparing with the Hub",
-              disable=not progress or not to_hash) as bar:
+    hashes = {f.path: known[f.path] for f in local if f.path in known}
+    with hf_tqdm(total=sum(f.size for f in to_hash), unit="B", unit_scale=True, desc="Comparing with the Hub",
+                 disable=not progress or not to_hash) as bar:
         for f in local:
             r = remote.get(f.path)
             if r is None or r.size != f.size:
                 same = False
             elif r.lfs is not None:
-                hashes[f.path] = _sha256(folder / f.path, bar)
+                if f.path in hashes:
+                    bar.update(f.size)
+                else:
+                    hashes[f.path] = _sha256(folder / f.path, bar)
                 same = hashes[f.path] == r.lfs.sha256
             else:
                 same = _git_blob_sha1(folder / f.path) == r.blob_id
@@ -344,21 +338,15 @@ def _sha256(path: Path, bar) -> str:
 
 def _git_blob_sha1(path: Path) -> str:
     """What the Hub reports as a regular file's ``oid`` (regular files are small: read whole)."""
-    from huggingface_hub.utils.sha import git_hash
-
     return git_hash(path.read_bytes())
 
 
-def _commit(api: "HfApi", ref: "RepoRef", folder: Path, result: PushResult, hashes: dict[str, str], *,
+def _commit(api: HfApi, ref: RepoRef, folder: Path, result: PushResult, hashes: dict[str, str], *,
             head: str, create_pr: bool, summary: str, description: str):
-    from huggingface_hub import CommitOperationDelete
-
-    from .hub.errors import first_line
-
     operations: list = []
     for f in result.uploaded:
         op = _CountedAdd(path_in_repo=f.path, path_or_fileobj=str(folder / f.path))
-        if f.path in hashes:  # already read once here: spare the client a second pass
+        if f.path in hashes:  # already hashed (by the verification or the plan): spare the client a pass
             op.upload_info.sha256 = bytes.fromhex(hashes[f.path])
         operations.append(op)
     operations += [CommitOperationDelete(path_in_repo=p) for p in result.deleted]
@@ -403,10 +391,8 @@ class _CountedAdd(CommitOperationAdd):
 
 # ---- plumbing --------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def _hub_errors(ref: "RepoRef", *, secret: str | None) -> Iterator[None]:
+def _hub_errors(ref: RepoRef, *, secret: str | None) -> Iterator[None]:
     """The loader's mapping of client errors to ``HubError``/``RemoteNotFoundError``, token scrubbed."""
-    from .hub.errors import hub_errors
-
     try:
         with hub_errors(ref):
             yield
@@ -420,8 +406,6 @@ def _hub_errors(ref: "RepoRef", *, secret: str | None) -> Iterator[None]:
 @contextlib.contextmanager
 def _progress_bars(enabled: bool) -> Iterator[None]:
     """Show the client's progress bars or not, for the duration of one push."""
-    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-
     if enabled or are_progress_bars_disabled():
         yield
         return

@@ -35,6 +35,10 @@ class VerifyReport:
     problems: list[str] = field(default_factory=list)  # what failed, each naming file and layer
     warnings: list[str] = field(default_factory=list)  # valid, but worth upgrading (an old mirror layout)
     integrity_failed: bool = False  # some bytes disagree with their checksum or their copy
+    # What the checks computed, for a caller that needs it next (push): the parsed sidecar (None
+    # when it does not parse) and the sha256 of each whole file hashed, by path in the vindex.
+    index: sidecar.VindexIndex | None = field(default=None, repr=False)
+    sha256: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -87,9 +91,9 @@ def verify_vindex(folder: str | Path) -> VerifyReport:
     index = c.run(filenames.SIDECAR_JSON, lambda: _check_index(c))
     if index is None:
         return c.report
-    file_sha = None
+    c.report.index = index
     if c.run(filenames.GATE_VECTORS_BIN, lambda: _check_layout(c, index)):
-        file_sha = c.run(filenames.GATE_VECTORS_BIN, lambda: _check_binary_hashes(c, index))
+        c.run(filenames.GATE_VECTORS_BIN, lambda: _check_binary_hashes(c, index))
         sources = _layer_files(c, index)
         for layer in index.layer_ids:
             rel = sources.get(layer) or mirror.gate_vectors_parquet(layer, index.model_config.num_hidden_layers)
@@ -98,7 +102,7 @@ def verify_vindex(folder: str | Path) -> VerifyReport:
     c.run(mirror.ROUTER_SVD_PARQUET, lambda: _check_router_svd(c, index))
     c.run(filenames.CARD_FILE, lambda: _check_card(c, index))
     c.run(mirror.FEATURE_TOKENS_PARQUET, lambda: _check_feature_tokens(c, index))
-    c.run(filenames.LARQL_INDEX_JSON, lambda: _check_larql(c, index, file_sha))
+    c.run(filenames.LARQL_INDEX_JSON, lambda: _check_larql(c, index))
     c.run(filenames.PHASE1_JSON, lambda: _check_phase1(c, index))
     c.run(filenames.PHASE2_JSON, lambda: _check_phase2(c, index))
     return c.report
@@ -119,8 +123,9 @@ def _check_layout(c: _Checker, index: sidecar.VindexIndex) -> bool:
     return True
 
 
-def _check_binary_hashes(c: _Checker, index: sidecar.VindexIndex) -> str | None:
-    """One sequential pass: each layer's sha256 against the index; the file's sha256 (None if cut short)."""
+def _check_binary_hashes(c: _Checker, index: sidecar.VindexIndex) -> None:
+    """One sequential pass: each layer's sha256 against the index; the whole file's sha256 goes to
+    ``report.sha256`` (not when the file shrank or grew while being read)."""
     whole = hashlib.sha256()
     bad = 0
     with open(c.folder / filenames.GATE_VECTORS_BIN, "rb") as f:
@@ -133,15 +138,16 @@ def _check_binary_hashes(c: _Checker, index: sidecar.VindexIndex) -> str | None:
                     whole.update(chunk)
             except EOFError as exc:  # it shrank since the layout check
                 c.problem(f"{exc} (the file shrank while being read)", integrity=True)
-                return None
+                return
             if h.hexdigest() != entry.sha256:
                 bad += 1
                 c.problem(f"layer {layer}: {filenames.GATE_VECTORS_BIN} bytes {entry.file_offset}.."
                           f"{entry.file_offset + entry.nbytes} hash to {h.hexdigest()[:16]}..., "
                           f"{filenames.SIDECAR_JSON} records {entry.sha256[:16]}...", integrity=True)
+        if not f.read(1):  # read to its end: the hash is the file's
+            c.report.sha256[filenames.GATE_VECTORS_BIN] = whole.hexdigest()
     if not bad:
         c.passed(f"{filenames.GATE_VECTORS_BIN}: sha256 of all {len(index.layers)} layers match the index")
-    return whole.hexdigest()
 
 
 # ---- the mirror ----------------------------------------------------------------------------------
@@ -448,7 +454,7 @@ def _check_feature_tokens(c: _Checker, index: sidecar.VindexIndex) -> None:
 
 
 # ---- LarQL ---------------------------------------------------------------------------------------
-def _check_larql(c: _Checker, index: sidecar.VindexIndex, file_sha: str | None) -> None:
+def _check_larql(c: _Checker, index: sidecar.VindexIndex) -> None:
     path = c.folder / filenames.LARQL_INDEX_JSON
     if not path.exists():
         return  # optional
@@ -470,7 +476,9 @@ def _check_larql(c: _Checker, index: sidecar.VindexIndex, file_sha: str | None) 
         if not target.is_file():
             c.problem(f"{filenames.LARQL_INDEX_JSON}: checksum listed for {name}, which does not exist")
             continue
-        actual = file_sha if name == filenames.GATE_VECTORS_BIN and file_sha else sha256_file(target)
+        rel = Path(name).as_posix()
+        actual = c.report.sha256.get(rel) or sha256_file(target)
+        c.report.sha256[rel] = actual
         if actual != digest:
             c.problem(f"{filenames.LARQL_INDEX_JSON}: {name} hashes to {actual[:16]}..., recorded "
                       f"{str(digest)[:16]}...", integrity=True)

@@ -15,6 +15,7 @@ imports none of them: a key is spelled in one module of it.
 ``card_data``      the card's typed front matter and the user's card options
 ``larql``          LarQL's ``index.json`` document
 ``seed``           reading (and upgrading) the seed's published sidecar
+``pull_marker``    the marker ``pull`` leaves in a folder it made (repo, commit, format, layers)
 =================  ===========================================================================
 
 The format, in prose

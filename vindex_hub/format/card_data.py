@@ -3,8 +3,9 @@
 ``CardOptions`` are the fields a user chooses (license, author, repo id, citation, tags, name),
 from CLI options or a small YAML/JSON file. ``card_front_matter`` builds the front matter
 (``huggingface_hub.DatasetCardData``: license, tags, ``base_model``, ``configs`` and
-``dataset_info``) from the sidecar and the mirror files that were written; ``read_card_data``
-parses it back. Every front-matter key is spelled here; the text is rendered by ``writers.card``.
+``dataset_info``) from the sidecar and the mirror files that were written; ``read_card`` (as
+``DatasetCardData``) and ``read_card_data`` (as a dict) parse it back. Every front-matter key is
+spelled here; the text is rendered by ``writers.card``.
 """
 
 from __future__ import annotations
@@ -85,17 +86,25 @@ def _year(value: Any, where: str) -> int:
     raise UsageError(f"{where}: year is {value!r}; expected a year such as 2026")
 
 
-def read_card_data(path: Path) -> dict[str, Any]:
-    """The front matter of the card at ``path`` as a dict ({} without one).
+def read_card(path: Path, *, where: str | None = None):
+    """The front matter of the card at ``path`` (``huggingface_hub.DatasetCardData``, empty without one).
 
-    Raises ``VindexFormatError`` naming the file when the front matter is not YAML or not a mapping.
+    Raises ``VindexFormatError`` naming ``where`` (default: the path) when the front matter is not
+    YAML or not a mapping.
     """
     from huggingface_hub import DatasetCard
 
     try:
-        return DatasetCard(path.read_text(encoding="utf-8")).data.to_dict()
+        return DatasetCard(path.read_text(encoding="utf-8")).data
     except (yaml.YAMLError, ValueError) as exc:  # ValueError: a front matter that is not a mapping
-        raise VindexFormatError(f"{path}: the card's YAML front matter does not parse ({exc})") from None
+        detail = " ".join(str(exc).split())  # one line: a YAML error spans several
+        raise VindexFormatError(f"{where or path}: the card's YAML front matter does not parse "
+                                f"({type(exc).__name__}: {detail})") from None
+
+
+def read_card_data(path: Path) -> dict[str, Any]:
+    """``read_card`` as a dict."""
+    return read_card(path).to_dict()
 
 
 def title_of(index: sidecar.VindexIndex, options: CardOptions) -> str:

@@ -33,15 +33,19 @@ from typing import Any, BinaryIO, Callable
 
 from filelock import FileLock, Timeout
 from huggingface_hub import constants
+from huggingface_hub.file_download import repo_folder_name
 
 from ..errors import HubError, VindexFormatError
 from ..fsutil import atomic_path, atomic_write_json, read_json_object
+from .http import RemoteFile
+from .refs import RepoRef
 
 ENV_CACHE = "VINDEX_HUB_CACHE"
 TMP_GLOB = ".*.tmp"  # fsutil.atomic_path's temporary files: ".<final name>.<random>.tmp"
 _STARTED = time.time()  # a temporary file older than this process is no write of this run
 # One path segment: no separators, no leading dot (so never "." or ".."), bounded length.
 _SAFE_NAME = re.compile(r"^[0-9A-Za-z_-][0-9A-Za-z._-]{0,199}$")
+_ETAG, _SIZE = "etag", "size"  # the keys of a file's record under meta/
 
 
 def default_cache_root(hub_cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -58,6 +62,11 @@ def safe_name(value: str, what: str) -> str:
         raise HubError(f"{what} {value!r} cannot name a cache file (expected letters, digits, '.', '_', '-'); "
                        "refusing to use it")
     return value
+
+
+def _repo_folder(ref: RepoRef) -> str:
+    """The repo's name in the block cache's records: the Hub cache's own folder name for it."""
+    return repo_folder_name(repo_id=ref.repo_id, repo_type=ref.repo_type)
 
 
 class BlockCache:
@@ -157,6 +166,20 @@ class BlockCache:
 
     def recall(self, repo_folder: str, commit: str, filename: str) -> dict[str, Any] | None:
         return self._read(self.record_path(repo_folder, commit)).get(filename)
+
+    def recall_remote(self, ref: RepoRef, filename: str) -> RemoteFile | None:
+        """``filename`` of ``ref`` (pinned to a commit) as remembered by ``remember_remote``; None
+        without a record, or with a damaged one (a record is only a hint: the caller asks the Hub)."""
+        record = self.recall(_repo_folder(ref), ref.revision, filename)
+        if not (isinstance(record, dict) and isinstance(record.get(_ETAG), str)
+                and isinstance(record.get(_SIZE), int)):
+            return None
+        return RemoteFile(ref.url(filename), ref.revision, record[_ETAG], record[_SIZE])
+
+    def remember_remote(self, ref: RepoRef, filename: str, remote: RemoteFile) -> None:
+        """Record ``remote``'s ETag and size for ``filename`` of ``ref`` (pinned to a commit, whose
+        files never change, so the record stays true), for offline opens and fewer HEADs."""
+        self.remember(_repo_folder(ref), ref.revision, filename, {_ETAG: remote.etag, _SIZE: remote.size})
 
     @staticmethod
     def _read(path: Path) -> dict[str, Any]:

@@ -25,7 +25,7 @@ class RepoRef:
     """A Hub repo at a revision (branch, tag or commit sha; None means the default branch)."""
 
     repo_id: str
-    repo_type: str = "dataset"
+    repo_type: str = DEFAULT_REPO_TYPE
     revision: str | None = None
 
     def __str__(self) -> str:
@@ -37,20 +37,25 @@ class RepoRef:
     def at(self, revision: str) -> "RepoRef":
         return RepoRef(self.repo_id, self.repo_type, revision)
 
+    def repo_url(self, endpoint: str | None = None) -> str:
+        """The repo's page on ``endpoint`` (default: the client's ``HF_ENDPOINT``), as the Hub spells
+        it: ``{endpoint}/datasets/ns/name``, ``{endpoint}/ns/name`` for a model."""
+        prefix = constants.REPO_TYPES_URL_PREFIXES.get(self.repo_type, "")
+        return f"{endpoint or constants.ENDPOINT}/{prefix}{self.repo_id}"
+
     def web_url(self) -> str:
         """The repo's page at its revision (names the repo in messages about whole-repo requests)."""
-        prefix = "" if self.repo_type == "model" else f"{self.repo_type}s/"
-        return f"{constants.ENDPOINT}/{prefix}{self.repo_id}/tree/{self.revision or constants.DEFAULT_REVISION}"
+        return f"{self.repo_url()}/tree/{self.revision or constants.DEFAULT_REVISION}"
 
 
-def parse_repo(spec: str, *, revision: str | None = None, repo_type: str = "dataset") -> RepoRef:
+def parse_repo(spec: str, *, revision: str | None = None, repo_type: str = DEFAULT_REPO_TYPE) -> RepoRef:
     """``ns/name`` (of ``repo_type``) or ``hf://datasets/ns/name@rev`` (``hf://ns/name`` is a model).
 
     A revision inside an ``hf://`` URI may be URL-encoded (``refs%2Fpr%2F1``).
     """
     m = _HF_URI.match(spec)
     if m:
-        kind = {"datasets": "dataset", "spaces": "space", None: "model"}.get(m.group("type"), "model")
+        kind = constants.REPO_TYPES_MAPPING.get(m.group("type"), constants.REPO_TYPE_MODEL)  # hf://ns/name
         uri_rev = unquote(m.group("rev")) if m.group("rev") else None
         if uri_rev and revision and uri_rev != revision:
             raise UsageError(f"{spec}: revision {uri_rev!r} in the URI conflicts with revision={revision!r}")
@@ -74,5 +79,5 @@ def ref_from_url(url: str) -> RepoRef:
     m = _RESOLVE.search(url)
     if not m:
         return RepoRef(url, "model")
-    kind = {"datasets": "dataset", "spaces": "space"}.get(m.group(1) or "", "model")
+    kind = constants.REPO_TYPES_MAPPING.get(m.group(1), constants.REPO_TYPE_MODEL)  # no prefix: a model
     return RepoRef(m.group(2), kind, unquote(m.group(3)))

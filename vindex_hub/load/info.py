@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import RemoteNotFoundError, VindexFormatError
 from ..hub.http import download_snapshot
-from ..hub.refs import parse_repo
+from ..hub.refs import DEFAULT_REPO_TYPE, parse_repo
 from .vindex import DEFAULT_REPO_MODE, Vindex
 
 PHASES = ("phase1", "phase2")
@@ -18,7 +18,7 @@ def remote_info(
     repo_id: str,
     revision: str | None = None,
     *,
-    repo_type: str = "dataset",
+    repo_type: str = DEFAULT_REPO_TYPE,
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
 ) -> dict[str, Any]:
@@ -40,7 +40,7 @@ def local_folder(
     path_or_repo_id: str | os.PathLike[str],
     revision: str | None = None,
     *,
-    repo_type: str = "dataset",
+    repo_type: str = DEFAULT_REPO_TYPE,
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
 ) -> Path:

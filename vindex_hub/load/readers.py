@@ -91,7 +91,7 @@ class RangedReader:
                 except HubError as exc:
                     raise IntegrityError(f"{bad} (cache block {path}, now dropped; fetching it again failed: "
                                          f"{exc})") from None
-        return np.asarray(np.memmap(path, dtype=layout.NUMPY_DTYPE, mode="r"))
+        return np.asarray(mapped(path))
 
     def layer(self, layer: int) -> np.ndarray:
         e = self.index.layer(layer)
@@ -124,19 +124,31 @@ class ArrowReader:
     """Layers from the parquet mirror via ``datasets.load_dataset``: the layer's own config
     (``layer_NN``, which fetches that one file); for a card in the old layout (one split per layer
     of ``gate_vectors``) that split's file named as ``data_files``, since naming the config would
-    prepare every split of it."""
+    prepare every split of it.
+
+    The last layer read is kept (one layer of memory), so the experts of a layer read one by one
+    cost one ``load_dataset``, not one each."""
 
     def __init__(self, path_or_repo: str, revision: str | None, index: sidecar.VindexIndex,
                  token: str | bool | None, verify: Verify, files: VindexFiles):
         self.path_or_repo, self.revision, self.index, self.token = path_or_repo, revision, index, token
         self.verify, self._files = verify, files
         self._verified: set[int] = set()
+        self._last: tuple[int, np.ndarray] | None = None  # (layer, its read-only block)
 
     @cached_property
     def _sources(self) -> dict[int, mirror.LayerSource]:
         return layer_sources(self._files, self.index)
 
     def layer(self, layer: int) -> np.ndarray:
+        if self._last is not None and self._last[0] == layer:
+            return self._last[1]
+        block = self._read_layer(layer)
+        block.flags.writeable = False  # read-only, like the memory-mapped readers' arrays
+        self._last = (layer, block)
+        return block
+
+    def _read_layer(self, layer: int) -> np.ndarray:
         import datasets
         from datasets.exceptions import DatasetNotFoundError
 
@@ -171,7 +183,7 @@ class ArrowReader:
         return self.layer(layer)[expert]
 
     def close(self) -> None:
-        pass
+        self._last = None
 
 
 def layer_sources(files: VindexFiles, index: sidecar.VindexIndex) -> dict[int, mirror.LayerSource]:

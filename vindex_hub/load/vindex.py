@@ -44,15 +44,14 @@ from typing import Any, Literal
 
 import numpy as np
 from huggingface_hub import constants
-from huggingface_hub.file_download import repo_folder_name
 
 from ..errors import HubError, RemoteNotFoundError, UsageError, VindexFormatError
-from ..format import filenames, mirror, selection, sidecar, statistics
+from ..format import filenames, mirror, pull_marker, selection, sidecar, statistics
+from ..format.card_data import read_card
 from ..fsutil import read_json_object
 from ..hub.blockcache import BlockCache
-from ..hub.errors import first_line
 from ..hub.http import RemoteFile, download_file, download_snapshot, file_metadata
-from ..hub.refs import RepoRef, commit_sha, parse_repo
+from ..hub.refs import DEFAULT_REPO_TYPE, RepoRef, commit_sha, parse_repo
 from .files import HubFiles, LocalFiles, VindexFiles
 from .readers import ArrowReader, LayerReader, MemmapReader, RangedReader, Verify
 
@@ -80,7 +79,7 @@ class Vindex:
         cls,
         path_or_repo_id: str | os.PathLike[str],
         revision: str | None = None,
-        repo_type: str = "dataset",
+        repo_type: str = DEFAULT_REPO_TYPE,
         mode: Mode | None = None,
         *,
         cache_dir: str | os.PathLike[str] | None = None,
@@ -118,9 +117,10 @@ class Vindex:
             reader = MemmapReader(_existing(folder / filenames.GATE_VECTORS_BIN, ref), index, verify)
             size = reader.path.stat().st_size
         elif mode == "lazy":
-            remote = _binary_metadata(ref, cache_dir=cache_dir, token=token)
+            cache = BlockCache.beside(cache_dir)
+            remote = _binary_metadata(ref, cache, token=token)
             index.check_layout(where=files.describe(filenames.SIDECAR_JSON), file_size=remote.size)
-            reader = RangedReader(remote, index, BlockCache.beside(cache_dir), token, verify)
+            reader = RangedReader(remote, index, cache, token, verify)
             size = remote.size
         else:
             reader, size = ArrowReader(ref.repo_id, ref.revision, index, token, verify, files), None
@@ -136,9 +136,9 @@ class Vindex:
             reader, size = ArrowReader(str(root), None, index, None, verify, files), None
         else:
             if not (root / filenames.GATE_VECTORS_BIN).is_file():
-                pulled = read_pull_marker(root)
-                what = (f"a data-only pull (format='arrow') of {pulled.get('repo_id')}"
-                        if pulled.get("format") == "arrow" else "a folder")
+                pulled = pull_marker.read_pull_marker(root)
+                what = (f"a data-only pull (format={pull_marker.ARROW!r}) of {pulled.get(pull_marker.REPO_ID)}"
+                        if pulled.get(pull_marker.FORMAT) == pull_marker.ARROW else "a folder")
                 raise VindexFormatError(f"{root / filenames.GATE_VECTORS_BIN}: missing; {root} is {what} without "
                                         "the binary: open it with mode='arrow' to read its parquet layers")
             reader = MemmapReader(files.path(filenames.GATE_VECTORS_BIN), index, verify)
@@ -178,10 +178,14 @@ class Vindex:
 
     def expert(self, layer: int, expert: int) -> np.ndarray:
         """One expert's ``(num_feats, hidden_size)`` vectors (rows by descending singular value)."""
+        self._check_expert(layer, expert)
+        return self._open_reader().expert(layer, expert)
+
+    def _check_expert(self, layer: int, expert: int) -> None:
+        """A clear error for a layer the vindex does not hold or an expert out of range."""
         self._index.layer(layer)
         if not 0 <= expert < self.num_experts:
             raise UsageError(f"expert {expert} out of range: layer {layer} has experts 0-{self.num_experts - 1}")
-        return self._open_reader().expert(layer, expert)
 
     def layer_torch(self, layer: int, device=None, dtype=None):
         """``layer(L)`` as a new torch tensor on ``device`` (default CPU) in ``dtype`` (default float32)."""
@@ -221,9 +225,7 @@ class Vindex:
         ``feature_tokens`` config, by |cosine| descending (fetches only that file)."""
         import pyarrow.parquet as pq
 
-        self._index.layer(layer)
-        if not 0 <= expert < self.num_experts:
-            raise UsageError(f"expert {expert} out of range: layer {layer} has experts 0-{self.num_experts - 1}")
+        self._check_expert(layer, expert)
         try:
             path = self._files.path(mirror.FEATURE_TOKENS_PARQUET)
         except (VindexFormatError, RemoteNotFoundError):
@@ -237,18 +239,11 @@ class Vindex:
     def card_data(self):
         """The dataset card's metadata (``huggingface_hub.DatasetCardData``), None without a card;
         ``VindexFormatError`` naming the card when its front matter does not parse."""
-        import yaml
-        from huggingface_hub import DatasetCard
-
         try:
             path = self._files.path(filenames.CARD_FILE)
         except (VindexFormatError, RemoteNotFoundError):
             return None
-        try:
-            return DatasetCard.load(path).data
-        except (yaml.YAMLError, ValueError) as exc:  # ValueError: a front matter that is not a mapping
-            raise VindexFormatError(f"{self._files.describe(filenames.CARD_FILE)}: the card's YAML front matter "
-                                    f"does not parse ({type(exc).__name__}: {first_line(exc)})") from None
+        return read_card(path, where=self._files.describe(filenames.CARD_FILE))
 
     def info(self) -> dict[str, Any]:
         """A JSON-ready summary: where, shape, sizes, source, builder and the per-layer table."""
@@ -321,23 +316,13 @@ def _resolve_commit(ref: RepoRef, *, cache_dir: str | None, token: str | bool | 
     return commit_sha(path.parent.name, f"{filenames.SIDECAR_JSON} in {ref}")
 
 
-def _binary_metadata(ref: RepoRef, *, cache_dir: str | None, token: str | bool | None) -> RemoteFile:
+def _binary_metadata(ref: RepoRef, cache: BlockCache, *, token: str | bool | None) -> RemoteFile:
     """HEAD gate_vectors.bin at the commit, remembered in the block cache for offline opens."""
-    cache = BlockCache.beside(cache_dir)
-    folder = repo_folder_name(repo_id=ref.repo_id, repo_type=ref.repo_type)
     if constants.is_offline_mode():
-        record = cache.recall(folder, ref.revision, filenames.GATE_VECTORS_BIN)
-        if record is None:
+        remote = cache.recall_remote(ref, filenames.GATE_VECTORS_BIN)
+        if remote is None:
             raise HubError(f"{filenames.GATE_VECTORS_BIN} in {ref}: never opened online, and HF_HUB_OFFLINE is set")
-        return RemoteFile(ref.url(filenames.GATE_VECTORS_BIN), ref.revision, record["etag"], int(record["size"]))
+        return remote
     remote = file_metadata(ref, filenames.GATE_VECTORS_BIN, token=token)
-    cache.remember(folder, ref.revision, filenames.GATE_VECTORS_BIN, {"etag": remote.etag, "size": remote.size})
+    cache.remember_remote(ref, filenames.GATE_VECTORS_BIN, remote)
     return remote
-
-
-def read_pull_marker(folder: Path) -> dict[str, Any]:
-    """What ``pull`` recorded about the folder it made ({} when there is no readable marker)."""
-    try:
-        return read_json_object(folder / filenames.PULL_MARKER, what="pull marker")
-    except VindexFormatError:
-        return {}

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 from huggingface_hub import HfApi
-from huggingface_hub.file_download import REGEX_COMMIT_HASH, repo_folder_name
+from huggingface_hub.file_download import REGEX_COMMIT_HASH
 
 from ..hub.blockcache import BlockCache
 from ..errors import CheckpointError, HubError, UsageError
@@ -142,7 +142,6 @@ class HubCheckpoint:
         self._max_retries = max_retries
         self._workers = max(1, workers)
         self._blocks = BlockCache.beside(cache_dir)
-        self._repo_folder = repo_folder_name(repo_id=ref.repo_id, repo_type="model")
         self._files: dict[str, RemoteFile] = {}
         self._headers: dict[str, dict[str, TensorInfo]] = {}
         self._lock = threading.Lock()  # guards the shard metadata/header maps and the counters
@@ -243,14 +242,10 @@ class HubCheckpoint:
             remote = self._files.get(shard)
         if remote is not None:
             return remote
-        record = self._blocks.recall(self._repo_folder, self.revision, shard)
-        if record and isinstance(record.get("etag"), str) and isinstance(record.get("size"), int):
-            remote = RemoteFile(self._ref.url(shard), self.revision, record["etag"], record["size"])
-        else:
+        remote = self._blocks.recall_remote(self._ref, shard)
+        if remote is None:
             remote = file_metadata(self._ref, shard, token=self._token)
-            # A commit's files never change, so this record stays true.
-            self._blocks.remember(self._repo_folder, self.revision, shard,
-                                  {"etag": remote.etag, "size": remote.size})
+            self._blocks.remember_remote(self._ref, shard, remote)
         with self._lock:
             return self._files.setdefault(shard, remote)
 
