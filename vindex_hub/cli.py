@@ -224,7 +224,7 @@ def _layer_help(default: str) -> str:
 
 def parser() -> argparse.ArgumentParser:
     from .build import DEFAULT_BATCH, DEFAULT_NUM_FEATS, DEFAULT_PREFETCH_LAYERS
-    from .numerics.svd import DEFAULT_DEVICE, DEVICES
+    from .numerics.routes import DEFAULT_DEVICE, DEVICES
     from .pull import DEFAULT_FORMAT, FORMATS
 
     ap = argparse.ArgumentParser(
