@@ -32,9 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vindex_hub.numerics import svd
 from vindex_hub.arch import get_architecture
-from vindex_hub.build.plan import default_workers
+from vindex_hub.builder.plan import default_workers
+from vindex_hub.numerics import svd
 from vindex_hub.source.local import LocalCheckpoint
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 
@@ -42,7 +42,7 @@ HIDDEN, MOE_INTERMEDIATE, NUM_FEATS, BATCH = 4096, 2048, 64, 8
 
 BUILD_AND_MEASURE = """
 import json, resource, sys, time
-from vindex_hub.build import build_vindex
+from vindex_hub.builder import build_vindex
 t = time.perf_counter()
 build_vindex(sys.argv[1], sys.argv[2], num_feats=64, layers=sys.argv[3], device="cpu", progress=False,
              workers=int(sys.argv[4]))
@@ -52,7 +52,9 @@ print(json.dumps({"seconds": time.perf_counter() - t,
 """
 
 
-def stage_times(checkpoint: Path, layer: int, *, num_feats: int = NUM_FEATS, device: str = "cpu") -> dict[str, float]:
+def stage_times(
+    checkpoint: Path, layer: int, *, num_feats: int = NUM_FEATS, device: str = "cpu"
+) -> dict[str, float]:
     """Seconds one layer spends in read, dequantize and SVD (also used by bench_families.py)."""
     with LocalCheckpoint(checkpoint) as src:
         arch = get_architecture(src.config, tensor_names=src.tensor_names())
@@ -64,8 +66,9 @@ def stage_times(checkpoint: Path, layer: int, *, num_feats: int = NUM_FEATS, dev
         # A build's process reuses its buffers and its allocator's pages over every batch and
         # layer: one untimed batch first, or a layer of one batch is charged the first-touch page
         # faults (about 0.05 s an FP8 expert) and workspace set-up a real build pays once a worker.
-        warm = arch.expert_gate_weights(layer, range(min(BATCH, num_experts)), raw,
-                                        out=buffer[: min(BATCH, num_experts)])
+        warm = arch.expert_gate_weights(
+            layer, range(min(BATCH, num_experts)), raw, out=buffer[: min(BATCH, num_experts)]
+        )
         svd.top_k_right_singular(warm[:1], num_feats, device=device)
         dequant = decompose = 0.0
         for start in range(0, num_experts, BATCH):
@@ -94,16 +97,35 @@ def run_measured(command: list[str]) -> tuple[str, float, float]:
     return result.stdout, wall, (_cpu_seconds_of_children() - cpu) / (wall * (os.cpu_count() or 1))
 
 
-def build_in_fresh_process(checkpoint: Path, out: Path, layers: str, workers: int) -> dict[str, float]:
-    stdout, _, busy = run_measured([sys.executable, "-c", BUILD_AND_MEASURE, str(checkpoint), str(out), layers,
-                                    str(workers)])
+def build_in_fresh_process(
+    checkpoint: Path, out: Path, layers: str, workers: int
+) -> dict[str, float]:
+    stdout, _, busy = run_measured(
+        [sys.executable, "-c", BUILD_AND_MEASURE, str(checkpoint), str(out), layers, str(workers)]
+    )
     return {**json.loads(stdout.strip().splitlines()[-1]), "busy": busy}
 
 
 def whole_command(checkpoint: Path, out: Path, workers: int) -> tuple[float, float]:
     """``vindex-hub build --layers 0`` as a user runs it: (wall seconds, core busy share)."""
-    _, wall, busy = run_measured([sys.executable, "-m", "vindex_hub", "build", str(checkpoint), "-o", str(out),
-                                  "--layers", "0", "--workers", str(workers), "--device", "cpu", "--quiet"])
+    _, wall, busy = run_measured(
+        [
+            sys.executable,
+            "-m",
+            "vindex_hub",
+            "build",
+            str(checkpoint),
+            "-o",
+            str(out),
+            "--layers",
+            "0",
+            "--workers",
+            str(workers),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     return wall, busy
 
 
@@ -126,9 +148,15 @@ def main() -> None:
     ap.add_argument("--experts", type=int, default=16, help="routed experts per layer")
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--workers", type=int, default=default_workers(), help="build worker processes")
-    ap.add_argument("--numpy-experts", type=int, default=None,
-                    help="experts numpy's SVD is timed on (default all; fewer are scaled up)")
-    ap.add_argument("--scale", type=int, default=1, help="divide the matrix dimensions by this (smoke runs)")
+    ap.add_argument(
+        "--numpy-experts",
+        type=int,
+        default=None,
+        help="experts numpy's SVD is timed on (default all; fewer are scaled up)",
+    )
+    ap.add_argument(
+        "--scale", type=int, default=1, help="divide the matrix dimensions by this (smoke runs)"
+    )
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-build-"))
@@ -137,37 +165,66 @@ def main() -> None:
 
     t = time.perf_counter()
     checkpoint = make_deepseek_v4_checkpoint(
-        work / "checkpoint", num_layers=args.layers, num_experts=args.experts, hidden_size=hidden,
-        moe_intermediate_size=intermediate, num_shards=args.layers, include_mtp=False)
-    print(f"generated {args.layers} layers x {args.experts} experts at {intermediate} x {hidden} in "
-          f"{time.perf_counter() - t:.0f} s ({sum(p.stat().st_size for p in checkpoint.iterdir()) / 1e9:.2f} GB)")
+        work / "checkpoint",
+        num_layers=args.layers,
+        num_experts=args.experts,
+        hidden_size=hidden,
+        moe_intermediate_size=intermediate,
+        num_shards=args.layers,
+        include_mtp=False,
+    )
+    print(
+        f"generated {args.layers} layers x {args.experts} experts at {intermediate} x {hidden} in "
+        f"{time.perf_counter() - t:.0f} s ({sum(p.stat().st_size for p in checkpoint.iterdir()) / 1e9:.2f} GB)"
+    )
 
     s = stage_times(checkpoint, layer=args.layers - 1)  # a non-hash layer (it has a router bias)
     total = s["read"] + s["dequantize"] + s["svd"]
     print("\n| stage (one layer) | seconds | per expert | share |\n| --- | --- | --- | --- |")
     for stage in ("read", "dequantize", "svd"):
-        print(f"| {stage} | {s[stage]:.2f} | {s[stage] / s['experts']:.3f} | {s[stage] / total:.1%} |")
-    print(f"| read + dequantize vs svd | | | {(s['read'] + s['dequantize']) / s['svd']:.1%} of svd |")
+        print(
+            f"| {stage} | {s[stage]:.2f} | {s[stage] / s['experts']:.3f} | {s[stage] / total:.1%} |"
+        )
+    print(
+        f"| read + dequantize vs svd | | | {(s['read'] + s['dequantize']) / s['svd']:.1%} of svd |"
+    )
 
     one = build_in_fresh_process(checkpoint, work / "out-1", "0", args.workers)
-    many = build_in_fresh_process(checkpoint, work / f"out-{args.layers}", f"0-{args.layers - 1}", args.workers)
-    print(f"\n| build ({args.workers} workers) | seconds | per expert | core busy | peak RSS (build, largest worker) |"
-          "\n| --- | --- | --- | --- | --- |")
+    many = build_in_fresh_process(
+        checkpoint, work / f"out-{args.layers}", f"0-{args.layers - 1}", args.workers
+    )
+    print(
+        f"\n| build ({args.workers} workers) | seconds | per expert | core busy | peak RSS (build, largest worker) |"
+        "\n| --- | --- | --- | --- | --- |"
+    )
     for name, run, count in (("1 layer", one, 1), (f"{args.layers} layers", many, args.layers)):
-        print(f"| {name} | {run['seconds']:.1f} | {run['seconds'] / (count * args.experts):.2f} | {run['busy']:.0%} "
-              f"| {run['peak_rss_mib']:.0f} MiB, {run['worker_peak_rss_mib']:.0f} MiB |")
-    print(f"| ratio {args.layers} layers / 1 | | | | {many['peak_rss_mib'] / one['peak_rss_mib']:.2f}x, "
-          f"{many['worker_peak_rss_mib'] / max(one['worker_peak_rss_mib'], 1):.2f}x |")
+        print(
+            f"| {name} | {run['seconds']:.1f} | {run['seconds'] / (count * args.experts):.2f} | {run['busy']:.0%} "
+            f"| {run['peak_rss_mib']:.0f} MiB, {run['worker_peak_rss_mib']:.0f} MiB |"
+        )
+    print(
+        f"| ratio {args.layers} layers / 1 | | | | {many['peak_rss_mib'] / one['peak_rss_mib']:.2f}x, "
+        f"{many['worker_peak_rss_mib'] / max(one['worker_peak_rss_mib'], 1):.2f}x |"
+    )
 
     timed = min(args.numpy_experts or args.experts, args.experts)
     numpy_seconds = numpy_svd_seconds(checkpoint, 0, timed) * args.experts / timed
     wall, busy = whole_command(checkpoint, work / "out-command", args.workers)
-    print(f"\n| whole command, layer 0 ({args.experts} experts, {args.workers} workers) | seconds | core busy |"
-          f" vs numpy SVD of the same experts |\n| --- | --- | --- | --- |")
-    print(f"| `vindex-hub build --layers 0` | {wall:.1f} | {busy:.0%} | {numpy_seconds / wall:.1f}x |")
-    print(f"| numpy.linalg.svd x {args.experts}" + (f" (timed on {timed})" if timed < args.experts else "")
-          + f" | {numpy_seconds:.1f} | | 1.0x |")
-    print(f"\nmachine: {os.cpu_count()} cores, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}")
+    print(
+        f"\n| whole command, layer 0 ({args.experts} experts, {args.workers} workers) | seconds | core busy |"
+        f" vs numpy SVD of the same experts |\n| --- | --- | --- | --- |"
+    )
+    print(
+        f"| `vindex-hub build --layers 0` | {wall:.1f} | {busy:.0%} | {numpy_seconds / wall:.1f}x |"
+    )
+    print(
+        f"| numpy.linalg.svd x {args.experts}"
+        + (f" (timed on {timed})" if timed < args.experts else "")
+        + f" | {numpy_seconds:.1f} | | 1.0x |"
+    )
+    print(
+        f"\nmachine: {os.cpu_count()} cores, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}"
+    )
 
 
 if __name__ == "__main__":

@@ -24,17 +24,17 @@ import argparse
 import dataclasses
 import json
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
+from bench_build import stage_times  # the same read / dequantize / SVD loop as the builder's
 from safetensors.torch import save_file
 
-from bench_build import stage_times  # the same read / dequantize / SVD loop as the builder's
-from vindex_hub.numerics import svd
 from vindex_hub.arch.layouts import MXFP4_GROUP
+from vindex_hub.numerics import svd
 from vindex_hub.numerics.quant import FP8_BLOCK_SIZE, fp8_scale_grid
 from vindex_hub.source.local import CONFIG_FILE, SINGLE_FILE
 
@@ -48,11 +48,13 @@ class Family:
     intermediate: int
     hidden: int
     storage: str
-    write: Callable[["Family", int, np.random.Generator], tuple[dict, dict[str, torch.Tensor]]]
+    write: Callable[[Family, int, np.random.Generator], tuple[dict, dict[str, torch.Tensor]]]
 
 
 def _bf16(rng: np.random.Generator, *shape: int) -> torch.Tensor:
-    return torch.from_numpy((rng.standard_normal(shape, dtype=np.float32) * WEIGHT_STD)).to(torch.bfloat16)
+    return torch.from_numpy(rng.standard_normal(shape, dtype=np.float32) * WEIGHT_STD).to(
+        torch.bfloat16
+    )
 
 
 def _router(rng, prefix: str, experts: int, hidden: int) -> dict[str, torch.Tensor]:
@@ -61,29 +63,49 @@ def _router(rng, prefix: str, experts: int, hidden: int) -> dict[str, torch.Tens
 
 def write_qwen3(f: Family, experts: int, rng) -> tuple[dict, dict[str, torch.Tensor]]:
     block = "model.layers.0.mlp"
-    tensors = {f"{block}.experts.{e}.gate_proj.weight": _bf16(rng, f.intermediate, f.hidden) for e in range(experts)}
+    tensors = {
+        f"{block}.experts.{e}.gate_proj.weight": _bf16(rng, f.intermediate, f.hidden)
+        for e in range(experts)
+    }
     tensors.update(_router(rng, f"{block}.gate", experts, f.hidden))
-    config = dict(num_experts=experts, moe_intermediate_size=f.intermediate, decoder_sparse_step=1, mlp_only_layers=[])
+    config = dict(
+        num_experts=experts,
+        moe_intermediate_size=f.intermediate,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+    )
     return config, tensors
 
 
 def write_gpt_oss(f: Family, experts: int, rng) -> tuple[dict, dict[str, torch.Tensor]]:
     block = "model.layers.0.mlp"
     groups = f.hidden // MXFP4_GROUP
-    blocks = rng.integers(0, 256, (experts, 2 * f.intermediate, groups, MXFP4_GROUP // 2), dtype=np.uint8)
-    scales = rng.integers(118, 124, (experts, 2 * f.intermediate, groups), dtype=np.uint8)  # 2^-9 .. 2^-4
-    tensors = {f"{block}.experts.gate_up_proj_blocks": torch.from_numpy(blocks),
-               f"{block}.experts.gate_up_proj_scales": torch.from_numpy(scales),
-               f"{block}.router.bias": _bf16(rng, experts)}
+    blocks = rng.integers(
+        0, 256, (experts, 2 * f.intermediate, groups, MXFP4_GROUP // 2), dtype=np.uint8
+    )
+    scales = rng.integers(
+        118, 124, (experts, 2 * f.intermediate, groups), dtype=np.uint8
+    )  # 2^-9 .. 2^-4
+    tensors = {
+        f"{block}.experts.gate_up_proj_blocks": torch.from_numpy(blocks),
+        f"{block}.experts.gate_up_proj_scales": torch.from_numpy(scales),
+        f"{block}.router.bias": _bf16(rng, experts),
+    }
     tensors.update(_router(rng, f"{block}.router", experts, f.hidden))
-    config = dict(num_local_experts=experts, intermediate_size=f.intermediate, quantization_config={"quant_method": "mxfp4"})
+    config = dict(
+        num_local_experts=experts,
+        intermediate_size=f.intermediate,
+        quantization_config={"quant_method": "mxfp4"},
+    )
     return config, tensors
 
 
 def _fp8(rng, rows: int, cols: int, block: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     q = rng.integers(0, 256, (rows, cols), dtype=np.uint8)
     q[(q & 0x7F) == 0x7F] = 0  # E4M3 NaN codes: a real checkpoint has none
-    scale = np.exp(rng.normal(np.log(WEIGHT_STD / 448 * 4), 0.3, fp8_scale_grid((rows, cols), block))).astype(np.float32)
+    scale = np.exp(
+        rng.normal(np.log(WEIGHT_STD / 448 * 4), 0.3, fp8_scale_grid((rows, cols), block))
+    ).astype(np.float32)
     return torch.from_numpy(q).view(torch.float8_e4m3fn), torch.from_numpy(scale)
 
 
@@ -92,13 +114,23 @@ def write_kimi(f: Family, experts: int, rng) -> tuple[dict, dict[str, torch.Tens
     scaled = f.hidden != 7168  # --tiny: shrink the 128x128 blocks with the shapes
     fp8_block = (8, 8) if scaled else FP8_BLOCK_SIZE
     tensors: dict[str, torch.Tensor] = {}
-    for name in [f"{block}.experts.{e}.gate_proj.weight" for e in range(experts)] + [f"{block}.shared_experts.gate_proj.weight"]:
+    for name in [f"{block}.experts.{e}.gate_proj.weight" for e in range(experts)] + [
+        f"{block}.shared_experts.gate_proj.weight"
+    ]:
         tensors[name], tensors[name + "_scale_inv"] = _fp8(rng, f.intermediate, f.hidden, fp8_block)
     tensors.update(_router(rng, f"{block}.gate", experts, f.hidden))
     tensors[f"{block}.gate.e_score_correction_bias"] = torch.zeros(experts)
-    config = dict(n_routed_experts=experts, moe_intermediate_size=f.intermediate, n_shared_experts=1,
-                  first_k_dense_replace=0, quantization_config={"quant_method": "fp8", "fmt": "e4m3",
-                                                                "weight_block_size": list(fp8_block)})
+    config = dict(
+        n_routed_experts=experts,
+        moe_intermediate_size=f.intermediate,
+        n_shared_experts=1,
+        first_k_dense_replace=0,
+        quantization_config={
+            "quant_method": "fp8",
+            "fmt": "e4m3",
+            "weight_block_size": list(fp8_block),
+        },
+    )
     return config, tensors
 
 
@@ -112,8 +144,13 @@ FAMILIES = [
 def write_checkpoint(f: Family, folder: Path, experts: int, seed: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     config, tensors = f.write(f, experts, np.random.default_rng(seed))
-    config = {"model_type": f.model_type, "num_hidden_layers": 1, "hidden_size": f.hidden,
-              "num_experts_per_tok": min(8, experts), **config}
+    config = {
+        "model_type": f.model_type,
+        "num_hidden_layers": 1,
+        "hidden_size": f.hidden,
+        "num_experts_per_tok": min(8, experts),
+        **config,
+    }
     (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     save_file(tensors, folder / SINGLE_FILE, metadata={"format": "pt"})
     return folder
@@ -123,8 +160,12 @@ def per_expert(folder: Path, num_feats: int, device: str) -> dict[str, float]:
     """The builder's stage times for the one layer (``bench_build.stage_times``), per expert."""
     t = stage_times(folder, 0, num_feats=num_feats, device=device)
     total = t["read"] + t["dequantize"] + t["svd"]
-    return {"experts": t["experts"], "total_ms": 1e3 * total / t["experts"], "dequantize_share": t["dequantize"] / total,
-            **{f"{stage}_ms": 1e3 * t[stage] / t["experts"] for stage in ("read", "dequantize", "svd")}}
+    return {
+        "experts": t["experts"],
+        "total_ms": 1e3 * total / t["experts"],
+        "dequantize_share": t["dequantize"] / total,
+        **{f"{stage}_ms": 1e3 * t[stage] / t["experts"] for stage in ("read", "dequantize", "svd")},
+    }
 
 
 def _shrunk(dim: int, shrink: int) -> int:
@@ -145,16 +186,23 @@ def main() -> None:
     num_feats = max(1, args.num_feats // shrink)
     device = svd.resolve_device(args.device)
 
-    print(f"| family | gate_proj | storage | experts | read ms | dequantize ms | SVD (K={num_feats}) ms "
-          f"| total ms / expert | dequantize share |")
+    print(
+        f"| family | gate_proj | storage | experts | read ms | dequantize ms | SVD (K={num_feats}) ms "
+        f"| total ms / expert | dequantize share |"
+    )
     print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for seed, full in enumerate(FAMILIES):
-        f = dataclasses.replace(full, intermediate=_shrunk(full.intermediate, shrink),
-                                hidden=_shrunk(full.hidden, shrink))
+        f = dataclasses.replace(
+            full,
+            intermediate=_shrunk(full.intermediate, shrink),
+            hidden=_shrunk(full.hidden, shrink),
+        )
         folder = write_checkpoint(f, work / f.model_type, args.experts, seed)
         r = per_expert(folder, num_feats, device)
-        print(f"| {f.name} | {f.intermediate} x {f.hidden} | {f.storage} | {r['experts']} | {r['read_ms']:.1f} "
-              f"| {r['dequantize_ms']:.1f} | {r['svd_ms']:.1f} | {r['total_ms']:.1f} | {100 * r['dequantize_share']:.0f}% |")
+        print(
+            f"| {f.name} | {f.intermediate} x {f.hidden} | {f.storage} | {r['experts']} | {r['read_ms']:.1f} "
+            f"| {r['dequantize_ms']:.1f} | {r['svd_ms']:.1f} | {r['total_ms']:.1f} | {100 * r['dequantize_share']:.0f}% |"
+        )
     print(f"\n(device {device}; checkpoints under {work})")
 
 

@@ -35,16 +35,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--vocab", type=int, default=V4_FLASH_VOCAB)
     ap.add_argument("--hidden", type=int, default=V4_FLASH_HIDDEN)
-    ap.add_argument("--rows", type=int, default=V4_FLASH_INTER, help="rows of an expert's gate_proj")
-    ap.add_argument("--vectors", type=int, default=1024, help="gate vectors labelled in the timed run")
-    ap.add_argument("--experts", type=int, default=2, help="experts decomposed in the timed SVD run")
+    ap.add_argument(
+        "--rows", type=int, default=V4_FLASH_INTER, help="rows of an expert's gate_proj"
+    )
+    ap.add_argument(
+        "--vectors", type=int, default=1024, help="gate vectors labelled in the timed run"
+    )
+    ap.add_argument(
+        "--experts", type=int, default=2, help="experts decomposed in the timed SVD run"
+    )
     ap.add_argument("--k", type=int, default=10, help="feature tokens per vector")
     ap.add_argument("--device", default="cpu", choices=DEVICES)
     args = ap.parse_args()
     device = resolve_device(args.device)
     rng = np.random.default_rng(0)
 
-    embedding = (rng.standard_normal((args.vocab, args.hidden), dtype=np.float32) * 0.02)
+    embedding = rng.standard_normal((args.vocab, args.hidden), dtype=np.float32) * 0.02
     unit = UnitEmbedding.of(embedding)
     vectors = rng.standard_normal((args.vectors, args.hidden), dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -54,7 +60,9 @@ def main() -> None:
     tokens_s = time.perf_counter() - t0
     macs = args.vectors * args.vocab * args.hidden
     full_macs = V4_FLASH_VECTORS * V4_FLASH_VOCAB * V4_FLASH_HIDDEN
-    tokens_full_h = tokens_s / macs * full_macs / 3600  # the matmul dominates: time scales with mult-adds
+    tokens_full_h = (
+        tokens_s / macs * full_macs / 3600
+    )  # the matmul dominates: time scales with mult-adds
 
     weights = rng.standard_normal((args.experts, args.rows, args.hidden), dtype=np.float32) * 0.02
     t0 = time.perf_counter()
@@ -62,15 +70,19 @@ def main() -> None:
     svd_s = time.perf_counter() - t0
     svd_full_h = svd_s / args.experts * V4_FLASH_EXPERTS / 3600
     # the SVD's time scales with rows x hidden^2: rescale a reduced run to real size
-    svd_full_h *= (V4_FLASH_INTER * V4_FLASH_HIDDEN ** 2) / (args.rows * args.hidden ** 2)
+    svd_full_h *= (V4_FLASH_INTER * V4_FLASH_HIDDEN**2) / (args.rows * args.hidden**2)
 
     print(f"device {device}; embedding {args.vocab} x {args.hidden}, K = {args.k}\n")
     print("| stage | measured | seconds | rate | DeepSeek-V4-Flash, extrapolated |")
     print("| --- | --- | --- | --- | --- |")
-    print(f"| feature tokens | {args.vectors} vectors | {tokens_s:.2f} | {macs / tokens_s / 1e9:.1f} G mult-add/s "
-          f"| {tokens_full_h:.2f} h ({full_macs:.2e} mult-adds) |")
-    print(f"| exact top-K SVD | {args.experts} experts of {args.rows} x {args.hidden} | {svd_s:.2f} "
-          f"| {svd_s / args.experts:.3f} s/expert | {svd_full_h:.2f} h ({V4_FLASH_EXPERTS} experts) |")
+    print(
+        f"| feature tokens | {args.vectors} vectors | {tokens_s:.2f} | {macs / tokens_s / 1e9:.1f} G mult-add/s "
+        f"| {tokens_full_h:.2f} h ({full_macs:.2e} mult-adds) |"
+    )
+    print(
+        f"| exact top-K SVD | {args.experts} experts of {args.rows} x {args.hidden} | {svd_s:.2f} "
+        f"| {svd_s / args.experts:.3f} s/expert | {svd_full_h:.2f} h ({V4_FLASH_EXPERTS} experts) |"
+    )
     print(f"\nfeature tokens / SVD: {tokens_full_h / svd_full_h:.2f}")
 
 

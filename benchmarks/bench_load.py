@@ -57,15 +57,30 @@ def main() -> None:
     e, k, h = args.experts, args.num_feats, args.hidden
     rng = np.random.default_rng(0)
     folder = work / "vindex"
-    writer = GateVectorsWriter(folder / "partial.bin", num_layers=args.layers, num_experts=e, num_feats=k, hidden_size=h)
+    writer = GateVectorsWriter(
+        folder / "partial.bin", num_layers=args.layers, num_experts=e, num_feats=k, hidden_size=h
+    )
     index = sidecar.VindexIndex(
         num_feats=k,
-        model_config=sidecar.ModelConfig("deepseek_v4", args.layers, sidecar.MoEConfig(e, 1, 6, h, 2048)),
-        source=sidecar.SourceInfo(repo_id="bench/moe"), builder=sidecar.BuilderInfo("vindex-hub", "bench", "bench"))
+        model_config=sidecar.ModelConfig(
+            "deepseek_v4", args.layers, sidecar.MoEConfig(e, 1, 6, h, 2048)
+        ),
+        source=sidecar.SourceInfo(repo_id="bench/moe"),
+        builder=sidecar.BuilderInfo("vindex-hub", "bench", "bench"),
+    )
     for slot in range(args.layers):
-        block = np.stack([np.linalg.qr(rng.standard_normal((h, k)))[0].T for _ in range(e)]).astype(np.float32)
-        index.layers[slot] = sidecar.LayerEntry(layout.layer_offset(slot, e, k, h), [e, k, h], index.layer_nbytes,
-                                               writer.write_layer(slot, block), 0.5, 0.4, 0.6)
+        block = np.stack([np.linalg.qr(rng.standard_normal((h, k)))[0].T for _ in range(e)]).astype(
+            np.float32
+        )
+        index.layers[slot] = sidecar.LayerEntry(
+            layout.layer_offset(slot, e, k, h),
+            [e, k, h],
+            index.layer_nbytes,
+            writer.write_layer(slot, block),
+            0.5,
+            0.4,
+            0.6,
+        )
     writer.finish(folder / filenames.GATE_VECTORS_BIN)
     (folder / filenames.SIDECAR_JSON).write_text(index.dumps())
     repo = "bench/vindex"
@@ -88,10 +103,19 @@ def main() -> None:
     with Vindex.open(repo, cache_dir=cache) as vx:
         vx.layer(layer)
     t_lazy = time.perf_counter() - t0
-    rows.append(("lazy layer(L), cold: bytes fetched / layer bytes", f"{fetched() / nbytes:.4f} ({fetched()} / {nbytes})"))
+    rows.append(
+        (
+            "lazy layer(L), cold: bytes fetched / layer bytes",
+            f"{fetched() / nbytes:.4f} ({fetched()} / {nbytes})",
+        )
+    )
     sidecar_bytes = hub.stats().file(repo, filenames.SIDECAR_JSON).bytes_sent
-    rows.append(("lazy open + layer(L), cold: all bytes served / layer bytes",
-                 f"{hub.stats().bytes_sent / nbytes:.4f} (sidecar {sidecar_bytes} B)"))
+    rows.append(
+        (
+            "lazy open + layer(L), cold: all bytes served / layer bytes",
+            f"{hub.stats().bytes_sent / nbytes:.4f} (sidecar {sidecar_bytes} B)",
+        )
+    )
     # lazy, second load
     hub.reset_stats()
     with Vindex.open(repo, cache_dir=cache) as vx:
@@ -101,13 +125,23 @@ def main() -> None:
     hub.reset_stats()
     with Vindex.open(repo, cache_dir=fresh_cache("expert")) as vx:
         vx.expert(layer, 5)
-    rows.append(("lazy expert(L, E), cold: bytes fetched", f"{fetched()} ({fetched() / mib:.4f} MiB)"))
+    rows.append(
+        ("lazy expert(L, E), cold: bytes fetched", f"{fetched()} ({fetched() / mib:.4f} MiB)")
+    )
 
     # warm reads vs np.memmap + copy of the same cached block
     with Vindex.open(repo, cache_dir=cache) as vx:
-        block_path = vx._reader.cache.get(vx._reader.remote.etag, vx.index.layer(layer).file_offset,
-                                          vx.index.layer(layer).file_offset + nbytes)
-        t_ref = timed(lambda: np.array(np.asarray(np.memmap(block_path, dtype="<f4", mode="r")).reshape(e, k, h)), 9)
+        block_path = vx._reader.cache.get(
+            vx._reader.remote.etag,
+            vx.index.layer(layer).file_offset,
+            vx.index.layer(layer).file_offset + nbytes,
+        )
+        t_ref = timed(
+            lambda: np.array(
+                np.asarray(np.memmap(block_path, dtype="<f4", mode="r")).reshape(e, k, h)
+            ),
+            9,
+        )
         vx.layer(layer)  # verified once for this object
         t_view_copy = timed(lambda: np.array(vx.layer(layer)), 9)
 
@@ -124,11 +158,24 @@ def main() -> None:
     t_open = timed(lambda: Vindex.open(repo, cache_dir=cache).close())
     t_first_noverify, t_first_verify = first_read(False), first_read(True)
     rows.append(("np.memmap + copy of the cached block (reference)", f"{t_ref * 1e3:.1f} ms"))
-    rows.append(("warm layer(L) + copy, object already verified it", f"{t_view_copy * 1e3:.1f} ms = {t_view_copy / t_ref:.2f}x"))
-    rows.append(("warm first layer(L) + copy on a new object, verify=False",
-                 f"{t_first_noverify * 1e3:.1f} ms = {t_first_noverify / t_ref:.2f}x"))
-    rows.append(("warm first layer(L) + copy on a new object, verify=True (sha256)",
-                 f"{t_first_verify * 1e3:.1f} ms = {t_first_verify / t_ref:.2f}x"))
+    rows.append(
+        (
+            "warm layer(L) + copy, object already verified it",
+            f"{t_view_copy * 1e3:.1f} ms = {t_view_copy / t_ref:.2f}x",
+        )
+    )
+    rows.append(
+        (
+            "warm first layer(L) + copy on a new object, verify=False",
+            f"{t_first_noverify * 1e3:.1f} ms = {t_first_noverify / t_ref:.2f}x",
+        )
+    )
+    rows.append(
+        (
+            "warm first layer(L) + copy on a new object, verify=True (sha256)",
+            f"{t_first_verify * 1e3:.1f} ms = {t_first_verify / t_ref:.2f}x",
+        )
+    )
     rows.append(("Vindex.open of a repo (sidecar cached; HEAD requests)", f"{t_open * 1e3:.1f} ms"))
 
     # snapshot vs lazy, one layer, cold caches
@@ -137,12 +184,18 @@ def main() -> None:
     with Vindex.open(repo, mode="snapshot", cache_dir=fresh_cache("snapshot")) as vx:
         vx.layer(layer)
     t_snap = time.perf_counter() - t0
-    rows.append(("snapshot open + layer(L), cold: bytes fetched / layer bytes",
-                 f"{fetched() / nbytes:.2f} in {t_snap * 1e3:.0f} ms (lazy: 1.00 in {t_lazy * 1e3:.0f} ms)"))
+    rows.append(
+        (
+            "snapshot open + layer(L), cold: bytes fetched / layer bytes",
+            f"{fetched() / nbytes:.2f} in {t_snap * 1e3:.0f} ms (lazy: 1.00 in {t_lazy * 1e3:.0f} ms)",
+        )
+    )
 
     hub.stop()
     shutil.rmtree(work, ignore_errors=True)
-    print(f"layer: {e} experts x {k} feats x {h} hidden = {nbytes / mib:.0f} MiB; {args.layers} layers")
+    print(
+        f"layer: {e} experts x {k} feats x {h} hidden = {nbytes / mib:.0f} MiB; {args.layers} layers"
+    )
     width = max(len(r[0]) for r in rows)
     for name, value in rows:
         print(f"{name:<{width}}  {value}")

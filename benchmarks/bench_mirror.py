@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from vindex_hub.format import filenames, layout, mirror, sidecar
 from vindex_hub.checksums import sha256_file_range
-from vindex_hub.writers import mirror as parquet_mirror
+from vindex_hub.format import filenames, layout, mirror, sidecar
 from vindex_hub.load import Vindex
+from vindex_hub.writers import mirror as parquet_mirror
 from vindex_hub.writers.derived import rewrite_card
 
 VECTOR_LEAF = f"{mirror.COL_VECTOR}.list.element"
@@ -38,17 +38,22 @@ CANDIDATES = {
     "snappy (pyarrow default)": dict(compression="snappy"),
     "zstd": dict(compression="zstd"),
     "zstd, no dictionary on vector": dict(compression="zstd", use_dictionary=INTS),
-    "BYTE_STREAM_SPLIT, uncompressed": dict(compression="none", use_dictionary=INTS,
-                                            column_encoding={VECTOR_LEAF: "BYTE_STREAM_SPLIT"}),
+    "BYTE_STREAM_SPLIT, uncompressed": dict(
+        compression="none", use_dictionary=INTS, column_encoding={VECTOR_LEAF: "BYTE_STREAM_SPLIT"}
+    ),
     "BYTE_STREAM_SPLIT + zstd (chosen)": parquet_mirror.GATE_VECTORS_WRITE_OPTIONS,
 }
 
 
-def make_vindex(folder: Path, layers: int, experts: int, feats: int, hidden: int) -> sidecar.VindexIndex:
+def make_vindex(
+    folder: Path, layers: int, experts: int, feats: int, hidden: int
+) -> sidecar.VindexIndex:
     rng = np.random.default_rng(0)
     index = sidecar.VindexIndex(
         num_feats=feats,
-        model_config=sidecar.ModelConfig("deepseek_v4", layers, sidecar.MoEConfig(experts, 1, 6, hidden, 2048)),
+        model_config=sidecar.ModelConfig(
+            "deepseek_v4", layers, sidecar.MoEConfig(experts, 1, 6, hidden, 2048)
+        ),
         source=sidecar.SourceInfo(repo_id="bench/synthetic"),
         builder=sidecar.BuilderInfo("bench_mirror", "0", "random unit vectors (I/O benchmark)"),
     )
@@ -61,8 +66,14 @@ def make_vindex(folder: Path, layers: int, experts: int, feats: int, hidden: int
     for layer in range(layers):
         offset = layout.layer_offset(layer, experts, feats, hidden)
         index.layers[layer] = sidecar.LayerEntry(
-            offset, [experts, feats, hidden], nbytes,
-            sha256_file_range(folder / filenames.GATE_VECTORS_BIN, offset, nbytes), 0.1, 0.09, 0.11)
+            offset,
+            [experts, feats, hidden],
+            nbytes,
+            sha256_file_range(folder / filenames.GATE_VECTORS_BIN, offset, nbytes),
+            0.1,
+            0.09,
+            0.11,
+        )
     (folder / filenames.SIDECAR_JSON).write_text(index.dumps())
     return index
 
@@ -79,9 +90,13 @@ def best_of(n: int, fn):
 def encodings(folder: Path, index: sidecar.VindexIndex, layer: int) -> None:
     block = np.array(Vindex.open(folder).layer(layer))
     table = parquet_mirror.gate_vectors_table(layer, 0, block)
-    rows_per_group = mirror.experts_per_row_group(index.num_feats, index.hidden_size) * index.num_feats
-    print(f"\n### Parquet settings, one layer ({block.nbytes / 2**20:.0f} MiB of vectors, "
-          f"{rows_per_group} rows a row group)\n")
+    rows_per_group = (
+        mirror.experts_per_row_group(index.num_feats, index.hidden_size) * index.num_feats
+    )
+    print(
+        f"\n### Parquet settings, one layer ({block.nbytes / 2**20:.0f} MiB of vectors, "
+        f"{rows_per_group} rows a row group)\n"
+    )
     print("| setting | size / binary | write s | read s (best of 3) | read GB/s |")
     print("| --- | --- | --- | --- | --- |")
     for name, options in CANDIDATES.items():
@@ -89,19 +104,31 @@ def encodings(folder: Path, index: sidecar.VindexIndex, layer: int) -> None:
         t0 = time.perf_counter()
         pq.write_table(table, path, row_group_size=rows_per_group, **options)
         write_s = time.perf_counter() - t0
-        read_s, back = best_of(3, lambda: pq.read_table(path).column(mirror.COL_VECTOR)
-                               .combine_chunks().flatten().to_numpy())
+        read_s, back = best_of(
+            3,
+            lambda: (
+                pq.read_table(path).column(mirror.COL_VECTOR).combine_chunks().flatten().to_numpy()
+            ),
+        )
         assert back.tobytes() == block.tobytes()
-        print(f"| {name} | {path.stat().st_size / block.nbytes:.3f} | {write_s:.2f} | {read_s:.3f} | "
-              f"{block.nbytes / read_s / 1e9:.2f} |")
+        print(
+            f"| {name} | {path.stat().st_size / block.nbytes:.3f} | {write_s:.2f} | {read_s:.3f} | "
+            f"{block.nbytes / read_s / 1e9:.2f} |"
+        )
         path.unlink()
     for experts_per_group in (1, mirror.experts_per_row_group(index.num_feats, index.hidden_size)):
         path = folder / "rowgroups.parquet"
-        pq.write_table(table, path, row_group_size=experts_per_group * index.num_feats,
-                       **parquet_mirror.GATE_VECTORS_WRITE_OPTIONS)
+        pq.write_table(
+            table,
+            path,
+            row_group_size=experts_per_group * index.num_feats,
+            **parquet_mirror.GATE_VECTORS_WRITE_OPTIONS,
+        )
         read_s, _ = best_of(3, lambda: pq.read_table(path))
-        print(f"| chosen, {experts_per_group} expert(s) a row group | {path.stat().st_size / block.nbytes:.3f} "
-              f"| | {read_s:.3f} | {block.nbytes / read_s / 1e9:.2f} |")
+        print(
+            f"| chosen, {experts_per_group} expert(s) a row group | {path.stat().st_size / block.nbytes:.3f} "
+            f"| | {read_s:.3f} | {block.nbytes / read_s / 1e9:.2f} |"
+        )
         path.unlink()
 
 
@@ -112,13 +139,22 @@ def load_vs_memmap(folder: Path, index: sidecar.VindexIndex, layer: int, cache: 
     entry = index.layers[layer]
 
     def via_datasets():
-        ds = load_dataset(str(folder), mirror.layer_config(layer, index.model_config.num_hidden_layers),
-                          split=mirror.SPLIT, cache_dir=str(cache)).with_format("torch")
+        ds = load_dataset(
+            str(folder),
+            mirror.layer_config(layer, index.model_config.num_hidden_layers),
+            split=mirror.SPLIT,
+            cache_dir=str(cache),
+        ).with_format("torch")
         return ds[mirror.COL_VECTOR][:].reshape(entry.shape)
 
     def via_memmap():
-        arr = np.memmap(folder / filenames.GATE_VECTORS_BIN, dtype=layout.NUMPY_DTYPE, mode="r",
-                        offset=entry.file_offset, shape=tuple(entry.shape))
+        arr = np.memmap(
+            folder / filenames.GATE_VECTORS_BIN,
+            dtype=layout.NUMPY_DTYPE,
+            mode="r",
+            offset=entry.file_offset,
+            shape=tuple(entry.shape),
+        )
         return np.array(arr)
 
     first_mm, a = best_of(1, via_memmap)
@@ -132,11 +168,15 @@ def load_vs_memmap(folder: Path, index: sidecar.VindexIndex, layer: int, cache: 
     print("| --- | --- | --- |")
     print(f"| np.memmap + copy | {first_mm:.3f} | {cached_mm:.3f} |")
     print(f"| load_dataset -> torch | {first_ds:.3f} | {cached_ds:.3f} |")
-    print(f"| ratio load_dataset / memmap | {first_ds / first_mm:.1f}x | {cached_ds / cached_mm:.1f}x |")
+    print(
+        f"| ratio load_dataset / memmap | {first_ds / first_mm:.1f}x | {cached_ds / cached_mm:.1f}x |"
+    )
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--experts", type=int, default=64)
     p.add_argument("--feats", type=int, default=64)
@@ -152,11 +192,17 @@ def main() -> None:
         mirror_s = time.perf_counter() - t0
         rewrite_card(folder, index)
         binary = (folder / filenames.GATE_VECTORS_BIN).stat().st_size
-        mirror_size = sum(f.stat().st_size for f in (folder / filenames.DATA_DIR).rglob("*.parquet"))
-        print(f"synthetic vindex: {args.layers} layers x {args.experts} experts x {args.feats} feats x "
-              f"{args.hidden} hidden = {binary / 2**20:.0f} MiB; cpus {os.cpu_count()}")
-        print(f"write_mirror: {mirror_s:.2f} s ({binary / mirror_s / 1e6:.0f} MB/s); "
-              f"mirror / binary size {mirror_size / binary:.3f}")
+        mirror_size = sum(
+            f.stat().st_size for f in (folder / filenames.DATA_DIR).rglob("*.parquet")
+        )
+        print(
+            f"synthetic vindex: {args.layers} layers x {args.experts} experts x {args.feats} feats x "
+            f"{args.hidden} hidden = {binary / 2**20:.0f} MiB; cpus {os.cpu_count()}"
+        )
+        print(
+            f"write_mirror: {mirror_s:.2f} s ({binary / mirror_s / 1e6:.0f} MB/s); "
+            f"mirror / binary size {mirror_size / binary:.3f}"
+        )
         encodings(folder, index, 1 if args.layers > 1 else 0)
         load_vs_memmap(folder, index, 1 if args.layers > 1 else 0, root / "hf-cache")
     finally:

@@ -47,9 +47,9 @@ def run(args, work: Path, hub: LocalHub) -> None:
     # The clients read the environment at import time: import them only now.
     import datasets
     import yaml
+    from bench_mirror import make_vindex
     from huggingface_hub import HfApi
 
-    from bench_mirror import make_vindex
     from vindex_hub.format import filenames, mirror
     from vindex_hub.writers.derived import rewrite_card
     from vindex_hub.writers.mirror import write_mirror
@@ -64,7 +64,9 @@ def run(args, work: Path, hub: LocalHub) -> None:
     n = index.model_config.num_hidden_layers
     layer = 1 if args.layers > 1 else 0
     layer_file = (folder / mirror.gate_vectors_parquet(layer, n)).stat().st_size
-    all_files = sum((folder / mirror.gate_vectors_parquet(i, n)).stat().st_size for i in index.layer_ids)
+    all_files = sum(
+        (folder / mirror.gate_vectors_parquet(i, n)).stat().st_size for i in index.layer_ids
+    )
 
     api = HfApi()
 
@@ -78,7 +80,8 @@ def run(args, work: Path, hub: LocalHub) -> None:
     card = folder / filenames.CARD_FILE
     front = yaml.safe_load(card.read_text().split("---\n")[1])
     front["configs"] = mirror.split_per_layer_configs(
-        {i: mirror.gate_vectors_parquet(i, n) for i in index.layer_ids}, {})
+        {i: mirror.gate_vectors_parquet(i, n) for i in index.layer_ids}, {}
+    )
     front.pop("dataset_info")
     card.write_text("---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n# old layout\n")
     old_repo = push("split-per-layer", folder)
@@ -88,24 +91,51 @@ def run(args, work: Path, hub: LocalHub) -> None:
         t = time.perf_counter()
         load()
         seconds = time.perf_counter() - t
-        return sum(f.bytes_sent for (_, r, p), f in hub.stats().files.items()
-                   if r == repo and p.endswith(".parquet")), seconds
+        return sum(
+            f.bytes_sent
+            for (_, r, p), f in hub.stats().files.items()
+            if r == repo and p.endswith(".parquet")
+        ), seconds
 
     cache = str(work / "datasets")
     config = mirror.layer_config(layer, n)
     rows = [
-        (f'load_dataset(repo, "{config}", split="train")', *served(
-            new_repo, lambda: datasets.load_dataset(new_repo, config, split="train", cache_dir=cache))),
-        (f'old layout: load_dataset(repo, "gate_vectors", split="{mirror.old_layout_split(layer)}")', *served(
-            old_repo, lambda: datasets.load_dataset(old_repo, mirror.CONFIG_GATE_VECTORS,
-                                                    split=mirror.old_layout_split(layer), cache_dir=cache))),
-        ('load_dataset(repo, "gate_vectors", split="train", streaming=True).take(10)', *served(
-            new_repo, lambda: list(datasets.load_dataset(new_repo, mirror.CONFIG_GATE_VECTORS, split="train",
-                                                         streaming=True).take(10)))),
+        (
+            f'load_dataset(repo, "{config}", split="train")',
+            *served(
+                new_repo,
+                lambda: datasets.load_dataset(new_repo, config, split="train", cache_dir=cache),
+            ),
+        ),
+        (
+            f'old layout: load_dataset(repo, "gate_vectors", split="{mirror.old_layout_split(layer)}")',
+            *served(
+                old_repo,
+                lambda: datasets.load_dataset(
+                    old_repo,
+                    mirror.CONFIG_GATE_VECTORS,
+                    split=mirror.old_layout_split(layer),
+                    cache_dir=cache,
+                ),
+            ),
+        ),
+        (
+            'load_dataset(repo, "gate_vectors", split="train", streaming=True).take(10)',
+            *served(
+                new_repo,
+                lambda: list(
+                    datasets.load_dataset(
+                        new_repo, mirror.CONFIG_GATE_VECTORS, split="train", streaming=True
+                    ).take(10)
+                ),
+            ),
+        ),
     ]
     mib = float(1 << 20)
-    print(f"synthetic vindex: {args.layers} layers x {args.experts} experts x {args.feats} feats x {args.hidden} "
-          f"hidden; layer {layer}'s parquet {layer_file / mib:.1f} MiB, all layers {all_files / mib:.1f} MiB\n")
+    print(
+        f"synthetic vindex: {args.layers} layers x {args.experts} experts x {args.feats} feats x {args.hidden} "
+        f"hidden; layer {layer}'s parquet {layer_file / mib:.1f} MiB, all layers {all_files / mib:.1f} MiB\n"
+    )
     print("| read | parquet MiB served | / that layer's file | wall s |")
     print("| --- | --- | --- | --- |")
     for what, nbytes, seconds in rows:

@@ -26,9 +26,9 @@ from vindex_hub.testing.ray_cluster import LocalRayCluster, client_environment
 
 os.environ.update(client_environment())  # before Ray is imported (by the engine)
 
-from vindex_hub.build import build_vindex  # noqa: E402
-from vindex_hub.format import filenames  # noqa: E402
-from vindex_hub.testing.synth import make_deepseek_v4_checkpoint  # noqa: E402
+from vindex_hub.builder import build_vindex
+from vindex_hub.format import filenames
+from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 
 
 def timed_build(checkpoint: Path, out: Path, num_feats: int, **engine) -> float:
@@ -49,23 +49,52 @@ def main() -> None:
     args = ap.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-ray-"))
     checkpoint = make_deepseek_v4_checkpoint(
-        work / "ckpt", num_layers=args.layers, num_experts=args.experts, hidden_size=args.hidden,
-        moe_intermediate_size=args.intermediate, num_shards=max(1, args.layers // 2))
+        work / "ckpt",
+        num_layers=args.layers,
+        num_experts=args.experts,
+        hidden_size=args.hidden,
+        moe_intermediate_size=args.intermediate,
+        num_shards=max(1, args.layers // 2),
+    )
     num_feats = min(args.num_feats, args.intermediate)
-    serial = timed_build(checkpoint, work / "serial" / "vindex", num_feats, workers=1)  # one process, one thread
+    serial = timed_build(
+        checkpoint, work / "serial" / "vindex", num_feats, workers=1
+    )  # one process, one thread
     with LocalRayCluster(nodes=args.nodes, cpus_per_node=1) as cluster:
-        ray = timed_build(checkpoint, work / "ray" / "vindex", num_feats, engine="ray",
-                          ray_address=cluster.address)
+        ray = timed_build(
+            checkpoint,
+            work / "ray" / "vindex",
+            num_feats,
+            engine="ray",
+            ray_address=cluster.address,
+        )
     experts = args.layers * args.experts
-    binaries = [(work / side / "vindex" / filenames.GATE_VECTORS_BIN).read_bytes() for side in ("serial", "ray")]
+    binaries = [
+        (work / side / "vindex" / filenames.GATE_VECTORS_BIN).read_bytes()
+        for side in ("serial", "ray")
+    ]
     same = binaries[0] == binaries[1]
-    print(json.dumps({
-        "checkpoint": {"layers": args.layers, "experts": args.experts, "gate_proj": [args.intermediate, args.hidden],
-                       "num_feats": num_feats},
-        "serial_s": round(serial, 2), "ray_s": round(ray, 2), "serial_over_ray": round(serial / ray, 3),
-        "serial_s_per_expert": round(serial / experts, 4), "ray_s_per_expert": round(ray / experts, 4),
-        "ray_workers": args.nodes, "same_bits": same, "workdir": str(work),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "checkpoint": {
+                    "layers": args.layers,
+                    "experts": args.experts,
+                    "gate_proj": [args.intermediate, args.hidden],
+                    "num_feats": num_feats,
+                },
+                "serial_s": round(serial, 2),
+                "ray_s": round(ray, 2),
+                "serial_over_ray": round(serial / ray, 3),
+                "serial_s_per_expert": round(serial / experts, 4),
+                "ray_s_per_expert": round(ray / experts, 4),
+                "ray_workers": args.nodes,
+                "same_bits": same,
+                "workdir": str(work),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ TOKEN = "hf_bench_dummy"
 
 def child(kind: str, target: str, out: str) -> dict:
     """One measured job, in its own process (the environment points at the server)."""
-    from vindex_hub.build import build_vindex
+    from vindex_hub.builder import build_vindex
 
     t0 = time.perf_counter()
     result: dict = {}
@@ -69,8 +69,13 @@ def child(kind: str, target: str, out: str) -> dict:
 
 
 def run_child(kind: str, target: str, out: Path, env: dict[str, str]) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", kind, target, str(out)],
-                          env={**os.environ, **env}, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", kind, target, str(out)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode:
         raise SystemExit(f"{kind} job failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -102,27 +107,35 @@ def run(args: argparse.Namespace, work: Path) -> None:
     # The clients read the environment at import time: import them only now.
     from huggingface_hub import HfApi
 
-    from vindex_hub.format import filenames
     from vindex_hub.arch import get_architecture
+    from vindex_hub.format import filenames
     from vindex_hub.source.local import LocalCheckpoint
     from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 
     t0 = time.perf_counter()
     ckpt = make_deepseek_v4_checkpoint(
-        work / "ckpt", num_layers=args.layers, num_experts=args.experts, hidden_size=args.hidden,
-        moe_intermediate_size=args.inter, num_shards=args.shards,
+        work / "ckpt",
+        num_layers=args.layers,
+        num_experts=args.experts,
+        hidden_size=args.hidden,
+        moe_intermediate_size=args.inter,
+        num_shards=args.shards,
     )
     shards = sorted(p.name for p in ckpt.glob("*.safetensors"))
     checkpoint_bytes = sum((ckpt / s).stat().st_size for s in shards)
-    print(f"generated {checkpoint_bytes / 1e6:.0f} MB in {len(shards)} shards ({time.perf_counter() - t0:.0f} s)",
-          file=sys.stderr)
+    print(
+        f"generated {checkpoint_bytes / 1e6:.0f} MB in {len(shards)} shards ({time.perf_counter() - t0:.0f} s)",
+        file=sys.stderr,
+    )
     api = HfApi()
     api.create_repo(REPO_ID, repo_type="model")
     api.upload_folder(folder_path=ckpt, repo_id=REPO_ID, repo_type="model")
 
     with LocalCheckpoint(ckpt) as src:
         arch = get_architecture(src.config)
-        infos = [src.tensor_info(n) for layer in arch.moe_layers() for n in arch.layer_tensors(layer)]
+        infos = [
+            src.tensor_info(n) for layer in arch.moe_layers() for n in arch.layer_tensors(layer)
+        ]
     needed = sum(i.nbytes for i in infos)
     headers = 0
     for shard in {i.shard for i in infos}:
@@ -141,30 +154,66 @@ def run(args: argparse.Namespace, work: Path) -> None:
     fetch, fetch_bytes = measured("fetch", REPO_ID, "fetch")
     snap, snap_bytes = measured("snapshot", REPO_ID, "snapshot")
     identical = (work / "remote" / filenames.GATE_VECTORS_BIN).read_bytes() == (
-        work / "local" / filenames.GATE_VECTORS_BIN).read_bytes()
+        work / "local" / filenames.GATE_VECTORS_BIN
+    ).read_bytes()
     hub.stop()
 
     mb = 1e6
     rows = [
-        ("checkpoint", f"{args.layers} layers x {args.experts} experts, gate_proj {args.inter} x {args.hidden} FP4, "
-                       f"{len(shards)} shards, {checkpoint_bytes / mb:.1f} MB", ""),
-        ("needed tensors (routed + shared gate_proj, router) / checkpoint",
-         f"{needed / mb:.1f} MB = {needed / checkpoint_bytes:.3f}", ""),
-        ("remote build: shard bytes fetched / needed tensor bytes",
-         f"{remote_bytes / needed:.4f} ({remote_bytes} / {needed} B)", "<= 1.05"),
-        ("  the same without the shard headers (tensor ranges only)",
-         f"{(remote_bytes - headers) / needed:.4f} (headers: {headers} B)", ""),
-        ("remote build: shard bytes fetched / full snapshot_download",
-         f"{remote_bytes / snap_bytes:.3f} ({remote_bytes / mb:.1f} / {snap_bytes / mb:.1f} MB)", ""),
-        ("source's own count (bytes_fetched) = server count", f"{remote['bytes_fetched'] == remote_bytes}", ""),
-        ("wall: local build / remote build", f"{local['seconds']:.1f} s / {remote['seconds']:.1f} s "
-                                             f"= {remote['seconds'] / local['seconds']:.2f}x", "close to 1x"),
-        ("remote build: seconds fetching (reader thread, overlapped with compute)",
-         f"{remote['fetch_seconds']:.1f} s", ""),
-        ("fetch only (no compute): throughput", f"{fetch_bytes / mb / fetch['fetch_seconds']:.0f} MB/s "
-                                                f"({fetch_bytes / mb:.1f} MB in {fetch['fetch_seconds']:.2f} s)", ""),
+        (
+            "checkpoint",
+            f"{args.layers} layers x {args.experts} experts, gate_proj {args.inter} x {args.hidden} FP4, "
+            f"{len(shards)} shards, {checkpoint_bytes / mb:.1f} MB",
+            "",
+        ),
+        (
+            "needed tensors (routed + shared gate_proj, router) / checkpoint",
+            f"{needed / mb:.1f} MB = {needed / checkpoint_bytes:.3f}",
+            "",
+        ),
+        (
+            "remote build: shard bytes fetched / needed tensor bytes",
+            f"{remote_bytes / needed:.4f} ({remote_bytes} / {needed} B)",
+            "<= 1.05",
+        ),
+        (
+            "  the same without the shard headers (tensor ranges only)",
+            f"{(remote_bytes - headers) / needed:.4f} (headers: {headers} B)",
+            "",
+        ),
+        (
+            "remote build: shard bytes fetched / full snapshot_download",
+            f"{remote_bytes / snap_bytes:.3f} ({remote_bytes / mb:.1f} / {snap_bytes / mb:.1f} MB)",
+            "",
+        ),
+        (
+            "source's own count (bytes_fetched) = server count",
+            f"{remote['bytes_fetched'] == remote_bytes}",
+            "",
+        ),
+        (
+            "wall: local build / remote build",
+            f"{local['seconds']:.1f} s / {remote['seconds']:.1f} s "
+            f"= {remote['seconds'] / local['seconds']:.2f}x",
+            "close to 1x",
+        ),
+        (
+            "remote build: seconds fetching (reader thread, overlapped with compute)",
+            f"{remote['fetch_seconds']:.1f} s",
+            "",
+        ),
+        (
+            "fetch only (no compute): throughput",
+            f"{fetch_bytes / mb / fetch['fetch_seconds']:.0f} MB/s "
+            f"({fetch_bytes / mb:.1f} MB in {fetch['fetch_seconds']:.2f} s)",
+            "",
+        ),
         ("snapshot_download alone", f"{snap['seconds']:.2f} s", ""),
-        ("peak RSS: local build / remote build", f"{local['peak_rss_mib']:.0f} / {remote['peak_rss_mib']:.0f} MiB", ""),
+        (
+            "peak RSS: local build / remote build",
+            f"{local['peak_rss_mib']:.0f} / {remote['peak_rss_mib']:.0f} MiB",
+            "",
+        ),
         ("gate_vectors.bin remote == local", f"{identical}", "True"),
     ]
     print("| figure | result | target |\n| --- | --- | --- |")

@@ -42,19 +42,19 @@ import multiprocessing
 import os
 import platform
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import shared_memory
-from typing import Callable
 
 import numpy as np
 import scipy
 import scipy.linalg
+from bench_load import timed  # median wall seconds of repeated runs
 from scipy.linalg import blas, lapack
 from scipy.linalg.blas import dsyrk
 from threadpoolctl import threadpool_limits
 
-from bench_load import timed  # median wall seconds of repeated runs
-from vindex_hub.build.engine import blas_thread_environment
+from vindex_hub.builder.engine import blas_thread_environment
 from vindex_hub.numerics import svd
 from vindex_hub.numerics.svd import top_k_right_singular
 from vindex_hub.testing import synth
@@ -82,8 +82,14 @@ def method_v01(w: np.ndarray, k: int) -> Result:
     w64 = w.astype(np.float64)
     gram = dsyrk(1.0, w64.T, trans=1, lower=0)
     n = gram.shape[0]
-    lam, u = scipy.linalg.eigh(gram, lower=False, subset_by_index=[n - k, n - 1], driver="evr",
-                               overwrite_a=True, check_finite=False)
+    lam, u = scipy.linalg.eigh(
+        gram,
+        lower=False,
+        subset_by_index=[n - k, n - 1],
+        driver="evr",
+        overwrite_a=True,
+        check_finite=False,
+    )
     s = np.sqrt(np.maximum(lam[::-1], 0.0))
     return (w64.T @ u[:, ::-1] / s).T, s
 
@@ -132,7 +138,7 @@ def wall_per_expert_in_processes(experts: list[np.ndarray], processes: int, repe
     workers): median over ``repeat`` rounds of wall time / experts, start-up excluded.
 
     The experts sit once in shared memory, mapped by every process, and a task names its expert
-    by index: as in a build (``build.engine`` shares each layer's bytes the same way), no matrix
+    by index: as in a build (``builder.engine`` shares each layer's bytes the same way), no matrix
     is pickled through a pipe (32 MiB an expert, ~0.1 s of copying that a build does not do).
     """
     stacked = np.stack(experts)
@@ -140,10 +146,18 @@ def wall_per_expert_in_processes(experts: list[np.ndarray], processes: int, repe
     try:
         np.ndarray(stacked.shape, dtype=np.float32, buffer=block.buf)[...] = stacked
         context = multiprocessing.get_context("spawn")
-        with blas_thread_environment(1), ProcessPoolExecutor(
-                processes, mp_context=context, initializer=_map_experts,
-                initargs=(block.name, stacked.shape)) as pool:
-            list(pool.map(_mixed_in_worker, range(min(processes, len(experts)))))  # start-up, buffers
+        with (
+            blas_thread_environment(1),
+            ProcessPoolExecutor(
+                processes,
+                mp_context=context,
+                initializer=_map_experts,
+                initargs=(block.name, stacked.shape),
+            ) as pool,
+        ):
+            list(
+                pool.map(_mixed_in_worker, range(min(processes, len(experts))))
+            )  # start-up, buffers
             # Every expert once per process: a round whose task count the processes divide (3
             # experts on 2 processes would leave one idle for a third of the round).
             tasks = [i % len(experts) for i in range(len(experts) * processes)]
@@ -170,23 +184,49 @@ def route_stages(w: np.ndarray, repeat: int) -> None:
         square64 = square.astype(np.float64, order="F")
         dgemm = 2 * n**3 / timed(lambda: blas.dgemm(1.0, square64, square64), repeat) / 1e9
         x = np.ones(n, dtype=np.float32)
-        symv = 2 * n**2 * 20 / timed(lambda: [blas.ssymv(1.0, square, x) for _ in range(20)], repeat) / 1e9
+        symv = (
+            2
+            * n**2
+            * 20
+            / timed(lambda: [blas.ssymv(1.0, square, x) for _ in range(20)], repeat)
+            / 1e9
+        )
         gram = np.empty((n, n), dtype=np.float32, order="F")
         t_gram = timed(lambda: svd._gram(blas.ssyrk, w, gram), repeat)
-        t_eig = timed(lambda: svd._top_eigenpairs(svd._gram(blas.ssyrk, w, gram), p), repeat) - t_gram
+        t_eig = (
+            timed(lambda: svd._top_eigenpairs(svd._gram(blas.ssyrk, w, gram), p), repeat) - t_gram
+        )
         lwork = int(lapack.ssytrd_lwork(n, lower=0)[0])
-        t_trd = timed(lambda: lapack.ssytrd(svd._gram(blas.ssyrk, w, gram), lower=0, lwork=lwork,
-                                            overwrite_a=1), repeat) - t_gram
+        t_trd = (
+            timed(
+                lambda: lapack.ssytrd(
+                    svd._gram(blas.ssyrk, w, gram), lower=0, lwork=lwork, overwrite_a=1
+                ),
+                repeat,
+            )
+            - t_gram
+        )
         t_all = timed(lambda: top_k_right_singular(w[None], K), repeat)
     rest = t_all - t_gram - t_eig
-    print(f"\nWhere `precision=mixed` spends one expert (1 thread; this machine's BLAS: sgemm {sgemm:.0f}, "
-          f"dgemm {dgemm:.0f}, ssymv {symv:.0f} GFLOP/s at n={n}):\n")
+    print(
+        f"\nWhere `precision=mixed` spends one expert (1 thread; this machine's BLAS: sgemm {sgemm:.0f}, "
+        f"dgemm {dgemm:.0f}, ssymv {symv:.0f} GFLOP/s at n={n}):\n"
+    )
     print("| stage | seconds | share | GFLOP | GFLOP/s |\n| --- | ---: | ---: | ---: | ---: |")
     for name, seconds, gflop in (
-            (f"float32 Gram (ssyrk, {n} x {n})", t_gram, n * n * max(rows, cols) / 1e9),
-            (f"ssyevr, top {p} eigenpairs", t_eig, None),
-            ("- of which the tridiagonal reduction (ssytrd; half of it ssymv)", t_trd, 4 / 3 * n**3 / 1e9),
-            ("float64 Rayleigh-Ritz (two dgemm passes over W) and the rest", rest, 4 * rows * cols * p / 1e9)):
+        (f"float32 Gram (ssyrk, {n} x {n})", t_gram, n * n * max(rows, cols) / 1e9),
+        (f"ssyevr, top {p} eigenpairs", t_eig, None),
+        (
+            "- of which the tridiagonal reduction (ssytrd; half of it ssymv)",
+            t_trd,
+            4 / 3 * n**3 / 1e9,
+        ),
+        (
+            "float64 Rayleigh-Ritz (two dgemm passes over W) and the rest",
+            rest,
+            4 * rows * cols * p / 1e9,
+        ),
+    ):
         rate = f"{gflop / seconds:.0f}" if gflop else ""
         flops = f"{gflop:.1f}" if gflop else ""
         print(f"| {name} | {seconds:.3f} | {seconds / t_all:.0%} | {flops} | {rate} |")
@@ -230,7 +270,9 @@ def bench_shape(name: str, rows: int, cols: int, values: str, args: argparse.Nam
         "0.1: f64 Gram (dsyrk) + scipy eigh evr + numpy matmul": method_v01,
         "precision=f64: f64 Gram + dsyevr, scipy BLAS, 1 thread": ours("f64"),
         "precision=mixed (default): f32 Gram + ssyevr + f64 Rayleigh-Ritz, 1 thread": ours("mixed"),
-        "randomized subspace iteration (f32, 4 rounds)": lambda w, k: randomized_subspace_iteration(w, k, rng),
+        "randomized subspace iteration (f32, 4 rounds)": lambda w, k: randomized_subspace_iteration(
+            w, k, rng
+        ),
     }
     times: dict[str, list[float]] = {m: [] for m in methods}
     worst: dict[str, list[float]] = {m: [] for m in methods}
@@ -240,7 +282,9 @@ def bench_shape(name: str, rows: int, cols: int, values: str, args: argparse.Nam
     for _ in range(args.experts):
         w = expert(rng, rows, cols, values)
         experts.append(w)
-        _, s_ref, vt_ref = scipy.linalg.svd(w.astype(np.float64), full_matrices=False, lapack_driver="gesdd")
+        _, s_ref, vt_ref = scipy.linalg.svd(
+            w.astype(np.float64), full_matrices=False, lapack_driver="gesdd"
+        )
         energy.append(np.sum(s_ref[:K] ** 2) / np.sum(s_ref**2))
         allowed = gap_allowing(s_ref, K)
         n_allowed.append(int(allowed.sum()))
@@ -257,42 +301,70 @@ def bench_shape(name: str, rows: int, cols: int, values: str, args: argparse.Nam
                 s_err[method_name].append(float(np.max(np.abs(s - s_ref[:K]) / s_ref[:K])))
     base = float(np.median(times[NUMPY_SVD]))
     print(f"\n### {name} (x{args.experts} experts, K={K})\n")
-    print(f"top-{K} energy fraction {np.mean(energy):.3f}; gap-allowing vectors (relative gap >= "
-          f"{GAP_ALLOWS:g}): {min(n_allowed)}-{max(n_allowed)} of {K}\n")
-    print("| method | s / expert | vs numpy SVD | 1 - min \\|cos\\| gap-allowing | median \\|cos\\| "
-          "| max rel err of s |")
+    print(
+        f"top-{K} energy fraction {np.mean(energy):.3f}; gap-allowing vectors (relative gap >= "
+        f"{GAP_ALLOWS:g}): {min(n_allowed)}-{max(n_allowed)} of {K}\n"
+    )
+    print(
+        "| method | s / expert | vs numpy SVD | 1 - min \\|cos\\| gap-allowing | median \\|cos\\| "
+        "| max rel err of s |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for method_name in methods:
         t = float(np.median(times[method_name]))
         err = f"{max(s_err[method_name]):.1e}" if s_err[method_name] else "-"
-        print(f"| {method_name} | {t:.3f} | {base / t:.1f}x | {max(worst[method_name]):.1e} "
-              f"| {np.median(median_cos[method_name]):.6f} | {err} |")
+        print(
+            f"| {method_name} | {t:.3f} | {base / t:.1f}x | {max(worst[method_name]):.1e} "
+            f"| {np.median(median_cos[method_name]):.6f} | {err} |"
+        )
     if args.processes > 1:
         t = wall_per_expert_in_processes(experts, args.processes, args.repeat)
-        print(f"| precision=mixed on {args.processes} single-thread processes (wall / expert) | {t:.3f} "
-              f"| {base / t:.1f}x | (same bits as above) | | |")
+        print(
+            f"| precision=mixed on {args.processes} single-thread processes (wall / expert) | {t:.3f} "
+            f"| {base / t:.1f}x | (same bits as above) | | |"
+        )
     if args.device == "cuda":
         batch = np.stack(experts)
-        found = top_k_right_singular(batch, K, device="cuda")  # also the warm-up: CUDA's start is not timed
+        found = top_k_right_singular(
+            batch, K, device="cuda"
+        )  # also the warm-up: CUDA's start is not timed
         t = timed(lambda: top_k_right_singular(batch, K, device="cuda"), args.repeat) / len(experts)
         cos = [abs_cosines(v, vt_ref) for v, (_, vt_ref, _) in zip(found.vectors, references)]
-        worst_cuda = max(float((1 - c[allowed]).max()) for c, (_, _, allowed) in zip(cos, references))
-        err = max(float(np.max(np.abs(s - s_ref) / s_ref))
-                  for s, (s_ref, _, _) in zip(found.singular_values, references))
-        print(f"| device=cuda, the {len(experts)} experts as one batch (wall / expert) | {t:.3f} | {base / t:.1f}x "
-              f"| {worst_cuda:.1e} | {np.median([np.median(c) for c in cos]):.6f} | {err:.1e} |")
+        worst_cuda = max(
+            float((1 - c[allowed]).max()) for c, (_, _, allowed) in zip(cos, references)
+        )
+        err = max(
+            float(np.max(np.abs(s - s_ref) / s_ref))
+            for s, (s_ref, _, _) in zip(found.singular_values, references)
+        )
+        print(
+            f"| device=cuda, the {len(experts)} experts as one batch (wall / expert) | {t:.3f} | {base / t:.1f}x "
+            f"| {worst_cuda:.1e} | {np.median([np.median(c) for c in cos]):.6f} | {err:.1e} |"
+        )
     route_stages(experts[0], args.repeat)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--experts", type=int, default=3, help="experts per shape (median reported)")
+    parser.add_argument(
+        "--experts", type=int, default=3, help="experts per shape (median reported)"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per expert of the fast methods")
-    parser.add_argument("--processes", type=int, default=os.cpu_count() or 1,
-                        help="processes for the multi-process row (1: skip it)")
-    parser.add_argument("--device", default="auto", choices=svd.DEVICES,
-                        help="cuda (or auto, where torch sees a GPU) adds the CUDA route's row")
-    parser.add_argument("--scale", type=int, default=1, help="divide both dimensions by this (smoke runs)")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="processes for the multi-process row (1: skip it)",
+    )
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=svd.DEVICES,
+        help="cuda (or auto, where torch sees a GPU) adds the CUDA route's row",
+    )
+    parser.add_argument(
+        "--scale", type=int, default=1, help="divide both dimensions by this (smoke runs)"
+    )
     args = parser.parse_args()
     args.device = svd.resolve_device(args.device)
 

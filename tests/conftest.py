@@ -54,6 +54,10 @@ os.environ.update(client_environment(HUB_URL, SESSION_DIR / "hf-home", token=HUB
 
 import pytest  # noqa: E402
 
+# Fixtures shared across modules (``small_vindex``, ``vindex_copy``), loaded after the environment
+# above is set: they import huggingface_hub.
+pytest_plugins = ["vindex_fixtures"]
+
 _started_hub: LocalHub | None = None
 _repo_counter = itertools.count(1)
 

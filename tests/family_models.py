@@ -25,9 +25,19 @@ from safetensors.torch import load_file, save_file
 from vindex_hub.testing.synth import quantize_fp8, quantize_mxfp4
 
 SAFETENSORS = "model.safetensors"
-BASE = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, vocab_size=128, num_hidden_layers=3)
+BASE = dict(
+    hidden_size=64,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=128,
+    num_hidden_layers=3,
+)
 FP8_BLOCK = [16, 32]  # small blocks so a tiny gate_proj spans several, with ragged edges
-ROWS_HALVES, COLUMNS_HALVES, COLUMNS_INTERLEAVED = "rows-halves", "columns-halves", "columns-interleaved"
+ROWS_HALVES, COLUMNS_HALVES, COLUMNS_INTERLEAVED = (
+    "rows-halves",
+    "columns-halves",
+    "columns-interleaved",
+)
 
 
 @dataclass(frozen=True)
@@ -47,55 +57,179 @@ class Case:
     saved_model_type: str | None = None  # Kimi-K2: DeepSeek-V3 code under its own model_type
     vision_config: dict[str, Any] | None = None  # multimodal (Llama-4)
     hash_layers: tuple[int, ...] = ()  # DeepSeek-V4 layers routed by token id (no router bias)
-    published_layout: bool = True  # the layout the family publishes (assumed when names are unknown)
+    published_layout: bool = (
+        True  # the layout the family publishes (assumed when names are unknown)
+    )
 
 
-_V3 = dict(n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
-           first_k_dense_replace=1, n_group=1, topk_group=1, intermediate_size=96)
+_V3 = dict(
+    n_routed_experts=4,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+    n_shared_experts=1,
+    first_k_dense_replace=1,
+    n_group=1,
+    topk_group=1,
+    intermediate_size=96,
+)
 _MLA = dict(kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=8)
-_V4 = dict(moe_intermediate_size=32, num_key_value_heads=1, head_dim=32, q_lora_rank=16, n_routed_experts=4,
-           n_shared_experts=1, num_experts_per_tok=2, o_groups=2, o_lora_rank=16, index_n_heads=2,
-           index_head_dim=16, index_topk=4, sliding_window=8, hc_mult=2, mlp_layer_types=["hash_moe", "moe", "moe"])
-_LLAMA4 = dict(num_local_experts=4, num_experts_per_tok=1, intermediate_size=32, intermediate_size_mlp=96,
-               head_dim=16, num_hidden_layers=4, interleave_moe_layer_step=2)
+_V4 = dict(
+    moe_intermediate_size=32,
+    num_key_value_heads=1,
+    head_dim=32,
+    q_lora_rank=16,
+    n_routed_experts=4,
+    n_shared_experts=1,
+    num_experts_per_tok=2,
+    o_groups=2,
+    o_lora_rank=16,
+    index_n_heads=2,
+    index_head_dim=16,
+    index_topk=4,
+    sliding_window=8,
+    hc_mult=2,
+    mlp_layer_types=["hash_moe", "moe", "moe"],
+)
+_LLAMA4 = dict(
+    num_local_experts=4,
+    num_experts_per_tok=1,
+    intermediate_size=32,
+    intermediate_size_mlp=96,
+    head_dim=16,
+    num_hidden_layers=4,
+    interleave_moe_layer_step=2,
+)
 _SHARED_V3 = "shared_experts.gate_proj.weight"
 _BIAS_V3 = "gate.e_score_correction_bias"
 
 CASES = [
     Case("olmoe", "olmoe", dict(num_experts=4, num_experts_per_tok=2, intermediate_size=48)),
-    Case("mixtral-bf16", "mixtral", dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=48),
-         dtype=torch.bfloat16),
-    Case("mixtral-fused", "mixtral", dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=48),
-         save_kwargs=dict(save_original_format=False), published_layout=False),
-    Case("qwen2_moe", "qwen2_moe", dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
-                                        shared_expert_intermediate_size=48, mlp_only_layers=[0], intermediate_size=96),
-         shared="shared_expert.gate_proj.weight"),
-    Case("qwen3_moe-f16", "qwen3_moe", dict(num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
-                                            decoder_sparse_step=2, num_hidden_layers=4, intermediate_size=96),
-         dtype=torch.float16),
+    Case(
+        "mixtral-bf16",
+        "mixtral",
+        dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=48),
+        dtype=torch.bfloat16,
+    ),
+    Case(
+        "mixtral-fused",
+        "mixtral",
+        dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=48),
+        save_kwargs=dict(save_original_format=False),
+        published_layout=False,
+    ),
+    Case(
+        "qwen2_moe",
+        "qwen2_moe",
+        dict(
+            num_experts=4,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=48,
+            mlp_only_layers=[0],
+            intermediate_size=96,
+        ),
+        shared="shared_expert.gate_proj.weight",
+    ),
+    Case(
+        "qwen3_moe-f16",
+        "qwen3_moe",
+        dict(
+            num_experts=8,
+            num_experts_per_tok=2,
+            moe_intermediate_size=32,
+            decoder_sparse_step=2,
+            num_hidden_layers=4,
+            intermediate_size=96,
+        ),
+        dtype=torch.float16,
+    ),
     Case("deepseek_v3", "deepseek_v3", dict(_V3, **_MLA), bias=_BIAS_V3, shared=_SHARED_V3),
-    Case("deepseek_v3-fused", "deepseek_v3", dict(_V3, **_MLA), bias=_BIAS_V3, shared=_SHARED_V3,
-         save_kwargs=dict(save_original_format=False), published_layout=False),
-    Case("kimi_k2-fp8", "deepseek_v3", dict(_V3, **_MLA, moe_intermediate_size=40), bias=_BIAS_V3,
-         shared=_SHARED_V3, quantize="fp8", saved_model_type="kimi_k2"),
+    Case(
+        "deepseek_v3-fused",
+        "deepseek_v3",
+        dict(_V3, **_MLA),
+        bias=_BIAS_V3,
+        shared=_SHARED_V3,
+        save_kwargs=dict(save_original_format=False),
+        published_layout=False,
+    ),
+    Case(
+        "kimi_k2-fp8",
+        "deepseek_v3",
+        dict(_V3, **_MLA, moe_intermediate_size=40),
+        bias=_BIAS_V3,
+        shared=_SHARED_V3,
+        quantize="fp8",
+        saved_model_type="kimi_k2",
+    ),
     Case("glm4_moe", "glm4_moe", dict(_V3), bias=_BIAS_V3, shared=_SHARED_V3),
-    Case("gpt_oss", "gpt_oss", dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=48, head_dim=16),
-         gate=COLUMNS_INTERLEAVED, router="router.weight", bias="router.bias"),
-    Case("gpt_oss-mxfp4", "gpt_oss", dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=48,
-                                          head_dim=16),
-         gate=COLUMNS_INTERLEAVED, router="router.weight", bias="router.bias", quantize="mxfp4"),
-    Case("llama4_text", "llama4_text", _LLAMA4, moe="feed_forward", gate=COLUMNS_HALVES, router="router.weight",
-         shared="shared_expert.gate_proj.weight"),
-    Case("llama4", "llama4", _LLAMA4, moe="feed_forward", gate=COLUMNS_HALVES, router="router.weight",
-         shared="shared_expert.gate_proj.weight", layers="language_model.model.layers",
-         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                            image_size=28, patch_size=14, vision_output_dim=64, projector_input_dim=64,
-                            projector_output_dim=64)),
+    Case(
+        "gpt_oss",
+        "gpt_oss",
+        dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=48, head_dim=16),
+        gate=COLUMNS_INTERLEAVED,
+        router="router.weight",
+        bias="router.bias",
+    ),
+    Case(
+        "gpt_oss-mxfp4",
+        "gpt_oss",
+        dict(num_local_experts=4, num_experts_per_tok=2, intermediate_size=48, head_dim=16),
+        gate=COLUMNS_INTERLEAVED,
+        router="router.weight",
+        bias="router.bias",
+        quantize="mxfp4",
+    ),
+    Case(
+        "llama4_text",
+        "llama4_text",
+        _LLAMA4,
+        moe="feed_forward",
+        gate=COLUMNS_HALVES,
+        router="router.weight",
+        shared="shared_expert.gate_proj.weight",
+    ),
+    Case(
+        "llama4",
+        "llama4",
+        _LLAMA4,
+        moe="feed_forward",
+        gate=COLUMNS_HALVES,
+        router="router.weight",
+        shared="shared_expert.gate_proj.weight",
+        layers="language_model.model.layers",
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=28,
+            patch_size=14,
+            vision_output_dim=64,
+            projector_input_dim=64,
+            projector_output_dim=64,
+        ),
+    ),
     # transformers' DeepSeek-V4 layouts (the published native one is tests/test_arch_deepseek_v4.py's)
-    Case("deepseek_v4", "deepseek_v4", _V4, bias=_BIAS_V3, shared=_SHARED_V3, hash_layers=(0,),
-         published_layout=False),
-    Case("deepseek_v4-fused", "deepseek_v4", _V4, bias=_BIAS_V3, shared=_SHARED_V3, hash_layers=(0,),
-         save_kwargs=dict(save_original_format=False), published_layout=False),
+    Case(
+        "deepseek_v4",
+        "deepseek_v4",
+        _V4,
+        bias=_BIAS_V3,
+        shared=_SHARED_V3,
+        hash_layers=(0,),
+        published_layout=False,
+    ),
+    Case(
+        "deepseek_v4-fused",
+        "deepseek_v4",
+        _V4,
+        bias=_BIAS_V3,
+        shared=_SHARED_V3,
+        hash_layers=(0,),
+        save_kwargs=dict(save_original_format=False),
+        published_layout=False,
+    ),
 ]
 BY_ID = {case.id: case for case in CASES}
 
@@ -143,11 +277,14 @@ def build_model(case: Case) -> Any:
 
     torch.manual_seed(sum(map(ord, case.id)))
     if case.vision_config is not None:
-        config = AutoConfig.for_model(case.model_type, text_config={**BASE, **case.config},
-                                      vision_config=case.vision_config)
+        config = AutoConfig.for_model(
+            case.model_type, text_config={**BASE, **case.config}, vision_config=case.vision_config
+        )
         model = AutoModelForImageTextToText.from_config(config)
     else:
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(case.model_type, **{**BASE, **case.config}))
+        model = AutoModelForCausalLM.from_config(
+            AutoConfig.for_model(case.model_type, **{**BASE, **case.config})
+        )
     with torch.no_grad():  # the score-correction biases start at zero: make them worth checking
         for name, buffer in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
@@ -168,7 +305,9 @@ def make_checkpoint(case: Case, folder: Path) -> Checkpoint:
         layers[index] = LayerReference(
             gates=_f64(in_memory_gates(case, fused, intermediate)),
             router=_f64(_attr(block, case.router)),
-            bias=None if case.bias is None or index in case.hash_layers else _f64(_attr(block, case.bias)),
+            bias=None
+            if case.bias is None or index in case.hash_layers
+            else _f64(_attr(block, case.bias)),
             shared=None if case.shared is None else _f64(_attr(block, case.shared)),
         )
     checkpoint = Checkpoint(case, folder, layers)
@@ -183,7 +322,9 @@ def make_checkpoint(case: Case, folder: Path) -> Checkpoint:
     return checkpoint
 
 
-def _rewrite(checkpoint: Checkpoint, tensors: dict[str, torch.Tensor], quantization_config: dict[str, Any]) -> None:
+def _rewrite(
+    checkpoint: Checkpoint, tensors: dict[str, torch.Tensor], quantization_config: dict[str, Any]
+) -> None:
     save_file(tensors, checkpoint.folder / SAFETENSORS, metadata={"format": "pt"})
     config = checkpoint.config
     config["quantization_config"] = quantization_config
@@ -205,7 +346,9 @@ def _quantize_fp8(checkpoint: Checkpoint) -> None:
         weights = {f"{block}.experts.{e}.gate_proj.weight": g for e, g in enumerate(ref.gates)}
         weights[f"{block}.{_SHARED_V3}"] = ref.shared
         for name, weight in weights.items():
-            q, scale_bytes, _ = quantize_fp8(weight.astype(np.float32), scale_dtype="F32", block=tuple(FP8_BLOCK))
+            q, scale_bytes, _ = quantize_fp8(
+                weight.astype(np.float32), scale_dtype="F32", block=tuple(FP8_BLOCK)
+            )
             fp8 = torch.from_numpy(q).view(torch.float8_e4m3fn)
             scale = torch.from_numpy(scale_bytes.view(np.float32).copy())
             tensors[name], tensors[name + "_scale_inv"] = fp8, scale
@@ -214,8 +357,16 @@ def _quantize_fp8(checkpoint: Checkpoint) -> None:
                 ref.shared = dequantized
             else:
                 ref.gates[int(name.split(".experts.")[1].split(".")[0])] = dequantized
-    _rewrite(checkpoint, tensors, {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
-                                   "weight_block_size": FP8_BLOCK})
+    _rewrite(
+        checkpoint,
+        tensors,
+        {
+            "quant_method": "fp8",
+            "fmt": "e4m3",
+            "activation_scheme": "dynamic",
+            "weight_block_size": FP8_BLOCK,
+        },
+    )
 
 
 def mxfp4_dequantize_reference(blocks: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -230,9 +381,20 @@ def _quantize_mxfp4(checkpoint: Checkpoint, model: Any) -> None:
     tensors = load_file(checkpoint.folder / SAFETENSORS)
     for layer, ref in checkpoint.layers.items():
         name = f"model.layers.{layer}.mlp.experts.gate_up_proj"
-        rows = tensors.pop(name).transpose(1, 2).contiguous().numpy()  # [E, 2I, H]: rows are outputs
+        rows = (
+            tensors.pop(name).transpose(1, 2).contiguous().numpy()
+        )  # [E, 2I, H]: rows are outputs
         blocks, scales = quantize_mxfp4(rows)
-        tensors[name + "_blocks"], tensors[name + "_scales"] = torch.from_numpy(blocks), torch.from_numpy(scales)
-        dequantized = mxfp4_dequantize_reference(tensors[name + "_blocks"], tensors[name + "_scales"])
+        tensors[name + "_blocks"], tensors[name + "_scales"] = (
+            torch.from_numpy(blocks),
+            torch.from_numpy(scales),
+        )
+        dequantized = mxfp4_dequantize_reference(
+            tensors[name + "_blocks"], tensors[name + "_scales"]
+        )
         ref.gates = _f64(in_memory_gates(checkpoint.case, dequantized, ref.gates.shape[1]))
-    _rewrite(checkpoint, tensors, {"quant_method": "mxfp4", "modules_to_not_convert": ["router", "embed_tokens", "lm_head"]})
+    _rewrite(
+        checkpoint,
+        tensors,
+        {"quant_method": "mxfp4", "modules_to_not_convert": ["router", "embed_tokens", "lm_head"]},
+    )

@@ -19,13 +19,14 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from vindex_hub.format import filenames, sidecar, statistics
 from vindex_hub.arch import deepseek_v4 as ds
-from vindex_hub.build import build_vindex
+from vindex_hub.builder import build_vindex
 from vindex_hub.errors import OutputConflictError, UsageError
+from vindex_hub.format import filenames, sidecar, statistics
 from vindex_hub.results import LayerResult, layer_result_path
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
-from vindex_fixtures import NUM_FEATS, SEED_SNIPPET, SmallVindex, small_vindex  # noqa: F401 (fixture)
+
+from vindex_fixtures import NUM_FEATS, SEED_SNIPPET, SmallVindex
 
 TINY = dict(num_layers=4, num_experts=4, hidden_size=64, moe_intermediate_size=32, num_shards=3)
 
@@ -37,7 +38,9 @@ def gap_allows(s: np.ndarray, i: int, rel_gap: float = 1e-3) -> bool:
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +64,9 @@ def test_vectors_match_a_float64_lapack_svd_of_the_dequantized_weights(small_vin
     for layer in index.layer_ids:
         block = small_vindex.binary_layer(small_vindex.folder, layer)
         for expert in range(index.num_experts):
-            _, s, vt = scipy.linalg.svd(small_vindex.gate_weight(layer, expert), lapack_driver="gesvd")
+            _, s, vt = scipy.linalg.svd(
+                small_vindex.gate_weight(layer, expert), lapack_driver="gesvd"
+            )
             ours = block[expert].astype(np.float64)
             np.testing.assert_allclose(np.linalg.norm(ours, axis=1), 1.0, atol=1e-6)
             for i in range(NUM_FEATS):
@@ -89,14 +94,21 @@ def test_spectra_and_sidecar_stats_match_the_reference(small_vindex: SmallVindex
         assert entry.q25_var == pytest.approx(np.quantile(var, 0.25), rel=1e-5)
         assert entry.q75_var == pytest.approx(np.quantile(var, 0.75), rel=1e-5)
         routed = phase1["layers"][str(layer)]["routed"]
-        assert routed[statistics.median_var_key(NUM_FEATS)] == pytest.approx(np.median(var), rel=1e-5)
-        assert routed[statistics.summary_var_key("max", NUM_FEATS)] == pytest.approx(max(var), rel=1e-5)
+        assert routed[statistics.median_var_key(NUM_FEATS)] == pytest.approx(
+            np.median(var), rel=1e-5
+        )
+        assert routed[statistics.summary_var_key("max", NUM_FEATS)] == pytest.approx(
+            max(var), rel=1e-5
+        )
 
-        shared_w = small_vindex.reference[ds.shared_tensor(ds.layer_block(layer), ds.GATE_PROJ, ds.WEIGHT)]
+        shared_w = small_vindex.reference[
+            ds.shared_tensor(ds.layer_block(layer), ds.GATE_PROJ, ds.WEIGHT)
+        ]
         s = scipy.linalg.svdvals(shared_w.astype(np.float64))
         shared = phase1["layers"][str(layer)]["shared"]
         assert shared[statistics.var_key(NUM_FEATS)] == pytest.approx(
-            np.sum(s[:NUM_FEATS] ** 2) / np.sum(s**2), rel=1e-5)
+            np.sum(s[:NUM_FEATS] ** 2) / np.sum(s**2), rel=1e-5
+        )
 
         router, _ = small_vindex.router(layer)
         s = scipy.linalg.svdvals(router.astype(np.float64))
@@ -113,21 +125,30 @@ def test_layer_sha256_in_the_sidecar_is_the_binary(small_vindex: SmallVindex):
     assert len(data) == index.total_bytes
     for layer in index.layer_ids:
         e = index.layer(layer)
-        assert hashlib.sha256(data[e.file_offset:e.file_offset + e.nbytes]).hexdigest() == e.sha256
+        assert (
+            hashlib.sha256(data[e.file_offset : e.file_offset + e.nbytes]).hexdigest() == e.sha256
+        )
 
 
 def test_the_seed_cards_usage_snippet_runs_unchanged(small_vindex: SmallVindex):
     seed_card = Path(__file__).parent / "data" / "deepseek-v4-flash-vindex.card.md"
     assert SEED_SNIPPET in seed_card.read_text()  # the snippet is the seed's, verbatim
-    result = subprocess.run([sys.executable, "-c", SEED_SNIPPET], cwd=small_vindex.folder,
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", SEED_SNIPPET],
+        cwd=small_vindex.folder,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     norm = float(result.stdout.rsplit(":", 1)[1])
     assert norm == pytest.approx(1.0, abs=1e-6)
 
 
 def test_two_builds_are_bit_identical(tiny_checkpoint: Path, tiny_vindex: Path, tmp_path: Path):
     again = tmp_path / "vindex"
-    build_vindex(tiny_checkpoint, again, num_feats=NUM_FEATS, device="cpu", progress=False, batch_size=3)
+    build_vindex(
+        tiny_checkpoint, again, num_feats=NUM_FEATS, device="cpu", progress=False, batch_size=3
+    )
     assert folder_bytes(again) == folder_bytes(tiny_vindex)
 
 
@@ -135,7 +156,9 @@ def test_a_layer_subset_is_a_valid_vindex(tiny_checkpoint: Path, tiny_vindex: Pa
     from vindex_hub.verify import verify_vindex
 
     out = tmp_path / "subset"
-    build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, layers="1-2", device="cpu", progress=False)
+    build_vindex(
+        tiny_checkpoint, out, num_feats=NUM_FEATS, layers="1-2", device="cpu", progress=False
+    )
     index = sidecar.VindexIndex.loads((out / filenames.SIDECAR_JSON).read_text())
     full = sidecar.VindexIndex.loads((tiny_vindex / filenames.SIDECAR_JSON).read_text())
     assert index.layer_ids == [1, 2]
@@ -175,13 +198,16 @@ def crash_on_call(monkeypatch, target: str, call: int = 1) -> None:
     monkeypatch.setattr(owner, parts[-1], wrapper)
 
 
-@pytest.mark.parametrize("target,call", [
-    ("vindex_hub.writers.binary.GateVectorsWriter.write_layer", 2),  # before layer 1 is written
-    ("vindex_hub.results.LayerResult.save", 3),  # layer 2 written, not yet recorded
-    ("vindex_hub.writers.derived.phase1_json", 1),  # binary final, derived files not yet
-    ("vindex_hub.writers.derived.write_mirror", 1),
-    ("vindex_hub.writers.derived.write_card", 1),
-])
+@pytest.mark.parametrize(
+    "target,call",
+    [
+        ("vindex_hub.writers.binary.GateVectorsWriter.write_layer", 2),  # before layer 1 is written
+        ("vindex_hub.results.LayerResult.save", 3),  # layer 2 written, not yet recorded
+        ("vindex_hub.writers.derived.phase1_json", 1),  # binary final, derived files not yet
+        ("vindex_hub.writers.derived.write_mirror", 1),
+        ("vindex_hub.writers.derived.write_card", 1),
+    ],
+)
 def test_a_build_crashed_anywhere_resumes_bit_identical(
     target, call, tiny_checkpoint: Path, tiny_vindex: Path, tmp_path: Path, monkeypatch
 ):
@@ -203,8 +229,9 @@ def test_a_build_crashed_anywhere_resumes_bit_identical(
         assert summary.built_layers == []
 
 
-def test_a_damaged_resumed_layer_is_computed_again(tiny_checkpoint: Path, tiny_vindex: Path,
-                                                   tmp_path: Path, monkeypatch):
+def test_a_damaged_resumed_layer_is_computed_again(
+    tiny_checkpoint: Path, tiny_vindex: Path, tmp_path: Path, monkeypatch
+):
     out = tmp_path / "vindex"
     crash_on_call(monkeypatch, "vindex_hub.writers.derived.write_mirror")
     with pytest.raises(Crash):
@@ -238,13 +265,28 @@ def kill_after_first_layer(cmd: list[str], out: Path, timeout: float = 180) -> N
 
 def test_a_killed_build_process_resumes_bit_identical(tmp_path: Path):
     """A real SIGKILL in the middle of the layer loop, then the same command again."""
-    dims = dict(num_layers=4, num_experts=16, hidden_size=1024, moe_intermediate_size=512, num_shards=2)
+    dims = dict(
+        num_layers=4, num_experts=16, hidden_size=1024, moe_intermediate_size=512, num_shards=2
+    )
     ckpt = make_deepseek_v4_checkpoint(tmp_path / "ckpt", **dims)
-    cmd = [sys.executable, "-m", "vindex_hub", "build", str(ckpt), "--num-feats", "16", "--quiet",
-           "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "vindex_hub",
+        "build",
+        str(ckpt),
+        "--num-feats",
+        "16",
+        "--quiet",
+        "--device",
+        "cpu",
+    ]
     out = tmp_path / "killed" / "vindex"
     kill_after_first_layer([*cmd, "-o", str(out)], out)
-    assert not (out / filenames.GATE_VECTORS_BIN).exists() and not (out / filenames.SIDECAR_JSON).exists()
+    assert (
+        not (out / filenames.GATE_VECTORS_BIN).exists()
+        and not (out / filenames.SIDECAR_JSON).exists()
+    )
 
     resumed = subprocess.run([*cmd, "-o", str(out)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
@@ -254,7 +296,9 @@ def test_a_killed_build_process_resumes_bit_identical(tmp_path: Path):
     assert folder_bytes(out) == folder_bytes(whole)
 
 
-def test_a_finished_build_run_again_does_nothing(tiny_checkpoint: Path, tiny_vindex: Path, tmp_path: Path):
+def test_a_finished_build_run_again_does_nothing(
+    tiny_checkpoint: Path, tiny_vindex: Path, tmp_path: Path
+):
     out = Path(shutil.copytree(tiny_vindex, tmp_path / "vindex"))
     before = folder_bytes(out)
     summary = build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
@@ -262,11 +306,20 @@ def test_a_finished_build_run_again_does_nothing(tiny_checkpoint: Path, tiny_vin
     assert folder_bytes(out) == before
 
 
-def test_a_finished_build_asked_with_other_options_is_refused(tiny_checkpoint, tiny_vindex, tmp_path):
+def test_a_finished_build_asked_with_other_options_is_refused(
+    tiny_checkpoint, tiny_vindex, tmp_path
+):
     out = Path(shutil.copytree(tiny_vindex, tmp_path / "vindex"))
     before = folder_bytes(out)
     with pytest.raises(OutputConflictError, match="larql_router False here, True asked"):
-        build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False, larql_router=True)
+        build_vindex(
+            tiny_checkpoint,
+            out,
+            num_feats=NUM_FEATS,
+            device="cpu",
+            progress=False,
+            larql_router=True,
+        )
     assert folder_bytes(out) == before
     (out / filenames.GATE_VECTORS_BIN).unlink()
     with pytest.raises(OutputConflictError, match="gate_vectors.bin is missing"):
@@ -275,7 +328,7 @@ def test_a_finished_build_asked_with_other_options_is_refused(tiny_checkpoint, t
 
 def test_a_resumed_build_never_mixes_devices(tiny_checkpoint, tmp_path, monkeypatch):
     """CPU and CUDA results differ in the last bits, so a build started on one must finish on it."""
-    from vindex_hub.build import plan as build_plan
+    from vindex_hub.builder import plan as build_plan
 
     out = tmp_path / "vindex"
     crash_on_call(monkeypatch, "vindex_hub.results.LayerResult.save", 2)
@@ -294,16 +347,29 @@ def test_the_reader_thread_stops_when_the_build_fails(tiny_checkpoint, tmp_path,
     crash_on_call(monkeypatch, "vindex_hub.numerics.svd.top_k_right_singular", 1)
     with pytest.raises(Crash):
         # Two layers: the reader queues layer 1 and then its end marker while layer 0 fails.
-        build_vindex(tiny_checkpoint, tmp_path / "v", num_feats=NUM_FEATS, layers="0-1", device="cpu",
-                     progress=False)
+        build_vindex(
+            tiny_checkpoint,
+            tmp_path / "v",
+            num_feats=NUM_FEATS,
+            layers="0-1",
+            device="cpu",
+            progress=False,
+        )
     assert not [t for t in threading.enumerate() if t.name == "vindex-reader"]
 
 
 def test_layer_result_round_trips_without_pickle(tmp_path: Path):
     rng = np.random.default_rng(0)
-    r = LayerResult(layer=3, sha256="ab" * 32, singular_values=rng.random((4, 8), dtype=np.float32),
-                    frobenius_norm=rng.random(4), router_singular_values=rng.random(4),
-                    router_frobenius_norm=2.5, shared_singular_values=None, shared_frobenius_norm=None)
+    r = LayerResult(
+        layer=3,
+        sha256="ab" * 32,
+        singular_values=rng.random((4, 8), dtype=np.float32),
+        frobenius_norm=rng.random(4),
+        router_singular_values=rng.random(4),
+        router_frobenius_norm=2.5,
+        shared_singular_values=None,
+        shared_frobenius_norm=None,
+    )
     r.save(tmp_path / "r.safetensors")
     back = LayerResult.load(tmp_path / "r.safetensors")
     assert back.layer == 3 and back.sha256 == r.sha256 and back.shared_singular_values is None
@@ -312,7 +378,9 @@ def test_layer_result_round_trips_without_pickle(tmp_path: Path):
 
 
 # ---- bad input: a clear error, no complete-looking output ------------------------------------------
-def test_output_folder_holding_another_models_vindex_is_refused(tiny_checkpoint, tiny_vindex, tmp_path):
+def test_output_folder_holding_another_models_vindex_is_refused(
+    tiny_checkpoint, tiny_vindex, tmp_path
+):
     out = Path(shutil.copytree(tiny_vindex, tmp_path / "vindex"))
     before = folder_bytes(out)
     with pytest.raises(OutputConflictError, match="num_feats"):
@@ -329,7 +397,9 @@ def test_an_unfinished_build_of_other_settings_is_refused(tiny_checkpoint, tmp_p
     with pytest.raises(Crash):
         build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
     with pytest.raises(OutputConflictError, match="unfinished build"):
-        build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, layers="0-1", device="cpu", progress=False)
+        build_vindex(
+            tiny_checkpoint, out, num_feats=NUM_FEATS, layers="0-1", device="cpu", progress=False
+        )
 
 
 def test_num_feats_above_the_rank_bound_is_a_usage_error(tiny_checkpoint, tmp_path):
@@ -346,7 +416,9 @@ def _truncate_a_shard(ckpt: Path) -> str:
 
 def _lfs_pointer_shard(ckpt: Path) -> str:
     shard = sorted(ckpt.glob("model-*.safetensors"))[1]
-    shard.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 123\n")
+    shard.write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 123\n"
+    )
     return shard.name
 
 
@@ -362,7 +434,9 @@ def _nan_scale(ckpt: Path) -> str:
     from safetensors import safe_open
 
     name = ds.expert_tensor(ds.layer_block(2), 1, ds.GATE_PROJ, ds.SCALE)
-    shard = ckpt / json.loads((ckpt / "model.safetensors.index.json").read_text())["weight_map"][name]
+    shard = (
+        ckpt / json.loads((ckpt / "model.safetensors.index.json").read_text())["weight_map"][name]
+    )
     with safe_open(str(shard), framework="numpy") as f:
         del f  # only to show the tensor is there; offsets come from the header below
     from vindex_hub.source.local import LocalCheckpoint
@@ -384,18 +458,35 @@ def _missing_tensor(ckpt: Path) -> str:
     return name
 
 
-@pytest.mark.parametrize("damage", [_truncate_a_shard, _lfs_pointer_shard, _unsupported_architecture,
-                                    _nan_scale, _missing_tensor])
+@pytest.mark.parametrize(
+    "damage",
+    [_truncate_a_shard, _lfs_pointer_shard, _unsupported_architecture, _nan_scale, _missing_tensor],
+)
 def test_bad_checkpoints_fail_with_a_clear_error_and_no_vindex(damage, tiny_checkpoint, tmp_path):
     ckpt = Path(shutil.copytree(tiny_checkpoint, tmp_path / "ckpt"))
     culprit = damage(ckpt)
     out = tmp_path / "vindex"
     result = subprocess.run(
-        [sys.executable, "-m", "vindex_hub", "build", str(ckpt), "-o", str(out), "--num-feats", "8", "--quiet"],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "vindex_hub",
+            "build",
+            str(ckpt),
+            "-o",
+            str(out),
+            "--num-feats",
+            "8",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("vindex-hub build: error:"), result.stderr
     assert culprit in lines[0]
-    assert not (out / filenames.SIDECAR_JSON).exists() and not (out / filenames.GATE_VECTORS_BIN).exists()
+    assert (
+        not (out / filenames.SIDECAR_JSON).exists()
+        and not (out / filenames.GATE_VECTORS_BIN).exists()
+    )

@@ -9,21 +9,27 @@ import json
 import re
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from huggingface_hub import DatasetCard, DatasetCardData
 
-from vindex_hub.format import filenames, layout, mirror, selection, sidecar, statistics
 from vindex_hub.errors import UsageError
+from vindex_hub.format import filenames, layout, mirror, selection, sidecar, statistics
 from vindex_hub.format.card_data import CardOptions
 from vindex_hub.writers.card import format_size, var_plot_png
 from vindex_hub.writers.derived import rewrite_card
 
-from vindex_fixtures import (  # noqa: F401 (fixtures)
-    CARD_OPTIONS, HIDDEN, INTER, NUM_EXPERTS, NUM_FEATS, NUM_LAYERS, SEED_SNIPPET, SmallVindex,
-    first_python_block, small_vindex, vindex_copy,
+from vindex_fixtures import (
+    CARD_OPTIONS,
+    HIDDEN,
+    INTER,
+    NUM_EXPERTS,
+    NUM_FEATS,
+    NUM_LAYERS,
+    SEED_SNIPPET,
+    SmallVindex,
+    first_python_block,
 )
 
 
@@ -46,16 +52,26 @@ def test_front_matter_parses_and_round_trips(small_vindex: SmallVindex):
     assert "deepseek" in front["tags"]
     configs = {c["config_name"]: c for c in front["configs"]}
     layer_configs = [f"layer_{layer:02d}" for layer in range(NUM_LAYERS)]
-    assert list(configs) == [mirror.CONFIG_EXPERT_STATS, mirror.CONFIG_ROUTER_SVD, *layer_configs,
-                             mirror.CONFIG_GATE_VECTORS]
+    assert list(configs) == [
+        mirror.CONFIG_EXPERT_STATS,
+        mirror.CONFIG_ROUTER_SVD,
+        *layer_configs,
+        mirror.CONFIG_GATE_VECTORS,
+    ]
     assert [name for name, c in configs.items() if c.get("default")] == [mirror.CONFIG_EXPERT_STATS]
     for layer, name in enumerate(layer_configs):  # one split, one file
         assert configs[name]["data_files"] == [
-            {"split": "train", "path": f"data/gate_vectors/layer_{layer:02d}.parquet"}]
+            {"split": "train", "path": f"data/gate_vectors/layer_{layer:02d}.parquet"}
+        ]
     assert configs[mirror.CONFIG_GATE_VECTORS]["data_files"] == [
-        {"split": "train", "path": [f"data/gate_vectors/layer_{layer:02d}.parquet" for layer in range(NUM_LAYERS)]}]
+        {
+            "split": "train",
+            "path": [f"data/gate_vectors/layer_{layer:02d}.parquet" for layer in range(NUM_LAYERS)],
+        }
+    ]
     assert configs[mirror.CONFIG_EXPERT_STATS]["data_files"] == [
-        {"split": "train", "path": mirror.EXPERT_STATS_PARQUET}]
+        {"split": "train", "path": mirror.EXPERT_STATS_PARQUET}
+    ]
     assert all(re.fullmatch(r"\w+", name) for name in configs)
 
 
@@ -64,17 +80,28 @@ def test_dataset_info_declares_fixed_size_lists_and_true_row_counts(small_vindex
     infos = {i["config_name"]: i for i in front["dataset_info"]}
     gate = infos[mirror.CONFIG_GATE_VECTORS]
     assert {"name": mirror.COL_VECTOR, "list": "float32", "length": HIDDEN} in gate["features"]
-    paths = [small_vindex.folder / mirror.gate_vectors_parquet(layer, NUM_LAYERS) for layer in range(NUM_LAYERS)]
+    paths = [
+        small_vindex.folder / mirror.gate_vectors_parquet(layer, NUM_LAYERS)
+        for layer in range(NUM_LAYERS)
+    ]
     for layer, path in enumerate(paths):
         one = infos[mirror.layer_config(layer, NUM_LAYERS)]
         assert one["features"] == gate["features"]
         assert [s["name"] for s in one["splits"]] == ["train"]
-        assert one["splits"][0]["num_examples"] == pq.read_metadata(path).num_rows == NUM_EXPERTS * NUM_FEATS
+        assert (
+            one["splits"][0]["num_examples"]
+            == pq.read_metadata(path).num_rows
+            == NUM_EXPERTS * NUM_FEATS
+        )
         assert one["download_size"] == path.stat().st_size
-    assert [(s["name"], s["num_examples"]) for s in gate["splits"]] == [("train", NUM_LAYERS * NUM_EXPERTS * NUM_FEATS)]
+    assert [(s["name"], s["num_examples"]) for s in gate["splits"]] == [
+        ("train", NUM_LAYERS * NUM_EXPERTS * NUM_FEATS)
+    ]
     assert gate["download_size"] == sum(path.stat().st_size for path in paths)
     stats = infos[mirror.CONFIG_EXPERT_STATS]
-    assert {"name": statistics.SINGULAR_VALUES, "list": "float32", "length": NUM_FEATS} in stats["features"]
+    assert {"name": statistics.SINGULAR_VALUES, "list": "float32", "length": NUM_FEATS} in stats[
+        "features"
+    ]
     assert stats["splits"][0]["num_examples"] == NUM_LAYERS * NUM_EXPERTS
 
 
@@ -101,11 +128,15 @@ def test_a_hub_source_gives_base_model_and_revision(vindex_copy: Path):
     rewrite_card(vindex_copy, index, CardOptions())
     text = _card(vindex_copy)
     assert DatasetCard(text).data.base_model == "deepseek-ai/DeepSeek-V4-Flash"
-    assert "- **Source model**: `deepseek-ai/DeepSeek-V4-Flash` at revision `" + "a" * 40 + "`" in text
+    assert (
+        "- **Source model**: `deepseek-ai/DeepSeek-V4-Flash` at revision `" + "a" * 40 + "`" in text
+    )
     assert "# deepseek-v4-flash-vindex\n" in text  # the seed's title, derived from the model
 
 
-def test_seed_snippet_is_unchanged_and_runs(small_vindex: SmallVindex, monkeypatch: pytest.MonkeyPatch):
+def test_seed_snippet_is_unchanged_and_runs(
+    small_vindex: SmallVindex, monkeypatch: pytest.MonkeyPatch
+):
     snippet = first_python_block(_card(small_vindex.folder))
     assert snippet == SEED_SNIPPET
     monkeypatch.chdir(small_vindex.folder)
@@ -118,14 +149,17 @@ def test_seed_snippet_is_unchanged_and_runs(small_vindex: SmallVindex, monkeypat
     assert abs(norm - 1.0) < 1e-5
 
 
-def test_snippets_run_against_the_hub(small_vindex: SmallVindex, local_hub, monkeypatch: pytest.MonkeyPatch,
-                                      tmp_path: Path):
+def test_snippets_run_against_the_hub(
+    small_vindex: SmallVindex, local_hub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+):
     """Push the folder where the card says it lives, then run the card's Hub snippets unchanged."""
     from huggingface_hub import HfApi
 
     api = HfApi()
     api.create_repo(CARD_OPTIONS.repo_id, repo_type="dataset", exist_ok=True)
-    api.upload_folder(folder_path=str(small_vindex.folder), repo_id=CARD_OPTIONS.repo_id, repo_type="dataset")
+    api.upload_folder(
+        folder_path=str(small_vindex.folder), repo_id=CARD_OPTIONS.repo_id, repo_type="dataset"
+    )
     blocks = _python_blocks(_card(small_vindex.folder))
     datasets_block = next(b for b in blocks if "load_dataset" in b)
     monkeypatch.chdir(tmp_path)
@@ -164,7 +198,11 @@ def test_the_card_lists_the_configs_whose_files_are_there(vindex_copy: Path):
     layer_configs = [mirror.layer_config(layer, NUM_LAYERS) for layer in range(NUM_LAYERS)]
     configs = DatasetCard(_card(vindex_copy)).data.to_dict()["configs"]
     assert [c["config_name"] for c in configs] == [
-        mirror.CONFIG_EXPERT_STATS, mirror.CONFIG_ROUTER_SVD, *layer_configs, mirror.CONFIG_GATE_VECTORS]
+        mirror.CONFIG_EXPERT_STATS,
+        mirror.CONFIG_ROUTER_SVD,
+        *layer_configs,
+        mirror.CONFIG_GATE_VECTORS,
+    ]
     (vindex_copy / mirror.ROUTER_SVD_PARQUET).unlink()  # without the spectra: the layers only
     rewrite_card(vindex_copy, index, CARD_OPTIONS)
     configs = DatasetCard(_card(vindex_copy)).data.to_dict()["configs"]
@@ -175,8 +213,10 @@ def test_the_card_lists_the_configs_whose_files_are_there(vindex_copy: Path):
 
 def test_card_options_from_yaml_and_json(tmp_path: Path):
     path = tmp_path / "card.yaml"
-    path.write_text("license: apache-2.0\nauthor: Someone\nextra_tags: [experts, svd]\nyear: 2025\n"
-                    "citation: |\n  @misc{x,\n    title = {X},\n  }\n")
+    path.write_text(
+        "license: apache-2.0\nauthor: Someone\nextra_tags: [experts, svd]\nyear: 2025\n"
+        "citation: |\n  @misc{x,\n    title = {X},\n  }\n"
+    )
     options = CardOptions.from_file(path)
     assert options.license == "apache-2.0" and options.author == "Someone" and options.year == 2025
     assert options.extra_tags == ("experts", "svd") and options.citation.startswith("@misc{x,")

@@ -10,18 +10,23 @@ from pathlib import Path
 
 import pytest
 
-from vindex_hub.format import filenames, sidecar
 from vindex_hub.cli import main, parser
-from vindex_fixtures import NUM_FEATS, SmallVindex, small_vindex  # noqa: F401 (fixture)
+from vindex_hub.format import filenames, sidecar
+
+from vindex_fixtures import NUM_FEATS, SmallVindex
 
 
 def vindex_hub(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vindex_hub", *args], capture_output=True, text=True, cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "vindex_hub", *args], capture_output=True, text=True, cwd=cwd
+    )
 
 
 def test_every_command_in_the_design_has_a_subcommand():
     commands = parser()._subparsers._group_actions[0].choices
-    assert {"build", "push", "pull", "info", "verify", "demo", "convert", "local-hub"} <= set(commands)
+    assert {"build", "push", "pull", "info", "verify", "demo", "convert", "local-hub"} <= set(
+        commands
+    )
 
 
 def test_info_shows_the_layer_table(small_vindex: SmallVindex, capsys):
@@ -37,7 +42,9 @@ def test_info_shows_the_layer_table(small_vindex: SmallVindex, capsys):
     assert info["num_feats"] == NUM_FEATS
 
 
-def test_verify_exits_non_zero_and_names_the_damaged_layer(small_vindex: SmallVindex, tmp_path: Path):
+def test_verify_exits_non_zero_and_names_the_damaged_layer(
+    small_vindex: SmallVindex, tmp_path: Path
+):
     folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "vindex"))
     ok = vindex_hub("verify", str(folder))
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -52,18 +59,34 @@ def test_verify_exits_non_zero_and_names_the_damaged_layer(small_vindex: SmallVi
     assert "layer 2" in bad.stdout
 
 
-@pytest.mark.parametrize("args,status,message", [
-    (["build", "{ckpt}", "-o", "{out}", "--layers", "0-99"], 2, "out of range"),
-    (["build", "{ckpt}", "-o", "{out}", "--num-feats", "0"], 2, "--num-feats 0"),
-    (["build", "{ckpt}", "-o", "{out}", "--batch-size", "0"], 2, "batch_size must be at least 1"),
-    (["build", "{ckpt}", "-o", "{out}", "--citation", "{tmp}/missing.bib"], 2, "--citation"),
-    (["build", "{tmp}/no-such-folder", "-o", "{out}"], 2, "not a checkpoint folder"),  # a bad argument (issue 13)
-    (["info", "{tmp}/not/a/repo/id"], 2, "neither an existing folder nor a Hub repo id"),
-])
-def test_bad_arguments_are_one_line_with_the_right_status(args, status, message, small_vindex: SmallVindex,
-                                                          tmp_path: Path):
+@pytest.mark.parametrize(
+    "args,status,message",
+    [
+        (["build", "{ckpt}", "-o", "{out}", "--layers", "0-99"], 2, "out of range"),
+        (["build", "{ckpt}", "-o", "{out}", "--num-feats", "0"], 2, "--num-feats 0"),
+        (
+            ["build", "{ckpt}", "-o", "{out}", "--batch-size", "0"],
+            2,
+            "batch_size must be at least 1",
+        ),
+        (["build", "{ckpt}", "-o", "{out}", "--citation", "{tmp}/missing.bib"], 2, "--citation"),
+        (
+            ["build", "{tmp}/no-such-folder", "-o", "{out}"],
+            2,
+            "not a checkpoint folder",
+        ),  # a bad argument (issue 13)
+        (["info", "{tmp}/not/a/repo/id"], 2, "neither an existing folder nor a Hub repo id"),
+    ],
+)
+def test_bad_arguments_are_one_line_with_the_right_status(
+    args, status, message, small_vindex: SmallVindex, tmp_path: Path
+):
     """Bad usage exits 2, bad data 1; either way one line on stderr and no vindex."""
-    fill = {"ckpt": str(small_vindex.checkpoint), "out": str(tmp_path / "out"), "tmp": str(tmp_path)}
+    fill = {
+        "ckpt": str(small_vindex.checkpoint),
+        "out": str(tmp_path / "out"),
+        "tmp": str(tmp_path),
+    }
     result = vindex_hub(*[a.format(**fill) for a in args])
     assert result.returncode == status, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -71,7 +94,9 @@ def test_bad_arguments_are_one_line_with_the_right_status(args, status, message,
     assert not (tmp_path / "out" / filenames.SIDECAR_JSON).exists()
 
 
-def test_pull_and_info_of_a_hub_repo(small_vindex: SmallVindex, local_hub, hub_repo_id: str, tmp_path: Path):
+def test_pull_and_info_of_a_hub_repo(
+    small_vindex: SmallVindex, local_hub, hub_repo_id: str, tmp_path: Path
+):
     from huggingface_hub import HfApi
 
     api = HfApi()
@@ -95,9 +120,18 @@ def test_card_fields_come_from_options_and_a_config_file(small_vindex: SmallVind
     folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "vindex"))
     (tmp_path / "card.yaml").write_text("author: Example Lab\nyear: 2026\nextra_tags: [deepseek]\n")
     (tmp_path / "cite.bib").write_text("@misc{example_vindex, title = {An example}}\n")
-    result = vindex_hub("convert", str(folder), "--card-config", str(tmp_path / "card.yaml"),
-                        "--license", "apache-2.0", "--citation", str(tmp_path / "cite.bib"),
-                        "--card-repo-id", "example/tiny-vindex")
+    result = vindex_hub(
+        "convert",
+        str(folder),
+        "--card-config",
+        str(tmp_path / "card.yaml"),
+        "--license",
+        "apache-2.0",
+        "--citation",
+        str(tmp_path / "cite.bib"),
+        "--card-repo-id",
+        "example/tiny-vindex",
+    )
     assert result.returncode == 0, result.stderr
     card = DatasetCard.load(folder / filenames.CARD_FILE)
     assert card.data.license == "apache-2.0"

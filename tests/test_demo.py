@@ -11,8 +11,8 @@ import pytest
 from huggingface_hub import HfApi
 from huggingface_hub.errors import RepositoryNotFoundError
 
-from vindex_hub.format import layout, mirror
 from vindex_hub.demo import DEMO_REPO_ID, LAZY_LAYER, MODEL_DIMS, NUM_FEATS, run_demo
+from vindex_hub.format import layout, mirror
 from vindex_hub.push import publishable_files
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -22,8 +22,14 @@ LAYER_BYTES = layout.layer_nbytes(MODEL_DIMS["num_experts"], NUM_FEATS, MODEL_DI
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     workdir = tmp_path_factory.mktemp("demo") / "work"
-    run = subprocess.run([sys.executable, "-m", "vindex_hub", "demo", "--workdir", str(workdir)],
-                         capture_output=True, text=True, cwd=REPO_ROOT, env=dict(os.environ), timeout=300)
+    run = subprocess.run(
+        [sys.executable, "-m", "vindex_hub", "demo", "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=dict(os.environ),
+        timeout=300,
+    )
     return workdir, run
 
 
@@ -38,8 +44,13 @@ def test_demo_command_runs_the_whole_loop(demo_run, local_hub) -> None:
     assert f"{n_files} files" in lines["push"]
     assert f"dataset repo {DEMO_REPO_ID} on the local Hub at http://127.0.0.1:" in lines["push"]
     # One lazy layer costs exactly that layer's bytes (the server's byte counter).
-    assert f"fetched {LAYER_BYTES:,} B for a {LAYER_BYTES:,} B layer (1.00x)" in lines["Vindex.open"]
-    assert f'(repo, "{mirror.layer_config(LAZY_LAYER, MODEL_DIMS["num_layers"])}", split="train"): equals gate_vectors.bin' in lines["load_dataset"]
+    assert (
+        f"fetched {LAYER_BYTES:,} B for a {LAYER_BYTES:,} B layer (1.00x)" in lines["Vindex.open"]
+    )
+    assert (
+        f'(repo, "{mirror.layer_config(LAZY_LAYER, MODEL_DIMS["num_layers"])}", split="train"): equals gate_vectors.bin'
+        in lines["load_dataset"]
+    )
     assert f"{n_files} files, byte-identical to the folder" in lines["snapshot"]
     assert f"kept in {workdir}" in lines["files"]
     # The demo's server kept its repos in the work folder, not in this test session's server.
@@ -48,7 +59,9 @@ def test_demo_command_runs_the_whole_loop(demo_run, local_hub) -> None:
         HfApi().repo_info(DEMO_REPO_ID, repo_type="dataset")
 
 
-def test_run_demo_in_a_process_that_imported_the_clients(demo_run, capsys: pytest.CaptureFixture) -> None:
+def test_run_demo_in_a_process_that_imported_the_clients(
+    demo_run, capsys: pytest.CaptureFixture
+) -> None:
     # This process imported huggingface_hub pointed at another server (conftest): the demo's client
     # steps still reach the demo's own server. The second run in the same work folder reuses the build,
     # finds the repo up to date and the lazy layer in the block cache.

@@ -23,16 +23,17 @@ from safetensors.torch import load_file, save_file
 
 pytest.importorskip("transformers")  # the test extra; families are tested against its writers
 
-from family_models import BASE, BY_ID, CASES, SAFETENSORS, Case, Checkpoint, make_checkpoint  # noqa: E402
-from test_build import gap_allows  # noqa: E402
-from test_source_remote import header_bytes, planned_bytes, shard_bytes_sent, upload  # noqa: E402
+from test_build import gap_allows
+from test_source_remote import header_bytes, planned_bytes, shard_bytes_sent, upload
 
-from vindex_hub.format import filenames, statistics  # noqa: E402
-from vindex_hub.arch import MoEArchitecture, get_architecture, supported_architectures  # noqa: E402
-from vindex_hub.build import build_vindex  # noqa: E402
-from vindex_hub.errors import CheckpointError, QuantizationError, UnsupportedArchitectureError  # noqa: E402
-from vindex_hub.load import Vindex  # noqa: E402
-from vindex_hub.source.local import LocalCheckpoint  # noqa: E402
+from vindex_hub.arch import MoEArchitecture, get_architecture, supported_architectures
+from vindex_hub.builder import build_vindex
+from vindex_hub.errors import CheckpointError, QuantizationError, UnsupportedArchitectureError
+from vindex_hub.format import filenames, statistics
+from vindex_hub.load import Vindex
+from vindex_hub.source.local import LocalCheckpoint
+
+from family_models import BASE, BY_ID, CASES, SAFETENSORS, Case, Checkpoint, make_checkpoint
 
 NUM_FEATS = 8
 _made: dict[str, Checkpoint] = {}
@@ -44,7 +45,9 @@ def checkpoints(tmp_path_factory):
 
     def get(case_id: str) -> Checkpoint:
         if case_id not in _made:
-            _made[case_id] = make_checkpoint(BY_ID[case_id], tmp_path_factory.mktemp(case_id) / "checkpoint")
+            _made[case_id] = make_checkpoint(
+                BY_ID[case_id], tmp_path_factory.mktemp(case_id) / "checkpoint"
+            )
         return _made[case_id]
 
     return get
@@ -58,7 +61,9 @@ def built(checkpoints, tmp_path_factory):
     def get(case_id: str) -> Path:
         if case_id not in done:
             out = tmp_path_factory.mktemp(f"{case_id}-vindex") / "vindex"
-            build_vindex(checkpoints(case_id).folder, out, num_feats=NUM_FEATS, device="cpu", progress=False)
+            build_vindex(
+                checkpoints(case_id).folder, out, num_feats=NUM_FEATS, device="cpu", progress=False
+            )
             done[case_id] = out
         return done[case_id]
 
@@ -80,46 +85,65 @@ def test_the_adapter_decodes_the_models_own_parameters(case: Case, checkpoints):
     checkpoint = checkpoints(case.id)
     src, arch = adapter(checkpoint)
     with src:
-        assert isinstance(arch, MoEArchitecture) and arch.model_type == (case.saved_model_type or case.model_type)
+        assert isinstance(arch, MoEArchitecture) and arch.model_type == (
+            case.saved_model_type or case.model_type
+        )
         if case.published_layout:  # without the checkpoint's names the published layout is assumed
             first = min(checkpoint.layers)
             assert get_architecture(src.config).layer_tensors(first) == arch.layer_tensors(first)
-        assert arch.moe_layers() == sorted(checkpoint.layers)  # exactly the layers holding experts in memory
+        assert arch.moe_layers() == sorted(
+            checkpoint.layers
+        )  # exactly the layers holding experts in memory
         assert arch.num_hidden_layers == {**BASE, **case.config}["num_hidden_layers"]
         for layer, ref in checkpoint.layers.items():
             names = arch.layer_tensors(layer)
             assert len(names) == len(set(names)) and set(names) <= src.tensor_names()
-            if "gate_up_proj" in arch.expert_gate_name(layer, 0):  # fused: named once a layer, not per expert
+            if "gate_up_proj" in arch.expert_gate_name(
+                layer, 0
+            ):  # fused: named once a layer, not per expert
                 assert len({arch.expert_gate_name(layer, e) for e in range(len(ref.gates))}) == 1
-                assert sum("gate_up_proj" in n for n in names) == (2 if case.quantize == "mxfp4" else 1)
+                assert sum("gate_up_proj" in n for n in names) == (
+                    2 if case.quantize == "mxfp4" else 1
+                )
             raw = src.read(names)
             num_experts = len(ref.gates)
-            assert arch.gate_shape == ref.gates.shape[1:] and arch.moe_config().n_routed_experts == num_experts
+            assert (
+                arch.gate_shape == ref.gates.shape[1:]
+                and arch.moe_config().n_routed_experts == num_experts
+            )
             buffer = np.full((3, *arch.gate_shape), np.nan, np.float32)
             chosen = [num_experts - 1, 0, 1]
             assert arch.expert_gate_weights(layer, chosen, raw, out=buffer) is buffer
             # Float layouts: the very values in memory; quantized: transformers' dequantization, bit for bit.
             np.testing.assert_array_equal(buffer, ref.gates[chosen].astype(np.float32))
-            np.testing.assert_array_equal(arch.router_weight(layer, raw), ref.router.astype(np.float32))
+            np.testing.assert_array_equal(
+                arch.router_weight(layer, raw), ref.router.astype(np.float32)
+            )
             bias = arch.router_bias(layer, raw)
             assert (bias is None) == (ref.bias is None), layer
             if bias is not None:
                 np.testing.assert_array_equal(bias, ref.bias.astype(np.float32))
             shared = arch.shared_gate_weight(layer, raw)
-            assert (shared is None) == (ref.shared is None) and arch.moe_config().n_shared_experts == (shared is not None)
+            assert (shared is None) == (
+                ref.shared is None
+            ) and arch.moe_config().n_shared_experts == (shared is not None)
             if shared is not None:
                 np.testing.assert_array_equal(shared, ref.shared.astype(np.float32))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_a_build_indexes_exactly_the_moe_layers_against_a_float64_svd(case: Case, checkpoints, built):
+def test_a_build_indexes_exactly_the_moe_layers_against_a_float64_svd(
+    case: Case, checkpoints, built
+):
     checkpoint = checkpoints(case.id)
     out = built(case.id)
     phase1 = json.loads((out / filenames.PHASE1_JSON).read_text())
     phase2 = json.loads((out / filenames.PHASE2_JSON).read_text())
     checked = total = 0
     with Vindex.open(out) as vindex:
-        assert vindex.layers == sorted(checkpoint.layers)  # dense layers are absent from the sidecar
+        assert vindex.layers == sorted(
+            checkpoint.layers
+        )  # dense layers are absent from the sidecar
         assert vindex.index.model_config.model_type == (case.saved_model_type or case.model_type)
         for layer, ref in checkpoint.layers.items():
             block = vindex.layer(layer).astype(np.float64)
@@ -131,12 +155,16 @@ def test_a_build_indexes_exactly_the_moe_layers_against_a_float64_svd(case: Case
                         assert abs(block[expert, i] @ vt[i]) >= 0.9999, (layer, expert, i)
                         checked += 1
             router_s = scipy.linalg.svdvals(ref.router)
-            np.testing.assert_allclose(phase2["layers"][str(layer)]["singular_values"], router_s, rtol=1e-5)
+            np.testing.assert_allclose(
+                phase2["layers"][str(layer)]["singular_values"], router_s, rtol=1e-5
+            )
             shared = phase1["layers"][str(layer)].get("shared")
             assert (shared is None) == (ref.shared is None)
             if ref.shared is not None:
                 s = scipy.linalg.svdvals(ref.shared)
-                assert shared[statistics.var_key(NUM_FEATS)] == pytest.approx(np.sum(s[:NUM_FEATS] ** 2) / np.sum(s**2), rel=1e-5)
+                assert shared[statistics.var_key(NUM_FEATS)] == pytest.approx(
+                    np.sum(s[:NUM_FEATS] ** 2) / np.sum(s**2), rel=1e-5
+                )
     assert checked >= 0.9 * total
 
 
@@ -148,7 +176,10 @@ def test_fp8_blocks_are_ragged_and_scaled_as_a_multiplier(checkpoints):
     weight = tensors[f"model.layers.{layer}.mlp.experts.0.gate_proj.weight"]
     scale = tensors[f"model.layers.{layer}.mlp.experts.0.gate_proj.weight_scale_inv"]
     assert weight.dtype == torch.float8_e4m3fn and tuple(weight.shape) == (40, 64)
-    assert scale.dtype == torch.float32 and tuple(scale.shape) == (3, 2)  # 40 rows in 16-row blocks: ragged
+    assert scale.dtype == torch.float32 and tuple(scale.shape) == (
+        3,
+        2,
+    )  # 40 rows in 16-row blocks: ragged
     src, arch = adapter(checkpoint)
     with src:
         ours = arch.expert_gate_weights(layer, [0], src.read(arch.layer_tensors(layer)))[0]
@@ -163,7 +194,11 @@ def test_mxfp4_is_what_transformers_dequantizes(checkpoints):
     tensors = load_file(checkpoint.folder / SAFETENSORS)
     name = f"model.layers.{min(checkpoint.layers)}.mlp.experts.gate_up_proj"
     blocks, scales = tensors[name + "_blocks"], tensors[name + "_scales"]
-    assert blocks.dtype == torch.uint8 and tuple(blocks.shape) == (4, 96, 2, 16) and tuple(scales.shape) == (4, 96, 2)
+    assert (
+        blocks.dtype == torch.uint8
+        and tuple(blocks.shape) == (4, 96, 2, 16)
+        and tuple(scales.shape) == (4, 96, 2)
+    )
     theirs = mxfp4_dequantize_reference(blocks, scales).numpy()  # [E, H, 2I], gate = [..., ::2]
     layer = min(checkpoint.layers)
     src, arch = adapter(checkpoint)
@@ -174,36 +209,51 @@ def test_mxfp4_is_what_transformers_dequantizes(checkpoints):
 
 
 # ---- remote, info ------------------------------------------------------------------------------
-def test_a_remote_build_of_a_fused_family_fetches_only_what_it_needs(local_hub, hub_repo_id, checkpoints, built,
-                                                                      tmp_path, monkeypatch):
+def test_a_remote_build_of_a_fused_family_fetches_only_what_it_needs(
+    local_hub, hub_repo_id, checkpoints, built, tmp_path, monkeypatch
+):
     monkeypatch.setenv("VINDEX_HUB_CACHE", str(tmp_path / "block-cache"))
     checkpoint = checkpoints("gpt_oss-mxfp4")
     folder = checkpoint.folder
     upload(folder, hub_repo_id)
-    summary = build_vindex(hub_repo_id, tmp_path / "vindex", num_feats=NUM_FEATS, device="cpu", progress=False)
+    summary = build_vindex(
+        hub_repo_id, tmp_path / "vindex", num_feats=NUM_FEATS, device="cpu", progress=False
+    )
     local = built("gpt_oss-mxfp4")
-    assert (tmp_path / "vindex" / filenames.GATE_VECTORS_BIN).read_bytes() == (local / filenames.GATE_VECTORS_BIN).read_bytes()
+    assert (tmp_path / "vindex" / filenames.GATE_VECTORS_BIN).read_bytes() == (
+        local / filenames.GATE_VECTORS_BIN
+    ).read_bytes()
     with LocalCheckpoint(folder) as src:
         arch = get_architecture(src.config, tensor_names=src.tensor_names())
-        infos = [[src.tensor_info(n) for n in arch.layer_tensors(layer)] for layer in summary.layers]
-    assert all(sum(i.name.endswith("gate_up_proj_blocks") for i in layer) == 1 for layer in infos)  # named once
+        infos = [
+            [src.tensor_info(n) for n in arch.layer_tensors(layer)] for layer in summary.layers
+        ]
+    assert all(
+        sum(i.name.endswith("gate_up_proj_blocks") for i in layer) == 1 for layer in infos
+    )  # named once
     needed = sum(i.nbytes for layer in infos for i in layer)
     sent = shard_bytes_sent(local_hub, hub_repo_id, folder)
     plan = planned_bytes(infos)
-    assert sent == {s: plan.get(s, 0) + header_bytes(folder, s) for s in sent}  # each tensor fetched once
+    assert sent == {
+        s: plan.get(s, 0) + header_bytes(folder, s) for s in sent
+    }  # each tensor fetched once
     assert needed <= sum(sent.values()) <= 1.05 * needed + header_bytes(folder, SAFETENSORS)
     assert sum(sent.values()) < 0.8 * (folder / SAFETENSORS).stat().st_size
 
 
 def test_info_shows_the_family(built):
     out = built("llama4")
-    result = subprocess.run([sys.executable, "-m", "vindex_hub", "info", str(out)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "vindex_hub", "info", str(out)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     assert "(llama4)" in result.stdout
 
 
 # ---- bad inputs: one line naming the tensor or key ----------------------------------------------
-def variant(checkpoints, case_id: str, tmp_path: Path, config_change=None, tensors_change=None) -> Path:
+def variant(
+    checkpoints, case_id: str, tmp_path: Path, config_change=None, tensors_change=None
+) -> Path:
     folder = Path(shutil.copytree(checkpoints(case_id).folder, tmp_path / case_id))
     if config_change is not None:
         config = json.loads((folder / "config.json").read_text())
@@ -226,33 +276,57 @@ def refused(folder: Path, tmp_path: Path, error: type[Exception], match: str) ->
 
 
 def test_an_unknown_model_type_lists_the_families_and_the_nearest(checkpoints, tmp_path):
-    folder = variant(checkpoints, "qwen3_moe-f16", tmp_path, lambda c: c.update(model_type="qwen3moe"))
-    message = refused(folder, tmp_path, UnsupportedArchitectureError, r"model_type 'qwen3moe' is not supported")
-    assert "did you mean 'qwen3_moe'" in message and all(f in message for f in supported_architectures())
+    folder = variant(
+        checkpoints, "qwen3_moe-f16", tmp_path, lambda c: c.update(model_type="qwen3moe")
+    )
+    message = refused(
+        folder, tmp_path, UnsupportedArchitectureError, r"model_type 'qwen3moe' is not supported"
+    )
+    assert "did you mean 'qwen3_moe'" in message and all(
+        f in message for f in supported_architectures()
+    )
 
 
 def test_a_fused_tensor_that_does_not_split_into_the_config_sizes(checkpoints, tmp_path):
     folder = variant(checkpoints, "llama4_text", tmp_path, lambda c: c.update(intermediate_size=24))
-    refused(folder, tmp_path, CheckpointError,
-            r"tensor model\.layers\.1\.feed_forward\.experts\.gate_up_proj: shape \[4, 64, 64\] does not split "
-            r"into the config's num_local_experts=4, intermediate_size=24, hidden_size=64")
+    refused(
+        folder,
+        tmp_path,
+        CheckpointError,
+        r"tensor model\.layers\.1\.feed_forward\.experts\.gate_up_proj: shape \[4, 64, 64\] does not split "
+        r"into the config's num_local_experts=4, intermediate_size=24, hidden_size=64",
+    )
 
 
 def test_fp8_scales_of_the_wrong_grid(checkpoints, tmp_path):
-    folder = variant(checkpoints, "kimi_k2-fp8", tmp_path,
-                     lambda c: c["quantization_config"].update(weight_block_size=[32, 32]))
-    refused(folder, tmp_path, CheckpointError,
-            r"tensor model\.layers\.1\.mlp\.experts\.0\.gate_proj\.weight_scale_inv: scale grid \[3, 2\] does not "
-            r"fit .* in 32x32 blocks \(expected \[2, 2\]\)")
+    folder = variant(
+        checkpoints,
+        "kimi_k2-fp8",
+        tmp_path,
+        lambda c: c["quantization_config"].update(weight_block_size=[32, 32]),
+    )
+    refused(
+        folder,
+        tmp_path,
+        CheckpointError,
+        r"tensor model\.layers\.1\.mlp\.experts\.0\.gate_proj\.weight_scale_inv: scale grid \[3, 2\] does not "
+        r"fit .* in 32x32 blocks \(expected \[2, 2\]\)",
+    )
 
 
 def test_an_mxfp4_scale_byte_255(checkpoints, tmp_path):
     def poison(tensors):
-        tensors["model.layers.2.mlp.experts.gate_up_proj_scales"][3, 4, 1] = 255  # row 4: a gate row
+        tensors["model.layers.2.mlp.experts.gate_up_proj_scales"][3, 4, 1] = (
+            255  # row 4: a gate row
+        )
 
     folder = variant(checkpoints, "gpt_oss-mxfp4", tmp_path, tensors_change=poison)
-    refused(folder, tmp_path, QuantizationError,
-            r"tensor model\.layers\.2\.mlp\.experts\.gate_up_proj_scales: E8M0 scale byte 255")
+    refused(
+        folder,
+        tmp_path,
+        QuantizationError,
+        r"tensor model\.layers\.2\.mlp\.experts\.gate_up_proj_scales: E8M0 scale byte 255",
+    )
 
 
 @pytest.mark.parametrize("case_id", ["qwen3_moe-f16", "mixtral-bf16"])
@@ -266,20 +340,36 @@ def test_a_config_naming_no_expert_count(checkpoints, tmp_path, case_id):
 
 
 def test_a_layer_the_config_calls_moe_without_expert_tensors(checkpoints, tmp_path):
-    folder = variant(checkpoints, "deepseek_v3", tmp_path, lambda c: c.update(first_k_dense_replace=0))
-    refused(folder, tmp_path, CheckpointError,
-            r"layer 0: .*config\.json makes it an MoE layer, but the checkpoint holds no routed-expert gate_proj "
-            r"for it \(looked for model\.layers\.0\.mlp\.experts\.0\.gate_proj\.weight")
-    folder = variant(checkpoints, "llama4_text", tmp_path / "later", lambda c: c.update(moe_layers=[1, 2]))
-    refused(folder, tmp_path, CheckpointError,
-            r"layer 2: .*config\.json makes it an MoE layer, but tensor "
-            r"model\.layers\.2\.feed_forward\.experts\.gate_up_proj is not in the checkpoint")
+    folder = variant(
+        checkpoints, "deepseek_v3", tmp_path, lambda c: c.update(first_k_dense_replace=0)
+    )
+    refused(
+        folder,
+        tmp_path,
+        CheckpointError,
+        r"layer 0: .*config\.json makes it an MoE layer, but the checkpoint holds no routed-expert gate_proj "
+        r"for it \(looked for model\.layers\.0\.mlp\.experts\.0\.gate_proj\.weight",
+    )
+    folder = variant(
+        checkpoints, "llama4_text", tmp_path / "later", lambda c: c.update(moe_layers=[1, 2])
+    )
+    refused(
+        folder,
+        tmp_path,
+        CheckpointError,
+        r"layer 2: .*config\.json makes it an MoE layer, but tensor "
+        r"model\.layers\.2\.feed_forward\.experts\.gate_up_proj is not in the checkpoint",
+    )
 
 
 # ---- the generic path --------------------------------------------------------------------------
 def test_unquantized_experts_under_another_familys_names_and_dtype(checkpoints, tmp_path):
     """OLMoE's experts renamed to Mixtral's pattern and stored as BF16: read through the generic path."""
-    renamed = {".mlp.experts.": ".block_sparse_moe.experts.", ".gate_proj.": ".w1.", ".mlp.gate.": ".block_sparse_moe.gate."}
+    renamed = {
+        ".mlp.experts.": ".block_sparse_moe.experts.",
+        ".gate_proj.": ".w1.",
+        ".mlp.gate.": ".block_sparse_moe.gate.",
+    }
 
     def to_mixtral_names(tensors):
         for name in [n for n in tensors if ".mlp." in n]:
@@ -296,5 +386,7 @@ def test_unquantized_experts_under_another_familys_names_and_dtype(checkpoints, 
         raw = src.read(arch.layer_tensors(2))
         ours = arch.expert_gate_weights(2, range(4), raw)
         assert raw[arch.expert_gate_name(2, 0)].info.dtype == "BF16"
-    expected = torch.from_numpy(checkpoint.layers[2].gates).to(torch.bfloat16).to(torch.float32).numpy()
+    expected = (
+        torch.from_numpy(checkpoint.layers[2].gates).to(torch.bfloat16).to(torch.float32).numpy()
+    )
     np.testing.assert_array_equal(ours, expected)

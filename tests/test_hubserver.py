@@ -34,7 +34,13 @@ from huggingface_hub.utils import build_hf_headers, get_session
 from vindex_hub.hubserver import LocalHub
 from vindex_hub.hubserver import lfs as hub_lfs
 from vindex_hub.hubserver.http import Unsatisfiable, parse_range
-from vindex_hub.hubserver.storage import RepoRef, Storage, StorageError, git_blob_sha1, is_lfs_upload
+from vindex_hub.hubserver.storage import (
+    RepoRef,
+    Storage,
+    StorageError,
+    git_blob_sha1,
+    is_lfs_upload,
+)
 
 README = """---
 configs:
@@ -104,15 +110,25 @@ def test_upload_folder_lfs_and_regular(local_hub: LocalHub, hub_repo_id: str, fo
     info = api.upload_folder(folder_path=folder, repo_id=hub_repo_id, repo_type="dataset")
     assert len(info.oid) == 40 and "/commit/" in info.commit_url
 
-    entries = {e.path: e for e in api.list_repo_tree(hub_repo_id, repo_type="dataset", recursive=True)}
-    assert set(entries) == {".gitattributes", "README.md", "data", "data/train.parquet", "weights.bin"}
+    entries = {
+        e.path: e for e in api.list_repo_tree(hub_repo_id, repo_type="dataset", recursive=True)
+    }
+    assert set(entries) == {
+        ".gitattributes",
+        "README.md",
+        "data",
+        "data/train.parquet",
+        "weights.bin",
+    }
     for path in ("data/train.parquet", "weights.bin"):
         data = (folder / path).read_bytes()
         assert entries[path].lfs is not None, path
         assert entries[path].lfs.sha256 == _sha256(data) and entries[path].size == len(data)
         assert entries[path].xet_hash is None
     readme = (folder / "README.md").read_bytes()
-    assert entries["README.md"].lfs is None and entries["README.md"].blob_id == git_blob_sha1(readme)
+    assert entries["README.md"].lfs is None and entries["README.md"].blob_id == git_blob_sha1(
+        readme
+    )
     assert type(entries["data"]).__name__ == "RepoFolder"
 
     stats = local_hub.stats()
@@ -145,7 +161,9 @@ def test_create_pr_leaves_main_unchanged(local_hub: LocalHub, pushed) -> None:
     repo_id, sha, _ = pushed
     api = HfApi()
     op = CommitOperationAdd(path_in_repo="extra.txt", path_or_fileobj=b"proposed\n")
-    pr = api.create_commit(repo_id, [op], commit_message="propose", repo_type="dataset", create_pr=True)
+    pr = api.create_commit(
+        repo_id, [op], commit_message="propose", repo_type="dataset", create_pr=True
+    )
     assert pr.pr_url.endswith("/discussions/1") and pr.pr_revision == "refs/pr/1"
     assert api.repo_info(repo_id, repo_type="dataset").sha == sha
     assert api.repo_info(repo_id, repo_type="dataset", revision="refs/pr/1").sha == pr.oid
@@ -154,10 +172,15 @@ def test_create_pr_leaves_main_unchanged(local_hub: LocalHub, pushed) -> None:
     with pytest.raises(RemoteEntryNotFoundError):
         hf_hub_download(repo_id, "extra.txt", repo_type="dataset", revision="main")
     op2 = CommitOperationAdd(path_in_repo="other.txt", path_or_fileobj=b"2\n")
-    pr2 = api.create_commit(repo_id, [op2], commit_message="second", repo_type="dataset", create_pr=True)
+    pr2 = api.create_commit(
+        repo_id, [op2], commit_message="second", repo_type="dataset", create_pr=True
+    )
     assert pr2.pr_revision == "refs/pr/2"
     refs = api.list_repo_refs(repo_id, repo_type="dataset", include_pull_requests=True)
-    assert {r.ref: r.target_commit for r in refs.pull_requests} == {"refs/pr/1": pr.oid, "refs/pr/2": pr2.oid}
+    assert {r.ref: r.target_commit for r in refs.pull_requests} == {
+        "refs/pr/1": pr.oid,
+        "refs/pr/2": pr2.oid,
+    }
     assert [b.target_commit for b in refs.branches] == [sha]
 
 
@@ -178,14 +201,21 @@ def test_branches_and_missing_revision(local_hub: LocalHub, pushed) -> None:
     api.create_branch(repo_id, branch="dev", repo_type="dataset")
     api.create_branch(repo_id, branch="dev", repo_type="dataset", exist_ok=True)
     op = CommitOperationAdd(path_in_repo="dev.txt", path_or_fileobj=b"dev\n")
-    dev = api.create_commit(repo_id, [op], commit_message="on dev", repo_type="dataset", revision="dev")
+    dev = api.create_commit(
+        repo_id, [op], commit_message="on dev", repo_type="dataset", revision="dev"
+    )
     assert api.repo_info(repo_id, repo_type="dataset", revision="dev").sha == dev.oid
     assert api.repo_info(repo_id, repo_type="dataset").sha == sha
     assert api.file_exists(repo_id, "dev.txt", repo_type="dataset", revision="dev")
     assert not api.file_exists(repo_id, "dev.txt", repo_type="dataset")
     with pytest.raises(RevisionNotFoundError):
-        api.create_commit(repo_id, [CommitOperationAdd(path_in_repo="x.txt", path_or_fileobj=b"x")],
-                          commit_message="nowhere", repo_type="dataset", revision="no-such-branch")
+        api.create_commit(
+            repo_id,
+            [CommitOperationAdd(path_in_repo="x.txt", path_or_fileobj=b"x")],
+            commit_message="nowhere",
+            repo_type="dataset",
+            revision="no-such-branch",
+        )
     commits = api.list_repo_commits(repo_id, repo_type="dataset", revision="dev")
     assert [c.commit_id for c in commits[:2]] == [dev.oid, sha]
     api.create_tag(repo_id, tag="v1", revision="dev", repo_type="dataset")
@@ -209,13 +239,19 @@ def test_hf_file_system_ls_info_and_ranged_read(local_hub: LocalHub, pushed) -> 
     fs = HfFileSystem()
     root = f"datasets/{repo_id}"
     names = {e["name"]: e["type"] for e in fs.ls(root)}
-    assert names == {f"{root}/.gitattributes": "file", f"{root}/README.md": "file",
-                     f"{root}/weights.bin": "file", f"{root}/data": "directory"}
+    assert names == {
+        f"{root}/.gitattributes": "file",
+        f"{root}/README.md": "file",
+        f"{root}/weights.bin": "file",
+        f"{root}/data": "directory",
+    }
     assert fs.glob(f"{root}/data/*.parquet") == [f"{root}/data/train.parquet"]
     info = fs.info(f"{root}/weights.bin", refresh=True)
     assert info["size"] == 300_000 and info["type"] == "file"
     expected = (folder / "weights.bin").read_bytes()
-    with fs.open(f"{root}/weights.bin", "rb", cache_type="none") as f:  # no read-ahead: one ranged GET a read
+    with fs.open(
+        f"{root}/weights.bin", "rb", cache_type="none"
+    ) as f:  # no read-ahead: one ranged GET a read
         f.seek(1000)
         assert f.read(500) == expected[1000:1500]
     assert local_hub.stats().file(repo_id, "weights.bin").bytes_sent == 500
@@ -243,7 +279,10 @@ def test_manual_ranged_get_is_exact(local_hub: LocalHub, pushed) -> None:
 
     head = session.head(url, headers=headers)
     assert head.headers["Content-Length"] == "300000" and head.headers["X-Linked-Size"] == "300000"
-    assert head.headers["X-Linked-Etag"] == f'"{_sha256(expected)}"' and head.headers["Accept-Ranges"] == "bytes"
+    assert (
+        head.headers["X-Linked-Etag"] == f'"{_sha256(expected)}"'
+        and head.headers["Accept-Ranges"] == "bytes"
+    )
     stats = local_hub.stats().file(repo_id, "weights.bin")
     assert (stats.requests, stats.head_requests, stats.bytes_sent) == (4, 1, 4096 + 20)
 
@@ -266,7 +305,9 @@ def test_lfs_decision() -> None:
     assert not is_lfs_upload("README.md", 5, b"hello")
     assert not is_lfs_upload("x.bin", 0, b"")
     euro = "\u20ac".encode() * 200
-    assert not is_lfs_upload("t.txt", len(euro), euro[:512])  # a character cut by the sample is still text
+    assert not is_lfs_upload(
+        "t.txt", len(euro), euro[:512]
+    )  # a character cut by the sample is still text
 
 
 def test_load_dataset_with_configs_yaml(local_hub: LocalHub, pushed) -> None:
@@ -279,7 +320,9 @@ def test_load_dataset_with_configs_yaml(local_hub: LocalHub, pushed) -> None:
     assert ds["train"].to_dict() == expected
     streamed = datasets.load_dataset(repo_id, split="train", streaming=True)  # ranged reads
     assert [row["name"] for row in streamed] == expected["name"]
-    assert local_hub.stats().file(repo_id, "weights.bin", "dataset").bytes_sent == 0  # not a data file
+    assert (
+        local_hub.stats().file(repo_id, "weights.bin", "dataset").bytes_sent == 0
+    )  # not a data file
 
 
 def test_typed_errors(local_hub: LocalHub, pushed) -> None:
@@ -324,17 +367,28 @@ def test_storage_survives_restart(tmp_path: Path, folder: Path) -> None:
     with LocalHub(tmp_path / "root", port=port) as second:
         api = HfApi(endpoint=second.url)
         assert api.repo_info("ns/persist", repo_type="dataset").sha == sha
-        path = hf_hub_download("ns/persist", "weights.bin", repo_type="dataset", endpoint=second.url,
-                               cache_dir=tmp_path / "cache")
+        path = hf_hub_download(
+            "ns/persist",
+            "weights.bin",
+            repo_type="dataset",
+            endpoint=second.url,
+            cache_dir=tmp_path / "cache",
+        )
         assert Path(path).read_bytes() == (folder / "weights.bin").read_bytes()
     assert not any((tmp_path / "root" / "tmp").iterdir())
 
 
-def _lfs_hrefs(hub: LocalHub, repo_id: str, oid: str, size: int, *, headers: dict | None = None) -> tuple[str, str]:
+def _lfs_hrefs(
+    hub: LocalHub, repo_id: str, oid: str, size: int, *, headers: dict | None = None
+) -> tuple[str, str]:
     """The upload and verify URLs of an LFS batch answer for one object of a dataset repo."""
     r = get_session().post(
         f"{hub.url}/datasets/{repo_id}.git/info/lfs/objects/batch",
-        json={"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": size}]},
+        json={
+            "operation": "upload",
+            "transfers": ["basic"],
+            "objects": [{"oid": oid, "size": size}],
+        },
         headers=build_hf_headers() if headers is None else headers,
     )
     r.raise_for_status()
@@ -342,7 +396,9 @@ def _lfs_hrefs(hub: LocalHub, repo_id: str, oid: str, size: int, *, headers: dic
     return actions["upload"]["href"], actions["verify"]["href"]
 
 
-def test_broken_put_leaves_nothing_and_retry_succeeds(local_hub: LocalHub, hub_repo_id: str) -> None:
+def test_broken_put_leaves_nothing_and_retry_succeeds(
+    local_hub: LocalHub, hub_repo_id: str
+) -> None:
     api = HfApi()
     api.create_repo(hub_repo_id, repo_type="dataset")
     data = os.urandom(200_000)
@@ -359,15 +415,20 @@ def test_broken_put_leaves_nothing_and_retry_succeeds(local_hub: LocalHub, hub_r
     # The client goes away mid-body.
     with socket.create_connection(("127.0.0.1", int(local_hub.url.rsplit(":", 1)[1]))) as s:
         target = upload_url.removeprefix(local_hub.url)
-        s.sendall(f"PUT {target} HTTP/1.1\r\nHost: x\r\n"
-                  f"Content-Length: {len(data)}\r\n\r\n".encode() + data[:70_000])
+        s.sendall(
+            f"PUT {target} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            + data[:70_000]
+        )
     # A complete body with the wrong content.
     bad = get_session().put(upload_url, content=data[:-1] + b"!")
     assert bad.status_code == 400
+
     def left() -> set[Path]:
         return set(tmp_dir.iterdir()) - earlier
 
-    deadline = time.monotonic() + 30  # the aborted handler may still be cleaning (slow on a loaded machine)
+    deadline = (
+        time.monotonic() + 30
+    )  # the aborted handler may still be cleaning (slow on a loaded machine)
     while left() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not local_hub.storage.has_blob(oid) and not left()
@@ -375,7 +436,9 @@ def test_broken_put_leaves_nothing_and_retry_succeeds(local_hub: LocalHub, hub_r
     # The real client: the first PUT is dropped, http_backoff retries it, the push succeeds.
     local_hub.reset_stats()
     local_hub.inject_fault("drop", method="PUT", path="/_local_hub/lfs/", after_bytes=10_000)
-    api.upload_file(path_or_fileobj=data, path_in_repo="blob.bin", repo_id=hub_repo_id, repo_type="dataset")
+    api.upload_file(
+        path_or_fileobj=data, path_in_repo="blob.bin", repo_id=hub_repo_id, repo_type="dataset"
+    )
     assert local_hub.storage.has_blob(oid, len(data))
     stats = local_hub.stats()
     assert stats.lfs_bytes_received == 10_000 + len(data)  # the broken attempt, then the whole body
@@ -395,14 +458,20 @@ def test_http_500_seen_by_client_and_retried(local_hub: LocalHub, pushed) -> Non
 
     # preupload goes through http_backoff: the 500 is retried and the commit goes through.
     local_hub.inject_fault("error", method="POST", path="*/preupload/*", times=1)
-    info = api.upload_file(path_or_fileobj=b"after a 500\n", path_in_repo="retry.txt",
-                           repo_id=repo_id, repo_type="dataset")
+    info = api.upload_file(
+        path_or_fileobj=b"after a 500\n",
+        path_in_repo="retry.txt",
+        repo_id=repo_id,
+        repo_type="dataset",
+    )
     assert info.oid != sha and local_hub._faults.active() == []
 
 
 def test_dropped_download_resumes_with_a_range(local_hub: LocalHub, pushed) -> None:
     repo_id, _, folder = pushed
-    local_hub.inject_fault("drop", method="GET", path="*/resolve/*/weights.bin", after_bytes=100_000)
+    local_hub.inject_fault(
+        "drop", method="GET", path="*/resolve/*/weights.bin", after_bytes=100_000
+    )
     path = hf_hub_download(repo_id, "weights.bin", repo_type="dataset", force_download=True)
     assert Path(path).read_bytes() == (folder / "weights.bin").read_bytes()
     stats = local_hub.stats().file(repo_id, "weights.bin")
@@ -426,8 +495,10 @@ def test_slow_body(local_hub: LocalHub, pushed) -> None:
 def test_admin_http_api(local_hub: LocalHub, pushed) -> None:
     repo_id, _, _ = pushed
     session = get_session()
-    r = session.post(f"{local_hub.url}/_local_hub/faults",
-                     json={"kind": "error", "method": "GET", "path": "weights.bin", "status": 503})
+    r = session.post(
+        f"{local_hub.url}/_local_hub/faults",
+        json={"kind": "error", "method": "GET", "path": "weights.bin", "status": 503},
+    )
     assert r.status_code == 200 and r.json()["status"] == 503
     url = hf_hub_url(repo_id, "weights.bin", repo_type="dataset")
     assert session.get(url, headers={"Range": "bytes=0-9"}).status_code == 503
@@ -435,7 +506,9 @@ def test_admin_http_api(local_hub: LocalHub, pushed) -> None:
     stats = session.get(f"{local_hub.url}/_local_hub/stats").json()
     (entry,) = [f for f in stats["files"] if f["path"] == "weights.bin" and f["repo_id"] == repo_id]
     assert entry["bytes_sent"] == 10
-    assert session.post(f"{local_hub.url}/_local_hub/faults", json={"kind": "nope"}).status_code == 400
+    assert (
+        session.post(f"{local_hub.url}/_local_hub/faults", json={"kind": "nope"}).status_code == 400
+    )
     session.post(f"{local_hub.url}/_local_hub/faults", json={"kind": "error", "times": None})
     assert session.post(f"{local_hub.url}/_local_hub/reset").status_code == 200
     assert local_hub._faults.active() == [] and local_hub.stats().files == {}
@@ -445,14 +518,33 @@ def test_tree_and_paths_info_shapes(local_hub: LocalHub, pushed) -> None:
     repo_id, sha, folder = pushed
     session, headers = get_session(), build_hf_headers()
     base = f"{local_hub.url}/api/datasets/{repo_id}"
-    top = session.get(f"{base}/tree/{sha}?recursive=false&expand=false&limit=10&cursor=abc", headers=headers).json()
+    top = session.get(
+        f"{base}/tree/{sha}?recursive=false&expand=false&limit=10&cursor=abc", headers=headers
+    ).json()
     assert {(e["type"], e["path"]) for e in top} == {
-        ("directory", "data"), ("file", ".gitattributes"), ("file", "README.md"), ("file", "weights.bin")}
+        ("directory", "data"),
+        ("file", ".gitattributes"),
+        ("file", "README.md"),
+        ("file", "weights.bin"),
+    }
     sub = session.get(f"{base}/tree/main/data", headers=headers).json()
     data = (folder / "data" / "train.parquet").read_bytes()
-    assert sub == [{"type": "file", "oid": sub[0]["oid"], "size": len(data), "path": "data/train.parquet",
-                    "lfs": {"oid": _sha256(data), "size": len(data), "pointerSize": sub[0]["lfs"]["pointerSize"]}}]
-    infos = HfApi().get_paths_info(repo_id, ["weights.bin", "data", "missing"], repo_type="dataset", expand=True)
+    assert sub == [
+        {
+            "type": "file",
+            "oid": sub[0]["oid"],
+            "size": len(data),
+            "path": "data/train.parquet",
+            "lfs": {
+                "oid": _sha256(data),
+                "size": len(data),
+                "pointerSize": sub[0]["lfs"]["pointerSize"],
+            },
+        }
+    ]
+    infos = HfApi().get_paths_info(
+        repo_id, ["weights.bin", "data", "missing"], repo_type="dataset", expand=True
+    )
     assert [i.path for i in infos] == ["weights.bin", "data"]
     assert infos[0].last_commit.oid == sha
 
@@ -482,12 +574,19 @@ def test_parent_commit_and_deletions(local_hub: LocalHub, pushed) -> None:
 
     repo_id, sha, _ = pushed
     api = HfApi()
-    delete = [CommitOperationDelete(path_in_repo="weights.bin"), CommitOperationDelete(path_in_repo="data/")]
-    new = api.create_commit(repo_id, delete, commit_message="prune", repo_type="dataset", parent_commit=sha)
+    delete = [
+        CommitOperationDelete(path_in_repo="weights.bin"),
+        CommitOperationDelete(path_in_repo="data/"),
+    ]
+    new = api.create_commit(
+        repo_id, delete, commit_message="prune", repo_type="dataset", parent_commit=sha
+    )
     assert api.list_repo_files(repo_id, repo_type="dataset") == [".gitattributes", "README.md"]
     stale = [CommitOperationAdd(path_in_repo="late.txt", path_or_fileobj=b"late")]
     with pytest.raises(HfHubHTTPError) as e:  # the branch moved on since `sha`
-        api.create_commit(repo_id, stale, commit_message="late", repo_type="dataset", parent_commit=sha)
+        api.create_commit(
+            repo_id, stale, commit_message="late", repo_type="dataset", parent_commit=sha
+        )
     assert e.value.response.status_code == 412
     assert api.repo_info(repo_id, repo_type="dataset").sha == new.oid
     # Old commits stay readable by sha.
@@ -521,20 +620,29 @@ def test_serve_in_a_separate_process(tmp_path: Path) -> None:
     import sys
 
     code = "import sys; from vindex_hub.hubserver import serve; serve(sys.argv[1], port=0)"
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "root")], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path / "root")], stdout=subprocess.PIPE, text=True
+    )
     try:
         line = proc.stdout.readline()
         url = line.split(" at ")[1].split()[0]
         api = HfApi(endpoint=url)
         api.create_repo("ns/remote", repo_type="dataset")
-        api.upload_file(path_or_fileobj=b"x" * 1000, path_in_repo="a.bin", repo_id="ns/remote", repo_type="dataset")
+        api.upload_file(
+            path_or_fileobj=b"x" * 1000,
+            path_in_repo="a.bin",
+            repo_id="ns/remote",
+            repo_type="dataset",
+        )
         session = get_session()
         fault = {"kind": "error", "method": "GET", "path": "/api/datasets/ns/remote", "status": 503}
         assert session.post(f"{url}/_local_hub/faults", json=fault).status_code == 200
         assert session.get(f"{url}/api/datasets/ns/remote").status_code == 503
         session.get(f"{url}/datasets/ns/remote/resolve/main/a.bin", headers={"Range": "bytes=0-99"})
         stats = session.get(f"{url}/_local_hub/stats").json()
-        assert [(f["path"], f["bytes_sent"]) for f in stats["files"] if f["bytes_sent"]] == [("a.bin", 100)]
+        assert [(f["path"], f["bytes_sent"]) for f in stats["files"] if f["bytes_sent"]] == [
+            ("a.bin", 100)
+        ]
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=10)
@@ -550,8 +658,12 @@ def test_totals_count_each_request_and_byte_once(local_hub, hub_repo_id, tmp_pat
     payload = os.urandom(300_000)
     (tmp_path / "blob.bin").write_bytes(payload)
     local_hub.reset_stats()
-    api.upload_file(path_or_fileobj=str(tmp_path / "blob.bin"), path_in_repo="blob.bin",
-                    repo_id=hub_repo_id, repo_type="dataset")
+    api.upload_file(
+        path_or_fileobj=str(tmp_path / "blob.bin"),
+        path_in_repo="blob.bin",
+        repo_id=hub_repo_id,
+        repo_type="dataset",
+    )
     stats = local_hub.stats()
     assert stats.file(hub_repo_id, "blob.bin").bytes_received == len(payload)
     assert len(payload) <= stats.bytes_received < len(payload) + 20_000  # + JSON request bodies
@@ -564,7 +676,10 @@ def test_totals_count_each_request_and_byte_once(local_hub, hub_repo_id, tmp_pat
 
 
 def test_lfs_upload_urls_need_the_token_of_a_batch_answer(
-    local_hub: LocalHub, hub_repo_id: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    local_hub: LocalHub,
+    hub_repo_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     api = HfApi()
     api.create_repo(hub_repo_id, repo_type="dataset")
@@ -597,23 +712,36 @@ def test_lfs_upload_urls_need_the_token_of_a_batch_answer(
         assert r.status_code == 403 and "no valid token" in r.json()["error"], what
     assert not local_hub.storage.has_blob(oid) and local_hub.stats().lfs_bytes_received == 0
     verify = {"oid": oid, "size": len(data)}
-    assert session.post(verify_url.split("?")[0], json=verify, headers=build_hf_headers()).status_code == 403
-    assert session.post(verify_url, json=verify).status_code == 401  # the real client sends Authorization
+    assert (
+        session.post(verify_url.split("?")[0], json=verify, headers=build_hf_headers()).status_code
+        == 403
+    )
+    assert (
+        session.post(verify_url, json=verify).status_code == 401
+    )  # the real client sends Authorization
 
     with caplog.at_level("DEBUG", logger="vindex_hub.hubserver"):
-        assert session.put(upload_url, content=data).status_code == 200  # no Authorization, as the client does
+        assert (
+            session.put(upload_url, content=data).status_code == 200
+        )  # no Authorization, as the client does
     assert local_hub.storage.has_blob(oid, len(data))
     assert session.post(verify_url, json=verify, headers=build_hf_headers()).status_code == 200
     token = upload_url.split("token=")[1]
     assert "token=<redacted>" in caplog.text and token not in caplog.text
 
     # The real client gets its URLs from the batch answer and uploads without Authorization.
-    api.upload_file(path_or_fileobj=small, path_in_repo="small.bin", repo_id=hub_repo_id, repo_type="dataset")
+    api.upload_file(
+        path_or_fileobj=small, path_in_repo="small.bin", repo_id=hub_repo_id, repo_type="dataset"
+    )
     assert local_hub.storage.has_blob(small_oid, len(small))
-    assert Path(hf_hub_download(hub_repo_id, "small.bin", repo_type="dataset")).read_bytes() == small
+    assert (
+        Path(hf_hub_download(hub_repo_id, "small.bin", repo_type="dataset")).read_bytes() == small
+    )
 
 
-def _raw_commit(hub: LocalHub, repo_id: str, *operations: dict, parent: object = None) -> httpx2.Response:
+def _raw_commit(
+    hub: LocalHub, repo_id: str, *operations: dict, parent: object = None
+) -> httpx2.Response:
     """An NDJSON commit sent as is (the real client would refuse to send these values)."""
     header = {"summary": "crafted", "description": ""}
     if parent is not None:
@@ -627,31 +755,70 @@ def _raw_commit(hub: LocalHub, repo_id: str, *operations: dict, parent: object =
 
 
 def _inline_file(path: object, content: bytes = b"x") -> dict:
-    return {"key": "file", "value": {"path": path, "content": base64.b64encode(content).decode(), "encoding": "base64"}}
+    return {
+        "key": "file",
+        "value": {
+            "path": path,
+            "content": base64.b64encode(content).decode(),
+            "encoding": "base64",
+        },
+    }
 
 
 def test_parent_commit_must_be_hex_digits_of_a_sha(local_hub: LocalHub, hub_repo_id: str) -> None:
     api = HfApi()
     api.create_repo(hub_repo_id, repo_type="dataset")  # one commit: "*" would glob exactly it
     head = api.repo_info(hub_repo_id, repo_type="dataset").sha
-    for parent in ("*", "?" * 40, "../../../../*", f"../commits/{head}", head[:6], head + "0", 1234567):
+    for parent in (
+        "*",
+        "?" * 40,
+        "../../../../*",
+        f"../commits/{head}",
+        head[:6],
+        head + "0",
+        1234567,
+    ):
         r = _raw_commit(local_hub, hub_repo_id, _inline_file("a.txt"), parent=parent)
         assert r.status_code == 400 and "invalid parent commit" in r.json()["error"], parent
     assert api.repo_info(hub_repo_id, repo_type="dataset").sha == head
-    assert _raw_commit(local_hub, hub_repo_id, _inline_file("a.txt"), parent=head[:7].upper()).status_code == 200
+    assert (
+        _raw_commit(
+            local_hub, hub_repo_id, _inline_file("a.txt"), parent=head[:7].upper()
+        ).status_code
+        == 200
+    )
 
 
 def test_crafted_paths_in_a_commit_are_refused(local_hub: LocalHub, hub_repo_id: str) -> None:
     api = HfApi()
     api.create_repo(hub_repo_id, repo_type="dataset")
-    api.upload_file(path_or_fileobj=b"keep", path_in_repo="dir/keep.txt", repo_id=hub_repo_id, repo_type="dataset")
+    api.upload_file(
+        path_or_fileobj=b"keep",
+        path_in_repo="dir/keep.txt",
+        repo_id=hub_repo_id,
+        repo_type="dataset",
+    )
     head = api.repo_info(hub_repo_id, repo_type="dataset").sha
-    for path in ("../evil.txt", "a/../../evil.txt", "/etc/evil.txt", "a\\..\\evil.txt", "C:\\evil.txt",
-                 "a//b.txt", "./a.txt", "a/", "", "bad\nname.txt", None, ["a.txt"]):
+    for path in (
+        "../evil.txt",
+        "a/../../evil.txt",
+        "/etc/evil.txt",
+        "a\\..\\evil.txt",
+        "C:\\evil.txt",
+        "a//b.txt",
+        "./a.txt",
+        "a/",
+        "",
+        "bad\nname.txt",
+        None,
+        ["a.txt"],
+    ):
         r = _raw_commit(local_hub, hub_repo_id, _inline_file(path))
         assert r.status_code == 400 and "invalid path in repo" in r.json()["error"], path
-    for op in ({"key": "deletedFile", "value": {"path": "../dir/keep.txt"}},
-               {"key": "deletedFolder", "value": {"path": "/dir/"}}):
+    for op in (
+        {"key": "deletedFile", "value": {"path": "../dir/keep.txt"}},
+        {"key": "deletedFolder", "value": {"path": "/dir/"}},
+    ):
         assert _raw_commit(local_hub, hub_repo_id, op).status_code == 400, op
     for oid in ("../../../../etc/passwd", "A" * 64, 5):
         lfs = {"key": "lfsFile", "value": {"path": "w.bin", "algo": "sha256", "oid": oid}}
@@ -659,10 +826,17 @@ def test_crafted_paths_in_a_commit_are_refused(local_hub: LocalHub, hub_repo_id:
         assert r.status_code == 400 and "is not 64 lowercase hex digits" in r.json()["error"], oid
     assert api.repo_info(hub_repo_id, repo_type="dataset").sha == head
     # A folder deletion may end with "/" (the client sends it that way).
-    assert _raw_commit(local_hub, hub_repo_id, {"key": "deletedFolder", "value": {"path": "dir/"}}).status_code == 200
+    assert (
+        _raw_commit(
+            local_hub, hub_repo_id, {"key": "deletedFolder", "value": {"path": "dir/"}}
+        ).status_code
+        == 200
+    )
 
 
-def test_crafted_repo_ids_and_revisions_never_become_paths(tmp_path: Path, local_hub: LocalHub, pushed) -> None:
+def test_crafted_repo_ids_and_revisions_never_become_paths(
+    tmp_path: Path, local_hub: LocalHub, pushed
+) -> None:
     for repo_id in ("ns/..", "../ns", "ns/a\\b", "ns/abc\n", "ns/a/b", "ns/.hidden", "ns/-x", "ns"):
         with pytest.raises(StorageError) as e:
             RepoRef("dataset", repo_id)
@@ -671,7 +845,7 @@ def test_crafted_repo_ids_and_revisions_never_become_paths(tmp_path: Path, local
     repo = RepoRef("dataset", "ns/name")
     storage.create_repo(repo, private=False)
     sha = storage.resolve(repo, "main").sha
-    for revision in (f"../name/commits/{sha}", f"{sha}\n", "*", f"refs/pr/1\n", "../../repo"):
+    for revision in (f"../name/commits/{sha}", f"{sha}\n", "*", "refs/pr/1\n", "../../repo"):
         with pytest.raises(StorageError) as e:
             storage.resolve(repo, revision)
         assert e.value.error_code == "RevisionNotFound", revision
@@ -691,25 +865,58 @@ def _request_kinds(hub: LocalHub, repo_id: str, sha: str) -> dict[str, tuple[str
     api = f"{hub.url}/api/datasets/{repo_id}"
     blob = os.urandom(20_000)
     upload_url, _ = _lfs_hrefs(hub, repo_id, _sha256(blob), len(blob))
-    batch = {"operation": "upload", "transfers": ["basic"], "objects": [{"oid": _sha256(blob), "size": len(blob)}]}
+    batch = {
+        "operation": "upload",
+        "transfers": ["basic"],
+        "objects": [{"oid": _sha256(blob), "size": len(blob)}],
+    }
     return {
         "HEAD": ("HEAD", "*/resolve/*/weights.bin", lambda: session.head(url, headers=headers)),
         "whole GET": ("GET", "*/resolve/*/weights.bin", lambda: session.get(url, headers=headers)),
-        "ranged GET": ("GET", "*/resolve/*/weights.bin",
-                       lambda: session.get(url, headers={**headers, "Range": "bytes=10-99"})),
+        "ranged GET": (
+            "GET",
+            "*/resolve/*/weights.bin",
+            lambda: session.get(url, headers={**headers, "Range": "bytes=10-99"}),
+        ),
         "repo info": ("GET", f"/api/datasets/{repo_id}", lambda: session.get(api, headers=headers)),
         "refs": ("GET", "*/refs", lambda: session.get(f"{api}/refs", headers=headers)),
-        "tree": ("GET", "*/tree/*", lambda: session.get(f"{api}/tree/main?recursive=true", headers=headers)),
-        "commit POST": ("POST", "*/commit/*", lambda: _raw_commit(hub, repo_id, _inline_file("f.txt", os.urandom(8)))),
-        "LFS batch POST": ("POST", "*.git/info/lfs/objects/batch",
-                           lambda: session.post(f"{hub.url}/datasets/{repo_id}.git/info/lfs/objects/batch",
-                                                json=batch, headers=headers)),
+        "tree": (
+            "GET",
+            "*/tree/*",
+            lambda: session.get(f"{api}/tree/main?recursive=true", headers=headers),
+        ),
+        "commit POST": (
+            "POST",
+            "*/commit/*",
+            lambda: _raw_commit(hub, repo_id, _inline_file("f.txt", os.urandom(8))),
+        ),
+        "LFS batch POST": (
+            "POST",
+            "*.git/info/lfs/objects/batch",
+            lambda: session.post(
+                f"{hub.url}/datasets/{repo_id}.git/info/lfs/objects/batch",
+                json=batch,
+                headers=headers,
+            ),
+        ),
         "LFS PUT": ("PUT", "/_local_hub/lfs/*", lambda: session.put(upload_url, content=blob)),
     }
 
 
-@pytest.mark.parametrize("kind", ["HEAD", "whole GET", "ranged GET", "repo info", "refs", "tree", "commit POST",
-                                  "LFS batch POST", "LFS PUT"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "HEAD",
+        "whole GET",
+        "ranged GET",
+        "repo info",
+        "refs",
+        "tree",
+        "commit POST",
+        "LFS batch POST",
+        "LFS PUT",
+    ],
+)
 def test_faults_hit_each_kind_of_request(local_hub: LocalHub, pushed, kind: str) -> None:
     repo_id, sha, _ = pushed
     method, path, send = _request_kinds(local_hub, repo_id, sha)[kind]
@@ -731,13 +938,19 @@ def test_faults_hit_each_kind_of_request(local_hub: LocalHub, pushed, kind: str)
     assert local_hub.stats().file(repo_id, "weights.bin").bytes_sent == expected
 
 
-def test_ranged_faults_tell_ranged_from_whole_gets(local_hub: LocalHub, pushed, tmp_path: Path) -> None:
+def test_ranged_faults_tell_ranged_from_whole_gets(
+    local_hub: LocalHub, pushed, tmp_path: Path
+) -> None:
     repo_id, sha, folder = pushed
     url = hf_hub_url(repo_id, "weights.bin", repo_type="dataset", revision=sha)
     session = get_session()
-    ranged_only = local_hub.inject_fault("drop", method="GET", path="*/weights.bin", ranged=True, after_bytes=10)
+    ranged_only = local_hub.inject_fault(
+        "drop", method="GET", path="*/weights.bin", ranged=True, after_bytes=10
+    )
     # hf_hub_download sends a HEAD and a whole GET: neither is ranged.
-    path = hf_hub_download(repo_id, "weights.bin", repo_type="dataset", cache_dir=tmp_path / "cache")
+    path = hf_hub_download(
+        repo_id, "weights.bin", repo_type="dataset", cache_dir=tmp_path / "cache"
+    )
     assert Path(path).read_bytes() == (folder / "weights.bin").read_bytes()
     assert local_hub._faults.active() == [ranged_only]
     with pytest.raises(httpx2.TransportError):
@@ -756,8 +969,12 @@ def test_retry_after_reaches_the_hub_clients_backoff(
     repo_id, sha, _ = pushed
     local_hub.inject_fault("error", method="POST", path="*/preupload/*", status=429, retry_after=0)
     with caplog.at_level("WARNING", logger="huggingface_hub"):
-        info = HfApi().upload_file(path_or_fileobj=b"after a 429\n", path_in_repo="limited.txt",
-                                   repo_id=repo_id, repo_type="dataset")
+        info = HfApi().upload_file(
+            path_or_fileobj=b"after a 429\n",
+            path_in_repo="limited.txt",
+            repo_id=repo_id,
+            repo_type="dataset",
+        )
     assert info.oid != sha and local_hub._faults.active() == []
     # The backoff waits Retry-After + 1 s when it read the header, its own base wait otherwise.
     assert "HTTP Error 429" in caplog.text and "Rate limited. Waiting 1.0s" in caplog.text
@@ -803,11 +1020,17 @@ def test_bad_fault_specs_are_refused(local_hub: LocalHub) -> None:
         assert r.status_code == 400 and r.json()["error"].startswith("bad fault spec"), spec
     with pytest.raises(ValueError, match="retry_after"):
         local_hub.inject_fault("error", status=500, retry_after=1)
-    ok = session.post(f"{local_hub.url}/_local_hub/faults",
-                      json={"kind": "error", "status": 429, "retry_after": 3, "ranged": True, "times": None})
+    ok = session.post(
+        f"{local_hub.url}/_local_hub/faults",
+        json={"kind": "error", "status": 429, "retry_after": 3, "ranged": True, "times": None},
+    )
     assert ok.status_code == 200
     assert {k: ok.json()[k] for k in ("status", "retry_after", "ranged", "times")} == {
-        "status": 429, "retry_after": 3, "ranged": True, "times": None}
+        "status": 429,
+        "retry_after": 3,
+        "ranged": True,
+        "times": None,
+    }
     assert [f.to_json() for f in local_hub._faults.active()] == [ok.json()]
     assert session.get(f"{local_hub.url}/_local_hub/faults").json() == [ok.json()]
 
@@ -820,13 +1043,22 @@ def test_writes_without_a_token_say_that_any_hf_token_will_do(local_hub: LocalHu
     anonymous = HfApi(token=False)
     with pytest.raises(HfHubHTTPError) as e:
         anonymous.create_repo(repo_id + "-anon", repo_type="dataset")
-    assert e.value.response.status_code == 401 and "any non-empty" in str(e.value) and "HF_TOKEN" in str(e.value)
+    assert (
+        e.value.response.status_code == 401
+        and "any non-empty" in str(e.value)
+        and "HF_TOKEN" in str(e.value)
+    )
     with pytest.raises(HfHubHTTPError) as e:
-        anonymous.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=repo_id, repo_type="dataset")
+        anonymous.upload_file(
+            path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=repo_id, repo_type="dataset"
+        )
     assert e.value.response.status_code == 401 and "HF_TOKEN" in str(e.value)
     with pytest.raises(httpx2.HTTPStatusError) as e:
         _lfs_hrefs(local_hub, repo_id, "0" * 64, 1, headers={})
-    assert "HF_TOKEN" in e.value.response.json()["error"] and "HF_TOKEN" in e.value.response.headers["X-Error-Message"]
+    assert (
+        "HF_TOKEN" in e.value.response.json()["error"]
+        and "HF_TOKEN" in e.value.response.headers["X-Error-Message"]
+    )
 
 
 def test_unknown_routes_and_methods(local_hub: LocalHub, pushed) -> None:
@@ -847,7 +1079,9 @@ def test_branch_names_with_slashes(local_hub: LocalHub, pushed) -> None:
     api = HfApi()
     api.create_branch(repo_id, branch="feature/x", repo_type="dataset")
     op = CommitOperationAdd(path_in_repo="data/feature.txt", path_or_fileobj=b"on feature/x\n")
-    new = api.create_commit(repo_id, [op], commit_message="f", repo_type="dataset", revision="feature/x")
+    new = api.create_commit(
+        repo_id, [op], commit_message="f", repo_type="dataset", revision="feature/x"
+    )
     assert api.repo_info(repo_id, repo_type="dataset", revision="feature/x").sha == new.oid
     path = hf_hub_download(repo_id, "data/feature.txt", repo_type="dataset", revision="feature/x")
     assert Path(path).read_bytes() == b"on feature/x\n"
@@ -871,7 +1105,9 @@ def test_byte_counters_count_bytes_sent(local_hub: LocalHub, pushed, tmp_path: P
 
     assert session.head(url, headers=headers).headers["Content-Length"] == str(size)
     assert counted() == (0, 1, 0)  # a HEAD sends no body
-    hf_hub_download(repo_id, "weights.bin", repo_type="dataset", cache_dir=tmp_path / "cache")  # HEAD + whole GET
+    hf_hub_download(
+        repo_id, "weights.bin", repo_type="dataset", cache_dir=tmp_path / "cache"
+    )  # HEAD + whole GET
     assert counted() == (1, 2, size)
     assert len(session.get(url, headers={**headers, "Range": "bytes=1000-1999"}).content) == 1000
     assert counted() == (2, 2, size + 1000)

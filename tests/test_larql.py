@@ -9,14 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vindex_hub.format import filenames, sidecar
-from vindex_hub.errors import UsageError
 from vindex_hub.checksums import sha256_file
+from vindex_hub.errors import UsageError
+from vindex_hub.format import filenames, sidecar
 from vindex_hub.format.larql import extracted_at
 from vindex_hub.writers.larql import write_larql_index
 
-from vindex_fixtures import (  # noqa: F401 (fixtures)
-    HIDDEN, INTER, NUM_EXPERTS, NUM_FEATS, NUM_LAYERS, SmallVindex, small_vindex, vindex_copy,
+from vindex_fixtures import (
+    HIDDEN,
+    INTER,
+    NUM_EXPERTS,
+    NUM_FEATS,
+    NUM_LAYERS,
+    SmallVindex,
 )
 
 
@@ -29,12 +34,20 @@ def test_index_json_fields(small_vindex: SmallVindex):
     config = json.loads((small_vindex.checkpoint / "config.json").read_text())
     assert doc["version"] == 2
     assert doc["family"] == "deepseek_v4"
-    assert (doc["num_layers"], doc["hidden_size"], doc["vocab_size"]) == (NUM_LAYERS, HIDDEN, config["vocab_size"])
+    assert (doc["num_layers"], doc["hidden_size"], doc["vocab_size"]) == (
+        NUM_LAYERS,
+        HIDDEN,
+        config["vocab_size"],
+    )
     assert doc["intermediate_size"] == INTER  # no dense FFN size in the config: the expert's
     assert doc["embed_scale"] == 1.0 and doc["down_top_k"] == 0 and doc["dtype"] == "f32"
     assert doc["model_config"]["moe"] == {
-        "num_experts": NUM_EXPERTS, "top_k": 2, "shared_expert": True, "router_type": "top_k_sqrtsoftplus",
-        "moe_intermediate_size": INTER, "hybrid": False,
+        "num_experts": NUM_EXPERTS,
+        "top_k": 2,
+        "shared_expert": True,
+        "router_type": "top_k_sqrtsoftplus",
+        "moe_intermediate_size": INTER,
+        "hybrid": False,
     }
     assert doc["source"]["extracted_at"] == "1970-01-01T00:00:00Z"
     assert doc["source"]["larql_version"].startswith("vindex-hub ")
@@ -47,10 +60,19 @@ def test_layers_address_the_same_bytes_as_the_sidecar(small_vindex: SmallVindex)
     assert [e["layer"] for e in doc["layers"]] == index.layer_ids
     data = (folder / filenames.GATE_VECTORS_BIN).read_bytes()
     for e in doc["layers"]:
-        assert e["num_features"] == e["num_experts"] * e["num_features_per_expert"] == NUM_EXPERTS * NUM_FEATS
+        assert (
+            e["num_features"]
+            == e["num_experts"] * e["num_features_per_expert"]
+            == NUM_EXPERTS * NUM_FEATS
+        )
         # LarQL reads [num_features, hidden] row-major at offset: the sidecar's layer, expert by expert
-        block = np.frombuffer(data[e["offset"]:e["offset"] + e["length"]], dtype="<f4").reshape(e["num_features"], HIDDEN)
-        assert block.tobytes() == small_vindex.binary_layer(folder, e["layer"]).reshape(-1, HIDDEN).tobytes()
+        block = np.frombuffer(data[e["offset"] : e["offset"] + e["length"]], dtype="<f4").reshape(
+            e["num_features"], HIDDEN
+        )
+        assert (
+            block.tobytes()
+            == small_vindex.binary_layer(folder, e["layer"]).reshape(-1, HIDDEN).tobytes()
+        )
 
 
 def test_checksums_are_the_files_sha256(small_vindex: SmallVindex):
@@ -65,11 +87,13 @@ def test_router_weights_bin_holds_the_checkpoint_routers(small_vindex: SmallVind
     per_layer = NUM_EXPERTS * HIDDEN + NUM_EXPERTS
     assert raw.size == NUM_LAYERS * per_layer
     for layer in range(NUM_LAYERS):
-        chunk = raw[layer * per_layer:(layer + 1) * per_layer]
+        chunk = raw[layer * per_layer : (layer + 1) * per_layer]
         weight, bias = small_vindex.router(layer)
-        np.testing.assert_array_equal(chunk[:NUM_EXPERTS * HIDDEN].reshape(NUM_EXPERTS, HIDDEN), weight)
+        np.testing.assert_array_equal(
+            chunk[: NUM_EXPERTS * HIDDEN].reshape(NUM_EXPERTS, HIDDEN), weight
+        )
         want_bias = np.zeros(NUM_EXPERTS, np.float32) if bias is None else bias
-        np.testing.assert_array_equal(chunk[NUM_EXPERTS * HIDDEN:], want_bias)
+        np.testing.assert_array_equal(chunk[NUM_EXPERTS * HIDDEN :], want_bias)
     # the synthetic checkpoint's hash layer 0 has no bias, the learned-routing layers have one
     assert small_vindex.router(0)[1] is None and small_vindex.router(1)[1] is not None
 

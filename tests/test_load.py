@@ -22,15 +22,21 @@ import numpy as np
 import pytest
 from huggingface_hub import CommitOperationAdd, HfApi
 
+from vindex_hub.errors import (
+    HubError,
+    IntegrityError,
+    OutputConflictError,
+    RemoteNotFoundError,
+    UsageError,
+    VindexFormatError,
+)
 from vindex_hub.format import filenames, layout, mirror, sidecar, statistics
 from vindex_hub.format.card_data import CardOptions, card_front_matter
 from vindex_hub.hub.blockcache import BlockCache, default_cache_root
-from vindex_hub.errors import (HubError, IntegrityError, OutputConflictError, RemoteNotFoundError, UsageError,
-                               VindexFormatError)
-from vindex_hub.load import Vindex, remote_info
-from vindex_hub.pull import pull
 from vindex_hub.hub.http import fetch_range
 from vindex_hub.hub.refs import parse_repo
+from vindex_hub.load import Vindex, remote_info
+from vindex_hub.pull import pull
 from vindex_hub.results import LayerResult
 from vindex_hub.verify import verify_vindex
 from vindex_hub.writers.binary import GateVectorsWriter
@@ -45,6 +51,7 @@ MODEL_LAYERS = max(LAYERS) + 1  # the model's num_hidden_layers in write_vindex
 def layer_parquet(layer: int) -> str:
     return mirror.gate_vectors_parquet(layer, MODEL_LAYERS)
 
+
 _names = itertools.count()
 
 
@@ -54,36 +61,59 @@ def orthonormal_rows(rng: np.random.Generator, k: int, h: int) -> np.ndarray:
     return q.T.astype(np.float32)
 
 
-def write_vindex(folder: Path, *, layers=LAYERS, num_experts=E, num_feats=K, hidden=H, seed=0) -> dict[int, np.ndarray]:
+def write_vindex(
+    folder: Path, *, layers=LAYERS, num_experts=E, num_feats=K, hidden=H, seed=0
+) -> dict[int, np.ndarray]:
     """A complete vindex folder (binary, sidecar, stats JSON, mirror, card); returns the layers."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True)
-    blocks = {layer: np.stack([orthonormal_rows(rng, num_feats, hidden) for _ in range(num_experts)])
-              for layer in layers}
-    writer = GateVectorsWriter(folder / "partial.bin", num_layers=len(layers), num_experts=num_experts,
-                               num_feats=num_feats, hidden_size=hidden)
+    blocks = {
+        layer: np.stack([orthonormal_rows(rng, num_feats, hidden) for _ in range(num_experts)])
+        for layer in layers
+    }
+    writer = GateVectorsWriter(
+        folder / "partial.bin",
+        num_layers=len(layers),
+        num_experts=num_experts,
+        num_feats=num_feats,
+        hidden_size=hidden,
+    )
     index = sidecar.VindexIndex(
         num_feats=num_feats,
-        model_config=sidecar.ModelConfig("deepseek_v4", max(layers) + 1,
-                                        sidecar.MoEConfig(num_experts, 1, 2, hidden, 2 * hidden)),
+        model_config=sidecar.ModelConfig(
+            "deepseek_v4", max(layers) + 1, sidecar.MoEConfig(num_experts, 1, 2, hidden, 2 * hidden)
+        ),
         source=sidecar.SourceInfo(repo_id="tests/tiny-moe", revision="a" * 40),
         builder=sidecar.BuilderInfo(name="vindex-hub", version="test", method="test"),
     )
     results = []
     for slot, layer in enumerate(layers):
         sha = writer.write_layer(slot, blocks[layer])
-        svals = np.sort(rng.uniform(1, 2, (num_experts, num_feats)).astype(np.float32), axis=1)[:, ::-1]
+        svals = np.sort(rng.uniform(1, 2, (num_experts, num_feats)).astype(np.float32), axis=1)[
+            :, ::-1
+        ]
         frob = np.sqrt((svals.astype(np.float64) ** 2).sum(1) / rng.uniform(0.2, 0.9, num_experts))
         router_s = np.sort(rng.uniform(0.5, 3, num_experts))[::-1]
-        results.append(LayerResult(layer=layer, sha256=sha, singular_values=np.ascontiguousarray(svals),
-                                   frobenius_norm=frob, router_singular_values=router_s,
-                                   router_frobenius_norm=float(np.sqrt((router_s ** 2).sum()))))
-        var = (svals.astype(np.float64) ** 2).sum(1) / frob ** 2
+        results.append(
+            LayerResult(
+                layer=layer,
+                sha256=sha,
+                singular_values=np.ascontiguousarray(svals),
+                frobenius_norm=frob,
+                router_singular_values=router_s,
+                router_frobenius_norm=float(np.sqrt((router_s**2).sum())),
+            )
+        )
+        var = (svals.astype(np.float64) ** 2).sum(1) / frob**2
         index.layers[layer] = sidecar.LayerEntry(
             file_offset=layout.layer_offset(slot, num_experts, num_feats, hidden),
-            shape=[num_experts, num_feats, hidden], nbytes=index.layer_nbytes, sha256=sha,
-            median_var=float(np.median(var)), q25_var=float(np.quantile(var, 0.25)),
-            q75_var=float(np.quantile(var, 0.75)))
+            shape=[num_experts, num_feats, hidden],
+            nbytes=index.layer_nbytes,
+            sha256=sha,
+            median_var=float(np.median(var)),
+            q25_var=float(np.quantile(var, 0.25)),
+            q75_var=float(np.quantile(var, 0.75)),
+        )
     writer.finish(folder / filenames.GATE_VECTORS_BIN)
     (folder / filenames.SIDECAR_JSON).write_text(index.dumps())
     (folder / filenames.PHASE1_JSON).write_text(json.dumps(phase1_json(results, index)))
@@ -130,11 +160,19 @@ def test_remote_modes_equal_local_binary(local_hub, vindex_folder, repo, cache, 
     folder, blocks = vindex_folder
     with Vindex.open(folder) as local, Vindex.open(repo, mode=mode, cache_dir=cache) as vx:
         assert (vx.mode, local.mode) == (mode, "local")
-        assert (vx.num_layers, vx.layers, vx.num_experts, vx.num_feats, vx.hidden_size) == (3, [0, 1, 2], E, K, H)
+        assert (vx.num_layers, vx.layers, vx.num_experts, vx.num_feats, vx.hidden_size) == (
+            3,
+            [0, 1, 2],
+            E,
+            K,
+            H,
+        )
         assert vx.commit and len(vx.commit) == 40
         local_hub.reset_stats()
         np.testing.assert_array_equal(vx.layer(1), blocks[1])
-        fetched = {k[2] for k, v in local_hub.stats().files.items() if k[1] == repo and v.bytes_sent}
+        fetched = {
+            k[2] for k, v in local_hub.stats().files.items() if k[1] == repo and v.bytes_sent
+        }
         if mode == "arrow":  # that layer's parquet file only, not the whole config
             assert {p for p in fetched if p.endswith(".parquet")} == {layer_parquet(1)}
         else:  # snapshot: everything came at open
@@ -179,7 +217,11 @@ def test_stats_card_and_info(local_hub, vindex_folder, repo, cache):
             assert sorted(set(st[mirror.COL_LAYER].tolist())) == list(LAYERS)
             assert "vindex" in v.card_data.to_dict()["tags"]
         info = vx.info()
-        assert info["file_size"] == 3 * E * K * H * 4 and [r["layer"] for r in info["layers"]] == [0, 1, 2]
+        assert info["file_size"] == 3 * E * K * H * 4 and [r["layer"] for r in info["layers"]] == [
+            0,
+            1,
+            2,
+        ]
         assert info["layers"][1]["sha256"] == local.index.layer(1).sha256
 
 
@@ -192,7 +234,10 @@ def test_lazy_fetches_only_the_layer_then_nothing(local_hub, repo, cache):
         vx.layer(1)
     s = local_hub.stats()
     assert s.file(repo, filenames.GATE_VECTORS_BIN).bytes_sent == nbytes
-    assert s.file(repo, filenames.PHASE1_JSON).bytes_sent == 0 and s.file(repo, filenames.CARD_FILE).bytes_sent == 0
+    assert (
+        s.file(repo, filenames.PHASE1_JSON).bytes_sent == 0
+        and s.file(repo, filenames.CARD_FILE).bytes_sent == 0
+    )
     assert s.bytes_sent == nbytes + s.file(repo, filenames.SIDECAR_JSON).bytes_sent
 
     local_hub.reset_stats()
@@ -213,7 +258,9 @@ def test_lazy_expert_fetches_only_that_expert(local_hub, vindex_folder, repo, ca
         np.testing.assert_array_equal(vx.expert(2, 1), blocks[2][1])
     assert bin_stats(local_hub, repo).bytes_sent == K * H * 4  # the second read came from the cache
     local_hub.reset_stats()
-    with Vindex.open(repo, cache_dir=cache, verify="strict") as vx:  # strict: hash-check the whole layer
+    with Vindex.open(
+        repo, cache_dir=cache, verify="strict"
+    ) as vx:  # strict: hash-check the whole layer
         np.testing.assert_array_equal(vx.expert(2, 1), blocks[2][1])
     assert bin_stats(local_hub, repo).bytes_sent == E * K * H * 4
 
@@ -221,7 +268,11 @@ def test_lazy_expert_fetches_only_that_expert(local_hub, vindex_folder, repo, ca
 def test_revision_by_uri_and_commit(local_hub, vindex_folder, repo, cache):
     _, blocks = vindex_folder
     commit = HfApi().dataset_info(repo).sha
-    for spec, rev in ((f"hf://datasets/{repo}@main", None), (repo, commit), (f"hf://datasets/{repo}", commit)):
+    for spec, rev in (
+        (f"hf://datasets/{repo}@main", None),
+        (repo, commit),
+        (f"hf://datasets/{repo}", commit),
+    ):
         with Vindex.open(spec, revision=rev, cache_dir=cache) as vx:
             assert vx.commit == commit
             np.testing.assert_array_equal(vx.layer(0), blocks[0])
@@ -274,8 +325,12 @@ def test_corrupted_binary_on_the_server(local_hub, vindex_folder, tmp_path, cach
     repo_id = upload(folder)
     bad = bytearray((folder / filenames.GATE_VECTORS_BIN).read_bytes())
     bad[E * K * H * 4 + 100] ^= 0x01  # one bit of layer 1 (slot 1)
-    HfApi().create_commit(repo_id, [CommitOperationAdd(filenames.GATE_VECTORS_BIN, bytes(bad))],
-                          commit_message="corrupt", repo_type="dataset")  # the sidecar stays the old one
+    HfApi().create_commit(
+        repo_id,
+        [CommitOperationAdd(filenames.GATE_VECTORS_BIN, bytes(bad))],
+        commit_message="corrupt",
+        repo_type="dataset",
+    )  # the sidecar stays the old one
     for mode in ("lazy", "snapshot"):
         with Vindex.open(repo_id, mode=mode, cache_dir=cache) as vx:
             vx.layer(0)
@@ -283,18 +338,25 @@ def test_corrupted_binary_on_the_server(local_hub, vindex_folder, tmp_path, cach
                 vx.layer(1)
     e = Vindex.open(repo_id, cache_dir=cache).index.layer(1)
     etag = __import__("hashlib").sha256(bytes(bad)).hexdigest()
-    assert BlockCache(default_cache_root(cache)).get(etag, e.file_offset, e.file_offset + e.nbytes) is None
+    assert (
+        BlockCache(default_cache_root(cache)).get(etag, e.file_offset, e.file_offset + e.nbytes)
+        is None
+    )
     with Vindex.open(repo_id, cache_dir=cache, verify=False) as vx:  # the escape hatch
         assert vx.layer(1).shape == (E, K, H)
 
 
-def test_corrupted_and_truncated_cache_blocks_are_refetched(local_hub, vindex_folder, repo, cache, monkeypatch):
+def test_corrupted_and_truncated_cache_blocks_are_refetched(
+    local_hub, vindex_folder, repo, cache, monkeypatch
+):
     from huggingface_hub import constants
 
     _, blocks = vindex_folder
     with Vindex.open(repo, cache_dir=cache) as vx:
         vx.layer(1)
-        block = BlockCache(default_cache_root(cache)).get(vx._reader.remote.etag, E * K * H * 4, 2 * E * K * H * 4)
+        block = BlockCache(default_cache_root(cache)).get(
+            vx._reader.remote.etag, E * K * H * 4, 2 * E * K * H * 4
+        )
     assert block is not None
     data = bytearray(block.read_bytes())
     data[7] ^= 0x40
@@ -321,9 +383,13 @@ def test_cached_expert_blocks_are_rechecked(local_hub, vindex_folder, repo, cach
         vx.expert(2, 1)
         e = vx.index.layer(2)
         start = e.file_offset + layout.expert_nbytes(K, H)
-        block = BlockCache(default_cache_root(cache)).get(vx._reader.remote.etag, start, start + K * H * 4)
+        block = BlockCache(default_cache_root(cache)).get(
+            vx._reader.remote.etag, start, start + K * H * 4
+        )
     assert block is not None
-    block.write_bytes((np.fromfile(block, dtype=np.float32) * 2).tobytes())  # rotted: rows no longer unit-norm
+    block.write_bytes(
+        (np.fromfile(block, dtype=np.float32) * 2).tobytes()
+    )  # rotted: rows no longer unit-norm
     local_hub.reset_stats()
     with Vindex.open(repo, cache_dir=cache) as vx:
         np.testing.assert_array_equal(vx.expert(2, 1), blocks[2][1])  # dropped and fetched again
@@ -334,14 +400,16 @@ def test_cached_expert_blocks_are_rechecked(local_hub, vindex_folder, repo, cach
         np.testing.assert_array_equal(vx.expert(2, 1), blocks[2][1])
 
 
-def test_block_cached_by_another_process_meanwhile_is_hashed(local_hub, vindex_folder, tmp_path, cache, monkeypatch):
+def test_block_cached_by_another_process_meanwhile_is_hashed(
+    local_hub, vindex_folder, tmp_path, cache, monkeypatch
+):
     """The race: a verify=False reader caches a bad layer between this reader's look-up and its lock."""
     folder, blocks = vindex_folder
     repo_id = upload(folder)
     good = (folder / filenames.GATE_VECTORS_BIN).read_bytes()
     with Vindex.open(repo_id, cache_dir=cache) as vx:
         e, etag = vx.index.layer(1), vx._reader.remote.etag
-    bad = bytearray(good[e.file_offset:e.file_offset + e.nbytes])
+    bad = bytearray(good[e.file_offset : e.file_offset + e.nbytes])
     bad[10] ^= 0x01
     real_get, raced = BlockCache.get, []
 
@@ -358,8 +426,12 @@ def test_block_cached_by_another_process_meanwhile_is_hashed(local_hub, vindex_f
     with Vindex.open(repo_id, cache_dir=cache) as vx:
         np.testing.assert_array_equal(vx.layer(1), blocks[1])
     assert raced
-    assert BlockCache(default_cache_root(cache)).block_path(etag, e.file_offset, e.file_offset + e.nbytes
-                                                           ).read_bytes() == good[e.file_offset:e.file_offset + e.nbytes]
+    assert (
+        BlockCache(default_cache_root(cache))
+        .block_path(etag, e.file_offset, e.file_offset + e.nbytes)
+        .read_bytes()
+        == good[e.file_offset : e.file_offset + e.nbytes]
+    )
 
 
 def test_block_cache_refuses_unsafe_names_and_short_writes(tmp_path):
@@ -368,7 +440,9 @@ def test_block_cache_refuses_unsafe_names_and_short_writes(tmp_path):
         with pytest.raises(HubError, match="cannot name a cache file"):
             blocks.obtain(etag, 0, 4, lambda f: f.write(b"abcd"))
     with pytest.raises(HubError, match="commit '../x'"):
-        blocks.remember("datasets--a--b", "../x", filenames.GATE_VECTORS_BIN, {"etag": "e", "size": 4})
+        blocks.remember(
+            "datasets--a--b", "../x", filenames.GATE_VECTORS_BIN, {"etag": "e", "size": 4}
+        )
     with pytest.raises(HubError, match=r"http://h/f: bytes 0-3 came as 3 bytes"):
         blocks.obtain("e" * 64, 0, 4, lambda f: f.write(b"abc"), source="http://h/f")
     assert blocks.get("e" * 64, 0, 4) is None
@@ -399,8 +473,11 @@ def test_server_commit_must_be_a_sha(monkeypatch):
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CraftedHead)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                            f"http://127.0.0.1:{server.server_address[1]}/{{repo_id}}/resolve/{{revision}}/{{filename}}")
+        monkeypatch.setattr(
+            constants,
+            "HUGGINGFACE_CO_URL_TEMPLATE",
+            f"http://127.0.0.1:{server.server_address[1]}/{{repo_id}}/resolve/{{revision}}/{{filename}}",
+        )
         with pytest.raises(HubError, match="commit '../../outside', not a 40-hex sha"):
             file_metadata(parse_repo("ns/name"), filenames.GATE_VECTORS_BIN)
         monkeypatch.setattr(_CraftedHead, "commit", "c" * 40)
@@ -429,8 +506,12 @@ def test_offsets_that_do_not_fit_the_file(local_hub, vindex_folder, tmp_path, ca
     big = tmp_path / "big"
     write_vindex(big, layers=(0, 1, 2, 3))
     repo_id = upload(folder)
-    HfApi().upload_file(path_or_fileobj=big / filenames.SIDECAR_JSON, path_in_repo=filenames.SIDECAR_JSON,
-                        repo_id=repo_id, repo_type="dataset")
+    HfApi().upload_file(
+        path_or_fileobj=big / filenames.SIDECAR_JSON,
+        path_in_repo=filenames.SIDECAR_JSON,
+        repo_id=repo_id,
+        repo_type="dataset",
+    )
     with pytest.raises(VindexFormatError, match="layer 3 spans bytes"):
         Vindex.open(repo_id, cache_dir=cache)
 
@@ -444,9 +525,13 @@ def test_missing_repo_revision_file(local_hub, vindex_folder, tmp_path, cache):
         Vindex.open(repo_id, revision="nope", cache_dir=cache)
     only_sidecar = tmp_path / "sidecar-only"
     only_sidecar.mkdir()
-    (only_sidecar / filenames.SIDECAR_JSON).write_bytes((vindex_folder[0] / filenames.SIDECAR_JSON).read_bytes())
+    (only_sidecar / filenames.SIDECAR_JSON).write_bytes(
+        (vindex_folder[0] / filenames.SIDECAR_JSON).read_bytes()
+    )
     repo2 = upload(only_sidecar)
-    with pytest.raises(RemoteNotFoundError, match=f"gate_vectors.bin in dataset repo {repo2}.*no such file"):
+    with pytest.raises(
+        RemoteNotFoundError, match=f"gate_vectors.bin in dataset repo {repo2}.*no such file"
+    ):
         Vindex.open(repo2, cache_dir=cache)
     with pytest.raises(UsageError, match="neither an existing folder"):
         Vindex.open(str(tmp_path / "no" / "such" / "folder"))
@@ -457,7 +542,9 @@ def test_dropped_connection_is_resumed(local_hub, vindex_folder, repo, cache):
     _, blocks = vindex_folder
     nbytes = E * K * H * 4
     local_hub.reset_stats()
-    local_hub.inject_fault("drop", method="GET", path=f"*/{filenames.GATE_VECTORS_BIN}", after_bytes=1000, times=2)
+    local_hub.inject_fault(
+        "drop", method="GET", path=f"*/{filenames.GATE_VECTORS_BIN}", after_bytes=1000, times=2
+    )
     with Vindex.open(repo, cache_dir=cache) as vx:
         np.testing.assert_array_equal(vx.layer(2), blocks[2])
     s = bin_stats(local_hub, repo)
@@ -467,12 +554,18 @@ def test_dropped_connection_is_resumed(local_hub, vindex_folder, repo, cache):
 
 def test_server_errors_are_retried_then_reported(local_hub, vindex_folder, repo, cache):
     _, blocks = vindex_folder
-    local_hub.inject_fault("error", status=503, method="GET", path=f"*/{filenames.GATE_VECTORS_BIN}", times=2)
+    local_hub.inject_fault(
+        "error", status=503, method="GET", path=f"*/{filenames.GATE_VECTORS_BIN}", times=2
+    )
     with Vindex.open(repo, cache_dir=cache) as vx:
         np.testing.assert_array_equal(vx.layer(0), blocks[0])
-    local_hub.inject_fault("error", status=500, method="GET", path=f"*/{filenames.GATE_VECTORS_BIN}", times=None)
+    local_hub.inject_fault(
+        "error", status=500, method="GET", path=f"*/{filenames.GATE_VECTORS_BIN}", times=None
+    )
     with Vindex.open(repo, cache_dir=cache) as vx:
-        with pytest.raises(HubError, match=r"gate_vectors.bin: bytes .* giving up after 5 retries \(HTTP 500\)"):
+        with pytest.raises(
+            HubError, match=r"gate_vectors.bin: bytes .* giving up after 5 retries \(HTTP 500\)"
+        ):
             vx.layer(1)
     local_hub.clear_faults()
     e = Vindex.open(repo, cache_dir=cache).index.layer(1)
@@ -518,23 +611,42 @@ def test_fetch_range_exact_bytes(local_hub, vindex_folder, repo):
 # ---- a shared cache across processes ----------------------------------------------------------------
 def test_concurrent_processes_share_one_cache(local_hub, vindex_folder, repo, cache):
     _, blocks = vindex_folder
-    local_hub.inject_fault("slow", method="GET", path=f"*/{filenames.GATE_VECTORS_BIN}", delay_s=0.05,
-                           chunk_size=512, times=None)
+    local_hub.inject_fault(
+        "slow",
+        method="GET",
+        path=f"*/{filenames.GATE_VECTORS_BIN}",
+        delay_s=0.05,
+        chunk_size=512,
+        times=None,
+    )
     script = textwrap.dedent(f"""
         import hashlib
         from vindex_hub.load import Vindex
         with Vindex.open({repo!r}, cache_dir={str(cache)!r}) as vx:
             print(hashlib.sha256(vx.layer(1).tobytes()).hexdigest())
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
     outs = [p.communicate(timeout=120)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
-    assert outs == [sidecar.VindexIndex.loads((vindex_folder[0] / filenames.SIDECAR_JSON).read_text()).layer(1).sha256] * 3
+    assert (
+        outs
+        == [
+            sidecar.VindexIndex.loads((vindex_folder[0] / filenames.SIDECAR_JSON).read_text())
+            .layer(1)
+            .sha256
+        ]
+        * 3
+    )
     assert bin_stats(local_hub, repo).bytes_sent == E * K * H * 4  # fetched once, under the lock
 
 
 # ---- pull and info -------------------------------------------------------------------------------------
-def test_pull_binary_subset_is_a_valid_smaller_vindex(local_hub, vindex_folder, repo, tmp_path, cache):
+def test_pull_binary_subset_is_a_valid_smaller_vindex(
+    local_hub, vindex_folder, repo, tmp_path, cache
+):
     _, blocks = vindex_folder
     local_hub.reset_stats()
     out = pull(repo, tmp_path / "sub", layers="1-2", cache_dir=cache)
@@ -550,7 +662,12 @@ def test_pull_binary_subset_is_a_valid_smaller_vindex(local_hub, vindex_folder, 
         np.testing.assert_array_equal(vx.layer(2), blocks[2])
         assert set(vx.phase1["layers"]) == {"1", "2"}
         assert [c["config_name"] for c in vx.card_data.to_dict()["configs"]] == [  # only its layers
-            mirror.CONFIG_EXPERT_STATS, mirror.CONFIG_ROUTER_SVD, "layer_01", "layer_02", mirror.CONFIG_GATE_VECTORS]
+            mirror.CONFIG_EXPERT_STATS,
+            mirror.CONFIG_ROUTER_SVD,
+            "layer_01",
+            "layer_02",
+            mirror.CONFIG_GATE_VECTORS,
+        ]
         stats = vx.expert_stats()  # the source's spectra, kept for the pulled layers only
         assert sorted(set(stats[mirror.COL_LAYER].tolist())) == [1, 2]
         assert len(stats[mirror.COL_LAYER]) == 2 * E
@@ -563,7 +680,9 @@ def test_pull_binary_subset_is_a_valid_smaller_vindex(local_hub, vindex_folder, 
         pull(repo, tmp_path / "sub2", layers="7", cache_dir=cache)
 
 
-def test_pull_replaces_only_an_earlier_pull_of_the_same_repo(local_hub, vindex_folder, repo, tmp_path, cache):
+def test_pull_replaces_only_an_earlier_pull_of_the_same_repo(
+    local_hub, vindex_folder, repo, tmp_path, cache
+):
     folder, blocks = vindex_folder
     out = pull(repo, tmp_path / "p", cache_dir=cache)
     (out / "notes.txt").write_text("mine")
@@ -574,7 +693,9 @@ def test_pull_replaces_only_an_earlier_pull_of_the_same_repo(local_hub, vindex_f
     with Vindex.open(out) as vx:
         assert vx.layers == [1]
         np.testing.assert_array_equal(vx.layer(1), blocks[1])
-        assert set(vx.expert_stats()[mirror.COL_LAYER].tolist()) == {1}  # the stats were replaced too
+        assert set(vx.expert_stats()[mirror.COL_LAYER].tolist()) == {
+            1
+        }  # the stats were replaced too
     other = upload(folder)
     with pytest.raises(OutputConflictError, match=f"not an earlier pull of dataset repo {other}"):
         pull(other, out, cache_dir=cache)
@@ -589,15 +710,22 @@ def test_pull_replaces_only_an_earlier_pull_of_the_same_repo(local_hub, vindex_f
         pull(repo, tmp_path / "busy", cache_dir=cache)
 
 
-def test_pull_full_is_verified_and_arrow_is_data_only(local_hub, vindex_folder, repo, tmp_path, cache):
+def test_pull_full_is_verified_and_arrow_is_data_only(
+    local_hub, vindex_folder, repo, tmp_path, cache
+):
     folder, blocks = vindex_folder
     full = pull(repo, tmp_path / "full", cache_dir=cache)
-    assert (full / filenames.GATE_VECTORS_BIN).read_bytes() == (folder / filenames.GATE_VECTORS_BIN).read_bytes()
+    assert (full / filenames.GATE_VECTORS_BIN).read_bytes() == (
+        folder / filenames.GATE_VECTORS_BIN
+    ).read_bytes()
     assert (full / layer_parquet(2)).exists()
     assert verify_vindex(full).ok
     arrow = pull(repo, tmp_path / "arrow", layers=[0], format="arrow", cache_dir=cache)
     assert (arrow / layer_parquet(0)).exists() and (arrow / filenames.CARD_FILE).exists()
-    assert not (arrow / layer_parquet(1)).exists() and not (arrow / filenames.GATE_VECTORS_BIN).exists()
+    assert (
+        not (arrow / layer_parquet(1)).exists()
+        and not (arrow / filenames.GATE_VECTORS_BIN).exists()
+    )
     with pytest.raises(VindexFormatError, match="data-only pull .*mode='arrow'"):
         Vindex.open(arrow)
     with Vindex.open(arrow, mode="arrow") as vx:
@@ -611,14 +739,22 @@ def test_pull_of_a_corrupted_repo_leaves_no_sidecar(local_hub, vindex_folder, tm
     repo_id = upload(folder)
     bad = bytearray((folder / filenames.GATE_VECTORS_BIN).read_bytes())
     bad[E * K * H * 4 + 100] ^= 0x01  # layer 1; the sidecar and mirror stay the old ones
-    HfApi().create_commit(repo_id, [CommitOperationAdd(filenames.GATE_VECTORS_BIN, bytes(bad))],
-                          commit_message="corrupt", repo_type="dataset")
+    HfApi().create_commit(
+        repo_id,
+        [CommitOperationAdd(filenames.GATE_VECTORS_BIN, bytes(bad))],
+        commit_message="corrupt",
+        repo_type="dataset",
+    )
     with pytest.raises(IntegrityError, match="layer 1"):
         pull(repo_id, tmp_path / "full", cache_dir=cache)
     assert (tmp_path / "full" / filenames.GATE_VECTORS_BIN).exists()
-    assert not (tmp_path / "full" / filenames.SIDECAR_JSON).exists()  # never a complete-looking wrong vindex
+    assert not (
+        tmp_path / "full" / filenames.SIDECAR_JSON
+    ).exists()  # never a complete-looking wrong vindex
     with pytest.raises(IntegrityError, match="layer 1 has sha256"):
-        pull(repo_id, tmp_path / "full", layers="1", cache_dir=cache)  # re-pull into the same folder
+        pull(
+            repo_id, tmp_path / "full", layers="1", cache_dir=cache
+        )  # re-pull into the same folder
     assert not (tmp_path / "full" / filenames.SIDECAR_JSON).exists()
 
 
@@ -632,7 +768,12 @@ def test_remote_info_reads_no_binary(local_hub, vindex_folder, repo, cache):
     local_hub.reset_stats()
     info = remote_info(repo, cache_dir=cache)
     assert bin_stats(local_hub, repo).bytes_sent == 0
-    assert (info["num_layers"], info["num_experts"], info["num_feats"], info["hidden_size"]) == (3, E, K, H)
+    assert (info["num_layers"], info["num_experts"], info["num_feats"], info["hidden_size"]) == (
+        3,
+        E,
+        K,
+        H,
+    )
     assert info["file_size"] == (folder / filenames.GATE_VECTORS_BIN).stat().st_size
     assert info["phase2"]["layers"].keys() == {"0", "1", "2"}
     assert info["commit"] == HfApi().dataset_info(repo).sha

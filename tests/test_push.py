@@ -24,24 +24,31 @@ from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
 import vindex_hub.push as push_module
-from vindex_hub.format import filenames, mirror
-from vindex_hub.build import build_vindex
+from vindex_hub.builder import build_vindex
 from vindex_hub.checksums import sha256_file
 from vindex_hub.errors import HubError, IntegrityError, RemoteNotFoundError, UsageError
-from vindex_hub.push import publishable_files, push_vindex
+from vindex_hub.format import filenames, mirror
 from vindex_hub.hubserver import LocalHub
+from vindex_hub.push import publishable_files, push_vindex
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 
 from conftest import HUB_TOKEN
-from vindex_fixtures import (  # noqa: F401 (fixtures)
-    CARD_OPTIONS, NUM_FEATS, NUM_LAYERS, REPO_ROOT, SmallVindex, cli, small_vindex, vindex_copy,
+from vindex_fixtures import (
+    CARD_OPTIONS,
+    NUM_FEATS,
+    NUM_LAYERS,
+    REPO_ROOT,
+    SmallVindex,
+    cli,
 )
 
 _seeds = itertools.count(1000)
 
 
 def _tree(repo_id: str, revision: str = "main") -> dict[str, RepoFile]:
-    entries = HfApi().list_repo_tree(repo_id, recursive=True, revision=revision, repo_type="dataset")
+    entries = HfApi().list_repo_tree(
+        repo_id, recursive=True, revision=revision, repo_type="dataset"
+    )
     return {e.path: e for e in entries if isinstance(e, RepoFile)}
 
 
@@ -51,7 +58,11 @@ def _head(repo_id: str, revision: str = "main") -> str:
 
 def _received(hub: LocalHub, repo_id: str) -> dict[str, int]:
     """Bytes of file content the server received for each path of ``repo_id`` (LFS PUT or inline)."""
-    return {k[2]: v.bytes_received for k, v in hub.stats().files.items() if k[1] == repo_id and v.bytes_received}
+    return {
+        k[2]: v.bytes_received
+        for k, v in hub.stats().files.items()
+        if k[1] == repo_id and v.bytes_received
+    }
 
 
 def _assert_server_holds(repo_id: str, folder: Path, revision: str, cache: Path) -> None:
@@ -72,22 +83,35 @@ def _edit_card(folder: Path, line: str) -> None:
 def fast_lfs_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     """The client's own LFS retry loop, with waits of 10 ms instead of 1-8 s (same logic, same count)."""
     real = huggingface_hub.lfs.http_backoff
-    monkeypatch.setattr(huggingface_hub.lfs, "http_backoff",
-                        functools.partial(real, base_wait_time=0.01, max_wait_time=0.02))
+    monkeypatch.setattr(
+        huggingface_hub.lfs,
+        "http_backoff",
+        functools.partial(real, base_wait_time=0.01, max_wait_time=0.02),
+    )
 
 
 @pytest.fixture
 def fresh_vindex(tmp_path: Path) -> Path:
     """A vindex of weights no other test used: the server's object store holds none of its files yet
     (it keeps LFS objects by content, so the shared small vindex's would upload nothing)."""
-    checkpoint = make_deepseek_v4_checkpoint(tmp_path / "fresh-checkpoint", num_layers=2, num_experts=4, hidden_size=64,
-                                             moe_intermediate_size=32, seed=next(_seeds), include_mtp=False)
-    return build_vindex(checkpoint, tmp_path / "fresh", num_feats=NUM_FEATS, device="cpu", progress=False).out
+    checkpoint = make_deepseek_v4_checkpoint(
+        tmp_path / "fresh-checkpoint",
+        num_layers=2,
+        num_experts=4,
+        hidden_size=64,
+        moe_intermediate_size=32,
+        seed=next(_seeds),
+        include_mtp=False,
+    )
+    return build_vindex(
+        checkpoint, tmp_path / "fresh", num_feats=NUM_FEATS, device="cpu", progress=False
+    ).out
 
 
 # ---- the happy paths ---------------------------------------------------------------------------------
 def test_push_creates_repo_and_uploads_the_folder_in_one_commit(
-        local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, tmp_path: Path) -> None:
+    local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, tmp_path: Path
+) -> None:
     vindex_copy = fresh_vindex
     # Work files of a build and temporary files must never be published.
     (vindex_copy / filenames.BUILD_STATE_DIR).mkdir()
@@ -107,11 +131,15 @@ def test_push_creates_repo_and_uploads_the_folder_in_one_commit(
     commits = HfApi().list_repo_commits(hub_repo_id, repo_type="dataset")
     assert len(commits) == 2  # the repo's initial commit + one push
     assert commits[0].title.startswith("Upload vindex of fresh-checkpoint (vindex-hub ")
-    assert "builder: vindex-hub" in commits[0].message and str(vindex_copy) not in commits[0].message
+    assert (
+        "builder: vindex-hub" in commits[0].message and str(vindex_copy) not in commits[0].message
+    )
     assert "pushed to dataset repo" in result.render() and result.commit_url in result.render()
 
 
-def test_repush_of_an_unchanged_folder_sends_nothing(local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path) -> None:
+def test_repush_of_an_unchanged_folder_sends_nothing(
+    local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path
+) -> None:
     first = push_vindex(vindex_copy, hub_repo_id, progress=False)
     local_hub.reset_stats()
     again = push_vindex(vindex_copy, hub_repo_id, progress=False)
@@ -122,7 +150,9 @@ def test_repush_of_an_unchanged_folder_sends_nothing(local_hub: LocalHub, hub_re
     assert "is up to date" in again.render()
 
 
-def test_push_after_a_card_edit_sends_only_the_card(local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path) -> None:
+def test_push_after_a_card_edit_sends_only_the_card(
+    local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path
+) -> None:
     first = push_vindex(vindex_copy, hub_repo_id, progress=False)
     _edit_card(vindex_copy, "Edited after the first push.")
     local_hub.reset_stats()
@@ -138,13 +168,26 @@ def test_push_after_a_card_edit_sends_only_the_card(local_hub: LocalHub, hub_rep
 
 
 def test_push_of_fewer_layers_deletes_stale_splits_only(
-        local_hub: LocalHub, hub_repo_id: str, small_vindex: SmallVindex, tmp_path: Path) -> None:
+    local_hub: LocalHub, hub_repo_id: str, small_vindex: SmallVindex, tmp_path: Path
+) -> None:
     push_vindex(small_vindex.folder, hub_repo_id, progress=False)
-    HfApi().upload_file(path_or_fileobj=b"all rights reversed\n", path_in_repo="LICENSE", repo_id=hub_repo_id,
-                        repo_type="dataset")  # added on the Hub: not the vindex's to delete
+    HfApi().upload_file(
+        path_or_fileobj=b"all rights reversed\n",
+        path_in_repo="LICENSE",
+        repo_id=hub_repo_id,
+        repo_type="dataset",
+    )  # added on the Hub: not the vindex's to delete
     fewer = tmp_path / "two-layers"
-    build_vindex(small_vindex.checkpoint, fewer, num_feats=NUM_FEATS, layers="0-1", device="cpu", progress=False,
-                 card_options=CARD_OPTIONS, larql_router=True)
+    build_vindex(
+        small_vindex.checkpoint,
+        fewer,
+        num_feats=NUM_FEATS,
+        layers="0-1",
+        device="cpu",
+        progress=False,
+        card_options=CARD_OPTIONS,
+        larql_router=True,
+    )
 
     dry = push_vindex(fewer, hub_repo_id, dry_run=True, progress=False)
     assert dry.deleted == [mirror.gate_vectors_parquet(2, NUM_LAYERS)]
@@ -152,14 +195,20 @@ def test_push_of_fewer_layers_deletes_stale_splits_only(
 
     assert result.deleted == [mirror.gate_vectors_parquet(2, NUM_LAYERS)]
     tree = _tree(hub_repo_id)
-    assert mirror.gate_vectors_parquet(2, NUM_LAYERS) not in tree and "LICENSE" in tree and ".gitattributes" in tree
+    assert (
+        mirror.gate_vectors_parquet(2, NUM_LAYERS) not in tree
+        and "LICENSE" in tree
+        and ".gitattributes" in tree
+    )
     assert set(tree) == {f.path for f in publishable_files(fewer)} | {"LICENSE", ".gitattributes"}
     # Layers 0 and 1 are computed from the same weights: their parquet files were not sent again.
     assert mirror.gate_vectors_parquet(0, NUM_LAYERS) in {f.path for f in result.unchanged}
 
 
 # ---- branches and pull requests -----------------------------------------------------------------------
-def test_create_pr_leaves_main_alone(local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path, tmp_path: Path) -> None:
+def test_create_pr_leaves_main_alone(
+    local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path, tmp_path: Path
+) -> None:
     result = push_vindex(vindex_copy, hub_repo_id, create_pr=True, progress=False)
     assert result.pr_url is not None and result.pr_url.endswith("/discussions/1")
     assert set(_tree(hub_repo_id)) == {".gitattributes"}  # main: only the repo's initial commit
@@ -168,15 +217,20 @@ def test_create_pr_leaves_main_alone(local_hub: LocalHub, hub_repo_id: str, vind
 
 
 def test_missing_branch_is_an_error_unless_create_branch(
-        local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path, tmp_path: Path) -> None:
+    local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path, tmp_path: Path
+) -> None:
     main = push_vindex(vindex_copy, hub_repo_id, progress=False).commit_oid
     _edit_card(vindex_copy, "Only on dev.")
-    with pytest.raises(RemoteNotFoundError, match=r"branch 'dev' does not exist in dataset repo .*--create-branch"):
+    with pytest.raises(
+        RemoteNotFoundError, match=r"branch 'dev' does not exist in dataset repo .*--create-branch"
+    ):
         push_vindex(vindex_copy, hub_repo_id, revision="dev", progress=False)
     refs = HfApi().list_repo_refs(hub_repo_id, repo_type="dataset")
     assert [b.name for b in refs.branches] == ["main"]
 
-    result = push_vindex(vindex_copy, hub_repo_id, revision="dev", create_branch=True, progress=False)
+    result = push_vindex(
+        vindex_copy, hub_repo_id, revision="dev", create_branch=True, progress=False
+    )
     assert result.created_branch and [f.path for f in result.uploaded] == [filenames.CARD_FILE]
     assert _head(hub_repo_id) == main and _head(hub_repo_id, "dev") == result.commit_oid
     _assert_server_holds(hub_repo_id, vindex_copy, "dev", tmp_path / "cache")
@@ -202,13 +256,17 @@ def test_dry_run_sends_nothing(local_hub: LocalHub, hub_repo_id: str, vindex_cop
     _edit_card(vindex_copy, "Not pushed.")
     local_hub.reset_stats()
     dry = push_vindex(vindex_copy, hub_repo_id, dry_run=True, progress=False)
-    assert [f.path for f in dry.uploaded] == [filenames.CARD_FILE] and len(dry.unchanged) == len(new.uploaded) - 1
+    assert [f.path for f in dry.uploaded] == [filenames.CARD_FILE] and len(dry.unchanged) == len(
+        new.uploaded
+    ) - 1
     assert local_hub.stats().bytes_received == 0 and _head(hub_repo_id) == head
     text = dry.render()
     assert text.startswith("dry run: would push") and f"upload     {filenames.CARD_FILE}" in text
 
 
-def test_a_folder_that_fails_verify_is_refused(local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path) -> None:
+def test_a_folder_that_fails_verify_is_refused(
+    local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path
+) -> None:
     with open(vindex_copy / filenames.GATE_VECTORS_BIN, "r+b") as f:
         f.seek(100)
         f.write(b"\x00\x00\x80\x7f")  # one float becomes +inf: the layer's sha256 no longer matches
@@ -219,7 +277,9 @@ def test_a_folder_that_fails_verify_is_refused(local_hub: LocalHub, hub_repo_id:
         HfApi().repo_info(hub_repo_id, repo_type="dataset")
 
 
-@pytest.mark.parametrize("repo_id", ["no-namespace", "a/b/c", "ns/bad--name", "ns/with space", "ns/.hidden", ""])
+@pytest.mark.parametrize(
+    "repo_id", ["no-namespace", "a/b/c", "ns/bad--name", "ns/with space", "ns/.hidden", ""]
+)
 def test_malformed_repo_id(vindex_copy: Path, repo_id: str) -> None:
     with pytest.raises(UsageError, match="invalid repo id"):
         push_vindex(vindex_copy, repo_id, progress=False)
@@ -239,15 +299,18 @@ def test_private_repo(local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path) 
 
 
 # ---- network faults ---------------------------------------------------------------------------------------
-def test_a_500_on_the_first_lfs_put_is_retried(local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path,
-                                               tmp_path: Path) -> None:
+def test_a_500_on_the_first_lfs_put_is_retried(
+    local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, tmp_path: Path
+) -> None:
     local_hub.inject_fault("error", method="PUT", path="/_local_hub/lfs/", times=1)
     result = push_vindex(fresh_vindex, hub_repo_id, progress=False)
     assert not local_hub._faults.active()  # the fault was hit
     _assert_server_holds(hub_repo_id, fresh_vindex, result.commit_oid, tmp_path / "cache")
 
 
-def test_a_dropped_upload_is_retried(local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, tmp_path: Path) -> None:
+def test_a_dropped_upload_is_retried(
+    local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, tmp_path: Path
+) -> None:
     binary = fresh_vindex / filenames.GATE_VECTORS_BIN
     size, sha = binary.stat().st_size, sha256_file(binary)
     local_hub.inject_fault("drop", method="PUT", path=f"*/{sha}", after_bytes=size // 2, times=1)
@@ -257,19 +320,24 @@ def test_a_dropped_upload_is_retried(local_hub: LocalHub, hub_repo_id: str, fres
     _assert_server_holds(hub_repo_id, fresh_vindex, result.commit_oid, tmp_path / "cache")
 
 
-def test_upload_progress_counts_each_byte_once_when_a_put_is_retried(local_hub: LocalHub, hub_repo_id: str,
-                                                                    fresh_vindex: Path, monkeypatch) -> None:
+def test_upload_progress_counts_each_byte_once_when_a_put_is_retried(
+    local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, monkeypatch
+) -> None:
     binary = fresh_vindex / filenames.GATE_VECTORS_BIN
     bars: dict[str, object] = {}
 
-    class RecordingBar(tqdm.tqdm):  # a live bar (the test environment disables the client's), printing nowhere
+    class RecordingBar(
+        tqdm.tqdm
+    ):  # a live bar (the test environment disables the client's), printing nowhere
         def __init__(self, *args, **kwargs):
             super().__init__(*args, file=io.StringIO(), **kwargs)
             bars[kwargs.get("desc")] = self
 
     monkeypatch.setattr(push_module, "hf_tqdm", RecordingBar)
     sha = sha256_file(binary)
-    local_hub.inject_fault("drop", method="PUT", path=f"*/{sha}", after_bytes=binary.stat().st_size // 2, times=1)
+    local_hub.inject_fault(
+        "drop", method="PUT", path=f"*/{sha}", after_bytes=binary.stat().st_size // 2, times=1
+    )
     push_vindex(fresh_vindex, hub_repo_id, progress=True)
     assert not local_hub._faults.active()
     bar = bars[binary.name]
@@ -278,14 +346,24 @@ def test_upload_progress_counts_each_byte_once_when_a_put_is_retried(local_hub: 
 
 @pytest.mark.parametrize("kind", ["error", "drop"])
 def test_a_failed_upload_commits_nothing_and_the_next_push_resumes(
-        local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, tmp_path: Path, fast_lfs_retries, kind: str) -> None:
+    local_hub: LocalHub,
+    hub_repo_id: str,
+    fresh_vindex: Path,
+    tmp_path: Path,
+    fast_lfs_retries,
+    kind: str,
+) -> None:
     binary = fresh_vindex / filenames.GATE_VECTORS_BIN
     size, sha = binary.stat().st_size, sha256_file(binary)
     local_hub.inject_fault(kind, method="PUT", path=f"*/{sha}", after_bytes=size // 3, times=None)
     with pytest.raises(HubError) as err:
         push_vindex(fresh_vindex, hub_repo_id, progress=False)
     message = str(err.value)
-    assert hub_repo_id in message and filenames.GATE_VECTORS_BIN in message and "nothing was committed" in message
+    assert (
+        hub_repo_id in message
+        and filenames.GATE_VECTORS_BIN in message
+        and "nothing was committed" in message
+    )
     assert HUB_TOKEN not in message
     # The branch is as it was (the repo's initial commit) and no partial object was kept.
     assert set(_tree(hub_repo_id)) == {".gitattributes"}
@@ -300,7 +378,9 @@ def test_a_failed_upload_commits_nothing_and_the_next_push_resumes(
     assert lfs == {filenames.GATE_VECTORS_BIN: size}
 
 
-def test_a_failed_commit_request_changes_nothing(local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path) -> None:
+def test_a_failed_commit_request_changes_nothing(
+    local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path
+) -> None:
     push_vindex(fresh_vindex, hub_repo_id, progress=False)
     head = _head(hub_repo_id)
     _edit_card(fresh_vindex, "second version")
@@ -313,37 +393,54 @@ def test_a_failed_commit_request_changes_nothing(local_hub: LocalHub, hub_repo_i
     local_hub.clear_faults()
     local_hub.reset_stats()
     push_vindex(fresh_vindex, hub_repo_id, progress=False)
-    assert local_hub.stats().lfs_bytes_received == 0  # extra.parquet arrived before the failed commit
+    assert (
+        local_hub.stats().lfs_bytes_received == 0
+    )  # extra.parquet arrived before the failed commit
     assert "extra.parquet" in _tree(hub_repo_id)
 
 
 # ---- the command line and the token -----------------------------------------------------------------------
-def test_cli_push_never_shows_the_token(local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path) -> None:
+def test_cli_push_never_shows_the_token(
+    local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path
+) -> None:
     assert os.environ["HF_TOKEN"] == HUB_TOKEN  # set by conftest: the CLI's only credential
     runs = {
         "push": cli("push", str(vindex_copy), hub_repo_id),
         "dry run": cli("push", str(vindex_copy), hub_repo_id, "--dry-run"),
         "bad id": cli("push", str(vindex_copy), "not/a/repo"),
-        "no branch": cli("push", str(vindex_copy), hub_repo_id, "--revision", "dev", HF_HUB_VERBOSITY="debug"),
+        "no branch": cli(
+            "push", str(vindex_copy), hub_repo_id, "--revision", "dev", HF_HUB_VERBOSITY="debug"
+        ),
     }
     _edit_card(vindex_copy, "changed")
-    local_hub.inject_fault("error", method="POST", path="*/commit/*", status=500, times=None)  # persistent
+    local_hub.inject_fault(
+        "error", method="POST", path="*/commit/*", status=500, times=None
+    )  # persistent
     runs["server error"] = cli("push", str(vindex_copy), hub_repo_id, HF_HUB_VERBOSITY="debug")
     for name, run in runs.items():
         assert HUB_TOKEN not in run.stdout + run.stderr, name
     assert runs["push"].returncode == 0 and "pushed to dataset repo" in runs["push"].stdout
     assert runs["dry run"].returncode == 0 and "is up to date" not in runs["dry run"].stdout
-    assert runs["bad id"].returncode == 2 and "invalid repo id 'not/a/repo'" in runs["bad id"].stderr
-    assert runs["no branch"].returncode == 1 and "branch 'dev' does not exist" in runs["no branch"].stderr
+    assert (
+        runs["bad id"].returncode == 2 and "invalid repo id 'not/a/repo'" in runs["bad id"].stderr
+    )
+    assert (
+        runs["no branch"].returncode == 1
+        and "branch 'dev' does not exist" in runs["no branch"].stderr
+    )
     assert runs["server error"].returncode == 1 and hub_repo_id in runs["server error"].stderr
-    assert runs["server error"].stderr.strip().splitlines()[-1].startswith("vindex-hub push: error:")
+    assert (
+        runs["server error"].stderr.strip().splitlines()[-1].startswith("vindex-hub push: error:")
+    )
 
 
 def test_token_is_scrubbed_from_error_messages(local_hub: LocalHub, vindex_copy: Path) -> None:
     # A token that is also the repo's name ends up in the server's answer; the message must not show it.
     secret = "hf_secretvalue123"
     with pytest.raises(RemoteNotFoundError) as err:
-        push_vindex(vindex_copy, f"tests/{secret}", revision="no-such", token=secret, progress=False)
+        push_vindex(
+            vindex_copy, f"tests/{secret}", revision="no-such", token=secret, progress=False
+        )
     assert secret not in str(err.value) and "<token>" in str(err.value)
     with pytest.raises(RepositoryNotFoundError):  # refused before the repo was created
         HfApi().repo_info(f"tests/{secret}", repo_type="dataset")
@@ -376,13 +473,23 @@ def _run_workflow_commands(tmp_path: Path, inputs: dict[str, str]) -> list[list[
     for step in job["steps"]:
         if "vindex-hub" not in step.get("run", "") or "setup.sh" in step["run"]:
             continue
-        assert "${{" not in step["run"], f"{step['name']}: inputs must reach the shell through env only"
+        assert "${{" not in step["run"], (
+            f"{step['name']}: inputs must reach the shell through env only"
+        )
         values = {"inputs": inputs, "secrets": {"HF_TOKEN": HUB_TOKEN}}
-        env = {k: _EXPR.sub(lambda m: values[m.group(1)][m.group(2)], str(v))
-               for k, v in {**job.get("env", {}), **step.get("env", {})}.items()}
-        env.update(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}", CLI_LOG=str(log), GITHUB_RUN_ID="42",
-                   PYTHONPATH=str(REPO_ROOT))
-        run = subprocess.run(["bash", "-e", "-c", step["run"]], env=env, cwd=tmp_path, capture_output=True, text=True)
+        env = {
+            k: _EXPR.sub(lambda m: values[m.group(1)][m.group(2)], str(v))
+            for k, v in {**job.get("env", {}), **step.get("env", {})}.items()
+        }
+        env.update(
+            PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            CLI_LOG=str(log),
+            GITHUB_RUN_ID="42",
+            PYTHONPATH=str(REPO_ROOT),
+        )
+        run = subprocess.run(
+            ["bash", "-e", "-c", step["run"]], env=env, cwd=tmp_path, capture_output=True, text=True
+        )
         assert run.returncode == 0, f"{step['name']}: {run.stderr}"
     return [json.loads(line) for line in log.read_text().splitlines()]
 
@@ -390,17 +497,35 @@ def _run_workflow_commands(tmp_path: Path, inputs: dict[str, str]) -> list[list[
 def test_workflow_runs_real_cli_commands(tmp_path: Path) -> None:
     workflow = yaml.safe_load(WORKFLOW.read_text())
     on = workflow.get("on", workflow.get(True))  # YAML 1.1 reads the key `on` as True
-    assert set(on["workflow_dispatch"]["inputs"]) >= {"model", "revision", "dataset_repo", "layers", "num_feats"}
-    inputs = {"model": "deepseek-ai/DeepSeek-V4-Flash", "revision": "main", "dataset_repo": "me/v4-vindex",
-              "layers": "3,5", "num_feats": "64", "runner": "ubuntu-latest"}
+    assert set(on["workflow_dispatch"]["inputs"]) >= {
+        "model",
+        "revision",
+        "dataset_repo",
+        "layers",
+        "num_feats",
+    }
+    inputs = {
+        "model": "deepseek-ai/DeepSeek-V4-Flash",
+        "revision": "main",
+        "dataset_repo": "me/v4-vindex",
+        "layers": "3,5",
+        "num_feats": "64",
+        "runner": "ubuntu-latest",
+    }
 
     build, verify, push = _run_workflow_commands(tmp_path, inputs)
     assert build[:4] == ["build", inputs["model"], "-o", "vindex-out"]
-    assert build[build.index("--layers") + 1] == "3,5" and build[build.index("--revision") + 1] == "main"
+    assert (
+        build[build.index("--layers") + 1] == "3,5"
+        and build[build.index("--revision") + 1] == "main"
+    )
     assert verify == ["verify", "vindex-out"]
     assert push[:4] == ["push", "vindex-out", "me/v4-vindex", "--create-pr"]
     steps = {s.get("name"): s for s in workflow["jobs"]["build-and-push"]["steps"]}
-    assert steps["Open a pull request on the dataset repo"]["env"]["HF_TOKEN"] == "${{ secrets.HF_TOKEN }}"
+    assert (
+        steps["Open a pull request on the dataset repo"]["env"]["HF_TOKEN"]
+        == "${{ secrets.HF_TOKEN }}"
+    )
 
     build_all = _run_workflow_commands(tmp_path, {**inputs, "layers": "all"})[0]
     assert "--layers" not in build_all  # 'all' leaves the CLI's default: every layer

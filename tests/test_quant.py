@@ -72,7 +72,9 @@ def same(a: np.ndarray, b: np.ndarray) -> bool:
     if a32.shape != b32.shape:
         return False
     nan = np.isnan(a32)
-    return np.array_equal(nan, np.isnan(b32)) and np.array_equal(a32[~nan].view(np.uint32), b32[~nan].view(np.uint32))
+    return np.array_equal(nan, np.isnan(b32)) and np.array_equal(
+        a32[~nan].view(np.uint32), b32[~nan].view(np.uint32)
+    )
 
 
 # ---- element decoders -----------------------------------------------------------------------
@@ -92,14 +94,21 @@ def test_e8m0_every_valid_byte():
 
 
 def test_e8m0_matches_torch_float8_e8m0fnu():
-    expect = torch.from_numpy(ALL_BYTES[:255].copy()).view(torch.float8_e8m0fnu).to(torch.float32).numpy()
+    expect = (
+        torch.from_numpy(ALL_BYTES[:255].copy())
+        .view(torch.float8_e8m0fnu)
+        .to(torch.float32)
+        .numpy()
+    )
     assert same(decode_e8m0(ALL_BYTES[:255]), expect)
 
 
 def test_e8m0_byte_255_raises_naming_tensor():
     data = np.full((3, 4), 127, dtype=np.uint8)
     data[1, 2] = 255
-    with pytest.raises(QuantizationError, match=r"layers\.7\.ffn\.experts\.3\.w1\.scale.*255.*\(1, 2\)"):
+    with pytest.raises(
+        QuantizationError, match=r"layers\.7\.ffn\.experts\.3\.w1\.scale.*255.*\(1, 2\)"
+    ):
         decode_e8m0(data, name="layers.7.ffn.experts.3.w1.scale")
 
 
@@ -121,7 +130,9 @@ def test_e4m3_matches_torch_float8_e4m3fn():
 
 
 def test_bf16_matches_torch_and_bits():
-    values = np.array([0.0, -0.0, 1.0, -2.5, 3.140625, 1e-40, np.inf, 65504.0, 1.5e38], dtype=np.float32)
+    values = np.array(
+        [0.0, -0.0, 1.0, -2.5, 3.140625, 1e-40, np.inf, 65504.0, 1.5e38], dtype=np.float32
+    )
     t = torch.from_numpy(values).to(torch.bfloat16)
     raw = t.view(torch.uint8).numpy()
     assert same(decode_bf16(raw), t.to(torch.float32).numpy())
@@ -222,7 +233,9 @@ def test_fp8_small_blocks_batched_and_torch_reference():
     scales = rng.uniform(0.1, 2, (2, 3, 2)).astype(np.float32)
     got = dequantize_fp8(weight, scales, block_size=(4, 4))
     for i in range(2):
-        e4m3 = torch.from_numpy(weight[i].copy()).view(torch.float8_e4m3fn).to(torch.float32).numpy()
+        e4m3 = (
+            torch.from_numpy(weight[i].copy()).view(torch.float8_e4m3fn).to(torch.float32).numpy()
+        )
         full = np.repeat(np.repeat(scales[i], 4, 0), 4, 1)[:10, :7]
         assert same(got[i], e4m3 * full)
 
@@ -236,8 +249,12 @@ def test_fp8_e8m0_scales_via_decode():
 def test_fp8_nan_weight_raises_naming_tensor():
     weight = np.zeros((4, 4), np.uint8)
     weight[2, 3] = 0x7F
-    with pytest.raises(QuantizationError, match=r"layers\.1\.ffn\.shared_experts\.w1\.weight.*\(2, 3\)"):
-        dequantize_fp8(weight, np.ones((1, 1), np.float32), name="layers.1.ffn.shared_experts.w1.weight")
+    with pytest.raises(
+        QuantizationError, match=r"layers\.1\.ffn\.shared_experts\.w1\.weight.*\(2, 3\)"
+    ):
+        dequantize_fp8(
+            weight, np.ones((1, 1), np.float32), name="layers.1.ffn.shared_experts.w1.weight"
+        )
 
 
 def test_fp8_inf_scale_raises():

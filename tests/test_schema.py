@@ -4,15 +4,16 @@ import json
 
 import pytest
 
-from vindex_hub.format import layout, mirror, selection, sidecar
 from vindex_hub.errors import UsageError, VindexFormatError
+from vindex_hub.format import layout, mirror, selection, sidecar
 
 
 def make_index(layers=(0, 1, 2), num_experts=4, num_feats=8, hidden=32) -> sidecar.VindexIndex:
     index = sidecar.VindexIndex(
         num_feats=num_feats,
         model_config=sidecar.ModelConfig(
-            model_type="deepseek_v4", num_hidden_layers=max(layers) + 1,
+            model_type="deepseek_v4",
+            num_hidden_layers=max(layers) + 1,
             moe=sidecar.MoEConfig(num_experts, 1, 2, hidden, 16),
         ),
         source=sidecar.SourceInfo(repo_id="ns/model", revision="a" * 40),
@@ -21,15 +22,26 @@ def make_index(layers=(0, 1, 2), num_experts=4, num_feats=8, hidden=32) -> sidec
     for slot, layer in enumerate(layers):
         index.layers[layer] = sidecar.LayerEntry(
             file_offset=layout.layer_offset(slot, num_experts, num_feats, hidden),
-            shape=[num_experts, num_feats, hidden], nbytes=index.layer_nbytes,
-            sha256="0" * 64, median_var=0.5, q25_var=0.4, q75_var=0.6,
+            shape=[num_experts, num_feats, hidden],
+            nbytes=index.layer_nbytes,
+            sha256="0" * 64,
+            median_var=0.5,
+            q25_var=0.4,
+            q75_var=0.6,
         )
     return index
 
 
-@pytest.mark.parametrize("spec,expected", [
-    ("0-3", [0, 1, 2, 3]), ("3,5,7-9", [3, 5, 7, 8, 9]), ("5,5,1", [1, 5]), ([2, 0], [0, 2]), (None, list(range(10))),
-])
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("0-3", [0, 1, 2, 3]),
+        ("3,5,7-9", [3, 5, 7, 8, 9]),
+        ("5,5,1", [1, 5]),
+        ([2, 0], [0, 2]),
+        (None, list(range(10))),
+    ],
+)
 def test_parse_layers(spec, expected):
     assert selection.parse_layers(spec, 10) == expected
 

@@ -33,8 +33,13 @@ LFS_POINTER = (
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> Path:
     return make_deepseek_v4_checkpoint(
-        tmp_path_factory.mktemp("ckpt") / "model", num_layers=3, num_experts=4, hidden_size=128,
-        moe_intermediate_size=64, num_shards=3, vocab_size=64,
+        tmp_path_factory.mktemp("ckpt") / "model",
+        num_layers=3,
+        num_experts=4,
+        hidden_size=128,
+        moe_intermediate_size=64,
+        num_shards=3,
+        vocab_size=64,
     )
 
 
@@ -92,8 +97,15 @@ def test_offsets_are_absolute(pristine):
 
 
 def test_single_file_checkpoint(tmp_path):
-    root = make_deepseek_v4_checkpoint(tmp_path / "one", num_layers=2, num_experts=2, hidden_size=64,
-                                       moe_intermediate_size=32, num_shards=1, vocab_size=16)
+    root = make_deepseek_v4_checkpoint(
+        tmp_path / "one",
+        num_layers=2,
+        num_experts=2,
+        hidden_size=64,
+        moe_intermediate_size=32,
+        num_shards=1,
+        vocab_size=16,
+    )
     assert not (root / WEIGHT_MAP_FILE).exists()
     with LocalCheckpoint(root) as src:
         assert "layers.0.ffn.gate.weight" in src.tensor_names()
@@ -114,13 +126,18 @@ def test_missing_folder(tmp_path):
 
 def test_no_weights_at_all(ckpt):
     (ckpt / WEIGHT_MAP_FILE).unlink()
-    with pytest.raises(CheckpointError, match="neither model.safetensors.index.json nor model.safetensors"):
+    with pytest.raises(
+        CheckpointError, match="neither model.safetensors.index.json nor model.safetensors"
+    ):
         LocalCheckpoint(ckpt)
 
 
 def test_tensor_not_in_weight_map(pristine):
     with LocalCheckpoint(pristine) as src:
-        with pytest.raises(CheckpointError, match=r"tensor layers\.9\.ffn\.gate\.weight not in weight_map of .*model\.safetensors\.index\.json"):
+        with pytest.raises(
+            CheckpointError,
+            match=r"tensor layers\.9\.ffn\.gate\.weight not in weight_map of .*model\.safetensors\.index\.json",
+        ):
             src.read(["layers.9.ffn.gate.weight"])
 
 
@@ -130,7 +147,10 @@ def test_weight_map_points_to_wrong_shard(ckpt):
     index["weight_map"]["layers.0.ffn.experts.0.w9.weight"] = shard
     (ckpt / WEIGHT_MAP_FILE).write_text(json.dumps(index))
     with LocalCheckpoint(ckpt) as src:
-        with pytest.raises(CheckpointError, match=rf"weight_map says layers\.0\.ffn\.experts\.0\.w9\.weight is in shard {shard} but {shard} has no such tensor"):
+        with pytest.raises(
+            CheckpointError,
+            match=rf"weight_map says layers\.0\.ffn\.experts\.0\.w9\.weight is in shard {shard} but {shard} has no such tensor",
+        ):
             src.tensor_info("layers.0.ffn.experts.0.w9.weight")
 
 
@@ -149,7 +169,10 @@ def test_unopenable_shard_names_the_file(ckpt):
     shard.unlink()
     shard.mkdir()  # IsADirectoryError on open: an OSError that is not FileNotFoundError
     with LocalCheckpoint(ckpt) as src:
-        with pytest.raises(CheckpointError, match=rf"shard file .*{shard.name} \(listed in .*{WEIGHT_MAP_FILE}\): cannot open"):
+        with pytest.raises(
+            CheckpointError,
+            match=rf"shard file .*{shard.name} \(listed in .*{WEIGHT_MAP_FILE}\): cannot open",
+        ):
             src.read([EXPERT_W1])
 
 
@@ -160,7 +183,9 @@ def test_read_after_close_is_refused_and_opens_nothing(pristine):
     src.close()
     fds_before = len(list(Path("/proc/self/fd").iterdir()))
     for name in (EXPERT_W1, other):  # a shard opened before close, and one never opened
-        with pytest.raises(CheckpointError, match=rf"checkpoint {pristine} is closed: cannot read shard"):
+        with pytest.raises(
+            CheckpointError, match=rf"checkpoint {pristine} is closed: cannot read shard"
+        ):
             src.read([name])
     assert len(list(Path("/proc/self/fd").iterdir())) == fds_before
     src.close()  # closing twice is fine
@@ -204,7 +229,9 @@ def test_truncated_shard(ckpt):
 
 
 def test_garbage_header(ckpt):
-    break_shard_and_check(ckpt, struct.pack("<Q", 20) + b"\x89PNG garbage bytes!!" + bytes(50), "not valid JSON")
+    break_shard_and_check(
+        ckpt, struct.pack("<Q", 20) + b"\x89PNG garbage bytes!!" + bytes(50), "not valid JSON"
+    )
 
 
 def test_header_not_an_object(ckpt):
@@ -231,20 +258,33 @@ def encode(header: dict, data_size: int) -> tuple[bytes, bytes, int]:
 
 def test_parse_header_absolute_offsets_and_metadata():
     prefix, body, size = encode(
-        {"__metadata__": {"format": "pt"}, "a": {"dtype": "F8_E8M0", "shape": [2, 3], "data_offsets": [0, 6]},
-         "b": {"dtype": "BF16", "shape": [4], "data_offsets": [6, 14]}}, 14)
+        {
+            "__metadata__": {"format": "pt"},
+            "a": {"dtype": "F8_E8M0", "shape": [2, 3], "data_offsets": [0, 6]},
+            "b": {"dtype": "BF16", "shape": [4], "data_offsets": [6, 14]},
+        },
+        14,
+    )
     assert header_length(prefix, size, file="f") == len(body)
     infos = parse_header(prefix, body, size, shard="s.safetensors", file="http://h/s.safetensors")
     assert set(infos) == {"a", "b"}
     base = PREFIX_BYTES + len(body)
-    assert (infos["b"].start, infos["b"].end, infos["b"].shape, infos["b"].shard) == (base + 6, base + 14, (4,), "s.safetensors")
+    assert (infos["b"].start, infos["b"].end, infos["b"].shape, infos["b"].shard) == (
+        base + 6,
+        base + 14,
+        (4,),
+        "s.safetensors",
+    )
 
 
 @pytest.mark.parametrize(
     "entry, match",
     [
         ({"dtype": "F4_E9", "shape": [2], "data_offsets": [0, 2]}, r"t: unknown dtype 'F4_E9'"),
-        ({"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}, r"t: 8 bytes for a F32 tensor of shape \[3\] \(expected 12\)"),
+        (
+            {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]},
+            r"t: 8 bytes for a F32 tensor of shape \[3\] \(expected 12\)",
+        ),
         ({"dtype": "F32", "shape": [2], "data_offsets": [0, 64]}, "truncated"),
         ({"dtype": "F32", "shape": [2], "data_offsets": [8, 0]}, "bad data_offsets"),
         ({"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}, "bad shape"),

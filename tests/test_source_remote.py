@@ -16,13 +16,18 @@ import numpy as np
 import pytest
 from huggingface_hub import HfApi
 
-from vindex_hub.format import filenames
 from vindex_hub.arch import get_architecture
-from vindex_hub.build import build_vindex
-from vindex_hub.errors import CheckpointError, HubError, RemoteNotFoundError, UnsupportedArchitectureError
+from vindex_hub.builder import build_vindex
+from vindex_hub.errors import (
+    CheckpointError,
+    HubError,
+    RemoteNotFoundError,
+    UnsupportedArchitectureError,
+)
+from vindex_hub.format import filenames
 from vindex_hub.results import layer_result_path
-from vindex_hub.source.local import CONFIG_FILE, WEIGHT_MAP_FILE, SINGLE_FILE, LocalCheckpoint
 from vindex_hub.source.hub import HubCheckpoint, coalesce_ranges
+from vindex_hub.source.local import CONFIG_FILE, SINGLE_FILE, WEIGHT_MAP_FILE, LocalCheckpoint
 from vindex_hub.source.safetensors_format import PREFIX_BYTES
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 
@@ -99,12 +104,16 @@ def planned_bytes(infos_per_read) -> dict[str, int]:
 
 def assert_same_vindex(remote: Path, local: Path, *, repo_id: str, revision: str) -> None:
     """Bit-identical binary, sidecar (but for its source fields), phase JSONs and layer hashes."""
-    assert (remote / filenames.GATE_VECTORS_BIN).read_bytes() == (local / filenames.GATE_VECTORS_BIN).read_bytes()
+    assert (remote / filenames.GATE_VECTORS_BIN).read_bytes() == (
+        local / filenames.GATE_VECTORS_BIN
+    ).read_bytes()
     ours, theirs = (json.loads((f / filenames.SIDECAR_JSON).read_text()) for f in (remote, local))
     assert ours["source"]["repo_id"] == repo_id and ours["source"]["revision"] == revision
     assert ours.pop("source") != theirs.pop("source")
     assert ours == theirs
-    assert {k: v["sha256"] for k, v in ours["layers"].items()} == {k: v["sha256"] for k, v in theirs["layers"].items()}
+    assert {k: v["sha256"] for k, v in ours["layers"].items()} == {
+        k: v["sha256"] for k, v in theirs["layers"].items()
+    }
     for name in (filenames.PHASE1_JSON, filenames.PHASE2_JSON):
         ours, theirs = (json.loads((f / name).read_text()) for f in (remote, local))
         assert (ours.pop("model"), ours.pop("revision")) == (repo_id, revision), name
@@ -120,10 +129,19 @@ def test_coalesce_merges_touching_ranges_and_bridges_only_small_gaps_within_budg
     assert coalesce_ranges([(0, 500), (510, 1010)], max_waste=0.02) == [(0, 1010)]
     assert coalesce_ranges([(0, 500), (600, 1100)], max_waste=0.02) == [(0, 500), (600, 1100)]
     # The budget goes to the smallest gaps first.
-    assert coalesce_ranges([(0, 400), (420, 800), (805, 1000)], max_waste=0.01) == [(0, 400), (420, 1000)]
+    assert coalesce_ranges([(0, 400), (420, 800), (805, 1000)], max_waste=0.01) == [
+        (0, 400),
+        (420, 1000),
+    ]
     # Neither a gap above max_gap nor a request above max_request is made.
-    assert coalesce_ranges([(0, 10**6), (10**6 + 10, 2 * 10**6)], max_gap=5) == [(0, 10**6), (10**6 + 10, 2 * 10**6)]
-    assert coalesce_ranges([(0, 60), (60, 120), (121, 180)], max_request=150) == [(0, 120), (121, 180)]
+    assert coalesce_ranges([(0, 10**6), (10**6 + 10, 2 * 10**6)], max_gap=5) == [
+        (0, 10**6),
+        (10**6 + 10, 2 * 10**6),
+    ]
+    assert coalesce_ranges([(0, 60), (60, 120), (121, 180)], max_request=150) == [
+        (0, 120),
+        (121, 180),
+    ]
 
 
 def test_coalesce_covers_every_range_and_bounds_the_waste():
@@ -149,7 +167,9 @@ def test_coalesce_covers_every_range_and_bounds_the_waste():
 def test_remote_build_is_identical_and_fetches_only_the_needed_tensors(
     local_hub, remote_repo, checkpoint, local_vindex, fresh_header_cache, tmp_path
 ):
-    summary = build_vindex(remote_repo, tmp_path / "vindex", num_feats=NUM_FEATS, device="cpu", progress=False)
+    summary = build_vindex(
+        remote_repo, tmp_path / "vindex", num_feats=NUM_FEATS, device="cpu", progress=False
+    )
     sha = HfApi().model_info(remote_repo).sha
     assert_same_vindex(tmp_path / "vindex", local_vindex, repo_id=remote_repo, revision=sha)
 
@@ -160,7 +180,9 @@ def test_remote_build_is_identical_and_fetches_only_the_needed_tensors(
     sent = shard_bytes_sent(local_hub, remote_repo, checkpoint)
     # Exactly the headers plus the planned (coalesced) requests: nothing else, nothing twice.
     plan = planned_bytes(infos)
-    assert sent == {s: plan.get(s, 0) + (header_bytes(checkpoint, s) if s in touched else 0) for s in sent}
+    assert sent == {
+        s: plan.get(s, 0) + (header_bytes(checkpoint, s) if s in touched else 0) for s in sent
+    }
     assert needed <= sum(sent.values()) <= 1.05 * needed + headers
     checkpoint_size = sum((checkpoint / s).stat().st_size for s in shard_files(checkpoint))
     assert sum(sent.values()) < 0.3 * checkpoint_size
@@ -172,7 +194,9 @@ def test_the_source_counts_what_it_fetched(local_hub, remote_repo, checkpoint, f
         assert src.describe() == f"{remote_repo}@{src.revision}" and len(src.revision) == 40
         arch = get_architecture(src.config)
         raw = src.read(arch.layer_tensors(1))
-        assert src.bytes_fetched == sum(shard_bytes_sent(local_hub, remote_repo, checkpoint).values())
+        assert src.bytes_fetched == sum(
+            shard_bytes_sent(local_hub, remote_repo, checkpoint).values()
+        )
         assert src.fetch_seconds > 0
     with LocalCheckpoint(checkpoint) as local:
         expected = local.read(raw)
@@ -201,13 +225,17 @@ def test_a_resumed_build_fetches_nothing_for_the_layers_already_done(
         build_vindex(remote_repo, out, num_feats=NUM_FEATS, device="cpu", progress=False)
     monkeypatch.setattr(HubCheckpoint, "read", real_read)
     state = out / filenames.BUILD_STATE_DIR
-    done = [layer for layer in range(SYNTH["num_layers"]) if layer_result_path(state, layer).exists()]
+    done = [
+        layer for layer in range(SYNTH["num_layers"]) if layer_result_path(state, layer).exists()
+    ]
     assert done == [0, 1]
     first_run = shard_bytes_sent(local_hub, remote_repo, checkpoint)
 
     local_hub.reset_stats()
     src = HubCheckpoint(remote_repo)
-    assert local_hub.stats().bytes_sent == 0  # config, index (Hub cache) and headers: nothing fetched
+    assert (
+        local_hub.stats().bytes_sent == 0
+    )  # config, index (Hub cache) and headers: nothing fetched
     summary = build_vindex(src, out, num_feats=NUM_FEATS, device="cpu", progress=False)
     assert summary.built_layers == [2, 3]
     assert_same_vindex(out, local_vindex, repo_id=remote_repo, revision=src.revision)
@@ -215,7 +243,10 @@ def test_a_resumed_build_fetches_nothing_for_the_layers_already_done(
     todo = layer_infos(checkpoint, summary.built_layers)
     new_shards = {i.shard for layer in todo for i in layer if not first_run[i.shard]}
     plan = planned_bytes(todo)
-    expected = {s: plan.get(s, 0) + (header_bytes(checkpoint, s) if s in new_shards else 0) for s in first_run}
+    expected = {
+        s: plan.get(s, 0) + (header_bytes(checkpoint, s) if s in new_shards else 0)
+        for s in first_run
+    }
     assert shard_bytes_sent(local_hub, remote_repo, checkpoint) == expected
 
 
@@ -230,19 +261,33 @@ def test_server_errors_and_dropped_connections_are_retried(
         local_hub.inject_fault("error", method="GET", path="*.safetensors", status=503, times=1),
         local_hub.inject_fault("drop", method="GET", path="*.safetensors", after_bytes=10, times=4),
     ]
-    build_vindex(remote_repo, tmp_path / "vindex", num_feats=NUM_FEATS, device="cpu", progress=False)
+    build_vindex(
+        remote_repo, tmp_path / "vindex", num_feats=NUM_FEATS, device="cpu", progress=False
+    )
     assert [f.times for f in faults] == [0, 0, 0]  # every fault was met
-    assert_same_vindex(tmp_path / "vindex", local_vindex, repo_id=remote_repo,
-                       revision=HfApi().model_info(remote_repo).sha)
+    assert_same_vindex(
+        tmp_path / "vindex",
+        local_vindex,
+        repo_id=remote_repo,
+        revision=HfApi().model_info(remote_repo).sha,
+    )
 
 
-def test_a_body_dropped_mid_tensor_resumes_from_the_missing_byte(local_hub, remote_repo, checkpoint):
+def test_a_body_dropped_mid_tensor_resumes_from_the_missing_byte(
+    local_hub, remote_repo, checkpoint
+):
     with HubCheckpoint(remote_repo, workers=1) as src:
         # Routed gate weights of one layer: separate 16 KiB requests (w2/w3 lie between them).
-        names = [n for n in src.tensor_names() if n.startswith("layers.3.ffn.experts.") and n.endswith("w1.weight")]
+        names = [
+            n
+            for n in src.tensor_names()
+            if n.startswith("layers.3.ffn.experts.") and n.endswith("w1.weight")
+        ]
         shards = {src.tensor_info(n).shard for n in names}
         local_hub.reset_stats()
-        drop = local_hub.inject_fault("drop", method="GET", path="*.safetensors", after_bytes=5000, times=3)
+        drop = local_hub.inject_fault(
+            "drop", method="GET", path="*.safetensors", after_bytes=5000, times=3
+        )
         raw = src.read(names)
     assert drop.times == 0
     with LocalCheckpoint(checkpoint) as local:
@@ -253,7 +298,10 @@ def test_a_body_dropped_mid_tensor_resumes_from_the_missing_byte(local_hub, remo
     stats = local_hub.stats()
     # Three bodies cut after 5000 bytes and resumed: not one byte was sent twice.
     assert sum(stats.file(remote_repo, s, repo_type="model").bytes_sent for s in shards) == needed
-    assert sum(stats.file(remote_repo, s, repo_type="model").requests for s in shards) == len(names) + 3
+    assert (
+        sum(stats.file(remote_repo, s, repo_type="model").requests for s in shards)
+        == len(names) + 3
+    )
 
 
 def test_a_range_that_keeps_failing_is_a_hub_error_naming_the_url(local_hub, remote_repo):
@@ -301,7 +349,9 @@ def test_a_commit_sha_that_is_not_a_hash_is_refused(monkeypatch, tmp_path, sha):
 
     class Hostile(BaseHTTPRequestHandler):
         def do_GET(self):
-            body = json.dumps({"id": "ns/hostile", "sha": sha, "siblings": [{"rfilename": CONFIG_FILE}]}).encode()
+            body = json.dumps(
+                {"id": "ns/hostile", "sha": sha, "siblings": [{"rfilename": CONFIG_FILE}]}
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -316,14 +366,19 @@ def test_a_commit_sha_that_is_not_a_hash_is_refused(monkeypatch, tmp_path, sha):
     thread.start()
     try:
         monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-        with pytest.raises(HubError, match=rf"ns/hostile@main: the Hub answered commit sha {re.escape(repr(sha))}, expected 40"):
+        with pytest.raises(
+            HubError,
+            match=rf"ns/hostile@main: the Hub answered commit sha {re.escape(repr(sha))}, expected 40",
+        ):
             HubCheckpoint("ns/hostile", cache_dir=tmp_path / "cache")
     finally:
         server.shutdown()
         server.server_close()
 
 
-def test_an_unsupported_model_is_refused_by_its_config(local_hub, hub_repo_id, checkpoint, tmp_path):
+def test_an_unsupported_model_is_refused_by_its_config(
+    local_hub, hub_repo_id, checkpoint, tmp_path
+):
     folder = tmp_path / "llama"
     folder.mkdir()
     config = json.loads((checkpoint / CONFIG_FILE).read_text())
@@ -348,12 +403,16 @@ def test_a_shard_header_that_disagrees_with_the_weight_map_names_shard_and_tenso
     index["weight_map"][name] = wrong
     (folder / WEIGHT_MAP_FILE).write_text(json.dumps(index))
     upload(folder, hub_repo_id)
-    with pytest.raises(CheckpointError, match=f"{name} is in shard {wrong} but {wrong} has no such tensor"):
+    with pytest.raises(
+        CheckpointError, match=f"{name} is in shard {wrong} but {wrong} has no such tensor"
+    ):
         build_vindex(hub_repo_id, tmp_path / "out", num_feats=NUM_FEATS, progress=False)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
-def test_a_damaged_shard_is_a_checkpoint_error_naming_its_url(local_hub, hub_repo_id, checkpoint, tmp_path, damage):
+def test_a_damaged_shard_is_a_checkpoint_error_naming_its_url(
+    local_hub, hub_repo_id, checkpoint, tmp_path, damage
+):
     folder = Path(shutil.copytree(checkpoint, tmp_path / "ckpt"))
     shard = folder / shard_files(folder)[-1]
     data = shard.read_bytes()
@@ -361,10 +420,16 @@ def test_a_damaged_shard_is_a_checkpoint_error_naming_its_url(local_hub, hub_rep
         shard.write_bytes(data[:-100])
         message = "data ends at byte .* but the file holds .*truncated"
     else:
-        shard.write_bytes(np.random.default_rng(0).integers(0, 256, len(data), dtype=np.uint8).tobytes())
+        shard.write_bytes(
+            np.random.default_rng(0).integers(0, 256, len(data), dtype=np.uint8).tobytes()
+        )
         message = "oversized header"
     sha = upload(folder, hub_repo_id)
-    name = next(n for n, s in json.loads((folder / WEIGHT_MAP_FILE).read_text())["weight_map"].items() if s == shard.name)
+    name = next(
+        n
+        for n, s in json.loads((folder / WEIGHT_MAP_FILE).read_text())["weight_map"].items()
+        if s == shard.name
+    )
     with HubCheckpoint(hub_repo_id) as src:
         with pytest.raises(CheckpointError, match=f"{sha}/{shard.name}: .*{message}"):
             src.tensor_info(name)
@@ -374,8 +439,14 @@ def test_a_damaged_shard_is_a_checkpoint_error_naming_its_url(local_hub, hub_rep
 
 
 def test_a_single_file_checkpoint_is_read_through_its_header(local_hub, hub_repo_id, tmp_path):
-    folder = make_deepseek_v4_checkpoint(tmp_path / "single", num_layers=2, num_experts=4, hidden_size=64,
-                                         moe_intermediate_size=32, num_shards=1)
+    folder = make_deepseek_v4_checkpoint(
+        tmp_path / "single",
+        num_layers=2,
+        num_experts=4,
+        hidden_size=64,
+        moe_intermediate_size=32,
+        num_shards=1,
+    )
     assert (folder / SINGLE_FILE).exists() and not (folder / WEIGHT_MAP_FILE).exists()
     upload(folder, hub_repo_id)
     with HubCheckpoint(hub_repo_id) as src, LocalCheckpoint(folder) as local:

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
+from vindex_hub.errors import UsageError
 from vindex_hub.format import statistics
 from vindex_hub.numerics import stats, svd
-from vindex_hub.errors import UsageError
 
 
 def _diag(values: list[float], rows: int, cols: int) -> np.ndarray:
@@ -23,7 +23,9 @@ def test_energy_fraction_closed_form() -> None:
     w = _diag([3.0, 2.0, 1.0], 3, 5)
     fro = np.linalg.norm(w)
     np.testing.assert_allclose(stats.energy_fraction([[3.0]], [fro]), [9 / 14], rtol=1e-15)
-    np.testing.assert_allclose(stats.energy_fraction([[3.0, 2.0], [3.0, 1.0]], [fro, fro]), [13 / 14, 10 / 14])
+    np.testing.assert_allclose(
+        stats.energy_fraction([[3.0, 2.0], [3.0, 1.0]], [fro, fro]), [13 / 14, 10 / 14]
+    )
 
 
 def test_energy_fraction_of_svd_output_matches_full_spectrum() -> None:
@@ -90,7 +92,9 @@ def test_router_stats_of_a_known_router() -> None:
     assert got[statistics.router_topk_key(16)] == pytest.approx(1.0, rel=1e-14)
     assert got[statistics.router_topk_key(64)] == pytest.approx(1.0, rel=1e-14)
     p = np.array(values) / sum(values)
-    assert got[statistics.ROUTER_EFFECTIVE_RANK] == pytest.approx(math.exp(-np.sum(p * np.log(p))), rel=1e-14)
+    assert got[statistics.ROUTER_EFFECTIVE_RANK] == pytest.approx(
+        math.exp(-np.sum(p * np.log(p))), rel=1e-14
+    )
     assert got[statistics.ROUTER_STABLE_RANK] == pytest.approx(total / 16, rel=1e-14)
     assert got[statistics.ROUTER_S0_S1] == pytest.approx(2.0, rel=1e-14)
     assert got[statistics.SINGULAR_VALUES] == pytest.approx(values, rel=1e-14)
@@ -108,8 +112,12 @@ def test_router_stats_of_a_random_router_match_numpy() -> None:
     got = stats.router_stats(s, float(np.linalg.norm(router.astype(np.float64))))
     ref = np.linalg.svd(router.astype(np.float64), compute_uv=False)
     for k in statistics.ROUTER_TOPK:
-        assert got[statistics.router_topk_key(k)] == pytest.approx(np.sum(ref[:k] ** 2) / np.sum(ref**2), rel=1e-12)
-    assert got[statistics.ROUTER_STABLE_RANK] == pytest.approx(np.sum(ref**2) / ref[0] ** 2, rel=1e-12)
+        assert got[statistics.router_topk_key(k)] == pytest.approx(
+            np.sum(ref[:k] ** 2) / np.sum(ref**2), rel=1e-12
+        )
+    assert got[statistics.ROUTER_STABLE_RANK] == pytest.approx(
+        np.sum(ref**2) / ref[0] ** 2, rel=1e-12
+    )
     assert got[statistics.ROUTER_S0_S1] == pytest.approx(ref[0] / ref[1], rel=1e-12)
     assert 1.0 < got[statistics.ROUTER_EFFECTIVE_RANK] < 96.0
 

@@ -8,16 +8,18 @@ import scipy.linalg
 import threadpoolctl
 import torch
 
+from vindex_hub.errors import CheckpointError, UsageError
 from vindex_hub.numerics import svd
 from vindex_hub.testing import synth
-from vindex_hub.errors import CheckpointError, UsageError
 
 # A vector is well defined (and compared) only when its singular value is separated from its
 # neighbours: relative gap min(|s_i - s_{i-1}|, |s_i - s_{i+1}|) / s_0 above this.
 GAP = 1e-3
 
 
-def _matrix_with_spectrum(rng: np.random.Generator, rows: int, cols: int, s: np.ndarray) -> np.ndarray:
+def _matrix_with_spectrum(
+    rng: np.random.Generator, rows: int, cols: int, s: np.ndarray
+) -> np.ndarray:
     u, _ = np.linalg.qr(rng.standard_normal((rows, len(s))))
     v, _ = np.linalg.qr(rng.standard_normal((cols, len(s))))
     return ((u * s) @ v.T).astype(np.float32)
@@ -41,7 +43,9 @@ def _gap_allowed(s: np.ndarray, k: int) -> np.ndarray:
 def _check_against_reference(w: np.ndarray, top: svd.TopK, b: int, k: int) -> None:
     s_ref, vt_ref = _reference(w)
     np.testing.assert_allclose(top.singular_values[b], s_ref[:k], rtol=1e-5)
-    np.testing.assert_allclose(top.frobenius_norm[b], np.linalg.norm(w.astype(np.float64)), rtol=1e-12)
+    np.testing.assert_allclose(
+        top.frobenius_norm[b], np.linalg.norm(w.astype(np.float64)), rtol=1e-12
+    )
     vec = top.vectors[b].astype(np.float64)
     np.testing.assert_allclose(np.linalg.norm(vec, axis=1), 1.0, atol=1e-6)
     cos = np.abs(np.sum(vec * vt_ref[:k], axis=1))
@@ -95,7 +99,9 @@ def test_torch_path_matches_lapack_path(batch: np.ndarray) -> None:
     np.testing.assert_allclose(a.vectors, b.vectors, atol=2e-5)
 
 
-def test_cuda_device_runs_the_torch_path(batch: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cuda_device_runs_the_torch_path(
+    batch: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
     calls = []
 
     def fake_torch(weights, k, labels, *, device):
@@ -142,7 +148,9 @@ def test_canonicalize_signs_first_on_ties() -> None:
 
 
 def test_k_above_rank_bound_is_a_usage_error(batch: np.ndarray) -> None:
-    with pytest.raises(UsageError, match=r"--num-feats 65 is larger than the rank bound min\(O, I\) .*64 x 128: 64"):
+    with pytest.raises(
+        UsageError, match=r"--num-feats 65 is larger than the rank bound min\(O, I\) .*64 x 128: 64"
+    ):
         svd.top_k_right_singular(batch, 65)
     with pytest.raises(UsageError, match="e.g. layer 2 expert 0 gate_proj"):
         svd.top_k_right_singular(batch, 65, names=["layer 2 expert 0 gate_proj", "b", "c"])
@@ -167,7 +175,9 @@ def test_rank_deficient_matrix_is_a_usage_error(device_path: str) -> None:
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("device_path", ["lapack", "torch"])
-def test_non_finite_input_is_a_checkpoint_error(batch: np.ndarray, bad: float, device_path: str) -> None:
+def test_non_finite_input_is_a_checkpoint_error(
+    batch: np.ndarray, bad: float, device_path: str
+) -> None:
     w = batch.copy()
     w[1, 5, 7] = bad
     names = ["e0", "e1", "e2"]
@@ -192,7 +202,9 @@ def test_singular_values_of_a_router() -> None:
     router = rng.standard_normal((16, 96)).astype(np.float32)
     s = svd.singular_values(router, name="layer 0 router")
     assert s.dtype == np.float64 and s.shape == (16,)
-    np.testing.assert_allclose(s, np.linalg.svd(router.astype(np.float64), compute_uv=False), rtol=1e-12)
+    np.testing.assert_allclose(
+        s, np.linalg.svd(router.astype(np.float64), compute_uv=False), rtol=1e-12
+    )
     router[3, 3] = np.nan
     with pytest.raises(CheckpointError, match="layer 0 router contains NaN"):
         svd.singular_values(router, name="layer 0 router")
@@ -224,7 +236,9 @@ ROWS, COLS = 256, 512  # p = K + 32 = 96: big enough (>= 2p) for the mixed route
 
 
 def _assert_exact(w: np.ndarray, top: svd.TopK, *, min_defined: int) -> None:
-    _, s_ref, vt_ref = scipy.linalg.svd(w.astype(np.float64), full_matrices=False, lapack_driver="gesdd")
+    _, s_ref, vt_ref = scipy.linalg.svd(
+        w.astype(np.float64), full_matrices=False, lapack_driver="gesdd"
+    )
     k = top.vectors.shape[1]
     vec = top.vectors[0].astype(np.float64)
     vec /= np.linalg.norm(vec, axis=1, keepdims=True)  # the angle only, not float32 norm rounding
@@ -234,10 +248,15 @@ def _assert_exact(w: np.ndarray, top: svd.TopK, *, min_defined: int) -> None:
     # A designed gap of exactly BOUND moves by float32 rounding of W (~1e-7 s_0): 1% slack.
     defined = gaps >= 0.99 * BOUND * s_ref[0]
     assert defined.sum() >= min_defined, defined.sum()
-    assert one_minus_cos[defined].max() <= EXACT_COS, (one_minus_cos.max(), np.argmax(one_minus_cos))
+    assert one_minus_cos[defined].max() <= EXACT_COS, (
+        one_minus_cos.max(),
+        np.argmax(one_minus_cos),
+    )
     rel = np.abs(top.singular_values[0] - s_ref[:k]) / s_ref[:k]
     assert rel.max() <= EXACT_S, rel.max()
-    np.testing.assert_allclose(top.frobenius_norm[0], np.linalg.norm(w.astype(np.float64)), rtol=1e-13)
+    np.testing.assert_allclose(
+        top.frobenius_norm[0], np.linalg.norm(w.astype(np.float64)), rtol=1e-13
+    )
 
 
 def _spectrum(name: str) -> np.ndarray:
@@ -247,7 +266,9 @@ def _spectrum(name: str) -> np.ndarray:
         return 1.0 - BOUND * i
     if name == "gaps at the bound, a cluster right below the top K":
         # Crowded, not equal: 1e-7 apart (an exactly repeated value is the next case).
-        return np.r_[1.0 - BOUND * np.arange(K + 1), 1.0 - BOUND * (K + 1) - 1e-7 * np.arange(n - K - 1)]
+        return np.r_[
+            1.0 - BOUND * np.arange(K + 1), 1.0 - BOUND * (K + 1) - 1e-7 * np.arange(n - K - 1)
+        ]
     if name == "gaps at the bound over a repeated singular value":
         return np.r_[1.0 - BOUND * np.arange(K + 1), np.full(n - K - 1, 1.0 - BOUND * (K + 1))]
     if name == "steep decay":
@@ -298,18 +319,24 @@ def test_fp4_like_and_zero_rows_take_the_mixed_route_exactly() -> None:
     top = svd.top_k_right_singular(batch, K)
     assert top.routes == (svd.ROUTE_MIXED,) * 3
     for b in range(3):
-        one = svd.TopK(top.vectors[b : b + 1], top.singular_values[b : b + 1], top.frobenius_norm[b : b + 1])
+        one = svd.TopK(
+            top.vectors[b : b + 1], top.singular_values[b : b + 1], top.frobenius_norm[b : b + 1]
+        )
         _assert_exact(batch[b], one, min_defined=K // 2)
     f64 = svd.top_k_right_singular(batch, K, precision="f64")
     assert f64.routes == (svd.ROUTE_F64,) * 3
     np.testing.assert_allclose(top.singular_values, f64.singular_values, rtol=1e-10)
 
 
-def test_the_certificate_is_what_keeps_a_crowded_tail_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_certificate_is_what_keeps_a_crowded_tail_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Without the certificate, the float32 subspace of a spectrum crowding right below the top
     K gives vectors outside the promise: the guard is needed, not decoration."""
     rng = np.random.default_rng(11)
-    w = _matrix_with_spectrum(rng, ROWS, COLS, _spectrum("gaps at the bound, a cluster right below the top K"))
+    w = _matrix_with_spectrum(
+        rng, ROWS, COLS, _spectrum("gaps at the bound, a cluster right below the top K")
+    )
     monkeypatch.setattr(svd, "_ritz_pairs_certain", lambda theta, residual_norms, k: True)
     top = svd.top_k_right_singular(w[None], K)
     assert top.routes == (svd.ROUTE_MIXED,)
@@ -346,7 +373,9 @@ def test_bits_do_not_depend_on_the_callers_blas_threads(precision: str) -> None:
         with threadpoolctl.threadpool_limits(limits=threads, user_api="blas"):
             results.append(svd.top_k_right_singular(w, K, precision=precision))
             # The caller's setting is restored afterwards.
-            assert {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"} == {threads}
+            assert {
+                i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"
+            } == {threads}
     for other in results[1:]:
         assert other.vectors.tobytes() == results[0].vectors.tobytes()
         assert other.singular_values.tobytes() == results[0].singular_values.tobytes()
@@ -358,7 +387,9 @@ def test_the_decomposition_runs_with_blas_threads(monkeypatch: pytest.MonkeyPatc
     real = svd._gram
 
     def spy(syrk, w, buffer):
-        seen.append({i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"})
+        seen.append(
+            {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
+        )
         return real(syrk, w, buffer)
 
     monkeypatch.setattr(svd, "_gram", spy)

@@ -22,8 +22,11 @@ from vindex_hub.testing.synth import (
 
 # Spelled out here on purpose (not imported) so the generator is checked against the reference doc.
 REAL_QUANTIZATION_CONFIG = {
-    "quant_method": "fp8", "fmt": "e4m3", "scale_fmt": "ue8m0",
-    "weight_block_size": [128, 128], "activation_scheme": "dynamic",
+    "quant_method": "fp8",
+    "fmt": "e4m3",
+    "scale_fmt": "ue8m0",
+    "weight_block_size": [128, 128],
+    "activation_scheme": "dynamic",
 }
 ITEMSIZE = {"I8": 1, "F8_E4M3": 1, "F8_E8M0": 1, "BF16": 2, "F32": 4, "I64": 8}
 
@@ -52,10 +55,21 @@ def test_config_has_the_real_keys(flash):
     config = json.loads((root / "config.json").read_text())
     assert config["model_type"] == "deepseek_v4"
     assert config["quantization_config"] == REAL_QUANTIZATION_CONFIG
-    assert (config["num_hidden_layers"], config["num_hash_layers"], config["hidden_size"],
-            config["moe_intermediate_size"], config["n_routed_experts"], config["n_shared_experts"],
-            config["num_experts_per_tok"], config["num_nextn_predict_layers"]) == (4, 1, 256, 128, 8, 1, 2, 1)
-    assert (config["scoring_func"], config["topk_method"], config["routed_scaling_factor"]) == ("sqrtsoftplus", "noaux_tc", 1.5)
+    assert (
+        config["num_hidden_layers"],
+        config["num_hash_layers"],
+        config["hidden_size"],
+        config["moe_intermediate_size"],
+        config["n_routed_experts"],
+        config["n_shared_experts"],
+        config["num_experts_per_tok"],
+        config["num_nextn_predict_layers"],
+    ) == (4, 1, 256, 128, 8, 1, 2, 1)
+    assert (config["scoring_func"], config["topk_method"], config["routed_scaling_factor"]) == (
+        "sqrtsoftplus",
+        "noaux_tc",
+        1.5,
+    )
     assert config["expert_dtype"] == "fp4" and config["vocab_size"] == 512
     assert "first_k_dense_replace" not in config
 
@@ -93,7 +107,9 @@ def test_shards_split_by_bytes_with_layers_straddling(flash):
     index = json.loads((root / "model.safetensors.index.json").read_text())
     total = sum(math.prod(shape) * ITEMSIZE[dtype] for dtype, shape, _ in found.values())
     assert index["metadata"]["total_size"] == total
-    layer_shards = {L: {s for n, (_, _, s) in found.items() if n.startswith(f"layers.{L}.")} for L in range(4)}
+    layer_shards = {
+        L: {s for n, (_, _, s) in found.items() if n.startswith(f"layers.{L}.")} for L in range(4)
+    }
     assert any(len(s) > 1 for s in layer_shards.values())  # not one shard per layer
     for n, (_, _, s) in found.items():  # a weight and its scales share a shard
         if n.endswith(".scale"):
@@ -108,29 +124,51 @@ def test_reference_matches_torch_decoding_of_the_files(flash):
     with safe_open(root / weight_map[f"{name}.weight"], framework="pt") as f:
         w = f.get_tensor(f"{name}.weight").to(torch.float32).numpy()
         s = f.get_tensor(f"{name}.scale").to(torch.float32).numpy()
-    assert np.array_equal(ref[f"{name}.weight"], w * np.repeat(np.repeat(s, 128, 0), 128, 1)[: w.shape[0], : w.shape[1]])
+    assert np.array_equal(
+        ref[f"{name}.weight"],
+        w * np.repeat(np.repeat(s, 128, 0), 128, 1)[: w.shape[0], : w.shape[1]],
+    )
     # BF16 router and F32 bias
     with safe_open(root / weight_map["layers.3.ffn.gate.weight"], framework="pt") as f:
-        assert np.array_equal(ref["layers.3.ffn.gate.weight"], f.get_tensor("layers.3.ffn.gate.weight").float().numpy())
+        assert np.array_equal(
+            ref["layers.3.ffn.gate.weight"],
+            f.get_tensor("layers.3.ffn.gate.weight").float().numpy(),
+        )
     with safe_open(root / weight_map["layers.3.ffn.gate.bias"], framework="pt") as f:
-        assert np.array_equal(ref["layers.3.ffn.gate.bias"], f.get_tensor("layers.3.ffn.gate.bias").numpy())
+        assert np.array_equal(
+            ref["layers.3.ffn.gate.bias"], f.get_tensor("layers.3.ffn.gate.bias").numpy()
+        )
 
 
 def test_deterministic_and_independent_of_sharding(tmp_path):
-    small = dict(num_layers=2, num_experts=2, hidden_size=64, moe_intermediate_size=32, vocab_size=16)
+    small = dict(
+        num_layers=2, num_experts=2, hidden_size=64, moe_intermediate_size=32, vocab_size=16
+    )
     a, b, c = {}, {}, {}
     make_deepseek_v4_checkpoint(tmp_path / "a", num_shards=2, seed=5, reference=a, **small)
-    make_deepseek_v4_checkpoint(tmp_path / "b", num_shards=4, seed=5, include_attention=False, reference=b, **small)
+    make_deepseek_v4_checkpoint(
+        tmp_path / "b", num_shards=4, seed=5, include_attention=False, reference=b, **small
+    )
     make_deepseek_v4_checkpoint(tmp_path / "c", num_shards=2, seed=6, reference=c, **small)
     # without attention/embedding tensors the reference lacks only the input embedding
     assert a.keys() - {ds.EMBED_TENSOR} == b.keys() and b
     assert all(np.array_equal(a[k], b[k]) for k in b)
-    assert not np.array_equal(a["layers.1.ffn.experts.0.w1.weight"], c["layers.1.ffn.experts.0.w1.weight"])
+    assert not np.array_equal(
+        a["layers.1.ffn.experts.0.w1.weight"], c["layers.1.ffn.experts.0.w1.weight"]
+    )
 
 
 def test_fp8_base_variant_and_old_config(tmp_path):
-    small = dict(num_layers=1, num_experts=2, hidden_size=64, moe_intermediate_size=32, vocab_size=16,
-                 include_mtp=False, include_attention=False, num_hash_layers=0)
+    small = dict(
+        num_layers=1,
+        num_experts=2,
+        hidden_size=64,
+        moe_intermediate_size=32,
+        vocab_size=16,
+        include_mtp=False,
+        include_attention=False,
+        num_hash_layers=0,
+    )
     root = make_deepseek_v4_checkpoint(tmp_path / "base", expert_dtype="fp8", **small)
     _, found = read_all(root)
     assert found["layers.0.ffn.experts.1.w1.weight"][:2] == ("F8_E4M3", (32, 64))
@@ -147,7 +185,11 @@ def test_quantize_fp4_rounds_to_nearest_grid_point():
     w = rng.standard_normal((8, 64)).astype(np.float32)
     w[0, :32] = 0.0  # an all-zero block
     packed, scale, values = quantize_fp4(w)
-    assert packed.shape == (8, 32) and scale.shape == (8, 2) and packed.dtype == scale.dtype == np.uint8
+    assert (
+        packed.shape == (8, 32)
+        and scale.shape == (8, 2)
+        and packed.dtype == scale.dtype == np.uint8
+    )
     scale_f = np.ldexp(1.0, scale.astype(int) - 127).repeat(32, axis=1)
     grid = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6])
     q = w / scale_f
@@ -160,7 +202,9 @@ def test_quantize_fp4_rounds_to_nearest_grid_point():
     amax = np.abs(w.reshape(8, 2, 32)).max(-1)
     e = scale.astype(int) - 127
     nonzero = amax > 0
-    assert np.all(amax[nonzero] <= 6 * 2.0 ** e[nonzero]) and np.all(amax[nonzero] > 6 * 2.0 ** (e[nonzero] - 1))
+    assert np.all(amax[nonzero] <= 6 * 2.0 ** e[nonzero]) and np.all(
+        amax[nonzero] > 6 * 2.0 ** (e[nonzero] - 1)
+    )
     assert scale[0, 0] == 0 and np.all(values[0, :32] == 0)
 
 
@@ -170,7 +214,11 @@ def test_quantize_fp8_matches_torch_cast():
     for scale_dtype, scale_shape in (("F8_E8M0", (2, 3)), ("F32", (2, 12))):
         q, scale_bytes, values = quantize_fp8(w, scale_dtype=scale_dtype)
         assert q.shape == w.shape and scale_bytes.shape == scale_shape
-        scales = (np.ldexp(1.0, scale_bytes.astype(int) - 127) if scale_dtype == "F8_E8M0" else scale_bytes.view("<f4")).astype(np.float32)
+        scales = (
+            np.ldexp(1.0, scale_bytes.astype(int) - 127)
+            if scale_dtype == "F8_E8M0"
+            else scale_bytes.view("<f4")
+        ).astype(np.float32)
         full = np.repeat(np.repeat(scales, 128, 0), 128, 1)[:130, :260]
         decoded = torch.from_numpy(q.copy()).view(torch.float8_e4m3fn).float().numpy()
         assert np.array_equal(values, decoded * full)
@@ -194,7 +242,9 @@ def test_spectra_and_quantization_preserve_them():
         s = np.linalg.svd(w.astype(np.float64), compute_uv=False)
         energy[spectrum] = (s[:16] ** 2).sum() / (s**2).sum()
         sq = np.linalg.svd(quantize_fp4(w)[2].astype(np.float64), compute_uv=False)
-        assert np.allclose(sq[:16], s[:16], rtol=0.05)  # FP4 noise barely moves the top of the spectrum
+        assert np.allclose(
+            sq[:16], s[:16], rtol=0.05
+        )  # FP4 noise barely moves the top of the spectrum
     assert energy["flat"] < 0.5 < energy["decaying"]
     with pytest.raises(ValueError, match="spectrum"):
         gate_matrix(rng, 4, 4, "steep")

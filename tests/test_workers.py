@@ -13,16 +13,15 @@ import time
 from pathlib import Path
 
 import pytest
+from test_build import folder_bytes
 
-from vindex_hub.build.engine import ProcessEngine
-from vindex_hub.build.decompose import DecomposeSettings
+from vindex_hub.builder.decompose import DecomposeSettings
+from vindex_hub.builder.engine import ProcessEngine
 from vindex_hub.errors import UsageError
 from vindex_hub.format import filenames
 from vindex_hub.numerics import routes
 from vindex_hub.results import layer_result_path
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
-
-from test_build import folder_bytes
 
 # gate_proj 256 x 512 with 16 features: big enough for the mixed route (p = 48, n >= 2p).
 DIMS = dict(num_layers=6, num_experts=16, hidden_size=512, moe_intermediate_size=256, num_shards=2)
@@ -31,8 +30,22 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 
 
 def _build_command(ckpt: Path, out: Path, workers: int) -> list[str]:
-    return [sys.executable, "-m", "vindex_hub", "build", str(ckpt), "-o", str(out), "--num-feats", NUM_FEATS,
-            "--quiet", "--device", "cpu", "--workers", str(workers)]
+    return [
+        sys.executable,
+        "-m",
+        "vindex_hub",
+        "build",
+        str(ckpt),
+        "-o",
+        str(out),
+        "--num-feats",
+        NUM_FEATS,
+        "--quiet",
+        "--device",
+        "cpu",
+        "--workers",
+        str(workers),
+    ]
 
 
 def _environment(blas_threads: int | None) -> dict[str, str]:
@@ -42,9 +55,15 @@ def _environment(blas_threads: int | None) -> dict[str, str]:
     return env
 
 
-def _build(ckpt: Path, out: Path, workers: int, blas_threads: int | None = None) -> subprocess.CompletedProcess:
-    done = subprocess.run(_build_command(ckpt, out, workers), capture_output=True, text=True,
-                          env=_environment(blas_threads))
+def _build(
+    ckpt: Path, out: Path, workers: int, blas_threads: int | None = None
+) -> subprocess.CompletedProcess:
+    done = subprocess.run(
+        _build_command(ckpt, out, workers),
+        capture_output=True,
+        text=True,
+        env=_environment(blas_threads),
+    )
     assert done.returncode == 0, done.stderr
     return done
 
@@ -73,18 +92,26 @@ def reference(checkpoint: Path, tmp_path_factory) -> Path:
     """One uninterrupted build in this process's way: one worker, BLAS threads left unset."""
     out = tmp_path_factory.mktemp("reference") / "vindex"
     _build(checkpoint, out, workers=1)
-    assert _builder(out) == {**_builder(out), "svd_route": routes.ROUTE_MIXED, "blas_threads": 1, "workers": 1}
+    assert _builder(out) == {
+        **_builder(out),
+        "svd_route": routes.ROUTE_MIXED,
+        "blas_threads": 1,
+        "workers": 1,
+    }
     return out
 
 
-def test_two_workers_and_other_blas_threads_give_the_same_bits(checkpoint: Path, reference: Path,
-                                                               tmp_path: Path) -> None:
+def test_two_workers_and_other_blas_threads_give_the_same_bits(
+    checkpoint: Path, reference: Path, tmp_path: Path
+) -> None:
     for workers, threads in ((2, 2), (2, 1), (1, 2)):
         out = tmp_path / f"w{workers}-t{threads}" / "vindex"
         _build(checkpoint, out, workers, blas_threads=threads)
         assert _builder(out)["workers"] == workers
         assert _published(out) == _published(reference), (workers, threads)
-    info = subprocess.run([sys.executable, "-m", "vindex_hub", "info", str(out)], capture_output=True, text=True)
+    info = subprocess.run(
+        [sys.executable, "-m", "vindex_hub", "info", str(out)], capture_output=True, text=True
+    )
     assert info.returncode == 0, info.stderr
     assert f"svd route  {routes.ROUTE_MIXED} (1 BLAS thread(s) each, 1 worker(s))" in info.stdout
     assert f"SVD route `{routes.ROUTE_MIXED}`" in (out / filenames.CARD_FILE).read_text()
@@ -103,7 +130,9 @@ def _worker_pids(pid: int) -> list[int]:
 def _wait_for(condition, proc: subprocess.Popen, what: str) -> None:
     deadline = time.monotonic() + 300  # a bound for a stuck build, not a timing assertion
     while not condition():
-        assert proc.poll() is None, f"the build ended before {what}: {proc.stderr.read() if proc.stderr else ''}"
+        assert proc.poll() is None, (
+            f"the build ended before {what}: {proc.stderr.read() if proc.stderr else ''}"
+        )
         assert time.monotonic() < deadline, f"no {what} in 300 s"
         time.sleep(0.005)
 
@@ -112,11 +141,16 @@ def _first_layer_done(out: Path):
     return layer_result_path(out / filenames.BUILD_STATE_DIR, 0).exists
 
 
-def test_a_killed_build_resumes_with_another_worker_count_bit_identical(checkpoint: Path, reference: Path,
-                                                                        tmp_path: Path) -> None:
+def test_a_killed_build_resumes_with_another_worker_count_bit_identical(
+    checkpoint: Path, reference: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "killed" / "vindex"
-    proc = subprocess.Popen(_build_command(checkpoint, out, workers=2), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=_environment(None))
+    proc = subprocess.Popen(
+        _build_command(checkpoint, out, workers=2),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_environment(None),
+    )
     _wait_for(lambda: len(_worker_pids(proc.pid)) == 2, proc, "two workers")
     workers = _worker_pids(proc.pid)
     _wait_for(_first_layer_done(out), proc, "a finished layer")
@@ -146,11 +180,17 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
-def test_a_worker_killed_mid_build_is_replaced_and_the_build_ends_identical(checkpoint: Path, reference: Path,
-                                                                            tmp_path: Path) -> None:
+def test_a_worker_killed_mid_build_is_replaced_and_the_build_ends_identical(
+    checkpoint: Path, reference: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "worker-killed" / "vindex"
-    proc = subprocess.Popen(_build_command(checkpoint, out, workers=2), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_environment(None))
+    proc = subprocess.Popen(
+        _build_command(checkpoint, out, workers=2),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_environment(None),
+    )
     _wait_for(_first_layer_done(out), proc, "a finished layer")
     victim = _worker_pids(proc.pid)[0]
     os.kill(victim, signal.SIGKILL)
@@ -163,7 +203,9 @@ def test_a_worker_killed_mid_build_is_replaced_and_the_build_ends_identical(chec
 
 
 def test_worker_count_must_be_positive(checkpoint: Path, tmp_path: Path) -> None:
-    done = subprocess.run(_build_command(checkpoint, tmp_path / "v", workers=0), capture_output=True, text=True)
+    done = subprocess.run(
+        _build_command(checkpoint, tmp_path / "v", workers=0), capture_output=True, text=True
+    )
     assert done.returncode == 2
     assert "--workers must be at least 1, got 0" in done.stderr and "Traceback" not in done.stderr
     with pytest.raises(UsageError, match="--workers must be at least 1"):

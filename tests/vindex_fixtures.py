@@ -23,19 +23,20 @@ import numpy as np
 import pytest
 from huggingface_hub import HfApi
 
-from vindex_hub.format import filenames, layout, sidecar
 from vindex_hub.arch import deepseek_v4 as ds
-from vindex_hub.build import build_vindex
-from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
+from vindex_hub.builder import build_vindex
+from vindex_hub.format import filenames, layout, sidecar
 from vindex_hub.format.card_data import CardOptions
+from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_LAYERS, NUM_EXPERTS, HIDDEN, INTER, NUM_FEATS = 3, 4, 64, 32, 8
-CARD_OPTIONS = CardOptions(author="Divinci-AI", repo_id="Divinci-AI/tiny-v4-vindex", year=2026,
-                           extra_tags=("deepseek",))
+CARD_OPTIONS = CardOptions(
+    author="Divinci-AI", repo_id="Divinci-AI/tiny-v4-vindex", year=2026, extra_tags=("deepseek",)
+)
 
 # The seed card's usage snippet, verbatim (shared/seed/deepseek-v4-flash-vindex.card.md).
-SEED_SNIPPET = '''import numpy as np
+SEED_SNIPPET = """import numpy as np
 
 # Memory-map the binary
 arr = np.memmap("gate_vectors.bin", dtype=np.float32, mode="r")
@@ -56,7 +57,7 @@ def get_layer(L):
 
 V_L1 = get_layer(1)  # shape (n_experts, n_feats, hidden)
 print("L1 expert 0 top vector L2 norm:", np.linalg.norm(V_L1[0, 0]))  # ≈ 1.0
-'''
+"""
 
 
 @dataclass
@@ -85,8 +86,12 @@ def read_index(folder: Path) -> sidecar.VindexIndex:
 def binary_layer(folder: Path, layer: int) -> np.ndarray:
     """Layer ``layer`` of ``folder``'s binary as the sidecar places it: an (E, K, H) block."""
     e = read_index(folder).layer(layer)
-    return np.fromfile(folder / filenames.GATE_VECTORS_BIN, dtype=layout.NUMPY_DTYPE,
-                       count=e.nbytes // 4, offset=e.file_offset).reshape(e.shape)
+    return np.fromfile(
+        folder / filenames.GATE_VECTORS_BIN,
+        dtype=layout.NUMPY_DTYPE,
+        count=e.nbytes // 4,
+        offset=e.file_offset,
+    ).reshape(e.shape)
 
 
 def upload(folder: Path, repo_id: str, repo_type: str = "dataset") -> str:
@@ -99,8 +104,14 @@ def upload(folder: Path, repo_id: str, repo_type: str = "dataset") -> str:
 
 def cli(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
     """``python -m vindex_hub *args`` from the repo root (so on ``sys.path``), ``env`` over ours."""
-    return subprocess.run([sys.executable, "-m", "vindex_hub", *args], capture_output=True, text=True,
-                          cwd=REPO_ROOT, env={**os.environ, **env}, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "vindex_hub", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -108,10 +119,22 @@ def small_vindex(tmp_path_factory: pytest.TempPathFactory) -> SmallVindex:
     root = tmp_path_factory.mktemp("small-vindex")
     reference: dict[str, np.ndarray] = {}
     checkpoint = make_deepseek_v4_checkpoint(
-        root / "checkpoint", num_layers=NUM_LAYERS, num_experts=NUM_EXPERTS, hidden_size=HIDDEN,
-        moe_intermediate_size=INTER, reference=reference)
-    build_vindex(checkpoint, root / "vindex", num_feats=NUM_FEATS, device="cpu", progress=False,
-                 card_options=CARD_OPTIONS, larql_router=True)
+        root / "checkpoint",
+        num_layers=NUM_LAYERS,
+        num_experts=NUM_EXPERTS,
+        hidden_size=HIDDEN,
+        moe_intermediate_size=INTER,
+        reference=reference,
+    )
+    build_vindex(
+        checkpoint,
+        root / "vindex",
+        num_feats=NUM_FEATS,
+        device="cpu",
+        progress=False,
+        card_options=CARD_OPTIONS,
+        larql_router=True,
+    )
     return SmallVindex(root / "vindex", checkpoint, reference)
 
 

@@ -30,7 +30,7 @@ __version__ = "0.1.0"
 
 # Heavy modules (torch, datasets) load on first use, so `vindex-hub --help` stays instant.
 _LAZY = {
-    "build_vindex": "vindex_hub.build",
+    "build_vindex": "vindex_hub.builder",
     "push_vindex": "vindex_hub.push",
     "Vindex": "vindex_hub.load",
     "pull_vindex": "vindex_hub.pull",

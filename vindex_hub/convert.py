@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import UsageError
 from .format.card_data import CardOptions
@@ -30,10 +31,17 @@ from .writers.browse import BrowseOptions
 from .writers.derived import rewrite_mirror, write_derived_files
 
 
-def convert_vindex(folder: str | Path, *, config: Mapping[str, Any] | None = None,
-                   card_options: CardOptions | None = None, source: str | os.PathLike[str] | None = None,
-                   revision: str | None = None, browse: BrowseOptions | None = None,
-                   device: str = "auto", token: str | None = None) -> list[str]:
+def convert_vindex(
+    folder: str | Path,
+    *,
+    config: Mapping[str, Any] | None = None,
+    card_options: CardOptions | None = None,
+    source: str | os.PathLike[str] | None = None,
+    revision: str | None = None,
+    browse: BrowseOptions | None = None,
+    device: str = "auto",
+    token: str | None = None,
+) -> list[str]:
     """Write the derived files of ``folder``; return the paths written, relative to it.
 
     ``config`` is the model's ``config.json`` when at hand (LarQL's vocab_size...); ``source`` (a
@@ -45,23 +53,34 @@ def convert_vindex(folder: str | Path, *, config: Mapping[str, Any] | None = Non
         if source is None:
             if not upgraded and (folder / CARD_FILE).is_file():
                 return rewrite_mirror(folder, index, card_options)
-            return write_derived_files(folder, index, model_config=config, card_options=card_options).paths
+            return write_derived_files(
+                folder, index, model_config=config, card_options=card_options
+            ).paths
     elif source is None:
-        raise UsageError("--feature-tokens / --larql-browse on convert need the source checkpoint (--source)")
+        raise UsageError(
+            "--feature-tokens / --larql-browse on convert need the source checkpoint (--source)"
+        )
     from .arch import get_architecture
-    from .build.browse import read_browse_inputs
-    from .build.plan import open_source
+    from .builder.browse import read_browse_inputs
+    from .builder.plan import open_source
     from .numerics.svd import resolve_device
 
     src = open_source(source, revision=revision, token=token)
     try:
         inputs = None
         if browse is not None and browse.wanted:
-            arch = get_architecture(src.config, tensor_names=src.tensor_names(),
-                                    where=f"{src.describe()}/config.json")
+            arch = get_architecture(
+                src.config, tensor_names=src.tensor_names(), where=f"{src.describe()}/config.json"
+            )
             inputs = read_browse_inputs(src, arch)
             browse = dataclasses.replace(browse, device=resolve_device(device))
-        return write_derived_files(folder, index, model_config=config or src.config, card_options=card_options,
-                                   browse=browse, browse_inputs=inputs).paths
+        return write_derived_files(
+            folder,
+            index,
+            model_config=config or src.config,
+            card_options=card_options,
+            browse=browse,
+            browse_inputs=inputs,
+        ).paths
     finally:
         src.close()

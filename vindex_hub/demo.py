@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .format import filenames, mirror
 from .errors import VindexError
+from .format import filenames, mirror
 
 DEMO_REPO_ID = "demo/tiny-deepseek-v4-vindex"
 # The local server accepts any token; writes need one. Not a secret, and still never printed.
@@ -74,41 +74,48 @@ class DemoSummary:
         t = self.timings
         ratio = self.lazy_bytes_fetched / self.lazy_layer_bytes
         where = f"dataset repo {self.repo_id} on the local Hub at {self.hub_url}"
-        pushed = (f"{self.pushed_files} files, {format_size(self.pushed_bytes)} in one commit to {where}"
-                  if self.pushed_files else f"nothing sent: {where} already holds this vindex")
+        pushed = (
+            f"{self.pushed_files} files, {format_size(self.pushed_bytes)} in one commit to {where}"
+            if self.pushed_files
+            else f"nothing sent: {where} already holds this vindex"
+        )
         cached = "" if self.lazy_bytes_fetched else ", cached by an earlier run"
-        return "\n".join([
-            "vindex-hub demo: build -> verify -> push -> load, on a DeepSeek-V4-format model made on the spot",
-            f"  checkpoint     {len(self.layers)} layers x {self.num_experts} FP4 experts, hidden {self.hidden_size}: "
-            f"{format_size(self.checkpoint_bytes)}",
-            f"  build          {len(self.layers)} layers x {self.num_experts} experts x {self.num_feats} feats x "
-            f"{self.hidden_size} hidden: gate_vectors.bin {format_size(self.binary_bytes)}, folder "
-            f"{format_size(self.folder_bytes)} ({t['build']:.1f} s)",
-            f"  verify         binary, sidecar, mirror and card agree ({t['verify']:.1f} s)",
-            f"  push           {pushed} ({t['push']:.1f} s)",
-            f"  Vindex.open    lazy layer({self.lazy_layer}): equals gate_vectors.bin; fetched "
-            f"{self.lazy_bytes_fetched:,} B for a {self.lazy_layer_bytes:,} B layer ({ratio:.2f}x{cached}) "
-            f"({t['lazy']:.1f} s)",
-            f"  load_dataset   (repo, \"{self.lazy_config}\", split=\"{mirror.SPLIT}\"): equals "
-            f"gate_vectors.bin layer {self.lazy_layer} ({t['load_dataset']:.1f} s)",
-            f"  snapshot       snapshot_download: {self.snapshot_files} files, byte-identical to the folder "
-            f"({t['snapshot']:.1f} s)",
-            f"  files          {'kept in ' + str(self.workdir) if self.kept else 'removed (use --keep to keep them)'}",
-        ])
+        return "\n".join(
+            [
+                "vindex-hub demo: build -> verify -> push -> load, on a DeepSeek-V4-format model made on the spot",
+                f"  checkpoint     {len(self.layers)} layers x {self.num_experts} FP4 experts, hidden {self.hidden_size}: "
+                f"{format_size(self.checkpoint_bytes)}",
+                f"  build          {len(self.layers)} layers x {self.num_experts} experts x {self.num_feats} feats x "
+                f"{self.hidden_size} hidden: gate_vectors.bin {format_size(self.binary_bytes)}, folder "
+                f"{format_size(self.folder_bytes)} ({t['build']:.1f} s)",
+                f"  verify         binary, sidecar, mirror and card agree ({t['verify']:.1f} s)",
+                f"  push           {pushed} ({t['push']:.1f} s)",
+                f"  Vindex.open    lazy layer({self.lazy_layer}): equals gate_vectors.bin; fetched "
+                f"{self.lazy_bytes_fetched:,} B for a {self.lazy_layer_bytes:,} B layer ({ratio:.2f}x{cached}) "
+                f"({t['lazy']:.1f} s)",
+                f'  load_dataset   (repo, "{self.lazy_config}", split="{mirror.SPLIT}"): equals '
+                f"gate_vectors.bin layer {self.lazy_layer} ({t['load_dataset']:.1f} s)",
+                f"  snapshot       snapshot_download: {self.snapshot_files} files, byte-identical to the folder "
+                f"({t['snapshot']:.1f} s)",
+                f"  files          {'kept in ' + str(self.workdir) if self.kept else 'removed (use --keep to keep them)'}",
+            ]
+        )
 
 
-def run_demo(workdir: str | os.PathLike[str] | None = None, keep: bool = False, *, show: bool = True) -> DemoSummary:
+def run_demo(
+    workdir: str | os.PathLike[str] | None = None, keep: bool = False, *, show: bool = True
+) -> DemoSummary:
     """Run the demo, print its summary (unless ``show`` is false: the CLI renders it) and return it.
 
     Without ``workdir`` everything goes to a temporary folder, removed at the end unless ``keep``;
     a ``workdir`` you name is always kept (a second run there reuses the build and finds the
     repo up to date).
     """
-    from .build import build_vindex
+    from .builder import build_vindex
+    from .format.card_data import CardOptions
     from .hubserver import LocalHub
     from .testing.synth import make_deepseek_v4_checkpoint
     from .verify import verify_vindex
-    from .format.card_data import CardOptions
 
     own = workdir is None
     work = Path(tempfile.mkdtemp(prefix="vindex-hub-demo-")) if own else Path(workdir)
@@ -118,8 +125,14 @@ def run_demo(workdir: str | os.PathLike[str] | None = None, keep: bool = False, 
     try:
         start = time.monotonic()
         checkpoint = make_deepseek_v4_checkpoint(work / "checkpoint", **MODEL_DIMS)
-        build = build_vindex(checkpoint, work / "vindex", num_feats=NUM_FEATS, device="cpu", progress=False,
-                             card_options=CardOptions(repo_id=DEMO_REPO_ID, author="vindex-hub demo"))
+        build = build_vindex(
+            checkpoint,
+            work / "vindex",
+            num_feats=NUM_FEATS,
+            device="cpu",
+            progress=False,
+            card_options=CardOptions(repo_id=DEMO_REPO_ID, author="vindex-hub demo"),
+        )
         timings["build"] = time.monotonic() - start
 
         start = time.monotonic()
@@ -131,15 +144,25 @@ def run_demo(workdir: str | os.PathLike[str] | None = None, keep: bool = False, 
         timings.update(client["timings"])
         index = build.index
         summary = DemoSummary(
-            workdir=work, kept=kept, hub_url=client["hub_url"], repo_id=DEMO_REPO_ID,
-            layers=index.layer_ids, num_experts=index.num_experts, num_feats=index.num_feats,
-            hidden_size=index.hidden_size, checkpoint_bytes=_tree_bytes(checkpoint),
-            binary_bytes=(build.out / filenames.GATE_VECTORS_BIN).stat().st_size, folder_bytes=_tree_bytes(build.out),
-            pushed_files=client["pushed_files"], pushed_bytes=client["pushed_bytes"],
-            commit_url=client["commit_url"], lazy_layer=LAZY_LAYER,
+            workdir=work,
+            kept=kept,
+            hub_url=client["hub_url"],
+            repo_id=DEMO_REPO_ID,
+            layers=index.layer_ids,
+            num_experts=index.num_experts,
+            num_feats=index.num_feats,
+            hidden_size=index.hidden_size,
+            checkpoint_bytes=_tree_bytes(checkpoint),
+            binary_bytes=(build.out / filenames.GATE_VECTORS_BIN).stat().st_size,
+            folder_bytes=_tree_bytes(build.out),
+            pushed_files=client["pushed_files"],
+            pushed_bytes=client["pushed_bytes"],
+            commit_url=client["commit_url"],
+            lazy_layer=LAZY_LAYER,
             lazy_config=mirror.layer_config(LAZY_LAYER, index.model_config.num_hidden_layers),
             lazy_layer_bytes=index.layer_nbytes,
-            lazy_bytes_fetched=client["lazy_bytes_fetched"], snapshot_files=client["snapshot_files"],
+            lazy_bytes_fetched=client["lazy_bytes_fetched"],
+            snapshot_files=client["snapshot_files"],
             timings=timings,
         )
     finally:
@@ -154,20 +177,28 @@ def _run_client(hub_url: str, work: Path, folder: Path) -> dict[str, Any]:
     """Run the Hub client steps in a child process pointed at ``hub_url`` (see the module doc)."""
     from .hubserver import client_environment
 
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    }
     env.update(client_environment(hub_url, work / "hf-home", token=DEMO_TOKEN))
     cmd = [sys.executable, "-m", "vindex_hub.demo", str(folder), DEMO_REPO_ID, str(LAZY_LAYER)]
     try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S)
+        proc = subprocess.run(
+            cmd, env=env, capture_output=True, text=True, timeout=CLIENT_TIMEOUT_S
+        )
     except subprocess.TimeoutExpired:
-        raise VindexError(f"demo: the Hub client steps against {hub_url} took over {CLIENT_TIMEOUT_S} s") from None
+        raise VindexError(
+            f"demo: the Hub client steps against {hub_url} took over {CLIENT_TIMEOUT_S} s"
+        ) from None
     if proc.returncode != 0:
         tail = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:] or ["(no message)"]
         raise VindexError(f"demo: the Hub client steps against {hub_url} failed: {tail[0]}")
     try:
         result = json.loads(proc.stdout.strip().splitlines()[-1])
     except (IndexError, json.JSONDecodeError):
-        raise VindexError(f"demo: the Hub client steps against {hub_url} printed no summary") from None
+        raise VindexError(
+            f"demo: the Hub client steps against {hub_url} printed no summary"
+        ) from None
     result["hub_url"] = hub_url
     return result
 
@@ -188,11 +219,13 @@ def client_steps(folder: Path, repo_id: str, layer: int) -> dict[str, Any]:
 
     from .checksums import sha256_file
     from .errors import IntegrityError
-    from .push import publishable_files, push_vindex
     from .load import Vindex
     from .load.readers import gate_vectors_from_table
+    from .push import publishable_files, push_vindex
 
-    datasets.config.USE_PARQUET_EXPORT = False  # else load_dataset asks datasets-server.<host> (off-machine)
+    datasets.config.USE_PARQUET_EXPORT = (
+        False  # else load_dataset asks datasets-server.<host> (off-machine)
+    )
     with Vindex.open(folder) as local:
         index, want = local.index, local.layer(layer)  # a memory-mapped view: it outlives close()
     timings: dict[str, float] = {}
@@ -206,19 +239,26 @@ def client_steps(folder: Path, repo_id: str, layer: int) -> dict[str, Any]:
     with Vindex.open(repo_id) as vx:
         got = vx.layer(layer)
         if not np.array_equal(got, want):
-            raise IntegrityError(f"demo: Vindex.open({repo_id!r}).layer({layer}) differs from "
-                                 f"{filenames.GATE_VECTORS_BIN}")
+            raise IntegrityError(
+                f"demo: Vindex.open({repo_id!r}).layer({layer}) differs from "
+                f"{filenames.GATE_VECTORS_BIN}"
+            )
     timings["lazy"] = time.monotonic() - start
     stats = _admin(constants.ENDPOINT, "GET", "/_local_hub/stats")
-    fetched = sum(f["bytes_sent"] for f in stats["files"]
-                  if f["repo_id"] == repo_id and f["path"] == filenames.GATE_VECTORS_BIN)
+    fetched = sum(
+        f["bytes_sent"]
+        for f in stats["files"]
+        if f["repo_id"] == repo_id and f["path"] == filenames.GATE_VECTORS_BIN
+    )
 
     start = time.monotonic()
     config = mirror.layer_config(layer, index.model_config.num_hidden_layers)
     ds = datasets.load_dataset(repo_id, config, split=mirror.SPLIT)
     block = gate_vectors_from_table(ds.data.table, want.shape, where=f"{repo_id} config {config}")
     if not np.array_equal(block, want):
-        raise IntegrityError(f"demo: load_dataset({repo_id!r}, {config!r}) differs from {filenames.GATE_VECTORS_BIN}")
+        raise IntegrityError(
+            f"demo: load_dataset({repo_id!r}, {config!r}) differs from {filenames.GATE_VECTORS_BIN}"
+        )
     timings["load_dataset"] = time.monotonic() - start
 
     start = time.monotonic()
@@ -226,7 +266,9 @@ def client_steps(folder: Path, repo_id: str, layer: int) -> dict[str, Any]:
     files = publishable_files(folder)
     for f in files:
         if sha256_file(snapshot / f.path) != sha256_file(folder / f.path):
-            raise IntegrityError(f"demo: {f.path} from snapshot_download differs from {folder / f.path}")
+            raise IntegrityError(
+                f"demo: {f.path} from snapshot_download differs from {folder / f.path}"
+            )
     timings["snapshot"] = time.monotonic() - start
 
     return {
@@ -243,7 +285,9 @@ def _admin(endpoint: str, method: str, path: str) -> dict[str, Any]:
     """Call the local Hub's admin API (stats, reset); see ``vindex_hub.hubserver``."""
     import urllib.request
 
-    req = urllib.request.Request(endpoint + path, method=method, data=b"" if method == "POST" else None)
+    req = urllib.request.Request(
+        endpoint + path, method=method, data=b"" if method == "POST" else None
+    )
     with urllib.request.urlopen(req, timeout=30) as resp:
         return json.loads(resp.read() or b"{}")
 

@@ -7,8 +7,9 @@ import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import VindexError, VindexFormatError
 
@@ -51,8 +52,9 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
-def read_json_object(path: str | os.PathLike[str], *, what: str,
-                     error: type[VindexError] = VindexFormatError) -> dict[str, Any]:
+def read_json_object(
+    path: str | os.PathLike[str], *, what: str, error: type[VindexError] = VindexFormatError
+) -> dict[str, Any]:
     """The JSON object in the file at ``path``; ``error`` (default ``VindexFormatError``) naming the
     path and ``what`` the file is (``"sidecar"``, ``"checkpoint config"``) when it is missing,
     unreadable, not JSON or not an object."""

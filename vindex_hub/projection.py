@@ -34,8 +34,11 @@ class FeatureActivations:
     def energy_fraction(self) -> torch.Tensor:
         """``energy / ||h||^2`` per (token, expert); 0 for an all-zero hidden state."""
         denom = self.hidden_energy.unsqueeze(-1)
-        return torch.where(denom > 0, self.energy / denom.clamp_min(torch.finfo(denom.dtype).tiny),
-                           torch.zeros_like(self.energy))
+        return torch.where(
+            denom > 0,
+            self.energy / denom.clamp_min(torch.finfo(denom.dtype).tiny),
+            torch.zeros_like(self.energy),
+        )
 
 
 def project(
@@ -51,7 +54,11 @@ def project(
     float32 vectors; pass float64 tensors for a float64 result). ``keep_activations=False``
     keeps only the energies, so memory stays ``O(tokens * E)``.
     """
-    if hidden_states.ndim != 2 or gate_vectors.ndim != 3 or hidden_states.shape[1] != gate_vectors.shape[2]:
+    if (
+        hidden_states.ndim != 2
+        or gate_vectors.ndim != 3
+        or hidden_states.shape[1] != gate_vectors.shape[2]
+    ):
         raise UsageError(
             f"project: hidden_states {tuple(hidden_states.shape)} and gate_vectors {tuple(gate_vectors.shape)} "
             "must be (tokens, H) and (E, K, H)"
@@ -63,14 +70,18 @@ def project(
     num_experts, num_feats, hidden = gate_vectors.shape
     tokens = hidden_states.shape[0]
     basis = gate_vectors.to(dtype).reshape(num_experts * num_feats, hidden).T  # (H, E*K)
-    activations = torch.empty(tokens, num_experts, num_feats, dtype=dtype, device=device) if keep_activations else None
+    activations = (
+        torch.empty(tokens, num_experts, num_feats, dtype=dtype, device=device)
+        if keep_activations
+        else None
+    )
     energy = torch.empty(tokens, num_experts, dtype=dtype, device=device)
     hidden_energy = torch.empty(tokens, dtype=dtype, device=device)
     for lo in range(0, tokens, token_batch):
-        h = hidden_states[lo:lo + token_batch].to(device=device, dtype=dtype)
+        h = hidden_states[lo : lo + token_batch].to(device=device, dtype=dtype)
         a = (h @ basis).reshape(-1, num_experts, num_feats)
-        energy[lo:lo + token_batch] = a.square().sum(-1)
-        hidden_energy[lo:lo + token_batch] = h.square().sum(-1)
+        energy[lo : lo + token_batch] = a.square().sum(-1)
+        hidden_energy[lo : lo + token_batch] = h.square().sum(-1)
         if activations is not None:
-            activations[lo:lo + token_batch] = a
+            activations[lo : lo + token_batch] = a
     return FeatureActivations(activations, energy, hidden_energy)

@@ -13,7 +13,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from .errors import IntegrityError, OutputConflictError, RemoteNotFoundError, UsageError, VindexFormatError
+from .errors import (
+    IntegrityError,
+    OutputConflictError,
+    RemoteNotFoundError,
+    UsageError,
+    VindexFormatError,
+)
 from .format import filenames, mirror, pull_marker, selection, sidecar
 from .format.card_data import CardOptions
 from .format.pull_marker import FORMATS, Format
@@ -30,7 +36,9 @@ from .writers.phases import restrict_to_layers as restrict_document
 DEFAULT_FORMAT: Format = pull_marker.BINARY
 # Never taken from a repo: hidden paths (our markers, .gitattributes) and unfinished files.
 BOOKKEEPING_PATTERNS = [".*", "*/.*", *(f"*{suffix}" for suffix in filenames.UNFINISHED_SUFFIXES)]
-CLIENT_CACHE_DIR = ".cache/huggingface"  # where snapshot_download(local_dir=...) keeps its own records
+CLIENT_CACHE_DIR = (
+    ".cache/huggingface"  # where snapshot_download(local_dir=...) keeps its own records
+)
 
 
 def pull(
@@ -72,27 +80,50 @@ def pull(
     out = Path(out_dir) if out_dir is not None else Path(ref.repo_id.split("/")[-1])
     earlier_pull = _check_out_dir(out, ref)
     cache_dir = str(cache_dir) if cache_dir is not None else None
-    with Vindex.open(ref.repo_id, ref.revision, ref.repo_type, mode="lazy", cache_dir=cache_dir, token=token) as vx:
-        selected = selection.parse_layers(layers, vx.index.model_config.num_hidden_layers) if layers is not None else vx.layers
+    with Vindex.open(
+        ref.repo_id, ref.revision, ref.repo_type, mode="lazy", cache_dir=cache_dir, token=token
+    ) as vx:
+        selected = (
+            selection.parse_layers(layers, vx.index.model_config.num_hidden_layers)
+            if layers is not None
+            else vx.layers
+        )
         missing = [layer for layer in selected if layer not in vx.index.layers]
         if missing:
-            raise UsageError(f"layers {missing} are not in {vx.location} (it holds layers {selection.layer_span(vx.layers)})")
+            raise UsageError(
+                f"layers {missing} are not in {vx.location} (it holds layers {selection.layer_span(vx.layers)})"
+            )
         if earlier_pull:
             _remove_vindex_files(out)
         out.mkdir(parents=True, exist_ok=True)
-        pull_marker.write_pull_marker(out, repo_id=ref.repo_id, repo_type=ref.repo_type, commit=vx.commit,
-                                      format=format, layers=selected)
+        pull_marker.write_pull_marker(
+            out,
+            repo_id=ref.repo_id,
+            repo_type=ref.repo_type,
+            commit=vx.commit,
+            format=format,
+            layers=selected,
+        )
         pinned = ref.at(vx.commit)
         if format == pull_marker.ARROW:
             sources = layer_sources(vx._files, vx.index)  # the card says where (either layout)
             patterns = [sources[layer].path for layer in selected]
-            patterns += [*mirror.STATS_PARQUETS, filenames.CARD_FILE,
-                         filenames.SIDECAR_JSON, filenames.PHASE1_JSON, filenames.PHASE2_JSON]
+            patterns += [
+                *mirror.STATS_PARQUETS,
+                filenames.CARD_FILE,
+                filenames.SIDECAR_JSON,
+                filenames.PHASE1_JSON,
+                filenames.PHASE2_JSON,
+            ]
             _snapshot_to(pinned, out, allow=patterns, cache_dir=cache_dir, token=token)
             return out
         if layers is None:
-            _snapshot_to(pinned, out, ignore=[filenames.SIDECAR_JSON], cache_dir=cache_dir, token=token)
-            _snapshot_to(pinned, out, allow=[filenames.SIDECAR_JSON], cache_dir=cache_dir, token=token)  # last
+            _snapshot_to(
+                pinned, out, ignore=[filenames.SIDECAR_JSON], cache_dir=cache_dir, token=token
+            )
+            _snapshot_to(
+                pinned, out, allow=[filenames.SIDECAR_JSON], cache_dir=cache_dir, token=token
+            )  # last
         else:
             _write_subset(vx, selected, out)
     _verify_pulled(out)
@@ -109,17 +140,22 @@ def _check_out_dir(out: Path, ref: RepoRef) -> bool:
     if not any(out.iterdir()):
         return False
     marker = pull_marker.read_pull_marker(out)
-    if (marker.get(pull_marker.REPO_ID), marker.get(pull_marker.REPO_TYPE)) == (ref.repo_id, ref.repo_type):
+    if (marker.get(pull_marker.REPO_ID), marker.get(pull_marker.REPO_TYPE)) == (
+        ref.repo_id,
+        ref.repo_type,
+    ):
         return True
-    raise OutputConflictError(f"{out}: not empty and not an earlier pull of {ref.repo_type} repo {ref.repo_id}; "
-                              "choose another -o (or empty it)")
+    raise OutputConflictError(
+        f"{out}: not empty and not an earlier pull of {ref.repo_type} repo {ref.repo_id}; "
+        "choose another -o (or empty it)"
+    )
 
 
 def _remove_vindex_files(out: Path) -> None:
     """Empty an earlier pull: the sidecar first (so the folder never looks complete), then every
     other file the vindex owns; the user's own files and hidden files stay."""
     (out / filenames.SIDECAR_JSON).unlink(missing_ok=True)
-    for dirpath, dirnames, names in os.walk(out, topdown=False):
+    for dirpath, _dirnames, names in os.walk(out, topdown=False):
         for name in names:
             path = Path(dirpath) / name
             if filenames.is_vindex_path(path.relative_to(out).as_posix()):
@@ -128,14 +164,27 @@ def _remove_vindex_files(out: Path) -> None:
             Path(dirpath).rmdir()
 
 
-def _snapshot_to(ref: RepoRef, out: Path, *, allow: list[str] | None = None, ignore: list[str] | None = None,
-                 cache_dir, token) -> Path:
+def _snapshot_to(
+    ref: RepoRef,
+    out: Path,
+    *,
+    allow: list[str] | None = None,
+    ignore: list[str] | None = None,
+    cache_dir,
+    token,
+) -> Path:
     """Download into ``out``, never taking our bookkeeping names (a repo's own ``.vindex-pull.json``),
     ``.gitattributes``, anything else hidden, or a name with a ``..`` part (the patterns match
     those too) from the repo; the client's ``.cache/huggingface``
     record of the download is removed afterwards."""
-    path = download_snapshot(ref, allow=allow, ignore=[*(ignore or []), *BOOKKEEPING_PATTERNS], local_dir=out,
-                             cache_dir=cache_dir, token=token)
+    path = download_snapshot(
+        ref,
+        allow=allow,
+        ignore=[*(ignore or []), *BOOKKEEPING_PATTERNS],
+        local_dir=out,
+        cache_dir=cache_dir,
+        token=token,
+    )
     shutil.rmtree(out / CLIENT_CACHE_DIR, ignore_errors=True)
     with contextlib.suppress(OSError):  # its parent too, unless the user keeps something there
         (out / CLIENT_CACHE_DIR).parent.rmdir()
@@ -150,18 +199,27 @@ def _verify_pulled(out: Path) -> None:
     report = verify_vindex(out)
     if not report.ok:
         (out / filenames.SIDECAR_JSON).unlink(missing_ok=True)
-        raise IntegrityError(f"{out}: the pulled vindex fails verification, its sidecar was removed: "
-                             + "; ".join(report.problems))
+        raise IntegrityError(
+            f"{out}: the pulled vindex fails verification, its sidecar was removed: "
+            + "; ".join(report.problems)
+        )
 
 
 def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
     """A vindex of ``selected`` layers: binary re-offset from 0, then the one write sequence with the
     source's statistics of those layers carried over (the sidecar last)."""
     src = vx.index
-    license = getattr(vx.card_data, "license", None)  # the source card's license; read first: a bad card stops here
+    license = getattr(
+        vx.card_data, "license", None
+    )  # the source card's license; read first: a bad card stops here
     tmp = out / filenames.BUILD_STATE_DIR / filenames.PARTIAL_BIN
-    writer = GateVectorsWriter(tmp, num_layers=len(selected), num_experts=src.num_experts,
-                               num_feats=src.num_feats, hidden_size=src.hidden_size)
+    writer = GateVectorsWriter(
+        tmp,
+        num_layers=len(selected),
+        num_experts=src.num_experts,
+        num_feats=src.num_feats,
+        hidden_size=src.hidden_size,
+    )
     layers: dict[int, sidecar.LayerEntry] = {}
     try:
         for slot, layer in enumerate(selected):
@@ -169,8 +227,13 @@ def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
             e = src.layer(layer)
             layers[layer] = sidecar.LayerEntry(
                 file_offset=src.layer_offset(slot),
-                shape=list(e.shape), nbytes=e.nbytes, sha256=sha,
-                median_var=e.median_var, q25_var=e.q25_var, q75_var=e.q75_var)
+                shape=list(e.shape),
+                nbytes=e.nbytes,
+                sha256=sha,
+                median_var=e.median_var,
+                q25_var=e.q25_var,
+                q75_var=e.q75_var,
+            )
         writer.finish(out / filenames.GATE_VECTORS_BIN)
     finally:
         writer.close()
@@ -182,10 +245,20 @@ def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
         except (VindexFormatError, RemoteNotFoundError):
             documents.append(None)  # an optional file the repo does not have
     tables = {rel: restrict_table(table, selected) for rel, table in _stats_tables(vx).items()}
-    index = sidecar.VindexIndex(num_feats=src.num_feats, model_config=src.model_config, source=src.source,
-                                builder=src.builder, layers=layers, format_version=src.format_version)
-    write_derived_files(out, index, carried=CarriedStats(*documents, tables=tables),
-                        card_options=CardOptions(license=license) if isinstance(license, str) else CardOptions())
+    index = sidecar.VindexIndex(
+        num_feats=src.num_feats,
+        model_config=src.model_config,
+        source=src.source,
+        builder=src.builder,
+        layers=layers,
+        format_version=src.format_version,
+    )
+    write_derived_files(
+        out,
+        index,
+        carried=CarriedStats(*documents, tables=tables),
+        card_options=CardOptions(license=license) if isinstance(license, str) else CardOptions(),
+    )
 
 
 def _stats_tables(vx: Vindex) -> dict[str, Any]:

@@ -38,16 +38,22 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Iterator
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 # Importing hub.http below loads huggingface_hub (its hf_api, errors, utils) anyway: these add nothing.
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
 from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
-from huggingface_hub.utils import (HFValidationError, are_progress_bars_disabled, disable_progress_bars,
-                                   enable_progress_bars, validate_repo_id)
+from huggingface_hub.utils import (
+    HFValidationError,
+    are_progress_bars_disabled,
+    disable_progress_bars,
+    enable_progress_bars,
+    validate_repo_id,
+)
 from huggingface_hub.utils import tqdm as hf_tqdm
 from huggingface_hub.utils.sha import git_hash
 
@@ -105,28 +111,44 @@ class PushResult:
 
     def to_json(self) -> dict[str, Any]:
         data = {k: v for k, v in self.__dict__.items() if k not in ("uploaded", "unchanged")}
-        return {**data, "folder": str(self.folder),
-                "uploaded": [f.__dict__ for f in self.uploaded], "unchanged": [f.__dict__ for f in self.unchanged]}
+        return {
+            **data,
+            "folder": str(self.folder),
+            "uploaded": [f.__dict__ for f in self.uploaded],
+            "unchanged": [f.__dict__ for f in self.unchanged],
+        }
 
     def render(self) -> str:
         """The CLI's report: a summary line, the commit / PR URL, per-file lines for a dry run."""
         target = f"{self.repo_type} repo {self.repo_id}@{self.revision}"
-        counts = (f"{len(self.uploaded)} file(s), {format_size(self.uploaded_bytes)}; "
-                  f"{len(self.unchanged)} unchanged ({format_size(self.unchanged_bytes)}); "
-                  f"{len(self.deleted)} stale file(s) deleted")
-        creations = [what for what, done in (("repo", self.created_repo), (f"branch {self.revision}",
-                                                                            self.created_branch)) if done]
+        counts = (
+            f"{len(self.uploaded)} file(s), {format_size(self.uploaded_bytes)}; "
+            f"{len(self.unchanged)} unchanged ({format_size(self.unchanged_bytes)}); "
+            f"{len(self.deleted)} stale file(s) deleted"
+        )
+        creations = [
+            what
+            for what, done in (
+                ("repo", self.created_repo),
+                (f"branch {self.revision}", self.created_branch),
+            )
+            if done
+        ]
         lines: list[str] = []
         if self.dry_run:
-            lines.append(f"dry run: would push to {target}: {counts.replace('deleted', 'to delete')}")
+            lines.append(
+                f"dry run: would push to {target}: {counts.replace('deleted', 'to delete')}"
+            )
             if creations:
                 lines.append(f"would create: {', '.join(creations)}")
             lines += [f"  upload     {f.path}  ({format_size(f.size)})" for f in self.uploaded]
             lines += [f"  unchanged  {f.path}" for f in self.unchanged]
             lines += [f"  delete     {p}" for p in self.deleted]
         elif not self.changed:
-            lines.append(f"{target} is up to date: {len(self.unchanged)} file(s) unchanged "
-                         f"({format_size(self.unchanged_bytes)}); no commit made")
+            lines.append(
+                f"{target} is up to date: {len(self.unchanged)} file(s) unchanged "
+                f"({format_size(self.unchanged_bytes)}); no commit made"
+            )
         else:
             kind = "pull request" if self.pr_url else "commit"
             lines.append(f"pushed to {target} in one {kind}: {counts}")
@@ -167,8 +189,9 @@ def push_vindex(
     ref = RepoRef(repo_id, repo_type, branch)
     api = HfApi(token=token)
     with _hub_errors(ref, secret=token or get_token()), _progress_bars(progress):
-        result = PushResult(folder, repo_id, repo_type, branch, repo_url=ref.repo_url(api.endpoint),
-                            dry_run=dry_run)
+        result = PushResult(
+            folder, repo_id, repo_type, branch, repo_url=ref.repo_url(api.endpoint), dry_run=dry_run
+        )
         info = with_retries(lambda: _existing_repo(api, ref), url=result.repo_url)
         exists = info is not None
         if not exists and branch != DEFAULT_BRANCH:
@@ -176,13 +199,23 @@ def push_vindex(
         if not exists:
             result.created_repo = True
             if not dry_run:
-                result.repo_url = str(with_retries(lambda: api.create_repo(
-                    repo_id, repo_type=repo_type, private=private, exist_ok=True), url=result.repo_url))
+                result.repo_url = str(
+                    with_retries(
+                        lambda: api.create_repo(
+                            repo_id, repo_type=repo_type, private=private, exist_ok=True
+                        ),
+                        url=result.repo_url,
+                    )
+                )
         elif private and not info.private:
-            result.notes.append(f"{repo_id} already exists and is public: private=True applies only to a new repo")
+            result.notes.append(
+                f"{repo_id} already exists and is public: private=True applies only to a new repo"
+            )
         head = None
         if exists or not dry_run:
-            head, result.created_branch = _branch_head(api, ref, create_branch=create_branch, dry_run=dry_run)
+            head, result.created_branch = _branch_head(
+                api, ref, create_branch=create_branch, dry_run=dry_run
+            )
         else:
             result.created_branch = branch != DEFAULT_BRANCH
         remote = _remote_files(api, ref, head) if head is not None else {}
@@ -192,9 +225,22 @@ def push_vindex(
                 result.commit_oid = head
             return result
         summary, description = commit_text(verified.index)
-        commit = _commit(api, ref, folder, result, hashes, head=head, create_pr=create_pr,
-                         summary=commit_message or summary, description=description)
-        result.commit_oid, result.commit_url, result.pr_url = commit.oid, commit.commit_url, commit.pr_url
+        commit = _commit(
+            api,
+            ref,
+            folder,
+            result,
+            hashes,
+            head=head,
+            create_pr=create_pr,
+            summary=commit_message or summary,
+            description=description,
+        )
+        result.commit_oid, result.commit_url, result.pr_url = (
+            commit.oid,
+            commit.commit_url,
+            commit.pr_url,
+        )
     return result
 
 
@@ -222,16 +268,21 @@ def commit_text(index: sidecar.VindexIndex) -> tuple[str, str]:
     src, b = index.source, index.builder
     at = f"@{src.revision[:12]}" if src.revision else ""
     summary = f"Upload vindex of {index.display_name}{at} ({b.name} {b.version})"
-    description = "\n".join([
-        f"source: {index.display_name}" + (f" at revision {src.revision}" if src.revision else ""),
-        f"builder: {b.name} {b.version}, method: {b.method}",
-        f"layers: {selection.layer_span(index.layer_ids)} ({len(index.layers)} x {index.num_experts} experts x "
-        f"{index.num_feats} feats x {index.hidden_size} hidden, {layout.DTYPE})",
-    ])
+    description = "\n".join(
+        [
+            f"source: {index.display_name}"
+            + (f" at revision {src.revision}" if src.revision else ""),
+            f"builder: {b.name} {b.version}, method: {b.method}",
+            f"layers: {selection.layer_span(index.layer_ids)} ({len(index.layers)} x {index.num_experts} experts x "
+            f"{index.num_feats} feats x {index.hidden_size} hidden, {layout.DTYPE})",
+        ]
+    )
     return summary, description
 
 
-def _check_arguments(folder: Path, repo_id: str, repo_type: str, revision: str | None, create_branch: bool) -> None:
+def _check_arguments(
+    folder: Path, repo_id: str, repo_type: str, revision: str | None, create_branch: bool
+) -> None:
     try:
         validate_repo_id(repo_id)
     except HFValidationError as exc:
@@ -246,7 +297,7 @@ def _check_arguments(folder: Path, repo_id: str, repo_type: str, revision: str |
         raise UsageError(f"{folder}: not a folder (expected a built vindex)")
 
 
-def _verified(folder: Path) -> "VerifyReport":
+def _verified(folder: Path) -> VerifyReport:
     """``verify_vindex`` of the folder, raising on any problem; the push reuses what it computed (the
     parsed sidecar, the files' sha256s)."""
     from .verify import verify_vindex
@@ -265,21 +316,39 @@ def _existing_repo(api: HfApi, ref: RepoRef):
         return None
 
 
-def _branch_head(api: HfApi, ref: RepoRef, *, create_branch: bool, dry_run: bool) -> tuple[str, bool]:
+def _branch_head(
+    api: HfApi, ref: RepoRef, *, create_branch: bool, dry_run: bool
+) -> tuple[str, bool]:
     """(head commit of the target branch, whether it is (to be) created from main)."""
-    refs = with_retries(lambda: api.list_repo_refs(ref.repo_id, repo_type=ref.repo_type, include_pull_requests=True),
-                        url=ref.web_url())
+    refs = with_retries(
+        lambda: api.list_repo_refs(
+            ref.repo_id, repo_type=ref.repo_type, include_pull_requests=True
+        ),
+        url=ref.web_url(),
+    )
     heads = {b.name: b.target_commit for b in refs.branches}
-    heads.update({p.ref: p.target_commit for p in refs.pull_requests or []})  # refs/pr/N: push onto a PR
+    heads.update(
+        {p.ref: p.target_commit for p in refs.pull_requests or []}
+    )  # refs/pr/N: push onto a PR
     if ref.revision in heads:
         return heads[ref.revision], False
     _require_create_branch(api, ref, create_branch)
     if DEFAULT_BRANCH not in heads:
-        raise RemoteNotFoundError(f"{ref.repo_type} repo {ref.repo_id} has no {DEFAULT_BRANCH!r} branch "
-                                  f"to create {ref.revision!r} from")
+        raise RemoteNotFoundError(
+            f"{ref.repo_type} repo {ref.repo_id} has no {DEFAULT_BRANCH!r} branch "
+            f"to create {ref.revision!r} from"
+        )
     if not dry_run:
-        with_retries(lambda: api.create_branch(ref.repo_id, branch=ref.revision, revision=heads[DEFAULT_BRANCH],
-                                               repo_type=ref.repo_type, exist_ok=True), url=ref.web_url())
+        with_retries(
+            lambda: api.create_branch(
+                ref.repo_id,
+                branch=ref.revision,
+                revision=heads[DEFAULT_BRANCH],
+                repo_type=ref.repo_type,
+                exist_ok=True,
+            ),
+            url=ref.web_url(),
+        )
     return heads[DEFAULT_BRANCH], True
 
 
@@ -292,13 +361,24 @@ def _require_create_branch(api: HfApi, ref: RepoRef, create_branch: bool) -> Non
 
 
 def _remote_files(api: HfApi, ref: RepoRef, head: str) -> dict[str, RepoFile]:
-    tree = with_retries(lambda: list(api.list_repo_tree(ref.repo_id, recursive=True, revision=head,
-                                                        repo_type=ref.repo_type)), url=ref.at(head).web_url())
+    tree = with_retries(
+        lambda: list(
+            api.list_repo_tree(ref.repo_id, recursive=True, revision=head, repo_type=ref.repo_type)
+        ),
+        url=ref.at(head).web_url(),
+    )
     return {e.path: e for e in tree if isinstance(e, RepoFile)}
 
 
-def _plan(folder: Path, local: list[PushFile], remote: dict[str, RepoFile], result: PushResult,
-          *, known: dict[str, str], progress: bool) -> dict[str, str]:
+def _plan(
+    folder: Path,
+    local: list[PushFile],
+    remote: dict[str, RepoFile],
+    result: PushResult,
+    *,
+    known: dict[str, str],
+    progress: bool,
+) -> dict[str, str]:
     """Sort the folder's files into uploaded / unchanged and find stale remote files.
 
     ``known``: sha256s already computed (by the verification), by path. Returns the sha256 of each
@@ -306,8 +386,13 @@ def _plan(folder: Path, local: list[PushFile], remote: dict[str, RepoFile], resu
     """
     to_hash = [f for f in local if f.path in remote and remote[f.path].size == f.size]
     hashes = {f.path: known[f.path] for f in local if f.path in known}
-    with hf_tqdm(total=sum(f.size for f in to_hash), unit="B", unit_scale=True, desc="Comparing with the Hub",
-                 disable=not progress or not to_hash) as bar:
+    with hf_tqdm(
+        total=sum(f.size for f in to_hash),
+        unit="B",
+        unit_scale=True,
+        desc="Comparing with the Hub",
+        disable=not progress or not to_hash,
+    ) as bar:
         for f in local:
             r = remote.get(f.path)
             if r is None or r.size != f.size:
@@ -323,7 +408,9 @@ def _plan(folder: Path, local: list[PushFile], remote: dict[str, RepoFile], resu
                 bar.update(f.size)
             (result.unchanged if same else result.uploaded).append(f)
     local_paths = {f.path for f in local}
-    result.deleted = sorted(p for p in remote if filenames.is_vindex_path(p) and p not in local_paths)
+    result.deleted = sorted(
+        p for p in remote if filenames.is_vindex_path(p) and p not in local_paths
+    )
     return hashes
 
 
@@ -341,26 +428,49 @@ def _git_blob_sha1(path: Path) -> str:
     return git_hash(path.read_bytes())
 
 
-def _commit(api: HfApi, ref: RepoRef, folder: Path, result: PushResult, hashes: dict[str, str], *,
-            head: str, create_pr: bool, summary: str, description: str):
+def _commit(
+    api: HfApi,
+    ref: RepoRef,
+    folder: Path,
+    result: PushResult,
+    hashes: dict[str, str],
+    *,
+    head: str,
+    create_pr: bool,
+    summary: str,
+    description: str,
+):
     operations: list = []
     for f in result.uploaded:
         op = _CountedAdd(path_in_repo=f.path, path_or_fileobj=str(folder / f.path))
-        if f.path in hashes:  # already hashed (by the verification or the plan): spare the client a pass
+        if (
+            f.path in hashes
+        ):  # already hashed (by the verification or the plan): spare the client a pass
             op.upload_info.sha256 = bytes.fromhex(hashes[f.path])
         operations.append(op)
     operations += [CommitOperationDelete(path_in_repo=p) for p in result.deleted]
     try:
         # A retried commit re-sends only what the server lacks: the LFS batch skips stored objects.
-        return with_retries(lambda: api.create_commit(
-            ref.repo_id, operations, commit_message=summary, commit_description=description,
-            repo_type=ref.repo_type, revision=ref.revision, create_pr=create_pr, parent_commit=head,
-        ), url=f"{api.endpoint}/api/{ref.repo_type}s/{ref.repo_id}/commit/{ref.revision}")
+        return with_retries(
+            lambda: api.create_commit(
+                ref.repo_id,
+                operations,
+                commit_message=summary,
+                commit_description=description,
+                repo_type=ref.repo_type,
+                revision=ref.revision,
+                create_pr=create_pr,
+                parent_commit=head,
+            ),
+            url=f"{api.endpoint}/api/{ref.repo_type}s/{ref.repo_id}/commit/{ref.revision}",
+        )
     except (RuntimeError, ValueError) as exc:
         # The client wraps a failed LFS upload in RuntimeError("Error while uploading '<path>' ...").
         cause = f" ({first_line(exc.__cause__)})" if exc.__cause__ is not None else ""
-        raise HubError(f"{ref}: upload to {api.endpoint} failed: {first_line(exc)}{cause}; nothing was committed, "
-                       "push again to resume (files that arrived are not sent twice)") from None
+        raise HubError(
+            f"{ref}: upload to {api.endpoint} failed: {first_line(exc)}{cause}; nothing was committed, "
+            "push again to resume (files that arrived are not sent twice)"
+        ) from None
 
 
 class _CountedAdd(CommitOperationAdd):
@@ -374,8 +484,10 @@ class _CountedAdd(CommitOperationAdd):
                 yield f
             return
         path = Path(self.path_or_fileobj)
-        with open(path, "rb") as f, hf_tqdm(unit="B", unit_scale=True, total=path.stat().st_size,
-                                            desc=path.name) as bar:
+        with (
+            open(path, "rb") as f,
+            hf_tqdm(unit="B", unit_scale=True, total=path.stat().st_size, desc=path.name) as bar,
+        ):
             read, counted = f.read, [0]
 
             def read_counting_once(size: int | None = -1) -> bytes:

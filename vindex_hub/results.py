@@ -58,11 +58,14 @@ class LayerResult:
             "shared_frobenius_norm": self.shared_frobenius_norm,
         }
         with atomic_path(path) as tmp:
-            save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp),
-                      metadata={"layer_result": json.dumps(meta)})
+            save_file(
+                {k: np.ascontiguousarray(v) for k, v in arrays.items()},
+                str(tmp),
+                metadata={"layer_result": json.dumps(meta)},
+            )
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "LayerResult":
+    def load(cls, path: str | os.PathLike[str]) -> LayerResult:
         from safetensors import safe_open
 
         with safe_open(str(path), framework="numpy") as f:

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-from .format import filenames, layout, mirror, sidecar, statistics
-from .numerics import stats
 from .checksums import iter_chunks, sha256_file
-from .fsutil import read_json_object
 from .errors import IntegrityError, VindexError, VindexFormatError
-from .format import card_data, larql, phases
+from .format import card_data, filenames, larql, layout, mirror, phases, sidecar, statistics
+from .fsutil import read_json_object
+from .numerics import stats
 
 _RTOL = 1e-9  # statistics recomputed from stored float32/float64 values agree far closer than this
 
@@ -33,7 +33,9 @@ class VerifyReport:
     folder: Path
     checks: list[str] = field(default_factory=list)  # what passed
     problems: list[str] = field(default_factory=list)  # what failed, each naming file and layer
-    warnings: list[str] = field(default_factory=list)  # valid, but worth upgrading (an old mirror layout)
+    warnings: list[str] = field(
+        default_factory=list
+    )  # valid, but worth upgrading (an old mirror layout)
     integrity_failed: bool = False  # some bytes disagree with their checksum or their copy
     # What the checks computed, for a caller that needs it next (push): the parsed sidecar (None
     # when it does not parse) and the sha256 of each whole file hashed, by path in the vindex.
@@ -48,14 +50,24 @@ class VerifyReport:
         """Raise ``IntegrityError`` (bytes differ) or ``VindexFormatError`` listing every problem."""
         if self.problems:
             kind = IntegrityError if self.integrity_failed else VindexFormatError
-            raise kind(f"{self.folder}: {len(self.problems)} problem(s): " + "; ".join(self.problems))
+            raise kind(
+                f"{self.folder}: {len(self.problems)} problem(s): " + "; ".join(self.problems)
+            )
 
     def to_json(self) -> dict[str, Any]:
-        return {"folder": str(self.folder), "ok": self.ok, "checks": self.checks, "problems": self.problems}
+        return {
+            "folder": str(self.folder),
+            "ok": self.ok,
+            "checks": self.checks,
+            "problems": self.problems,
+        }
 
     def render(self) -> str:
-        lines = ([f"ok    {c}" for c in self.checks] + [f"WARN  {w}" for w in self.warnings]
-                 + [f"FAIL  {p}" for p in self.problems])
+        lines = (
+            [f"ok    {c}" for c in self.checks]
+            + [f"WARN  {w}" for w in self.warnings]
+            + [f"FAIL  {p}" for p in self.problems]
+        )
         verdict = "vindex OK" if self.ok else f"{len(self.problems)} problem(s)"
         return "\n".join([*lines, f"{self.folder}: {verdict}"])
 
@@ -96,8 +108,13 @@ def verify_vindex(folder: str | Path) -> VerifyReport:
         c.run(filenames.GATE_VECTORS_BIN, lambda: _check_binary_hashes(c, index))
         sources = _layer_files(c, index)
         for layer in index.layer_ids:
-            rel = sources.get(layer) or mirror.gate_vectors_parquet(layer, index.model_config.num_hidden_layers)
-            c.run(f"layer {layer}", lambda layer=layer, rel=rel: _check_gate_vectors_mirror(c, index, layer, rel))
+            rel = sources.get(layer) or mirror.gate_vectors_parquet(
+                layer, index.model_config.num_hidden_layers
+            )
+            c.run(
+                f"layer {layer}",
+                lambda layer=layer, rel=rel: _check_gate_vectors_mirror(c, index, layer, rel),
+            )
     c.run(mirror.EXPERT_STATS_PARQUET, lambda: _check_expert_stats(c, index))
     c.run(mirror.ROUTER_SVD_PARQUET, lambda: _check_router_svd(c, index))
     c.run(filenames.CARD_FILE, lambda: _check_card(c, index))
@@ -112,7 +129,9 @@ def verify_vindex(folder: str | Path) -> VerifyReport:
 def _check_index(c: _Checker) -> sidecar.VindexIndex:
     path = c.folder / filenames.SIDECAR_JSON
     index = sidecar.VindexIndex.loads(path.read_text(encoding="utf-8"), where=str(path))
-    c.passed(f"{filenames.SIDECAR_JSON}: parses (format {index.format_version}, {len(index.layers)} layers)")
+    c.passed(
+        f"{filenames.SIDECAR_JSON}: parses (format {index.format_version}, {len(index.layers)} layers)"
+    )
     return index
 
 
@@ -133,7 +152,9 @@ def _check_binary_hashes(c: _Checker, index: sidecar.VindexIndex) -> None:
             entry = index.layers[layer]
             h = hashlib.sha256()
             try:
-                for chunk in iter_chunks(f, entry.nbytes, where=f"layer {layer}: {filenames.GATE_VECTORS_BIN}"):
+                for chunk in iter_chunks(
+                    f, entry.nbytes, where=f"layer {layer}: {filenames.GATE_VECTORS_BIN}"
+                ):
                     h.update(chunk)
                     whole.update(chunk)
             except EOFError as exc:  # it shrank since the layout check
@@ -141,13 +162,18 @@ def _check_binary_hashes(c: _Checker, index: sidecar.VindexIndex) -> None:
                 return
             if h.hexdigest() != entry.sha256:
                 bad += 1
-                c.problem(f"layer {layer}: {filenames.GATE_VECTORS_BIN} bytes {entry.file_offset}.."
-                          f"{entry.file_offset + entry.nbytes} hash to {h.hexdigest()[:16]}..., "
-                          f"{filenames.SIDECAR_JSON} records {entry.sha256[:16]}...", integrity=True)
+                c.problem(
+                    f"layer {layer}: {filenames.GATE_VECTORS_BIN} bytes {entry.file_offset}.."
+                    f"{entry.file_offset + entry.nbytes} hash to {h.hexdigest()[:16]}..., "
+                    f"{filenames.SIDECAR_JSON} records {entry.sha256[:16]}...",
+                    integrity=True,
+                )
         if not f.read(1):  # read to its end: the hash is the file's
             c.report.sha256[filenames.GATE_VECTORS_BIN] = whole.hexdigest()
     if not bad:
-        c.passed(f"{filenames.GATE_VECTORS_BIN}: sha256 of all {len(index.layers)} layers match the index")
+        c.passed(
+            f"{filenames.GATE_VECTORS_BIN}: sha256 of all {len(index.layers)} layers match the index"
+        )
 
 
 # ---- the mirror ----------------------------------------------------------------------------------
@@ -156,8 +182,10 @@ def _vector_rows(table: Any, width: int, where: str) -> np.ndarray:
 
     column = table.column(mirror.COL_VECTOR).combine_chunks()
     if column.type != pa.list_(pa.float32(), width):
-        raise VindexFormatError(f"{where}: column {mirror.COL_VECTOR} is {column.type}, "
-                                f"expected fixed_size_list<float>[{width}]")
+        raise VindexFormatError(
+            f"{where}: column {mirror.COL_VECTOR} is {column.type}, "
+            f"expected fixed_size_list<float>[{width}]"
+        )
     return column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width)
 
 
@@ -177,7 +205,9 @@ def _layer_files(c: _Checker, index: sidecar.VindexIndex) -> dict[int, str]:
     return {layer: source.path for layer, source in sources.items()}
 
 
-def _check_gate_vectors_mirror(c: _Checker, index: sidecar.VindexIndex, layer: int, rel: str) -> None:
+def _check_gate_vectors_mirror(
+    c: _Checker, index: sidecar.VindexIndex, layer: int, rel: str
+) -> None:
     import pyarrow.parquet as pq
 
     path = c.folder / rel
@@ -186,8 +216,13 @@ def _check_gate_vectors_mirror(c: _Checker, index: sidecar.VindexIndex, layer: i
         return
     entry = index.layers[layer]
     k, h = index.num_feats, index.hidden_size
-    rows = np.memmap(c.folder / filenames.GATE_VECTORS_BIN, dtype=layout.NUMPY_DTYPE, mode="r",
-                     offset=entry.file_offset, shape=(index.num_experts * k, h))
+    rows = np.memmap(
+        c.folder / filenames.GATE_VECTORS_BIN,
+        dtype=layout.NUMPY_DTYPE,
+        mode="r",
+        offset=entry.file_offset,
+        shape=(index.num_experts * k, h),
+    )
     pf = pq.ParquetFile(path)
     start = 0
     for group in range(pf.metadata.num_row_groups):
@@ -197,13 +232,15 @@ def _check_gate_vectors_mirror(c: _Checker, index: sidecar.VindexIndex, layer: i
             c.problem(f"layer {layer}: {rel} has more than the {rows.shape[0]} rows of the layer")
             return
         got = _vector_rows(table, h, f"layer {layer}: {rel}")
-        want = np.asarray(rows[start:start + n])
+        want = np.asarray(rows[start : start + n])
         differ = np.flatnonzero(np.any(got.view(np.uint32) != want.view(np.uint32), axis=1))
         if differ.size:
             r = start + int(differ[0])
-            c.problem(f"layer {layer}: {rel} row {r} (expert {r // k}, feature {r % k}) differs from "
-                      f"{filenames.GATE_VECTORS_BIN} ({differ.size} differing row(s) in row group {group})",
-                      integrity=True)
+            c.problem(
+                f"layer {layer}: {rel} row {r} (expert {r // k}, feature {r % k}) differs from "
+                f"{filenames.GATE_VECTORS_BIN} ({differ.size} differing row(s) in row group {group})",
+                integrity=True,
+            )
             return
         expect = {
             mirror.COL_LAYER: np.full(n, layer),
@@ -212,14 +249,18 @@ def _check_gate_vectors_mirror(c: _Checker, index: sidecar.VindexIndex, layer: i
         }
         for name, values in expect.items():
             if not np.array_equal(table.column(name).to_numpy(), values):
-                c.problem(f"layer {layer}: {rel} column {name} does not number rows {start}..{start + n} "
-                          "as (layer, expert, feature) in order")
+                c.problem(
+                    f"layer {layer}: {rel} column {name} does not number rows {start}..{start + n} "
+                    "as (layer, expert, feature) in order"
+                )
                 return
         start += n
     if start != rows.shape[0]:
         c.problem(f"layer {layer}: {rel} has {start} rows, the layer has {rows.shape[0]}")
         return
-    c.passed(f"layer {layer}: {rel} is bit-identical to {filenames.GATE_VECTORS_BIN} ({start} rows)")
+    c.passed(
+        f"layer {layer}: {rel} is bit-identical to {filenames.GATE_VECTORS_BIN} ({start} rows)"
+    )
 
 
 def _check_expert_stats(c: _Checker, index: sidecar.VindexIndex) -> None:
@@ -233,8 +274,10 @@ def _check_expert_stats(c: _Checker, index: sidecar.VindexIndex) -> None:
     layers = table.column(mirror.COL_LAYER).to_numpy()
     want_layers = np.repeat(index.layer_ids, e)
     if not np.array_equal(layers, want_layers):
-        c.problem(f"{mirror.EXPERT_STATS_PARQUET}: {table.num_rows} rows of layers "
-                  f"{sorted(set(layers.tolist()))}, expected {e} experts of each layer {index.layer_ids}")
+        c.problem(
+            f"{mirror.EXPERT_STATS_PARQUET}: {table.num_rows} rows of layers "
+            f"{sorted(set(layers.tolist()))}, expected {e} experts of each layer {index.layer_ids}"
+        )
         return
     var = table.column(statistics.var_key(k)).to_numpy()
     bad = []
@@ -242,13 +285,19 @@ def _check_expert_stats(c: _Checker, index: sidecar.VindexIndex) -> None:
         summary = stats.summarize(var[layers == layer])
         entry = index.layers[layer]
         recorded = (entry.median_var, entry.q25_var, entry.q75_var)
-        if not np.allclose([summary["median"], summary["q25"], summary["q75"]], recorded, rtol=_RTOL, atol=0):
+        if not np.allclose(
+            [summary["median"], summary["q25"], summary["q75"]], recorded, rtol=_RTOL, atol=0
+        ):
             bad.append(layer)
-            c.problem(f"layer {layer}: {mirror.EXPERT_STATS_PARQUET} {statistics.var_key(k)} gives median/q25/q75 "
-                      f"{summary['median']:.6g}/{summary['q25']:.6g}/{summary['q75']:.6g}, "
-                      f"{filenames.SIDECAR_JSON} records {'/'.join(f'{v:.6g}' for v in recorded)}")
+            c.problem(
+                f"layer {layer}: {mirror.EXPERT_STATS_PARQUET} {statistics.var_key(k)} gives median/q25/q75 "
+                f"{summary['median']:.6g}/{summary['q25']:.6g}/{summary['q75']:.6g}, "
+                f"{filenames.SIDECAR_JSON} records {'/'.join(f'{v:.6g}' for v in recorded)}"
+            )
     if not bad:
-        c.passed(f"{mirror.EXPERT_STATS_PARQUET}: {table.num_rows} rows; var quartiles match the index")
+        c.passed(
+            f"{mirror.EXPERT_STATS_PARQUET}: {table.num_rows} rows; var quartiles match the index"
+        )
 
 
 def _check_router_svd(c: _Checker, index: sidecar.VindexIndex) -> None:
@@ -272,11 +321,15 @@ def _check_router_svd(c: _Checker, index: sidecar.VindexIndex) -> None:
                     continue
                 got = table.column(name)[row].as_py()
                 if not _same_number(got, value):
-                    c.problem(f"layer {layer}: {mirror.ROUTER_SVD_PARQUET} {name} = {got}, "
-                              f"{filenames.PHASE2_JSON} has {value}")
+                    c.problem(
+                        f"layer {layer}: {mirror.ROUTER_SVD_PARQUET} {name} = {got}, "
+                        f"{filenames.PHASE2_JSON} has {value}"
+                    )
                     return
-    c.passed(f"{mirror.ROUTER_SVD_PARQUET}: one row per layer"
-             + (f", figures match {filenames.PHASE2_JSON}" if phase2.exists() else ""))
+    c.passed(
+        f"{mirror.ROUTER_SVD_PARQUET}: one row per layer"
+        + (f", figures match {filenames.PHASE2_JSON}" if phase2.exists() else "")
+    )
 
 
 def _same_number(a: Any, b: Any) -> bool:
@@ -307,13 +360,17 @@ def _check_card(c: _Checker, index: sidecar.VindexIndex) -> None:
     for name, cfg in configs.items():
         for split, rel in mirror.config_paths(cfg):
             try:
-                target = c.folder / filenames.inside_vindex(rel, f"{filenames.CARD_FILE}: config {name!r}")
+                target = c.folder / filenames.inside_vindex(
+                    rel, f"{filenames.CARD_FILE}: config {name!r}"
+                )
             except VindexFormatError as exc:
                 c.problem(str(exc))
                 continue
             if not target.is_file():
-                c.problem(f"{filenames.CARD_FILE}: config {name!r} split {split!r} points at {rel!r}, "
-                          "which does not exist")
+                c.problem(
+                    f"{filenames.CARD_FILE}: config {name!r} split {split!r} points at {rel!r}, "
+                    "which does not exist"
+                )
             else:
                 files.setdefault(name, []).append((split, target))
     infos = data.get(card_data.DATASET_INFO) or []
@@ -321,8 +378,10 @@ def _check_card(c: _Checker, index: sidecar.VindexIndex) -> None:
         if info.get(mirror.CONFIG_NAME_KEY) not in foreign:
             _check_dataset_info(c, info, files.get(info.get(mirror.CONFIG_NAME_KEY), []))
     if len(c.report.problems) == n_problems:
-        c.passed(f"{filenames.CARD_FILE}: mirror layout: {layout_seen}; front matter parses; {len(configs)} configs "
-                 "point at the mirror's files with the declared features and row counts")
+        c.passed(
+            f"{filenames.CARD_FILE}: mirror layout: {layout_seen}; front matter parses; {len(configs)} configs "
+            "point at the mirror's files with the declared features and row counts"
+        )
 
 
 def _check_config_names(c: _Checker, configs: dict[str, Any], layout_seen: str) -> None:
@@ -331,33 +390,57 @@ def _check_config_names(c: _Checker, configs: dict[str, Any], layout_seen: str) 
         splits = sorted({split for split, _ in mirror.config_paths(cfg)})
         bad = [n for n in [name, *splits] if not mirror.NAME_RE.match(n)]
         if bad:
-            c.problem(f"{filenames.CARD_FILE}: config {name!r}: names {bad} are not word characters "
-                      "(the Hub's viewer refuses them)")
+            c.problem(
+                f"{filenames.CARD_FILE}: config {name!r}: names {bad} are not word characters "
+                "(the Hub's viewer refuses them)"
+            )
         if len(splits) > mirror.MAX_SPLITS_PER_CONFIG:
-            what = (f"{filenames.CARD_FILE}: config {name!r} has {len(splits)} splits; the Hub's dataset viewer "
-                    f"refuses more than {mirror.MAX_SPLITS_PER_CONFIG}")
+            what = (
+                f"{filenames.CARD_FILE}: config {name!r} has {len(splits)} splits; the Hub's dataset viewer "
+                f"refuses more than {mirror.MAX_SPLITS_PER_CONFIG}"
+            )
             if layout_seen == mirror.LAYOUT_SPLIT_PER_LAYER and name == mirror.CONFIG_GATE_VECTORS:
-                c.warning(f"{what} (old layout: `vindex-hub convert` upgrades it to a config per layer)")
+                c.warning(
+                    f"{what} (old layout: `vindex-hub convert` upgrades it to a config per layer)"
+                )
             else:
                 c.problem(what)
 
 
-def _check_split_per_layer_configs(c: _Checker, index: sidecar.VindexIndex, configs: dict[str, Any]) -> None:
+def _check_split_per_layer_configs(
+    c: _Checker, index: sidecar.VindexIndex, configs: dict[str, Any]
+) -> None:
     splits = {split for split, _ in mirror.config_paths(configs[mirror.CONFIG_GATE_VECTORS])}
     missing = [layer for layer in index.layer_ids if mirror.old_layout_split(layer) not in splits]
     if missing:
-        c.problem(f"{filenames.CARD_FILE}: config {mirror.CONFIG_GATE_VECTORS!r} lacks the splits of layers {missing}")
-    c.warning(f"{filenames.CARD_FILE}: {mirror.LAYOUT_SPLIT_PER_LAYER}: load_dataset of one split prepares every "
-              "layer; `vindex-hub convert` upgrades it to a config per layer")
+        c.problem(
+            f"{filenames.CARD_FILE}: config {mirror.CONFIG_GATE_VECTORS!r} lacks the splits of layers {missing}"
+        )
+    c.warning(
+        f"{filenames.CARD_FILE}: {mirror.LAYOUT_SPLIT_PER_LAYER}: load_dataset of one split prepares every "
+        "layer; `vindex-hub convert` upgrades it to a config per layer"
+    )
 
 
-def _check_config_per_layer(c: _Checker, index: sidecar.VindexIndex, configs: dict[str, Any]) -> set[str]:
+def _check_config_per_layer(
+    c: _Checker, index: sidecar.VindexIndex, configs: dict[str, Any]
+) -> set[str]:
     """Each config of ours names exactly the mirror's file(s) for it: none missing, none foreign.
     Returns the configs that name foreign files."""
     n = index.model_config.num_hidden_layers
-    layer_files = {mirror.layer_config(layer, n): [mirror.gate_vectors_parquet(layer, n)] for layer in index.layer_ids}
-    expected = {**layer_files, mirror.CONFIG_GATE_VECTORS: [p for paths in layer_files.values() for p in paths],
-                **{name: [rel] for name, rel in mirror.STATS_PARQUET_OF.items() if (c.folder / rel).is_file()}}
+    layer_files = {
+        mirror.layer_config(layer, n): [mirror.gate_vectors_parquet(layer, n)]
+        for layer in index.layer_ids
+    }
+    expected = {
+        **layer_files,
+        mirror.CONFIG_GATE_VECTORS: [p for paths in layer_files.values() for p in paths],
+        **{
+            name: [rel]
+            for name, rel in mirror.STATS_PARQUET_OF.items()
+            if (c.folder / rel).is_file()
+        },
+    }
     for name, want in expected.items():
         if name not in configs:
             c.problem(f"{filenames.CARD_FILE}: no config {name!r} (for {', '.join(want)})")
@@ -365,8 +448,10 @@ def _check_config_per_layer(c: _Checker, index: sidecar.VindexIndex, configs: di
     for name, cfg in configs.items():
         got = [rel for _, rel in mirror.config_paths(cfg)]
         if mirror.layer_of_name(name) is not None and name not in expected:
-            c.problem(f"{filenames.CARD_FILE}: config {name!r} names layer {mirror.layer_of_name(name)}, "
-                      f"which {filenames.SIDECAR_JSON} does not hold (it holds {index.layer_ids})")
+            c.problem(
+                f"{filenames.CARD_FILE}: config {name!r} names layer {mirror.layer_of_name(name)}, "
+                f"which {filenames.SIDECAR_JSON} does not hold (it holds {index.layer_ids})"
+            )
         elif name in expected:
             # a path that does not exist is reported with the card's files below
             absent = [rel for rel in got if not (c.folder / rel).is_file()]
@@ -374,18 +459,24 @@ def _check_config_per_layer(c: _Checker, index: sidecar.VindexIndex, configs: di
             lacking = [rel for rel in expected[name] if rel not in got]
             if foreign:
                 with_foreign.add(name)
-                c.problem(f"{filenames.CARD_FILE}: config {name!r} points at {foreign}, which "
-                          f"{'is' if len(foreign) == 1 else 'are'} not its file(s) of the mirror")
+                c.problem(
+                    f"{filenames.CARD_FILE}: config {name!r} points at {foreign}, which "
+                    f"{'is' if len(foreign) == 1 else 'are'} not its file(s) of the mirror"
+                )
             if lacking and not absent and not foreign:
                 c.problem(f"{filenames.CARD_FILE}: config {name!r} lacks {lacking}")
     default = [name for name, cfg in configs.items() if cfg.get("default")]
     if default == [mirror.CONFIG_GATE_VECTORS]:
-        c.problem(f"{filenames.CARD_FILE}: the default config is {mirror.CONFIG_GATE_VECTORS!r}: a bare "
-                  "load_dataset(repo) would prepare every layer")
+        c.problem(
+            f"{filenames.CARD_FILE}: the default config is {mirror.CONFIG_GATE_VECTORS!r}: a bare "
+            "load_dataset(repo) would prepare every layer"
+        )
     return with_foreign
 
 
-def _check_dataset_info(c: _Checker, info: dict[str, Any], split_files: list[tuple[str, Path]]) -> None:
+def _check_dataset_info(
+    c: _Checker, info: dict[str, Any], split_files: list[tuple[str, Path]]
+) -> None:
     import pyarrow.parquet as pq
     from datasets import Features
 
@@ -396,8 +487,10 @@ def _check_dataset_info(c: _Checker, info: dict[str, Any], split_files: list[tup
         declared = Features._from_yaml_list(info[card_data.FEATURES])
         actual = Features.from_arrow_schema(pq.read_schema(split_files[0][1]))
         if declared != actual:
-            c.problem(f"{filenames.CARD_FILE}: dataset_info features of {name!r} ({declared}) differ from "
-                      f"{split_files[0][1].relative_to(c.folder)} ({actual})")
+            c.problem(
+                f"{filenames.CARD_FILE}: dataset_info features of {name!r} ({declared}) differ from "
+                f"{split_files[0][1].relative_to(c.folder)} ({actual})"
+            )
     rows: dict[str, int] = {}
     for split, p in split_files:
         rows[split] = rows.get(split, 0) + pq.read_metadata(p).num_rows
@@ -405,8 +498,10 @@ def _check_dataset_info(c: _Checker, info: dict[str, Any], split_files: list[tup
         split, declared = s.get(card_data.SPLIT_NAME), s.get(card_data.NUM_EXAMPLES)
         if split in rows and declared != rows[split]:
             where = ", ".join(str(p.relative_to(c.folder)) for sp, p in split_files if sp == split)
-            c.problem(f"{filenames.CARD_FILE}: dataset_info says {name}/{split} has {declared} rows, "
-                      f"{where} {'has' if ', ' not in where else 'have'} {rows[split]}")
+            c.problem(
+                f"{filenames.CARD_FILE}: dataset_info says {name}/{split} has {declared} rows, "
+                f"{where} {'has' if ', ' not in where else 'have'} {rows[split]}"
+            )
 
 
 # ---- feature tokens ------------------------------------------------------------------------------
@@ -428,23 +523,36 @@ def _check_feature_tokens(c: _Checker, index: sidecar.VindexIndex) -> None:
     e, f = index.num_experts, index.num_feats
     want_rows = len(index.layers) * e * f
     if table.num_rows != want_rows:
-        c.problem(f"{name}: {table.num_rows} rows, expected {want_rows} ({len(index.layers)} layers x {e} experts "
-                  f"x {f} features)")
+        c.problem(
+            f"{name}: {table.num_rows} rows, expected {want_rows} ({len(index.layers)} layers x {e} experts "
+            f"x {f} features)"
+        )
         return
     columns = {col: table.column(col).combine_chunks() for col in table.column_names}
     layer_ids = np.repeat(np.asarray(index.layer_ids), e * f)
-    expected = {mirror.COL_LAYER: layer_ids, mirror.COL_EXPERT: np.tile(np.repeat(np.arange(e), f), len(index.layers)),
-                mirror.COL_FEATURE: np.tile(np.arange(f), len(index.layers) * e)}
+    expected = {
+        mirror.COL_LAYER: layer_ids,
+        mirror.COL_EXPERT: np.tile(np.repeat(np.arange(e), f), len(index.layers)),
+        mirror.COL_FEATURE: np.tile(np.arange(f), len(index.layers) * e),
+    }
     for col, want in expected.items():
         bad = np.flatnonzero(columns[col].to_numpy() != want)
         if bad.size:
-            c.problem(f"{name}: row {bad[0]} has {col} {columns[col][int(bad[0])]}, expected {want[bad[0]]}")
+            c.problem(
+                f"{name}: row {bad[0]} has {col} {columns[col][int(bad[0])]}, expected {want[bad[0]]}"
+            )
     ids = columns[mirror.COL_TOKEN_IDS].values.to_numpy().reshape(-1, k)
     scores = columns[mirror.COL_SCORES].values.to_numpy().reshape(-1, k).astype(np.float64)
     larql_doc = c.folder / filenames.LARQL_INDEX_JSON
-    vocab = read_json_object(larql_doc, what="LarQL index").get("vocab_size") if larql_doc.exists() else None
+    vocab = (
+        read_json_object(larql_doc, what="LarQL index").get("vocab_size")
+        if larql_doc.exists()
+        else None
+    )
     if ids.min() < 0 or (vocab and ids.max() >= vocab):
-        c.problem(f"{name}: token ids span {ids.min()}..{ids.max()}, outside the vocabulary of {vocab}")
+        c.problem(
+            f"{name}: token ids span {ids.min()}..{ids.max()}, outside the vocabulary of {vocab}"
+        )
     if not (np.abs(scores) <= 1 + 1e-6).all() or (np.diff(np.abs(scores), axis=1) > 1e-7).any():
         c.problem(f"{name}: scores are not cosines ordered by |cosine| descending")
     if columns[mirror.COL_TOKENS].values.null_count:
@@ -462,26 +570,35 @@ def _check_larql(c: _Checker, index: sidecar.VindexIndex) -> None:
     n_problems = len(c.report.problems)
     by_layer = {int(e[larql.LAYER]): e for e in doc.get(larql.LAYERS) or []}
     if sorted(by_layer) != index.layer_ids:
-        c.problem(f"{filenames.LARQL_INDEX_JSON}: layers {sorted(by_layer)}, {filenames.SIDECAR_JSON} has {index.layer_ids}")
+        c.problem(
+            f"{filenames.LARQL_INDEX_JSON}: layers {sorted(by_layer)}, {filenames.SIDECAR_JSON} has {index.layer_ids}"
+        )
     for layer, e in sorted(by_layer.items()):
         if layer not in index.layers:
             continue  # reported above
         want = larql.layer_entry(index, layer)
         differ = [key for key, value in want.items() if e.get(key) != value]
         if differ:
-            c.problem(f"layer {layer}: {filenames.LARQL_INDEX_JSON} says {({k: e.get(k) for k in differ})}, "
-                      f"{filenames.SIDECAR_JSON} implies {({k: want[k] for k in differ})}")
+            c.problem(
+                f"layer {layer}: {filenames.LARQL_INDEX_JSON} says { ({k: e.get(k) for k in differ}) }, "
+                f"{filenames.SIDECAR_JSON} implies { ({k: want[k] for k in differ}) }"
+            )
     for name, digest in (doc.get(larql.CHECKSUMS) or {}).items():
         target = c.folder / name
         if not target.is_file():
-            c.problem(f"{filenames.LARQL_INDEX_JSON}: checksum listed for {name}, which does not exist")
+            c.problem(
+                f"{filenames.LARQL_INDEX_JSON}: checksum listed for {name}, which does not exist"
+            )
             continue
         rel = Path(name).as_posix()
         actual = c.report.sha256.get(rel) or sha256_file(target)
         c.report.sha256[rel] = actual
         if actual != digest:
-            c.problem(f"{filenames.LARQL_INDEX_JSON}: {name} hashes to {actual[:16]}..., recorded "
-                      f"{str(digest)[:16]}...", integrity=True)
+            c.problem(
+                f"{filenames.LARQL_INDEX_JSON}: {name} hashes to {actual[:16]}..., recorded "
+                f"{str(digest)[:16]}...",
+                integrity=True,
+            )
     _check_larql_sizes(c, index, doc)
     if len(c.report.problems) == n_problems:
         c.passed(f"{filenames.LARQL_INDEX_JSON}: layers, offsets, checksums and file sizes agree")
@@ -494,15 +611,22 @@ def _check_larql_sizes(c: _Checker, index: sidecar.VindexIndex, doc: dict[str, A
         values = int(doc.get("vocab_size") or 0) * index.hidden_size
         sizes = {values * np.dtype(d).itemsize for d in larql.EMBEDDING_DTYPES.values()}
         if embeddings.stat().st_size not in sizes:
-            c.problem(f"{filenames.LARQL_EMBEDDINGS_BIN}: {embeddings.stat().st_size} bytes, not vocab_size x "
-                      f"hidden_size ({values}) f16 or f32 values")
+            c.problem(
+                f"{filenames.LARQL_EMBEDDINGS_BIN}: {embeddings.stat().st_size} bytes, not vocab_size x "
+                f"hidden_size ({values}) f16 or f32 values"
+            )
     router = c.folder / filenames.LARQL_ROUTER_BIN
     if router.exists():
-        want = (int(doc.get("num_layers") or 0) * layout.ITEMSIZE
-                * larql.router_block_values(index.num_experts, index.hidden_size))
+        want = (
+            int(doc.get("num_layers") or 0)
+            * layout.ITEMSIZE
+            * larql.router_block_values(index.num_experts, index.hidden_size)
+        )
         if router.stat().st_size != want:
-            c.problem(f"{filenames.LARQL_ROUTER_BIN}: {router.stat().st_size} bytes, LarQL reads {want} "
-                      "(a block for every layer below num_layers)")
+            c.problem(
+                f"{filenames.LARQL_ROUTER_BIN}: {router.stat().st_size} bytes, LarQL reads {want} "
+                "(a block for every layer below num_layers)"
+            )
 
 
 # ---- phase JSON ----------------------------------------------------------------------------------
@@ -512,7 +636,9 @@ def _phase_layers(c: _Checker, name: str, index: sidecar.VindexIndex) -> dict[st
         return None  # a converted vindex may have none
     layers = read_json_object(path, what="phase document")[phases.LAYERS]
     if sorted(int(k) for k in layers) != index.layer_ids:
-        c.problem(f"{name}: layers {sorted(int(k) for k in layers)}, {filenames.SIDECAR_JSON} has {index.layer_ids}")
+        c.problem(
+            f"{name}: layers {sorted(int(k) for k in layers)}, {filenames.SIDECAR_JSON} has {index.layer_ids}"
+        )
         return None
     return layers
 
@@ -526,11 +652,16 @@ def _check_phase1(c: _Checker, index: sidecar.VindexIndex) -> None:
     for layer in index.layer_ids:
         routed = layers[str(layer)].get(phases.ROUTED) or {}
         entry = index.layers[layer]
-        for key, recorded in ((statistics.median_var_key(k), entry.median_var), (statistics.q25_var_key(k), entry.q25_var),
-                              (statistics.q75_var_key(k), entry.q75_var)):
+        for key, recorded in (
+            (statistics.median_var_key(k), entry.median_var),
+            (statistics.q25_var_key(k), entry.q25_var),
+            (statistics.q75_var_key(k), entry.q75_var),
+        ):
             if not _same_number(routed.get(key), recorded):
-                c.problem(f"layer {layer}: {filenames.PHASE1_JSON} {key} = {routed.get(key)}, "
-                          f"{filenames.SIDECAR_JSON} has {recorded}")
+                c.problem(
+                    f"layer {layer}: {filenames.PHASE1_JSON} {key} = {routed.get(key)}, "
+                    f"{filenames.SIDECAR_JSON} has {recorded}"
+                )
     if len(c.report.problems) == n_problems:
         c.passed(f"{filenames.PHASE1_JSON}: same layers and var quartiles as the index")
 

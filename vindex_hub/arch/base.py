@@ -11,13 +11,14 @@ caller's buffer, from a strided view, so a fused tensor's slice is never copied 
 
 from __future__ import annotations
 
-from typing import Any, Collection, Mapping, Protocol, Sequence, runtime_checkable
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ..errors import CheckpointError
-from ..numerics.quant import check_out, widen_to_float32
 from ..format.sidecar import MoEConfig
+from ..numerics.quant import check_out, widen_to_float32
 from ..source.base import RawTensor
 
 #: The unquantized safetensors dtypes a float tensor may have, and their numpy storage dtype
@@ -47,8 +48,7 @@ class MoEArchitecture(Protocol):
         """Ids of the MoE layers (those a vindex indexes), ascending; dense layers are absent."""
         ...
 
-    def moe_config(self) -> MoEConfig:
-        ...
+    def moe_config(self) -> MoEConfig: ...
 
     @property
     def gate_shape(self) -> tuple[int, int]:
@@ -77,7 +77,12 @@ class MoEArchitecture(Protocol):
         ...
 
     def expert_gate_weights(
-        self, layer: int, experts: Sequence[int], raw: Mapping[str, RawTensor], *, out: np.ndarray | None = None
+        self,
+        layer: int,
+        experts: Sequence[int],
+        raw: Mapping[str, RawTensor],
+        *,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
         """Dequantized gate_proj of several experts: float32 ``(len(experts), out, in)``.
 
@@ -99,8 +104,14 @@ class MoEArchitecture(Protocol):
 
 
 # ---- config.json -------------------------------------------------------------------------------
-def config_int(config: Mapping[str, Any], key: str, *, minimum: int = 1, default: Any = None,
-               where: str = "config.json") -> int:
+def config_int(
+    config: Mapping[str, Any],
+    key: str,
+    *,
+    minimum: int = 1,
+    default: Any = None,
+    where: str = "config.json",
+) -> int:
     """``config[key]`` as an int >= ``minimum`` (``default`` when absent), refused naming the key."""
     value = config.get(key, default)
     # bool is an int subclass and a float like 2.5 would truncate: neither is a count.
@@ -110,8 +121,9 @@ def config_int(config: Mapping[str, Any], key: str, *, minimum: int = 1, default
     return value
 
 
-def first_config_int(config: Mapping[str, Any], keys: Sequence[str], what: str, *,
-                     where: str = "config.json") -> int:
+def first_config_int(
+    config: Mapping[str, Any], keys: Sequence[str], what: str, *, where: str = "config.json"
+) -> int:
     """The first of ``keys`` present in ``config`` (checked as a positive int); none present is an error."""
     for key in keys:
         if config.get(key) is not None:
@@ -119,7 +131,9 @@ def first_config_int(config: Mapping[str, Any], keys: Sequence[str], what: str, 
     raise CheckpointError(f"{where}: no {what} (looked for {', '.join(keys)})")
 
 
-def config_object(config: Mapping[str, Any], key: str, *, where: str = "config.json") -> Mapping[str, Any]:
+def config_object(
+    config: Mapping[str, Any], key: str, *, where: str = "config.json"
+) -> Mapping[str, Any]:
     """``config[key]`` as an object (``{}`` when absent or null)."""
     value = config.get(key) or {}
     if not isinstance(value, Mapping):
@@ -127,34 +141,50 @@ def config_object(config: Mapping[str, Any], key: str, *, where: str = "config.j
     return value
 
 
-def config_block_size(quant: Mapping[str, Any], default: tuple[int, int], *,
-                      where: str = "config.json") -> tuple[int, int]:
+def config_block_size(
+    quant: Mapping[str, Any], default: tuple[int, int], *, where: str = "config.json"
+) -> tuple[int, int]:
     """``quantization_config.weight_block_size`` as two positive ints."""
     block = quant.get("weight_block_size", default)
     key = "quantization_config.weight_block_size"
     if not isinstance(block, (list, tuple)) or len(block) != 2:
-        raise CheckpointError(f"{where}: {key} must be a list of 2 positive integers, got {block!r}")
-    return (config_int({key: block[0]}, key, where=where), config_int({key: block[1]}, key, where=where))
+        raise CheckpointError(
+            f"{where}: {key} must be a list of 2 positive integers, got {block!r}"
+        )
+    return (
+        config_int({key: block[0]}, key, where=where),
+        config_int({key: block[1]}, key, where=where),
+    )
 
 
-def check_moe_layer_list(layers: Any, key: str, num_layers: int, *, where: str = "config.json") -> list[int]:
+def check_moe_layer_list(
+    layers: Any, key: str, num_layers: int, *, where: str = "config.json"
+) -> list[int]:
     """A config's explicit list of layer ids (``moe_layers``, ``mlp_only_layers``), checked."""
     if not isinstance(layers, (list, tuple)) or not all(
         isinstance(i, int) and not isinstance(i, bool) and 0 <= i < num_layers for i in layers
     ):
-        raise CheckpointError(f"{where}: {key} must be a list of layer ids in 0..{num_layers - 1}, got {layers!r}")
+        raise CheckpointError(
+            f"{where}: {key} must be a list of layer ids in 0..{num_layers - 1}, got {layers!r}"
+        )
     return sorted(set(layers))
 
 
 # ---- tensors -----------------------------------------------------------------------------------
-def checked_tensor(raw: Mapping[str, RawTensor], name: str, dtypes: Collection[str],
-                   shape: tuple[int, ...] | None = None) -> RawTensor:
+def checked_tensor(
+    raw: Mapping[str, RawTensor],
+    name: str,
+    dtypes: Collection[str],
+    shape: tuple[int, ...] | None = None,
+) -> RawTensor:
     """The raw tensor ``name``, after checking it was read and has an expected dtype (and shape)."""
     t = raw.get(name)
     if t is None:
         raise CheckpointError(f"tensor {name} was not read")
     if t.info.dtype not in dtypes:
-        raise CheckpointError(f"tensor {name}: dtype {t.info.dtype}, expected {' or '.join(dtypes)}")
+        raise CheckpointError(
+            f"tensor {name}: dtype {t.info.dtype}, expected {' or '.join(dtypes)}"
+        )
     if shape is not None and tuple(t.info.shape) != tuple(shape):
         raise CheckpointError(f"tensor {name}: shape {list(t.info.shape)}, expected {list(shape)}")
     return t
@@ -165,8 +195,13 @@ def float_view(t: RawTensor) -> np.ndarray:
     return t.data.view(FLOAT_STORAGE[t.info.dtype]).reshape(t.info.shape)
 
 
-def decode_float(raw: Mapping[str, RawTensor], name: str, shape: tuple[int, ...] | None = None, *,
-                 out: np.ndarray | None = None) -> np.ndarray:
+def decode_float(
+    raw: Mapping[str, RawTensor],
+    name: str,
+    shape: tuple[int, ...] | None = None,
+    *,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
     """An unquantized (BF16/F16/F32) tensor as float32, its shape checked when given."""
     t = checked_tensor(raw, name, FLOAT_DTYPES, shape)
     view = float_view(t)

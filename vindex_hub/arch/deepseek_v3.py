@@ -28,7 +28,9 @@ class DeepseekV3Style(MoEFamily):
     def moe_layer_ids(self) -> list[int]:
         dense = config_int(self.params, DENSE_KEY, minimum=0, default=0, where=self.where)
         freq = config_int(self.params, FREQ_KEY, default=1, where=self.where)
-        return [layer for layer in range(self.num_hidden_layers) if layer >= dense and layer % freq == 0]
+        return [
+            layer for layer in range(self.num_hidden_layers) if layer >= dense and layer % freq == 0
+        ]
 
     def num_shared_experts(self) -> int:
         return config_int(self.params, SHARED_KEY, minimum=0, default=0, where=self.where)

@@ -107,10 +107,17 @@ class DeepseekV4(MoEFamily):
     router_parts = (f"gate.{WEIGHT}",)
     router_bias_parts = (f"gate.{ROUTER_BIAS}", "gate.e_score_correction_bias")
     shared_parts = (f"shared_experts.{GATE_PROJ}.{WEIGHT}", "shared_experts.gate_proj.weight")
-    embedding_names = (EMBED_TENSOR, "model.embed_tokens.weight")  # DeepSeek's layout, then transformers'
+    embedding_names = (
+        EMBED_TENSOR,
+        "model.embed_tokens.weight",
+    )  # DeepSeek's layout, then transformers'
 
     def _check_family_config(self) -> None:
-        expert_dtype = self.config.get(EXPERT_DTYPE_KEY) or self.quant.get(EXPERT_DTYPE_KEY) or EXPERT_DTYPE_FP4
+        expert_dtype = (
+            self.config.get(EXPERT_DTYPE_KEY)
+            or self.quant.get(EXPERT_DTYPE_KEY)
+            or EXPERT_DTYPE_FP4
+        )
         if expert_dtype not in (EXPERT_DTYPE_FP4, EXPERT_DTYPE_FP8):
             raise CheckpointError(
                 f"{self.where}: {EXPERT_DTYPE_KEY} {expert_dtype!r} is not one DeepSeek-V4 uses "
@@ -118,16 +125,22 @@ class DeepseekV4(MoEFamily):
             )
         self.expert_dtype: str = expert_dtype
         self.hash_layers = self._hash_layers()
-        self.first_moe_layer = config_int(self.config, DENSE_KEY, minimum=0, default=0, where=self.where)
-        self.n_shared_experts = config_int(self.config, SHARED_KEY, minimum=0, default=0, where=self.where)
+        self.first_moe_layer = config_int(
+            self.config, DENSE_KEY, minimum=0, default=0, where=self.where
+        )
+        self.n_shared_experts = config_int(
+            self.config, SHARED_KEY, minimum=0, default=0, where=self.where
+        )
 
     def _hash_layers(self) -> frozenset[int]:
         types = self.config.get(MLP_LAYER_TYPES_KEY)
         if types is None:
             count = config_int(self.config, HASH_LAYERS_KEY, minimum=0, default=0, where=self.where)
             return frozenset(range(count))
-        if not isinstance(types, list) or len(types) != self.num_hidden_layers or any(
-            t not in (HASH_MOE, LEARNED_MOE) for t in types
+        if (
+            not isinstance(types, list)
+            or len(types) != self.num_hidden_layers
+            or any(t not in (HASH_MOE, LEARNED_MOE) for t in types)
         ):
             raise CheckpointError(
                 f"{self.where}: {MLP_LAYER_TYPES_KEY} must list {HASH_MOE!r} or {LEARNED_MOE!r} for each of the "
@@ -149,8 +162,11 @@ class DeepseekV4(MoEFamily):
         return True  # the published checkpoint: FP4 (or FP8) experts, FP8 shared expert
 
     def family_layouts(self, block: str) -> list[RoutedLayout]:
-        codec: MatrixCodec = (PackedFP4Codec(SCALE) if self.expert_dtype == EXPERT_DTYPE_FP4
-                              else FP8BlockCodec(SCALE, self.fp8_block, (ROUTED_FP8_SCALE_DTYPE,)))
+        codec: MatrixCodec = (
+            PackedFP4Codec(SCALE)
+            if self.expert_dtype == EXPERT_DTYPE_FP4
+            else FP8BlockCodec(SCALE, self.fp8_block, (ROUTED_FP8_SCALE_DTYPE,))
+        )
         return [PerExpert(f"{block}.experts.{{expert}}.{GATE_PROJ}.{WEIGHT}", codec, self.dims)]
 
     def shared_codecs(self) -> list[MatrixCodec]:

@@ -19,21 +19,43 @@ the family's first (published) layout is assumed.
 
 from __future__ import annotations
 
-from typing import Any, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import CheckpointError
 from ..format.sidecar import MoEConfig
-from ..source.base import RawTensor
 from ..numerics.quant import FP8_BLOCK_SIZE
-from .base import check_out, config_block_size, config_int, config_object, decode_float, first_config_int, first_present
-from .layouts import COLUMNS, FLOAT, HALVES, ROWS, ExpertDims, FP8BlockCodec, FusedGateUp, MatrixCodec, PerExpert, RoutedLayout
+from ..source.base import RawTensor
+from .base import (
+    check_out,
+    config_block_size,
+    config_int,
+    config_object,
+    decode_float,
+    first_config_int,
+    first_present,
+)
+from .layouts import (
+    COLUMNS,
+    FLOAT,
+    HALVES,
+    ROWS,
+    ExpertDims,
+    FP8BlockCodec,
+    FusedGateUp,
+    MatrixCodec,
+    PerExpert,
+    RoutedLayout,
+)
 
 HIDDEN_KEY = "hidden_size"
 TOP_K_KEY = "num_experts_per_tok"
 LAYERS_KEY = "num_hidden_layers"
-FP8_SCALE_PART = "weight_scale_inv"  # DeepSeek-V3 / Kimi-K2 / GLM FP8: a multiplier despite its name
+FP8_SCALE_PART = (
+    "weight_scale_inv"  # DeepSeek-V3 / Kimi-K2 / GLM FP8: a multiplier despite its name
+)
 FP8_QUANT_METHOD = "fp8"
 # Every prefix and MoE block name a supported family uses: the generic path tries them all.
 GENERIC_PREFIXES = ("model.", "", "language_model.model.", "model.language_model.")
@@ -59,9 +81,16 @@ class MoEFamily:
     #: a routed expert's gate_proj module name (w1 in Mixtral and DeepSeek-V4), the published one first
     expert_gate_projs: tuple[str, ...] = ("gate_proj", "w1")
     router_parts: tuple[str, ...] = ("gate.weight", "router.weight")
-    router_bias_parts: tuple[str, ...] = ("gate.e_score_correction_bias", "gate.bias", "router.bias")
-    shared_parts: tuple[str, ...] = ("shared_experts.gate_proj.weight", "shared_expert.gate_proj.weight",
-                                     "shared_experts.w1.weight")
+    router_bias_parts: tuple[str, ...] = (
+        "gate.e_score_correction_bias",
+        "gate.bias",
+        "router.bias",
+    )
+    shared_parts: tuple[str, ...] = (
+        "shared_experts.gate_proj.weight",
+        "shared_expert.gate_proj.weight",
+        "shared_experts.w1.weight",
+    )
     #: where the text model's keys live in a multimodal config (Llama-4: ``text_config``)
     text_config_key: str | None = None
     #: the input embedding ``[vocab, hidden]`` (feature tokens, LarQL's embeddings.bin), most likely
@@ -71,23 +100,38 @@ class MoEFamily:
     #: (``expects_router_bias`` None) is assumed to have the first of ``router_bias_parts``
     assumes_router_bias: bool = False
 
-    def __init__(self, config: Mapping[str, Any], *, tensor_names: Collection[str] | None = None,
-                 where: str = "config.json"):
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        *,
+        tensor_names: Collection[str] | None = None,
+        where: str = "config.json",
+    ):
         self.config = dict(config)
-        self.model_type = str(self.config.get("model_type"))  # one class may serve several (kimi_k2)
+        self.model_type = str(
+            self.config.get("model_type")
+        )  # one class may serve several (kimi_k2)
         self.where = where
         self.names = None if tensor_names is None else frozenset(tensor_names)
         self.params: Mapping[str, Any] = self.config
         if self.text_config_key is not None:
-            self.params = config_object(self.config, self.text_config_key, where=where) or self.config
+            self.params = (
+                config_object(self.config, self.text_config_key, where=where) or self.config
+            )
             self.where = f"{where} {self.text_config_key}"
         p = self.params
         self._num_layers = config_int(p, LAYERS_KEY, where=self.where)
         self.dims = ExpertDims(
-            num_experts=first_config_int(p, self.expert_count_keys, "expert count", where=self.where),
+            num_experts=first_config_int(
+                p, self.expert_count_keys, "expert count", where=self.where
+            ),
             intermediate=config_int(p, self.intermediate_key, where=self.where),
             hidden=config_int(p, HIDDEN_KEY, where=self.where),
-            keys=(next(k for k in self.expert_count_keys if p.get(k) is not None), self.intermediate_key, HIDDEN_KEY),
+            keys=(
+                next(k for k in self.expert_count_keys if p.get(k) is not None),
+                self.intermediate_key,
+                HIDDEN_KEY,
+            ),
         )
         self.top_k = config_int(p, TOP_K_KEY, where=self.where)
         self.quant = config_object(self.config, "quantization_config", where=where)
@@ -135,7 +179,11 @@ class MoEFamily:
         return [f"{prefix}layers.{{layer}}.{block}" for prefix in prefixes for block in blocks]
 
     def candidate_layouts(self, block: str) -> list[RoutedLayout]:
-        fused: list[RoutedLayout] = [FusedGateUp(f"{block}.experts.gate_up_proj", self.dims, self.fused_axis, self.fused_split)]
+        fused: list[RoutedLayout] = [
+            FusedGateUp(
+                f"{block}.experts.gate_up_proj", self.dims, self.fused_axis, self.fused_split
+            )
+        ]
         per_expert: list[RoutedLayout] = [
             PerExpert(f"{block}.experts.{{expert}}.{proj}.weight", codec, self.dims)
             for proj in self.expert_gate_projs
@@ -165,7 +213,11 @@ class MoEFamily:
                 break
         if self.routed is None:
             tried = list(dict.fromkeys(tried))
-            more = f" and {len(tried) - SHOWN_CANDIDATES} more" if len(tried) > SHOWN_CANDIDATES else ""
+            more = (
+                f" and {len(tried) - SHOWN_CANDIDATES} more"
+                if len(tried) > SHOWN_CANDIDATES
+                else ""
+            )
             raise CheckpointError(
                 f"layer {first}: {self.where} makes it an MoE layer, but the checkpoint holds no "
                 f"routed-expert gate_proj for it (looked for {', '.join(tried[:SHOWN_CANDIDATES])}{more})"
@@ -191,7 +243,7 @@ class MoEFamily:
             raise CheckpointError(
                 f"layer {layer}: no {what} tensor (looked for {', '.join(f'{block}.{p}' for p in parts)})"
             )
-        return found[len(block) + 1:]
+        return found[len(block) + 1 :]
 
     def _pick_shared(self, layer: int) -> tuple[MatrixCodec | None, str | None]:
         if not self.num_shared_experts():
@@ -244,7 +296,9 @@ class MoEFamily:
         """The first of ``embedding_names`` the checkpoint holds (the first when it holds none: the
         caller names it as missing)."""
         candidates = self.embedding_names or tuple(
-            f"{prefix}embed_tokens.weight" for prefix in dict.fromkeys(self.prefixes + GENERIC_PREFIXES))
+            f"{prefix}embed_tokens.weight"
+            for prefix in dict.fromkeys(self.prefixes + GENERIC_PREFIXES)
+        )
         return first_present(candidates, self.names) or candidates[0]
 
     def router_bias_name(self, layer: int) -> str | None:
@@ -268,8 +322,14 @@ class MoEFamily:
             names.append(bias)
         return names
 
-    def expert_gate_weights(self, layer: int, experts: Sequence[int], raw: Mapping[str, RawTensor], *,
-                            out: np.ndarray | None = None) -> np.ndarray:
+    def expert_gate_weights(
+        self,
+        layer: int,
+        experts: Sequence[int],
+        raw: Mapping[str, RawTensor],
+        *,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         out = check_out(out, (len(experts), *self.gate_shape), self.expert_gate_name(layer, 0))
         return self._routed().decode(layer, experts, raw, out)
 
@@ -301,4 +361,3 @@ class TransposedFusedFamily(MoEFamily):
     fused_axis = COLUMNS
     publishes_fused = True
     router_parts = ("router.weight",)
-

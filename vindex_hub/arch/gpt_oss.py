@@ -24,8 +24,12 @@ class GptOss(TransposedFusedFamily):
     assumes_router_bias = True
 
     def family_layouts(self, block: str) -> list[RoutedLayout]:
-        mxfp4 = FusedMXFP4(f"{block}.experts.gate_up_proj_blocks", f"{block}.experts.gate_up_proj_scales",
-                           self.dims, split=INTERLEAVED)
+        mxfp4 = FusedMXFP4(
+            f"{block}.experts.gate_up_proj_blocks",
+            f"{block}.experts.gate_up_proj_scales",
+            self.dims,
+            split=INTERLEAVED,
+        )
         return [mxfp4]
 
     def quantized_expected(self) -> bool:

@@ -9,14 +9,22 @@ Families (``arch/<family>.py``) pick among these by the names the checkpoint hol
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
 from ..errors import CheckpointError
-from ..numerics.quant import (FP8_BLOCK_SIZE, decode_e8m0, decode_tensor, dequantize_fp4, dequantize_fp8,
-                              fp8_scale_grid, widen_to_float32)
+from ..numerics.quant import (
+    FP8_BLOCK_SIZE,
+    decode_e8m0,
+    decode_tensor,
+    dequantize_fp4,
+    dequantize_fp8,
+    fp8_scale_grid,
+    widen_to_float32,
+)
 from ..source.base import RawTensor
 from .base import FLOAT_DTYPES, checked_tensor, decode_float, float_view
 
@@ -40,8 +48,14 @@ class MatrixCodec(Protocol):
         """The tensors holding the matrix stored under ``weight`` (the weight first)."""
         ...
 
-    def decode(self, raw: Mapping[str, RawTensor], weight: str, shape: tuple[int, int], *,
-               out: np.ndarray | None = None) -> np.ndarray:
+    def decode(
+        self,
+        raw: Mapping[str, RawTensor],
+        weight: str,
+        shape: tuple[int, int],
+        *,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
         """float32 ``shape``, into ``out`` when given."""
         ...
 
@@ -90,7 +104,9 @@ class FP8BlockCodec:
             scales = decode_e8m0(s.data.reshape(grid), name=scale_name)
         else:
             scales = decode_tensor(s.data, s.info.dtype, grid, name=scale_name)
-        return dequantize_fp8(w.data.reshape(shape), scales, name=weight, block_size=self.block, out=out)
+        return dequantize_fp8(
+            w.data.reshape(shape), scales, name=weight, block_size=self.block, out=out
+        )
 
 
 @dataclass(frozen=True)
@@ -109,7 +125,9 @@ class PackedFP4Codec:
         w = checked_tensor(raw, weight, PACKED_FP4_DTYPES, (rows, cols // 2))
         s = raw.get(scale_name)
         if s is None:
-            raise CheckpointError(f"tensor {scale_name} was not read (needed to dequantize {weight})")
+            raise CheckpointError(
+                f"tensor {scale_name} was not read (needed to dequantize {weight})"
+            )
         # The block size follows from the shapes (in_features / scale columns), not the config.
         scale_cols = s.info.shape[-1] if s.info.shape else 0
         if scale_cols == 0 or cols % scale_cols:
@@ -118,8 +136,13 @@ class PackedFP4Codec:
                 f"{cols} inputs (expected [{rows}, {cols // MXFP4_GROUP}])"
             )
         checked_tensor(raw, scale_name, (E8M0_DTYPE,), (rows, scale_cols))
-        return dequantize_fp4(w.data.reshape(rows, cols // 2), s.data.reshape(rows, scale_cols),
-                              name=weight, scale_name=scale_name, out=out)
+        return dequantize_fp4(
+            w.data.reshape(rows, cols // 2),
+            s.data.reshape(rows, scale_cols),
+            name=weight,
+            scale_name=scale_name,
+            out=out,
+        )
 
 
 FLOAT = FloatCodec()
@@ -147,11 +170,11 @@ class RoutedLayout(Protocol):
         """Every tensor to read for the layer's routed gate_projs, each once."""
         ...
 
-    def expert_name(self, layer: int, expert: int) -> str:
-        ...
+    def expert_name(self, layer: int, expert: int) -> str: ...
 
-    def decode(self, layer: int, experts: Sequence[int], raw: Mapping[str, RawTensor], out: np.ndarray) -> np.ndarray:
-        ...
+    def decode(
+        self, layer: int, experts: Sequence[int], raw: Mapping[str, RawTensor], out: np.ndarray
+    ) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -170,7 +193,11 @@ class PerExpert:
         return self.template.format(layer=layer, expert=expert)
 
     def names(self, layer):
-        return [n for e in range(self.dims.num_experts) for n in self.codec.names(self.expert_name(layer, e))]
+        return [
+            n
+            for e in range(self.dims.num_experts)
+            for n in self.codec.names(self.expert_name(layer, e))
+        ]
 
     def decode(self, layer, experts, raw, out):
         shape = (self.dims.intermediate, self.dims.hidden)
@@ -204,8 +231,11 @@ class FusedGateUp:
     @property
     def shape(self) -> tuple[int, int, int]:
         d = self.dims
-        return (d.num_experts, 2 * d.intermediate, d.hidden) if self.axis == ROWS else (
-            d.num_experts, d.hidden, 2 * d.intermediate)
+        return (
+            (d.num_experts, 2 * d.intermediate, d.hidden)
+            if self.axis == ROWS
+            else (d.num_experts, d.hidden, 2 * d.intermediate)
+        )
 
     def expert_name(self, layer, expert):
         return self.template.format(layer=layer)
@@ -250,10 +280,14 @@ class FusedMXFP4:
         blocks_name, scales_name = self.names(layer)
         d = self.dims
         if d.hidden % MXFP4_GROUP:
-            raise CheckpointError(f"tensor {blocks_name}: hidden size {d.hidden} is not a multiple of {MXFP4_GROUP}")
+            raise CheckpointError(
+                f"tensor {blocks_name}: hidden size {d.hidden} is not a multiple of {MXFP4_GROUP}"
+            )
         groups = d.hidden // MXFP4_GROUP
         b = checked_tensor(raw, blocks_name, (MXFP4_BYTE_DTYPE,))
-        check_fused_shape(b, (d.num_experts, 2 * d.intermediate, groups, MXFP4_GROUP // 2), d, "MXFP4 blocks")
+        check_fused_shape(
+            b, (d.num_experts, 2 * d.intermediate, groups, MXFP4_GROUP // 2), d, "MXFP4 blocks"
+        )
         s = checked_tensor(raw, scales_name, (MXFP4_BYTE_DTYPE,))
         check_fused_shape(s, (d.num_experts, 2 * d.intermediate, groups), d, "MXFP4 scales")
         blocks = b.data.reshape(b.info.shape)
@@ -262,7 +296,9 @@ class FusedMXFP4:
         for i, expert in enumerate(experts):
             # Views of the gate rows only: [I, H/2] packed bytes and [I, H/32] scale bytes.
             rows = blocks[expert, gate].reshape(d.intermediate, d.hidden // 2)
-            dequantize_fp4(rows, scales[expert, gate], name=blocks_name, scale_name=scales_name, out=out[i])
+            dequantize_fp4(
+                rows, scales[expert, gate], name=blocks_name, scale_name=scales_name, out=out[i]
+            )
         return out
 
 

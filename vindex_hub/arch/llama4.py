@@ -28,7 +28,9 @@ class Llama4Text(TransposedFusedFamily):
     def moe_layer_ids(self) -> list[int]:
         listed = self.params.get(MOE_LAYERS_KEY)
         if listed is not None:
-            return check_moe_layer_list(listed, MOE_LAYERS_KEY, self.num_hidden_layers, where=self.where)
+            return check_moe_layer_list(
+                listed, MOE_LAYERS_KEY, self.num_hidden_layers, where=self.where
+            )
         step = config_int(self.params, STEP_KEY, default=1, where=self.where)
         return list(range(step - 1, self.num_hidden_layers, step))
 

@@ -22,10 +22,18 @@ class QwenMoe(MoEFamily):
     expert_count_keys = ("num_experts", "num_local_experts")
 
     def moe_layer_ids(self) -> list[int]:
-        dense = check_moe_layer_list(self.params.get(DENSE_LIST_KEY) or [], DENSE_LIST_KEY,
-                                     self.num_hidden_layers, where=self.where)
+        dense = check_moe_layer_list(
+            self.params.get(DENSE_LIST_KEY) or [],
+            DENSE_LIST_KEY,
+            self.num_hidden_layers,
+            where=self.where,
+        )
         step = config_int(self.params, STEP_KEY, default=1, where=self.where)
-        return [layer for layer in range(self.num_hidden_layers) if layer not in dense and (layer + 1) % step == 0]
+        return [
+            layer
+            for layer in range(self.num_hidden_layers)
+            if layer not in dense and (layer + 1) % step == 0
+        ]
 
 
 @register_architecture("qwen2_moe")
@@ -33,7 +41,11 @@ class Qwen2Moe(QwenMoe):
     shared_parts = ("shared_expert.gate_proj.weight", *MoEFamily.shared_parts)
 
     def num_shared_experts(self) -> int:
-        return 1 if config_int(self.params, SHARED_SIZE_KEY, minimum=0, default=0, where=self.where) else 0
+        return (
+            1
+            if config_int(self.params, SHARED_SIZE_KEY, minimum=0, default=0, where=self.where)
+            else 0
+        )
 
     def shared_gate_rows(self) -> int:
         return config_int(self.params, SHARED_SIZE_KEY, where=self.where)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from typing import Any, Callable, Collection, Mapping, TypeVar
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, TypeVar
 
 from ..errors import UnsupportedArchitectureError
 from .base import MoEArchitecture
@@ -31,8 +32,12 @@ def supported_architectures() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_architecture(config: Mapping[str, Any], *, tensor_names: Collection[str] | None = None,
-                     where: str = "config.json") -> MoEArchitecture:
+def get_architecture(
+    config: Mapping[str, Any],
+    *,
+    tensor_names: Collection[str] | None = None,
+    where: str = "config.json",
+) -> MoEArchitecture:
     """The adapter for ``config['model_type']``, checking the config (and, given them, the names)."""
     model_type = config.get("model_type")
     cls = _REGISTRY.get(model_type) if isinstance(model_type, str) else None

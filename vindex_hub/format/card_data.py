@@ -11,9 +11,10 @@ spelled here; the text is rendered by ``writers.card``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -37,14 +38,16 @@ class CardOptions:
 
     license: str = "mit"
     author: str | None = None  # person or organisation, e.g. "Divinci-AI"
-    repo_id: str | None = None  # where the vindex will live, for links: "Divinci-AI/deepseek-v4-flash-vindex"
+    repo_id: str | None = (
+        None  # where the vindex will live, for links: "Divinci-AI/deepseek-v4-flash-vindex"
+    )
     citation: str | None = None  # a BibTeX entry; None writes one from the fields here
     extra_tags: tuple[str, ...] = ()
     pretty_name: str | None = None
     year: int | None = None  # for the automatic citation (left out when None)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "CardOptions":
+    def from_file(cls, path: str | Path) -> CardOptions:
         """Read a YAML (or JSON, a subset of YAML) mapping of the fields above."""
         path = Path(path)
         try:
@@ -56,14 +59,16 @@ class CardOptions:
         if data is None:
             return cls()
         if not isinstance(data, dict):
-            raise UsageError(f"{path}: expected a mapping of card fields, got {type(data).__name__}")
+            raise UsageError(
+                f"{path}: expected a mapping of card fields, got {type(data).__name__}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise UsageError(f"{path}: unknown card option(s) {unknown}; known: {sorted(known)}")
         return cls().updated(where=str(path), **data)
 
-    def updated(self, *, where: str = "card options", **changes: Any) -> "CardOptions":
+    def updated(self, *, where: str = "card options", **changes: Any) -> CardOptions:
         """A copy with the given fields replaced; ``None`` values leave a field as it is.
 
         ``where`` (the options file, or the CLI) names the source in error messages.
@@ -71,7 +76,9 @@ class CardOptions:
         changes = {k: v for k, v in changes.items() if v is not None}
         if "extra_tags" in changes:
             tags = changes["extra_tags"]
-            changes["extra_tags"] = (tags,) if isinstance(tags, str) else tuple(str(t) for t in tags)
+            changes["extra_tags"] = (
+                (tags,) if isinstance(tags, str) else tuple(str(t) for t in tags)
+            )
         if "year" in changes:
             changes["year"] = _year(changes["year"], where)
         return dataclasses.replace(self, **changes)
@@ -98,8 +105,10 @@ def read_card(path: Path, *, where: str | None = None):
         return DatasetCard(path.read_text(encoding="utf-8")).data
     except (yaml.YAMLError, ValueError) as exc:  # ValueError: a front matter that is not a mapping
         detail = " ".join(str(exc).split())  # one line: a YAML error spans several
-        raise VindexFormatError(f"{where or path}: the card's YAML front matter does not parse "
-                                f"({type(exc).__name__}: {detail})") from None
+        raise VindexFormatError(
+            f"{where or path}: the card's YAML front matter does not parse "
+            f"({type(exc).__name__}: {detail})"
+        ) from None
 
 
 def read_card_data(path: Path) -> dict[str, Any]:
@@ -127,18 +136,27 @@ def dataset_info(files: Sequence[mirror.MirrorFile]) -> list[dict[str, Any]]:
     infos = []
     for config in mirror.card_configs(files):
         num_bytes = sum(f.num_bytes for f in config.files)
-        infos.append({
-            mirror.CONFIG_NAME_KEY: config.name,
-            FEATURES: Features.from_arrow_schema(config.files[0].arrow_schema)._to_yaml_list(),
-            SPLITS: [{SPLIT_NAME: mirror.SPLIT, NUM_BYTES: num_bytes,
-                      NUM_EXAMPLES: sum(f.num_rows for f in config.files)}],
-            "download_size": sum(f.size for f in config.files),
-            "dataset_size": num_bytes,
-        })
+        infos.append(
+            {
+                mirror.CONFIG_NAME_KEY: config.name,
+                FEATURES: Features.from_arrow_schema(config.files[0].arrow_schema)._to_yaml_list(),
+                SPLITS: [
+                    {
+                        SPLIT_NAME: mirror.SPLIT,
+                        NUM_BYTES: num_bytes,
+                        NUM_EXAMPLES: sum(f.num_rows for f in config.files),
+                    }
+                ],
+                "download_size": sum(f.size for f in config.files),
+                "dataset_size": num_bytes,
+            }
+        )
     return infos
 
 
-def card_front_matter(index: sidecar.VindexIndex, files: Sequence[mirror.MirrorFile], options: CardOptions):
+def card_front_matter(
+    index: sidecar.VindexIndex, files: Sequence[mirror.MirrorFile], options: CardOptions
+):
     """The card's ``DatasetCardData`` for a vindex whose mirror holds ``files``."""
     from huggingface_hub import DatasetCardData
 
@@ -152,10 +170,14 @@ def card_front_matter(index: sidecar.VindexIndex, files: Sequence[mirror.MirrorF
             {
                 mirror.CONFIG_NAME_KEY: config.name,
                 **({mirror.DEFAULT_KEY: True} if config.default else {}),
-                mirror.DATA_FILES_KEY: [{
-                    mirror.SPLIT_KEY: mirror.SPLIT,
-                    mirror.PATH_KEY: [f.path for f in config.files] if len(config.files) > 1 else config.files[0].path,
-                }],
+                mirror.DATA_FILES_KEY: [
+                    {
+                        mirror.SPLIT_KEY: mirror.SPLIT,
+                        mirror.PATH_KEY: [f.path for f in config.files]
+                        if len(config.files) > 1
+                        else config.files[0].path,
+                    }
+                ],
             }
             for config in mirror.card_configs(files)
         ],

@@ -23,10 +23,20 @@ TOKENIZER_JSON = "tokenizer.json"
 DATA_DIR = "data"  # the Arrow mirror lives below it (``format.mirror`` names its files)
 
 # Remote paths a vindex owns: a push deletes those a folder no longer has, a re-pull replaces them.
-VINDEX_FILES = frozenset({
-    GATE_VECTORS_BIN, SIDECAR_JSON, PHASE1_JSON, PHASE2_JSON, CARD_FILE, VAR_PLOT_FILE,
-    LARQL_INDEX_JSON, LARQL_ROUTER_BIN, LARQL_EMBEDDINGS_BIN, TOKENIZER_JSON,
-})
+VINDEX_FILES = frozenset(
+    {
+        GATE_VECTORS_BIN,
+        SIDECAR_JSON,
+        PHASE1_JSON,
+        PHASE2_JSON,
+        CARD_FILE,
+        VAR_PLOT_FILE,
+        LARQL_INDEX_JSON,
+        LARQL_ROUTER_BIN,
+        LARQL_EMBEDDINGS_BIN,
+        TOKENIZER_JSON,
+    }
+)
 VINDEX_DIRS = (f"{DATA_DIR}/",)
 # What a snapshot-mode open downloads: the binary and the small files beside it, not the mirror.
 SNAPSHOT_FILES = (SIDECAR_JSON, GATE_VECTORS_BIN, PHASE1_JSON, PHASE2_JSON, CARD_FILE)

@@ -17,8 +17,9 @@ names the writer (``vindex-hub X.Y.Z``), since LarQL did not extract this vindex
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any, Mapping
+from typing import Any
 
 from . import sidecar
 
@@ -72,9 +73,15 @@ def router_block_values(num_experts: int, hidden_size: int) -> int:
     return num_experts * hidden_size + num_experts
 
 
-def larql_index(index: sidecar.VindexIndex, config: Mapping[str, Any], checksums: Mapping[str, str], *,
-                writer: str, vocab_size: int | None = None,
-                router_layers: list[int] | None = None) -> dict[str, Any]:
+def larql_index(
+    index: sidecar.VindexIndex,
+    config: Mapping[str, Any],
+    checksums: Mapping[str, str],
+    *,
+    writer: str,
+    vocab_size: int | None = None,
+    router_layers: list[int] | None = None,
+) -> dict[str, Any]:
     """The ``index.json`` document (pure). ``writer`` names the tool that wrote it (``vindex-hub X.Y.Z``).
 
     ``vocab_size``: the rows of the ``embeddings.bin`` written (else ``config.json``'s);

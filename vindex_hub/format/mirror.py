@@ -20,8 +20,9 @@ The *old* layout, still read: one config ``gate_vectors`` (the default) with a s
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pyarrow as pa
 
@@ -102,7 +103,10 @@ EXPERT_STATS_PARQUET = f"{DATA_DIR}/{CONFIG_EXPERT_STATS}/{STATS_SPLIT}.parquet"
 ROUTER_SVD_PARQUET = f"{DATA_DIR}/{CONFIG_ROUTER_SVD}/{STATS_SPLIT}.parquet"
 FEATURE_TOKENS_PARQUET = f"{DATA_DIR}/{CONFIG_FEATURE_TOKENS}/{STATS_SPLIT}.parquet"
 
-STATS_PARQUET_OF = {CONFIG_EXPERT_STATS: EXPERT_STATS_PARQUET, CONFIG_ROUTER_SVD: ROUTER_SVD_PARQUET}
+STATS_PARQUET_OF = {
+    CONFIG_EXPERT_STATS: EXPERT_STATS_PARQUET,
+    CONFIG_ROUTER_SVD: ROUTER_SVD_PARQUET,
+}
 STATS_PARQUETS = tuple(STATS_PARQUET_OF.values())
 STATS_CONFIG_OF = {path: name for name, path in STATS_PARQUET_OF.items()}
 STATS_CONFIGS = tuple(STATS_PARQUET_OF)
@@ -144,7 +148,9 @@ def card_configs(files: Sequence[MirrorFile]) -> list[CardConfig]:
     stats = [f for f in files if f.config in STATS_CONFIGS]
     stats.sort(key=lambda f: STATS_CONFIGS.index(f.config))
     layers = sorted((f for f in files if f.layer is not None), key=lambda f: f.layer)
-    others: dict[str, list[MirrorFile]] = {}  # any other config (one or more files), in written order
+    others: dict[
+        str, list[MirrorFile]
+    ] = {}  # any other config (one or more files), in written order
     for f in files:
         if f.config not in STATS_CONFIGS and f.layer is None:
             others.setdefault(f.config, []).append(f)
@@ -169,7 +175,9 @@ def config_paths(config: Mapping[str, Any]) -> list[tuple[str, str]]:
             continue
         paths = entry.get(PATH_KEY)
         for path in paths if isinstance(paths, list) else [paths]:
-            out.append((str(entry.get(SPLIT_KEY, SPLIT)), path if isinstance(path, str) else repr(path)))
+            out.append(
+                (str(entry.get(SPLIT_KEY, SPLIT)), path if isinstance(path, str) else repr(path))
+            )
     return out
 
 
@@ -179,7 +187,9 @@ def mirror_layout(configs: Mapping[str, Mapping[str, Any]]) -> str:
     if any(layer_of_name(name) is not None for name in configs):
         return LAYOUT_CONFIG_PER_LAYER
     gate = configs.get(CONFIG_GATE_VECTORS)
-    if gate is not None and any(layer_of_name(split) is not None for split, _ in config_paths(gate)):
+    if gate is not None and any(
+        layer_of_name(split) is not None for split, _ in config_paths(gate)
+    ):
         return LAYOUT_SPLIT_PER_LAYER
     return LAYOUT_CONFIG_PER_LAYER
 
@@ -193,8 +203,9 @@ class LayerSource:
     split: str
 
 
-def layer_sources(configs: Mapping[str, Mapping[str, Any]], layer_ids: Sequence[int],
-                  num_hidden_layers: int) -> dict[int, LayerSource]:
+def layer_sources(
+    configs: Mapping[str, Mapping[str, Any]], layer_ids: Sequence[int], num_hidden_layers: int
+) -> dict[int, LayerSource]:
     """Each of ``layer_ids``' file as a card in either layout lists it (configs by name); a layer
     the card does not list gets the current layout's names."""
     listed: dict[int, LayerSource] = {}
@@ -208,20 +219,35 @@ def layer_sources(configs: Mapping[str, Mapping[str, Any]], layer_ids: Sequence[
             layer, paths = layer_of_name(name), config_paths(config)
             if layer is not None and len(paths) == 1:
                 listed[layer] = LayerSource(paths[0][1], name, paths[0][0])
-    return {layer: listed.get(layer) or LayerSource(gate_vectors_parquet(layer, num_hidden_layers),
-                                                     layer_config(layer, num_hidden_layers), SPLIT)
-            for layer in layer_ids}
+    return {
+        layer: listed.get(layer)
+        or LayerSource(
+            gate_vectors_parquet(layer, num_hidden_layers),
+            layer_config(layer, num_hidden_layers),
+            SPLIT,
+        )
+        for layer in layer_ids
+    }
 
 
-def split_per_layer_configs(layer_paths: Mapping[int, str], stats_paths: Mapping[str, str]) -> list[dict[str, Any]]:
+def split_per_layer_configs(
+    layer_paths: Mapping[int, str], stats_paths: Mapping[str, str]
+) -> list[dict[str, Any]]:
     """A card's ``configs`` in the old layout (to reproduce one: tests, benchmarks): ``gate_vectors``,
     the default, with a split ``layer_NN`` per layer, then the stats configs."""
     return [
-        {CONFIG_NAME_KEY: CONFIG_GATE_VECTORS, DEFAULT_KEY: True,
-         DATA_FILES_KEY: [{SPLIT_KEY: old_layout_split(layer), PATH_KEY: path}
-                          for layer, path in sorted(layer_paths.items())]},
-        *({CONFIG_NAME_KEY: name, DATA_FILES_KEY: [{SPLIT_KEY: SPLIT, PATH_KEY: path}]}
-          for name, path in stats_paths.items()),
+        {
+            CONFIG_NAME_KEY: CONFIG_GATE_VECTORS,
+            DEFAULT_KEY: True,
+            DATA_FILES_KEY: [
+                {SPLIT_KEY: old_layout_split(layer), PATH_KEY: path}
+                for layer, path in sorted(layer_paths.items())
+            ],
+        },
+        *(
+            {CONFIG_NAME_KEY: name, DATA_FILES_KEY: [{SPLIT_KEY: SPLIT, PATH_KEY: path}]}
+            for name, path in stats_paths.items()
+        ),
     ]
 
 
@@ -232,28 +258,34 @@ def configs_by_name(card_data: Mapping[str, Any]) -> dict[str, Mapping[str, Any]
         raise VindexFormatError(f"configs is a {type(configs).__name__}, expected a list")
     for c in configs:
         if not isinstance(c, Mapping):
-            raise VindexFormatError(f"configs entry {c!r} is a {type(c).__name__}, expected a mapping with config_name")
+            raise VindexFormatError(
+                f"configs entry {c!r} is a {type(c).__name__}, expected a mapping with config_name"
+            )
     return {str(c.get(CONFIG_NAME_KEY)): c for c in configs}
 
 
 # ---- Arrow schemas ------------------------------------------------------------------------
 def gate_vectors_schema(hidden_size: int) -> pa.Schema:
-    return pa.schema([
-        (COL_LAYER, pa.int16()),
-        (COL_EXPERT, pa.int16()),
-        (COL_FEATURE, pa.int16()),
-        (COL_VECTOR, pa.list_(pa.float32(), hidden_size)),
-    ])
+    return pa.schema(
+        [
+            (COL_LAYER, pa.int16()),
+            (COL_EXPERT, pa.int16()),
+            (COL_FEATURE, pa.int16()),
+            (COL_VECTOR, pa.list_(pa.float32(), hidden_size)),
+        ]
+    )
 
 
 def expert_stats_schema(num_feats: int) -> pa.Schema:
-    return pa.schema([
-        (COL_LAYER, pa.int16()),
-        (COL_EXPERT, pa.int16()),
-        (statistics.var_key(num_feats), pa.float64()),
-        (statistics.FROBENIUS_NORM, pa.float64()),
-        (statistics.SINGULAR_VALUES, pa.list_(pa.float32(), num_feats)),
-    ])
+    return pa.schema(
+        [
+            (COL_LAYER, pa.int16()),
+            (COL_EXPERT, pa.int16()),
+            (statistics.var_key(num_feats), pa.float64()),
+            (statistics.FROBENIUS_NORM, pa.float64()),
+            (statistics.SINGULAR_VALUES, pa.list_(pa.float32(), num_feats)),
+        ]
+    )
 
 
 def feature_tokens_k(schema: pa.Schema) -> int:
@@ -262,14 +294,16 @@ def feature_tokens_k(schema: pa.Schema) -> int:
 
 
 def feature_tokens_schema(k: int) -> pa.Schema:
-    return pa.schema([
-        (COL_LAYER, pa.int16()),
-        (COL_EXPERT, pa.int16()),
-        (COL_FEATURE, pa.int16()),
-        (COL_TOKEN_IDS, pa.list_(pa.int32(), k)),
-        (COL_TOKENS, pa.list_(pa.string(), k)),
-        (COL_SCORES, pa.list_(pa.float32(), k)),
-    ])
+    return pa.schema(
+        [
+            (COL_LAYER, pa.int16()),
+            (COL_EXPERT, pa.int16()),
+            (COL_FEATURE, pa.int16()),
+            (COL_TOKEN_IDS, pa.list_(pa.int32(), k)),
+            (COL_TOKENS, pa.list_(pa.string(), k)),
+            (COL_SCORES, pa.list_(pa.float32(), k)),
+        ]
+    )
 
 
 def experts_per_row_group(num_feats: int, hidden_size: int) -> int:

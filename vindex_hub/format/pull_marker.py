@@ -27,10 +27,19 @@ FORMAT = "format"
 LAYERS = "layers"
 
 
-def write_pull_marker(folder: Path, *, repo_id: str, repo_type: str, commit: str | None, format: Format,
-                      layers: list[int]) -> None:
-    atomic_write_json(folder / PULL_MARKER, {REPO_ID: repo_id, REPO_TYPE: repo_type, COMMIT: commit,
-                                             FORMAT: format, LAYERS: layers})
+def write_pull_marker(
+    folder: Path,
+    *,
+    repo_id: str,
+    repo_type: str,
+    commit: str | None,
+    format: Format,
+    layers: list[int],
+) -> None:
+    atomic_write_json(
+        folder / PULL_MARKER,
+        {REPO_ID: repo_id, REPO_TYPE: repo_type, COMMIT: commit, FORMAT: format, LAYERS: layers},
+    )
 
 
 def read_pull_marker(folder: Path) -> dict[str, Any]:

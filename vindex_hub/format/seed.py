@@ -50,23 +50,39 @@ def _upgrade_seed_index(folder: Path, seed: dict[str, Any], *, where: str) -> si
     """
     seed_layers = seed.get(sidecar.LAYERS_KEY)
     if not isinstance(seed_layers, dict) or not seed_layers:
-        raise VindexFormatError(f"{where}: no {sidecar.FORMAT_VERSION_KEY} and no {sidecar.LAYERS_KEY} "
-                                "mapping: neither a vindex-hub sidecar nor a seed-style one")
+        raise VindexFormatError(
+            f"{where}: no {sidecar.FORMAT_VERSION_KEY} and no {sidecar.LAYERS_KEY} "
+            "mapping: neither a vindex-hub sidecar nor a seed-style one"
+        )
     unset_moe = sidecar.MoEConfig(**{f.name: _UNSET for f in dataclasses.fields(sidecar.MoEConfig)})
     defaults = sidecar.VindexIndex(
         num_feats=_UNSET,
-        model_config=sidecar.ModelConfig(model_type=sidecar.UNKNOWN, num_hidden_layers=len(seed_layers), moe=unset_moe),
+        model_config=sidecar.ModelConfig(
+            model_type=sidecar.UNKNOWN, num_hidden_layers=len(seed_layers), moe=unset_moe
+        ),
         source=sidecar.SourceInfo(repo_id=_card_base_model(folder)),
-        builder=sidecar.BuilderInfo(name=sidecar.UNKNOWN, version=sidecar.UNKNOWN, method=sidecar.UNKNOWN, sign_rule=sidecar.UNKNOWN),
+        builder=sidecar.BuilderInfo(
+            name=sidecar.UNKNOWN,
+            version=sidecar.UNKNOWN,
+            method=sidecar.UNKNOWN,
+            sign_rule=sidecar.UNKNOWN,
+        ),
     )
     # First without layers: the geometry, which fixes each layer's block.
-    index = sidecar.VindexIndex.from_json(_overlay(defaults.to_json(), {**seed, sidecar.LAYERS_KEY: {}}),
-                                         where=where)
-    unset = [name for name, value in dataclasses.asdict(index.model_config.moe).items() if value == _UNSET]
+    index = sidecar.VindexIndex.from_json(
+        _overlay(defaults.to_json(), {**seed, sidecar.LAYERS_KEY: {}}), where=where
+    )
+    unset = [
+        name
+        for name, value in dataclasses.asdict(index.model_config.moe).items()
+        if value == _UNSET
+    ]
     if index.num_feats == _UNSET:
         unset.insert(0, sidecar.NUM_FEATS_KEY)
     if unset:
-        raise VindexFormatError(f"{where}: a seed-style sidecar (no {sidecar.FORMAT_VERSION_KEY}) lacking {unset}")
+        raise VindexFormatError(
+            f"{where}: a seed-style sidecar (no {sidecar.FORMAT_VERSION_KEY}) lacking {unset}"
+        )
     try:
         layer_ids = sorted(int(name) for name in seed_layers)
     except ValueError as exc:
@@ -77,15 +93,26 @@ def _upgrade_seed_index(folder: Path, seed: dict[str, Any], *, where: str) -> si
             digest = sha256_file_range(folder / GATE_VECTORS_BIN, offset, index.layer_nbytes)
         except (EOFError, FileNotFoundError) as exc:
             raise VindexFormatError(f"{where}: layer {layer}: {exc}") from None
-        index.layers[layer] = sidecar.LayerEntry(file_offset=offset, shape=index.layer_shape, nbytes=index.layer_nbytes,
-                                                sha256=digest, median_var=math.nan, q25_var=math.nan,
-                                                q75_var=math.nan)
+        index.layers[layer] = sidecar.LayerEntry(
+            file_offset=offset,
+            shape=index.layer_shape,
+            nbytes=index.layer_nbytes,
+            sha256=digest,
+            median_var=math.nan,
+            q25_var=math.nan,
+            q75_var=math.nan,
+        )
     index = sidecar.VindexIndex.from_json(_overlay(index.to_json(), seed), where=where)
-    lacking = [layer for layer, e in index.layers.items()
-               if any(math.isnan(v) for v in (e.median_var, e.q25_var, e.q75_var))]
+    lacking = [
+        layer
+        for layer, e in index.layers.items()
+        if any(math.isnan(v) for v in (e.median_var, e.q25_var, e.q75_var))
+    ]
     if lacking:
-        raise VindexFormatError(f"{where}: layers {lacking} lack the var quartiles "
-                                f"({statistics.median_var_key(index.num_feats)}, ...)")
+        raise VindexFormatError(
+            f"{where}: layers {lacking} lack the var quartiles "
+            f"({statistics.median_var_key(index.num_feats)}, ...)"
+        )
     return index
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from ..errors import UsageError
 
@@ -25,7 +25,9 @@ def parse_layers(spec: str | Iterable[int] | None, num_layers: int) -> list[int]
             if hi < lo:
                 raise UsageError(f"bad layer range {part!r} in {spec!r}: end before start")
             if hi >= num_layers:  # checked before expanding: "0-99999999" must not build 10^8 ints
-                raise UsageError(f"layers {part} out of range: the model has layers 0-{num_layers - 1}")
+                raise UsageError(
+                    f"layers {part} out of range: the model has layers 0-{num_layers - 1}"
+                )
             ids.update(range(lo, hi + 1))
     else:
         ids = {int(x) for x in spec}

@@ -55,7 +55,7 @@ class SourceInfo:
     path: str | None = None  # older sidecars recorded the local folder itself: read, never written
 
     @classmethod
-    def local(cls, folder: str, fingerprint: str | None) -> "SourceInfo":
+    def local(cls, folder: str, fingerprint: str | None) -> SourceInfo:
         return cls(name=Path(folder).name, fingerprint=fingerprint)
 
     @property
@@ -75,17 +75,23 @@ class BuilderInfo:
     method: str
     sign_rule: str = layout.SIGN_RULE
     # How the vectors were computed (None in sidecars written before these were recorded):
-    svd_route: str | None = None  # numerics.svd ROUTE_*: which decomposition (cpu-mixed, cpu-f64, cuda-f64)
+    svd_route: str | None = (
+        None  # numerics.svd ROUTE_*: which decomposition (cpu-mixed, cpu-f64, cuda-f64)
+    )
     blas_threads: int | None = None  # BLAS threads per decomposition: the route's bits depend on it
-    workers: int | None = None  # processes the experts were decomposed on (the bits do not depend on it)
+    workers: int | None = (
+        None  # processes the experts were decomposed on (the bits do not depend on it)
+    )
 
     def to_json(self) -> dict[str, Any]:
         return {key: value for key, value in asdict(self).items() if value is not None}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "BuilderInfo":
+    def from_json(cls, data: dict[str, Any]) -> BuilderInfo:
         optional = {f.name for f in fields(cls) if f.default is None}
-        return cls(**{f: data.get(f) if f in optional else data[f] for f in cls.__dataclass_fields__})
+        return cls(
+            **{f: data.get(f) if f in optional else data[f] for f in cls.__dataclass_fields__}
+        )
 
 
 @dataclass
@@ -101,9 +107,16 @@ class LayerEntry:
 
 def _layer_id(name: object, num_layers: int, where: str) -> int:
     """A sidecar layer key: the decimal spelling of one of the model's layer ids, nothing else."""
-    if not isinstance(name, str) or not name.isdigit() or str(int(name)) != name or int(name) >= num_layers:
-        raise VindexFormatError(f"{where}: layer key {name!r} is not a layer of the model "
-                                f"(expected 0-{num_layers - 1}, written in decimal)")
+    if (
+        not isinstance(name, str)
+        or not name.isdigit()
+        or str(int(name)) != name
+        or int(name) >= num_layers
+    ):
+        raise VindexFormatError(
+            f"{where}: layer key {name!r} is not a layer of the model "
+            f"(expected 0-{num_layers - 1}, written in decimal)"
+        )
     return int(name)
 
 
@@ -183,7 +196,9 @@ class VindexIndex:
             "num_layers": len(self.layers),
             "total_bytes": self.total_bytes,
             "model_config": asdict(self.model_config),
-            "source": {k: v for k, v in asdict(self.source).items() if k != "path" or v is not None},
+            "source": {
+                k: v for k, v in asdict(self.source).items() if k != "path" or v is not None
+            },
             "builder": self.builder.to_json(),
             LAYERS_KEY: {
                 str(layer): {
@@ -203,7 +218,7 @@ class VindexIndex:
         return json.dumps(self.to_json(), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], *, where: str = SIDECAR_JSON) -> "VindexIndex":
+    def from_json(cls, data: dict[str, Any], *, where: str = SIDECAR_JSON) -> VindexIndex:
         """Parse and check a sidecar; ``where`` (a path or URL) goes into error messages."""
         if not isinstance(data, dict):
             raise VindexFormatError(f"{where}: expected a JSON object")
@@ -215,7 +230,9 @@ class VindexIndex:
                     f"({sorted(SUPPORTED_FORMAT_VERSIONS)}); upgrade vindex-hub"
                 )
             if data.get("dtype") != layout.DTYPE:
-                raise VindexFormatError(f"{where}: dtype {data.get('dtype')!r}, expected {layout.DTYPE!r}")
+                raise VindexFormatError(
+                    f"{where}: dtype {data.get('dtype')!r}, expected {layout.DTYPE!r}"
+                )
             k = int(data[NUM_FEATS_KEY])
             mc = data["model_config"]
             index = cls(
@@ -225,7 +242,9 @@ class VindexIndex:
                     num_hidden_layers=int(mc["num_hidden_layers"]),
                     moe=MoEConfig(**{f: int(mc["moe"][f]) for f in MoEConfig.__dataclass_fields__}),
                 ),
-                source=SourceInfo(**{f: data["source"].get(f) for f in SourceInfo.__dataclass_fields__}),
+                source=SourceInfo(
+                    **{f: data["source"].get(f) for f in SourceInfo.__dataclass_fields__}
+                ),
                 builder=BuilderInfo.from_json(data["builder"]),
                 layers={
                     _layer_id(name, int(mc["num_hidden_layers"]), where): LayerEntry(
@@ -244,12 +263,14 @@ class VindexIndex:
         except VindexFormatError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise VindexFormatError(f"{where}: malformed sidecar ({type(exc).__name__}: {exc})") from None
+            raise VindexFormatError(
+                f"{where}: malformed sidecar ({type(exc).__name__}: {exc})"
+            ) from None
         index.check_layout(where=where)
         return index
 
     @classmethod
-    def loads(cls, text: str, *, where: str = SIDECAR_JSON) -> "VindexIndex":
+    def loads(cls, text: str, *, where: str = SIDECAR_JSON) -> VindexIndex:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -268,9 +289,13 @@ class VindexIndex:
         for slot, layer in enumerate(self.layer_ids):
             e = self.layers[layer]
             if e.shape != expect_shape:
-                raise VindexFormatError(f"{where}: layer {layer} shape {e.shape}, expected {expect_shape}")
+                raise VindexFormatError(
+                    f"{where}: layer {layer} shape {e.shape}, expected {expect_shape}"
+                )
             if e.nbytes != self.layer_nbytes:
-                raise VindexFormatError(f"{where}: layer {layer} nbytes {e.nbytes}, expected {self.layer_nbytes}")
+                raise VindexFormatError(
+                    f"{where}: layer {layer} nbytes {e.nbytes}, expected {self.layer_nbytes}"
+                )
             want = self.layer_offset(slot)
             if e.file_offset != want:
                 raise VindexFormatError(

@@ -28,8 +28,9 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 from filelock import FileLock, Timeout
 from huggingface_hub import constants
@@ -59,8 +60,10 @@ def default_cache_root(hub_cache_dir: str | os.PathLike[str] | None = None) -> P
 def safe_name(value: str, what: str) -> str:
     """``value`` if it can be one cache path segment; else ``HubError`` naming ``what`` it is."""
     if not isinstance(value, str) or not _SAFE_NAME.fullmatch(value):
-        raise HubError(f"{what} {value!r} cannot name a cache file (expected letters, digits, '.', '_', '-'); "
-                       "refusing to use it")
+        raise HubError(
+            f"{what} {value!r} cannot name a cache file (expected letters, digits, '.', '_', '-'); "
+            "refusing to use it"
+        )
     return value
 
 
@@ -75,7 +78,7 @@ class BlockCache:
         self._swept: set[str] = set()  # content hashes whose stale temporary files were removed
 
     @classmethod
-    def beside(cls, hub_cache_dir: str | os.PathLike[str] | None = None) -> "BlockCache":
+    def beside(cls, hub_cache_dir: str | os.PathLike[str] | None = None) -> BlockCache:
         """The block cache that goes with a Hub cache folder (see ``default_cache_root``)."""
         return cls(default_cache_root(hub_cache_dir))
 
@@ -119,8 +122,10 @@ class BlockCache:
                     write(f)
                 size = tmp.stat().st_size
                 if size != end - start:
-                    raise HubError(f"{source}: bytes {start}-{end - 1} came as {size} bytes, expected "
-                                   f"{end - start}; not cached")
+                    raise HubError(
+                        f"{source}: bytes {start}-{end - 1} came as {size} bytes, expected "
+                        f"{end - start}; not cached"
+                    )
                 if check is not None:
                     check(tmp)
         return path, True
@@ -155,7 +160,12 @@ class BlockCache:
 
     # Per-commit file records, so an offline open can find the content hash of a file.
     def record_path(self, repo_folder: str, commit: str) -> Path:
-        return self.root / "meta" / safe_name(repo_folder, "repo folder") / f"{safe_name(commit, 'commit')}.json"
+        return (
+            self.root
+            / "meta"
+            / safe_name(repo_folder, "repo folder")
+            / f"{safe_name(commit, 'commit')}.json"
+        )
 
     def remember(self, repo_folder: str, commit: str, filename: str, info: dict[str, Any]) -> None:
         path = self.record_path(repo_folder, commit)
@@ -171,15 +181,20 @@ class BlockCache:
         """``filename`` of ``ref`` (pinned to a commit) as remembered by ``remember_remote``; None
         without a record, or with a damaged one (a record is only a hint: the caller asks the Hub)."""
         record = self.recall(_repo_folder(ref), ref.revision, filename)
-        if not (isinstance(record, dict) and isinstance(record.get(_ETAG), str)
-                and isinstance(record.get(_SIZE), int)):
+        if not (
+            isinstance(record, dict)
+            and isinstance(record.get(_ETAG), str)
+            and isinstance(record.get(_SIZE), int)
+        ):
             return None
         return RemoteFile(ref.url(filename), ref.revision, record[_ETAG], record[_SIZE])
 
     def remember_remote(self, ref: RepoRef, filename: str, remote: RemoteFile) -> None:
         """Record ``remote``'s ETag and size for ``filename`` of ``ref`` (pinned to a commit, whose
         files never change, so the record stays true), for offline opens and fewer HEADs."""
-        self.remember(_repo_folder(ref), ref.revision, filename, {_ETAG: remote.etag, _SIZE: remote.size})
+        self.remember(
+            _repo_folder(ref), ref.revision, filename, {_ETAG: remote.etag, _SIZE: remote.size}
+        )
 
     @staticmethod
     def _read(path: Path) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import httpx2
 from huggingface_hub import constants
@@ -22,14 +22,19 @@ from .refs import RepoRef
 
 # The bundled server's ``Server`` header (``hubserver``'s ``server_version``): it accepts any token.
 LOCAL_HUB_SERVER = "vindex-hub-local-hub"
-LOCAL_HUB_TOKEN_HINT = "the bundled local Hub accepts any token: set HF_TOKEN to any value (e.g. HF_TOKEN=local)"
+LOCAL_HUB_TOKEN_HINT = (
+    "the bundled local Hub accepts any token: set HF_TOKEN to any value (e.g. HF_TOKEN=local)"
+)
 
 
 def token_hint(exc: BaseException) -> str:
     """A hint for a 401 from the bundled local Hub, where a missing token is the only cause."""
     response = getattr(exc, "response", None)
-    if response is not None and response.status_code == 401 and \
-            response.headers.get("server", "").startswith(LOCAL_HUB_SERVER):
+    if (
+        response is not None
+        and response.status_code == 401
+        and response.headers.get("server", "").startswith(LOCAL_HUB_SERVER)
+    ):
         return f" ({LOCAL_HUB_TOKEN_HINT})"
     return ""
 
@@ -41,16 +46,22 @@ def hub_errors(ref: RepoRef, filename: str | None = None) -> Iterator[None]:
     try:
         yield
     except GatedRepoError as exc:
-        raise HubError(f"{ref}: gated repo, access not granted (log in or request access): {first_line(exc)}") from None
+        raise HubError(
+            f"{ref}: gated repo, access not granted (log in or request access): {first_line(exc)}"
+        ) from None
     except RepositoryNotFoundError as exc:
         raise RemoteNotFoundError(
             f"{ref.repo_type} repo {ref.repo_id} not found at {constants.ENDPOINT} "
             "(check the id and repo_type; private repos need a token)" + token_hint(exc)
         ) from None
     except RevisionNotFoundError:
-        raise RemoteNotFoundError(f"revision {ref.revision!r} not found in {ref.repo_type} repo {ref.repo_id}") from None
+        raise RemoteNotFoundError(
+            f"revision {ref.revision!r} not found in {ref.repo_type} repo {ref.repo_id}"
+        ) from None
     except LocalEntryNotFoundError:
-        raise HubError(f"{where}: not in the local cache and the Hub cannot be reached (offline?)") from None
+        raise HubError(
+            f"{where}: not in the local cache and the Hub cannot be reached (offline?)"
+        ) from None
     except EntryNotFoundError:
         raise RemoteNotFoundError(f"{where}: no such file") from None
     except OfflineModeIsEnabled:
@@ -58,7 +69,9 @@ def hub_errors(ref: RepoRef, filename: str | None = None) -> Iterator[None]:
     except HfHubHTTPError as exc:
         raise HubError(f"{where}: {first_line(exc)}{token_hint(exc)}") from None
     except httpx2.TransportError as exc:
-        raise HubError(f"{where}: cannot reach {constants.ENDPOINT} ({type(exc).__name__}: {exc})") from None
+        raise HubError(
+            f"{where}: cannot reach {constants.ENDPOINT} ({type(exc).__name__}: {exc})"
+        ) from None
     except ValueError as exc:
         # The client refuses some repo contents itself: a file name with "..", a file it would
         # need hf_xet for (a size it cannot fetch over plain HTTP).

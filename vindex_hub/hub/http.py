@@ -21,9 +21,10 @@ from __future__ import annotations
 import io
 import re
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Mapping, TypeVar
+from typing import BinaryIO, TypeVar
 
 import httpx2
 from huggingface_hub import get_hf_file_metadata, hf_hub_download, snapshot_download
@@ -58,11 +59,19 @@ class RemoteFile:
 def file_metadata(ref: RepoRef, filename: str, *, token: str | bool | None = None) -> RemoteFile:
     """HEAD one file: commit sha, ETag and true size (``RemoteNotFoundError`` names repo/revision/file)."""
     with hub_errors(ref, filename):
-        meta = with_retries(lambda: get_hf_file_metadata(ref.url(filename), token=token), url=ref.url(filename))
+        meta = with_retries(
+            lambda: get_hf_file_metadata(ref.url(filename), token=token), url=ref.url(filename)
+        )
     if not meta.commit_hash or not meta.etag or meta.size is None:
-        raise HubError(f"{ref.url(filename)}: the server's HEAD answer lacks X-Repo-Commit, ETag or size")
-    return RemoteFile(ref.url(filename, meta.commit_hash), commit_sha(meta.commit_hash, ref.url(filename)),
-                      meta.etag, meta.size)
+        raise HubError(
+            f"{ref.url(filename)}: the server's HEAD answer lacks X-Repo-Commit, ETag or size"
+        )
+    return RemoteFile(
+        ref.url(filename, meta.commit_hash),
+        commit_sha(meta.commit_hash, ref.url(filename)),
+        meta.etag,
+        meta.size,
+    )
 
 
 # ---- retries ------------------------------------------------------------------------------------
@@ -110,29 +119,60 @@ def with_retries(call: Callable[[], T], *, url: str, max_retries: int = MAX_RETR
                 raise
             reason, retry_after = fault
             if attempt > max_retries:
-                raise HubError(f"{url}: giving up after {max_retries} retries ({reason}), {attempt} attempts") from None
+                raise HubError(
+                    f"{url}: giving up after {max_retries} retries ({reason}), {attempt} attempts"
+                ) from None
             time.sleep(backoff_s(attempt, retry_after))
     raise AssertionError("unreachable")
 
 
 # ---- whole files -------------------------------------------------------------------------------
-def download_file(ref: RepoRef, filename: str, *, cache_dir: str | None = None,
-                  token: str | bool | None = None) -> Path:
+def download_file(
+    ref: RepoRef, filename: str, *, cache_dir: str | None = None, token: str | bool | None = None
+) -> Path:
     """One file of ``ref`` through the Hub cache (``hf_hub_download``), retried, errors typed."""
     with hub_errors(ref, filename):
-        return Path(with_retries(lambda: hf_hub_download(
-            ref.repo_id, filename, repo_type=ref.repo_type, revision=ref.revision, cache_dir=cache_dir,
-            token=token), url=ref.url(filename)))
+        return Path(
+            with_retries(
+                lambda: hf_hub_download(
+                    ref.repo_id,
+                    filename,
+                    repo_type=ref.repo_type,
+                    revision=ref.revision,
+                    cache_dir=cache_dir,
+                    token=token,
+                ),
+                url=ref.url(filename),
+            )
+        )
 
 
-def download_snapshot(ref: RepoRef, *, allow: list[str] | None = None, ignore: list[str] | None = None,
-                      local_dir: Path | None = None, cache_dir: str | None = None,
-                      token: str | bool | None = None) -> Path:
+def download_snapshot(
+    ref: RepoRef,
+    *,
+    allow: list[str] | None = None,
+    ignore: list[str] | None = None,
+    local_dir: Path | None = None,
+    cache_dir: str | None = None,
+    token: str | bool | None = None,
+) -> Path:
     """The repo's files at ``ref`` (``snapshot_download``), retried (files already fetched are kept)."""
     with hub_errors(ref):
-        return Path(with_retries(lambda: snapshot_download(
-            ref.repo_id, repo_type=ref.repo_type, revision=ref.revision, allow_patterns=allow,
-            ignore_patterns=ignore, local_dir=local_dir, cache_dir=cache_dir, token=token), url=ref.web_url()))
+        return Path(
+            with_retries(
+                lambda: snapshot_download(
+                    ref.repo_id,
+                    repo_type=ref.repo_type,
+                    revision=ref.revision,
+                    allow_patterns=allow,
+                    ignore_patterns=ignore,
+                    local_dir=local_dir,
+                    cache_dir=cache_dir,
+                    token=token,
+                ),
+                url=ref.web_url(),
+            )
+        )
 
 
 # ---- ranged reads -----------------------------------------------------------------------------
@@ -163,14 +203,19 @@ def fetch_range_into(
         except _Retryable as exc:
             got, reason, retry_after = exc.got, exc.reason, exc.retry_after
         else:
-            reason, retry_after = (f"body ended {end - pos - got} bytes early" if pos + got < end else ""), None
+            reason, retry_after = (
+                (f"body ended {end - pos - got} bytes early" if pos + got < end else ""),
+                None,
+            )
         pos += got
         if pos >= end:
             break
         failures = 0 if got else failures + 1
         if failures > max_retries:
-            raise HubError(f"{url}: bytes {start}-{end - 1}: giving up after {max_retries} retries ({reason}), "
-                           f"{failures} attempts without progress")
+            raise HubError(
+                f"{url}: bytes {start}-{end - 1}: giving up after {max_retries} retries ({reason}), "
+                f"{failures} attempts without progress"
+            )
         time.sleep(backoff_s(max(failures, 1), retry_after))
     return end - start
 
@@ -188,16 +233,22 @@ class _Retryable(Exception):
         self.reason, self.got, self.retry_after = reason, got, retry_after
 
 
-def _get_once(fileobj: BinaryIO, url: str, pos: int, end: int, *, token, expected_total: int | None) -> int:
+def _get_once(
+    fileobj: BinaryIO, url: str, pos: int, end: int, *, token, expected_total: int | None
+) -> int:
     """One ranged GET of ``[pos, end)``; returns bytes written, raises ``_Retryable`` for transient faults."""
     headers = build_hf_headers(token=token)
     headers["Range"] = f"bytes={pos}-{end - 1}"
-    headers["Accept-Encoding"] = "identity"  # byte offsets are of the stored file, never of a gzip stream
+    headers["Accept-Encoding"] = (
+        "identity"  # byte offsets are of the stored file, never of a gzip stream
+    )
     got = 0
     try:
         with get_session().stream("GET", url, headers=headers, timeout=TIMEOUT_S) as resp:
             if resp.status_code in RETRY_STATUS:
-                raise _Retryable(f"HTTP {resp.status_code}", retry_after=retry_after_s(resp.headers))
+                raise _Retryable(
+                    f"HTTP {resp.status_code}", retry_after=retry_after_s(resp.headers)
+                )
             if resp.status_code >= 400:
                 resp.read()
                 with hub_errors(ref_from_url(url)):
@@ -208,21 +259,29 @@ def _get_once(fileobj: BinaryIO, url: str, pos: int, end: int, *, token, expecte
                     "instead of 206 Partial Content (it ignores Range); refusing to read the whole file "
                     "(use mode='snapshot' for such servers)"
                 )
-            first, last = _check_content_range(resp.headers.get("Content-Range"), url, pos, end, expected_total)
+            first, last = _check_content_range(
+                resp.headers.get("Content-Range"), url, pos, end, expected_total
+            )
             want = last + 1 - first
             for chunk in resp.iter_bytes():  # no chunk_size: buffered bytes would be lost on a drop
                 if got + len(chunk) > want:
-                    raise HubError(f"{url}: the server sent more than the {want} bytes of its Content-Range")
+                    raise HubError(
+                        f"{url}: the server sent more than the {want} bytes of its Content-Range"
+                    )
                 fileobj.write(chunk)
                 got += len(chunk)
     except OfflineModeIsEnabled:
-        raise HubError(f"{url}: bytes {pos}-{end - 1} are not cached and HF_HUB_OFFLINE is set") from None
+        raise HubError(
+            f"{url}: bytes {pos}-{end - 1} are not cached and HF_HUB_OFFLINE is set"
+        ) from None
     except httpx2.TransportError as exc:
         raise _Retryable(f"{type(exc).__name__}: {exc}", got) from None
     return got
 
 
-def _check_content_range(value: str | None, url: str, pos: int, end: int, total: int | None) -> tuple[int, int]:
+def _check_content_range(
+    value: str | None, url: str, pos: int, end: int, total: int | None
+) -> tuple[int, int]:
     m = _CONTENT_RANGE.match(value or "")
     if not m:
         raise HubError(f"{url}: 206 answer with a missing or malformed Content-Range {value!r}")
@@ -230,5 +289,7 @@ def _check_content_range(value: str | None, url: str, pos: int, end: int, total:
     if first != pos or last < first or last > end - 1:
         raise HubError(f"{url}: asked for bytes {pos}-{end - 1}, the server sent {value!r}")
     if total is not None and m.group(3) != "*" and int(m.group(3)) != total:
-        raise HubError(f"{url}: Content-Range says the file holds {m.group(3)} bytes, its metadata {total}")
+        raise HubError(
+            f"{url}: Content-Range says the file holds {m.group(3)} bytes, its metadata {total}"
+        )
     return first, last

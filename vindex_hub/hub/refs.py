@@ -16,7 +16,9 @@ from ..errors import HubError, UsageError
 REPO_TYPES = ("dataset", "model")
 DEFAULT_REPO_TYPE = "dataset"
 
-_HF_URI = re.compile(r"^hf://(?:(?P<type>datasets|models|spaces)/)?(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/?$")
+_HF_URI = re.compile(
+    r"^hf://(?:(?P<type>datasets|models|spaces)/)?(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/?$"
+)
 _RESOLVE = re.compile(r"/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/")
 
 
@@ -32,9 +34,11 @@ class RepoRef:
         return f"{self.repo_type} repo {self.repo_id}@{self.revision or constants.DEFAULT_REVISION}"
 
     def url(self, filename: str, revision: str | None = None) -> str:
-        return hf_hub_url(self.repo_id, filename, repo_type=self.repo_type, revision=revision or self.revision)
+        return hf_hub_url(
+            self.repo_id, filename, repo_type=self.repo_type, revision=revision or self.revision
+        )
 
-    def at(self, revision: str) -> "RepoRef":
+    def at(self, revision: str) -> RepoRef:
         return RepoRef(self.repo_id, self.repo_type, revision)
 
     def repo_url(self, endpoint: str | None = None) -> str:
@@ -48,20 +52,28 @@ class RepoRef:
         return f"{self.repo_url()}/tree/{self.revision or constants.DEFAULT_REVISION}"
 
 
-def parse_repo(spec: str, *, revision: str | None = None, repo_type: str = DEFAULT_REPO_TYPE) -> RepoRef:
+def parse_repo(
+    spec: str, *, revision: str | None = None, repo_type: str = DEFAULT_REPO_TYPE
+) -> RepoRef:
     """``ns/name`` (of ``repo_type``) or ``hf://datasets/ns/name@rev`` (``hf://ns/name`` is a model).
 
     A revision inside an ``hf://`` URI may be URL-encoded (``refs%2Fpr%2F1``).
     """
     m = _HF_URI.match(spec)
     if m:
-        kind = constants.REPO_TYPES_MAPPING.get(m.group("type"), constants.REPO_TYPE_MODEL)  # hf://ns/name
+        kind = constants.REPO_TYPES_MAPPING.get(
+            m.group("type"), constants.REPO_TYPE_MODEL
+        )  # hf://ns/name
         uri_rev = unquote(m.group("rev")) if m.group("rev") else None
         if uri_rev and revision and uri_rev != revision:
-            raise UsageError(f"{spec}: revision {uri_rev!r} in the URI conflicts with revision={revision!r}")
+            raise UsageError(
+                f"{spec}: revision {uri_rev!r} in the URI conflicts with revision={revision!r}"
+            )
         return RepoRef(m.group("repo"), kind, uri_rev or revision)
     if spec.startswith("hf://") or spec.count("/") != 1 or not all(spec.split("/")):
-        raise UsageError(f"{spec!r} is neither an existing folder nor a Hub repo id (ns/name or hf://datasets/ns/name@rev)")
+        raise UsageError(
+            f"{spec!r} is neither an existing folder nor a Hub repo id (ns/name or hf://datasets/ns/name@rev)"
+        )
     if repo_type not in constants.REPO_TYPES:
         raise UsageError(f"repo_type {repo_type!r}: expected one of {constants.REPO_TYPES}")
     return RepoRef(spec, repo_type, revision)
@@ -70,7 +82,9 @@ def parse_repo(spec: str, *, revision: str | None = None, repo_type: str = DEFAU
 def commit_sha(value: str, where: str) -> str:
     """``value`` if it is a full 40-hex commit sha (it names cache files); else ``HubError``."""
     if not REGEX_COMMIT_HASH.fullmatch(value or ""):
-        raise HubError(f"{where}: the server gave commit {value!r}, not a 40-hex sha; refusing to use it")
+        raise HubError(
+            f"{where}: the server gave commit {value!r}, not a 40-hex sha; refusing to use it"
+        )
     return value
 
 
@@ -79,5 +93,7 @@ def ref_from_url(url: str) -> RepoRef:
     m = _RESOLVE.search(url)
     if not m:
         return RepoRef(url, "model")
-    kind = constants.REPO_TYPES_MAPPING.get(m.group(1), constants.REPO_TYPE_MODEL)  # no prefix: a model
+    kind = constants.REPO_TYPES_MAPPING.get(
+        m.group(1), constants.REPO_TYPE_MODEL
+    )  # no prefix: a model
     return RepoRef(m.group(2), kind, unquote(m.group(3)))

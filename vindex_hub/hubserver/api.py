@@ -71,7 +71,11 @@ def _split_revision(segments: list[str]) -> tuple[str, str]:
     """``(revision, path)`` from decoded path parts, accepting an unencoded ``refs/pr/N``."""
     if not segments or not segments[0]:
         raise HTTPFailure(400, "missing revision in URL")
-    if len(segments) >= 3 and segments[0] == "refs" and segments[1] in ("pr", "heads", "tags", "convert"):
+    if (
+        len(segments) >= 3
+        and segments[0] == "refs"
+        and segments[1] in ("pr", "heads", "tags", "convert")
+    ):
         return "/".join(segments[:3]), "/".join(segments[3:])
     return segments[0], "/".join(segments[1:])
 
@@ -150,7 +154,9 @@ def _handler_arguments(params: dict[str, Any]) -> dict[str, Any]:
     return args
 
 
-def find_route(routes: Iterable[Route], method: str, segments: list[str]) -> tuple[Route, dict[str, Any]]:
+def find_route(
+    routes: Iterable[Route], method: str, segments: list[str]
+) -> tuple[Route, dict[str, Any]]:
     """The first route for ``method`` whose pattern fits, with its handler's arguments; else 405 or 404."""
     allowed: list[str] = []
     for route in routes:
@@ -162,7 +168,9 @@ def find_route(routes: Iterable[Route], method: str, segments: list[str]) -> tup
         allowed += route.methods
     path = "/" + "/".join(segments)
     if allowed:
-        raise HTTPFailure(405, f"{method} not allowed on {path}", None, {"Allow": ", ".join(sorted(set(allowed)))})
+        raise HTTPFailure(
+            405, f"{method} not allowed on {path}", None, {"Allow": ", ".join(sorted(set(allowed)))}
+        )
     raise HTTPFailure(404, f"no route for {method} {path}")
 
 
@@ -188,7 +196,9 @@ class HubHandler(FramedHandler):
 
     def respond(self) -> None:
         if self.decoded_path not in ADMIN_PATHS:
-            self.fault = self.hub._faults.take(self.command, self.decoded_path, "Range" in self.headers)
+            self.fault = self.hub._faults.take(
+                self.command, self.decoded_path, "Range" in self.headers
+            )
             self.stats.add(requests=1)
         self.body_counters.append(lambda n: self.stats.add(bytes_received=n))
         self.apply_fault_at_start()
@@ -227,14 +237,20 @@ class HubHandler(FramedHandler):
         token = self._bearer_token()
         if token is None:
             raise HTTPFailure(
-                401, f"Access to {what} is restricted. You must have access to it and be authenticated to access it."
-                " Please log in.", "GatedRepo"
+                401,
+                f"Access to {what} is restricted. You must have access to it and be authenticated to access it."
+                " Please log in.",
+                "GatedRepo",
             )
         digest = token_digest(token)
-        if not any(hmac.compare_digest(digest, granted) for granted in meta["granted_token_sha256"]):
+        if not any(
+            hmac.compare_digest(digest, granted) for granted in meta["granted_token_sha256"]
+        ):
             raise HTTPFailure(
-                403, f"Access to {what} is restricted and you are not in the authorized list. Visit"
-                f" {self.web_url(repo)} to ask for access.", "GatedRepo"
+                403,
+                f"Access to {what} is restricted and you are not in the authorized list. Visit"
+                f" {self.web_url(repo)} to ask for access.",
+                "GatedRepo",
             )
         return meta
 
@@ -275,8 +291,12 @@ def admin_gated(req: HubHandler) -> None:
     tokens = spec.get("granted_tokens", [])
     if not isinstance(spec.get("repo_id"), str) or not isinstance(tokens, list):
         raise HTTPFailure(400, "gated needs 'repo_id' (ns/name) and a list 'granted_tokens'")
-    req.hub.set_gated(spec["repo_id"], repo_type=spec.get("repo_type", "model"),
-                      granted_tokens=tokens, gated=spec.get("gated", "auto"))
+    req.hub.set_gated(
+        spec["repo_id"],
+        repo_type=spec.get("repo_type", "model"),
+        granted_tokens=tokens,
+        gated=spec.get("gated", "auto"),
+    )
     req.send_json({})
 
 
@@ -292,8 +312,18 @@ def admin_reset(req: HubHandler) -> None:
 
 def whoami(req: HubHandler) -> None:
     req.require_auth()
-    req.send_json({"type": "user", "name": LOCAL_USER, "fullname": "Local Hub user", "orgs": [],
-                   "auth": {"type": "access_token", "accessToken": {"displayName": "local", "role": "write"}}})
+    req.send_json(
+        {
+            "type": "user",
+            "name": LOCAL_USER,
+            "fullname": "Local Hub user",
+            "orgs": [],
+            "auth": {
+                "type": "access_token",
+                "accessToken": {"displayName": "local", "role": "write"},
+            },
+        }
+    )
 
 
 def validate_yaml(req: HubHandler) -> None:
@@ -307,7 +337,9 @@ def create_repo(req: HubHandler) -> None:
     name, org = body.get("name"), body.get("organization")
     repo_type = body.get("type") or "model"
     if not isinstance(name, str) or not org:
-        raise HTTPFailure(400, "create needs 'name' and 'organization' (repo ids are 'namespace/name')")
+        raise HTTPFailure(
+            400, "create needs 'name' and 'organization' (repo ids are 'namespace/name')"
+        )
     private = body.get("visibility") == "private" or bool(body.get("private"))
     repo = RepoRef(repo_type, f"{org}/{name}")
     url = req.web_url(repo)
@@ -370,11 +402,19 @@ def refs(req: HubHandler, repo: RepoRef) -> None:
 
     def listed(kind: str, prefix: str) -> list[dict[str, str]]:
         return [
-            {"name": n if kind != "pulls" else f"refs/pr/{n}", "ref": f"{prefix}{n}", "targetCommit": sha}
+            {
+                "name": n if kind != "pulls" else f"refs/pr/{n}",
+                "ref": f"{prefix}{n}",
+                "targetCommit": sha,
+            }
             for n, sha in sorted(meta[kind].items())
         ]
 
-    out = {"branches": listed("branches", "refs/heads/"), "tags": listed("tags", "refs/tags/"), "converts": []}
+    out = {
+        "branches": listed("branches", "refs/heads/"),
+        "tags": listed("tags", "refs/tags/"),
+        "converts": [],
+    }
     if bool_param(req.query.get("include_prs")):
         out["pullRequests"] = listed("pulls", "refs/pr/")
     req.send_json(out)
@@ -382,8 +422,13 @@ def refs(req: HubHandler, repo: RepoRef) -> None:
 
 def _commit_json(c: Commit) -> dict[str, Any]:
     message = f"{c.summary}\n\n{c.description}" if c.description else c.summary
-    return {"id": c.sha, "title": c.summary, "message": message, "authors": [{"user": LOCAL_USER}],
-            "date": c.created_at}
+    return {
+        "id": c.sha,
+        "title": c.summary,
+        "message": message,
+        "authors": [{"user": LOCAL_USER}],
+        "date": c.created_at,
+    }
 
 
 def commits(req: HubHandler, repo: RepoRef, revision: str) -> None:
@@ -448,7 +493,9 @@ def _last_commit(history: list[Commit], path: str, oid: str) -> dict[str, str]:
     return {"id": last.sha, "title": last.summary, "date": last.created_at}
 
 
-def _entries(req: HubHandler, repo: RepoRef, commit: Commit, paths: Iterable[str], expand: bool) -> list[dict]:
+def _entries(
+    req: HubHandler, repo: RepoRef, commit: Commit, paths: Iterable[str], expand: bool
+) -> list[dict]:
     tree = commit.tree
     dirs = _directories(tree)
     history = req.storage.history(repo, commit.sha) if expand else []
@@ -474,13 +521,18 @@ def tree(req: HubHandler, repo: RepoRef, revision: str, path: str) -> None:
     path = path.strip("/")
     dirs = _directories(commit.tree)
     if path and path not in dirs:
-        raise HTTPFailure(404, f"{path!r} is not a folder at {revision}", "EntryNotFound",
-                          {"X-Repo-Commit": commit.sha})
+        raise HTTPFailure(
+            404,
+            f"{path!r} is not a folder at {revision}",
+            "EntryNotFound",
+            {"X-Repo-Commit": commit.sha},
+        )
     prefix = f"{path}/" if path else ""
     recursive = bool_param(req.query.get("recursive"))
     children = [
-        p for p in [*dirs, *commit.tree]
-        if p and p.startswith(prefix) and (recursive or "/" not in p[len(prefix):])
+        p
+        for p in [*dirs, *commit.tree]
+        if p and p.startswith(prefix) and (recursive or "/" not in p[len(prefix) :])
     ]
     # The Hub lists each folder's subfolders before its files; any stable order works for clients.
     children.sort(key=lambda p: (p in commit.tree, p))
@@ -510,10 +562,16 @@ def resolve(req: HubHandler, repo: RepoRef, revision: str, path: str) -> None:
     commit = req.storage.resolve(repo, revision)
     entry = commit.tree.get(path)
     if entry is None:
-        raise HTTPFailure(404, f"Entry not found: {path!r} at {revision}", "EntryNotFound",
-                          {"X-Repo-Commit": commit.sha})
+        raise HTTPFailure(
+            404,
+            f"Entry not found: {path!r} at {revision}",
+            "EntryNotFound",
+            {"X-Repo-Commit": commit.sha},
+        )
     key = (repo.repo_type, repo.repo_id, path)
-    req.stats.add(key, totals=False, **{"head_requests" if req.command == "HEAD" else "requests": 1})
+    req.stats.add(
+        key, totals=False, **{"head_requests" if req.command == "HEAD" else "requests": 1}
+    )
     etag = f'"{entry.sha256}"' if entry.lfs else f'"{entry.oid}"'
     headers = {
         "X-Repo-Commit": commit.sha,
@@ -523,9 +581,13 @@ def resolve(req: HubHandler, repo: RepoRef, revision: str, path: str) -> None:
     }
     if entry.lfs:
         headers.update({"X-Linked-Etag": etag, "X-Linked-Size": str(entry.size)})
-    req.send_file(path, entry.size, headers,
-                  lambda start, length: req.storage.iter_blob(entry.sha256, start, length, CHUNK),
-                  lambda n: req.stats.add(key, bytes_sent=n))
+    req.send_file(
+        path,
+        entry.size,
+        headers,
+        lambda start, length: req.storage.iter_blob(entry.sha256, start, length, CHUNK),
+        lambda n: req.stats.add(key, bytes_sent=n),
+    )
 
 
 # -- uploads ---------------------------------------------------------------------------------------
@@ -540,7 +602,11 @@ def preupload(req: HubHandler, repo: RepoRef, revision: str) -> None:
     for f in body.get("files", []):
         path, size = f["path"], int(f["size"])
         is_lfs = is_lfs_upload(path, size, base64.b64decode(f.get("sample", "")))
-        item: dict[str, Any] = {"path": path, "uploadMode": "lfs" if is_lfs else "regular", "shouldIgnore": False}
+        item: dict[str, Any] = {
+            "path": path,
+            "uploadMode": "lfs" if is_lfs else "regular",
+            "shouldIgnore": False,
+        }
         current = current_tree.get(path)
         if current is not None and current.lfs == is_lfs:
             # The oid the client compares with its own to skip unchanged files.
@@ -564,7 +630,9 @@ def _clean_path(path: Any, *, folder: bool = False) -> str:
         or any(ord(c) < 0x20 or c == "\x7f" for c in path)
         or any(p in ("", ".", "..") for p in path.split("/"))  # also "" and "/absolute"
     ):
-        raise HTTPFailure(400, f"invalid path in repo: {path!r} (relative, '/'-separated, no '.' or '..' parts)")
+        raise HTTPFailure(
+            400, f"invalid path in repo: {path!r} (relative, '/'-separated, no '.' or '..' parts)"
+        )
     return path
 
 
@@ -576,7 +644,9 @@ class _CommitPayload:
     added: dict[str, Entry] = field(default_factory=dict)
     deleted_files: list[str] = field(default_factory=list)
     deleted_folders: list[str] = field(default_factory=list)
-    inline_bytes: dict[str, int] = field(default_factory=dict)  # path -> bytes of an inline ("file") upload
+    inline_bytes: dict[str, int] = field(
+        default_factory=dict
+    )  # path -> bytes of an inline ("file") upload
     lfs_paths: list[tuple[str, str]] = field(default_factory=list)  # (oid, path) of each "lfsFile"
 
     def add_inline(self, storage: Storage, value: dict[str, Any]) -> None:
@@ -602,7 +672,9 @@ class _CommitPayload:
             try:
                 size = storage.blob_path(oid).stat().st_size
             except FileNotFoundError:
-                raise HTTPFailure(400, f"LFS object {oid} for {path!r} was never uploaded") from None
+                raise HTTPFailure(
+                    400, f"LFS object {oid} for {path!r} was never uploaded"
+                ) from None
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise HTTPFailure(400, f"LFS size {size!r} for {path!r} is not a non-negative integer")
         self.added[path] = Entry(git_blob_sha1(lfs_pointer(oid, size)), size, oid, True)
@@ -618,9 +690,13 @@ class _CommitPayload:
                 item = json.loads(line)
                 key, value = item["key"], item["value"]
             except (ValueError, KeyError, TypeError):
-                raise HTTPFailure(400, "commit payload lines must be JSON objects with 'key' and 'value'") from None
+                raise HTTPFailure(
+                    400, "commit payload lines must be JSON objects with 'key' and 'value'"
+                ) from None
             if not isinstance(value, dict):
-                raise HTTPFailure(400, f"commit payload line {key!r}: 'value' must be a JSON object")
+                raise HTTPFailure(
+                    400, f"commit payload line {key!r}: 'value' must be a JSON object"
+                )
             if key == "header":
                 payload.header = value
             elif key == "file":
@@ -659,7 +735,11 @@ def commit(req: HubHandler, repo: RepoRef, revision: str) -> None:
     for oid, path in payload.lfs_paths:
         req.stats.lfs_committed(repo, oid, path)
     web = req.web_url(repo)
-    out: dict[str, Any] = {"success": True, "commitOid": made.sha, "commitUrl": f"{web}/commit/{made.sha}"}
+    out: dict[str, Any] = {
+        "success": True,
+        "commitOid": made.sha,
+        "commitUrl": f"{web}/commit/{made.sha}",
+    }
     if pr_num is not None:
         out["pullRequestUrl"] = f"{web}/discussions/{pr_num}"
     req.send_json(out)
@@ -670,12 +750,16 @@ def commit(req: HubHandler, repo: RepoRef, revision: str) -> None:
 ROUTES: tuple[Route, ...] = (
     Route(("GET",), "_local_hub/stats", admin_stats, admin=True),
     Route(("GET",), "_local_hub/faults", admin_list_faults, admin=True),
-    Route(("POST",), "_local_hub/faults", admin_add_fault, admin=True),  # JSON: inject_fault's arguments
+    Route(
+        ("POST",), "_local_hub/faults", admin_add_fault, admin=True
+    ),  # JSON: inject_fault's arguments
     Route(("DELETE",), "_local_hub/faults", admin_clear_faults, admin=True),
     Route(("POST",), "_local_hub/reset", admin_reset, admin=True),  # stats and faults
     # {"repo_id", "repo_type"?, "gated"?, "granted_tokens"?}
     Route(("POST",), "_local_hub/gated", admin_gated, admin=True),
-    Route(("POST",), "api/repos/create", create_repo),  # {"name","organization","type","private"|"visibility"}
+    Route(
+        ("POST",), "api/repos/create", create_repo
+    ),  # {"name","organization","type","private"|"visibility"}
     Route(("DELETE",), "api/repos/delete", delete_repo),  # {"name","organization","type"}
     Route(("POST",), "api/validate-yaml", validate_yaml),  # always valid
     Route(("GET",), "api/whoami-v2", whoami),
@@ -694,4 +778,6 @@ ROUTES: tuple[Route, ...] = (
     Route(("POST",), "_local_hub/lfs-verify/{api_repo}/{oid}", lfs.verify),
     Route(("GET", "HEAD"), "{repo}/resolve/{revision_path*}", resolve),
 )
-ADMIN_PATHS = frozenset("/" + r.pattern for r in ROUTES if r.admin)  # requests here are never faulted or counted
+ADMIN_PATHS = frozenset(
+    "/" + r.pattern for r in ROUTES if r.admin
+)  # requests here are never faulted or counted

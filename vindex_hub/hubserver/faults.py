@@ -78,16 +78,28 @@ class Fault:
         if self.after_bytes < 0 or self.delay_s < 0 or self.chunk_size < 1:
             raise ValueError("fault after_bytes and delay_s must be >= 0 and chunk_size >= 1")
         if not isinstance(self.status, int) or not 400 <= self.status <= 599:
-            raise ValueError(f"fault status must be an HTTP error status (400-599), got {self.status!r}")
+            raise ValueError(
+                f"fault status must be an HTTP error status (400-599), got {self.status!r}"
+            )
         if self.retry_after is not None:
-            if isinstance(self.retry_after, bool) or not isinstance(self.retry_after, int) or self.retry_after < 0:
-                raise ValueError(f"fault retry_after must be whole seconds >= 0, got {self.retry_after!r}")
+            if (
+                isinstance(self.retry_after, bool)
+                or not isinstance(self.retry_after, int)
+                or self.retry_after < 0
+            ):
+                raise ValueError(
+                    f"fault retry_after must be whole seconds >= 0, got {self.retry_after!r}"
+                )
             if self.kind != "error" or self.status not in RETRY_AFTER_STATUSES:
-                raise ValueError(f"fault retry_after needs kind 'error' with status {RETRY_AFTER_STATUSES}")
+                raise ValueError(
+                    f"fault retry_after needs kind 'error' with status {RETRY_AFTER_STATUSES}"
+                )
         if self.ranged not in (None, True, False):
             raise ValueError(f"fault ranged must be true, false or null, got {self.ranged!r}")
         if self.side not in DROP_SIDES or (self.side != "auto" and self.kind != "drop"):
-            raise ValueError(f"fault side must be one of {DROP_SIDES}, and only a 'drop' fault takes one")
+            raise ValueError(
+                f"fault side must be one of {DROP_SIDES}, and only a 'drop' fault takes one"
+            )
         if self.method is not None:
             self.method = self.method.upper()
 

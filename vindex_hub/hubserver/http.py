@@ -134,9 +134,11 @@ class FramedHandler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
+    def log_message(self, format: str, *args: Any) -> None:
         # The request line of an LFS upload carries its upload token: keep it out of the log.
-        logger.debug("%s %s", self.address_string(), _TOKEN_IN_URL_RE.sub(r"\1<redacted>", format % args))
+        logger.debug(
+            "%s %s", self.address_string(), _TOKEN_IN_URL_RE.sub(r"\1<redacted>", format % args)
+        )
 
     def do_GET(self) -> None:
         self._serve()
@@ -163,7 +165,7 @@ class FramedHandler(BaseHTTPRequestHandler):
             self.send_failure(e)
         except Dropped:
             pass
-        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, socket.timeout):
+        except (TimeoutError, BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             self.close_connection = True
         except Exception:
             logger.exception("local hub: %s %s failed", self.command, self.decoded_path)
@@ -180,7 +182,9 @@ class FramedHandler(BaseHTTPRequestHandler):
             return
         if fault.kind == "error":
             self.drain_body()
-            raise HTTPFailure(fault.status, f"injected fault #{fault.id}", None, fault.answer_headers())
+            raise HTTPFailure(
+                fault.status, f"injected fault #{fault.id}", None, fault.answer_headers()
+            )
         if fault.kind == "drop" and self.command == "HEAD":
             self.abort()
             raise Dropped
@@ -293,7 +297,9 @@ class FramedHandler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
 
-    def write_body(self, chunks: Iterable[bytes], on_sent: Callable[[int], None] | None = None) -> None:
+    def write_body(
+        self, chunks: Iterable[bytes], on_sent: Callable[[int], None] | None = None
+    ) -> None:
         """Send a response body, applying a drop or slow fault; ``on_sent`` gets each count sent."""
         fault = self.fault
         slow = fault is not None and fault.kind == "slow"
@@ -336,7 +342,11 @@ class FramedHandler(BaseHTTPRequestHandler):
             self.write_body([body])
 
     def send_json(self, obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> None:
-        self.send_bytes(status, json.dumps(obj).encode(), {"Content-Type": "application/json", **(headers or {})})
+        self.send_bytes(
+            status,
+            json.dumps(obj).encode(),
+            {"Content-Type": "application/json", **(headers or {})},
+        )
 
     def send_file(
         self,
@@ -357,8 +367,12 @@ class FramedHandler(BaseHTTPRequestHandler):
             try:
                 start, end = parse_range(range_header, size)
             except Unsatisfiable:
-                raise HTTPFailure(416, f"Range {range_header!r} not satisfiable for {name!r} ({size} bytes)",
-                                  None, {"Content-Range": f"bytes */{size}", **headers}) from None
+                raise HTTPFailure(
+                    416,
+                    f"Range {range_header!r} not satisfiable for {name!r} ({size} bytes)",
+                    None,
+                    {"Content-Range": f"bytes */{size}", **headers},
+                ) from None
             status = 206
             headers = {**headers, "Content-Range": f"bytes {start}-{end}/{size}"}
         length = end - start + 1
@@ -369,8 +383,12 @@ class FramedHandler(BaseHTTPRequestHandler):
     def send_failure(self, failure: HTTPFailure) -> None:
         """The error answer in the Hub's format (or, once a body has started, a dropped connection)."""
         message = str(failure)
-        if self._headers_sent:  # failed mid-body: the client must see a broken response, not a second one
-            logger.warning("local hub: %s %s failed mid-body: %s", self.command, self.decoded_path, message)
+        if (
+            self._headers_sent
+        ):  # failed mid-body: the client must see a broken response, not a second one
+            logger.warning(
+                "local hub: %s %s failed mid-body: %s", self.command, self.decoded_path, message
+            )
             self.abort()
             return
         # Header values must be latin-1: escape anything else (a non-ASCII path in the message).
@@ -380,6 +398,8 @@ class FramedHandler(BaseHTTPRequestHandler):
             h["X-Error-Code"] = failure.error_code
         h.update(failure.headers)
         try:
-            self.send_bytes(failure.status, json.dumps({"error": message, **failure.body}).encode(), h)
+            self.send_bytes(
+                failure.status, json.dumps({"error": message, **failure.body}).encode(), h
+            )
         except (Dropped, OSError):
             self.close_connection = True

@@ -56,23 +56,36 @@ def batch(req: HubHandler, repo: RepoRef) -> None:
     req.check_write(repo)
     body = req.read_json()
     if body.get("operation") != "upload":
-        raise HTTPFailure(400, "only the LFS 'upload' operation is supported; download via /resolve/")
+        raise HTTPFailure(
+            400, "only the LFS 'upload' operation is supported; download via /resolve/"
+        )
     base = req.base_url()
     objects = []
     for obj in body.get("objects", []):
         oid, size = str(obj.get("oid")), obj.get("size")
         if not SHA256_RE.match(oid) or not isinstance(size, int) or size < 0:
-            objects.append({"oid": oid, "size": size, "error": {"code": 422, "message": "invalid oid or size"}})
+            objects.append(
+                {"oid": oid, "size": size, "error": {"code": 422, "message": "invalid oid or size"}}
+            )
             continue
         item: dict[str, Any] = {"oid": oid, "size": size, "authenticated": True}
         if not req.storage.has_blob(oid, size):
             tail = f"{repo.repo_type}s/{repo.repo_id}/{oid}?token={req.hub.upload_signer.token(repo, oid)}"
             item["actions"] = {
-                "upload": {"href": f"{base}/_local_hub/lfs/{tail}", "expires_in": UPLOAD_URL_LIFETIME_S},
-                "verify": {"href": f"{base}/_local_hub/lfs-verify/{tail}", "expires_in": UPLOAD_URL_LIFETIME_S},
+                "upload": {
+                    "href": f"{base}/_local_hub/lfs/{tail}",
+                    "expires_in": UPLOAD_URL_LIFETIME_S,
+                },
+                "verify": {
+                    "href": f"{base}/_local_hub/lfs-verify/{tail}",
+                    "expires_in": UPLOAD_URL_LIFETIME_S,
+                },
             }
         objects.append(item)
-    req.send_json({"transfer": "basic", "objects": objects}, headers={"Content-Type": "application/vnd.git-lfs+json"})
+    req.send_json(
+        {"transfer": "basic", "objects": objects},
+        headers={"Content-Type": "application/vnd.git-lfs+json"},
+    )
 
 
 def _check_upload_token(req: HubHandler, repo: RepoRef, oid: str) -> None:
@@ -82,7 +95,8 @@ def _check_upload_token(req: HubHandler, repo: RepoRef, oid: str) -> None:
         # Read and discard the body (no disk, no hashing) so the client gets the 403, not a reset.
         req.drain_body()
         raise HTTPFailure(
-            403, f"LFS URL for {oid} in {repo.repo_id} has no valid token: take it from the LFS batch answer"
+            403,
+            f"LFS URL for {oid} in {repo.repo_id} has no valid token: take it from the LFS batch answer",
         )
 
 
@@ -106,5 +120,7 @@ def verify(req: HubHandler, repo: RepoRef, oid: str) -> None:
     if body.get("oid") != oid or not isinstance(size, int):
         raise HTTPFailure(400, "verify needs the object's 'oid' and integer 'size'")
     if not req.storage.has_blob(oid, size):
-        raise HTTPFailure(404, f"LFS object {oid} with {size} bytes was not uploaded to {repo.repo_id}")
+        raise HTTPFailure(
+            404, f"LFS object {oid} with {size} bytes was not uploaded to {repo.repo_id}"
+        )
     req.send_json({"message": "Verified"})

@@ -31,7 +31,9 @@ class FileStats:
 
     requests: int = 0  # GET requests on its resolve URL
     head_requests: int = 0
-    bytes_sent: int = 0  # body bytes handed to the socket: a ranged read counts its range, a HEAD none
+    bytes_sent: int = (
+        0  # body bytes handed to the socket: a ranged read counts its range, a HEAD none
+    )
     bytes_received: int = 0  # bytes uploaded for it (LFS PUT body or inline commit content)
 
 
@@ -56,7 +58,8 @@ class HubStats:
             "bytes_received": self.bytes_received,
             "lfs_bytes_received": self.lfs_bytes_received,
             "files": [
-                {"repo_type": k[0], "repo_id": k[1], "path": k[2], **vars(v)} for k, v in sorted(self.files.items())
+                {"repo_type": k[0], "repo_id": k[1], "path": k[2], **vars(v)}
+                for k, v in sorted(self.files.items())
             ],
         }
 
@@ -69,7 +72,9 @@ class _StatsRecorder:
     def reset(self) -> None:
         with self._lock:
             self._stats = HubStats()
-            self._pending_lfs: dict[tuple[str, str, str], int] = {}  # (type, repo_id, sha256) -> bytes
+            self._pending_lfs: dict[
+                tuple[str, str, str], int
+            ] = {}  # (type, repo_id, sha256) -> bytes
 
     def snapshot(self) -> HubStats:
         with self._lock:
@@ -77,7 +82,9 @@ class _StatsRecorder:
             files = {k: FileStats(**vars(v)) for k, v in s.files.items()}
             return HubStats(files, s.requests, s.bytes_sent, s.bytes_received, s.lfs_bytes_received)
 
-    def add(self, key: tuple[str, str, str] | None = None, *, totals: bool = True, **counts: int) -> None:
+    def add(
+        self, key: tuple[str, str, str] | None = None, *, totals: bool = True, **counts: int
+    ) -> None:
         """Add ``counts`` to the totals (unless ``totals=False``: already counted when the request
         arrived) and, with ``key``, to that file's."""
         with self._lock:
@@ -155,7 +162,10 @@ class LocalHub:
         """Serve from a background thread; returns ``self``."""
         server = self._bind()
         self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name=f"local-hub-{self.url}", daemon=True
+            target=server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"local-hub-{self.url}",
+            daemon=True,
         )
         self._thread.start()
         return self
@@ -219,7 +229,10 @@ def serve(root: str | Path, host: str = "127.0.0.1", port: int = 0) -> None:
     """Run a :class:`LocalHub` in the foreground until Ctrl-C, printing its URL first."""
     hub = LocalHub(root, host, port)
     hub._bind()
-    print(f"local Hub serving {Path(root).resolve()} at {hub.url} (set HF_ENDPOINT={hub.url})", flush=True)
+    print(
+        f"local Hub serving {Path(root).resolve()} at {hub.url} (set HF_ENDPOINT={hub.url})",
+        flush=True,
+    )
     server = hub._server
     assert server is not None
     try:

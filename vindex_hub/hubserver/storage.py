@@ -46,12 +46,51 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}\Z")
 
 # What the Hub writes as the first commit of a new repo (it tracks these patterns with LFS).
 LFS_SUFFIXES = (
-    ".7z", ".arrow", ".bin", ".bz2", ".ckpt", ".ftz", ".gz", ".h5", ".joblib", ".mlmodel",
-    ".model", ".msgpack", ".npy", ".npz", ".onnx", ".ot", ".parquet", ".pb", ".pickle", ".pkl",
-    ".pt", ".pth", ".rar", ".safetensors", ".tar", ".tflite", ".tgz", ".wasm", ".xz", ".zip",
-    ".zst", ".png", ".jpg", ".jpeg", ".gif", ".webp", ".mp3", ".wav", ".ogg", ".flac", ".mp4",
+    ".7z",
+    ".arrow",
+    ".bin",
+    ".bz2",
+    ".ckpt",
+    ".ftz",
+    ".gz",
+    ".h5",
+    ".joblib",
+    ".mlmodel",
+    ".model",
+    ".msgpack",
+    ".npy",
+    ".npz",
+    ".onnx",
+    ".ot",
+    ".parquet",
+    ".pb",
+    ".pickle",
+    ".pkl",
+    ".pt",
+    ".pth",
+    ".rar",
+    ".safetensors",
+    ".tar",
+    ".tflite",
+    ".tgz",
+    ".wasm",
+    ".xz",
+    ".zip",
+    ".zst",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".gif",
+    ".webp",
+    ".mp3",
+    ".wav",
+    ".ogg",
+    ".flac",
+    ".mp4",
 )
-GITATTRIBUTES = "".join(f"*{s} filter=lfs diff=lfs merge=lfs -text\n" for s in LFS_SUFFIXES).encode()
+GITATTRIBUTES = "".join(
+    f"*{s} filter=lfs diff=lfs merge=lfs -text\n" for s in LFS_SUFFIXES
+).encode()
 # Files at least this large go to LFS whatever their type (the Hub's limit for regular files).
 LFS_MIN_SIZE = 10 * 1024 * 1024
 _COPY_CHUNK = 1024 * 1024
@@ -73,7 +112,9 @@ def git_blob_sha1(data: bytes) -> str:
 
 def lfs_pointer(sha256: str, size: int) -> bytes:
     """The Git-LFS pointer file git stores in place of an LFS file's content."""
-    return f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+    return (
+        f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+    )
 
 
 def is_lfs_upload(path: str, size: int, sample: bytes) -> bool:
@@ -111,7 +152,9 @@ class RepoRef:
     def __post_init__(self) -> None:
         # Checked here, once: repo ids become folder names under the storage root.
         if self.repo_type not in REPO_TYPES:
-            raise StorageError(404, f"repo type {self.repo_type!r} is not served here", "RepoNotFound")
+            raise StorageError(
+                404, f"repo type {self.repo_type!r} is not served here", "RepoNotFound"
+            )
         parts = self.repo_id.split("/")
         if len(parts) != 2 or not all(NAME_RE.match(p) for p in parts) or ".." in self.repo_id:
             raise StorageError(400, f"invalid repo id {self.repo_id!r}: expected 'namespace/name'")
@@ -247,7 +290,9 @@ class Storage:
         try:
             return json.loads((self._repo_dir(repo) / "repo.json").read_bytes())
         except FileNotFoundError:
-            raise StorageError(404, f"Repository {repo.repo_type}s/{repo.repo_id} not found", "RepoNotFound") from None
+            raise StorageError(
+                404, f"Repository {repo.repo_type}s/{repo.repo_id} not found", "RepoNotFound"
+            ) from None
 
     def repo_meta(self, repo: RepoRef) -> dict[str, Any]:
         """``{"private", "gated", "granted_token_sha256", "created_at", "branches", "tags", "pulls"}``
@@ -269,18 +314,28 @@ class Storage:
         with self._lock:
             meta = self._read_repo(repo)
             meta["gated"] = gated
-            meta["granted_token_sha256"] = sorted({token_digest(t) for t in tokens}) if gated else []
+            meta["granted_token_sha256"] = (
+                sorted({token_digest(t) for t in tokens}) if gated else []
+            )
             self._write_json(self._repo_dir(repo) / "repo.json", meta)
 
     def create_repo(self, repo: RepoRef, private: bool) -> None:
         """Create a repo with the Hub's initial commit (a ``.gitattributes``); 409 when it exists."""
         if repo.repo_id.endswith(".git"):
-            raise StorageError(400, f"invalid repo id {repo.repo_id!r}: names cannot end with '.git'")
+            raise StorageError(
+                400, f"invalid repo id {repo.repo_id!r}: names cannot end with '.git'"
+            )
         with self._lock:
             if (self._repo_dir(repo) / "repo.json").exists():
-                raise StorageError(409, f"You already created this {repo.repo_type} repo: {repo.repo_id}")
+                raise StorageError(
+                    409, f"You already created this {repo.repo_type} repo: {repo.repo_id}"
+                )
             sha = self.put_blob_bytes(GITATTRIBUTES)
-            tree = {".gitattributes": Entry(git_blob_sha1(GITATTRIBUTES), len(GITATTRIBUTES), sha, False)}
+            tree = {
+                ".gitattributes": Entry(
+                    git_blob_sha1(GITATTRIBUTES), len(GITATTRIBUTES), sha, False
+                )
+            }
             commit = self._write_commit(repo, None, "initial commit", "", tree)
             meta = {
                 "private": private,
@@ -315,7 +370,12 @@ class Storage:
     # -- commits -------------------------------------------------------------------------------
 
     def _write_commit(
-        self, repo: RepoRef, parent: str | None, summary: str, description: str, tree: dict[str, Entry]
+        self,
+        repo: RepoRef,
+        parent: str | None,
+        summary: str,
+        description: str,
+        tree: dict[str, Entry],
     ) -> Commit:
         record = {
             "parent": parent,
@@ -340,9 +400,17 @@ class Storage:
                 record = json.loads((self._repo_dir(repo) / "commits" / f"{sha}.json").read_bytes())
             except FileNotFoundError:
                 raise StorageError(404, f"Invalid rev id: {sha}", "RevisionNotFound") from None
-            tree = {p: Entry(e["oid"], e["size"], e["sha256"], e["lfs"]) for p, e in record["tree"].items()}
+            tree = {
+                p: Entry(e["oid"], e["size"], e["sha256"], e["lfs"])
+                for p, e in record["tree"].items()
+            }
             commit = Commit(
-                sha, record["parent"], record["summary"], record["description"], record["created_at"], tree
+                sha,
+                record["parent"],
+                record["summary"],
+                record["description"],
+                record["created_at"],
+                tree,
             )
             self._commits[(repo, sha)] = commit
             return commit
@@ -353,7 +421,7 @@ class Storage:
             meta = self._read_repo(repo)
             sha = meta["branches"].get(revision) or meta["tags"].get(revision)
             if sha is None and revision.startswith("refs/heads/"):
-                sha = meta["branches"].get(revision[len("refs/heads/"):])
+                sha = meta["branches"].get(revision[len("refs/heads/") :])
             if sha is None and (m := PR_REF_RE.match(revision)):
                 sha = meta["pulls"].get(m.group(1))
             if sha is None and SHA1_RE.match(revision):
@@ -393,7 +461,8 @@ class Storage:
         for path, entry in added.items():
             if not self.has_blob(entry.sha256, entry.size):
                 raise StorageError(
-                    400, f"LFS object {entry.sha256} ({entry.size} bytes) for {path!r} was never uploaded"
+                    400,
+                    f"LFS object {entry.sha256} ({entry.size} bytes) for {path!r} was never uploaded",
                 )
         with self._lock:
             meta = self._read_repo(repo)
@@ -403,7 +472,9 @@ class Storage:
             elif pr_match and pr_match.group(1) in meta["pulls"] and not create_pr:
                 ref_kind, ref_name = "pulls", pr_match.group(1)
             else:
-                raise StorageError(404, f"Invalid rev id: {revision} is not a branch", "RevisionNotFound")
+                raise StorageError(
+                    404, f"Invalid rev id: {revision} is not a branch", "RevisionNotFound"
+                )
             head = meta[ref_kind][ref_name]
             if parent_commit is not None:
                 parent_sha = self._expand_sha(repo, parent_commit)
@@ -417,12 +488,16 @@ class Storage:
             tree = dict(self.commit(repo, base).tree)
             for path in deleted_files:
                 if tree.pop(path, None) is None:
-                    raise StorageError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound")
+                    raise StorageError(
+                        404, f"A file with this name doesn't exist: {path}", "EntryNotFound"
+                    )
             for folder in deleted_folders:
                 prefix = folder.rstrip("/") + "/"
                 doomed = [p for p in tree if p.startswith(prefix)]
                 if not doomed:
-                    raise StorageError(404, f"A folder with this name doesn't exist: {folder}", "EntryNotFound")
+                    raise StorageError(
+                        404, f"A folder with this name doesn't exist: {folder}", "EntryNotFound"
+                    )
                 for p in doomed:
                     del tree[p]
             tree.update(added)
@@ -440,7 +515,10 @@ class Storage:
         """A full or abbreviated (>= 7 hex) commit sha -> the full sha."""
         # Checked before it becomes a glob: "*" or "../" would match files that are not its commits.
         if not isinstance(prefix, str) or not ABBREV_SHA1_RE.match(prefix.lower()):
-            raise StorageError(400, f"invalid parent commit {prefix!r}: expected 7 to 40 hex digits of a commit sha")
+            raise StorageError(
+                400,
+                f"invalid parent commit {prefix!r}: expected 7 to 40 hex digits of a commit sha",
+            )
         prefix = prefix.lower()
         found = [p.stem for p in (self._repo_dir(repo) / "commits").glob(f"{prefix}*.json")]
         if len(found) != 1:

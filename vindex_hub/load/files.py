@@ -44,7 +44,9 @@ class HubFiles:
         self.ref, self.cache_dir, self.token = ref, cache_dir, token
 
     def path(self, name: str) -> Path:
-        return download_file(self.ref, inside_vindex(name, str(self.ref)), cache_dir=self.cache_dir, token=self.token)
+        return download_file(
+            self.ref, inside_vindex(name, str(self.ref)), cache_dir=self.cache_dir, token=self.token
+        )
 
     def describe(self, name: str) -> str:
         return f"{name} in {self.ref}"

@@ -26,7 +26,9 @@ def remote_info(
 
     Downloads the sidecar and the small stats JSON; a HEAD of the binary gives its size.
     """
-    with Vindex.open(repo_id, revision, repo_type, mode=DEFAULT_REPO_MODE, cache_dir=cache_dir, token=token) as vx:
+    with Vindex.open(
+        repo_id, revision, repo_type, mode=DEFAULT_REPO_MODE, cache_dir=cache_dir, token=token
+    ) as vx:
         info = vx.info()
         for name in PHASES:
             try:

@@ -10,7 +10,9 @@ from ..checksums import sha256_bytes
 from ..errors import IntegrityError
 from ..format import layout, sidecar
 
-UNIT_NORM_TOL = 1e-3  # rows are unit-norm float32 singular vectors; corrupted bytes rarely stay within this
+UNIT_NORM_TOL = (
+    1e-3  # rows are unit-norm float32 singular vectors; corrupted bytes rarely stay within this
+)
 
 
 def mapped(path: Path) -> np.ndarray:

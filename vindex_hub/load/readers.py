@@ -8,9 +8,10 @@ disk are hashed once per reader, the first time they are read.
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 from functools import cached_property
-from typing import Any, Callable, Literal, Protocol, Union
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import yaml
@@ -25,7 +26,7 @@ from ..hub.http import RemoteFile, fetch_range_into
 from .files import VindexFiles
 from .integrity import check_sha256, check_unit_rows, mapped
 
-Verify = Union[bool, Literal["strict"]]
+Verify = bool | Literal["strict"]
 
 
 class LayerReader(Protocol):
@@ -42,11 +43,12 @@ class MemmapReader:
     """gate_vectors.bin on local disk (a vindex folder or a Hub cache snapshot)."""
 
     def __init__(self, path: Path, index: sidecar.VindexIndex, verify: Verify):
-        index.check_layout(where=str(path.with_name(filenames.SIDECAR_JSON)), file_size=path.stat().st_size)
+        index.check_layout(
+            where=str(path.with_name(filenames.SIDECAR_JSON)), file_size=path.stat().st_size
+        )
         self.path, self.index, self.verify = path, index, verify
         self._verified: set[int] = set()
-        self._mm = np.memmap(path, dtype=layout.NUMPY_DTYPE, mode="r",
-                             shape=index.array_shape)
+        self._mm = np.memmap(path, dtype=layout.NUMPY_DTYPE, mode="r", shape=index.array_shape)
         self._slot = {layer: slot for slot, layer in enumerate(index.layer_ids)}
 
     def layer(self, layer: int) -> np.ndarray:
@@ -66,19 +68,37 @@ class MemmapReader:
 class RangedReader:
     """Exact ranged reads of a remote gate_vectors.bin, through the persistent block cache."""
 
-    def __init__(self, remote: RemoteFile, index: sidecar.VindexIndex, cache: BlockCache,
-                 token: str | bool | None, verify: Verify):
-        self.remote, self.index, self.cache, self.token, self.verify = remote, index, cache, token, verify
-        self._verified: set[int | tuple[int, int]] = set()  # layers, and (layer, expert) blocks read alone
+    def __init__(
+        self,
+        remote: RemoteFile,
+        index: sidecar.VindexIndex,
+        cache: BlockCache,
+        token: str | bool | None,
+        verify: Verify,
+    ):
+        self.remote, self.index, self.cache, self.token, self.verify = (
+            remote,
+            index,
+            cache,
+            token,
+            verify,
+        )
+        self._verified: set[int | tuple[int, int]] = (
+            set()
+        )  # layers, and (layer, expert) blocks read alone
 
-    def _block(self, start: int, end: int, check: Callable[[Path], None] | None, recheck: bool) -> np.ndarray:
+    def _block(
+        self, start: int, end: int, check: Callable[[Path], None] | None, recheck: bool
+    ) -> np.ndarray:
         """Bytes ``[start, end)``: fetched and passed through ``check`` before they are cached, or
         found in the cache, and then (``recheck``) checked again, since another process may have
         cached them unchecked or they may have rotted on disk; a bad block is dropped and refetched."""
         key = self.remote.etag
 
         def fetch(f) -> None:
-            fetch_range_into(f, self.remote.url, start, end, token=self.token, expected_total=self.remote.size)
+            fetch_range_into(
+                f, self.remote.url, start, end, token=self.token, expected_total=self.remote.size
+            )
 
         path, fetched = self.cache.obtain(key, start, end, fetch, check, source=self.remote.url)
         if check is not None and recheck and not fetched:
@@ -87,31 +107,50 @@ class RangedReader:
             except IntegrityError as bad:
                 self.cache.discard(key, start, end)
                 try:
-                    path, _ = self.cache.obtain(key, start, end, fetch, check, source=self.remote.url)
+                    path, _ = self.cache.obtain(
+                        key, start, end, fetch, check, source=self.remote.url
+                    )
                 except HubError as exc:
-                    raise IntegrityError(f"{bad} (cache block {path}, now dropped; fetching it again failed: "
-                                         f"{exc})") from None
+                    raise IntegrityError(
+                        f"{bad} (cache block {path}, now dropped; fetching it again failed: {exc})"
+                    ) from None
         return np.asarray(mapped(path))
 
     def layer(self, layer: int) -> np.ndarray:
         e = self.index.layer(layer)
         where = f"{filenames.GATE_VECTORS_BIN} ({self.remote.url})"
-        check = (lambda path: check_sha256(mapped(path), self.index, layer, where)) if self.verify else None
-        flat = self._block(e.file_offset, e.file_offset + e.nbytes, check, recheck=layer not in self._verified)
+        check = (
+            (lambda path: check_sha256(mapped(path), self.index, layer, where))
+            if self.verify
+            else None
+        )
+        flat = self._block(
+            e.file_offset, e.file_offset + e.nbytes, check, recheck=layer not in self._verified
+        )
         if self.verify:
             self._verified.add(layer)
         return flat.reshape(e.shape)
 
     def expert(self, layer: int, expert: int) -> np.ndarray:
         e = self.index.layer(layer)
-        if self.verify == "strict" or self.cache.get(self.remote.etag, e.file_offset, e.file_offset + e.nbytes):
+        if self.verify == "strict" or self.cache.get(
+            self.remote.etag, e.file_offset, e.file_offset + e.nbytes
+        ):
             return self.layer(layer)[expert]
         k, h = self.index.num_feats, self.index.hidden_size
         start = e.file_offset + expert * layout.expert_nbytes(k, h)
         where = f"{filenames.GATE_VECTORS_BIN} ({self.remote.url}) layer {layer} expert {expert}"
-        check = (lambda path: check_unit_rows(mapped(path).reshape(k, h), where)) if self.verify else None
-        block = self._block(start, start + layout.expert_nbytes(k, h), check,
-                            recheck=(layer, expert) not in self._verified)
+        check = (
+            (lambda path: check_unit_rows(mapped(path).reshape(k, h), where))
+            if self.verify
+            else None
+        )
+        block = self._block(
+            start,
+            start + layout.expert_nbytes(k, h),
+            check,
+            recheck=(layer, expert) not in self._verified,
+        )
         if self.verify:
             self._verified.add((layer, expert))
         return block.reshape(k, h)
@@ -129,9 +168,21 @@ class ArrowReader:
     The last layer read is kept (one layer of memory), so the experts of a layer read one by one
     cost one ``load_dataset``, not one each."""
 
-    def __init__(self, path_or_repo: str, revision: str | None, index: sidecar.VindexIndex,
-                 token: str | bool | None, verify: Verify, files: VindexFiles):
-        self.path_or_repo, self.revision, self.index, self.token = path_or_repo, revision, index, token
+    def __init__(
+        self,
+        path_or_repo: str,
+        revision: str | None,
+        index: sidecar.VindexIndex,
+        token: str | bool | None,
+        verify: Verify,
+        files: VindexFiles,
+    ):
+        self.path_or_repo, self.revision, self.index, self.token = (
+            path_or_repo,
+            revision,
+            index,
+            token,
+        )
         self.verify, self._files = verify, files
         self._verified: set[int] = set()
         self._last: tuple[int, np.ndarray] | None = None  # (layer, its read-only block)
@@ -154,25 +205,43 @@ class ArrowReader:
 
         e = self.index.layer(layer)
         source = self._sources[layer]
-        where = f"{source.path} of {self.path_or_repo} (config {source.config}, split {source.split})"
+        where = (
+            f"{source.path} of {self.path_or_repo} (config {source.config}, split {source.split})"
+        )
         if source.config == mirror.CONFIG_GATE_VECTORS:  # the old layout
             which: dict[str, Any] = {"data_files": {source.split: source.path}}
         else:
             which = {"name": source.config}
         try:
-            ds = datasets.load_dataset(self.path_or_repo, split=source.split, revision=self.revision,
-                                       token=self.token, **which)
-        except (FileNotFoundError, DatasetNotFoundError) as exc:  # DataFilesNotFoundError is a FileNotFoundError
-            raise VindexFormatError(f"{where}: layer {layer} cannot be read from the mirror "
-                                    f"({first_line(exc)})") from None
+            ds = datasets.load_dataset(
+                self.path_or_repo,
+                split=source.split,
+                revision=self.revision,
+                token=self.token,
+                **which,
+            )
+        except (
+            FileNotFoundError,
+            DatasetNotFoundError,
+        ) as exc:  # DataFilesNotFoundError is a FileNotFoundError
+            raise VindexFormatError(
+                f"{where}: layer {layer} cannot be read from the mirror ({first_line(exc)})"
+            ) from None
         except (HfHubHTTPError, OSError) as exc:
-            raise HubError(f"{where}: layer {layer}: {type(exc).__name__}: {first_line(exc)}") from None
+            raise HubError(
+                f"{where}: layer {layer}: {type(exc).__name__}: {first_line(exc)}"
+            ) from None
         except yaml.YAMLError as exc:  # datasets parses the repo's card front matter first
-            raise VindexFormatError(f"{where}: layer {layer}: the repo's card front matter does not parse "
-                                    f"({type(exc).__name__}: {first_line(exc)})") from None
-        except ValueError as exc:  # a config the card lacks, or a front matter that is not a mapping
-            raise VindexFormatError(f"{where}: layer {layer} cannot be read from the mirror "
-                                    f"({first_line(exc)})") from None
+            raise VindexFormatError(
+                f"{where}: layer {layer}: the repo's card front matter does not parse "
+                f"({type(exc).__name__}: {first_line(exc)})"
+            ) from None
+        except (
+            ValueError
+        ) as exc:  # a config the card lacks, or a front matter that is not a mapping
+            raise VindexFormatError(
+                f"{where}: layer {layer} cannot be read from the mirror ({first_line(exc)})"
+            ) from None
         block = gate_vectors_from_table(ds.data.table, e.shape, where=where)
         if self.verify and layer not in self._verified:
             check_sha256(block, self.index, layer, where)
@@ -199,14 +268,21 @@ def gate_vectors_from_table(table, shape: list[int], *, where: str) -> np.ndarra
     """Reassemble one layer's ``(E, K, H)`` block from its mirror rows, placed by (expert, feature)."""
     num_experts, num_feats, hidden = shape
     if table.num_rows != num_experts * num_feats:
-        raise VindexFormatError(f"{where}: {table.num_rows} rows, expected {num_experts} x {num_feats}")
+        raise VindexFormatError(
+            f"{where}: {table.num_rows} rows, expected {num_experts} x {num_feats}"
+        )
     expert = table.column(mirror.COL_EXPERT).to_numpy().astype(np.int64)
     feature = table.column(mirror.COL_FEATURE).to_numpy().astype(np.int64)
     vectors = table.column(mirror.COL_VECTOR).combine_chunks()
     flat = vectors.values.to_numpy(zero_copy_only=False)
     if flat.dtype != np.float32 or flat.size != table.num_rows * hidden:
         raise VindexFormatError(f"{where}: {mirror.COL_VECTOR} is not float32 x {hidden}")
-    if expert.min() < 0 or expert.max() >= num_experts or feature.min() < 0 or feature.max() >= num_feats:
+    if (
+        expert.min() < 0
+        or expert.max() >= num_experts
+        or feature.min() < 0
+        or feature.max() >= num_feats
+    ):
         raise VindexFormatError(f"{where}: (expert, feature) outside {num_experts} x {num_feats}")
     slot = expert * num_feats + feature
     if np.unique(slot).size != slot.size:

@@ -68,8 +68,18 @@ class Vindex:
     memory-mapped views (copy them to write). ``layer_torch``/``expert_torch`` return copies.
     """
 
-    def __init__(self, index: sidecar.VindexIndex, reader: LayerReader, files: VindexFiles, *, mode: Mode,
-                 verify: Verify, location: str, commit: str | None = None, file_size: int | None = None):
+    def __init__(
+        self,
+        index: sidecar.VindexIndex,
+        reader: LayerReader,
+        files: VindexFiles,
+        *,
+        mode: Mode,
+        verify: Verify,
+        location: str,
+        commit: str | None = None,
+        file_size: int | None = None,
+    ):
         self._index, self._reader, self._files = index, reader, files
         self.mode, self.verify, self.location, self.commit = mode, verify, location, commit
         self._file_size = file_size
@@ -85,7 +95,7 @@ class Vindex:
         cache_dir: str | os.PathLike[str] | None = None,
         verify: Verify = True,
         token: str | bool | None = None,
-    ) -> "Vindex":
+    ) -> Vindex:
         """Open a vindex folder, a Hub repo id (``ns/name``, ``hf://datasets/ns/name@rev``) or a commit.
 
         ``mode`` defaults to ``local`` for an existing folder and ``lazy`` for a repo; for a
@@ -99,22 +109,32 @@ class Vindex:
         cache_dir = str(cache_dir) if cache_dir is not None else None
         if os.path.isdir(path_or_repo_id):
             if revision is not None:
-                raise UsageError(f"{path_or_repo_id} is a local folder: revision={revision!r} does not apply")
+                raise UsageError(
+                    f"{path_or_repo_id} is a local folder: revision={revision!r} does not apply"
+                )
             return cls._open_local(Path(path_or_repo_id), mode, verify)
         ref = parse_repo(str(path_or_repo_id), revision=revision, repo_type=repo_type)
         mode = mode or DEFAULT_REPO_MODE
         if mode == "local":
             raise UsageError(f"{path_or_repo_id} is not a local folder")
         if mode == "arrow" and ref.repo_type != "dataset":
-            raise UsageError(f"mode='arrow' reads with datasets.load_dataset, which reads dataset repos only; "
-                             f"{ref} is a {ref.repo_type} repo (use mode='lazy' or 'snapshot')")
+            raise UsageError(
+                f"mode='arrow' reads with datasets.load_dataset, which reads dataset repos only; "
+                f"{ref} is a {ref.repo_type} repo (use mode='lazy' or 'snapshot')"
+            )
         ref = ref.at(_resolve_commit(ref, cache_dir=cache_dir, token=token))
         files = HubFiles(ref, cache_dir=cache_dir, token=token)
         index_path = files.path(filenames.SIDECAR_JSON)
-        index = sidecar.VindexIndex.loads(index_path.read_text(encoding="utf-8"), where=files.describe(filenames.SIDECAR_JSON))
+        index = sidecar.VindexIndex.loads(
+            index_path.read_text(encoding="utf-8"), where=files.describe(filenames.SIDECAR_JSON)
+        )
         if mode == "snapshot":
-            folder = download_snapshot(ref, allow=list(filenames.SNAPSHOT_FILES), cache_dir=cache_dir, token=token)
-            reader = MemmapReader(_existing(folder / filenames.GATE_VECTORS_BIN, ref), index, verify)
+            folder = download_snapshot(
+                ref, allow=list(filenames.SNAPSHOT_FILES), cache_dir=cache_dir, token=token
+            )
+            reader = MemmapReader(
+                _existing(folder / filenames.GATE_VECTORS_BIN, ref), index, verify
+            )
             size = reader.path.stat().st_size
         elif mode == "lazy":
             cache = BlockCache.beside(cache_dir)
@@ -124,26 +144,43 @@ class Vindex:
             size = remote.size
         else:
             reader, size = ArrowReader(ref.repo_id, ref.revision, index, token, verify, files), None
-        return cls(index, reader, files, mode=mode, verify=verify, location=f"{ref.repo_id}@{ref.revision}",
-                   commit=ref.revision, file_size=size)
+        return cls(
+            index,
+            reader,
+            files,
+            mode=mode,
+            verify=verify,
+            location=f"{ref.repo_id}@{ref.revision}",
+            commit=ref.revision,
+            file_size=size,
+        )
 
     @classmethod
-    def _open_local(cls, root: Path, mode: Mode | None, verify: Verify) -> "Vindex":
+    def _open_local(cls, root: Path, mode: Mode | None, verify: Verify) -> Vindex:
         files = LocalFiles(root)
         index_path = files.path(filenames.SIDECAR_JSON)
-        index = sidecar.VindexIndex.loads(index_path.read_text(encoding="utf-8"), where=str(index_path))
+        index = sidecar.VindexIndex.loads(
+            index_path.read_text(encoding="utf-8"), where=str(index_path)
+        )
         if mode == "arrow":
             reader, size = ArrowReader(str(root), None, index, None, verify, files), None
         else:
             if not (root / filenames.GATE_VECTORS_BIN).is_file():
                 pulled = pull_marker.read_pull_marker(root)
-                what = (f"a data-only pull (format={pull_marker.ARROW!r}) of {pulled.get(pull_marker.REPO_ID)}"
-                        if pulled.get(pull_marker.FORMAT) == pull_marker.ARROW else "a folder")
-                raise VindexFormatError(f"{root / filenames.GATE_VECTORS_BIN}: missing; {root} is {what} without "
-                                        "the binary: open it with mode='arrow' to read its parquet layers")
+                what = (
+                    f"a data-only pull (format={pull_marker.ARROW!r}) of {pulled.get(pull_marker.REPO_ID)}"
+                    if pulled.get(pull_marker.FORMAT) == pull_marker.ARROW
+                    else "a folder"
+                )
+                raise VindexFormatError(
+                    f"{root / filenames.GATE_VECTORS_BIN}: missing; {root} is {what} without "
+                    "the binary: open it with mode='arrow' to read its parquet layers"
+                )
             reader = MemmapReader(files.path(filenames.GATE_VECTORS_BIN), index, verify)
             size, mode = reader.path.stat().st_size, "local"
-        return cls(index, reader, files, mode=mode, verify=verify, location=str(root), file_size=size)
+        return cls(
+            index, reader, files, mode=mode, verify=verify, location=str(root), file_size=size
+        )
 
     # ---- shape ----
     @property
@@ -185,7 +222,9 @@ class Vindex:
         """A clear error for a layer the vindex does not hold or an expert out of range."""
         self._index.layer(layer)
         if not 0 <= expert < self.num_experts:
-            raise UsageError(f"expert {expert} out of range: layer {layer} has experts 0-{self.num_experts - 1}")
+            raise UsageError(
+                f"expert {expert} out of range: layer {layer} has experts 0-{self.num_experts - 1}"
+            )
 
     def layer_torch(self, layer: int, device=None, dtype=None):
         """``layer(L)`` as a new torch tensor on ``device`` (default CPU) in ``dtype`` (default float32)."""
@@ -215,7 +254,9 @@ class Vindex:
         for name in table.column_names:
             col = table.column(name).combine_chunks()
             if hasattr(col.type, "list_size"):
-                out[name] = col.values.to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
+                out[name] = col.values.to_numpy(zero_copy_only=False).reshape(
+                    len(col), col.type.list_size
+                )
             else:
                 out[name] = col.to_numpy(zero_copy_only=False)
         return out
@@ -229,11 +270,25 @@ class Vindex:
         try:
             path = self._files.path(mirror.FEATURE_TOKENS_PARQUET)
         except (VindexFormatError, RemoteNotFoundError):
-            raise VindexFormatError(f"{self.location} has no {mirror.FEATURE_TOKENS_PARQUET} "
-                                    "(built without --feature-tokens K)") from None
-        rows = pq.read_table(path, filters=[(mirror.COL_LAYER, "=", layer), (mirror.COL_EXPERT, "=", expert)]
-                             ).sort_by(mirror.COL_FEATURE).to_pylist()
-        return [list(zip(r[mirror.COL_TOKENS], r[mirror.COL_TOKEN_IDS], r[mirror.COL_SCORES])) for r in rows]
+            raise VindexFormatError(
+                f"{self.location} has no {mirror.FEATURE_TOKENS_PARQUET} "
+                "(built without --feature-tokens K)"
+            ) from None
+        rows = (
+            pq.read_table(
+                path, filters=[(mirror.COL_LAYER, "=", layer), (mirror.COL_EXPERT, "=", expert)]
+            )
+            .sort_by(mirror.COL_FEATURE)
+            .to_pylist()
+        )
+        return [
+            list(
+                zip(
+                    r[mirror.COL_TOKENS], r[mirror.COL_TOKEN_IDS], r[mirror.COL_SCORES], strict=True
+                )
+            )
+            for r in rows
+        ]
 
     @cached_property
     def card_data(self):
@@ -264,9 +319,15 @@ class Vindex:
             "source": idx.source.__dict__.copy(),
             "builder": idx.builder.__dict__.copy(),
             "layers": [
-                {"layer": layer, "file_offset": e.file_offset, "nbytes": e.nbytes, "sha256": e.sha256,
-                 statistics.median_var_key(k): e.median_var, statistics.q25_var_key(k): e.q25_var,
-                 statistics.q75_var_key(k): e.q75_var}
+                {
+                    "layer": layer,
+                    "file_offset": e.file_offset,
+                    "nbytes": e.nbytes,
+                    "sha256": e.sha256,
+                    statistics.median_var_key(k): e.median_var,
+                    statistics.q25_var_key(k): e.q25_var,
+                    statistics.q75_var_key(k): e.q75_var,
+                }
                 for layer, e in sorted(idx.layers.items())
             ],
         }
@@ -282,15 +343,17 @@ class Vindex:
             self._reader.close()
             self._reader = None
 
-    def __enter__(self) -> "Vindex":
+    def __enter__(self) -> Vindex:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"Vindex({self.location!r}, mode={self.mode!r}, layers={selection.layer_span(self.layers)}, "
-                f"experts={self.num_experts}, num_feats={self.num_feats}, hidden_size={self.hidden_size})")
+        return (
+            f"Vindex({self.location!r}, mode={self.mode!r}, layers={selection.layer_span(self.layers)}, "
+            f"experts={self.num_experts}, num_feats={self.num_feats}, hidden_size={self.hidden_size})"
+        )
 
 
 def _to_torch(array: np.ndarray, device, dtype):
@@ -321,7 +384,9 @@ def _binary_metadata(ref: RepoRef, cache: BlockCache, *, token: str | bool | Non
     if constants.is_offline_mode():
         remote = cache.recall_remote(ref, filenames.GATE_VECTORS_BIN)
         if remote is None:
-            raise HubError(f"{filenames.GATE_VECTORS_BIN} in {ref}: never opened online, and HF_HUB_OFFLINE is set")
+            raise HubError(
+                f"{filenames.GATE_VECTORS_BIN} in {ref}: never opened online, and HF_HUB_OFFLINE is set"
+            )
         return remote
     remote = file_metadata(ref, filenames.GATE_VECTORS_BIN, token=token)
     cache.remember_remote(ref, filenames.GATE_VECTORS_BIN, remote)

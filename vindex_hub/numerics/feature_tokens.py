@@ -32,15 +32,15 @@ class UnitEmbedding:
     unit: np.ndarray  # float32 (V, H)
 
     @classmethod
-    def of(cls, embedding: np.ndarray) -> "UnitEmbedding":
+    def of(cls, embedding: np.ndarray) -> UnitEmbedding:
         rows = np.ascontiguousarray(embedding, dtype=np.float32)
         norms = np.empty(len(rows), dtype=np.float64)
         unit = np.empty_like(rows)
         for start in range(0, len(rows), NORM_BLOCK):  # float64 a block at a time, not a 2x copy
-            block = rows[start:start + NORM_BLOCK].astype(np.float64)
-            norms[start:start + len(block)] = n = np.linalg.norm(block, axis=1)
+            block = rows[start : start + NORM_BLOCK].astype(np.float64)
+            norms[start : start + len(block)] = n = np.linalg.norm(block, axis=1)
             np.divide(block, n[:, None], out=block, where=n[:, None] > 0)
-            unit[start:start + len(block)] = np.where(n[:, None] > 0, block, 0)
+            unit[start : start + len(block)] = np.where(n[:, None] > 0, block, 0)
         return cls(rows, norms, unit)
 
     @property
@@ -53,9 +53,15 @@ def pool_size(k: int, vocab_size: int) -> int:
     return min(vocab_size, 2 * k + 8)
 
 
-def top_abs_cosine(vectors: np.ndarray, embedding: UnitEmbedding, k: int, *, device: str = "cpu",
-                   vector_block: int = DEFAULT_VECTOR_BLOCK,
-                   vocab_block: int = DEFAULT_VOCAB_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+def top_abs_cosine(
+    vectors: np.ndarray,
+    embedding: UnitEmbedding,
+    k: int,
+    *,
+    device: str = "cpu",
+    vector_block: int = DEFAULT_VECTOR_BLOCK,
+    vocab_block: int = DEFAULT_VOCAB_BLOCK,
+) -> tuple[np.ndarray, np.ndarray]:
     """``vectors`` float ``(N, H)`` -> (token ids int32 ``(N, k)``, signed cosines float32 ``(N, k)``),
     each row ordered by |cosine| descending then token id ascending."""
     import torch
@@ -70,9 +76,13 @@ def top_abs_cosine(vectors: np.ndarray, embedding: UnitEmbedding, k: int, *, dev
     ids = np.empty((n, k), dtype=np.int32)
     scores = np.empty((n, k), dtype=np.float32)
     for start in range(0, n, vector_block):
-        block = np.array(vectors[start:start + vector_block], dtype=np.float32)  # a writable copy for torch
+        block = np.array(
+            vectors[start : start + vector_block], dtype=np.float32
+        )  # a writable copy for torch
         pool = _candidate_pool(torch.from_numpy(block).to(device), unit, m, vocab_block)
-        ids[start:start + len(block)], scores[start:start + len(block)] = _rescore(block, pool, embedding, k)
+        ids[start : start + len(block)], scores[start : start + len(block)] = _rescore(
+            block, pool, embedding, k
+        )
     return ids, scores
 
 
@@ -82,7 +92,7 @@ def _candidate_pool(vectors, unit, m: int, vocab_block: int) -> np.ndarray:
 
     best_val = best_idx = None
     for start in range(0, unit.shape[0], vocab_block):
-        tile = (vectors @ unit[start:start + vocab_block].T).abs_()
+        tile = (vectors @ unit[start : start + vocab_block].T).abs_()
         val, idx = torch.topk(tile, min(m, tile.shape[1]), dim=1)
         idx += start
         if best_val is not None:
@@ -92,22 +102,33 @@ def _candidate_pool(vectors, unit, m: int, vocab_block: int) -> np.ndarray:
     return best_idx.cpu().numpy()
 
 
-def _rescore(vectors: np.ndarray, pool: np.ndarray, embedding: UnitEmbedding, k: int) -> tuple[np.ndarray, np.ndarray]:
+def _rescore(
+    vectors: np.ndarray, pool: np.ndarray, embedding: UnitEmbedding, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Cosines of the pooled tokens in float64; the top k by (|cos| desc, id asc)."""
     v = vectors.astype(np.float64)
     v_norm = np.linalg.norm(v, axis=1)
     cos = np.empty(pool.shape, dtype=np.float64)
     for start in range(0, len(v), RESCORE_CHUNK):
-        rows = embedding.rows[pool[start:start + RESCORE_CHUNK]].astype(np.float64)  # (c, m, H)
-        dots = (rows * v[start:start + RESCORE_CHUNK, None, :]).sum(axis=-1)
-        denom = embedding.norms[pool[start:start + RESCORE_CHUNK]] * v_norm[start:start + RESCORE_CHUNK, None]
-        cos[start:start + RESCORE_CHUNK] = np.divide(dots, denom, out=np.zeros_like(dots), where=denom > 0)
+        rows = embedding.rows[pool[start : start + RESCORE_CHUNK]].astype(np.float64)  # (c, m, H)
+        dots = (rows * v[start : start + RESCORE_CHUNK, None, :]).sum(axis=-1)
+        denom = (
+            embedding.norms[pool[start : start + RESCORE_CHUNK]]
+            * v_norm[start : start + RESCORE_CHUNK, None]
+        )
+        cos[start : start + RESCORE_CHUNK] = np.divide(
+            dots, denom, out=np.zeros_like(dots), where=denom > 0
+        )
     order = np.lexsort((pool, -np.abs(cos)), axis=-1)[:, :k]
-    return (np.take_along_axis(pool, order, axis=1).astype(np.int32),
-            np.take_along_axis(cos, order, axis=1).astype(np.float32))
+    return (
+        np.take_along_axis(pool, order, axis=1).astype(np.int32),
+        np.take_along_axis(cos, order, axis=1).astype(np.float32),
+    )
 
 
-def reference_top_abs_cosine(vectors: np.ndarray, embedding: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+def reference_top_abs_cosine(
+    vectors: np.ndarray, embedding: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The float64 definition, the whole ``N x V`` matrix at once (for tests on small inputs)."""
     v = np.asarray(vectors, dtype=np.float64)
     e = np.asarray(embedding, dtype=np.float64)

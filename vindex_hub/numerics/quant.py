@@ -52,7 +52,9 @@ _FP4_PAIRS_U64 = np.ascontiguousarray(_FP4_PAIRS).view(np.uint64).reshape(256)
 FP8_BLOCK_SIZE = (128, 128)  # DeepSeek's quantization_config.weight_block_size
 
 
-def fp8_scale_grid(shape: tuple[int, int], block: tuple[int, int] = FP8_BLOCK_SIZE) -> tuple[int, int]:
+def fp8_scale_grid(
+    shape: tuple[int, int], block: tuple[int, int] = FP8_BLOCK_SIZE
+) -> tuple[int, int]:
     """Scale grid of a block-quantized FP8 matrix: ``ceil(rows/bo) x ceil(cols/bi)``."""
     return (-(-shape[0] // block[0]), -(-shape[1] // block[1]))
 
@@ -89,7 +91,9 @@ def decode_bf16(data: np.ndarray, *, name: str = "?") -> np.ndarray:
     """Little-endian BF16 bytes -> float32; the last axis halves (2 bytes a value)."""
     data = _as_bytes(data, name)
     if data.shape[-1] % 2:
-        raise QuantizationError(f"tensor {name}: BF16 data of {data.shape[-1]} bytes is not whole values")
+        raise QuantizationError(
+            f"tensor {name}: BF16 data of {data.shape[-1]} bytes is not whole values"
+        )
     halves = np.ascontiguousarray(data).view("<u2")
     return (halves.astype(np.uint32) << 16).view(np.float32)
 
@@ -97,7 +101,9 @@ def decode_bf16(data: np.ndarray, *, name: str = "?") -> np.ndarray:
 _PLAIN_FLOATS = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8")}
 
 
-def decode_tensor(data: np.ndarray, dtype: str, shape: tuple[int, ...], *, name: str = "?") -> np.ndarray:
+def decode_tensor(
+    data: np.ndarray, dtype: str, shape: tuple[int, ...], *, name: str = "?"
+) -> np.ndarray:
     """Bytes of one unpacked float tensor (safetensors ``dtype``) -> float32 array of ``shape``."""
     data = _as_bytes(data, name).reshape(-1)
     if dtype == "BF16":
@@ -152,7 +158,9 @@ def check_out(out: np.ndarray | None, shape: tuple[int, ...], name: str) -> np.n
     if out is None:
         return np.empty(shape, dtype=np.float32)
     if out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ValueError(f"tensor {name}: out must be C-contiguous float32 {shape}, got {out.dtype} {out.shape}")
+        raise ValueError(
+            f"tensor {name}: out must be C-contiguous float32 {shape}, got {out.dtype} {out.shape}"
+        )
     return out
 
 
@@ -217,7 +225,9 @@ def dequantize_fp8(
     scales = np.asarray(scales, dtype=np.float32)
     bo, bi = block_size
     if w.ndim < 2 or scales.ndim != w.ndim:
-        raise QuantizationError(f"tensor {name}: FP8 weight {list(w.shape)} and scale grid {list(scales.shape)} disagree")
+        raise QuantizationError(
+            f"tensor {name}: FP8 weight {list(w.shape)} and scale grid {list(scales.shape)} disagree"
+        )
     rows, cols = w.shape[-2:]
     grid = fp8_scale_grid((rows, cols), block_size)
     if scales.shape != (*w.shape[:-2], *grid):

@@ -8,8 +8,18 @@ from __future__ import annotations
 
 from ..errors import UsageError
 
-__all__ = ["BLAS_THREADS", "DEFAULT_DEVICE", "DEFAULT_PRECISION", "DEVICES", "PRECISIONS", "ROUTE_CUDA",
-           "ROUTE_F64", "ROUTE_MIXED", "method_for", "route_for"]
+__all__ = [
+    "BLAS_THREADS",
+    "DEFAULT_DEVICE",
+    "DEFAULT_PRECISION",
+    "DEVICES",
+    "PRECISIONS",
+    "ROUTE_CUDA",
+    "ROUTE_F64",
+    "ROUTE_MIXED",
+    "method_for",
+    "route_for",
+]
 
 # ``--device`` choices (``numerics.svd.resolve_device`` resolves "auto"), the default first.
 DEVICES = ("auto", "cpu", "cuda")
@@ -26,8 +36,8 @@ ROUTE_F64 = "cpu-f64"
 ROUTE_CUDA = "cuda-f64"
 _METHODS = {
     ROUTE_MIXED: "exact top-K SVD: float32 Gram matrix + float32 partial symmetric eigensolver "
-                 "(LAPACK ssyevr, top K+32) + one float64 Rayleigh-Ritz step with W; float64 route "
-                 "where a guard asks for it",
+    "(LAPACK ssyevr, top K+32) + one float64 Rayleigh-Ritz step with W; float64 route "
+    "where a guard asks for it",
     ROUTE_F64: "exact top-K SVD: float64 Gram matrix + partial symmetric eigensolver (LAPACK dsyevr)",
     ROUTE_CUDA: "exact top-K SVD: float64 Gram matrix + symmetric eigensolver (torch eigh, batched)",
 }

@@ -12,23 +12,27 @@ Definitions (DESIGN.md, Statistics), all computed in float64:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from ..format import statistics
 from ..errors import UsageError
+from ..format import statistics
 
 __all__ = ["effective_rank", "energy_fraction", "router_stats", "summarize"]
 
 
-
-def energy_fraction(singular_values: np.ndarray, frobenius_norm: np.ndarray | Sequence[float]) -> np.ndarray:
+def energy_fraction(
+    singular_values: np.ndarray, frobenius_norm: np.ndarray | Sequence[float]
+) -> np.ndarray:
     """``sum(s[:K]^2) / ||W||_F^2`` per matrix: ``(n, K)`` singular values, ``(n,)`` norms -> ``(n,)``."""
     s = np.asarray(singular_values, dtype=np.float64)
     fro = np.asarray(frobenius_norm, dtype=np.float64)
     if s.ndim != 2 or fro.shape != s.shape[:1]:
-        raise UsageError(f"energy_fraction needs (n, K) singular values and (n,) norms, got {s.shape}, {fro.shape}")
+        raise UsageError(
+            f"energy_fraction needs (n, K) singular values and (n,) norms, got {s.shape}, {fro.shape}"
+        )
     if np.any(fro <= 0):
         raise UsageError("energy_fraction of a zero matrix (Frobenius norm 0) is undefined")
     return np.sum(s**2, axis=1) / fro**2
@@ -60,7 +64,9 @@ def effective_rank(singular_values: np.ndarray | Sequence[float]) -> float:
     return float(np.exp(-np.sum(p * np.log(p))))
 
 
-def router_stats(singular_values: np.ndarray | Sequence[float], frobenius_norm: float) -> dict[str, Any]:
+def router_stats(
+    singular_values: np.ndarray | Sequence[float], frobenius_norm: float
+) -> dict[str, Any]:
     """The router decomposition of one layer from its *full* spectrum (all ``min(E, H)`` values).
 
     Keys: ``statistics.router_topk_key(k)`` for ``k`` in ``statistics.ROUTER_TOPK`` (the top-k energy
@@ -78,7 +84,10 @@ def router_stats(singular_values: np.ndarray | Sequence[float], frobenius_norm: 
     if not fro2 > 0 or not s[0] > 0:
         raise UsageError("router_stats of a zero router matrix is undefined")
     energy = np.cumsum(s**2) / fro2
-    out: dict[str, Any] = {statistics.router_topk_key(k): float(energy[min(k, s.size) - 1]) for k in statistics.ROUTER_TOPK}
+    out: dict[str, Any] = {
+        statistics.router_topk_key(k): float(energy[min(k, s.size) - 1])
+        for k in statistics.ROUTER_TOPK
+    }
     out[statistics.ROUTER_EFFECTIVE_RANK] = effective_rank(s)
     out[statistics.ROUTER_STABLE_RANK] = fro2 / s[0] ** 2
     out[statistics.ROUTER_S0_S1] = float(s[0] / s[1]) if s.size > 1 and s[1] > 0 else None

@@ -30,7 +30,7 @@ Every BLAS/LAPACK call of both routes goes through ``scipy.linalg.blas`` / ``sci
 LAPACK's optimal work sizes queried, and runs with a fixed number of BLAS threads
 (``BLAS_THREADS``, whatever the caller's setting): LAPACK's bits change with the thread count,
 so a fixed count makes a build bit-identical across machines with the same BLAS kernel, and
-resumable anywhere. Parallelism comes from processes (``build.engine``), not BLAS threads.
+resumable anywhere. Parallelism comes from processes (``builder.engine``), not BLAS threads.
 
 ``cuda``: the float64 method batched in torch on the device (``torch.linalg.eigh``).
 
@@ -43,20 +43,41 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import scipy.linalg
 from scipy.linalg import blas, lapack
 
 from ..errors import CheckpointError, UsageError
-from .routes import (BLAS_THREADS, DEFAULT_DEVICE, DEFAULT_PRECISION, DEVICES, PRECISIONS, ROUTE_CUDA, ROUTE_F64,
-                     ROUTE_MIXED, method_for, route_for)
+from .routes import (
+    BLAS_THREADS,
+    DEFAULT_DEVICE,
+    DEFAULT_PRECISION,
+    DEVICES,
+    PRECISIONS,
+    ROUTE_CUDA,
+    ROUTE_F64,
+    ROUTE_MIXED,
+    method_for,
+    route_for,
+)
 
 __all__ = [
-    "BLAS_THREADS", "DEFAULT_DEVICE", "DEFAULT_PRECISION", "DEVICES", "PRECISIONS", "TopK", "canonicalize_signs",
-    "frobenius_norm", "method_for", "resolve_device", "route_for", "singular_values", "top_k_right_singular",
+    "BLAS_THREADS",
+    "DEFAULT_DEVICE",
+    "DEFAULT_PRECISION",
+    "DEVICES",
+    "PRECISIONS",
+    "TopK",
+    "canonicalize_signs",
+    "frobenius_norm",
+    "method_for",
+    "resolve_device",
+    "route_for",
+    "singular_values",
+    "top_k_right_singular",
 ]
 
 # Guard of the mixed route (module docstring).
@@ -111,7 +132,9 @@ def canonicalize_signs(vectors: np.ndarray) -> np.ndarray:
     return vectors
 
 
-def singular_values(matrix: np.ndarray, *, name: str = "matrix", blas_threads: int = BLAS_THREADS) -> np.ndarray:
+def singular_values(
+    matrix: np.ndarray, *, name: str = "matrix", blas_threads: int = BLAS_THREADS
+) -> np.ndarray:
     """All singular values of one 2-D matrix (float64, descending), e.g. a router ``[E, H]``.
 
     Computed by float64 LAPACK with ``blas_threads`` BLAS threads, whatever the caller's setting
@@ -158,11 +181,15 @@ def top_k_right_singular(
     """
     weights = np.asarray(weights)
     if weights.ndim != 3:
-        raise UsageError(f"expected a (batch, out, in) array of gate_proj weights, got shape {weights.shape}")
+        raise UsageError(
+            f"expected a (batch, out, in) array of gate_proj weights, got shape {weights.shape}"
+        )
     batch, rows, cols = weights.shape
     if names is not None and len(names) != batch:
         raise UsageError(f"{len(names)} names given for a batch of {batch} matrices")
-    labels = list(names) if names is not None else [f"matrix {b} of the batch" for b in range(batch)]
+    labels = (
+        list(names) if names is not None else [f"matrix {b} of the batch" for b in range(batch)]
+    )
     if k < 1:
         raise UsageError(f"--num-feats must be positive, got {k}")
     if k > min(rows, cols):
@@ -185,7 +212,9 @@ def top_k_right_singular(
 
 def _finish(s64: np.ndarray, v64: np.ndarray, fro64: np.ndarray, routes: Sequence[str]) -> TopK:
     """float64 results -> the output contract: unit rows in float32, the sign rule applied."""
-    vectors = np.ascontiguousarray(v64 / np.linalg.norm(v64, axis=-1, keepdims=True), dtype=np.float32)
+    vectors = np.ascontiguousarray(
+        v64 / np.linalg.norm(v64, axis=-1, keepdims=True), dtype=np.float32
+    )
     return TopK(
         vectors=canonicalize_signs(vectors),
         singular_values=s64,
@@ -195,7 +224,7 @@ def _finish(s64: np.ndarray, v64: np.ndarray, fro64: np.ndarray, routes: Sequenc
 
 
 @functools.cache
-def _blas_controller():  # noqa: ANN202 - threadpoolctl's type
+def _blas_controller():
     """One scan of the loaded BLAS libraries (numpy's and scipy's OpenBLAS): limiting through
     it costs microseconds, a fresh ``threadpool_limits`` rescans every call."""
     from threadpoolctl import ThreadpoolController
@@ -203,7 +232,7 @@ def _blas_controller():  # noqa: ANN202 - threadpoolctl's type
     return ThreadpoolController()
 
 
-def _blas_threads(threads: int):  # noqa: ANN202 - a context manager
+def _blas_threads(threads: int):
     if threads < 1:
         raise UsageError(f"blas_threads must be at least 1, got {threads}")
     return _blas_controller().limit(limits=threads, user_api="blas")
@@ -243,7 +272,9 @@ def _check_finite(energy: float, label: str) -> None:
         raise CheckpointError(f"{label} contains NaN or Inf values")
 
 
-def _checked_singular_values(eigenvalues: np.ndarray, shape: tuple[int, int], k: int, label: str) -> np.ndarray:
+def _checked_singular_values(
+    eigenvalues: np.ndarray, shape: tuple[int, int], k: int, label: str
+) -> np.ndarray:
     """Descending top-``k`` Gram eigenvalues -> singular values; refuses a rank below ``k``."""
     s = np.sqrt(np.maximum(eigenvalues, 0.0))
     # numpy.linalg.matrix_rank's threshold for a float32 matrix.
@@ -258,8 +289,9 @@ def _checked_singular_values(eigenvalues: np.ndarray, shape: tuple[int, int], k:
     return s
 
 
-def _top_k_lapack(weights: np.ndarray, k: int, labels: list[str], *, mixed: bool
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+def _top_k_lapack(
+    weights: np.ndarray, k: int, labels: list[str], *, mixed: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
     batch, rows, cols = weights.shape
     s_out = np.empty((batch, k))
     v_out = np.empty((batch, k, cols))
@@ -282,7 +314,7 @@ def _top_k_lapack(weights: np.ndarray, k: int, labels: list[str], *, mixed: bool
     return s_out, v_out, fro, routes
 
 
-def _gram(syrk, w: np.ndarray, buffer: np.ndarray) -> np.ndarray:  # noqa: ANN001 - a BLAS routine
+def _gram(syrk, w: np.ndarray, buffer: np.ndarray) -> np.ndarray:
     """The upper triangle of the smaller Gram matrix of ``w``, written into ``buffer``.
 
     ``syrk`` computes one triangle only (half the flops of a matmul). A C-ordered ``(O, I)``
@@ -290,11 +322,14 @@ def _gram(syrk, w: np.ndarray, buffer: np.ndarray) -> np.ndarray:  # noqa: ANN00
     ``w^T w``.
     """
     rows, cols = w.shape
-    return syrk(1.0, w.T, beta=0.0, c=buffer, trans=1 if rows <= cols else 0, lower=0, overwrite_c=1)
+    return syrk(
+        1.0, w.T, beta=0.0, c=buffer, trans=1 if rows <= cols else 0, lower=0, overwrite_c=1
+    )
 
 
-def _top_eigenpairs(gram: np.ndarray, count: int, *, everything: bool = False
-                    ) -> tuple[np.ndarray, np.ndarray] | None:
+def _top_eigenpairs(
+    gram: np.ndarray, count: int, *, everything: bool = False
+) -> tuple[np.ndarray, np.ndarray] | None:
     """The ``count`` largest eigenpairs of a symmetric matrix (upper triangle), ascending,
     computed in place by LAPACK ``syevr`` (of the matrix's precision) with an index range (all of
     them with ``everything``) and its optimal work sizes. None where syevr found fewer than asked
@@ -303,8 +338,16 @@ def _top_eigenpairs(gram: np.ndarray, count: int, *, everything: bool = False
     routine = {np.dtype(np.float32): "ssyevr", np.dtype(np.float64): "dsyevr"}[gram.dtype]
     lwork, liwork = _lwork(routine, n)
     lam, vec, found, _, info = getattr(lapack, routine)(
-        gram, compute_v=1, range="A" if everything else "I", lower=0, il=n - count + 1, iu=n,
-        lwork=lwork, liwork=liwork, overwrite_a=1)
+        gram,
+        compute_v=1,
+        range="A" if everything else "I",
+        lower=0,
+        il=n - count + 1,
+        iu=n,
+        lwork=lwork,
+        liwork=liwork,
+        overwrite_a=1,
+    )
     if info != 0:
         raise RuntimeError(f"LAPACK {routine} failed on a {n} x {n} Gram matrix: info {info}")
     if found < count:
@@ -329,8 +372,9 @@ def _f64_route(w64: np.ndarray, k: int, label: str) -> tuple[np.ndarray, np.ndar
     return s, blas.dgemm(1.0, w64.T, u).T / s[:, None]
 
 
-def _mixed_route(w32: np.ndarray, w64: np.ndarray, energy: float, k: int,
-                 label: str) -> tuple[np.ndarray, np.ndarray] | None:
+def _mixed_route(
+    w32: np.ndarray, w64: np.ndarray, energy: float, k: int, label: str
+) -> tuple[np.ndarray, np.ndarray] | None:
     """Float32 subspace + one float64 Rayleigh-Ritz step: ``(s, V^T)``, or None where the guard
     (module docstring) asks for the float64 route."""
     rows, cols = w32.shape
@@ -392,7 +436,7 @@ def _ritz_pairs_certain(theta: np.ndarray, residual_norms: np.ndarray, k: int) -
     # Vectors the spectrum determines: singular value gap to both neighbours (p > k, so the
     # next one was computed) of at least CERTAIN_GAP x s_0; the others have no exact answer.
     s = np.sqrt(theta)
-    gaps = s[:k] - s[1:k + 1]
+    gaps = s[:k] - s[1 : k + 1]
     gaps[1:] = np.minimum(gaps[1:], gaps[:-1])
     defined = gaps >= CERTAIN_GAP * s[0]
     distance = np.abs(theta[:k, None] - theta[None, :])
@@ -427,7 +471,9 @@ def _top_k_torch(
     del gram
     lam = lam[:, -k:].flip(-1).cpu().numpy()
     u = u[:, :, -k:].flip(-1)
-    s = np.stack([_checked_singular_values(lam[b], (rows, cols), k, labels[b]) for b in range(batch)])
+    s = np.stack(
+        [_checked_singular_values(lam[b], (rows, cols), k, labels[b]) for b in range(batch)]
+    )
     if rows <= cols:
         v = (w.mT @ u / torch.from_numpy(s).to(device)[:, None, :]).mT
     else:

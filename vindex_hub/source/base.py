@@ -7,9 +7,10 @@ here (``quant`` decodes them). Both sources parse shard headers with the same ch
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -56,8 +57,7 @@ class CheckpointSource(Protocol):
         which its commit sha identifies."""
         ...
 
-    def tensor_names(self) -> frozenset[str]:
-        ...
+    def tensor_names(self) -> frozenset[str]: ...
 
     def tensor_info(self, name: str) -> TensorInfo:
         """Raises ``CheckpointError`` naming the tensor when it is not in the weight_map or shard."""
@@ -72,5 +72,4 @@ class CheckpointSource(Protocol):
         ``CheckpointError`` naming it and the checkpoint when there is none."""
         ...
 
-    def close(self) -> None:
-        ...
+    def close(self) -> None: ...

@@ -20,22 +20,30 @@ import bisect
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 from huggingface_hub import HfApi
 from huggingface_hub.file_download import REGEX_COMMIT_HASH
 
-from ..hub.blockcache import BlockCache
 from ..errors import CheckpointError, HubError, UsageError
-from ..hub.http import MAX_RETRIES, RemoteFile, download_file, fetch_range_into, file_metadata, with_retries
+from ..fsutil import read_json_object
+from ..hub.blockcache import BlockCache
 from ..hub.errors import hub_errors
+from ..hub.http import (
+    MAX_RETRIES,
+    RemoteFile,
+    download_file,
+    fetch_range_into,
+    file_metadata,
+    with_retries,
+)
 from ..hub.refs import parse_repo
 from .base import RawTensor, TensorInfo
-from ..fsutil import read_json_object
-from .local import CONFIG_FILE, WEIGHT_MAP_FILE, SINGLE_FILE, read_weight_map
+from .local import CONFIG_FILE, SINGLE_FILE, WEIGHT_MAP_FILE, read_weight_map
 from .safetensors_format import PREFIX_BYTES, header_length, parse_header
 
 # Coalescing: merge two ranges of a shard only across a gap below MAX_GAP_BYTES, never into a
@@ -96,7 +104,7 @@ class _BufferWriter:
 
     def write(self, chunk: bytes) -> int:
         n = len(chunk)
-        self._view[self.pos:self.pos + n] = chunk
+        self._view[self.pos : self.pos + n] = chunk
         self.pos += n
         return n
 
@@ -127,8 +135,10 @@ class HubCheckpoint:
         if ref.repo_type != "model":
             raise UsageError(f"{repo_id}: a checkpoint is a model repo, not a {ref.repo_type} repo")
         with hub_errors(ref):
-            info = with_retries(lambda: HfApi().model_info(ref.repo_id, revision=ref.revision, token=token),
-                                url=ref.web_url())
+            info = with_retries(
+                lambda: HfApi().model_info(ref.repo_id, revision=ref.revision, token=token),
+                url=ref.web_url(),
+            )
         # The sha becomes part of cache paths and every URL: only a real commit hash may.
         if not isinstance(info.sha, str) or not REGEX_COMMIT_HASH.fullmatch(info.sha):
             raise HubError(
@@ -149,8 +159,9 @@ class HubCheckpoint:
         self.bytes_fetched = 0  # bytes received from the Hub for shards (headers and tensor ranges)
         self.fetch_seconds = 0.0  # wall time spent waiting for them
 
-        self.config: dict[str, Any] = read_json_object(self._download(CONFIG_FILE), what="checkpoint config",
-                                                       error=CheckpointError)
+        self.config: dict[str, Any] = read_json_object(
+            self._download(CONFIG_FILE), what="checkpoint config", error=CheckpointError
+        )
         files = {s.rfilename for s in info.siblings or ()}
         self._repo_files = frozenset(files)
         if WEIGHT_MAP_FILE in files:
@@ -160,7 +171,9 @@ class HubCheckpoint:
             self._index_file = None
             self._weight_map = {name: SINGLE_FILE for name in self._header(SINGLE_FILE)}
         else:
-            raise CheckpointError(f"{self.describe()}: neither {WEIGHT_MAP_FILE} nor {SINGLE_FILE} in the repo")
+            raise CheckpointError(
+                f"{self.describe()}: neither {WEIGHT_MAP_FILE} nor {SINGLE_FILE} in the repo"
+            )
 
     # ---- CheckpointSource ----------------------------------------------------------------
     def describe(self) -> str:
@@ -204,7 +217,7 @@ class HubCheckpoint:
 
         # Each tensor is a slice of the one request that covers it.
         fetched: dict[str, tuple[list[int], list[tuple[int, np.ndarray]]]] = {}
-        for (remote, start, _), buf in zip(jobs, buffers):
+        for (remote, start, _), buf in zip(jobs, buffers, strict=True):
             starts, parts = fetched.setdefault(remote.url, ([], []))
             starts.append(start)
             parts.append((start, buf))
@@ -212,7 +225,7 @@ class HubCheckpoint:
         for name, info in infos.items():
             starts, parts = fetched[self._remote_file(info.shard).url]
             start, buf = parts[bisect.bisect_right(starts, info.start) - 1]
-            out[name] = RawTensor(info, buf[info.start - start:info.end - start])
+            out[name] = RawTensor(info, buf[info.start - start : info.end - start])
         return out
 
     def file(self, name: str) -> Path:
@@ -225,7 +238,7 @@ class HubCheckpoint:
         if pool is not None:
             pool.shutdown(wait=True)
 
-    def __enter__(self) -> "HubCheckpoint":
+    def __enter__(self) -> HubCheckpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -280,8 +293,15 @@ class HubCheckpoint:
         return buf
 
     def _fetch_into(self, fileobj: Any, remote: RemoteFile, start: int, end: int) -> None:
-        n = fetch_range_into(fileobj, remote.url, start, end, token=self._token,
-                             expected_total=remote.size, max_retries=self._max_retries)
+        n = fetch_range_into(
+            fileobj,
+            remote.url,
+            start,
+            end,
+            token=self._token,
+            expected_total=remote.size,
+            max_retries=self._max_retries,
+        )
         with self._lock:
             self.bytes_fetched += n
 

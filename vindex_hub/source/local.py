@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +29,9 @@ SINGLE_FILE = "model.safetensors"
 
 def read_weight_map(index_path: Path) -> dict[str, str]:
     """The checked ``weight_map`` (tensor name -> shard file) of a ``model.safetensors.index.json``."""
-    weight_map = read_json_object(index_path, what="safetensors index", error=CheckpointError).get("weight_map")
+    weight_map = read_json_object(index_path, what="safetensors index", error=CheckpointError).get(
+        "weight_map"
+    )
     if not isinstance(weight_map, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()
     ):
@@ -36,7 +39,9 @@ def read_weight_map(index_path: Path) -> dict[str, str]:
     for shard in set(weight_map.values()):
         # A shard name must stay inside the checkpoint folder.
         if Path(shard).is_absolute() or ".." in Path(shard).parts or not shard:
-            raise CheckpointError(f"{index_path}: shard name {shard!r} points outside the checkpoint folder")
+            raise CheckpointError(
+                f"{index_path}: shard name {shard!r} points outside the checkpoint folder"
+            )
     return weight_map
 
 
@@ -51,8 +56,9 @@ class LocalCheckpoint:
         self.path: str | None = str(path)
         if not self.root.is_dir():
             raise CheckpointError(f"checkpoint folder {self.root} does not exist")
-        self.config: dict[str, Any] = read_json_object(self.root / CONFIG_FILE, what="checkpoint config",
-                                                       error=CheckpointError)
+        self.config: dict[str, Any] = read_json_object(
+            self.root / CONFIG_FILE, what="checkpoint config", error=CheckpointError
+        )
         self._headers: dict[str, dict[str, TensorInfo]] = {}
         self._files: dict[str, Any] = {}
         self._closed = False
@@ -80,7 +86,9 @@ class LocalCheckpoint:
             with open(self.root / SINGLE_FILE, "rb") as f:
                 prefix = f.read(PREFIX_BYTES)
                 size = os.fstat(f.fileno()).st_size
-                h.update(prefix + f.read(header_length(prefix, size, file=str(self.root / SINGLE_FILE))))
+                h.update(
+                    prefix + f.read(header_length(prefix, size, file=str(self.root / SINGLE_FILE)))
+                )
         return h.hexdigest()
 
     def tensor_names(self) -> frozenset[str]:
@@ -94,14 +102,18 @@ class LocalCheckpoint:
             raise CheckpointError(f"tensor {name} not in {kind}{where}")
         info = self._header(shard).get(name)
         if info is None:
-            raise CheckpointError(f"weight_map says {name} is in shard {shard} but {shard} has no such tensor")
+            raise CheckpointError(
+                f"weight_map says {name} is in shard {shard} but {shard} has no such tensor"
+            )
         return info
 
     def read(self, names: Iterable[str]) -> Mapping[str, RawTensor]:
         out: dict[str, RawTensor] = {}
         for name in names:
             info = self.tensor_info(name)
-            out[name] = RawTensor(info, self._read_range(info.shard, info.start, info.nbytes, what=f"tensor {name}"))
+            out[name] = RawTensor(
+                info, self._read_range(info.shard, info.start, info.nbytes, what=f"tensor {name}")
+            )
         return out
 
     def file(self, name: str) -> Path:
@@ -118,7 +130,7 @@ class LocalCheckpoint:
                 f.close()
             self._files.clear()
 
-    def __enter__(self) -> "LocalCheckpoint":
+    def __enter__(self) -> LocalCheckpoint:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -137,7 +149,9 @@ class LocalCheckpoint:
             except FileNotFoundError:
                 raise CheckpointError(f"shard file {self.root / shard} is missing{where}") from None
             except OSError as exc:  # a folder, no permission, ...
-                raise CheckpointError(f"shard file {self.root / shard}{where}: cannot open ({exc.strerror or exc})") from None
+                raise CheckpointError(
+                    f"shard file {self.root / shard}{where}: cannot open ({exc.strerror or exc})"
+                ) from None
             self._files[shard] = f
         return f
 

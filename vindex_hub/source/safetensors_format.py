@@ -57,7 +57,9 @@ def header_length(prefix: bytes, file_size: int, *, file: str) -> int:
             "the weights were never downloaded; run `git lfs pull` in the checkpoint's clone"
         )
     if file_size < PREFIX_BYTES or len(prefix) < PREFIX_BYTES:
-        raise CheckpointError(f"{file}: {file_size} bytes is too short to be a safetensors file (truncated?)")
+        raise CheckpointError(
+            f"{file}: {file_size} bytes is too short to be a safetensors file (truncated?)"
+        )
     (n,) = struct.unpack("<Q", prefix[:PREFIX_BYTES])
     if n > MAX_HEADER_BYTES:
         raise CheckpointError(
@@ -71,7 +73,9 @@ def header_length(prefix: bytes, file_size: int, *, file: str) -> int:
     return n
 
 
-def parse_header(prefix: bytes, header: bytes, file_size: int, *, shard: str, file: str | None = None) -> dict[str, TensorInfo]:
+def parse_header(
+    prefix: bytes, header: bytes, file_size: int, *, shard: str, file: str | None = None
+) -> dict[str, TensorInfo]:
     """Parse and check one shard's header -> ``{name: TensorInfo}`` with absolute byte offsets.
 
     ``shard`` is the file's name relative to the checkpoint root (stored in each TensorInfo);
@@ -80,13 +84,19 @@ def parse_header(prefix: bytes, header: bytes, file_size: int, *, shard: str, fi
     file = file or shard
     n = header_length(prefix, file_size, file=file)
     if len(header) != n:
-        raise CheckpointError(f"{file}: got {len(header)} header bytes, the file says {n} (truncated?)")
+        raise CheckpointError(
+            f"{file}: got {len(header)} header bytes, the file says {n} (truncated?)"
+        )
     try:
         entries = json.loads(header.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{file}: safetensors header is not valid JSON ({exc}): garbage or corrupt file") from None
+        raise CheckpointError(
+            f"{file}: safetensors header is not valid JSON ({exc}): garbage or corrupt file"
+        ) from None
     if not isinstance(entries, dict):
-        raise CheckpointError(f"{file}: safetensors header is a JSON {type(entries).__name__}, expected an object")
+        raise CheckpointError(
+            f"{file}: safetensors header is a JSON {type(entries).__name__}, expected an object"
+        )
 
     data_start = PREFIX_BYTES + n
     data_size = file_size - data_start
@@ -94,11 +104,15 @@ def parse_header(prefix: bytes, header: bytes, file_size: int, *, shard: str, fi
     for name, entry in entries.items():
         if name == METADATA_KEY:
             continue
-        tensors[name] = _tensor_info(name, entry, shard=shard, file=file, data_start=data_start, data_size=data_size)
+        tensors[name] = _tensor_info(
+            name, entry, shard=shard, file=file, data_start=data_start, data_size=data_size
+        )
     return tensors
 
 
-def _tensor_info(name: str, entry: object, *, shard: str, file: str, data_start: int, data_size: int) -> TensorInfo:
+def _tensor_info(
+    name: str, entry: object, *, shard: str, file: str, data_start: int, data_size: int
+) -> TensorInfo:
     where = f"{file}: tensor {name}"
     if not isinstance(entry, dict):
         raise CheckpointError(f"{where}: header entry is not an object")
@@ -106,8 +120,13 @@ def _tensor_info(name: str, entry: object, *, shard: str, file: str, data_start:
     shape = entry.get("shape")
     offsets = entry.get("data_offsets")
     if dtype not in DTYPE_ITEMSIZE:
-        raise CheckpointError(f"{where}: unknown dtype {dtype!r} (known: {', '.join(DTYPE_ITEMSIZE)})")
-    if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+        raise CheckpointError(
+            f"{where}: unknown dtype {dtype!r} (known: {', '.join(DTYPE_ITEMSIZE)})"
+        )
+    if not (
+        isinstance(shape, list)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+    ):
         raise CheckpointError(f"{where}: bad shape {shape!r}")
     if not (
         isinstance(offsets, list)
@@ -127,4 +146,11 @@ def _tensor_info(name: str, entry: object, *, shard: str, file: str, data_start:
         raise CheckpointError(
             f"{where}: {end - begin} bytes for a {dtype} tensor of shape {shape} (expected {expected})"
         )
-    return TensorInfo(name=name, dtype=dtype, shape=tuple(shape), shard=shard, start=data_start + begin, end=data_start + end)
+    return TensorInfo(
+        name=name,
+        dtype=dtype,
+        shape=tuple(shape),
+        shard=shard,
+        start=data_start + begin,
+        end=data_start + end,
+    )

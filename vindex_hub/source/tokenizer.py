@@ -9,9 +9,9 @@ are shown as ``<id N>``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
 
 from ..errors import CheckpointError
 
@@ -19,7 +19,11 @@ from ..errors import CheckpointError
 @lru_cache(maxsize=1)
 def _byte_level_decoder() -> dict[str, int]:
     """GPT-2's byte-level alphabet: the printable character that stands for each byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     chars, extra = {}, 0
     for b in range(256):
         if b in printable:
@@ -31,8 +35,10 @@ def _byte_level_decoder() -> dict[str, int]:
 
 
 def _escape(text: str) -> str:
-    return "".join(ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
-                   for ch in text)
+    return "".join(
+        ch if ch.isprintable() or ch == " " else ch.encode("unicode_escape").decode("ascii")
+        for ch in text
+    )
 
 
 class TokenDecoder:
@@ -45,7 +51,9 @@ class TokenDecoder:
         try:
             self._tokenizer = Tokenizer.from_file(str(self.path))
         except Exception as exc:  # tokenizers raises a bare Exception on a malformed file
-            raise CheckpointError(f"{self.path}: not a tokenizer.json the tokenizers library reads ({exc})") from None
+            raise CheckpointError(
+                f"{self.path}: not a tokenizer.json the tokenizers library reads ({exc})"
+            ) from None
         self._byte_level = _byte_level_decoder()
 
     def piece(self, token_id: int) -> str:

@@ -58,8 +58,14 @@ def client_environment() -> dict[str, str]:
 class LocalRayCluster:
     """``nodes`` raylets with ``cpus_per_node`` CPUs each; ``address`` is the head's GCS."""
 
-    def __init__(self, *, nodes: int = 2, cpus_per_node: int = 1, object_store_mb: int = 100,
-                 env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        *,
+        nodes: int = 2,
+        cpus_per_node: int = 1,
+        object_store_mb: int = 100,
+        env: dict[str, str] | None = None,
+    ):
         # Short: Ray's Unix socket paths live under it (at most 107 bytes).
         self.temp_dir = Path(tempfile.mkdtemp(prefix="vxray-", dir="/tmp"))
         self.port = _free_port()
@@ -68,42 +74,82 @@ class LocalRayCluster:
         self.env = {**os.environ, **(env or {}), **LOOPBACK_ENV}
         self.processes: list[subprocess.Popen] = []
 
-    def start(self, timeout: float = 120) -> "LocalRayCluster":
+    def start(self, timeout: float = 120) -> LocalRayCluster:
         ray = str(Path(sys.executable).with_name("ray"))
         store = str(self.object_store_mb << 20)
-        self._spawn([ray, "start", "--head", "--block", "--node-ip-address", LOOPBACK, "--port", str(self.port),
-                     "--num-cpus", str(self.cpus_per_node), "--object-store-memory", store,
-                     "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", str(self.temp_dir)],
-                    "head")
+        self._spawn(
+            [
+                ray,
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address",
+                LOOPBACK,
+                "--port",
+                str(self.port),
+                "--num-cpus",
+                str(self.cpus_per_node),
+                "--object-store-memory",
+                store,
+                "--include-dashboard",
+                "false",
+                "--disable-usage-stats",
+                "--temp-dir",
+                str(self.temp_dir),
+            ],
+            "head",
+        )
         self._wait_for_nodes(1, timeout)
         for n in range(1, self.nodes):
-            self._spawn([sys.executable, "-c", _WORKER_NODE, self.address, LOOPBACK, str(self.cpus_per_node),
-                         store, str(self.temp_dir)], f"node{n}")
+            self._spawn(
+                [
+                    sys.executable,
+                    "-c",
+                    _WORKER_NODE,
+                    self.address,
+                    LOOPBACK,
+                    str(self.cpus_per_node),
+                    store,
+                    str(self.temp_dir),
+                ],
+                f"node{n}",
+            )
         self._wait_for_nodes(self.nodes, timeout)
         return self
 
     def _spawn(self, cmd: list[str], name: str) -> None:
         log = open(self.temp_dir / f"{name}.log", "wb")
-        self.processes.append(subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                               stdin=subprocess.DEVNULL))
+        self.processes.append(
+            subprocess.Popen(
+                cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        )
         log.close()
 
     def _wait_for_nodes(self, count: int, timeout: float) -> None:
         """Until ``count`` raylets are registered (asked of the GCS in a fresh process)."""
-        probe = ("import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
-                 "print(sum(n['Alive'] for n in ray.nodes()))")
+        probe = (
+            "import ray, sys; ray.init(address=sys.argv[1], logging_level='ERROR'); "
+            "print(sum(n['Alive'] for n in ray.nodes()))"
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             dead = [p for p in self.processes if p.poll() is not None]
             if dead:
                 logs = "\n".join(p.read_text()[-2000:] for p in sorted(self.temp_dir.glob("*.log")))
                 raise RuntimeError(f"a Ray node exited with {dead[0].returncode}:\n{logs}")
-            out = subprocess.run([sys.executable, "-c", probe, self.address], env=self.env,
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, "-c", probe, self.address],
+                env=self.env,
+                capture_output=True,
+                text=True,
+            )
             if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(count)]:
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"{count} Ray nodes did not come up at {self.address} within {timeout} s")
+        raise RuntimeError(
+            f"{count} Ray nodes did not come up at {self.address} within {timeout} s"
+        )
 
     def worker_pids(self, title_prefix: str) -> list[int]:
         """Pids of this cluster's processes (descendants of its nodes) whose title starts with
@@ -115,10 +161,12 @@ class LocalRayCluster:
                 continue
             try:
                 stat = (entry / "stat").read_text()
-                titles[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                titles[int(entry.name)] = (
+                    (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                )
             except OSError:
                 continue
-            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])  # field 4: ppid
+            parents[int(entry.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])  # field 4: ppid
         ours = {p.pid for p in self.processes}
         found = []
         for pid in parents:
@@ -142,7 +190,7 @@ class LocalRayCluster:
         self.processes.clear()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
-    def __enter__(self) -> "LocalRayCluster":
+    def __enter__(self) -> LocalRayCluster:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

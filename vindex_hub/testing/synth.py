@@ -23,9 +23,9 @@ from __future__ import annotations
 import json
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from ..arch import deepseek_v4 as ds
 from ..arch.layouts import E8M0_DTYPE, FP8_WEIGHT_DTYPE, MXFP4_GROUP
 from ..format.filenames import TOKENIZER_JSON
 from ..numerics.quant import E2M1_VALUES, FP8_BLOCK_SIZE, fp8_scale_grid
-from ..source.local import CONFIG_FILE, WEIGHT_MAP_FILE, SINGLE_FILE
+from ..source.local import CONFIG_FILE, SINGLE_FILE, WEIGHT_MAP_FILE
 from ..source.safetensors_format import DTYPE_ITEMSIZE
 
 E4M3_MAX = 448.0
@@ -65,7 +65,9 @@ def _e8m0_exponent(amax: np.ndarray, max_code: float) -> np.ndarray:
     return np.clip(np.where(amax > 0, e, -E8M0_BIAS), -E8M0_BIAS, E8M0_BIAS).astype(np.int32)
 
 
-def quantize_fp4(weight: np.ndarray, block: int = ds.FP4_BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def quantize_fp4(
+    weight: np.ndarray, block: int = ds.FP4_BLOCK
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """float ``(O, I)`` -> (packed uint8 ``(O, I/2)``, E8M0 bytes ``(O, I/block)``, exact float32 values).
 
     MXFP4: per block of ``block`` inputs the scale is the smallest power of two that brings the
@@ -81,7 +83,9 @@ def quantize_fp4(weight: np.ndarray, block: int = ds.FP4_BLOCK) -> tuple[np.ndar
     for midpoint in _E2M1_MIDPOINTS:
         idx += magnitude > midpoint  # ties round down; beyond 6 saturates at 6
     negative = np.signbit(q)
-    values = (np.where(negative, -_E2M1_POSITIVE[idx], _E2M1_POSITIVE[idx]) * scale).reshape(rows, cols)
+    values = (np.where(negative, -_E2M1_POSITIVE[idx], _E2M1_POSITIVE[idx]) * scale).reshape(
+        rows, cols
+    )
     codes = (idx | (negative.astype(np.uint8) << 3)).reshape(rows, cols)
     packed = codes[:, 0::2] | (codes[:, 1::2] << 4)  # low nibble = even (first) element
     return packed, (exponent + E8M0_BIAS).astype(np.uint8), values
@@ -93,7 +97,10 @@ def quantize_mxfp4(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     *lead, rows, cols = weight.shape
     packed, scales, _ = quantize_fp4(weight.reshape(-1, cols), MXFP4_GROUP)
     groups = cols // MXFP4_GROUP
-    return (packed.reshape(*lead, rows, groups, MXFP4_GROUP // 2), scales.reshape(*lead, rows, groups))
+    return (
+        packed.reshape(*lead, rows, groups, MXFP4_GROUP // 2),
+        scales.reshape(*lead, rows, groups),
+    )
 
 
 def quantize_fp8(
@@ -152,14 +159,20 @@ def write_tokenizer(path: str | Path, vocab_size: int) -> Path:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(TOKENIZER_CORPUS * 4, trainer)
     tokenizer.save(str(path))
     return Path(path)
 
 
-def gate_matrix(rng: np.random.Generator, rows: int, cols: int, spectrum: str = "flat") -> np.ndarray:
+def gate_matrix(
+    rng: np.random.Generator, rows: int, cols: int, spectrum: str = "flat"
+) -> np.ndarray:
     """A float32 ``(rows, cols)`` weight: Gaussian bulk plus a rank-64 part of strengths ``s``.
 
     "flat" puts 64 spikes just above the bulk edge (top-64 energy ~0.11 at 2048 x 4096, like
@@ -174,7 +187,9 @@ def gate_matrix(rng: np.random.Generator, rows: int, cols: int, spectrum: str = 
         bulk, strengths = 0.05, 4.0 * 0.95 ** np.arange(rank)
     w = rng.standard_normal((rows, cols), dtype=np.float32)
     w *= np.float32(bulk / math.sqrt(cols))
-    left = rng.standard_normal((rows, rank), dtype=np.float32) * (strengths / math.sqrt(rows)).astype(np.float32)
+    left = rng.standard_normal((rows, rank), dtype=np.float32) * (
+        strengths / math.sqrt(rows)
+    ).astype(np.float32)
     right = rng.standard_normal((rank, cols), dtype=np.float32) * np.float32(1 / math.sqrt(cols))
     w += left @ right
     w *= np.float32(WEIGHT_STD)
@@ -200,7 +215,10 @@ def _random_fp8_bytes(rng: np.random.Generator, shape: tuple[int, ...]) -> np.nd
 
 
 def _fp4_group(name_w: str, name_s: str, rows: int, cols: int, matrix: Callable | None) -> _Group:
-    shapes = [(name_w, ds.FP4_WEIGHT_DTYPE, (rows, cols // 2)), (name_s, E8M0_DTYPE, (rows, cols // ds.FP4_BLOCK))]
+    shapes = [
+        (name_w, ds.FP4_WEIGHT_DTYPE, (rows, cols // 2)),
+        (name_s, E8M0_DTYPE, (rows, cols // ds.FP4_BLOCK)),
+    ]
 
     def make(rng: np.random.Generator):
         if matrix is None:  # a tensor no vindex reads: valid bytes, no structure
@@ -213,7 +231,9 @@ def _fp4_group(name_w: str, name_s: str, rows: int, cols: int, matrix: Callable 
     return _Group(shapes, make)
 
 
-def _fp8_group(name_w: str, name_s: str, rows: int, cols: int, scale_dtype: str, matrix: Callable | None) -> _Group:
+def _fp8_group(
+    name_w: str, name_s: str, rows: int, cols: int, scale_dtype: str, matrix: Callable | None
+) -> _Group:
     grid = fp8_scale_grid((rows, cols))
     shapes = [(name_w, FP8_WEIGHT_DTYPE, (rows, cols)), (name_s, scale_dtype, grid)]
 
@@ -272,22 +292,46 @@ def _block_groups(
     if include_attention:
         groups.append(_bf16_group(f"{block}.attn_norm.weight", (hidden,), 1.0, keep=False))
         groups.append(
-            _fp8_group(f"{block}.attn.wq_a.weight", f"{block}.attn.wq_a.scale", 64, hidden, ds.SHARED_SCALE_DTYPE, None)
+            _fp8_group(
+                f"{block}.attn.wq_a.weight",
+                f"{block}.attn.wq_a.scale",
+                64,
+                hidden,
+                ds.SHARED_SCALE_DTYPE,
+                None,
+            )
         )
         groups.append(_bf16_group(f"{block}.ffn_norm.weight", (hidden,), 1.0, keep=False))
-    groups.append(_bf16_group(ds.gate_tensor(block, ds.WEIGHT), (num_experts, hidden), WEIGHT_STD, keep=True))
+    groups.append(
+        _bf16_group(ds.gate_tensor(block, ds.WEIGHT), (num_experts, hidden), WEIGHT_STD, keep=True)
+    )
     if hash_routed:
-        groups.append(_hash_table_group(ds.gate_tensor(block, ds.ROUTER_HASH_TABLE), vocab_size, num_experts, top_k))
+        groups.append(
+            _hash_table_group(
+                ds.gate_tensor(block, ds.ROUTER_HASH_TABLE), vocab_size, num_experts, top_k
+            )
+        )
     else:
         groups.append(_bias_group(ds.gate_tensor(block, ds.ROUTER_BIAS), num_experts))
-    for proj, (rows, cols) in ((ds.GATE_PROJ, (inter, hidden)), (ds.UP_PROJ, (inter, hidden)), (ds.DOWN_PROJ, (hidden, inter))):
+    for proj, (rows, cols) in (
+        (ds.GATE_PROJ, (inter, hidden)),
+        (ds.UP_PROJ, (inter, hidden)),
+        (ds.DOWN_PROJ, (hidden, inter)),
+    ):
         matrix = structured(rows, cols) if proj == ds.GATE_PROJ else None
         w, s = ds.shared_tensor(block, proj, ds.WEIGHT), ds.shared_tensor(block, proj, ds.SCALE)
         groups.append(_fp8_group(w, s, rows, cols, ds.SHARED_SCALE_DTYPE, matrix))
     for e in range(num_experts):
-        for proj, (rows, cols) in ((ds.GATE_PROJ, (inter, hidden)), (ds.UP_PROJ, (inter, hidden)), (ds.DOWN_PROJ, (hidden, inter))):
+        for proj, (rows, cols) in (
+            (ds.GATE_PROJ, (inter, hidden)),
+            (ds.UP_PROJ, (inter, hidden)),
+            (ds.DOWN_PROJ, (hidden, inter)),
+        ):
             matrix = structured(rows, cols) if proj == ds.GATE_PROJ else None
-            w, s = ds.expert_tensor(block, e, proj, ds.WEIGHT), ds.expert_tensor(block, e, proj, ds.SCALE)
+            w, s = (
+                ds.expert_tensor(block, e, proj, ds.WEIGHT),
+                ds.expert_tensor(block, e, proj, ds.SCALE),
+            )
             if expert_dtype == ds.EXPERT_DTYPE_FP8:
                 groups.append(_fp8_group(w, s, rows, cols, ds.ROUTED_FP8_SCALE_DTYPE, matrix))
             else:
@@ -338,7 +382,9 @@ def make_deepseek_v4_checkpoint(
     if expert_dtype not in (ds.EXPERT_DTYPE_FP4, ds.EXPERT_DTYPE_FP8, None):
         raise ValueError(f"expert_dtype {expert_dtype!r}: use 'fp4', 'fp8' or None")
     if hidden_size % ds.FP4_BLOCK or moe_intermediate_size % ds.FP4_BLOCK:
-        raise ValueError(f"hidden_size and moe_intermediate_size must be multiples of {ds.FP4_BLOCK}")
+        raise ValueError(
+            f"hidden_size and moe_intermediate_size must be multiples of {ds.FP4_BLOCK}"
+        )
     if num_shards < 1:
         raise ValueError("num_shards must be >= 1")
     root = Path(path)
@@ -379,7 +425,9 @@ def make_deepseek_v4_checkpoint(
     if include_attention:
         groups.append(_bf16_group(ds.EMBED_TENSOR, (vocab_size, hidden_size), 1.0, keep=True))
     for layer in range(num_layers):
-        groups += _block_groups(ds.layer_block(layer), hash_routed=layer < num_hash_layers, **common)
+        groups += _block_groups(
+            ds.layer_block(layer), hash_routed=layer < num_hash_layers, **common
+        )
     if include_mtp:
         mtp = ds.mtp_block(0)
         if include_attention:
@@ -402,13 +450,13 @@ def make_deepseek_v4_checkpoint(
         names = [SINGLE_FILE]
     else:
         names = [f"model-{i + 1:05d}-of-{len(used):05d}.safetensors" for i in range(len(used))]
-    shard_of_slot = dict(zip(used, names))
+    shard_of_slot = dict(zip(used, names, strict=True))
 
     weight_map: dict[str, str] = {}
     for slot in used:
         shard = shard_of_slot[slot]
         tensors: dict[str, torch.Tensor] = {}
-        for g, s in zip(groups, slots):
+        for g, s in zip(groups, slots, strict=True):
             if s != slot:
                 continue
             data, values = g.make(_seed_for(seed, g))

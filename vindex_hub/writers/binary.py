@@ -18,8 +18,15 @@ from ..format import layout
 
 
 class GateVectorsWriter:
-    def __init__(self, path: str | os.PathLike[str], *, num_layers: int, num_experts: int,
-                 num_feats: int, hidden_size: int):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        num_layers: int,
+        num_experts: int,
+        num_feats: int,
+        hidden_size: int,
+    ):
         self.path = Path(path)
         self.layer_shape = (num_experts, num_feats, hidden_size)
         self.layer_nbytes = layout.layer_nbytes(num_experts, num_feats, hidden_size)

@@ -44,8 +44,10 @@ class BrowseOptions:
         if self.feature_tokens < 0:
             raise UsageError(f"--feature-tokens must be at least 1, got {self.feature_tokens}")
         if self.embeddings_dtype not in larql.EMBEDDING_DTYPES:
-            raise UsageError(f"--embeddings-dtype {self.embeddings_dtype!r}: use one of "
-                             f"{', '.join(larql.EMBEDDING_DTYPES)}")
+            raise UsageError(
+                f"--embeddings-dtype {self.embeddings_dtype!r}: use one of "
+                f"{', '.join(larql.EMBEDDING_DTYPES)}"
+            )
 
     @property
     def wanted(self) -> bool:
@@ -59,8 +61,7 @@ class BrowseOptions:
 class TokenPieces(Protocol):
     """Token ids to readable pieces (``source.tokenizer.TokenDecoder`` over the checkpoint's tokenizer)."""
 
-    def piece(self, token_id: int) -> str:
-        ...
+    def piece(self, token_id: int) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,9 @@ class BrowseFiles:
 
 
 # ---- feature_tokens -------------------------------------------------------------------------------
-def feature_tokens_table(layer: int, num_feats: int, ids: np.ndarray, scores: np.ndarray,
-                         decoder: TokenPieces) -> pa.Table:
+def feature_tokens_table(
+    layer: int, num_feats: int, ids: np.ndarray, scores: np.ndarray, decoder: TokenPieces
+) -> pa.Table:
     """One layer's rows from ids/scores ``(E * num_feats, K)`` in (expert, feature) order (pure but for
     decoding)."""
     rows, k = ids.shape
@@ -103,20 +105,29 @@ def feature_tokens_table(layer: int, num_feats: int, ids: np.ndarray, scores: np
     )
 
 
-def write_feature_tokens(folder: Path, index: sidecar.VindexIndex, inputs: BrowseInputs,
-                         options: BrowseOptions) -> None:
+def write_feature_tokens(
+    folder: Path, index: sidecar.VindexIndex, inputs: BrowseInputs, options: BrowseOptions
+) -> None:
     """``data/feature_tokens/train.parquet`` from ``gate_vectors.bin`` and the embedding."""
     k = options.feature_tokens
     if k > inputs.embedding.shape[0]:
-        raise UsageError(f"--feature-tokens {k} exceeds the vocabulary of {inputs.where} "
-                         f"({inputs.embedding.shape[0]} tokens)")
+        raise UsageError(
+            f"--feature-tokens {k} exceeds the vocabulary of {inputs.where} "
+            f"({inputs.embedding.shape[0]} tokens)"
+        )
     decoder = inputs.pieces
     unit = UnitEmbedding.of(inputs.embedding)
-    vectors = np.memmap(folder / filenames.GATE_VECTORS_BIN, dtype=layout.NUMPY_DTYPE, mode="r",
-                        shape=index.array_shape)
+    vectors = np.memmap(
+        folder / filenames.GATE_VECTORS_BIN,
+        dtype=layout.NUMPY_DTYPE,
+        mode="r",
+        shape=index.array_shape,
+    )
     rel = mirror.FEATURE_TOKENS_PARQUET
     with atomic_path(folder / rel) as tmp:
-        with pq.ParquetWriter(tmp, mirror.feature_tokens_schema(k), **FEATURE_TOKENS_WRITE_OPTIONS) as writer:
+        with pq.ParquetWriter(
+            tmp, mirror.feature_tokens_schema(k), **FEATURE_TOKENS_WRITE_OPTIONS
+        ) as writer:
             for slot, layer in enumerate(index.layer_ids):
                 flat = np.asarray(vectors[slot]).reshape(-1, index.hidden_size)
                 ids, scores = top_abs_cosine(flat, unit, k, device=options.device)
@@ -125,12 +136,16 @@ def write_feature_tokens(folder: Path, index: sidecar.VindexIndex, inputs: Brows
     del vectors
 
 
-def feature_token_examples(folder: Path, layer: int, rows: int = CARD_EXAMPLE_ROWS) -> list[dict[str, Any]]:
+def feature_token_examples(
+    folder: Path, layer: int, rows: int = CARD_EXAMPLE_ROWS
+) -> list[dict[str, Any]]:
     """The first ``rows`` rows of ``layer``, expert 0 (for the card), as plain dicts."""
     path = folder / mirror.FEATURE_TOKENS_PARQUET
     if not path.is_file():
         return []
-    table = pq.read_table(path, filters=[(mirror.COL_LAYER, "=", layer), (mirror.COL_EXPERT, "=", 0)])
+    table = pq.read_table(
+        path, filters=[(mirror.COL_LAYER, "=", layer), (mirror.COL_EXPERT, "=", 0)]
+    )
     return table.slice(0, rows).to_pylist()
 
 
@@ -141,19 +156,28 @@ def write_larql_browse(folder: Path, inputs: BrowseInputs, options: BrowseOption
     dtype = np.dtype(larql.EMBEDDING_DTYPES[options.embeddings_dtype])
     embedding = inputs.embedding
     if dtype.itemsize == 2:
-        big = max(float(embedding.max(initial=0.0)), -float(embedding.min(initial=0.0)))  # no |x| copy
+        big = max(
+            float(embedding.max(initial=0.0)), -float(embedding.min(initial=0.0))
+        )  # no |x| copy
         if big > np.finfo(np.float16).max:
-            raise UsageError(f"{inputs.where}: the input embedding holds |x| = {big:g}, beyond float16; "
-                             f"write {filenames.LARQL_EMBEDDINGS_BIN} with --embeddings-dtype f32")
+            raise UsageError(
+                f"{inputs.where}: the input embedding holds |x| = {big:g}, beyond float16; "
+                f"write {filenames.LARQL_EMBEDDINGS_BIN} with --embeddings-dtype f32"
+            )
     digest = hashlib.sha256()
     with atomic_path(folder / filenames.LARQL_EMBEDDINGS_BIN) as tmp, open(tmp, "wb") as f:
         for start in range(0, embedding.shape[0], EMBEDDING_ROWS_PER_WRITE):
-            block = np.ascontiguousarray(embedding[start:start + EMBEDDING_ROWS_PER_WRITE], dtype=dtype).tobytes()
+            block = np.ascontiguousarray(
+                embedding[start : start + EMBEDDING_ROWS_PER_WRITE], dtype=dtype
+            ).tobytes()
             f.write(block)
             digest.update(block)
     with atomic_path(folder / filenames.TOKENIZER_JSON) as tmp:
         shutil.copyfile(inputs.tokenizer, tmp)
-    return BrowseFiles(vocab_size=int(embedding.shape[0]), checksums={
-        filenames.LARQL_EMBEDDINGS_BIN: digest.hexdigest(),
-        filenames.TOKENIZER_JSON: sha256_file(folder / filenames.TOKENIZER_JSON),
-    })
+    return BrowseFiles(
+        vocab_size=int(embedding.shape[0]),
+        checksums={
+            filenames.LARQL_EMBEDDINGS_BIN: digest.hexdigest(),
+            filenames.TOKENIZER_JSON: sha256_file(folder / filenames.TOKENIZER_JSON),
+        },
+    )

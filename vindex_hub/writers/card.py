@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import io
 import re
+from collections.abc import Collection, Sequence
 from pathlib import Path
-from typing import Collection, Sequence
 
 from .. import __version__
 from ..errors import VindexFormatError
@@ -32,8 +32,11 @@ TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 def auto_citation(index: sidecar.VindexIndex, options: CardOptions) -> str:
     title = title_of(index, options)
     author = options.author or "vindex-hub"
-    key = "_".join(re.sub(r"[^a-z0-9]+", "_", part.lower()).strip("_")
-                   for part in (author, title, str(options.year or "")) if part)
+    key = "_".join(
+        re.sub(r"[^a-z0-9]+", "_", part.lower()).strip("_")
+        for part in (author, title, str(options.year or ""))
+        if part
+    )
     lines = [
         f"@misc{{{key},",
         f"  title = {{{title}: per-expert gate-vector vindex for {index.display_name}}},",
@@ -81,8 +84,14 @@ def example_layer_of(index: sidecar.VindexIndex) -> int:
     return 1 if 1 in index.layers else index.layer_ids[0]
 
 
-def render_card(index: sidecar.VindexIndex, options: CardOptions, *, files: Collection[str],
-                mirror_files: Sequence[MirrorFile], feature_examples: Sequence[dict] = ()) -> str:
+def render_card(
+    index: sidecar.VindexIndex,
+    options: CardOptions,
+    *,
+    files: Collection[str],
+    mirror_files: Sequence[MirrorFile],
+    feature_examples: Sequence[dict] = (),
+) -> str:
     """The card's text (front matter + body), describing the written ``files`` and ``mirror_files``;
     ``feature_examples`` are a few ``feature_tokens`` rows to quote."""
     import jinja2
@@ -93,8 +102,12 @@ def render_card(index: sidecar.VindexIndex, options: CardOptions, *, files: Coll
     example_layer = example_layer_of(index)
     feature_files = [f for f in mirror_files if f.config == mirror.CONFIG_FEATURE_TOKENS]
     k = index.num_feats
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), undefined=jinja2.StrictUndefined,
-                             keep_trailing_newline=True, autoescape=False)
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATE_DIR),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
     text = env.get_template(TEMPLATE_FILE).render(
         card_data=card_front_matter(index, mirror_files, options).to_yaml(),
         title=title_of(index, options),
@@ -116,31 +129,48 @@ def render_card(index: sidecar.VindexIndex, options: CardOptions, *, files: Coll
         sign_rule=index.builder.sign_rule,
         total_size=format_size(index.total_bytes),
         plot_file=filenames.VAR_PLOT_FILE,
-        files={"binary": filenames.GATE_VECTORS_BIN, "index": filenames.SIDECAR_JSON, "phase1": filenames.PHASE1_JSON,
-               "phase2": filenames.PHASE2_JSON, "data_dir": filenames.DATA_DIR, "larql": filenames.LARQL_INDEX_JSON,
-               "router": filenames.LARQL_ROUTER_BIN, "embeddings": filenames.LARQL_EMBEDDINGS_BIN,
-               "tokenizer": filenames.TOKENIZER_JSON, "feature_tokens": mirror.FEATURE_TOKENS_PARQUET},
-        median_key=statistics.median_var_key(k), q25_key=statistics.q25_var_key(k),
-        q75_key=statistics.q75_var_key(k), var_key=statistics.var_key(k),
+        files={
+            "binary": filenames.GATE_VECTORS_BIN,
+            "index": filenames.SIDECAR_JSON,
+            "phase1": filenames.PHASE1_JSON,
+            "phase2": filenames.PHASE2_JSON,
+            "data_dir": filenames.DATA_DIR,
+            "larql": filenames.LARQL_INDEX_JSON,
+            "router": filenames.LARQL_ROUTER_BIN,
+            "embeddings": filenames.LARQL_EMBEDDINGS_BIN,
+            "tokenizer": filenames.TOKENIZER_JSON,
+            "feature_tokens": mirror.FEATURE_TOKENS_PARQUET,
+        },
+        median_key=statistics.median_var_key(k),
+        q25_key=statistics.q25_var_key(k),
+        q75_key=statistics.q75_var_key(k),
+        var_key=statistics.var_key(k),
         has_phase1=filenames.PHASE1_JSON in files,
         has_phase2=filenames.PHASE2_JSON in files,
         has_larql=filenames.LARQL_INDEX_JSON in files,
         has_router_bin=filenames.LARQL_ROUTER_BIN in files,
-        has_browse_tier=filenames.LARQL_EMBEDDINGS_BIN in files and filenames.TOKENIZER_JSON in files,
+        has_browse_tier=filenames.LARQL_EMBEDDINGS_BIN in files
+        and filenames.TOKENIZER_JSON in files,
         gate_only_commands=", ".join(f"`{c}`" for c in larql.GATE_ONLY_COMMANDS),
         browse_commands=", ".join(f"`{c}`" for c in larql.BROWSE_COMMANDS),
-        feature_tokens_k=(mirror.feature_tokens_k(feature_files[0].arrow_schema)
-                          if feature_files else 0),
+        feature_tokens_k=(
+            mirror.feature_tokens_k(feature_files[0].arrow_schema) if feature_files else 0
+        ),
         feature_examples=[_example_row(row) for row in feature_examples],
         has_stats=any(f.config == mirror.CONFIG_EXPERT_STATS for f in mirror_files),
         example_layer=example_layer,
         example_config=mirror.layer_config(example_layer, index.model_config.num_hidden_layers),
         first_layer_config=mirror.layer_config(layers[0], index.model_config.num_hidden_layers),
         last_layer_config=mirror.layer_config(layers[-1], index.model_config.num_hidden_layers),
-        example_parquet=mirror.gate_vectors_parquet(example_layer, index.model_config.num_hidden_layers),
-        repo_id=options.repo_id or f"{options.author or 'your-namespace'}/{title_of(index, options)}",
+        example_parquet=mirror.gate_vectors_parquet(
+            example_layer, index.model_config.num_hidden_layers
+        ),
+        repo_id=options.repo_id
+        or f"{options.author or 'your-namespace'}/{title_of(index, options)}",
         citation=(options.citation or auto_citation(index, options)).strip(),
-        builder=None if index.builder.name == sidecar.UNKNOWN else f"{index.builder.name} {index.builder.version}",
+        builder=None
+        if index.builder.name == sidecar.UNKNOWN
+        else f"{index.builder.name} {index.builder.version}",
         writer_version=__version__,
     )
     DatasetCard(text)  # parses the front matter: a card the Hub would reject fails here
@@ -149,19 +179,36 @@ def render_card(index: sidecar.VindexIndex, options: CardOptions, *, files: Coll
 
 def _example_row(row: dict) -> dict:
     """A feature_tokens row for the card's table: tokens quoted, cosines to 3 places."""
-    pairs = zip(row[mirror.COL_TOKENS], row[mirror.COL_SCORES])
-    return {"expert": row[mirror.COL_EXPERT], "feature": row[mirror.COL_FEATURE],
-            "tokens": ", ".join(f'`"{t}"` ({s:+.3f})'.replace("|", "\\|") for t, s in pairs)}
+    pairs = zip(row[mirror.COL_TOKENS], row[mirror.COL_SCORES], strict=True)
+    return {
+        "expert": row[mirror.COL_EXPERT],
+        "feature": row[mirror.COL_FEATURE],
+        "tokens": ", ".join(f'`"{t}"` ({s:+.3f})'.replace("|", "\\|") for t, s in pairs),
+    }
 
 
-def write_card(folder: str | Path, index: sidecar.VindexIndex, options: CardOptions, *,
-               files: Collection[str], mirror_files: Sequence[MirrorFile],
-               feature_examples: Sequence[dict] = ()) -> list[str]:
+def write_card(
+    folder: str | Path,
+    index: sidecar.VindexIndex,
+    options: CardOptions,
+    *,
+    files: Collection[str],
+    mirror_files: Sequence[MirrorFile],
+    feature_examples: Sequence[dict] = (),
+) -> list[str]:
     """Write ``README.md`` and the var-K plot it embeds; return their paths."""
     folder = Path(folder)
     if not index.layers:
         raise VindexFormatError(f"{folder}: the index lists no layers; nothing to describe")
     atomic_write_bytes(folder / filenames.VAR_PLOT_FILE, var_plot_png(index))
-    atomic_write_text(folder / filenames.CARD_FILE, render_card(index, options, files=files, mirror_files=mirror_files,
-                                                                     feature_examples=feature_examples))
+    atomic_write_text(
+        folder / filenames.CARD_FILE,
+        render_card(
+            index,
+            options,
+            files=files,
+            mirror_files=mirror_files,
+            feature_examples=feature_examples,
+        ),
+    )
     return [filenames.VAR_PLOT_FILE, filenames.CARD_FILE]

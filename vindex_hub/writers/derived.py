@@ -15,21 +15,28 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from ..errors import UsageError
 from ..format import filenames, mirror, sidecar
-from ..format.mirror import STATS_PARQUETS, MirrorFile
 from ..format.card_data import CardOptions
+from ..format.mirror import STATS_PARQUETS, MirrorFile
 from ..fsutil import atomic_write_json
 from ..results import LayerResult
-from .browse import (BrowseFiles, BrowseInputs, BrowseOptions, feature_token_examples, write_feature_tokens,
-                     write_larql_browse)
+from .browse import (
+    BrowseFiles,
+    BrowseInputs,
+    BrowseOptions,
+    feature_token_examples,
+    write_feature_tokens,
+    write_larql_browse,
+)
 from .card import example_layer_of, write_card
 from .larql import write_larql_index
-from .mirror import written_file, stats_tables, written_mirror, write_mirror
+from .mirror import stats_tables, write_mirror, written_file, written_mirror
 from .phases import phase1_json, phase2_json
 
 
@@ -74,8 +81,10 @@ def write_derived_files(
     ``browse`` asks for the files made from ``browse_inputs`` (the embedding and tokenizer).
     """
     folder = Path(folder)
-    index.check_layout(where=str(folder / filenames.SIDECAR_JSON),
-                       file_size=(folder / filenames.GATE_VECTORS_BIN).stat().st_size)
+    index.check_layout(
+        where=str(folder / filenames.SIDECAR_JSON),
+        file_size=(folder / filenames.GATE_VECTORS_BIN).stat().st_size,
+    )
     written = WrittenFiles()
     if results is not None:
         phases = (phase1_json(results, index), phase2_json(results, index))
@@ -83,7 +92,7 @@ def write_derived_files(
     else:
         carried = carried or CarriedStats()
         phases, tables = (carried.phase1, carried.phase2), carried.tables
-    for name, document in zip((filenames.PHASE1_JSON, filenames.PHASE2_JSON), phases):
+    for name, document in zip((filenames.PHASE1_JSON, filenames.PHASE2_JSON), phases, strict=True):
         if document is not None:
             atomic_write_json(folder / name, document)
             written.files.append(name)
@@ -91,30 +100,52 @@ def write_derived_files(
     binary_sha256 = hashlib.sha256()
     written.mirror = write_mirror(folder, index, tables, binary_hash=binary_sha256)
     browse_files = _write_browse(folder, index, browse, browse_inputs, written)
-    written.files += write_larql_index(folder, index, model_config or {}, results,
-                                       binary_sha256=binary_sha256.hexdigest(), router=larql_router,
-                                       browse=browse_files)
-    written.files += write_card(folder, index, card_options or CardOptions(), files=written.files,
-                                mirror_files=written.mirror,
-                                feature_examples=feature_token_examples(folder, example_layer_of(index)))
+    written.files += write_larql_index(
+        folder,
+        index,
+        model_config or {},
+        results,
+        binary_sha256=binary_sha256.hexdigest(),
+        router=larql_router,
+        browse=browse_files,
+    )
+    written.files += write_card(
+        folder,
+        index,
+        card_options or CardOptions(),
+        files=written.files,
+        mirror_files=written.mirror,
+        feature_examples=feature_token_examples(folder, example_layer_of(index)),
+    )
     atomic_write_json(folder / filenames.SIDECAR_JSON, index.to_json())
     written.files.append(filenames.SIDECAR_JSON)
     return written
 
 
-def _write_browse(folder: Path, index: sidecar.VindexIndex, browse: BrowseOptions | None,
-                  inputs: BrowseInputs | None, written: WrittenFiles) -> BrowseFiles | None:
+def _write_browse(
+    folder: Path,
+    index: sidecar.VindexIndex,
+    browse: BrowseOptions | None,
+    inputs: BrowseInputs | None,
+    written: WrittenFiles,
+) -> BrowseFiles | None:
     """Step 3: the feature_tokens config and LarQL's browse files, when asked."""
     if browse is None or not browse.wanted:
         return None
     if inputs is None:
-        raise UsageError("--feature-tokens / --larql-browse need the source checkpoint's embedding and tokenizer")
+        raise UsageError(
+            "--feature-tokens / --larql-browse need the source checkpoint's embedding and tokenizer"
+        )
     if inputs.embedding.shape[1] != index.hidden_size:
-        raise UsageError(f"{inputs.where}: the input embedding is {list(inputs.embedding.shape)}, but the vindex's "
-                         f"hidden size is {index.hidden_size}: not this vindex's model")
+        raise UsageError(
+            f"{inputs.where}: the input embedding is {list(inputs.embedding.shape)}, but the vindex's "
+            f"hidden size is {index.hidden_size}: not this vindex's model"
+        )
     if browse.feature_tokens:
         write_feature_tokens(folder, index, inputs, browse)
-        written.mirror.append(written_file(folder, mirror.CONFIG_FEATURE_TOKENS, mirror.FEATURE_TOKENS_PARQUET))
+        written.mirror.append(
+            written_file(folder, mirror.CONFIG_FEATURE_TOKENS, mirror.FEATURE_TOKENS_PARQUET)
+        )
     files = write_larql_browse(folder, inputs, browse)
     written.files += sorted(files.checksums)
     return files
@@ -125,16 +156,25 @@ def _optional_files(folder: Path) -> list[str]:
     return [name for name in sorted(filenames.VINDEX_FILES) if (folder / name).is_file()]
 
 
-def rewrite_card(folder: str | Path, index: sidecar.VindexIndex, card_options: CardOptions | None = None) -> list[str]:
+def rewrite_card(
+    folder: str | Path, index: sidecar.VindexIndex, card_options: CardOptions | None = None
+) -> list[str]:
     """Render the card of a finished vindex folder again (other card options, a newer template),
     describing the files the folder holds; nothing else is rewritten."""
     folder = Path(folder)
-    return write_card(folder, index, card_options or CardOptions(), files=_optional_files(folder),
-                      mirror_files=written_mirror(folder, index),
-                      feature_examples=feature_token_examples(folder, example_layer_of(index)))
+    return write_card(
+        folder,
+        index,
+        card_options or CardOptions(),
+        files=_optional_files(folder),
+        mirror_files=written_mirror(folder, index),
+        feature_examples=feature_token_examples(folder, example_layer_of(index)),
+    )
 
 
-def rewrite_mirror(folder: str | Path, index: sidecar.VindexIndex, card_options: CardOptions | None = None) -> list[str]:
+def rewrite_mirror(
+    folder: str | Path, index: sidecar.VindexIndex, card_options: CardOptions | None = None
+) -> list[str]:
     """Upgrade a finished vindex folder's Arrow mirror to the current layout (``format.mirror``):
     each layer's parquet file written again from the binary (current names, row groups, page
     index), the stats configs rewritten from the folder's own tables, layer files the mirror no
@@ -143,12 +183,26 @@ def rewrite_mirror(folder: str | Path, index: sidecar.VindexIndex, card_options:
     import pyarrow.parquet as pq
 
     folder = Path(folder)
-    index.check_layout(where=str(folder / filenames.SIDECAR_JSON),
-                       file_size=(folder / filenames.GATE_VECTORS_BIN).stat().st_size)
+    index.check_layout(
+        where=str(folder / filenames.SIDECAR_JSON),
+        file_size=(folder / filenames.GATE_VECTORS_BIN).stat().st_size,
+    )
     present = [rel for rel in STATS_PARQUETS if (folder / rel).is_file()]
     # both stats configs or neither, as a build writes them
-    tables = {rel: pq.read_table(folder / rel) for rel in present} if len(present) == len(STATS_PARQUETS) else {}
+    tables = (
+        {rel: pq.read_table(folder / rel) for rel in present}
+        if len(present) == len(STATS_PARQUETS)
+        else {}
+    )
     written = write_mirror(folder, index, tables)
-    return [*(f.path for f in written),
-            *write_card(folder, index, card_options or CardOptions(), files=_optional_files(folder),
-                        mirror_files=written, feature_examples=feature_token_examples(folder, example_layer_of(index)))]
+    return [
+        *(f.path for f in written),
+        *write_card(
+            folder,
+            index,
+            card_options or CardOptions(),
+            files=_optional_files(folder),
+            mirror_files=written,
+            feature_examples=feature_token_examples(folder, example_layer_of(index)),
+        ),
+    ]

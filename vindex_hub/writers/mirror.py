@@ -30,8 +30,9 @@ Every file is written under a temporary name and renamed when complete (``fsutil
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -40,8 +41,8 @@ import pyarrow.parquet as pq
 
 from ..errors import VindexFormatError
 from ..format import filenames, layout, mirror, sidecar, statistics
-from ..numerics import stats
 from ..fsutil import atomic_path
+from ..numerics import stats
 from ..results import LayerResult
 from .phases import router_figures
 
@@ -84,14 +85,18 @@ def expert_stats_table(results: Sequence[LayerResult], num_feats: int) -> pa.Tab
         var.append(stats.energy_fraction(r.singular_values, r.frobenius_norm))
         frob.append(np.asarray(r.frobenius_norm, dtype=np.float64))
         svals.append(np.asarray(r.singular_values, dtype=np.float32).reshape(-1))
-    return pa.table({
-        mirror.COL_LAYER: pa.array(np.concatenate(layers)),
-        mirror.COL_EXPERT: pa.array(np.concatenate(experts)),
-        statistics.var_key(num_feats): pa.array(np.concatenate(var).astype(np.float64)),
-        statistics.FROBENIUS_NORM: pa.array(np.concatenate(frob)),
-        statistics.SINGULAR_VALUES: pa.FixedSizeListArray.from_arrays(
-            pa.array(np.concatenate(svals), type=pa.float32()), num_feats),
-    }, schema=mirror.expert_stats_schema(num_feats))
+    return pa.table(
+        {
+            mirror.COL_LAYER: pa.array(np.concatenate(layers)),
+            mirror.COL_EXPERT: pa.array(np.concatenate(experts)),
+            statistics.var_key(num_feats): pa.array(np.concatenate(var).astype(np.float64)),
+            statistics.FROBENIUS_NORM: pa.array(np.concatenate(frob)),
+            statistics.SINGULAR_VALUES: pa.FixedSizeListArray.from_arrays(
+                pa.array(np.concatenate(svals), type=pa.float32()), num_feats
+            ),
+        },
+        schema=mirror.expert_stats_schema(num_feats),
+    )
 
 
 def router_svd_table(results: Sequence[LayerResult]) -> pa.Table:
@@ -107,11 +112,15 @@ def router_svd_table(results: Sequence[LayerResult]) -> pa.Table:
         values = [row[key] for row in rows]
         if isinstance(values[0], (list, tuple, np.ndarray)):
             matrix = np.asarray(values, dtype=np.float64)
-            columns[key] = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
+            columns[key] = pa.FixedSizeListArray.from_arrays(
+                pa.array(matrix.reshape(-1)), matrix.shape[1]
+            )
         elif isinstance(values[0], (int, np.integer)) and not isinstance(values[0], bool):
             columns[key] = pa.array(np.asarray(values, dtype=np.int64))
         else:  # None (s0/s1 of a rank-1 router) becomes null
-            columns[key] = pa.array([None if v is None else float(v) for v in values], type=pa.float64())
+            columns[key] = pa.array(
+                [None if v is None else float(v) for v in values], type=pa.float64()
+            )
     return pa.table(columns)
 
 
@@ -128,22 +137,29 @@ def written_file(folder: Path, config: str, rel: str) -> mirror.MirrorFile:
     with pq.ParquetFile(folder / rel) as pf:
         meta = pf.metadata
         return mirror.MirrorFile(
-            config=config, split=mirror.SPLIT, path=rel, num_rows=meta.num_rows, num_bytes=arrow_nbytes(pf),
-            size=(folder / rel).stat().st_size, arrow_schema=meta.schema.to_arrow_schema(),
+            config=config,
+            split=mirror.SPLIT,
+            path=rel,
+            num_rows=meta.num_rows,
+            num_bytes=arrow_nbytes(pf),
+            size=(folder / rel).stat().st_size,
+            arrow_schema=meta.schema.to_arrow_schema(),
         )
 
 
-def write_gate_vectors_layer(folder: Path, index: sidecar.VindexIndex, layer: int,
-                             block: np.ndarray) -> mirror.MirrorFile:
+def write_gate_vectors_layer(
+    folder: Path, index: sidecar.VindexIndex, layer: int, block: np.ndarray
+) -> mirror.MirrorFile:
     """One layer's parquet file from its ``(E, K, H)`` block, one row group at a time."""
     n = index.model_config.num_hidden_layers
     rel = mirror.gate_vectors_parquet(layer, n)
     step = mirror.experts_per_row_group(index.num_feats, index.hidden_size)
     with atomic_path(folder / rel) as tmp:
-        with pq.ParquetWriter(tmp, mirror.gate_vectors_schema(index.hidden_size),
-                              **GATE_VECTORS_WRITE_OPTIONS) as writer:
+        with pq.ParquetWriter(
+            tmp, mirror.gate_vectors_schema(index.hidden_size), **GATE_VECTORS_WRITE_OPTIONS
+        ) as writer:
             for start in range(0, index.num_experts, step):
-                table = gate_vectors_table(layer, start, np.array(block[start:start + step]))
+                table = gate_vectors_table(layer, start, np.array(block[start : start + step]))
                 writer.write_table(table, row_group_size=table.num_rows)
     return written_file(folder, mirror.layer_config(layer, n), rel)
 
@@ -156,16 +172,25 @@ def write_stats_table(folder: Path, rel: str, table: pa.Table) -> mirror.MirrorF
     return written_file(folder, config, rel)
 
 
-def write_mirror(folder: str | Path, index: sidecar.VindexIndex, tables: Mapping[str, pa.Table] | None = None,
-                 *, binary_hash: Any = None) -> list[mirror.MirrorFile]:
+def write_mirror(
+    folder: str | Path,
+    index: sidecar.VindexIndex,
+    tables: Mapping[str, pa.Table] | None = None,
+    *,
+    binary_hash: Any = None,
+) -> list[mirror.MirrorFile]:
     """Write the mirror: each layer's parquet file, streamed from ``gate_vectors.bin`` in file order
     (each block also fed to ``binary_hash``, a hashlib object, when given), then ``tables`` (the
     stats configs by file path; ``stats_tables`` makes them from a build's results). Parquet
     files of layers under ``data/gate_vectors/`` that the mirror no longer names (an old
     layout's names) are removed, so a push deletes them from the repo too."""
     folder = Path(folder)
-    vectors = np.memmap(folder / filenames.GATE_VECTORS_BIN, dtype=layout.NUMPY_DTYPE, mode="r",
-                        shape=index.array_shape)
+    vectors = np.memmap(
+        folder / filenames.GATE_VECTORS_BIN,
+        dtype=layout.NUMPY_DTYPE,
+        mode="r",
+        shape=index.array_shape,
+    )
     written = []
     for slot, layer in enumerate(index.layer_ids):  # slot order is file order
         if binary_hash is not None:
@@ -173,7 +198,9 @@ def write_mirror(folder: str | Path, index: sidecar.VindexIndex, tables: Mapping
         written.append(write_gate_vectors_layer(folder, index, layer, vectors[slot]))
     del vectors
     _remove_unnamed_layer_files(folder, {f.path for f in written})
-    return written + [write_stats_table(folder, rel, table) for rel, table in sorted((tables or {}).items())]
+    return written + [
+        write_stats_table(folder, rel, table) for rel, table in sorted((tables or {}).items())
+    ]
 
 
 def _remove_unnamed_layer_files(folder: Path, keep: set[str]) -> None:
@@ -186,14 +213,23 @@ def _remove_unnamed_layer_files(folder: Path, keep: set[str]) -> None:
 def written_mirror(folder: Path, index: sidecar.VindexIndex) -> list[mirror.MirrorFile]:
     """The mirror files a finished folder holds (for re-rendering its card)."""
     n = index.model_config.num_hidden_layers
-    paths = [(mirror.layer_config(layer, n), mirror.gate_vectors_parquet(layer, n)) for layer in index.layer_ids]
+    paths = [
+        (mirror.layer_config(layer, n), mirror.gate_vectors_parquet(layer, n))
+        for layer in index.layer_ids
+    ]
     paths += list(mirror.STATS_PARQUET_OF.items())
     files = [written_file(folder, *entry) for entry in paths if (folder / entry[1]).is_file()]
     # the stats configs come as a pair: one without the other is not listed (as a build writes them)
     stats = [f for f in files if f.config in mirror.STATS_CONFIGS]
-    files = files if len(stats) in (0, len(mirror.STATS_CONFIGS)) else [f for f in files if f not in stats]
+    files = (
+        files
+        if len(stats) in (0, len(mirror.STATS_CONFIGS))
+        else [f for f in files if f not in stats]
+    )
     if (folder / mirror.FEATURE_TOKENS_PARQUET).is_file():
-        files.append(written_file(folder, mirror.CONFIG_FEATURE_TOKENS, mirror.FEATURE_TOKENS_PARQUET))
+        files.append(
+            written_file(folder, mirror.CONFIG_FEATURE_TOKENS, mirror.FEATURE_TOKENS_PARQUET)
+        )
     return files
 
 
@@ -201,9 +237,13 @@ def stats_tables(index: sidecar.VindexIndex, results: Sequence[LayerResult]) -> 
     """The two stats configs' tables of a build's results, by file path."""
     have = [r.layer for r in results]
     if have != index.layer_ids:
-        raise VindexFormatError(f"layer results {have} do not match the index's layers {index.layer_ids}")
-    return {mirror.EXPERT_STATS_PARQUET: expert_stats_table(results, index.num_feats),
-            mirror.ROUTER_SVD_PARQUET: router_svd_table(results)}
+        raise VindexFormatError(
+            f"layer results {have} do not match the index's layers {index.layer_ids}"
+        )
+    return {
+        mirror.EXPERT_STATS_PARQUET: expert_stats_table(results, index.num_feats),
+        mirror.ROUTER_SVD_PARQUET: router_svd_table(results),
+    }
 
 
 def restrict_to_layers(table: pa.Table, layers: Sequence[int]) -> pa.Table:

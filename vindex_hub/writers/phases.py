@@ -5,7 +5,8 @@ The documents' keys are ``format.phases`` and ``format.statistics``; the formula
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..format import phases, sidecar, statistics
 from ..numerics import stats
@@ -23,8 +24,12 @@ def router_figures(result: LayerResult) -> dict[str, Any]:
 
 def _header(index: sidecar.VindexIndex, **first: Any) -> dict[str, Any]:
     """The documents' opening keys; ``first`` goes right after the format version."""
-    return {sidecar.FORMAT_VERSION_KEY: sidecar.FORMAT_VERSION, **first, phases.MODEL: index.source.repo_id,
-            phases.REVISION: index.source.revision}
+    return {
+        sidecar.FORMAT_VERSION_KEY: sidecar.FORMAT_VERSION,
+        **first,
+        phases.MODEL: index.source.repo_id,
+        phases.REVISION: index.source.revision,
+    }
 
 
 def phase1_json(results: Sequence[LayerResult], index: sidecar.VindexIndex) -> dict[str, Any]:
@@ -33,9 +38,16 @@ def phase1_json(results: Sequence[LayerResult], index: sidecar.VindexIndex) -> d
     for r in results:
         shared = None
         if r.shared_singular_values is not None:
-            var = stats.energy_fraction(r.shared_singular_values[None, :], [r.shared_frobenius_norm])
-            shared = {statistics.var_key(k): float(var[0]), statistics.FROBENIUS_NORM: r.shared_frobenius_norm}
-        router = {key: v for key, v in router_figures(r).items() if key != statistics.SINGULAR_VALUES}
+            var = stats.energy_fraction(
+                r.shared_singular_values[None, :], [r.shared_frobenius_norm]
+            )
+            shared = {
+                statistics.var_key(k): float(var[0]),
+                statistics.FROBENIUS_NORM: r.shared_frobenius_norm,
+            }
+        router = {
+            key: v for key, v in router_figures(r).items() if key != statistics.SINGULAR_VALUES
+        }
         summary = {statistics.summary_var_key(name, k): v for name, v in routed_summary(r).items()}
         layers[str(r.layer)] = {
             phases.ROUTED: {phases.N_EXPERTS: r.num_experts, **summary},
@@ -52,4 +64,7 @@ def phase2_json(results: Sequence[LayerResult], index: sidecar.VindexIndex) -> d
 def restrict_to_layers(document: dict[str, Any], layers: Sequence[int]) -> dict[str, Any]:
     """A published phase document cut to ``layers`` (for a vindex of some of its layers)."""
     have = document.get(phases.LAYERS, {})
-    return {**document, phases.LAYERS: {str(layer): have[str(layer)] for layer in layers if str(layer) in have}}
+    return {
+        **document,
+        phases.LAYERS: {str(layer): have[str(layer)] for layer in layers if str(layer) in have},
+    }

@@ -6,8 +6,9 @@ function on the same inputs, so a layer's result does not depend on where it was
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -55,22 +56,32 @@ class RoutedExperts:
     frobenius_norm: np.ndarray  # float64 (E,)
 
     @classmethod
-    def empty(cls, arch: MoEArchitecture, num_feats: int, num_experts: int | None = None) -> "RoutedExperts":
+    def empty(
+        cls, arch: MoEArchitecture, num_feats: int, num_experts: int | None = None
+    ) -> RoutedExperts:
         """Room for ``num_experts`` experts (None: all the layer's)."""
         if num_experts is None:
             num_experts = arch.moe_config().n_routed_experts
-        return cls(np.empty((num_experts, num_feats, arch.gate_shape[1]), np.float32),
-                   np.empty((num_experts, num_feats), np.float32), np.empty(num_experts, np.float64))
+        return cls(
+            np.empty((num_experts, num_feats, arch.gate_shape[1]), np.float32),
+            np.empty((num_experts, num_feats), np.float32),
+            np.empty(num_experts, np.float64),
+        )
 
     @property
     def num_experts(self) -> int:
         return len(self.frobenius_norm)
 
-    def store(self, experts: range, vectors: np.ndarray, singular_values: np.ndarray,
-              frobenius_norm: np.ndarray) -> None:
-        self.vectors[experts.start:experts.stop] = vectors
-        self.singular_values[experts.start:experts.stop] = singular_values  # float64 -> float32
-        self.frobenius_norm[experts.start:experts.stop] = frobenius_norm
+    def store(
+        self,
+        experts: range,
+        vectors: np.ndarray,
+        singular_values: np.ndarray,
+        frobenius_norm: np.ndarray,
+    ) -> None:
+        self.vectors[experts.start : experts.stop] = vectors
+        self.singular_values[experts.start : experts.stop] = singular_values  # float64 -> float32
+        self.frobenius_norm[experts.start : experts.stop] = frobenius_norm
 
 
 @dataclass
@@ -83,11 +94,18 @@ class DecomposedLayer:
     spectra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, layer: int, routed: RoutedExperts, extras: Mapping[str, Any]) -> "DecomposedLayer":
+    def of(cls, layer: int, routed: RoutedExperts, extras: Mapping[str, Any]) -> DecomposedLayer:
         """A finished layer: its routed experts, and the shared expert's and router's spectra
         (``shared_and_router``)."""
-        return cls(layer, routed.vectors, {"singular_values": routed.singular_values,
-                                           "frobenius_norm": routed.frobenius_norm, **extras})
+        return cls(
+            layer,
+            routed.vectors,
+            {
+                "singular_values": routed.singular_values,
+                "frobenius_norm": routed.frobenius_norm,
+                **extras,
+            },
+        )
 
     def result(self, sha256: str) -> LayerResult:
         return LayerResult(layer=self.layer, sha256=sha256, **self.spectra)
@@ -99,62 +117,112 @@ def expert_batches(num_experts: int, batch_size: int, workers: int = 1) -> list[
     return [range(start, min(start + size, num_experts)) for start in range(0, num_experts, size)]
 
 
-def decompose_experts(arch: MoEArchitecture, layer: int, experts: range, raw: Mapping[str, RawTensor],
-                      settings: DecomposeSettings, buffers: BufferPool) -> svd.TopK:
+def decompose_experts(
+    arch: MoEArchitecture,
+    layer: int,
+    experts: range,
+    raw: Mapping[str, RawTensor],
+    settings: DecomposeSettings,
+    buffers: BufferPool,
+) -> svd.TopK:
     """Dequantize a batch of routed experts' gate_proj into a reused buffer and decompose it."""
-    weights = arch.expert_gate_weights(layer, experts, raw, out=buffers.get((len(experts), *arch.gate_shape)))
+    weights = arch.expert_gate_weights(
+        layer, experts, raw, out=buffers.get((len(experts), *arch.gate_shape))
+    )
     names = [arch.expert_gate_name(layer, e) for e in experts]
-    return svd.top_k_right_singular(weights, settings.num_feats, device=settings.device,
-                                    precision=settings.precision, names=names,
-                                    blas_threads=settings.blas_threads)
+    return svd.top_k_right_singular(
+        weights,
+        settings.num_feats,
+        device=settings.device,
+        precision=settings.precision,
+        names=names,
+        blas_threads=settings.blas_threads,
+    )
 
 
-def decompose_routed(arch: MoEArchitecture, layer: int, experts: range | None, raw: Mapping[str, RawTensor],
-                     settings: DecomposeSettings, buffers: BufferPool,
-                     on_batch: Callable[[int], None] | None = None) -> RoutedExperts:
+def decompose_routed(
+    arch: MoEArchitecture,
+    layer: int,
+    experts: range | None,
+    raw: Mapping[str, RawTensor],
+    settings: DecomposeSettings,
+    buffers: BufferPool,
+    on_batch: Callable[[int], None] | None = None,
+) -> RoutedExperts:
     """Dequantize and decompose the routed experts ``experts`` of ``layer`` (None: all of them;
     a range starting on a batch boundary) in batches counted from its start, the serial build's
     batches, each into the one reused buffer. ``on_batch(n)`` is told each time ``n`` more
     experts are done (a progress bar)."""
-    routed = RoutedExperts.empty(arch, settings.num_feats, None if experts is None else len(experts))
+    routed = RoutedExperts.empty(
+        arch, settings.num_feats, None if experts is None else len(experts)
+    )
     start = 0 if experts is None else experts.start
     for batch in expert_batches(routed.num_experts, settings.batch_size):
-        top = decompose_experts(arch, layer, range(start + batch.start, start + batch.stop), raw, settings, buffers)
+        top = decompose_experts(
+            arch, layer, range(start + batch.start, start + batch.stop), raw, settings, buffers
+        )
         routed.store(batch, top.vectors, top.singular_values, top.frobenius_norm)
         if on_batch is not None:
             on_batch(len(batch))
     return routed
 
 
-def decompose_layer(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor],
-                    settings: DecomposeSettings, *, keep_router: bool, buffers: BufferPool | None = None,
-                    on_batch: Callable[[int], None] | None = None) -> DecomposedLayer:
+def decompose_layer(
+    arch: MoEArchitecture,
+    layer: int,
+    raw: Mapping[str, RawTensor],
+    settings: DecomposeSettings,
+    *,
+    keep_router: bool,
+    buffers: BufferPool | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> DecomposedLayer:
     """Every routed expert of ``layer`` (``decompose_routed``), then the shared expert and the router."""
     routed = decompose_routed(arch, layer, None, raw, settings, buffers or BufferPool(), on_batch)
     return finish_layer(arch, layer, raw, routed, settings, keep_router=keep_router)
 
 
-def finish_layer(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor], routed: RoutedExperts,
-                 settings: DecomposeSettings, *, keep_router: bool) -> DecomposedLayer:
+def finish_layer(
+    arch: MoEArchitecture,
+    layer: int,
+    raw: Mapping[str, RawTensor],
+    routed: RoutedExperts,
+    settings: DecomposeSettings,
+    *,
+    keep_router: bool,
+) -> DecomposedLayer:
     """A layer whose routed experts are done: add the shared expert's and the router's spectra."""
-    return DecomposedLayer.of(layer, routed, shared_and_router(arch, layer, raw, settings, keep_router))
+    return DecomposedLayer.of(
+        layer, routed, shared_and_router(arch, layer, raw, settings, keep_router)
+    )
 
 
-def shared_and_router(arch: MoEArchitecture, layer: int, raw: Mapping[str, RawTensor],
-                       settings: DecomposeSettings, keep_router: bool) -> dict[str, Any]:
+def shared_and_router(
+    arch: MoEArchitecture,
+    layer: int,
+    raw: Mapping[str, RawTensor],
+    settings: DecomposeSettings,
+    keep_router: bool,
+) -> dict[str, Any]:
     """The shared expert's and the router's decompositions of one layer (LayerResult fields)."""
     router = arch.router_weight(layer, raw)
     router64 = router.astype(np.float64)  # widened once, for both
     extras: dict[str, Any] = {
-        "router_singular_values": svd.singular_values(router64, name=arch.router_name(layer),
-                                                      blas_threads=settings.blas_threads),
+        "router_singular_values": svd.singular_values(
+            router64, name=arch.router_name(layer), blas_threads=settings.blas_threads
+        ),
         "router_frobenius_norm": svd.frobenius_norm(router64, blas_threads=settings.blas_threads),
     }
     shared = arch.shared_gate_weight(layer, raw)
     if shared is not None:
-        top = svd.top_k_right_singular(shared[None], settings.num_feats, device=settings.device,
-                                       precision=settings.precision, blas_threads=settings.blas_threads,
-                                       names=[arch.shared_gate_name(layer)])
+        top = svd.top_k_right_singular(
+            shared[None],
+            settings.num_feats,
+            device=settings.device,
+            precision=settings.precision,
+            blas_threads=settings.blas_threads,
+            names=[arch.shared_gate_name(layer)],
+        )
         extras["shared_singular_values"] = top.singular_values[0].astype(np.float32)
         extras["shared_frobenius_norm"] = float(top.frobenius_norm[0])
     if keep_router:

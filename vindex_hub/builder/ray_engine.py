@@ -26,15 +26,23 @@ import os
 import socket
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 from ..arch import get_architecture
 from ..errors import CheckpointError, ClusterError, UsageError, VindexError
 from ..source.base import CheckpointSource
-from .decompose import BufferPool, DecomposedLayer, DecomposeSettings, RoutedExperts, decompose_routed, shared_and_router
+from .decompose import (
+    BufferPool,
+    DecomposedLayer,
+    DecomposeSettings,
+    RoutedExperts,
+    decompose_routed,
+    shared_and_router,
+)
 from .engine import error_from
 from .plan import BuildPlan, config_sha256
 
@@ -63,7 +71,9 @@ def source_spec(src: CheckpointSource) -> dict[str, str]:
         return {"repo_id": src.repo_id, "revision": str(src.revision)}
     if src.path is not None:
         return {"path": os.path.abspath(src.path)}
-    raise UsageError(f"--engine ray needs a checkpoint folder or a Hub repo id, not {src.describe()}")
+    raise UsageError(
+        f"--engine ray needs a checkpoint folder or a Hub repo id, not {src.describe()}"
+    )
 
 
 # ---- the units of work (pure) ----------------------------------------------------------------
@@ -84,12 +94,17 @@ def split_work(layers: list[int], num_experts: int, batch_size: int, slots: int)
     batches = math.ceil(num_experts / batch_size)
     shares = 1 if len(layers) >= slots else min(batches, math.ceil(slots / len(layers)))
     size = math.ceil(batches / shares) * batch_size
-    return [Part(layer, range(start, min(start + size, num_experts)), start == 0)
-            for layer in layers for start in range(0, num_experts, size)]
+    return [
+        Part(layer, range(start, min(start + size, num_experts)), start == 0)
+        for layer in layers
+        for start in range(0, num_experts, size)
+    ]
 
 
 # ---- the task (runs on a worker) -------------------------------------------------------------
-_open_sources: dict[tuple[str, ...], CheckpointSource] = {}  # per worker process, reused by its tasks
+_open_sources: dict[
+    tuple[str, ...], CheckpointSource
+] = {}  # per worker process, reused by its tasks
 # The arrays a task returns of its share of a layer's experts, by RoutedExperts' field names.
 _ROUTED_FIELDS = tuple(field.name for field in dataclasses.fields(RoutedExperts))
 
@@ -103,7 +118,9 @@ def _open(spec: dict[str, str], token: str | None) -> CheckpointSource:
         if "repo_id" in spec:
             from ..source.hub import HubCheckpoint
 
-            _open_sources[key] = HubCheckpoint(spec["repo_id"], revision=spec["revision"], token=token)
+            _open_sources[key] = HubCheckpoint(
+                spec["repo_id"], revision=spec["revision"], token=token
+            )
         else:
             from ..source.local import LocalCheckpoint
 
@@ -111,17 +128,28 @@ def _open(spec: dict[str, str], token: str | None) -> CheckpointSource:
     return _open_sources[key]
 
 
-def decompose_part(spec: dict[str, str], token: str | None, expected_config: str, layer: int, start: int,
-                   stop: int, with_layer_extras: bool, settings: dict[str, Any],
-                   keep_router: bool) -> dict[str, Any]:
+def decompose_part(
+    spec: dict[str, str],
+    token: str | None,
+    expected_config: str,
+    layer: int,
+    start: int,
+    stop: int,
+    with_layer_extras: bool,
+    settings: dict[str, Any],
+    keep_router: bool,
+) -> dict[str, Any]:
     """One part, as a Ray task: numpy arrays and plain values, or ``{"error", "message"}``."""
     try:
         src = _open(spec, token)
         if config_sha256(src.config) != expected_config:
-            raise CheckpointError(f"{src.describe()}: the config.json this worker reads differs from the "
-                                  "driver's; every node must see the same checkpoint")
-        arch = get_architecture(src.config, tensor_names=src.tensor_names(),
-                                where=f"{src.describe()}/config.json")
+            raise CheckpointError(
+                f"{src.describe()}: the config.json this worker reads differs from the "
+                "driver's; every node must see the same checkpoint"
+            )
+        arch = get_architecture(
+            src.config, tensor_names=src.tensor_names(), where=f"{src.describe()}/config.json"
+        )
         t0 = time.monotonic()
         # The whole layer's tensors even for a share: a family may fuse all experts into one
         # tensor (the arch interface names tensors per layer). Shares exist only with fewer
@@ -131,9 +159,15 @@ def decompose_part(spec: dict[str, str], token: str | None, expected_config: str
         decompose = DecomposeSettings(**settings)
         # A share starts on a batch boundary: its batches are the serial build's.
         share = decompose_routed(arch, layer, range(start, stop), raw, decompose, BufferPool())
-        extras = shared_and_router(arch, layer, raw, decompose, keep_router) if with_layer_extras else {}
-        return {**{key: getattr(share, key) for key in _ROUTED_FIELDS}, "extras": extras,
-                "read_seconds": read_seconds, "read_bytes": sum(int(t.data.nbytes) for t in raw.values())}
+        extras = (
+            shared_and_router(arch, layer, raw, decompose, keep_router) if with_layer_extras else {}
+        )
+        return {
+            **{key: getattr(share, key) for key in _ROUTED_FIELDS},
+            "extras": extras,
+            "read_seconds": read_seconds,
+            "read_bytes": sum(int(t.data.nbytes) for t in raw.values()),
+        }
     except VindexError as exc:
         return {"error": type(exc).__name__, "message": str(exc)}
 
@@ -154,8 +188,14 @@ class _Assembly:
         if self.missing:
             return None
         self.pieces.sort(key=lambda piece: piece[0].start)
-        joined = RoutedExperts(**{key: np.concatenate([o[key] for _, o in self.pieces]) if len(self.pieces) > 1
-                                  else self.pieces[0][1][key] for key in _ROUTED_FIELDS})
+        joined = RoutedExperts(
+            **{
+                key: np.concatenate([o[key] for _, o in self.pieces])
+                if len(self.pieces) > 1
+                else self.pieces[0][1][key]
+                for key in _ROUTED_FIELDS
+            }
+        )
         return DecomposedLayer.of(self.layer, joined, self.extras)
 
 
@@ -167,15 +207,24 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
     except OSError as exc:
-        raise ClusterError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}; "
-                           "is `ray start` running there?") from None
+        raise ClusterError(
+            f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}; "
+            "is `ray start` running there?"
+        ) from None
 
 
 class RayEngine:
     """Runs the parts on the Ray cluster at ``address`` (else ``RAY_ADDRESS``, else a new local one)."""
 
-    def __init__(self, *, batch_size: int, address: str | None = None, token: str | None = None,
-                 max_retries: int = DEFAULT_MAX_RETRIES, max_in_flight: int | None = None):
+    def __init__(
+        self,
+        *,
+        batch_size: int,
+        address: str | None = None,
+        token: str | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_in_flight: int | None = None,
+    ):
         if max_in_flight is not None and max_in_flight < 1:
             raise UsageError(f"max_in_flight must be at least 1, got {max_in_flight}")
         self.batch_size, self.token, self.max_retries = batch_size, token, max_retries
@@ -185,8 +234,15 @@ class RayEngine:
         if self.address:
             _check_reachable(self.address)
 
-    def run(self, src: CheckpointSource, plan: BuildPlan, todo: list[int], *, on_experts: Callable[[int], None],
-            on_layer_read: Callable[[int, float, int], None]) -> Iterator[DecomposedLayer]:
+    def run(
+        self,
+        src: CheckpointSource,
+        plan: BuildPlan,
+        todo: list[int],
+        *,
+        on_experts: Callable[[int], None],
+        on_layer_read: Callable[[int, float, int], None],
+    ) -> Iterator[DecomposedLayer]:
         ray = self.ray
         spec = source_spec(src)
         token = self.token
@@ -204,16 +260,29 @@ class RayEngine:
             shares = {layer: sum(p.layer == layer for p in parts) for layer in todo}
             assemblies: dict[int, _Assembly] = {}
             task = ray.remote(decompose_part)
-            resources = dict(num_cpus=1, num_gpus=1 if gpu else 0, max_retries=self.max_retries,
-                             retry_exceptions=False)
+            resources = dict(
+                num_cpus=1,
+                num_gpus=1 if gpu else 0,
+                max_retries=self.max_retries,
+                retry_exceptions=False,
+            )
             args = (spec, token, plan.fingerprint["config_sha256"])
-            settings = (dataclasses.asdict(plan.decompose_settings(self.batch_size)), plan.larql_router)
+            settings = (
+                dataclasses.asdict(plan.decompose_settings(self.batch_size)),
+                plan.larql_router,
+            )
             in_flight = self.max_in_flight or slots
             while parts or pending:
                 while parts and len(pending) < in_flight:
                     p = parts.popleft()
-                    ref = task.options(name=p.name, **resources).remote(*args, p.layer, p.experts.start, p.experts.stop,
-                                                           p.with_layer_extras, *settings)
+                    ref = task.options(name=p.name, **resources).remote(
+                        *args,
+                        p.layer,
+                        p.experts.start,
+                        p.experts.stop,
+                        p.with_layer_extras,
+                        *settings,
+                    )
                     pending[ref] = p
                 (ref,), _ = ray.wait(list(pending), num_returns=1)
                 part = pending.pop(ref)
@@ -222,7 +291,9 @@ class RayEngine:
                     raise error_from(out["error"], out["message"])
                 on_layer_read(part.layer, out["read_seconds"], out["read_bytes"])
                 on_experts(len(part.experts))
-                assembly = assemblies.setdefault(part.layer, _Assembly(part.layer, shares[part.layer]))
+                assembly = assemblies.setdefault(
+                    part.layer, _Assembly(part.layer, shares[part.layer])
+                )
                 done = assembly.add(part, out)
                 del out, ref
                 if done is not None:
@@ -240,8 +311,11 @@ class RayEngine:
         if ray.is_initialized():
             return False
         env = {name: os.environ[name] for name in HUB_CLIENT_VARIABLES if name in os.environ}
-        options: dict[str, Any] = {"logging_level": logging.ERROR, "log_to_driver": False,
-                                   "runtime_env": {"env_vars": env} if env else None}
+        options: dict[str, Any] = {
+            "logging_level": logging.ERROR,
+            "log_to_driver": False,
+            "runtime_env": {"env_vars": env} if env else None,
+        }
         try:
             if self.address:
                 ray.init(address=self.address, **options)
@@ -249,7 +323,9 @@ class RayEngine:
                 ray.init(address="local", include_dashboard=False, **options)
         except (ConnectionError, RuntimeError, ValueError) as exc:
             where = f"at {self.address}" if self.address else "(a new local one)"
-            raise ClusterError(f"cannot join the Ray cluster {where}: {' '.join(str(exc).split())}") from None
+            raise ClusterError(
+                f"cannot join the Ray cluster {where}: {' '.join(str(exc).split())}"
+            ) from None
         return True
 
     def _slots(self, resource: str) -> int:
@@ -260,8 +336,12 @@ class RayEngine:
 
     def _get(self, ref: Any, part: Part) -> dict[str, Any]:
         exceptions = self.ray.exceptions
-        died = (exceptions.WorkerCrashedError, exceptions.NodeDiedError, exceptions.OutOfMemoryError,
-                exceptions.ObjectLostError)
+        died = (
+            exceptions.WorkerCrashedError,
+            exceptions.NodeDiedError,
+            exceptions.OutOfMemoryError,
+            exceptions.ObjectLostError,
+        )
         try:
             return self.ray.get(ref)
         except died as exc:

@@ -12,5 +12,12 @@ from .decompose import DEFAULT_BATCH
 from .pipeline import BuildSummary, build_vindex
 from .plan import DEFAULT_NUM_FEATS, DEFAULT_PREFETCH_LAYERS, open_source
 
-__all__ = ["build_vindex", "open_source", "BuildSummary", "VindexError", "DEFAULT_BATCH", "DEFAULT_NUM_FEATS",
-           "DEFAULT_PREFETCH_LAYERS"]
+__all__ = [
+    "build_vindex",
+    "open_source",
+    "BuildSummary",
+    "VindexError",
+    "DEFAULT_BATCH",
+    "DEFAULT_NUM_FEATS",
+    "DEFAULT_PREFETCH_LAYERS",
+]

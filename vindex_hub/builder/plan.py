@@ -11,9 +11,10 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .. import __version__
 from ..arch import MoEArchitecture, get_architecture
@@ -30,8 +31,12 @@ DEFAULT_NUM_FEATS = 64
 DEFAULT_PREFETCH_LAYERS = 1
 
 
-def open_source(source: str | os.PathLike[str] | CheckpointSource, *, revision: str | None = None,
-                token: str | None = None) -> CheckpointSource:
+def open_source(
+    source: str | os.PathLike[str] | CheckpointSource,
+    *,
+    revision: str | None = None,
+    token: str | None = None,
+) -> CheckpointSource:
     """A local checkpoint folder, a Hub model repo id, or an already open source."""
     if not isinstance(source, (str, os.PathLike)):
         return source
@@ -90,15 +95,30 @@ class BuildPlan:
 
     def decompose_settings(self, batch_size: int) -> DecomposeSettings:
         """How every engine decomposes this plan's experts (``batch_size`` changes no bit)."""
-        return DecomposeSettings(num_feats=self.num_feats, device=self.device, precision=self.precision,
-                                 batch_size=batch_size, blas_threads=self.index.builder.blas_threads)
+        return DecomposeSettings(
+            num_feats=self.num_feats,
+            device=self.device,
+            precision=self.precision,
+            batch_size=batch_size,
+            blas_threads=self.index.builder.blas_threads,
+        )
 
 
-def make_plan(src: CheckpointSource, out: str | os.PathLike[str], *, num_feats: int,
-              layers: str | Sequence[int] | None, device: str, larql_router: bool,
-              browse: BrowseOptions | None = None, precision: str = routes.DEFAULT_PRECISION,
-              workers: int | None = None) -> BuildPlan:
-    arch = get_architecture(src.config, tensor_names=src.tensor_names(), where=f"{src.describe()}/config.json")
+def make_plan(
+    src: CheckpointSource,
+    out: str | os.PathLike[str],
+    *,
+    num_feats: int,
+    layers: str | Sequence[int] | None,
+    device: str,
+    larql_router: bool,
+    browse: BrowseOptions | None = None,
+    precision: str = routes.DEFAULT_PRECISION,
+    workers: int | None = None,
+) -> BuildPlan:
+    arch = get_architecture(
+        src.config, tensor_names=src.tensor_names(), where=f"{src.describe()}/config.json"
+    )
     layer_ids = _select_layers(arch, layers)
     _check_num_feats(arch, num_feats)
     device = svd.resolve_device(device)
@@ -107,21 +127,47 @@ def make_plan(src: CheckpointSource, out: str | os.PathLike[str], *, num_feats: 
     browse = dataclasses.replace(browse or BrowseOptions(), device=device)
     index = sidecar.VindexIndex(
         num_feats=num_feats,
-        model_config=sidecar.ModelConfig(model_type=arch.model_type, num_hidden_layers=arch.num_hidden_layers,
-                                         moe=arch.moe_config()),
-        source=(sidecar.SourceInfo(repo_id=src.repo_id, revision=src.revision) if src.repo_id
-                else sidecar.SourceInfo.local(src.path or src.describe(), src.content_fingerprint())),
-        builder=sidecar.BuilderInfo(name=BUILDER_NAME, version=__version__, method=routes.method_for(route),
-                                    svd_route=route, blas_threads=routes.BLAS_THREADS, workers=workers),
+        model_config=sidecar.ModelConfig(
+            model_type=arch.model_type,
+            num_hidden_layers=arch.num_hidden_layers,
+            moe=arch.moe_config(),
+        ),
+        source=(
+            sidecar.SourceInfo(repo_id=src.repo_id, revision=src.revision)
+            if src.repo_id
+            else sidecar.SourceInfo.local(src.path or src.describe(), src.content_fingerprint())
+        ),
+        builder=sidecar.BuilderInfo(
+            name=BUILDER_NAME,
+            version=__version__,
+            method=routes.method_for(route),
+            svd_route=route,
+            blas_threads=routes.BLAS_THREADS,
+            workers=workers,
+        ),
     )
     config_sha = config_sha256(src.config)
     # The device, the SVD route and the BLAS threads are part of it: results of different routes
     # agree to ~1e-6, and LAPACK's bits change with the thread count, so one vindex must not mix
     # layers computed differently. The worker count is not: it changes no bit.
-    fingerprint = {**_identity(index, layer_ids, larql_router, _browse_identity(browse)),
-                   "config_sha256": config_sha, "device": device}
-    return BuildPlan(Path(out), arch, layer_ids, num_feats, device, precision, workers, larql_router, index,
-                     fingerprint, browse)
+    fingerprint = {
+        **_identity(index, layer_ids, larql_router, _browse_identity(browse)),
+        "config_sha256": config_sha,
+        "device": device,
+    }
+    return BuildPlan(
+        Path(out),
+        arch,
+        layer_ids,
+        num_feats,
+        device,
+        precision,
+        workers,
+        larql_router,
+        index,
+        fingerprint,
+        browse,
+    )
 
 
 def config_sha256(config: dict[str, Any]) -> str:
@@ -138,12 +184,13 @@ def _browse_identity_of_folder(out: Path) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     tokens = out / mirror.FEATURE_TOKENS_PARQUET
-    k = (mirror.feature_tokens_k(pq.read_schema(tokens)) if tokens.is_file() else 0)
+    k = mirror.feature_tokens_k(pq.read_schema(tokens)) if tokens.is_file() else 0
     return {"feature_tokens": k, "larql_browse": (out / filenames.LARQL_EMBEDDINGS_BIN).is_file()}
 
 
-def _identity(index: sidecar.VindexIndex, layer_ids: list[int], larql_router: bool,
-              browse: dict[str, Any]) -> dict[str, Any]:
+def _identity(
+    index: sidecar.VindexIndex, layer_ids: list[int], larql_router: bool, browse: dict[str, Any]
+) -> dict[str, Any]:
     """The part of the fingerprint a finished vindex's own files also tell."""
     return {
         **browse,
@@ -167,7 +214,9 @@ def _select_layers(arch: MoEArchitecture, layers: str | Sequence[int] | None) ->
     chosen = selection.parse_layers(layers, arch.num_hidden_layers)
     dense = sorted(set(chosen) - set(moe))
     if dense:
-        raise UsageError(f"layers {dense} are not MoE layers (MoE layers: {selection.layer_span(moe)})")
+        raise UsageError(
+            f"layers {dense} are not MoE layers (MoE layers: {selection.layer_span(moe)})"
+        )
     return chosen
 
 
@@ -189,8 +238,12 @@ def claim_output(plan: BuildPlan) -> sidecar.VindexIndex | None:
     existing_index = out / filenames.SIDECAR_JSON
     if existing_index.exists():
         index = sidecar.VindexIndex.loads(existing_index.read_text(), where=str(existing_index))
-        theirs = _identity(index, index.layer_ids, (out / filenames.LARQL_ROUTER_BIN).exists(),
-                           _browse_identity_of_folder(out))
+        theirs = _identity(
+            index,
+            index.layer_ids,
+            (out / filenames.LARQL_ROUTER_BIN).exists(),
+            _browse_identity_of_folder(out),
+        )
         changed = {k: (v, fingerprint[k]) for k, v in theirs.items() if fingerprint[k] != v}
         if changed:
             raise OutputConflictError(
@@ -217,8 +270,10 @@ def claim_output(plan: BuildPlan) -> sidecar.VindexIndex | None:
             )
         return None
     if (out / filenames.GATE_VECTORS_BIN).exists():
-        raise OutputConflictError(f"{out} holds a {filenames.GATE_VECTORS_BIN} without its "
-                                  f"{filenames.SIDECAR_JSON}; choose another output folder")
+        raise OutputConflictError(
+            f"{out} holds a {filenames.GATE_VECTORS_BIN} without its "
+            f"{filenames.SIDECAR_JSON}; choose another output folder"
+        )
     state_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(state_file, fingerprint)
     return None

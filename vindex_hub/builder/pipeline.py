@@ -13,25 +13,32 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from ..checksums import sha256_file_range
 from ..errors import UsageError
 from ..format import filenames, sidecar
 from ..format.card_data import CardOptions
+from ..numerics import routes
 from ..results import LayerResult, layer_result_path
 from ..source.base import CheckpointSource
 from ..writers.binary import GateVectorsWriter
 from ..writers.browse import BrowseInputs, BrowseOptions
 from ..writers.derived import write_derived_files
-from .browse import check_browse_inputs, read_browse_inputs
 from ..writers.phases import routed_summary
-from ..numerics import routes
+from .browse import check_browse_inputs, read_browse_inputs
 from .decompose import DEFAULT_BATCH
 from .engine import DEFAULT_ENGINE, ENGINES, Engine, make_engine
-from .plan import DEFAULT_NUM_FEATS, DEFAULT_PREFETCH_LAYERS, BuildPlan, claim_output, make_plan, open_source
+from .plan import (
+    DEFAULT_NUM_FEATS,
+    DEFAULT_PREFETCH_LAYERS,
+    BuildPlan,
+    claim_output,
+    make_plan,
+    open_source,
+)
 
 
 @dataclass
@@ -93,22 +100,44 @@ def build_vindex(
         ray_runner = RayEngine(batch_size=batch_size, address=ray_address, token=token)
     src = open_source(source, revision=revision, token=token)
     try:
-        plan = make_plan(src, out, num_feats=num_feats, layers=layers, device=device, larql_router=larql_router,
-                         browse=browse, precision=precision, workers=workers)
+        plan = make_plan(
+            src,
+            out,
+            num_feats=num_feats,
+            layers=layers,
+            device=device,
+            larql_router=larql_router,
+            browse=browse,
+            precision=precision,
+            workers=workers,
+        )
         if plan.browse.wanted:  # fail now, not after hours of layers, when the inputs are missing
             check_browse_inputs(src, plan.arch, plan.browse.feature_tokens)
         finished = claim_output(plan)
         if finished is not None:  # the same vindex is already complete there: nothing to do
-            return BuildSummary(plan.out, plan.layer_ids, [], time.monotonic() - started, finished,
-                                already_complete=True)
+            return BuildSummary(
+                plan.out,
+                plan.layer_ids,
+                [],
+                time.monotonic() - started,
+                finished,
+                already_complete=True,
+            )
         settings = plan.decompose_settings(batch_size)
         if ray_runner is None:
-            runner: Engine = make_engine(src.config, settings, plan.workers, prefetch_layers=prefetch_layers,
-                                         tensor_names=sorted(src.tensor_names()))
+            runner: Engine = make_engine(
+                src.config,
+                settings,
+                plan.workers,
+                prefetch_layers=prefetch_layers,
+                tensor_names=sorted(src.tensor_names()),
+            )
         else:
             runner = ray_runner
         todo = _run(src, plan, runner, progress=progress)
-        results = [LayerResult.load(layer_result_path(plan.state_dir, layer)) for layer in plan.layer_ids]
+        results = [
+            LayerResult.load(layer_result_path(plan.state_dir, layer)) for layer in plan.layer_ids
+        ]
         inputs = read_browse_inputs(src, plan.arch) if plan.browse.wanted else None
         _finish(plan, results, src.config, card_options=card_options, browse_inputs=inputs)
         shutil.rmtree(plan.state_dir)
@@ -120,13 +149,20 @@ def build_vindex(
 def _run(src: CheckpointSource, plan: BuildPlan, engine: Engine, *, progress: bool) -> list[int]:
     """Compute the layers not yet done into the binary; return them. The binary is renamed to its
     final name once every layer is in it."""
-    todo = [layer for layer in plan.layer_ids if not layer_result_path(plan.state_dir, layer).exists()]
+    todo = [
+        layer for layer in plan.layer_ids if not layer_result_path(plan.state_dir, layer).exists()
+    ]
     final_bin = plan.out / filenames.GATE_VECTORS_BIN
     if not todo and final_bin.exists():
         return todo
     index = plan.index
-    writer = GateVectorsWriter(plan.state_dir / filenames.PARTIAL_BIN, num_layers=len(plan.layer_ids),
-                               num_experts=index.num_experts, num_feats=plan.num_feats, hidden_size=index.hidden_size)
+    writer = GateVectorsWriter(
+        plan.state_dir / filenames.PARTIAL_BIN,
+        num_layers=len(plan.layer_ids),
+        num_experts=index.num_experts,
+        num_feats=plan.num_feats,
+        hidden_size=index.hidden_size,
+    )
     try:
         todo += _damaged_layers(plan, writer.path, todo)
         todo.sort()
@@ -146,25 +182,42 @@ def _damaged_layers(plan: BuildPlan, bin_path: Path, todo: list[int]) -> list[in
         if layer in todo:
             continue
         recorded = LayerResult.load(layer_result_path(plan.state_dir, layer)).sha256
-        if sha256_file_range(bin_path, plan.index.layer_offset(slot), plan.index.layer_nbytes) != recorded:
+        if (
+            sha256_file_range(bin_path, plan.index.layer_offset(slot), plan.index.layer_nbytes)
+            != recorded
+        ):
             layer_result_path(plan.state_dir, layer).unlink()
             damaged.append(layer)
     return damaged
 
 
-def _compute(src: CheckpointSource, plan: BuildPlan, engine: Engine, writer: GateVectorsWriter,
-             todo: list[int], *, progress: bool) -> None:
+def _compute(
+    src: CheckpointSource,
+    plan: BuildPlan,
+    engine: Engine,
+    writer: GateVectorsWriter,
+    todo: list[int],
+    *,
+    progress: bool,
+) -> None:
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=len(todo) * plan.index.num_experts, unit="expert", disable=not progress,
-               desc=f"0/{len(todo)} layers", dynamic_ncols=True)
+    bar = tqdm(
+        total=len(todo) * plan.index.num_experts,
+        unit="expert",
+        disable=not progress,
+        desc=f"0/{len(todo)} layers",
+        dynamic_ncols=True,
+    )
 
     def layer_read(layer: int, seconds: float, nbytes: int) -> None:
         bar.set_postfix_str(f"layer {layer} read {nbytes / max(seconds, 1e-9) / 1e6:.0f} MB/s")
 
     written = 0
     try:
-        for decomposed in engine.run(src, plan, todo, on_experts=bar.update, on_layer_read=layer_read):
+        for decomposed in engine.run(
+            src, plan, todo, on_experts=bar.update, on_layer_read=layer_read
+        ):
             sha256 = writer.write_layer(plan.slot(decomposed.layer), decomposed.vectors)
             decomposed.result(sha256).save(layer_result_path(plan.state_dir, decomposed.layer))
             written += 1
@@ -173,8 +226,14 @@ def _compute(src: CheckpointSource, plan: BuildPlan, engine: Engine, writer: Gat
         bar.close()
 
 
-def _finish(plan: BuildPlan, results: list[LayerResult], config: dict, *,
-            card_options: CardOptions | None, browse_inputs: BrowseInputs | None = None) -> None:
+def _finish(
+    plan: BuildPlan,
+    results: list[LayerResult],
+    config: dict,
+    *,
+    card_options: CardOptions | None,
+    browse_inputs: BrowseInputs | None = None,
+) -> None:
     """Record each layer in the sidecar, then write every derived file (the sidecar last)."""
     index = plan.index
     for slot, r in enumerate(results):
@@ -188,5 +247,13 @@ def _finish(plan: BuildPlan, results: list[LayerResult], config: dict, *,
             q25_var=summary["q25"],
             q75_var=summary["q75"],
         )
-    write_derived_files(plan.out, index, results=results, model_config=config, card_options=card_options,
-                        larql_router=plan.larql_router, browse=plan.browse, browse_inputs=browse_inputs)
+    write_derived_files(
+        plan.out,
+        index,
+        results=results,
+        model_config=config,
+        card_options=card_options,
+        larql_router=plan.larql_router,
+        browse=plan.browse,
+        browse_inputs=browse_inputs,
+    )

@@ -31,20 +31,28 @@ import queue
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from multiprocessing import shared_memory
 from multiprocessing.connection import Connection, wait
-from typing import Any, Callable, Iterator, Mapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
-
 
 from .. import errors
 from ..arch import MoEArchitecture, get_architecture
 from ..errors import UsageError, VindexError
 from ..source.base import CheckpointSource, RawTensor, TensorInfo
-from .decompose import (BufferPool, DecomposedLayer, DecomposeSettings, RoutedExperts, decompose_experts,
-                        decompose_layer, expert_batches, finish_layer)
+from .decompose import (
+    BufferPool,
+    DecomposedLayer,
+    DecomposeSettings,
+    RoutedExperts,
+    decompose_experts,
+    decompose_layer,
+    expert_batches,
+    finish_layer,
+)
 from .plan import BuildPlan
 
 # Deaths of worker processes tolerated within one layer before the build gives up.
@@ -59,9 +67,15 @@ DEFAULT_ENGINE = ENGINES[0]
 
 
 class Engine(Protocol):
-    def run(self, src: CheckpointSource, plan: BuildPlan, todo: list[int], *,
-            on_experts: Callable[[int], None], on_layer_read: Callable[[int, float, int], None]
-            ) -> Iterator[DecomposedLayer]:
+    def run(
+        self,
+        src: CheckpointSource,
+        plan: BuildPlan,
+        todo: list[int],
+        *,
+        on_experts: Callable[[int], None],
+        on_layer_read: Callable[[int, float, int], None],
+    ) -> Iterator[DecomposedLayer]:
         """Decompose ``todo``'s layers; ``on_experts(n)`` per batch of experts done,
         ``on_layer_read(layer, seconds, nbytes)`` as each layer's tensors arrive."""
         ...
@@ -79,26 +93,43 @@ class SerialEngine:
         buffers = BufferPool()
         for layer, raw, seconds, nbytes in prefetch(src, plan.arch, todo, self.prefetch_layers):
             on_layer_read(layer, seconds, nbytes)
-            decomposed = decompose_layer(plan.arch, layer, raw, self.settings, keep_router=plan.larql_router,
-                                         buffers=buffers, on_batch=on_experts)
+            decomposed = decompose_layer(
+                plan.arch,
+                layer,
+                raw,
+                self.settings,
+                keep_router=plan.larql_router,
+                buffers=buffers,
+                on_batch=on_experts,
+            )
             del raw  # before the layer is written: one raw layer less in memory
             yield decomposed
 
 
-def make_engine(config: Mapping[str, Any], settings: DecomposeSettings, workers: int, *,
-                prefetch_layers: int, tensor_names: list[str] | None = None) -> "SerialEngine | ProcessEngine":
+def make_engine(
+    config: Mapping[str, Any],
+    settings: DecomposeSettings,
+    workers: int,
+    *,
+    prefetch_layers: int,
+    tensor_names: list[str] | None = None,
+) -> SerialEngine | ProcessEngine:
     """One worker, or CUDA: this process; more: that many worker processes (``tensor_names``:
     the checkpoint's, which some families' adapters check)."""
     if workers == 1 or settings.device == "cuda":
         return SerialEngine(settings, prefetch_layers=prefetch_layers)
-    return ProcessEngine(config, settings, workers, prefetch_layers=prefetch_layers, tensor_names=tensor_names)
+    return ProcessEngine(
+        config, settings, workers, prefetch_layers=prefetch_layers, tensor_names=tensor_names
+    )
 
 
 # ---- worker processes ---------------------------------------------------------------------------
 _Table = dict[str, tuple[str, tuple[int, ...], int, int]]  # name -> (dtype, shape, offset, nbytes)
 
 
-def _share_layer(raw: Mapping[str, RawTensor]) -> tuple[shared_memory.SharedMemory, _Table, dict[str, RawTensor]]:
+def _share_layer(
+    raw: Mapping[str, RawTensor],
+) -> tuple[shared_memory.SharedMemory, _Table, dict[str, RawTensor]]:
     """One shared-memory copy of a layer's raw tensors, its table, and views of it to use in
     place of ``raw`` (so the layer's bytes are held once, and every worker maps them)."""
     table: _Table = {}
@@ -114,13 +145,21 @@ def _share_layer(raw: Mapping[str, RawTensor]) -> tuple[shared_memory.SharedMemo
 
 
 def _views(block: shared_memory.SharedMemory, table: _Table) -> dict[str, RawTensor]:
-    return {name: RawTensor(TensorInfo(name, dtype, shape, "", 0, nbytes),
-                            np.ndarray((nbytes,), dtype=np.uint8, buffer=block.buf, offset=offset))
-            for name, (dtype, shape, offset, nbytes) in table.items()}
+    return {
+        name: RawTensor(
+            TensorInfo(name, dtype, shape, "", 0, nbytes),
+            np.ndarray((nbytes,), dtype=np.uint8, buffer=block.buf, offset=offset),
+        )
+        for name, (dtype, shape, offset, nbytes) in table.items()
+    }
 
 
-def _worker_main(conn: Connection, config: dict[str, Any], tensor_names: list[str] | None,
-                 settings: dict[str, Any]) -> None:
+def _worker_main(
+    conn: Connection,
+    config: dict[str, Any],
+    tensor_names: list[str] | None,
+    settings: dict[str, Any],
+) -> None:
     """A worker: decompose the batches it is sent until told to stop (None) or the pipe closes."""
     decompose = DecomposeSettings(**settings)
     arch = get_architecture(config, tensor_names=tensor_names)
@@ -149,7 +188,7 @@ def _worker_main(conn: Connection, config: dict[str, Any], tensor_names: list[st
         try:
             top = decompose_experts(arch, layer, range(start, stop), raw, decompose, buffers)
             reply: tuple = ("ok", top.vectors, top.singular_values, top.frobenius_norm)
-        except Exception as exc:  # noqa: BLE001 - sent to the parent as (type name, message)
+        except Exception as exc:
             reply = ("error", type(exc).__name__, str(exc))
         conn.send(reply)
     raw = {}
@@ -201,9 +240,16 @@ class _Worker:
 class ProcessEngine:
     """Routed experts on ``workers`` spawned processes, ``settings.blas_threads`` BLAS threads each."""
 
-    def __init__(self, config: Mapping[str, Any], settings: DecomposeSettings, workers: int, *,
-                 prefetch_layers: int, tensor_names: list[str] | None = None,
-                 warn: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        settings: DecomposeSettings,
+        workers: int,
+        *,
+        prefetch_layers: int,
+        tensor_names: list[str] | None = None,
+        warn: Callable[[str], None] | None = None,
+    ):
         if workers < 1:
             raise UsageError(f"--workers must be at least 1, got {workers}")
         self.settings, self.workers, self.prefetch_layers = settings, workers, prefetch_layers
@@ -237,15 +283,26 @@ class ProcessEngine:
 
     def _start(self) -> _Worker:
         parent, child = self._context.Pipe()
-        process = self._context.Process(target=_worker_main, name="vindex-worker", daemon=True,
-                                        args=(child, self._config, self._tensor_names, asdict(self.settings)))
+        process = self._context.Process(
+            target=_worker_main,
+            name="vindex-worker",
+            daemon=True,
+            args=(child, self._config, self._tensor_names, asdict(self.settings)),
+        )
         with blas_thread_environment(self.settings.blas_threads):
             process.start()
         child.close()
         return _Worker(process, parent)
 
-    def _layer(self, plan: BuildPlan, layer: int, raw: Mapping[str, RawTensor], block_name: str, table: _Table,
-               on_experts: Callable[[int], None]) -> DecomposedLayer:
+    def _layer(
+        self,
+        plan: BuildPlan,
+        layer: int,
+        raw: Mapping[str, RawTensor],
+        block_name: str,
+        table: _Table,
+        on_experts: Callable[[int], None],
+    ) -> DecomposedLayer:
         arch = plan.arch
         routed = RoutedExperts.empty(arch, self.settings.num_feats)
         todo = expert_batches(routed.num_experts, self.settings.batch_size, self.workers)[::-1]
@@ -299,13 +356,17 @@ class ProcessEngine:
         worker = self._pool[i]
         experts = worker.experts
         giving_up = deaths > MAX_WORKER_DEATHS_PER_LAYER
-        self._warn(f"worker process {worker.process.pid} died ({_exit_reason(worker.process)}) in layer {layer}, "
-                   f"experts {experts.start}-{experts.stop - 1}; "
-                   + ("giving up" if giving_up else "starting another and redoing them"))
+        self._warn(
+            f"worker process {worker.process.pid} died ({_exit_reason(worker.process)}) in layer {layer}, "
+            f"experts {experts.start}-{experts.stop - 1}; "
+            + ("giving up" if giving_up else "starting another and redoing them")
+        )
         worker.conn.close()
         if giving_up:
-            raise VindexError(f"layer {layer}: {deaths} worker processes died (out of memory? try fewer "
-                              "--workers or a smaller --batch-size); run the same command again to resume")
+            raise VindexError(
+                f"layer {layer}: {deaths} worker processes died (out of memory? try fewer "
+                "--workers or a smaller --batch-size); run the same command again to resume"
+            )
         self._pool[i] = self._start()
         self._pool[i].experts = None
 
@@ -328,8 +389,9 @@ class ProcessEngine:
 _DONE = object()
 
 
-def prefetch(src: CheckpointSource, arch: MoEArchitecture, layers: list[int],
-             depth: int) -> Iterator[tuple[int, Mapping[str, RawTensor], float, int]]:
+def prefetch(
+    src: CheckpointSource, arch: MoEArchitecture, layers: list[int], depth: int
+) -> Iterator[tuple[int, Mapping[str, RawTensor], float, int]]:
     """Read layers on a background thread, at most ``depth`` ahead of the consumer:
     yields ``(layer, raw tensors, read seconds, bytes read)``.
 

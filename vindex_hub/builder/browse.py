@@ -18,21 +18,29 @@ from ..source.tokenizer import TokenDecoder
 from ..writers.browse import BrowseInputs
 
 
-def check_browse_inputs(src: CheckpointSource, arch: MoEArchitecture, feature_tokens: int = 0) -> Path:
+def check_browse_inputs(
+    src: CheckpointSource, arch: MoEArchitecture, feature_tokens: int = 0
+) -> Path:
     """Refuse a checkpoint without the embedding or ``tokenizer.json``, or with fewer tokens than
     ``feature_tokens`` (reads no tensor); return the tokenizer's local path."""
     what = "--feature-tokens / --larql-browse need"
     name = arch.embedding_tensor()
     if name not in src.tensor_names():
-        raise CheckpointError(f"{src.describe()}: {what} the input embedding {name}, which the checkpoint "
-                              "does not have")
+        raise CheckpointError(
+            f"{src.describe()}: {what} the input embedding {name}, which the checkpoint "
+            "does not have"
+        )
     try:
         tokenizer = src.file(filenames.TOKENIZER_JSON)
     except CheckpointError:
-        raise CheckpointError(f"{src.describe()}: {what} {filenames.TOKENIZER_JSON}, which the checkpoint does not have") from None
+        raise CheckpointError(
+            f"{src.describe()}: {what} {filenames.TOKENIZER_JSON}, which the checkpoint does not have"
+        ) from None
     vocab = src.tensor_info(name).shape[0]
     if feature_tokens > vocab:
-        raise UsageError(f"--feature-tokens {feature_tokens} exceeds the {vocab} tokens of {name} in {src.describe()}")
+        raise UsageError(
+            f"--feature-tokens {feature_tokens} exceeds the {vocab} tokens of {name} in {src.describe()}"
+        )
     return tokenizer
 
 
@@ -43,7 +51,16 @@ def read_browse_inputs(src: CheckpointSource, arch: MoEArchitecture) -> BrowseIn
     info = src.tensor_info(name)
     hidden = arch.gate_shape[1]
     if len(info.shape) != 2 or info.shape[1] != hidden:
-        raise CheckpointError(f"tensor {name}: shape {list(info.shape)}, expected [vocab, {hidden}]")
+        raise CheckpointError(
+            f"tensor {name}: shape {list(info.shape)}, expected [vocab, {hidden}]"
+        )
     raw = src.read([name])[name]
-    embedding = check_finite(decode_tensor(raw.data, info.dtype, tuple(info.shape), name=name), name=name)
-    return BrowseInputs(embedding=embedding, tokenizer=tokenizer, pieces=TokenDecoder(tokenizer), where=src.describe())
+    embedding = check_finite(
+        decode_tensor(raw.data, info.dtype, tuple(info.shape), name=name), name=name
+    )
+    return BrowseInputs(
+        embedding=embedding,
+        tokenizer=tokenizer,
+        pieces=TokenDecoder(tokenizer),
+        where=src.describe(),
+    )
