@@ -11,7 +11,7 @@ The public surface::
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     CheckpointError,
@@ -27,6 +27,13 @@ from .errors import (
 )
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ below loads them
+    from .builder import build_vindex
+    from .load import Vindex
+    from .pull import pull_vindex
+    from .push import push_vindex
+    from .verify import verify_vindex
 
 # Heavy modules (torch, datasets) load on first use, so `vindex-hub --help` stays instant.
 _LAZY = {
@@ -44,9 +51,17 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'vindex_hub' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
 __all__ = [
     "__version__",
-    *_LAZY,
+    "build_vindex",
+    "push_vindex",
+    "Vindex",
+    "pull_vindex",
+    "verify_vindex",
     "VindexError",
     "CheckpointError",
     "UnsupportedArchitectureError",

@@ -307,9 +307,10 @@ def _layer_help(default: str) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .builder import DEFAULT_BATCH, DEFAULT_NUM_FEATS, DEFAULT_PREFETCH_LAYERS
+    # Light modules only (a test checks it): the builder's defaults, not the builder.
+    from .builder.defaults import DEFAULT_BATCH, DEFAULT_NUM_FEATS, DEFAULT_PREFETCH_LAYERS
+    from .format.pull_marker import DEFAULT_FORMAT, FORMATS
     from .numerics.routes import DEFAULT_DEVICE, DEVICES
-    from .pull import DEFAULT_FORMAT, FORMATS
 
     ap = argparse.ArgumentParser(
         prog="vindex-hub",

@@ -33,7 +33,7 @@ from .writers.derived import CarriedStats, write_derived_files
 from .writers.mirror import restrict_to_layers as restrict_table
 from .writers.phases import restrict_to_layers as restrict_document
 
-DEFAULT_FORMAT: Format = pull_marker.BINARY
+DEFAULT_FORMAT: Format = pull_marker.DEFAULT_FORMAT
 # Never taken from a repo: hidden paths (our markers, .gitattributes) and unfinished files.
 BOOKKEEPING_PATTERNS = [".*", "*/.*", *(f"*{suffix}" for suffix in filenames.UNFINISHED_SUFFIXES)]
 CLIENT_CACHE_DIR = (

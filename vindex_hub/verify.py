@@ -208,12 +208,12 @@ def _layer_files(c: _Checker, index: sidecar.VindexIndex) -> dict[int, str]:
 def _check_gate_vectors_mirror(
     c: _Checker, index: sidecar.VindexIndex, layer: int, rel: str
 ) -> None:
-    import pyarrow.parquet as pq
-
     path = c.folder / rel
     if not path.exists():
         c.problem(f"layer {layer}: {rel} is missing (the Arrow mirror of this layer)")
         return
+    import pyarrow.parquet as pq  # only where there is a mirror to read
+
     entry = index.layers[layer]
     k, h = index.num_feats, index.hidden_size
     rows = np.memmap(
@@ -264,11 +264,11 @@ def _check_gate_vectors_mirror(
 
 
 def _check_expert_stats(c: _Checker, index: sidecar.VindexIndex) -> None:
-    import pyarrow.parquet as pq
-
     path = c.folder / mirror.EXPERT_STATS_PARQUET
     if not path.exists():
         return  # optional (a converted vindex has no spectra); the card check flags a dangling config
+    import pyarrow.parquet as pq
+
     table = pq.read_table(path)
     k, e = index.num_feats, index.num_experts
     layers = table.column(mirror.COL_LAYER).to_numpy()
@@ -301,11 +301,11 @@ def _check_expert_stats(c: _Checker, index: sidecar.VindexIndex) -> None:
 
 
 def _check_router_svd(c: _Checker, index: sidecar.VindexIndex) -> None:
-    import pyarrow.parquet as pq
-
     path = c.folder / mirror.ROUTER_SVD_PARQUET
     if not path.exists():
         return
+    import pyarrow.parquet as pq
+
     table = pq.read_table(path)
     layers = table.column(mirror.COL_LAYER).to_numpy().tolist()
     if layers != index.layer_ids:
@@ -477,12 +477,13 @@ def _check_config_per_layer(
 def _check_dataset_info(
     c: _Checker, info: dict[str, Any], split_files: list[tuple[str, Path]]
 ) -> None:
-    import pyarrow.parquet as pq
-    from datasets import Features
-
     name = info.get(mirror.CONFIG_NAME_KEY)
     if not split_files:
         return
+    # The declared features are read as `load_dataset` reads them: by datasets itself.
+    import pyarrow.parquet as pq
+    from datasets import Features
+
     if card_data.FEATURES in info:
         declared = Features._from_yaml_list(info[card_data.FEATURES])
         actual = Features.from_arrow_schema(pq.read_schema(split_files[0][1]))
@@ -508,11 +509,11 @@ def _check_dataset_info(
 def _check_feature_tokens(c: _Checker, index: sidecar.VindexIndex) -> None:
     """One row per (layer, expert, feature) in order; K ids, tokens and scores a row; ids within
     the embedding's vocabulary; |scores| at most 1 and non-increasing."""
-    import pyarrow.parquet as pq
-
     path = c.folder / mirror.FEATURE_TOKENS_PARQUET
     if not path.exists():
         return  # optional
+    import pyarrow.parquet as pq
+
     name = mirror.FEATURE_TOKENS_PARQUET
     table = pq.read_table(path)
     n_problems = len(c.report.problems)

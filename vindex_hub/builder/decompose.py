@@ -17,9 +17,7 @@ from ..numerics import svd
 from ..numerics.routes import BLAS_THREADS, DEFAULT_PRECISION
 from ..results import LayerResult
 from ..source.base import RawTensor
-
-# Experts decomposed per batch: bounds the float32 working set (8 x 32 MiB at real size).
-DEFAULT_BATCH = 8
+from .defaults import DEFAULT_BATCH
 
 
 @dataclass(frozen=True)

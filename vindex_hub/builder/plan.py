@@ -27,8 +27,6 @@ from ..writers.browse import BrowseOptions
 from .decompose import DecomposeSettings
 
 BUILDER_NAME = "vindex-hub"
-DEFAULT_NUM_FEATS = 64
-DEFAULT_PREFETCH_LAYERS = 1
 
 
 def open_source(

@@ -22,13 +22,14 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any
 
 from ..errors import VindexFormatError
 from . import layout, statistics
 from .filenames import DATA_DIR
+
+if TYPE_CHECKING:  # the schemas import pyarrow when called: the read side and the CLI need none
+    import pyarrow as pa
 
 CONFIG_GATE_VECTORS = "gate_vectors"  # all layers, one split
 CONFIG_EXPERT_STATS = "expert_stats"  # the default config
@@ -266,6 +267,8 @@ def configs_by_name(card_data: Mapping[str, Any]) -> dict[str, Mapping[str, Any]
 
 # ---- Arrow schemas ------------------------------------------------------------------------
 def gate_vectors_schema(hidden_size: int) -> pa.Schema:
+    import pyarrow as pa
+
     return pa.schema(
         [
             (COL_LAYER, pa.int16()),
@@ -277,6 +280,8 @@ def gate_vectors_schema(hidden_size: int) -> pa.Schema:
 
 
 def expert_stats_schema(num_feats: int) -> pa.Schema:
+    import pyarrow as pa
+
     return pa.schema(
         [
             (COL_LAYER, pa.int16()),
@@ -294,6 +299,8 @@ def feature_tokens_k(schema: pa.Schema) -> int:
 
 
 def feature_tokens_schema(k: int) -> pa.Schema:
+    import pyarrow as pa
+
     return pa.schema(
         [
             (COL_LAYER, pa.int16()),

@@ -19,6 +19,7 @@ from .filenames import PULL_MARKER
 Format = Literal["binary", "arrow"]
 FORMATS: tuple[Format, ...] = get_args(Format)
 BINARY, ARROW = FORMATS
+DEFAULT_FORMAT: Format = BINARY
 
 REPO_ID = "repo_id"
 REPO_TYPE = "repo_type"
