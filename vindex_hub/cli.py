@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .compat import DefaultsHelpFormatter
 from .errors import UsageError, VindexError
 from .format import statistics
 from .format.layout import format_size
@@ -30,15 +31,6 @@ class Outcome:
     text: str
     data: Any
     status: int = 0
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each option's default, unless there is none or its help already says it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
 
 
 def _card_options(args: argparse.Namespace):
@@ -322,7 +314,7 @@ def parser() -> argparse.ArgumentParser:
     def command(
         name: str, fn: Callable[[argparse.Namespace], Outcome], help: str
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
+        p = sub.add_parser(name, help=help, description=help, formatter_class=DefaultsHelpFormatter)
         p.add_argument(
             "--json", action="store_true", help="print the result as JSON instead of text"
         )

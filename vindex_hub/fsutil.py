@@ -6,15 +6,25 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .errors import VindexError, VindexFormatError
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+
+def _create_beside(final: Path) -> Path:
+    """A new empty file named ``.<name>.<random>.tmp`` beside ``final``, created with mode 0666
+    less the process umask, as ``open`` creates files (no reading or flipping of the umask)."""
+    for _ in range(100):
+        tmp = final.parent / f".{final.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return tmp
+    raise FileExistsError(f"{final}: no free temporary name beside it")
 
 
 @contextlib.contextmanager
@@ -25,10 +35,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; published files get the usual mode
-    tmp_path = Path(tmp)
+    tmp_path = _create_beside(final)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:

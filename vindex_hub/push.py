@@ -41,10 +41,10 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 # Importing hub.http below loads huggingface_hub (its hf_api, errors, utils) anyway: these add nothing.
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, get_token
+from huggingface_hub import CommitOperationDelete, HfApi, get_token
 from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import (
@@ -55,9 +55,9 @@ from huggingface_hub.utils import (
     validate_repo_id,
 )
 from huggingface_hub.utils import tqdm as hf_tqdm
-from huggingface_hub.utils.sha import git_hash
 
 from .checksums import iter_chunks
+from .compat import counted_commit_operation_add, git_blob_sha1
 from .errors import HubError, RemoteNotFoundError, UsageError, VindexError
 from .format import filenames, layout, selection, sidecar
 from .format.layout import format_size
@@ -425,7 +425,7 @@ def _sha256(path: Path, bar) -> str:
 
 def _git_blob_sha1(path: Path) -> str:
     """What the Hub reports as a regular file's ``oid`` (regular files are small: read whole)."""
-    return git_hash(path.read_bytes())
+    return git_blob_sha1(path.read_bytes())
 
 
 def _commit(
@@ -442,7 +442,7 @@ def _commit(
 ):
     operations: list = []
     for f in result.uploaded:
-        op = _CountedAdd(path_in_repo=f.path, path_or_fileobj=str(folder / f.path))
+        op = counted_commit_operation_add(f.path, str(folder / f.path))
         if (
             f.path in hashes
         ):  # already hashed (by the verification or the plan): spare the client a pass
@@ -471,34 +471,6 @@ def _commit(
             f"{ref}: upload to {api.endpoint} failed: {first_line(exc)}{cause}; nothing was committed, "
             "push again to resume (files that arrived are not sent twice)"
         ) from None
-
-
-class _CountedAdd(CommitOperationAdd):
-    """An upload whose progress bar counts each byte once: the client's own bar counts every read,
-    so a retried PUT (the client seeks back and reads again) took it past 100%."""
-
-    @contextlib.contextmanager
-    def as_file(self, with_tqdm: bool = False) -> Iterator[BinaryIO]:
-        if not with_tqdm:
-            with super().as_file() as f:
-                yield f
-            return
-        path = Path(self.path_or_fileobj)
-        with (
-            open(path, "rb") as f,
-            hf_tqdm(unit="B", unit_scale=True, total=path.stat().st_size, desc=path.name) as bar,
-        ):
-            read, counted = f.read, [0]
-
-            def read_counting_once(size: int | None = -1) -> bytes:
-                data = read(size)
-                if f.tell() > counted[0]:
-                    bar.update(f.tell() - counted[0])
-                    counted[0] = f.tell()
-                return data
-
-            f.read = read_counting_once  # type: ignore[method-assign]
-            yield f
 
 
 # ---- plumbing --------------------------------------------------------------------------------------

@@ -484,8 +484,10 @@ def _check_dataset_info(
     import pyarrow.parquet as pq
     from datasets import Features
 
+    from .compat import features_from_yaml_list
+
     if card_data.FEATURES in info:
-        declared = Features._from_yaml_list(info[card_data.FEATURES])
+        declared = features_from_yaml_list(info[card_data.FEATURES])
         actual = Features.from_arrow_schema(pq.read_schema(split_files[0][1]))
         if declared != actual:
             c.problem(

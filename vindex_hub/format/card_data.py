@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from ..compat import features_to_yaml_list
 from ..errors import UsageError, VindexFormatError
 from . import mirror, sidecar
 
@@ -139,7 +140,9 @@ def dataset_info(files: Sequence[mirror.MirrorFile]) -> list[dict[str, Any]]:
         infos.append(
             {
                 mirror.CONFIG_NAME_KEY: config.name,
-                FEATURES: Features.from_arrow_schema(config.files[0].arrow_schema)._to_yaml_list(),
+                FEATURES: features_to_yaml_list(
+                    Features.from_arrow_schema(config.files[0].arrow_schema)
+                ),
                 SPLITS: [
                     {
                         SPLIT_NAME: mirror.SPLIT,

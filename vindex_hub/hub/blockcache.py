@@ -34,8 +34,8 @@ from typing import Any, BinaryIO
 
 from filelock import FileLock, Timeout
 from huggingface_hub import constants
-from huggingface_hub.file_download import repo_folder_name
 
+from ..compat import repo_cache_folder_name
 from ..errors import HubError, VindexFormatError
 from ..fsutil import atomic_path, atomic_write_json, read_json_object
 from .http import RemoteFile
@@ -69,7 +69,7 @@ def safe_name(value: str, what: str) -> str:
 
 def _repo_folder(ref: RepoRef) -> str:
     """The repo's name in the block cache's records: the Hub cache's own folder name for it."""
-    return repo_folder_name(repo_id=ref.repo_id, repo_type=ref.repo_type)
+    return repo_cache_folder_name(ref.repo_id, ref.repo_type)
 
 
 class BlockCache:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from huggingface_hub import constants, hf_hub_url
-from huggingface_hub.file_download import REGEX_COMMIT_HASH
 
+from ..compat import is_commit_sha
 from ..errors import HubError, UsageError
 
 # The repo types a vindex lives in (the CLI's --repo-type choices); a dataset repo by default,
@@ -81,7 +81,7 @@ def parse_repo(
 
 def commit_sha(value: str, where: str) -> str:
     """``value`` if it is a full 40-hex commit sha (it names cache files); else ``HubError``."""
-    if not REGEX_COMMIT_HASH.fullmatch(value or ""):
+    if not is_commit_sha(value or ""):
         raise HubError(
             f"{where}: the server gave commit {value!r}, not a 40-hex sha; refusing to use it"
         )

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 from huggingface_hub import HfApi
-from huggingface_hub.file_download import REGEX_COMMIT_HASH
 
+from ..compat import is_commit_sha
 from ..errors import CheckpointError, HubError, UsageError
 from ..fsutil import read_json_object
 from ..hub.blockcache import BlockCache
@@ -140,7 +140,7 @@ class HubCheckpoint:
                 url=ref.web_url(),
             )
         # The sha becomes part of cache paths and every URL: only a real commit hash may.
-        if not isinstance(info.sha, str) or not REGEX_COMMIT_HASH.fullmatch(info.sha):
+        if not isinstance(info.sha, str) or not is_commit_sha(info.sha):
             raise HubError(
                 f"{ref}: the Hub answered commit sha {info.sha!r}, expected 40 lowercase hex digits"
             )

@@ -23,25 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..compat import RAY_WORKER_NODE_SCRIPT
+
 LOOPBACK = "127.0.0.1"
 # Ray's switch: with it off, a node takes the loopback address as its own.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
-
-# What ``ray start --address ... --block`` does, minus the address rewriting (see above).
-_WORKER_NODE = """
-import signal, sys, threading
-import ray._private.node, ray._private.parameter
-params = ray._private.parameter.RayParams(
-    gcs_address=sys.argv[1], node_ip_address=sys.argv[2], num_cpus=int(sys.argv[3]),
-    object_store_memory=int(sys.argv[4]), temp_dir=sys.argv[5], include_log_monitor=False,
-    node_manager_port=0, min_worker_port=0, max_worker_port=0)
-node = ray._private.node.Node(params, head=False, shutdown_at_exit=True, spawn_reaper=True)
-stop = threading.Event()
-signal.signal(signal.SIGTERM, lambda *_: stop.set())
-print("node started", flush=True)
-stop.wait()
-node.kill_all_processes(check_alive=False, allow_graceful=True)
-"""
 
 
 def _free_port() -> int:
@@ -105,7 +91,7 @@ class LocalRayCluster:
                 [
                     sys.executable,
                     "-c",
-                    _WORKER_NODE,
+                    RAY_WORKER_NODE_SCRIPT,
                     self.address,
                     LOOPBACK,
                     str(self.cpus_per_node),
