@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -46,7 +47,7 @@ def test_energy_fraction_checks_its_input() -> None:
 
 
 def test_summarize() -> None:
-    assert stats.summarize([5, 1, 4, 2, 3]) == {
+    assert dataclasses.asdict(stats.summarize([5, 1, 4, 2, 3])) == {
         "median": 3.0,
         "q25": 2.0,
         "q75": 4.0,
@@ -56,11 +57,11 @@ def test_summarize() -> None:
     }
     sample = np.random.default_rng(1).random(101)
     got = stats.summarize(sample)
-    assert got["q25"] == np.percentile(sample, 25) and got["q75"] == np.percentile(sample, 75)
-    assert got["median"] == np.median(sample)
-    assert all(type(v) is float for v in got.values())
+    assert got.q25 == np.percentile(sample, 25) and got.q75 == np.percentile(sample, 75)
+    assert got.median == np.median(sample)
+    assert all(type(v) is float for v in dataclasses.asdict(got).values())
     # The names are the ones statistics.summary_var_key turns into sidecar keys.
-    assert {statistics.summary_var_key(k, 64) for k in got} >= {
+    assert set(got.by_key(64)) >= {
         statistics.median_var_key(64),
         statistics.q25_var_key(64),
         statistics.q75_var_key(64),
@@ -131,3 +132,17 @@ def test_router_stats_rank_one_and_bad_input() -> None:
         stats.router_stats([1.0, 2.0], 3.0)
     with pytest.raises(UsageError, match="zero router"):
         stats.router_stats([0.0, 0.0], 0.0)
+
+
+def test_the_recorded_statistics_are_summary_fields() -> None:
+    summary = stats.summarize([1.0, 2.0, 3.0, 4.0])
+    for name in (statistics.MEDIAN, statistics.Q25, statistics.Q75):
+        assert statistics.summary_var_key(name, 8) in summary.by_key(8)
+    assert list(summary.by_key(8)) == [
+        "median_var8",
+        "q25_var8",
+        "q75_var8",
+        "mean_var8",
+        "min_var8",
+        "max_var8",
+    ]

@@ -286,12 +286,12 @@ def _check_expert_stats(c: _Checker, index: sidecar.VindexIndex) -> None:
         entry = index.layers[layer]
         recorded = (entry.median_var, entry.q25_var, entry.q75_var)
         if not np.allclose(
-            [summary["median"], summary["q25"], summary["q75"]], recorded, rtol=_RTOL, atol=0
+            [summary.median, summary.q25, summary.q75], recorded, rtol=_RTOL, atol=0
         ):
             bad.append(layer)
             c.problem(
                 f"layer {layer}: {mirror.EXPERT_STATS_PARQUET} {statistics.var_key(k)} gives median/q25/q75 "
-                f"{summary['median']:.6g}/{summary['q25']:.6g}/{summary['q75']:.6g}, "
+                f"{summary.median:.6g}/{summary.q25:.6g}/{summary.q75:.6g}, "
                 f"{filenames.SIDECAR_JSON} records {'/'.join(f'{v:.6g}' for v in recorded)}"
             )
     if not bad:

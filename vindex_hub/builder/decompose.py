@@ -7,7 +7,7 @@ function on the same inputs, so a layer's result does not depend on where it was
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -83,30 +83,53 @@ class RoutedExperts:
 
 
 @dataclass
+class SharedAndRouter:
+    """The shared expert's and the router's decompositions of one layer (``shared_and_router``);
+    the router's weights too when LarQL's router file is asked for. Same meanings as the
+    ``LayerResult`` fields of the same names."""
+
+    router_singular_values: np.ndarray
+    router_frobenius_norm: float
+    shared_singular_values: np.ndarray | None = None
+    shared_frobenius_norm: float | None = None
+    router_weight: np.ndarray | None = None
+    router_bias: np.ndarray | None = None
+
+    def to_plain(self) -> dict[str, Any]:
+        """Its fields as a dict of arrays and numbers (what crosses to and from a Ray task)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
 class DecomposedLayer:
     """A layer's gate vectors ``(E, K, H)`` and the spectra ``LayerResult`` keeps (all but the
     checksum of the block, which the binary's writer computes as it writes it)."""
 
     layer: int
     vectors: np.ndarray
-    spectra: dict[str, Any] = field(default_factory=dict)
+    singular_values: np.ndarray
+    frobenius_norm: np.ndarray
+    extras: SharedAndRouter
 
     @classmethod
-    def of(cls, layer: int, routed: RoutedExperts, extras: Mapping[str, Any]) -> DecomposedLayer:
-        """A finished layer: its routed experts, and the shared expert's and router's spectra
-        (``shared_and_router``)."""
-        return cls(
-            layer,
-            routed.vectors,
-            {
-                "singular_values": routed.singular_values,
-                "frobenius_norm": routed.frobenius_norm,
-                **extras,
-            },
-        )
+    def of(cls, layer: int, routed: RoutedExperts, extras: SharedAndRouter) -> DecomposedLayer:
+        """A finished layer: its routed experts, and the shared expert's and router's spectra."""
+        return cls(layer, routed.vectors, routed.singular_values, routed.frobenius_norm, extras)
 
     def result(self, sha256: str) -> LayerResult:
-        return LayerResult(layer=self.layer, sha256=sha256, **self.spectra)
+        x = self.extras
+        return LayerResult(
+            layer=self.layer,
+            sha256=sha256,
+            singular_values=self.singular_values,
+            frobenius_norm=self.frobenius_norm,
+            router_singular_values=x.router_singular_values,
+            router_frobenius_norm=x.router_frobenius_norm,
+            shared_singular_values=x.shared_singular_values,
+            shared_frobenius_norm=x.shared_frobenius_norm,
+            router_weight=x.router_weight,
+            router_bias=x.router_bias,
+        )
 
 
 def expert_batches(num_experts: int, batch_size: int, workers: int = 1) -> list[range]:
@@ -201,16 +224,16 @@ def shared_and_router(
     raw: Mapping[str, RawTensor],
     settings: DecomposeSettings,
     keep_router: bool,
-) -> dict[str, Any]:
-    """The shared expert's and the router's decompositions of one layer (LayerResult fields)."""
+) -> SharedAndRouter:
+    """The shared expert's and the router's decompositions of one layer."""
     router = arch.router_weight(layer, raw)
     router64 = router.astype(np.float64)  # widened once, for both
-    extras: dict[str, Any] = {
-        "router_singular_values": svd.singular_values(
+    extras = SharedAndRouter(
+        router_singular_values=svd.singular_values(
             router64, name=arch.router_name(layer), blas_threads=settings.blas_threads
         ),
-        "router_frobenius_norm": svd.frobenius_norm(router64, blas_threads=settings.blas_threads),
-    }
+        router_frobenius_norm=svd.frobenius_norm(router64, blas_threads=settings.blas_threads),
+    )
     shared = arch.shared_gate_weight(layer, raw)
     if shared is not None:
         top = svd.top_k_right_singular(
@@ -221,9 +244,9 @@ def shared_and_router(
             blas_threads=settings.blas_threads,
             names=[arch.shared_gate_name(layer)],
         )
-        extras["shared_singular_values"] = top.singular_values[0].astype(np.float32)
-        extras["shared_frobenius_norm"] = float(top.frobenius_norm[0])
+        extras.shared_singular_values = top.singular_values[0].astype(np.float32)
+        extras.shared_frobenius_norm = float(top.frobenius_norm[0])
     if keep_router:
-        extras["router_weight"] = router
-        extras["router_bias"] = arch.router_bias(layer, raw)
+        extras.router_weight = router
+        extras.router_bias = arch.router_bias(layer, raw)
     return extras

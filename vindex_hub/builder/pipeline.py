@@ -236,9 +236,9 @@ def _finish(
             shape=index.layer_shape,
             nbytes=index.layer_nbytes,
             sha256=r.sha256,
-            median_var=summary["median"],
-            q25_var=summary["q25"],
-            q75_var=summary["q75"],
+            median_var=summary.median,
+            q25_var=summary.q25,
+            q75_var=summary.q75,
         )
     write_derived_files(
         plan.out,

@@ -98,7 +98,8 @@ class BuildPlan:
             device=self.device,
             precision=self.precision,
             batch_size=batch_size,
-            blas_threads=self.index.builder.blas_threads,
+            # the constant the sidecar records, not read back from it
+            blas_threads=routes.BLAS_THREADS,
         )
 
 

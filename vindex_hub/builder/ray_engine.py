@@ -40,6 +40,7 @@ from .decompose import (
     DecomposedLayer,
     DecomposeSettings,
     RoutedExperts,
+    SharedAndRouter,
     decompose_routed,
     shared_and_router,
 )
@@ -160,7 +161,9 @@ def decompose_part(
         # A share starts on a batch boundary: its batches are the serial build's.
         share = decompose_routed(arch, layer, range(start, stop), raw, decompose, BufferPool())
         extras = (
-            shared_and_router(arch, layer, raw, decompose, keep_router) if with_layer_extras else {}
+            shared_and_router(arch, layer, raw, decompose, keep_router).to_plain()
+            if with_layer_extras
+            else None
         )
         return {
             **{key: getattr(share, key) for key in _ROUTED_FIELDS},
@@ -179,11 +182,12 @@ class _Assembly:
     def __init__(self, layer: int, parts: int):
         self.layer, self.missing = layer, parts
         self.pieces: list[tuple[range, dict[str, Any]]] = []
-        self.extras: dict[str, Any] = {}
+        self.extras: SharedAndRouter | None = None  # from the share with_layer_extras
 
     def add(self, part: Part, out: dict[str, Any]) -> DecomposedLayer | None:
         self.pieces.append((part.experts, out))
-        self.extras.update(out["extras"])
+        if out["extras"] is not None:
+            self.extras = SharedAndRouter(**out["extras"])
         self.missing -= 1
         if self.missing:
             return None
@@ -196,6 +200,7 @@ class _Assembly:
                 for key in _ROUTED_FIELDS
             }
         )
+        assert self.extras is not None, "no share decomposed the shared expert and router"
         return DecomposedLayer.of(self.layer, joined, self.extras)
 
 

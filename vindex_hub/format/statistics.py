@@ -5,6 +5,8 @@ The formulas live in ``numerics.stats``; this module only spells the keys.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+
 FROBENIUS_NORM = "frobenius_norm"
 SINGULAR_VALUES = "singular_values"
 
@@ -25,16 +27,38 @@ def summary_var_key(stat: str, num_feats: int) -> str:
     return f"{stat}_{var_key(num_feats)}"
 
 
+@dataclass(frozen=True)
+class Summary:
+    """A 1-D sample (var{K} over a layer's experts) summarized: each field's name is the
+    statistic's name in the published keys (``median`` -> ``median_var64``), spelled here only.
+    The field order is the order the phase document lists them."""
+
+    median: float
+    q25: float
+    q75: float
+    mean: float
+    min: float
+    max: float
+
+    def by_key(self, num_feats: int) -> dict[str, float]:
+        """``{"median_var64": ..., "q25_var64": ..., ...}``: the published keys and values."""
+        return {summary_var_key(f.name, num_feats): getattr(self, f.name) for f in fields(self)}
+
+
+# The three statistics the sidecar records for each layer.
+MEDIAN, Q25, Q75 = "median", "q25", "q75"  # fields of Summary (tests/test_stats.py)
+
+
 def median_var_key(num_feats: int) -> str:
-    return summary_var_key("median", num_feats)
+    return summary_var_key(MEDIAN, num_feats)
 
 
 def q25_var_key(num_feats: int) -> str:
-    return summary_var_key("q25", num_feats)
+    return summary_var_key(Q25, num_feats)
 
 
 def q75_var_key(num_feats: int) -> str:
-    return summary_var_key("q75", num_feats)
+    return summary_var_key(Q75, num_feats)
 
 
 def router_topk_key(k: int) -> str:

@@ -38,20 +38,20 @@ def energy_fraction(
     return np.sum(s**2, axis=1) / fro**2
 
 
-def summarize(values: np.ndarray | Sequence[float]) -> dict[str, float]:
-    """``median``, ``q25``, ``q75``, ``mean``, ``min``, ``max`` of a 1-D sample (numpy's linear quantiles)."""
+def summarize(values: np.ndarray | Sequence[float]) -> statistics.Summary:
+    """Median, quartiles, mean, min and max of a 1-D sample (numpy's linear quantiles)."""
     v = np.asarray(values, dtype=np.float64)
     if v.ndim != 1 or v.size == 0:
         raise UsageError(f"summarize needs a non-empty 1-D sample, got shape {v.shape}")
     q25, median, q75 = np.quantile(v, [0.25, 0.5, 0.75])
-    return {
-        "median": float(median),
-        "q25": float(q25),
-        "q75": float(q75),
-        "mean": float(v.mean()),
-        "min": float(v.min()),
-        "max": float(v.max()),
-    }
+    return statistics.Summary(
+        median=float(median),
+        q25=float(q25),
+        q75=float(q75),
+        mean=float(v.mean()),
+        min=float(v.min()),
+        max=float(v.max()),
+    )
 
 
 def effective_rank(singular_values: np.ndarray | Sequence[float]) -> float:

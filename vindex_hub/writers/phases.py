@@ -13,8 +13,8 @@ from ..numerics import stats
 from ..results import LayerResult
 
 
-def routed_summary(result: LayerResult) -> dict[str, float]:
-    """var{K} over the routed experts, by statistic: ``{"median": ..., "q25": ..., ...}``."""
+def routed_summary(result: LayerResult) -> statistics.Summary:
+    """var{K} over the routed experts, summarized."""
     return stats.summarize(stats.energy_fraction(result.singular_values, result.frobenius_norm))
 
 
@@ -48,7 +48,7 @@ def phase1_json(results: Sequence[LayerResult], index: sidecar.VindexIndex) -> d
         router = {
             key: v for key, v in router_figures(r).items() if key != statistics.SINGULAR_VALUES
         }
-        summary = {statistics.summary_var_key(name, k): v for name, v in routed_summary(r).items()}
+        summary = routed_summary(r).by_key(k)
         layers[str(r.layer)] = {
             phases.ROUTED: {phases.N_EXPERTS: r.num_experts, **summary},
             phases.SHARED: shared,
