@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from vindex_hub.cli import main, parser
+from vindex_hub.compat import subcommands
 from vindex_hub.format import filenames, sidecar
 
 from vindex_fixtures import NUM_FEATS, SmallVindex
@@ -23,7 +24,7 @@ def vindex_hub(*args: str, cwd: Path | None = None) -> subprocess.CompletedProce
 
 
 def test_every_command_in_the_design_has_a_subcommand():
-    commands = parser()._subparsers._group_actions[0].choices
+    commands = subcommands(parser())
     assert {"build", "push", "pull", "info", "verify", "demo", "convert", "local-hub"} <= set(
         commands
     )

@@ -70,6 +70,16 @@ def test_help_formatter_shows_defaults_only_where_useful() -> None:
     assert text.count("(default: a)") == 1
 
 
+def test_subcommands_of_a_parser() -> None:
+    ap = argparse.ArgumentParser(prog="x")
+    sub = ap.add_subparsers(dest="command")
+    one = sub.add_parser("one")
+    sub.add_parser("two")
+    assert compat.subcommands(ap) == {"one": one, "two": compat.subcommands(ap)["two"]}
+    assert list(compat.subcommands(ap)) == ["one", "two"]
+    assert compat.subcommands(argparse.ArgumentParser()) == {}
+
+
 def test_huggingface_hub_internals() -> None:
     from huggingface_hub import constants
 

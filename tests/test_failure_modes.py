@@ -108,13 +108,13 @@ def test_one_5xx_on_the_sidecar_the_head_and_the_binary_is_retried(
         np.testing.assert_array_equal(
             vx.layer(1), small_vindex.binary_layer(small_vindex.folder, 1)
         )
-    assert not local_hub._faults.active()  # both faults were met, and survived
+    assert not local_hub.active_faults()  # both faults were met, and survived
 
     local_hub.inject_fault(
         "error", method="GET", path=f"*/{filenames.GATE_VECTORS_BIN}", status=500, times=1
     )
     out = pull(repo, tmp_path / "full", cache_dir=tmp_path / "other-cache")
-    assert not local_hub._faults.active()
+    assert not local_hub.active_faults()
     assert verify_vindex(out).ok
 
 
@@ -124,7 +124,7 @@ def test_a_dropped_sidecar_download_is_retried(local_hub: LocalHub, repo: str, c
     )
     with Vindex.open(repo, cache_dir=cache) as vx:
         assert vx.num_feats == NUM_FEATS
-    assert not local_hub._faults.active()
+    assert not local_hub.active_faults()
 
 
 def test_a_429_waits_what_retry_after_asks(
@@ -154,12 +154,12 @@ def test_config_json_of_a_hub_build_and_the_commit_of_a_push_are_retried(
     summary = build_vindex(
         model, tmp_path / "from-hub", num_feats=NUM_FEATS, layers="1", device="cpu", progress=False
     )
-    assert not local_hub._faults.active() and summary.layers == [1]
+    assert not local_hub.active_faults() and summary.layers == [1]
 
     local_hub.inject_fault("error", method="POST", path="*/commit/*", status=500, times=1)
     local_hub.inject_fault("error", method="GET", path="*/refs", status=503, times=1)
     result = push_vindex(summary.out, hub_repo_id, progress=False)
-    assert not local_hub._faults.active()
+    assert not local_hub.active_faults()
     assert result.commit_oid and filenames.SIDECAR_JSON in {f.path for f in result.uploaded}
 
 

@@ -63,8 +63,11 @@ def test_ties_are_broken_by_token_id():
 
 # ---- decoding ------------------------------------------------------------------------------------
 def test_token_pieces_are_readable(tmp_path: Path):
-    decoder = TokenDecoder(write_tokenizer(tmp_path / "tokenizer.json", 400))
-    vocab = decoder._tokenizer.get_vocab()
+    from tokenizers import Tokenizer
+
+    path = write_tokenizer(tmp_path / "tokenizer.json", 400)
+    decoder = TokenDecoder(path)
+    vocab = Tokenizer.from_file(str(path)).get_vocab()
     assert decoder.piece(vocab["Ġthe"]) == " the"  # byte-level BPE's Ġ is the space it stands for
     assert decoder.piece(vocab["Ċ"]) == "\\n"  # control characters escaped: one printable line
     partial = next(

@@ -464,7 +464,7 @@ def test_http_500_seen_by_client_and_retried(local_hub: LocalHub, pushed) -> Non
         repo_id=repo_id,
         repo_type="dataset",
     )
-    assert info.oid != sha and local_hub._faults.active() == []
+    assert info.oid != sha and local_hub.active_faults() == []
 
 
 def test_dropped_download_resumes_with_a_range(local_hub: LocalHub, pushed) -> None:
@@ -511,7 +511,7 @@ def test_admin_http_api(local_hub: LocalHub, pushed) -> None:
     )
     session.post(f"{local_hub.url}/_local_hub/faults", json={"kind": "error", "times": None})
     assert session.post(f"{local_hub.url}/_local_hub/reset").status_code == 200
-    assert local_hub._faults.active() == [] and local_hub.stats().files == {}
+    assert local_hub.active_faults() == [] and local_hub.stats().files == {}
 
 
 def test_tree_and_paths_info_shapes(local_hub: LocalHub, pushed) -> None:
@@ -927,11 +927,11 @@ def test_faults_hit_each_kind_of_request(local_hub: LocalHub, pushed, kind: str)
         assert r.status_code == status, (kind, status)
         assert r.headers.get("Retry-After") == (None if retry_after is None else str(retry_after))
         assert r.headers["X-Error-Message"].startswith("injected fault #")
-        assert local_hub._faults.active() == []  # used up by exactly this request
+        assert local_hub.active_faults() == []  # used up by exactly this request
     local_hub.inject_fault("drop", method=method, path=path)
     with pytest.raises(httpx2.TransportError):
         send()
-    assert local_hub._faults.active() == []
+    assert local_hub.active_faults() == []
     assert send().status_code in (200, 206)  # the next one is served
     # Only that served request sent file bytes: the faulted ones sent none.
     expected = {"whole GET": 300_000, "ranged GET": 90}.get(kind, 0)
@@ -952,14 +952,14 @@ def test_ranged_faults_tell_ranged_from_whole_gets(
         repo_id, "weights.bin", repo_type="dataset", cache_dir=tmp_path / "cache"
     )
     assert Path(path).read_bytes() == (folder / "weights.bin").read_bytes()
-    assert local_hub._faults.active() == [ranged_only]
+    assert local_hub.active_faults() == [ranged_only]
     with pytest.raises(httpx2.TransportError):
         session.get(url, headers={"Range": "bytes=0-99"})
-    assert local_hub._faults.active() == []
+    assert local_hub.active_faults() == []
 
     whole_only = local_hub.inject_fault("error", method="GET", path="*/weights.bin", ranged=False)
     assert session.get(url, headers={"Range": "bytes=0-99"}).status_code == 206
-    assert local_hub._faults.active() == [whole_only]
+    assert local_hub.active_faults() == [whole_only]
     assert session.get(url).status_code == 500
 
 
@@ -975,7 +975,7 @@ def test_retry_after_reaches_the_hub_clients_backoff(
             repo_id=repo_id,
             repo_type="dataset",
         )
-    assert info.oid != sha and local_hub._faults.active() == []
+    assert info.oid != sha and local_hub.active_faults() == []
     # The backoff waits Retry-After + 1 s when it read the header, its own base wait otherwise.
     assert "HTTP Error 429" in caplog.text and "Rate limited. Waiting 1.0s" in caplog.text
 
@@ -1031,7 +1031,7 @@ def test_bad_fault_specs_are_refused(local_hub: LocalHub) -> None:
         "ranged": True,
         "times": None,
     }
-    assert [f.to_json() for f in local_hub._faults.active()] == [ok.json()]
+    assert [f.to_json() for f in local_hub.active_faults()] == [ok.json()]
     assert session.get(f"{local_hub.url}/_local_hub/faults").json() == [ok.json()]
 
 

@@ -276,6 +276,15 @@ def test_revision_by_uri_and_commit(local_hub, vindex_folder, repo, cache):
         with Vindex.open(spec, revision=rev, cache_dir=cache) as vx:
             assert vx.commit == commit
             np.testing.assert_array_equal(vx.layer(0), blocks[0])
+    # a RepoRef opens as is (pull passes one), its revision and kind its own
+    with Vindex.open(parse_repo(repo, revision=commit, repo_type="dataset"), cache_dir=cache) as vx:
+        assert (
+            vx.commit == commit and vx.remote is not None and vx.remote.size == vx.index.total_bytes
+        )
+        assert vx.files.path(filenames.SIDECAR_JSON).is_file()
+        np.testing.assert_array_equal(vx.layer(0), blocks[0])
+    with pytest.raises(UsageError, match="carries its revision"):
+        Vindex.open(parse_repo(repo), revision=commit)
     assert parse_repo("hf://ns/name@refs%2Fpr%2F1").revision == "refs/pr/1"
     assert parse_repo("hf://ns/name").repo_type == "model"
     with pytest.raises(UsageError, match="conflicts"):
@@ -355,7 +364,7 @@ def test_corrupted_and_truncated_cache_blocks_are_refetched(
     with Vindex.open(repo, cache_dir=cache) as vx:
         vx.layer(1)
         block = BlockCache(default_cache_root(cache)).get(
-            vx._reader.remote.etag, E * K * H * 4, 2 * E * K * H * 4
+            vx.remote.etag, E * K * H * 4, 2 * E * K * H * 4
         )
     assert block is not None
     data = bytearray(block.read_bytes())
@@ -383,9 +392,7 @@ def test_cached_expert_blocks_are_rechecked(local_hub, vindex_folder, repo, cach
         vx.expert(2, 1)
         e = vx.index.layer(2)
         start = e.file_offset + layout.expert_nbytes(K, H)
-        block = BlockCache(default_cache_root(cache)).get(
-            vx._reader.remote.etag, start, start + K * H * 4
-        )
+        block = BlockCache(default_cache_root(cache)).get(vx.remote.etag, start, start + K * H * 4)
     assert block is not None
     block.write_bytes(
         (np.fromfile(block, dtype=np.float32) * 2).tobytes()
@@ -408,7 +415,7 @@ def test_block_cached_by_another_process_meanwhile_is_hashed(
     repo_id = upload(folder)
     good = (folder / filenames.GATE_VECTORS_BIN).read_bytes()
     with Vindex.open(repo_id, cache_dir=cache) as vx:
-        e, etag = vx.index.layer(1), vx._reader.remote.etag
+        e, etag = vx.index.layer(1), vx.remote.etag
     bad = bytearray(good[e.file_offset : e.file_offset + e.nbytes])
     bad[10] ^= 0x01
     real_get, raced = BlockCache.get, []

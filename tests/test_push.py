@@ -304,7 +304,7 @@ def test_a_500_on_the_first_lfs_put_is_retried(
 ) -> None:
     local_hub.inject_fault("error", method="PUT", path="/_local_hub/lfs/", times=1)
     result = push_vindex(fresh_vindex, hub_repo_id, progress=False)
-    assert not local_hub._faults.active()  # the fault was hit
+    assert not local_hub.active_faults()  # the fault was hit
     _assert_server_holds(hub_repo_id, fresh_vindex, result.commit_oid, tmp_path / "cache")
 
 
@@ -339,7 +339,7 @@ def test_upload_progress_counts_each_byte_once_when_a_put_is_retried(
         "drop", method="PUT", path=f"*/{sha}", after_bytes=binary.stat().st_size // 2, times=1
     )
     push_vindex(fresh_vindex, hub_repo_id, progress=True)
-    assert not local_hub._faults.active()
+    assert not local_hub.active_faults()
     bar = bars[binary.name]
     assert bar.n == bar.total == binary.stat().st_size
 

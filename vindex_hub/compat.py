@@ -53,6 +53,16 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommand parsers of ``parser`` by name (argparse has no public accessor: its
+    ``_SubParsersAction`` among ``parser._actions``)."""
+    found: dict[str, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            found.update(action.choices)
+    return found
+
+
 # ---- Ray --------------------------------------------------------------------------------------------
 # What ``ray start --address ... --block`` runs, minus its rewriting of a loopback address to the
 # machine's external IP: ``ray._private.node.Node`` with ``ray._private.parameter.RayParams``.

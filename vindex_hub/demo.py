@@ -36,7 +36,9 @@ DEMO_REPO_ID = "demo/tiny-deepseek-v4-vindex"
 # The local server accepts any token; writes need one. Not a secret, and still never printed.
 DEMO_TOKEN = "hf_local_demo_token"
 # Small enough to run in seconds on 2 cores, big enough that every part of the format is exercised.
-MODEL_DIMS = dict(num_layers=4, num_experts=8, hidden_size=256, moe_intermediate_size=128)
+MODEL_DIMS: dict[str, Any] = dict(
+    num_layers=4, num_experts=8, hidden_size=256, moe_intermediate_size=128
+)
 NUM_FEATS = 32
 LAZY_LAYER = 1  # the layer read back through lazy ranged reads and load_dataset
 CLIENT_TIMEOUT_S = 300
@@ -118,7 +120,7 @@ def run_demo(
     from .verify import verify_vindex
 
     own = workdir is None
-    work = Path(tempfile.mkdtemp(prefix="vindex-hub-demo-")) if own else Path(workdir)
+    work = Path(tempfile.mkdtemp(prefix="vindex-hub-demo-") if workdir is None else workdir)
     work.mkdir(parents=True, exist_ok=True)
     kept = keep or not own
     timings: dict[str, float] = {}
@@ -254,7 +256,9 @@ def client_steps(folder: Path, repo_id: str, layer: int) -> dict[str, Any]:
     start = time.monotonic()
     config = mirror.layer_config(layer, index.model_config.num_hidden_layers)
     ds = datasets.load_dataset(repo_id, config, split=mirror.SPLIT)
-    block = gate_vectors_from_table(ds.data.table, want.shape, where=f"{repo_id} config {config}")
+    block = gate_vectors_from_table(
+        ds.data.table, list(want.shape), where=f"{repo_id} config {config}"
+    )
     if not np.array_equal(block, want):
         raise IntegrityError(
             f"demo: load_dataset({repo_id!r}, {config!r}) differs from {filenames.GATE_VECTORS_BIN}"

@@ -80,9 +80,7 @@ def pull(
     out = Path(out_dir) if out_dir is not None else Path(ref.repo_id.split("/")[-1])
     earlier_pull = _check_out_dir(out, ref)
     cache_dir = str(cache_dir) if cache_dir is not None else None
-    with Vindex.open(
-        ref.repo_id, ref.revision, ref.repo_type, mode="lazy", cache_dir=cache_dir, token=token
-    ) as vx:
+    with Vindex.open(ref, mode="lazy", cache_dir=cache_dir, token=token) as vx:
         selected = (
             selection.parse_layers(layers, vx.index.model_config.num_hidden_layers)
             if layers is not None
@@ -104,9 +102,10 @@ def pull(
             format=format,
             layers=selected,
         )
+        assert vx.commit is not None  # a repo opens at the commit its revision resolved to
         pinned = ref.at(vx.commit)
         if format == pull_marker.ARROW:
-            sources = layer_sources(vx._files, vx.index)  # the card says where (either layout)
+            sources = layer_sources(vx.files, vx.index)  # the card says where (either layout)
             patterns = [sources[layer].path for layer in selected]
             patterns += [
                 *mirror.STATS_PARQUETS,
@@ -238,7 +237,7 @@ def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
     finally:
         writer.close()
     shutil.rmtree(out / filenames.BUILD_STATE_DIR, ignore_errors=True)
-    documents = []
+    documents: list[dict[str, Any] | None] = []
     for stats in PHASES:
         try:
             documents.append(restrict_document(getattr(vx, stats), selected))
@@ -256,7 +255,7 @@ def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
     write_derived_files(
         out,
         index,
-        carried=CarriedStats(*documents, tables=tables),
+        carried=CarriedStats(phase1=documents[0], phase2=documents[1], tables=tables),
         card_options=CardOptions(license=license) if isinstance(license, str) else CardOptions(),
     )
 
@@ -268,7 +267,7 @@ def _stats_tables(vx: Vindex) -> dict[str, Any]:
     tables = {}
     for rel in mirror.STATS_PARQUETS:
         try:
-            tables[rel] = pq.read_table(vx._files.path(rel))
+            tables[rel] = pq.read_table(vx.files.path(rel))
         except (VindexFormatError, RemoteNotFoundError):
             return {}
     return tables

@@ -224,6 +224,7 @@ def push_vindex(
             if not dry_run:
                 result.commit_oid = head
             return result
+        assert verified.index is not None  # the verification passed: the sidecar parsed
         summary, description = commit_text(verified.index)
         commit = _commit(
             api,
@@ -342,7 +343,7 @@ def _branch_head(
         with_retries(
             lambda: api.create_branch(
                 ref.repo_id,
-                branch=ref.revision,
+                branch=ref.revision or DEFAULT_BRANCH,
                 revision=heads[DEFAULT_BRANCH],
                 repo_type=ref.repo_type,
                 exist_ok=True,
@@ -435,7 +436,7 @@ def _commit(
     result: PushResult,
     hashes: dict[str, str],
     *,
-    head: str,
+    head: str | None,
     create_pr: bool,
     summary: str,
     description: str,

@@ -10,6 +10,7 @@ flat whatever the vindex's size.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable
@@ -113,7 +114,7 @@ def verify_vindex(folder: str | Path) -> VerifyReport:
             )
             c.run(
                 f"layer {layer}",
-                lambda layer=layer, rel=rel: _check_gate_vectors_mirror(c, index, layer, rel),
+                functools.partial(_check_gate_vectors_mirror, c, index, layer, rel),
             )
     c.run(mirror.EXPERT_STATS_PARQUET, lambda: _check_expert_stats(c, index))
     c.run(mirror.ROUTER_SVD_PARQUET, lambda: _check_router_svd(c, index))
@@ -375,8 +376,9 @@ def _check_card(c: _Checker, index: sidecar.VindexIndex) -> None:
                 files.setdefault(name, []).append((split, target))
     infos = data.get(card_data.DATASET_INFO) or []
     for info in [infos] if isinstance(infos, dict) else infos:
-        if info.get(mirror.CONFIG_NAME_KEY) not in foreign:
-            _check_dataset_info(c, info, files.get(info.get(mirror.CONFIG_NAME_KEY), []))
+        config = info.get(mirror.CONFIG_NAME_KEY)
+        if config not in foreign:
+            _check_dataset_info(c, info, files.get(config, []) if isinstance(config, str) else [])
     if len(c.report.problems) == n_problems:
         c.passed(
             f"{filenames.CARD_FILE}: mirror layout: {layout_seen}; front matter parses; {len(configs)} configs "

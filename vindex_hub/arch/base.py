@@ -23,7 +23,11 @@ from ..source.base import RawTensor
 
 #: The unquantized safetensors dtypes a float tensor may have, and their numpy storage dtype
 #: (BF16 has none in numpy: its 16 bits are kept as uint16 and widened by ``widen_to_float32``).
-FLOAT_STORAGE = {"BF16": np.dtype("<u2"), "F16": np.dtype("<f2"), "F32": np.dtype("<f4")}
+FLOAT_STORAGE: dict[str, np.dtype[Any]] = {
+    "BF16": np.dtype("<u2"),
+    "F16": np.dtype("<f2"),
+    "F32": np.dtype("<f4"),
+}
 FLOAT_DTYPES = tuple(FLOAT_STORAGE)
 
 

@@ -42,7 +42,8 @@ def sibling(weight: str, part: str) -> str:
 
 # ---- codecs: one matrix ------------------------------------------------------------------------
 class MatrixCodec(Protocol):
-    quantized: bool
+    @property
+    def quantized(self) -> bool: ...  # read-only: frozen dataclasses and properties satisfy it
 
     def names(self, weight: str) -> list[str]:
         """The tensors holding the matrix stored under ``weight`` (the weight first)."""
@@ -164,7 +165,8 @@ class ExpertDims:
 
 
 class RoutedLayout(Protocol):
-    quantized: bool
+    @property
+    def quantized(self) -> bool: ...  # read-only: frozen dataclasses and properties satisfy it
 
     def names(self, layer: int) -> list[str]:
         """Every tensor to read for the layer's routed gate_projs, each once."""

@@ -242,7 +242,7 @@ def shared_and_router(
             device=settings.device,
             precision=settings.precision,
             blas_threads=settings.blas_threads,
-            names=[arch.shared_gate_name(layer)],
+            names=[arch.shared_gate_name(layer) or f"layer {layer} shared expert"],
         )
         extras.shared_singular_values = top.singular_values[0].astype(np.float32)
         extras.shared_frobenius_norm = float(top.frobenius_norm[0])

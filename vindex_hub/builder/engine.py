@@ -355,6 +355,7 @@ class ProcessEngine:
     def _replace(self, i: int, layer: int, deaths: int) -> None:
         worker = self._pool[i]
         experts = worker.experts
+        assert experts is not None  # a worker dies while it holds a share
         giving_up = deaths > MAX_WORKER_DEATHS_PER_LAYER
         self._warn(
             f"worker process {worker.process.pid} died ({_exit_reason(worker.process)}) in layer {layer}, "

@@ -104,7 +104,7 @@ def split_work(layers: list[int], num_experts: int, batch_size: int, slots: int)
 
 # ---- the task (runs on a worker) -------------------------------------------------------------
 _open_sources: dict[
-    tuple[str, ...], CheckpointSource
+    tuple[tuple[str, str], ...], CheckpointSource
 ] = {}  # per worker process, reused by its tasks
 # The arrays a task returns of its share of a layer's experts, by RoutedExperts' field names.
 _ROUTED_FIELDS = tuple(field.name for field in dataclasses.fields(RoutedExperts))

@@ -14,13 +14,16 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from ..compat import features_to_yaml_list
 from ..errors import UsageError, VindexFormatError
 from . import mirror, sidecar
+
+if TYPE_CHECKING:
+    from huggingface_hub import DatasetCardData
 
 BASE_TAGS = ("vindex", "moe", "sparse-routing", "mechanistic-interpretability")
 # Front-matter keys (the Hub's dataset card metadata spec); those of ``configs`` are in ``mirror``.
@@ -94,16 +97,18 @@ def _year(value: Any, where: str) -> int:
     raise UsageError(f"{where}: year is {value!r}; expected a year such as 2026")
 
 
-def read_card(path: Path, *, where: str | None = None):
+def read_card(path: Path, *, where: str | None = None) -> DatasetCardData:
     """The front matter of the card at ``path`` (``huggingface_hub.DatasetCardData``, empty without one).
 
     Raises ``VindexFormatError`` naming ``where`` (default: the path) when the front matter is not
     YAML or not a mapping.
     """
-    from huggingface_hub import DatasetCard
+    from huggingface_hub import DatasetCard, DatasetCardData
 
     try:
-        return DatasetCard(path.read_text(encoding="utf-8")).data
+        card = DatasetCard(path.read_text(encoding="utf-8"))
+        assert isinstance(card.data, DatasetCardData)  # a DatasetCard's data
+        return card.data
     except (yaml.YAMLError, ValueError) as exc:  # ValueError: a front matter that is not a mapping
         detail = " ".join(str(exc).split())  # one line: a YAML error spans several
         raise VindexFormatError(
@@ -114,7 +119,8 @@ def read_card(path: Path, *, where: str | None = None):
 
 def read_card_data(path: Path) -> dict[str, Any]:
     """``read_card`` as a dict."""
-    return read_card(path).to_dict()
+    data: dict[str, Any] = read_card(path).to_dict()  # type: ignore[no-untyped-call]
+    return data
 
 
 def title_of(index: sidecar.VindexIndex, options: CardOptions) -> str:
@@ -159,16 +165,17 @@ def dataset_info(files: Sequence[mirror.MirrorFile]) -> list[dict[str, Any]]:
 
 def card_front_matter(
     index: sidecar.VindexIndex, files: Sequence[mirror.MirrorFile], options: CardOptions
-):
+) -> DatasetCardData:
     """The card's ``DatasetCardData`` for a vindex whose mirror holds ``files``."""
     from huggingface_hub import DatasetCardData
 
     base_model = index.source.repo_id
+    extra: dict[str, Any] = {BASE_MODEL: base_model} if base_model else {}
     return DatasetCardData(
         license=options.license,
         pretty_name=title_of(index, options),
         tags=list(dict.fromkeys([*BASE_TAGS, *options.extra_tags])),
-        **({BASE_MODEL: base_model} if base_model else {}),
+        **extra,
         configs=[
             {
                 mirror.CONFIG_NAME_KEY: config.name,

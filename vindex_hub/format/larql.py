@@ -49,7 +49,7 @@ def extracted_at() -> str:
     return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def router_type(config: dict[str, Any]) -> str:
+def router_type(config: Mapping[str, Any]) -> str:
     """``top_k_<scoring function>``: ``top_k_sqrtsoftplus`` for DeepSeek-V4."""
     scoring = config.get("scoring_func")
     return f"top_k_{scoring}" if scoring else DEFAULT_ROUTER_TYPE

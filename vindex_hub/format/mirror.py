@@ -148,7 +148,7 @@ def card_configs(files: Sequence[MirrorFile]) -> list[CardConfig]:
     layer (in layer order), then ``gate_vectors`` over the layers' files; the default first."""
     stats = [f for f in files if f.config in STATS_CONFIGS]
     stats.sort(key=lambda f: STATS_CONFIGS.index(f.config))
-    layers = sorted((f for f in files if f.layer is not None), key=lambda f: f.layer)
+    layers = sorted((f for f in files if f.layer is not None), key=lambda f: f.layer or 0)
     others: dict[
         str, list[MirrorFile]
     ] = {}  # any other config (one or more files), in written order
@@ -295,7 +295,7 @@ def expert_stats_schema(num_feats: int) -> pa.Schema:
 
 def feature_tokens_k(schema: pa.Schema) -> int:
     """The K of a ``feature_tokens_schema(k)`` (its lists' fixed length)."""
-    return schema.field(COL_TOKEN_IDS).type.list_size
+    return int(schema.field(COL_TOKEN_IDS).type.list_size)
 
 
 def feature_tokens_schema(k: int) -> pa.Schema:

@@ -89,9 +89,10 @@ class BuilderInfo:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BuilderInfo:
         optional = {f.name for f in fields(cls) if f.default is None}
-        return cls(
-            **{f: data.get(f) if f in optional else data[f] for f in cls.__dataclass_fields__}
-        )
+        values: dict[str, Any] = {
+            f: data.get(f) if f in optional else data[f] for f in cls.__dataclass_fields__
+        }
+        return cls(**values)
 
 
 @dataclass

@@ -67,6 +67,13 @@ def safe_name(value: str, what: str) -> str:
     return value
 
 
+def _commit(ref: RepoRef) -> str:
+    """The commit a pinned ``ref`` (``RepoRef.at(commit)``) names; records are per commit."""
+    if ref.revision is None:
+        raise HubError(f"{ref}: not pinned to a commit; the block cache records only commits")
+    return ref.revision
+
+
 def _repo_folder(ref: RepoRef) -> str:
     """The repo's name in the block cache's records: the Hub cache's own folder name for it."""
     return repo_cache_folder_name(ref.repo_id, ref.repo_type)
@@ -180,20 +187,20 @@ class BlockCache:
     def recall_remote(self, ref: RepoRef, filename: str) -> RemoteFile | None:
         """``filename`` of ``ref`` (pinned to a commit) as remembered by ``remember_remote``; None
         without a record, or with a damaged one (a record is only a hint: the caller asks the Hub)."""
-        record = self.recall(_repo_folder(ref), ref.revision, filename)
+        record = self.recall(_repo_folder(ref), _commit(ref), filename)
         if not (
             isinstance(record, dict)
             and isinstance(record.get(_ETAG), str)
             and isinstance(record.get(_SIZE), int)
         ):
             return None
-        return RemoteFile(ref.url(filename), ref.revision, record[_ETAG], record[_SIZE])
+        return RemoteFile(ref.url(filename), _commit(ref), record[_ETAG], record[_SIZE])
 
     def remember_remote(self, ref: RepoRef, filename: str, remote: RemoteFile) -> None:
         """Record ``remote``'s ETag and size for ``filename`` of ``ref`` (pinned to a commit, whose
         files never change, so the record stays true), for offline opens and fewer HEADs."""
         self.remember(
-            _repo_folder(ref), ref.revision, filename, {_ETAG: remote.etag, _SIZE: remote.size}
+            _repo_folder(ref), _commit(ref), filename, {_ETAG: remote.etag, _SIZE: remote.size}
         )
 
     @staticmethod

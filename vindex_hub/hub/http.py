@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import httpx2
 from huggingface_hub import get_hf_file_metadata, hf_hub_download, snapshot_download
@@ -80,7 +80,7 @@ def backoff_s(failures: int, retry_after: float | None = None) -> float:
     gave one (capped), else exponential from ``BACKOFF_S``, capped at ``BACKOFF_MAX_S``."""
     if retry_after is not None:
         return min(max(retry_after, 0.0), RETRY_AFTER_MAX_S)
-    return min(BACKOFF_S * 2 ** max(failures - 1, 0), BACKOFF_MAX_S)
+    return float(min(BACKOFF_S * 2 ** max(failures - 1, 0), BACKOFF_MAX_S))
 
 
 def retry_after_s(headers: Mapping[str, str] | None) -> float | None:
@@ -128,7 +128,11 @@ def with_retries(call: Callable[[], T], *, url: str, max_retries: int = MAX_RETR
 
 # ---- whole files -------------------------------------------------------------------------------
 def download_file(
-    ref: RepoRef, filename: str, *, cache_dir: str | None = None, token: str | bool | None = None
+    ref: RepoRef,
+    filename: str,
+    *,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
 ) -> Path:
     """One file of ``ref`` through the Hub cache (``hf_hub_download``), retried, errors typed."""
     with hub_errors(ref, filename):
@@ -220,7 +224,7 @@ def fetch_range_into(
     return end - start
 
 
-def fetch_range(url: str, start: int, end: int, **kwargs) -> bytes:
+def fetch_range(url: str, start: int, end: int, **kwargs: Any) -> bytes:
     """Bytes ``[start, end)`` of the file at ``url`` (see ``fetch_range_into`` for the options)."""
     buf = io.BytesIO()
     fetch_range_into(buf, url, start, end, **kwargs)
@@ -234,7 +238,13 @@ class _Retryable(Exception):
 
 
 def _get_once(
-    fileobj: BinaryIO, url: str, pos: int, end: int, *, token, expected_total: int | None
+    fileobj: BinaryIO,
+    url: str,
+    pos: int,
+    end: int,
+    *,
+    token: str | bool | None,
+    expected_total: int | None,
 ) -> int:
     """One ranged GET of ``[pos, end)``; returns bytes written, raises ``_Retryable`` for transient faults."""
     headers = build_hf_headers(token=token)

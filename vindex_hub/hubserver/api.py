@@ -184,7 +184,8 @@ class HubHandler(FramedHandler):
 
     @property
     def hub(self) -> LocalHub:
-        return self.server.hub  # type: ignore[attr-defined]  (server.py's server carries its hub)
+        hub: LocalHub = self.server.hub  # type: ignore[attr-defined]  # server.py's server has it
+        return hub
 
     @property
     def storage(self) -> Storage:
@@ -278,7 +279,7 @@ def admin_add_fault(req: HubHandler) -> None:
 
 
 def admin_list_faults(req: HubHandler) -> None:
-    req.send_json([f.to_json() for f in req.hub._faults.active()])
+    req.send_json([f.to_json() for f in req.hub.active_faults()])
 
 
 def admin_clear_faults(req: HubHandler) -> None:
@@ -483,6 +484,7 @@ def _last_commit(history: list[Commit], path: str, oid: str) -> dict[str, str]:
     """The commit that last changed ``path``: the oldest of the newest-first ``history`` run with this ``oid``."""
     last = history[0]
     for older in history[1:]:
+        older_oid: str | None
         if path in older.tree:
             older_oid = older.tree[path].oid
         else:

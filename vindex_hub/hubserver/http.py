@@ -80,7 +80,7 @@ def parse_range(header: str, size: int) -> tuple[int, int]:
 
 def bool_param(values: list[str] | None) -> bool:
     """A query or form flag: its last value is ``1``/``true``/``yes``."""
-    return bool(values) and values[-1].lower() in ("1", "true", "yes")
+    return bool(values and values[-1].lower() in ("1", "true", "yes"))
 
 
 def _rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
@@ -302,14 +302,14 @@ class FramedHandler(BaseHTTPRequestHandler):
     ) -> None:
         """Send a response body, applying a drop or slow fault; ``on_sent`` gets each count sent."""
         fault = self.fault
-        slow = fault is not None and fault.kind == "slow"
-        if slow:
-            chunks = _rechunk(chunks, fault.chunk_size)
+        slow = fault if fault is not None and fault.kind == "slow" else None
+        if slow is not None:
+            chunks = _rechunk(chunks, slow.chunk_size)
         limit = self._drop_point("response")
         sent = 0
         for chunk in chunks:
-            if slow:
-                time.sleep(fault.delay_s)
+            if slow is not None:
+                time.sleep(slow.delay_s)
             if limit is not None and sent + len(chunk) >= limit:
                 self._send_counted(chunk[: limit - sent], on_sent)
                 self.abort()

@@ -209,6 +209,10 @@ class LocalHub:
     def clear_faults(self) -> None:
         self._faults.clear()
 
+    def active_faults(self) -> list[Fault]:
+        """The injected faults not yet used up (a test checks its faults were met)."""
+        return self._faults.active()
+
     def set_gated(
         self,
         repo_id: str,

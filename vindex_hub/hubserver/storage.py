@@ -381,13 +381,13 @@ class Storage:
             "parent": parent,
             "summary": summary,
             "description": description,
-            "created_at": _now(),
+            "created_at": (created := _now()),
             "tree": {path: tree[path].to_json() for path in sorted(tree)},
         }
         data = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
         sha = hashlib.sha1(data).hexdigest()
         self._atomic_write(self._repo_dir(repo) / "commits" / f"{sha}.json", data)
-        commit = Commit(sha, parent, summary, description, record["created_at"], dict(tree))
+        commit = Commit(sha, parent, summary, description, created, dict(tree))
         self._commits[(repo, sha)] = commit
         return commit
 

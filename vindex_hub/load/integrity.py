@@ -21,7 +21,7 @@ def mapped(path: Path) -> np.ndarray:
 
 
 def check_sha256(block: np.ndarray, index: sidecar.VindexIndex, layer: int, where: str) -> None:
-    got = sha256_bytes(memoryview(np.ascontiguousarray(block)).cast("B"))
+    got = sha256_bytes(np.ascontiguousarray(block).data.cast("B"))
     want = index.layer(layer).sha256
     if got != want:
         raise IntegrityError(f"{where}: layer {layer} has sha256 {got}, the sidecar records {want}")

@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
 
 import numpy as np
 import yaml
 from huggingface_hub.errors import HfHubHTTPError
 
-from ..errors import HubError, IntegrityError, RemoteNotFoundError, VindexFormatError
+from ..errors import HubError, IntegrityError, RemoteNotFoundError, UsageError, VindexFormatError
 from ..format import filenames, layout, mirror, sidecar
 from ..format.card_data import read_card_data
 from ..hub.blockcache import BlockCache
@@ -25,6 +25,9 @@ from ..hub.errors import first_line
 from ..hub.http import RemoteFile, fetch_range_into
 from .files import VindexFiles
 from .integrity import check_sha256, check_unit_rows, mapped
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 Verify = bool | Literal["strict"]
 
@@ -48,10 +51,14 @@ class MemmapReader:
         )
         self.path, self.index, self.verify = path, index, verify
         self._verified: set[int] = set()
-        self._mm = np.memmap(path, dtype=layout.NUMPY_DTYPE, mode="r", shape=index.array_shape)
+        self._mm: np.memmap[Any, np.dtype[Any]] | None = np.memmap(
+            path, dtype=layout.NUMPY_DTYPE, mode="r", shape=index.array_shape
+        )
         self._slot = {layer: slot for slot, layer in enumerate(index.layer_ids)}
 
     def layer(self, layer: int) -> np.ndarray:
+        if self._mm is None:
+            raise UsageError(f"{self.path}: the reader is closed")
         block = np.asarray(self._mm[self._slot[layer]])
         if self.verify and layer not in self._verified:
             check_sha256(block, self.index, layer, str(self.path))
@@ -59,7 +66,7 @@ class MemmapReader:
         return block
 
     def expert(self, layer: int, expert: int) -> np.ndarray:
-        return self.layer(layer)[expert]
+        return np.asarray(self.layer(layer)[expert])
 
     def close(self) -> None:
         self._mm = None  # views handed out keep their own reference to the mapping
@@ -95,7 +102,7 @@ class RangedReader:
         cached them unchecked or they may have rotted on disk; a bad block is dropped and refetched."""
         key = self.remote.etag
 
-        def fetch(f) -> None:
+        def fetch(f: BinaryIO) -> None:
             fetch_range_into(
                 f, self.remote.url, start, end, token=self.token, expected_total=self.remote.size
             )
@@ -136,7 +143,7 @@ class RangedReader:
         if self.verify == "strict" or self.cache.get(
             self.remote.etag, e.file_offset, e.file_offset + e.nbytes
         ):
-            return self.layer(layer)[expert]
+            return np.asarray(self.layer(layer)[expert])
         k, h = self.index.num_feats, self.index.hidden_size
         start = e.file_offset + expert * layout.expert_nbytes(k, h)
         where = f"{filenames.GATE_VECTORS_BIN} ({self.remote.url}) layer {layer} expert {expert}"
@@ -249,7 +256,7 @@ class ArrowReader:
         return block
 
     def expert(self, layer: int, expert: int) -> np.ndarray:
-        return self.layer(layer)[expert]
+        return np.asarray(self.layer(layer)[expert])
 
     def close(self) -> None:
         self._last = None
@@ -264,7 +271,7 @@ def layer_sources(files: VindexFiles, index: sidecar.VindexIndex) -> dict[int, m
     return mirror.layer_sources(configs, index.layer_ids, index.model_config.num_hidden_layers)
 
 
-def gate_vectors_from_table(table, shape: list[int], *, where: str) -> np.ndarray:
+def gate_vectors_from_table(table: pa.Table, shape: list[int], *, where: str) -> np.ndarray:
     """Reassemble one layer's ``(E, K, H)`` block from its mirror rows, placed by (expert, feature)."""
     num_experts, num_feats, hidden = shape
     if table.num_rows != num_experts * num_feats:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from huggingface_hub import constants
@@ -54,6 +54,10 @@ from ..hub.http import RemoteFile, download_file, download_snapshot, file_metada
 from ..hub.refs import DEFAULT_REPO_TYPE, RepoRef, commit_sha, parse_repo
 from .files import HubFiles, LocalFiles, VindexFiles
 from .readers import ArrowReader, LayerReader, MemmapReader, RangedReader, Verify
+
+if TYPE_CHECKING:
+    import torch
+    from huggingface_hub import DatasetCardData
 
 Mode = Literal["local", "snapshot", "lazy", "arrow"]
 MODES: tuple[Mode, ...] = ("local", "snapshot", "lazy", "arrow")
@@ -80,14 +84,15 @@ class Vindex:
         commit: str | None = None,
         file_size: int | None = None,
     ):
-        self._index, self._reader, self._files = index, reader, files
+        self._index, self._files = index, files
+        self._reader: LayerReader | None = reader
         self.mode, self.verify, self.location, self.commit = mode, verify, location, commit
         self._file_size = file_size
 
     @classmethod
     def open(
         cls,
-        path_or_repo_id: str | os.PathLike[str],
+        path_or_repo_id: str | os.PathLike[str] | RepoRef,
         revision: str | None = None,
         repo_type: str = DEFAULT_REPO_TYPE,
         mode: Mode | None = None,
@@ -98,7 +103,8 @@ class Vindex:
     ) -> Vindex:
         """Open a vindex folder, a Hub repo id (``ns/name``, ``hf://datasets/ns/name@rev``) or a commit.
 
-        ``mode`` defaults to ``local`` for an existing folder and ``lazy`` for a repo; for a
+        A ``RepoRef`` (``vindex_hub.hub.refs.parse_repo``) names the repo, kind and revision
+        itself: ``revision`` and ``repo_type`` are then not given. ``mode`` defaults to ``local`` for an existing folder and ``lazy`` for a repo; for a
         folder, ``lazy`` and ``snapshot`` also mean memory-mapping. ``cache_dir`` is the Hub
         cache folder (default ``HF_HUB_CACHE``); the block cache sits beside it.
         """
@@ -107,6 +113,13 @@ class Vindex:
         if verify not in (True, False, "strict"):
             raise UsageError(f"verify={verify!r}: expected True, False or 'strict'")
         cache_dir = str(cache_dir) if cache_dir is not None else None
+        if isinstance(path_or_repo_id, RepoRef):
+            if revision is not None or repo_type != DEFAULT_REPO_TYPE:
+                raise UsageError(
+                    f"{path_or_repo_id}: a RepoRef carries its revision and repo_type; "
+                    "do not pass them again"
+                )
+            return cls._open_repo(path_or_repo_id, mode, cache_dir, verify, token)
         if os.path.isdir(path_or_repo_id):
             if revision is not None:
                 raise UsageError(
@@ -114,9 +127,20 @@ class Vindex:
                 )
             return cls._open_local(Path(path_or_repo_id), mode, verify)
         ref = parse_repo(str(path_or_repo_id), revision=revision, repo_type=repo_type)
+        return cls._open_repo(ref, mode, cache_dir, verify, token)
+
+    @classmethod
+    def _open_repo(
+        cls,
+        ref: RepoRef,
+        mode: Mode | None,
+        cache_dir: str | None,
+        verify: Verify,
+        token: str | bool | None,
+    ) -> Vindex:
         mode = mode or DEFAULT_REPO_MODE
         if mode == "local":
-            raise UsageError(f"{path_or_repo_id} is not a local folder")
+            raise UsageError(f"{ref.repo_id} is not a local folder")
         if mode == "arrow" and ref.repo_type != "dataset":
             raise UsageError(
                 f"mode='arrow' reads with datasets.load_dataset, which reads dataset repos only; "
@@ -128,14 +152,14 @@ class Vindex:
         index = sidecar.VindexIndex.loads(
             index_path.read_text(encoding="utf-8"), where=files.describe(filenames.SIDECAR_JSON)
         )
+        reader: LayerReader
+        size: int | None
         if mode == "snapshot":
             folder = download_snapshot(
                 ref, allow=list(filenames.SNAPSHOT_FILES), cache_dir=cache_dir, token=token
             )
-            reader = MemmapReader(
-                _existing(folder / filenames.GATE_VECTORS_BIN, ref), index, verify
-            )
-            size = reader.path.stat().st_size
+            binary = _existing(folder / filenames.GATE_VECTORS_BIN, ref)
+            reader, size = MemmapReader(binary, index, verify), binary.stat().st_size
         elif mode == "lazy":
             cache = BlockCache.beside(cache_dir)
             remote = _binary_metadata(ref, cache, token=token)
@@ -162,6 +186,8 @@ class Vindex:
         index = sidecar.VindexIndex.loads(
             index_path.read_text(encoding="utf-8"), where=str(index_path)
         )
+        reader: LayerReader
+        size: int | None
         if mode == "arrow":
             reader, size = ArrowReader(str(root), None, index, None, verify, files), None
         else:
@@ -176,8 +202,8 @@ class Vindex:
                     f"{root / filenames.GATE_VECTORS_BIN}: missing; {root} is {what} without "
                     "the binary: open it with mode='arrow' to read its parquet layers"
                 )
-            reader = MemmapReader(files.path(filenames.GATE_VECTORS_BIN), index, verify)
-            size, mode = reader.path.stat().st_size, "local"
+            binary = files.path(filenames.GATE_VECTORS_BIN)
+            reader, size, mode = MemmapReader(binary, index, verify), binary.stat().st_size, "local"
         return cls(
             index, reader, files, mode=mode, verify=verify, location=str(root), file_size=size
         )
@@ -186,6 +212,18 @@ class Vindex:
     @property
     def index(self) -> sidecar.VindexIndex:
         return self._index
+
+    @property
+    def files(self) -> VindexFiles:
+        """The vindex's files by name (``files.path(name)``: a local path, fetched from the repo at
+        the pinned commit if remote; ``VindexFormatError``/``RemoteNotFoundError`` when absent)."""
+        return self._files
+
+    @property
+    def remote(self) -> RemoteFile | None:
+        """In lazy mode, the remote ``gate_vectors.bin`` read by ranges (URL, etag, size);
+        None in the other modes."""
+        return self._reader.remote if isinstance(self._reader, RangedReader) else None
 
     @property
     def layers(self) -> list[int]:
@@ -226,11 +264,13 @@ class Vindex:
                 f"expert {expert} out of range: layer {layer} has experts 0-{self.num_experts - 1}"
             )
 
-    def layer_torch(self, layer: int, device=None, dtype=None):
+    def layer_torch(self, layer: int, device: Any = None, dtype: Any = None) -> torch.Tensor:
         """``layer(L)`` as a new torch tensor on ``device`` (default CPU) in ``dtype`` (default float32)."""
         return _to_torch(self.layer(layer), device, dtype)
 
-    def expert_torch(self, layer: int, expert: int, device=None, dtype=None):
+    def expert_torch(
+        self, layer: int, expert: int, device: Any = None, dtype: Any = None
+    ) -> torch.Tensor:
         return _to_torch(self.expert(layer, expert), device, dtype)
 
     # ---- statistics and card ----
@@ -291,7 +331,7 @@ class Vindex:
         ]
 
     @cached_property
-    def card_data(self):
+    def card_data(self) -> DatasetCardData | None:
         """The dataset card's metadata (``huggingface_hub.DatasetCardData``), None without a card;
         ``VindexFormatError`` naming the card when its front matter does not parse."""
         try:
@@ -346,7 +386,7 @@ class Vindex:
     def __enter__(self) -> Vindex:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -356,7 +396,7 @@ class Vindex:
         )
 
 
-def _to_torch(array: np.ndarray, device, dtype):
+def _to_torch(array: np.ndarray, device: Any, dtype: Any) -> torch.Tensor:
     import torch
 
     return torch.from_numpy(np.array(array)).to(device=device, dtype=dtype)

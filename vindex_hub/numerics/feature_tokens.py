@@ -13,8 +13,12 @@ fewer than ``pool_size - K`` tokens sit within float32 rounding (~1e-6) of the K
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_VOCAB_BLOCK = 16384  # columns of a float32 score tile (with 1024 vectors: 64 MiB)
 DEFAULT_VECTOR_BLOCK = 1024
@@ -45,7 +49,7 @@ class UnitEmbedding:
 
     @property
     def vocab_size(self) -> int:
-        return self.rows.shape[0]
+        return int(self.rows.shape[0])
 
 
 def pool_size(k: int, vocab_size: int) -> int:
@@ -86,20 +90,24 @@ def top_abs_cosine(
     return ids, scores
 
 
-def _candidate_pool(vectors, unit, m: int, vocab_block: int) -> np.ndarray:
+def _candidate_pool(
+    vectors: torch.Tensor, unit: torch.Tensor, m: int, vocab_block: int
+) -> np.ndarray:
     """Token ids ``(n, m)`` of the m largest float32 |v . e_hat| per vector, tile by tile."""
     import torch
 
-    best_val = best_idx = None
+    best_val: torch.Tensor | None = None
+    best_idx: torch.Tensor | None = None
     for start in range(0, unit.shape[0], vocab_block):
         tile = (vectors @ unit[start : start + vocab_block].T).abs_()
         val, idx = torch.topk(tile, min(m, tile.shape[1]), dim=1)
         idx += start
-        if best_val is not None:
+        if best_val is not None and best_idx is not None:
             val, pick = torch.topk(torch.cat([best_val, val], dim=1), m, dim=1)
             idx = torch.gather(torch.cat([best_idx, idx], dim=1), 1, pick)
         best_val, best_idx = val, idx
-    return best_idx.cpu().numpy()
+    assert best_idx is not None  # a vocabulary of at least one token
+    return np.asarray(best_idx.cpu().numpy())
 
 
 def _rescore(

@@ -10,6 +10,8 @@ Every function takes a ``name`` (the tensor's name) that goes into error message
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from ..errors import QuantizationError
@@ -79,12 +81,12 @@ def decode_e8m0(data: np.ndarray, *, name: str = "?") -> np.ndarray:
             f"tensor {name}: E8M0 scale byte 255 (NaN) at index {tuple(int(i) for i in where)} "
             f"({bad.size} such bytes)"
         )
-    return _E8M0[data]
+    return np.asarray(_E8M0[data])
 
 
 def decode_e4m3(data: np.ndarray, *, name: str = "?") -> np.ndarray:
     """FP8 E4M3 (torch ``float8_e4m3fn``) bytes -> float32, same shape; 0x7F/0xFF decode to NaN."""
-    return _E4M3[_as_bytes(data, name)]
+    return np.asarray(_E4M3[_as_bytes(data, name)])
 
 
 def decode_bf16(data: np.ndarray, *, name: str = "?") -> np.ndarray:
@@ -98,7 +100,11 @@ def decode_bf16(data: np.ndarray, *, name: str = "?") -> np.ndarray:
     return (halves.astype(np.uint32) << 16).view(np.float32)
 
 
-_PLAIN_FLOATS = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "F64": np.dtype("<f8")}
+_PLAIN_FLOATS: dict[str, np.dtype[Any]] = {
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "F64": np.dtype("<f8"),
+}
 
 
 def decode_tensor(

@@ -35,7 +35,8 @@ def energy_fraction(
         )
     if np.any(fro <= 0):
         raise UsageError("energy_fraction of a zero matrix (Frobenius norm 0) is undefined")
-    return np.sum(s**2, axis=1) / fro**2
+    fraction: np.ndarray = np.sum(s**2, axis=1) / fro**2
+    return fraction
 
 
 def summarize(values: np.ndarray | Sequence[float]) -> statistics.Summary:

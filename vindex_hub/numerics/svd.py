@@ -40,11 +40,13 @@ Output rows are unit-norm float32 with the sign rule of ``layout.SIGN_RULE`` app
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import scipy.linalg
@@ -147,7 +149,7 @@ def singular_values(
     if not np.isfinite(m64).all():
         raise CheckpointError(f"{name} contains NaN or Inf values")
     with _blas_threads(blas_threads):
-        return scipy.linalg.svdvals(m64, check_finite=False)
+        return np.asarray(scipy.linalg.svdvals(m64, check_finite=False))
 
 
 def frobenius_norm(matrix: np.ndarray, *, blas_threads: int = BLAS_THREADS) -> float:
@@ -224,7 +226,7 @@ def _finish(s64: np.ndarray, v64: np.ndarray, fro64: np.ndarray, routes: Sequenc
 
 
 @functools.cache
-def _blas_controller():
+def _blas_controller() -> Any:
     """One scan of the loaded BLAS libraries (numpy's and scipy's OpenBLAS): limiting through
     it costs microseconds, a fresh ``threadpool_limits`` rescans every call."""
     from threadpoolctl import ThreadpoolController
@@ -232,10 +234,13 @@ def _blas_controller():
     return ThreadpoolController()
 
 
-def _blas_threads(threads: int):
+def _blas_threads(threads: int) -> contextlib.AbstractContextManager[Any]:
     if threads < 1:
         raise UsageError(f"blas_threads must be at least 1, got {threads}")
-    return _blas_controller().limit(limits=threads, user_api="blas")
+    limit: contextlib.AbstractContextManager[Any] = _blas_controller().limit(
+        limits=threads, user_api="blas"
+    )
+    return limit
 
 
 class _Workspace(threading.local):
@@ -244,7 +249,9 @@ class _Workspace(threading.local):
     def __init__(self) -> None:
         self.buffers: dict[str, np.ndarray] = {}
 
-    def get(self, name: str, shape: tuple[int, ...], dtype: type, order: str = "C") -> np.ndarray:
+    def get(
+        self, name: str, shape: tuple[int, ...], dtype: type, order: Literal["C", "F"] = "C"
+    ) -> np.ndarray:
         buf = self.buffers.get(name)
         if buf is None or buf.shape != shape or buf.dtype != dtype:
             buf = self.buffers[name] = np.empty(shape, dtype=dtype, order=order)
@@ -276,7 +283,7 @@ def _checked_singular_values(
     eigenvalues: np.ndarray, shape: tuple[int, int], k: int, label: str
 ) -> np.ndarray:
     """Descending top-``k`` Gram eigenvalues -> singular values; refuses a rank below ``k``."""
-    s = np.sqrt(np.maximum(eigenvalues, 0.0))
+    s: np.ndarray = np.sqrt(np.maximum(eigenvalues, 0.0))
     # numpy.linalg.matrix_rank's threshold for a float32 matrix.
     tol = s[0] * max(shape) * np.finfo(np.float32).eps
     if not s[k - 1] > tol:
@@ -314,7 +321,7 @@ def _top_k_lapack(
     return s_out, v_out, fro, routes
 
 
-def _gram(syrk, w: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+def _gram(syrk: Callable[..., Any], w: np.ndarray, buffer: np.ndarray) -> np.ndarray:
     """The upper triangle of the smaller Gram matrix of ``w``, written into ``buffer``.
 
     ``syrk`` computes one triangle only (half the flops of a matmul). A C-ordered ``(O, I)``
@@ -322,8 +329,8 @@ def _gram(syrk, w: np.ndarray, buffer: np.ndarray) -> np.ndarray:
     ``w^T w``.
     """
     rows, cols = w.shape
-    return syrk(
-        1.0, w.T, beta=0.0, c=buffer, trans=1 if rows <= cols else 0, lower=0, overwrite_c=1
+    return np.asarray(
+        syrk(1.0, w.T, beta=0.0, c=buffer, trans=1 if rows <= cols else 0, lower=0, overwrite_c=1)
     )
 
 
@@ -364,6 +371,7 @@ def _f64_route(w64: np.ndarray, k: int, label: str) -> tuple[np.ndarray, np.ndar
     found = _top_eigenpairs(_gram(blas.dsyrk, w64, buffer), k)
     if found is None:  # an index range cut through a cluster: the whole spectrum, then
         found = _top_eigenpairs(_gram(blas.dsyrk, w64, buffer), k, everything=True)
+    assert found is not None  # the whole spectrum has every eigenpair
     lam, u = found
     s = _checked_singular_values(lam[::-1], (rows, cols), k, label)
     u = np.asfortranarray(u[:, ::-1])
@@ -399,7 +407,9 @@ def _mixed_route(
     m = w64.T  # Fortran-ordered (I, O): W^T
     wide = rows <= cols
     b = blas.dgemm(1.0, m, q, trans_a=0 if wide else 1)
-    theta, y = _top_eigenpairs(blas.dsyrk(1.0, b, trans=1, lower=0), p, everything=True)
+    ritz = _top_eigenpairs(blas.dsyrk(1.0, b, trans=1, lower=0), p, everything=True)
+    assert ritz is not None  # the whole spectrum has every eigenpair
+    theta, y = ritz
     theta, y = theta[::-1], np.asfortranarray(y[:, ::-1])  # descending
     if not theta[-1] > 0:
         return None

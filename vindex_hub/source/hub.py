@@ -99,7 +99,7 @@ class _BufferWriter:
     """A file-like ``write`` into a preallocated buffer (``fetch_range_into`` writes in order)."""
 
     def __init__(self, buffer: np.ndarray):
-        self._view = memoryview(buffer)
+        self._view = buffer.data
         self.pos = 0
 
     def write(self, chunk: bytes) -> int:

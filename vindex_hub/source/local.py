@@ -65,7 +65,7 @@ class LocalCheckpoint:
         self._lock = threading.Lock()
         index_path = self.root / WEIGHT_MAP_FILE
         if index_path.exists():
-            self._index_file = str(index_path)
+            self._index_file: str | None = str(index_path)
             self._weight_map = read_weight_map(index_path)
         elif (self.root / SINGLE_FILE).exists():
             self._index_file = None
@@ -157,7 +157,7 @@ class LocalCheckpoint:
 
     def _read_range(self, shard: str, start: int, nbytes: int, *, what: str) -> np.ndarray:
         buf = np.empty(nbytes, dtype=np.uint8)
-        view = memoryview(buf)
+        view = buf.data
         with self._lock:
             f = self._file(shard)
             f.seek(start)

@@ -26,6 +26,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -182,9 +183,9 @@ def gate_matrix(
         raise ValueError(f"spectrum {spectrum!r}: use one of {SPECTRA}")
     rank = min(64, rows, cols)
     if spectrum == "flat":
-        bulk, strengths = 1.0, np.linspace(1.8, 1.1, rank)
+        bulk, strengths = 1.0, np.asarray(np.linspace(1.8, 1.1, rank), dtype=np.float64)
     else:
-        bulk, strengths = 0.05, 4.0 * 0.95 ** np.arange(rank)
+        bulk, strengths = 0.05, np.asarray(4.0 * 0.95 ** np.arange(rank), dtype=np.float64)
     w = rng.standard_normal((rows, cols), dtype=np.float32)
     w *= np.float32(bulk / math.sqrt(cols))
     left = rng.standard_normal((rows, rank), dtype=np.float32) * (
@@ -215,7 +216,7 @@ def _random_fp8_bytes(rng: np.random.Generator, shape: tuple[int, ...]) -> np.nd
 
 
 def _fp4_group(name_w: str, name_s: str, rows: int, cols: int, matrix: Callable | None) -> _Group:
-    shapes = [
+    shapes: list[tuple[str, str, tuple[int, ...]]] = [
         (name_w, ds.FP4_WEIGHT_DTYPE, (rows, cols // 2)),
         (name_s, E8M0_DTYPE, (rows, cols // ds.FP4_BLOCK)),
     ]
@@ -235,7 +236,10 @@ def _fp8_group(
     name_w: str, name_s: str, rows: int, cols: int, scale_dtype: str, matrix: Callable | None
 ) -> _Group:
     grid = fp8_scale_grid((rows, cols))
-    shapes = [(name_w, FP8_WEIGHT_DTYPE, (rows, cols)), (name_s, scale_dtype, grid)]
+    shapes: list[tuple[str, str, tuple[int, ...]]] = [
+        (name_w, FP8_WEIGHT_DTYPE, (rows, cols)),
+        (name_s, scale_dtype, grid),
+    ]
 
     def make(rng: np.random.Generator):
         if matrix is None:
@@ -411,7 +415,7 @@ def make_deepseek_v4_checkpoint(
     if expert_dtype is not None:
         config["expert_dtype"] = expert_dtype
 
-    common = dict(
+    common: dict[str, Any] = dict(
         num_experts=num_experts,
         hidden=hidden_size,
         inter=moe_intermediate_size,

@@ -87,7 +87,10 @@ def write_derived_files(
     )
     written = WrittenFiles()
     if results is not None:
-        phases = (phase1_json(results, index), phase2_json(results, index))
+        phases: tuple[dict[str, Any] | None, dict[str, Any] | None] = (
+            phase1_json(results, index),
+            phase2_json(results, index),
+        )
         tables: Mapping[str, Any] = stats_tables(index, results)
     else:
         carried = carried or CarriedStats()

@@ -37,7 +37,7 @@ def phase1_json(results: Sequence[LayerResult], index: sidecar.VindexIndex) -> d
     layers: dict[str, Any] = {}
     for r in results:
         shared = None
-        if r.shared_singular_values is not None:
+        if r.shared_singular_values is not None and r.shared_frobenius_norm is not None:
             var = stats.energy_fraction(
                 r.shared_singular_values[None, :], [r.shared_frobenius_norm]
             )
