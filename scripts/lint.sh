@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh) and run the static checks: ruff (lint, import order, format).
-# CI runs this before the test suite; `bash scripts/lint.sh --fix` applies ruff's safe fixes
-# and formats in place.
+# Set up (scripts/setup.sh) and run the static checks: ruff (lint, import order, format), then
+# mypy (pyproject.toml [tool.mypy]: strict on format/, numerics/, hub/, load/). CI runs this
+# before the test suite; `bash scripts/lint.sh --fix` applies ruff's safe fixes and formats in
+# place. docs/development.md describes the checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -15,3 +16,5 @@ echo "lint: ruff check"
 ruff check .
 echo "lint: ruff format --check"
 ruff format --check .
+echo "lint: mypy"
+mypy
