@@ -24,6 +24,8 @@ from .checksums import iter_chunks, sha256_file
 from .errors import IntegrityError, VindexError, VindexFormatError
 from .format import card_data, filenames, larql, layout, mirror, phases, sidecar, statistics
 from .fsutil import read_json_object
+from .load.files import LocalFiles
+from .load.readers import layer_sources
 from .numerics import stats
 
 _RTOL = 1e-9  # statistics recomputed from stored float32/float64 values agree far closer than this
@@ -77,6 +79,19 @@ class _Checker:
     def __init__(self, folder: Path):
         self.folder = folder
         self.report = VerifyReport(folder)
+        self._card: dict[str, Any] | VindexFormatError | None = None
+
+    def card_data(self) -> dict[str, Any]:
+        """The card's front matter, parsed once a run (each check that needs it asks here); a
+        front matter that does not parse raises its ``VindexFormatError`` to every asker."""
+        if self._card is None:
+            try:
+                self._card = card_data.read_card_data(self.folder / filenames.CARD_FILE)
+            except VindexFormatError as exc:
+                self._card = exc
+        if isinstance(self._card, VindexFormatError):
+            raise self._card
+        return self._card
 
     def passed(self, what: str) -> None:
         self.report.checks.append(what)
@@ -191,18 +206,17 @@ def _vector_rows(table: Any, width: int, where: str) -> np.ndarray:
 
 
 def _layer_files(c: _Checker, index: sidecar.VindexIndex) -> dict[int, str]:
-    """Each layer's parquet file: the mirror's own name, or where an old-layout card lists it (the
-    card check reports a current-layout config that points elsewhere)."""
-    from .format.card_data import read_card_data
-
+    """Each layer's parquet file as the reader finds it (``load.readers.layer_sources``), but
+    following only an old-layout card: the mirror's own names otherwise (the card check reports a
+    current-layout config that points elsewhere)."""
     path = c.folder / filenames.CARD_FILE
     try:
-        configs = mirror.configs_by_name(read_card_data(path)) if path.is_file() else {}
+        configs = mirror.configs_by_name(c.card_data()) if path.is_file() else {}
     except VindexFormatError:
         configs = {}  # the card check reports it
     if mirror.mirror_layout(configs) != mirror.LAYOUT_SPLIT_PER_LAYER:
         configs = {}
-    sources = mirror.layer_sources(configs, index.layer_ids, index.model_config.num_hidden_layers)
+    sources = layer_sources(LocalFiles(c.folder), index, configs)
     return {layer: source.path for layer, source in sources.items()}
 
 
@@ -341,13 +355,11 @@ def _same_number(a: Any, b: Any) -> bool:
 
 # ---- card ----------------------------------------------------------------------------------------
 def _check_card(c: _Checker, index: sidecar.VindexIndex) -> None:
-    from .format.card_data import read_card_data
-
     path = c.folder / filenames.CARD_FILE
     if not path.exists():
         c.problem(f"{filenames.CARD_FILE}: missing (the dataset card)")
         return
-    data = read_card_data(path)
+    data = c.card_data()
     configs = mirror.configs_by_name(data)
     n_problems = len(c.report.problems)
     layout_seen = mirror.mirror_layout(configs)

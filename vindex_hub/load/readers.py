@@ -8,7 +8,7 @@ disk are hashed once per reader, the first time they are read.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal, Protocol
@@ -262,12 +262,20 @@ class ArrowReader:
         self._last = None
 
 
-def layer_sources(files: VindexFiles, index: sidecar.VindexIndex) -> dict[int, mirror.LayerSource]:
-    """Each layer's parquet file, config and split as the card lists them (either layout)."""
-    try:
-        configs = mirror.configs_by_name(read_card_data(files.path(filenames.CARD_FILE)))
-    except (VindexFormatError, RemoteNotFoundError):
-        configs = {}  # no card: the current layout's names
+def layer_sources(
+    files: VindexFiles,
+    index: sidecar.VindexIndex,
+    configs: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[int, mirror.LayerSource]:
+    """Each layer's parquet file, config and split as the card lists them (either layout).
+
+    ``configs``: the card's configs by name when the caller has parsed the card already (``{}``:
+    the current layout's names); by default the card is read from ``files``."""
+    if configs is None:
+        try:
+            configs = mirror.configs_by_name(read_card_data(files.path(filenames.CARD_FILE)))
+        except (VindexFormatError, RemoteNotFoundError):
+            configs = {}  # no card: the current layout's names
     return mirror.layer_sources(configs, index.layer_ids, index.model_config.num_hidden_layers)
 
 
