@@ -68,7 +68,7 @@ def test_verify_exits_non_zero_and_names_the_damaged_layer(
         (
             ["build", "{ckpt}", "-o", "{out}", "--batch-size", "0"],
             2,
-            "batch_size must be at least 1",
+            "--batch-size must be at least 1",  # the library's batch_size, as the flag
         ),
         (["build", "{ckpt}", "-o", "{out}", "--citation", "{tmp}/missing.bib"], 2, "--citation"),
         (

@@ -222,7 +222,8 @@ def test_missing_branch_is_an_error_unless_create_branch(
     main = push_vindex(vindex_copy, hub_repo_id, progress=False).commit_oid
     _edit_card(vindex_copy, "Only on dev.")
     with pytest.raises(
-        RemoteNotFoundError, match=r"branch 'dev' does not exist in dataset repo .*--create-branch"
+        RemoteNotFoundError,
+        match=r"branch 'dev' does not exist in dataset repo .*create_branch=True",
     ):
         push_vindex(vindex_copy, hub_repo_id, revision="dev", progress=False)
     refs = HfApi().list_repo_refs(hub_repo_id, repo_type="dataset")

@@ -248,7 +248,7 @@ def test_without_ray_the_engine_says_how_to_install_it(checkpoint, tmp_path, mon
     with pytest.raises(UsageError, match=INSTALL_HINT.replace("[", r"\[").replace("]", r"\]")):
         build_vindex(checkpoint, out, engine="ray", **OPTIONS)
     assert not out.exists()
-    with pytest.raises(UsageError, match="engine must be one of local, ray"):
+    with pytest.raises(UsageError, match="engine='spark': must be one of local, ray"):
         build_vindex(checkpoint, out, engine="spark", **OPTIONS)
 
 

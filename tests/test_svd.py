@@ -149,7 +149,7 @@ def test_canonicalize_signs_first_on_ties() -> None:
 
 def test_k_above_rank_bound_is_a_usage_error(batch: np.ndarray) -> None:
     with pytest.raises(
-        UsageError, match=r"--num-feats 65 is larger than the rank bound min\(O, I\) .*64 x 128: 64"
+        UsageError, match=r"num_feats=65 is larger than the rank bound min\(O, I\) .*64 x 128: 64"
     ):
         svd.top_k_right_singular(batch, 65)
     with pytest.raises(UsageError, match="e.g. layer 2 expert 0 gate_proj"):
@@ -359,7 +359,7 @@ def test_precision_choices() -> None:
     assert svd.route_for("cpu") == svd.ROUTE_MIXED
     assert svd.route_for("cpu", "f64") == svd.ROUTE_F64
     assert svd.route_for("cuda", "mixed") == svd.ROUTE_CUDA
-    with pytest.raises(UsageError, match="--precision must be one of mixed, f64, not 'f16'"):
+    with pytest.raises(UsageError, match="precision='f16': must be one of mixed, f64"):
         svd.top_k_right_singular(np.ones((1, 4, 4), np.float32), 1, precision="f16")
 
 

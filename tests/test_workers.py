@@ -208,5 +208,5 @@ def test_worker_count_must_be_positive(checkpoint: Path, tmp_path: Path) -> None
     )
     assert done.returncode == 2
     assert "--workers must be at least 1, got 0" in done.stderr and "Traceback" not in done.stderr
-    with pytest.raises(UsageError, match="--workers must be at least 1"):
+    with pytest.raises(UsageError, match="^workers must be at least 1"):
         ProcessEngine({}, DecomposeSettings(num_feats=4, device="cpu"), 0, prefetch_layers=1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 from . import __version__
 from .compat import DefaultsHelpFormatter
-from .errors import UsageError, VindexError
+from .errors import IntegrityError, UsageError, VindexError, VindexFormatError
 from .format import statistics
 from .format.layout import format_size
 from .numerics import routes
@@ -474,6 +475,40 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+# Library errors name Python parameters; the command line speaks in its flags. The one table:
+# ``name=value`` becomes ``--flag value`` (``name=True`` and a bare ``name=`` just ``--flag``),
+# and a name that is no ordinary word (``num_feats``, ``workers``) becomes ``--flag`` anywhere.
+PARAMETER_FLAGS = {
+    "num_feats": "--num-feats",
+    "batch_size": "--batch-size",
+    "prefetch_layers": "--prefetch-layers",
+    "workers": "--workers",
+    "device": "--device",
+    "precision": "--precision",
+    "engine": "--engine",
+    "ray_address": "--ray-address",
+    "revision": "--revision",
+    "source": "--source",
+    "feature_tokens": "--feature-tokens",
+    "larql_browse": "--larql-browse",
+    "embeddings_dtype": "--embeddings-dtype",
+    "larql_router": "--larql-router",
+    "create_branch": "--create-branch",
+    "create_pr": "--create-pr",
+}
+_BARE_NAMES = {name for name in PARAMETER_FLAGS if "_" in name} | {"workers"}
+
+
+def in_flags(message: str) -> str:
+    """A library message with its Python parameter names spelled as this command line's flags."""
+    for name, flag in PARAMETER_FLAGS.items():
+        message = re.sub(rf"\b{name}=(?:True\b|(?=[\s,;:)]|$))", flag, message)
+        message = re.sub(rf"\b{name}=", f"{flag} ", message)
+        if name in _BARE_NAMES:
+            message = re.sub(rf"(?<![-\w]){name}\b", flag, message)
+    return message
+
+
 def render(outcome: Outcome, *, as_json: bool) -> str:
     """The one way a command's result is shown."""
     return json.dumps(outcome.data, indent=2, default=str) if as_json else outcome.text
@@ -484,10 +519,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         outcome = args.fn(args)
     except UsageError as exc:
-        print(f"vindex-hub {args.command}: error: {exc}", file=sys.stderr)
+        print(f"vindex-hub {args.command}: error: {in_flags(str(exc))}", file=sys.stderr)
         return 2
-    except VindexError as exc:
+    except (VindexFormatError, IntegrityError) as exc:  # about files, whose keys are not flags
         print(f"vindex-hub {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except VindexError as exc:
+        print(f"vindex-hub {args.command}: error: {in_flags(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"vindex-hub {args.command}: interrupted", file=sys.stderr)

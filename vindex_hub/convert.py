@@ -58,7 +58,7 @@ def convert_vindex(
             ).paths
     elif source is None:
         raise UsageError(
-            "--feature-tokens / --larql-browse on convert need the source checkpoint (--source)"
+            "feature_tokens / larql_browse on convert need source=, the checkpoint the vindex was built from"
         )
     from .arch import get_architecture
     from .builder.browse import read_browse_inputs

@@ -357,7 +357,7 @@ def _require_create_branch(api: HfApi, ref: RepoRef, create_branch: bool) -> Non
     if not create_branch:
         raise RemoteNotFoundError(
             f"branch {ref.revision!r} does not exist in {ref.repo_type} repo {ref.repo_id} at {api.endpoint}; "
-            f"pass create_branch=True (--create-branch) to create it from {DEFAULT_BRANCH}"
+            f"pass create_branch=True to create it from {DEFAULT_BRANCH}"
         )
 
 

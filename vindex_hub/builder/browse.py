@@ -23,7 +23,7 @@ def check_browse_inputs(
 ) -> Path:
     """Refuse a checkpoint without the embedding or ``tokenizer.json``, or with fewer tokens than
     ``feature_tokens`` (reads no tensor); return the tokenizer's local path."""
-    what = "--feature-tokens / --larql-browse need"
+    what = "feature_tokens / larql_browse need"
     name = arch.embedding_tensor()
     if name not in src.tensor_names():
         raise CheckpointError(
@@ -39,7 +39,7 @@ def check_browse_inputs(
     vocab = src.tensor_info(name).shape[0]
     if feature_tokens > vocab:
         raise UsageError(
-            f"--feature-tokens {feature_tokens} exceeds the {vocab} tokens of {name} in {src.describe()}"
+            f"feature_tokens={feature_tokens} exceeds the {vocab} tokens of {name} in {src.describe()}"
         )
     return tokenizer
 

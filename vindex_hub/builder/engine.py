@@ -251,7 +251,7 @@ class ProcessEngine:
         warn: Callable[[str], None] | None = None,
     ):
         if workers < 1:
-            raise UsageError(f"--workers must be at least 1, got {workers}")
+            raise UsageError(f"workers must be at least 1, got {workers}")
         self.settings, self.workers, self.prefetch_layers = settings, workers, prefetch_layers
         self._config = dict(config)
         self._tensor_names = tensor_names
@@ -366,7 +366,7 @@ class ProcessEngine:
         if giving_up:
             raise VindexError(
                 f"layer {layer}: {deaths} worker processes died (out of memory? try fewer "
-                "--workers or a smaller --batch-size); run the same command again to resume"
+                "workers or a smaller batch_size); run the same command again to resume"
             )
         self._pool[i] = self._start()
         self._pool[i].experts = None

@@ -83,9 +83,11 @@ def build_vindex(
             raise UsageError(f"{name} must be at least 1, got {value}")
     engine = engine or DEFAULT_ENGINE
     if engine not in ENGINES:
-        raise UsageError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+        raise UsageError(f"engine={engine!r}: must be one of {', '.join(ENGINES)}")
     if ray_address is not None and engine != "ray":
-        raise UsageError(f"a Ray address ({ray_address}) applies to engine 'ray', not {engine!r}")
+        raise UsageError(
+            f"ray_address={ray_address!r} applies to engine=ray, not engine={engine!r}"
+        )
     ray_runner = None
     if engine == "ray":  # before anything is claimed: says how to install Ray when it is missing
         from .ray_engine import RayEngine

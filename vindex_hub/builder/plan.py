@@ -43,7 +43,9 @@ def open_source(
         from ..source.local import LocalCheckpoint
 
         if revision is not None:
-            raise UsageError(f"--revision applies to Hub repos, but {source} is a local folder")
+            raise UsageError(
+                f"revision={revision!r} applies to Hub repos, but {source} is a local folder"
+            )
         return LocalCheckpoint(path)
     text = str(source)
     if path.exists() or text.startswith((".", "/")) or text.count("/") != 1:
@@ -64,7 +66,7 @@ def default_workers() -> int:
 def worker_count(device: str, workers: int | None) -> int:
     """How many processes a build decomposes on (CUDA: this one); checks ``workers``."""
     if workers is not None and workers < 1:
-        raise UsageError(f"--workers must be at least 1, got {workers}")
+        raise UsageError(f"workers must be at least 1, got {workers}")
     if device == "cuda":
         return 1
     return default_workers() if workers is None else workers
@@ -223,7 +225,7 @@ def _check_num_feats(arch: MoEArchitecture, num_feats: int) -> None:
     bound = min(arch.gate_shape)
     if not 1 <= num_feats <= bound:
         raise UsageError(
-            f"--num-feats {num_feats} must be between 1 and the rank bound {bound} of gate_proj "
+            f"num_feats={num_feats} must be between 1 and the rank bound {bound} of gate_proj "
             f"{list(arch.gate_shape)}"
         )
 

@@ -62,7 +62,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise UsageError(f"--engine ray needs Ray, an optional extra: {INSTALL_HINT}") from None
+        raise UsageError(f"engine=ray needs Ray, an optional extra: {INSTALL_HINT}") from None
     return ray
 
 
@@ -72,9 +72,7 @@ def source_spec(src: CheckpointSource) -> dict[str, str]:
         return {"repo_id": src.repo_id, "revision": str(src.revision)}
     if src.path is not None:
         return {"path": os.path.abspath(src.path)}
-    raise UsageError(
-        f"--engine ray needs a checkpoint folder or a Hub repo id, not {src.describe()}"
-    )
+    raise UsageError(f"engine=ray needs a checkpoint folder or a Hub repo id, not {src.describe()}")
 
 
 # ---- the units of work (pure) ----------------------------------------------------------------

@@ -312,7 +312,7 @@ class Vindex:
         except (VindexFormatError, RemoteNotFoundError):
             raise VindexFormatError(
                 f"{self.location} has no {mirror.FEATURE_TOKENS_PARQUET} "
-                "(built without --feature-tokens K)"
+                "(built without feature tokens)"
             ) from None
         rows = (
             pq.read_table(

@@ -46,7 +46,7 @@ _METHODS = {
 def route_for(device: str, precision: str = DEFAULT_PRECISION) -> str:
     """The route a build with this (resolved) device and precision asks for."""
     if precision not in PRECISIONS:
-        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+        raise UsageError(f"precision={precision!r}: must be one of {', '.join(PRECISIONS)}")
     if device == "cuda":
         return ROUTE_CUDA
     return ROUTE_MIXED if precision == "mixed" else ROUTE_F64

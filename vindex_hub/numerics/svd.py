@@ -110,7 +110,7 @@ class TopK:
 def resolve_device(device: str = DEFAULT_DEVICE) -> str:
     """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; checks ``"cuda"`` is there."""
     if device not in DEVICES:
-        raise UsageError(f"--device must be auto, cpu or cuda, not {device!r}")
+        raise UsageError(f"device={device!r}: must be auto, cpu or cuda")
     if device == "cpu":
         return "cpu"
     import torch  # imported here: the CPU path does not need it
@@ -118,7 +118,7 @@ def resolve_device(device: str = DEFAULT_DEVICE) -> str:
     if torch.cuda.is_available():
         return "cuda"
     if device == "cuda":
-        raise UsageError("--device cuda was asked for but torch sees no CUDA device")
+        raise UsageError("device=cuda was asked for but torch sees no CUDA device")
     return "cpu"
 
 
@@ -193,10 +193,10 @@ def top_k_right_singular(
         list(names) if names is not None else [f"matrix {b} of the batch" for b in range(batch)]
     )
     if k < 1:
-        raise UsageError(f"--num-feats must be positive, got {k}")
+        raise UsageError(f"num_feats must be positive, got {k}")
     if k > min(rows, cols):
         raise UsageError(
-            f"--num-feats {k} is larger than the rank bound min(O, I) of gate_proj "
+            f"num_feats={k} is larger than the rank bound min(O, I) of gate_proj "
             f"({rows} x {cols}: {min(rows, cols)})" + (f", e.g. {names[0]}" if names else "")
         )
     route = route_for(device, precision)
@@ -290,8 +290,8 @@ def _checked_singular_values(
         rank = int(np.count_nonzero(s > tol))
         raise UsageError(
             f"{label}: the numerical rank ({rank}) of the {shape[0]} x {shape[1]} matrix is below "
-            f"--num-feats {k} (singular value {k - 1} is {s[k - 1]:.3g}, the largest {s[0]:.3g}): "
-            f"lower --num-feats"
+            f"num_feats={k} (singular value {k - 1} is {s[k - 1]:.3g}, the largest {s[0]:.3g}): "
+            f"lower num_feats"
         )
     return s
 

@@ -42,10 +42,10 @@ class BrowseOptions:
 
     def __post_init__(self) -> None:
         if self.feature_tokens < 0:
-            raise UsageError(f"--feature-tokens must be at least 1, got {self.feature_tokens}")
+            raise UsageError(f"feature_tokens must be at least 1, got {self.feature_tokens}")
         if self.embeddings_dtype not in larql.EMBEDDING_DTYPES:
             raise UsageError(
-                f"--embeddings-dtype {self.embeddings_dtype!r}: use one of "
+                f"embeddings_dtype={self.embeddings_dtype!r}: use one of "
                 f"{', '.join(larql.EMBEDDING_DTYPES)}"
             )
 
@@ -112,7 +112,7 @@ def write_feature_tokens(
     k = options.feature_tokens
     if k > inputs.embedding.shape[0]:
         raise UsageError(
-            f"--feature-tokens {k} exceeds the vocabulary of {inputs.where} "
+            f"feature_tokens={k} exceeds the vocabulary of {inputs.where} "
             f"({inputs.embedding.shape[0]} tokens)"
         )
     decoder = inputs.pieces
@@ -162,7 +162,7 @@ def write_larql_browse(folder: Path, inputs: BrowseInputs, options: BrowseOption
         if big > np.finfo(np.float16).max:
             raise UsageError(
                 f"{inputs.where}: the input embedding holds |x| = {big:g}, beyond float16; "
-                f"write {filenames.LARQL_EMBEDDINGS_BIN} with --embeddings-dtype f32"
+                f"write {filenames.LARQL_EMBEDDINGS_BIN} with embeddings_dtype=f32"
             )
     digest = hashlib.sha256()
     with atomic_path(folder / filenames.LARQL_EMBEDDINGS_BIN) as tmp, open(tmp, "wb") as f:

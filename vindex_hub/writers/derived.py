@@ -137,7 +137,7 @@ def _write_browse(
         return None
     if inputs is None:
         raise UsageError(
-            "--feature-tokens / --larql-browse need the source checkpoint's embedding and tokenizer"
+            "feature_tokens / larql_browse need the source checkpoint's embedding and tokenizer"
         )
     if inputs.embedding.shape[1] != index.hidden_size:
         raise UsageError(
