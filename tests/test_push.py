@@ -23,7 +23,7 @@ from huggingface_hub import HfApi, snapshot_download
 from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 
-import vindex_hub.push as push_module
+from vindex_hub import compat
 from vindex_hub.builder import build_vindex
 from vindex_hub.checksums import sha256_file
 from vindex_hub.errors import HubError, IntegrityError, RemoteNotFoundError, UsageError
@@ -334,7 +334,7 @@ def test_upload_progress_counts_each_byte_once_when_a_put_is_retried(
             super().__init__(*args, file=io.StringIO(), **kwargs)
             bars[kwargs.get("desc")] = self
 
-    monkeypatch.setattr(push_module, "hf_tqdm", RecordingBar)
+    monkeypatch.setattr(compat, "upload_progress_bar", RecordingBar)
     sha = sha256_file(binary)
     local_hub.inject_fault(
         "drop", method="PUT", path=f"*/{sha}", after_bytes=binary.stat().st_size // 2, times=1

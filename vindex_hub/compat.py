@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -107,6 +107,11 @@ def git_blob_sha1(data: bytes) -> str:
     return str(git_hash(data))
 
 
+# The bar class counted uploads report to; None: huggingface_hub's own ``utils.tqdm`` (which the
+# test environment disables). A test puts a recording bar here.
+upload_progress_bar: Callable[..., Any] | None = None
+
+
 @functools.cache
 def _counted_add_class() -> type[CommitOperationAdd]:
     from huggingface_hub import CommitOperationAdd
@@ -124,10 +129,12 @@ def _counted_add_class() -> type[CommitOperationAdd]:
                 return
             from huggingface_hub.utils import tqdm as hf_tqdm
 
+            bar_class = upload_progress_bar or hf_tqdm
+
             path = Path(str(self.path_or_fileobj))
             with (
                 open(path, "rb") as f,
-                hf_tqdm(
+                bar_class(
                     unit="B", unit_scale=True, total=path.stat().st_size, desc=path.name
                 ) as bar,
             ):
