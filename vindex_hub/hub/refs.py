@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
-from huggingface_hub import constants, hf_hub_url
+from huggingface_hub import constants
 
 from ..compat import is_commit_sha
 from ..errors import HubError, UsageError
@@ -34,6 +34,9 @@ class RepoRef:
         return f"{self.repo_type} repo {self.repo_id}@{self.revision or constants.DEFAULT_REVISION}"
 
     def url(self, filename: str, revision: str | None = None) -> str:
+        # the client's download module costs ~0.4 s to import: only where a URL is made
+        from huggingface_hub import hf_hub_url
+
         return hf_hub_url(
             self.repo_id, filename, repo_type=self.repo_type, revision=revision or self.revision
         )
