@@ -35,7 +35,7 @@ from vindex_hub.hubserver import LocalHub
 from vindex_hub.hubserver.storage import Entry
 from vindex_hub.hubserver.storage import RepoRef as StoredRepo
 from vindex_hub.load import Vindex
-from vindex_hub.pull import pull
+from vindex_hub.pull import pull_vindex
 from vindex_hub.push import push_vindex
 from vindex_hub.source.local import LocalCheckpoint
 from vindex_hub.verify import verify_vindex
@@ -113,7 +113,7 @@ def test_one_5xx_on_the_sidecar_the_head_and_the_binary_is_retried(
     local_hub.inject_fault(
         "error", method="GET", path=f"*/{filenames.GATE_VECTORS_BIN}", status=500, times=1
     )
-    out = pull(repo, tmp_path / "full", cache_dir=tmp_path / "other-cache")
+    out = pull_vindex(repo, tmp_path / "full", cache_dir=tmp_path / "other-cache")
     assert not local_hub.active_faults()
     assert verify_vindex(out).ok
 
@@ -296,11 +296,11 @@ def test_a_planted_pull_marker_is_neither_pulled_nor_pushed(
     assert filenames.PULL_MARKER in api.list_repo_files(hub_repo_id, repo_type="dataset")
 
     out = tmp_path / "pulled"
-    pull(hub_repo_id, out, cache_dir=tmp_path / "hub")
+    pull_vindex(hub_repo_id, out, cache_dir=tmp_path / "hub")
     marker = json.loads((out / filenames.PULL_MARKER).read_text())
     assert marker["repo_id"] == hub_repo_id
     assert not (out / ".gitattributes").exists() and not (out / ".cache").exists()
-    pull(
+    pull_vindex(
         hub_repo_id, out, layers="1", cache_dir=tmp_path / "hub"
     )  # the folder is still ours to re-pull
 

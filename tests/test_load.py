@@ -36,7 +36,7 @@ from vindex_hub.hub.blockcache import BlockCache, default_cache_root
 from vindex_hub.hub.http import fetch_range
 from vindex_hub.hub.refs import parse_repo
 from vindex_hub.load import Vindex, remote_info
-from vindex_hub.pull import pull
+from vindex_hub.pull import pull_vindex
 from vindex_hub.results import LayerResult
 from vindex_hub.verify import verify_vindex
 from vindex_hub.writers.binary import GateVectorsWriter
@@ -656,7 +656,7 @@ def test_pull_binary_subset_is_a_valid_smaller_vindex(
 ):
     _, blocks = vindex_folder
     local_hub.reset_stats()
-    out = pull(repo, tmp_path / "sub", layers="1-2", cache_dir=cache)
+    out = pull_vindex(repo, tmp_path / "sub", layers="1-2", cache_dir=cache)
     assert bin_stats(local_hub, repo).bytes_sent == 2 * E * K * H * 4
     assert (out / filenames.GATE_VECTORS_BIN).stat().st_size == 2 * E * K * H * 4
     report = verify_vindex(out)
@@ -679,21 +679,21 @@ def test_pull_binary_subset_is_a_valid_smaller_vindex(
         assert sorted(set(stats[mirror.COL_LAYER].tolist())) == [1, 2]
         assert len(stats[mirror.COL_LAYER]) == 2 * E
     assert not (out / filenames.BUILD_STATE_DIR).exists()
-    one = pull(repo, tmp_path / "one", layers="1", cache_dir=cache)
+    one = pull_vindex(repo, tmp_path / "one", layers="1", cache_dir=cache)
     assert verify_vindex(one).ok, verify_vindex(one).render()
     with Vindex.open(one, mode="arrow") as vx:  # the regenerated mirror reads back through datasets
         np.testing.assert_array_equal(vx.layer(1), blocks[1])
     with pytest.raises(UsageError, match="out of range"):
-        pull(repo, tmp_path / "sub2", layers="7", cache_dir=cache)
+        pull_vindex(repo, tmp_path / "sub2", layers="7", cache_dir=cache)
 
 
 def test_pull_replaces_only_an_earlier_pull_of_the_same_repo(
     local_hub, vindex_folder, repo, tmp_path, cache
 ):
     folder, blocks = vindex_folder
-    out = pull(repo, tmp_path / "p", cache_dir=cache)
+    out = pull_vindex(repo, tmp_path / "p", cache_dir=cache)
     (out / "notes.txt").write_text("mine")
-    assert pull(repo, out, layers="1", cache_dir=cache) == out  # an earlier pull: replaced
+    assert pull_vindex(repo, out, layers="1", cache_dir=cache) == out  # an earlier pull: replaced
     assert verify_vindex(out).ok, verify_vindex(out).render()
     assert not (out / layer_parquet(0)).exists()  # no stale layer files left behind
     assert (out / "notes.txt").read_text() == "mine"
@@ -705,29 +705,29 @@ def test_pull_replaces_only_an_earlier_pull_of_the_same_repo(
         }  # the stats were replaced too
     other = upload(folder)
     with pytest.raises(OutputConflictError, match=f"not an earlier pull of dataset repo {other}"):
-        pull(other, out, cache_dir=cache)
+        pull_vindex(other, out, cache_dir=cache)
     mine = tmp_path / "built"
     shutil.copytree(folder, mine)  # a vindex the user built: never overwritten
     with pytest.raises(OutputConflictError, match="not empty and not an earlier pull"):
-        pull(repo, mine, layers="1", cache_dir=cache)
+        pull_vindex(repo, mine, layers="1", cache_dir=cache)
     assert Vindex.open(mine).layers == list(LAYERS)
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "notes.txt").write_text("mine")
     with pytest.raises(OutputConflictError, match="not empty"):
-        pull(repo, tmp_path / "busy", cache_dir=cache)
+        pull_vindex(repo, tmp_path / "busy", cache_dir=cache)
 
 
 def test_pull_full_is_verified_and_arrow_is_data_only(
     local_hub, vindex_folder, repo, tmp_path, cache
 ):
     folder, blocks = vindex_folder
-    full = pull(repo, tmp_path / "full", cache_dir=cache)
+    full = pull_vindex(repo, tmp_path / "full", cache_dir=cache)
     assert (full / filenames.GATE_VECTORS_BIN).read_bytes() == (
         folder / filenames.GATE_VECTORS_BIN
     ).read_bytes()
     assert (full / layer_parquet(2)).exists()
     assert verify_vindex(full).ok
-    arrow = pull(repo, tmp_path / "arrow", layers=[0], format="arrow", cache_dir=cache)
+    arrow = pull_vindex(repo, tmp_path / "arrow", layers=[0], format="arrow", cache_dir=cache)
     assert (arrow / layer_parquet(0)).exists() and (arrow / filenames.CARD_FILE).exists()
     assert (
         not (arrow / layer_parquet(1)).exists()
@@ -753,13 +753,13 @@ def test_pull_of_a_corrupted_repo_leaves_no_sidecar(local_hub, vindex_folder, tm
         repo_type="dataset",
     )
     with pytest.raises(IntegrityError, match="layer 1"):
-        pull(repo_id, tmp_path / "full", cache_dir=cache)
+        pull_vindex(repo_id, tmp_path / "full", cache_dir=cache)
     assert (tmp_path / "full" / filenames.GATE_VECTORS_BIN).exists()
     assert not (
         tmp_path / "full" / filenames.SIDECAR_JSON
     ).exists()  # never a complete-looking wrong vindex
     with pytest.raises(IntegrityError, match="layer 1 has sha256"):
-        pull(
+        pull_vindex(
             repo_id, tmp_path / "full", layers="1", cache_dir=cache
         )  # re-pull into the same folder
     assert not (tmp_path / "full" / filenames.SIDECAR_JSON).exists()

@@ -23,7 +23,7 @@ from vindex_hub.convert import convert_vindex
 from vindex_hub.format import filenames, mirror, sidecar
 from vindex_hub.format.card_data import CardOptions
 from vindex_hub.load import Vindex
-from vindex_hub.pull import pull
+from vindex_hub.pull import pull_vindex
 from vindex_hub.push import push_vindex
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 from vindex_hub.verify import verify_vindex
@@ -283,7 +283,7 @@ def test_verify_accepts_the_old_layout_and_says_so(vindex, tmp_path):
     _old_layout(folder)
     report = verify_vindex(folder)
     assert report.ok, report.render()
-    assert any(f"mirror layout: {mirror.LAYOUT_SPLIT_PER_LAYER}" in c for c in report.checks)
+    assert any(f"mirror layout: {mirror.SCHEME_SPLIT_PER_LAYER}" in c for c in report.checks)
     assert any("vindex-hub convert" in w for w in report.warnings)
 
 
@@ -379,7 +379,7 @@ def test_convert_upgrades_the_old_layout_and_push_deletes_what_the_card_no_longe
     with Vindex.open(hub_repo_id, mode="arrow", cache_dir=tmp_path / "hub") as vx:
         assert vx.layer(LAYER).tobytes() == binary_layer(vindex, LAYER).tobytes()
     assert set(_parquet_sent(local_hub, hub_repo_id)) == {"data/gate_vectors/layer_01.parquet"}
-    pulled = pull(
+    pulled = pull_vindex(
         hub_repo_id,
         tmp_path / "pulled-old",
         layers=[LAYER],
@@ -398,7 +398,7 @@ def test_convert_upgrades_the_old_layout_and_push_deletes_what_the_card_no_longe
     assert not any((folder / p).exists() for p in old_files)
     report = verify_vindex(folder)
     assert report.ok and not report.warnings, report.render()
-    assert any(f"mirror layout: {mirror.LAYOUT_CONFIG_PER_LAYER}" in c for c in report.checks)
+    assert any(f"mirror layout: {mirror.SCHEME_CONFIG_PER_LAYER}" in c for c in report.checks)
     assert (folder / filenames.LARQL_INDEX_JSON).exists() and (
         folder / filenames.PHASE1_JSON
     ).exists()
@@ -413,7 +413,7 @@ def test_convert_upgrades_the_old_layout_and_push_deletes_what_the_card_no_longe
         local_hub.reset_stats()
         assert vx.layer(2).tobytes() == binary_layer(vindex, 2).tobytes()
     assert set(_parquet_sent(local_hub, hub_repo_id)) == {new_files[2]}
-    pulled = pull(
+    pulled = pull_vindex(
         hub_repo_id, tmp_path / "pulled", layers="2-3", format="arrow", cache_dir=tmp_path / "hub3"
     )
     assert sorted(p.name for p in (pulled / mirror.GATE_VECTORS_DIR).iterdir()) == [
@@ -431,12 +431,12 @@ def test_cli_convert_and_verify_say_what_they_did(vindex, tmp_path, capsys):
     _old_layout(folder)
     assert main(["verify", str(folder)]) == 0
     out = capsys.readouterr().out
-    assert f"mirror layout: {mirror.LAYOUT_SPLIT_PER_LAYER}" in out and "WARN" in out
+    assert f"mirror layout: {mirror.SCHEME_SPLIT_PER_LAYER}" in out and "WARN" in out
     assert main(["convert", str(folder)]) == 0
     assert f"converted {folder}: " in capsys.readouterr().out
     assert main(["verify", str(folder)]) == 0
     out = capsys.readouterr().out
-    assert f"mirror layout: {mirror.LAYOUT_CONFIG_PER_LAYER}" in out and "WARN" not in out
+    assert f"mirror layout: {mirror.SCHEME_CONFIG_PER_LAYER}" in out and "WARN" not in out
 
 
 def test_card_configs_order_and_default():

@@ -40,7 +40,7 @@ def test_a_built_vindex_passes(small_vindex: SmallVindex):
     # every part was looked at
     text = "\n".join(report.checks)
     assert report.warnings == []
-    assert f"mirror layout: {mirror.LAYOUT_CONFIG_PER_LAYER}" in "\n".join(
+    assert f"mirror layout: {mirror.SCHEME_CONFIG_PER_LAYER}" in "\n".join(
         report.checks
     )  # says which it saw
     for name in (

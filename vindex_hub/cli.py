@@ -196,9 +196,9 @@ def _render_features(where: Sequence[int], features: list) -> str:
 
 
 def cmd_pull(args: argparse.Namespace) -> Outcome:
-    from .pull import pull
+    from .pull import pull_vindex
 
-    path = pull(
+    path = pull_vindex(
         args.repo_id,
         args.out,
         layers=args.layers,

@@ -41,7 +41,7 @@ CLIENT_CACHE_DIR = (
 )
 
 
-def pull(
+def pull_vindex(
     repo_id: str,
     out_dir: str | os.PathLike[str] | None = None,
     *,
@@ -273,4 +273,4 @@ def _stats_tables(vx: Vindex) -> dict[str, Any]:
     return tables
 
 
-pull_vindex = pull  # the name in the package's public surface
+pull = pull_vindex  # the earlier name, kept for callers

@@ -214,7 +214,7 @@ def _layer_files(c: _Checker, index: sidecar.VindexIndex) -> dict[int, str]:
         configs = mirror.configs_by_name(c.card_data()) if path.is_file() else {}
     except VindexFormatError:
         configs = {}  # the card check reports it
-    if mirror.mirror_layout(configs) != mirror.LAYOUT_SPLIT_PER_LAYER:
+    if mirror.mirror_scheme(configs) != mirror.SCHEME_SPLIT_PER_LAYER:
         configs = {}
     sources = layer_sources(LocalFiles(c.folder), index, configs)
     return {layer: source.path for layer, source in sources.items()}
@@ -362,10 +362,10 @@ def _check_card(c: _Checker, index: sidecar.VindexIndex) -> None:
     data = c.card_data()
     configs = mirror.configs_by_name(data)
     n_problems = len(c.report.problems)
-    layout_seen = mirror.mirror_layout(configs)
-    _check_config_names(c, configs, layout_seen)
+    scheme_seen = mirror.mirror_scheme(configs)
+    _check_config_names(c, configs, scheme_seen)
     foreign: set[str] = set()  # configs naming files not theirs: their dataset_info is not compared
-    if layout_seen == mirror.LAYOUT_SPLIT_PER_LAYER:
+    if scheme_seen == mirror.SCHEME_SPLIT_PER_LAYER:
         _check_split_per_layer_configs(c, index, configs)
     else:
         foreign = _check_config_per_layer(c, index, configs)
@@ -393,12 +393,12 @@ def _check_card(c: _Checker, index: sidecar.VindexIndex) -> None:
             _check_dataset_info(c, info, files.get(config, []) if isinstance(config, str) else [])
     if len(c.report.problems) == n_problems:
         c.passed(
-            f"{filenames.CARD_FILE}: mirror layout: {layout_seen}; front matter parses; {len(configs)} configs "
+            f"{filenames.CARD_FILE}: mirror layout: {scheme_seen}; front matter parses; {len(configs)} configs "
             "point at the mirror's files with the declared features and row counts"
         )
 
 
-def _check_config_names(c: _Checker, configs: dict[str, Any], layout_seen: str) -> None:
+def _check_config_names(c: _Checker, configs: dict[str, Any], scheme_seen: str) -> None:
     """Word-character names, and no more splits in a config than the Hub's viewer takes."""
     for name, cfg in configs.items():
         splits = sorted({split for split, _ in mirror.config_paths(cfg)})
@@ -413,7 +413,7 @@ def _check_config_names(c: _Checker, configs: dict[str, Any], layout_seen: str) 
                 f"{filenames.CARD_FILE}: config {name!r} has {len(splits)} splits; the Hub's dataset viewer "
                 f"refuses more than {mirror.MAX_SPLITS_PER_CONFIG}"
             )
-            if layout_seen == mirror.LAYOUT_SPLIT_PER_LAYER and name == mirror.CONFIG_GATE_VECTORS:
+            if scheme_seen == mirror.SCHEME_SPLIT_PER_LAYER and name == mirror.CONFIG_GATE_VECTORS:
                 c.warning(
                     f"{what} (old layout: `vindex-hub convert` upgrades it to a config per layer)"
                 )
@@ -431,7 +431,7 @@ def _check_split_per_layer_configs(
             f"{filenames.CARD_FILE}: config {mirror.CONFIG_GATE_VECTORS!r} lacks the splits of layers {missing}"
         )
     c.warning(
-        f"{filenames.CARD_FILE}: {mirror.LAYOUT_SPLIT_PER_LAYER}: load_dataset of one split prepares every "
+        f"{filenames.CARD_FILE}: {mirror.SCHEME_SPLIT_PER_LAYER}: load_dataset of one split prepares every "
         "layer; `vindex-hub convert` upgrades it to a config per layer"
     )
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from ..format.sidecar import MoEConfig
-from ..numerics.quant import check_out, widen_to_float32
+from ..numerics.quant import output_buffer, widen_to_float32
 from ..source.base import RawTensor
 
 #: The unquantized safetensors dtypes a float tensor may have, and their numpy storage dtype
@@ -209,7 +209,7 @@ def decode_float(
     """An unquantized (BF16/F16/F32) tensor as float32, its shape checked when given."""
     t = checked_tensor(raw, name, FLOAT_DTYPES, shape)
     view = float_view(t)
-    return widen_to_float32(view, t.info.dtype, out=check_out(out, view.shape, name))
+    return widen_to_float32(view, t.info.dtype, out=output_buffer(out, view.shape, name))
 
 
 def first_present(candidates: Sequence[str], names: Collection[str] | None) -> str | None:

@@ -29,13 +29,13 @@ from ..format.sidecar import MoEConfig
 from ..numerics.quant import FP8_BLOCK_SIZE
 from ..source.base import RawTensor
 from .base import (
-    check_out,
     config_block_size,
     config_int,
     config_object,
     decode_float,
     first_config_int,
     first_present,
+    output_buffer,
 )
 from .layouts import (
     COLUMNS,
@@ -330,7 +330,7 @@ class MoEFamily:
         *,
         out: np.ndarray | None = None,
     ) -> np.ndarray:
-        out = check_out(out, (len(experts), *self.gate_shape), self.expert_gate_name(layer, 0))
+        out = output_buffer(out, (len(experts), *self.gate_shape), self.expert_gate_name(layer, 0))
         return self._routed().decode(layer, experts, raw, out)
 
     def shared_gate_weight(self, layer: int, raw: Mapping[str, RawTensor]) -> np.ndarray | None:

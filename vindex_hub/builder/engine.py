@@ -62,6 +62,8 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 
 
 # Where a build's layers are decomposed: this machine, or a Ray cluster (``ray_engine``).
+# "local": this machine, in one process (SerialEngine) or worker processes (ProcessEngine), as
+# make_engine picks; "ray": a Ray cluster (ray_engine.RayEngine).
 ENGINES = ("local", "ray")
 DEFAULT_ENGINE = ENGINES[0]
 

@@ -65,9 +65,10 @@ INDEX_COLUMNS = (COL_LAYER, COL_EXPERT, COL_FEATURE)
 ROW_GROUP_BYTES = 16 << 20
 ROW_GROUP_ROWS = 4096
 
-# The two card layouts ``mirror_layout`` tells apart.
-LAYOUT_CONFIG_PER_LAYER = "a config per layer"
-LAYOUT_SPLIT_PER_LAYER = "old layout: one gate_vectors config with a split per layer"
+# The two card schemes ``mirror_scheme`` tells apart (the mirror's "scheme": how the card's
+# configs map to its files; "layout" is the binary's, ``format.layout``).
+SCHEME_CONFIG_PER_LAYER = "a config per layer"
+SCHEME_SPLIT_PER_LAYER = "old layout: one gate_vectors config with a split per layer"
 
 
 def name_width(num_hidden_layers: int) -> int:
@@ -182,17 +183,17 @@ def config_paths(config: Mapping[str, Any]) -> list[tuple[str, str]]:
     return out
 
 
-def mirror_layout(configs: Mapping[str, Mapping[str, Any]]) -> str:
-    """Which layout a card's configs (by name) are in: ``LAYOUT_CONFIG_PER_LAYER`` or
-    ``LAYOUT_SPLIT_PER_LAYER`` (``gate_vectors`` with ``layer_NN`` splits and no layer configs)."""
+def mirror_scheme(configs: Mapping[str, Mapping[str, Any]]) -> str:
+    """Which scheme a card's configs (by name) follow: ``SCHEME_CONFIG_PER_LAYER`` or
+    ``SCHEME_SPLIT_PER_LAYER`` (``gate_vectors`` with ``layer_NN`` splits and no layer configs)."""
     if any(layer_of_name(name) is not None for name in configs):
-        return LAYOUT_CONFIG_PER_LAYER
+        return SCHEME_CONFIG_PER_LAYER
     gate = configs.get(CONFIG_GATE_VECTORS)
     if gate is not None and any(
         layer_of_name(split) is not None for split, _ in config_paths(gate)
     ):
-        return LAYOUT_SPLIT_PER_LAYER
-    return LAYOUT_CONFIG_PER_LAYER
+        return SCHEME_SPLIT_PER_LAYER
+    return SCHEME_CONFIG_PER_LAYER
 
 
 @dataclass(frozen=True)
@@ -210,7 +211,7 @@ def layer_sources(
     """Each of ``layer_ids``' file as a card in either layout lists it (configs by name); a layer
     the card does not list gets the current layout's names."""
     listed: dict[int, LayerSource] = {}
-    if mirror_layout(configs) == LAYOUT_SPLIT_PER_LAYER:
+    if mirror_scheme(configs) == SCHEME_SPLIT_PER_LAYER:
         for split, path in config_paths(configs[CONFIG_GATE_VECTORS]):
             layer = layer_of_name(split)
             if layer is not None:
@@ -316,3 +317,9 @@ def feature_tokens_schema(k: int) -> pa.Schema:
 def experts_per_row_group(num_feats: int, hidden_size: int) -> int:
     by_bytes = ROW_GROUP_BYTES // layout.expert_nbytes(num_feats, hidden_size)
     return max(1, min(by_bytes, ROW_GROUP_ROWS // num_feats))
+
+
+# The earlier names (the mirror's scheme was called its "layout"), kept for callers.
+LAYOUT_CONFIG_PER_LAYER = SCHEME_CONFIG_PER_LAYER
+LAYOUT_SPLIT_PER_LAYER = SCHEME_SPLIT_PER_LAYER
+mirror_layout = mirror_scheme

@@ -11,7 +11,7 @@ It never imports the writers, build or verify: ``pull`` (``vindex_hub.pull``) st
 """
 
 from .info import local_folder, remote_info
-from .readers import Verify
+from .readers import Verify, VerifyMode
 from .vindex import MODES, Mode, Vindex
 
-__all__ = ["MODES", "Mode", "Verify", "Vindex", "local_folder", "remote_info"]
+__all__ = ["MODES", "Mode", "Verify", "VerifyMode", "Vindex", "local_folder", "remote_info"]

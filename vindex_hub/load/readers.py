@@ -29,7 +29,9 @@ from .integrity import check_sha256, check_unit_rows, mapped
 if TYPE_CHECKING:
     import pyarrow as pa
 
-Verify = bool | Literal["strict"]
+# How much a reader checks (``Vindex.open(verify=...)``): True, False or "strict".
+VerifyMode = bool | Literal["strict"]
+Verify = VerifyMode  # the earlier name, kept for callers
 
 
 class LayerReader(Protocol):
@@ -45,7 +47,7 @@ class LayerReader(Protocol):
 class MemmapReader:
     """gate_vectors.bin on local disk (a vindex folder or a Hub cache snapshot)."""
 
-    def __init__(self, path: Path, index: sidecar.VindexIndex, verify: Verify):
+    def __init__(self, path: Path, index: sidecar.VindexIndex, verify: VerifyMode):
         index.check_layout(
             where=str(path.with_name(filenames.SIDECAR_JSON)), file_size=path.stat().st_size
         )
@@ -81,7 +83,7 @@ class RangedReader:
         index: sidecar.VindexIndex,
         cache: BlockCache,
         token: str | bool | None,
-        verify: Verify,
+        verify: VerifyMode,
     ):
         self.remote, self.index, self.cache, self.token, self.verify = (
             remote,
@@ -181,7 +183,7 @@ class ArrowReader:
         revision: str | None,
         index: sidecar.VindexIndex,
         token: str | bool | None,
-        verify: Verify,
+        verify: VerifyMode,
         files: VindexFiles,
     ):
         self.path_or_repo, self.revision, self.index, self.token = (

@@ -53,7 +53,7 @@ from ..hub.blockcache import BlockCache
 from ..hub.http import RemoteFile, download_file, download_snapshot, file_metadata
 from ..hub.refs import DEFAULT_REPO_TYPE, RepoRef, commit_sha, parse_repo
 from .files import HubFiles, LocalFiles, VindexFiles
-from .readers import ArrowReader, LayerReader, MemmapReader, RangedReader, Verify
+from .readers import ArrowReader, LayerReader, MemmapReader, RangedReader, VerifyMode
 
 if TYPE_CHECKING:
     import torch
@@ -79,7 +79,7 @@ class Vindex:
         files: VindexFiles,
         *,
         mode: Mode,
-        verify: Verify,
+        verify: VerifyMode,
         location: str,
         commit: str | None = None,
         file_size: int | None = None,
@@ -98,7 +98,7 @@ class Vindex:
         mode: Mode | None = None,
         *,
         cache_dir: str | os.PathLike[str] | None = None,
-        verify: Verify = True,
+        verify: VerifyMode = True,
         token: str | bool | None = None,
     ) -> Vindex:
         """Open a vindex folder, a Hub repo id (``ns/name``, ``hf://datasets/ns/name@rev``) or a commit.
@@ -135,7 +135,7 @@ class Vindex:
         ref: RepoRef,
         mode: Mode | None,
         cache_dir: str | None,
-        verify: Verify,
+        verify: VerifyMode,
         token: str | bool | None,
     ) -> Vindex:
         mode = mode or DEFAULT_REPO_MODE
@@ -180,7 +180,7 @@ class Vindex:
         )
 
     @classmethod
-    def _open_local(cls, root: Path, mode: Mode | None, verify: Verify) -> Vindex:
+    def _open_local(cls, root: Path, mode: Mode | None, verify: VerifyMode) -> Vindex:
         files = LocalFiles(root)
         index_path = files.path(filenames.SIDECAR_JSON)
         index = sidecar.VindexIndex.loads(

@@ -158,8 +158,9 @@ def check_finite(values: np.ndarray, *, name: str) -> np.ndarray:
     return values
 
 
-def check_out(out: np.ndarray | None, shape: tuple[int, ...], name: str) -> np.ndarray:
-    """``out`` checked to be C-contiguous float32 of ``shape``, or a new such array."""
+def output_buffer(out: np.ndarray | None, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """Where a decoder writes: ``out`` checked to be C-contiguous float32 of ``shape``, or a new
+    such array when ``out`` is None."""
     shape = tuple(shape)
     if out is None:
         return np.empty(shape, dtype=np.float32)
@@ -203,7 +204,7 @@ def dequantize_fp4(
     block = in_features // num_blocks
     scales = decode_e8m0(s, name=scale_name)
 
-    result = check_out(out, (*w.shape[:-1], in_features), name)
+    result = output_buffer(out, (*w.shape[:-1], in_features), name)
     pairs = result.view(np.uint64).reshape(w.shape)  # each uint64 slot = two float32 outputs
     np.take(_FP4_PAIRS_U64, w, out=pairs)
     blocked = result.reshape(*s.shape, block)
@@ -241,7 +242,7 @@ def dequantize_fp8(
             f"tensor {name}: scale grid {list(scales.shape)} does not fit weight {list(w.shape)} "
             f"with {bo}x{bi} blocks (expected {[*w.shape[:-2], *grid]})"
         )
-    result = check_out(out, w.shape, name)
+    result = output_buffer(out, w.shape, name)
     np.take(_E4M3, w, out=result)
     # One broadcast multiply per row of blocks: a column-scale vector of length I (ragged-safe).
     for r in range(grid[0]):
@@ -250,3 +251,6 @@ def dequantize_fp8(
         with np.errstate(over="ignore", invalid="ignore"):  # reported by check_finite
             np.multiply(rows_r, col_scale[..., None, :], out=rows_r)
     return check_finite(result, name=name)
+
+
+check_out = output_buffer  # the earlier name (it read as "checkout"), kept for callers
