@@ -13,6 +13,10 @@ Fixtures:
   ``local_hub.inject_fault("error", method="GET", path="*.parquet")`` affects that test only.
 - ``hub_repo_id``: a repo id (``tests/<test name>-<n>``) unique in the session, not yet created.
 
+Markers (pyproject.toml): a test using ``local_hub`` is marked ``hub`` and one using
+``ray_cluster`` ``ray`` here, automatically; ``slow`` (over ~3 s) is set on the test itself.
+``bash scripts/test.sh -m "not slow and not ray"`` is the quick tier.
+
 Use the clients as usual (``HfApi()``, ``hf_hub_download``, ``datasets.load_dataset``); they
 reach ``local_hub`` without an explicit endpoint. A test that needs its own server (a restart, an
 empty root) starts ``LocalHub(tmp_path / "root")`` and passes ``endpoint=hub.url`` to the clients. ``datasets.config.USE_PARQUET_EXPORT`` is set
@@ -60,6 +64,17 @@ pytest_plugins = ["vindex_fixtures"]
 
 _started_hub: LocalHub | None = None
 _repo_counter = itertools.count(1)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The ``hub`` and ``ray`` markers follow from the fixtures a test uses (``slow`` is set by
+    hand: docs/development.md)."""
+    for item in items:
+        fixtures = getattr(item, "fixturenames", ())
+        if "local_hub" in fixtures:
+            item.add_marker(pytest.mark.hub)
+        if "ray_cluster" in fixtures:
+            item.add_marker(pytest.mark.ray)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -144,6 +144,7 @@ def test_the_seed_cards_usage_snippet_runs_unchanged(small_vindex: SmallVindex):
     assert norm == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_two_builds_are_bit_identical(tiny_checkpoint: Path, tiny_vindex: Path, tmp_path: Path):
     again = tmp_path / "vindex"
     build_vindex(
@@ -152,6 +153,7 @@ def test_two_builds_are_bit_identical(tiny_checkpoint: Path, tiny_vindex: Path, 
     assert folder_bytes(again) == folder_bytes(tiny_vindex)
 
 
+@pytest.mark.slow
 def test_a_layer_subset_is_a_valid_vindex(tiny_checkpoint: Path, tiny_vindex: Path, tmp_path: Path):
     from vindex_hub.verify import verify_vindex
 
@@ -198,6 +200,7 @@ def crash_on_call(monkeypatch, target: str, call: int = 1) -> None:
     monkeypatch.setattr(owner, parts[-1], wrapper)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "target,call",
     [
@@ -229,6 +232,7 @@ def test_a_build_crashed_anywhere_resumes_bit_identical(
         assert summary.built_layers == []
 
 
+@pytest.mark.slow
 def test_a_damaged_resumed_layer_is_computed_again(
     tiny_checkpoint: Path, tiny_vindex: Path, tmp_path: Path, monkeypatch
 ):
@@ -263,6 +267,7 @@ def kill_after_first_layer(cmd: list[str], out: Path, timeout: float = 180) -> N
     assert proc.returncode == -signal.SIGKILL, "the build finished before it could be killed"
 
 
+@pytest.mark.slow
 def test_a_killed_build_process_resumes_bit_identical(tmp_path: Path):
     """A real SIGKILL in the middle of the layer loop, then the same command again."""
     dims = dict(
@@ -326,6 +331,7 @@ def test_a_finished_build_asked_with_other_options_is_refused(
         build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
 
 
+@pytest.mark.slow
 def test_a_resumed_build_never_mixes_devices(tiny_checkpoint, tmp_path, monkeypatch):
     """CPU and CUDA results differ in the last bits, so a build started on one must finish on it."""
     from vindex_hub.builder import plan as build_plan
@@ -340,6 +346,7 @@ def test_a_resumed_build_never_mixes_devices(tiny_checkpoint, tmp_path, monkeypa
         build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cuda", progress=False)
 
 
+@pytest.mark.slow
 def test_the_reader_thread_stops_when_the_build_fails(tiny_checkpoint, tmp_path, monkeypatch):
     """A failure while layers are queued must not leave the reader blocked holding a layer."""
     import threading
@@ -391,6 +398,7 @@ def test_output_folder_holding_another_models_vindex_is_refused(
     assert folder_bytes(out) == before  # nothing lost
 
 
+@pytest.mark.slow
 def test_an_unfinished_build_of_other_settings_is_refused(tiny_checkpoint, tmp_path, monkeypatch):
     out = tmp_path / "vindex"
     crash_on_call(monkeypatch, "vindex_hub.writers.derived.write_mirror")
@@ -458,6 +466,7 @@ def _missing_tensor(ckpt: Path) -> str:
     return name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "damage",
     [_truncate_a_shard, _lfs_pointer_shard, _unsupported_architecture, _nan_scale, _missing_tensor],

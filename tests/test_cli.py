@@ -43,6 +43,7 @@ def test_info_shows_the_layer_table(small_vindex: SmallVindex, capsys):
     assert info["num_feats"] == NUM_FEATS
 
 
+@pytest.mark.slow
 def test_verify_exits_non_zero_and_names_the_damaged_layer(
     small_vindex: SmallVindex, tmp_path: Path
 ):
@@ -60,6 +61,7 @@ def test_verify_exits_non_zero_and_names_the_damaged_layer(
     assert "layer 2" in bad.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "args,status,message",
     [
@@ -95,6 +97,7 @@ def test_bad_arguments_are_one_line_with_the_right_status(
     assert not (tmp_path / "out" / filenames.SIDECAR_JSON).exists()
 
 
+@pytest.mark.slow
 def test_pull_and_info_of_a_hub_repo(
     small_vindex: SmallVindex, local_hub, hub_repo_id: str, tmp_path: Path
 ):
@@ -115,6 +118,7 @@ def test_pull_and_info_of_a_hub_repo(
     assert vindex_hub("verify", hub_repo_id).returncode == 0
 
 
+@pytest.mark.slow
 def test_card_fields_come_from_options_and_a_config_file(small_vindex: SmallVindex, tmp_path: Path):
     from huggingface_hub import DatasetCard
 

@@ -33,6 +33,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess
     return workdir, run
 
 
+@pytest.mark.slow
 def test_demo_command_runs_the_whole_loop(demo_run, local_hub) -> None:
     workdir, run = demo_run
     assert run.returncode == 0, run.stderr
@@ -59,6 +60,7 @@ def test_demo_command_runs_the_whole_loop(demo_run, local_hub) -> None:
         HfApi().repo_info(DEMO_REPO_ID, repo_type="dataset")
 
 
+@pytest.mark.slow
 def test_run_demo_in_a_process_that_imported_the_clients(
     demo_run, capsys: pytest.CaptureFixture
 ) -> None:

@@ -145,6 +145,7 @@ def test_a_429_waits_what_retry_after_asks(
     assert waits and all(w >= 7 for w in waits)  # the client's loop adds a second of margin
 
 
+@pytest.mark.slow
 def test_config_json_of_a_hub_build_and_the_commit_of_a_push_are_retried(
     local_hub: LocalHub, small_vindex: SmallVindex, hub_repo_id: str, tmp_path: Path
 ):
@@ -163,6 +164,7 @@ def test_config_json_of_a_hub_build_and_the_commit_of_a_push_are_retried(
     assert result.commit_oid and filenames.SIDECAR_JSON in {f.path for f in result.uploaded}
 
 
+@pytest.mark.slow
 def test_a_persistent_fault_ends_in_one_line_naming_the_url_and_the_attempts(
     local_hub: LocalHub, repo: str, tmp_path: Path
 ):
@@ -175,6 +177,7 @@ def test_a_persistent_fault_ends_in_one_line_naming_the_url_and_the_attempts(
 
 
 # ---- 2, 3. hostile repos: one line, typed errors, nothing requested ---------------------------------------
+@pytest.mark.slow
 def test_dot_dot_file_names_are_refused_in_one_line(local_hub: LocalHub, repo: str, tmp_path: Path):
     commit_raw(
         local_hub, repo, {"../escape.txt": b"outside\n", "data/../../escape2.txt": b"outside\n"}
@@ -189,6 +192,7 @@ def test_dot_dot_file_names_are_refused_in_one_line(local_hub: LocalHub, repo: s
     assert not list(tmp_path.glob("**/escape*.txt"))
 
 
+@pytest.mark.slow
 def test_garbage_card_yaml_is_a_format_error(
     local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str, tmp_path: Path, cache: Path
 ):
@@ -236,6 +240,7 @@ def _terabyte_sidecar(num_layers: int = 4) -> sidecar.VindexIndex:
     )
 
 
+@pytest.mark.slow
 def test_a_repo_claiming_terabytes_is_refused_before_any_byte(
     local_hub: LocalHub, hub_repo_id: str, tmp_path: Path, cache: Path
 ):
@@ -264,6 +269,7 @@ def test_a_repo_claiming_terabytes_is_refused_before_any_byte(
 
 
 # ---- 4. paths from a card stay inside the vindex -------------------------------------------------------
+@pytest.mark.slow
 def test_a_card_path_leaving_the_folder_is_refused_by_name(
     local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str, tmp_path: Path
 ):
@@ -320,6 +326,7 @@ _LAZY_READ = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_temp_files_of_a_killed_fetch_are_cleaned_and_never_counted(
     local_hub: LocalHub, repo: str, cache: Path
 ):
@@ -377,6 +384,7 @@ def test_temp_files_of_a_killed_fetch_are_cleaned_and_never_counted(
 
 
 # ---- 7, 8. layer selections and layer keys -------------------------------------------------------------
+@pytest.mark.slow
 def test_huge_layer_ranges_are_refused_before_expansion(
     small_vindex: SmallVindex, repo: str, tmp_path: Path
 ):
@@ -490,6 +498,7 @@ def test_cli_defaults_are_the_librarys_and_shown_in_help():
     assert "seed-style sidecars" in cli("convert", "--help").stdout
 
 
+@pytest.mark.slow
 def test_info_shows_human_sizes_and_the_commit_once(
     repo: str, small_vindex: SmallVindex, tmp_path: Path
 ):
@@ -502,6 +511,7 @@ def test_info_shows_human_sizes_and_the_commit_once(
     assert "0.00 GB" not in run.stdout and " kB" in run.stdout
 
 
+@pytest.mark.slow
 def test_every_command_renders_json(repo: str, small_vindex: SmallVindex, tmp_path: Path):
     verified = json.loads(cli("verify", str(small_vindex.folder), "--json").stdout)
     assert verified["ok"] is True and verified["problems"] == []
@@ -520,6 +530,7 @@ def test_every_command_renders_json(repo: str, small_vindex: SmallVindex, tmp_pa
     assert pulled == {"folder": str(tmp_path / "one")}
 
 
+@pytest.mark.slow
 def test_a_401_from_the_bundled_server_says_any_token_works(
     local_hub: LocalHub, small_vindex: SmallVindex, hub_repo_id: str, tmp_path: Path
 ):

@@ -80,6 +80,7 @@ def test_every_registered_family_has_a_case():
     assert {c.saved_model_type or c.model_type for c in CASES} == set(supported_architectures())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_the_adapter_decodes_the_models_own_parameters(case: Case, checkpoints):
     checkpoint = checkpoints(case.id)
@@ -131,6 +132,7 @@ def test_the_adapter_decodes_the_models_own_parameters(case: Case, checkpoints):
                 np.testing.assert_array_equal(shared, ref.shared.astype(np.float32))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_a_build_indexes_exactly_the_moe_layers_against_a_float64_svd(
     case: Case, checkpoints, built
@@ -209,6 +211,7 @@ def test_mxfp4_is_what_transformers_dequantizes(checkpoints):
 
 
 # ---- remote, info ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_remote_build_of_a_fused_family_fetches_only_what_it_needs(
     local_hub, hub_repo_id, checkpoints, built, tmp_path, monkeypatch
 ):

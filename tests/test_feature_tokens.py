@@ -228,6 +228,7 @@ def test_convert_with_the_source_writes_the_same_labels_and_f32_embeddings(
     assert verify_vindex(plain).ok
 
 
+@pytest.mark.slow
 def test_without_feature_tokens_the_card_says_which_larql_commands_work(
     browse_build, tmp_path: Path
 ):
@@ -307,6 +308,7 @@ from test_families import checkpoints  # noqa: E402,F401 (the session's family c
 from family_models import CASES  # noqa: E402
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_every_family_names_the_embedding_transformers_saves(case, checkpoints):  # noqa: F811
     from vindex_hub.arch import get_architecture
@@ -320,6 +322,7 @@ def test_every_family_names_the_embedding_transformers_saves(case, checkpoints):
         assert src.tensor_info(name).shape[1] == arch.gate_shape[1]
 
 
+@pytest.mark.slow
 def test_a_transformers_checkpoint_gets_feature_tokens_from_its_own_embedding(
     checkpoints,  # noqa: F811 (the fixture imported above)
     tmp_path,

@@ -166,6 +166,7 @@ def test_gating_survives_a_restart_and_the_admin_api_sets_it(tmp_path: Path) -> 
 
 
 # ---- builds, loads and the CLI on gated repos -----------------------------------------------------
+@pytest.mark.slow
 def test_build_from_a_gated_model_repo(
     gated_model: str, local_vindex: Path, tmp_path: Path
 ) -> None:

@@ -614,6 +614,7 @@ def test_token_never_logged(local_hub: LocalHub, pushed, caplog: pytest.LogCaptu
     assert HUB_TOKEN not in caplog.text
 
 
+@pytest.mark.slow
 def test_serve_in_a_separate_process(tmp_path: Path) -> None:
     import signal
     import subprocess

@@ -559,6 +559,7 @@ def test_dropped_connection_is_resumed(local_hub, vindex_folder, repo, cache):
     assert s.bytes_sent == nbytes
 
 
+@pytest.mark.slow
 def test_server_errors_are_retried_then_reported(local_hub, vindex_folder, repo, cache):
     _, blocks = vindex_folder
     local_hub.inject_fault(
@@ -616,6 +617,7 @@ def test_fetch_range_exact_bytes(local_hub, vindex_folder, repo):
 
 
 # ---- a shared cache across processes ----------------------------------------------------------------
+@pytest.mark.slow
 def test_concurrent_processes_share_one_cache(local_hub, vindex_folder, repo, cache):
     _, blocks = vindex_folder
     local_hub.inject_fault(

@@ -168,6 +168,7 @@ def test_dataset_info_sizes_are_what_datasets_computes(vindex, tmp_path):
         assert info["download_size"] == sum(Path(f).stat().st_size for f in files)
 
 
+@pytest.mark.slow
 def test_a_layer_subset_lists_only_its_layers(vindex, tmp_path):
     sub = tmp_path / "sub"
     build_vindex(
@@ -360,6 +361,7 @@ def test_verify_names_a_config_pointing_at_a_foreign_or_missing_file(
     assert verify_vindex(folder).problems == [message]
 
 
+@pytest.mark.slow
 def test_convert_upgrades_the_old_layout_and_push_deletes_what_the_card_no_longer_names(
     local_hub, hub_repo_id, vindex, tmp_path
 ):

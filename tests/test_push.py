@@ -109,6 +109,7 @@ def fresh_vindex(tmp_path: Path) -> Path:
 
 
 # ---- the happy paths ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_push_creates_repo_and_uploads_the_folder_in_one_commit(
     local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, tmp_path: Path
 ) -> None:
@@ -137,6 +138,7 @@ def test_push_creates_repo_and_uploads_the_folder_in_one_commit(
     assert "pushed to dataset repo" in result.render() and result.commit_url in result.render()
 
 
+@pytest.mark.slow
 def test_repush_of_an_unchanged_folder_sends_nothing(
     local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path
 ) -> None:
@@ -167,6 +169,7 @@ def test_push_after_a_card_edit_sends_only_the_card(
     assert _tree(hub_repo_id)[filenames.CARD_FILE].size == card.stat().st_size
 
 
+@pytest.mark.slow
 def test_push_of_fewer_layers_deletes_stale_splits_only(
     local_hub: LocalHub, hub_repo_id: str, small_vindex: SmallVindex, tmp_path: Path
 ) -> None:
@@ -300,6 +303,7 @@ def test_private_repo(local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path) 
 
 
 # ---- network faults ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_500_on_the_first_lfs_put_is_retried(
     local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, tmp_path: Path
 ) -> None:
@@ -309,6 +313,7 @@ def test_a_500_on_the_first_lfs_put_is_retried(
     _assert_server_holds(hub_repo_id, fresh_vindex, result.commit_oid, tmp_path / "cache")
 
 
+@pytest.mark.slow
 def test_a_dropped_upload_is_retried(
     local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, tmp_path: Path
 ) -> None:
@@ -321,6 +326,7 @@ def test_a_dropped_upload_is_retried(
     _assert_server_holds(hub_repo_id, fresh_vindex, result.commit_oid, tmp_path / "cache")
 
 
+@pytest.mark.slow
 def test_upload_progress_counts_each_byte_once_when_a_put_is_retried(
     local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, monkeypatch
 ) -> None:
@@ -345,6 +351,7 @@ def test_upload_progress_counts_each_byte_once_when_a_put_is_retried(
     assert bar.n == bar.total == binary.stat().st_size
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["error", "drop"])
 def test_a_failed_upload_commits_nothing_and_the_next_push_resumes(
     local_hub: LocalHub,
@@ -379,6 +386,7 @@ def test_a_failed_upload_commits_nothing_and_the_next_push_resumes(
     assert lfs == {filenames.GATE_VECTORS_BIN: size}
 
 
+@pytest.mark.slow
 def test_a_failed_commit_request_changes_nothing(
     local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path
 ) -> None:
@@ -401,6 +409,7 @@ def test_a_failed_commit_request_changes_nothing(
 
 
 # ---- the command line and the token -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_push_never_shows_the_token(
     local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path
 ) -> None:
@@ -495,6 +504,7 @@ def _run_workflow_commands(tmp_path: Path, inputs: dict[str, str]) -> list[list[
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_workflow_runs_real_cli_commands(tmp_path: Path) -> None:
     workflow = yaml.safe_load(WORKFLOW.read_text())
     on = workflow.get("on", workflow.get(True))  # YAML 1.1 reads the key `on` as True

@@ -252,6 +252,8 @@ def test_without_ray_the_engine_says_how_to_install_it(checkpoint, tmp_path, mon
         build_vindex(checkpoint, out, engine="spark", **OPTIONS)
 
 
+@pytest.mark.ray  # joins (tries to join) a cluster through Ray itself
+@pytest.mark.slow
 def test_a_cluster_that_cannot_be_reached_is_one_line(checkpoint, tmp_path):
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))

@@ -164,6 +164,7 @@ def test_coalesce_covers_every_range_and_bounds_the_waste():
 
 
 # ---- building from the Hub -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_remote_build_is_identical_and_fetches_only_the_needed_tensors(
     local_hub, remote_repo, checkpoint, local_vindex, fresh_header_cache, tmp_path
 ):
@@ -206,6 +207,7 @@ def test_the_source_counts_what_it_fetched(local_hub, remote_repo, checkpoint, f
         np.testing.assert_array_equal(tensor.data, expected[name].data)
 
 
+@pytest.mark.slow
 def test_a_resumed_build_fetches_nothing_for_the_layers_already_done(
     local_hub, remote_repo, checkpoint, local_vindex, fresh_header_cache, tmp_path, monkeypatch
 ):
@@ -250,6 +252,7 @@ def test_a_resumed_build_fetches_nothing_for_the_layers_already_done(
     assert shard_bytes_sent(local_hub, remote_repo, checkpoint) == expected
 
 
+@pytest.mark.slow
 def test_server_errors_and_dropped_connections_are_retried(
     local_hub, remote_repo, checkpoint, local_vindex, tmp_path
 ):
@@ -313,6 +316,7 @@ def test_a_range_that_keeps_failing_is_a_hub_error_naming_the_url(local_hub, rem
             src.read([name])
 
 
+@pytest.mark.slow
 def test_a_branch_moving_during_the_build_does_not_change_what_is_read(
     local_hub, hub_repo_id, checkpoint, local_vindex, tmp_path
 ):
@@ -393,6 +397,7 @@ def test_an_unsupported_model_is_refused_by_its_config(
     )
 
 
+@pytest.mark.slow
 def test_a_shard_header_that_disagrees_with_the_weight_map_names_shard_and_tensor(
     local_hub, hub_repo_id, checkpoint, tmp_path
 ):

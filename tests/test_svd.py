@@ -280,6 +280,7 @@ def _spectrum(name: str) -> np.ndarray:
     raise AssertionError(name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "route"),
     [
@@ -309,6 +310,7 @@ def _fp4_like(rng: np.random.Generator, rows: int = ROWS, cols: int = COLS) -> n
     return synth.quantize_fp4(synth.gate_matrix(rng, rows, cols))[2]
 
 
+@pytest.mark.slow
 def test_fp4_like_and_zero_rows_take_the_mixed_route_exactly() -> None:
     rng = np.random.default_rng(12)
     fp4 = _fp4_like(rng)
@@ -328,6 +330,7 @@ def test_fp4_like_and_zero_rows_take_the_mixed_route_exactly() -> None:
     np.testing.assert_allclose(top.singular_values, f64.singular_values, rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_the_certificate_is_what_keeps_a_crowded_tail_exact(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -344,6 +347,7 @@ def test_the_certificate_is_what_keeps_a_crowded_tail_exact(
         _assert_exact(w, top, min_defined=K)
 
 
+@pytest.mark.slow
 def test_tiny_and_out_of_range_matrices_take_the_f64_route(batch: np.ndarray) -> None:
     assert svd.top_k_right_singular(batch, 8).routes == (svd.ROUTE_F64,) * 3  # 64 < 2 (8 + 32)
     rng = np.random.default_rng(13)

@@ -101,6 +101,7 @@ def reference(checkpoint: Path, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_two_workers_and_other_blas_threads_give_the_same_bits(
     checkpoint: Path, reference: Path, tmp_path: Path
 ) -> None:
@@ -141,6 +142,7 @@ def _first_layer_done(out: Path):
     return layer_result_path(out / filenames.BUILD_STATE_DIR, 0).exists
 
 
+@pytest.mark.slow
 def test_a_killed_build_resumes_with_another_worker_count_bit_identical(
     checkpoint: Path, reference: Path, tmp_path: Path
 ) -> None:
@@ -180,6 +182,7 @@ def _cmdline(pid: int) -> bytes:
         return b""
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_build_is_replaced_and_the_build_ends_identical(
     checkpoint: Path, reference: Path, tmp_path: Path
 ) -> None:
