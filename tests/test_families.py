@@ -171,6 +171,7 @@ def test_a_build_indexes_exactly_the_moe_layers_against_a_float64_svd(
 
 
 # ---- the quantized layouts against transformers' own dequantization ----------------------------
+@pytest.mark.slow
 def test_fp8_blocks_are_ragged_and_scaled_as_a_multiplier(checkpoints):
     checkpoint = checkpoints("kimi_k2-fp8")
     tensors = load_file(checkpoint.folder / SAFETENSORS)
@@ -244,6 +245,7 @@ def test_a_remote_build_of_a_fused_family_fetches_only_what_it_needs(
     assert sum(sent.values()) < 0.8 * (folder / SAFETENSORS).stat().st_size
 
 
+@pytest.mark.slow
 def test_info_shows_the_family(built):
     out = built("llama4")
     result = subprocess.run(
@@ -290,6 +292,7 @@ def test_an_unknown_model_type_lists_the_families_and_the_nearest(checkpoints, t
     )
 
 
+@pytest.mark.slow
 def test_a_fused_tensor_that_does_not_split_into_the_config_sizes(checkpoints, tmp_path):
     folder = variant(checkpoints, "llama4_text", tmp_path, lambda c: c.update(intermediate_size=24))
     refused(
@@ -301,6 +304,7 @@ def test_a_fused_tensor_that_does_not_split_into_the_config_sizes(checkpoints, t
     )
 
 
+@pytest.mark.slow
 def test_fp8_scales_of_the_wrong_grid(checkpoints, tmp_path):
     folder = variant(
         checkpoints,
@@ -317,6 +321,7 @@ def test_fp8_scales_of_the_wrong_grid(checkpoints, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_an_mxfp4_scale_byte_255(checkpoints, tmp_path):
     def poison(tensors):
         tensors["model.layers.2.mlp.experts.gate_up_proj_scales"][3, 4, 1] = (

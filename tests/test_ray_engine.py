@@ -242,6 +242,7 @@ def test_a_checkpoint_error_in_a_task_ends_the_build_with_that_error(ray_cluster
         )
 
 
+@pytest.mark.slow
 def test_without_ray_the_engine_says_how_to_install_it(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     out = tmp_path / "vindex"

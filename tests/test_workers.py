@@ -205,6 +205,7 @@ def test_a_worker_killed_mid_build_is_replaced_and_the_build_ends_identical(
     assert _published(out) == _published(reference)
 
 
+@pytest.mark.slow
 def test_worker_count_must_be_positive(checkpoint: Path, tmp_path: Path) -> None:
     done = subprocess.run(
         _build_command(checkpoint, tmp_path / "v", workers=0), capture_output=True, text=True
