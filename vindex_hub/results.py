@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -42,21 +42,12 @@ class LayerResult:
         return int(self.singular_values.shape[1])
 
     # ---- persistence (an unfinished build's state) ------------------------------------------
+    # The fields spell the file: arrays as safetensors tensors of the same names, the rest (and
+    # an absent optional array, as null) as JSON metadata.
     def save(self, path: str | os.PathLike[str]) -> None:
-        arrays = {
-            "singular_values": self.singular_values,
-            "frobenius_norm": self.frobenius_norm,
-            "router_singular_values": self.router_singular_values,
-        }
-        for name in ("shared_singular_values", "router_weight", "router_bias"):
-            if getattr(self, name) is not None:
-                arrays[name] = getattr(self, name)
-        meta = {
-            "layer": self.layer,
-            "sha256": self.sha256,
-            "router_frobenius_norm": self.router_frobenius_norm,
-            "shared_frobenius_norm": self.shared_frobenius_norm,
-        }
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        arrays = {k: v for k, v in values.items() if isinstance(v, np.ndarray)}
+        meta = {k: v for k, v in values.items() if k not in arrays}
         with atomic_path(path) as tmp:
             save_file(
                 {k: np.ascontiguousarray(v) for k, v in arrays.items()},
@@ -71,18 +62,8 @@ class LayerResult:
         with safe_open(str(path), framework="numpy") as f:
             meta = json.loads(f.metadata()["layer_result"])
         arrays = load_file(str(path))
-        return cls(
-            layer=int(meta["layer"]),
-            sha256=meta["sha256"],
-            singular_values=arrays["singular_values"],
-            frobenius_norm=arrays["frobenius_norm"],
-            router_singular_values=arrays["router_singular_values"],
-            router_frobenius_norm=float(meta["router_frobenius_norm"]),
-            shared_singular_values=arrays.get("shared_singular_values"),
-            shared_frobenius_norm=meta["shared_frobenius_norm"],
-            router_weight=arrays.get("router_weight"),
-            router_bias=arrays.get("router_bias"),
-        )
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in {**meta, **arrays}.items() if k in names})
 
 
 def layer_result_path(state_dir: str | os.PathLike[str], layer: int) -> Path:
