@@ -129,7 +129,10 @@ def test_a_hub_source_gives_base_model_and_revision(vindex_copy: Path):
     text = _card(vindex_copy)
     assert DatasetCard(text).data.base_model == "deepseek-ai/DeepSeek-V4-Flash"
     assert (
-        "- **Source model**: `deepseek-ai/DeepSeek-V4-Flash` at revision `" + "a" * 40 + "`" in text
+        "- **Source model**: [`deepseek-ai/DeepSeek-V4-Flash`]"
+        "(https://huggingface.co/deepseek-ai/DeepSeek-V4-Flash) at revision `"
+        + "a" * 40 + "`"
+        in text
     )
     assert "# deepseek-v4-flash-vindex\n" in text  # the seed's title, derived from the model
 

@@ -42,7 +42,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _card_options(args: argparse.Namespace):
-    from .format.card_data import CardOptions
+    from .format.card_data import CardOptions, default_year
 
     options = CardOptions.from_file(args.card_config) if args.card_config else CardOptions()
     citation = None
@@ -53,13 +53,18 @@ def _card_options(args: argparse.Namespace):
             raise UsageError(
                 f"--citation {args.citation}: cannot read it ({exc.strerror})"
             ) from None
-    return options.updated(
+    options = options.updated(
         license=args.license,
         author=args.author,
+        author_kind=args.author_kind,
+        year=args.year,
         repo_id=args.card_repo_id,
         citation=citation,
         extra_tags=args.tag or None,
     )
+    # A citation needs a year; the library writes none it is not given (its output stays
+    # deterministic), so the command line gives this one.
+    return options if options.year else options.updated(year=default_year())
 
 
 def _browse_options(args: argparse.Namespace):
@@ -134,7 +139,13 @@ def cmd_verify(args: argparse.Namespace) -> Outcome:
     from .verify import verify_vindex
 
     report = verify_vindex(
-        local_folder(args.path, revision=args.revision, repo_type=args.repo_type)
+        local_folder(
+            args.path,
+            revision=args.revision,
+            repo_type=args.repo_type,
+            # stderr: stdout holds the report (or its JSON) alone
+            announce=lambda line: print(f"vindex-hub verify: {line}", file=sys.stderr),
+        )
     )
     return Outcome(report.render(), report.to_json(), 0 if report.ok else 1)
 
@@ -185,19 +196,30 @@ def _render_info(info: dict) -> str:
     ]
     for e in info["layers"]:
         lines.append(
-            f"  {e['layer']:>5}  {e['file_offset']:>14}  {e[statistics.median_var_key(k)]:>12.4f}  "
-            f"{e[statistics.q25_var_key(k)]:>8.4f}..{e[statistics.q75_var_key(k)]:<7.4f}  {e['sha256'][:16]}"
+            f"  {e['layer']:>5}  {e['file_offset']:>14}  {e[statistics.INFO_MEDIAN_VAR]:>12.4f}  "
+            f"{e[statistics.INFO_Q25_VAR]:>8.4f}..{e[statistics.INFO_Q75_VAR]:<7.4f}  {e['sha256'][:16]}"
         )
     return "\n".join(lines)
 
 
+def _render_token(text: str, token_id: int) -> str:
+    """A feature-token label as published: already escaped once (``\\x07``, ``\\n``), so quoted
+    as is, not through ``repr`` (which would escape the backslash again); an embedding row beyond
+    the tokenizer's vocabulary (padding) has no token and shows as ``<id N>``, unquoted."""
+    return text if text == f"<id {token_id}>" else f'"{text}"'
+
+
 def _render_features(where: Sequence[int], features: list) -> str:
     lines = [
-        f"layer {where[0]}, expert {where[1]}: top tokens by |cosine| with the input embedding"
+        f"layer {where[0]}, expert {where[1]}: top tokens by |cosine| with the input embedding "
+        "(<id N>: an embedding row past the tokenizer's vocabulary)"
     ]
     for feature, tokens in enumerate(features):
         lines.append(
-            f"  {feature:>4}  " + "  ".join(f"{text!r} {score:+.3f}" for text, _, score in tokens)
+            f"  {feature:>4}  "
+            + "  ".join(
+                f"{_render_token(text, token_id)} {score:+.3f}" for text, token_id, score in tokens
+            )
         )
     return "\n".join(lines)
 
@@ -213,7 +235,20 @@ def cmd_pull(args: argparse.Namespace) -> Outcome:
         revision=args.revision,
         repo_type=args.repo_type,
     )
-    return Outcome(str(path), {"folder": str(path)})
+    from .format.pull_marker import COMMIT, read_pull_marker
+
+    commit = read_pull_marker(path).get(COMMIT)
+    size = sum(
+        f.stat().st_size
+        for f in path.rglob("*")
+        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)
+    )
+    return Outcome(
+        f"pulled {args.repo_id}"
+        + (f" at commit {commit}" if commit else "")
+        + f" into {path}: {format_size(size)}",
+        {"folder": str(path), "commit": commit, "bytes": size},
+    )
 
 
 def cmd_push(args: argparse.Namespace) -> Outcome:
@@ -256,16 +291,35 @@ def _add_revision(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _add_card_options(p: argparse.ArgumentParser) -> None:
-    from .format.card_data import CardOptions
+    from .format.card_data import AUTHOR_KINDS, UNKNOWN_LICENSE
 
     card = p.add_argument_group("dataset card")
     card.add_argument(
         "--card-config",
-        help="YAML file of card fields (license, author, repo_id, citation, "
+        help="YAML file of card fields (license, author, author_kind, repo_id, citation, "
         "extra_tags, pretty_name, year)",
     )
-    card.add_argument("--license", help=f"card license (default: {CardOptions().license})")
-    card.add_argument("--author", help="author or organisation named in the card")
+    card.add_argument(
+        "--license",
+        help="card license, a Hub license id (default: the source model's license, read from "
+        f"its card; '{UNKNOWN_LICENSE}' when it names none)",
+    )
+    card.add_argument(
+        "--author",
+        help="author named in the card: a person ('Jane Doe'), a Hub username or an organisation",
+    )
+    card.add_argument(
+        "--author-kind",
+        choices=AUTHOR_KINDS,
+        default=None,
+        help="org: 'by the [ORG](hub link) team'; user: a link to the Hub user; name: plain "
+        "text (default: a link when --author is a Hub name, else plain text)",
+    )
+    card.add_argument(
+        "--year",
+        default=None,
+        help="the citation's year (default: this year, or SOURCE_DATE_EPOCH's)",
+    )
     card.add_argument("--card-repo-id", help="the Hub repo the vindex will live in (for links)")
     card.add_argument("--citation", help="file holding a BibTeX entry for the card")
     card.add_argument("--tag", action="append", help="extra card tag (repeatable)")
@@ -282,7 +336,8 @@ def _add_browse_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="K",
-        help="label every gate vector with the K tokens of largest |cosine| (config feature_tokens)",
+        help="label every gate vector with the K tokens of largest |cosine| (config "
+        "feature_tokens); 0 (the default) writes no labels",
     )
     g.add_argument(
         "--larql-browse",
@@ -290,7 +345,11 @@ def _add_browse_options(p: argparse.ArgumentParser) -> None:
         help="write LarQL's embeddings.bin and tokenizer.json (implied by --feature-tokens)",
     )
     g.add_argument(
-        "--embeddings-dtype", choices=list(EMBEDDING_DTYPES), default=DEFAULT_EMBEDDING_DTYPE
+        "--embeddings-dtype",
+        choices=list(EMBEDDING_DTYPES),
+        default=DEFAULT_EMBEDDING_DTYPE,
+        help="element type of LarQL's embeddings.bin (f16 is half the size; f32 keeps the "
+        "checkpoint's values exactly when it stores more than 16 bits)",
     )
 
 
@@ -308,6 +367,7 @@ def _layer_help(default: str) -> str:
 
 def parser() -> argparse.ArgumentParser:
     from .builder import DEFAULT_BATCH, DEFAULT_NUM_FEATS, DEFAULT_PREFETCH_LAYERS
+    from .builder.engine import DEFAULT_ENGINE, ENGINES
     from .numerics.routes import DEFAULT_DEVICE, DEVICES
     from .pull import DEFAULT_FORMAT, FORMATS
 
@@ -376,11 +436,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--larql-router", action="store_true", help="also write LarQL's router_weights.bin"
     )
-    # Checked by build_vindex (importing the builder here would slow every command).
     p.add_argument(
         "--engine",
-        default=None,
-        help="where layers are decomposed: local (default) or ray (pip install 'vindex-hub[ray]')",
+        choices=ENGINES,
+        default=DEFAULT_ENGINE,
+        help="where layers are decomposed: this machine, or Ray tasks on a cluster (ray needs "
+        "the ray extra: pip install -e '.[ray]' from a clone)",
     )
     p.add_argument(
         "--ray-address",
@@ -497,7 +558,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vindex-hub {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"vindex-hub {args.command}: interrupted", file=sys.stderr)
+        # These three keep what they finished: the same command picks up where it stopped.
+        again = (
+            "; run the same command again to resume where it stopped"
+            if args.command in ("build", "pull", "push")
+            else ""
+        )
+        print(f"vindex-hub {args.command}: interrupted{again}", file=sys.stderr)
         return 130
     print(render(outcome, as_json=args.json))
     return outcome.status

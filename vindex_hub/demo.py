@@ -112,7 +112,7 @@ def run_demo(
     repo up to date).
     """
     from .builder import build_vindex
-    from .format.card_data import CardOptions
+    from .format.card_data import CardOptions, default_year
     from .hubserver import LocalHub
     from .testing.synth import make_deepseek_v4_checkpoint
     from .verify import verify_vindex
@@ -130,8 +130,13 @@ def run_demo(
             work / "vindex",
             num_feats=NUM_FEATS,
             device="cpu",
+            # 32 small experts: starting worker processes (each imports numpy, scipy, torch) costs
+            # more than they save; a real build uses every core.
+            workers=1,
             progress=False,
-            card_options=CardOptions(repo_id=DEMO_REPO_ID, author="vindex-hub demo"),
+            card_options=CardOptions(
+                repo_id=DEMO_REPO_ID, author="vindex-hub demo", year=default_year()
+            ),
         )
         timings["build"] = time.monotonic() - start
 

@@ -37,5 +37,13 @@ def q75_var_key(num_feats: int) -> str:
     return summary_var_key("q75", num_feats)
 
 
+# ``vindex-hub info --json`` / ``Vindex.info()``: each layer's var{K} quartiles under names that do
+# not change with K (scripts comparing vindexes of different K read the same keys), and K itself.
+INFO_VAR_K = "var_k"
+INFO_MEDIAN_VAR = "median_var"
+INFO_Q25_VAR = "q25_var"
+INFO_Q75_VAR = "q75_var"
+
+
 def router_topk_key(k: int) -> str:
     return f"top{k}_energy"
