@@ -118,7 +118,7 @@ def _local_checkpoint(small_vindex: SmallVindex, tmp_path: Path, **config_extra)
 
 
 def test_a_local_build_links_the_model_its_config_names_and_inherits_its_license(
-    small_vindex: SmallVindex, tmp_path: Path
+    small_vindex: SmallVindex, tmp_path: Path, capsys
 ):
     ckpt = _local_checkpoint(small_vindex, tmp_path, _name_or_path="deepseek-ai/DeepSeek-V4-Flash")
     (ckpt / filenames.CARD_FILE).write_text("---\nlicense: apache-2.0\n---\n# the model\n")
@@ -140,6 +140,10 @@ def test_a_local_build_links_the_model_its_config_names_and_inherits_its_license
     data = DatasetCard(card).data
     assert (data.base_model, data.license) == ("deepseek-ai/DeepSeek-V4-Flash", "apache-2.0")
     assert str(tmp_path) not in card
+    assert main(["info", str(out)]) == 0
+    assert "my-ckpt (deepseek_v4), a local copy of deepseek-ai/DeepSeek-V4-Flash" in (
+        capsys.readouterr().out
+    )
 
 
 def test_a_local_build_that_names_no_model_says_so(small_vindex: SmallVindex, tmp_path: Path):

@@ -39,7 +39,7 @@ CARD_OPTIONS = CardOptions(
     extra_tags=("deepseek",),
 )
 
-# The seed card's usage snippet, verbatim (shared/seed/deepseek-v4-flash-vindex.card.md).
+# The seed card's usage snippet, verbatim (tests/data/deepseek-v4-flash-vindex.card.md).
 SEED_SNIPPET = """import numpy as np
 
 # Memory-map the binary

@@ -186,6 +186,11 @@ def _render_info(info: dict) -> str:
     lines = [
         f"{info['location']}",  # a repo's location is repo@commit already
         f"  model      {source.get('repo_id') or source.get('name') or source.get('path')} ({info['model_type']})"
+        + (
+            f", a local copy of {source['model_id']}"
+            if source.get("model_id") and not source.get("repo_id")
+            else ""
+        )
         + (f" @ {source['revision']}" if source.get("revision") else ""),
         f"  shape      {info['num_layers']} layers x {info['num_experts']} experts x {k} feats x "
         f"{info['hidden_size']} hidden, float32",

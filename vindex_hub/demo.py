@@ -8,7 +8,7 @@ what one layer costs), ``datasets.load_dataset(repo_id, "gate_vectors", split=..
 ``huggingface_hub.snapshot_download``. Nothing leaves the machine; no account is needed.
 
 Why the Hub client steps run in a child process: ``huggingface_hub`` and ``datasets`` read
-``HF_ENDPOINT`` and friends once, at import (``reference/hub-protocol.md``), and building or
+``HF_ENDPOINT`` and friends once, at import (``docs/hub-server.md``), and building or
 verifying a vindex imports them already (the card). Patching their constants afterwards misses
 copies made at import time, so the client steps run in ``python -m vindex_hub.demo`` with the
 local server's ``client_environment`` in its environment: correct whether ``run_demo`` is called

@@ -8,7 +8,7 @@ from __future__ import annotations
 FROBENIUS_NORM = "frobenius_norm"
 SINGULAR_VALUES = "singular_values"
 
-# Router statistics: the k of the top-k energy fractions (DESIGN.md, Statistics).
+# Router statistics: the k of the top-k energy fractions (docs/format.md, Statistics).
 ROUTER_TOPK = (1, 8, 16, 32, 64)
 ROUTER_EFFECTIVE_RANK = "effective_rank"
 ROUTER_STABLE_RANK = "stable_rank"
