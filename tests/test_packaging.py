@@ -110,11 +110,13 @@ def test_the_wheel_installs_and_runs_in_a_fresh_environment(wheel: Path, tmp_pat
         str(wheel),
         timeout=900,
     )
-    version = _run(str(venv / "bin" / "vindex-hub"), "--version").strip()
+    version = _run(str(venv / "bin" / "vindex-hub"), "--version", cwd=tmp_path).strip()
     from vindex_hub import __version__
 
     assert version == f"vindex-hub {__version__}"
-    where = _run(str(python), "-c", "import vindex_hub; print(vindex_hub.__file__)").strip()
+    where = _run(  # from a folder without the repository's copy on sys.path
+        str(python), "-c", "import vindex_hub; print(vindex_hub.__file__)", cwd=tmp_path
+    ).strip()
     assert where.startswith(str(venv)), where  # the installed copy, not the repository's
     out = _run(str(venv / "bin" / "vindex-hub"), "demo", cwd=tmp_path, timeout=600)
     assert "verify         binary, sidecar, mirror and card agree" in out
