@@ -179,3 +179,26 @@ def test_the_cli_gives_the_citation_a_year(vindex_copy: Path, monkeypatch: pytes
     assert "  year = {2026}," in card and "  author = {Jane Doe}," in card
     assert main(["convert", str(vindex_copy), "--year", "2031"]) == 0
     assert "  year = {2031}," in _card(vindex_copy)
+
+
+def test_a_hub_build_inherits_the_model_cards_license(
+    local_hub, small_vindex: SmallVindex, hub_repo_id: str, tmp_path: Path
+):
+    from huggingface_hub import HfApi
+
+    ckpt = Path(shutil.copytree(small_vindex.checkpoint, tmp_path / "upload"))
+    (ckpt / filenames.CARD_FILE).write_text("---\nlicense: apache-2.0\n---\n# a model\n")
+    api = HfApi()
+    api.create_repo(hub_repo_id, repo_type="model")
+    api.upload_folder(folder_path=ckpt, repo_id=hub_repo_id, repo_type="model")
+    out = build_vindex(
+        hub_repo_id, tmp_path / "v", num_feats=NUM_FEATS, device="cpu", progress=False, layers="1"
+    ).out
+    index = _index(out)
+    assert (index.source.repo_id, index.source.license) == (hub_repo_id, "apache-2.0")
+    assert index.source.model_id is None  # a Hub build names its repo_id already
+    card = _card(out)
+    assert (
+        f"- **Source model**: [`{hub_repo_id}`](https://huggingface.co/{hub_repo_id}) at " in card
+    )
+    assert DatasetCard(card).data.license == "apache-2.0"
