@@ -57,11 +57,12 @@ fi
 # torch is named in the same pip command (one resolution, one install), pinned to the CPU build.
 TORCH=()
 "$VENV/bin/python" -c 'import torch' 2>/dev/null || TORCH=("torch==2.13.0")
-step "installing vindex-hub${EXTRAS:+ with the extras $EXTRAS} (editable)${TORCH:+, torch 2.13.0 (CPU build; ~200 MB unless a local wheel is found)} and their dependencies"
+step "installing vindex-hub${EXTRAS:+ with the extras $EXTRAS} (editable)${TORCH[0]:+, torch 2.13.0 (CPU build; ~200 MB unless a local wheel is found)} and their dependencies"
 # pip's own lines that show progress (what it fetches, builds, installs); the rest goes to a log.
 LOG="$VENV/.vindex-hub-setup.log"
 set +e
-"${PIP[@]}" "${PIP_OPTS[@]}" "${WITH_PIP[@]}" "${TORCH[@]}" -e ".$EXTRAS" 2>&1 | tee "$LOG" \
+# ${A[@]+"${A[@]}"}: an empty array under `set -u` in bash before 4.4 (macOS's /bin/bash).
+"${PIP[@]}" "${PIP_OPTS[@]}" ${WITH_PIP[@]+"${WITH_PIP[@]}"} ${TORCH[@]+"${TORCH[@]}"} -e ".$EXTRAS" 2>&1 | tee "$LOG" \
   | grep -E --line-buffered '^(Collecting|Building|Installing|Successfully|ERROR)'
 status=${PIPESTATUS[0]}
 set -e
