@@ -134,10 +134,11 @@ def test_pull_and_info_of_a_hub_repo(
     ]
     verified = vindex_hub("verify", hub_repo_id)
     assert verified.returncode == 0, verified.stderr
-    assert verified.stderr.strip() == (
-        f"vindex-hub verify: downloading dataset repo {hub_repo_id}@main: {len(tree)} files, "
+    assert verified.stdout.splitlines()[0] == (
+        f"downloading dataset repo {hub_repo_id}@main: {len(tree)} files, "
         f"{format_size(sum(e.size for e in tree))} (files already in the Hub cache are not fetched again)"
     )
+    assert json.loads(vindex_hub("verify", hub_repo_id, "--json").stdout)["ok"] is True
 
 
 def test_card_fields_come_from_options_and_a_config_file(small_vindex: SmallVindex, tmp_path: Path):

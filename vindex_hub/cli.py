@@ -143,8 +143,9 @@ def cmd_verify(args: argparse.Namespace) -> Outcome:
             args.path,
             revision=args.revision,
             repo_type=args.repo_type,
-            # stderr: stdout holds the report (or its JSON) alone
-            announce=lambda line: print(f"vindex-hub verify: {line}", file=sys.stderr),
+            # Before the report, on stdout (stderr holds an error's one line); not with --json,
+            # whose stdout is the JSON alone.
+            announce=None if args.json else lambda line: print(line, flush=True),
         )
     )
     return Outcome(report.render(), report.to_json(), 0 if report.ok else 1)
