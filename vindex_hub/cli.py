@@ -537,7 +537,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workdir", default=None, help="where to put the demo's files (default: a temp folder)"
     )
-    p.add_argument("--keep", action="store_true", help="keep the demo's files")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the demo's files: a small checkpoint to build from, its vindex and the local "
+        "Hub's repos (without it they are deleted at the end)",
+    )
 
     p = command(
         "local-hub", cmd_local_hub, "run the bundled Hub-protocol server (for tests and the demo)"
