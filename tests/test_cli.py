@@ -217,6 +217,8 @@ def test_build_help_documents_every_browse_and_engine_option():
     assert "0 (the default) writes no labels" in text
     assert "--engine {local,ray}" in text and "(default: local)" in text
     assert "--author-kind {org,user,name}" in text
+    demo = " ".join(vindex_hub("demo", "--help").stdout.split())
+    assert "a small checkpoint to build from" in demo and "deleted at the end" in demo
 
 
 def test_render_features_escapes_once_and_shows_padding_rows_unquoted():
