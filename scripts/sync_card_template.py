@@ -1,6 +1,6 @@
-"""Copy the packaged card template to dataset_card/ (the folder the design names for readers of the
-repository). The packaged copy, vindex_hub/writers/templates/, is the one that is rendered; a test
-checks the two are the same."""
+"""Copy the packaged card template to dataset_card/ (the copy for readers of the repository).
+The packaged copy, vindex_hub/writers/templates/, is the one that is rendered; a test checks the
+two are the same."""
 
 import shutil
 from pathlib import Path

@@ -5,7 +5,7 @@ Each :class:`Case` is one family and layout: ``make_checkpoint`` builds the mode
 reference read from the model's *in-memory* parameters, the rows its forward pass uses as the
 gate (``gate, up = chunk(2)`` of ``x @ gate_up_proj^T``; gpt-oss ``gate_up[..., ::2]``; Llama-4
 ``chunk`` of ``x @ gate_up_proj``), independent of our readers. The quantized cases then
-rewrite the saved file with those weights quantized per ``shared/reference/moe-families.md``
+rewrite the saved file with those weights quantized as the families store them (``docs/families.md``)
 (FP8 E4M3 with F32 ``weight_scale_inv`` blocks; MXFP4 ``_blocks`` + ``_scales``), and their
 reference is transformers' own dequantization of the bytes written.
 """

@@ -46,7 +46,7 @@ def test_front_matter_parses_and_round_trips(small_vindex: SmallVindex):
     front = yaml.safe_load(text.split("---\n")[1])
     card = DatasetCard(text)
     assert DatasetCardData(**card.data.to_dict()).to_yaml() == card.data.to_yaml()
-    assert front["license"] == "mit"
+    assert front["license"] == "unknown"  # the synthetic checkpoint has no card to inherit from
     assert "base_model" not in front  # built from a local folder: no Hub model to name
     assert front["tags"][:4] == ["vindex", "moe", "sparse-routing", "mechanistic-interpretability"]
     assert "deepseek" in front["tags"]
@@ -129,7 +129,10 @@ def test_a_hub_source_gives_base_model_and_revision(vindex_copy: Path):
     text = _card(vindex_copy)
     assert DatasetCard(text).data.base_model == "deepseek-ai/DeepSeek-V4-Flash"
     assert (
-        "- **Source model**: `deepseek-ai/DeepSeek-V4-Flash` at revision `" + "a" * 40 + "`" in text
+        "- **Source model**: [`deepseek-ai/DeepSeek-V4-Flash`]"
+        "(https://huggingface.co/deepseek-ai/DeepSeek-V4-Flash) at revision `"
+        + "a" * 40 + "`"
+        in text
     )
     assert "# deepseek-v4-flash-vindex\n" in text  # the seed's title, derived from the model
 

@@ -13,6 +13,7 @@ import pytest
 from vindex_hub.cli import main, parser
 from vindex_hub.compat import subcommands
 from vindex_hub.format import filenames, sidecar
+from vindex_hub.format.layout import format_size
 
 from vindex_fixtures import NUM_FEATS, SmallVindex
 
@@ -78,7 +79,9 @@ def test_verify_exits_non_zero_and_names_the_damaged_layer(
             2,
             "not a checkpoint folder",
         ),  # a bad argument (issue 13)
-        (["info", "{tmp}/not/a/repo/id"], 2, "neither an existing folder nor a Hub repo id"),
+        (["info", "{tmp}/not/a/repo/id"], 2, "/not/a/repo/id: no such folder"),
+        (["info", "./does-not-exist"], 2, "./does-not-exist: no such folder"),
+        (["verify", "~/does-not-exist"], 2, "~/does-not-exist: no such folder"),
     ],
 )
 def test_bad_arguments_are_one_line_with_the_right_status(
@@ -102,6 +105,7 @@ def test_pull_and_info_of_a_hub_repo(
     small_vindex: SmallVindex, local_hub, hub_repo_id: str, tmp_path: Path
 ):
     from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
 
     api = HfApi()
     api.create_repo(hub_repo_id, repo_type="dataset")
@@ -115,7 +119,30 @@ def test_pull_and_info_of_a_hub_repo(
     assert pulled.returncode == 0, pulled.stderr
     index = sidecar.VindexIndex.loads((tmp_path / "one" / filenames.SIDECAR_JSON).read_text())
     assert index.layer_ids == [1]
-    assert vindex_hub("verify", hub_repo_id).returncode == 0
+    # pull says what arrived: the commit it was read at, and the folder's size.
+    commit = HfApi().repo_info(hub_repo_id, repo_type="dataset").sha
+    one = tmp_path / "one"
+    size = sum(  # the vindex's files; not pull's hidden marker
+        f.stat().st_size
+        for f in one.rglob("*")
+        if f.is_file() and not f.relative_to(one).parts[0].startswith(".")
+    )
+    assert pulled.stdout.strip() == (
+        f"pulled {hub_repo_id} at commit {commit} into {one}: {format_size(size)}"
+    )
+    # verify of a repo downloads it, and says first how much that is.
+    tree = [
+        e
+        for e in api.list_repo_tree(hub_repo_id, repo_type="dataset", recursive=True)
+        if isinstance(e, RepoFile)
+    ]
+    verified = vindex_hub("verify", hub_repo_id)
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout.splitlines()[0] == (
+        f"downloading dataset repo {hub_repo_id}@main: {len(tree)} files, "
+        f"{format_size(sum(e.size for e in tree))} (files already in the Hub cache are not fetched again)"
+    )
+    assert json.loads(vindex_hub("verify", hub_repo_id, "--json").stdout)["ok"] is True
 
 
 @pytest.mark.slow
@@ -144,3 +171,67 @@ def test_card_fields_come_from_options_and_a_config_file(small_vindex: SmallVind
     assert "@misc{example_vindex" in card.text
     assert "example/tiny-vindex" in card.text
     assert vindex_hub("verify", str(folder)).returncode == 0
+
+
+# ---- messages a new user meets ---------------------------------------------------------------------
+def test_verify_on_a_checkpoint_says_it_is_one_and_what_to_run(
+    small_vindex: SmallVindex, tmp_path: Path
+):
+    result = vindex_hub("verify", str(small_vindex.checkpoint))
+    assert result.returncode == 1
+    assert (
+        f"FAIL  {small_vindex.checkpoint} is a model checkpoint, not a vindex (no " in result.stdout
+    )
+    assert f"build one with: vindex-hub build {small_vindex.checkpoint} -o OUT" in result.stdout
+    assert "Errno" not in result.stdout and "FileNotFoundError" not in result.stdout
+    (tmp_path / "empty").mkdir()
+    result = vindex_hub("verify", str(tmp_path / "empty"))
+    assert result.returncode == 1 and "has no gate_vectors_index.json: not a vindex folder" in (
+        result.stdout
+    )
+
+
+@pytest.mark.parametrize(
+    "command,resumes", [("build", True), ("pull", True), ("push", True), ("info", False)]
+)
+def test_the_interrupted_message_says_when_rerunning_resumes(
+    command: str, resumes: bool, monkeypatch: pytest.MonkeyPatch, capsys
+):
+    import vindex_hub.cli as cli
+
+    def interrupt(args):
+        raise KeyboardInterrupt
+
+    argv = {
+        "build": ["build", "ckpt", "-o", "out"],
+        "pull": ["pull", "ns/name"],
+        "push": ["push", "folder", "ns/name"],
+        "info": ["info", "folder"],
+    }[command]
+    monkeypatch.setattr(cli, f"cmd_{command}", interrupt)
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"vindex-hub {command}: interrupted")
+    assert ("run the same command again to resume where it stopped" in err) == resumes
+
+
+def test_build_help_documents_every_browse_and_engine_option():
+    text = " ".join(vindex_hub("build", "--help").stdout.split())  # argparse wraps lines
+    assert "--embeddings-dtype {f16,f32}" in text
+    assert "element type of LarQL's embeddings.bin" in text and "(default: f16)" in text
+    assert "0 (the default) writes no labels" in text
+    assert "--engine {local,ray}" in text and "(default: local)" in text
+    assert "--author-kind {org,user,name}" in text
+    demo = " ".join(vindex_hub("demo", "--help").stdout.split())
+    assert "a small checkpoint to build from" in demo and "deleted at the end" in demo
+
+
+def test_render_features_escapes_once_and_shows_padding_rows_unquoted():
+    from vindex_hub.cli import _render_features
+
+    out = _render_features(
+        [2, 3], [[("\\x07", 5, 0.5), ("<id 451>", 451, -0.25), (" the", 9, 0.125)]]
+    )
+    assert '"\\x07" +0.500' in out  # the label's one backslash, not repr's two
+    assert "\\\\" not in out
+    assert " <id 451> -0.250 " in out and '" the" +0.125' in out

@@ -527,7 +527,12 @@ def test_every_command_renders_json(repo: str, small_vindex: SmallVindex, tmp_pa
             HF_HUB_CACHE=str(tmp_path / "hub"),
         ).stdout
     )
-    assert pulled == {"folder": str(tmp_path / "one")}
+    assert pulled["folder"] == str(tmp_path / "one") and len(pulled["commit"]) == 40
+    assert pulled["bytes"] == sum(
+        f.stat().st_size
+        for f in (tmp_path / "one").rglob("*")
+        if f.is_file() and not any(p.startswith(".") for p in f.relative_to(tmp_path / "one").parts)
+    )
 
 
 @pytest.mark.slow

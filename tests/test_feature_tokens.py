@@ -12,7 +12,7 @@ import pytest
 
 from vindex_hub.arch import deepseek_v4 as ds
 from vindex_hub.builder import build_vindex
-from vindex_hub.cli import main
+from vindex_hub.cli import _render_token, main
 from vindex_hub.convert import convert_vindex
 from vindex_hub.errors import CheckpointError, VindexFormatError
 from vindex_hub.format import filenames, larql, mirror, sidecar
@@ -139,7 +139,9 @@ def test_loader_cli_card_and_verify_see_the_labels(browse_build, capsys):
     assert features[1] == list(zip(row["tokens"], row["token_ids"], row["scores"]))
     assert main(["info", str(folder), "--features", "2", "3"]) == 0
     out = capsys.readouterr().out
-    assert "layer 2, expert 3" in out and repr(row["tokens"][0]) in out
+    first_label = _render_token(row["tokens"][0], row["token_ids"][0])
+    assert "layer 2, expert 3" in out and f"{first_label} {row['scores'][0]:+.3f}" in out
+    assert "\\\\" not in out  # escapes are printed once (\x07), never doubled (\\x07)
     card = (folder / filenames.CARD_FILE).read_text()
     assert "## Feature tokens" in card and "not a causal claim" in card
     assert f"config_name: {mirror.CONFIG_FEATURE_TOKENS}" in card

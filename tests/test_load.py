@@ -200,7 +200,9 @@ def test_local_views_are_zero_copy_and_read_only(vindex_folder):
         np.testing.assert_array_equal(vx.expert(1, 2), blocks[1][2])
         with pytest.raises(UsageError, match="expert 4 out of range"):
             vx.expert(1, 4)
-        with pytest.raises(VindexFormatError, match="layer 7 is not in this vindex"):
+        with pytest.raises(
+            UsageError, match=r"layer 7 is not in this vindex: it holds 3 layer\(s\), 0-2$"
+        ):
             vx.layer(7)
     with pytest.raises(UsageError, match="closed"):
         vx.layer(0)
@@ -223,6 +225,15 @@ def test_stats_card_and_info(local_hub, vindex_folder, repo, cache):
             2,
         ]
         assert info["layers"][1]["sha256"] == local.index.layer(1).sha256
+        # The statistic keys do not change with K; K is its own field.
+        assert info[statistics.INFO_VAR_K] == K
+        row, entry = info["layers"][1], local.index.layer(1)
+        assert (row["median_var"], row["q25_var"], row["q75_var"]) == (
+            entry.median_var,
+            entry.q25_var,
+            entry.q75_var,
+        )
+        assert not any(key.endswith(f"var{K}") for key in row)
 
 
 # ---- lazy mode: exact bytes, persistent cache -----------------------------------------------------
@@ -540,8 +551,10 @@ def test_missing_repo_revision_file(local_hub, vindex_folder, tmp_path, cache):
         RemoteNotFoundError, match=f"gate_vectors.bin in dataset repo {repo2}.*no such file"
     ):
         Vindex.open(repo2, cache_dir=cache)
-    with pytest.raises(UsageError, match="neither an existing folder"):
+    with pytest.raises(UsageError, match="folder: no such folder"):
         Vindex.open(str(tmp_path / "no" / "such" / "folder"))
+    with pytest.raises(UsageError, match=r"^\./no-such-vindex: no such folder"):
+        Vindex.open("./no-such-vindex")  # one slash, yet a path: not read as repo "."
 
 
 # ---- faults: retries, resume, servers that ignore Range -------------------------------------------

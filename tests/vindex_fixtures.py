@@ -32,10 +32,14 @@ from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 REPO_ROOT = Path(__file__).resolve().parents[1]
 NUM_LAYERS, NUM_EXPERTS, HIDDEN, INTER, NUM_FEATS = 3, 4, 64, 32, 8
 CARD_OPTIONS = CardOptions(
-    author="Divinci-AI", repo_id="Divinci-AI/tiny-v4-vindex", year=2026, extra_tags=("deepseek",)
+    author="Divinci-AI",
+    author_kind="org",
+    repo_id="Divinci-AI/tiny-v4-vindex",
+    year=2026,
+    extra_tags=("deepseek",),
 )
 
-# The seed card's usage snippet, verbatim (shared/seed/deepseek-v4-flash-vindex.card.md).
+# The seed card's usage snippet, verbatim (tests/data/deepseek-v4-flash-vindex.card.md).
 SEED_SNIPPET = """import numpy as np
 
 # Memory-map the binary

@@ -35,7 +35,7 @@ class Outcome:
 
 
 def _card_options(args: argparse.Namespace):
-    from .format.card_data import CardOptions
+    from .format.card_data import CardOptions, default_year
 
     options = CardOptions.from_file(args.card_config) if args.card_config else CardOptions()
     citation = None
@@ -46,13 +46,18 @@ def _card_options(args: argparse.Namespace):
             raise UsageError(
                 f"--citation {args.citation}: cannot read it ({exc.strerror})"
             ) from None
-    return options.updated(
+    options = options.updated(
         license=args.license,
         author=args.author,
+        author_kind=args.author_kind,
+        year=args.year,
         repo_id=args.card_repo_id,
         citation=citation,
         extra_tags=args.tag or None,
     )
+    # A citation needs a year; the library writes none it is not given (its output stays
+    # deterministic), so the command line gives this one.
+    return options if options.year else options.updated(year=default_year())
 
 
 def _browse_options(args: argparse.Namespace):
@@ -127,7 +132,14 @@ def cmd_verify(args: argparse.Namespace) -> Outcome:
     from .verify import verify_vindex
 
     report = verify_vindex(
-        local_folder(args.path, revision=args.revision, repo_type=args.repo_type)
+        local_folder(
+            args.path,
+            revision=args.revision,
+            repo_type=args.repo_type,
+            # Before the report, on stdout (stderr holds an error's one line); not with --json,
+            # whose stdout is the JSON alone.
+            announce=None if args.json else lambda line: print(line, flush=True),
+        )
     )
     return Outcome(report.render(), report.to_json(), 0 if report.ok else 1)
 
@@ -168,6 +180,11 @@ def _render_info(info: dict) -> str:
     lines = [
         f"{info['location']}",  # a repo's location is repo@commit already
         f"  model      {source.get('repo_id') or source.get('name') or source.get('path')} ({info['model_type']})"
+        + (
+            f", a local copy of {source['model_id']}"
+            if source.get("model_id") and not source.get("repo_id")
+            else ""
+        )
         + (f" @ {source['revision']}" if source.get("revision") else ""),
         f"  shape      {info['num_layers']} layers x {info['num_experts']} experts x {k} feats x "
         f"{info['hidden_size']} hidden, float32",
@@ -178,19 +195,30 @@ def _render_info(info: dict) -> str:
     ]
     for e in info["layers"]:
         lines.append(
-            f"  {e['layer']:>5}  {e['file_offset']:>14}  {e[statistics.median_var_key(k)]:>12.4f}  "
-            f"{e[statistics.q25_var_key(k)]:>8.4f}..{e[statistics.q75_var_key(k)]:<7.4f}  {e['sha256'][:16]}"
+            f"  {e['layer']:>5}  {e['file_offset']:>14}  {e[statistics.INFO_MEDIAN_VAR]:>12.4f}  "
+            f"{e[statistics.INFO_Q25_VAR]:>8.4f}..{e[statistics.INFO_Q75_VAR]:<7.4f}  {e['sha256'][:16]}"
         )
     return "\n".join(lines)
 
 
+def _render_token(text: str, token_id: int) -> str:
+    """A feature-token label as published: already escaped once (``\\x07``, ``\\n``), so quoted
+    as is, not through ``repr`` (which would escape the backslash again); an embedding row beyond
+    the tokenizer's vocabulary (padding) has no token and shows as ``<id N>``, unquoted."""
+    return text if text == f"<id {token_id}>" else f'"{text}"'
+
+
 def _render_features(where: Sequence[int], features: list) -> str:
     lines = [
-        f"layer {where[0]}, expert {where[1]}: top tokens by |cosine| with the input embedding"
+        f"layer {where[0]}, expert {where[1]}: top tokens by |cosine| with the input embedding "
+        "(<id N>: an embedding row past the tokenizer's vocabulary)"
     ]
     for feature, tokens in enumerate(features):
         lines.append(
-            f"  {feature:>4}  " + "  ".join(f"{text!r} {score:+.3f}" for text, _, score in tokens)
+            f"  {feature:>4}  "
+            + "  ".join(
+                f"{_render_token(text, token_id)} {score:+.3f}" for text, token_id, score in tokens
+            )
         )
     return "\n".join(lines)
 
@@ -206,7 +234,20 @@ def cmd_pull(args: argparse.Namespace) -> Outcome:
         revision=args.revision,
         repo_type=args.repo_type,
     )
-    return Outcome(str(path), {"folder": str(path)})
+    from .format.pull_marker import COMMIT, read_pull_marker
+
+    commit = read_pull_marker(path).get(COMMIT)
+    size = sum(
+        f.stat().st_size
+        for f in path.rglob("*")
+        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(path).parts)
+    )
+    return Outcome(
+        f"pulled {args.repo_id}"
+        + (f" at commit {commit}" if commit else "")
+        + f" into {path}: {format_size(size)}",
+        {"folder": str(path), "commit": commit, "bytes": size},
+    )
 
 
 def cmd_push(args: argparse.Namespace) -> Outcome:
@@ -249,16 +290,35 @@ def _add_revision(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _add_card_options(p: argparse.ArgumentParser) -> None:
-    from .format.card_data import CardOptions
+    from .format.card_data import AUTHOR_KINDS, UNKNOWN_LICENSE
 
     card = p.add_argument_group("dataset card")
     card.add_argument(
         "--card-config",
-        help="YAML file of card fields (license, author, repo_id, citation, "
+        help="YAML file of card fields (license, author, author_kind, repo_id, citation, "
         "extra_tags, pretty_name, year)",
     )
-    card.add_argument("--license", help=f"card license (default: {CardOptions().license})")
-    card.add_argument("--author", help="author or organisation named in the card")
+    card.add_argument(
+        "--license",
+        help="card license, a Hub license id (default: the source model's license, read from "
+        f"its card; '{UNKNOWN_LICENSE}' when it names none)",
+    )
+    card.add_argument(
+        "--author",
+        help="author named in the card: a person ('Jane Doe'), a Hub username or an organisation",
+    )
+    card.add_argument(
+        "--author-kind",
+        choices=AUTHOR_KINDS,
+        default=None,
+        help="org: 'by the [ORG](hub link) team'; user: a link to the Hub user; name: plain "
+        "text (default: a link when --author is a Hub name, else plain text)",
+    )
+    card.add_argument(
+        "--year",
+        default=None,
+        help="the citation's year (default: this year, or SOURCE_DATE_EPOCH's)",
+    )
     card.add_argument("--card-repo-id", help="the Hub repo the vindex will live in (for links)")
     card.add_argument("--citation", help="file holding a BibTeX entry for the card")
     card.add_argument("--tag", action="append", help="extra card tag (repeatable)")
@@ -275,7 +335,8 @@ def _add_browse_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=0,
         metavar="K",
-        help="label every gate vector with the K tokens of largest |cosine| (config feature_tokens)",
+        help="label every gate vector with the K tokens of largest |cosine| (config "
+        "feature_tokens); 0 (the default) writes no labels",
     )
     g.add_argument(
         "--larql-browse",
@@ -283,7 +344,11 @@ def _add_browse_options(p: argparse.ArgumentParser) -> None:
         help="write LarQL's embeddings.bin and tokenizer.json (implied by --feature-tokens)",
     )
     g.add_argument(
-        "--embeddings-dtype", choices=list(EMBEDDING_DTYPES), default=DEFAULT_EMBEDDING_DTYPE
+        "--embeddings-dtype",
+        choices=list(EMBEDDING_DTYPES),
+        default=DEFAULT_EMBEDDING_DTYPE,
+        help="element type of LarQL's embeddings.bin (f16 is half the size; f32 keeps the "
+        "checkpoint's values exactly when it stores more than 16 bits)",
     )
 
 
@@ -301,7 +366,13 @@ def _layer_help(default: str) -> str:
 
 def parser() -> argparse.ArgumentParser:
     # Light modules only (a test checks it): the builder's defaults, not the builder.
-    from .builder.defaults import DEFAULT_BATCH, DEFAULT_NUM_FEATS, DEFAULT_PREFETCH_LAYERS
+    from .builder.defaults import (
+        DEFAULT_BATCH,
+        DEFAULT_ENGINE,
+        DEFAULT_NUM_FEATS,
+        DEFAULT_PREFETCH_LAYERS,
+        ENGINES,
+    )
     from .format.pull_marker import DEFAULT_FORMAT, FORMATS
     from .numerics.routes import DEFAULT_DEVICE, DEVICES
 
@@ -370,11 +441,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--larql-router", action="store_true", help="also write LarQL's router_weights.bin"
     )
-    # Checked by build_vindex (importing the builder here would slow every command).
     p.add_argument(
         "--engine",
-        default=None,
-        help="where layers are decomposed: local (default) or ray (pip install 'vindex-hub[ray]')",
+        choices=ENGINES,
+        default=DEFAULT_ENGINE,
+        help="where layers are decomposed: this machine, or Ray tasks on a cluster (ray needs "
+        "the ray extra: pip install -e '.[ray]' from a clone)",
     )
     p.add_argument(
         "--ray-address",
@@ -464,7 +536,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workdir", default=None, help="where to put the demo's files (default: a temp folder)"
     )
-    p.add_argument("--keep", action="store_true", help="keep the demo's files")
+    p.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the demo's files: a small checkpoint to build from, its vindex and the local "
+        "Hub's repos (without it they are deleted at the end)",
+    )
 
     p = command(
         "local-hub", cmd_local_hub, "run the bundled Hub-protocol server (for tests and the demo)"
@@ -528,7 +605,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vindex-hub {args.command}: error: {in_flags(str(exc))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"vindex-hub {args.command}: interrupted", file=sys.stderr)
+        # These three keep what they finished: the same command picks up where it stopped.
+        again = (
+            "; run the same command again to resume where it stopped"
+            if args.command in ("build", "pull", "push")
+            else ""
+        )
+        print(f"vindex-hub {args.command}: interrupted{again}", file=sys.stderr)
         return 130
     print(render(outcome, as_json=args.json))
     return outcome.status

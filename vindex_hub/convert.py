@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .format.card_data import CardOptions
+from .format.card_data import CardOptions, read_card_data
 from .format.filenames import CARD_FILE
 from .format.seed import load_or_upgrade_index
 from .writers.browse import BrowseOptions
@@ -48,6 +48,7 @@ def convert_vindex(
     checkpoint folder or Hub model repo) gives it, and the inputs ``browse`` needs.
     """
     folder = Path(folder)
+    card_options = _keep_card_license(folder, card_options or CardOptions())
     index, upgraded = load_or_upgrade_index(folder)
     if browse is None or not browse.wanted:
         if source is None:
@@ -84,3 +85,11 @@ def convert_vindex(
         ).paths
     finally:
         src.close()
+
+
+def _keep_card_license(folder: Path, options: CardOptions) -> CardOptions:
+    """Without ``--license``, a rewritten card keeps the license the folder's card already has."""
+    if options.license or not (folder / CARD_FILE).is_file():
+        return options
+    license = read_card_data(folder / CARD_FILE).get("license")
+    return options.updated(license=license) if isinstance(license, str) else options

@@ -8,7 +8,7 @@ what one layer costs), ``datasets.load_dataset(repo_id, "gate_vectors", split=..
 ``huggingface_hub.snapshot_download``. Nothing leaves the machine; no account is needed.
 
 Why the Hub client steps run in a child process: ``huggingface_hub`` and ``datasets`` read
-``HF_ENDPOINT`` and friends once, at import (``reference/hub-protocol.md``), and building or
+``HF_ENDPOINT`` and friends once, at import (``docs/hub-server.md``), and building or
 verifying a vindex imports them already (the card). Patching their constants afterwards misses
 copies made at import time, so the client steps run in ``python -m vindex_hub.demo`` with the
 local server's ``client_environment`` in its environment: correct whether ``run_demo`` is called
@@ -114,7 +114,7 @@ def run_demo(
     repo up to date).
     """
     from .builder import build_vindex
-    from .format.card_data import CardOptions
+    from .format.card_data import CardOptions, default_year
     from .hubserver import LocalHub
     from .testing.synth import make_deepseek_v4_checkpoint
     from .verify import verify_vindex
@@ -132,8 +132,13 @@ def run_demo(
             work / "vindex",
             num_feats=NUM_FEATS,
             device="cpu",
+            # 32 small experts: starting worker processes (each imports numpy, scipy, torch) costs
+            # more than they save; a real build uses every core.
+            workers=1,
             progress=False,
-            card_options=CardOptions(repo_id=DEMO_REPO_ID, author="vindex-hub demo"),
+            card_options=CardOptions(
+                repo_id=DEMO_REPO_ID, author="vindex-hub demo", year=default_year()
+            ),
         )
         timings["build"] = time.monotonic() - start
 

@@ -142,13 +142,32 @@ def verify_vindex(folder: str | Path) -> VerifyReport:
 
 
 # ---- sidecar and binary ------------------------------------------------------------------------
-def _check_index(c: _Checker) -> sidecar.VindexIndex:
+def _check_index(c: _Checker) -> sidecar.VindexIndex | None:
     path = c.folder / filenames.SIDECAR_JSON
+    if not path.exists():
+        c.problem(_not_a_vindex(c.folder))
+        return None
     index = sidecar.VindexIndex.loads(path.read_text(encoding="utf-8"), where=str(path))
     c.passed(
         f"{filenames.SIDECAR_JSON}: parses (format {index.format_version}, {len(index.layers)} layers)"
     )
     return index
+
+
+def _not_a_vindex(folder: Path) -> str:
+    """Why a folder without a sidecar is not a vindex, and what to run instead."""
+    what = f"{folder} has no {filenames.SIDECAR_JSON}"
+    if (folder / "config.json").is_file() or any(folder.glob("*.safetensors")):
+        return (
+            f"{folder} is a model checkpoint, not a vindex (no {filenames.SIDECAR_JSON}); "
+            f"build one with: vindex-hub build {folder} -o OUT"
+        )
+    if (folder / filenames.BUILD_STATE_DIR).is_dir():
+        return (
+            f"{what}: an unfinished build ({filenames.BUILD_STATE_DIR}/); "
+            "run the same vindex-hub build command again to finish it"
+        )
+    return f"{what}: not a vindex folder"
 
 
 def _check_layout(c: _Checker, index: sidecar.VindexIndex) -> bool:

@@ -1,6 +1,6 @@
 """DeepSeek-V4 (``model_type: deepseek_v4``; DeepSeek-V4-Flash and Flash-Base).
 
-DeepSeek's own layout (``/work/shared/reference/deepseek-v4-checkpoint.md``): no ``model.``
+DeepSeek's own layout (``docs/families.md``): no ``model.``
 prefix, ``ffn.experts.{E}.w1`` is the routed expert's gate_proj, one tensor per expert.
 Routed experts are packed FP4 E2M1 (``I8``, two a byte) with per-32 ``F8_E8M0`` scales, or
 ``F8_E4M3`` with ``F32`` 128x128 block scales when ``expert_dtype`` is ``"fp8"`` (Flash-Base);

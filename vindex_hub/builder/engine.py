@@ -61,13 +61,6 @@ MAX_WORKER_DEATHS_PER_LAYER = 3
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-# Where a build's layers are decomposed: this machine, or a Ray cluster (``ray_engine``).
-# "local": this machine, in one process (SerialEngine) or worker processes (ProcessEngine), as
-# make_engine picks; "ray": a Ray cluster (ray_engine.RayEngine).
-ENGINES = ("local", "ray")
-DEFAULT_ENGINE = ENGINES[0]
-
-
 class Engine(Protocol):
     def run(
         self,

@@ -29,8 +29,14 @@ from ..writers.browse import BrowseInputs, BrowseOptions
 from ..writers.derived import write_derived_files
 from ..writers.phases import routed_summary
 from .browse import check_browse_inputs, read_browse_inputs
-from .defaults import DEFAULT_BATCH, DEFAULT_NUM_FEATS, DEFAULT_PREFETCH_LAYERS
-from .engine import DEFAULT_ENGINE, ENGINES, Engine, make_engine
+from .defaults import (
+    DEFAULT_BATCH,
+    DEFAULT_ENGINE,
+    DEFAULT_NUM_FEATS,
+    DEFAULT_PREFETCH_LAYERS,
+    ENGINES,
+)
+from .engine import Engine, make_engine
 from .plan import BuildPlan, claim_output, make_plan, open_source
 
 

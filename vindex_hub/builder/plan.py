@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,36 @@ def open_source(
     from ..source.hub import HubCheckpoint
 
     return HubCheckpoint(text, revision=revision, token=token)
+
+
+# A Hub model id as configs and cache folders spell it: ``namespace/name``, the Hub's characters.
+_MODEL_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+# huggingface_hub's cache folder for a model repo: .../models--<ns>--<name>/snapshots/<commit>
+_CACHE_SNAPSHOT = re.compile(r"models--([^/\\]+?)--([^/\\]+)[/\\]snapshots[/\\][0-9a-f]{40}$")
+
+
+def local_model_id(src: CheckpointSource) -> str | None:
+    """The Hub model a local checkpoint is a copy of, when it says so: ``_name_or_path`` in its
+    config.json (written by older transformers), else the Hub cache folder it sits in."""
+    named = src.config.get("_name_or_path")
+    if isinstance(named, str) and _MODEL_ID.fullmatch(named) and ".." not in named:
+        return named
+    cached = _CACHE_SNAPSHOT.search(str(Path(src.path).resolve())) if src.path else None
+    return f"{cached.group(1)}/{cached.group(2)}" if cached else None
+
+
+def source_license(src: CheckpointSource) -> str | None:
+    """The ``license`` of the source model's card (its README.md front matter), when it has one."""
+    from ..errors import CheckpointError, VindexError
+    from ..format.card_data import read_card_data
+
+    try:
+        value = read_card_data(src.file(filenames.CARD_FILE)).get("license")
+    except CheckpointError:  # no card
+        return None
+    except VindexError:  # a card whose front matter does not parse: no license to inherit
+        return None
+    return value if isinstance(value, str) and value.strip() else None
 
 
 def default_workers() -> int:
@@ -133,10 +164,12 @@ def make_plan(
             num_hidden_layers=arch.num_hidden_layers,
             moe=arch.moe_config(),
         ),
-        source=(
+        source=dataclasses.replace(
             sidecar.SourceInfo(repo_id=src.repo_id, revision=src.revision)
             if src.repo_id
-            else sidecar.SourceInfo.local(src.path or src.describe(), src.content_fingerprint())
+            else sidecar.SourceInfo.local(src.path or src.describe(), src.content_fingerprint()),
+            model_id=None if src.repo_id else local_model_id(src),
+            license=source_license(src),
         ),
         builder=sidecar.BuilderInfo(
             name=BUILDER_NAME,

@@ -47,7 +47,7 @@ from .decompose import (
 from .engine import error_from
 from .plan import BuildPlan, config_sha256
 
-INSTALL_HINT = "pip install 'vindex-hub[ray]'"
+INSTALL_HINT = "pip install -e '.[ray]' in a clone of vindex-hub"
 # Ray retries a task this many times when its worker process or node dies.
 DEFAULT_MAX_RETRIES = 3
 # The client settings a worker must share with the driver to reach the same Hub.

@@ -18,8 +18,8 @@ imports none of them: a key is spelled in one module of it.
 ``pull_marker``    the marker ``pull`` leaves in a folder it made (repo, commit, format, layers)
 =================  ===========================================================================
 
-The format, in prose
-====================
+The format, in prose (``docs/format.md`` has every file, field by field)
+======================================================================
 
 A vindex is a folder::
 
@@ -56,7 +56,9 @@ The sidecar ``gate_vectors_index.json``::
                           num_experts_per_tok, hidden_size, moe_intermediate_size}}
     source               {repo_id, revision} for a Hub checkpoint (revision: its commit sha), or
                          {name, fingerprint} for a local one (the folder's name, never its path;
-                         older sidecars' ``path`` is still read)
+                         older sidecars' ``path`` is still read); when known, ``model_id`` (the
+                         Hub model a local checkpoint's config names) and ``license`` (the source
+                         model card's)
     builder              {name, version, method, sign_rule, svd_route, blas_threads, workers}
     layers               {"L": {file_offset, shape, nbytes, sha256,
                                 median_var{K}, q25_var{K}, q75_var{K}}}

@@ -11,6 +11,9 @@ spelled here; the text is rendered by ``writers.card``.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,14 +37,24 @@ SPLIT_NAME = "name"
 NUM_EXAMPLES = "num_examples"
 NUM_BYTES = "num_bytes"
 BASE_MODEL = "base_model"
+HUB_URL = "https://huggingface.co"
+# The Hub's license identifier for "not known" (one of the ids its metadata accepts).
+UNKNOWN_LICENSE = "unknown"
+AUTHOR_KINDS = ("org", "user", "name")
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
 
 
 @dataclass(frozen=True)
 class CardOptions:
     """Card fields the user sets. In a file, the keys are these field names."""
 
-    license: str = "mit"
-    author: str | None = None  # person or organisation, e.g. "Divinci-AI"
+    # None: the source model's license (from its card), else "unknown" (see ``card_license``).
+    license: str | None = None
+    author: str | None = None  # a person ("Jane Doe"), a Hub user or an organisation ("Divinci-AI")
+    # How the card names the author: "org" (a Hub organisation: "the [X](...) team"), "user" (a
+    # Hub username: a link), "name" (plain text). None: a link when ``author`` is a Hub name,
+    # plain text otherwise (a name with spaces is never a link).
+    author_kind: str | None = None
     repo_id: str | None = (
         None  # where the vindex will live, for links: "Divinci-AI/deepseek-v4-flash-vindex"
     )
@@ -85,7 +98,42 @@ class CardOptions:
             )
         if "year" in changes:
             changes["year"] = _year(changes["year"], where)
+        if changes.get("author_kind") not in (None, *AUTHOR_KINDS):
+            raise UsageError(
+                f"{where}: author_kind is {changes['author_kind']!r}; expected one of {AUTHOR_KINDS}"
+            )
         return dataclasses.replace(self, **changes)
+
+
+def default_year() -> int:
+    """This year (UTC), or that of ``SOURCE_DATE_EPOCH`` when set (reproducible builds): the
+    citation year the CLI puts on a card when none is given."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    return time.gmtime(int(epoch) if epoch.isdecimal() else None).tm_year
+
+
+def is_hub_name(name: str) -> bool:
+    """Whether ``name`` can be a Hub user or organisation name (so a link to it can resolve)."""
+    return bool(_HUB_NAME.fullmatch(name)) and "--" not in name and ".." not in name
+
+
+def author_markdown(options: CardOptions) -> str | None:
+    """How the card's first line names the author: ``the [Org](https://huggingface.co/Org) team``,
+    ``[user](https://huggingface.co/user)``, or the plain name; None without an author."""
+    author = (options.author or "").strip()
+    if not author:
+        return None
+    kind = options.author_kind or ("user" if is_hub_name(author) else "name")
+    if kind == "name" or not is_hub_name(author):
+        return author
+    link = f"[{author}]({HUB_URL}/{author})"
+    return f"the {link} team" if kind == "org" else link
+
+
+def card_license(index: sidecar.VindexIndex, options: CardOptions) -> str:
+    """The card's license: the one chosen, else the source model's, else ``unknown`` (a vindex is
+    derived from the model's weights, so no other license can be assumed for it)."""
+    return options.license or index.source.license or UNKNOWN_LICENSE
 
 
 def _year(value: Any, where: str) -> int:
@@ -169,10 +217,10 @@ def card_front_matter(
     """The card's ``DatasetCardData`` for a vindex whose mirror holds ``files``."""
     from huggingface_hub import DatasetCardData
 
-    base_model = index.source.repo_id
+    base_model = index.source.model_repo_id
     extra: dict[str, Any] = {BASE_MODEL: base_model} if base_model else {}
     return DatasetCardData(
-        license=options.license,
+        license=card_license(index, options),
         pretty_name=title_of(index, options),
         tags=list(dict.fromkeys([*BASE_TAGS, *options.extra_tags])),
         **extra,

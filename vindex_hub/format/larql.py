@@ -2,7 +2,7 @@
 
 LarQL reads a layer as a row-major ``[num_features, hidden_size]`` block at a byte offset, with
 experts concatenated in order: exactly one layer block of our binary, so no second copy of the
-vectors is needed (``shared/reference/larql-vindex.md``).
+vectors is needed (``docs/format.md``, LarQL).
 
 Fields LarQL requires but a gate-vector vindex has no value for are written as documented
 "unknown"s rather than guesses: ``down_top_k`` 0 (no ``down_meta.bin``), ``vocab_size`` and the

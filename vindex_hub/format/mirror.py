@@ -3,7 +3,7 @@
 One parquet file per layer, ``data/gate_vectors/layer_NN.parquet``, one row per (expert,
 feature) with the vector as a fixed-size float32 list, bit for bit the binary's. The card's
 configs (the Hub's viewer refuses a config of more than 30 splits, and ``load_dataset(repo,
-config, split=X)`` prepares every split of the config, ``shared/reference/hub-dataset-viewer.md``):
+config, split=X)`` prepares every split of the config; ``docs/format.md``):
 
 ``expert_stats`` (the default: small)  one row per (layer, expert), split ``train``
 ``router_svd``                         one row per layer, split ``train``

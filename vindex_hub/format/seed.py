@@ -1,6 +1,6 @@
 """Reading a vindex folder's sidecar, upgrading the seed's published one on the way.
 
-The seed vindex (``shared/seed``) was published before this format had a version: its sidecar
+The seed vindex (its card: ``tests/data/deepseek-v4-flash-vindex.card.md``) was published before this format had a version: its sidecar
 lacks ``format_version``, the layer checksums and the builder fields. ``load_or_upgrade_index``
 returns the typed sidecar of either kind; ``convert`` writes the upgraded one back.
 """

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ..errors import VindexFormatError
+from ..errors import UsageError, VindexFormatError
 from . import layout
 from .filenames import GATE_VECTORS_BIN, SIDECAR_JSON
 from .selection import layer_span
@@ -53,6 +53,15 @@ class SourceInfo:
     name: str | None = None  # a local checkpoint folder's name (its last path component only)
     fingerprint: str | None = None  # sha256 of a local checkpoint's index JSON (or config + header)
     path: str | None = None  # older sidecars recorded the local folder itself: read, never written
+    # What the card links and licenses by (written only when known; not part of ``identity``):
+    model_id: str | None = None  # a local checkpoint's Hub model id, as its config.json names it
+    license: str | None = None  # the source model's license, from its card's front matter
+
+    @property
+    def model_repo_id(self) -> str | None:
+        """The Hub model the vindex was built from: the repo id of a Hub build, else the model id a
+        local checkpoint names."""
+        return self.repo_id or self.model_id
 
     @classmethod
     def local(cls, folder: str, fingerprint: str | None) -> SourceInfo:
@@ -66,6 +75,10 @@ class SourceInfo:
         if self.fingerprint:
             return f"{self.name}@sha256:{self.fingerprint}"
         return self.path
+
+
+# Source keys written only when set (sidecars from before they existed stay byte-identical).
+_SOURCE_WHEN_KNOWN = frozenset({"path", "model_id", "license"})
 
 
 @dataclass
@@ -180,8 +193,10 @@ class VindexIndex:
         try:
             return self.layers[layer]
         except KeyError:
-            raise VindexFormatError(
-                f"layer {layer} is not in this vindex (it holds layers {layer_span(self.layer_ids)})"
+            # A wrong request, not a broken vindex: say what there is to ask for.
+            raise UsageError(
+                f"layer {layer} is not in this vindex: it holds {len(self.layers)} layer(s), "
+                f"{layer_span(self.layer_ids)}"
             ) from None
 
     # JSON
@@ -198,7 +213,9 @@ class VindexIndex:
             "total_bytes": self.total_bytes,
             "model_config": asdict(self.model_config),
             "source": {
-                k: v for k, v in asdict(self.source).items() if k != "path" or v is not None
+                k: v
+                for k, v in asdict(self.source).items()
+                if k not in _SOURCE_WHEN_KNOWN or v is not None
             },
             "builder": self.builder.to_json(),
             LAYERS_KEY: {

@@ -10,7 +10,7 @@ from dataclasses import dataclass, fields
 FROBENIUS_NORM = "frobenius_norm"
 SINGULAR_VALUES = "singular_values"
 
-# Router statistics: the k of the top-k energy fractions (DESIGN.md, Statistics).
+# Router statistics: the k of the top-k energy fractions (docs/format.md, Statistics).
 ROUTER_TOPK = (1, 8, 16, 32, 64)
 ROUTER_EFFECTIVE_RANK = "effective_rank"
 ROUTER_STABLE_RANK = "stable_rank"
@@ -59,6 +59,14 @@ def q25_var_key(num_feats: int) -> str:
 
 def q75_var_key(num_feats: int) -> str:
     return summary_var_key(Q75, num_feats)
+
+
+# ``vindex-hub info --json`` / ``Vindex.info()``: each layer's var{K} quartiles under names that do
+# not change with K (scripts comparing vindexes of different K read the same keys), and K itself.
+INFO_VAR_K = "var_k"
+INFO_MEDIAN_VAR = "median_var"
+INFO_Q25_VAR = "q25_var"
+INFO_Q75_VAR = "q75_var"
 
 
 def router_topk_key(k: int) -> str:

@@ -8,7 +8,7 @@ the URL and the number of attempts. Downloads resume from the client's ``.incomp
 retried commit re-sends only what the server lacks (the LFS batch API skips stored objects).
 
 ``fetch_range_into`` is the one place a byte range is read from a Hub file. It sends the ranged
-GET itself (``HfFileSystem`` over-fetches small ranges, see ``reference/hub-protocol.md``) with
+GET itself (``HfFileSystem`` over-fetches small ranges, see ``docs/hub-server.md``) with
 the hub client's session and headers, insists on ``206`` with a matching ``Content-Range`` (a
 server that ignores ``Range`` and answers ``200`` is an error, never a silent wrong answer),
 retries 5xx / 408 / 429 and dropped connections with bounded backoff, and resumes a broken body

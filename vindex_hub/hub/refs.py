@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -19,6 +20,23 @@ DEFAULT_REPO_TYPE = "dataset"
 _HF_URI = re.compile(
     r"^hf://(?:(?P<type>datasets|models|spaces)/)?(?P<repo>[^/@]+/[^/@]+)(?:@(?P<rev>[^/]+))?/?$"
 )
+# What only a path starts with: a repo id's namespace is a Hub user or org name, never "." or "~".
+_PATH_PREFIXES = ("./", "../", "/", "~", ".\\", "..\\")
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether ``spec`` can only be a filesystem path (``./x``, ``../x``, ``/x``, ``~/x``, ``x/y/z``,
+    or a path that exists), never a repo id: so a missing folder is named as one."""
+    return (
+        spec.startswith(_PATH_PREFIXES)
+        or spec in (".", "..")
+        or os.path.isabs(spec)
+        or (os.sep != "/" and os.sep in spec)
+        or os.path.exists(spec)
+        or (not spec.startswith("hf://") and spec.count("/") > 1)
+    )
+
+
 _RESOLVE = re.compile(r"/(?:(datasets|spaces)/)?([^/]+/[^/]+)/resolve/([^/]+)/")
 
 
@@ -73,6 +91,9 @@ def parse_repo(
                 f"{spec}: revision {uri_rev!r} in the URI conflicts with revision={revision!r}"
             )
         return RepoRef(m.group("repo"), kind, uri_rev or revision)
+    if looks_like_path(spec):
+        what = "is not a folder" if os.path.exists(spec) else "no such folder"
+        raise UsageError(f"{spec}: {what} (a path, so not read as a Hub repo id)")
     if spec.startswith("hf://") or spec.count("/") != 1 or not all(spec.split("/")):
         raise UsageError(
             f"{spec!r} is neither an existing folder nor a Hub repo id (ns/name or hf://datasets/ns/name@rev)"

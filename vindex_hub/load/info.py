@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..errors import RemoteNotFoundError, VindexFormatError
-from ..hub.http import download_snapshot
-from ..hub.refs import DEFAULT_REPO_TYPE, parse_repo
+from ..format.layout import format_size
+from ..hub.errors import hub_errors
+from ..hub.http import download_snapshot, with_retries
+from ..hub.refs import DEFAULT_REPO_TYPE, RepoRef, parse_repo
 from .vindex import DEFAULT_REPO_MODE, Vindex
 
 PHASES = ("phase1", "phase2")
@@ -45,9 +48,41 @@ def local_folder(
     repo_type: str = DEFAULT_REPO_TYPE,
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
+    announce: Callable[[str], None] | None = None,
 ) -> Path:
-    """A folder holding the whole vindex: ``path_or_repo_id`` itself, or a cached Hub snapshot."""
+    """A folder holding the whole vindex: ``path_or_repo_id`` itself, or a cached Hub snapshot.
+
+    Before a download, ``announce`` (when given) is told how many files and bytes the repo holds.
+    """
     if Path(path_or_repo_id).is_dir():
         return Path(path_or_repo_id)
     ref = parse_repo(str(path_or_repo_id), revision=revision, repo_type=repo_type)
+    if announce is not None:
+        count, size = repo_size(ref, token=token)
+        announce(
+            f"downloading {ref}: {count} files, {format_size(size)} "
+            "(files already in the Hub cache are not fetched again)"
+        )
     return download_snapshot(ref, cache_dir=str(cache_dir) if cache_dir else None, token=token)
+
+
+def repo_size(ref: RepoRef, *, token: str | bool | None = None) -> tuple[int, int]:
+    """How many files a repo holds at ``ref``, and their bytes (from its file listing)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    def listing() -> list[Any]:
+        return list(
+            HfApi().list_repo_tree(
+                ref.repo_id,
+                recursive=True,
+                revision=ref.revision,
+                repo_type=ref.repo_type,
+                token=token,
+            )
+        )
+
+    with hub_errors(ref):
+        tree = with_retries(listing, url=ref.web_url())
+    files = [e for e in tree if isinstance(e, RepoFile)]
+    return len(files), sum(int(e.size) for e in files)

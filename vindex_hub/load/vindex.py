@@ -353,6 +353,7 @@ class Vindex:
             "num_experts": self.num_experts,
             "num_feats": k,
             "hidden_size": self.hidden_size,
+            statistics.INFO_VAR_K: k,
             "layer_nbytes": idx.layer_nbytes,
             "total_bytes": idx.total_bytes,
             "file_size": self._file_size,
@@ -364,9 +365,10 @@ class Vindex:
                     "file_offset": e.file_offset,
                     "nbytes": e.nbytes,
                     "sha256": e.sha256,
-                    statistics.median_var_key(k): e.median_var,
-                    statistics.q25_var_key(k): e.q25_var,
-                    statistics.q75_var_key(k): e.q75_var,
+                    # Stable names across K (the sidecar spells median_var{K}); ``var_k`` says K.
+                    statistics.INFO_MEDIAN_VAR: e.median_var,
+                    statistics.INFO_Q25_VAR: e.q25_var,
+                    statistics.INFO_Q75_VAR: e.q75_var,
                 }
                 for layer, e in sorted(idx.layers.items())
             ],

@@ -1,6 +1,6 @@
 """Spectral statistics of experts and routers (pure functions on singular values).
 
-Definitions (DESIGN.md, Statistics), all computed in float64:
+Definitions (``docs/format.md``, Statistics), all computed in float64:
 
 * energy fraction ``var{K} = sum(s[:K]^2) / ||W||_F^2``; ``||W||_F`` is passed separately since
   only the top K singular values of an expert are computed;

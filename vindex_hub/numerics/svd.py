@@ -11,7 +11,7 @@ the subspace ``Q``, ``B = W^T Q``, eigenpairs ``(theta, Y)`` of ``B^T B``, ``V =
 then makes them exact to about float64 rounding: the Ritz vectors' error is the *product* of
 the subspace's float32 error and its coupling to the spectrum left outside, so it is squared
 away (1-|cos| ~ 2e-12 against a float64 LAPACK SVD on gate_proj-like matrices, singular values
-to ~1e-12 relative; ``shared/reference/exact-topk-svd.md``). A guard sends a matrix to the
+to ~1e-12 relative; ``docs/svd.md``). A guard sends a matrix to the
 float64 route where that does not hold: before the work, a steep spectrum (eigenvalue ``p-1``
 below ``STEEP_SPECTRUM`` of the largest: float32 noise would reach the subspace, e.g. a rank
 near ``k``), a matrix too small for a partial solve to pay off, or magnitudes outside float32's

@@ -5,7 +5,8 @@ The card is the Jinja template ``templates/vindex_card.md.j2`` (package data; th
 figures from the real build, below the typed front matter of ``format.card_data``. The card is
 handed what was written (by ``writers.derived``), so it lists exactly the files the folder holds.
 
-Both outputs are deterministic: no dates are invented (the citation's year is an option) and the
+Both outputs are deterministic: no dates are invented (the citation's year is an option, which the
+CLI sets to the current year, or ``SOURCE_DATE_EPOCH``'s) and the
 PNG carries no software/time metadata, so two builds of one checkpoint are bit-identical.
 """
 
@@ -18,8 +19,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import VindexFormatError
-from ..format import filenames, larql, mirror, selection, sidecar, statistics
-from ..format.card_data import CardOptions, card_front_matter, title_of
+from ..format import card_data, filenames, larql, mirror, selection, sidecar, statistics
+from ..format.card_data import CardOptions, author_markdown, card_front_matter, title_of
 from ..format.layout import format_size
 from ..format.mirror import MirrorFile
 from ..fsutil import atomic_write_bytes, atomic_write_text
@@ -37,16 +38,44 @@ def auto_citation(index: sidecar.VindexIndex, options: CardOptions) -> str:
         for part in (author, title, str(options.year or ""))
         if part
     )
+    # BibTeX splits a name into first and last names; an organisation's is kept whole.
+    bib_author = f"{{{author}}}" if options.author_kind == "org" or not options.author else author
     lines = [
         f"@misc{{{key},",
         f"  title = {{{title}: per-expert gate-vector vindex for {index.display_name}}},",
-        f"  author = {{{author}}},",
+        f"  author = {{{bib_author}}},",
     ]
     if options.year:
         lines.append(f"  year = {{{options.year}}},")
     if options.repo_id:
         lines.append(f"  url = {{https://huggingface.co/datasets/{options.repo_id}}},")
     return "\n".join(lines + ["}"])
+
+
+def source_model_markdown(index: sidecar.VindexIndex) -> str:
+    """The card's "Source model": a link to the Hub model, and for a local build the folder it
+    was read from; a local checkpoint that names no model is its folder's name alone."""
+    source = index.source
+    model_id = source.model_repo_id
+    if model_id is None:
+        return f"`{index.display_name}` (a local checkpoint; its config names no Hub model)"
+    link = f"[`{model_id}`]({card_data.HUB_URL}/{model_id})"
+    if source.repo_id:
+        return link
+    return f"{link} (built from a local copy, folder `{index.display_name}`)"
+
+
+def license_markdown(index: sidecar.VindexIndex, options: CardOptions) -> str:
+    """The card's license line: the license and where it came from."""
+    license = card_data.card_license(index, options)
+    if options.license:
+        return f"`{license}`"
+    if index.source.license:
+        return f"`{license}`, the source model's license"
+    return (
+        f"`{license}`: the source model's card names none; check the source model's terms "
+        "(the vectors are derived from its weights)"
+    )
 
 
 # ---- the plot --------------------------------------------------------------------------------
@@ -112,7 +141,9 @@ def render_card(
         card_data=card_front_matter(index, mirror_files, options).to_yaml(),
         title=title_of(index, options),
         model=index.display_name,
-        author=options.author,
+        source_model=source_model_markdown(index),
+        license=license_markdown(index, options),
+        author=author_markdown(options),
         revision=index.source.revision,
         model_type=index.model_config.model_type,
         num_hidden_layers=index.model_config.num_hidden_layers,
@@ -165,8 +196,7 @@ def render_card(
         example_parquet=mirror.gate_vectors_parquet(
             example_layer, index.model_config.num_hidden_layers
         ),
-        repo_id=options.repo_id
-        or f"{options.author or 'your-namespace'}/{title_of(index, options)}",
+        repo_id=options.repo_id or f"{_namespace_of(options.author)}/{title_of(index, options)}",
         citation=(options.citation or auto_citation(index, options)).strip(),
         builder=None
         if index.builder.name == sidecar.UNKNOWN
@@ -175,6 +205,11 @@ def render_card(
     )
     DatasetCard(text)  # parses the front matter: a card the Hub would reject fails here
     return text
+
+
+def _namespace_of(author: str | None) -> str:
+    """The namespace the card's examples use when no repo id was given."""
+    return author if author and card_data.is_hub_name(author) else "your-namespace"
 
 
 def _example_row(row: dict) -> dict:
