@@ -10,6 +10,7 @@ finished vindex.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -70,6 +71,7 @@ def build_vindex(
     token: str | None = None,
     engine: str | None = None,
     ray_address: str | None = None,
+    geometry: bool = False,
 ) -> BuildSummary:
     """Build a vindex of ``source`` into the folder ``out`` (resuming an unfinished build there).
 
@@ -83,6 +85,9 @@ def build_vindex(
     ``engine``: ``"local"`` (this machine, the default) or ``"ray"`` (Ray tasks on the cluster at
     ``ray_address``, else ``RAY_ADDRESS``, else a new local one; ``build.ray_engine``): the same
     bits either way.
+    ``geometry``: also compute the expert geometry (overlaps, router alignment; ``writers.geometry``)
+    from the finished binary and the layers' routers. A folder already complete is left as it is
+    (``vindex-hub geometry`` adds the geometry to it).
     """
     started = time.monotonic()
     for name, value in (("batch_size", batch_size), ("prefetch_layers", prefetch_layers)):
@@ -111,6 +116,7 @@ def build_vindex(
             precision=precision,
             workers=workers,
         )
+        plan = dataclasses.replace(plan, geometry=geometry)
         if plan.browse.wanted:  # fail now, not after hours of layers, when the inputs are missing
             check_browse_inputs(src, plan.arch, plan.browse.feature_tokens)
         finished = claim_output(plan)
@@ -256,4 +262,5 @@ def _finish(
         larql_router=plan.larql_router,
         browse=plan.browse,
         browse_inputs=browse_inputs,
+        geometry=plan.geometry,
     )
