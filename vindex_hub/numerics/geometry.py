@@ -113,7 +113,7 @@ def cross_overlaps(
     """
     va = _check_block(a, "a")
     same = b is None
-    vb = va if same else _check_block(b, "b")
+    vb = va if b is None else _check_block(b, "b")
     ea, ka, h = va.shape
     eb, kb, hb = vb.shape
     if h != hb:
