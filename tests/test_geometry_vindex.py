@@ -171,6 +171,33 @@ def test_geometry_of_a_seed_format_vindex(vindex_copy: Path, small_vindex: Small
     assert geometry.ROUTER_ALIGNMENT not in section[geometry.GEOMETRY]  # no router
 
 
+def test_geometry_of_a_seed_format_repo_on_the_hub(
+    local_hub, hub_repo_id: str, vindex_copy: Path, tmp_path: Path
+):
+    _seed_style(vindex_copy)
+    repo = upload(vindex_copy, hub_repo_id)
+    folder = add_geometry(repo, tmp_path / "pulled")
+    report = verify_vindex(folder)
+    assert report.ok, report.render()
+    assert (folder / geometry.EXPERT_OVERLAP_PARQUET).is_file()
+    assert (folder / filenames.GATE_VECTORS_BIN).read_bytes() == (
+        vindex_copy / filenames.GATE_VECTORS_BIN
+    ).read_bytes()
+
+
+def test_geometry_of_a_current_repo_is_pulled_then_added(
+    local_hub, hub_repo_id: str, small_vindex: SmallVindex, tmp_path: Path
+):
+    repo = upload(small_vindex.folder, hub_repo_id)
+    result = cli("geometry", repo, "-o", str(tmp_path / "pulled"))
+    assert result.returncode == 0, result.stderr
+    assert verify_vindex(tmp_path / "pulled").ok
+    assert "## Expert geometry" in (tmp_path / "pulled" / filenames.CARD_FILE).read_text()
+    again = cli("geometry", str(small_vindex.folder), "-o", str(tmp_path / "pulled"))
+    assert again.returncode == 1 and "exists and is not empty" in again.stderr
+    assert again.stderr.count("\n") == 1
+
+
 def test_verify_finds_a_changed_overlap(geometry_vindex: Path, tmp_path: Path):
     folder = Path(shutil.copytree(geometry_vindex, tmp_path / "v"))
     path = folder / geometry.EXPERT_OVERLAP_PARQUET

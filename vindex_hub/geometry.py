@@ -48,9 +48,7 @@ def add_geometry(
             shutil.copytree(folder, target, dirs_exist_ok=True)
             folder = target
     else:
-        from .pull import pull
-
-        folder = pull(str(path), out, revision=revision, repo_type=repo_type, token=token)
+        folder = _fetch(str(path), out, revision=revision, repo_type=repo_type, token=token)
     index, upgraded = load_or_upgrade_index(folder)
     options = card_options or _card_license(folder)
     if upgraded or not (folder / CARD_FILE).is_file():
@@ -58,6 +56,35 @@ def add_geometry(
     else:
         add_to_folder(folder, index, options)
     return folder
+
+
+def _fetch(
+    repo: str,
+    out: str | os.PathLike[str] | None,
+    *,
+    revision: str | None,
+    repo_type: str,
+    token: str | bool | None,
+) -> Path:
+    """A repo's vindex in a local folder: ``pull`` (verified), or for a seed-format repo (a
+    sidecar without a format version, which ``Vindex.open`` refuses) its files as they are."""
+    import json
+
+    from .format import sidecar
+    from .format.filenames import SIDECAR_JSON
+    from .hub.http import download_file
+    from .hub.refs import parse_repo
+    from .pull import _snapshot_to, pull
+
+    ref = parse_repo(repo, revision=revision, repo_type=repo_type)
+    data = json.loads(download_file(ref, SIDECAR_JSON, token=token).read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or sidecar.FORMAT_VERSION_KEY in data:
+        return pull(repo, out, revision=revision, repo_type=repo_type, token=token)
+    target = Path(out) if out is not None else Path(ref.repo_id.split("/")[-1])
+    if target.exists() and any(target.iterdir()):
+        raise OutputConflictError(f"{target}: exists and is not empty; choose another -o")
+    _snapshot_to(ref, target, cache_dir=None, token=token)
+    return target
 
 
 def _card_license(folder: Path) -> CardOptions:
