@@ -136,6 +136,17 @@ def test_a_vindex_without_geometry_has_no_section_but_the_baseline(small_vindex:
     assert not (small_vindex.folder / geometry.EXPERT_OVERLAP_PARQUET).exists()
 
 
+def test_the_var_plot_shows_the_marchenko_pastur_line_on_a_0_to_1_axis(small_vindex: SmallVindex):
+    from vindex_hub.writers.card import var_plot_figure
+
+    from vindex_fixtures import INTER, read_index
+
+    ax = var_plot_figure(read_index(small_vindex.folder)).axes[0]
+    assert ax.get_ylim() == (0, 1)
+    mp = geo.mp_energy_fraction(INTER, HIDDEN, NUM_FEATS)
+    assert any(list(line.get_ydata()) == [mp, mp] for line in ax.lines)
+
+
 def test_geometry_added_later_equals_the_build_time_geometry(
     small_vindex: SmallVindex, geometry_vindex: Path, tmp_path: Path
 ):

@@ -15,6 +15,7 @@ import io
 import re
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..errors import VindexFormatError
@@ -53,9 +54,17 @@ def auto_citation(index: sidecar.VindexIndex, options: CardOptions) -> str:
 
 # ---- the plot --------------------------------------------------------------------------------
 def var_plot_png(index: sidecar.VindexIndex) -> bytes:
+    """``var_plot_figure`` as PNG bytes without time/software metadata."""
+    fig = var_plot_figure(index)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def var_plot_figure(index: sidecar.VindexIndex) -> Any:
     """Median var{K} per layer with the q25-q75 band and the Marchenko-Pastur baseline (a Gaussian
-    matrix of the expert's shape); PNG bytes without time/software metadata. The y axis runs
-    from 0 to 1 (var{K} is a fraction), so a 1% difference between layers looks like one."""
+    matrix of the expert's shape). The y axis runs from 0 to 1 (var{K} is a fraction), so a 1%
+    difference between layers looks like one, and the baseline is always in view."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -86,9 +95,7 @@ def var_plot_png(index: sidecar.VindexIndex) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
+    return fig
 
 
 # ---- the card --------------------------------------------------------------------------------
