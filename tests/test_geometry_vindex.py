@@ -118,6 +118,7 @@ def test_build_with_geometry_publishes_the_figures_of_the_model(
     assert any(geometry.EXPERT_OVERLAP_PARQUET in c for c in report.checks)
     card = (geometry_vindex / filenames.CARD_FILE).read_text()
     assert "## Expert geometry" in card and f"]({filenames.GEOMETRY_PLOT_FILE})" in card
+    assert f"`{geometry.COL_ROUTER_ALIGNMENT}`" in card
     assert (geometry_vindex / filenames.GEOMETRY_PLOT_FILE).read_bytes().startswith(b"\x89PNG")
     assert "Marchenko-Pastur" in card
     # the real datasets client reads the new config through the card
@@ -180,6 +181,8 @@ def test_geometry_of_a_seed_format_vindex(vindex_copy: Path, small_vindex: Small
     section = json.loads((vindex_copy / filenames.PHASE1_JSON).read_text())[phases.LAYERS]["1"]
     assert geometry.WEIGHTED_OVERLAP not in section[geometry.GEOMETRY]  # no singular values
     assert geometry.ROUTER_ALIGNMENT not in section[geometry.GEOMETRY]  # no router
+    card = (vindex_copy / filenames.CARD_FILE).read_text()
+    assert "## Expert geometry" in card and f"`{geometry.COL_ROUTER_ALIGNMENT}`" not in card
 
 
 def test_geometry_of_a_seed_format_repo_on_the_hub(

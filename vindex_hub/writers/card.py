@@ -195,14 +195,17 @@ def render_card(
         else f"{index.builder.name} {index.builder.version}",
         writer_version=__version__,
         mp_var=f"{mp_baseline(index):.4f}",
-        geometry=_geometry_context(geometry),
+        geometry=_geometry_context(geometry, mirror_files),
     )
     DatasetCard(text)  # parses the front matter: a card the Hub would reject fails here
     return text
 
 
-def _geometry_context(figures: CardGeometry | None) -> dict | None:
-    """The template's geometry section: the figure, the table of mean overlaps per layer."""
+def _geometry_context(
+    figures: CardGeometry | None, mirror_files: Sequence[MirrorFile]
+) -> dict | None:
+    """The template's geometry section: the figure, the table of mean overlaps per layer, and
+    whether ``expert_stats`` has the router-alignment columns."""
     if figures is None:
         return None
     weighted = figures.weighted_mean or [None] * len(figures.layers)
@@ -215,6 +218,11 @@ def _geometry_context(figures: CardGeometry | None) -> dict | None:
         "top_ratio": f"{figures.top_ratio:.1f}",
         "has_weighted": figures.weighted_mean is not None,
         "alignment_columns": ", ".join(f"`{c}`" for c in geometry_names.ALIGNMENT_COLUMNS),
+        "has_alignment": any(
+            f.config == mirror.CONFIG_EXPERT_STATS
+            and geometry_names.COL_ROUTER_ALIGNMENT in f.arrow_schema.names
+            for f in mirror_files
+        ),
         "rows": [
             {
                 "layer": layer,

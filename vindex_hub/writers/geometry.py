@@ -325,6 +325,8 @@ def geometry_plot_png(figures: CardGeometry, title: str) -> bytes:
     hm.set_title(f"layer {figures.heatmap_layer}: overlap of experts (off-diagonal)")
     hm.set_xlabel("expert")
     hm.set_ylabel("expert")
+    hm.xaxis.set_major_locator(MaxNLocator(integer=True))
+    hm.yaxis.set_major_locator(MaxNLocator(integer=True))
     fig.colorbar(image, ax=hm, fraction=0.046)
     fig.tight_layout()
     buf = io.BytesIO()
