@@ -212,6 +212,18 @@ def test_geometry_of_a_current_repo_is_pulled_then_added(
     assert again.stderr.count("\n") == 1
 
 
+def test_a_data_only_pull_brings_the_overlap_config(
+    local_hub, hub_repo_id: str, geometry_vindex: Path, tmp_path: Path
+):
+    from vindex_hub import pull_vindex
+
+    repo = upload(geometry_vindex, hub_repo_id)
+    out = pull_vindex(repo, tmp_path / "data", format="arrow")
+    assert pq.read_table(out / geometry.EXPERT_OVERLAP_PARQUET).equals(
+        pq.read_table(geometry_vindex / geometry.EXPERT_OVERLAP_PARQUET)
+    )
+
+
 def test_verify_finds_a_changed_overlap(geometry_vindex: Path, tmp_path: Path):
     folder = Path(shutil.copytree(geometry_vindex, tmp_path / "v"))
     path = folder / geometry.EXPERT_OVERLAP_PARQUET

@@ -20,7 +20,7 @@ from .errors import (
     UsageError,
     VindexFormatError,
 )
-from .format import filenames, mirror, pull_marker, selection, sidecar
+from .format import filenames, geometry, mirror, pull_marker, selection, sidecar
 from .format.card_data import CardOptions
 from .format.pull_marker import FORMATS, Format
 from .hub.http import download_snapshot
@@ -70,8 +70,8 @@ def pull(
       figures, such as vocab size).
 
     ``arrow`` is a data-only download: the parquet files of those layers (all without
-    ``layers``), the stats parquet files, the card and the JSON files, with the repo's sidecar
-    unchanged (it lists every layer). There is no binary, so ``Vindex.open(folder)`` refuses it;
+    ``layers``), the stats parquet files (and ``expert_overlap``), the card and the JSON files,
+    with the repo's sidecar unchanged (it lists every layer). There is no binary, so ``Vindex.open(folder)`` refuses it;
     ``Vindex.open(folder, mode="arrow")`` reads the layers that were pulled.
     """
     if format not in FORMATS:
@@ -110,6 +110,7 @@ def pull(
             patterns = [sources[layer].path for layer in selected]
             patterns += [
                 *mirror.STATS_PARQUETS,
+                geometry.EXPERT_OVERLAP_PARQUET,  # with --geometry
                 filenames.CARD_FILE,
                 filenames.SIDECAR_JSON,
                 filenames.PHASE1_JSON,
