@@ -353,3 +353,9 @@ def test_list_finds_vindexes_by_author_and_model(
     assert [v["repo_id"] for v in json.loads(result.stdout)] == [f"{author}/third"]
     text = cli("list", "--author", author).stdout
     assert f"{author}/second" in text and "org/base-moe" in text
+
+
+def test_names_from_remote_data_are_shown_without_control_characters():
+    from vindex_hub.comparison import printable
+
+    assert printable("org/\x1b[2Jmodel\n") == "org/\\x1b[2Jmodel\\n"

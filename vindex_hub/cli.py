@@ -166,13 +166,15 @@ def cmd_compare(args: argparse.Namespace) -> Outcome:
 
 
 def cmd_list(args: argparse.Namespace) -> Outcome:
+    from .comparison import printable
     from .listing import list_vindexes
 
     found = list_vindexes(author=args.author, model=args.model, limit=args.limit)
     lines = [f"{'repo':<48} {'base model':<36} {'layers':>6} {'K':>4} {'size':>10}"]
     for v in found:
         lines.append(
-            f"{v.repo_id:<48} {v.base_model or '-':<36} {v.layers if v.layers is not None else '-':>6} "
+            f"{printable(v.repo_id):<48} {printable(v.base_model or '-'):<36} "
+            f"{v.layers if v.layers is not None else '-':>6} "
             f"{v.num_feats if v.num_feats is not None else '-':>4} "
             f"{format_size(v.size) if v.size is not None else '-':>10}"
         )

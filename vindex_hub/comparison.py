@@ -21,6 +21,12 @@ from .hub.refs import DEFAULT_REPO_TYPE
 from .numerics import geometry as geo
 
 
+def printable(text: object) -> str:
+    """``text`` with control characters escaped: names read from a sidecar or a card are remote
+    data, shown to a terminal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 @dataclass
 class Comparison:
     document: dict[str, Any]  # what compare.json holds: both sources, per-layer summaries
@@ -33,7 +39,8 @@ class Comparison:
     def render(self) -> str:
         a, b = self.document[geometry.COMPARE_A], self.document[geometry.COMPARE_B]
         lines = [
-            f"A = {a['name']} ({a['model']}), B = {b['name']} ({b['model']}); "
+            f"A = {printable(a['name'])} ({printable(a['model'])}), "
+            f"B = {printable(b['name'])} ({printable(b['model'])}); "
             f"random baseline K/hidden = {self.document['random_baseline']:.4f}",
             f"  {'layer':>5}  {'same index':>10}  {'matched':>8}  {'to itself':>9}",
         ]

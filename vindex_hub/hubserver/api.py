@@ -421,7 +421,10 @@ def list_datasets(req: HubHandler) -> None:
     author = (q.get("author") or [None])[-1]
     wanted = set(q.get("filter") or [])
     search = [s.lower() for s in q.get("search") or []]
-    limit = int((q.get("limit") or ["1000"])[-1])
+    try:
+        limit = int((q.get("limit") or ["1000"])[-1])
+    except ValueError:
+        raise HTTPFailure(400, "limit must be an integer") from None
     out = []
     for repo in req.storage.list_repos("dataset"):
         meta = req.storage.repo_meta(repo)
