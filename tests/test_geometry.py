@@ -205,3 +205,18 @@ def test_bad_input_is_a_one_line_usage_error():
         geo.router_alignment(v, np.zeros((2, 8)))
     with pytest.raises(UsageError, match="must be positive"):
         geo.mp_energy_fraction(0, 8, 1)
+
+
+def test_comparing_layers_of_different_expert_counts_and_k():
+    rng = np.random.default_rng(8)
+    a = _subspaces(rng, 6, 4, 64)
+    b = np.concatenate([a[[4, 1]], _subspaces(rng, 2, 4, 64)])  # 4 experts, two of them A's
+    cmp = geo.compare_layers(a, b)
+    assert cmp.cross.shape == (6, 4) and cmp.same_index.shape == (4,)
+    assert (cmp.match >= 0).sum() == 4 and np.isnan(cmp.matched[cmp.match < 0]).all()
+    assert cmp.match[4] == 0 and cmp.match[1] == 1
+    # K differs: divided by the smaller K, so a subspace inside a larger one has overlap 1
+    wide = np.concatenate([a[:, :4], _subspaces(rng, 6, 4, 64)], axis=1)
+    wide = np.linalg.qr(wide.transpose(0, 2, 1).astype(np.float64))[0].transpose(0, 2, 1)
+    inside = geo.cross_overlaps(a, wide.astype(np.float32)).plain
+    assert np.allclose(np.diag(inside), 1, atol=1e-6)

@@ -359,3 +359,27 @@ def test_names_from_remote_data_are_shown_without_control_characters():
     from vindex_hub.comparison import printable
 
     assert printable("org/\x1b[2Jmodel\n") == "org/\\x1b[2Jmodel\\n"
+
+
+def test_a_comparison_of_unequal_expert_counts_is_written_and_verified(tmp_path: Path):
+    from vindex_hub.writers.compare import write_comparison
+
+    rng = np.random.default_rng(0)
+    a = np.linalg.qr(rng.standard_normal((6, 32, 4)))[0].transpose(0, 2, 1).astype(np.float32)
+    b = a[[3, 0, 5, 1]]
+    layers = {2: geo.compare_layers(a, b), 5: geo.compare_layers(a, b[::-1].copy())}
+    side = {"name": "x", "repo_id": None, "commit": None, "model": "m", "model_revision": None}
+    document = {
+        "format_version": geometry.COMPARE_FORMAT_VERSION,
+        "a": {**side, "num_experts": 6, "num_feats": 4},
+        "b": {**side, "num_experts": 4, "num_feats": 4},
+        "hidden_size": 32,
+        "random_baseline": 4 / 32,
+        "layers": {str(layer): c.summary() for layer, c in layers.items()},
+    }
+    write_comparison(tmp_path / "c", document, layers)
+    report = verify_vindex(tmp_path / "c")
+    assert report.ok, report.render()
+    matching = pq.read_table(tmp_path / "c" / geometry.MATCHING_PARQUET).to_pylist()
+    assert [r[geometry.COL_MATCH] for r in matching[:6]] == [1, 3, -1, 0, -1, 2]
+    assert matching[5][geometry.COL_SAME_INDEX] is None  # B has no expert 5
