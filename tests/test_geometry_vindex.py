@@ -131,6 +131,27 @@ def test_build_with_geometry_publishes_the_figures_of_the_model(
         assert np.max(np.abs(vx.overlap(2, weighted=True) - weighted[2])) < 1e-6
 
 
+def test_build_with_geometry_over_a_complete_build_adds_it(
+    small_vindex: SmallVindex, geometry_vindex: Path, tmp_path: Path
+):
+    folder = Path(shutil.copytree(small_vindex.folder, tmp_path / "v"))
+    summary = build_vindex(
+        small_vindex.checkpoint,
+        folder,
+        num_feats=NUM_FEATS,
+        device="cpu",
+        progress=False,
+        card_options=CARD_OPTIONS,
+        larql_router=True,
+        geometry=True,
+    )
+    assert summary.already_complete
+    assert pq.read_table(folder / geometry.EXPERT_OVERLAP_PARQUET).equals(
+        pq.read_table(geometry_vindex / geometry.EXPERT_OVERLAP_PARQUET)
+    )
+    assert verify_vindex(folder).ok
+
+
 def test_a_vindex_without_geometry_has_no_section_but_the_baseline(small_vindex: SmallVindex):
     card = (small_vindex.folder / filenames.CARD_FILE).read_text()
     assert "## Expert geometry" not in card and "Marchenko-Pastur" in card
