@@ -245,6 +245,20 @@ def test_a_data_only_pull_brings_the_overlap_config(
     )
 
 
+def test_a_pull_of_some_layers_keeps_their_geometry(
+    local_hub, hub_repo_id: str, geometry_vindex: Path, tmp_path: Path
+):
+    from vindex_hub import pull_vindex
+
+    repo = upload(geometry_vindex, hub_repo_id)
+    out = pull_vindex(repo, tmp_path / "some", layers="1-2")  # verified by pull
+    table = pq.read_table(out / geometry.EXPERT_OVERLAP_PARQUET)
+    full = pq.read_table(geometry_vindex / geometry.EXPERT_OVERLAP_PARQUET)
+    assert table.equals(full.slice(NUM_EXPERTS, 2 * NUM_EXPERTS))
+    assert "## Expert geometry" in (out / filenames.CARD_FILE).read_text()
+    assert geometry.COL_ROUTER_ALIGNMENT in pq.read_schema(out / mirror.EXPERT_STATS_PARQUET).names
+
+
 def test_verify_finds_a_changed_overlap(geometry_vindex: Path, tmp_path: Path):
     folder = Path(shutil.copytree(geometry_vindex, tmp_path / "v"))
     path = folder / geometry.EXPERT_OVERLAP_PARQUET

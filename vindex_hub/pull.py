@@ -246,6 +246,9 @@ def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
         except (VindexFormatError, RemoteNotFoundError):
             documents.append(None)  # an optional file the repo does not have
     tables = {rel: restrict_table(table, selected) for rel, table in _stats_tables(vx).items()}
+    overlap = _overlap_table(vx)
+    if overlap is not None:
+        tables[geometry.EXPERT_OVERLAP_PARQUET] = restrict_table(overlap, selected)
     index = sidecar.VindexIndex(
         num_feats=src.num_feats,
         model_config=src.model_config,
@@ -273,6 +276,16 @@ def _stats_tables(vx: Vindex) -> dict[str, Any]:
         except (VindexFormatError, RemoteNotFoundError):
             return {}
     return tables
+
+
+def _overlap_table(vx: Vindex) -> Any:
+    """The source's ``expert_overlap`` table (``--geometry``), None when it has none."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(vx._files.path(geometry.EXPERT_OVERLAP_PARQUET))
+    except (VindexFormatError, RemoteNotFoundError):
+        return None
 
 
 pull_vindex = pull  # the name in the package's public surface

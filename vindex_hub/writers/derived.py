@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..format import filenames, mirror, sidecar
+from ..format import geometry as format_geometry
 from ..format.card_data import CardOptions
 from ..format.mirror import STATS_PARQUETS, MirrorFile
 from ..fsutil import atomic_write_json
@@ -45,6 +46,7 @@ from .geometry import (
     phase1_with_geometry,
     with_alignment,
     write_expert_overlap,
+    write_overlap_table,
 )
 from .larql import write_larql_index
 from .mirror import stats_tables, write_mirror, written_file, written_mirror
@@ -108,6 +110,9 @@ def write_derived_files(
     else:
         carried = carried or CarriedStats()
         phases, tables = (carried.phase1, carried.phase2), carried.tables
+    # a source vindex's expert_overlap rows travel with its stats tables (pull --layers)
+    tables = dict(tables)
+    carried_overlap = tables.pop(format_geometry.EXPERT_OVERLAP_PARQUET, None)
     layer_geometry = None
     if geometry:
         inputs = (
@@ -130,6 +135,8 @@ def write_derived_files(
     written.mirror = write_mirror(folder, index, tables, binary_hash=binary_sha256)
     if layer_geometry is not None:
         written.mirror.append(write_expert_overlap(folder, layer_geometry, index.num_experts))
+    elif carried_overlap is not None:
+        written.mirror.append(write_overlap_table(folder, carried_overlap))
     browse_files = _write_browse(folder, index, browse, browse_inputs, written)
     written.files += write_larql_index(
         folder,

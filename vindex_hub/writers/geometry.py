@@ -149,9 +149,14 @@ def _matrix_column(matrices: Sequence[Any], width: int) -> pa.FixedSizeListArray
 def write_expert_overlap(
     folder: Path, layers: Sequence[LayerGeometry], num_experts: int
 ) -> MirrorFile:
+    return write_overlap_table(folder, expert_overlap_table(layers, num_experts))
+
+
+def write_overlap_table(folder: Path, table: pa.Table) -> MirrorFile:
+    """The ``expert_overlap`` config's file (computed, or carried from a source vindex)."""
     rel = geometry.EXPERT_OVERLAP_PARQUET
     with atomic_path(folder / rel) as tmp:
-        pq.write_table(expert_overlap_table(layers, num_experts), tmp, **STATS_WRITE_OPTIONS)
+        pq.write_table(table, tmp, **STATS_WRITE_OPTIONS)
     return written_file(folder, geometry.CONFIG_EXPERT_OVERLAP, rel)
 
 
