@@ -168,13 +168,18 @@ def with_alignment(table: pa.Table, layers: Sequence[LayerGeometry]) -> pa.Table
     by_layer = {g.layer: g.alignment for g in layers}
     layer_col = table.column(mirror.COL_LAYER).to_numpy()
     expert_col = table.column(mirror.COL_EXPERT).to_numpy()
-    own = np.empty(len(layer_col))
-    other = np.empty(len(layer_col))
-    which = np.empty(len(layer_col), dtype=np.int16)
-    for i, (layer, expert) in enumerate(zip(layer_col, expert_col, strict=True)):
-        a = by_layer[int(layer)]
+    own = np.full(len(layer_col), np.nan)
+    other = np.full(len(layer_col), np.nan)
+    which = np.full(len(layer_col), -1, dtype=np.int16)
+    for layer, a in by_layer.items():
         assert a is not None
-        own[i], other[i], which[i] = a.own[expert], a.other_max[expert], a.other_expert[expert]
+        rows = layer_col == layer
+        experts = expert_col[rows]
+        own[rows], other[rows], which[rows] = (
+            a.own[experts],
+            a.other_max[experts],
+            a.other_expert[experts],
+        )
     for name in geometry.ALIGNMENT_COLUMNS:
         if name in table.column_names:
             table = table.drop_columns([name])
