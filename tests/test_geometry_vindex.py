@@ -301,7 +301,8 @@ def test_compare_a_hub_vindex_with_a_folder_reads_only_the_compared_layer(
     repo = upload(small_vindex.folder, hub_repo_id)
     local_hub.reset_stats()
     out = tmp_path / "comparison"
-    result = compare(repo, other, out=out, layers="1")
+    # a cache of its own: other tests of the session may have cached this binary's layers
+    result = compare(repo, other, out=out, layers="1", cache_dir=tmp_path / "hub-cache")
     layer_bytes = NUM_EXPERTS * NUM_FEATS * HIDDEN * 4
     assert local_hub.stats().file(repo, filenames.GATE_VECTORS_BIN).bytes_sent == layer_bytes
     a = binary_layer(small_vindex.folder, 1).astype(np.float64)

@@ -78,18 +78,20 @@ def compare(
     revision_a: str | None = None,
     revision_b: str | None = None,
     repo_type: str = DEFAULT_REPO_TYPE,
+    cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
 ) -> Comparison:
     """Compare vindex ``a`` with vindex ``b`` (folders or repo ids), on ``layers`` (default: the
-    layers both hold); with ``out``, write the comparison dataset there."""
+    layers both hold); with ``out``, write the comparison dataset there. ``cache_dir``: the Hub
+    cache for repos (``Vindex.open``'s)."""
     from .load import Vindex
 
     target = Path(out) if out is not None else None
     if target is not None and target.exists() and any(target.iterdir()):
         raise OutputConflictError(f"{target}: exists and is not empty; choose another -o")
     with (
-        Vindex.open(a, revision_a, repo_type, token=token) as va,
-        Vindex.open(b, revision_b, repo_type, token=token) as vb,
+        Vindex.open(a, revision_a, repo_type, cache_dir=cache_dir, token=token) as va,
+        Vindex.open(b, revision_b, repo_type, cache_dir=cache_dir, token=token) as vb,
     ):
         if va.hidden_size != vb.hidden_size:
             raise UsageError(
