@@ -16,6 +16,7 @@ from test_mirror import _seed_style
 
 from vindex_hub import Vindex, add_geometry, compare
 from vindex_hub.builder import build_vindex
+from vindex_hub.errors import VindexFormatError
 from vindex_hub.format import filenames, geometry, mirror, phases, statistics
 from vindex_hub.listing import list_vindexes
 from vindex_hub.numerics import geometry as geo
@@ -199,6 +200,8 @@ def test_geometry_of_a_seed_format_vindex(vindex_copy: Path, small_vindex: Small
     )
     report = verify_vindex(vindex_copy)
     assert report.ok, report.render()
+    with Vindex.open(vindex_copy) as vx, pytest.raises(VindexFormatError, match="energy-weighted"):
+        vx.overlap(1, weighted=True)
     section = json.loads((vindex_copy / filenames.PHASE1_JSON).read_text())[phases.LAYERS]["1"]
     assert geometry.WEIGHTED_OVERLAP not in section[geometry.GEOMETRY]  # no singular values
     assert geometry.ROUTER_ALIGNMENT not in section[geometry.GEOMETRY]  # no router

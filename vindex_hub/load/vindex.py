@@ -235,7 +235,13 @@ class Vindex:
         block = self.layer(layer)
         if not weighted:
             return geometry.overlaps(block).plain
-        table = self.expert_stats()
+        try:
+            table = self.expert_stats()
+        except (VindexFormatError, RemoteNotFoundError):
+            raise VindexFormatError(
+                f"{self.location} has no {mirror.EXPERT_STATS_PARQUET} (singular values): the "
+                "energy-weighted overlap needs them; the plain one does not"
+            ) from None
         rows = table[mirror.COL_LAYER] == layer
         result = geometry.overlaps(block, table[statistics.SINGULAR_VALUES][rows]).weighted
         assert result is not None
