@@ -2,17 +2,20 @@
 
 ``build``, ``convert`` and ``pull --layers`` all end here, with ``gate_vectors.bin`` in place:
 
+0. with ``geometry``: the expert geometry, computed from the binary in a pass of its own, one
+   layer at a time (``writers.geometry``); it adds summaries to phase 1, router-alignment columns to ``expert_stats`` and, in step 2, the
+   ``expert_overlap`` config (a source vindex's rows of it are carried like its stats tables);
 1. the phase documents (from the layers' results, or carried over from a source vindex);
 2. the Arrow mirror: the binary is streamed once, layer by layer, each block becoming its parquet
    file and feeding the whole file's sha256 (which LarQL's index records), then the stats tables;
 3. with browse inputs (the model's input embedding and tokenizer): the ``feature_tokens`` config
    and LarQL's ``embeddings.bin`` + ``tokenizer.json`` (``writers.browse``);
 4. LarQL's ``index.json`` (and ``router_weights.bin`` when asked), with the browse files' checksums;
-   with ``geometry``, before step 1: the expert geometry computed from the binary
-   (``writers.geometry``), which adds summaries to phase 1, router-alignment columns to
-   ``expert_stats`` and, in step 2, the ``expert_overlap`` config;
 5. the card and its plots, handed the list of what was written (it probes nothing);
 6. the sidecar, last: a folder holding a sidecar is a finished vindex.
+
+``add_geometry`` gives a finished folder the geometry (steps 0, 1, the stats tables, 5 and 6);
+``rewrite_card`` and ``rewrite_mirror`` redo the card, or the mirror and the card.
 """
 
 from __future__ import annotations
