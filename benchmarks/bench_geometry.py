@@ -13,7 +13,8 @@ orthonormal float32 subspaces (256 x 64 x 4096 by default, a DeepSeek-V4-Flash l
 * ``compare_layers`` of two such layers (the full cross overlap + ``linear_sum_assignment``);
 * the peak of memory allocated by each step (``tracemalloc``, which sees numpy's buffers), next
   to the size of one layer;
-* the accuracy of the overlaps against float64 on the first 8 experts.
+* the accuracy of the overlaps against float64 on the first 8 experts;
+* geometry and SVD both on one BLAS thread (the ratio a busy machine distorts least).
 
 Usage: ``python benchmarks/bench_geometry.py [--scale 1] [--svd-experts 4] [--repeat 3]``;
 ``--scale 8`` divides the hidden and intermediate sizes and the expert count by 8 (a quick check
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import scipy.optimize  # noqa: F401 (imported before timing: compare's matching uses it)
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from vindex_hub.numerics import geometry as geo
 from vindex_hub.numerics import svd
@@ -81,6 +82,8 @@ def main() -> None:
     t_overlap, m_overlap, result = measured(lambda: geo.overlaps(a, s), args.repeat)
     t_align, m_align, _ = measured(lambda: geo.router_alignment(a, router), args.repeat)
     t_compare, m_compare, _ = measured(lambda: geo.compare_layers(a, b), args.repeat)
+    with threadpool_limits(1):  # one core against one core: robust to a busy machine
+        t_single, _, _ = measured(lambda: (geo.overlaps(a, s), geo.router_alignment(a, router)), 1)
 
     sub = a[:8].astype(np.float64).reshape(-1, h)
     ref = ((sub @ sub.T) ** 2).reshape(8, k, 8, k).sum(axis=(1, 3)) / k
@@ -111,6 +114,10 @@ def main() -> None:
         f"{per_expert:.2f} s an expert ({inter} x {h}), {args.svd_experts} measured |"
     )
     print(f"| geometry / SVD | {geometry_s / layer_svd:.1%} | | target <= 25% |")
+    print(
+        f"| the same, one BLAS thread each: geometry {t_single:.1f} s / SVD "
+        f"{per_expert * e:.1f} s | {t_single / (per_expert * e):.1%} | | |"
+    )
     print(
         f"| compare_layers of two layers (cross + matching) | {t_compare:.2f} | "
         f"{m_compare / 2**20:.0f} MiB | inputs: 2 x {layer_bytes / 2**20:.0f} MiB |"
