@@ -6,6 +6,8 @@ The public surface::
     push_vindex(folder, repo_id, ...)  vindex folder -> Hub repo (one commit)
     Vindex.open(path_or_repo_id, ...)  read a vindex: numpy / torch, lazy or cached
     verify_vindex(folder)              check binary, index, mirror and card against each other
+    compare(a, b, out=None)            the expert subspaces of two vindexes, layer by layer
+    add_geometry(path, out=None)       add the expert geometry to an existing vindex
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ below loads them
     from .builder import build_vindex
+    from .comparison import compare
+    from .geometry import add_geometry
     from .load import Vindex
     from .pull import pull_vindex
     from .push import push_vindex
@@ -42,6 +46,8 @@ _LAZY = {
     "Vindex": "vindex_hub.load",
     "pull_vindex": "vindex_hub.pull",
     "verify_vindex": "vindex_hub.verify",
+    "compare": "vindex_hub.comparison",
+    "add_geometry": "vindex_hub.geometry",
 }
 
 
@@ -62,6 +68,8 @@ __all__ = [
     "Vindex",
     "pull_vindex",
     "verify_vindex",
+    "compare",
+    "add_geometry",
     "VindexError",
     "CheckpointError",
     "UnsupportedArchitectureError",

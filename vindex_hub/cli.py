@@ -90,6 +90,7 @@ def cmd_build(args: argparse.Namespace) -> Outcome:
         progress=not args.quiet,
         engine=args.engine,
         ray_address=args.ray_address,
+        geometry=args.geometry,
     )
     data = {
         "out": str(summary.out),
@@ -125,6 +126,59 @@ def cmd_convert(args: argparse.Namespace) -> Outcome:
         f"converted {args.folder}: {len(written)} files written ({', '.join(sorted(written)[:3])}, ...)",
         {"folder": args.folder, "written": written},
     )
+
+
+def cmd_geometry(args: argparse.Namespace) -> Outcome:
+    from .geometry import add_geometry
+
+    folder = add_geometry(
+        args.path,
+        args.out,
+        revision=args.revision,
+        repo_type=args.repo_type,
+        card_options=_card_options(args) if _card_options_given(args) else None,
+    )
+    return Outcome(f"expert geometry added to {folder}", {"folder": str(folder)})
+
+
+def _card_options_given(args: argparse.Namespace) -> bool:
+    return any(
+        getattr(args, name)
+        for name in ("card_config", "license", "author", "card_repo_id", "citation", "tag")
+    )
+
+
+def cmd_compare(args: argparse.Namespace) -> Outcome:
+    from .comparison import compare
+
+    result = compare(
+        args.a,
+        args.b,
+        out=args.out,
+        layers=args.layers,
+        revision_a=args.revision_a,
+        revision_b=args.revision_b,
+        repo_type=args.repo_type,
+    )
+    return Outcome(result.render(), result.document)
+
+
+def cmd_list(args: argparse.Namespace) -> Outcome:
+    from .comparison import printable
+    from .listing import list_vindexes
+
+    found = list_vindexes(author=args.author, model=args.model, limit=args.limit)
+    lines = [f"{'repo':<48} {'base model':<36} {'layers':>6} {'K':>4} {'size':>10}"]
+    for v in found:
+        lines.append(
+            f"{printable(v.repo_id):<48} {printable(v.base_model or '-'):<36} "
+            f"{v.layers if v.layers is not None else '-':>6} "
+            f"{v.num_feats if v.num_feats is not None else '-':>4} "
+            f"{format_size(v.size) if v.size is not None else '-':>10}"
+        )
+    if not found:
+        lines = ["no vindex found"]
+    return Outcome("\n".join(lines), [v.__dict__ for v in found])
 
 
 def cmd_verify(args: argparse.Namespace) -> Outcome:
@@ -454,6 +508,12 @@ def parser() -> argparse.ArgumentParser:
         help="Ray cluster to join with --engine ray (default: $RAY_ADDRESS, else start a local one)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--geometry",
+        action="store_true",
+        help="also compute the expert geometry: overlaps of every pair of experts of a layer "
+        "(config expert_overlap), router alignment, summaries in the phase documents and the card",
+    )
     _add_browse_options(p)
     _add_card_options(p)
 
@@ -479,6 +539,39 @@ def parser() -> argparse.ArgumentParser:
     )
     _add_browse_options(p)
     _add_card_options(p)
+
+    p = command(
+        "geometry",
+        cmd_geometry,
+        "add the expert geometry (overlaps, router alignment) to an existing vindex",
+    )
+    p.add_argument(
+        "path", help="vindex folder (changed in place unless -o) or Hub repo id (pulled)"
+    )
+    p.add_argument(
+        "-o", "--out", default=None, help="folder for the result (a repo: default ./<repo name>)"
+    )
+    _add_revision(p, "repo")
+    _add_repo_type(p)
+    _add_card_options(p)
+
+    p = command(
+        "compare", cmd_compare, "compare the expert subspaces of two vindexes of one hidden size"
+    )
+    p.add_argument("a", help="vindex folder or Hub repo id (A)")
+    p.add_argument("b", help="vindex folder or Hub repo id (B)")
+    p.add_argument(
+        "-o", "--out", default=None, help="write the comparison as a dataset folder (push-able)"
+    )
+    p.add_argument("--layers", default=None, help=_layer_help("the layers both hold"))
+    p.add_argument("--revision-a", default=None, help="A's branch, tag or commit")
+    p.add_argument("--revision-b", default=None, help="B's branch, tag or commit")
+    _add_repo_type(p)
+
+    p = command("list", cmd_list, "list the vindexes on the Hub (datasets tagged vindex)")
+    p.add_argument("--author", default=None, help="only this user or organisation")
+    p.add_argument("--model", default=None, help="only vindexes of this base model (repo id)")
+    p.add_argument("--limit", type=int, default=100, help="at most this many")
 
     p = command("verify", cmd_verify, "check binary, index, mirror and card against each other")
     p.add_argument("path", help="vindex folder or Hub repo id")

@@ -20,7 +20,7 @@ from .errors import (
     UsageError,
     VindexFormatError,
 )
-from .format import filenames, mirror, pull_marker, selection, sidecar
+from .format import filenames, geometry, mirror, pull_marker, selection, sidecar
 from .format.card_data import CardOptions
 from .format.pull_marker import FORMATS, Format
 from .hub.http import download_snapshot
@@ -70,8 +70,8 @@ def pull_vindex(
       figures, such as vocab size).
 
     ``arrow`` is a data-only download: the parquet files of those layers (all without
-    ``layers``), the stats parquet files, the card and the JSON files, with the repo's sidecar
-    unchanged (it lists every layer). There is no binary, so ``Vindex.open(folder)`` refuses it;
+    ``layers``), the stats parquet files (and ``expert_overlap``), the card and the JSON files,
+    with the repo's sidecar unchanged (it lists every layer). There is no binary, so ``Vindex.open(folder)`` refuses it;
     ``Vindex.open(folder, mode="arrow")`` reads the layers that were pulled.
     """
     if format not in FORMATS:
@@ -109,6 +109,7 @@ def pull_vindex(
             patterns = [sources[layer].path for layer in selected]
             patterns += [
                 *mirror.STATS_PARQUETS,
+                geometry.EXPERT_OVERLAP_PARQUET,  # with --geometry
                 filenames.CARD_FILE,
                 filenames.SIDECAR_JSON,
                 filenames.PHASE1_JSON,
@@ -244,6 +245,9 @@ def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
         except (VindexFormatError, RemoteNotFoundError):
             documents.append(None)  # an optional file the repo does not have
     tables = {rel: restrict_table(table, selected) for rel, table in _stats_tables(vx).items()}
+    overlap = _overlap_table(vx)
+    if overlap is not None:
+        tables[geometry.EXPERT_OVERLAP_PARQUET] = restrict_table(overlap, selected)
     index = sidecar.VindexIndex(
         num_feats=src.num_feats,
         model_config=src.model_config,
@@ -271,6 +275,16 @@ def _stats_tables(vx: Vindex) -> dict[str, Any]:
         except (VindexFormatError, RemoteNotFoundError):
             return {}
     return tables
+
+
+def _overlap_table(vx: Vindex) -> Any:
+    """The source's ``expert_overlap`` table (``--geometry``), None when it has none."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(vx.files.path(geometry.EXPERT_OVERLAP_PARQUET))
+    except (VindexFormatError, RemoteNotFoundError):
+        return None
 
 
 pull = pull_vindex  # the earlier name, kept for callers

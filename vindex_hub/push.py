@@ -224,8 +224,11 @@ def push_vindex(
             if not dry_run:
                 result.commit_oid = head
             return result
-        assert verified.index is not None  # the verification passed: the sidecar parsed
-        summary, description = commit_text(verified.index)
+        summary, description = (
+            commit_text(verified.index)
+            if verified.index is not None
+            else comparison_commit_text(folder)
+        )
         commit = _commit(
             api,
             ref,
@@ -279,6 +282,19 @@ def commit_text(index: sidecar.VindexIndex) -> tuple[str, str]:
         ]
     )
     return summary, description
+
+
+def comparison_commit_text(folder: Path) -> tuple[str, str]:
+    """The commit text of a ``compare`` output: both sides, from its document."""
+    from .format import geometry
+    from .fsutil import read_json_object
+
+    doc = read_json_object(folder / geometry.COMPARE_JSON, what="comparison document")
+    a, b = doc[geometry.COMPARE_A], doc[geometry.COMPARE_B]
+    return (
+        f"Upload comparison of {a['name']} and {b['name']}",
+        "\n".join(f"{s['name']}: commit {s.get('commit')}" for s in (a, b)),
+    )
 
 
 def _check_arguments(

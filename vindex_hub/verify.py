@@ -22,7 +22,17 @@ import numpy as np
 
 from .checksums import iter_chunks, sha256_file
 from .errors import IntegrityError, VindexError, VindexFormatError
-from .format import card_data, filenames, larql, layout, mirror, phases, sidecar, statistics
+from .format import (
+    card_data,
+    filenames,
+    geometry,
+    larql,
+    layout,
+    mirror,
+    phases,
+    sidecar,
+    statistics,
+)
 from .fsutil import read_json_object
 from .load.files import LocalFiles
 from .load.readers import layer_sources
@@ -116,6 +126,11 @@ class _Checker:
 def verify_vindex(folder: str | Path) -> VerifyReport:
     """Check every file of a local vindex folder against the others; see the module docstring."""
     c = _Checker(Path(folder))
+    if (c.folder / geometry.COMPARE_JSON).is_file() and not (
+        c.folder / filenames.SIDECAR_JSON
+    ).exists():
+        c.run(geometry.COMPARE_JSON, lambda: _check_comparison(c))
+        return c.report
     index = c.run(filenames.SIDECAR_JSON, lambda: _check_index(c))
     if index is None:
         return c.report
@@ -138,6 +153,7 @@ def verify_vindex(folder: str | Path) -> VerifyReport:
     c.run(filenames.LARQL_INDEX_JSON, lambda: _check_larql(c, index))
     c.run(filenames.PHASE1_JSON, lambda: _check_phase1(c, index))
     c.run(filenames.PHASE2_JSON, lambda: _check_phase2(c, index))
+    c.run(geometry.EXPERT_OVERLAP_PARQUET, lambda: _check_expert_overlap(c, index))
     return c.report
 
 
@@ -705,3 +721,193 @@ def _check_phase1(c: _Checker, index: sidecar.VindexIndex) -> None:
 def _check_phase2(c: _Checker, index: sidecar.VindexIndex) -> None:
     if _phase_layers(c, filenames.PHASE2_JSON, index) is not None:
         c.passed(f"{filenames.PHASE2_JSON}: same layers as the index")
+
+
+# ---- expert geometry -----------------------------------------------------------------------------
+_OVERLAP_ATOL = 2e-6  # stored float32 overlaps against a recomputation (both ~1e-7 from exact)
+
+
+def _check_expert_overlap(c: _Checker, index: sidecar.VindexIndex) -> None:
+    """``expert_overlap``: one row per (layer, expert) in order; its first layer recomputed from
+    the binary (plain, and weighted with ``expert_stats``' singular values); every layer's
+    phase-1 summary recomputed from the table; alignment shares within [0, 1]."""
+    path = c.folder / geometry.EXPERT_OVERLAP_PARQUET
+    if not path.exists():
+        return
+    import pyarrow.parquet as pq  # only where there is a table to read
+
+    from .numerics import geometry as geo
+
+    table = pq.read_table(path)
+    e = index.num_experts
+    layers = table.column(geometry.COL_LAYER).to_numpy()
+    experts = table.column(geometry.COL_EXPERT).to_numpy()
+    if not (
+        np.array_equal(layers, np.repeat(index.layer_ids, e))
+        and np.array_equal(experts, np.tile(np.arange(e), len(index.layer_ids)))
+    ):
+        c.problem(
+            f"{geometry.EXPERT_OVERLAP_PARQUET}: rows are not the {e} experts of each layer "
+            f"{index.layer_ids} in order"
+        )
+        return
+    n_problems = len(c.report.problems)
+
+    def matrices(column: str) -> np.ndarray:
+        col = table.column(column).combine_chunks()
+        return col.values.to_numpy(zero_copy_only=False).reshape(len(index.layer_ids), e, e)
+
+    plain = matrices(geometry.COL_OVERLAP)
+    weighted = (
+        matrices(geometry.COL_WEIGHTED_OVERLAP)
+        if geometry.COL_WEIGHTED_OVERLAP in table.column_names
+        else None
+    )
+    first = index.layer_ids[0]
+    block = np.fromfile(
+        c.folder / filenames.GATE_VECTORS_BIN,
+        dtype=layout.NUMPY_DTYPE,
+        count=index.layer_nbytes // 4,
+        offset=index.layers[first].file_offset,
+    ).reshape(index.layer_shape)
+    svals = None
+    if weighted is not None:
+        stats_table = pq.read_table(
+            c.folder / mirror.EXPERT_STATS_PARQUET,
+            columns=[mirror.COL_LAYER, statistics.SINGULAR_VALUES],
+            filters=[(mirror.COL_LAYER, "=", first)],
+        )
+        col = stats_table.column(statistics.SINGULAR_VALUES).combine_chunks()
+        svals = col.values.to_numpy(zero_copy_only=False).reshape(len(col), index.num_feats)
+    fresh = geo.overlaps(block, svals)
+    for name, stored, again in (
+        (geometry.COL_OVERLAP, plain[0], fresh.plain),
+        (geometry.COL_WEIGHTED_OVERLAP, None if weighted is None else weighted[0], fresh.weighted),
+    ):
+        if stored is None or again is None:
+            continue
+        worst = float(np.max(np.abs(stored - again)))
+        if worst > _OVERLAP_ATOL:
+            c.problem(
+                f"layer {first}: {geometry.EXPERT_OVERLAP_PARQUET} {name} differs from the "
+                f"overlaps of {filenames.GATE_VECTORS_BIN} by up to {worst:.3g}"
+            )
+    phase1 = c.folder / filenames.PHASE1_JSON
+    documented = (
+        read_json_object(phase1, what="phase-1 statistics").get(phases.LAYERS, {})
+        if phase1.exists()
+        else {}
+    )
+    for slot, layer in enumerate(index.layer_ids):
+        section = (documented.get(str(layer)) or {}).get(geometry.GEOMETRY)
+        if section is None:
+            c.problem(
+                f"layer {layer}: {filenames.PHASE1_JSON} has no {geometry.GEOMETRY!r} summary"
+            )
+            continue
+        for key, stack in ((geometry.OVERLAP, plain), (geometry.WEIGHTED_OVERLAP, weighted)):
+            if stack is None:
+                continue
+            got = geo.summarize_overlaps(stack[slot])
+            want = section.get(key) or {}
+            if not (
+                math.isclose(got.mean, want.get(geometry.MEAN, math.nan), abs_tol=_OVERLAP_ATOL)
+                and math.isclose(got.max, want.get(geometry.MAX, math.nan), abs_tol=_OVERLAP_ATOL)
+            ):
+                c.problem(
+                    f"layer {layer}: {filenames.PHASE1_JSON} {key} mean/max "
+                    f"{want.get(geometry.MEAN)}/{want.get(geometry.MAX)}, the table gives "
+                    f"{got.mean:.6g}/{got.max:.6g}"
+                )
+    stats_path = c.folder / mirror.EXPERT_STATS_PARQUET
+    if stats_path.exists():
+        names = pq.read_schema(stats_path).names
+        for name in geometry.ALIGNMENT_COLUMNS[:2]:
+            if name in names:
+                values = pq.read_table(stats_path, columns=[name]).column(name).to_numpy()
+                if not np.all((values >= -1e-9) & (values <= 1 + 1e-9)):
+                    c.problem(f"{mirror.EXPERT_STATS_PARQUET}: {name} outside [0, 1]")
+    if len(c.report.problems) == n_problems:
+        c.passed(
+            f"{geometry.EXPERT_OVERLAP_PARQUET}: layer {first} matches the binary's overlaps; "
+            f"phase-1 summaries match the table"
+        )
+
+
+# ---- a comparison dataset ------------------------------------------------------------------------
+def _check_comparison(c: _Checker) -> None:
+    """A ``compare`` output: its document, its three configs (rows, the summaries recomputed from
+    the matching table, matched overlaps found in the cross table) and the card's configs."""
+    import pyarrow.parquet as pq
+
+    doc = read_json_object(c.folder / geometry.COMPARE_JSON, what="comparison document")
+    if doc.get("format_version") != geometry.COMPARE_FORMAT_VERSION:
+        c.problem(
+            f"{geometry.COMPARE_JSON}: format_version {doc.get('format_version')!r}, "
+            f"expected {geometry.COMPARE_FORMAT_VERSION}"
+        )
+        return
+    for rel in geometry.COMPARE_PARQUETS.values():
+        if not (c.folder / rel).is_file():
+            c.problem(f"{rel}: missing")
+    if c.report.problems:
+        return
+    n_problems = len(c.report.problems)
+    layers = sorted(int(k) for k in doc[geometry.COMPARE_LAYERS])
+    matching = pq.read_table(c.folder / geometry.MATCHING_PARQUET)
+    cross = pq.read_table(c.folder / geometry.CROSS_OVERLAP_PARQUET)
+    summary = pq.read_table(c.folder / geometry.LAYER_SUMMARY_PARQUET)
+    if summary.column(geometry.COL_LAYER).to_pylist() != layers:
+        c.problem(f"{geometry.LAYER_SUMMARY_PARQUET}: layers differ from {geometry.COMPARE_JSON}'s")
+        return
+    m_layer = matching.column(geometry.COL_LAYER).to_numpy()
+    width = cross.schema.field(geometry.COL_OVERLAP).type.list_size
+    col = cross.column(geometry.COL_OVERLAP).combine_chunks()
+    cross_rows = col.values.to_numpy(zero_copy_only=False).reshape(len(col), width)
+    if cross.num_rows != matching.num_rows:
+        c.problem(
+            f"{geometry.CROSS_OVERLAP_PARQUET}: {cross.num_rows} rows, matching has {matching.num_rows}"
+        )
+        return
+    match = matching.column(geometry.COL_MATCH).to_numpy()
+    matched = matching.column(geometry.COL_MATCHED).to_numpy(zero_copy_only=False)
+    same = matching.column(geometry.COL_SAME_INDEX).to_numpy(zero_copy_only=False)
+    for row, layer in enumerate(layers):
+        rows = m_layer == layer
+        recorded = doc[geometry.COMPARE_LAYERS][str(layer)]
+        ok = match[rows] >= 0
+        again = {
+            "mean_matched": float(np.mean(matched[rows][ok])),
+            "mean_same_index": float(np.nanmean(same[rows])),
+        }
+        for key, value in again.items():
+            if not math.isclose(value, recorded.get(key, math.nan), rel_tol=1e-9):
+                c.problem(
+                    f"layer {layer}: {geometry.COMPARE_JSON} {key} = {recorded.get(key)}, "
+                    f"{geometry.MATCHING_PARQUET} gives {value}"
+                )
+            if not math.isclose(value, summary.column(key)[row].as_py(), rel_tol=1e-9):
+                c.problem(f"layer {layer}: {geometry.LAYER_SUMMARY_PARQUET} {key} disagrees")
+        picked = cross_rows[rows][ok, match[rows][ok]]
+        if np.max(np.abs(picked - matched[rows][ok]), initial=0) > _OVERLAP_ATOL:
+            c.problem(
+                f"layer {layer}: {geometry.MATCHING_PARQUET} matched overlaps differ from "
+                f"{geometry.CROSS_OVERLAP_PARQUET}"
+            )
+    card = c.folder / filenames.CARD_FILE
+    if not card.is_file():
+        c.problem(f"{filenames.CARD_FILE}: missing")
+    else:
+        from .format.card_data import read_card_data
+
+        configs = mirror.configs_by_name(read_card_data(card))
+        for name, rel in geometry.COMPARE_PARQUETS.items():
+            paths = [p for _, p in mirror.config_paths(configs.get(name) or {})]
+            if paths != [rel]:
+                c.problem(
+                    f"{filenames.CARD_FILE}: config {name!r} names {paths}, expected [{rel!r}]"
+                )
+    if len(c.report.problems) == n_problems:
+        c.passed(
+            f"{geometry.COMPARE_JSON}: {len(layers)} layer(s); configs agree with each other and the card"
+        )

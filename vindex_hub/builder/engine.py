@@ -93,7 +93,7 @@ class SerialEngine:
                 layer,
                 raw,
                 self.settings,
-                keep_router=plan.larql_router,
+                keep_router=plan.keep_router,
                 buffers=buffers,
                 on_batch=on_experts,
             )
@@ -335,7 +335,7 @@ class ProcessEngine:
         if failure is not None:
             raise failure[1]
         # After the routed experts, as the serial engine does: a bad checkpoint fails the same way.
-        return finish_layer(arch, layer, raw, routed, self.settings, keep_router=plan.larql_router)
+        return finish_layer(arch, layer, raw, routed, self.settings, keep_router=plan.keep_router)
 
     def _feed(self, layer: int, block_name: str, table: _Table, todo: list[range]) -> None:
         """Hand each idle worker the next batch (popped from the end of ``todo``)."""

@@ -10,6 +10,7 @@ finished vindex.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -20,13 +21,14 @@ from pathlib import Path
 from ..checksums import sha256_file_range
 from ..errors import UsageError
 from ..format import filenames, sidecar
+from ..format import geometry as format_geometry
 from ..format.card_data import CardOptions
 from ..numerics import routes
 from ..results import LayerResult, layer_result_path
 from ..source.base import CheckpointSource
 from ..writers.binary import GateVectorsWriter
 from ..writers.browse import BrowseInputs, BrowseOptions
-from ..writers.derived import write_derived_files
+from ..writers.derived import add_geometry, write_derived_files
 from ..writers.phases import routed_summary
 from .browse import check_browse_inputs, read_browse_inputs
 from .defaults import (
@@ -69,6 +71,7 @@ def build_vindex(
     token: str | None = None,
     engine: str | None = None,
     ray_address: str | None = None,
+    geometry: bool = False,
 ) -> BuildSummary:
     """Build a vindex of ``source`` into the folder ``out`` (resuming an unfinished build there).
 
@@ -82,6 +85,9 @@ def build_vindex(
     ``engine``: ``"local"`` (this machine, the default) or ``"ray"`` (Ray tasks on the cluster at
     ``ray_address``, else ``RAY_ADDRESS``, else a new local one; ``build.ray_engine``): the same
     bits either way.
+    ``geometry``: also compute the expert geometry (overlaps, router alignment; ``writers.geometry``)
+    from the finished binary and the layers' routers. A folder already complete gets it added
+    (``writers.derived.add_geometry``: routers only where it has LarQL's ``router_weights.bin``).
     """
     started = time.monotonic()
     for name, value in (("batch_size", batch_size), ("prefetch_layers", prefetch_layers)):
@@ -112,10 +118,13 @@ def build_vindex(
             precision=precision,
             workers=workers,
         )
+        plan = dataclasses.replace(plan, geometry=geometry)
         if plan.browse.wanted:  # fail now, not after hours of layers, when the inputs are missing
             check_browse_inputs(src, plan.arch, plan.browse.feature_tokens)
         finished = claim_output(plan)
         if finished is not None:  # the same vindex is already complete there: nothing to do
+            if geometry and not (plan.out / format_geometry.EXPERT_OVERLAP_PARQUET).is_file():
+                add_geometry(plan.out, finished, card_options)  # ... but the geometry asked for
             return BuildSummary(
                 plan.out,
                 plan.layer_ids,
@@ -257,4 +266,5 @@ def _finish(
         larql_router=plan.larql_router,
         browse=plan.browse,
         browse_inputs=browse_inputs,
+        geometry=plan.geometry,
     )

@@ -116,6 +116,12 @@ class BuildPlan:
     index: sidecar.VindexIndex  # the sidecar to fill in, layers still empty
     fingerprint: dict[str, Any]
     browse: BrowseOptions = BrowseOptions()  # feature tokens / LarQL browse tier
+    geometry: bool = False  # expert geometry (writers.geometry): keeps the routers for alignment
+
+    @property
+    def keep_router(self) -> bool:
+        """Whether each layer's router weight is kept in its result (LarQL's file, the geometry)."""
+        return self.larql_router or self.geometry
 
     @property
     def state_dir(self) -> Path:

@@ -272,7 +272,7 @@ class RayEngine:
             args = (spec, token, plan.fingerprint["config_sha256"])
             settings = (
                 dataclasses.asdict(plan.decompose_settings(self.batch_size)),
-                plan.larql_router,
+                plan.keep_router,
             )
             in_flight = self.max_in_flight or slots
             while parts or pending:

@@ -16,6 +16,7 @@ imports none of them: a key is spelled in one module of it.
 ``larql``          LarQL's ``index.json`` document
 ``seed``           reading (and upgrading) the seed's published sidecar
 ``pull_marker``    the marker ``pull`` leaves in a folder it made (repo, commit, format, layers)
+``geometry``       the expert geometry's config, columns and phase keys; a comparison's files
 =================  ===========================================================================
 
 The format, in prose (``docs/format.md`` has every file, field by field)
@@ -30,13 +31,14 @@ A vindex is a folder::
     phase2_router_svd.json    per layer: router SVD (top-k energy, effective/stable rank, s0/s1)
     README.md                 the dataset card (YAML front matter + text)
     images/var_per_layer.png  the var-K plot shown in the card
+    images/expert_overlap.png optional (``--geometry``): the expert-overlap figure of the card
     index.json                LarQL's index (format version 2) over the same gate_vectors.bin
     router_weights.bin        optional, LarQL's router layout (a block for every model layer)
     embeddings.bin            optional (LarQL's browse tier): the input embedding, [vocab, hidden] f16/f32
     tokenizer.json            optional (LarQL's browse tier): the model's tokenizer, copied
     data/...parquet           the Arrow mirror (``mirror``): configs expert_stats (the default),
                               router_svd, layer_NN (one file each), gate_vectors (all layer files),
-                              feature_tokens (optional)
+                              feature_tokens (optional), expert_overlap (optional, ``geometry``)
 
 Layers are stored in ascending layer-id order, one contiguous block each, with no gaps: the
 ``i``-th stored layer starts at ``i * layer_nbytes``. A vindex of a subset of layers (``--layers

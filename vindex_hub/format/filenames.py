@@ -15,6 +15,7 @@ PHASE1_JSON = "phase1_moe_svd.json"
 PHASE2_JSON = "phase2_router_svd.json"
 CARD_FILE = "README.md"
 VAR_PLOT_FILE = "images/var_per_layer.png"
+GEOMETRY_PLOT_FILE = "images/expert_overlap.png"  # with --geometry (writers.geometry)
 LARQL_INDEX_JSON = "index.json"
 LARQL_ROUTER_BIN = "router_weights.bin"
 # LarQL's browse tier: the input embedding (raw LE [vocab, hidden], f16 or f32) and the tokenizer.
@@ -31,6 +32,7 @@ VINDEX_FILES = frozenset(
         PHASE2_JSON,
         CARD_FILE,
         VAR_PLOT_FILE,
+        GEOMETRY_PLOT_FILE,
         LARQL_INDEX_JSON,
         LARQL_ROUTER_BIN,
         LARQL_EMBEDDINGS_BIN,

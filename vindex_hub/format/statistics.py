@@ -71,3 +71,8 @@ INFO_Q75_VAR = "q75_var"
 
 def router_topk_key(k: int) -> str:
     return f"top{k}_energy"
+
+
+def mp_var_key(num_feats: int) -> str:
+    """``mp_var64``: var{K} of a Gaussian random matrix of the expert's shape (Marchenko-Pastur)."""
+    return f"mp_{var_key(num_feats)}"

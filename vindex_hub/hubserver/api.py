@@ -395,6 +395,73 @@ def repo_info(req: HubHandler, repo: RepoRef, revision: str = "") -> None:
     req.send_json(info)
 
 
+def _card_data(req: HubHandler, commit: Commit) -> dict[str, Any]:
+    """The YAML front matter of a commit's README.md (what the Hub returns as ``cardData``)."""
+    import yaml
+
+    entry = commit.tree.get("README.md")
+    if entry is None:
+        return {}
+    with req.storage.open_blob(entry.sha256) as f:
+        text = f.read().decode("utf-8", errors="replace")
+    if not text.startswith("---"):
+        return {}
+    end = text.find("\n---", 3)
+    try:
+        data = yaml.safe_load(text[3:end]) if end > 0 else None
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def list_datasets(req: HubHandler) -> None:
+    """``GET /api/datasets``: the Hub's listing, with its ``author``, ``filter`` (tags, all must
+    match), ``search`` (a substring of the id) and ``limit`` parameters; ``cardData`` and ``tags``
+    (the card's tags) and ``usedStorage`` in each item. Private repos are listed to no one."""
+    q = req.query
+    authors = q.get("author")
+    author = authors[-1] if authors else None
+    wanted = set(q.get("filter") or [])
+    search = [s.lower() for s in q.get("search") or []]
+    try:
+        limit = int((q.get("limit") or ["1000"])[-1])
+    except ValueError:
+        raise HTTPFailure(400, "limit must be an integer") from None
+    out = []
+    for repo in req.storage.list_repos("dataset"):
+        meta = req.storage.repo_meta(repo)
+        if meta["private"] or (author and repo.repo_id.split("/")[0] != author):
+            continue
+        if search and not all(s in repo.repo_id.lower() for s in search):
+            continue
+        commit = req.storage.resolve(repo, DEFAULT_BRANCH)
+        card = _card_data(req, commit)
+        tags = [str(t) for t in card.get("tags") or [] if isinstance(t, (str, int))]
+        if not wanted <= set(tags):
+            continue
+        out.append(
+            {
+                "_id": hashlib.sha1(f"dataset/{repo.repo_id}".encode()).hexdigest()[:24],
+                "id": repo.repo_id,
+                "author": repo.repo_id.split("/")[0],
+                "sha": commit.sha,
+                "lastModified": commit.created_at,
+                "createdAt": meta["created_at"],
+                "private": False,
+                "gated": meta["gated"],
+                "disabled": False,
+                "downloads": 0,
+                "likes": 0,
+                "tags": tags,
+                "cardData": card,
+                "usedStorage": sum(e.size for e in commit.tree.values()),
+            }
+        )
+        if len(out) >= limit:
+            break
+    req.send_json(out)
+
+
 # -- refs and history ------------------------------------------------------------------------------
 
 
@@ -765,6 +832,7 @@ ROUTES: tuple[Route, ...] = (
     Route(("DELETE",), "api/repos/delete", delete_repo),  # {"name","organization","type"}
     Route(("POST",), "api/validate-yaml", validate_yaml),  # always valid
     Route(("GET",), "api/whoami-v2", whoami),
+    Route(("GET",), "api/datasets", list_datasets),  # ?author=&filter=&search=&limit=
     Route(("GET",), "api/{api_repo}", repo_info),  # ?blobs=1: sizes and LFS in siblings
     Route(("GET",), "api/{api_repo}/revision/{revision*}", repo_info),
     Route(("GET",), "api/{api_repo}/tree/{revision_path*}", tree),

@@ -348,6 +348,14 @@ class Storage:
             }
             self._write_json(self._repo_dir(repo) / "repo.json", meta)
 
+    def list_repos(self, repo_type: str) -> list[RepoRef]:
+        """Every repo of ``repo_type`` (``model``, ``dataset``...), sorted by id."""
+        base = self.root / "repos" / f"{repo_type}s"
+        return [
+            RepoRef(repo_type, p.parent.relative_to(base).as_posix())
+            for p in sorted(base.glob("*/*/repo.json"))
+        ]
+
     def delete_repo(self, repo: RepoRef) -> None:
         with self._lock:
             self._read_repo(repo)

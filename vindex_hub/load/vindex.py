@@ -264,6 +264,27 @@ class Vindex:
                 f"expert {expert} out of range: layer {layer} has experts 0-{self.num_experts - 1}"
             )
 
+    def overlap(self, layer: int, *, weighted: bool = False) -> np.ndarray:
+        """``(num_experts, num_experts)`` float64 overlaps ``||V_a V_b^T||_F^2 / K`` of the layer's
+        experts, computed from its vectors (``numerics.geometry``); ``weighted``: the
+        energy-weighted variant, from the singular values in ``expert_stats``."""
+        from ..numerics import geometry
+
+        block = self.layer(layer)
+        if not weighted:
+            return geometry.overlaps(block).plain
+        try:
+            table = self.expert_stats()
+        except (VindexFormatError, RemoteNotFoundError):
+            raise VindexFormatError(
+                f"{self.location} has no {mirror.EXPERT_STATS_PARQUET} (singular values): the "
+                "energy-weighted overlap needs them; the plain one does not"
+            ) from None
+        rows = table[mirror.COL_LAYER] == layer
+        result = geometry.overlaps(block, table[statistics.SINGULAR_VALUES][rows]).weighted
+        assert result is not None
+        return result
+
     def layer_torch(self, layer: int, device: Any = None, dtype: Any = None) -> torch.Tensor:
         """``layer(L)`` as a new torch tensor on ``device`` (default CPU) in ``dtype`` (default float32)."""
         return _to_torch(self.layer(layer), device, dtype)

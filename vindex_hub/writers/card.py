@@ -16,14 +16,17 @@ import io
 import re
 from collections.abc import Collection, Sequence
 from pathlib import Path
+from typing import Any
 
 from .. import __version__
 from ..errors import VindexFormatError
 from ..format import card_data, filenames, larql, mirror, selection, sidecar, statistics
+from ..format import geometry as geometry_names
 from ..format.card_data import CardOptions, author_markdown, card_front_matter, title_of
 from ..format.layout import format_size
 from ..format.mirror import MirrorFile
 from ..fsutil import atomic_write_bytes, atomic_write_text
+from .geometry import CardGeometry, geometry_plot_png, mp_baseline
 
 TEMPLATE_FILE = "vindex_card.md.j2"
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -80,7 +83,17 @@ def license_markdown(index: sidecar.VindexIndex, options: CardOptions) -> str:
 
 # ---- the plot --------------------------------------------------------------------------------
 def var_plot_png(index: sidecar.VindexIndex) -> bytes:
-    """Median var{K} per layer with the q25-q75 band; PNG bytes without time/software metadata."""
+    """``var_plot_figure`` as PNG bytes without time/software metadata."""
+    fig = var_plot_figure(index)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def var_plot_figure(index: sidecar.VindexIndex) -> Any:
+    """Median var{K} per layer with the q25-q75 band and the Marchenko-Pastur baseline (a Gaussian
+    matrix of the expert's shape). The y axis runs from 0 to 1 (var{K} is a fraction), so a 1%
+    difference between layers looks like one, and the baseline is always in view."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -95,6 +108,15 @@ def var_plot_png(index: sidecar.VindexIndex) -> bytes:
     ax = fig.add_subplot()
     ax.fill_between(layers, q25, q75, alpha=0.3, linewidth=0, label="q25-q75 over experts")
     ax.plot(layers, median, marker="o", markersize=3, label=f"median {statistics.var_key(k)}")
+    mp = mp_baseline(index)
+    ax.axhline(
+        mp,
+        color="black",
+        linestyle="--",
+        linewidth=1,
+        label=f"Gaussian random matrix (Marchenko-Pastur) = {mp:.3f}",
+    )
+    ax.set_ylim(0, 1)
     ax.set_xlabel("layer")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # layers are whole numbers
     ax.set_ylabel(f"{statistics.var_key(k)} = top-{k} energy fraction")
@@ -102,9 +124,7 @@ def var_plot_png(index: sidecar.VindexIndex) -> bytes:
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    return buf.getvalue()
+    return fig
 
 
 # ---- the card --------------------------------------------------------------------------------
@@ -120,9 +140,11 @@ def render_card(
     files: Collection[str],
     mirror_files: Sequence[MirrorFile],
     feature_examples: Sequence[dict] = (),
+    geometry: CardGeometry | None = None,
 ) -> str:
     """The card's text (front matter + body), describing the written ``files`` and ``mirror_files``;
-    ``feature_examples`` are a few ``feature_tokens`` rows to quote."""
+    ``feature_examples`` are a few ``feature_tokens`` rows to quote; ``geometry`` the expert
+    geometry's figures (``writers.geometry.card_figures``), when the vindex has them."""
     import jinja2
     from huggingface_hub import DatasetCard
 
@@ -202,6 +224,8 @@ def render_card(
         if index.builder.name == sidecar.UNKNOWN
         else f"{index.builder.name} {index.builder.version}",
         writer_version=__version__,
+        mp_var=f"{mp_baseline(index):.4f}",
+        geometry=_geometry_context(geometry, mirror_files),
     )
     DatasetCard(text)  # parses the front matter: a card the Hub would reject fails here
     return text
@@ -210,6 +234,45 @@ def render_card(
 def _namespace_of(author: str | None) -> str:
     """The namespace the card's examples use when no repo id was given."""
     return author if author and card_data.is_hub_name(author) else "your-namespace"
+
+
+def _geometry_context(
+    figures: CardGeometry | None, mirror_files: Sequence[MirrorFile]
+) -> dict | None:
+    """The template's geometry section: the figure, the table of mean overlaps per layer, and
+    whether ``expert_stats`` has the router-alignment columns."""
+    if figures is None:
+        return None
+    weighted: list[float | None] = (
+        list(figures.weighted_mean) if figures.weighted_mean else [None] * len(figures.layers)
+    )
+    return {
+        "plot_file": filenames.GEOMETRY_PLOT_FILE,
+        "config": geometry_names.CONFIG_EXPERT_OVERLAP,
+        "parquet": geometry_names.EXPERT_OVERLAP_PARQUET,
+        "baseline": f"{figures.baseline:.4f}",
+        "heatmap_layer": figures.heatmap_layer,
+        "top_ratio": f"{figures.top_ratio:.1f}",
+        "has_weighted": figures.weighted_mean is not None,
+        "alignment_columns": ", ".join(f"`{c}`" for c in geometry_names.ALIGNMENT_COLUMNS),
+        "has_alignment": any(
+            f.config == mirror.CONFIG_EXPERT_STATS
+            and geometry_names.COL_ROUTER_ALIGNMENT in f.arrow_schema.names
+            for f in mirror_files
+        ),
+        "rows": [
+            {
+                "layer": layer,
+                "mean": f"{mean:.4f}",
+                "ratio": f"{mean / figures.baseline:.2f}",
+                "max": f"{top:.4f}",
+                "weighted": "" if w is None else f"{w:.4f}",
+            }
+            for layer, mean, top, w in zip(
+                figures.layers, figures.mean, figures.max, weighted, strict=True
+            )
+        ],
+    }
 
 
 def _example_row(row: dict) -> dict:
@@ -230,12 +293,19 @@ def write_card(
     files: Collection[str],
     mirror_files: Sequence[MirrorFile],
     feature_examples: Sequence[dict] = (),
+    geometry: CardGeometry | None = None,
 ) -> list[str]:
-    """Write ``README.md`` and the var-K plot it embeds; return their paths."""
+    """Write ``README.md`` and the plots it embeds; return their paths."""
     folder = Path(folder)
     if not index.layers:
         raise VindexFormatError(f"{folder}: the index lists no layers; nothing to describe")
     atomic_write_bytes(folder / filenames.VAR_PLOT_FILE, var_plot_png(index))
+    plots = [filenames.VAR_PLOT_FILE]
+    if geometry is not None:
+        atomic_write_bytes(
+            folder / filenames.GEOMETRY_PLOT_FILE, geometry_plot_png(geometry, index.display_name)
+        )
+        plots.append(filenames.GEOMETRY_PLOT_FILE)
     atomic_write_text(
         folder / filenames.CARD_FILE,
         render_card(
@@ -244,6 +314,7 @@ def write_card(
             files=files,
             mirror_files=mirror_files,
             feature_examples=feature_examples,
+            geometry=geometry,
         ),
     )
-    return [filenames.VAR_PLOT_FILE, filenames.CARD_FILE]
+    return [*plots, filenames.CARD_FILE]

@@ -2,14 +2,20 @@
 
 ``build``, ``convert`` and ``pull --layers`` all end here, with ``gate_vectors.bin`` in place:
 
+0. with ``geometry``: the expert geometry, computed from the binary in a pass of its own, one
+   layer at a time (``writers.geometry``); it adds summaries to phase 1, router-alignment columns to ``expert_stats`` and, in step 2, the
+   ``expert_overlap`` config (a source vindex's rows of it are carried like its stats tables);
 1. the phase documents (from the layers' results, or carried over from a source vindex);
 2. the Arrow mirror: the binary is streamed once, layer by layer, each block becoming its parquet
    file and feeding the whole file's sha256 (which LarQL's index records), then the stats tables;
 3. with browse inputs (the model's input embedding and tokenizer): the ``feature_tokens`` config
    and LarQL's ``embeddings.bin`` + ``tokenizer.json`` (``writers.browse``);
 4. LarQL's ``index.json`` (and ``router_weights.bin`` when asked), with the browse files' checksums;
-5. the card and its plot, handed the list of what was written (it probes nothing);
+5. the card and its plots, handed the list of what was written (it probes nothing);
 6. the sidecar, last: a folder holding a sidecar is a finished vindex.
+
+``add_geometry`` gives a finished folder the geometry (steps 0, 1, the stats tables, 5 and 6);
+``rewrite_card`` and ``rewrite_mirror`` redo the card, or the mirror and the card.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..format import filenames, mirror, sidecar
+from ..format import geometry as format_geometry
 from ..format.card_data import CardOptions
 from ..format.mirror import STATS_PARQUETS, MirrorFile
 from ..fsutil import atomic_write_json
@@ -35,6 +42,15 @@ from .browse import (
     write_larql_browse,
 )
 from .card import example_layer_of, write_card
+from .geometry import (
+    GeometryInputs,
+    card_figures,
+    compute_geometry,
+    phase1_with_geometry,
+    with_alignment,
+    write_expert_overlap,
+    write_overlap_table,
+)
 from .larql import write_larql_index
 from .mirror import stats_tables, write_mirror, written_file, written_mirror
 from .phases import phase1_json, phase2_json
@@ -72,6 +88,8 @@ def write_derived_files(
     larql_router: bool = False,
     browse: BrowseOptions | None = None,
     browse_inputs: BrowseInputs | None = None,
+    geometry: bool = False,
+    geometry_inputs: GeometryInputs | None = None,
 ) -> WrittenFiles:
     """Write every derived file of the vindex in ``folder`` (see the module docstring).
 
@@ -79,6 +97,9 @@ def write_derived_files(
     source vindex's statistics, else only the gate vectors are mirrored. ``model_config`` is the
     checkpoint's ``config.json`` when at hand (LarQL's vocab size and attention geometry).
     ``browse`` asks for the files made from ``browse_inputs`` (the embedding and tokenizer).
+    ``geometry`` asks for the expert geometry; its singular values and routers come from
+    ``results``, else ``geometry_inputs`` (``GeometryInputs.of_folder``), else it goes without
+    (plain overlaps only).
     """
     folder = Path(folder)
     index.check_layout(
@@ -95,6 +116,22 @@ def write_derived_files(
     else:
         carried = carried or CarriedStats()
         phases, tables = (carried.phase1, carried.phase2), carried.tables
+    # a source vindex's expert_overlap rows travel with its stats tables (pull --layers)
+    tables = dict(tables)
+    carried_overlap = tables.pop(format_geometry.EXPERT_OVERLAP_PARQUET, None)
+    layer_geometry = None
+    if geometry:
+        inputs = (
+            GeometryInputs.of_results(results)
+            if results is not None
+            else geometry_inputs or GeometryInputs()
+        )
+        layer_geometry = compute_geometry(folder, index, inputs)
+        phases = (phase1_with_geometry(phases[0], index, layer_geometry), phases[1])
+        tables = {
+            rel: with_alignment(t, layer_geometry) if rel == mirror.EXPERT_STATS_PARQUET else t
+            for rel, t in tables.items()
+        }
     for name, document in zip((filenames.PHASE1_JSON, filenames.PHASE2_JSON), phases, strict=True):
         if document is not None:
             atomic_write_json(folder / name, document)
@@ -102,6 +139,10 @@ def write_derived_files(
 
     binary_sha256 = hashlib.sha256()
     written.mirror = write_mirror(folder, index, tables, binary_hash=binary_sha256)
+    if layer_geometry is not None:
+        written.mirror.append(write_expert_overlap(folder, layer_geometry, index.num_experts))
+    elif carried_overlap is not None:
+        written.mirror.append(write_overlap_table(folder, carried_overlap))
     browse_files = _write_browse(folder, index, browse, browse_inputs, written)
     written.files += write_larql_index(
         folder,
@@ -119,6 +160,7 @@ def write_derived_files(
         files=written.files,
         mirror_files=written.mirror,
         feature_examples=feature_token_examples(folder, example_layer_of(index)),
+        geometry=card_figures(folder, index, written.mirror),
     )
     atomic_write_json(folder / filenames.SIDECAR_JSON, index.to_json())
     written.files.append(filenames.SIDECAR_JSON)
@@ -165,13 +207,15 @@ def rewrite_card(
     """Render the card of a finished vindex folder again (other card options, a newer template),
     describing the files the folder holds; nothing else is rewritten."""
     folder = Path(folder)
+    mirror_files = written_mirror(folder, index)
     return write_card(
         folder,
         index,
         card_options or CardOptions(),
         files=_optional_files(folder),
-        mirror_files=written_mirror(folder, index),
+        mirror_files=mirror_files,
         feature_examples=feature_token_examples(folder, example_layer_of(index)),
+        geometry=card_figures(folder, index, mirror_files),
     )
 
 
@@ -198,6 +242,7 @@ def rewrite_mirror(
         else {}
     )
     written = write_mirror(folder, index, tables)
+    kept = [f for f in written_mirror(folder, index) if f.path not in {w.path for w in written}]
     return [
         *(f.path for f in written),
         *write_card(
@@ -205,7 +250,43 @@ def rewrite_mirror(
             index,
             card_options or CardOptions(),
             files=_optional_files(folder),
-            mirror_files=written,
+            mirror_files=written + kept,  # + feature_tokens, expert_overlap: left as they are
             feature_examples=feature_token_examples(folder, example_layer_of(index)),
+            geometry=card_figures(folder, index, written + kept),
         ),
     ]
+
+
+def add_geometry(
+    folder: str | Path, index: sidecar.VindexIndex, card_options: CardOptions | None = None
+) -> list[str]:
+    """Add the expert geometry to a finished vindex folder: computed from its binary (with the
+    singular values of its ``expert_stats`` and the routers of LarQL's ``router_weights.bin``
+    where it has them), then phase 1, ``expert_stats``, ``expert_overlap`` and the card written
+    again, the sidecar last; the binary, mirror layers and LarQL files are left as they are.
+    Returns the paths written."""
+    import pyarrow.parquet as pq
+
+    from ..fsutil import read_json_object
+    from .mirror import write_stats_table
+
+    folder = Path(folder)
+    index.check_layout(
+        where=str(folder / filenames.SIDECAR_JSON),
+        file_size=(folder / filenames.GATE_VECTORS_BIN).stat().st_size,
+    )
+    layer_geometry = compute_geometry(folder, index, GeometryInputs.of_folder(folder, index))
+    phase1_path = folder / filenames.PHASE1_JSON
+    phase1 = (
+        read_json_object(phase1_path, what="phase-1 statistics") if phase1_path.is_file() else None
+    )
+    atomic_write_json(phase1_path, phase1_with_geometry(phase1, index, layer_geometry))
+    written = [filenames.PHASE1_JSON]
+    stats_path = folder / mirror.EXPERT_STATS_PARQUET
+    if stats_path.is_file():
+        table = with_alignment(pq.read_table(stats_path), layer_geometry)
+        written.append(write_stats_table(folder, mirror.EXPERT_STATS_PARQUET, table).path)
+    written.append(write_expert_overlap(folder, layer_geometry, index.num_experts).path)
+    written += rewrite_card(folder, index, card_options)
+    atomic_write_json(folder / filenames.SIDECAR_JSON, index.to_json())
+    return [*written, filenames.SIDECAR_JSON]

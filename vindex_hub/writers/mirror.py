@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import VindexFormatError
-from ..format import filenames, layout, mirror, sidecar, statistics
+from ..format import filenames, geometry, layout, mirror, sidecar, statistics
 from ..fsutil import atomic_path
 from ..numerics import stats
 from ..results import LayerResult
@@ -229,6 +229,10 @@ def written_mirror(folder: Path, index: sidecar.VindexIndex) -> list[mirror.Mirr
     if (folder / mirror.FEATURE_TOKENS_PARQUET).is_file():
         files.append(
             written_file(folder, mirror.CONFIG_FEATURE_TOKENS, mirror.FEATURE_TOKENS_PARQUET)
+        )
+    if (folder / geometry.EXPERT_OVERLAP_PARQUET).is_file():
+        files.append(
+            written_file(folder, geometry.CONFIG_EXPERT_OVERLAP, geometry.EXPERT_OVERLAP_PARQUET)
         )
     return files
 

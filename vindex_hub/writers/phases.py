@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..format import phases, sidecar, statistics
-from ..numerics import stats
+from ..numerics import geometry, stats
 from ..results import LayerResult
 
 
@@ -32,8 +32,13 @@ def _header(index: sidecar.VindexIndex, **first: Any) -> dict[str, Any]:
     }
 
 
+header = _header  # also what writers.geometry opens a phase-1 document with
+
+
 def phase1_json(results: Sequence[LayerResult], index: sidecar.VindexIndex) -> dict[str, Any]:
     k = index.num_feats
+    moe = index.model_config.moe
+    mp = geometry.mp_energy_fraction(moe.moe_intermediate_size, moe.hidden_size, k)
     layers: dict[str, Any] = {}
     for r in results:
         shared = None
@@ -49,6 +54,7 @@ def phase1_json(results: Sequence[LayerResult], index: sidecar.VindexIndex) -> d
             key: v for key, v in router_figures(r).items() if key != statistics.SINGULAR_VALUES
         }
         summary = routed_summary(r).by_key(k)
+        summary[statistics.mp_var_key(k)] = mp  # what a Gaussian matrix of this shape gives
         layers[str(r.layer)] = {
             phases.ROUTED: {phases.N_EXPERTS: r.num_experts, **summary},
             phases.SHARED: shared,
