@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,12 +131,9 @@ def cmd_convert(args: argparse.Namespace) -> Outcome:
 
 
 def cmd_verify(args: argparse.Namespace) -> Outcome:
-    from .load import local_folder
-    from .verify import verify_vindex
+    from .verify import verify_source
 
-    report = verify_vindex(
-        local_folder(args.path, revision=args.revision, repo_type=args.repo_type)
-    )
+    report = verify_source(args.path, args.revision, repo_type=args.repo_type)
     return Outcome(report.render(), report.to_json(), 0 if report.ok else 1)
 
 
@@ -229,6 +227,7 @@ def cmd_push(args: argparse.Namespace) -> Outcome:
         commit_message=args.message,
         dry_run=args.dry_run,
         create_branch=args.create_branch,
+        include=args.include or (),
     )
     return Outcome(result.render(), result.to_json())
 
@@ -463,6 +462,13 @@ def parser() -> argparse.ArgumentParser:
         "--message", default=None, help="commit message (default: source model, revision, builder)"
     )
     p.add_argument("--dry-run", action="store_true", help="print what would be uploaded and stop")
+    p.add_argument(
+        "--include",
+        action="append",
+        metavar="PATTERN",
+        help="also publish the folder's files matching this fnmatch pattern (e.g. LICENSE); "
+        "repeatable. Without it only the files a vindex owns are published",
+    )
 
     p = command(
         "demo", cmd_demo, "the whole loop on a small DeepSeek-V4-format model made on the spot"
@@ -486,8 +492,14 @@ def render(outcome: Outcome, *, as_json: bool) -> str:
     return json.dumps(outcome.data, indent=2, default=str) if as_json else outcome.text
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our warnings (a cached copy read because the Hub refused, ...) as one stderr line."""
+    print(f"vindex-hub: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    warnings.showwarning = _warning_line
     try:
         outcome = args.fn(args)
     except UsageError as exc:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..checksums import sha256_file_range
 from ..errors import UsageError
+from ..folderlock import FolderLock
 from ..format import filenames, sidecar
 from ..format.card_data import CardOptions
 from ..numerics import routes
@@ -99,6 +100,7 @@ def build_vindex(
 
         ray_runner = RayEngine(batch_size=batch_size, address=ray_address, token=token)
     src = open_source(source, revision=revision, token=token)
+    lock = None
     try:
         plan = make_plan(
             src,
@@ -113,6 +115,8 @@ def build_vindex(
         )
         if plan.browse.wanted:  # fail now, not after hours of layers, when the inputs are missing
             check_browse_inputs(src, plan.arch, plan.browse.feature_tokens)
+        # Held to the end: another build, convert or pull of this folder is refused meanwhile.
+        lock = FolderLock(plan.out, "build")
         finished = claim_output(plan)
         if finished is not None:  # the same vindex is already complete there: nothing to do
             return BuildSummary(
@@ -143,6 +147,8 @@ def build_vindex(
         shutil.rmtree(plan.state_dir)
         return BuildSummary(plan.out, plan.layer_ids, todo, time.monotonic() - started, plan.index)
     finally:
+        if lock is not None:
+            lock.release()
         src.close()
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import RemoteNotFoundError, VindexFormatError
+from ..errors import CachedCopyWarning, RemoteNotFoundError, VindexFormatError
+from ..format import filenames, sidecar
 from ..hub.http import download_snapshot
 from ..hub.refs import DEFAULT_REPO_TYPE, parse_repo
+from ..hub.revision import Resolution, repo_cache_folder, resolve_revision
 from .vindex import DEFAULT_REPO_MODE, Vindex
 
 PHASES = ("phase1", "phase2")
@@ -47,7 +51,42 @@ def local_folder(
     token: str | bool | None = None,
 ) -> Path:
     """A folder holding the whole vindex: ``path_or_repo_id`` itself, or a cached Hub snapshot."""
+    return local_copy(
+        path_or_repo_id, revision, repo_type=repo_type, cache_dir=cache_dir, token=token
+    ).folder
+
+
+@dataclass(frozen=True)
+class LocalCopy:
+    """A whole vindex on disk, and for a repo, how its commit was found."""
+
+    folder: Path
+    links_within: Path  # where its symbolic links may point (a snapshot's: the repo's cache folder)
+    resolution: Resolution | None = None  # None for a local folder
+
+
+def local_copy(
+    path_or_repo_id: str | os.PathLike[str],
+    revision: str | None = None,
+    *,
+    repo_type: str = DEFAULT_REPO_TYPE,
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+) -> LocalCopy:
+    """``local_folder`` with the resolution of the revision (``resolution.unconfirmed`` says when
+    the Hub refused and the cache answered; a ``CachedCopyWarning`` is issued then)."""
     if Path(path_or_repo_id).is_dir():
-        return Path(path_or_repo_id)
+        return LocalCopy(Path(path_or_repo_id), Path(path_or_repo_id))
     ref = parse_repo(str(path_or_repo_id), revision=revision, repo_type=repo_type)
-    return download_snapshot(ref, cache_dir=str(cache_dir) if cache_dir else None, token=token)
+    cache = str(cache_dir) if cache_dir else None
+    resolved = resolve_revision(
+        ref,
+        filenames.SIDECAR_JSON,
+        cache_dir=cache,
+        token=token,
+        max_bytes=sidecar.MAX_SIDECAR_BYTES,
+    )
+    if resolved.hub_refused:
+        warnings.warn(f"{ref}: {resolved.unconfirmed}", CachedCopyWarning, stacklevel=2)
+    folder = download_snapshot(ref.at(resolved.commit), cache_dir=cache, token=token)
+    return LocalCopy(folder, repo_cache_folder(ref, cache_dir=cache), resolved)

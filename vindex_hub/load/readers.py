@@ -88,7 +88,12 @@ class RangedReader:
         )  # layers, and (layer, expert) blocks read alone
 
     def _block(
-        self, start: int, end: int, check: Callable[[Path], None] | None, recheck: bool
+        self,
+        start: int,
+        end: int,
+        check: Callable[[Path], None] | None,
+        recheck: bool,
+        where: str,
     ) -> np.ndarray:
         """Bytes ``[start, end)``: fetched and passed through ``check`` before they are cached, or
         found in the cache, and then (``recheck``) checked again, since another process may have
@@ -100,16 +105,14 @@ class RangedReader:
                 f, self.remote.url, start, end, token=self.token, expected_total=self.remote.size
             )
 
-        path, fetched = self.cache.obtain(key, start, end, fetch, check, source=self.remote.url)
+        path, fetched = self.cache.obtain(key, start, end, fetch, check, source=where)
         if check is not None and recheck and not fetched:
             try:
                 check(path)
             except IntegrityError as bad:
                 self.cache.discard(key, start, end)
                 try:
-                    path, _ = self.cache.obtain(
-                        key, start, end, fetch, check, source=self.remote.url
-                    )
+                    path, _ = self.cache.obtain(key, start, end, fetch, check, source=where)
                 except HubError as exc:
                     raise IntegrityError(
                         f"{bad} (cache block {path}, now dropped; fetching it again failed: {exc})"
@@ -125,7 +128,11 @@ class RangedReader:
             else None
         )
         flat = self._block(
-            e.file_offset, e.file_offset + e.nbytes, check, recheck=layer not in self._verified
+            e.file_offset,
+            e.file_offset + e.nbytes,
+            check,
+            recheck=layer not in self._verified,
+            where=f"{where} layer {layer}",
         )
         if self.verify:
             self._verified.add(layer)
@@ -150,6 +157,7 @@ class RangedReader:
             start + layout.expert_nbytes(k, h),
             check,
             recheck=(layer, expert) not in self._verified,
+            where=where,
         )
         if self.verify:
             self._verified.add((layer, expert))
