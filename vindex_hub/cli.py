@@ -494,7 +494,8 @@ def render(outcome: Outcome, *, as_json: bool) -> str:
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
     """Our warnings (a cached copy read because the Hub refused, ...) as one stderr line."""
-    print(f"vindex-hub: warning: {' '.join(str(message).split())}", file=sys.stderr)
+    text = "".join(ch if ch.isprintable() else " " for ch in str(message))  # server text in it
+    print(f"vindex-hub: warning: {' '.join(text.split())}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

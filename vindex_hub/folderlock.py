@@ -67,12 +67,22 @@ def _write_info(path: Path, verb: str) -> None:
         "pid": os.getpid(),
         "host": socket.gethostname(),
         "verb": verb,
-        "command": shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else "",
+        "command": _command(),
         "since": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(info) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _command() -> str:
+    """The holder's command line when it is our CLI (whose arguments carry no secret), else just
+    the program's name (a script's arguments might)."""
+    argv = sys.argv or [""]
+    program = Path(argv[0])
+    if program.name == "vindex-hub" or program.parent.name == "vindex_hub":  # also python -m
+        return shlex.join(["vindex-hub", *argv[1:]])
+    return program.name
 
 
 def _holder(path: Path) -> str:
