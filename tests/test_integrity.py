@@ -237,7 +237,7 @@ def _flip_sign(path: Path, float_index: int) -> None:
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("what", ["expert", "layer"])
+@pytest.mark.parametrize("what", ["expert", "layer", "layer, verify=False"])
 def test_a_flipped_sign_bit_in_the_block_cache_is_caught(
     local_hub: LocalHub,
     small_vindex: SmallVindex,
@@ -249,11 +249,12 @@ def test_a_flipped_sign_bit_in_the_block_cache_is_caught(
     layer, expert = 1, 2
     want = binary_layer(small_vindex.folder, layer)
     expected = want[expert] if what == "expert" else want
+    verify = what != "layer, verify=False"  # no sha256 check: the digest alone stands guard
 
     def read(vx: Vindex) -> np.ndarray:
         return vx.expert(layer, expert) if what == "expert" else vx.layer(layer)
 
-    with Vindex.open(repo, cache_dir=cache) as vx:
+    with Vindex.open(repo, cache_dir=cache, verify=verify) as vx:
         np.testing.assert_array_equal(read(vx), expected)
         e, etag = vx.index.layer(layer), vx._reader.remote.etag
     k, h = NUM_FEATS, want.shape[-1]
@@ -264,7 +265,7 @@ def test_a_flipped_sign_bit_in_the_block_cache_is_caught(
     _flip_sign(block, 5)
     # Offline, nothing to heal from: refused, naming the block; never the flipped value.
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with Vindex.open(repo, cache_dir=cache) as vx:
+    with Vindex.open(repo, cache_dir=cache, verify=verify) as vx:
         with pytest.raises(IntegrityError, match=f"differs from the sha256 recorded|layer {layer}"):
             read(vx)
     # The bad block was dropped; online it is fetched again and the true value comes back.
@@ -272,7 +273,7 @@ def test_a_flipped_sign_bit_in_the_block_cache_is_caught(
     assert _flip_sign_if_present is None
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     local_hub.reset_stats()
-    with Vindex.open(repo, cache_dir=cache) as vx:
+    with Vindex.open(repo, cache_dir=cache, verify=verify) as vx:
         np.testing.assert_array_equal(read(vx), expected)
     assert local_hub.stats().bytes_sent >= end - start  # refetched
 

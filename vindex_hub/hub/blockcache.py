@@ -119,12 +119,14 @@ class BlockCache:
             return None
         return path if ok and self.digest_path(key, start, end).is_file() else None
 
-    def _intact(self, key: str, start: int, end: int, *, source: str, locked: bool) -> Path | None:
+    def _intact(
+        self, key: str, start: int, end: int, *, source: str, locked: bool, hash_it: bool = True
+    ) -> Path | None:
         """The cached block if present and equal to its recorded digest (hashed once per object),
         else None (fetch it). Only with the block's lock held (``locked``) is a block that differs
         taken as changed on disk, and dropped: without it, a concurrent refetch may be mid-way."""
         path = self.get(key, start, end)
-        if path is None or path in self._checked:
+        if path is None or path in self._checked or not hash_it:
             return path
         try:
             recorded = self.digest_path(key, start, end).read_text(encoding="ascii").strip()
@@ -149,6 +151,7 @@ class BlockCache:
         check: Callable[[Path], None] | None = None,
         *,
         source: str = "the remote file",
+        caller_checks: bool = False,
     ) -> tuple[Path, bool]:
         """(the block, whether this call wrote it), creating it with ``write(fileobj)`` if absent.
 
@@ -156,14 +159,17 @@ class BlockCache:
         place; if it raises, nothing is cached. Concurrent callers for one block wait on a lock
         and the later ones find the block made by the first (``False``: this call did not check
         it). ``source`` (the URL) names where the bytes come from in errors.
+        ``caller_checks``: the caller checks a block found in the cache itself, against a hash at
+        least as strong as the recorded digest (a layer's sha256 from the sidecar), so the digest
+        is not hashed too (it still must exist).
         """
         path = self.block_path(key, start, end)
-        if self._intact(key, start, end, source=source, locked=False) is not None:
+        if self._intact(key, start, end, source=source, locked=False, hash_it=not caller_checks):
             return path, False
         self._sweep(key)
         dropped = len(self.corrupt_found)
         with self._lock(f"blocks-{key}-{start}-{end}"):
-            if self._intact(key, start, end, source=source, locked=True) is not None:
+            if self._intact(key, start, end, source=source, locked=True, hash_it=not caller_checks):
                 return path, False
             try:
                 with atomic_path(path) as tmp:

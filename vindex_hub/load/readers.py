@@ -94,6 +94,7 @@ class RangedReader:
         check: Callable[[Path], None] | None,
         recheck: bool,
         where: str,
+        strong: bool = False,
     ) -> np.ndarray:
         """Bytes ``[start, end)``: fetched and passed through ``check`` before they are cached, or
         found in the cache, and then (``recheck``) checked again, since another process may have
@@ -105,7 +106,11 @@ class RangedReader:
                 f, self.remote.url, start, end, token=self.token, expected_total=self.remote.size
             )
 
-        path, fetched = self.cache.obtain(key, start, end, fetch, check, source=where)
+        # ``strong``: ``check`` is the layer's sha256, which the recheck below runs on a cached
+        # block (once per reader); the cache need not hash it against its digest as well.
+        path, fetched = self.cache.obtain(
+            key, start, end, fetch, check, source=where, caller_checks=strong
+        )
         if check is not None and recheck and not fetched:
             try:
                 check(path)
@@ -133,6 +138,7 @@ class RangedReader:
             check,
             recheck=layer not in self._verified,
             where=f"{where} layer {layer}",
+            strong=check is not None,
         )
         if self.verify:
             self._verified.add(layer)
