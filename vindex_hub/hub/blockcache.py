@@ -16,7 +16,8 @@ checked (atomic rename, under a per-block file lock so two processes fetch it on
 whose size is wrong (truncated on disk) is treated as absent and fetched again.
 
 Every block is checked against the sha256 recorded when it was fetched (written, before the block
-appears, beside it) the first time a ``BlockCache`` hands it out: a bit flipped on disk since (a
+appears, beside it) the first time a ``BlockCache`` hands it out (unless the caller checks it
+against a stronger hash itself, ``caller_checks``): a bit flipped on disk since (a
 sign bit in an expert's rows keeps them unit-norm, so no other check would see it) is caught, the
 block dropped and fetched again; when it cannot be fetched again, ``IntegrityError`` names it. A
 block without its digest (cached by an older vindex-hub, or the digest lost) counts as absent.
