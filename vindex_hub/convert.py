@@ -46,7 +46,8 @@ def convert_vindex(
     """Write the derived files of ``folder``; return the paths written, relative to it.
 
     ``config`` is the model's ``config.json`` when at hand (LarQL's vocab_size...); ``source`` (a
-    checkpoint folder or Hub model repo) gives it, and the inputs ``browse`` needs.
+    checkpoint folder or Hub model repo) gives it, and the inputs ``browse`` needs. ``folder`` is
+    locked meanwhile (``folderlock``).
     """
     folder = Path(folder)
     if not folder.is_dir():

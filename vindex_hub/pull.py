@@ -58,6 +58,8 @@ def pull(
     ``out_dir`` defaults to ``./<repo name>`` (the part after the slash, in the current folder).
     It must be missing, empty, or an earlier pull of the same repo, which is then replaced: its
     sidecar is removed first, then the other files the vindex owns (other files are kept).
+    While it writes, ``out`` is locked (``folderlock``): another pull, build or convert of it is
+    refused with ``OutputConflictError`` naming the holder.
 
     ``binary`` (the default) gives a valid vindex folder, checked with ``verify_vindex`` before
     ``pull`` returns (on failure the sidecar is removed and ``IntegrityError`` raised):

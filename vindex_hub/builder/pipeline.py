@@ -84,6 +84,8 @@ def build_vindex(
     ``engine``: ``"local"`` (this machine, the default) or ``"ray"`` (Ray tasks on the cluster at
     ``ray_address``, else ``RAY_ADDRESS``, else a new local one; ``build.ray_engine``): the same
     bits either way.
+    ``out`` is locked for the whole build (``folderlock``): another build, convert or pull of it is
+    refused with ``OutputConflictError`` naming the holder.
     """
     started = time.monotonic()
     for name, value in (("batch_size", batch_size), ("prefetch_layers", prefetch_layers)):
