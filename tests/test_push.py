@@ -397,11 +397,11 @@ def test_a_failed_commit_request_changes_nothing(
     # A persistent fault (a single one is retried, see test_failure_modes.py).
     local_hub.inject_fault("error", method="POST", path="*/commit/*", times=None)
     with pytest.raises(HubError, match=hub_repo_id):
-        push_vindex(fresh_vindex, hub_repo_id, progress=False)
+        push_vindex(fresh_vindex, hub_repo_id, progress=False, include=["extra.parquet"])
     assert _head(hub_repo_id) == head and "extra.parquet" not in _tree(hub_repo_id)
     local_hub.clear_faults()
     local_hub.reset_stats()
-    push_vindex(fresh_vindex, hub_repo_id, progress=False)
+    push_vindex(fresh_vindex, hub_repo_id, progress=False, include=["extra.parquet"])
     assert (
         local_hub.stats().lfs_bytes_received == 0
     )  # extra.parquet arrived before the failed commit

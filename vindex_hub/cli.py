@@ -12,6 +12,7 @@ import argparse
 import json
 import re
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,18 +183,15 @@ def cmd_list(args: argparse.Namespace) -> Outcome:
 
 
 def cmd_verify(args: argparse.Namespace) -> Outcome:
-    from .load import local_folder
-    from .verify import verify_vindex
+    from .verify import verify_source
 
-    report = verify_vindex(
-        local_folder(
-            args.path,
-            revision=args.revision,
-            repo_type=args.repo_type,
-            # Before the report, on stdout (stderr holds an error's one line); not with --json,
-            # whose stdout is the JSON alone.
-            announce=None if args.json else lambda line: print(line, flush=True),
-        )
+    report = verify_source(
+        args.path,
+        args.revision,
+        repo_type=args.repo_type,
+        # Before the report, on stdout (stderr holds an error's one line); not with --json,
+        # whose stdout is the JSON alone.
+        announce=None if args.json else lambda line: print(line, flush=True),
     )
     return Outcome(report.render(), report.to_json(), 0 if report.ok else 1)
 
@@ -317,6 +315,7 @@ def cmd_push(args: argparse.Namespace) -> Outcome:
         commit_message=args.message,
         dry_run=args.dry_run,
         create_branch=args.create_branch,
+        include=args.include or (),
     )
     return Outcome(result.render(), result.to_json())
 
@@ -622,6 +621,13 @@ def parser() -> argparse.ArgumentParser:
         "--message", default=None, help="commit message (default: source model, revision, builder)"
     )
     p.add_argument("--dry-run", action="store_true", help="print what would be uploaded and stop")
+    p.add_argument(
+        "--include",
+        action="append",
+        metavar="PATTERN",
+        help="also publish the folder's files matching this fnmatch pattern (e.g. LICENSE); "
+        "repeatable. Without it only the files a vindex owns are published",
+    )
 
     p = command(
         "demo", cmd_demo, "the whole loop on a small DeepSeek-V4-format model made on the spot"
@@ -684,8 +690,15 @@ def render(outcome: Outcome, *, as_json: bool) -> str:
     return json.dumps(outcome.data, indent=2, default=str) if as_json else outcome.text
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """Our warnings (a cached copy read because the Hub refused, ...) as one stderr line."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(message))  # server text in it
+    print(f"vindex-hub: warning: {' '.join(text.split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    warnings.showwarning = _warning_line
     try:
         outcome = args.fn(args)
     except UsageError as exc:

@@ -23,9 +23,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from .errors import UsageError, VindexFormatError
+from .folderlock import FolderLock
 from .format.card_data import CardOptions, read_card_data
-from .format.filenames import CARD_FILE
+from .format.filenames import CARD_FILE, SIDECAR_JSON
 from .format.seed import load_or_upgrade_index
 from .writers.browse import BrowseOptions
 from .writers.derived import rewrite_mirror, write_derived_files
@@ -45,10 +46,27 @@ def convert_vindex(
     """Write the derived files of ``folder``; return the paths written, relative to it.
 
     ``config`` is the model's ``config.json`` when at hand (LarQL's vocab_size...); ``source`` (a
-    checkpoint folder or Hub model repo) gives it, and the inputs ``browse`` needs.
+    checkpoint folder or Hub model repo) gives it, and the inputs ``browse`` needs. ``folder`` is
+    locked meanwhile (``folderlock``).
     """
     folder = Path(folder)
+    if not folder.is_dir():
+        raise VindexFormatError(f"{folder / SIDECAR_JSON}: missing; {folder} is not a folder")
     card_options = _keep_card_license(folder, card_options or CardOptions())
+    with FolderLock(folder, "convert"):  # no build, pull or other convert writes it meanwhile
+        return _convert(folder, config, card_options, source, revision, browse, device, token)
+
+
+def _convert(
+    folder: Path,
+    config: Mapping[str, Any] | None,
+    card_options: CardOptions | None,
+    source: str | os.PathLike[str] | None,
+    revision: str | None,
+    browse: BrowseOptions | None,
+    device: str,
+    token: str | None,
+) -> list[str]:
     index, upgraded = load_or_upgrade_index(folder)
     if browse is None or not browse.wanted:
         if source is None:

@@ -50,3 +50,9 @@ class RemoteNotFoundError(HubError):
 
 class ClusterError(VindexError):
     """The compute cluster a build runs on failed: it cannot be joined, or a task's worker kept dying."""
+
+
+class CachedCopyWarning(UserWarning):
+    """A repo was read from the local cache because the Hub refused or could not be reached: the
+    revision asked for (a branch, a tag) may have moved since; the message says why and which
+    commit was used."""

@@ -20,6 +20,7 @@ from .errors import (
     UsageError,
     VindexFormatError,
 )
+from .folderlock import FolderLock
 from .format import filenames, geometry, mirror, pull_marker, selection, sidecar
 from .format.card_data import CardOptions
 from .format.pull_marker import FORMATS, Format
@@ -57,6 +58,8 @@ def pull_vindex(
     ``out_dir`` defaults to ``./<repo name>`` (the part after the slash, in the current folder).
     It must be missing, empty, or an earlier pull of the same repo, which is then replaced: its
     sidecar is removed first, then the other files the vindex owns (other files are kept).
+    While it writes, ``out`` is locked (``folderlock``): another pull, build or convert of it is
+    refused with ``OutputConflictError`` naming the holder.
 
     ``binary`` (the default) gives a valid vindex folder, checked with ``verify_vindex`` before
     ``pull`` returns (on failure the sidecar is removed and ``IntegrityError`` raised):
@@ -78,7 +81,7 @@ def pull_vindex(
         raise UsageError(f"format {format!r}: expected one of {', '.join(FORMATS)}")
     ref = parse_repo(repo_id, revision=revision, repo_type=repo_type)
     out = Path(out_dir) if out_dir is not None else Path(ref.repo_id.split("/")[-1])
-    earlier_pull = _check_out_dir(out, ref)
+    _check_out_dir(out, ref)  # fail fast; checked again once the folder is locked
     cache_dir = str(cache_dir) if cache_dir is not None else None
     with Vindex.open(ref, mode="lazy", cache_dir=cache_dir, token=token) as vx:
         selected = (
@@ -91,43 +94,59 @@ def pull_vindex(
             raise UsageError(
                 f"layers {missing} are not in {vx.location} (it holds layers {selection.layer_span(vx.layers)})"
             )
-        if earlier_pull:
-            _remove_vindex_files(out)
-        out.mkdir(parents=True, exist_ok=True)
-        pull_marker.write_pull_marker(
-            out,
-            repo_id=ref.repo_id,
-            repo_type=ref.repo_type,
-            commit=vx.commit,
-            format=format,
-            layers=selected,
-        )
-        assert vx.commit is not None  # a repo opens at the commit its revision resolved to
-        pinned = ref.at(vx.commit)
-        if format == pull_marker.ARROW:
-            sources = layer_sources(vx.files, vx.index)  # the card says where (either layout)
-            patterns = [sources[layer].path for layer in selected]
-            patterns += [
-                *mirror.STATS_PARQUETS,
-                geometry.EXPERT_OVERLAP_PARQUET,  # with --geometry
-                filenames.CARD_FILE,
-                filenames.SIDECAR_JSON,
-                filenames.PHASE1_JSON,
-                filenames.PHASE2_JSON,
-            ]
-            _snapshot_to(pinned, out, allow=patterns, cache_dir=cache_dir, token=token)
-            return out
-        if layers is None:
-            _snapshot_to(
-                pinned, out, ignore=[filenames.SIDECAR_JSON], cache_dir=cache_dir, token=token
-            )
-            _snapshot_to(
-                pinned, out, allow=[filenames.SIDECAR_JSON], cache_dir=cache_dir, token=token
-            )  # last
-        else:
-            _write_subset(vx, selected, out)
-    _verify_pulled(out)
+        # Held to the end: another pull, build or convert of this folder is refused meanwhile.
+        lock = FolderLock(out, "pull")
+        try:
+            _pull_locked(vx, ref, out, selected, layers, format, cache_dir, token)
+        finally:
+            lock.release()
     return out
+
+
+def _pull_locked(
+    vx: Vindex,
+    ref: RepoRef,
+    out: Path,
+    selected: list[int],
+    layers: str | list[int] | None,
+    format: Format,
+    cache_dir: str | None,
+    token: str | bool | None,
+) -> None:
+    """The writing part of ``pull``, with ``out`` locked."""
+    if _check_out_dir(out, ref):
+        _remove_vindex_files(out)
+    pull_marker.write_pull_marker(
+        out,
+        repo_id=ref.repo_id,
+        repo_type=ref.repo_type,
+        commit=vx.commit,
+        format=format,
+        layers=selected,
+    )
+    assert vx.commit is not None  # a repo opens at the commit its revision resolved to
+    pinned = ref.at(vx.commit)
+    if format == pull_marker.ARROW:
+        sources = layer_sources(vx.files, vx.index)  # the card says where (either layout)
+        patterns = [sources[layer].path for layer in selected]
+        patterns += [
+            *mirror.STATS_PARQUETS,
+            geometry.EXPERT_OVERLAP_PARQUET,  # with --geometry
+            filenames.CARD_FILE,
+            filenames.SIDECAR_JSON,
+            filenames.PHASE1_JSON,
+            filenames.PHASE2_JSON,
+        ]
+        _snapshot_to(pinned, out, allow=patterns, cache_dir=cache_dir, token=token)
+        return
+    if layers is None:
+        _snapshot_to(pinned, out, ignore=[filenames.SIDECAR_JSON], cache_dir=cache_dir, token=token)
+        _snapshot_to(
+            pinned, out, allow=[filenames.SIDECAR_JSON], cache_dir=cache_dir, token=token
+        )  # last
+    else:
+        _write_subset(vx, selected, out)
+    _verify_pulled(out)
 
 
 def _check_out_dir(out: Path, ref: RepoRef) -> bool:
@@ -137,7 +156,8 @@ def _check_out_dir(out: Path, ref: RepoRef) -> bool:
         return False
     if not out.is_dir():
         raise OutputConflictError(f"{out}: exists and is not a folder; choose another -o")
-    if not any(out.iterdir()):
+    lock_files = {filenames.OUTPUT_LOCK, filenames.OUTPUT_LOCK_INFO}
+    if all(p.name in lock_files for p in out.iterdir()):  # empty, or just our lock
         return False
     marker = pull_marker.read_pull_marker(out)
     if (marker.get(pull_marker.REPO_ID), marker.get(pull_marker.REPO_TYPE)) == (

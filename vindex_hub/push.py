@@ -21,9 +21,13 @@ What a push does, in order:
    (``parent_commit``): if the branch moved meanwhile, the server refuses it instead of applying
    a stale diff. ``create_pr`` opens a pull request from that head instead.
 
-Never uploaded: our bookkeeping (``filenames.is_bookkeeping_path``): hidden paths (any part
+Uploaded: only the files a vindex owns (``filenames.is_vindex_path``: the binary, sidecar, phase
+JSON, card, its plot, the LarQL files and everything under ``data/``), plus those the user names
+(``include``, fnmatch patterns); any other file of the folder is left out, with a note. Never
+uploaded: our bookkeeping (``filenames.is_bookkeeping_path``): hidden paths (any part
 starting with ``.``: the build's work folder, the pull marker, temporary files of atomic writes)
-and unfinished files (``filenames.UNFINISHED_SUFFIXES``).
+and unfinished files (``filenames.UNFINISHED_SUFFIXES``). A symbolic link whose target lies
+outside the folder is never followed: ``verify`` (run first) refuses the folder.
 
 Failure leaves the branch as it was: LFS objects go to the server's object store first, and only
 the final commit request changes a branch, atomically. Every request (repo info, refs, tree, the
@@ -38,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,7 +62,7 @@ from huggingface_hub.utils import tqdm as hf_tqdm
 
 from .checksums import iter_chunks
 from .compat import counted_commit_operation_add, git_blob_sha1
-from .errors import HubError, RemoteNotFoundError, UsageError, VindexError
+from .errors import HubError, RemoteNotFoundError, UsageError, VindexError, VindexFormatError
 from .format import filenames, layout, selection, sidecar
 from .format.layout import format_size
 from .hub.errors import first_line, hub_errors
@@ -173,6 +177,7 @@ def push_vindex(
     dry_run: bool = False,
     token: str | None = None,
     progress: bool = True,
+    include: Sequence[str] = (),
 ) -> PushResult:
     """Upload the vindex in ``folder`` to the Hub repo ``repo_id`` in one commit (see the module doc).
 
@@ -180,18 +185,26 @@ def push_vindex(
     ``main`` when missing. ``create_pr``: open a pull request against that branch instead.
     ``commit_message`` replaces the default summary (source model, revision, builder version).
     ``dry_run``: work out what would be uploaded, skipped and deleted, and send nothing.
+    ``include``: fnmatch patterns of other files of the folder to publish too (``LICENSE``).
     """
     folder = Path(folder)
     branch = revision or DEFAULT_BRANCH
     _check_arguments(folder, repo_id, repo_type, revision, create_branch)
     verified = _verified(folder)
-    local = publishable_files(folder)
+    local = publishable_files(folder, include)
     ref = RepoRef(repo_id, repo_type, branch)
     api = HfApi(token=token)
     with _hub_errors(ref, secret=token or get_token()), _progress_bars(progress):
         result = PushResult(
             folder, repo_id, repo_type, branch, repo_url=ref.repo_url(api.endpoint), dry_run=dry_run
         )
+        left_out = sorted(set(_folder_files(folder)) - {f.path for f in local})
+        if left_out:
+            shown = ", ".join(left_out[:5]) + (", ..." if len(left_out) > 5 else "")
+            result.notes.append(
+                f"not published ({len(left_out)} file(s) a vindex does not own: {shown}); "
+                "name them with --include PATTERN to publish them"
+            )
         info = with_retries(lambda: _existing_repo(api, ref), url=result.repo_url)
         exists = info is not None
         if not exists and branch != DEFAULT_BRANCH:
@@ -249,18 +262,35 @@ def push_vindex(
 
 
 # ---- what is pushed ----------------------------------------------------------------------------
-def publishable_files(folder: Path) -> list[PushFile]:
-    """Every file of the vindex to publish, sorted; hidden and unfinished files are left out."""
+def publishable_files(folder: Path, include: Sequence[str] = ()) -> list[PushFile]:
+    """Every file of the vindex to publish, sorted: those it owns and those ``include`` names
+    (``filenames.is_published_path``); ``VindexFormatError`` for one that is a symbolic link out of
+    the folder (its target is never read)."""
+    from .verify import link_leaves
+
     out = []
+    for rel in _folder_files(folder):
+        if filenames.is_published_path(rel, include):
+            path = folder / rel
+            if link_leaves(path, folder):
+                raise VindexFormatError(
+                    f"{path}: a symbolic link to a file outside {folder}; refusing to publish it "
+                    "(copy the file into the folder instead)"
+                )
+            if path.is_file():
+                out.append(PushFile(rel, path.stat().st_size))
+    return sorted(out, key=lambda f: f.path)
+
+
+def _folder_files(folder: Path) -> Iterator[str]:
+    """The folder's file paths ("/"-separated), our bookkeeping left out."""
     for dirpath, dirnames, names in os.walk(folder):
         rel_dir = Path(dirpath).relative_to(folder)
         dirnames[:] = sorted(d for d in dirnames if not _excluded(rel_dir / d))
         for name in names:
             rel = rel_dir / name
-            path = folder / rel
-            if not _excluded(rel) and path.is_file():
-                out.append(PushFile(rel.as_posix(), path.stat().st_size))
-    return sorted(out, key=lambda f: f.path)
+            if not _excluded(rel):
+                yield rel.as_posix()
 
 
 def _excluded(rel: Path) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,9 +124,15 @@ class _Checker:
             return None
 
 
-def verify_vindex(folder: str | Path) -> VerifyReport:
-    """Check every file of a local vindex folder against the others; see the module docstring."""
+def verify_vindex(folder: str | Path, *, links_within: str | Path | None = None) -> VerifyReport:
+    """Check every file of a local vindex folder against the others; see the module docstring.
+
+    A symbolic link in the folder whose target lies outside ``links_within`` (default: the folder;
+    for a Hub cache snapshot, the repo's cache folder, where its blobs are) is a problem: its
+    target is never read, nor published by ``push``."""
     c = _Checker(Path(folder))
+    if not _check_links(c, Path(links_within) if links_within is not None else c.folder):
+        return c.report
     if (c.folder / geometry.COMPARE_JSON).is_file() and not (
         c.folder / filenames.SIDECAR_JSON
     ).exists():
@@ -157,13 +164,74 @@ def verify_vindex(folder: str | Path) -> VerifyReport:
     return c.report
 
 
+def verify_source(
+    path_or_repo_id: str | Path,
+    revision: str | None = None,
+    *,
+    repo_type: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> VerifyReport:
+    """``verify_vindex`` of a folder, or of a Hub repo's snapshot at ``revision`` (``announce``
+    is told the download's size first). A repo whose
+    revision the Hub did not confirm (it refused: 401 / 403 / 5xx / unreachable, and the cache
+    answered) fails with "could not confirm revision": its cached commit is checked, but nothing
+    says it is the one asked for. Under ``HF_HUB_OFFLINE`` that is a warning (no request was
+    wanted)."""
+    from .hub.refs import DEFAULT_REPO_TYPE
+    from .load.info import local_copy
+
+    copy = local_copy(
+        path_or_repo_id,
+        revision,
+        repo_type=repo_type or DEFAULT_REPO_TYPE,
+        cache_dir=cache_dir,
+        token=token,
+        announce=announce,
+    )
+    report = verify_vindex(copy.folder, links_within=copy.links_within)
+    resolved = copy.resolution
+    if resolved is not None and resolved.unconfirmed is not None:
+        what = f"could not confirm revision {revision or 'main'!r} of {path_or_repo_id}"
+        if resolved.hub_refused:
+            report.problems.append(f"{what}: {resolved.unconfirmed}")
+        else:
+            report.warnings.append(f"{what}: {resolved.unconfirmed}")
+    return report
+
+
+# ---- links ---------------------------------------------------------------------------------------
+def link_leaves(path: Path, root: Path) -> bool:
+    """Whether ``path`` (in ``root``) is, or lies below, a symbolic link resolving outside ``root``."""
+    return not path.resolve().is_relative_to(root.resolve())
+
+
+def _check_links(c: _Checker, within: Path) -> bool:
+    """No file or folder of the vindex links out of ``within``; False (nothing else is read) if one does."""
+    leaving = []
+    for dirpath, dirnames, names in os.walk(c.folder):
+        for name in [*dirnames, *names]:
+            path = Path(dirpath) / name
+            rel = path.relative_to(c.folder).as_posix()
+            if not filenames.is_bookkeeping_path(rel) and link_leaves(path, within):
+                leaving.append(rel)
+    if leaving:
+        c.problem(
+            f"{', '.join(sorted(leaving))}: symbolic link(s) to outside the folder; refusing to "
+            "read or publish them (copy the files in instead)"
+        )
+        return False
+    return True
+
+
 # ---- sidecar and binary ------------------------------------------------------------------------
 def _check_index(c: _Checker) -> sidecar.VindexIndex | None:
     path = c.folder / filenames.SIDECAR_JSON
     if not path.exists():
         c.problem(_not_a_vindex(c.folder))
         return None
-    index = sidecar.VindexIndex.loads(path.read_text(encoding="utf-8"), where=str(path))
+    index = sidecar.VindexIndex.load(path)
     c.passed(
         f"{filenames.SIDECAR_JSON}: parses (format {index.format_version}, {len(index.layers)} layers)"
     )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..checksums import sha256_file_range
 from ..errors import UsageError
+from ..folderlock import FolderLock
 from ..format import filenames, sidecar
 from ..format import geometry as format_geometry
 from ..format.card_data import CardOptions
@@ -88,6 +89,8 @@ def build_vindex(
     ``geometry``: also compute the expert geometry (overlaps, router alignment; ``writers.geometry``)
     from the finished binary and the layers' routers. A folder already complete gets it added
     (``writers.derived.add_geometry``: routers only where it has LarQL's ``router_weights.bin``).
+    ``out`` is locked for the whole build (``folderlock``): another build, convert or pull of it is
+    refused with ``OutputConflictError`` naming the holder.
     """
     started = time.monotonic()
     for name, value in (("batch_size", batch_size), ("prefetch_layers", prefetch_layers)):
@@ -106,6 +109,7 @@ def build_vindex(
 
         ray_runner = RayEngine(batch_size=batch_size, address=ray_address, token=token)
     src = open_source(source, revision=revision, token=token)
+    lock = None
     try:
         plan = make_plan(
             src,
@@ -121,6 +125,8 @@ def build_vindex(
         plan = dataclasses.replace(plan, geometry=geometry)
         if plan.browse.wanted:  # fail now, not after hours of layers, when the inputs are missing
             check_browse_inputs(src, plan.arch, plan.browse.feature_tokens)
+        # Held to the end: another build, convert or pull of this folder is refused meanwhile.
+        lock = FolderLock(plan.out, "build")
         finished = claim_output(plan)
         if finished is not None:  # the same vindex is already complete there: nothing to do
             if geometry and not (plan.out / format_geometry.EXPERT_OVERLAP_PARQUET).is_file():
@@ -153,6 +159,8 @@ def build_vindex(
         shutil.rmtree(plan.state_dir)
         return BuildSummary(plan.out, plan.layer_ids, todo, time.monotonic() - started, plan.index)
     finally:
+        if lock is not None:
+            lock.release()
         src.close()
 
 

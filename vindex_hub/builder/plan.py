@@ -277,7 +277,7 @@ def claim_output(plan: BuildPlan) -> sidecar.VindexIndex | None:
     out, state_dir, fingerprint = plan.out, plan.state_dir, plan.fingerprint
     existing_index = out / filenames.SIDECAR_JSON
     if existing_index.exists():
-        index = sidecar.VindexIndex.loads(existing_index.read_text(), where=str(existing_index))
+        index = sidecar.VindexIndex.load(existing_index)
         theirs = _identity(
             index,
             index.layer_ids,

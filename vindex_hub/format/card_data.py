@@ -145,16 +145,38 @@ def _year(value: Any, where: str) -> int:
     raise UsageError(f"{where}: year is {value!r}; expected a year such as 2026")
 
 
+# Bounds checked before a card is read / its YAML parsed (a card is remote data; YAML parsing is
+# slow: tens of seconds for tens of MB). A vindex card's front matter grows by well under 1 KiB
+# per layer, so real ones stay far below these.
+MAX_CARD_BYTES = 16 * 2**20
+MAX_FRONT_MATTER_BYTES = 2 * 2**20
+_FRONT_MATTER = re.compile(r"^\s*---[\r\n]+([\S\s]*?)[\r\n]+---(\r\n|\n|$)")
+
+
 def read_card(path: Path, *, where: str | None = None) -> DatasetCardData:
     """The front matter of the card at ``path`` (``huggingface_hub.DatasetCardData``, empty without one).
 
     Raises ``VindexFormatError`` naming ``where`` (default: the path) when the front matter is not
-    YAML or not a mapping.
+    YAML or not a mapping, or when the card (``MAX_CARD_BYTES``) or its front matter
+    (``MAX_FRONT_MATTER_BYTES``) is too large, before parsing it.
     """
     from huggingface_hub import DatasetCard, DatasetCardData
 
+    size = path.stat().st_size
+    if size > MAX_CARD_BYTES:
+        raise VindexFormatError(
+            f"{where or path}: the card is {size:,} bytes, above the {MAX_CARD_BYTES:,} a card "
+            "may hold; refusing to parse it"
+        )
+    text = path.read_text(encoding="utf-8")
+    front = _FRONT_MATTER.match(text)
+    if front is not None and len(front.group(1)) > MAX_FRONT_MATTER_BYTES:
+        raise VindexFormatError(
+            f"{where or path}: the card's YAML front matter is {len(front.group(1)):,} characters, "
+            f"above the {MAX_FRONT_MATTER_BYTES:,} allowed; refusing to parse it"
+        )
     try:
-        card = DatasetCard(path.read_text(encoding="utf-8"))
+        card = DatasetCard(text)
         assert isinstance(card.data, DatasetCardData)  # a DatasetCard's data
         return card.data
     except (yaml.YAMLError, ValueError) as exc:  # ValueError: a front matter that is not a mapping

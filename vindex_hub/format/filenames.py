@@ -5,6 +5,8 @@ Every writer, reader, check and the push/pull verbs name files through this modu
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from fnmatch import fnmatchcase
 from pathlib import PurePosixPath
 
 from ..errors import VindexFormatError
@@ -47,6 +49,10 @@ SNAPSHOT_FILES = (SIDECAR_JSON, GATE_VECTORS_BIN, PHASE1_JSON, PHASE2_JSON, CARD
 BUILD_STATE_DIR = ".vindex-build"  # work files of an unfinished build (or pull)
 BUILD_STATE_FILE = "build.json"  # in BUILD_STATE_DIR: the fingerprint of the build it holds
 PULL_MARKER = ".vindex-pull.json"  # marks a folder made by ``pull`` (repo, commit, format, layers)
+# ``folderlock``: the exclusive lock a build / convert / pull holds on its output folder, and who
+# holds it (pid, host, command). Hidden, so never pushed nor taken from a repo.
+OUTPUT_LOCK = ".vindex.lock"
+OUTPUT_LOCK_INFO = ".vindex.lock.json"
 PARTIAL_SUFFIX = ".partial"  # a file still being written in place
 PARTIAL_BIN = GATE_VECTORS_BIN + PARTIAL_SUFFIX
 # Names of unfinished files: never uploaded, never counted as part of a vindex.
@@ -56,6 +62,14 @@ UNFINISHED_SUFFIXES = (".tmp", PARTIAL_SUFFIX, ".incomplete", ".lock")
 def is_vindex_path(path: str) -> bool:
     """A repo path that belongs to the vindex (so a push may delete it when the folder lacks it)."""
     return path in VINDEX_FILES or path.startswith(VINDEX_DIRS)
+
+
+def is_published_path(path: str, include: Sequence[str] = ()) -> bool:
+    """What ``push`` uploads: a path the vindex owns, or one the user named (an ``fnmatch``
+    pattern of ``include``, e.g. ``LICENSE`` or ``notes/*.md``); never our bookkeeping."""
+    if is_bookkeeping_path(path):
+        return False
+    return is_vindex_path(path) or any(fnmatchcase(path, pattern) for pattern in include)
 
 
 def is_bookkeeping_path(path: str) -> bool:

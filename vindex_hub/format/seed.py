@@ -26,7 +26,7 @@ def load_or_upgrade_index(folder: Path) -> tuple[sidecar.VindexIndex, bool]:
     """The folder's sidecar; a seed-style one (no ``format_version``) upgraded. (index, upgraded)."""
     path = folder / SIDECAR_JSON
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(sidecar.read_sidecar_text(path))
     except FileNotFoundError:
         raise VindexFormatError(f"{path}: missing; a vindex folder needs its sidecar") from None
     except json.JSONDecodeError as exc:
@@ -70,7 +70,9 @@ def _upgrade_seed_index(folder: Path, seed: dict[str, Any], *, where: str) -> si
     )
     # First without layers: the geometry, which fixes each layer's block.
     index = sidecar.VindexIndex.from_json(
-        _overlay(defaults.to_json(), {**seed, sidecar.LAYERS_KEY: {}}), where=where
+        _overlay(defaults.to_json(), {**seed, sidecar.LAYERS_KEY: {}}),
+        where=where,
+        check_dimensions=False,  # the placeholders are negative: named just below when unset
     )
     unset = [
         name

@@ -25,6 +25,15 @@ NUM_FEATS_KEY = "num_feats"
 LAYERS_KEY = "layers"
 # Builder fields of a converted seed-style vindex, which recorded none.
 UNKNOWN = "unknown"
+# Bounds checked before anything is parsed or allocated from a sidecar (remote data): far above any
+# real model (a few hundred layers of a few hundred experts; hidden sizes of some thousands; a
+# real sidecar is well under 1 MiB), far below what would stall a reader. The file's size is
+# checked before it is parsed, the model's layer count before the layer entries are read.
+MAX_SIDECAR_BYTES = 8 * 2**20
+MAX_LAYERS = 4096  # model_config.num_hidden_layers
+MAX_EXPERTS = 65536  # n_routed_experts, n_shared_experts, num_experts_per_tok
+MAX_FEATS = 65536  # num_feats
+MAX_HIDDEN = 2**24  # hidden_size, moe_intermediate_size
 
 
 @dataclass
@@ -236,8 +245,12 @@ class VindexIndex:
         return json.dumps(self.to_json(), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], *, where: str = SIDECAR_JSON) -> VindexIndex:
-        """Parse and check a sidecar; ``where`` (a path or URL) goes into error messages."""
+    def from_json(
+        cls, data: dict[str, Any], *, where: str = SIDECAR_JSON, check_dimensions: bool = True
+    ) -> VindexIndex:
+        """Parse and check a sidecar; ``where`` (a path or URL) goes into error messages.
+
+        ``check_dimensions=False`` only for ``format.seed``, whose placeholders are negative."""
         if not isinstance(data, dict):
             raise VindexFormatError(f"{where}: expected a JSON object")
         try:
@@ -253,6 +266,8 @@ class VindexIndex:
                 )
             k = int(data[NUM_FEATS_KEY])
             mc = data["model_config"]
+            if check_dimensions:  # before the layer entries are read: 10**6 of them stop here
+                _check_dimensions(k, mc, where)
             index = cls(
                 num_feats=k,
                 model_config=ModelConfig(
@@ -289,11 +304,17 @@ class VindexIndex:
 
     @classmethod
     def loads(cls, text: str, *, where: str = SIDECAR_JSON) -> VindexIndex:
+        check_sidecar_size(len(text), where)
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise VindexFormatError(f"{where}: not valid JSON ({exc})") from None
         return cls.from_json(data, where=where)
+
+    @classmethod
+    def load(cls, path: Path, *, where: str | None = None) -> VindexIndex:
+        """The sidecar file at ``path``, its size checked before it is read."""
+        return cls.loads(read_sidecar_text(path, where=where), where=where or str(path))
 
     def check_layout(self, *, where: str = SIDECAR_JSON, file_size: int | None = None) -> None:
         """Offsets follow the layout rule (no overlap, no gap) and fit ``file_size`` if given."""
@@ -328,4 +349,41 @@ class VindexIndex:
         if file_size is not None and file_size != self.total_bytes:
             raise VindexFormatError(
                 f"{GATE_VECTORS_BIN} holds {file_size} bytes but {where} describes {self.total_bytes}"
+            )
+
+
+def check_sidecar_size(nbytes: int, where: str) -> None:
+    """``VindexFormatError`` when a sidecar of ``nbytes`` is above ``MAX_SIDECAR_BYTES``."""
+    if nbytes > MAX_SIDECAR_BYTES:
+        raise VindexFormatError(
+            f"{where}: {nbytes:,} bytes, above the {MAX_SIDECAR_BYTES:,} a sidecar may hold; "
+            "refusing to parse it"
+        )
+
+
+def read_sidecar_text(path: Path, *, where: str | None = None) -> str:
+    """The text of the sidecar at ``path``, refused unread when the file is too large
+    (``FileNotFoundError`` passes through for the caller to word)."""
+    check_sidecar_size(path.stat().st_size, where or str(path))
+    return path.read_text(encoding="utf-8")
+
+
+def _check_dimensions(num_feats: object, model_config: Any, where: str) -> None:
+    """Every count of the sidecar an integer in its documented range (a negative or absurd one is
+    refused by name before any array is shaped from it)."""
+    moe = model_config["moe"]
+    bounds: list[tuple[str, object, int, int]] = [
+        (NUM_FEATS_KEY, num_feats, 1, MAX_FEATS),
+        ("model_config.num_hidden_layers", model_config["num_hidden_layers"], 1, MAX_LAYERS),
+        ("model_config.moe.n_routed_experts", moe["n_routed_experts"], 1, MAX_EXPERTS),
+        ("model_config.moe.n_shared_experts", moe["n_shared_experts"], 0, MAX_EXPERTS),
+        ("model_config.moe.num_experts_per_tok", moe["num_experts_per_tok"], 0, MAX_EXPERTS),
+        ("model_config.moe.hidden_size", moe["hidden_size"], 1, MAX_HIDDEN),
+        ("model_config.moe.moe_intermediate_size", moe["moe_intermediate_size"], 1, MAX_HIDDEN),
+    ]
+    for name, value, low, high in bounds:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise VindexFormatError(
+                f"{where}: {name} is {value!r}, expected an integer in {low}..{high:,}; "
+                "refusing this sidecar"
             )

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import RemoteNotFoundError, VindexFormatError
+from ..errors import CachedCopyWarning, RemoteNotFoundError, VindexFormatError
+from ..format import filenames, sidecar
 from ..format.layout import format_size
 from ..hub.errors import hub_errors
 from ..hub.http import download_snapshot, with_retries
 from ..hub.refs import DEFAULT_REPO_TYPE, RepoRef, parse_repo
+from ..hub.revision import Resolution, repo_cache_folder, resolve_revision
 from .vindex import DEFAULT_REPO_MODE, Vindex
 
 PHASES = ("phase1", "phase2")
@@ -54,16 +58,58 @@ def local_folder(
 
     Before a download, ``announce`` (when given) is told how many files and bytes the repo holds.
     """
+    return local_copy(
+        path_or_repo_id,
+        revision,
+        repo_type=repo_type,
+        cache_dir=cache_dir,
+        token=token,
+        announce=announce,
+    ).folder
+
+
+@dataclass(frozen=True)
+class LocalCopy:
+    """A whole vindex on disk, and for a repo, how its commit was found."""
+
+    folder: Path
+    links_within: Path  # where its symbolic links may point (a snapshot's: the repo's cache folder)
+    resolution: Resolution | None = None  # None for a local folder
+
+
+def local_copy(
+    path_or_repo_id: str | os.PathLike[str],
+    revision: str | None = None,
+    *,
+    repo_type: str = DEFAULT_REPO_TYPE,
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> LocalCopy:
+    """``local_folder`` with the resolution of the revision (``resolution.unconfirmed`` says when
+    the Hub refused and the cache answered; a ``CachedCopyWarning`` is issued then)."""
     if Path(path_or_repo_id).is_dir():
-        return Path(path_or_repo_id)
+        return LocalCopy(Path(path_or_repo_id), Path(path_or_repo_id))
     ref = parse_repo(str(path_or_repo_id), revision=revision, repo_type=repo_type)
-    if announce is not None:
-        count, size = repo_size(ref, token=token)
+    cache = str(cache_dir) if cache_dir else None
+    resolved = resolve_revision(
+        ref,
+        filenames.SIDECAR_JSON,
+        cache_dir=cache,
+        token=token,
+        max_bytes=sidecar.MAX_SIDECAR_BYTES,
+    )
+    if resolved.hub_refused:
+        warnings.warn(f"{ref}: {resolved.unconfirmed}", CachedCopyWarning, stacklevel=2)
+    pinned = ref.at(resolved.commit)
+    if announce is not None and not resolved.hub_refused:
+        count, size = repo_size(pinned, token=token)
         announce(
             f"downloading {ref}: {count} files, {format_size(size)} "
             "(files already in the Hub cache are not fetched again)"
         )
-    return download_snapshot(ref, cache_dir=str(cache_dir) if cache_dir else None, token=token)
+    folder = download_snapshot(pinned, cache_dir=cache, token=token)
+    return LocalCopy(folder, repo_cache_folder(ref, cache_dir=cache), resolved)
 
 
 def repo_size(ref: RepoRef, *, token: str | bool | None = None) -> tuple[int, int]:

@@ -97,7 +97,13 @@ class RangedReader:
         )  # layers, and (layer, expert) blocks read alone
 
     def _block(
-        self, start: int, end: int, check: Callable[[Path], None] | None, recheck: bool
+        self,
+        start: int,
+        end: int,
+        check: Callable[[Path], None] | None,
+        recheck: bool,
+        where: str,
+        strong: bool = False,
     ) -> np.ndarray:
         """Bytes ``[start, end)``: fetched and passed through ``check`` before they are cached, or
         found in the cache, and then (``recheck``) checked again, since another process may have
@@ -109,16 +115,18 @@ class RangedReader:
                 f, self.remote.url, start, end, token=self.token, expected_total=self.remote.size
             )
 
-        path, fetched = self.cache.obtain(key, start, end, fetch, check, source=self.remote.url)
+        # ``strong``: ``check`` is the layer's sha256, which the recheck below runs on a cached
+        # block (once per reader); the cache need not hash it against its digest as well.
+        path, fetched = self.cache.obtain(
+            key, start, end, fetch, check, source=where, caller_checks=strong
+        )
         if check is not None and recheck and not fetched:
             try:
                 check(path)
             except IntegrityError as bad:
                 self.cache.discard(key, start, end)
                 try:
-                    path, _ = self.cache.obtain(
-                        key, start, end, fetch, check, source=self.remote.url
-                    )
+                    path, _ = self.cache.obtain(key, start, end, fetch, check, source=where)
                 except HubError as exc:
                     raise IntegrityError(
                         f"{bad} (cache block {path}, now dropped; fetching it again failed: {exc})"
@@ -134,7 +142,12 @@ class RangedReader:
             else None
         )
         flat = self._block(
-            e.file_offset, e.file_offset + e.nbytes, check, recheck=layer not in self._verified
+            e.file_offset,
+            e.file_offset + e.nbytes,
+            check,
+            recheck=layer not in self._verified,
+            where=f"{where} layer {layer}",
+            strong=check is not None,
         )
         if self.verify:
             self._verified.add(layer)
@@ -159,6 +172,7 @@ class RangedReader:
             start + layout.expert_nbytes(k, h),
             check,
             recheck=(layer, expert) not in self._verified,
+            where=where,
         )
         if self.verify:
             self._verified.add((layer, expert))

@@ -38,6 +38,7 @@ Integrity (``verify``):
 from __future__ import annotations
 
 import os
+import warnings
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -45,13 +46,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from huggingface_hub import constants
 
-from ..errors import HubError, RemoteNotFoundError, UsageError, VindexFormatError
+from ..errors import CachedCopyWarning, HubError, RemoteNotFoundError, UsageError, VindexFormatError
 from ..format import filenames, mirror, pull_marker, selection, sidecar, statistics
 from ..format.card_data import read_card
 from ..fsutil import read_json_object
 from ..hub.blockcache import BlockCache
-from ..hub.http import RemoteFile, download_file, download_snapshot, file_metadata
-from ..hub.refs import DEFAULT_REPO_TYPE, RepoRef, commit_sha, parse_repo
+from ..hub.http import RemoteFile, download_snapshot, file_metadata
+from ..hub.refs import DEFAULT_REPO_TYPE, RepoRef, parse_repo
+from ..hub.revision import resolve_revision
 from .files import HubFiles, LocalFiles, VindexFiles
 from .readers import ArrowReader, LayerReader, MemmapReader, RangedReader, VerifyMode
 
@@ -88,6 +90,9 @@ class Vindex:
         self._reader: LayerReader | None = reader
         self.mode, self.verify, self.location, self.commit = mode, verify, location, commit
         self._file_size = file_size
+        # Why the commit came from the local cache unconfirmed by the Hub (it refused, or
+        # HF_HUB_OFFLINE); None when the Hub confirmed it or a commit sha was asked for.
+        self.unconfirmed: str | None = None
 
     @classmethod
     def open(
@@ -146,12 +151,19 @@ class Vindex:
                 f"mode='arrow' reads with datasets.load_dataset, which reads dataset repos only; "
                 f"{ref} is a {ref.repo_type} repo (use mode='lazy' or 'snapshot')"
             )
-        ref = ref.at(_resolve_commit(ref, cache_dir=cache_dir, token=token))
+        resolved = resolve_revision(
+            ref,
+            filenames.SIDECAR_JSON,
+            cache_dir=cache_dir,
+            token=token,
+            max_bytes=sidecar.MAX_SIDECAR_BYTES,
+        )
+        if resolved.hub_refused:
+            warnings.warn(f"{ref}: {resolved.unconfirmed}", CachedCopyWarning, stacklevel=2)
+        ref = ref.at(resolved.commit)
         files = HubFiles(ref, cache_dir=cache_dir, token=token)
         index_path = files.path(filenames.SIDECAR_JSON)
-        index = sidecar.VindexIndex.loads(
-            index_path.read_text(encoding="utf-8"), where=files.describe(filenames.SIDECAR_JSON)
-        )
+        index = sidecar.VindexIndex.load(index_path, where=files.describe(filenames.SIDECAR_JSON))
         reader: LayerReader
         size: int | None
         if mode == "snapshot":
@@ -168,7 +180,7 @@ class Vindex:
             size = remote.size
         else:
             reader, size = ArrowReader(ref.repo_id, ref.revision, index, token, verify, files), None
-        return cls(
+        vx = cls(
             index,
             reader,
             files,
@@ -178,14 +190,14 @@ class Vindex:
             commit=ref.revision,
             file_size=size,
         )
+        vx.unconfirmed = resolved.unconfirmed
+        return vx
 
     @classmethod
     def _open_local(cls, root: Path, mode: Mode | None, verify: VerifyMode) -> Vindex:
         files = LocalFiles(root)
         index_path = files.path(filenames.SIDECAR_JSON)
-        index = sidecar.VindexIndex.loads(
-            index_path.read_text(encoding="utf-8"), where=str(index_path)
-        )
+        index = sidecar.VindexIndex.load(index_path)
         reader: LayerReader
         size: int | None
         if mode == "arrow":
@@ -431,19 +443,10 @@ def _existing(path: Path, ref: RepoRef) -> Path:
     return path
 
 
-# ---- resolving a revision ------------------------------------------------------------------------
-def _resolve_commit(ref: RepoRef, *, cache_dir: str | None, token: str | bool | None) -> str:
-    """The commit sha ``ref.revision`` points to, by downloading the sidecar at that revision.
-
-    ``hf_hub_download`` records the revision -> commit mapping in the Hub cache, so the same call
-    resolves it offline; the file lands at ``snapshots/<commit>/<name>``.
-    """
-    path = download_file(ref, filenames.SIDECAR_JSON, cache_dir=cache_dir, token=token)
-    return commit_sha(path.parent.name, f"{filenames.SIDECAR_JSON} in {ref}")
-
-
+# ---- the binary at a commit ----------------------------------------------------------------------
 def _binary_metadata(ref: RepoRef, cache: BlockCache, *, token: str | bool | None) -> RemoteFile:
-    """HEAD gate_vectors.bin at the commit, remembered in the block cache for offline opens."""
+    """HEAD gate_vectors.bin at the commit, remembered in the block cache for offline opens (and
+    for opens while the Hub refuses: a commit's files never change, so the record stays true)."""
     if constants.is_offline_mode():
         remote = cache.recall_remote(ref, filenames.GATE_VECTORS_BIN)
         if remote is None:
@@ -451,6 +454,14 @@ def _binary_metadata(ref: RepoRef, cache: BlockCache, *, token: str | bool | Non
                 f"{filenames.GATE_VECTORS_BIN} in {ref}: never opened online, and HF_HUB_OFFLINE is set"
             )
         return remote
-    remote = file_metadata(ref, filenames.GATE_VECTORS_BIN, token=token)
+    try:
+        remote = file_metadata(ref, filenames.GATE_VECTORS_BIN, token=token)
+    except RemoteNotFoundError:
+        raise
+    except HubError:
+        remembered = cache.recall_remote(ref, filenames.GATE_VECTORS_BIN)
+        if remembered is None:
+            raise
+        return remembered
     cache.remember_remote(ref, filenames.GATE_VECTORS_BIN, remote)
     return remote
