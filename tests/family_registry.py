@@ -1,0 +1,236 @@
+"""Every MoE text architecture of the installed transformers, as tiny random models it saves itself.
+
+``moe_model_types`` reads transformers' own registry (``CONFIG_MAPPING`` and the auto-model
+mappings) and keeps the model types whose config, or a nested text config, names an expert
+count: a new MoE architecture in a new transformers release appears here by itself.
+``tiny_config`` shrinks a model type's default config (small sizes, 4 experts, few layers, its
+per-layer lists cut to match) with a few per-type fixes (``FIXES``); ``reference`` reads, from the
+*in-memory* model object, every MoE layer's routed gate_proj rows (as the experts' forward uses
+them: transformers' ``has_gate`` / ``is_transposed`` / ``is_concatenated`` flags, or the shape),
+router, router bias and shared gate_proj, in float64, independent of the package's readers.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+COUNT_KEYS = (
+    "n_routed_experts",
+    "num_local_experts",
+    "num_experts",
+    "moe_num_experts",
+    "n_experts",
+)
+HIDDEN = 64
+INTERMEDIATE = 24  # 2I != H, so a fused tensor's orientation cannot be guessed from its shape
+LAYERS = 4
+EXPERTS = 4
+
+# Per-type config changes that let the tiny model instantiate (validators tie sizes together).
+_GEMMA4 = dict(
+    per_layer_config={},
+    enable_moe_block=True,
+    num_experts=EXPERTS,
+    top_k_experts=2,
+    moe_intermediate_size=INTERMEDIATE,
+)
+FIXES: dict[str, dict[str, Any]] = {
+    "gemma4_text": _GEMMA4,
+    "gemma4": dict(text_config=_GEMMA4),
+}
+# Model types whose tiny model cannot be made here, and why (a test skips them by name).
+SKIPPED: dict[str, str] = {}
+
+
+def _auto_mappings() -> list[tuple[str, dict[str, str]]]:
+    from transformers.models.auto import modeling_auto as m
+
+    return [
+        ("AutoModelForCausalLM", m.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES),
+        ("AutoModelForImageTextToText", m.MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES),
+        ("AutoModelForSeq2SeqLM", m.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES),
+    ]
+
+
+def moe_model_types() -> list[str]:
+    """The text-generating model types of transformers' registry whose config (or a nested text
+    config: a multimodal model's language tower) declares an expert count.
+
+    The config classes are judged by their module's source (importing all of them takes half a
+    minute); a config whose language tower is any ``AutoConfig`` is judged by an instance.
+    """
+    import importlib.util
+
+    from transformers import CONFIG_MAPPING
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+
+    generative = set().union(*(set(names) for _, names in _auto_mappings()))
+    pattern = re.compile(r"\b(" + "|".join(COUNT_KEYS) + r")\b")
+    found = []
+    for model_type in sorted(generative):
+        module = model_type_to_module_name(model_type)
+        spec = importlib.util.find_spec(f"transformers.models.{module}.configuration_{module}")
+        text = open(spec.origin, encoding="utf-8").read() if spec and spec.origin else ""
+        if pattern.search(text):
+            found.append(model_type)
+        elif "AutoConfig" in text and "sub_configs" in text:
+            try:
+                config = CONFIG_MAPPING[model_type]()
+            except Exception:
+                continue
+            nested = [getattr(config, k, None) for k in getattr(config, "sub_configs", {})]
+            if any(pattern.search(" ".join(vars(n))) for n in nested if n is not None):
+                found.append(model_type)
+    return found
+
+
+def _shrink(d: dict[str, Any], layers: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    n0 = d.get("num_hidden_layers")
+    for k, v in d.items():
+        kl = k.lower()
+        if isinstance(v, dict) and k.endswith("_config") and k != "quantization_config":
+            out[k] = _shrink(v, layers)
+        elif isinstance(v, list) and n0 and len(v) == n0 and n0 > layers:
+            out[k] = v[:layers]
+        elif isinstance(v, bool) or not isinstance(v, int):
+            out[k] = v
+        elif k in COUNT_KEYS:
+            out[k] = min(v, EXPERTS)
+        elif k in ("num_experts_per_tok", "moe_topk", "moe_k", "top_k"):
+            out[k] = min(v, 2)
+        elif k in ("num_hidden_layers", "num_layers"):
+            out[k] = min(v, layers)
+        elif k in ("hidden_size", "d_model"):
+            out[k] = HIDDEN
+        elif "intermediate" in kl or kl.endswith("ffn_hidden_size") or kl.endswith("ffn_dim"):
+            out[k] = INTERMEDIATE if v else v
+        elif kl in ("num_attention_heads", "num_heads"):
+            out[k] = 4
+        elif kl in ("num_key_value_heads", "num_kv_heads"):
+            out[k] = 2 if v else v
+        elif kl == "head_dim":
+            out[k] = 16
+        elif "vocab_size" in kl:
+            out[k] = 256
+        elif "lora_rank" in kl:
+            out[k] = 16 if v else v
+        elif kl in ("qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
+            out[k] = 8
+        elif kl in ("first_k_dense_replace", "first_k_dense", "num_dense_layers"):
+            out[k] = min(v, 1)
+        elif kl in ("n_group", "topk_group"):
+            out[k] = 1
+        elif kl.endswith("token_id") or kl == "pad_token_id":
+            out[k] = v if v < 256 else None
+        else:
+            out[k] = v
+    return out
+
+
+def tiny_config(model_type: str) -> Any:
+    from transformers import CONFIG_MAPPING, AutoConfig
+
+    d = _shrink(CONFIG_MAPPING[model_type]().to_dict(), LAYERS)
+    for key in ("model_type", "transformers_version", "architectures"):
+        d.pop(key, None)
+    for key, value in FIXES.get(model_type, {}).items():
+        if isinstance(value, dict) and isinstance(d.get(key), dict) and "model_type" in d[key]:
+            d[key] = {**d[key], **value}
+        else:
+            d[key] = value
+    return AutoConfig.for_model(model_type, **d)
+
+
+def build_model(model_type: str) -> Any:
+    import transformers
+
+    config = tiny_config(model_type)
+    torch.manual_seed(sum(map(ord, model_type)))
+    for auto, names in _auto_mappings():
+        if model_type in names:
+            model = getattr(transformers, auto).from_config(config)
+            break
+    with torch.no_grad():  # zero-initialised biases would check nothing
+        for name, buffer in model.named_buffers():
+            if "bias" in name and buffer.is_floating_point():
+                buffer.normal_()
+    return model.eval()
+
+
+@dataclass
+class LayerReference:
+    gates: np.ndarray  # [E, I, H] float64
+    routers: list[np.ndarray]  # candidate router matrices [>=E, H] of the block
+    biases: list[np.ndarray]  # candidate router biases (flattened)
+    shared: np.ndarray | None
+
+
+def _f64(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float64).numpy()
+
+
+LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+ATTENTION = ("attn", "attention")
+
+
+def _gates(module: torch.nn.Module, hidden: int) -> np.ndarray | None:
+    """[E, I, H] gate rows of an in-memory experts module, as its forward uses them."""
+    w = getattr(module, "gate_up_proj", None)
+    if isinstance(w, torch.Tensor) and w.dim() == 3:
+        transposed = getattr(module, "is_transposed", None)
+        if transposed is None:
+            transposed = w.shape[1] == hidden and w.shape[2] != hidden
+        concatenated = getattr(module, "is_concatenated", True)
+        rows = w.transpose(1, 2) if transposed else w  # [E, 2I, H]
+        gate = rows[:, 0::2] if not concatenated else rows[:, : rows.shape[1] // 2]
+        return _f64(gate)
+    linear = getattr(module, "input_linear", None)  # JetMoE ParallelExperts [E, 2I, H]
+    if linear is not None and getattr(linear, "weight", None) is not None:
+        w = linear.weight
+        return _f64(w[:, : w.shape[1] // 2])
+    return None
+
+
+def reference(model: Any, hidden: int, num_experts: int) -> dict[int, LayerReference]:
+    """Every MoE layer of the in-memory model: its experts' gate rows, router(s), bias(es), shared."""
+    layers: dict[int, LayerReference] = {}
+    modules = dict(model.named_modules())
+    for name, module in modules.items():
+        leaf = name.rsplit(".", 1)[-1]
+        m = LAYER.search(name)
+        if m is None or any(a in name for a in ATTENTION) or "vision" in name or "visual" in name:
+            continue
+        if leaf == "experts" or (leaf == "mlp" and hasattr(module, "input_linear")):
+            gates = _gates(module, hidden)
+            if gates is None:
+                continue
+            block = modules[name.rsplit(".", 1)[0]] if leaf == "experts" else module
+            layer = int(m.group(1))
+            gates = gates[:num_experts]  # LongCat allocates rows for its zero-computation experts
+            routers, biases, shared = [], [], None
+            for pname, t in list(block.named_parameters()) + list(block.named_buffers()):
+                if pname.startswith("experts.") and "bias" not in pname:
+                    continue
+                if "shared" in pname:
+                    if shared is None and (
+                        pname.endswith("gate_proj.weight")
+                        or pname.endswith("gate_proj")
+                        or pname.endswith("w1.weight")
+                    ):
+                        shared = _f64(t).reshape(-1, hidden)
+                    elif shared is None and pname.endswith("input_linear.weight"):
+                        shared = _f64(t)[: t.shape[0] // 2]
+                    continue
+                if t.dim() == 2 and t.shape[1] == hidden and t.shape[0] >= num_experts:
+                    routers.append(_f64(t))
+                elif "bias" in pname and t.numel() >= num_experts and t.numel() <= 4 * num_experts:
+                    if "proj" not in pname and "linear" not in pname:
+                        biases.append(_f64(t).reshape(-1))
+            layers[layer] = LayerReference(gates, routers, biases, shared)
+    return layers
