@@ -42,6 +42,14 @@ _GEMMA4 = dict(
 FIXES: dict[str, dict[str, Any]] = {
     "gemma4_text": _GEMMA4,
     "gemma4": dict(text_config=_GEMMA4),
+    "deepseek_v2": dict(num_experts_per_tok=2),
+    "dots1": dict(n_routed_experts=EXPERTS, n_shared_experts=1, num_experts_per_tok=2),
+    "hunyuan_v1_moe": dict(num_experts=EXPERTS, moe_topk=2, head_dim=16),
+    "granitemoehybrid": dict(mamba_n_heads=8, mamba_d_head=16, shared_intermediate_size=INTERMEDIATE),
+    "lfm2_moe": dict(
+        layer_types=["conv", "full_attention", "conv", "full_attention"], num_dense_layers=1
+    ),
+    "granitemoeshared": dict(shared_intermediate_size=INTERMEDIATE),
 }
 # Model types whose tiny model cannot be made here, and why (a test skips them by name).
 SKIPPED: dict[str, str] = {}
@@ -110,7 +118,7 @@ def _shrink(d: dict[str, Any], layers: int) -> dict[str, Any]:
             out[k] = HIDDEN
         elif "intermediate" in kl or kl.endswith("ffn_hidden_size") or kl.endswith("ffn_dim"):
             out[k] = INTERMEDIATE if v else v
-        elif kl in ("num_attention_heads", "num_heads"):
+        elif kl in ("num_attention_heads", "num_heads") or kl.endswith("_attention_heads"):
             out[k] = 4
         elif kl in ("num_key_value_heads", "num_kv_heads"):
             out[k] = 2 if v else v
@@ -126,8 +134,8 @@ def _shrink(d: dict[str, Any], layers: int) -> dict[str, Any]:
             out[k] = min(v, 1)
         elif kl in ("n_group", "topk_group"):
             out[k] = 1
-        elif kl.endswith("token_id") or kl == "pad_token_id":
-            out[k] = v if v < 256 else None
+        elif kl.endswith("token_id") or kl.endswith("token_index"):
+            out[k] = v if v < 128 else 128 + v % 128  # special tokens stay inside the tiny vocab
         else:
             out[k] = v
     return out
@@ -152,14 +160,18 @@ def build_model(model_type: str) -> Any:
 
     config = tiny_config(model_type)
     torch.manual_seed(sum(map(ord, model_type)))
-    for auto, names in _auto_mappings():
+    # A multimodal model is saved whole (its language tower inside), as its releases are.
+    for auto, names in sorted(_auto_mappings(), key=lambda a: a[0] != "AutoModelForImageTextToText"):
         if model_type in names:
             model = getattr(transformers, auto).from_config(config)
             break
-    with torch.no_grad():  # zero-initialised biases would check nothing
+    with torch.no_grad():  # zero-initialised biases and routers would check nothing
         for name, buffer in model.named_buffers():
             if "bias" in name and buffer.is_floating_point():
                 buffer.normal_()
+        for param in model.parameters():
+            if param.is_floating_point() and param.dim() == 2 and not param.any():
+                param.normal_(std=0.02)
     return model.eval()
 
 
@@ -214,6 +226,10 @@ def reference(model: Any, hidden: int, num_experts: int) -> dict[int, LayerRefer
             layer = int(m.group(1))
             gates = gates[:num_experts]  # LongCat allocates rows for its zero-computation experts
             routers, biases, shared = [], [], None
+            max_rows = max(
+                (p.shape[0] for p in block.parameters() if p.dim() == 2 and p.shape[1] == hidden),
+                default=num_experts,
+            )
             for pname, t in list(block.named_parameters()) + list(block.named_buffers()):
                 if pname.startswith("experts.") and "bias" not in pname:
                     continue
@@ -229,7 +245,7 @@ def reference(model: Any, hidden: int, num_experts: int) -> dict[int, LayerRefer
                     continue
                 if t.dim() == 2 and t.shape[1] == hidden and t.shape[0] >= num_experts:
                     routers.append(_f64(t))
-                elif "bias" in pname and t.numel() >= num_experts and t.numel() <= 4 * num_experts:
+                elif "bias" in pname and num_experts <= t.numel() <= max_rows:
                     if "proj" not in pname and "linear" not in pname:
                         biases.append(_f64(t).reshape(-1))
             layers[layer] = LayerReference(gates, routers, biases, shared)

@@ -115,7 +115,7 @@ class MoEFamily:
         self.names = None if tensor_names is None else frozenset(tensor_names)
         self.params, self.where = self._text_params()
         p = self.params
-        self._num_layers = config_int(p, LAYERS_KEY, where=self.where)
+        self._num_layers = self._layer_count()
         self.dims = ExpertDims(
             num_experts=first_config_int(
                 p, self.expert_count_keys, "expert count", where=self.where
@@ -148,6 +148,9 @@ class MoEFamily:
 
     def _top_k(self) -> int:
         return config_int(self.params, TOP_K_KEY, where=self.where)
+
+    def _layer_count(self) -> int:
+        return config_int(self.params, LAYERS_KEY, where=self.where)
 
     def _check_family_config(self) -> None:
         """Family-specific config checks and attributes (run before the layers are resolved)."""

@@ -67,8 +67,9 @@ INTERMEDIATE_KEYS = (
     "expert_ffn_hidden_size",
     "intermediate_size",
 )
+LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layers")
 #: config keys that give the number of experts a token is routed to
-TOP_K_KEYS = ("num_experts_per_tok", "moe_topk", "moe_k", "top_k_experts", "moe_top_k", "top_k")
+TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "moe_topk", "moe_k", "top_k_experts", "moe_top_k", "top_k")
 #: nested configs a multimodal model keeps its text model's keys in
 TEXT_CONFIG_KEYS = ("text_config", "language_config", "llm_config", "thinker_config")
 SHARED_COUNT_KEYS = ("n_shared_experts", "num_shared_experts", "moe_num_shared_experts")
@@ -82,7 +83,10 @@ GENERIC_PREFIXES = (
     "model.text_model.",
     "language_model.",
 )
-GENERIC_BLOCKS = ("mlp", "block_sparse_moe", "feed_forward", "ffn", "moe", "mixer")
+#: what holds the decoder layers (``blocks``: what transformers writes for Kimi-K2.5, DBRX)
+LAYER_CONTAINERS = ("layers", "blocks")
+#: a layer's MoE block ("": the experts sit right in the layer, Mistral's own format)
+GENERIC_BLOCKS = ("mlp", "block_sparse_moe", "feed_forward", "ffn", "moe", "mixer", "")
 ROUTER_PARTS = (
     "gate.weight",
     "router.weight",
@@ -161,6 +165,9 @@ class GenericFamily(MoEFamily):
     def _text_params(self) -> tuple[Mapping[str, Any], str]:
         return text_params(self.config, self.where)
 
+    def _layer_count(self) -> int:
+        return first_config_int(self.params, LAYER_KEYS, "layer count", where=self.where)
+
     def _top_k(self) -> int:
         return first_config_int(self.params, TOP_K_KEYS, "top-k expert count", where=self.where)
 
@@ -170,7 +177,12 @@ class GenericFamily(MoEFamily):
         return next((k for k in INTERMEDIATE_KEYS if self.params.get(k)), INTERMEDIATE_KEYS[0])
 
     def candidate_blocks(self) -> list[str]:
-        return [f"{p}layers.{{layer}}.{b}" for p in self.prefixes for b in self.blocks]
+        return [
+            f"{p}{c}.{{layer}}" + (f".{b}" if b else "")
+            for p in self.prefixes
+            for c in LAYER_CONTAINERS
+            for b in self.blocks
+        ]
 
     def candidate_layouts(self, block: str) -> list[RoutedLayout]:
         d = self.dims
