@@ -69,7 +69,15 @@ INTERMEDIATE_KEYS = (
 )
 LAYER_KEYS = ("num_hidden_layers", "num_layers", "n_layers")
 #: config keys that give the number of experts a token is routed to
-TOP_K_KEYS = ("num_experts_per_tok", "num_experts_per_token", "moe_topk", "moe_k", "top_k_experts", "moe_top_k", "top_k")
+TOP_K_KEYS = (
+    "num_experts_per_tok",
+    "num_experts_per_token",
+    "moe_topk",
+    "moe_k",
+    "top_k_experts",
+    "moe_top_k",
+    "top_k",
+)
 #: nested configs a multimodal model keeps its text model's keys in
 TEXT_CONFIG_KEYS = ("text_config", "language_config", "llm_config", "thinker_config")
 SHARED_COUNT_KEYS = ("n_shared_experts", "num_shared_experts", "moe_num_shared_experts")
@@ -82,6 +90,7 @@ GENERIC_PREFIXES = (
     "thinker.model.",
     "model.text_model.",
     "language_model.",
+    "model.llm.",
 )
 #: what holds the decoder layers (``blocks``: what transformers writes for Kimi-K2.5, DBRX)
 LAYER_CONTAINERS = ("layers", "blocks")
@@ -194,6 +203,7 @@ class GenericFamily(MoEFamily):
         fused: list[RoutedLayout] = [
             FusedGateUp(f"{block}.experts.gate_up_proj", d, self.fused_axis, self.fused_split),
             FusedGateUp(f"{block}.experts.fc1.weight", d, self.fused_axis, self.fused_split),
+            FusedGateUp(f"{block}.experts.w13_weight", d, self.fused_axis, self.fused_split),
             # Granite / JetMoE: ParallelExperts [E, 2I, H], gate = the first half
             FusedGateUp(f"{block}.input_linear.weight", d, ROWS, HALVES),
         ]
@@ -222,6 +232,8 @@ class GenericFamily(MoEFamily):
 
     # ---- shared expert: any row count, plain, stacked or fused --------------------------------
     def num_shared_experts(self) -> int:
+        if getattr(self, "shared_part", None) is None:
+            return 0
         for key in SHARED_COUNT_KEYS:
             if self.params.get(key):
                 return config_int(self.params, key, minimum=0, where=self.where)
@@ -229,19 +241,16 @@ class GenericFamily(MoEFamily):
         return 1 if getattr(self, "shared_part", None) is not None else 0
 
     def _pick_shared(self, layer: int) -> tuple[Any, str | None]:
-        block = self._block(layer)
-        if self.names is not None:
-            for part, _ in SHARED_PARTS:
-                for codec in self.shared_codecs():
-                    if all(n in self.names for n in codec.names(f"{block}.{part}")):
-                        return codec, part
-        if self.names is None or not self.num_shared_experts():
+        """The shared gate_proj the names show (none: no shared expert, whatever the config
+        counts: some configs keep a count for a shared expert their model does not build)."""
+        if self.names is None:
             return None, None
-        raise CheckpointError(
-            f"layer {layer}: {self.where} gives it {self.num_shared_experts()} shared experts, but "
-            f"the checkpoint holds no shared gate_proj (looked for "
-            f"{', '.join(f'{block}.{p}' for p, _ in SHARED_PARTS)})"
-        )
+        block = self._block(layer)
+        for part, _ in SHARED_PARTS:
+            for codec in self.shared_codecs():
+                if all(n in self.names for n in codec.names(f"{block}.{part}")):
+                    return codec, part
+        return None, None
 
     def shared_gate_weight(self, layer: int, raw: Mapping[str, RawTensor]) -> np.ndarray | None:
         name = self.shared_gate_name(layer)
