@@ -48,6 +48,7 @@ FIXES: dict[str, dict[str, Any]] = {
     "granitemoehybrid": dict(
         mamba_n_heads=8, mamba_d_head=16, shared_intermediate_size=INTERMEDIATE
     ),
+    "step3p7": dict(text_config=dict(mlp_layer_types=["dense", "sparse", "dense", "sparse"])),
     "glm5_next": dict(text_config=dict(num_key_value_heads=4)),
     "lfm2_moe": dict(
         layer_types=["conv", "full_attention", "conv", "full_attention"], num_dense_layers=1
@@ -74,7 +75,6 @@ SKIPPED: dict[str, str] = {
     "muse_spark": f"{_NO_TINY} (its text hidden size stays 4096)",
     "qwen4_exp": f"{_NO_TINY} (indexer sizes default to None)",
     "qwen4_exp_text": f"{_NO_TINY} (indexer sizes default to None)",
-    "step3p7": "its language tower's experts are not under the generic names; not verified",
     "zaya": "its router is an MLP (down_proj, router_mlp, out_proj), not one [E, H] matrix a vindex's router spectrum needs",
 }
 
@@ -263,7 +263,7 @@ def reference(model: Any, hidden: int, num_experts: int) -> dict[int, LayerRefer
             for pname, t in list(block.named_parameters()) + list(block.named_buffers()):
                 if pname.startswith("experts.") and "bias" not in pname:
                     continue
-                if "shared" in pname:
+                if "share" in pname:
                     if shared is None and (
                         pname.endswith("gate_proj.weight")
                         or pname.endswith("gate_proj")

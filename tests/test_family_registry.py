@@ -128,3 +128,66 @@ def test_families_lists_every_supported_and_refused_type_and_the_readme_agrees()
         t for line in table for t in line.split("`")[1::2] if t in SUPPORTED or t in REFUSED
     }
     assert in_table == SUPPORTED | set(REFUSED)
+
+
+# ---- bad input to the generic adapter: one line naming the tensor or key ----------------------
+@pytest.fixture(scope="module")
+def generic_checkpoint(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("generic") / "checkpoint"
+    build_model("cohere2_moe").save_pretrained(folder)
+    return folder
+
+
+def _changed(folder: Path, tmp_path: Path, change) -> Path:
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    copy = Path(shutil.copytree(folder, tmp_path / "copy"))
+    tensors = load_file(copy / "model.safetensors")
+    change(tensors)
+    save_file(tensors, copy / "model.safetensors", metadata={"format": "pt"})
+    return copy
+
+
+def _refused(folder: Path, tmp_path: Path, match: str) -> None:
+    from vindex_hub.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=match) as info:
+        build_vindex(folder, tmp_path / "out", num_feats=NUM_FEATS, device="cpu", progress=False)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out" / "gate_vectors.bin").exists()
+
+
+def test_a_layer_missing_one_experts_gate(generic_checkpoint, tmp_path):
+    def drop(tensors):
+        del tensors["model.layers.2.mlp.experts.3.gate_proj.weight"]
+
+    _refused(
+        _changed(generic_checkpoint, tmp_path, drop),
+        tmp_path,
+        r"layer 2: .* tensor model\.layers\.2\.mlp\.experts\.3\.gate_proj\.weight is not in the checkpoint",
+    )
+
+
+def test_a_router_with_fewer_rows_than_experts(generic_checkpoint, tmp_path):
+    def cut(tensors):
+        tensors["model.layers.1.mlp.gate.weight"] = tensors["model.layers.1.mlp.gate.weight"][:3]
+
+    _refused(
+        _changed(generic_checkpoint, tmp_path, cut),
+        tmp_path,
+        r"tensor model\.layers\.1\.mlp\.gate\.weight: shape \[3, 64\], expected \[4 or more",
+    )
+
+
+def test_a_checkpoint_without_experts(generic_checkpoint, tmp_path):
+    def strip(tensors):
+        for name in [n for n in tensors if ".experts." in n]:
+            del tensors[name]
+
+    _refused(
+        _changed(generic_checkpoint, tmp_path, strip),
+        tmp_path,
+        r"no layer of the checkpoint holds routed-expert gate_proj tensors",
+    )

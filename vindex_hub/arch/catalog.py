@@ -66,6 +66,7 @@ GENERIC: dict[str, Quirks] = {
     "qwen3_next": Quirks("Qwen3-Next", note="hybrid attention; shared expert with a sigmoid gate"),
     "qwen3_omni_moe_thinker": Quirks("Qwen3-Omni thinker (language tower)"),
     "qwen3_vl_moe": Quirks("Qwen3-VL-MoE (language tower)"),
+    "step3p7": Quirks("Step-3.5 / 3.7 (language tower)", note=_HYBRID),
     "sarvam_mla": Quirks("Sarvam MLA", note=_DSV3),
     "sarvam_moe": Quirks("Sarvam MoE"),
     "solar_open": Quirks("Solar Open", note=_DSV3),

@@ -50,6 +50,7 @@ from .layouts import (
     FusedGateUp,
     PerExpert,
     RoutedLayout,
+    StackedGate,
 )
 
 #: config keys that give the number of routed experts, most specific first
@@ -115,6 +116,7 @@ ROUTER_BIAS_PARTS = (
     "experts.e_score_correction_bias",
     "gate.bias",
     "router.bias",
+    "router_bias",
 )
 #: shared gate_proj names: (part, how its rows hold the gate)
 SHARED_PLAIN, SHARED_FUSED = "plain", "fused-halves"
@@ -124,6 +126,7 @@ SHARED_PARTS = (
     ("shared_experts.w1.weight", SHARED_PLAIN),
     ("shared_mlp.gate_proj.weight", SHARED_PLAIN),
     ("shared_experts.gate_proj", SHARED_PLAIN),  # stacked [S, I, H] (no .weight)
+    ("share_expert.gate_proj.weight", SHARED_PLAIN),
     ("shared_mlp.input_linear.weight", SHARED_FUSED),  # [2I, H], gate = the first half
     ("shared_experts.gate_up_proj.weight", SHARED_FUSED),
 )
@@ -207,6 +210,10 @@ class GenericFamily(MoEFamily):
             # Granite / JetMoE: ParallelExperts [E, 2I, H], gate = the first half
             FusedGateUp(f"{block}.input_linear.weight", d, ROWS, HALVES),
         ]
+        if block.endswith(".moe"):
+            # Step: the gate projections alone, stacked [E, I, H]; only under a block named
+            # moe, as a dense MLP's gate_proj.weight has the same name
+            fused.append(StackedGate(f"{block}.gate_proj.weight", d))
         return per_expert + fused
 
     def moe_layer_ids(self) -> list[int]:
@@ -241,16 +248,30 @@ class GenericFamily(MoEFamily):
         return 1 if getattr(self, "shared_part", None) is not None else 0
 
     def _pick_shared(self, layer: int) -> tuple[Any, str | None]:
-        """The shared gate_proj the names show (none: no shared expert, whatever the config
-        counts: some configs keep a count for a shared expert their model does not build)."""
+        """The shared gate_proj the names show, under the MoE block or beside it in the layer
+        (Step's ``layers.L.share_expert``); none: no shared expert, whatever the config counts
+        (some configs keep a count for a shared expert their model does not build)."""
         if self.names is None:
             return None, None
-        block = self._block(layer)
-        for part, _ in SHARED_PARTS:
-            for codec in self.shared_codecs():
-                if all(n in self.names for n in codec.names(f"{block}.{part}")):
-                    return codec, part
+        for base in dict.fromkeys((self.block, self._layer_base())):
+            for part, _ in SHARED_PARTS:
+                for codec in self.shared_codecs():
+                    if all(
+                        n in self.names for n in codec.names(f"{base.format(layer=layer)}.{part}")
+                    ):
+                        self.shared_base = base
+                        return codec, part
         return None, None
+
+    def _layer_base(self) -> str:
+        """The layer's own prefix: the block less its block name (the block itself when it is the layer)."""
+        head, _, tail = self.block.rpartition(".")
+        return head if tail != "{layer}" else self.block
+
+    def shared_gate_name(self, layer: int) -> str | None:
+        if self.shared_part is None:
+            return None
+        return f"{self.shared_base.format(layer=layer)}.{self.shared_part}"
 
     def shared_gate_weight(self, layer: int, raw: Mapping[str, RawTensor]) -> np.ndarray | None:
         name = self.shared_gate_name(layer)

@@ -257,6 +257,31 @@ class FusedGateUp:
 
 
 @dataclass(frozen=True)
+class StackedGate:
+    """All experts' gate projections (gate only, no up) in one float tensor [E, I, H] (Step)."""
+
+    template: str
+    dims: ExpertDims
+    quantized: bool = False
+
+    def expert_name(self, layer, expert):
+        return self.template.format(layer=layer)
+
+    def names(self, layer):
+        return [self.template.format(layer=layer)]
+
+    def decode(self, layer, experts, raw, out):
+        name = self.template.format(layer=layer)
+        t = checked_tensor(raw, name, FLOAT_DTYPES)
+        d = self.dims
+        check_fused_shape(t, (d.num_experts, d.intermediate, d.hidden), d, "stacked gate")
+        stacked = float_view(t)
+        for i, expert in enumerate(experts):
+            widen_to_float32(stacked[expert], t.info.dtype, out=out[i])
+        return out
+
+
+@dataclass(frozen=True)
 class FusedMXFP4:
     """gpt-oss as published: ``*_blocks`` U8 [E, 2I, H/32, 16] + ``*_scales`` U8 [E, 2I, H/32].
 
