@@ -48,6 +48,8 @@ FIXES: dict[str, dict[str, Any]] = {
     "granitemoehybrid": dict(
         mamba_n_heads=8, mamba_d_head=16, shared_intermediate_size=INTERMEDIATE
     ),
+    # transformers 5.24's DbrxAttention reads attn_config.rope_theta, which the config lacks
+    "dbrx": dict(attn_config=dict(rope_theta=10000.0)),
     "step3p7": dict(text_config=dict(mlp_layer_types=["dense", "sparse", "dense", "sparse"])),
     "glm5_next": dict(text_config=dict(num_key_value_heads=4)),
     "lfm2_moe": dict(
@@ -58,7 +60,6 @@ FIXES: dict[str, dict[str, Any]] = {
 # Model types whose tiny model cannot be made here, and why (a test skips them by name).
 _NO_TINY = "its tiny model cannot be built from the default config here"
 SKIPPED: dict[str, str] = {
-    "dbrx": f"{_NO_TINY} (DbrxAttentionConfig has no rope_theta); layout transformer.blocks.L.ffn.experts.mlp.w1 [E*I, H] not read yet",
     "deepseek_ocr2": f"{_NO_TINY} (the vision projector needs sizes the shrink does not set)",
     "diffusion_gemma": f"{_NO_TINY} (a linear of size None)",
     "dots3_note": f"{_NO_TINY} (per-layer attention overrides tie the head counts)",
@@ -217,7 +218,7 @@ def _f64(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(torch.float64).numpy()
 
 
-LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+LAYER = re.compile(r"(?:^|\.)(?:layers|blocks)\.(\d+)\.")
 ATTENTION = ("attn", "attention")
 
 
@@ -232,6 +233,10 @@ def _gates(module: torch.nn.Module, hidden: int) -> np.ndarray | None:
         rows = w.transpose(1, 2) if transposed else w  # [E, 2I, H]
         gate = rows[:, 0::2] if not concatenated else rows[:, : rows.shape[1] // 2]
         return _f64(gate)
+    mlp = getattr(module, "mlp", None)  # DBRX: w1 [E*I, H], expert e = w1.view(E, I, H)[e]
+    if mlp is not None and isinstance(getattr(mlp, "w1", None), torch.Tensor):
+        w1 = mlp.w1
+        return _f64(w1.view(-1, mlp.ffn_hidden_size, hidden))
     linear = getattr(module, "input_linear", None)  # JetMoE ParallelExperts [E, 2I, H]
     if linear is not None and getattr(linear, "weight", None) is not None:
         w = linear.weight
@@ -280,5 +285,12 @@ def reference(model: Any, hidden: int, num_experts: int) -> dict[int, LayerRefer
                 elif "bias" in pname and num_experts <= t.numel() <= max_rows:
                     if "proj" not in pname and "linear" not in pname:
                         biases.append(_f64(t).reshape(-1))
+            if shared is None:  # a shared expert beside the MoE block (Granite, Step)
+                owner = modules[name[: m.end() - 1]]
+                for pname, t in owner.named_parameters():
+                    if "share" in pname.split(".")[0] and pname.endswith("gate_proj.weight"):
+                        shared = _f64(t).reshape(-1, hidden)
+                    elif "share" in pname.split(".")[0] and pname.endswith("input_linear.weight"):
+                        shared = _f64(t)[: t.shape[0] // 2]
             layers[layer] = LayerReference(gates, routers, biases, shared)
     return layers

@@ -2,6 +2,7 @@
 
 from . import (  # noqa: F401  (register)
     catalog,
+    dbrx,
     deepseek_v3,
     deepseek_v4,
     glm4_moe,

@@ -109,6 +109,7 @@ OWN_MODULES: dict[str, tuple[str, str]] = {
     "gpt_oss": ("gpt-oss", "MXFP4 blocks + scales; fused, gate/up interleaved"),
     "llama4_text": ("Llama-4 text", "fused [E, H, 2I]; moe_layers"),
     "llama4": ("Llama-4 (language tower)", "fused [E, H, 2I]; moe_layers"),
+    "dbrx": ("DBRX", "ffn_config; transformer.blocks.L.ffn.experts.mlp.w1 [E*I, H]"),
 }
 
 

@@ -258,10 +258,12 @@ class FusedGateUp:
 
 @dataclass(frozen=True)
 class StackedGate:
-    """All experts' gate projections (gate only, no up) in one float tensor [E, I, H] (Step)."""
+    """All experts' gate projections (gate only, no up) in one float tensor: [E, I, H] (Step),
+    or the same rows as [E*I, H] when ``flat`` (DBRX's ``experts.mlp.w1``)."""
 
     template: str
     dims: ExpertDims
+    flat: bool = False
     quantized: bool = False
 
     def expert_name(self, layer, expert):
@@ -274,8 +276,11 @@ class StackedGate:
         name = self.template.format(layer=layer)
         t = checked_tensor(raw, name, FLOAT_DTYPES)
         d = self.dims
-        check_fused_shape(t, (d.num_experts, d.intermediate, d.hidden), d, "stacked gate")
-        stacked = float_view(t)
+        shape = (d.num_experts, d.intermediate, d.hidden)
+        check_fused_shape(
+            t, (d.num_experts * d.intermediate, d.hidden) if self.flat else shape, d, "stacked gate"
+        )
+        stacked = float_view(t).reshape(shape)
         for i, expert in enumerate(experts):
             widen_to_float32(stacked[expert], t.info.dtype, out=out[i])
         return out
