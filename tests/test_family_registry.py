@@ -95,6 +95,17 @@ def test_a_tiny_model_saved_by_transformers_builds_against_its_own_parameters(mo
             assert (shared is None) == (ref.shared is None), layer
             if shared is not None:
                 np.testing.assert_array_equal(shared, ref.shared.astype(np.float32))
+    # transformers' in-memory (fused) layout, as save_pretrained(save_original_format=False)
+    # writes it: the same gate rows, whichever way the family stores its fused tensor.
+    fused = tmp_path / "fused"
+    model.save_pretrained(fused, save_original_format=False)
+    with LocalCheckpoint(fused) as src:
+        arch = get_architecture(src.config, tensor_names=src.tensor_names())
+        assert arch.moe_layers() == sorted(expected)
+        for layer, ref in expected.items():
+            raw = src.read(arch.layer_tensors(layer))
+            gates = arch.expert_gate_weights(layer, range(num_experts), raw)
+            np.testing.assert_array_equal(gates, ref.gates.astype(np.float32))
     out = tmp_path / "vindex"
     build_vindex(folder, out, num_feats=NUM_FEATS, device="cpu", progress=False, workers=1)
     checked = total = 0

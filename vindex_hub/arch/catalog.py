@@ -53,7 +53,7 @@ GENERIC: dict[str, Quirks] = {
     "kolibri1": Quirks("Kolibri-1"),
     "laguna": Quirks("Laguna"),
     "lfm2_moe": Quirks("LFM2-MoE", note=_HYBRID),
-    "longcat_flash": Quirks("LongCat-Flash", note=_ZERO),
+    "longcat_flash": Quirks("LongCat-Flash", note=_ZERO, fused_extra_experts=True),
     "mellum": Quirks("Mellum"),
     "mimo_v2_flash": Quirks("MiMo-V2-Flash"),
     "minimax": Quirks("MiniMax-Text-01"),

@@ -141,6 +141,9 @@ class Quirks:
     fused_axis: str = ROWS
     fused_split: str = HALVES
     intermediate_key: str | None = None  # None: the first of INTERMEDIATE_KEYS present
+    #: whether a fused experts tensor may hold more experts than are routed to weights (rows
+    #: transformers allocates for zero-computation experts; only the first E are read)
+    fused_extra_experts: bool = False
     #: one line on what a vindex holds where the family is unusual (zero experts, hybrid layers)
     note: str = ""
 
@@ -204,7 +207,13 @@ class GenericFamily(MoEFamily):
             for codec in (FP8BlockCodec(FP8_SCALE_PART, self.fp8_block), FLOAT)
         ]
         fused: list[RoutedLayout] = [
-            FusedGateUp(f"{block}.experts.gate_up_proj", d, self.fused_axis, self.fused_split),
+            FusedGateUp(
+                f"{block}.experts.gate_up_proj",
+                d,
+                self.fused_axis,
+                self.fused_split,
+                extra_experts=self.quirks.fused_extra_experts,
+            ),
             FusedGateUp(f"{block}.experts.fc1.weight", d, self.fused_axis, self.fused_split),
             FusedGateUp(f"{block}.experts.w13_weight", d, self.fused_axis, self.fused_split),
             # Granite / JetMoE: ParallelExperts [E, 2I, H], gate = the first half

@@ -227,6 +227,8 @@ class FusedGateUp:
     axis: str = ROWS
     split: str = HALVES
     quantized: bool = False
+    #: LongCat-Flash: transformers allocates rows for its zero-computation experts too (unused)
+    extra_experts: bool = False
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -246,7 +248,10 @@ class FusedGateUp:
     def decode(self, layer, experts, raw, out):
         name = self.template.format(layer=layer)
         t = checked_tensor(raw, name, FLOAT_DTYPES)
-        check_fused_shape(t, self.shape, self.dims, self.axis)
+        shape = self.shape
+        if self.extra_experts and t.info.shape and t.info.shape[0] >= shape[0]:
+            shape = (t.info.shape[0], *shape[1:])
+        check_fused_shape(t, shape, self.dims, self.axis)
         fused = float_view(t)
         gate = _gate_outputs(self.split, self.dims.intermediate)
         for i, expert in enumerate(experts):
