@@ -66,7 +66,6 @@ SKIPPED: dict[str, str] = {
     "dots3_note_text": f"{_NO_TINY} (per-layer attention overrides tie the head counts)",
     "ernie4_5_vl_moe": f"{_NO_TINY} (its text and vision experts split needs sizes the shrink breaks)",
     "glm5_next": f"{_NO_TINY} (DSA layers must be NoPE)",
-    "hy_v4": "the tiny model's shared expert is not where the generic rules look; not verified",
     "hy_v4_vl": f"{_NO_TINY} (mrope_section must sum to qk_rope_head_dim // 2)",
     "inkling2": "fused experts.w13_weight did not decode as the in-memory gate rows; not verified",
     "inkling2_loop": "fused experts.w13_weight did not decode as the in-memory gate rows; not verified",

@@ -45,6 +45,7 @@ GENERIC: dict[str, Quirks] = {
     "granitemoeshared": Quirks("Granite MoE shared", note="shared_mlp"),
     "granitemoehybrid": Quirks("Granite 4 hybrid", note=_HYBRID),
     "hunyuan_v1_moe": Quirks("Hunyuan MoE"),
+    "hy_v4": Quirks("Hunyuan V4", note="shared_experts.linear_gate"),
     "hy_v3": Quirks("Hunyuan V3", note="shared_mlp, expert bias"),
     "jamba": Quirks("Jamba", note=_HYBRID),
     "jetmoe": Quirks("JetMoE", note="MLP experts only (the attention experts are not gated MLPs)"),

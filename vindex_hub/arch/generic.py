@@ -127,6 +127,7 @@ SHARED_PARTS = (
     ("shared_mlp.gate_proj.weight", SHARED_PLAIN),
     ("shared_experts.gate_proj", SHARED_PLAIN),  # stacked [S, I, H] (no .weight)
     ("share_expert.gate_proj.weight", SHARED_PLAIN),
+    ("shared_experts.linear_gate.weight", SHARED_PLAIN),  # Hunyuan V4's released name
     ("shared_mlp.input_linear.weight", SHARED_FUSED),  # [2I, H], gate = the first half
     ("shared_experts.gate_up_proj.weight", SHARED_FUSED),
 )
