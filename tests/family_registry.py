@@ -51,7 +51,11 @@ FIXES: dict[str, dict[str, Any]] = {
     # transformers 5.24's DbrxAttention reads attn_config.rope_theta, which the config lacks
     "dbrx": dict(attn_config=dict(rope_theta=10000.0)),
     "step3p7": dict(text_config=dict(mlp_layer_types=["dense", "sparse", "dense", "sparse"])),
-    "glm5_next": dict(text_config=dict(num_key_value_heads=4)),
+    "glm5_next": dict(
+        text_config=dict(
+            num_key_value_heads=4, mlp_layer_types=["dense", "sparse", "dense", "sparse"]
+        )
+    ),
     "lfm2_moe": dict(
         layer_types=["conv", "full_attention", "conv", "full_attention"], num_dense_layers=1
     ),
@@ -65,7 +69,6 @@ SKIPPED: dict[str, str] = {
     "dots3_note": f"{_NO_TINY} (per-layer attention overrides tie the head counts)",
     "dots3_note_text": f"{_NO_TINY} (per-layer attention overrides tie the head counts)",
     "ernie4_5_vl_moe": f"{_NO_TINY} (its text and vision experts split needs sizes the shrink breaks)",
-    "glm5_next": f"{_NO_TINY} (DSA layers must be NoPE)",
     "hy_v4_vl": f"{_NO_TINY} (mrope_section must sum to qk_rope_head_dim // 2)",
     "inkling2": "fused experts.w13_weight did not decode as the in-memory gate rows; not verified",
     "inkling2_loop": "fused experts.w13_weight did not decode as the in-memory gate rows; not verified",
@@ -157,7 +160,7 @@ def _shrink(d: dict[str, Any], layers: int) -> dict[str, Any]:
         elif "lora_rank" in kl:
             out[k] = 16 if v else v
         elif kl in ("qk_rope_head_dim", "qk_nope_head_dim", "v_head_dim"):
-            out[k] = 8
+            out[k] = 8 if v else v  # 0 (NoPE) stays 0
         elif kl in ("first_k_dense_replace", "first_k_dense", "num_dense_layers"):
             out[k] = min(v, 1)
         elif kl in ("n_group", "topk_group"):

@@ -39,6 +39,7 @@ GENERIC: dict[str, Quirks] = {
     "flint": Quirks("Flint", note=_HYBRID),
     "glm4_moe_lite": Quirks("GLM-4.7-Flash (glm4_moe_lite)", note=_DSV3),
     "glm4v_moe": Quirks("GLM-4.5V (language tower)", note=_DSV3),
+    "glm5_next": Quirks("GLM-5 next (language tower)", note=_HYBRID),
     "glm_moe_dsa": Quirks("GLM-5 (glm_moe_dsa)", note=_DSV3),
     "granitemoe": Quirks("Granite MoE", note="input_linear [E, 2I, H]"),
     "granitemoe_swa": Quirks("Granite MoE SWA"),
