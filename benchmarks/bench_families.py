@@ -1,4 +1,4 @@
-"""Per-expert build cost of three other families at their real gate_proj shapes and formats.
+"""Per-expert build cost of one family of each storage kind at its real gate_proj shape and format.
 
 For each family a one-layer checkpoint with synthetic tensors of the real shape and storage
 format is written as real safetensors (config.json + model.safetensors), then one layer is
@@ -12,6 +12,9 @@ dequantization share.
 | Qwen3-30B-A3B (``qwen3_moe``) | 768 x 2048 | BF16, one tensor per expert |
 | gpt-oss-20b (``gpt_oss``) | 2880 x 2880 | MXFP4 ``gate_up_proj_blocks``/``_scales``, all experts fused (gate = rows 0::2) |
 | Kimi-K2 (``kimi_k2``) | 2048 x 7168 | FP8 E4M3 + F32 ``weight_scale_inv`` 128x128 blocks, one per expert |
+| DeepSeek-V4-Flash (``deepseek_v4``) | 2048 x 4096 | FP4 E2M1 packed ``I8`` + E8M0 scales per 32 inputs, one per expert |
+
+The four storage kinds a build dequantizes (BF16, FP8 blocks, MXFP4, FP4), one family each.
 
     python benchmarks/bench_families.py [--experts 8] [--num-feats 64] [--device cpu] [--tiny] [--workdir DIR]
 
@@ -134,10 +137,56 @@ def write_kimi(f: Family, experts: int, rng) -> tuple[dict, dict[str, torch.Tens
     return config, tensors
 
 
+def write_deepseek_v4(f: Family, experts: int, rng) -> tuple[dict, dict[str, torch.Tensor]]:
+    """DeepSeek's own layout: ``layers.0.ffn.experts.E.w1.weight`` I8 [I, H/2] + ``.scale``
+    F8_E8M0 [I, H/32]; the shared expert FP8 with E8M0 128x128 block scales."""
+    block = "layers.0.ffn"
+    groups = f.hidden // MXFP4_GROUP
+    tensors: dict[str, torch.Tensor] = {}
+    for e in range(experts):
+        name = f"{block}.experts.{e}.w1.weight"
+        packed = rng.integers(0, 256, (f.intermediate, f.hidden // 2), dtype=np.uint8)
+        scales = rng.integers(118, 124, (f.intermediate, groups), dtype=np.uint8)
+        tensors[name] = torch.from_numpy(packed.view(np.int8))
+        tensors[name[: -len("weight")] + "scale"] = torch.from_numpy(scales).view(
+            torch.float8_e8m0fnu
+        )
+    scaled = f.hidden != 4096  # --tiny: shrink the 128x128 blocks with the shapes
+    fp8_block = (8, 8) if scaled else FP8_BLOCK_SIZE
+    shared, _ = _fp8(rng, f.intermediate, f.hidden, fp8_block)
+    grid = fp8_scale_grid((f.intermediate, f.hidden), fp8_block)
+    tensors[f"{block}.shared_experts.w1.weight"] = shared
+    tensors[f"{block}.shared_experts.w1.scale"] = torch.from_numpy(
+        rng.integers(118, 124, grid, dtype=np.uint8)
+    ).view(torch.float8_e8m0fnu)
+    tensors[f"{block}.gate.weight"] = _bf16(rng, experts, f.hidden)
+    tensors[f"{block}.gate.bias"] = torch.zeros(experts)
+    config = dict(
+        n_routed_experts=experts,
+        moe_intermediate_size=f.intermediate,
+        n_shared_experts=1,
+        quantization_config={
+            "quant_method": "fp8",
+            "fmt": "e4m3",
+            "scale_fmt": "ue8m0",
+            "weight_block_size": list(fp8_block),
+        },
+    )
+    return config, tensors
+
+
 FAMILIES = [
     Family("Qwen3-30B-A3B", "qwen3_moe", 768, 2048, "BF16 per expert", write_qwen3),
     Family("gpt-oss-20b", "gpt_oss", 2880, 2880, "MXFP4 fused blocks+scales", write_gpt_oss),
     Family("Kimi-K2", "kimi_k2", 2048, 7168, "FP8 E4M3 + F32 128x128 scales", write_kimi),
+    Family(
+        "DeepSeek-V4-Flash",
+        "deepseek_v4",
+        2048,
+        4096,
+        "FP4 E2M1 + E8M0 per 32",
+        write_deepseek_v4,
+    ),
 ]
 
 

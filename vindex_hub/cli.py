@@ -327,6 +327,21 @@ def cmd_demo(args: argparse.Namespace) -> Outcome:
     return Outcome(summary.render(), summary.to_json())
 
 
+def cmd_families(args: argparse.Namespace) -> Outcome:
+    from .arch import refused_architectures, supported_architectures
+    from .arch.catalog import describe_families
+
+    listed = describe_families(supported_architectures(), refused_architectures())
+    lines = [f"{len(listed['supported'])} supported MoE model types:"]
+    lines += [
+        f"  {f['model_type']:<24} {f['family']:<34} {f['adapter']:<10} {f['note']}".rstrip()
+        for f in listed["supported"]
+    ]
+    lines.append(f"refused (experts without a gate projection): {len(listed['refused'])}")
+    lines += [f"  {f['model_type']:<24} {f['reason']}" for f in listed["refused"]]
+    return Outcome("\n".join(lines), listed)
+
+
 def cmd_local_hub(args: argparse.Namespace) -> Outcome:
     from .hubserver import serve
 
@@ -640,6 +655,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="keep the demo's files: a small checkpoint to build from, its vindex and the local "
         "Hub's repos (without it they are deleted at the end)",
+    )
+
+    command(
+        "families",
+        cmd_families,
+        "list the MoE model types a build reads (and those it refuses, with why)",
     )
 
     p = command(

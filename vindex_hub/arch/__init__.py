@@ -1,12 +1,29 @@
 """Architecture adapters; importing this package registers the built-in families."""
 
-from . import deepseek_v3, deepseek_v4, glm4_moe, gpt_oss, llama4, mixtral, olmoe, qwen_moe  # noqa: F401  (register)
+from . import (  # noqa: F401  (register)
+    catalog,
+    dbrx,
+    deepseek_v3,
+    deepseek_v4,
+    glm4_moe,
+    gpt_oss,
+    llama4,
+    mixtral,
+    olmoe,
+    qwen_moe,
+)
 from .base import MoEArchitecture
-from .registry import get_architecture, register_architecture, supported_architectures
+from .registry import (
+    get_architecture,
+    refused_architectures,
+    register_architecture,
+    supported_architectures,
+)
 
 __all__ = [
     "MoEArchitecture",
     "get_architecture",
+    "refused_architectures",
     "register_architecture",
     "supported_architectures",
 ]

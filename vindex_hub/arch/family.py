@@ -113,27 +113,22 @@ class MoEFamily:
         )  # one class may serve several (kimi_k2)
         self.where = where
         self.names = None if tensor_names is None else frozenset(tensor_names)
-        self.params: Mapping[str, Any] = self.config
-        if self.text_config_key is not None:
-            self.params = (
-                config_object(self.config, self.text_config_key, where=where) or self.config
-            )
-            self.where = f"{where} {self.text_config_key}"
+        self.params, self.where = self._text_params()
         p = self.params
-        self._num_layers = config_int(p, LAYERS_KEY, where=self.where)
+        self._num_layers = self._layer_count()
         self.dims = ExpertDims(
             num_experts=first_config_int(
                 p, self.expert_count_keys, "expert count", where=self.where
             ),
-            intermediate=config_int(p, self.intermediate_key, where=self.where),
+            intermediate=config_int(p, self._intermediate_key(), where=self.where),
             hidden=config_int(p, HIDDEN_KEY, where=self.where),
             keys=(
                 next(k for k in self.expert_count_keys if p.get(k) is not None),
-                self.intermediate_key,
+                self._intermediate_key(),
                 HIDDEN_KEY,
             ),
         )
-        self.top_k = config_int(p, TOP_K_KEY, where=self.where)
+        self.top_k = self._top_k()
         self.quant = config_object(self.config, "quantization_config", where=where)
         self.fp8_block = config_block_size(self.quant, FP8_BLOCK_SIZE, where=where)
         self._check_family_config()
@@ -141,6 +136,22 @@ class MoEFamily:
         self._resolve()
 
     # ---- what a family sets ------------------------------------------------------------------
+    def _text_params(self) -> tuple[Mapping[str, Any], str]:
+        """The config holding the text model's keys (``text_config_key``), and its name for messages."""
+        if self.text_config_key is None:
+            return self.config, self.where
+        nested = config_object(self.config, self.text_config_key, where=self.where)
+        return nested or self.config, f"{self.where} {self.text_config_key}"
+
+    def _intermediate_key(self) -> str:
+        return self.intermediate_key
+
+    def _top_k(self) -> int:
+        return config_int(self.params, TOP_K_KEY, where=self.where)
+
+    def _layer_count(self) -> int:
+        return config_int(self.params, LAYERS_KEY, where=self.where)
+
     def _check_family_config(self) -> None:
         """Family-specific config checks and attributes (run before the layers are resolved)."""
 

@@ -229,6 +229,8 @@ class FusedGateUp:
     axis: str = ROWS
     split: str = HALVES
     quantized: bool = False
+    #: LongCat-Flash: transformers allocates rows for its zero-computation experts too (unused)
+    extra_experts: bool = False
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -248,13 +250,46 @@ class FusedGateUp:
     def decode(self, layer, experts, raw, out):
         name = self.template.format(layer=layer)
         t = checked_tensor(raw, name, FLOAT_DTYPES)
-        check_fused_shape(t, self.shape, self.dims, self.axis)
+        shape = self.shape
+        if self.extra_experts and t.info.shape and t.info.shape[0] >= shape[0]:
+            shape = (t.info.shape[0], *shape[1:])
+        check_fused_shape(t, shape, self.dims, self.axis)
         fused = float_view(t)
         gate = _gate_outputs(self.split, self.dims.intermediate)
         for i, expert in enumerate(experts):
             # A strided view of one expert's gate outputs, as [I, H]; only it is converted.
             part = fused[expert, gate] if self.axis == ROWS else fused[expert][:, gate].T
             widen_to_float32(part, t.info.dtype, out=out[i])
+        return out
+
+
+@dataclass(frozen=True)
+class StackedGate:
+    """All experts' gate projections (gate only, no up) in one float tensor: [E, I, H] (Step),
+    or the same rows as [E*I, H] when ``flat`` (DBRX's ``experts.mlp.w1``)."""
+
+    template: str
+    dims: ExpertDims
+    flat: bool = False
+    quantized: bool = False
+
+    def expert_name(self, layer, expert):
+        return self.template.format(layer=layer)
+
+    def names(self, layer):
+        return [self.template.format(layer=layer)]
+
+    def decode(self, layer, experts, raw, out):
+        name = self.template.format(layer=layer)
+        t = checked_tensor(raw, name, FLOAT_DTYPES)
+        d = self.dims
+        shape = (d.num_experts, d.intermediate, d.hidden)
+        check_fused_shape(
+            t, (d.num_experts * d.intermediate, d.hidden) if self.flat else shape, d, "stacked gate"
+        )
+        stacked = float_view(t).reshape(shape)
+        for i, expert in enumerate(experts):
+            widen_to_float32(stacked[expert], t.info.dtype, out=out[i])
         return out
 
 

@@ -12,6 +12,8 @@ from .base import MoEArchitecture
 # An adapter class is constructed as ``cls(config, tensor_names=...)``; ``tensor_names`` (the
 # checkpoint's tensor names, when known) lets it pick among its family's layouts.
 _REGISTRY: dict[str, Callable[..., MoEArchitecture]] = {}
+# MoE model types refused on purpose: model_type -> why (one line).
+_REFUSED: dict[str, str] = {}
 A = TypeVar("A")
 
 
@@ -28,8 +30,23 @@ def register_architecture(*model_types: str) -> Callable[[A], A]:
     return deco
 
 
+def register_refusal(model_type: str, reason: str) -> None:
+    """A model type a build refuses with ``reason`` (its experts have no gate projection)."""
+    _REFUSED[model_type] = reason
+
+
 def supported_architectures() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def refused_architectures() -> dict[str, str]:
+    """model_type -> why it is refused."""
+    return dict(sorted(_REFUSED.items()))
+
+
+def architecture_class(model_type: str) -> Callable[..., MoEArchitecture]:
+    """The adapter class registered for ``model_type`` (KeyError when none)."""
+    return _REGISTRY[model_type]
 
 
 def get_architecture(
@@ -41,6 +58,10 @@ def get_architecture(
     """The adapter for ``config['model_type']``, checking the config (and, given them, the names)."""
     model_type = config.get("model_type")
     cls = _REGISTRY.get(model_type) if isinstance(model_type, str) else None
+    if cls is None and model_type in _REFUSED:
+        raise UnsupportedArchitectureError(
+            f"{where}: model_type {model_type!r} is not supported: {_REFUSED[model_type]}"
+        )
     if cls is None:
         nearest = difflib.get_close_matches(str(model_type), _REGISTRY, n=1, cutoff=0.5)
         hint = f"; did you mean {nearest[0]!r}?" if nearest else ""
