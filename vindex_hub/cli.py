@@ -241,9 +241,19 @@ def cmd_demo(args: argparse.Namespace) -> Outcome:
 
 
 def cmd_local_hub(args: argparse.Namespace) -> Outcome:
+    import errno
+
     from .hubserver import serve
 
-    serve(args.root, host=args.host, port=args.port)
+    try:
+        serve(args.root, host=args.host, port=args.port)
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise UsageError(
+                f"cannot listen on {args.host}:{args.port}: {exc.strerror}; "
+                "pick another port with --port (0 picks a free one)"
+            ) from None
+        raise
     return Outcome("local Hub stopped", {"root": args.root})
 
 
@@ -487,19 +497,35 @@ def render(outcome: Outcome, *, as_json: bool) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from . import exits
+    from .safetext import printable
+
     args = parser().parse_args(argv)
-    try:
-        outcome = args.fn(args)
-    except UsageError as exc:
-        print(f"vindex-hub {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except VindexError as exc:
-        print(f"vindex-hub {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"vindex-hub {args.command}: interrupted", file=sys.stderr)
-        return 130
-    print(render(outcome, as_json=args.json))
+    # Everything printed passes through ``printable``: text from a sidecar, a card or a server
+    # never reaches the terminal with a raw control character.
+    with exits.interrupt_watchdog(args.command):
+        try:
+            outcome = args.fn(args)
+        except UsageError as exc:
+            print(exits.error_line(args.command, exc), file=sys.stderr)
+            return 2
+        except VindexError as exc:
+            print(exits.error_line(args.command, exc), file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            exits.report_interrupt(args.command)
+            return exits.INTERRUPTED_STATUS
+        except Exception as exc:  # OS errors (disk full, read-only, ...) as one line; else a bug
+            line = exits.describe_os_error(exc)
+            if line is None:
+                raise
+            print(exits.error_line(args.command, line), file=sys.stderr)
+            return 1
+        try:
+            print(printable(render(outcome, as_json=args.json), multiline=True), flush=True)
+        except BrokenPipeError:
+            exits.quiet_broken_pipe()
+            return exits.BROKEN_PIPE_STATUS
     return outcome.status
 
 

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 import httpx2
-from huggingface_hub import get_hf_file_metadata, hf_hub_download, snapshot_download
+from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from huggingface_hub.utils import _http as client_http
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from ..errors import HubError
@@ -40,8 +41,9 @@ MAX_RETRIES = 5  # consecutive failures without progress before giving up
 BACKOFF_S = 0.25  # first wait; doubles per consecutive failure, capped at BACKOFF_MAX_S
 BACKOFF_MAX_S = 8.0
 RETRY_AFTER_MAX_S = 60.0  # a Retry-After asking for longer is waited this long, then retried
-TIMEOUT_S = 60.0
 T = TypeVar("T")
+# Faults that no retry can mend: a malformed endpoint URL (HF_ENDPOINT without http(s)://).
+PERMANENT_TRANSPORT_ERRORS = (httpx2.UnsupportedProtocol,)
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
@@ -74,6 +76,31 @@ def file_metadata(ref: RepoRef, filename: str, *, token: str | bool | None = Non
     )
 
 
+# ---- timeouts -----------------------------------------------------------------------------------
+def request_timeout() -> httpx2.Timeout:
+    """The longest any request of ours waits on the network before giving up (then retried as a
+    dropped connection): to connect, the hub client's ``HF_HUB_ETAG_TIMEOUT``; for each read or
+    write of a body (a stalled server), its ``HF_HUB_DOWNLOAD_TIMEOUT`` (both 10 s by default,
+    set by those environment variables)."""
+    return httpx2.Timeout(
+        float(constants.HF_HUB_DOWNLOAD_TIMEOUT), connect=float(constants.HF_HUB_ETAG_TIMEOUT)
+    )
+
+
+def _client_with_timeouts() -> httpx2.Client:
+    client = client_http.default_client_factory()
+    client.timeout = request_timeout()
+    return client
+
+
+def ensure_timeouts() -> None:
+    """Give the hub client's shared HTTP session ``request_timeout`` on every request: its own
+    default waits forever (``timeout=None``) on the requests that do not pass one (repo info,
+    refs, the LFS batch and uploads, the commit). A client factory the user installed is kept."""
+    if client_http._GLOBAL_CLIENT_FACTORY is client_http.default_client_factory:
+        client_http.set_client_factory(_client_with_timeouts)
+
+
 # ---- retries ------------------------------------------------------------------------------------
 def backoff_s(failures: int, retry_after: float | None = None) -> float:
     """How long to wait before retry number ``failures`` (1-based): ``Retry-After`` when the server
@@ -99,7 +126,7 @@ def transient(exc: BaseException) -> tuple[str, float | None] | None:
         if status in RETRY_STATUS:
             return f"HTTP {status}", retry_after_s(exc.response.headers)
         return None
-    if isinstance(exc, httpx2.TransportError):
+    if isinstance(exc, httpx2.TransportError) and not isinstance(exc, PERMANENT_TRANSPORT_ERRORS):
         return f"{type(exc).__name__}: {exc}", None
     return None
 
@@ -110,6 +137,7 @@ def with_retries(call: Callable[[], T], *, url: str, max_retries: int = MAX_RETR
     Other exceptions pass through unchanged (the caller's ``hub_errors`` turns them into the
     package's types), so a 404 or 401 is reported at once, never retried.
     """
+    ensure_timeouts()
     for attempt in range(1, max_retries + 2):
         try:
             return call()
@@ -244,7 +272,7 @@ def _get_once(
     )
     got = 0
     try:
-        with get_session().stream("GET", url, headers=headers, timeout=TIMEOUT_S) as resp:
+        with get_session().stream("GET", url, headers=headers, timeout=request_timeout()) as resp:
             if resp.status_code in RETRY_STATUS:
                 raise _Retryable(
                     f"HTTP {resp.status_code}", retry_after=retry_after_s(resp.headers)
@@ -274,6 +302,8 @@ def _get_once(
         raise HubError(
             f"{url}: bytes {pos}-{end - 1} are not cached and HF_HUB_OFFLINE is set"
         ) from None
+    except PERMANENT_TRANSPORT_ERRORS:
+        raise HubError(f"{url}: not an http:// or https:// URL; fix HF_ENDPOINT") from None
     except httpx2.TransportError as exc:
         raise _Retryable(f"{type(exc).__name__}: {exc}", got) from None
     return got

