@@ -139,16 +139,25 @@ def test_a_non_ascii_token_is_refused_without_quoting_it(
 
 
 # ---- timeouts and Ctrl-C on the network ----------------------------------------------------------
-def test_push_against_a_stalled_server_ends_in_one_line(
-    local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str
+def test_push_and_pull_against_a_stalled_server_end_in_one_line(
+    local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str, tmp_path: Path
 ) -> None:
-    local_hub.inject_fault("slow", method="GET", path="/api/*", delay_s=30, times=None)
-    started = time.monotonic()
-    done = cli("push", str(vindex_copy), hub_repo_id, HF_HUB_DOWNLOAD_TIMEOUT="1", timeout=90)
-    assert done.returncode == 1
-    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
-    assert "ReadTimeout" in done.stderr and "giving up" in done.stderr
-    assert time.monotonic() - started < 60  # six 1 s timeouts and the backoff between them
+    upload(vindex_copy, hub_repo_id)
+    for args, stalled in (
+        (("push", str(vindex_copy), hub_repo_id), "/api/*"),
+        (("pull", hub_repo_id, "-o", str(tmp_path / "pulled")), "*/resolve/*"),
+    ):
+        local_hub.clear_faults()
+        local_hub.inject_fault("slow", method="GET", path=stalled, delay_s=30, times=None)
+        started = time.monotonic()
+        done = cli(*args, HF_HUB_DOWNLOAD_TIMEOUT="1", HF_HUB_ETAG_TIMEOUT="1", timeout=120)
+        seconds = time.monotonic() - started
+        assert done.returncode == 1, (args, done.stderr)
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert "no answer within 1 s" in done.stderr, done.stderr
+        # Two tries of 1 s timeouts (a download: six, the client resumes); without timeouts it hung.
+        assert seconds < 60, (args, seconds)
+    assert not (tmp_path / "pulled" / filenames.SIDECAR_JSON).exists()
 
 
 def _popen_cli(*args: str, **env: str) -> subprocess.Popen:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -500,6 +502,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import exits
     from .safetext import printable
 
+    # The hub client's own warnings (a download resumed, a retry) would break the one-line
+    # report; HF_HUB_VERBOSITY=warning shows them.
+    if "HF_HUB_VERBOSITY" not in os.environ:
+        os.environ["HF_HUB_VERBOSITY"] = "error"  # for processes we start
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     args = parser().parse_args(argv)
     # Everything printed passes through ``printable``: text from a sidecar, a card or a server
     # never reaches the terminal with a raw control character.

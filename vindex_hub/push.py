@@ -63,7 +63,7 @@ from .errors import HubError, RemoteNotFoundError, UsageError
 from .format import filenames, layout, selection, sidecar
 from .format.layout import format_size
 from .hub.errors import check_token, first_line, hub_errors
-from .hub.http import with_retries
+from .hub.http import request_timeout, with_retries
 from .hub.refs import DEFAULT_REPO_TYPE, REPO_TYPES, RepoRef
 
 if TYPE_CHECKING:
@@ -313,7 +313,8 @@ def _verified(folder: Path) -> VerifyReport:
 def _existing_repo(api: HfApi, ref: RepoRef):
     """The repo's info, or None when it does not exist (or is private and the token cannot see it)."""
     try:
-        return api.repo_info(ref.repo_id, repo_type=ref.repo_type)
+        # repo_info passes its own timeout (None: wait forever) over the session's.
+        return api.repo_info(ref.repo_id, repo_type=ref.repo_type, timeout=request_timeout().read)
     except RepositoryNotFoundError:
         return None
 

@@ -38,6 +38,7 @@ from .refs import RepoRef, commit_sha, ref_from_url
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRIES = 5  # consecutive failures without progress before giving up
+MAX_TIMEOUT_RETRIES = 1  # of those, how many may be timeouts (a stalled server)
 BACKOFF_S = 0.25  # first wait; doubles per consecutive failure, capped at BACKOFF_MAX_S
 BACKOFF_MAX_S = 8.0
 RETRY_AFTER_MAX_S = 60.0  # a Retry-After asking for longer is waited this long, then retried
@@ -138,6 +139,7 @@ def with_retries(call: Callable[[], T], *, url: str, max_retries: int = MAX_RETR
     package's types), so a 404 or 401 is reported at once, never retried.
     """
     ensure_timeouts()
+    timeouts = 0
     for attempt in range(1, max_retries + 2):
         try:
             return call()
@@ -146,6 +148,16 @@ def with_retries(call: Callable[[], T], *, url: str, max_retries: int = MAX_RETR
             if fault is None:
                 raise
             reason, retry_after = fault
+            if isinstance(exc, httpx2.TimeoutException):
+                # A server silent for a whole timeout is stalled, not flaky; the client has
+                # already retried a stalled download itself. One more try, then say so.
+                timeouts += 1
+                if timeouts > MAX_TIMEOUT_RETRIES:
+                    raise HubError(
+                        f"{url}: no answer within {request_timeout().read:g} s "
+                        f"(HF_HUB_DOWNLOAD_TIMEOUT) on {attempt} attempts ({reason}); "
+                        "the server is stalled, try again later"
+                    ) from None
             if attempt > max_retries:
                 raise HubError(
                     f"{url}: giving up after {max_retries} retries ({reason}), {attempt} attempts"
