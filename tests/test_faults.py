@@ -8,10 +8,12 @@ token authentication on. Each test bounds its own time; none asserts a speed bey
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -297,3 +299,173 @@ def test_ctrl_c_on_a_build_with_workers_exits_quietly_and_frees_shared_memory(
         assert time.monotonic() < deadline, "a worker outlived its build"
         time.sleep(0.05)
     assert not (out / filenames.SIDECAR_JSON).exists()
+
+
+# ---- OS errors: a full disk, a read-only folder, a closed stdout, a port in use -----------------
+@contextlib.contextmanager
+def _tmpfs(path: Path, size: str, *, read_only: bool = False):
+    """A small tmpfs at ``path`` (root only); yields None where this machine does not allow one."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size}" + (",ro" if read_only else "")
+    mounted = (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True
+        ).returncode
+        == 0
+    )
+    try:
+        yield path if mounted else None
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory) -> Path:
+    """Its vindex is about 600 kB: the binary 256 kB, then the mirror, card and plots."""
+    return make_deepseek_v4_checkpoint(
+        tmp_path_factory.mktemp("faults-small") / "ckpt",
+        num_layers=4,
+        num_experts=8,
+        hidden_size=256,
+        moe_intermediate_size=128,
+    )
+
+
+def _build_args(ckpt: Path, out: Path) -> list[str]:
+    return ["build", str(ckpt), "-o", str(out), "--num-feats", "8", "--quiet", "--device", "cpu"]
+
+
+def _one_error_line(done: subprocess.CompletedProcess, command: str) -> str:
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"vindex-hub {command}: error: "), done.stderr
+    return lines[0]
+
+
+def _unfinished(folder: Path) -> list[Path]:
+    """Files under their final name that a build or pull would still have to write: none may be
+    there unless complete, so the only allowed leftovers are the work folder's and hidden ones."""
+    return [p for p in folder.rglob("*.tmp") if p.is_file()]
+
+
+@pytest.mark.parametrize("size", ["100k", "350k", "500k"])
+def test_a_full_disk_ends_in_one_line_and_the_rerun_resumes(
+    small_checkpoint: Path, tmp_path: Path, size: str
+) -> None:
+    """100 kB fills in the binary (our writes), 350 / 500 kB in the layer results (safetensors)
+    or the mirror (pyarrow): each is one line with the hint, and nothing half-written."""
+    with _tmpfs(tmp_path / "disk", size) as disk:
+        if disk is None:
+            pytest.skip("cannot mount a tmpfs here (not root); the file-size-limit test covers it")
+        out = disk / "vindex"
+        done = cli(*_build_args(small_checkpoint, out))
+        assert done.returncode == 1
+        line = _one_error_line(done, "build")
+        assert exits.DISK_FULL_HINT in line, line
+        assert not (out / filenames.SIDECAR_JSON).exists() and not _unfinished(out)
+        subprocess.run(["mount", "-o", "remount,size=4m", str(disk)], check=True)
+        rerun = cli(*_build_args(small_checkpoint, out))
+        assert rerun.returncode == 0, rerun.stderr
+        assert cli("verify", str(out)).returncode == 0
+
+
+def test_a_file_size_limit_ends_in_one_line_and_the_rerun_resumes(
+    small_checkpoint: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "vindex"
+    limited = (
+        "import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000)); "
+        "os.execv(sys.executable, [sys.executable, '-m', 'vindex_hub', *sys.argv[1:]])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", limited, *_build_args(small_checkpoint, out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    line = _one_error_line(done, "build")
+    assert "rerun the same command to resume" in line and os.strerror(errno.EFBIG) in line, line
+    assert not (out / filenames.SIDECAR_JSON).exists() and not _unfinished(out)
+    rerun = cli(*_build_args(small_checkpoint, out))
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resumed" in rerun.stdout or "built" in rerun.stdout
+
+
+def test_pull_on_a_full_disk_leaves_no_work_folder(
+    local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str, tmp_path: Path
+) -> None:
+    upload(vindex_copy, hub_repo_id)
+    for layers in (None, "0"):
+        with _tmpfs(tmp_path / f"disk-{layers}", "40k") as disk:
+            if disk is None:
+                pytest.skip("cannot mount a tmpfs here (not root)")
+            out = disk / "pulled"
+            extra = ["--layers", layers] if layers else []
+            done = cli("pull", hub_repo_id, "-o", str(out), *extra)
+            assert done.returncode == 1, done.stdout
+            assert exits.DISK_FULL_HINT in _one_error_line(done, "pull")
+            assert not (out / filenames.BUILD_STATE_DIR).exists()
+            assert not (out / ".cache").exists()
+            assert not (out / filenames.SIDECAR_JSON).exists()
+
+
+def test_a_read_only_output_folder_or_hub_cache_is_one_line(
+    local_hub: LocalHub, small_checkpoint: Path, vindex_copy: Path, hub_repo_id: str, tmp_path: Path
+) -> None:
+    upload(vindex_copy, hub_repo_id)
+    with _tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
+        if ro is None:  # not root: permissions stop us
+            ro = tmp_path / "ro"
+            ro.chmod(0o555)
+        built = cli(*_build_args(small_checkpoint, ro / "vindex"))
+        assert built.returncode == 1
+        assert "choose a writable folder" in _one_error_line(built, "build")
+        info = cli("info", hub_repo_id, HF_HOME=str(ro / "home"), HF_HUB_CACHE=str(ro / "hub"))
+        assert info.returncode == 1
+        line = _one_error_line(info, "info")
+        assert "set HF_HOME" in line and "writable folder" in line, line
+
+
+def test_a_closed_stdout_ends_quietly(vindex_copy: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vindex_hub", "info", str(vindex_copy)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO_ROOT,
+    )
+    proc.stdout.close()  # the reader is gone before anything is written (`| head -0`)
+    stderr = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert stderr == b"", stderr.decode()
+    assert proc.returncode == exits.BROKEN_PIPE_STATUS
+    shell = subprocess.run(
+        f"{sys.executable} -m vindex_hub info {vindex_copy} | head -1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+    )
+    assert shell.stderr == "" and len(shell.stdout.splitlines()) == 1
+
+
+def test_a_port_in_use_for_local_hub_is_one_line_with_the_hint(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = cli("local-hub", "--root", str(tmp_path / "root"), "--port", str(port), timeout=60)
+    assert done.returncode == 2
+    assert "pick another port with --port" in _one_error_line(done, "local-hub")
+
+
+def test_os_errors_without_a_hint_still_name_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "gone"
+    try:
+        missing.read_bytes()
+    except OSError as exc:
+        line = exits.describe_os_error(exc)
+    assert line is not None and str(missing) in line and "another process" in line
+    assert exits.describe_os_error(ValueError("not an OS error")) is None

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -507,6 +508,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "HF_HUB_VERBOSITY" not in os.environ:
         os.environ["HF_HUB_VERBOSITY"] = "error"  # for processes we start
         logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", module="huggingface_hub")  # "not enough free disk space"
     args = parser().parse_args(argv)
     # Everything printed passes through ``printable``: text from a sidecar, a card or a server
     # never reaches the terminal with a raw control character.

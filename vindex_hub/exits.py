@@ -39,7 +39,7 @@ RACE = (errno.ENOENT, errno.EEXIST, errno.ENOTEMPTY, errno.ESTALE)
 # How libraries that do not raise OSError spell a full disk in their messages (safetensors'
 # Rust io::Error, pyarrow's "IOError: ... No space left on device").
 _DISK_FULL_TEXT = re.compile(
-    r"No space left on device|StorageFull|Disk quota exceeded|code: (28|122)\b"
+    r"No space left on device|StorageFull|Disk quota exceeded|(code: |os error )(28|122)\b"
 )
 DISK_FULL_HINT = "the disk is full: free space, then rerun the same command to resume"
 
@@ -55,10 +55,15 @@ def os_errno(exc: BaseException) -> int | None:
 
 
 def _is_cache(path: str) -> bool:
+    """Whether ``path`` lies in the Hub client's home or cache (``HF_HOME``, ``HF_HUB_CACHE``)."""
     from huggingface_hub import constants
 
     try:
-        return Path(path).resolve().is_relative_to(Path(constants.HF_HOME).resolve())
+        where = Path(path).resolve()
+        return any(
+            where.is_relative_to(Path(root).resolve())
+            for root in (constants.HF_HOME, constants.HF_HUB_CACHE)
+        )
     except (OSError, ValueError):
         return False
 
