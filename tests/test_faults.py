@@ -469,3 +469,22 @@ def test_os_errors_without_a_hint_still_name_the_file(tmp_path: Path) -> None:
         line = exits.describe_os_error(exc)
     assert line is not None and str(missing) in line and "another process" in line
     assert exits.describe_os_error(ValueError("not an OS error")) is None
+
+
+# ---- a damaged blob in the Hub cache --------------------------------------------------------------
+def test_a_damaged_cached_blob_says_which_file_to_delete(
+    local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str, tmp_path: Path
+) -> None:
+    upload(vindex_copy, hub_repo_id)
+    cache = {"HF_HUB_CACHE": str(tmp_path / "hub")}
+    assert cli("info", hub_repo_id, **cache).returncode == 0
+    (snapshot,) = (tmp_path / "hub").glob(f"datasets--*/snapshots/*/{filenames.SIDECAR_JSON}")
+    blob = snapshot.resolve()
+    blob.write_text("{ damaged")
+    for command in ("info", "verify"):
+        done = cli(command, hub_repo_id, **cache)
+        assert done.returncode == 1
+        assert f"delete {blob}" in done.stdout + done.stderr, done.stdout + done.stderr
+        assert done.stdout.count("delete ") + done.stderr.count("delete ") == 1
+    blob.unlink()  # what the message says: the next run downloads it again
+    assert cli("info", hub_repo_id, **cache).returncode == 0

@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -136,10 +137,20 @@ def cmd_verify(args: argparse.Namespace) -> Outcome:
     from .load import local_folder
     from .verify import verify_vindex
 
-    report = verify_vindex(
-        local_folder(args.path, revision=args.revision, repo_type=args.repo_type)
-    )
-    return Outcome(report.render(), report.to_json(), 0 if report.ok else 1)
+    folder = local_folder(args.path, revision=args.revision, repo_type=args.repo_type)
+    report = verify_vindex(folder)
+    text = report.render()
+    if not report.ok and folder != Path(args.path):  # the Hub cache's copy was checked
+        from .hub.http import damaged_copy_hint
+
+        named = " ".join(report.problems)
+        text += "".join(
+            "\nnote: " + damaged_copy_hint(path).removeprefix("; ")
+            for path in sorted(folder.rglob("*"))
+            if damaged_copy_hint(path)
+            and re.search(rf"(?<![\w./-]){re.escape(path.relative_to(folder).as_posix())}\b", named)
+        )
+    return Outcome(text, report.to_json(), 0 if report.ok else 1)
 
 
 def cmd_info(args: argparse.Namespace) -> Outcome:

@@ -166,6 +166,28 @@ def with_retries(call: Callable[[], T], *, url: str, max_retries: int = MAX_RETR
     raise AssertionError("unreachable")
 
 
+# ---- the Hub cache's copies --------------------------------------------------------------------
+def cached_blob(path: Path) -> Path | None:
+    """The blob behind ``path`` when it is a file of a Hub cache snapshot (a link into ``blobs/``),
+    else None: the one file to delete when a cached copy is damaged (deleting the snapshot's link
+    alone is not enough, the client would link the same blob again)."""
+    if not path.is_symlink():
+        return None
+    blob = path.resolve()
+    return blob if blob.parent.name == "blobs" and blob.is_file() else None
+
+
+def damaged_copy_hint(path: Path) -> str:
+    """How to recover from a damaged cached copy of ``path`` (empty when it is not one)."""
+    blob = cached_blob(path)
+    if blob is None:
+        return ""
+    return (
+        f"; if the Hub cache's copy of {path.name} is damaged, delete {blob} and run again "
+        "(it is downloaded again)"
+    )
+
+
 # ---- whole files -------------------------------------------------------------------------------
 def download_file(
     ref: RepoRef, filename: str, *, cache_dir: str | None = None, token: str | bool | None = None
