@@ -488,3 +488,59 @@ def test_a_damaged_cached_blob_says_which_file_to_delete(
         assert done.stdout.count("delete ") + done.stderr.count("delete ") == 1
     blob.unlink()  # what the message says: the next run downloads it again
     assert cli("info", hub_repo_id, **cache).returncode == 0
+
+
+# ---- a Ray cluster with token authentication on ----------------------------------------------------
+def test_engine_ray_joins_a_token_authenticated_cluster_as_ray_cli_does(
+    small_checkpoint: Path, tmp_path: Path
+) -> None:
+    """``ray start --head`` with a token in ~/.ray/auth_token turns token authentication on; a
+    build whose ``RAY_AUTH_MODE`` is unset still joins (it finds the token as Ray's CLI does).
+    A temporary HOME keeps the real ~/.ray untouched."""
+    pytest.importorskip("ray")
+    import uuid
+
+    from vindex_hub.testing.ray_cluster import LocalRayCluster, client_environment
+
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(uuid.uuid4().hex)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    cluster = LocalRayCluster(
+        nodes=1, cpus_per_node=1, env={"HOME": str(home), "RAY_AUTH_MODE": "token"}
+    )
+    cluster.env = {**base, **cluster.env}
+    with cluster:
+        driver = {**base, **client_environment(), "HOME": str(home), "RAY_ADDRESS": cluster.address}
+        out = tmp_path / "vindex"
+        command = [sys.executable, "-m", "vindex_hub", *_build_args(small_checkpoint, out)]
+        built = subprocess.run(
+            [*command, "--engine", "ray"],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            env=driver,
+            timeout=300,
+        )
+        assert built.returncode == 0, built.stderr
+        assert (out / filenames.SIDECAR_JSON).exists()
+        # The cluster really checks tokens: a driver told not to send one is refused, in one line
+        # that says what to set.
+        refused = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vindex_hub",
+                *_build_args(small_checkpoint, tmp_path / "refused"),
+                "--engine",
+                "ray",
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            env={**driver, "RAY_AUTH_MODE": "disabled"},
+            timeout=300,
+        )
+        assert refused.returncode == 1
+        line = _one_error_line(refused, "build")
+        assert "RAY_AUTH_MODE=token" in line, line
