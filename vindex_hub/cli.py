@@ -4,17 +4,16 @@ Each subcommand parses its options and calls one library function, whose result 
 ``Outcome`` (text for people, a JSON-ready object for ``--json``) and is printed by ``main`` alone.
 Every default and choice is the library's own constant. A ``VindexError`` becomes a single line on
 stderr and exit status 1 (2 for bad usage, as argparse does); bad input never shows a traceback.
+So does an OS error (a full disk, a read-only folder: ``exits``), with the hint that matters;
+Ctrl-C ends a run within a second, and a closed stdout ends it quietly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import re
 import sys
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -512,40 +511,42 @@ def render(outcome: Outcome, *, as_json: bool) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from . import exits
+
+    with exits.quiet_hub_client():
+        args = parser().parse_args(argv)
+        with exits.interrupt_watchdog(args.command):
+            return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, its result printed; its failure one line on stderr. Everything printed passes
+    through ``printable``: text from a sidecar, a card or a server never reaches the terminal
+    with a raw control character."""
+    from . import exits
     from .safetext import printable
 
-    # The hub client's own warnings (a download resumed, a retry) would break the one-line
-    # report; HF_HUB_VERBOSITY=warning shows them.
-    if "HF_HUB_VERBOSITY" not in os.environ:
-        os.environ["HF_HUB_VERBOSITY"] = "error"  # for processes we start
-        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
-        warnings.filterwarnings("ignore", module="huggingface_hub")  # "not enough free disk space"
-    args = parser().parse_args(argv)
-    # Everything printed passes through ``printable``: text from a sidecar, a card or a server
-    # never reaches the terminal with a raw control character.
-    with exits.interrupt_watchdog(args.command):
-        try:
-            outcome = args.fn(args)
-        except UsageError as exc:
-            print(exits.error_line(args.command, exc), file=sys.stderr)
-            return 2
-        except VindexError as exc:
-            print(exits.error_line(args.command, exc), file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            exits.report_interrupt(args.command)
-            return exits.INTERRUPTED_STATUS
-        except Exception as exc:  # OS errors (disk full, read-only, ...) as one line; else a bug
-            line = exits.describe_os_error(exc)
-            if line is None:
-                raise
-            print(exits.error_line(args.command, line), file=sys.stderr)
-            return 1
-        try:
-            print(printable(render(outcome, as_json=args.json), multiline=True), flush=True)
-        except BrokenPipeError:
-            exits.quiet_broken_pipe()
-            return exits.BROKEN_PIPE_STATUS
+    try:
+        outcome = args.fn(args)
+    except UsageError as exc:
+        print(exits.error_line(args.command, exc), file=sys.stderr)
+        return 2
+    except VindexError as exc:
+        print(exits.error_line(args.command, exc), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        exits.report_interrupt(args.command)
+        return exits.INTERRUPTED_STATUS
+    except Exception as exc:  # OS errors (disk full, read-only, ...) as one line; else a bug
+        line = exits.describe_os_error(exc)
+        if line is None:
+            raise
+        print(exits.error_line(args.command, line), file=sys.stderr)
+        return 1
+    try:
+        print(printable(render(outcome, as_json=args.json), multiline=True), flush=True)
+    except BrokenPipeError:
+        exits.quiet_broken_pipe()
+        return exits.BROKEN_PIPE_STATUS
     return outcome.status
 
 

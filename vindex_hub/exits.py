@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,6 +97,29 @@ def describe_os_error(exc: BaseException) -> str | None:
 
 
 @contextlib.contextmanager
+def quiet_hub_client() -> Iterator[None]:
+    """The hub client's own log lines and warnings (a download resumed, a retry, "not enough
+    free disk space") off for a CLI run, so its report stays one line; an explicit
+    ``HF_HUB_VERBOSITY`` (e.g. ``warning``) keeps them."""
+    if "HF_HUB_VERBOSITY" in os.environ:
+        yield
+        return
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    os.environ["HF_HUB_VERBOSITY"] = (
+        "error"  # read when huggingface_hub is imported, by children too
+    )
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module="huggingface_hub")
+            yield
+    finally:
+        logger.setLevel(level)
+        os.environ.pop("HF_HUB_VERBOSITY", None)
+
+
+@contextlib.contextmanager
 def interrupt_watchdog(command: str, *, grace_s: float = GRACE_S) -> Iterator[None]:
     """Ctrl-C ends the run within ``grace_s`` (see the module doc); the ``interrupted`` line is
     printed once, by ``report_interrupt``."""
@@ -115,7 +140,8 @@ def interrupt_watchdog(command: str, *, grace_s: float = GRACE_S) -> Iterator[No
         try:
             while True:
                 byte = os.read(read_fd, 1)
-                if not byte:
+                if not byte:  # the run ended without Ctrl-C
+                    os.close(read_fd)
                     return
                 if byte[0] == signal.SIGINT:
                     break
@@ -135,8 +161,8 @@ def interrupt_watchdog(command: str, *, grace_s: float = GRACE_S) -> Iterator[No
         yield
     finally:
         signal.set_wakeup_fd(previous_fd)
-        os.close(write_fd)  # the watchdog's read sees EOF and returns
-        # read_fd stays open for a watchdog that is counting down: it ends the process anyway.
+        os.close(write_fd)  # the watchdog's read sees EOF, closes read_fd and returns
+        # (a watchdog counting down keeps read_fd: it ends the process anyway)
 
 
 _reported = threading.Lock()
