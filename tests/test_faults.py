@@ -162,6 +162,27 @@ def test_push_and_pull_against_a_stalled_server_end_in_one_line(
     assert not (tmp_path / "pulled" / filenames.SIDECAR_JSON).exists()
 
 
+def test_a_ranged_read_from_a_stalled_server_ends_in_one_error(
+    local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str, tmp_path: Path, monkeypatch
+) -> None:
+    from huggingface_hub import constants
+
+    from vindex_hub.errors import HubError
+    from vindex_hub.load import Vindex
+
+    upload(vindex_copy, hub_repo_id)
+    monkeypatch.setenv("VINDEX_HUB_CACHE", str(tmp_path / "blocks"))  # nothing cached yet
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 1)
+    with Vindex.open(hub_repo_id, mode="lazy") as vx:
+        local_hub.inject_fault(
+            "slow", method="GET", path="*/gate_vectors.bin", ranged=True, delay_s=30, times=None
+        )
+        started = time.monotonic()
+        with pytest.raises(HubError, match=r"no answer within 1 s .* on 2 attempts"):
+            vx.layer(0)
+        assert time.monotonic() - started < 30
+
+
 def _popen_cli(*args: str, **env: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "vindex_hub", *args],

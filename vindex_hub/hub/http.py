@@ -258,12 +258,20 @@ def fetch_range_into(
     """
     if not 0 <= start <= end:
         raise ValueError(f"bad byte range [{start}, {end})")
-    pos, failures = start, 0
+    pos, failures, timeouts = start, 0, 0
     while pos < end:
         try:
             got = _get_once(fileobj, url, pos, end, token=token, expected_total=expected_total)
         except _Retryable as exc:
             got, reason, retry_after = exc.got, exc.reason, exc.retry_after
+            # As in with_retries: a server silent for a whole timeout gets one more try.
+            timeouts = 0 if got else timeouts + exc.timed_out
+            if timeouts > MAX_TIMEOUT_RETRIES:
+                raise HubError(
+                    f"{url}: bytes {pos}-{end - 1}: no answer within {request_timeout().read:g} s "
+                    f"(HF_HUB_DOWNLOAD_TIMEOUT) on {timeouts} attempts; the server is stalled, "
+                    "try again later"
+                ) from None
         else:
             reason, retry_after = (
                 (f"body ended {end - pos - got} bytes early" if pos + got < end else ""),
@@ -290,9 +298,12 @@ def fetch_range(url: str, start: int, end: int, **kwargs) -> bytes:
 
 
 class _Retryable(Exception):
-    def __init__(self, reason: str, got: int = 0, retry_after: float | None = None):
+    def __init__(
+        self, reason: str, got: int = 0, retry_after: float | None = None, timed_out: bool = False
+    ):
         super().__init__(reason)
         self.reason, self.got, self.retry_after = reason, got, retry_after
+        self.timed_out = timed_out
 
 
 def _get_once(
@@ -339,7 +350,8 @@ def _get_once(
     except PERMANENT_TRANSPORT_ERRORS:
         raise HubError(f"{url}: not an http:// or https:// URL; fix HF_ENDPOINT") from None
     except httpx2.TransportError as exc:
-        raise _Retryable(f"{type(exc).__name__}: {exc}", got) from None
+        timed_out = isinstance(exc, httpx2.TimeoutException)
+        raise _Retryable(f"{type(exc).__name__}: {exc}", got, timed_out=timed_out) from None
     return got
 
 
