@@ -106,9 +106,8 @@ def quiet_hub_client() -> Iterator[None]:
         return
     logger = logging.getLogger("huggingface_hub")
     level = logger.level
-    os.environ["HF_HUB_VERBOSITY"] = (
-        "error"  # read when huggingface_hub is imported, by children too
-    )
+    # Read when huggingface_hub is imported (here, or in a process this run starts).
+    os.environ["HF_HUB_VERBOSITY"] = "error"
     logger.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings():
