@@ -565,3 +565,13 @@ def test_engine_ray_joins_a_token_authenticated_cluster_as_ray_cli_does(
         assert refused.returncode == 1
         line = _one_error_line(refused, "build")
         assert "RAY_AUTH_MODE=token" in line, line
+
+
+def test_ctrl_c_that_a_command_handles_ends_it_normally(tmp_path: Path) -> None:
+    """``local-hub`` stops on Ctrl-C by design: the interrupt watchdog lets it end as it does."""
+    proc = _popen_cli("local-hub", "--root", str(tmp_path / "root"), "--port", "0")
+    _wait_until(lambda: (tmp_path / "root").exists(), proc, 60)
+    time.sleep(0.5)
+    seconds, stderr = _interrupt(proc, group=True)
+    assert proc.returncode == 0 and stderr == "", stderr
+    assert seconds < 5

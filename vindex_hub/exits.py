@@ -147,10 +147,18 @@ def interrupt_watchdog(command: str, *, grace_s: float = GRACE_S) -> Iterator[No
         except OSError:
             return
         pressed_again = threading.Event()
+
+        def second_press() -> None:
+            # A byte is another signal; EOF only means the run is over (its exit is still
+            # guarded by the countdown).
+            with contextlib.suppress(OSError):
+                while byte := os.read(read_fd, 1):
+                    if byte[0] == signal.SIGINT:
+                        pressed_again.set()
+                        return
+
         # A second Ctrl-C (or the grace period over) ends the process now.
-        threading.Thread(
-            target=lambda: (os.read(read_fd, 1), pressed_again.set()), daemon=True
-        ).start()
+        threading.Thread(target=second_press, daemon=True).start()
         pressed_again.wait(grace_s)
         report_interrupt(command)
         os._exit(INTERRUPTED_STATUS)
