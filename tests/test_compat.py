@@ -144,3 +144,13 @@ def test_compat_imports_only_the_standard_library() -> None:
     )
     loaded = set(eval(done.stdout))  # a list literal we printed
     assert not loaded & {"datasets", "huggingface_hub", "ray", "pyarrow", "numpy"}, loaded
+
+
+def test_ray_token_auth_switch() -> None:
+    pytest.importorskip("ray")
+    from ray._private.authentication import authentication_token_setup
+    from ray._raylet import AuthenticationTokenLoader
+
+    assert callable(authentication_token_setup._enable_token_auth)
+    has_token = inspect.signature(AuthenticationTokenLoader.instance().has_token).parameters
+    assert "ignore_auth_mode" in has_token

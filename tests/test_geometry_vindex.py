@@ -395,9 +395,9 @@ def test_list_finds_vindexes_by_author_and_model(
 
 
 def test_names_from_remote_data_are_shown_without_control_characters():
-    from vindex_hub.comparison import printable
+    from vindex_hub.comparison import printable  # the one helper, safetext's
 
-    assert printable("org/\x1b[2Jmodel\n") == "org/\\x1b[2Jmodel\\n"
+    assert printable("org/\x1b[2Jmodel\n") == "org/\\x1b[2Jmodel\\x0a"
 
 
 def test_a_comparison_of_unequal_expert_counts_is_written_and_verified(tmp_path: Path):

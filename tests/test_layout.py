@@ -118,6 +118,7 @@ LEAVES = {
     "vindex_hub.fsutil",
     "vindex_hub.checksums",
     "vindex_hub.compat",
+    "vindex_hub.safetext",
 }
 MAY_IMPORT = {
     "vindex_hub.format": set(),

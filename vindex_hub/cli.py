@@ -4,6 +4,8 @@ Each subcommand parses its options and calls one library function, whose result 
 ``Outcome`` (text for people, a JSON-ready object for ``--json``) and is printed by ``main`` alone.
 Every default and choice is the library's own constant. A ``VindexError`` becomes a single line on
 stderr and exit status 1 (2 for bad usage, as argparse does); bad input never shows a traceback.
+So does an OS error (a full disk, a read-only folder: ``exits``), with the hint that matters;
+Ctrl-C ends a run within a second, and a closed stdout ends it quietly.
 """
 
 from __future__ import annotations
@@ -165,8 +167,8 @@ def cmd_compare(args: argparse.Namespace) -> Outcome:
 
 
 def cmd_list(args: argparse.Namespace) -> Outcome:
-    from .comparison import printable
     from .listing import list_vindexes
+    from .safetext import printable
 
     found = list_vindexes(author=args.author, model=args.model, limit=args.limit)
     lines = [f"{'repo':<48} {'base model':<36} {'layers':>6} {'K':>4} {'size':>10}"]
@@ -193,7 +195,20 @@ def cmd_verify(args: argparse.Namespace) -> Outcome:
         # whose stdout is the JSON alone.
         announce=None if args.json else lambda line: print(line, flush=True),
     )
-    return Outcome(report.render(), report.to_json(), 0 if report.ok else 1)
+    text = report.render()
+    if not report.ok and report.folder != Path(args.path):  # the Hub cache's copy was checked
+        from .hub.http import damaged_copy_hint
+
+        named = " ".join(report.problems)
+        text += "".join(
+            "\nnote: " + damaged_copy_hint(path).removeprefix("; ")
+            for path in sorted(report.folder.rglob("*"))
+            if damaged_copy_hint(path)
+            and re.search(
+                rf"(?<![\w./-]){re.escape(path.relative_to(report.folder).as_posix())}\b", named
+            )
+        )
+    return Outcome(text, report.to_json(), 0 if report.ok else 1)
 
 
 def cmd_info(args: argparse.Namespace) -> Outcome:
@@ -343,9 +358,19 @@ def cmd_families(args: argparse.Namespace) -> Outcome:
 
 
 def cmd_local_hub(args: argparse.Namespace) -> Outcome:
+    import errno
+
     from .hubserver import serve
 
-    serve(args.root, host=args.host, port=args.port)
+    try:
+        serve(args.root, host=args.host, port=args.port)
+    except OSError as exc:
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+            raise UsageError(
+                f"cannot listen on {args.host}:{args.port}: {exc.strerror}; "
+                "pick another port with --port (0 picks a free one)"
+            ) from None
+        raise
     return Outcome("local Hub stopped", {"root": args.root})
 
 
@@ -713,34 +738,54 @@ def render(outcome: Outcome, *, as_json: bool) -> str:
 
 def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
     """Our warnings (a cached copy read because the Hub refused, ...) as one stderr line."""
-    text = "".join(ch if ch.isprintable() else " " for ch in str(message))  # server text in it
-    print(f"vindex-hub: warning: {' '.join(text.split())}", file=sys.stderr)
+    from .safetext import printable
+
+    text = printable(" ".join(str(message).split()))  # server text in it: one line, escaped
+    print(f"vindex-hub: warning: {text}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    warnings.showwarning = _warning_line
+    from . import exits
+
+    with exits.quiet_hub_client():
+        args = parser().parse_args(argv)
+        warnings.showwarning = _warning_line
+        with exits.interrupt_watchdog(args.command):
+            return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """The command, its result printed; its failure one line on stderr. Everything printed passes
+    through ``printable``: text from a sidecar, a card or a server never reaches the terminal
+    with a raw control character."""
+    from . import exits
+    from .safetext import printable
+
     try:
         outcome = args.fn(args)
     except UsageError as exc:
-        print(f"vindex-hub {args.command}: error: {in_flags(str(exc))}", file=sys.stderr)
+        print(exits.error_line(args.command, in_flags(str(exc))), file=sys.stderr)
         return 2
     except (VindexFormatError, IntegrityError) as exc:  # about files, whose keys are not flags
-        print(f"vindex-hub {args.command}: error: {exc}", file=sys.stderr)
+        print(exits.error_line(args.command, exc), file=sys.stderr)
         return 1
     except VindexError as exc:
-        print(f"vindex-hub {args.command}: error: {in_flags(str(exc))}", file=sys.stderr)
+        print(exits.error_line(args.command, in_flags(str(exc))), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        # These three keep what they finished: the same command picks up where it stopped.
-        again = (
-            "; run the same command again to resume where it stopped"
-            if args.command in ("build", "pull", "push")
-            else ""
-        )
-        print(f"vindex-hub {args.command}: interrupted{again}", file=sys.stderr)
-        return 130
-    print(render(outcome, as_json=args.json))
+        exits.report_interrupt(args.command)
+        return exits.INTERRUPTED_STATUS
+    except Exception as exc:  # OS errors (disk full, read-only, ...) as one line; else a bug
+        line = exits.describe_os_error(exc)
+        if line is None:
+            raise
+        print(exits.error_line(args.command, line), file=sys.stderr)
+        return 1
+    try:
+        print(printable(render(outcome, as_json=args.json), multiline=True), flush=True)
+    except BrokenPipeError:
+        exits.quiet_broken_pipe()
+        return exits.BROKEN_PIPE_STATUS
     return outcome.status
 
 

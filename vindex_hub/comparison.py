@@ -19,12 +19,7 @@ from .errors import OutputConflictError, UsageError
 from .format import geometry, selection
 from .hub.refs import DEFAULT_REPO_TYPE
 from .numerics import geometry as geo
-
-
-def printable(text: object) -> str:
-    """``text`` with control characters escaped: names read from a sidecar or a card are remote
-    data, shown to a terminal."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+from .safetext import printable
 
 
 @dataclass

@@ -83,6 +83,22 @@ node.kill_all_processes(check_alive=False, allow_graceful=True)
 """
 
 
+def enable_ray_token_auth_if_token() -> bool:
+    """Ray's own switch that ``ray start`` flips for a node when a token exists
+    (``authentication_token_setup._enable_token_auth``), flipped for this driver when a token is
+    at hand (``_raylet.AuthenticationTokenLoader``); True when it did. A Ray without token
+    authentication has neither: nothing to do, False."""
+    try:
+        from ray._private.authentication.authentication_token_setup import _enable_token_auth
+        from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]
+    except ImportError:
+        return False
+    if not AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True):
+        return False
+    _enable_token_auth()
+    return True
+
+
 # ---- huggingface_hub ----------------------------------------------------------------------------------
 def is_commit_sha(value: str) -> bool:
     """A full 40-hex commit sha, by the client's own pattern (``file_download.REGEX_COMMIT_HASH``,

@@ -24,6 +24,7 @@ from filelock import FileLock, Timeout
 
 from .errors import OutputConflictError
 from .format import filenames
+from .safetext import printable
 
 _MAX_SHOWN = 200  # characters of the holder's command shown in the refusal
 
@@ -93,15 +94,11 @@ def _holder(path: Path) -> str:
         return "holder unknown: it has not recorded itself yet"
     if not isinstance(info, dict):
         return "holder unknown"
-    fields = {k: _printable(str(info.get(k, "?"))) for k in ("verb", "pid", "host", "since")}
-    command = _printable(str(info.get("command", "")))
+    fields = {k: printable(str(info.get(k, "?"))) for k in ("verb", "pid", "host", "since")}
+    command = printable(str(info.get("command", "")))
     if len(command) > _MAX_SHOWN:
         command = command[:_MAX_SHOWN] + "..."
     return (
         f"a {fields['verb']} by pid {fields['pid']} on {fields['host']} since {fields['since']}"
         + (f": {command}" if command else "")
     )
-
-
-def _printable(text: str) -> str:
-    return "".join(ch if ch.isprintable() else "?" for ch in text)

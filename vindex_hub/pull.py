@@ -197,18 +197,19 @@ def _snapshot_to(
     ``.gitattributes``, anything else hidden, or a name with a ``..`` part (the patterns match
     those too) from the repo; the client's ``.cache/huggingface``
     record of the download is removed afterwards."""
-    path = download_snapshot(
-        ref,
-        allow=allow,
-        ignore=[*(ignore or []), *BOOKKEEPING_PATTERNS],
-        local_dir=out,
-        cache_dir=cache_dir,
-        token=token,
-    )
-    shutil.rmtree(out / CLIENT_CACHE_DIR, ignore_errors=True)
-    with contextlib.suppress(OSError):  # its parent too, unless the user keeps something there
-        (out / CLIENT_CACHE_DIR).parent.rmdir()
-    return path
+    try:
+        return download_snapshot(
+            ref,
+            allow=allow,
+            ignore=[*(ignore or []), *BOOKKEEPING_PATTERNS],
+            local_dir=out,
+            cache_dir=cache_dir,
+            token=token,
+        )
+    finally:  # also on failure: its partial downloads would hold the space a full disk lacks
+        shutil.rmtree(out / CLIENT_CACHE_DIR, ignore_errors=True)
+        with contextlib.suppress(OSError):  # its parent too, unless the user keeps something there
+            (out / CLIENT_CACHE_DIR).parent.rmdir()
 
 
 def _verify_pulled(out: Path) -> None:
@@ -255,9 +256,9 @@ def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
                 q75_var=e.q75_var,
             )
         writer.finish(out / filenames.GATE_VECTORS_BIN)
-    finally:
+    finally:  # the work folder goes however the copy ends (a full disk included)
         writer.close()
-    shutil.rmtree(out / filenames.BUILD_STATE_DIR, ignore_errors=True)
+        shutil.rmtree(out / filenames.BUILD_STATE_DIR, ignore_errors=True)
     documents: list[dict[str, Any] | None] = []
     for stats in PHASES:
         try:

@@ -34,7 +34,8 @@ the final commit request changes a branch, atomically. Every request (repo info,
 LFS batch and uploads, the commit) is retried on 5xx / 429 / dropped connections
 (``hub.http.with_retries``); what still fails becomes ``HubError`` / ``RemoteNotFoundError`` naming the repo
 and URL. The token (``token=``, else ``HF_TOKEN``, else the saved login) is never printed: it is
-scrubbed from every message that leaves this module.
+scrubbed, as a whole token, from every message (``hub.errors.hub_errors``), and a token that
+cannot travel in a header is refused before anything is sent, quoting none of it.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # Importing hub.http below loads huggingface_hub (its hf_api, errors, utils) anyway: these add nothing.
-from huggingface_hub import CommitOperationDelete, HfApi, get_token
+from huggingface_hub import CommitOperationDelete, HfApi
 from huggingface_hub.errors import RepositoryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import (
@@ -62,11 +63,11 @@ from huggingface_hub.utils import tqdm as hf_tqdm
 
 from .checksums import iter_chunks
 from .compat import counted_commit_operation_add, git_blob_sha1
-from .errors import HubError, RemoteNotFoundError, UsageError, VindexError, VindexFormatError
+from .errors import HubError, RemoteNotFoundError, UsageError, VindexFormatError
 from .format import filenames, layout, selection, sidecar
 from .format.layout import format_size
-from .hub.errors import first_line, hub_errors
-from .hub.http import with_retries
+from .hub.errors import check_token, first_line, hub_errors
+from .hub.http import request_timeout, with_retries
 from .hub.refs import DEFAULT_REPO_TYPE, REPO_TYPES, RepoRef
 
 if TYPE_CHECKING:
@@ -194,7 +195,8 @@ def push_vindex(
     local = publishable_files(folder, include)
     ref = RepoRef(repo_id, repo_type, branch)
     api = HfApi(token=token)
-    with _hub_errors(ref, secret=token or get_token()), _progress_bars(progress):
+    check_token(token)
+    with hub_errors(ref, token=token), _progress_bars(progress):
         result = PushResult(
             folder, repo_id, repo_type, branch, repo_url=ref.repo_url(api.endpoint), dry_run=dry_run
         )
@@ -358,7 +360,8 @@ def _verified(folder: Path) -> VerifyReport:
 def _existing_repo(api: HfApi, ref: RepoRef):
     """The repo's info, or None when it does not exist (or is private and the token cannot see it)."""
     try:
-        return api.repo_info(ref.repo_id, repo_type=ref.repo_type)
+        # repo_info passes its own timeout (None: wait forever) over the session's.
+        return api.repo_info(ref.repo_id, repo_type=ref.repo_type, timeout=request_timeout().read)
     except RepositoryNotFoundError:
         return None
 
@@ -521,19 +524,6 @@ def _commit(
 
 
 # ---- plumbing --------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _hub_errors(ref: RepoRef, *, secret: str | None) -> Iterator[None]:
-    """The loader's mapping of client errors to ``HubError``/``RemoteNotFoundError``, token scrubbed."""
-    try:
-        with hub_errors(ref):
-            yield
-    except VindexError as exc:
-        message = str(exc)
-        if secret and secret in message:
-            raise type(exc)(message.replace(secret, "<token>")) from None
-        raise
-
-
 @contextlib.contextmanager
 def _progress_bars(enabled: bool) -> Iterator[None]:
     """Show the client's progress bars or not, for the duration of one push."""

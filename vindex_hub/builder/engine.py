@@ -28,6 +28,7 @@ import contextlib
 import multiprocessing
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -133,9 +134,15 @@ def _share_layer(
         table[name] = (tensor.info.dtype, tuple(tensor.info.shape), offset, int(tensor.data.nbytes))
         offset += int(tensor.data.nbytes)
     block = shared_memory.SharedMemory(create=True, size=max(offset, 1))
-    views = _views(block, table)
-    for name, tensor in raw.items():
-        views[name].data[...] = tensor.data
+    try:
+        views = _views(block, table)
+        for name, tensor in raw.items():
+            views[name].data[...] = tensor.data
+    except BaseException:  # Ctrl-C mid-copy included: the segment must not outlive us
+        views = {}
+        block.close()
+        block.unlink()
+        raise
     return block, table, views
 
 
@@ -155,7 +162,11 @@ def _worker_main(
     tensor_names: list[str] | None,
     settings: dict[str, Any],
 ) -> None:
-    """A worker: decompose the batches it is sent until told to stop (None) or the pipe closes."""
+    """A worker: decompose the batches it is sent until told to stop (None) or the pipe closes.
+
+    Ctrl-C is the parent's to handle (it stops the workers): a worker ignores SIGINT, so a
+    terminal's Ctrl-C, sent to the whole process group, prints no traceback from each worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     decompose = DecomposeSettings(**settings)
     arch = get_architecture(config, tensor_names=tensor_names)
     buffers = BufferPool()  # kept across batches and layers
@@ -185,7 +196,10 @@ def _worker_main(
             reply: tuple = ("ok", top.vectors, top.singular_values, top.frobenius_norm)
         except Exception as exc:
             reply = ("error", type(exc).__name__, str(exc))
-        conn.send(reply)
+        try:
+            conn.send(reply)
+        except OSError:  # the parent is gone (stopped mid-batch): nothing to report to
+            break
     raw = {}
     if block is not None:
         block.close()
@@ -260,6 +274,7 @@ class ProcessEngine:
         return [w.process.pid for w in self._pool if w.process.pid is not None]
 
     def run(self, src, plan, todo, *, on_experts, on_layer_read):
+        finished = False
         try:
             while len(self._pool) < self.workers:
                 self._pool.append(self._start())
@@ -273,8 +288,11 @@ class ProcessEngine:
                     block.close()
                     block.unlink()
                 yield decomposed
+            finished = True
         finally:
-            self.close()
+            # Stopped early (an error, Ctrl-C, the consumer gone): the workers' batches are
+            # wasted work, so they are stopped at once rather than waited for.
+            self.close(abort=not finished)
 
     def _start(self) -> _Worker:
         parent, child = self._context.Pipe()
@@ -284,8 +302,17 @@ class ProcessEngine:
             daemon=True,
             args=(child, self._config, self._tensor_names, asdict(self.settings)),
         )
-        with blas_thread_environment(self.settings.blas_threads):
-            process.start()
+        # SIGINT blocked while the worker is spawned: it inherits the mask, so a Ctrl-C during
+        # its start-up (before it ignores SIGINT) is no traceback either; ours is delivered after.
+        masked = threading.current_thread() is threading.main_thread()
+        if masked:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            with blas_thread_environment(self.settings.blas_threads):
+                process.start()
+        finally:
+            if masked:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         child.close()
         return _Worker(process, parent)
 
@@ -366,15 +393,19 @@ class ProcessEngine:
         self._pool[i] = self._start()
         self._pool[i].experts = None
 
-    def close(self) -> None:
-        """Stop every worker through its own process handle, however the build ends."""
+    def close(self, *, abort: bool = False) -> None:
+        """Stop every worker through its own process handle, however the build ends: told to
+        stop and waited for, or (``abort``) terminated at once."""
         for worker in self._pool:
             try:
-                worker.conn.send(None)
+                if abort:
+                    worker.process.terminate()
+                else:
+                    worker.conn.send(None)
             except (OSError, ValueError):
                 pass
         for worker in self._pool:
-            worker.process.join(timeout=5)
+            worker.process.join(timeout=1 if abort else 5)
             if worker.process.is_alive():
                 worker.process.kill()
                 worker.process.join()

@@ -232,16 +232,20 @@ def _compute(
         bar.set_postfix_str(f"layer {layer} read {nbytes / max(seconds, 1e-9) / 1e6:.0f} MB/s")
 
     written = 0
+    # closing(): an error or Ctrl-C here stops the engine (its workers, its shared memory) now,
+    # not whenever the suspended generator happens to be collected.
+    layers = engine.run(src, plan, todo, on_experts=bar.update, on_layer_read=layer_read)
     try:
-        for decomposed in engine.run(
-            src, plan, todo, on_experts=bar.update, on_layer_read=layer_read
-        ):
+        for decomposed in layers:
             sha256 = writer.write_layer(plan.slot(decomposed.layer), decomposed.vectors)
             decomposed.result(sha256).save(layer_result_path(plan.state_dir, decomposed.layer))
             written += 1
             bar.set_description(f"{written}/{len(todo)} layers")
     finally:
         bar.close()
+        close = getattr(layers, "close", None)
+        if close is not None:
+            close()
 
 
 def _finish(

@@ -19,11 +19,13 @@ the results held in the object store and the driver.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
 import os
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -216,6 +218,48 @@ def _check_reachable(address: str) -> None:
         ) from None
 
 
+AUTH_MODE_VARIABLE = "RAY_AUTH_MODE"
+AUTH_HINT = (
+    "if the cluster uses token authentication, give this process its token: "
+    "RAY_AUTH_MODE=token and the token in RAY_AUTH_TOKEN or ~/.ray/auth_token"
+)
+
+
+def _token_auth_as_ray_cli_does() -> bool:
+    """Turn Ray's token authentication on for this driver when ``RAY_AUTH_MODE`` is unset and a
+    token is at hand (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``), as
+    ``ray start`` does for a node; True when it did.
+
+    Ray (2.60) starts a cluster with token authentication whenever such a token exists, but
+    ``ray.init(address=...)`` only sends the token when ``RAY_AUTH_MODE=token`` is set, so a
+    driver following ``ray start --head`` could not join. An explicit ``RAY_AUTH_MODE`` is left
+    as it is.
+    """
+    if os.environ.get(AUTH_MODE_VARIABLE) is not None:
+        return False
+    from ..compat import enable_ray_token_auth_if_token
+
+    return enable_ray_token_auth_if_token()
+
+
+@contextlib.contextmanager
+def _core_log_aside() -> Iterator[None]:
+    """While joining, what Ray's C++ core writes to stderr (a line per failed attempt to reach
+    the cluster, 20 or more before its error, which no log level silences) goes to a temporary
+    file: the failure is reported as one line. The file is dropped."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as aside:
+        os.dup2(aside.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 class RayEngine:
     """Runs the parts on the Ray cluster at ``address`` (else ``RAY_ADDRESS``, else a new local one)."""
 
@@ -321,13 +365,19 @@ class RayEngine:
         }
         try:
             if self.address:
-                ray.init(address=self.address, **options)
+                _token_auth_as_ray_cli_does()
+                with _core_log_aside():
+                    ray.init(address=self.address, **options)
             else:
                 ray.init(address="local", include_dashboard=False, **options)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
+        except (ConnectionError, RuntimeError, ValueError, ray.exceptions.RayError) as exc:
             where = f"at {self.address}" if self.address else "(a new local one)"
+            message = " ".join(str(exc).split())
+            hint = ""
+            if self.address and os.environ.get(AUTH_MODE_VARIABLE, "").lower() != "token":
+                hint = f" ({AUTH_HINT})"
             raise ClusterError(
-                f"cannot join the Ray cluster {where}: {' '.join(str(exc).split())}"
+                f"cannot join the Ray cluster {where}: {message[:500]}{hint}"
             ) from None
         return True
 

@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator
 
 import httpx2
-from huggingface_hub import constants
+from huggingface_hub import constants, get_token
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
@@ -18,6 +18,7 @@ from huggingface_hub.errors import (
 )
 
 from ..errors import HubError, RemoteNotFoundError
+from ..safetext import header_safe, scrub_secret
 from .refs import RepoRef
 
 # The bundled server's ``Server`` header (``hubserver``'s ``server_version``): it accepts any token.
@@ -39,9 +40,34 @@ def token_hint(exc: BaseException) -> str:
     return ""
 
 
+TOKEN_NOT_HEADER_SAFE = (
+    "the Hub token (token=, HF_TOKEN or the saved login) holds characters an HTTP header cannot "
+    "carry (non-ASCII, spaces or control characters); check it"
+)
+
+
 @contextlib.contextmanager
-def hub_errors(ref: RepoRef, filename: str | None = None) -> Iterator[None]:
-    """Turn the hub client's exceptions into ``HubError`` / ``RemoteNotFoundError`` naming what failed."""
+def hub_errors(
+    ref: RepoRef, filename: str | None = None, *, token: str | bool | None = None
+) -> Iterator[None]:
+    """Turn the hub client's exceptions into ``HubError`` / ``RemoteNotFoundError`` naming what
+    failed, with the token (``token``, else the client's own: ``HF_TOKEN`` or the saved login)
+    scrubbed from the message as a whole token (``safetext.scrub_secret``)."""
+    try:
+        with _mapped(ref, filename):
+            yield
+    except HubError as exc:
+        secrets = {t for t in (token if isinstance(token, str) else None, get_token()) if t}
+        message = str(exc)
+        for secret in secrets:
+            message = scrub_secret(message, secret)
+        if message != str(exc):
+            raise type(exc)(message) from None
+        raise
+
+
+@contextlib.contextmanager
+def _mapped(ref: RepoRef, filename: str | None) -> Iterator[None]:
     where = f"{filename} in {ref}" if filename else str(ref)
     try:
         yield
@@ -68,10 +94,20 @@ def hub_errors(ref: RepoRef, filename: str | None = None) -> Iterator[None]:
         raise HubError(f"{where}: not in the local cache and HF_HUB_OFFLINE is set") from None
     except HfHubHTTPError as exc:
         raise HubError(f"{where}: {first_line(exc)}{token_hint(exc)}") from None
+    except httpx2.UnsupportedProtocol:
+        raise HubError(
+            f"{where}: the Hub endpoint {constants.ENDPOINT!r} (HF_ENDPOINT) is not an http:// "
+            "or https:// URL; fix HF_ENDPOINT"
+        ) from None
     except httpx2.TransportError as exc:
         raise HubError(
             f"{where}: cannot reach {constants.ENDPOINT} ({type(exc).__name__}: {exc})"
         ) from None
+    except UnicodeEncodeError as exc:
+        # The client puts the token in a header: the encoding error would quote a character of it.
+        if isinstance(exc.object, str) and exc.object.startswith("Bearer "):
+            raise HubError(f"{where}: {TOKEN_NOT_HEADER_SAFE}") from None
+        raise HubError(f"{where}: the Hub client cannot encode a request ({exc.reason})") from None
     except ValueError as exc:
         # The client refuses some repo contents itself: a file name with "..", a file it would
         # need hf_xet for (a size it cannot fetch over plain HTTP).
@@ -82,3 +118,10 @@ def first_line(exc: BaseException) -> str:
     """An exception's message on one line (its first two non-empty lines), for error messages."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     return " ".join(lines[:2]) if lines else type(exc).__name__
+
+
+def check_token(token: str | bool | None) -> None:
+    """``HubError`` (quoting none of it) when the token to send cannot travel in a header."""
+    secret = token if isinstance(token, str) else (get_token() if token is not False else None)
+    if secret and not header_safe(secret):
+        raise HubError(TOKEN_NOT_HEADER_SAFE)

@@ -27,8 +27,9 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import httpx2
-from huggingface_hub import get_hf_file_metadata, hf_hub_download, snapshot_download
+from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+from huggingface_hub.utils import _http as client_http
 from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
 
 from ..errors import HubError
@@ -37,11 +38,13 @@ from .refs import RepoRef, commit_sha, ref_from_url
 
 RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RETRIES = 5  # consecutive failures without progress before giving up
+MAX_TIMEOUT_RETRIES = 1  # of those, how many may be timeouts (a stalled server)
 BACKOFF_S = 0.25  # first wait; doubles per consecutive failure, capped at BACKOFF_MAX_S
 BACKOFF_MAX_S = 8.0
 RETRY_AFTER_MAX_S = 60.0  # a Retry-After asking for longer is waited this long, then retried
-TIMEOUT_S = 60.0
 T = TypeVar("T")
+# Faults that no retry can mend: a malformed endpoint URL (HF_ENDPOINT without http(s)://).
+PERMANENT_TRANSPORT_ERRORS = (httpx2.UnsupportedProtocol,)
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
@@ -74,6 +77,31 @@ def file_metadata(ref: RepoRef, filename: str, *, token: str | bool | None = Non
     )
 
 
+# ---- timeouts -----------------------------------------------------------------------------------
+def request_timeout() -> httpx2.Timeout:
+    """The longest any request of ours waits on the network before giving up (then retried as a
+    dropped connection): to connect, the hub client's ``HF_HUB_ETAG_TIMEOUT``; for each read or
+    write of a body (a stalled server), its ``HF_HUB_DOWNLOAD_TIMEOUT`` (both 10 s by default,
+    set by those environment variables)."""
+    return httpx2.Timeout(
+        float(constants.HF_HUB_DOWNLOAD_TIMEOUT), connect=float(constants.HF_HUB_ETAG_TIMEOUT)
+    )
+
+
+def _client_with_timeouts() -> httpx2.Client:
+    client = client_http.default_client_factory()
+    client.timeout = request_timeout()
+    return client
+
+
+def ensure_timeouts() -> None:
+    """Give the hub client's shared HTTP session ``request_timeout`` on every request: its own
+    default waits forever (``timeout=None``) on the requests that do not pass one (repo info,
+    refs, the LFS batch and uploads, the commit). A client factory the user installed is kept."""
+    if client_http._GLOBAL_CLIENT_FACTORY is client_http.default_client_factory:
+        client_http.set_client_factory(_client_with_timeouts)
+
+
 # ---- retries ------------------------------------------------------------------------------------
 def backoff_s(failures: int, retry_after: float | None = None) -> float:
     """How long to wait before retry number ``failures`` (1-based): ``Retry-After`` when the server
@@ -99,7 +127,7 @@ def transient(exc: BaseException) -> tuple[str, float | None] | None:
         if status in RETRY_STATUS:
             return f"HTTP {status}", retry_after_s(exc.response.headers)
         return None
-    if isinstance(exc, httpx2.TransportError):
+    if isinstance(exc, httpx2.TransportError) and not isinstance(exc, PERMANENT_TRANSPORT_ERRORS):
         return f"{type(exc).__name__}: {exc}", None
     return None
 
@@ -110,6 +138,8 @@ def with_retries(call: Callable[[], T], *, url: str, max_retries: int = MAX_RETR
     Other exceptions pass through unchanged (the caller's ``hub_errors`` turns them into the
     package's types), so a 404 or 401 is reported at once, never retried.
     """
+    ensure_timeouts()
+    timeouts = 0
     for attempt in range(1, max_retries + 2):
         try:
             return call()
@@ -118,12 +148,44 @@ def with_retries(call: Callable[[], T], *, url: str, max_retries: int = MAX_RETR
             if fault is None:
                 raise
             reason, retry_after = fault
+            if isinstance(exc, httpx2.TimeoutException):
+                # A server silent for a whole timeout is stalled, not flaky; the client has
+                # already retried a stalled download itself. One more try, then say so.
+                timeouts += 1
+                if timeouts > MAX_TIMEOUT_RETRIES:
+                    raise HubError(
+                        f"{url}: no answer within {request_timeout().read:g} s "
+                        f"(HF_HUB_DOWNLOAD_TIMEOUT) on {attempt} attempts ({reason}); "
+                        "the server is stalled, try again later"
+                    ) from None
             if attempt > max_retries:
                 raise HubError(
                     f"{url}: giving up after {max_retries} retries ({reason}), {attempt} attempts"
                 ) from None
             time.sleep(backoff_s(attempt, retry_after))
     raise AssertionError("unreachable")
+
+
+# ---- the Hub cache's copies --------------------------------------------------------------------
+def cached_blob(path: Path) -> Path | None:
+    """The blob behind ``path`` when it is a file of a Hub cache snapshot (a link into ``blobs/``),
+    else None: the one file to delete when a cached copy is damaged (deleting the snapshot's link
+    alone is not enough, the client would link the same blob again)."""
+    if not path.is_symlink():
+        return None
+    blob = path.resolve()
+    return blob if blob.parent.name == "blobs" and blob.is_file() else None
+
+
+def damaged_copy_hint(path: Path) -> str:
+    """How to recover from a damaged cached copy of ``path`` (empty when it is not one)."""
+    blob = cached_blob(path)
+    if blob is None:
+        return ""
+    return (
+        f"; if the Hub cache's copy of {path.name} is damaged, delete {blob} and run again "
+        "(it is downloaded again)"
+    )
 
 
 # ---- whole files -------------------------------------------------------------------------------
@@ -200,12 +262,20 @@ def fetch_range_into(
     """
     if not 0 <= start <= end:
         raise ValueError(f"bad byte range [{start}, {end})")
-    pos, failures = start, 0
+    pos, failures, timeouts = start, 0, 0
     while pos < end:
         try:
             got = _get_once(fileobj, url, pos, end, token=token, expected_total=expected_total)
         except _Retryable as exc:
             got, reason, retry_after = exc.got, exc.reason, exc.retry_after
+            # As in with_retries: a server silent for a whole timeout gets one more try.
+            timeouts = 0 if got else timeouts + exc.timed_out
+            if timeouts > MAX_TIMEOUT_RETRIES:
+                raise HubError(
+                    f"{url}: bytes {pos}-{end - 1}: no answer within {request_timeout().read:g} s "
+                    f"(HF_HUB_DOWNLOAD_TIMEOUT) on {timeouts} attempts; the server is stalled, "
+                    "try again later"
+                ) from None
         else:
             reason, retry_after = (
                 (f"body ended {end - pos - got} bytes early" if pos + got < end else ""),
@@ -232,9 +302,12 @@ def fetch_range(url: str, start: int, end: int, **kwargs: Any) -> bytes:
 
 
 class _Retryable(Exception):
-    def __init__(self, reason: str, got: int = 0, retry_after: float | None = None):
+    def __init__(
+        self, reason: str, got: int = 0, retry_after: float | None = None, timed_out: bool = False
+    ):
         super().__init__(reason)
         self.reason, self.got, self.retry_after = reason, got, retry_after
+        self.timed_out = timed_out
 
 
 def _get_once(
@@ -254,7 +327,7 @@ def _get_once(
     )
     got = 0
     try:
-        with get_session().stream("GET", url, headers=headers, timeout=TIMEOUT_S) as resp:
+        with get_session().stream("GET", url, headers=headers, timeout=request_timeout()) as resp:
             if resp.status_code in RETRY_STATUS:
                 raise _Retryable(
                     f"HTTP {resp.status_code}", retry_after=retry_after_s(resp.headers)
@@ -284,8 +357,11 @@ def _get_once(
         raise HubError(
             f"{url}: bytes {pos}-{end - 1} are not cached and HF_HUB_OFFLINE is set"
         ) from None
+    except PERMANENT_TRANSPORT_ERRORS:
+        raise HubError(f"{url}: not an http:// or https:// URL; fix HF_ENDPOINT") from None
     except httpx2.TransportError as exc:
-        raise _Retryable(f"{type(exc).__name__}: {exc}", got) from None
+        timed_out = isinstance(exc, httpx2.TimeoutException)
+        raise _Retryable(f"{type(exc).__name__}: {exc}", got, timed_out=timed_out) from None
     return got
 
 

@@ -39,6 +39,7 @@ Kinds:
   response is dropped after the commit was made) or ``"auto"`` (default: the request body when
   the server reads one, else the response body). A HEAD is dropped before its headers; a body
   shorter than ``after_bytes`` arrives whole on the response side.
+  ``message`` replaces the answer's error text (a hostile server: control characters included).
 - ``"slow"``: sleep ``delay_s`` before each ``chunk_size``-byte chunk of the response body.
 """
 
@@ -68,6 +69,7 @@ class Fault:
     retry_after: int | None = None
     ranged: bool | None = None
     side: str = "auto"
+    message: str | None = None
     id: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -100,6 +102,8 @@ class Fault:
             raise ValueError(
                 f"fault side must be one of {DROP_SIDES}, and only a 'drop' fault takes one"
             )
+        if self.message is not None and (self.kind != "error" or not isinstance(self.message, str)):
+            raise ValueError("fault message must be a string, and only an 'error' fault takes one")
         if self.method is not None:
             self.method = self.method.upper()
 

@@ -183,7 +183,10 @@ class FramedHandler(BaseHTTPRequestHandler):
         if fault.kind == "error":
             self.drain_body()
             raise HTTPFailure(
-                fault.status, f"injected fault #{fault.id}", None, fault.answer_headers()
+                fault.status,
+                fault.message or f"injected fault #{fault.id}",
+                None,
+                fault.answer_headers(),
             )
         if fault.kind == "drop" and self.command == "HEAD":
             self.abort()

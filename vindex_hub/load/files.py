@@ -11,7 +11,7 @@ from typing import Protocol
 
 from ..errors import VindexFormatError
 from ..format.filenames import inside_vindex
-from ..hub.http import download_file
+from ..hub.http import damaged_copy_hint, download_file
 from ..hub.refs import RepoRef
 
 
@@ -42,11 +42,17 @@ class HubFiles:
 
     def __init__(self, ref: RepoRef, *, cache_dir: str | None, token: str | bool | None):
         self.ref, self.cache_dir, self.token = ref, cache_dir, token
+        self._paths: dict[str, Path] = {}  # where each file fetched so far is cached
 
     def path(self, name: str) -> Path:
-        return download_file(
+        path = download_file(
             self.ref, inside_vindex(name, str(self.ref)), cache_dir=self.cache_dir, token=self.token
         )
+        self._paths[name] = path
+        return path
 
     def describe(self, name: str) -> str:
-        return f"{name} in {self.ref}"
+        """The file in the repo; once fetched, with how to recover from a damaged cached copy
+        (the client never checks a cached file again, so it would fail every later open)."""
+        cached = self._paths.get(name)
+        return f"{name} in {self.ref}" + (damaged_copy_hint(cached) if cached else "")

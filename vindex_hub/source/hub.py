@@ -39,6 +39,7 @@ from ..hub.http import (
     download_file,
     fetch_range_into,
     file_metadata,
+    request_timeout,
     with_retries,
 )
 from ..hub.refs import parse_repo
@@ -136,7 +137,9 @@ class HubCheckpoint:
             raise UsageError(f"{repo_id}: a checkpoint is a model repo, not a {ref.repo_type} repo")
         with hub_errors(ref):
             info = with_retries(
-                lambda: HfApi().model_info(ref.repo_id, revision=ref.revision, token=token),
+                lambda: HfApi().model_info(
+                    ref.repo_id, revision=ref.revision, token=token, timeout=request_timeout().read
+                ),
                 url=ref.web_url(),
             )
         # The sha becomes part of cache paths and every URL: only a real commit hash may.
