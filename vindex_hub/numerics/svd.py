@@ -43,8 +43,9 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import scipy.linalg
@@ -58,6 +59,7 @@ from .routes import (
     DEVICES,
     PRECISIONS,
     ROUTE_CUDA,
+    ROUTE_DEFLATED,
     ROUTE_F64,
     ROUTE_MIXED,
     method_for,
@@ -72,6 +74,7 @@ __all__ = [
     "PRECISIONS",
     "TopK",
     "canonicalize_signs",
+    "choose_route",
     "frobenius_norm",
     "method_for",
     "resolve_device",
@@ -85,7 +88,6 @@ __all__ = [
 # falls with the gap between eigenvalue k-1 and p-1; at 32 (not 16) the certificate's estimate on
 # gate_proj-like matrices sits 3x (not 1.5x) inside its bound, for ~3% more time.
 OVERSAMPLE = 32
-STEEP_SPECTRUM = 1e-3  # eigenvalue p-1 of the Gram matrix below this x the largest -> float64
 MIN_SIZE_FACTOR = 2  # a Gram matrix smaller than this x p -> float64 (a full solve is as cheap)
 # ||W||_F^2 outside this range could overflow or lose the spectrum to underflow in float32.
 FLOAT32_SAFE_ENERGY = (1e-30, 1e30)
@@ -93,6 +95,23 @@ FLOAT32_SAFE_ENERGY = (1e-30, 1e30)
 CERTAIN_ANGLE = 3e-5  # radians, for vectors with a gap: 1 - |cos| = 4.5e-10, 2x inside 1e-9
 CERTAIN_GAP = 0.5e-4  # relative singular value gap from which a vector counts as determined
 CERTAIN_VALUE = 5e-10  # relative eigenvalue error: singular values to 2.5e-10, 4x inside 1e-9
+# The route's choice, made before any Gram matrix (``choose_route``): a float32 block power
+# probe of the Gram matrix from a fixed start, PROBE_BLOCK vectors, PROBE_STEPS products with it.
+PROBE_BLOCK = 16
+PROBE_STEPS = 1
+PROBE_SEED = 0x5EC7
+# Consecutive probe Ritz values this far apart (eigenvalues: 4x in singular value) mark strong
+# directions over the rest: the ones above the largest such gap are deflated (``ROUTE_DEFLATED``).
+STRONG_GAP = 16.0
+MAX_DEFLATED = PROBE_BLOCK - 4  # the block keeps at least 4 vectors of the rest beside them
+# Power steps continue until (gap ratio)^steps is below this: the deflated directions' error
+# components outside the float32 stage's subspace are then far below what it resolves itself.
+DEFLATION_ACCURACY = 1e-6
+MAX_DEFLATION_STEPS = 12
+# Mean eigenvalue beyond the probe above this x the largest Ritz value: a spectrum flat to its
+# end (e.g. every gap at the promise's bound), whose top float32 cannot separate from the rest
+# (the certificate would refuse it): the float64 route from the start.
+FLAT_TO_THE_END = 0.6
 
 
 @dataclass(frozen=True)
@@ -147,7 +166,7 @@ def singular_values(
     if not np.isfinite(m64).all():
         raise CheckpointError(f"{name} contains NaN or Inf values")
     with _blas_threads(blas_threads):
-        return scipy.linalg.svdvals(m64, check_finite=False)
+        return np.asarray(scipy.linalg.svdvals(m64, check_finite=False))
 
 
 def frobenius_norm(matrix: np.ndarray, *, blas_threads: int = BLAS_THREADS) -> float:
@@ -224,7 +243,7 @@ def _finish(s64: np.ndarray, v64: np.ndarray, fro64: np.ndarray, routes: Sequenc
 
 
 @functools.cache
-def _blas_controller():
+def _blas_controller() -> Any:
     """One scan of the loaded BLAS libraries (numpy's and scipy's OpenBLAS): limiting through
     it costs microseconds, a fresh ``threadpool_limits`` rescans every call."""
     from threadpoolctl import ThreadpoolController
@@ -232,7 +251,7 @@ def _blas_controller():
     return ThreadpoolController()
 
 
-def _blas_threads(threads: int):
+def _blas_threads(threads: int) -> Any:
     if threads < 1:
         raise UsageError(f"blas_threads must be at least 1, got {threads}")
     return _blas_controller().limit(limits=threads, user_api="blas")
@@ -244,7 +263,9 @@ class _Workspace(threading.local):
     def __init__(self) -> None:
         self.buffers: dict[str, np.ndarray] = {}
 
-    def get(self, name: str, shape: tuple[int, ...], dtype: type, order: str = "C") -> np.ndarray:
+    def get(
+        self, name: str, shape: tuple[int, ...], dtype: type, order: Literal["C", "F"] = "C"
+    ) -> np.ndarray:
         buf = self.buffers.get(name)
         if buf is None or buf.shape != shape or buf.dtype != dtype:
             buf = self.buffers[name] = np.empty(shape, dtype=dtype, order=order)
@@ -276,7 +297,7 @@ def _checked_singular_values(
     eigenvalues: np.ndarray, shape: tuple[int, int], k: int, label: str
 ) -> np.ndarray:
     """Descending top-``k`` Gram eigenvalues -> singular values; refuses a rank below ``k``."""
-    s = np.sqrt(np.maximum(eigenvalues, 0.0))
+    s: np.ndarray = np.sqrt(np.maximum(eigenvalues, 0.0))
     # numpy.linalg.matrix_rank's threshold for a float32 matrix.
     tol = s[0] * max(shape) * np.finfo(np.float32).eps
     if not s[k - 1] > tol:
@@ -304,17 +325,156 @@ def _top_k_lapack(
         energy = float(blas.ddot(flat, flat))
         _check_finite(energy, labels[b])
         fro[b] = np.sqrt(energy)
-        found = _mixed_route(weights[b], w64, energy, k, labels[b]) if mixed else None
-        if found is None:
+        route, strong = _choose_route(weights[b], energy, k) if mixed else (ROUTE_F64, None)
+        found = None
+        if route != ROUTE_F64:
+            found = _mixed_route(weights[b], w64, k, labels[b], strong)
+        if found is None:  # chosen, or the certificate refused the float32 subspace
+            route = ROUTE_F64
             found = _f64_route(w64, k, labels[b])
-            routes.append(ROUTE_F64)
-        else:
-            routes.append(ROUTE_MIXED)
+        routes.append(route)
         s_out[b], v_out[b] = found
     return s_out, v_out, fro, routes
 
 
-def _gram(syrk, w: np.ndarray, buffer: np.ndarray) -> np.ndarray:
+def choose_route(matrix: np.ndarray, k: int, *, blas_threads: int = BLAS_THREADS) -> str:
+    """The route ``precision="mixed"`` chooses for one float32 ``(O, I)`` matrix before any Gram
+    matrix is formed (module docstring): ``ROUTE_MIXED``, ``ROUTE_DEFLATED`` or ``ROUTE_F64``.
+    A function of the matrix alone. The route a matrix ends up on (``TopK.routes``) is this one
+    unless the certificate refuses the float32 subspace, which then costs a thrown-away attempt."""
+    w32 = np.ascontiguousarray(matrix, dtype=np.float32)
+    flat = w32.reshape(-1).astype(np.float64)
+    with _blas_threads(blas_threads):
+        energy = float(blas.ddot(flat, flat))
+        _check_finite(energy, "matrix")
+        return _choose_route(w32, energy, k)[0]
+
+
+@functools.cache
+def _probe_start(n: int) -> np.ndarray:
+    """The probe's fixed start block: the same for every matrix of a size, whatever the batch."""
+    start = np.random.default_rng(PROBE_SEED).standard_normal((n, PROBE_BLOCK))
+    start = np.asfortranarray(start, dtype=np.float32)
+    start.flags.writeable = False
+    return start
+
+
+def _orthonormal(x: np.ndarray) -> np.ndarray:
+    """An orthonormal basis (float64, Fortran) of the columns of a tall ``x`` (LAPACK QR)."""
+    q, tau, _, info = lapack.dgeqrf(np.asfortranarray(x, dtype=np.float64), overwrite_a=1)
+    q, _, info2 = lapack.dorgqr(q, tau, lwork=max(64 * x.shape[1], 1), overwrite_a=1)
+    if info != 0 or info2 != 0:
+        raise RuntimeError(
+            f"LAPACK QR of a {x.shape[0]} x {x.shape[1]} block failed: {info}, {info2}"
+        )
+    return np.asarray(q)
+
+
+def _gram_products(w32: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(Z, Y)`` with ``Z = M x`` and ``Y = M^T Z = G x`` for the smaller Gram matrix ``G`` of
+    ``w32`` (``M`` the factor with ``G = M^T M``), two passes over ``w32`` and ``G`` never formed.
+    The product that runs over ``w32``'s rows is written ``(a^T W)^T``: OpenBLAS's sgemm with the
+    big operand on the right, untransposed, is about 1.8x faster on a narrow block."""
+    rows, cols = w32.shape
+    if rows <= cols:  # G = W W^T: Z = W^T x, Y = W Z
+        z = blas.sgemm(1.0, w32.T, x)
+        return z, blas.sgemm(1.0, z, w32.T, trans_a=1).T
+    z = blas.sgemm(1.0, x, w32.T, trans_a=1).T  # G = W^T W: Z = W x, Y = W^T Z
+    return z, blas.sgemm(1.0, w32.T, z)
+
+
+def _block_power(
+    w32: np.ndarray, x: np.ndarray, steps: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``steps`` float32 block power steps with the smaller Gram matrix ``G`` of ``w32`` from the
+    orthonormal block ``x``, two passes over ``w32`` each (``G`` is never formed), then Ritz pairs
+    from the last step's own products, no third pass: with ``Z = M x`` and ``Y = M^T Z = G x``,
+    ``Y^T Y = x^T G^2 x`` and ``Z^T Z = x^T G x`` make the pencil whose eigenpairs are the Ritz
+    pairs of ``G`` on ``G^(1/2) x``; their vectors, one half-step further, are ``Y`` times the
+    pencil's vectors, orthogonal with norms ``sqrt(theta)``. Returns (Ritz values descending,
+    unit Ritz vectors float64 ``(n, b)``), or None where ``x^T G x`` is singular (rank below b).
+    """
+    for step in range(steps):
+        z, y = _gram_products(w32, x)
+        if step < steps - 1:
+            x = np.asfortranarray(_orthonormal(y), dtype=np.float32)
+    z64 = np.asfortranarray(z, dtype=np.float64)
+    y64 = np.asfortranarray(y, dtype=np.float64)
+    theta, vectors, info = lapack.dsygv(
+        blas.dsyrk(1.0, y64, trans=1, lower=1), blas.dsyrk(1.0, z64, trans=1, lower=1), uplo="L"
+    )
+    if info != 0 or not theta[0] > 0:
+        return None
+    theta, vectors = theta[::-1], np.asfortranarray(vectors[:, ::-1])
+    ritz = blas.dgemm(1.0, y64, vectors) / np.sqrt(theta)
+    return theta, ritz
+
+
+def _strong_directions(
+    w32: np.ndarray, x: np.ndarray, steps: int, strong: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``strong`` Ritz vectors ``U`` (float64 ``(n, strong)``, orthonormal) after
+    ``steps`` more block power steps from the orthonormal block ``x``, and ``M U`` (float32), the
+    product the deflation needs, which the last half-step gives without another pass over ``w32``
+    (``M`` as in ``_block_power``)."""
+    for _ in range(steps):
+        x = np.asfortranarray(_orthonormal(_gram_products(w32, x)[1]), dtype=np.float32)
+    rows, cols = w32.shape
+    z = blas.sgemm(1.0, w32.T, x) if rows <= cols else blas.sgemm(1.0, x, w32.T, trans_a=1).T
+    z64 = np.asfortranarray(z, dtype=np.float64)
+    found = _top_eigenpairs(blas.dsyrk(1.0, z64, trans=1, lower=0), strong)  # Ritz pairs on x
+    assert found is not None  # a few well separated values of a small matrix
+    c = np.asfortranarray(found[1][:, ::-1])
+    u = blas.dgemm(1.0, np.asfortranarray(x, dtype=np.float64), c)
+    return u, np.asfortranarray(blas.dgemm(1.0, z64, c), dtype=np.float32)
+
+
+def _choose_route(
+    w32: np.ndarray, energy: float, k: int
+) -> tuple[str, tuple[np.ndarray, np.ndarray] | None]:
+    """The route for one matrix, and for ``ROUTE_DEFLATED`` its strong directions on the Gram
+    side (float64 ``(n, r)``, orthonormal): module docstring."""
+    rows, cols = w32.shape
+    n = min(rows, cols)
+    p = min(k + OVERSAMPLE, n)
+    if n < MIN_SIZE_FACTOR * p or not FLOAT32_SAFE_ENERGY[0] < energy < FLOAT32_SAFE_ENERGY[1]:
+        return ROUTE_F64, None
+    probe = _block_power(w32, _probe_start(n), PROBE_STEPS)
+    if probe is None:  # a rank below the probe's block: nothing for float32 to be spared
+        return ROUTE_MIXED, None
+    theta, ritz = probe
+    if (energy - theta.sum()) / (n - PROBE_BLOCK) >= FLAT_TO_THE_END * theta[0]:
+        return ROUTE_F64, None
+    ratios = theta[:MAX_DEFLATED] / theta[1 : MAX_DEFLATED + 1]
+    gap = int(np.argmax(ratios))
+    if not ratios[gap] >= STRONG_GAP:
+        return ROUTE_MIXED, None
+    strong = gap + 1
+    # Block power converges at least at the gap's ratio a step: continue to DEFLATION_ACCURACY.
+    total = int(np.ceil(np.log(DEFLATION_ACCURACY) / np.log(1.0 / ratios[gap])))
+    more = min(max(total - PROBE_STEPS, 1), MAX_DEFLATION_STEPS)
+    start = np.asfortranarray(_orthonormal(ritz), dtype=np.float32)
+    return ROUTE_DEFLATED, _strong_directions(w32, start, more, strong)
+
+
+def _deflated(w32: np.ndarray, strong: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``w32`` with its strong directions ``U`` projected out on the Gram side, in float32 (a
+    reused buffer): ``M - (M U) U^T`` (wide: ``(I - U U^T) W``) or ``M - U (U^T M)`` (tall:
+    ``W (I - U U^T)``), ``strong = (U, M U or U^T M)``. Only the float32 stage sees it; the
+    Rayleigh-Ritz step and its certificate use ``W`` itself."""
+    rows, cols = w32.shape
+    u, product = strong
+    out = _workspace.get("deflated", (cols, rows), np.float32, order="F")  # M', Fortran
+    np.copyto(out, w32.T)
+    u32 = np.asfortranarray(u, dtype=np.float32)
+    if rows <= cols:
+        out = blas.sgemm(-1.0, product, u32, trans_b=1, beta=1.0, c=out, overwrite_c=1)
+    else:
+        out = blas.sgemm(-1.0, u32, product, trans_b=1, beta=1.0, c=out, overwrite_c=1)
+    return np.asarray(out).T  # C-ordered (O, I)
+
+
+def _gram(syrk: Callable[..., Any], w: np.ndarray, buffer: np.ndarray) -> np.ndarray:
     """The upper triangle of the smaller Gram matrix of ``w``, written into ``buffer``.
 
     ``syrk`` computes one triangle only (half the flops of a matmul). A C-ordered ``(O, I)``
@@ -322,8 +482,8 @@ def _gram(syrk, w: np.ndarray, buffer: np.ndarray) -> np.ndarray:
     ``w^T w``.
     """
     rows, cols = w.shape
-    return syrk(
-        1.0, w.T, beta=0.0, c=buffer, trans=1 if rows <= cols else 0, lower=0, overwrite_c=1
+    return np.asarray(
+        syrk(1.0, w.T, beta=0.0, c=buffer, trans=1 if rows <= cols else 0, lower=0, overwrite_c=1)
     )
 
 
@@ -364,6 +524,7 @@ def _f64_route(w64: np.ndarray, k: int, label: str) -> tuple[np.ndarray, np.ndar
     found = _top_eigenpairs(_gram(blas.dsyrk, w64, buffer), k)
     if found is None:  # an index range cut through a cluster: the whole spectrum, then
         found = _top_eigenpairs(_gram(blas.dsyrk, w64, buffer), k, everything=True)
+    assert found is not None  # the whole spectrum: syevr finds every eigenvalue
     lam, u = found
     s = _checked_singular_values(lam[::-1], (rows, cols), k, label)
     u = np.asfortranarray(u[:, ::-1])
@@ -373,35 +534,36 @@ def _f64_route(w64: np.ndarray, k: int, label: str) -> tuple[np.ndarray, np.ndar
 
 
 def _mixed_route(
-    w32: np.ndarray, w64: np.ndarray, energy: float, k: int, label: str
+    w32: np.ndarray,
+    w64: np.ndarray,
+    k: int,
+    label: str,
+    strong: tuple[np.ndarray, np.ndarray] | None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Float32 subspace + one float64 Rayleigh-Ritz step: ``(s, V^T)``, or None where the guard
-    (module docstring) asks for the float64 route."""
+    """Float32 subspace (of ``w32`` less its ``strong`` directions, where given) + one float64
+    Rayleigh-Ritz step: ``(s, V^T)``, or None where the certificate refuses it."""
     rows, cols = w32.shape
     n = min(rows, cols)
     p = min(k + OVERSAMPLE, n)
-    if n < MIN_SIZE_FACTOR * p or not FLOAT32_SAFE_ENERGY[0] < energy < FLOAT32_SAFE_ENERGY[1]:
-        return None
-    gram = _gram(blas.ssyrk, w32, _workspace.get("gram32", (n, n), np.float32, order="F"))
+    source = w32 if strong is None else _deflated(w32, strong)
+    gram = _gram(blas.ssyrk, source, _workspace.get("gram32", (n, n), np.float32, order="F"))
     found = _top_eigenpairs(gram, p)
     if found is None:
         return None
-    lam32, u32 = found
-    if not lam32[0] >= STEEP_SPECTRUM * lam32[-1]:  # ascending: [0] is eigenvalue p-1
-        return None
-    # Orthonormal basis Q of the float32 subspace, in float64.
-    q, tau, _, info = lapack.dgeqrf(np.asfortranarray(u32, dtype=np.float64), overwrite_a=1)
-    q, _, info2 = lapack.dorgqr(q, tau, lwork=max(64 * p, 1), overwrite_a=1)
-    if info != 0 or info2 != 0:
-        raise RuntimeError(f"LAPACK QR of the {n} x {p} subspace failed: info {info}, {info2}")
+    _, u32 = found
+    basis = u32 if strong is None else np.hstack([strong[0], u32])
+    q = _orthonormal(basis)
     # G = M^T M is the Gram matrix of the smaller side, M the Fortran view of W or W^T.
     # B = M Q in float64; B^T B is G projected on the subspace, its eigenpairs the Ritz pairs.
     m = w64.T  # Fortran-ordered (I, O): W^T
     wide = rows <= cols
     b = blas.dgemm(1.0, m, q, trans_a=0 if wide else 1)
-    theta, y = _top_eigenpairs(blas.dsyrk(1.0, b, trans=1, lower=0), p, everything=True)
-    theta, y = theta[::-1], np.asfortranarray(y[:, ::-1])  # descending
-    if not theta[-1] > 0:
+    ritz_pairs = _top_eigenpairs(blas.dsyrk(1.0, b, trans=1, lower=0), q.shape[1], everything=True)
+    assert ritz_pairs is not None  # the whole spectrum
+    theta, y = ritz_pairs
+    # Descending; a PSD matrix's Ritz values below zero are rounding (a rank below p).
+    theta, y = np.maximum(theta[::-1], 0.0), np.asfortranarray(y[:, ::-1])
+    if not theta[k - 1] > 0:
         return None
     by = blas.dgemm(1.0, b, y)
     ritz = blas.dgemm(1.0, q, y)  # the Ritz vectors on the Gram side
