@@ -133,3 +133,17 @@ def test_the_certificate_catches_what_the_deflated_route_cannot_certify(
     assert uncertified.routes == (svd.ROUTE_DEFLATED,)
     with pytest.raises(AssertionError):
         _assert_exact(w, uncertified.vectors[0], uncertified.singular_values[0])
+
+
+@pytest.mark.parametrize("shape", [(256, 256), (128, 1792), (1792, 128)])
+def test_plain_gaussian_matrices_of_any_aspect_stay_on_the_mixed_route(
+    shape: tuple[int, int],
+) -> None:
+    """A Marchenko-Pastur spectrum is flat-looking, the flatter the more oblong the matrix (all
+    of a 128 x 1792's within 0.5-1.6x its mean), yet float32 resolves it: the probe must not send
+    it to float64 (its flatness test sits between the two)."""
+    w = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    assert svd.choose_route(w, K) == svd.ROUTE_MIXED
+    top = svd.top_k_right_singular(w[None], K)
+    assert top.routes == (svd.ROUTE_MIXED,)
+    _assert_exact(w, top.vectors[0], top.singular_values[0])
