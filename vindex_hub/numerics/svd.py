@@ -1,23 +1,38 @@
 """Exact top-K right singular vectors of a batch of matrices (pure math, no I/O).
 
-Two CPU routes, both exact (not randomized: on the flat spectra of MoE experts, top-64 energy
-fraction near 0.11, randomized subspace iteration returns vectors far from the true ones):
+Two CPU precisions, both exact (not randomized: on the flat spectra of MoE experts, top-64
+energy fraction near 0.11, randomized subspace iteration returns vectors far from the true ones).
+``docs/svd.md`` tells the whole story, with what each spectrum family gets.
 
-``mixed`` (the default): for each ``W`` of shape ``(O, I)`` the float32 Gram matrix of the
-smaller side (``W W^T`` when ``O <= I``, LAPACK ``ssyrk``) and its top ``p = k + 32`` eigenpairs
-(float32 ``ssyevr`` with an index range) give a subspace that holds the top-``k`` singular
-vectors to float32 accuracy; one float64 Rayleigh-Ritz step with ``W`` itself (orthonormalize
-the subspace ``Q``, ``B = W^T Q``, eigenpairs ``(theta, Y)`` of ``B^T B``, ``V = B Y / s``)
-then makes them exact to about float64 rounding: the Ritz vectors' error is the *product* of
-the subspace's float32 error and its coupling to the spectrum left outside, so it is squared
-away (1-|cos| ~ 2e-12 against a float64 LAPACK SVD on gate_proj-like matrices, singular values
-to ~1e-12 relative; ``shared/reference/exact-topk-svd.md``). A guard sends a matrix to the
-float64 route where that does not hold: before the work, a steep spectrum (eigenvalue ``p-1``
-below ``STEEP_SPECTRUM`` of the largest: float32 noise would reach the subspace, e.g. a rank
-near ``k``), a matrix too small for a partial solve to pay off, or magnitudes outside float32's
-safe range; after it, a certificate from the float64 residuals of the Ritz pairs
-(``_ritz_pairs_certain``), which catches e.g. a tail of the spectrum crowding right below the
-top ``k``, or 64 gaps all at 1e-4 of ``s_0``.
+``mixed`` (the default) chooses each matrix's route before any Gram matrix is formed
+(``choose_route``), from a *probe*: one float32 block power step with the smaller Gram matrix
+``G`` from a fixed start (``PROBE_BLOCK`` vectors; two passes over ``W``, ``G`` never formed) and
+its Ritz values. A function of the matrix alone, so the same for any batch, order or worker.
+
+* ``cpu-mixed``: for ``W`` of shape ``(O, I)`` the float32 Gram matrix of the smaller side
+  (``W W^T`` when ``O <= I``, LAPACK ``ssyrk``) and its top ``p = k + 32`` eigenpairs (float32
+  ``ssyevr`` with an index range) give a subspace that holds the top-``k`` singular vectors to
+  float32 accuracy; one float64 Rayleigh-Ritz step with ``W`` itself (orthonormalize the
+  subspace ``Q``, ``B = W^T Q``, eigenpairs ``(theta, Y)`` of ``B^T B``, ``V = B Y / s``) then
+  makes them exact to about float64 rounding: what is left of a Ritz vector's error is the
+  subspace's float32 error *outside* it, over its gap to the spectrum left outside (1-|cos| ~
+  2e-12 against a float64 LAPACK SVD on gate_proj-like matrices, singular values to ~1e-12).
+* ``cpu-mixed-deflated``: where the probe's Ritz values fall by ``STRONG_GAP`` (16x, 4x in
+  singular value) from one to the next, the ones above are strong directions over the rest (a
+  spiky spectrum: a few directions 100-1000x the bulk in eigenvalue). Float32's rounding is
+  relative to the largest eigenvalue, so they would leave the float32 subspace of the rest too
+  coarse. Their gap makes them cheap to find: a few more block power steps (as many as the gap's
+  ratio needs to reach ``DEFLATION_ACCURACY``) give ``U``, which is projected out of ``W`` on the
+  Gram side in float32 (``(I - U U^T) W``); the float32 stage sees only the flat rest, and the
+  Rayleigh-Ritz step runs on ``[U, Q]`` with ``W`` itself, so the result is as exact.
+* ``cpu-f64`` from the start where the probe finds a spectrum flat to its end
+  (``FLAT_TO_THE_END``: every gap at the promise's bound, say), where the matrix is too small for a
+  partial solve to pay off (``MIN_SIZE_FACTOR``), or where its magnitudes are outside float32's
+  safe range.
+
+Both float32 routes end with a certificate from the float64 residuals of the Ritz pairs
+(``_ritz_pairs_certain``): a matrix it refuses (a steep decay the probe cannot tell from a power
+law, say) takes the float64 route after all, the one case that throws an attempt away.
 
 ``f64``: the float64 Gram matrix (``dsyrk``) and its top ``k`` eigenpairs (``dsyevr``), then
 ``s = sqrt(lambda)`` and ``V = W^T U / s`` (or ``V = U`` directly when ``O > I``). Forming the
@@ -83,7 +98,7 @@ __all__ = [
     "top_k_right_singular",
 ]
 
-# Guard of the mixed route (module docstring).
+# The mixed route (module docstring): its subspace, its choice and its certificate.
 # Eigenpairs computed beyond k: the Rayleigh-Ritz subspace's margin. The Ritz vectors' error
 # falls with the gap between eigenvalue k-1 and p-1; at 32 (not 16) the certificate's estimate on
 # gate_proj-like matrices sits 3x (not 1.5x) inside its bound, for ~3% more time.
