@@ -431,9 +431,9 @@ def _strong_directions(
     w32: np.ndarray, x: np.ndarray, steps: int, strong: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """The top ``strong`` Ritz vectors ``U`` (float64 ``(n, strong)``, orthonormal) after
-    ``steps`` more block power steps from the orthonormal block ``x``, and ``M U`` (float32), the
-    product the deflation needs, which the last half-step gives without another pass over ``w32``
-    (``M`` as in ``_block_power``)."""
+    ``steps`` more block power steps from the orthonormal block ``x``, and ``M U`` (float32; ``M``
+    as in ``_gram_products``), the product the deflation needs: the Rayleigh-Ritz step's own pass
+    ``Z = M x`` gives it as ``Z C``, with no pass over ``w32`` of its own."""
     for _ in range(steps):
         x = np.asfortranarray(_orthonormal(_gram_products(w32, x)[1]), dtype=np.float32)
     rows, cols = w32.shape
