@@ -19,7 +19,7 @@ from vindex_hub.builder.decompose import DecomposeSettings
 from vindex_hub.builder.engine import ProcessEngine
 from vindex_hub.errors import UsageError
 from vindex_hub.format import filenames
-from vindex_hub.numerics import routes
+from vindex_hub.numerics import routes, svd
 from vindex_hub.results import layer_result_path
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 
@@ -214,3 +214,35 @@ def test_worker_count_must_be_positive(checkpoint: Path, tmp_path: Path) -> None
     assert "--workers must be at least 1, got 0" in done.stderr and "Traceback" not in done.stderr
     with pytest.raises(UsageError, match="^workers must be at least 1"):
         ProcessEngine({}, DecomposeSettings(num_feats=4, device="cpu"), 0, prefetch_layers=1)
+
+
+def test_spiky_experts_take_the_deflated_route_with_the_same_bits_for_any_workers_and_batch(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint of strong directions over a flat bulk: its experts are deflated (chosen per
+    matrix, so the choice cannot depend on how a build groups them), and one worker with the
+    default batch and two with batches of 3 write the same bits."""
+    values: dict = {}
+    ckpt = make_deepseek_v4_checkpoint(
+        tmp_path / "spiky",
+        **{**DIMS, "num_layers": 2, "num_experts": 8},
+        spectrum="spiky",
+        reference=values,
+    )
+    gates = [
+        v for name, v in values.items() if ".ffn.experts." in name and name.endswith("w1.weight")
+    ]
+    assert len(gates) >= 2 * 8  # the layers (and the MTP block)
+    assert {svd.choose_route(w, int(NUM_FEATS)) for w in gates} == {routes.ROUTE_DEFLATED}
+    one = tmp_path / "one" / "vindex"
+    _build(ckpt, one, workers=1)
+    two = tmp_path / "two" / "vindex"
+    done = subprocess.run(
+        [*_build_command(ckpt, two, workers=2), "--batch-size", "3"],
+        capture_output=True,
+        text=True,
+        env=_environment(None),
+    )
+    assert done.returncode == 0, done.stderr
+    assert _published(two) == _published(one)
+    assert _builder(one)["svd_route"] == routes.ROUTE_MIXED  # the route asked for, as before

@@ -15,6 +15,7 @@ __all__ = [
     "DEVICES",
     "PRECISIONS",
     "ROUTE_CUDA",
+    "ROUTE_DEFLATED",
     "ROUTE_F64",
     "ROUTE_MIXED",
     "method_for",
@@ -32,12 +33,16 @@ BLAS_THREADS = 1
 
 # The route a matrix took (``TopK.routes``); the route a build records is the one it asked for.
 ROUTE_MIXED = "cpu-mixed"
+ROUTE_DEFLATED = "cpu-mixed-deflated"  # a matrix's route within a cpu-mixed build
 ROUTE_F64 = "cpu-f64"
 ROUTE_CUDA = "cuda-f64"
 _METHODS = {
-    ROUTE_MIXED: "exact top-K SVD: float32 Gram matrix + float32 partial symmetric eigensolver "
-    "(LAPACK ssyevr, top K+32) + one float64 Rayleigh-Ritz step with W; float64 route "
-    "where a guard asks for it",
+    ROUTE_MIXED: "exact top-K SVD, the route chosen per matrix by a block power probe: float32 "
+    "Gram matrix (of W less its strong directions, where the probe finds them) + float32 partial "
+    "symmetric eigensolver (LAPACK ssyevr, top K+32) + one float64 Rayleigh-Ritz step with W, "
+    "certified by its residuals; float64 route where the probe or the certificate asks for it",
+    ROUTE_DEFLATED: "exact top-K SVD: the cpu-mixed route with the strong directions found by "
+    "float32 block power iteration projected out before the float32 stage",
     ROUTE_F64: "exact top-K SVD: float64 Gram matrix + partial symmetric eigensolver (LAPACK dsyevr)",
     ROUTE_CUDA: "exact top-K SVD: float64 Gram matrix + symmetric eigensolver (torch eigh, batched)",
 }

@@ -1,23 +1,38 @@
 """Exact top-K right singular vectors of a batch of matrices (pure math, no I/O).
 
-Two CPU routes, both exact (not randomized: on the flat spectra of MoE experts, top-64 energy
-fraction near 0.11, randomized subspace iteration returns vectors far from the true ones):
+Two CPU precisions, both exact (not randomized: on the flat spectra of MoE experts, top-64
+energy fraction near 0.11, randomized subspace iteration returns vectors far from the true ones).
+``docs/svd.md`` tells the whole story, with what each spectrum family gets.
 
-``mixed`` (the default): for each ``W`` of shape ``(O, I)`` the float32 Gram matrix of the
-smaller side (``W W^T`` when ``O <= I``, LAPACK ``ssyrk``) and its top ``p = k + 32`` eigenpairs
-(float32 ``ssyevr`` with an index range) give a subspace that holds the top-``k`` singular
-vectors to float32 accuracy; one float64 Rayleigh-Ritz step with ``W`` itself (orthonormalize
-the subspace ``Q``, ``B = W^T Q``, eigenpairs ``(theta, Y)`` of ``B^T B``, ``V = B Y / s``)
-then makes them exact to about float64 rounding: the Ritz vectors' error is the *product* of
-the subspace's float32 error and its coupling to the spectrum left outside, so it is squared
-away (1-|cos| ~ 2e-12 against a float64 LAPACK SVD on gate_proj-like matrices, singular values
-to ~1e-12 relative; ``docs/svd.md``). A guard sends a matrix to the
-float64 route where that does not hold: before the work, a steep spectrum (eigenvalue ``p-1``
-below ``STEEP_SPECTRUM`` of the largest: float32 noise would reach the subspace, e.g. a rank
-near ``k``), a matrix too small for a partial solve to pay off, or magnitudes outside float32's
-safe range; after it, a certificate from the float64 residuals of the Ritz pairs
-(``_ritz_pairs_certain``), which catches e.g. a tail of the spectrum crowding right below the
-top ``k``, or 64 gaps all at 1e-4 of ``s_0``.
+``mixed`` (the default) chooses each matrix's route before any Gram matrix is formed
+(``choose_route``), from a *probe*: one float32 block power step with the smaller Gram matrix
+``G`` from a fixed start (``PROBE_BLOCK`` vectors; two passes over ``W``, ``G`` never formed) and
+its Ritz values. A function of the matrix alone, so the same for any batch, order or worker.
+
+* ``cpu-mixed``: for ``W`` of shape ``(O, I)`` the float32 Gram matrix of the smaller side
+  (``W W^T`` when ``O <= I``, LAPACK ``ssyrk``) and its top ``p = k + 32`` eigenpairs (float32
+  ``ssyevr`` with an index range) give a subspace that holds the top-``k`` singular vectors to
+  float32 accuracy; one float64 Rayleigh-Ritz step with ``W`` itself (orthonormalize the
+  subspace ``Q``, ``B = W^T Q``, eigenpairs ``(theta, Y)`` of ``B^T B``, ``V = B Y / s``) then
+  makes them exact to about float64 rounding: what is left of a Ritz vector's error is the
+  subspace's float32 error *outside* it, over its gap to the spectrum left outside (1-|cos| ~
+  2e-12 against a float64 LAPACK SVD on gate_proj-like matrices, singular values to ~1e-12).
+* ``cpu-mixed-deflated``: where the probe's Ritz values fall by ``STRONG_GAP`` (16x, 4x in
+  singular value) from one to the next, the ones above are strong directions over the rest (a
+  spiky spectrum: a few directions 100-1000x the bulk in eigenvalue). Float32's rounding is
+  relative to the largest eigenvalue, so they would leave the float32 subspace of the rest too
+  coarse. Their gap makes them cheap to find: a few more block power steps (as many as the gap's
+  ratio needs to reach ``DEFLATION_ACCURACY``) give ``U``, which is projected out of ``W`` on the
+  Gram side in float32 (``(I - U U^T) W``); the float32 stage sees only the flat rest, and the
+  Rayleigh-Ritz step runs on ``[U, Q]`` with ``W`` itself, so the result is as exact.
+* ``cpu-f64`` from the start where the probe finds a spectrum flat to its end
+  (``FLAT_TO_THE_END``: every gap at the promise's bound, say), where the matrix is too small for a
+  partial solve to pay off (``MIN_SIZE_FACTOR``), or where its magnitudes are outside float32's
+  safe range.
+
+Both float32 routes end with a certificate from the float64 residuals of the Ritz pairs
+(``_ritz_pairs_certain``): a matrix it refuses (a steep decay the probe cannot tell from a power
+law, say) takes the float64 route after all, the one case that throws an attempt away.
 
 ``f64``: the float64 Gram matrix (``dsyrk``) and its top ``k`` eigenpairs (``dsyevr``), then
 ``s = sqrt(lambda)`` and ``V = W^T U / s`` (or ``V = U`` directly when ``O > I``). Forming the
@@ -60,6 +75,7 @@ from .routes import (
     DEVICES,
     PRECISIONS,
     ROUTE_CUDA,
+    ROUTE_DEFLATED,
     ROUTE_F64,
     ROUTE_MIXED,
     method_for,
@@ -74,6 +90,7 @@ __all__ = [
     "PRECISIONS",
     "TopK",
     "canonicalize_signs",
+    "choose_route",
     "frobenius_norm",
     "method_for",
     "resolve_device",
@@ -82,12 +99,11 @@ __all__ = [
     "top_k_right_singular",
 ]
 
-# Guard of the mixed route (module docstring).
+# The mixed route (module docstring): its subspace, its choice and its certificate.
 # Eigenpairs computed beyond k: the Rayleigh-Ritz subspace's margin. The Ritz vectors' error
 # falls with the gap between eigenvalue k-1 and p-1; at 32 (not 16) the certificate's estimate on
 # gate_proj-like matrices sits 3x (not 1.5x) inside its bound, for ~3% more time.
 OVERSAMPLE = 32
-STEEP_SPECTRUM = 1e-3  # eigenvalue p-1 of the Gram matrix below this x the largest -> float64
 MIN_SIZE_FACTOR = 2  # a Gram matrix smaller than this x p -> float64 (a full solve is as cheap)
 # ||W||_F^2 outside this range could overflow or lose the spectrum to underflow in float32.
 FLOAT32_SAFE_ENERGY = (1e-30, 1e30)
@@ -95,6 +111,25 @@ FLOAT32_SAFE_ENERGY = (1e-30, 1e30)
 CERTAIN_ANGLE = 3e-5  # radians, for vectors with a gap: 1 - |cos| = 4.5e-10, 2x inside 1e-9
 CERTAIN_GAP = 0.5e-4  # relative singular value gap from which a vector counts as determined
 CERTAIN_VALUE = 5e-10  # relative eigenvalue error: singular values to 2.5e-10, 4x inside 1e-9
+# The route's choice, made before any Gram matrix (``choose_route``): a float32 block power
+# probe of the Gram matrix from a fixed start, PROBE_BLOCK vectors, PROBE_STEPS products with it.
+PROBE_BLOCK = 16
+PROBE_STEPS = 1
+PROBE_SEED = 0x5EC7
+# Consecutive probe Ritz values this far apart (eigenvalues: 4x in singular value) mark strong
+# directions over the rest: the ones above the largest such gap are deflated (``ROUTE_DEFLATED``).
+STRONG_GAP = 16.0
+MAX_DEFLATED = PROBE_BLOCK - 4  # the block keeps at least 4 vectors of the rest beside them
+# Power steps continue until (gap ratio)^steps is below this: the deflated directions' error
+# components outside the float32 stage's subspace are then far below what it resolves itself.
+DEFLATION_ACCURACY = 1e-6
+MAX_DEFLATION_STEPS = 12
+# Both the mean eigenvalue beyond the probe's block and its last Ritz value above this x its
+# largest: a spectrum flat to its end (e.g. every gap at the promise's bound), whose top float32
+# cannot separate from the rest (the certificate would refuse it): float64 from the start.
+# Measured (one probe step): 0.96-0.99 on such spectra; at most 0.87 on Gaussian and MoE-like
+# matrices of aspect ratios 1-14, which the certificate accepts.
+FLAT_TO_THE_END = 0.92
 
 
 @dataclass(frozen=True)
@@ -311,14 +346,155 @@ def _top_k_lapack(
         energy = float(blas.ddot(flat, flat))
         _check_finite(energy, labels[b])
         fro[b] = np.sqrt(energy)
-        found = _mixed_route(weights[b], w64, energy, k, labels[b]) if mixed else None
-        if found is None:
+        route, strong = _choose_route(weights[b], energy, k) if mixed else (ROUTE_F64, None)
+        found = None
+        if route != ROUTE_F64:
+            found = _mixed_route(weights[b], w64, k, labels[b], strong)
+        if found is None:  # chosen, or the certificate refused the float32 subspace
+            route = ROUTE_F64
             found = _f64_route(w64, k, labels[b])
-            routes.append(ROUTE_F64)
-        else:
-            routes.append(ROUTE_MIXED)
+        routes.append(route)
         s_out[b], v_out[b] = found
     return s_out, v_out, fro, routes
+
+
+def choose_route(matrix: np.ndarray, k: int, *, blas_threads: int = BLAS_THREADS) -> str:
+    """The route ``precision="mixed"`` chooses for one float32 ``(O, I)`` matrix before any Gram
+    matrix is formed (module docstring): ``ROUTE_MIXED``, ``ROUTE_DEFLATED`` or ``ROUTE_F64``.
+    A function of the matrix alone. The route a matrix ends up on (``TopK.routes``) is this one
+    unless the certificate refuses the float32 subspace, which then costs a thrown-away attempt."""
+    w32 = np.ascontiguousarray(matrix, dtype=np.float32)
+    flat = w32.reshape(-1).astype(np.float64)
+    with _blas_threads(blas_threads):
+        energy = float(blas.ddot(flat, flat))
+        _check_finite(energy, "matrix")
+        return _choose_route(w32, energy, k)[0]
+
+
+@functools.cache
+def _probe_start(n: int) -> np.ndarray:
+    """The probe's fixed start block: the same for every matrix of a size, whatever the batch."""
+    start = np.random.default_rng(PROBE_SEED).standard_normal((n, PROBE_BLOCK))
+    start = np.asfortranarray(start, dtype=np.float32)
+    start.flags.writeable = False
+    return start
+
+
+def _orthonormal(x: np.ndarray) -> np.ndarray:
+    """An orthonormal basis (float64, Fortran) of the columns of a tall ``x`` (LAPACK QR)."""
+    q, tau, _, info = lapack.dgeqrf(np.asfortranarray(x, dtype=np.float64), overwrite_a=1)
+    q, _, info2 = lapack.dorgqr(q, tau, lwork=max(64 * x.shape[1], 1), overwrite_a=1)
+    if info != 0 or info2 != 0:
+        raise RuntimeError(
+            f"LAPACK QR of a {x.shape[0]} x {x.shape[1]} block failed: {info}, {info2}"
+        )
+    return np.asarray(q)
+
+
+def _gram_products(w32: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(Z, Y)`` with ``Z = M x`` and ``Y = M^T Z = G x`` for the smaller Gram matrix ``G`` of
+    ``w32`` (``M`` the factor with ``G = M^T M``), two passes over ``w32`` and ``G`` never formed.
+    The product that runs over ``w32``'s rows is written ``(a^T W)^T``: OpenBLAS's sgemm with the
+    big operand on the right, untransposed, is about 1.8x faster on a narrow block."""
+    rows, cols = w32.shape
+    if rows <= cols:  # G = W W^T: Z = W^T x, Y = W Z
+        z = blas.sgemm(1.0, w32.T, x)
+        return z, blas.sgemm(1.0, z, w32.T, trans_a=1).T
+    z = blas.sgemm(1.0, x, w32.T, trans_a=1).T  # G = W^T W: Z = W x, Y = W^T Z
+    return z, blas.sgemm(1.0, w32.T, z)
+
+
+def _block_power(
+    w32: np.ndarray, x: np.ndarray, steps: int
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """``steps`` float32 block power steps with the smaller Gram matrix ``G`` of ``w32`` from the
+    orthonormal block ``x``, two passes over ``w32`` each (``G`` is never formed), then Ritz pairs
+    from the last step's own products, no third pass: with ``Z = M x`` and ``Y = M^T Z = G x``,
+    ``Y^T Y = x^T G^2 x`` and ``Z^T Z = x^T G x`` make the pencil whose eigenpairs are the Ritz
+    pairs of ``G`` on ``G^(1/2) x``; their vectors, one half-step further, are ``Y`` times the
+    pencil's vectors, orthogonal with norms ``sqrt(theta)``. Returns (Ritz values descending,
+    unit Ritz vectors float64 ``(n, b)``), or None where ``x^T G x`` is singular (rank below b).
+    """
+    for step in range(steps):
+        z, y = _gram_products(w32, x)
+        if step < steps - 1:
+            x = np.asfortranarray(_orthonormal(y), dtype=np.float32)
+    z64 = np.asfortranarray(z, dtype=np.float64)
+    y64 = np.asfortranarray(y, dtype=np.float64)
+    theta, vectors, info = lapack.dsygv(
+        blas.dsyrk(1.0, y64, trans=1, lower=1), blas.dsyrk(1.0, z64, trans=1, lower=1), uplo="L"
+    )
+    if info != 0 or not theta[0] > 0:
+        return None
+    theta, vectors = theta[::-1], np.asfortranarray(vectors[:, ::-1])
+    ritz = blas.dgemm(1.0, y64, vectors) / np.sqrt(theta)
+    return theta, ritz
+
+
+def _strong_directions(
+    w32: np.ndarray, x: np.ndarray, steps: int, strong: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The top ``strong`` Ritz vectors ``U`` (float64 ``(n, strong)``, orthonormal) after
+    ``steps`` more block power steps from the orthonormal block ``x``, and ``M U`` (float32; ``M``
+    as in ``_gram_products``), the product the deflation needs: the Rayleigh-Ritz step's own pass
+    ``Z = M x`` gives it as ``Z C``, with no pass over ``w32`` of its own."""
+    for _ in range(steps):
+        x = np.asfortranarray(_orthonormal(_gram_products(w32, x)[1]), dtype=np.float32)
+    rows, cols = w32.shape
+    z = blas.sgemm(1.0, w32.T, x) if rows <= cols else blas.sgemm(1.0, x, w32.T, trans_a=1).T
+    z64 = np.asfortranarray(z, dtype=np.float64)
+    found = _top_eigenpairs(blas.dsyrk(1.0, z64, trans=1, lower=0), strong)  # Ritz pairs on x
+    assert found is not None  # a few well separated values of a small matrix
+    c = np.asfortranarray(found[1][:, ::-1])
+    u = blas.dgemm(1.0, np.asfortranarray(x, dtype=np.float64), c)
+    return u, np.asfortranarray(blas.dgemm(1.0, z64, c), dtype=np.float32)
+
+
+def _choose_route(
+    w32: np.ndarray, energy: float, k: int
+) -> tuple[str, tuple[np.ndarray, np.ndarray] | None]:
+    """The route for one matrix, and for ``ROUTE_DEFLATED`` its strong directions on the Gram
+    side (float64 ``(n, r)``, orthonormal): module docstring."""
+    rows, cols = w32.shape
+    n = min(rows, cols)
+    p = min(k + OVERSAMPLE, n)
+    if n < MIN_SIZE_FACTOR * p or not FLOAT32_SAFE_ENERGY[0] < energy < FLOAT32_SAFE_ENERGY[1]:
+        return ROUTE_F64, None
+    probe = _block_power(w32, _probe_start(n), PROBE_STEPS)
+    if probe is None:  # a rank below the probe's block: nothing for float32 to be spared
+        return ROUTE_MIXED, None
+    theta, ritz = probe
+    rest = (energy - theta.sum()) / (n - PROBE_BLOCK)
+    if min(rest, theta[-1]) >= FLAT_TO_THE_END * theta[0]:
+        return ROUTE_F64, None
+    ratios = theta[:MAX_DEFLATED] / theta[1 : MAX_DEFLATED + 1]
+    gap = int(np.argmax(ratios))
+    if not ratios[gap] >= STRONG_GAP:
+        return ROUTE_MIXED, None
+    strong = gap + 1
+    # Block power converges at least at the gap's ratio a step: continue to DEFLATION_ACCURACY.
+    total = int(np.ceil(np.log(DEFLATION_ACCURACY) / np.log(1.0 / ratios[gap])))
+    more = min(max(total - PROBE_STEPS, 1), MAX_DEFLATION_STEPS)
+    start = np.asfortranarray(_orthonormal(ritz), dtype=np.float32)
+    return ROUTE_DEFLATED, _strong_directions(w32, start, more, strong)
+
+
+def _deflated(w32: np.ndarray, strong: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """``w32`` with its strong directions ``U`` projected out on the Gram side, in float32 (a
+    reused buffer): ``M - (M U) U^T`` (wide: ``(I - U U^T) W``) or ``M - U (U^T M)`` (tall:
+    ``W (I - U U^T)``), ``strong = (U, M U or U^T M)``. Only the float32 stage sees it; the
+    Rayleigh-Ritz step and its certificate use ``W`` itself."""
+    rows, cols = w32.shape
+    u, product = strong
+    out = _workspace.get("deflated", (cols, rows), np.float32, order="F")  # M', Fortran
+    np.copyto(out, w32.T)
+    u32 = np.asfortranarray(u, dtype=np.float32)
+    if rows <= cols:
+        out = blas.sgemm(-1.0, product, u32, trans_b=1, beta=1.0, c=out, overwrite_c=1)
+    else:
+        out = blas.sgemm(-1.0, u32, product, trans_b=1, beta=1.0, c=out, overwrite_c=1)
+    result: np.ndarray = np.asarray(out).T  # C-ordered (O, I)
+    return result
 
 
 def _gram(syrk: Callable[..., Any], w: np.ndarray, buffer: np.ndarray) -> np.ndarray:
@@ -371,7 +547,7 @@ def _f64_route(w64: np.ndarray, k: int, label: str) -> tuple[np.ndarray, np.ndar
     found = _top_eigenpairs(_gram(blas.dsyrk, w64, buffer), k)
     if found is None:  # an index range cut through a cluster: the whole spectrum, then
         found = _top_eigenpairs(_gram(blas.dsyrk, w64, buffer), k, everything=True)
-    assert found is not None  # the whole spectrum has every eigenpair
+    assert found is not None  # the whole spectrum: syevr finds every eigenvalue
     lam, u = found
     s = _checked_singular_values(lam[::-1], (rows, cols), k, label)
     u = np.asfortranarray(u[:, ::-1])
@@ -381,37 +557,36 @@ def _f64_route(w64: np.ndarray, k: int, label: str) -> tuple[np.ndarray, np.ndar
 
 
 def _mixed_route(
-    w32: np.ndarray, w64: np.ndarray, energy: float, k: int, label: str
+    w32: np.ndarray,
+    w64: np.ndarray,
+    k: int,
+    label: str,
+    strong: tuple[np.ndarray, np.ndarray] | None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Float32 subspace + one float64 Rayleigh-Ritz step: ``(s, V^T)``, or None where the guard
-    (module docstring) asks for the float64 route."""
+    """Float32 subspace (of ``w32`` less its ``strong`` directions, where given) + one float64
+    Rayleigh-Ritz step: ``(s, V^T)``, or None where the certificate refuses it."""
     rows, cols = w32.shape
     n = min(rows, cols)
     p = min(k + OVERSAMPLE, n)
-    if n < MIN_SIZE_FACTOR * p or not FLOAT32_SAFE_ENERGY[0] < energy < FLOAT32_SAFE_ENERGY[1]:
-        return None
-    gram = _gram(blas.ssyrk, w32, _workspace.get("gram32", (n, n), np.float32, order="F"))
+    source = w32 if strong is None else _deflated(w32, strong)
+    gram = _gram(blas.ssyrk, source, _workspace.get("gram32", (n, n), np.float32, order="F"))
     found = _top_eigenpairs(gram, p)
     if found is None:
         return None
-    lam32, u32 = found
-    if not lam32[0] >= STEEP_SPECTRUM * lam32[-1]:  # ascending: [0] is eigenvalue p-1
-        return None
-    # Orthonormal basis Q of the float32 subspace, in float64.
-    q, tau, _, info = lapack.dgeqrf(np.asfortranarray(u32, dtype=np.float64), overwrite_a=1)
-    q, _, info2 = lapack.dorgqr(q, tau, lwork=max(64 * p, 1), overwrite_a=1)
-    if info != 0 or info2 != 0:
-        raise RuntimeError(f"LAPACK QR of the {n} x {p} subspace failed: info {info}, {info2}")
+    _, u32 = found
+    basis = u32 if strong is None else np.hstack([strong[0], u32])
+    q = _orthonormal(basis)
     # G = M^T M is the Gram matrix of the smaller side, M the Fortran view of W or W^T.
     # B = M Q in float64; B^T B is G projected on the subspace, its eigenpairs the Ritz pairs.
     m = w64.T  # Fortran-ordered (I, O): W^T
     wide = rows <= cols
     b = blas.dgemm(1.0, m, q, trans_a=0 if wide else 1)
-    ritz = _top_eigenpairs(blas.dsyrk(1.0, b, trans=1, lower=0), p, everything=True)
-    assert ritz is not None  # the whole spectrum has every eigenpair
-    theta, y = ritz
-    theta, y = theta[::-1], np.asfortranarray(y[:, ::-1])  # descending
-    if not theta[-1] > 0:
+    ritz_pairs = _top_eigenpairs(blas.dsyrk(1.0, b, trans=1, lower=0), q.shape[1], everything=True)
+    assert ritz_pairs is not None  # the whole spectrum
+    theta, y = ritz_pairs
+    # Descending; a PSD matrix's Ritz values below zero are rounding (a rank below p).
+    theta, y = np.maximum(theta[::-1], 0.0), np.asfortranarray(y[:, ::-1])
+    if not theta[k - 1] > 0:
         return None
     by = blas.dgemm(1.0, b, y)
     ritz = blas.dgemm(1.0, q, y)  # the Ritz vectors on the Gram side

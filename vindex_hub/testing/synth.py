@@ -44,7 +44,6 @@ E2M1_MAX = 6.0
 E8M0_BIAS = 127
 # Magnitude of the real experts' weights (std ~0.02), so scales sit where real ones do.
 WEIGHT_STD = 0.02
-SPECTRA = ("flat", "decaying")
 
 _TORCH_DTYPES = {
     "I8": torch.int8,
@@ -172,15 +171,19 @@ def write_tokenizer(path: str | Path, vocab_size: int) -> Path:
 
 
 def gate_matrix(
-    rng: np.random.Generator, rows: int, cols: int, spectrum: str = "flat"
+    rng: np.random.Generator, rows: int, cols: int, spectrum: str = "flat", *, k: int = 64
 ) -> np.ndarray:
-    """A float32 ``(rows, cols)`` weight: Gaussian bulk plus a rank-64 part of strengths ``s``.
+    """A float32 ``(rows, cols)`` weight with the singular value spectrum ``spectrum``.
 
-    "flat" puts 64 spikes just above the bulk edge (top-64 energy ~0.11 at 2048 x 4096, like
-    DeepSeek-V4-Flash); "decaying" makes geometric spikes well above a weak bulk (clear gaps).
+    "flat" puts 64 spikes just above a Gaussian bulk's edge (top-64 energy ~0.11 at 2048 x 4096,
+    like DeepSeek-V4-Flash); "decaying" makes geometric spikes well above a weak bulk (clear
+    gaps). The families the SVD routes are measured on (``SPECTRUM_FAMILIES``) follow;
+    ``k`` is the top-K they are built around.
     """
     if spectrum not in SPECTRA:
         raise ValueError(f"spectrum {spectrum!r}: use one of {SPECTRA}")
+    if spectrum in SPECTRUM_FAMILIES and spectrum != "flat":
+        return _family_matrix(rng, rows, cols, spectrum, k) * np.float32(WEIGHT_STD)
     rank = min(64, rows, cols)
     if spectrum == "flat":
         bulk, strengths = 1.0, np.asarray(np.linspace(1.8, 1.1, rank), dtype=np.float64)
@@ -195,6 +198,72 @@ def gate_matrix(
     w += left @ right
     w *= np.float32(WEIGHT_STD)
     return w
+
+
+# ---- spectrum families: what the SVD routes are measured and tested on ----------------------------
+# family: whether its benchmark experts hold FP4 values (quantize_fp4). FP4's rounding noise
+# (~10% of each weight) would fill the gaps of "clustered" and the null space of "rank-near-k",
+# so those two keep their exact float32 values.
+SPECTRUM_FAMILIES = {
+    "flat": True,  # V4-like: 64 weak spikes just above a Marchenko-Pastur bulk (top-64 ~0.11)
+    "spiky": True,  # the bulk + 4 spikes of 0.3-1.5 x its Frobenius norm, column scales 0.5-1.5
+    "power-law": True,  # s_i ~ (i+1)^-0.66: top-64 energy ~0.85 at 2048 x 4096
+    "clustered": False,  # every singular value gap exactly 1e-4 x s_0, the promise's bound
+    "rank-near-k": False,  # rank k + 4, singular values 1 .. 0.5 linearly, zero beyond
+}
+SPECTRA = ("flat", "decaying", *(f for f in SPECTRUM_FAMILIES if f != "flat"))
+SPIKES = 4
+SPIKE_SCALE = math.sqrt(2048) / (1.0 + math.sqrt(0.5))  # bulk Frobenius norm / edge at 2048 x 4096
+POWER_LAW_EXPONENT = 0.66
+CLUSTER_GAP = 1e-4
+
+
+def family_expert(
+    rng: np.random.Generator, rows: int, cols: int, family: str, *, k: int = 64
+) -> np.ndarray:
+    """An expert's exact float32 gate_proj values of a spectrum family: ``gate_matrix`` through
+    the FP4 quantizer where ``SPECTRUM_FAMILIES`` says so."""
+    if family not in SPECTRUM_FAMILIES:
+        raise ValueError(f"family {family!r}: use one of {tuple(SPECTRUM_FAMILIES)}")
+    w = gate_matrix(rng, rows, cols, family, k=k)
+    return quantize_fp4(w)[2] if SPECTRUM_FAMILIES[family] else w
+
+
+def _orthonormal(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    return np.linalg.qr(rng.standard_normal((rows, cols)))[0]
+
+
+def _family_matrix(
+    rng: np.random.Generator, rows: int, cols: int, family: str, k: int
+) -> np.ndarray:
+    """The unit-scale float32 matrix of a family other than "flat" (``SPECTRUM_FAMILIES``)."""
+    n = min(rows, cols)
+    if family == "spiky":
+        w = rng.standard_normal((rows, cols)) / math.sqrt(cols)  # bulk: ||.||_F ~ sqrt(rows)
+        # 0.3-1.5 x the bulk's Frobenius norm at 2048 x 4096, i.e. 8-40 x its largest singular
+        # value (1 + sqrt(rows / cols)): kept a multiple of that edge at any size.
+        edge = 1.0 + math.sqrt(rows / cols)
+        strengths = rng.uniform(0.3, 1.5, SPIKES) * SPIKE_SCALE * edge
+        u = rng.standard_normal((rows, SPIKES))
+        v = rng.standard_normal((cols, SPIKES))
+        w += (u / np.linalg.norm(u, axis=0) * strengths) @ (v / np.linalg.norm(v, axis=0)).T
+        w *= rng.uniform(0.5, 1.5, cols)  # per-input scales (e.g. a fine-tune's)
+        return (w / math.sqrt(rows)).astype(np.float32)
+    if family == "power-law":
+        s = (1.0 + np.arange(n)) ** -POWER_LAW_EXPONENT
+        left = rng.standard_normal((rows, n), dtype=np.float32) / np.float32(math.sqrt(rows))
+        right = rng.standard_normal((n, cols), dtype=np.float32) / np.float32(math.sqrt(cols))
+        return (left * s.astype(np.float32)) @ right
+    if family == "clustered":
+        s = 1.0 - CLUSTER_GAP * np.arange(n)
+        return ((_orthonormal(rng, rows, n) * s) @ _orthonormal(rng, cols, n).T).astype(np.float32)
+    if family == "rank-near-k":
+        rank = min(k + 4, n)
+        s = np.linspace(1.0, 0.5, rank)
+        return ((_orthonormal(rng, rows, rank) * s) @ _orthonormal(rng, cols, rank).T).astype(
+            np.float32
+        )
+    raise AssertionError(family)
 
 
 # ---- the checkpoint ------------------------------------------------------------------------------
