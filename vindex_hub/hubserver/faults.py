@@ -142,6 +142,15 @@ class FaultSet:
         with self._lock:
             return list(self._faults)
 
+    def give_back(self, fault: Fault) -> None:
+        """Undo one ``take`` of ``fault`` (a body fault met a request that sends no body)."""
+        with self._lock:
+            if fault.times is not None:
+                fault.times += 1
+            if not any(f is fault for f in self._faults):
+                self._faults.append(fault)
+                self._faults.sort(key=lambda f: f.id)  # the first injected still comes first
+
     def take(self, method: str, path: str, ranged: bool = False) -> Fault | None:
         with self._lock:
             for fault in self._faults:
