@@ -61,7 +61,7 @@ from .checksums import iter_chunks
 from .errors import HubError, RemoteNotFoundError, UsageError, VindexError
 from .format import filenames, layout, selection, sidecar
 from .format.layout import format_size
-from .hub.errors import first_line, hub_errors
+from .hub.errors import first_line, hub_errors, xet_failure, xet_message
 from .hub.http import with_retries
 from .hub.refs import DEFAULT_REPO_TYPE, REPO_TYPES, RepoRef
 
@@ -464,13 +464,23 @@ def _commit(
             ),
             url=f"{api.endpoint}/api/{ref.repo_type}s/{ref.repo_id}/commit/{ref.revision}",
         )
-    except (RuntimeError, ValueError) as exc:
+    except XET_UPLOAD_ERRORS as exc:
+        if xet_failure(exc):  # hf_xet's errors reach us unwrapped; files are in the CAS or not
+            raise HubError(
+                f"{xet_message(str(ref), exc)}; nothing was committed, push again to resume"
+                " (chunks that arrived are not sent twice)"
+            ) from None
+        if not isinstance(exc, (RuntimeError, ValueError)):
+            raise
         # The client wraps a failed LFS upload in RuntimeError("Error while uploading '<path>' ...").
         cause = f" ({first_line(exc.__cause__)})" if exc.__cause__ is not None else ""
         raise HubError(
             f"{ref}: upload to {api.endpoint} failed: {first_line(exc)}{cause}; nothing was committed, "
             "push again to resume (files that arrived are not sent twice)"
         ) from None
+
+
+XET_UPLOAD_ERRORS = (OSError, RuntimeError, ValueError)
 
 
 class _CountedAdd(CommitOperationAdd):
