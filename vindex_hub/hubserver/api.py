@@ -740,7 +740,7 @@ def _xet_uploads(req: HubHandler, repo: RepoRef, payload: _CommitPayload) -> dic
     entries given their Xet hash. Path -> Xet file."""
     if req.hub.transfer != "xet" or not payload.lfs_paths:
         return {}
-    req.stats.xet_uploaded(repo, req.hub.xet_store.scan())
+    req.stats.xet_uploaded(req.hub.xet_store.scan())
     found = {}
     for oid, path in payload.lfs_paths:
         entry = payload.added[path]

@@ -134,7 +134,7 @@ class _StatsRecorder:
         if n:
             self.add((repo.repo_type, repo.repo_id, path), totals=False, bytes_received=n)
 
-    def xet_uploaded(self, repo: RepoRef, new_xorbs: dict[str, int]) -> None:
+    def xet_uploaded(self, new_xorbs: dict[str, int]) -> None:
         """Count xorbs that appeared in the CAS; their chunks await the commit that uses them."""
         total = sum(new_xorbs.values())
         with self._lock:
@@ -287,9 +287,12 @@ class LocalHub:
 
     def stats(self) -> HubStats:
         """A snapshot of the traffic since the last ``reset_stats()``."""
+        # Xet uploads bypass HTTP: what hf_xet stored since the last look counts now.
+        self._stats.xet_uploaded(self.xet_store.scan())
         return self._stats.snapshot()
 
     def reset_stats(self) -> None:
+        self.xet_store.scan()  # what the CAS holds now arrived before the reset
         self._stats.reset()
 
     def inject_fault(self, kind: str, **fields: Any) -> Fault:

@@ -340,8 +340,6 @@ def _token_answer(req: HubHandler, kind: str, repo: RepoRef) -> None:
             f"Xet storage is off on this server (transfer={req.hub.transfer!r}): upload through "
             "the LFS batch API (HF_HUB_DISABLE_XET=1)",
         )
-    if kind == "write":
-        req.stats.xet_uploaded(repo, req.hub.xet_store.scan())  # earlier uploads are not this one's
     exp = int(time.time()) + TOKEN_LIFETIME_S
     # Not checked by hf_xet's local CAS; random per answer like the Hub's short-lived JWTs.
     token = hashlib.sha256(f"{kind}{exp}{id(req)}{time.time_ns()}".encode()).hexdigest()
