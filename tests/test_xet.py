@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,6 +55,31 @@ def fresh_vindex(tmp_path: Path) -> Path:
     )
     return build_vindex(
         checkpoint, tmp_path / "fresh", num_feats=4, device="cpu", progress=False
+    ).out
+
+
+def _rebuilt_with_layer_1_changed(tmp_path: Path) -> Path:
+    """``fresh_vindex``'s checkpoint with every other block scale of layer 1's expert gate_proj
+    doubled (E8M0 scales: +1 on the exponent byte), built again."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    source = tmp_path / "fresh-checkpoint"
+    checkpoint = Path(shutil.copytree(source, tmp_path / "changed-checkpoint"))
+    changed = 0
+    for shard in sorted(checkpoint.glob("*.safetensors")):
+        tensors = load_file(shard)
+        keys = [k for k in tensors if re.fullmatch(r"layers\.1\.ffn\.experts\.\d+\.w1\.scale", k)]
+        for key in keys:
+            raw = tensors[key].view(torch.uint8).clone()
+            raw.view(-1)[::2] += 1
+            tensors[key] = raw.view(tensors[key].dtype)
+            changed += 1
+        if keys:
+            save_file(tensors, shard, metadata={"format": "pt"})
+    assert changed
+    return build_vindex(
+        checkpoint, tmp_path / "changed", num_feats=4, device="cpu", progress=False
     ).out
 
 
@@ -118,6 +144,22 @@ def test_push_pull_and_load_through_each_transfer(
     for mode in ("snapshot", "lazy", "arrow"):
         with Vindex.open(hub_repo_id, mode=mode, cache_dir=tmp_path / f"cache-{mode}") as vx:
             np.testing.assert_array_equal(np.asarray(vx.layer(1)), expected, err_msg=mode)
+
+    # One layer re-built (layer 1 of a checkpoint whose layer-1 gate_proj changed): the push
+    # sends that layer's files and the files describing them, never layer 0's split.
+    rebuilt = _rebuilt_with_layer_1_changed(tmp_path)
+    local_hub.reset_stats()
+    changed = push_vindex(rebuilt, hub_repo_id, progress=False)
+    sent = {f.path for f in changed.uploaded}
+    assert filenames.GATE_VECTORS_BIN in sent and not any("layer_00" in p for p in sent)
+    assert any("layer_01" in p for p in sent)
+    lfs_sent = sum(
+        f.size for f in changed.uploaded if f.path.endswith((".bin", ".parquet", ".npy"))
+    )
+    assert 0 < _received(local_hub, transfer) <= lfs_sent + 4096 * len(sent)
+    with Vindex.open(hub_repo_id, mode="lazy", cache_dir=tmp_path / "cache-after") as vx:
+        with Vindex.open(rebuilt) as local:
+            np.testing.assert_array_equal(np.asarray(vx.layer(1)), np.asarray(local.layer(1)))
 
     # info / verify of the repo, as a user runs them (a subprocess with our environment).
     for command in ("info", "verify"):
