@@ -744,9 +744,8 @@ def _xet_uploads(req: HubHandler, repo: RepoRef, payload: _CommitPayload) -> dic
     found = {}
     for oid, path in payload.lfs_paths:
         entry = payload.added[path]
-        if xet.materialize(req, repo, oid, entry.size, path) is not None:
-            f = req.hub.xet_store.file(oid)
-            assert f is not None
+        f = xet.materialize(req, oid, entry.size, path)
+        if f is not None:
             payload.added[path] = Entry(entry.oid, entry.size, entry.sha256, True, f.xet_hash)
             found[path] = f
     return found

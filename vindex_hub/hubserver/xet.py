@@ -313,8 +313,8 @@ class XetStore:
             yield piece
 
 
-def materialize(req: HubHandler, repo: RepoRef, sha256: str, size: int, path: str) -> str | None:
-    """Store the blob of an ``lfsFile`` that arrived through Xet; returns its Xet hash, or None
+def materialize(req: HubHandler, sha256: str, size: int, path: str) -> XetFile | None:
+    """Store the blob of an ``lfsFile`` that arrived through Xet; returns its Xet file, or None
     when no shard names this sha256 (the commit then needs an LFS upload of it)."""
     store = req.hub.xet_store
     f = store.file(sha256)
@@ -327,13 +327,13 @@ def materialize(req: HubHandler, repo: RepoRef, sha256: str, size: int, path: st
             raise HTTPFailure(
                 400, f"Xet file {f.xet_hash} for {path!r} cannot be reconstructed: {e}"
             ) from None
-    return f.xet_hash
+    return f
 
 
 # -- token endpoints ---------------------------------------------------------------------------
 
 
-def _token_answer(req: HubHandler, kind: str, repo: RepoRef) -> None:
+def _token_answer(req: HubHandler, kind: str) -> None:
     if req.hub.transfer != "xet":
         raise HTTPFailure(
             404,
@@ -357,10 +357,10 @@ def _token_answer(req: HubHandler, kind: str, repo: RepoRef) -> None:
 def write_token(req: HubHandler, repo: RepoRef, revision: str) -> None:
     """``GET /api/{type}s/{id}/xet-write-token/{rev}[?create_pr=1]``: a writer's CAS access."""
     req.check_write(repo)
-    _token_answer(req, "write", repo)
+    _token_answer(req, "write")
 
 
 def read_token(req: HubHandler, repo: RepoRef, revision: str) -> None:
     """``GET /api/{type}s/{id}/xet-read-token/{rev}``: a reader's CAS access (gates apply)."""
     req.check_files(repo)
-    _token_answer(req, "read", repo)
+    _token_answer(req, "read")
