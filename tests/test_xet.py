@@ -301,6 +301,7 @@ def test_a_failed_xet_download_fails_loads_in_one_line_and_the_next_run_resumes(
                 "snapshot",
                 lambda: Vindex.open(hub_repo_id, mode="snapshot", cache_dir=tmp_path / "c2"),
             ),
+            ("arrow", lambda: Vindex.open(hub_repo_id, mode="arrow").layer(1)),
         ):
             with pytest.raises(HubError) as caught:
                 load()
