@@ -72,7 +72,7 @@ def main() -> int:
             "label": label,
             "seconds": seconds,
             "received": sum(per_file.values()),
-            "lfs": stats.lfs_bytes_received,
+            "lfs": stats.lfs_bytes_received + stats.xet_bytes_received,  # whichever path ran
             "files": sorted(per_file),
             "commit": result.commit_oid if result.changed else "none (up to date)",
         }
@@ -91,7 +91,7 @@ def main() -> int:
         f"{(folder / filenames.GATE_VECTORS_BIN).stat().st_size:,} B); built in {build_s:.1f} s\n"
     )
     print(
-        "| push | file bytes received | / folder | LFS bytes received | files received | commit | s |"
+        "| push | file bytes received | / folder | LFS/Xet bytes received | files received | commit | s |"
     )
     print("| --- | ---: | ---: | ---: | --- | --- | ---: |")
     for r in rows:

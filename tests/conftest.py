@@ -12,6 +12,10 @@ Fixtures:
   its own traffic: ``local_hub.stats().file(repo_id, path).bytes_sent``, and
   ``local_hub.inject_fault("error", method="GET", path="*.parquet")`` affects that test only.
 - ``hub_repo_id``: a repo id (``tests/<test name>-<n>``) unique in the session, not yet created.
+- ``lfs_transfer``: for tests of the LFS path on purpose: ``local_hub`` speaks LFS only
+  (``transfer="lfs"``) and the client has Xet off (``HF_HUB_DISABLE_XET``, which the client
+  reads into ``constants`` at import) for that test. Every other test runs the default
+  environment of a real user: hf_xet installed and on, a server that speaks Xet.
 
 Markers (pyproject.toml): a test using ``local_hub`` is marked ``hub`` and one using
 ``ray_cluster`` ``ray`` here, automatically; ``slow`` (over ~3 s) is set on the test itself.
@@ -105,6 +109,18 @@ def _local_hub_per_test(request: pytest.FixtureRequest):
     yield
     if _started_hub is not None:
         _started_hub.clear_faults()
+
+
+@pytest.fixture
+def lfs_transfer(local_hub: LocalHub, monkeypatch: pytest.MonkeyPatch) -> LocalHub:
+    """``local_hub`` with LFS transfers only, and a client with Xet off (this test only)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")  # for subprocesses the test starts
+    local_hub.transfer = "lfs"
+    yield local_hub
+    local_hub.transfer = "xet"
 
 
 @pytest.fixture

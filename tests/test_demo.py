@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,8 @@ def test_demo_command_runs_the_whole_loop(demo_run, local_hub) -> None:
     assert "binary, sidecar, mirror and card agree" in lines["verify"]
     assert f"{n_files} files" in lines["push"]
     assert f"dataset repo {DEMO_REPO_ID} on the local Hub at http://127.0.0.1:" in lines["push"]
+    # The default client's path, as a real user's: the binary and parquet went through Xet.
+    assert re.search(r"through Xet: [1-9][0-9.]* [kMG]?B of chunks stored", lines["push"])
     # One lazy layer costs exactly that layer's bytes (the server's byte counter).
     assert (
         f"fetched {LAYER_BYTES:,} B for a {LAYER_BYTES:,} B layer (1.00x)" in lines["Vindex.open"]

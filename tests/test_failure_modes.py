@@ -110,9 +110,12 @@ def test_one_5xx_on_the_sidecar_the_head_and_the_binary_is_retried(
         )
     assert not local_hub.active_faults()  # both faults were met, and survived
 
-    local_hub.inject_fault(
-        "error", method="GET", path=f"*/{filenames.GATE_VECTORS_BIN}", status=500, times=1
-    )
+    # A full download of the binary: on the default (Xet) path its one request to the Hub is the
+    # Xet read token (hf_xet then reads the CAS), which the client fetches once per revision.
+    from huggingface_hub.utils import _xet
+
+    _xet.XET_CONNECTION_INFO_CACHE.clear()
+    local_hub.inject_fault("error", method="GET", path="*/xet-read-token/*", status=500, times=1)
     out = pull_vindex(repo, tmp_path / "full", cache_dir=tmp_path / "other-cache")
     assert not local_hub.active_faults()
     assert verify_vindex(out).ok

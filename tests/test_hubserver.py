@@ -104,7 +104,9 @@ def test_create_repo_new_existing_and_conflict(local_hub: LocalHub, hub_repo_id:
     assert not api.repo_exists(hub_repo_id) and api.repo_exists(hub_repo_id, repo_type="dataset")
 
 
-def test_upload_folder_lfs_and_regular(local_hub: LocalHub, hub_repo_id: str, folder: Path) -> None:
+def test_upload_folder_lfs_and_regular(
+    lfs_transfer: LocalHub, local_hub: LocalHub, hub_repo_id: str, folder: Path
+) -> None:
     api = HfApi()
     api.create_repo(hub_repo_id, repo_type="dataset")
     info = api.upload_folder(folder_path=folder, repo_id=hub_repo_id, repo_type="dataset")
@@ -141,7 +143,9 @@ def test_upload_folder_lfs_and_regular(local_hub: LocalHub, hub_repo_id: str, fo
     assert "xetHash" not in raw.text and raw.headers["Content-Length"] == str(len(raw.content))
 
 
-def test_second_upload_of_unchanged_files_sends_no_lfs_bytes(local_hub: LocalHub, pushed) -> None:
+def test_second_upload_of_unchanged_files_sends_no_lfs_bytes(
+    lfs_transfer: LocalHub, local_hub: LocalHub, pushed
+) -> None:
     repo_id, sha, folder = pushed
     api = HfApi()
     again = api.upload_folder(folder_path=folder, repo_id=repo_id, repo_type="dataset")
@@ -191,8 +195,11 @@ def test_hf_hub_download_by_branch_and_sha(pushed) -> None:
     by_sha = hf_hub_download(repo_id, "weights.bin", repo_type="dataset", revision=sha)
     assert Path(by_branch).read_bytes() == expected == Path(by_sha).read_bytes()
     assert f"/snapshots/{sha}/" in by_branch
-    # The cache names the blob by its etag: the sha256 for LFS files.
-    assert os.path.basename(os.path.realpath(by_branch)) == _sha256(expected)
+    # The cache names the blob by its Xet hash when hf_xet fetched it, else by its etag (the
+    # sha256 for LFS files).
+    (entry,) = HfApi().get_paths_info(repo_id, ["weights.bin"], repo_type="dataset")
+    assert entry.xet_hash is not None  # the default client uploaded it through Xet
+    assert os.path.basename(os.path.realpath(by_branch)) == entry.xet_hash
 
 
 def test_branches_and_missing_revision(local_hub: LocalHub, pushed) -> None:
@@ -269,7 +276,11 @@ def test_manual_ranged_get_is_exact(local_hub: LocalHub, pushed) -> None:
     r = session.get(url, headers={**headers, "Range": "bytes=100-4195"})
     assert r.status_code == 206 and r.content == expected[100:4196]
     assert r.headers["Content-Range"] == "bytes 100-4195/300000"
-    assert r.headers["X-Repo-Commit"] == sha and "X-Xet-Hash" not in r.headers
+    # Through the CDN leg, like the Hub: a 302 from the resolve URL to another origin.
+    (redirect,) = r.history
+    assert redirect.status_code == 302 and redirect.headers["X-Repo-Commit"] == sha
+    assert not redirect.headers["Location"].startswith(local_hub.url)
+    assert r.url.netloc.decode() == local_hub.cdn_url.removeprefix("http://")
     assert local_hub.stats().file(repo_id, "weights.bin").bytes_sent == 4096
 
     assert session.get(url, headers={**headers, "Range": "bytes=-10"}).content == expected[-10:]
@@ -277,14 +288,16 @@ def test_manual_ranged_get_is_exact(local_hub: LocalHub, pushed) -> None:
     r = session.get(url, headers={**headers, "Range": "bytes=300000-"})
     assert r.status_code == 416 and r.headers["Content-Range"] == "bytes */300000"
 
-    head = session.head(url, headers=headers)
-    assert head.headers["Content-Length"] == "300000" and head.headers["X-Linked-Size"] == "300000"
+    head = session.head(url, headers=headers, follow_redirects=False)
+    assert head.status_code == 302 and head.headers["X-Linked-Size"] == "300000"
     assert (
         head.headers["X-Linked-Etag"] == f'"{_sha256(expected)}"'
         and head.headers["Accept-Ranges"] == "bytes"
     )
     stats = local_hub.stats().file(repo_id, "weights.bin")
     assert (stats.requests, stats.head_requests, stats.bytes_sent) == (4, 1, 4096 + 20)
+    assert (stats.cdn_requests, stats.cdn_bytes_sent) == (4, 4096 + 20)
+    assert stats.cdn_requests_with_authorization == 0  # the token stays with the Hub's origin
 
 
 def test_parse_range() -> None:
@@ -397,7 +410,7 @@ def _lfs_hrefs(
 
 
 def test_broken_put_leaves_nothing_and_retry_succeeds(
-    local_hub: LocalHub, hub_repo_id: str
+    lfs_transfer: LocalHub, local_hub: LocalHub, hub_repo_id: str
 ) -> None:
     api = HfApi()
     api.create_repo(hub_repo_id, repo_type="dataset")
@@ -467,7 +480,9 @@ def test_http_500_seen_by_client_and_retried(local_hub: LocalHub, pushed) -> Non
     assert info.oid != sha and local_hub.active_faults() == []
 
 
-def test_dropped_download_resumes_with_a_range(local_hub: LocalHub, pushed) -> None:
+def test_dropped_download_resumes_with_a_range(
+    lfs_transfer: LocalHub, local_hub: LocalHub, pushed
+) -> None:
     repo_id, _, folder = pushed
     local_hub.inject_fault(
         "drop", method="GET", path="*/resolve/*/weights.bin", after_bytes=100_000
@@ -477,7 +492,9 @@ def test_dropped_download_resumes_with_a_range(local_hub: LocalHub, pushed) -> N
     stats = local_hub.stats().file(repo_id, "weights.bin")
     # The client buffers DOWNLOAD_CHUNK_SIZE (10 MB) before writing, so the 100 kB that arrived
     # before the drop are lost and its retry ("resume" from byte 0) fetches the whole file again.
-    assert stats.requests == 2 and stats.bytes_sent == 100_000 + 300_000
+    # Both GETs went to the CDN URL of the HEAD's 302, as on the Hub.
+    assert (stats.requests, stats.cdn_requests) == (0, 2)
+    assert stats.bytes_sent == stats.cdn_bytes_sent == 100_000 + 300_000
 
 
 def test_slow_body(local_hub: LocalHub, pushed) -> None:
@@ -514,7 +531,7 @@ def test_admin_http_api(local_hub: LocalHub, pushed) -> None:
     assert local_hub.active_faults() == [] and local_hub.stats().files == {}
 
 
-def test_tree_and_paths_info_shapes(local_hub: LocalHub, pushed) -> None:
+def test_tree_and_paths_info_shapes(lfs_transfer: LocalHub, local_hub: LocalHub, pushed) -> None:
     repo_id, sha, folder = pushed
     session, headers = get_session(), build_hf_headers()
     base = f"{local_hub.url}/api/datasets/{repo_id}"
@@ -650,7 +667,7 @@ def test_serve_in_a_separate_process(tmp_path: Path) -> None:
     assert proc.returncode == 0
 
 
-def test_totals_count_each_request_and_byte_once(local_hub, hub_repo_id, tmp_path):
+def test_totals_count_each_request_and_byte_once(lfs_transfer, local_hub, hub_repo_id, tmp_path):
     """Per-file attribution must not add to the totals a second time."""
     from huggingface_hub import HfApi, hf_hub_download
 
@@ -673,7 +690,8 @@ def test_totals_count_each_request_and_byte_once(local_hub, hub_repo_id, tmp_pat
     stats = local_hub.stats()
     assert stats.file(hub_repo_id, "blob.bin").bytes_sent == len(payload)
     assert stats.bytes_sent == len(payload)
-    assert stats.requests == 2  # HEAD + GET
+    assert stats.requests == 1  # the HEAD; the GET goes to its 302's CDN URL (not counted here)
+    assert stats.file(hub_repo_id, "blob.bin").cdn_requests == 1
 
 
 def test_lfs_upload_urls_need_the_token_of_a_batch_answer(
@@ -1094,7 +1112,9 @@ def test_branch_names_with_slashes(local_hub: LocalHub, pushed) -> None:
 # -- byte counters ---------------------------------------------------------------------------------
 
 
-def test_byte_counters_count_bytes_sent(local_hub: LocalHub, pushed, tmp_path: Path) -> None:
+def test_byte_counters_count_bytes_sent(
+    lfs_transfer: LocalHub, local_hub: LocalHub, pushed, tmp_path: Path
+) -> None:
     repo_id, sha, folder = pushed
     size = (folder / "weights.bin").stat().st_size
     url = hf_hub_url(repo_id, "weights.bin", repo_type="dataset", revision=sha)
@@ -1108,10 +1128,10 @@ def test_byte_counters_count_bytes_sent(local_hub: LocalHub, pushed, tmp_path: P
     assert counted() == (0, 1, 0)  # a HEAD sends no body
     hf_hub_download(
         repo_id, "weights.bin", repo_type="dataset", cache_dir=tmp_path / "cache"
-    )  # HEAD + whole GET
-    assert counted() == (1, 2, size)
+    )  # HEAD, then a whole GET of the CDN URL it redirects to
+    assert counted() == (0, 2, size)
     assert len(session.get(url, headers={**headers, "Range": "bytes=1000-1999"}).content) == 1000
-    assert counted() == (2, 2, size + 1000)
+    assert counted() == (1, 2, size + 1000)
     assert session.get(url, headers={**headers, "Range": f"bytes={size}-"}).status_code == 416
     local_hub.inject_fault("error", method="GET", path="*/weights.bin")
     assert session.get(url, headers=headers).status_code == 500

@@ -256,7 +256,7 @@ def test_a_flipped_sign_bit_in_the_block_cache_is_caught(
 
     with Vindex.open(repo, cache_dir=cache, verify=verify) as vx:
         np.testing.assert_array_equal(read(vx), expected)
-        e, etag = vx.index.layer(layer), vx._reader.remote.etag
+        e, etag = vx.index.layer(layer), vx.remote.etag
     k, h = NUM_FEATS, want.shape[-1]
     start = e.file_offset + (expert * layout.expert_nbytes(k, h) if what == "expert" else 0)
     end = start + (layout.expert_nbytes(k, h) if what == "expert" else e.nbytes)
@@ -283,7 +283,7 @@ def test_a_flipped_block_is_refetched_online_without_an_error(
 ) -> None:
     with Vindex.open(repo, cache_dir=cache) as vx:
         vx.expert(0, 1)
-        e, etag = vx.index.layer(0), vx._reader.remote.etag
+        e, etag = vx.index.layer(0), vx.remote.etag
     k, h = NUM_FEATS, vx.hidden_size
     start = e.file_offset + layout.expert_nbytes(k, h)
     blocks = BlockCache(default_cache_root(cache))

@@ -8,6 +8,7 @@ by the real builder from a DeepSeek-V4-format checkpoint (8 layers, so one layer
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -49,11 +50,32 @@ def vindex(tmp_path_factory) -> Path:
     return root / "vindex"
 
 
-def _parquet_sent(hub, repo_id: str) -> dict[str, int]:
-    return {
+def _parquet_sent(hub, repo_id: str, cached_before: frozenset[str] = frozenset()) -> dict[str, int]:
+    """Parquet bytes the clients fetched, by path: the server's counters (plain and ranged GETs,
+    the CDN leg), plus each parquet file that reached a Hub cache whole: the default client
+    (hf_xet) reads Xet-backed files from the CAS, past the server's counters."""
+    sent = {
         path: f.bytes_sent
         for (_, repo, path), f in hub.stats().files.items()
         if repo == repo_id and path.endswith(".parquet") and f.bytes_sent
+    }
+    for path, size in _cached_parquets(repo_id).items():
+        if path not in cached_before:
+            sent.setdefault(path, size)
+    return sent
+
+
+def _cached_parquets(repo_id: str) -> dict[str, int]:
+    """The parquet files of ``repo_id``'s head commit in the session's Hub cache, with sizes."""
+    from huggingface_hub import HfApi
+
+    head = HfApi().repo_info(repo_id, repo_type="dataset").sha
+    repo_folder = f"datasets--{repo_id.replace('/', '--')}"
+    snapshot = Path(os.environ["HF_HUB_CACHE"]) / repo_folder / "snapshots" / head
+    if not snapshot.is_dir():
+        return {}
+    return {
+        f.relative_to(snapshot).as_posix(): f.stat().st_size for f in snapshot.rglob("*.parquet")
     }
 
 
@@ -413,8 +435,9 @@ def test_convert_upgrades_the_old_layout_and_push_deletes_what_the_card_no_longe
     assert set(_parquet_sent(local_hub, hub_repo_id)) == {new_files[4]}
     with Vindex.open(hub_repo_id, mode="arrow", cache_dir=tmp_path / "hub2") as vx:
         local_hub.reset_stats()
+        before = frozenset(_cached_parquets(hub_repo_id))
         assert vx.layer(2).tobytes() == binary_layer(vindex, 2).tobytes()
-    assert set(_parquet_sent(local_hub, hub_repo_id)) == {new_files[2]}
+    assert set(_parquet_sent(local_hub, hub_repo_id, before)) == {new_files[2]}
     pulled = pull_vindex(
         hub_repo_id, tmp_path / "pulled", layers="2-3", format="arrow", cache_dir=tmp_path / "hub3"
     )

@@ -40,6 +40,7 @@ from vindex_fixtures import (
     REPO_ROOT,
     SmallVindex,
     cli,
+    upload,
 )
 
 _seeds = itertools.count(1000)
@@ -127,8 +128,19 @@ def test_push_creates_repo_and_uploads_the_folder_in_one_commit(
     _assert_server_holds(hub_repo_id, vindex_copy, result.commit_oid, tmp_path / "cache")
     files = publishable_files(vindex_copy)
     assert {f.path for f in result.uploaded} == {f.path for f in files} and not result.unchanged
-    # Each file's content arrived once: bytes received == folder size, file by file.
-    assert _received(local_hub, hub_repo_id) == {f.path: f.size for f in files}
+    # Each file's content arrived once: inline files byte for byte; the others through Xet
+    # (the default client), as the stored bytes of their chunks: at most their size plus
+    # 8-byte chunk headers (compression may make them smaller), never twice.
+    received = _received(local_hub, hub_repo_id)
+    assert set(received) == {f.path for f in files}
+    tree = _tree(hub_repo_id)
+    for f in files:
+        if tree[f.path].lfs is None:
+            assert received[f.path] == f.size, f.path
+        else:
+            assert tree[f.path].xet_hash is not None, f.path
+            assert 0 < received[f.path] <= f.size + 8 * (f.size // 4096 + 1), f.path
+    assert local_hub.stats().lfs_bytes_received == 0
     commits = HfApi().list_repo_commits(hub_repo_id, repo_type="dataset")
     assert len(commits) == 2  # the repo's initial commit + one push
     assert commits[0].title.startswith("Upload vindex of fresh-checkpoint (vindex-hub ")
@@ -305,7 +317,11 @@ def test_private_repo(local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path) 
 # ---- network faults ---------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_a_500_on_the_first_lfs_put_is_retried(
-    local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, tmp_path: Path
+    lfs_transfer: LocalHub,
+    local_hub: LocalHub,
+    hub_repo_id: str,
+    fresh_vindex: Path,
+    tmp_path: Path,
 ) -> None:
     local_hub.inject_fault("error", method="PUT", path="/_local_hub/lfs/", times=1)
     result = push_vindex(fresh_vindex, hub_repo_id, progress=False)
@@ -315,7 +331,11 @@ def test_a_500_on_the_first_lfs_put_is_retried(
 
 @pytest.mark.slow
 def test_a_dropped_upload_is_retried(
-    local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, tmp_path: Path
+    lfs_transfer: LocalHub,
+    local_hub: LocalHub,
+    hub_repo_id: str,
+    fresh_vindex: Path,
+    tmp_path: Path,
 ) -> None:
     binary = fresh_vindex / filenames.GATE_VECTORS_BIN
     size, sha = binary.stat().st_size, sha256_file(binary)
@@ -328,7 +348,7 @@ def test_a_dropped_upload_is_retried(
 
 @pytest.mark.slow
 def test_upload_progress_counts_each_byte_once_when_a_put_is_retried(
-    local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, monkeypatch
+    lfs_transfer: LocalHub, local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, monkeypatch
 ) -> None:
     binary = fresh_vindex / filenames.GATE_VECTORS_BIN
     bars: dict[str, object] = {}
@@ -352,8 +372,36 @@ def test_upload_progress_counts_each_byte_once_when_a_put_is_retried(
 
 
 @pytest.mark.slow
+def test_xet_upload_progress_counts_each_byte_once(
+    local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, monkeypatch
+) -> None:
+    """On the Xet path the client's own reporter shows the bytes: each file's once."""
+    import huggingface_hub.utils._xet_progress_reporting as xet_progress
+
+    hub_tqdm = sys.modules["huggingface_hub.utils.tqdm"]  # the module (the package exports a class)
+
+    bars: dict[str, object] = {}
+
+    class RecordingBar(tqdm.tqdm):  # a live bar printing nowhere, recorded by its description
+        def __init__(self, *args, **kwargs):
+            kwargs.pop("file", None)
+            super().__init__(*args, file=io.StringIO(), **kwargs)
+            bars[str(kwargs.get("desc")).split("(")[0].strip()] = self
+
+    # The test environment turns the client's bars off (HF_HUB_DISABLE_PROGRESS_BARS): on here.
+    monkeypatch.setattr(hub_tqdm, "HF_HUB_DISABLE_PROGRESS_BARS", None)
+    monkeypatch.setattr(xet_progress, "tqdm", RecordingBar)
+    result = push_vindex(fresh_vindex, hub_repo_id, progress=True)
+    tree = _tree(hub_repo_id)
+    through_xet = sum(f.size for f in result.uploaded if tree[f.path].xet_hash is not None)
+    processed = bars["Processing Files"]
+    assert processed.n == processed.total == through_xet > 0
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["error", "drop"])
 def test_a_failed_upload_commits_nothing_and_the_next_push_resumes(
+    lfs_transfer: LocalHub,
     local_hub: LocalHub,
     hub_repo_id: str,
     fresh_vindex: Path,
@@ -469,14 +517,23 @@ with open(os.environ["CLI_LOG"], "a") as log:
 """
 
 
-def _run_workflow_commands(tmp_path: Path, inputs: dict[str, str]) -> list[list[str]]:
-    """Run the workflow's vindex-hub steps in bash, as Actions would, with a parse-only vindex-hub."""
+# The real CLI, as the install step's venv puts it on PATH.
+_REAL_CLI = """#!/bin/sh
+exec {python} -m vindex_hub "$@"
+"""
+
+
+def _run_workflow_commands(
+    tmp_path: Path, inputs: dict[str, str], *, real: bool = False
+) -> list[list[str]]:
+    """Run the workflow's vindex-hub steps in bash, as Actions would, with a parse-only vindex-hub
+    (``real``: the real one, against the bundled Hub of this session as endpoint)."""
     workflow = yaml.safe_load(WORKFLOW.read_text())
     job = workflow["jobs"]["build-and-push"]
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     shim = bin_dir / "vindex-hub"
-    shim.write_text(_PARSE_ONLY.format(python=sys.executable))
+    shim.write_text((_REAL_CLI if real else _PARSE_ONLY).format(python=sys.executable))
     shim.chmod(0o755)
     log = tmp_path / "cli.log"
     log.unlink(missing_ok=True)
@@ -491,6 +548,10 @@ def _run_workflow_commands(tmp_path: Path, inputs: dict[str, str]) -> list[list[
             k: _EXPR.sub(lambda m: values[m.group(1)][m.group(2)], str(v))
             for k, v in {**job.get("env", {}), **step.get("env", {})}.items()
         }
+        if real:  # a runner's environment: ours points the clients at the bundled Hub
+            hub_env = {k: v for k, v in os.environ.items() if k.startswith("HF_")}
+            hub_env.pop("HF_TOKEN", None)  # only the workflow's secret may give it
+            env = {**hub_env, **env}
         env.update(
             PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
             CLI_LOG=str(log),
@@ -501,7 +562,47 @@ def _run_workflow_commands(tmp_path: Path, inputs: dict[str, str]) -> list[list[
             ["bash", "-e", "-c", step["run"]], env=env, cwd=tmp_path, capture_output=True, text=True
         )
         assert run.returncode == 0, f"{step['name']}: {run.stderr}"
-    return [json.loads(line) for line in log.read_text().splitlines()]
+    return [] if real else [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_workflow_builds_and_pushes_end_to_end(
+    local_hub: LocalHub, hub_repo_id: str, tmp_path: Path
+) -> None:
+    """The workflow's steps with the real CLI: build from a Hub model repo, verify, open a pull
+    request, all through the bundled Hub on the default (Xet) transfer path."""
+    workflow = WORKFLOW.read_text()
+    assert "HF_HUB_DISABLE_XET" not in workflow  # a runner keeps the Hub's default transfer
+    model_repo = f"{hub_repo_id}-model"
+    checkpoint = make_deepseek_v4_checkpoint(
+        tmp_path / "model",
+        num_layers=2,
+        num_experts=4,
+        hidden_size=64,
+        moe_intermediate_size=32,
+        seed=next(_seeds),
+        include_mtp=False,
+    )
+    upload(checkpoint, model_repo, repo_type="model")
+    inputs = {
+        "model": model_repo,
+        "revision": "main",
+        "dataset_repo": hub_repo_id,
+        "layers": "all",
+        "num_feats": str(NUM_FEATS),
+        "runner": "ubuntu-latest",
+    }
+    local_hub.reset_stats()
+    _run_workflow_commands(tmp_path, inputs, real=True)
+    refs = HfApi().list_repo_refs(hub_repo_id, repo_type="dataset", include_pull_requests=True)
+    (pr,) = refs.pull_requests
+    out = tmp_path / "vindex-out"
+    assert set(_tree(hub_repo_id, pr.ref)) == {f.path for f in publishable_files(out)} | {
+        ".gitattributes"
+    }
+    binary = _tree(hub_repo_id, pr.ref)[filenames.GATE_VECTORS_BIN]
+    assert binary.lfs.sha256 == sha256_file(out / filenames.GATE_VECTORS_BIN)
+    assert binary.xet_hash is not None and local_hub.stats().xet_bytes_received > 0
+    assert local_hub.stats().lfs_bytes_received == 0
 
 
 @pytest.mark.slow

@@ -363,7 +363,7 @@ def cmd_local_hub(args: argparse.Namespace) -> Outcome:
     from .hubserver import serve
 
     try:
-        serve(args.root, host=args.host, port=args.port)
+        serve(args.root, host=args.host, port=args.port, transfer=args.transfer)
     except OSError as exc:
         if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
             raise UsageError(
@@ -694,6 +694,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--root", required=True, help="folder holding the server's repos")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (keep it local)")
     p.add_argument("--port", type=int, default=8089, help="0 picks a free port")
+    p.add_argument(
+        "--transfer",
+        choices=("xet", "lfs"),
+        default="xet",
+        help="how clients upload LFS files: xet (the Hub's default) or lfs (clients then need"
+        " HF_HUB_DISABLE_XET=1)",
+    )
     return ap
 
 

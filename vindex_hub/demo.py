@@ -66,6 +66,7 @@ class DemoSummary:
     lazy_bytes_fetched: int  # what the server sent for it (its byte counter)
     snapshot_files: int
     timings: dict[str, float] = field(default_factory=dict)
+    pushed_xet_bytes: int = 0  # what hf_xet stored in the server's CAS for the push (Xet path)
 
     def to_json(self) -> dict:
         return {**self.__dict__, "workdir": str(self.workdir)}
@@ -78,6 +79,7 @@ class DemoSummary:
         where = f"dataset repo {self.repo_id} on the local Hub at {self.hub_url}"
         pushed = (
             f"{self.pushed_files} files, {format_size(self.pushed_bytes)} in one commit to {where}"
+            f" (through Xet: {format_size(self.pushed_xet_bytes)} of chunks stored)"
             if self.pushed_files
             else f"nothing sent: {where} already holds this vindex"
         )
@@ -170,6 +172,7 @@ def run_demo(
             lazy_layer_bytes=index.layer_nbytes,
             lazy_bytes_fetched=client["lazy_bytes_fetched"],
             snapshot_files=client["snapshot_files"],
+            pushed_xet_bytes=client["pushed_xet_bytes"],
             timings=timings,
         )
     finally:
@@ -240,6 +243,7 @@ def client_steps(folder: Path, repo_id: str, layer: int) -> dict[str, Any]:
     start = time.monotonic()
     pushed = push_vindex(folder, repo_id, progress=False)
     timings["push"] = time.monotonic() - start
+    xet_bytes = _admin(constants.ENDPOINT, "GET", "/_local_hub/stats")["xet_bytes_received"]
 
     _admin(constants.ENDPOINT, "POST", "/_local_hub/reset")
     start = time.monotonic()
@@ -285,6 +289,7 @@ def client_steps(folder: Path, repo_id: str, layer: int) -> dict[str, Any]:
         "pushed_bytes": pushed.uploaded_bytes,
         "commit_url": pushed.commit_url,
         "lazy_bytes_fetched": fetched,
+        "pushed_xet_bytes": xet_bytes,
         "snapshot_files": len(files),
         "timings": timings,
     }

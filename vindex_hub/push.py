@@ -66,7 +66,14 @@ from .compat import counted_commit_operation_add, git_blob_sha1
 from .errors import HubError, RemoteNotFoundError, UsageError, VindexFormatError
 from .format import filenames, layout, selection, sidecar
 from .format.layout import format_size
-from .hub.errors import check_token, first_line, hub_errors
+from .hub.errors import (
+    XET_EXCEPTIONS,
+    check_token,
+    first_line,
+    hub_errors,
+    xet_failure,
+    xet_message,
+)
 from .hub.http import request_timeout, with_retries
 from .hub.refs import DEFAULT_REPO_TYPE, REPO_TYPES, RepoRef
 
@@ -514,7 +521,14 @@ def _commit(
             ),
             url=f"{api.endpoint}/api/{ref.repo_type}s/{ref.repo_id}/commit/{ref.revision}",
         )
-    except (RuntimeError, ValueError) as exc:
+    except XET_EXCEPTIONS as exc:
+        if xet_failure(exc):  # hf_xet's errors reach us unwrapped; files are in the CAS or not
+            raise HubError(
+                f"{xet_message(str(ref), exc)}; nothing was committed, push again to resume"
+                " (chunks that arrived are not sent twice)"
+            ) from None
+        if not isinstance(exc, (RuntimeError, ValueError)):
+            raise
         # The client wraps a failed LFS upload in RuntimeError("Error while uploading '<path>' ...").
         cause = f" ({first_line(exc.__cause__)})" if exc.__cause__ is not None else ""
         raise HubError(

@@ -46,6 +46,32 @@ TOKEN_NOT_HEADER_SAFE = (
 )
 
 
+# What hf_xet raises into Python, unwrapped by huggingface_hub: ConnectionError (also for a
+# refused token), PermissionError, FileNotFoundError, TimeoutError and other OSErrors,
+# ValueError, RuntimeError.
+XET_EXCEPTIONS = (OSError, ValueError, RuntimeError)
+
+
+def xet_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` came out of the hub client's Xet path (an upload or download by hf_xet)."""
+    if not isinstance(exc, XET_EXCEPTIONS):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if "xet" in frame.f_code.co_name.lower() and str(
+            frame.f_globals.get("__name__", "")
+        ).startswith("huggingface_hub"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def xet_message(where: str, exc: BaseException) -> str:
+    """One line for a failed Xet transfer of ``where`` (a repo, or a file in one)."""
+    return f"{where}: Xet transfer with {constants.ENDPOINT} failed ({type(exc).__name__}: {first_line(exc)})"
+
+
 @contextlib.contextmanager
 def hub_errors(
     ref: RepoRef, filename: str | None = None, *, token: str | bool | None = None
@@ -108,7 +134,11 @@ def _mapped(ref: RepoRef, filename: str | None) -> Iterator[None]:
         if isinstance(exc.object, str) and exc.object.startswith("Bearer "):
             raise HubError(f"{where}: {TOKEN_NOT_HEADER_SAFE}") from None
         raise HubError(f"{where}: the Hub client cannot encode a request ({exc.reason})") from None
-    except ValueError as exc:
+    except XET_EXCEPTIONS as exc:
+        if xet_failure(exc):
+            raise HubError(xet_message(where, exc)) from None
+        if not isinstance(exc, ValueError):
+            raise
         # The client refuses some repo contents itself: a file name with "..", a file it would
         # need hf_xet for (a size it cannot fetch over plain HTTP).
         raise HubError(f"{where}: the Hub client refuses it: {first_line(exc)}") from None

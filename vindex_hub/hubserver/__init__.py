@@ -3,12 +3,16 @@
 Like a cloud SDK's local emulator: it stores repos on disk under a root folder (surviving
 restarts), counts the bytes it serves per file, and can inject faults. Standard library only.
 
-    hub = LocalHub(root).start()                       # or: with LocalHub(root) as hub: ...
+    hub = LocalHub(root).start()                       # Xet, like the Hub; LocalHub(root, transfer="lfs")
     os.environ.update(client_environment(hub.url, cache_dir, token="hf_..."))
     ...                                                # then import huggingface_hub / datasets
     hub.stats().file("ns/name", "data/train.parquet").bytes_sent
     hub.inject_fault("error", method="GET", path="*.parquet", times=2)
     hub.inject_fault("error", status=429, retry_after=1, method="POST", path="*/commit/*")
+
+LFS-mode files travel through Xet (hf_xet's file-system CAS under ``root``, see :mod:`.xet`)
+or, with ``transfer="lfs"``, the LFS batch API; their downloads answer 302 to a second origin,
+the CDN leg (:mod:`.cdn`), that honours ``Range``. ``hub.stats()`` counts both legs.
 
 ``serve(root, host, port)`` runs one in the foreground (``vindex-hub local-hub``); its admin API
 is then ``GET /_local_hub/stats``, ``POST /_local_hub/faults`` (JSON: ``inject_fault``'s

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs
 
-from . import lfs
+from . import cdn, lfs, xet
 from .http import CHUNK, FramedHandler, HTTPFailure, bool_param
 from .storage import (
     DEFAULT_BRANCH,
@@ -575,6 +575,8 @@ def _entries(
             item: dict[str, Any] = {"type": "file", "oid": e.oid, "size": e.size, "path": path}
             if e.lfs:
                 item["lfs"] = {"oid": e.sha256, "size": e.size, "pointerSize": e.pointer_size}
+            if e.xet_hash is not None and req.hub.transfer == "xet":
+                item["xetHash"] = e.xet_hash
         else:
             item = {"type": "directory", "oid": dirs[path], "size": 0, "path": path}
         if expand:
@@ -626,7 +628,13 @@ def paths_info(req: HubHandler, repo: RepoRef, revision: str) -> None:
 
 
 def resolve(req: HubHandler, repo: RepoRef, revision: str, path: str) -> None:
-    """A file's bytes (HEAD: its metadata headers); one ``Range`` -> 206. Counted per file."""
+    """A file's bytes (HEAD: its metadata headers); one ``Range`` -> 206. Counted per file.
+
+    An LFS or Xet file answers, like the Hub, 302 to its signed URL on the CDN leg (see
+    :mod:`.cdn`) with its metadata headers (``X-Linked-Etag``/``X-Linked-Size``, and for a file
+    that arrived through Xet on a Xet server ``X-Xet-Hash`` and the ``xet-auth`` link that sends
+    hf_xet clients to the CAS); a regular file's bytes come straight from here.
+    """
     req.check_files(repo)
     commit = req.storage.resolve(repo, revision)
     entry = commit.tree.get(path)
@@ -650,6 +658,19 @@ def resolve(req: HubHandler, repo: RepoRef, revision: str, path: str) -> None:
     }
     if entry.lfs:
         headers.update({"X-Linked-Etag": etag, "X-Linked-Size": str(entry.size)})
+        if entry.xet_hash is not None and req.hub.transfer == "xet":
+            token_url = (
+                f"{req.base_url()}/api/{repo.repo_type}s/{repo.repo_id}/xet-read-token/{commit.sha}"
+            )
+            headers.update({"X-Xet-Hash": entry.xet_hash, "Link": f'<{token_url}>; rel="xet-auth"'})
+        fault = req.fault
+        if fault is not None and fault.kind in ("drop", "slow"):
+            # It acts on a body: the CDN leg's, which matches the same path.
+            req.hub._faults.give_back(fault)
+            req.fault = None
+        headers["Location"] = cdn.location(req.hub, repo, revision, path, entry.sha256)
+        req.send_bytes(302, b"", headers)
+        return
     req.send_file(
         path,
         entry.size,
@@ -783,11 +804,28 @@ class _CommitPayload:
         return payload
 
 
+def _xet_uploads(req: HubHandler, repo: RepoRef, payload: _CommitPayload) -> dict[str, xet.XetFile]:
+    """The payload's LFS files that arrived through Xet: their blobs rebuilt from the CAS, their
+    entries given their Xet hash. Path -> Xet file."""
+    if req.hub.transfer != "xet" or not payload.lfs_paths:
+        return {}
+    req.stats.xet_uploaded(req.hub.xet_store.scan())
+    found = {}
+    for oid, path in payload.lfs_paths:
+        entry = payload.added[path]
+        f = xet.materialize(req, oid, entry.size, path)
+        if f is not None:
+            payload.added[path] = Entry(entry.oid, entry.size, entry.sha256, True, f.xet_hash)
+            found[path] = f
+    return found
+
+
 def commit(req: HubHandler, repo: RepoRef, revision: str) -> None:
     """NDJSON body (``header``, ``file``, ``lfsFile``, ``deletedFile``, ``deletedFolder``); ``?create_pr=1``."""
     req.check_write(repo)
     payload = _CommitPayload.parse(req.storage, req.read_body())
     header = payload.header or {}
+    xet_files = _xet_uploads(req, repo, payload)
     made, pr_num = req.storage.apply_commit(
         repo,
         revision,
@@ -803,6 +841,8 @@ def commit(req: HubHandler, repo: RepoRef, revision: str) -> None:
         req.stats.add((repo.repo_type, repo.repo_id, path), totals=False, bytes_received=n)
     for oid, path in payload.lfs_paths:
         req.stats.lfs_committed(repo, oid, path)
+    for path, f in xet_files.items():
+        req.stats.xet_committed(repo, f, path, req.hub.xet_store)
     web = req.web_url(repo)
     out: dict[str, Any] = {
         "success": True,
@@ -838,6 +878,8 @@ ROUTES: tuple[Route, ...] = (
     Route(("GET",), "api/{api_repo}/tree/{revision_path*}", tree),
     Route(("GET",), "api/{api_repo}/refs", refs),  # ?include_prs=1
     Route(("GET",), "api/{api_repo}/commits/{revision*}", commits),
+    Route(("GET",), "api/{api_repo}/xet-write-token/{revision*}", xet.write_token),
+    Route(("GET",), "api/{api_repo}/xet-read-token/{revision*}", xet.read_token),
     Route(("POST",), "api/{api_repo}/paths-info/{revision*}", paths_info),
     Route(("POST",), "api/{api_repo}/preupload/{revision*}", preupload),
     Route(("POST",), "api/{api_repo}/commit/{revision*}", commit),

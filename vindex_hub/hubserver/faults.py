@@ -24,6 +24,11 @@ When several match, the first injected is used. The requests of each kind, by pa
     preupload, commit           POST /api/{models|datasets}/ns/name/preupload/{rev}, .../commit/{rev}
     LFS batch                   POST /{datasets/}ns/name.git/info/lfs/objects/batch
     LFS upload, verify          PUT /_local_hub/lfs/{models|datasets}/ns/name/{sha256}, POST /_local_hub/lfs-verify/...
+    Xet tokens                  GET /api/{models|datasets}/ns/name/xet-write-token/{rev}, .../xet-read-token/{rev}
+    CDN leg (after a 302)       GET/HEAD on the CDN port, same path as the resolve URL
+
+A drop or slow fault met by a resolve GET that is redirected (an LFS/Xet file) acts on the CDN
+leg's body instead. hf_xet's own reads and writes of the CAS are file-system work: no request.
 
 The admin API (``/_local_hub/stats``, ``faults``, ``reset``, ``gated``) is never faulted.
 
@@ -145,6 +150,15 @@ class FaultSet:
     def active(self) -> list[Fault]:
         with self._lock:
             return list(self._faults)
+
+    def give_back(self, fault: Fault) -> None:
+        """Undo one ``take`` of ``fault`` (a body fault met a request that sends no body)."""
+        with self._lock:
+            if fault.times is not None:
+                fault.times += 1
+            if not any(f is fault for f in self._faults):
+                self._faults.append(fault)
+                self._faults.sort(key=lambda f: f.id)  # the first injected still comes first
 
     def take(self, method: str, path: str, ranged: bool = False) -> Fault | None:
         with self._lock:

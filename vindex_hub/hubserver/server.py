@@ -3,8 +3,9 @@
 Clients select it with ``HF_ENDPOINT`` (see :func:`vindex_hub.hubserver.client_environment`).
 The parts: :mod:`.http` frames requests and answers, :mod:`.api` routes them (its ``ROUTES``
 table is the URL space) and serves the repo API and access checks, :mod:`.lfs` the LFS batch
-API and upload links, :mod:`.storage` keeps repos on disk, :mod:`.faults` decides which
-requests fail. File bodies stream from disk in chunks and their bytes are counted per file as
+API and upload links, :mod:`.xet` the Xet token endpoints and what hf_xet stored, :mod:`.cdn`
+the second origin that LFS/Xet downloads are redirected to, :mod:`.storage` keeps repos on
+disk, :mod:`.faults` decides which requests fail. File bodies stream from disk in chunks and their bytes are counted per file as
 they are written to the socket (:class:`HubStats`).
 """
 
@@ -17,10 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from .api import HubHandler
+from .cdn import CdnServer
 from .faults import Fault, FaultSet
 from .http import TrackingHTTPServer
 from .lfs import UploadSigner
 from .storage import RepoRef, Storage
+from .xet import XetFile, XetStore
+
+TRANSFERS = ("xet", "lfs")  # how clients upload LFS-mode files: Xet (the Hub's default) or LFS
 
 # -- statistics ------------------------------------------------------------------------------------
 
@@ -31,10 +36,13 @@ class FileStats:
 
     requests: int = 0  # GET requests on its resolve URL
     head_requests: int = 0
-    bytes_sent: int = (
-        0  # body bytes handed to the socket: a ranged read counts its range, a HEAD none
-    )
-    bytes_received: int = 0  # bytes uploaded for it (LFS PUT body or inline commit content)
+    # body bytes handed to the socket (resolve and CDN legs): a ranged read counts its range, a HEAD none
+    bytes_sent: int = 0
+    # bytes uploaded for it: LFS PUT body, inline commit content, or Xet chunks stored for it
+    bytes_received: int = 0
+    cdn_requests: int = 0  # GET/HEAD requests on the CDN leg (after the resolve URL's 302)
+    cdn_bytes_sent: int = 0  # the part of bytes_sent that the CDN leg sent
+    cdn_requests_with_authorization: int = 0  # CDN requests that carried a token (should be 0)
 
 
 @dataclass
@@ -42,10 +50,12 @@ class HubStats:
     """A snapshot of the server's traffic; ``files`` is keyed by ``(repo_type, repo_id, path)``."""
 
     files: dict[tuple[str, str, str], FileStats] = field(default_factory=dict)
-    requests: int = 0  # every HTTP request except the admin API
-    bytes_sent: int = 0  # file body bytes sent, all files
-    bytes_received: int = 0  # request body bytes received, all requests
+    requests: int = 0  # every HTTP request except the admin API and the CDN leg
+    bytes_sent: int = 0  # file body bytes sent, all files, both legs
+    bytes_received: int = 0  # request body bytes received, all requests, plus Xet uploads
     lfs_bytes_received: int = 0  # LFS upload (PUT) body bytes received
+    xet_bytes_received: int = 0  # bytes of the xorbs hf_xet stored in this server's CAS
+    cdn_bytes_sent: int = 0  # file body bytes sent by the CDN leg
 
     def file(self, repo_id: str, path: str, repo_type: str = "dataset") -> FileStats:
         """The stats of one file (zeros if it saw no traffic)."""
@@ -57,6 +67,8 @@ class HubStats:
             "bytes_sent": self.bytes_sent,
             "bytes_received": self.bytes_received,
             "lfs_bytes_received": self.lfs_bytes_received,
+            "xet_bytes_received": self.xet_bytes_received,
+            "cdn_bytes_sent": self.cdn_bytes_sent,
             "files": [
                 {"repo_type": k[0], "repo_id": k[1], "path": k[2], **vars(v)}
                 for k, v in sorted(self.files.items())
@@ -75,12 +87,23 @@ class _StatsRecorder:
             self._pending_lfs: dict[
                 tuple[str, str, str], int
             ] = {}  # (type, repo_id, sha256) -> bytes
+            # xorb hash -> stored bytes of each chunk not yet attributed to a committed file
+            # (None until a commit needs them)
+            self._pending_xet: dict[str, dict[int, int] | None] = {}
 
     def snapshot(self) -> HubStats:
         with self._lock:
             s = self._stats
             files = {k: FileStats(**vars(v)) for k, v in s.files.items()}
-            return HubStats(files, s.requests, s.bytes_sent, s.bytes_received, s.lfs_bytes_received)
+            return HubStats(
+                files,
+                s.requests,
+                s.bytes_sent,
+                s.bytes_received,
+                s.lfs_bytes_received,
+                s.xet_bytes_received,
+                s.cdn_bytes_sent,
+            )
 
     def add(
         self, key: tuple[str, str, str] | None = None, *, totals: bool = True, **counts: int
@@ -111,6 +134,38 @@ class _StatsRecorder:
         if n:
             self.add((repo.repo_type, repo.repo_id, path), totals=False, bytes_received=n)
 
+    def xet_uploaded(self, new_xorbs: dict[str, int]) -> None:
+        """Count xorbs that appeared in the CAS; their chunks await the commit that uses them."""
+        total = sum(new_xorbs.values())
+        with self._lock:
+            for xorb in new_xorbs:
+                self._pending_xet[xorb] = None
+        if total:
+            self.add(xet_bytes_received=total, bytes_received=total)
+
+    def xet_committed(self, repo: RepoRef, f: XetFile, path: str, store: XetStore) -> None:
+        """Attribute the not yet attributed chunk bytes of a committed Xet file to its path."""
+        n = 0
+        for seg in f.segments:
+            with self._lock:
+                if seg.xorb not in self._pending_xet:
+                    continue
+                sizes = self._pending_xet[seg.xorb]
+            if sizes is None:
+                try:
+                    sizes = dict(enumerate(store.chunk_sizes(seg.xorb)))
+                except Exception:  # an unreadable xorb only costs the per-file count
+                    sizes = {}
+            with self._lock:
+                sizes = self._pending_xet.get(seg.xorb, sizes) or sizes
+                n += sum(sizes.pop(i, 0) for i in range(seg.chunk_start, seg.chunk_end))
+                if sizes:
+                    self._pending_xet[seg.xorb] = sizes
+                else:
+                    self._pending_xet.pop(seg.xorb, None)
+        if n:
+            self.add((repo.repo_type, repo.repo_id, path), totals=False, bytes_received=n)
+
 
 class _Server(TrackingHTTPServer):
     def __init__(self, address: tuple[str, int], hub: LocalHub) -> None:
@@ -132,18 +187,34 @@ class LocalHub:
 
     ``stats()`` counts traffic per file (see :class:`HubStats`); ``inject_fault`` makes the next
     matching requests fail (see :mod:`vindex_hub.hubserver.faults`).
+
+    ``transfer``: how clients upload LFS-mode files, as on the Hub: ``"xet"`` (default; the
+    ``xet-write-token`` / ``xet-read-token`` endpoints hand out hf_xet's file-system CAS under
+    ``root``, see :mod:`.xet`) or ``"lfs"`` (the LFS batch API only: clients need
+    ``HF_HUB_DISABLE_XET=1``). The attribute may be changed while the server runs. Either way,
+    ``GET /resolve/`` of an LFS or Xet file answers 302 to the CDN leg, a second port
+    (``cdn_url``) that honours ``Range``.
     """
 
-    def __init__(self, root: str | Path, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, root: str | Path, host: str = "127.0.0.1", port: int = 0, *, transfer: str = "xet"
+    ) -> None:
+        if transfer not in TRANSFERS:
+            raise ValueError(f"transfer must be one of {TRANSFERS}, got {transfer!r}")
         self.root = Path(root)
         self.host = host
         self.port = port
+        self.transfer = transfer
         self.storage = Storage(self.root)
+        self.xet_store = XetStore(self.root)
+        self.xet_store.scan()  # what is in the CAS already was uploaded before this server
         self.upload_signer = UploadSigner()  # signs LFS upload links; a restart invalidates them
         self._faults = FaultSet()
         self._stats = _StatsRecorder()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._cdn: CdnServer | None = None
+        self._cdn_thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -152,10 +223,25 @@ class LocalHub:
             raise RuntimeError("LocalHub is not started")
         return f"http://{self.host}:{self._server.server_address[1]}"
 
+    @property
+    def cdn_url(self) -> str:
+        """``http://HOST:PORT`` of the CDN leg (another origin: same host, its own port)."""
+        if self._cdn is None:
+            raise RuntimeError("LocalHub is not started")
+        return f"http://{self.host}:{self._cdn.server_address[1]}"
+
     def _bind(self) -> _Server:
         if self._server is not None:
             raise RuntimeError("LocalHub is already started")
         self._server = _Server((self.host, self.port), self)
+        self._cdn = CdnServer((self.host, 0), self)
+        self._cdn_thread = threading.Thread(
+            target=self._cdn.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"local-hub-cdn-{self.cdn_url}",
+            daemon=True,
+        )
+        self._cdn_thread.start()
         return self._server
 
     def start(self) -> LocalHub:
@@ -175,12 +261,23 @@ class LocalHub:
         server, self._server = self._server, None
         if server is None:
             return
+        self._stop_cdn()
         server.shutdown()
         server.server_close()
         server.close_connections()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+    def _stop_cdn(self) -> None:
+        cdn, self._cdn = self._cdn, None
+        if cdn is not None:
+            cdn.shutdown()
+            cdn.server_close()
+            cdn.close_connections()
+        if self._cdn_thread is not None:
+            self._cdn_thread.join()
+            self._cdn_thread = None
 
     def __enter__(self) -> LocalHub:
         return self.start()
@@ -190,9 +287,12 @@ class LocalHub:
 
     def stats(self) -> HubStats:
         """A snapshot of the traffic since the last ``reset_stats()``."""
+        # Xet uploads bypass HTTP: what hf_xet stored since the last look counts now.
+        self._stats.xet_uploaded(self.xet_store.scan())
         return self._stats.snapshot()
 
     def reset_stats(self) -> None:
+        self.xet_store.scan()  # what the CAS holds now arrived before the reset
         self._stats.reset()
 
     def inject_fault(self, kind: str, **fields: Any) -> Fault:
@@ -229,12 +329,29 @@ class LocalHub:
         self.storage.set_gated(RepoRef(repo_type, repo_id), gated, granted_tokens)
 
 
-def serve(root: str | Path, host: str = "127.0.0.1", port: int = 0) -> None:
-    """Run a :class:`LocalHub` in the foreground until Ctrl-C, printing its URL first."""
-    hub = LocalHub(root, host, port)
+LOCAL_TOKEN = "hf_local"  # what `serve` tells clients to use: the server accepts any token
+
+
+def client_lines(hub: LocalHub) -> list[str]:
+    """What a client needs to use ``hub``, as shell lines (the server accepts any token)."""
+    lines = [f"export HF_ENDPOINT={hub.url}", f"export HF_TOKEN={LOCAL_TOKEN}"]
+    if hub.transfer == "lfs":
+        lines.append("export HF_HUB_DISABLE_XET=1")
+    return lines
+
+
+def serve(
+    root: str | Path, host: str = "127.0.0.1", port: int = 0, *, transfer: str = "xet"
+) -> None:
+    """Run a :class:`LocalHub` in the foreground until Ctrl-C, printing its URL and the client's
+    environment first."""
+    hub = LocalHub(root, host, port, transfer=transfer)
     hub._bind()
     print(
-        f"local Hub serving {Path(root).resolve()} at {hub.url} (set HF_ENDPOINT={hub.url})",
+        f"local Hub serving {Path(root).resolve()} at {hub.url} (transfer: {transfer};"
+        f" CDN leg at {hub.cdn_url}); clients need:",
+        *client_lines(hub),
+        sep="\n",
         flush=True,
     )
     server = hub._server
@@ -245,4 +362,5 @@ def serve(root: str | Path, host: str = "127.0.0.1", port: int = 0) -> None:
         pass
     finally:
         hub._server = None
+        hub._stop_cdn()
         server.server_close()

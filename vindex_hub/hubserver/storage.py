@@ -8,7 +8,8 @@ Layout under ``root``::
     repos/<datasets|models>/<ns>/<name>/commits/<sha>.json one immutable commit each
 
 A commit record is ``{"parent", "summary", "description", "created_at", "tree"}`` where ``tree``
-maps each file path to ``{"oid": git sha1, "size", "sha256", "lfs": bool}``. ``oid`` is what the
+maps each file path to ``{"oid": git sha1, "size", "sha256", "lfs": bool}`` plus ``"xet_hash"``
+for a file that arrived through Xet. ``oid`` is what the
 Hub calls a file's blob id: the git sha1 of the content for regular files, of the LFS pointer for
 LFS files. The commit sha is the sha1 of the record's canonical JSON, so it is 40 hex digits like
 git's. Refs are ``branches`` and ``tags`` (name -> sha) and ``pulls`` (PR number -> sha).
@@ -173,9 +174,14 @@ class Entry:
     size: int
     sha256: str
     lfs: bool
+    xet_hash: str | None = None  # set when the file arrived through Xet (see .xet)
 
     def to_json(self) -> dict[str, Any]:
-        return {"oid": self.oid, "size": self.size, "sha256": self.sha256, "lfs": self.lfs}
+        out: dict[str, Any] = {"oid": self.oid, "size": self.size, "sha256": self.sha256}
+        out["lfs"] = self.lfs
+        if self.xet_hash is not None:
+            out["xet_hash"] = self.xet_hash
+        return out
 
     @property
     def pointer_size(self) -> int:
@@ -409,7 +415,7 @@ class Storage:
             except FileNotFoundError:
                 raise StorageError(404, f"Invalid rev id: {sha}", "RevisionNotFound") from None
             tree = {
-                p: Entry(e["oid"], e["size"], e["sha256"], e["lfs"])
+                p: Entry(e["oid"], e["size"], e["sha256"], e["lfs"], e.get("xet_hash"))
                 for p, e in record["tree"].items()
             }
             commit = Commit(

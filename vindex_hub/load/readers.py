@@ -21,7 +21,7 @@ from ..errors import HubError, IntegrityError, RemoteNotFoundError, UsageError, 
 from ..format import filenames, layout, mirror, sidecar
 from ..format.card_data import read_card_data
 from ..hub.blockcache import BlockCache
-from ..hub.errors import first_line
+from ..hub.errors import XET_EXCEPTIONS, first_line, xet_failure, xet_message
 from ..hub.http import RemoteFile, fetch_range_into
 from .files import VindexFiles
 from .integrity import check_sha256, check_unit_rows, mapped
@@ -236,13 +236,18 @@ class ArrowReader:
         else:
             which = {"name": source.config}
         try:
-            ds = datasets.load_dataset(
-                self.path_or_repo,
-                split=source.split,
-                revision=self.revision,
-                token=self.token,
-                **which,
-            )
+            try:
+                ds = datasets.load_dataset(
+                    self.path_or_repo,
+                    split=source.split,
+                    revision=self.revision,
+                    token=self.token,
+                    **which,
+                )
+            except XET_EXCEPTIONS as exc:  # hf_xet's, unwrapped: not a missing file or bad card
+                if xet_failure(exc):
+                    raise HubError(xet_message(f"{where}: layer {layer}", exc)) from None
+                raise
         except (
             FileNotFoundError,
             DatasetNotFoundError,
