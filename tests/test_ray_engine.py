@@ -26,6 +26,7 @@ from vindex_hub.builder import build_vindex
 from vindex_hub.builder.ray_engine import INSTALL_HINT, TASK_NAME, split_work
 from vindex_hub.errors import QuantizationError, UsageError
 from vindex_hub.format import filenames
+from vindex_hub.format.card_data import CardOptions, default_year
 from vindex_hub.testing.ray_cluster import LocalRayCluster, client_environment
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 
@@ -38,7 +39,14 @@ os.environ.update(client_environment())
 # for a 2-core machine: 16 experts of 512 x 1024 a layer.
 DIMS = dict(num_layers=4, num_experts=16, hidden_size=1024, moe_intermediate_size=512, num_shards=2)
 NUM_FEATS = 16
-OPTIONS = dict(num_feats=NUM_FEATS, device="cpu", progress=False)
+# The card's citation year as the CLI writes it (the library writes none unless told), so the
+# serial reference and the CLI builds below agree to the byte.
+OPTIONS = dict(
+    num_feats=NUM_FEATS,
+    device="cpu",
+    progress=False,
+    card_options=CardOptions(year=default_year()),
+)
 
 
 @pytest.fixture(scope="session")

@@ -777,7 +777,8 @@ def _run(args: argparse.Namespace) -> int:
         print(exits.error_line(args.command, exc), file=sys.stderr)
         return 1
     except VindexError as exc:
-        print(exits.error_line(args.command, in_flags(str(exc))), file=sys.stderr)
+        message = exits.with_disk_full_hint(in_flags(str(exc)), exc)
+        print(exits.error_line(args.command, message), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         exits.report_interrupt(args.command)

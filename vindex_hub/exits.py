@@ -96,6 +96,14 @@ def describe_os_error(exc: BaseException) -> str | None:
     return f"{where}{reason}"
 
 
+def with_disk_full_hint(message: str, exc: BaseException) -> str:
+    """``message`` (a library error's) with the disk-full hint where ``exc`` came from a full
+    disk it only reports as text (hf_xet's "No space left on device (os error 28)", say)."""
+    if os_errno(exc) in DISK_FULL and DISK_FULL_HINT not in message:
+        return f"{message}; {DISK_FULL_HINT}"
+    return message
+
+
 @contextlib.contextmanager
 def quiet_hub_client() -> Iterator[None]:
     """The hub client's own log lines and warnings (a download resumed, a retry, "not enough

@@ -128,7 +128,7 @@ def verify_vindex(folder: str | Path, *, links_within: str | Path | None = None)
     """Check every file of a local vindex folder against the others; see the module docstring.
 
     A symbolic link in the folder whose target lies outside ``links_within`` (default: the folder;
-    for a Hub cache snapshot, the repo's cache folder, where its blobs are) is a problem: its
+    for a Hub cache snapshot, the Hub cache, where its blobs are) is a problem: its
     target is never read, nor published by ``push``."""
     c = _Checker(Path(folder))
     if not _check_links(c, Path(links_within) if links_within is not None else c.folder):

@@ -82,14 +82,17 @@ def _revision(ref: RepoRef) -> str:
     return ref.revision or constants.DEFAULT_REVISION
 
 
+def hub_cache_root(cache_dir: str | None) -> Path:
+    """The Hub cache's root: where a snapshot's links may lead. A snapshot links into its repo's
+    ``blobs``; with Xet, those blobs link on into the root's shared, content-addressed
+    ``blobs/<xx>/<xet hash>`` (one copy of a file for every repo that holds it)."""
+    return Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE).expanduser()
+
+
 def _repo_cache(ref: RepoRef, cache_dir: str | None) -> Path:
-    root = Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE).expanduser()
-    return root / repo_folder_name(repo_id=ref.repo_id, repo_type=ref.repo_type)
-
-
-def repo_cache_folder(ref: RepoRef, *, cache_dir: str | None) -> Path:
-    """The repo's folder in the Hub cache (its snapshots link into its ``blobs``)."""
-    return _repo_cache(ref, cache_dir)
+    return hub_cache_root(cache_dir) / repo_folder_name(
+        repo_id=ref.repo_id, repo_type=ref.repo_type
+    )
 
 
 def _plain(revision: str) -> bool:

@@ -15,7 +15,7 @@ from ..format.layout import format_size
 from ..hub.errors import hub_errors
 from ..hub.http import download_snapshot, with_retries
 from ..hub.refs import DEFAULT_REPO_TYPE, RepoRef, parse_repo
-from ..hub.revision import Resolution, repo_cache_folder, resolve_revision
+from ..hub.revision import Resolution, hub_cache_root, resolve_revision
 from .vindex import DEFAULT_REPO_MODE, Vindex
 
 PHASES = ("phase1", "phase2")
@@ -73,7 +73,7 @@ class LocalCopy:
     """A whole vindex on disk, and for a repo, how its commit was found."""
 
     folder: Path
-    links_within: Path  # where its symbolic links may point (a snapshot's: the repo's cache folder)
+    links_within: Path  # where its symbolic links may point (a snapshot's: the Hub cache)
     resolution: Resolution | None = None  # None for a local folder
 
 
@@ -109,7 +109,7 @@ def local_copy(
             "(files already in the Hub cache are not fetched again)"
         )
     folder = download_snapshot(pinned, cache_dir=cache, token=token)
-    return LocalCopy(folder, repo_cache_folder(ref, cache_dir=cache), resolved)
+    return LocalCopy(folder, hub_cache_root(cache), resolved)
 
 
 def repo_size(ref: RepoRef, *, token: str | bool | None = None) -> tuple[int, int]:
