@@ -141,6 +141,7 @@ def test_a_non_ascii_token_is_refused_without_quoting_it(
 
 
 # ---- timeouts and Ctrl-C on the network ----------------------------------------------------------
+@pytest.mark.slow
 def test_push_and_pull_against_a_stalled_server_end_in_one_line(
     local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str, tmp_path: Path
 ) -> None:
@@ -516,6 +517,8 @@ def test_a_damaged_cached_blob_says_which_file_to_delete(
 
 
 # ---- a Ray cluster with token authentication on ----------------------------------------------------
+@pytest.mark.ray
+@pytest.mark.slow
 def test_engine_ray_joins_a_token_authenticated_cluster_as_ray_cli_does(
     small_checkpoint: Path, tmp_path: Path
 ) -> None:

@@ -319,6 +319,7 @@ def _move_main(repo_id: str) -> str:
     return api.list_repo_refs(repo_id, repo_type="dataset").branches[0].target_commit
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("status", [401, 403, 500])
 def test_a_refusing_hub_is_said_and_fails_verify(
     local_hub: LocalHub, repo: str, cache: Path, status: int
@@ -375,6 +376,7 @@ def test_cli_verify_and_pull_say_the_hub_refused(
     assert "the Hub refused" in pulled.stderr, pulled.stderr
 
 
+@pytest.mark.slow
 def test_an_unreachable_hub_is_said_too(repo: str, tmp_path: Path, local_hub: LocalHub) -> None:
     env = {"HF_HUB_CACHE": str(tmp_path / "hub")}
     assert cli("verify", repo, **env).returncode == 0

@@ -254,6 +254,7 @@ def test_chunk_codecs() -> None:
     assert bg4_regroup(b"aebfcd") == b"abcdef"  # bytes 0 of each 4 (a, e), bytes 1 (b, f), ...
 
 
+@pytest.mark.slow  # the client's own back-off on a 500 runs minutes
 @pytest.mark.parametrize("status", [500, 403])
 def test_a_refused_xet_token_fails_push_in_one_line_and_the_next_push_resumes(
     local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, status: int
