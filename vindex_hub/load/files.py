@@ -6,13 +6,16 @@ that would leave the vindex folder or repo (absolute, ``..``) is refused before 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import VindexFormatError
+from ..errors import CachedCopyWarning, VindexFormatError
+from ..format import filenames, sidecar
 from ..format.filenames import inside_vindex
 from ..hub.http import damaged_copy_hint, download_file
 from ..hub.refs import RepoRef
+from ..hub.revision import Resolution, resolve_revision
 
 
 class VindexFiles(Protocol):
@@ -56,3 +59,20 @@ class HubFiles:
         (the client never checks a cached file again, so it would fail every later open)."""
         cached = self._paths.get(name)
         return f"{name} in {self.ref}" + (damaged_copy_hint(cached) if cached else "")
+
+
+def resolve_vindex_revision(
+    ref: RepoRef, *, cache_dir: str | None, token: str | bool | None
+) -> Resolution:
+    """``ref``'s revision resolved with the Hub by a HEAD of its sidecar (bounded in size), or
+    the cache's commit where the Hub refused: a ``CachedCopyWarning`` says so then."""
+    resolved = resolve_revision(
+        ref,
+        filenames.SIDECAR_JSON,
+        cache_dir=cache_dir,
+        token=token,
+        max_bytes=sidecar.MAX_SIDECAR_BYTES,
+    )
+    if resolved.hub_refused:
+        warnings.warn(f"{ref}: {resolved.unconfirmed}", CachedCopyWarning, stacklevel=3)
+    return resolved

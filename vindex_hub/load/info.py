@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import CachedCopyWarning, RemoteNotFoundError, VindexFormatError
-from ..format import filenames, sidecar
+from ..errors import RemoteNotFoundError, VindexFormatError
 from ..format.layout import format_size
 from ..hub.errors import hub_errors
 from ..hub.http import download_snapshot, with_retries
 from ..hub.refs import DEFAULT_REPO_TYPE, RepoRef, parse_repo
-from ..hub.revision import Resolution, hub_cache_root, resolve_revision
+from ..hub.revision import Resolution, hub_cache_root
+from .files import resolve_vindex_revision
 from .vindex import DEFAULT_REPO_MODE, Vindex
 
 PHASES = ("phase1", "phase2")
@@ -92,15 +91,7 @@ def local_copy(
         return LocalCopy(Path(path_or_repo_id), Path(path_or_repo_id))
     ref = parse_repo(str(path_or_repo_id), revision=revision, repo_type=repo_type)
     cache = str(cache_dir) if cache_dir else None
-    resolved = resolve_revision(
-        ref,
-        filenames.SIDECAR_JSON,
-        cache_dir=cache,
-        token=token,
-        max_bytes=sidecar.MAX_SIDECAR_BYTES,
-    )
-    if resolved.hub_refused:
-        warnings.warn(f"{ref}: {resolved.unconfirmed}", CachedCopyWarning, stacklevel=2)
+    resolved = resolve_vindex_revision(ref, cache_dir=cache, token=token)
     pinned = ref.at(resolved.commit)
     if announce is not None and not resolved.hub_refused:
         count, size = repo_size(pinned, token=token)

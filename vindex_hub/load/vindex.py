@@ -38,7 +38,6 @@ Integrity (``verify``):
 from __future__ import annotations
 
 import os
-import warnings
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -46,15 +45,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from huggingface_hub import constants
 
-from ..errors import CachedCopyWarning, HubError, RemoteNotFoundError, UsageError, VindexFormatError
+from ..errors import HubError, RemoteNotFoundError, UsageError, VindexFormatError
 from ..format import filenames, mirror, pull_marker, selection, sidecar, statistics
 from ..format.card_data import read_card
 from ..fsutil import read_json_object
 from ..hub.blockcache import BlockCache
 from ..hub.http import RemoteFile, download_snapshot, file_metadata
 from ..hub.refs import DEFAULT_REPO_TYPE, RepoRef, parse_repo
-from ..hub.revision import resolve_revision
-from .files import HubFiles, LocalFiles, VindexFiles
+from .files import HubFiles, LocalFiles, VindexFiles, resolve_vindex_revision
 from .readers import ArrowReader, LayerReader, MemmapReader, RangedReader, VerifyMode
 
 if TYPE_CHECKING:
@@ -151,15 +149,7 @@ class Vindex:
                 f"mode='arrow' reads with datasets.load_dataset, which reads dataset repos only; "
                 f"{ref} is a {ref.repo_type} repo (use mode='lazy' or 'snapshot')"
             )
-        resolved = resolve_revision(
-            ref,
-            filenames.SIDECAR_JSON,
-            cache_dir=cache_dir,
-            token=token,
-            max_bytes=sidecar.MAX_SIDECAR_BYTES,
-        )
-        if resolved.hub_refused:
-            warnings.warn(f"{ref}: {resolved.unconfirmed}", CachedCopyWarning, stacklevel=2)
+        resolved = resolve_vindex_revision(ref, cache_dir=cache_dir, token=token)
         ref = ref.at(resolved.commit)
         files = HubFiles(ref, cache_dir=cache_dir, token=token)
         index_path = files.path(filenames.SIDECAR_JSON)
