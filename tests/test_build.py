@@ -301,6 +301,7 @@ def test_a_killed_build_process_resumes_bit_identical(tmp_path: Path):
     assert folder_bytes(out) == folder_bytes(whole)
 
 
+@pytest.mark.slow
 def test_a_finished_build_run_again_does_nothing(
     tiny_checkpoint: Path, tiny_vindex: Path, tmp_path: Path
 ):

@@ -152,6 +152,7 @@ def test_seed_snippet_is_unchanged_and_runs(
     assert abs(norm - 1.0) < 1e-5
 
 
+@pytest.mark.slow
 def test_snippets_run_against_the_hub(
     small_vindex: SmallVindex, local_hub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ):

@@ -117,6 +117,7 @@ def _local_checkpoint(small_vindex: SmallVindex, tmp_path: Path, **config_extra)
     return ckpt
 
 
+@pytest.mark.slow
 def test_a_local_build_links_the_model_its_config_names_and_inherits_its_license(
     small_vindex: SmallVindex, tmp_path: Path, capsys
 ):
@@ -146,6 +147,7 @@ def test_a_local_build_links_the_model_its_config_names_and_inherits_its_license
     )
 
 
+@pytest.mark.slow
 def test_a_local_build_that_names_no_model_says_so(small_vindex: SmallVindex, tmp_path: Path):
     ckpt = _local_checkpoint(small_vindex, tmp_path, _name_or_path="/home/me/checkpoints/v4")
     out = build_vindex(
@@ -181,6 +183,7 @@ def test_the_cli_gives_the_citation_a_year(vindex_copy: Path, monkeypatch: pytes
     assert "  year = {2031}," in _card(vindex_copy)
 
 
+@pytest.mark.slow
 def test_a_hub_build_inherits_the_model_cards_license(
     local_hub, small_vindex: SmallVindex, hub_repo_id: str, tmp_path: Path
 ):

@@ -174,6 +174,7 @@ def test_card_fields_come_from_options_and_a_config_file(small_vindex: SmallVind
 
 
 # ---- messages a new user meets ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_verify_on_a_checkpoint_says_it_is_one_and_what_to_run(
     small_vindex: SmallVindex, tmp_path: Path
 ):

@@ -96,6 +96,7 @@ def cache(tmp_path: Path) -> Path:
 
 
 # ---- 1. every request survives a transient fault ------------------------------------------------------
+@pytest.mark.slow
 def test_one_5xx_on_the_sidecar_the_head_and_the_binary_is_retried(
     local_hub: LocalHub, repo: str, cache: Path, small_vindex: SmallVindex, tmp_path: Path
 ):
@@ -121,6 +122,7 @@ def test_one_5xx_on_the_sidecar_the_head_and_the_binary_is_retried(
     assert verify_vindex(out).ok
 
 
+@pytest.mark.slow
 def test_a_dropped_sidecar_download_is_retried(local_hub: LocalHub, repo: str, cache: Path):
     local_hub.inject_fault(
         "drop", method="GET", path=f"*/{filenames.SIDECAR_JSON}", after_bytes=20, times=2
@@ -291,6 +293,7 @@ def test_a_card_path_leaving_the_folder_is_refused_by_name(
 
 
 # ---- 5. our markers are never taken from a repo, never pushed -----------------------------------------
+@pytest.mark.slow
 def test_a_planted_pull_marker_is_neither_pulled_nor_pushed(
     local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str, tmp_path: Path
 ):

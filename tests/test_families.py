@@ -194,6 +194,7 @@ def test_fp8_blocks_are_ragged_and_scaled_as_a_multiplier(checkpoints):
     assert not np.array_equal(ours[:16, :32], weight[:16, :32].float().numpy() / scale[0, 0].item())
 
 
+@pytest.mark.slow
 def test_mxfp4_is_what_transformers_dequantizes(checkpoints):
     from family_models import mxfp4_dequantize_reference
 

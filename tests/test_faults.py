@@ -54,6 +54,7 @@ def _hostile_sidecar(folder: Path) -> None:
     path.write_text(json.dumps(index))
 
 
+@pytest.mark.slow
 def test_info_and_verify_show_a_hostile_sidecar_escaped(vindex_copy: Path) -> None:
     _hostile_sidecar(vindex_copy)
     info = cli("info", str(vindex_copy))
@@ -64,6 +65,7 @@ def test_info_and_verify_show_a_hostile_sidecar_escaped(vindex_copy: Path) -> No
     _no_raw_control(verify.stdout + verify.stderr)
 
 
+@pytest.mark.slow
 def test_a_published_hostile_sidecar_and_server_message_reach_the_terminal_escaped(
     local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str, tmp_path: Path
 ) -> None:
@@ -90,6 +92,7 @@ def test_a_published_hostile_sidecar_and_server_message_reach_the_terminal_escap
     assert "\\x1b[2J" in info.stdout
 
 
+@pytest.mark.slow
 def test_the_cli_error_line_is_one_escaped_line(tmp_path: Path) -> None:
     bad = tmp_path / f"no{HOSTILE}\nsuch"
     done = cli("verify", str(bad))
@@ -126,6 +129,7 @@ def test_push_with_a_short_word_token_keeps_its_message_whole(
     assert "dataset repo tests/x" in str(err.value) and "<token>" not in str(err.value)
 
 
+@pytest.mark.slow
 def test_a_non_ascii_token_is_refused_without_quoting_it(
     local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str
 ) -> None:
@@ -163,6 +167,7 @@ def test_push_and_pull_against_a_stalled_server_end_in_one_line(
     assert not (tmp_path / "pulled" / filenames.SIDECAR_JSON).exists()
 
 
+@pytest.mark.slow
 def test_a_ranged_read_from_a_stalled_server_ends_in_one_error(
     local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str, tmp_path: Path, monkeypatch
 ) -> None:
@@ -212,6 +217,7 @@ def _interrupt(proc: subprocess.Popen, *, group: bool) -> tuple[float, str]:
     return time.monotonic() - sent, stderr
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_a_push_stalled_on_the_server_promptly(
     local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str
 ) -> None:
@@ -235,6 +241,7 @@ def _wait_until(condition, proc: subprocess.Popen, timeout: float) -> None:
         time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_a_malformed_endpoint_scheme_is_refused_at_once(tmp_path: Path) -> None:
     started = time.monotonic()
     done = cli("info", "ns/name", HF_ENDPOINT="htp://127.0.0.1:9")
@@ -287,6 +294,7 @@ def _shared_segments(pids: list[int]) -> set[str]:
 
 
 @pytest.mark.parametrize("group", [True, False], ids=["ctrl-c", "sigint-to-main"])
+@pytest.mark.slow
 def test_ctrl_c_on_a_build_with_workers_exits_quietly_and_frees_shared_memory(
     slow_checkpoint: Path, tmp_path: Path, group: bool
 ) -> None:
@@ -376,6 +384,7 @@ def _unfinished(folder: Path) -> list[Path]:
 
 
 @pytest.mark.parametrize("size", ["100k", "350k", "500k"])
+@pytest.mark.slow
 def test_a_full_disk_ends_in_one_line_and_the_rerun_resumes(
     small_checkpoint: Path, tmp_path: Path, size: str
 ) -> None:
@@ -396,6 +405,7 @@ def test_a_full_disk_ends_in_one_line_and_the_rerun_resumes(
         assert cli("verify", str(out)).returncode == 0
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_ends_in_one_line_and_the_rerun_resumes(
     small_checkpoint: Path, tmp_path: Path
 ) -> None:
@@ -420,6 +430,7 @@ def test_a_file_size_limit_ends_in_one_line_and_the_rerun_resumes(
     assert "resumed" in rerun.stdout or "built" in rerun.stdout
 
 
+@pytest.mark.slow
 def test_pull_on_a_full_disk_leaves_no_work_folder(
     local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str, tmp_path: Path
 ) -> None:
@@ -438,6 +449,7 @@ def test_pull_on_a_full_disk_leaves_no_work_folder(
             assert not (out / filenames.SIDECAR_JSON).exists()
 
 
+@pytest.mark.slow
 def test_a_read_only_output_folder_or_hub_cache_is_one_line(
     local_hub: LocalHub, small_checkpoint: Path, vindex_copy: Path, hub_repo_id: str, tmp_path: Path
 ) -> None:
@@ -455,6 +467,7 @@ def test_a_read_only_output_folder_or_hub_cache_is_one_line(
         assert "set HF_HOME" in line and "writable folder" in line, line
 
 
+@pytest.mark.slow
 def test_a_closed_stdout_ends_quietly(vindex_copy: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "vindex_hub", "info", str(vindex_copy)],
@@ -498,6 +511,7 @@ def test_os_errors_without_a_hint_still_name_the_file(tmp_path: Path) -> None:
 
 
 # ---- a damaged blob in the Hub cache --------------------------------------------------------------
+@pytest.mark.slow
 def test_a_damaged_cached_blob_says_which_file_to_delete(
     local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str, tmp_path: Path
 ) -> None:
@@ -574,6 +588,7 @@ def test_engine_ray_joins_a_token_authenticated_cluster_as_ray_cli_does(
         assert "RAY_AUTH_MODE=token" in line, line
 
 
+@pytest.mark.slow
 def test_ctrl_c_that_a_command_handles_ends_it_normally(tmp_path: Path) -> None:
     """``local-hub`` stops on Ctrl-C by design: the interrupt watchdog lets it end as it does."""
     proc = _popen_cli("local-hub", "--root", str(tmp_path / "root"), "--port", "0")

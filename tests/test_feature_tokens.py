@@ -32,6 +32,7 @@ BUILT = [1, 2]  # a layer subset: layer 0 is not built
 
 
 # ---- the numerics ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_top_k_matches_the_float64_reference_across_blocks():
     rng = np.random.default_rng(0)
     embedding = rng.standard_normal((301, 48)).astype(np.float32)
@@ -112,6 +113,7 @@ def _vectors(folder: Path) -> np.ndarray:
     )
 
 
+@pytest.mark.slow
 def test_feature_tokens_config_is_the_float64_top_k_of_every_vector(browse_build):
     folder, checkpoint, reference = browse_build
     table = pq.read_table(folder / mirror.FEATURE_TOKENS_PARQUET)

@@ -64,6 +64,7 @@ def gated_dataset(local_hub: LocalHub, local_vindex: Path) -> str:
 
 
 # ---- the server ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_info_is_public_but_files_and_listings_need_a_granted_token(
     local_hub: LocalHub,
     gated_model: str,
@@ -111,6 +112,7 @@ def test_info_is_public_but_files_and_listings_need_a_granted_token(
     assert HUB_TOKEN not in caplog.text and OTHER_TOKEN not in caplog.text
 
 
+@pytest.mark.slow
 def test_gating_survives_a_restart_and_the_admin_api_sets_it(tmp_path: Path) -> None:
     folder = tmp_path / "files"
     folder.mkdir()
@@ -188,6 +190,7 @@ def test_build_from_a_gated_model_repo(
     )
 
 
+@pytest.mark.slow
 def test_open_a_gated_dataset_vindex(
     gated_dataset: str, local_vindex: Path, tmp_path: Path
 ) -> None:

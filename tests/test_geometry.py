@@ -48,6 +48,7 @@ def test_overlaps_agree_with_a_float64_reference_within_1e_6(block_rows):
     assert got.plain[5, 17] == pytest.approx(1.0, abs=1e-6)
 
 
+@pytest.mark.slow
 def test_a_real_size_layer_within_1e_6_of_float64():
     """hidden 4096, K 64: the shape of DeepSeek-V4-Flash's experts (a few of them)."""
     rng = np.random.default_rng(1)

@@ -68,6 +68,7 @@ def _reference_subspaces(small_vindex: SmallVindex, layer: int) -> tuple[np.ndar
     return np.stack(vs), np.stack(ss)
 
 
+@pytest.mark.slow
 def test_build_with_geometry_publishes_the_figures_of_the_model(
     geometry_vindex: Path, small_vindex: SmallVindex, tmp_path: Path
 ):
@@ -132,6 +133,7 @@ def test_build_with_geometry_publishes_the_figures_of_the_model(
         assert np.max(np.abs(vx.overlap(2, weighted=True) - weighted[2])) < 1e-6
 
 
+@pytest.mark.slow
 def test_build_with_geometry_over_a_complete_build_adds_it(
     small_vindex: SmallVindex, geometry_vindex: Path, tmp_path: Path
 ):
@@ -186,6 +188,7 @@ def test_geometry_added_later_equals_the_build_time_geometry(
     assert "## Expert geometry" in (out / filenames.CARD_FILE).read_text()
 
 
+@pytest.mark.slow
 def test_geometry_of_a_seed_format_vindex(vindex_copy: Path, small_vindex: SmallVindex):
     _seed_style(vindex_copy)
     result = cli("geometry", str(vindex_copy))
@@ -209,6 +212,7 @@ def test_geometry_of_a_seed_format_vindex(vindex_copy: Path, small_vindex: Small
     assert "## Expert geometry" in card and f"`{geometry.COL_ROUTER_ALIGNMENT}`" not in card
 
 
+@pytest.mark.slow
 def test_geometry_of_a_seed_format_repo_on_the_hub(
     local_hub, hub_repo_id: str, vindex_copy: Path, tmp_path: Path
 ):
@@ -223,6 +227,7 @@ def test_geometry_of_a_seed_format_repo_on_the_hub(
     ).read_bytes()
 
 
+@pytest.mark.slow
 def test_geometry_of_a_current_repo_is_pulled_then_added(
     local_hub, hub_repo_id: str, small_vindex: SmallVindex, tmp_path: Path
 ):
@@ -248,6 +253,7 @@ def test_a_data_only_pull_brings_the_overlap_config(
     )
 
 
+@pytest.mark.slow
 def test_a_pull_of_some_layers_keeps_their_geometry(
     local_hub, hub_repo_id: str, geometry_vindex: Path, tmp_path: Path
 ):
@@ -297,6 +303,7 @@ def _other_vindex(root: Path, hidden: int = HIDDEN) -> Path:
     return root / "vindex"
 
 
+@pytest.mark.slow
 def test_compare_a_hub_vindex_with_a_folder_reads_only_the_compared_layer(
     local_hub, hub_repo_id: str, small_vindex: SmallVindex, tmp_path: Path
 ):
@@ -352,6 +359,7 @@ def test_verify_finds_a_changed_comparison(small_vindex: SmallVindex, tmp_path: 
     assert any("layer 2" in p and "mean_matched" in p for p in report.problems), report.problems
 
 
+@pytest.mark.slow
 def test_compare_refuses_different_hidden_sizes_in_one_line(
     small_vindex: SmallVindex, tmp_path: Path
 ):
@@ -362,6 +370,7 @@ def test_compare_refuses_different_hidden_sizes_in_one_line(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_list_finds_vindexes_by_author_and_model(
     local_hub, hub_repo_id: str, small_vindex: SmallVindex, geometry_vindex: Path, tmp_path: Path
 ):

@@ -85,6 +85,7 @@ def _holder(folder: Path, seconds: float = 60) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_build_convert_and_pull_are_refused_while_another_process_holds_the_folder(
     small_vindex: SmallVindex, repo: str, tmp_path: Path
 ) -> None:
@@ -129,6 +130,7 @@ def test_the_lock_is_refused_within_one_process_too(tmp_path: Path) -> None:
     FolderLock(tmp_path / "out", "build").release()  # free once released
 
 
+@pytest.mark.slow
 def test_racing_cli_builds_with_different_layers_never_leave_disagreeing_files(
     small_vindex: SmallVindex, tmp_path: Path
 ) -> None:
@@ -170,6 +172,7 @@ def test_racing_cli_builds_with_different_layers_never_leave_disagreeing_files(
         _consistent(out)
 
 
+@pytest.mark.slow
 def test_racing_api_builds_and_pulls_in_threads_never_leave_disagreeing_files(
     small_vindex: SmallVindex, repo: str, tmp_path: Path, cache: Path
 ) -> None:
@@ -354,6 +357,7 @@ def test_a_refusing_hub_is_said_and_fails_verify(
             assert vx.commit == new and vx.unconfirmed is None
 
 
+@pytest.mark.slow
 def test_cli_verify_and_pull_say_the_hub_refused(
     local_hub: LocalHub, repo: str, tmp_path: Path
 ) -> None:
@@ -438,6 +442,7 @@ def test_a_link_inside_the_folder_is_published_with_its_content(
     assert Path(got).read_bytes() == real.read_bytes()
 
 
+@pytest.mark.slow
 def test_push_publishes_only_owned_files_plus_those_named(
     local_hub: LocalHub, vindex_copy: Path, hub_repo_id: str
 ) -> None:

@@ -70,6 +70,7 @@ def test_info_of_a_local_folder_imports_nothing_heavy(small_vindex) -> None:
     assert _heavy(result) == []
 
 
+@pytest.mark.slow
 def test_verify_of_a_local_folder_loads_pyarrow_only_for_its_mirror(
     small_vindex, tmp_path: Path
 ) -> None:

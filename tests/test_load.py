@@ -157,6 +157,7 @@ def cache(tmp_path):
 
 # ---- reading: the four modes agree with the written bytes ----------------------------------------
 @pytest.mark.parametrize("mode", ["lazy", "snapshot", "arrow"])
+@pytest.mark.slow
 def test_remote_modes_equal_local_binary(local_hub, vindex_folder, repo, cache, mode):
     folder, blocks = vindex_folder
     with Vindex.open(folder) as local, Vindex.open(repo, mode=mode, cache_dir=cache) as vx:
@@ -310,6 +311,7 @@ def test_revision_by_uri_and_commit(local_hub, vindex_folder, repo, cache):
         parse_repo(f"hf://datasets/{repo}@main", revision=commit)
 
 
+@pytest.mark.slow
 def test_new_revision_never_serves_stale_blocks(local_hub, tmp_path, cache):
     old = write_vindex(tmp_path / "a", seed=1)
     new = write_vindex(tmp_path / "b", seed=2)
@@ -348,6 +350,7 @@ def test_offline_reuse(local_hub, vindex_folder, repo, cache, monkeypatch):
 
 
 # ---- integrity --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_corrupted_binary_on_the_server(local_hub, vindex_folder, tmp_path, cache):
     folder, _ = vindex_folder
     repo_id = upload(folder)
@@ -491,6 +494,7 @@ class _CraftedHead(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_server_commit_must_be_a_sha(monkeypatch):
     from huggingface_hub import constants
 
@@ -566,6 +570,7 @@ def test_missing_repo_revision_file(local_hub, vindex_folder, tmp_path, cache):
 
 
 # ---- faults: retries, resume, servers that ignore Range -------------------------------------------
+@pytest.mark.slow
 def test_dropped_connection_is_resumed(local_hub, vindex_folder, repo, cache):
     _, blocks = vindex_folder
     nbytes = E * K * H * 4
@@ -614,6 +619,7 @@ class _IgnoresRange(http.server.BaseHTTPRequestHandler):
         pass
 
 
+@pytest.mark.slow
 def test_server_ignoring_range_is_detected():
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _IgnoresRange)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -674,6 +680,7 @@ def test_concurrent_processes_share_one_cache(local_hub, vindex_folder, repo, ca
 
 
 # ---- pull and info -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_pull_binary_subset_is_a_valid_smaller_vindex(
     local_hub, vindex_folder, repo, tmp_path, cache
 ):
@@ -710,6 +717,7 @@ def test_pull_binary_subset_is_a_valid_smaller_vindex(
         pull_vindex(repo, tmp_path / "sub2", layers="7", cache_dir=cache)
 
 
+@pytest.mark.slow
 def test_pull_replaces_only_an_earlier_pull_of_the_same_repo(
     local_hub, vindex_folder, repo, tmp_path, cache
 ):
@@ -740,6 +748,7 @@ def test_pull_replaces_only_an_earlier_pull_of_the_same_repo(
         pull_vindex(repo, tmp_path / "busy", cache_dir=cache)
 
 
+@pytest.mark.slow
 def test_pull_full_is_verified_and_arrow_is_data_only(
     local_hub, vindex_folder, repo, tmp_path, cache
 ):
@@ -764,6 +773,7 @@ def test_pull_full_is_verified_and_arrow_is_data_only(
             vx.layer(1)
 
 
+@pytest.mark.slow
 def test_pull_of_a_corrupted_repo_leaves_no_sidecar(local_hub, vindex_folder, tmp_path, cache):
     folder, _ = vindex_folder
     repo_id = upload(folder)

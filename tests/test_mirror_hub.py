@@ -89,6 +89,7 @@ def _vector_bytes(ds) -> bytes:
 
 # ---- load_dataset against the Hub ------------------------------------------------------------------
 @pytest.mark.parametrize("split", [None, "train"])
+@pytest.mark.slow
 def test_load_dataset_of_one_layer_fetches_that_file_only(
     local_hub, hub_repo_id, vindex, tmp_path, split
 ):
@@ -108,6 +109,7 @@ def test_load_dataset_of_one_layer_fetches_that_file_only(
     assert sum(sent.values()) <= 1.05 * (vindex / path).stat().st_size
 
 
+@pytest.mark.slow
 def test_a_bare_load_dataset_opens_the_small_default(local_hub, hub_repo_id, vindex, tmp_path):
     from datasets import load_dataset
 

@@ -164,6 +164,7 @@ def test_repush_of_an_unchanged_folder_sends_nothing(
     assert "is up to date" in again.render()
 
 
+@pytest.mark.slow
 def test_push_after_a_card_edit_sends_only_the_card(
     local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path
 ) -> None:
@@ -221,6 +222,7 @@ def test_push_of_fewer_layers_deletes_stale_splits_only(
 
 
 # ---- branches and pull requests -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_create_pr_leaves_main_alone(
     local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path, tmp_path: Path
 ) -> None:
@@ -231,6 +233,7 @@ def test_create_pr_leaves_main_alone(
     assert "pull request: " + result.pr_url in result.render()
 
 
+@pytest.mark.slow
 def test_missing_branch_is_an_error_unless_create_branch(
     local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path, tmp_path: Path
 ) -> None:
@@ -260,6 +263,7 @@ def test_create_branch_needs_a_revision(vindex_copy: Path) -> None:
 
 
 # ---- dry run, refusals, bad arguments -------------------------------------------------------------------
+@pytest.mark.slow
 def test_dry_run_sends_nothing(local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path) -> None:
     new = push_vindex(vindex_copy, hub_repo_id, dry_run=True, progress=False)
     assert new.created_repo and new.commit_oid is None
@@ -301,6 +305,7 @@ def test_malformed_repo_id(vindex_copy: Path, repo_id: str) -> None:
         push_vindex(vindex_copy, repo_id, progress=False)
 
 
+@pytest.mark.slow
 def test_private_repo(local_hub: LocalHub, hub_repo_id: str, vindex_copy: Path) -> None:
     push_vindex(vindex_copy, hub_repo_id, private=True, progress=False)
     assert HfApi().repo_info(hub_repo_id, repo_type="dataset").private is True
@@ -565,6 +570,7 @@ def _run_workflow_commands(
     return [] if real else [json.loads(line) for line in log.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_workflow_builds_and_pushes_end_to_end(
     local_hub: LocalHub, hub_repo_id: str, tmp_path: Path
 ) -> None:

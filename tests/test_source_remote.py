@@ -189,6 +189,7 @@ def test_remote_build_is_identical_and_fetches_only_the_needed_tensors(
     assert sum(sent.values()) < 0.3 * checkpoint_size
 
 
+@pytest.mark.slow
 def test_the_source_counts_what_it_fetched(local_hub, remote_repo, checkpoint, fresh_header_cache):
     with HubCheckpoint(remote_repo) as src:
         assert (src.bytes_fetched, src.path) == (0, None)
@@ -276,6 +277,7 @@ def test_server_errors_and_dropped_connections_are_retried(
     )
 
 
+@pytest.mark.slow
 def test_a_body_dropped_mid_tensor_resumes_from_the_missing_byte(
     local_hub, remote_repo, checkpoint
 ):
@@ -344,6 +346,7 @@ def test_a_missing_repo_or_revision_is_a_typed_error_naming_it(local_hub, remote
 
 
 @pytest.mark.parametrize("sha", ["../../../escape", "a" * 39, "A" * 40, None])
+@pytest.mark.slow
 def test_a_commit_sha_that_is_not_a_hash_is_refused(monkeypatch, tmp_path, sha):
     """A hostile or broken server's model-info sha never reaches the cache paths."""
     import threading
@@ -415,6 +418,7 @@ def test_a_shard_header_that_disagrees_with_the_weight_map_names_shard_and_tenso
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
+@pytest.mark.slow
 def test_a_damaged_shard_is_a_checkpoint_error_naming_its_url(
     local_hub, hub_repo_id, checkpoint, tmp_path, damage
 ):

@@ -67,6 +67,7 @@ def batch() -> np.ndarray:
 
 
 @pytest.mark.parametrize("device_path", ["lapack", "torch"])
+@pytest.mark.slow
 def test_top_k_matches_float64_svd(batch: np.ndarray, device_path: str) -> None:
     k = 8
     if device_path == "lapack":
@@ -113,6 +114,7 @@ def test_cuda_device_runs_the_torch_path(
     assert calls == ["cuda"] and top.routes == (svd.ROUTE_CUDA,) * 3
 
 
+@pytest.mark.slow
 def test_tall_matrix_uses_the_other_gram(batch: np.ndarray) -> None:
     tall = np.ascontiguousarray(batch.transpose(0, 2, 1))  # (3, 128, 64): O > I
     top = svd.top_k_right_singular(tall, 8)
@@ -388,6 +390,7 @@ def test_bits_do_not_depend_on_the_callers_blas_threads(precision: str) -> None:
         assert other.frobenius_norm.tobytes() == results[0].frobenius_norm.tobytes()
 
 
+@pytest.mark.slow
 def test_the_decomposition_runs_with_blas_threads(monkeypatch: pytest.MonkeyPatch) -> None:
     seen = []
     real = svd._gram

@@ -65,6 +65,7 @@ def test_the_families_have_their_structure() -> None:
 
 @pytest.mark.parametrize("family", list(synth.SPECTRUM_FAMILIES))
 @pytest.mark.parametrize("tall", [False, True])
+@pytest.mark.slow
 def test_each_family_takes_its_route_exactly_with_no_attempt_thrown_away(
     family: str, tall: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -120,6 +121,7 @@ def _spikes_over_a_steep_decay(rng: np.random.Generator) -> np.ndarray:
     return ((u * s) @ v.T).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_the_certificate_catches_what_the_deflated_route_cannot_certify(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -136,6 +138,7 @@ def test_the_certificate_catches_what_the_deflated_route_cannot_certify(
 
 
 @pytest.mark.parametrize("shape", [(256, 256), (128, 1792), (1792, 128)])
+@pytest.mark.slow
 def test_plain_gaussian_matrices_of_any_aspect_stay_on_the_mixed_route(
     shape: tuple[int, int],
 ) -> None:

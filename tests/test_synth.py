@@ -50,6 +50,7 @@ def flash(tmp_path_factory):
     return root, reference
 
 
+@pytest.mark.slow
 def test_config_has_the_real_keys(flash):
     root, _ = flash
     config = json.loads((root / "config.json").read_text())

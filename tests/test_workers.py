@@ -216,6 +216,7 @@ def test_worker_count_must_be_positive(checkpoint: Path, tmp_path: Path) -> None
         ProcessEngine({}, DecomposeSettings(num_feats=4, device="cpu"), 0, prefetch_layers=1)
 
 
+@pytest.mark.slow
 def test_spiky_experts_take_the_deflated_route_with_the_same_bits_for_any_workers_and_batch(
     tmp_path: Path,
 ) -> None:

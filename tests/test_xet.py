@@ -100,6 +100,7 @@ def _received(hub: LocalHub, transfer: str) -> int:
     return stats.xet_bytes_received if transfer == "xet" else stats.lfs_bytes_received
 
 
+@pytest.mark.slow
 def test_push_pull_and_load_through_each_transfer(
     transfer: str, local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, tmp_path: Path
 ) -> None:
@@ -280,6 +281,7 @@ def test_a_refused_xet_token_fails_push_in_one_line_and_the_next_push_resumes(
 
 
 @pytest.mark.parametrize("failure", ["read token refused", "xorbs missing from the CAS"])
+@pytest.mark.slow
 def test_a_failed_xet_download_fails_loads_in_one_line_and_the_next_run_resumes(
     local_hub: LocalHub, hub_repo_id: str, fresh_vindex: Path, tmp_path: Path, failure: str
 ) -> None:
@@ -317,6 +319,7 @@ def test_a_failed_xet_download_fails_loads_in_one_line_and_the_next_run_resumes(
     assert _sha256(out / binary) == _sha256(fresh_vindex / binary)
 
 
+@pytest.mark.slow
 def test_local_hub_prints_what_a_client_needs_and_a_push_with_it_works(
     tmp_path: Path, small_vindex
 ) -> None:
