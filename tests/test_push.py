@@ -91,24 +91,6 @@ def fast_lfs_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     )
 
 
-@pytest.fixture
-def fresh_vindex(tmp_path: Path) -> Path:
-    """A vindex of weights no other test used: the server's object store holds none of its files yet
-    (it keeps LFS objects by content, so the shared small vindex's would upload nothing)."""
-    checkpoint = make_deepseek_v4_checkpoint(
-        tmp_path / "fresh-checkpoint",
-        num_layers=2,
-        num_experts=4,
-        hidden_size=64,
-        moe_intermediate_size=32,
-        seed=next(_seeds),
-        include_mtp=False,
-    )
-    return build_vindex(
-        checkpoint, tmp_path / "fresh", num_feats=NUM_FEATS, device="cpu", progress=False
-    ).out
-
-
 # ---- the happy paths ---------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_push_creates_repo_and_uploads_the_folder_in_one_commit(

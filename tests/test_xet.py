@@ -9,7 +9,6 @@ either client is patched.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -33,29 +32,10 @@ from vindex_hub.hubserver.xet import bg4_regroup, lz4_frame_decompress, parse_sh
 from vindex_hub.load import Vindex
 from vindex_hub.pull import pull
 from vindex_hub.push import publishable_files, push_vindex
-from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 
-from vindex_fixtures import REPO_ROOT, cli
+from vindex_fixtures import FRESH_CHECKPOINT, NUM_FEATS, REPO_ROOT, cli
 
 TRANSFERS = ("xet", "lfs")
-_seeds = itertools.count(7000)  # weights no other test file uses
-
-
-@pytest.fixture
-def fresh_vindex(tmp_path: Path) -> Path:
-    """A vindex of weights no other test pushed: the server stores none of its content yet."""
-    checkpoint = make_deepseek_v4_checkpoint(
-        tmp_path / "fresh-checkpoint",
-        num_layers=2,
-        num_experts=4,
-        hidden_size=64,
-        moe_intermediate_size=32,
-        seed=next(_seeds),
-        include_mtp=False,
-    )
-    return build_vindex(
-        checkpoint, tmp_path / "fresh", num_feats=4, device="cpu", progress=False
-    ).out
 
 
 def _rebuilt_with_layer_1_changed(tmp_path: Path) -> Path:
@@ -64,7 +44,7 @@ def _rebuilt_with_layer_1_changed(tmp_path: Path) -> Path:
     import torch
     from safetensors.torch import load_file, save_file
 
-    source = tmp_path / "fresh-checkpoint"
+    source = tmp_path / FRESH_CHECKPOINT
     checkpoint = Path(shutil.copytree(source, tmp_path / "changed-checkpoint"))
     changed = 0
     for shard in sorted(checkpoint.glob("*.safetensors")):
@@ -79,7 +59,7 @@ def _rebuilt_with_layer_1_changed(tmp_path: Path) -> Path:
             save_file(tensors, shard, metadata={"format": "pt"})
     assert changed
     return build_vindex(
-        checkpoint, tmp_path / "changed", num_feats=4, device="cpu", progress=False
+        checkpoint, tmp_path / "changed", num_feats=NUM_FEATS, device="cpu", progress=False
     ).out
 
 

@@ -11,6 +11,7 @@ binary), ``upload`` (to a new Hub repo) and ``cli`` (a ``vindex-hub`` command in
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import shutil
@@ -140,6 +141,30 @@ def small_vindex(tmp_path_factory: pytest.TempPathFactory) -> SmallVindex:
         larql_router=True,
     )
     return SmallVindex(root / "vindex", checkpoint, reference)
+
+
+# Weights no other fixture or test uses: the server stores by content, so a fresh vindex's files
+# are new to it (the shared small vindex's would upload nothing).
+_fresh_seeds = itertools.count(7000)
+FRESH_CHECKPOINT = "fresh-checkpoint"  # under the test's tmp_path, for tests that derive from it
+
+
+@pytest.fixture
+def fresh_vindex(tmp_path: Path) -> Path:
+    """A vindex (2 layers x 4 experts, K = NUM_FEATS) of weights no other test pushed, built from
+    ``tmp_path / FRESH_CHECKPOINT``."""
+    checkpoint = make_deepseek_v4_checkpoint(
+        tmp_path / FRESH_CHECKPOINT,
+        num_layers=2,
+        num_experts=4,
+        hidden_size=64,
+        moe_intermediate_size=32,
+        seed=next(_fresh_seeds),
+        include_mtp=False,
+    )
+    return build_vindex(
+        checkpoint, tmp_path / "fresh", num_feats=NUM_FEATS, device="cpu", progress=False
+    ).out
 
 
 @pytest.fixture
