@@ -79,6 +79,13 @@ GENERIC: dict[str, Quirks] = {
     "minimax_m3_vl": Quirks("MiniMax-M3 VL (language tower)"),
     "minimax_m3_vl_text": Quirks("MiniMax-M3 text"),
     "unlimited_ocr": Quirks("Unlimited OCR (language tower)"),
+    "deepseek_ocr2": Quirks("DeepSeek-OCR 2 (language tower)", note=_DSV3),
+    "dots3_note": Quirks("dots3 note (language tower)", note=_DSV3),
+    "dots3_note_text": Quirks("dots3 note text", note=_DSV3),
+    "hy_v4_vl": Quirks("Hunyuan V4 VL (language tower)", note="shared_experts.linear_gate"),
+    "muse_spark": Quirks("Muse Spark (language tower)"),
+    "qwen4_exp": Quirks("Qwen4 exp (language tower)", note=_HYBRID),
+    "qwen4_exp_text": Quirks("Qwen4 exp text", note=_HYBRID),
 }
 
 REFUSED: dict[str, str] = {
