@@ -95,10 +95,6 @@ _NO_TINY = "its tiny model cannot be built from the default config here"
 SKIPPED: dict[str, str] = {
     "diffusion_gemma": "two layer stacks hold experts (encoder language model and decoder) under the same layer ids; a vindex indexes one stack",
     "ernie4_5_vl_moe": f"{_NO_TINY} (its text and vision experts split needs sizes the shrink breaks)",
-    "inkling2": "fused experts.w13_weight did not decode as the in-memory gate rows; not verified",
-    "inkling2_loop": "fused experts.w13_weight did not decode as the in-memory gate rows; not verified",
-    "inkling2_loop_text": "fused experts.w13_weight did not decode as the in-memory gate rows; not verified",
-    "inkling2_text": "fused experts.w13_weight did not decode as the in-memory gate rows; not verified",
     "inkling_mm_model": f"{_NO_TINY} (the test run did not finish)",
     "zaya": "its router is an MLP (down_proj, router_mlp, out_proj), not one [E, H] matrix a vindex's router spectrum needs",
 }

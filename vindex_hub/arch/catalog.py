@@ -20,6 +20,7 @@ _ZERO = (
     "the real experts' gate vectors, the router spectrum covers every row"
 )
 _HYBRID = "hybrid: only the layers whose block holds experts are indexed"
+_W13 = "fused experts.w13_weight [E, 2I, H], gate and up rows interleaved"
 
 GENERIC: dict[str, Quirks] = {
     "afmoe": Quirks("AFMoE (Arcee Trinity)", note="shared experts, expert bias"),
@@ -86,6 +87,10 @@ GENERIC: dict[str, Quirks] = {
     "muse_spark": Quirks("Muse Spark (language tower)"),
     "qwen4_exp": Quirks("Qwen4 exp (language tower)", note=_HYBRID),
     "qwen4_exp_text": Quirks("Qwen4 exp text", note=_HYBRID),
+    "inkling2": Quirks("Inkling 2 (language tower)", note=_W13),
+    "inkling2_text": Quirks("Inkling 2 text", note=_W13),
+    "inkling2_loop": Quirks("Inkling 2 loop (language tower)", note=_W13),
+    "inkling2_loop_text": Quirks("Inkling 2 loop text", note=_W13),
 }
 
 REFUSED: dict[str, str] = {

@@ -45,6 +45,7 @@ from .family import FP8_SCALE_PART, MoEFamily
 from .layouts import (
     FLOAT,
     HALVES,
+    INTERLEAVED,
     ROWS,
     FP8BlockCodec,
     FusedGateUp,
@@ -216,7 +217,9 @@ class GenericFamily(MoEFamily):
                 extra_experts=self.quirks.fused_extra_experts,
             ),
             FusedGateUp(f"{block}.experts.fc1.weight", d, self.fused_axis, self.fused_split),
-            FusedGateUp(f"{block}.experts.w13_weight", d, self.fused_axis, self.fused_split),
+            # Inkling's released w13_weight [E, 2I, H] alternates gate and up rows (transformers'
+            # conversion mappings de-interleave it into gate_up_proj on load, for every family)
+            FusedGateUp(f"{block}.experts.w13_weight", d, ROWS, INTERLEAVED),
             # Granite / JetMoE: ParallelExperts [E, 2I, H], gate = the first half
             FusedGateUp(f"{block}.input_linear.weight", d, ROWS, HALVES),
         ]
