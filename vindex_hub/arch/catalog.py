@@ -87,6 +87,7 @@ GENERIC: dict[str, Quirks] = {
     "muse_spark": Quirks("Muse Spark (language tower)"),
     "qwen4_exp": Quirks("Qwen4 exp (language tower)", note=_HYBRID),
     "qwen4_exp_text": Quirks("Qwen4 exp text", note=_HYBRID),
+    "inkling_mm_model": Quirks("Inkling multimodal (language tower)", note=_W13),
     "inkling2": Quirks("Inkling 2 (language tower)", note=_W13),
     "inkling2_text": Quirks("Inkling 2 text", note=_W13),
     "inkling2_loop": Quirks("Inkling 2 loop (language tower)", note=_W13),
