@@ -75,6 +75,10 @@ GENERIC: dict[str, Quirks] = {
     "solar_open": Quirks("Solar Open", note=_DSV3),
     "gemma4": Quirks("Gemma 4 (language tower)"),
     "gemma4_text": Quirks("Gemma 4 text"),
+    "diffusion_gemma": Quirks(
+        "Diffusion Gemma",
+        note="the decoder's experts (its encoder's language model ties the same weights)",
+    ),
     "inkling_text": Quirks("Inkling text"),
     "lara_mini": Quirks("Lara mini"),
     "minimax_m3_vl": Quirks("MiniMax-M3 VL (language tower)"),

@@ -93,6 +93,8 @@ GENERIC_PREFIXES = (
     "model.text_model.",
     "language_model.",
     "model.llm.",
+    # Diffusion Gemma: the decoder's layers (its encoder's language model is tied to them)
+    "model.decoder.",
 )
 #: what holds the decoder layers (``blocks``: what transformers writes for Kimi-K2.5, DBRX)
 LAYER_CONTAINERS = ("layers", "blocks")
