@@ -96,7 +96,6 @@ FIXES: dict[str, dict[str, Any]] = {
 # Model types whose tiny model cannot be made here, and why (a test skips them by name).
 _NO_TINY = "its tiny model cannot be built from the default config here"
 SKIPPED: dict[str, str] = {
-    "ernie4_5_vl_moe": f"{_NO_TINY} (its text and vision experts split needs sizes the shrink breaks)",
     "zaya": "its router is an MLP (down_proj, router_mlp, out_proj), not one [E, H] matrix a vindex's router spectrum needs",
 }
 
@@ -311,9 +310,15 @@ def reference(model: Any, hidden: int, num_experts: int) -> dict[int, LayerRefer
                 elif "bias" in pname and num_experts <= t.numel() <= max_rows:
                     if "proj" not in pname and "linear" not in pname:
                         biases.append(_f64(t).reshape(-1))
-            if shared is None:  # a shared expert beside the MoE block (Granite, Step)
-                owner = modules[name[: m.end() - 1]]
-                for pname, t in owner.named_parameters():
+            # a shared expert beside the MoE block (Granite, Step), or beside its parent
+            # (ERNIE VL's mlp.shared_experts beside mlp.text_moe)
+            layer_name = name[: m.end() - 1]
+            parent = name.rsplit(".", 2)[0]
+            below = parent.startswith(layer_name + ".")  # not the layer list itself
+            for owner in (parent, layer_name) if below else (layer_name,):
+                if shared is not None:
+                    break
+                for pname, t in modules[owner].named_parameters():
                     if "share" in pname.split(".")[0] and pname.endswith("gate_proj.weight"):
                         shared = _f64(t).reshape(-1, hidden)
                     elif "share" in pname.split(".")[0] and pname.endswith("input_linear.weight"):

@@ -5,6 +5,7 @@ from . import (  # noqa: F401  (register)
     dbrx,
     deepseek_v3,
     deepseek_v4,
+    ernie4_5_vl_moe,
     glm4_moe,
     gpt_oss,
     llama4,

@@ -129,6 +129,10 @@ OWN_MODULES: dict[str, tuple[str, str]] = {
     "llama4_text": ("Llama-4 text", "fused [E, H, 2I]; moe_layers"),
     "llama4": ("Llama-4 (language tower)", "fused [E, H, 2I]; moe_layers"),
     "dbrx": ("DBRX", "ffn_config; transformer.blocks.L.ffn.experts.mlp.w1 [E*I, H]"),
+    "ernie4_5_vl_moe": (
+        "ERNIE 4.5 VL MoE (language tower)",
+        "text experts (moe_intermediate_size[0]); the vision experts are not indexed",
+    ),
 }
 
 
