@@ -165,9 +165,11 @@ def _shrink(d: dict[str, Any], layers: int) -> dict[str, Any]:
             out[k] = min(v, 2)
         elif k in ("num_hidden_layers", "num_layers"):
             out[k] = min(v, layers)
-        elif k in ("hidden_size", "d_model") or kl.endswith(
-            ("text_hidden_size", "out_hidden_size")
-        ) or kl in ("adapter_in_dim", "adapter_out_dim", "adapter_input_size"):
+        elif (
+            k in ("hidden_size", "d_model")
+            or kl.endswith(("text_hidden_size", "out_hidden_size"))
+            or kl in ("adapter_in_dim", "adapter_out_dim", "adapter_input_size")
+        ):
             out[k] = HIDDEN
         elif "intermediate" in kl or kl.endswith("ffn_hidden_size") or kl.endswith("ffn_dim"):
             out[k] = INTERMEDIATE if v else v
