@@ -86,6 +86,13 @@ FIXES: dict[str, dict[str, Any]] = {
     # its vision encoder's last scale has 40*40*3*2*64 channels at the default patch size (a
     # square layer of 614400: 1.5 TB); a 4-pixel patch keeps it small
     "inkling_mm_model": dict(vision_config=dict(patch_size=4, n_layers=4)),
+    # the experts work in a pooled space of their own width (48: neither the hidden size nor 2I)
+    # (its audio pyramid and vision adapter keep their default widths otherwise: 118M parameters)
+    "muse_spark": dict(
+        text_config=dict(moe_hidden_size=48),
+        audio_config=dict(hidden_sizes=[16, 16, 32, 32]),
+        projector_hidden_size=64,
+    ),
     # mrope_section must sum to qk_rope_head_dim // 2 (8 // 2 in the tiny model)
     "hy_v4_vl": dict(
         text_config=dict(
@@ -239,6 +246,9 @@ class LayerReference:
     routers: list[np.ndarray]  # candidate router matrices [>=E, H] of the block
     biases: list[np.ndarray]  # candidate router biases (flattened)
     shared: np.ndarray | None
+    #: False where the gates are a product of matrices (float64 here, float32 in the package):
+    #: compared to float32 rounding, not bit for bit
+    exact: bool = True
 
 
 def _f64(t: torch.Tensor) -> np.ndarray:
@@ -271,6 +281,25 @@ def _gates(module: torch.nn.Module, hidden: int) -> np.ndarray | None:
     return None
 
 
+def _pooled(block: torch.nn.Module, gates: np.ndarray, hidden: int) -> np.ndarray | None:
+    """Muse Spark: the experts run in a pooled space, after ``pre_expert_proj`` P [M, H] and
+    ``pre_expert_norm`` (x / rms(x) * (1 + w)), so the gate reads h through G diag(1 + w) P up
+    to 1 / rms(P h), one positive number a token. None for a block that does not pool."""
+    proj, norm = getattr(block, "pre_expert_proj", None), getattr(block, "pre_expert_norm", None)
+    if proj is None or norm is None:
+        return None
+    p, scale = _f64(proj.weight), 1.0 + _f64(norm.weight)
+    effective = np.stack([(g * scale) @ p for g in gates])
+    # The formula against the block's own modules: the gate outputs of a few hidden states.
+    x = torch.randn(3, hidden, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        pooled = _f64(norm(proj(x)))
+        rms = np.sqrt(np.mean(_f64(proj(x)) ** 2, axis=-1, keepdims=True) + norm.eps)
+    for g, e in zip(gates, effective):
+        np.testing.assert_allclose(pooled @ g.T, (_f64(x) @ e.T) / rms, rtol=1e-4, atol=1e-6)
+    return effective
+
+
 def reference(model: Any, hidden: int, num_experts: int) -> dict[int, LayerReference]:
     """Every MoE layer of the in-memory model: its experts' gate rows, router(s), bias(es), shared."""
     layers: dict[int, LayerReference] = {}
@@ -287,6 +316,9 @@ def reference(model: Any, hidden: int, num_experts: int) -> dict[int, LayerRefer
             block = modules[name.rsplit(".", 1)[0]] if leaf == "experts" else module
             layer = int(m.group(1))
             gates = gates[:num_experts]  # LongCat allocates rows for its zero-computation experts
+            pooled = _pooled(block, gates, hidden)
+            exact = pooled is None
+            gates = gates if pooled is None else pooled
             routers, biases, shared = [], [], None
             max_rows = max(
                 (p.shape[0] for p in block.parameters() if p.dim() == 2 and p.shape[1] == hidden),
@@ -329,5 +361,5 @@ def reference(model: Any, hidden: int, num_experts: int) -> dict[int, LayerRefer
             # decoder): the vindex indexes one, which is only right when they are the same weights.
             if layer in layers and not np.array_equal(layers[layer].gates, gates):
                 raise AssertionError(f"{name}: a second stack's experts differ at layer {layer}")
-            layers[layer] = LayerReference(gates, routers, biases, shared)
+            layers[layer] = LayerReference(gates, routers, biases, shared, exact)
     return layers

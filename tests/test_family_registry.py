@@ -63,6 +63,16 @@ def test_skipped(model_type):
     pytest.skip(f"{model_type}: {SKIPPED[model_type]}")
 
 
+def _assert_gates(gates: np.ndarray, ref) -> None:
+    """Bit for bit where the gate rows are stored as such; to float32 rounding where they are a
+    product of matrices (Muse Spark's pooled experts)."""
+    if ref.exact:
+        np.testing.assert_array_equal(gates, ref.gates.astype(np.float32))
+    else:
+        assert gates.shape == ref.gates.shape
+        np.testing.assert_allclose(gates, ref.gates, rtol=1e-5, atol=1e-6 * np.abs(ref.gates).max())
+
+
 @pytest.mark.parametrize("model_type", [t for t in MOE_TYPES if t in SUPPORTED])
 def test_a_tiny_model_saved_by_transformers_builds_against_its_own_parameters(model_type, tmp_path):
     model = build_model(model_type)
@@ -77,7 +87,7 @@ def test_a_tiny_model_saved_by_transformers_builds_against_its_own_parameters(mo
         for layer, ref in expected.items():
             raw = src.read(arch.layer_tensors(layer))
             gates = arch.expert_gate_weights(layer, range(num_experts), raw)
-            np.testing.assert_array_equal(gates, ref.gates.astype(np.float32))
+            _assert_gates(gates, ref)
             router = arch.router_weight(layer, raw)
             assert any(
                 r.shape == router.shape and np.array_equal(router, r.astype(np.float32))
@@ -105,7 +115,7 @@ def test_a_tiny_model_saved_by_transformers_builds_against_its_own_parameters(mo
         for layer, ref in expected.items():
             raw = src.read(arch.layer_tensors(layer))
             gates = arch.expert_gate_weights(layer, range(num_experts), raw)
-            np.testing.assert_array_equal(gates, ref.gates.astype(np.float32))
+            _assert_gates(gates, ref)
     out = tmp_path / "vindex"
     build_vindex(folder, out, num_feats=NUM_FEATS, device="cpu", progress=False, workers=1)
     checked = total = 0

@@ -10,6 +10,7 @@ from . import (  # noqa: F401  (register)
     gpt_oss,
     llama4,
     mixtral,
+    muse_spark,
     olmoe,
     qwen_moe,
 )

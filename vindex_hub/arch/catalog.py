@@ -88,7 +88,6 @@ GENERIC: dict[str, Quirks] = {
     "dots3_note": Quirks("dots3 note (language tower)", note=_DSV3),
     "dots3_note_text": Quirks("dots3 note text", note=_DSV3),
     "hy_v4_vl": Quirks("Hunyuan V4 VL (language tower)", note="shared_experts.linear_gate"),
-    "muse_spark": Quirks("Muse Spark (language tower)"),
     "qwen4_exp": Quirks("Qwen4 exp (language tower)", note=_HYBRID),
     "qwen4_exp_text": Quirks("Qwen4 exp text", note=_HYBRID),
     "inkling_mm_model": Quirks("Inkling multimodal (language tower)", note=_W13),
@@ -129,6 +128,10 @@ OWN_MODULES: dict[str, tuple[str, str]] = {
     "llama4_text": ("Llama-4 text", "fused [E, H, 2I]; moe_layers"),
     "llama4": ("Llama-4 (language tower)", "fused [E, H, 2I]; moe_layers"),
     "dbrx": ("DBRX", "ffn_config; transformer.blocks.L.ffn.experts.mlp.w1 [E*I, H]"),
+    "muse_spark": (
+        "Muse Spark (language tower)",
+        "experts in a pooled space: gate x diag(1 + pre_expert_norm) x pre_expert_proj",
+    ),
     "ernie4_5_vl_moe": (
         "ERNIE 4.5 VL MoE (language tower)",
         "text experts (moe_intermediate_size[0]); the vision experts are not indexed",
