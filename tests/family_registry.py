@@ -102,9 +102,7 @@ FIXES: dict[str, dict[str, Any]] = {
 }
 # Model types whose tiny model cannot be made here, and why (a test skips them by name).
 _NO_TINY = "its tiny model cannot be built from the default config here"
-SKIPPED: dict[str, str] = {
-    "zaya": "its router is an MLP (down_proj, router_mlp, out_proj), not one [E, H] matrix a vindex's router spectrum needs",
-}
+SKIPPED: dict[str, str] = {}
 
 
 def _auto_mappings() -> list[tuple[str, dict[str, str]]]:

@@ -53,7 +53,8 @@ def test_every_moe_architecture_is_supported_refused_or_skipped_by_name():
 
 @pytest.mark.parametrize("model_type", sorted(REFUSED))
 def test_a_refused_architecture_says_why_in_one_line(model_type):
-    with pytest.raises(UnsupportedArchitectureError, match="no gate projection|not gated") as info:
+    why = r"no gate projection|not gated|no \[E, H\] router matrix"
+    with pytest.raises(UnsupportedArchitectureError, match=why) as info:
         get_architecture({"model_type": model_type})
     assert "\n" not in str(info.value) and model_type in str(info.value)
 
@@ -211,4 +212,39 @@ def test_a_checkpoint_without_experts(generic_checkpoint, tmp_path):
         _changed(generic_checkpoint, tmp_path, strip),
         tmp_path,
         r"no layer of the checkpoint holds routed-expert gate_proj tensors",
+    )
+
+
+def test_a_quantized_w13_weight_is_refused_naming_its_dtype(tmp_path):
+    # The original Inkling 2 loop releases store w13_weight as NVFP4 bytes (U8, H/2 columns);
+    # the generic adapter reads float w13_weight only.
+    import torch
+
+    folder = tmp_path / "checkpoint"
+    build_model("inkling2_loop_text").save_pretrained(folder)
+
+    def pack(tensors):
+        name = "model.llm.layers.0.mlp.experts.w13_weight"
+        e, rows, cols = tensors[name].shape
+        tensors[name] = torch.zeros((e, rows, cols // 2), dtype=torch.uint8)
+
+    _refused(
+        _changed(folder, tmp_path, pack),
+        tmp_path,
+        r"tensor model\.llm\.layers\.0\.mlp\.experts\.w13_weight: dtype U8, expected BF16",
+    )
+
+
+def test_a_pooled_moe_block_without_its_projection(tmp_path):
+    # Muse Spark's gate rows mean nothing without the projection into their pooled space.
+    folder = tmp_path / "checkpoint"
+    build_model("muse_spark").save_pretrained(folder)
+
+    def drop(tensors):
+        del tensors["model.language_model.layers.1.mlp.pre_expert_proj.weight"]
+
+    _refused(
+        _changed(folder, tmp_path, drop),
+        tmp_path,
+        r"layer 1: .* tensor model\.language_model\.layers\.1\.mlp\.pre_expert_proj\.weight is not in",
     )

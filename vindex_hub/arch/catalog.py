@@ -104,6 +104,11 @@ REFUSED: dict[str, str] = {
     "nemotron_h_omni": "its language model's experts are ungated (Nemotron-H): there is no gate projection",
     "nemo_speechlm": "its language model is Nemotron-H, whose experts are ungated: there is no gate projection",
     "doge": "its experts are single embedding vectors (cross-domain MoE), not gated MLPs",
+    "zaya": (
+        "its router is an MLP (down_proj, two GELU layers, out_proj over the experts and a skip "
+        "class, fed state from the layer before): there is no [E, H] router matrix for the router "
+        "spectrum every vindex holds"
+    ),
 }
 
 for _model_type, _quirks in GENERIC.items():
