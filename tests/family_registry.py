@@ -39,6 +39,14 @@ _GEMMA4 = dict(
     top_k_experts=2,
     moe_intermediate_size=INTERMEDIATE,
 )
+# Its indexed-attention layers build a token indexer whose sizes default to None.
+_QWEN4_EXP = dict(
+    indexer_n_heads=4,
+    indexer_kv_heads=1,
+    indexer_head_dim=16,
+    indexer_budget=64,
+    indexer_compress_ratio=4,
+)
 FIXES: dict[str, dict[str, Any]] = {
     "gemma4_text": _GEMMA4,
     "gemma4": dict(text_config=_GEMMA4),
@@ -61,26 +69,40 @@ FIXES: dict[str, dict[str, Any]] = {
         layer_types=["conv", "full_attention", "conv", "full_attention"], num_dense_layers=1
     ),
     "granitemoeshared": dict(shared_intermediate_size=INTERMEDIATE),
+    "qwen4_exp_text": _QWEN4_EXP,
+    "qwen4_exp": dict(text_config=_QWEN4_EXP),
+    "deepseek_ocr2": dict(
+        text_config=dict(
+            mlp_layer_types=["dense", "sparse", "dense", "sparse"], num_experts_per_tok=2
+        )
+    ),
+    # text and vision experts of two sizes; mrope_section must sum to head_dim // 2 (16 // 2)
+    "ernie4_5_vl_moe": dict(
+        text_config=dict(
+            moe_intermediate_size=[INTERMEDIATE, 16],
+            rope_parameters=dict(rope_type="default", rope_theta=500000.0, mrope_section=[3, 3, 2]),
+        )
+    ),
+    # its vision encoder's last scale has 40*40*3*2*64 channels at the default patch size (a
+    # square layer of 614400: 1.5 TB); a 4-pixel patch keeps it small
+    "inkling_mm_model": dict(vision_config=dict(patch_size=4, n_layers=4)),
+    # the experts work in a pooled space of their own width (48: neither the hidden size nor 2I)
+    # (its audio pyramid and vision adapter keep their default widths otherwise: 118M parameters)
+    "muse_spark": dict(
+        text_config=dict(moe_hidden_size=48),
+        audio_config=dict(hidden_sizes=[16, 16, 32, 32]),
+        projector_hidden_size=64,
+    ),
+    # mrope_section must sum to qk_rope_head_dim // 2 (8 // 2 in the tiny model)
+    "hy_v4_vl": dict(
+        text_config=dict(
+            rope_parameters=dict(rope_type="default", rope_theta=10000.0, mrope_section=[2, 1, 1])
+        )
+    ),
 }
-# Model types whose tiny model cannot be made here, and why (a test skips them by name).
-_NO_TINY = "its tiny model cannot be built from the default config here"
-SKIPPED: dict[str, str] = {
-    "deepseek_ocr2": f"{_NO_TINY} (the vision projector needs sizes the shrink does not set)",
-    "diffusion_gemma": "two layer stacks hold experts (encoder language model and decoder) under the same layer ids; a vindex indexes one stack",
-    "dots3_note": f"{_NO_TINY} (per-layer attention overrides tie the head counts)",
-    "dots3_note_text": f"{_NO_TINY} (per-layer attention overrides tie the head counts)",
-    "ernie4_5_vl_moe": f"{_NO_TINY} (its text and vision experts split needs sizes the shrink breaks)",
-    "hy_v4_vl": f"{_NO_TINY} (mrope_section must sum to qk_rope_head_dim // 2)",
-    "inkling2": "fused experts.w13_weight did not decode as the in-memory gate rows; not verified",
-    "inkling2_loop": "fused experts.w13_weight did not decode as the in-memory gate rows; not verified",
-    "inkling2_loop_text": "fused experts.w13_weight did not decode as the in-memory gate rows; not verified",
-    "inkling2_text": "fused experts.w13_weight did not decode as the in-memory gate rows; not verified",
-    "inkling_mm_model": f"{_NO_TINY} (the test run did not finish)",
-    "muse_spark": f"{_NO_TINY} (audio out_hidden_size must equal the text hidden size; its experts have a moe_hidden_size of their own, not verified)",
-    "qwen4_exp": f"{_NO_TINY} (indexer sizes default to None)",
-    "qwen4_exp_text": f"{_NO_TINY} (indexer sizes default to None)",
-    "zaya": "its router is an MLP (down_proj, router_mlp, out_proj), not one [E, H] matrix a vindex's router spectrum needs",
-}
+# Model types whose tiny model cannot be made here, and why (a test skips them by name). None in
+# transformers 5.24: a new architecture goes here only with a reason outside vindex-hub's control.
+SKIPPED: dict[str, str] = {}
 
 
 def _auto_mappings() -> list[tuple[str, dict[str, str]]]:
@@ -131,7 +153,11 @@ def _shrink(d: dict[str, Any], layers: int) -> dict[str, Any]:
     for k, v in d.items():
         kl = k.lower()
         if k == "per_layer_config" and isinstance(v, dict):  # overrides of layers cut away go
-            out[k] = {i: o for i, o in v.items() if int(i) < layers}
+            out[k] = {
+                i: _shrink(o, layers) if isinstance(o, dict) else o
+                for i, o in v.items()
+                if int(i) < layers
+            }
         elif isinstance(v, dict) and k.endswith("_config") and k != "quantization_config":
             out[k] = _shrink(v, layers)
         elif isinstance(v, list) and n0 and len(v) == n0 and n0 > layers:
@@ -144,8 +170,10 @@ def _shrink(d: dict[str, Any], layers: int) -> dict[str, Any]:
             out[k] = min(v, 2)
         elif k in ("num_hidden_layers", "num_layers"):
             out[k] = min(v, layers)
-        elif k in ("hidden_size", "d_model") or kl.endswith(
-            ("text_hidden_size", "out_hidden_size")
+        elif (
+            k in ("hidden_size", "d_model")
+            or kl.endswith(("text_hidden_size", "out_hidden_size"))
+            or kl in ("adapter_in_dim", "adapter_out_dim", "adapter_input_size")
         ):
             out[k] = HIDDEN
         elif "intermediate" in kl or kl.endswith("ffn_hidden_size") or kl.endswith("ffn_dim"):
@@ -153,7 +181,8 @@ def _shrink(d: dict[str, Any], layers: int) -> dict[str, Any]:
         elif kl in ("num_attention_heads", "num_heads") or kl.endswith("_attention_heads"):
             out[k] = 4
         elif kl in ("num_key_value_heads", "num_kv_heads"):
-            out[k] = 2 if v else v
+            # multi-head attention (as many KV heads as heads) stays so: validators check it
+            out[k] = (4 if v == d.get("num_attention_heads") else 2) if v else v
         elif kl == "head_dim":
             out[k] = 16
         elif "vocab_size" in kl:
@@ -215,6 +244,9 @@ class LayerReference:
     routers: list[np.ndarray]  # candidate router matrices [>=E, H] of the block
     biases: list[np.ndarray]  # candidate router biases (flattened)
     shared: np.ndarray | None
+    #: False where the gates are a product of matrices (float64 here, float32 in the package):
+    #: compared to float32 rounding, not bit for bit
+    exact: bool = True
 
 
 def _f64(t: torch.Tensor) -> np.ndarray:
@@ -247,6 +279,25 @@ def _gates(module: torch.nn.Module, hidden: int) -> np.ndarray | None:
     return None
 
 
+def _pooled(block: torch.nn.Module, gates: np.ndarray, hidden: int) -> np.ndarray | None:
+    """Muse Spark: the experts run in a pooled space, after ``pre_expert_proj`` P [M, H] and
+    ``pre_expert_norm`` (x / rms(x) * (1 + w)), so the gate reads h through G diag(1 + w) P up
+    to 1 / rms(P h), one positive number a token. None for a block that does not pool."""
+    proj, norm = getattr(block, "pre_expert_proj", None), getattr(block, "pre_expert_norm", None)
+    if proj is None or norm is None:
+        return None
+    p, scale = _f64(proj.weight), 1.0 + _f64(norm.weight)
+    effective = np.stack([(g * scale) @ p for g in gates])
+    # The formula against the block's own modules: the gate outputs of a few hidden states.
+    x = torch.randn(3, hidden, dtype=torch.float32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        pooled = _f64(norm(proj(x)))
+        rms = np.sqrt(np.mean(_f64(proj(x)) ** 2, axis=-1, keepdims=True) + norm.eps)
+    for g, e in zip(gates, effective):
+        np.testing.assert_allclose(pooled @ g.T, (_f64(x) @ e.T) / rms, rtol=1e-4, atol=1e-6)
+    return effective
+
+
 def reference(model: Any, hidden: int, num_experts: int) -> dict[int, LayerReference]:
     """Every MoE layer of the in-memory model: its experts' gate rows, router(s), bias(es), shared."""
     layers: dict[int, LayerReference] = {}
@@ -263,6 +314,9 @@ def reference(model: Any, hidden: int, num_experts: int) -> dict[int, LayerRefer
             block = modules[name.rsplit(".", 1)[0]] if leaf == "experts" else module
             layer = int(m.group(1))
             gates = gates[:num_experts]  # LongCat allocates rows for its zero-computation experts
+            pooled = _pooled(block, gates, hidden)
+            exact = pooled is None
+            gates = gates if pooled is None else pooled
             routers, biases, shared = [], [], None
             max_rows = max(
                 (p.shape[0] for p in block.parameters() if p.dim() == 2 and p.shape[1] == hidden),
@@ -288,12 +342,22 @@ def reference(model: Any, hidden: int, num_experts: int) -> dict[int, LayerRefer
                 elif "bias" in pname and num_experts <= t.numel() <= max_rows:
                     if "proj" not in pname and "linear" not in pname:
                         biases.append(_f64(t).reshape(-1))
-            if shared is None:  # a shared expert beside the MoE block (Granite, Step)
-                owner = modules[name[: m.end() - 1]]
-                for pname, t in owner.named_parameters():
+            # a shared expert beside the MoE block (Granite, Step), or beside its parent
+            # (ERNIE VL's mlp.shared_experts beside mlp.text_moe)
+            layer_name = name[: m.end() - 1]
+            parent = name.rsplit(".", 2)[0]
+            below = parent.startswith(layer_name + ".")  # not the layer list itself
+            for owner in (parent, layer_name) if below else (layer_name,):
+                if shared is not None:
+                    break
+                for pname, t in modules[owner].named_parameters():
                     if "share" in pname.split(".")[0] and pname.endswith("gate_proj.weight"):
                         shared = _f64(t).reshape(-1, hidden)
                     elif "share" in pname.split(".")[0] and pname.endswith("input_linear.weight"):
                         shared = _f64(t)[: t.shape[0] // 2]
-            layers[layer] = LayerReference(gates, routers, biases, shared)
+            # Two stacks may hold experts under the same layer ids (Diffusion Gemma's encoder and
+            # decoder): the vindex indexes one, which is only right when they are the same weights.
+            if layer in layers and not np.array_equal(layers[layer].gates, gates):
+                raise AssertionError(f"{name}: a second stack's experts differ at layer {layer}")
+            layers[layer] = LayerReference(gates, routers, biases, shared, exact)
     return layers

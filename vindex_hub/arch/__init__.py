@@ -5,10 +5,12 @@ from . import (  # noqa: F401  (register)
     dbrx,
     deepseek_v3,
     deepseek_v4,
+    ernie4_5_vl_moe,
     glm4_moe,
     gpt_oss,
     llama4,
     mixtral,
+    muse_spark,
     olmoe,
     qwen_moe,
 )

@@ -20,6 +20,7 @@ _ZERO = (
     "the real experts' gate vectors, the router spectrum covers every row"
 )
 _HYBRID = "hybrid: only the layers whose block holds experts are indexed"
+_W13 = "fused experts.w13_weight [E, 2I, H], gate and up rows interleaved"
 
 GENERIC: dict[str, Quirks] = {
     "afmoe": Quirks("AFMoE (Arcee Trinity)", note="shared experts, expert bias"),
@@ -74,11 +75,26 @@ GENERIC: dict[str, Quirks] = {
     "solar_open": Quirks("Solar Open", note=_DSV3),
     "gemma4": Quirks("Gemma 4 (language tower)"),
     "gemma4_text": Quirks("Gemma 4 text"),
+    "diffusion_gemma": Quirks(
+        "Diffusion Gemma",
+        note="the decoder's experts (its encoder's language model ties the same weights)",
+    ),
     "inkling_text": Quirks("Inkling text"),
     "lara_mini": Quirks("Lara mini"),
     "minimax_m3_vl": Quirks("MiniMax-M3 VL (language tower)"),
     "minimax_m3_vl_text": Quirks("MiniMax-M3 text"),
     "unlimited_ocr": Quirks("Unlimited OCR (language tower)"),
+    "deepseek_ocr2": Quirks("DeepSeek-OCR 2 (language tower)", note=_DSV3),
+    "dots3_note": Quirks("dots3 note (language tower)", note=_DSV3),
+    "dots3_note_text": Quirks("dots3 note text", note=_DSV3),
+    "hy_v4_vl": Quirks("Hunyuan V4 VL (language tower)", note="shared_experts.linear_gate"),
+    "qwen4_exp": Quirks("Qwen4 exp (language tower)", note=_HYBRID),
+    "qwen4_exp_text": Quirks("Qwen4 exp text", note=_HYBRID),
+    "inkling_mm_model": Quirks("Inkling multimodal (language tower)", note=_W13),
+    "inkling2": Quirks("Inkling 2 (language tower)", note=_W13),
+    "inkling2_text": Quirks("Inkling 2 text", note=_W13),
+    "inkling2_loop": Quirks("Inkling 2 loop (language tower)", note=_W13),
+    "inkling2_loop_text": Quirks("Inkling 2 loop text", note=_W13),
 }
 
 REFUSED: dict[str, str] = {
@@ -88,6 +104,11 @@ REFUSED: dict[str, str] = {
     "nemotron_h_omni": "its language model's experts are ungated (Nemotron-H): there is no gate projection",
     "nemo_speechlm": "its language model is Nemotron-H, whose experts are ungated: there is no gate projection",
     "doge": "its experts are single embedding vectors (cross-domain MoE), not gated MLPs",
+    "zaya": (
+        "its router is an MLP (down_proj, two GELU layers, out_proj over the experts and a skip "
+        "class, fed state from the layer before): there is no [E, H] router matrix for the router "
+        "spectrum every vindex holds"
+    ),
 }
 
 for _model_type, _quirks in GENERIC.items():
@@ -112,6 +133,14 @@ OWN_MODULES: dict[str, tuple[str, str]] = {
     "llama4_text": ("Llama-4 text", "fused [E, H, 2I]; moe_layers"),
     "llama4": ("Llama-4 (language tower)", "fused [E, H, 2I]; moe_layers"),
     "dbrx": ("DBRX", "ffn_config; transformer.blocks.L.ffn.experts.mlp.w1 [E*I, H]"),
+    "muse_spark": (
+        "Muse Spark (language tower)",
+        "experts in a pooled space: gate x diag(1 + pre_expert_norm) x pre_expert_proj",
+    ),
+    "ernie4_5_vl_moe": (
+        "ERNIE 4.5 VL MoE (language tower)",
+        "text experts (moe_intermediate_size[0]); the vision experts are not indexed",
+    ),
 }
 
 

@@ -45,6 +45,7 @@ from .family import FP8_SCALE_PART, MoEFamily
 from .layouts import (
     FLOAT,
     HALVES,
+    INTERLEAVED,
     ROWS,
     FP8BlockCodec,
     FusedGateUp,
@@ -92,6 +93,8 @@ GENERIC_PREFIXES = (
     "model.text_model.",
     "language_model.",
     "model.llm.",
+    # Diffusion Gemma: the decoder's layers (its encoder's language model is tied to them)
+    "model.decoder.",
 )
 #: what holds the decoder layers (``blocks``: what transformers writes for Kimi-K2.5, DBRX)
 LAYER_CONTAINERS = ("layers", "blocks")
@@ -119,7 +122,7 @@ ROUTER_BIAS_PARTS = (
     "router_bias",
 )
 #: shared gate_proj names: (part, how its rows hold the gate)
-SHARED_PLAIN, SHARED_FUSED = "plain", "fused-halves"
+SHARED_PLAIN, SHARED_FUSED, SHARED_INTERLEAVED = "plain", "fused-halves", "fused-interleaved"
 SHARED_PARTS = (
     ("shared_experts.gate_proj.weight", SHARED_PLAIN),
     ("shared_expert.gate_proj.weight", SHARED_PLAIN),
@@ -130,6 +133,8 @@ SHARED_PARTS = (
     ("shared_experts.linear_gate.weight", SHARED_PLAIN),  # Hunyuan V4's released name
     ("shared_mlp.input_linear.weight", SHARED_FUSED),  # [2I, H], gate = the first half
     ("shared_experts.gate_up_proj.weight", SHARED_FUSED),
+    # Inkling: [S, 2I, H], each shared expert's gate and up rows alternating
+    ("shared_experts.shared_w13_weight", SHARED_INTERLEAVED),
 )
 
 
@@ -216,7 +221,9 @@ class GenericFamily(MoEFamily):
                 extra_experts=self.quirks.fused_extra_experts,
             ),
             FusedGateUp(f"{block}.experts.fc1.weight", d, self.fused_axis, self.fused_split),
-            FusedGateUp(f"{block}.experts.w13_weight", d, self.fused_axis, self.fused_split),
+            # Inkling's released w13_weight [E, 2I, H] alternates gate and up rows (transformers'
+            # conversion mappings de-interleave it into gate_up_proj on load, for every family)
+            FusedGateUp(f"{block}.experts.w13_weight", d, ROWS, INTERLEAVED),
             # Granite / JetMoE: ParallelExperts [E, 2I, H], gate = the first half
             FusedGateUp(f"{block}.input_linear.weight", d, ROWS, HALVES),
         ]
@@ -300,8 +307,11 @@ class GenericFamily(MoEFamily):
                 f"tensor {name}: shape {list(shape)} is not a shared gate_proj of hidden size {hidden}"
             )
         view = float_view(t).reshape(-1, hidden)  # stacked shared experts side by side
-        if self.shared_part is not None and dict(SHARED_PARTS)[self.shared_part] == SHARED_FUSED:
+        kind = dict(SHARED_PARTS).get(self.shared_part or "")
+        if kind == SHARED_FUSED:
             view = view[: view.shape[0] // 2]
+        elif kind == SHARED_INTERLEAVED:  # each expert has 2I rows, so the pairs never straddle two
+            view = view[0::2]
         return widen_to_float32(view, t.info.dtype, out=np.empty(view.shape, np.float32))
 
     # ---- router: zero-computation experts add rows; a bias may be [1, E] -----------------------
