@@ -460,3 +460,34 @@ def test_a_packed_tensor_that_disagrees_names_it(release, tmp_path, part, change
 
     folder = _changed(r, tmp_path, tensors=edit)
     _refused(folder, tmp_path, re.escape(name) + ": " + match.split(": ", 1)[1])
+
+
+# ---- vindex-hub families and the README say which formats each family reads --------------------
+def test_families_and_the_readme_say_which_formats_each_family_reads():
+    import subprocess
+    import sys
+
+    from vindex_hub.arch.catalog import FORMATS
+
+    result = subprocess.run(
+        [sys.executable, "-m", "vindex_hub", "families", "--json"], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    formats = {
+        f["model_type"]: f["formats"].split() for f in json.loads(result.stdout)["supported"]
+    }
+    assert all(set(tags) <= set(FORMATS) and "float" in tags for tags in formats.values())
+    # the model types the releases above were built for read their format
+    assert {"fp8", "ct"} <= set(formats["kimi_k25"]) & set(formats["kimi_k2"])
+    assert {"fp8", "ct"} <= set(formats["qwen3_moe"]) & set(formats["minimax_m2"])
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Supported model families", 1)[1].split("\n## ", 1)[0]
+    header = "| family | `model_type` | layouts read | quantizations |"
+    rows = section.split(header, 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    spelled = {"ct": "compressed-tensors", "mxfp4": "MXFP4", "fp4": "FP4 E2M1", "fp8": "FP8"}
+    for row in rows:
+        cell = row.split(" | ")[-1]
+        for model_type in row.split(" | ")[1].split("`")[1::2]:
+            for tag, words in spelled.items():
+                assert (words in cell) == (tag in formats[model_type]), (model_type, tag, cell)
+    assert "compressed-tensors INT4/INT8" in section  # the generic types: one sentence for all
