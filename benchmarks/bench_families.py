@@ -13,8 +13,10 @@ dequantization share.
 | gpt-oss-20b (``gpt_oss``) | 2880 x 2880 | MXFP4 ``gate_up_proj_blocks``/``_scales``, all experts fused (gate = rows 0::2) |
 | Kimi-K2 (``kimi_k2``) | 2048 x 7168 | FP8 E4M3 + F32 ``weight_scale_inv`` 128x128 blocks, one per expert |
 | DeepSeek-V4-Flash (``deepseek_v4``) | 2048 x 4096 | FP4 E2M1 packed ``I8`` + E8M0 scales per 32 inputs, one per expert |
+| Kimi-K2-Thinking (``kimi_k2``) | 2048 x 7168 | compressed-tensors INT4 ``weight_packed`` I32 + BF16 ``weight_scale`` per 32 inputs, one per expert |
 
-The four storage kinds a build dequantizes (BF16, FP8 blocks, MXFP4, FP4), one family each.
+The five storage kinds a build dequantizes (BF16, FP8 blocks, MXFP4, FP4, INT4), one family each
+(Kimi-K2.5's language tower stores its experts as Kimi-K2-Thinking does).
 
     python benchmarks/bench_families.py [--experts 8] [--num-feats 64] [--device cpu] [--tiny] [--workdir DIR]
 
@@ -175,6 +177,37 @@ def write_deepseek_v4(f: Family, experts: int, rng) -> tuple[dict, dict[str, tor
     return config, tensors
 
 
+def write_kimi_int4(f: Family, experts: int, rng) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Kimi-K2-Thinking as published: routed gate_proj as compressed-tensors pack-quantized INT4
+    (``weight_packed`` I32 [I, H/8], BF16 ``weight_scale`` [I, H/32], ``weight_shape``); the shared
+    expert and router BF16 (the release's ``ignore`` list)."""
+    block = "model.layers.0.mlp"
+    tensors: dict[str, torch.Tensor] = {}
+    for e in range(experts):
+        name = f"{block}.experts.{e}.gate_proj"
+        words = rng.integers(0, 2**32, (f.intermediate, f.hidden // 8), dtype=np.uint64)
+        tensors[f"{name}.weight_packed"] = torch.from_numpy(words.astype(np.uint32).view(np.int32))
+        tensors[f"{name}.weight_scale"] = _bf16(rng, f.intermediate, f.hidden // 32).abs() / 7
+        tensors[f"{name}.weight_shape"] = torch.tensor([f.intermediate, f.hidden])
+    tensors[f"{block}.shared_experts.gate_proj.weight"] = _bf16(rng, f.intermediate, f.hidden)
+    tensors.update(_router(rng, f"{block}.gate", experts, f.hidden))
+    tensors[f"{block}.gate.e_score_correction_bias"] = torch.zeros(experts)
+    weights = dict(num_bits=4, type="int", symmetric=True, strategy="group", group_size=32)
+    config = dict(
+        n_routed_experts=experts,
+        moe_intermediate_size=f.intermediate,
+        n_shared_experts=1,
+        first_k_dense_replace=0,
+        quantization_config={
+            "quant_method": "compressed-tensors",
+            "format": "pack-quantized",
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights}},
+            "ignore": ["lm_head", "re:.*self_attn.*", "re:.*shared_experts.*"],
+        },
+    )
+    return config, tensors
+
+
 FAMILIES = [
     Family("Qwen3-30B-A3B", "qwen3_moe", 768, 2048, "BF16 per expert", write_qwen3),
     Family("gpt-oss-20b", "gpt_oss", 2880, 2880, "MXFP4 fused blocks+scales", write_gpt_oss),
@@ -186,6 +219,14 @@ FAMILIES = [
         4096,
         "FP4 E2M1 + E8M0 per 32",
         write_deepseek_v4,
+    ),
+    Family(
+        "Kimi-K2-Thinking",
+        "kimi_k2",
+        2048,
+        7168,
+        "INT4 + BF16 per 32 (compressed-tensors)",
+        write_kimi_int4,
     ),
 ]
 
