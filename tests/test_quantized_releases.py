@@ -384,8 +384,26 @@ def _weights(q: dict[str, Any]) -> dict[str, Any]:
             lambda q: q["config_groups"]["group_0"].update(format="int-quantized"),
             r"quantization_config\.config_groups\.group_0\.format is 'int-quantized'",
         ),
+        (
+            lambda q: q.update(transform_config={"config_groups": {"u": {"type": "hadamard"}}}),
+            r"quantization_config\.transform_config is set: the weights are stored rotated",
+        ),
+        (
+            lambda q: q.update(sparsity_config={"format": "sparse-24-bitmask"}),
+            r"quantization_config\.sparsity_config\.format is 'sparse-24-bitmask'",
+        ),
     ],
-    ids=["format", "num_bits", "strategy", "symmetric", "actorder", "group_size", "group-format"],
+    ids=[
+        "format",
+        "num_bits",
+        "strategy",
+        "symmetric",
+        "actorder",
+        "group_size",
+        "group-format",
+        "transform",
+        "sparsity",
+    ],
 )
 def test_a_compressed_tensors_config_not_read_is_one_line_naming_the_key(
     release, tmp_path, change, match

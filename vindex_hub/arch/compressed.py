@@ -97,6 +97,11 @@ def compressed_tensors_codecs(
         raise _refuse(
             where, "sparsity_config.format", sparsity.get("format"), "sparse storage is not read"
         )
+    if quant.get("transform_config"):  # rotated weights (SpinQuant, QuIP): not the model's basis
+        raise CheckpointError(
+            f"{where}: {KEY}.transform_config is set: the weights are stored rotated, and their "
+            f"gate vectors would be too (vindex-hub reads {READS})"
+        )
     groups = quant.get("config_groups") or {}
     if not isinstance(groups, Mapping):
         raise _refuse(where, "config_groups", groups, "not an object")
