@@ -5,11 +5,13 @@ Each case starts from a tiny random model that transformers builds and saves its
 projections the way the release does, and writes the release's ``quantization_config``:
 
 * FP8 E4M3 with F32 ``weight_scale_inv`` blocks (``quant_method: fp8``): Qwen3-MoE-FP8
-  (``mlp.experts.E.gate_proj``, 128x128 blocks) and MiniMax-M2 (``block_sparse_moe.experts.E.w1``,
-  small blocks so that a tiny matrix spans several, ragged at the edges);
+  (``mlp.experts.E.gate_proj``, 128x128 blocks), MiniMax-M2 (``block_sparse_moe.experts.E.w1``)
+  and DeepSeek-V3.2 (shared experts too), these two with small blocks so that a tiny matrix
+  spans several, ragged at the edges;
 * compressed-tensors ``pack-quantized`` INT4, symmetric, one BF16 scale per 32 inputs: Kimi-K2.5
   (``kimi_k25``'s language tower) and Kimi-K2-Thinking (``kimi_k2``), packed by the
-  compressed-tensors package's own compressor (the test extra); INT8 per channel likewise;
+  compressed-tensors package's own compressor (the test extra); a W4A16 requantization with its
+  shared experts packed too (GLM-4.7-Flash); INT8 per channel likewise;
 * compressed-tensors ``float-quantized`` FP8 with one scale per output row (the FP8-dynamic
   releases).
 
@@ -54,6 +56,7 @@ SAFETENSORS = "model.safetensors"
 # scale rounded to BF16 never pushes a value out of range.
 FP8_MAX = 440.0
 GATE = re.compile(r"\.(?:layers|blocks)\.(\d+)\..*experts\.(\d+)\.(?:gate_proj|w1)\.weight$")
+SHARED = re.compile(r"\.(?:layers|blocks)\.(\d+)\..*shared_experts?\.(?:gate_proj|w1)\.weight$")
 
 # ---- the releases' quantization_config (as their config.json has it) --------------------------
 FP8_BLOCKS = {"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic"}
@@ -163,6 +166,7 @@ def ct_packed(weights: dict[str, Any]) -> Quantizer:
 class Release:
     def __init__(self, folder: Path, refs: dict[int, np.ndarray], model_type: str):
         self.folder, self.refs, self.model_type = folder, refs, model_type
+        self.shared: dict[int, np.ndarray] = {}  # quantized shared gate_projs' references
 
 
 def make_release(
@@ -173,8 +177,10 @@ def make_release(
     *,
     saved_model_type: str | None = None,
     rename: tuple[str, str] | None = None,
+    shared: bool = False,
 ) -> Release:
-    """The tiny model of ``model_type`` saved by transformers, its routed gate_projs quantized."""
+    """The tiny model of ``model_type`` saved by transformers, its routed gate_projs quantized
+    (and its shared experts' too, with ``shared``)."""
     model = build_model(model_type)
     model.save_pretrained(folder)
     tensors = load_file(folder / SAFETENSORS)
@@ -191,6 +197,13 @@ def make_release(
         tensors.update(stored)
         found.add((layer, expert))
     assert found == {(layer, e) for layer in expected for e in range(num_experts)}
+    release = Release(folder, refs, saved_model_type or model_type)
+    for name in [n for n in tensors if shared and SHARED.search(n)]:
+        layer = int(SHARED.search(name).group(1))
+        np.testing.assert_array_equal(tensors[name].double().numpy(), expected[layer].shared)
+        stored, release.shared[layer] = quantize(name[: -len(".weight")], tensors.pop(name).float())
+        tensors.update(stored)
+    assert not shared or set(release.shared) == set(expected)
     if rename is not None:
         tensors = {n.replace(*rename): t for n, t in tensors.items()}
     save_file(tensors, folder / SAFETENSORS, metadata={"format": "pt"})
@@ -199,10 +212,10 @@ def make_release(
     if saved_model_type:
         config["model_type"] = saved_model_type
     (folder / "config.json").write_text(json.dumps(config, indent=2))
-    return Release(folder, refs, saved_model_type or model_type)
+    return release
 
 
-# id: (model_type, quantizer, quantization_config, saved model_type, rename)
+# id: (model_type, quantizer, quantization_config, saved model_type, rename[, shared experts too])
 CASES: dict[str, tuple[Any, ...]] = {
     # Qwen3-30B-A3B-FP8 and the other Qwen3 MoE FP8 releases: 128x128 blocks (one, ragged, here)
     "qwen3_moe-fp8-blocks": (
@@ -236,6 +249,24 @@ CASES: dict[str, tuple[Any, ...]] = {
         "kimi_k2",
         None,
     ),
+    # DeepSeek-V3.2 as published: routed and shared experts FP8 blocks (a generic model type)
+    "deepseek_v32-fp8-blocks": (
+        "deepseek_v32",
+        fp8_blocks((16, 32)),
+        {**FP8_BLOCKS, "weight_block_size": [16, 32]},
+        None,
+        None,
+        True,
+    ),
+    # a W4A16 requantization (llm-compressor) of a GLM MoE: shared experts packed too
+    "glm4_moe_lite-int4-shared": (
+        "glm4_moe_lite",
+        ct_packed(INT4_GROUP32),
+        ct_config("pack-quantized", INT4_GROUP32, ["lm_head", "re:.*mlp.gate$"]),
+        None,
+        None,
+        True,
+    ),
     "minimax_m2-int8-channel": (
         "minimax_m2",
         ct_packed(INT8_CHANNEL),
@@ -258,10 +289,16 @@ _made: dict[str, Release] = {}
 def release(tmp_path_factory):
     def get(case: str) -> Release:
         if case not in _made:
-            model_type, quantize, config, saved, rename = CASES[case]
+            model_type, quantize, config, saved, rename, *shared = CASES[case]
             folder = tmp_path_factory.mktemp(case) / "checkpoint"
             _made[case] = make_release(
-                model_type, folder, quantize, config, saved_model_type=saved, rename=rename
+                model_type,
+                folder,
+                quantize,
+                config,
+                saved_model_type=saved,
+                rename=rename,
+                shared=bool(shared),
             )
         return _made[case]
 
@@ -282,6 +319,9 @@ def test_a_quantized_release_builds_against_its_float64_dequantization(case, rel
             gates = arch.expert_gate_weights(layer, range(len(ref)), raw)
             # exact: each product of a quantized value and its scale is one float32 rounding
             np.testing.assert_array_equal(gates, ref.astype(np.float32))
+            if r.shared:
+                shared = arch.shared_gate_weight(layer, raw)
+                np.testing.assert_array_equal(shared, r.shared[layer].astype(np.float32))
     out = tmp_path / "vindex"
     build_vindex(r.folder, out, num_feats=NUM_FEATS, device="cpu", progress=False, workers=1)
     checked = total = 0
