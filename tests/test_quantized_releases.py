@@ -13,7 +13,7 @@ projections the way the release does, and writes the release's ``quantization_co
   compressed-tensors package's own compressor (the test extra); a W4A16 requantization with its
   shared experts packed too (GLM-4.7-Flash); INT8 per channel likewise;
 * compressed-tensors ``float-quantized`` FP8 with one scale per output row (the FP8-dynamic
-  releases).
+  releases) or a BF16 ``weight_scale`` per 2-D block (llm-compressor's FP8_BLOCK).
 
 The reference is the dequantization of the quantized values, computed here in float64 numpy
 (torch's own FP8 decoding; compressed-tensors' own integer quantization), never by our readers:
@@ -103,8 +103,11 @@ def _expand(scale: np.ndarray, block: tuple[int, int], shape: tuple[int, int]) -
     return np.repeat(np.repeat(scale, block[0], axis=0), block[1], axis=1)[: shape[0], : shape[1]]
 
 
-def fp8_blocks(block: tuple[int, int]) -> Quantizer:
-    """DeepSeek-style FP8: E4M3 ``weight`` and an F32 ``weight_scale_inv`` (a multiplier) per block."""
+def fp8_blocks(
+    block: tuple[int, int], part: str = "weight_scale_inv", dtype: torch.dtype = torch.float32
+) -> Quantizer:
+    """DeepSeek-style FP8: E4M3 ``weight`` and an F32 ``weight_scale_inv`` (a multiplier) per
+    block; compressed-tensors' FP8 blocks name it ``weight_scale`` and may keep it in BF16."""
 
     def quantize(module: str, w: torch.Tensor) -> tuple[dict[str, torch.Tensor], np.ndarray]:
         rows, cols = w.shape
@@ -112,12 +115,13 @@ def fp8_blocks(block: tuple[int, int]) -> Quantizer:
         scale = torch.empty(grid, dtype=torch.float32)
         for r in range(grid[0]):
             for c in range(grid[1]):
-                part = w[r * block[0] : (r + 1) * block[0], c * block[1] : (c + 1) * block[1]]
-                scale[r, c] = part.abs().max() / FP8_MAX
+                tile = w[r * block[0] : (r + 1) * block[0], c * block[1] : (c + 1) * block[1]]
+                scale[r, c] = tile.abs().max() / FP8_MAX
+        scale = scale.to(dtype).float()  # the stored scale is the one the values are divided by
         expanded = torch.from_numpy(_expand(scale.numpy(), block, (rows, cols)))
         q = (w / expanded).to(torch.float8_e4m3fn)
         ref = q.to(torch.float64).numpy() * _expand(scale.double().numpy(), block, (rows, cols))
-        return {f"{module}.weight": q, f"{module}.weight_scale_inv": scale}, ref
+        return {f"{module}.weight": q, f"{module}.{part}": scale.to(dtype)}, ref
 
     return quantize
 
@@ -271,6 +275,18 @@ CASES: dict[str, tuple[Any, ...]] = {
         "minimax_m2",
         ct_packed(INT8_CHANNEL),
         ct_config("pack-quantized", INT8_CHANNEL, ["lm_head", "re:.*gate$"]),
+        None,
+        None,
+    ),
+    # llm-compressor's FP8_BLOCK scheme (Mistral Large 3, GLM-4.6V requantizations)
+    "minimax_m2-fp8-ct-blocks": (
+        "minimax_m2",
+        fp8_blocks((16, 32), "weight_scale", torch.bfloat16),
+        ct_config(
+            "float-quantized",
+            dict(FP8_CHANNEL, strategy="block", block_structure=[16, 32]),
+            ["lm_head", "re:.*gate$"],
+        ),
         None,
         None,
     ),
