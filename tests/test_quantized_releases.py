@@ -13,7 +13,9 @@ projections the way the release does, and writes the release's ``quantization_co
   compressed-tensors package's own compressor (the test extra); a W4A16 requantization with its
   shared experts packed too (GLM-4.7-Flash); INT8 per channel likewise;
 * compressed-tensors ``float-quantized`` FP8 with one scale per output row (the FP8-dynamic
-  releases) or a BF16 ``weight_scale`` per 2-D block (llm-compressor's FP8_BLOCK).
+  releases) or a BF16 ``weight_scale`` per 2-D block (llm-compressor's FP8_BLOCK);
+* compressed-tensors ``nvfp4-pack-quantized`` (E2M1, E4M3 scales per 16 over a global scale) and
+  ``mxfp4-pack-quantized`` (E2M1, E8M0 scales per 32), packed by the package's own compressors.
 
 The reference is the dequantization of the quantized values, computed here in float64 numpy
 (torch's own FP8 decoding; compressed-tensors' own integer quantization), never by our readers:
@@ -166,6 +168,51 @@ def ct_packed(weights: dict[str, Any]) -> Quantizer:
     return quantize
 
 
+def ct_fp4(fmt: str, weights: dict[str, Any]) -> Quantizer:
+    """compressed-tensors MXFP4 / NVFP4, by the package's own compressor: two E2M1 values a byte,
+    E8M0 scales per 32 inputs (MX) or E4M3 scales per 16 over one F32 global scale (NV)."""
+
+    def quantize(module: str, w: torch.Tensor) -> tuple[dict[str, torch.Tensor], np.ndarray]:
+        pytest.importorskip("compressed_tensors", reason="the test extra's compressed-tensors")
+        from compressed_tensors.compressors.base import BaseCompressor
+        from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+        from compressed_tensors.quantization.lifecycle.forward import quantize as ct_quantize
+        from compressed_tensors.quantization.utils import calculate_qparams, generate_gparam
+
+        nvfp4 = fmt.startswith("nvfp4")
+        args = QuantizationArgs(**weights, scale_dtype=None if nvfp4 else torch.uint8)
+        scheme = QuantizationScheme(targets=["Linear"], weights=args, format=fmt)
+        rows, cols = w.shape
+        w = w.to(torch.bfloat16)
+        group = args.group_size
+        grouped = w.float().reshape(rows, cols // group, group)
+        state: dict[str, torch.Tensor] = {"weight": w}
+        global_scale = None
+        if nvfp4:
+            global_scale = generate_gparam(w.float().min(), w.float().max()).reshape(1)
+            state["weight_global_scale"] = global_scale
+        scale, zero = calculate_qparams(grouped.amin(-1), grouped.amax(-1), args, global_scale)
+        if nvfp4:  # the scale the values are quantized with is the one stored (E4M3)
+            scale = scale.to(torch.float8_e4m3fn).float()
+        state.update(weight_scale=scale, weight_zero_point=zero)
+        stored = BaseCompressor.get_value_from_registry(fmt).compress(state, scheme)
+        # The E2M1 values the bytes hold, as compressed-tensors computes them; dequantized here.
+        q = ct_quantize(x=w, scale=scale, zero_point=zero, args=args, global_scale=global_scale)
+        effective = scale.double().numpy()
+        if nvfp4:  # the group scale over the global one, formed in float32 (as the format does)
+            effective = (scale / global_scale).float().double().numpy()
+        ref = q.to(torch.float64).numpy() * np.repeat(effective, group, axis=1)
+        expected = {"weight_packed", "weight_scale"} | ({"weight_global_scale"} if nvfp4 else set())
+        assert set(stored) == expected, set(stored)
+        return {f"{module}.{k}": v.contiguous() for k, v in stored.items()}, ref
+
+    return quantize
+
+
+MXFP4 = dict(num_bits=4, type="float", symmetric=True, strategy="group", group_size=32)
+NVFP4 = dict(num_bits=4, type="float", symmetric=True, strategy="tensor_group", group_size=16)
+
+
 # ---- the checkpoints ----------------------------------------------------------------------------
 class Release:
     def __init__(self, folder: Path, refs: dict[int, np.ndarray], model_type: str):
@@ -290,6 +337,23 @@ CASES: dict[str, tuple[Any, ...]] = {
         None,
         None,
     ),
+    # NVFP4 requantizations (llm-compressor: Qwen3 MoE, Mistral Large 3, GLM-5.1 ...)
+    "qwen3_moe-nvfp4": (
+        "qwen3_moe",
+        ct_fp4("nvfp4-pack-quantized", NVFP4),
+        ct_config("nvfp4-pack-quantized", NVFP4, ["lm_head", "re:.*mlp.gate$"]),
+        None,
+        None,
+    ),
+    # compressed-tensors MXFP4, shared experts too
+    "glm4_moe_lite-mxfp4": (
+        "glm4_moe_lite",
+        ct_fp4("mxfp4-pack-quantized", MXFP4),
+        ct_config("mxfp4-pack-quantized", MXFP4, ["lm_head", "re:.*mlp.gate$"]),
+        None,
+        None,
+        True,
+    ),
     "qwen3_moe-fp8-channel": (
         "qwen3_moe",
         fp8_channel,
@@ -413,8 +477,8 @@ def _weights(q: dict[str, Any]) -> dict[str, Any]:
     "change, match",
     [
         (
-            lambda q: q.update(format="nvfp4-pack-quantized"),
-            r"quantization_config\.format is 'nvfp4-pack-quantized': this storage format is not read",
+            lambda q: q.update(format="mxfp6-pack-quantized"),
+            r"quantization_config\.format is 'mxfp6-pack-quantized': this storage format is not read",
         ),
         (
             lambda q: _weights(q).update(num_bits=3),
@@ -565,3 +629,21 @@ def test_families_and_the_readme_say_which_formats_each_family_reads():
             for tag, words in spelled.items():
                 assert (words in cell) == (tag in formats[model_type]), (model_type, tag, cell)
     assert "compressed-tensors INT4/INT8" in section  # the generic types: one sentence for all
+
+
+def test_an_fp4_config_with_another_group_size_is_refused(release, tmp_path):
+    folder = _changed(
+        release("qwen3_moe-nvfp4"), tmp_path, config=lambda q: _weights(q).update(group_size=32)
+    )
+    _refused(folder, tmp_path, r"group_0\.weights\.group_size is 32: this format has 16")
+
+
+def test_an_nvfp4_weight_without_its_global_scale_names_it(release, tmp_path):
+    r = release("qwen3_moe-nvfp4")
+    name = f"model.layers.{max(r.refs)}.mlp.experts.3.gate_proj.weight_global_scale"
+
+    def drop(tensors):
+        del tensors[name]
+
+    folder = _changed(r, tmp_path, tensors=drop)
+    _refused(folder, tmp_path, rf"tensor {re.escape(name)} is not in the checkpoint")

@@ -119,7 +119,7 @@ OWN_MODULES: dict[str, tuple[str, str]] = {
 FORMATS: dict[str, str] = {
     "float": "BF16/F16/F32",
     "fp8": "FP8 E4M3 + weight_scale_inv blocks",
-    "ct": "compressed-tensors INT4/INT8 (pack-quantized) and FP8 (float-quantized)",
+    "ct": "compressed-tensors INT4/INT8 (pack-quantized), FP8 (float-quantized), MXFP4, NVFP4",
     "mxfp4": "MXFP4 (gate_up_proj_blocks + _scales)",
     "fp4": "FP4 E2M1 + E8M0 scales, FP8 + E8M0 blocks (DeepSeek-V4's own)",
 }

@@ -16,16 +16,28 @@ from typing import Any
 
 from ..errors import CheckpointError
 from ..numerics.quant import PACKED_INT_BITS
-from .layouts import CT_SCALE_PART, FP8BlockCodec, FP8ScaledCodec, MatrixCodec, PackedIntCodec
+from .layouts import (
+    CT_SCALE_PART,
+    MX_GROUP,
+    NV_GROUP,
+    FP8BlockCodec,
+    FP8ScaledCodec,
+    MatrixCodec,
+    PackedFP4GroupCodec,
+    PackedIntCodec,
+)
 
 CT_QUANT_METHOD = "compressed-tensors"
 PACKED_FORMAT = "pack-quantized"
 FLOAT_FORMATS = ("float-quantized", "naive-quantized")  # both store the FP8 weight as it is
+MXFP4_FORMAT = "mxfp4-pack-quantized"
+NVFP4_FORMAT = "nvfp4-pack-quantized"
 DENSE_FORMAT = "dense"  # not compressed: the weights are float
 #: what a build reads, for messages and ``vindex-hub families``
 READS = (
-    "compressed-tensors pack-quantized symmetric INT4/INT8 (group or channel scales) and "
-    "float-quantized FP8 E4M3 (channel, tensor or block scales)"
+    "compressed-tensors pack-quantized symmetric INT4/INT8 (group or channel scales), "
+    "float-quantized FP8 E4M3 (channel, tensor or block scales), mxfp4-pack-quantized and "
+    "nvfp4-pack-quantized"
 )
 KEY = "quantization_config"
 
@@ -86,6 +98,22 @@ def _float8(weights: Mapping[str, Any], path: str, where: str) -> MatrixCodec:
     )
 
 
+def _fp4(weights: Mapping[str, Any], path: str, where: str, nvfp4: bool) -> MatrixCodec:
+    if weights.get("type") != "float" or weights.get("num_bits") != 4:
+        key = "type" if weights.get("type") != "float" else "num_bits"
+        raise _refuse(where, f"{path}.{key}", weights.get(key), "FP4 weights are float, 4 bits")
+    group = NV_GROUP if nvfp4 else MX_GROUP
+    if weights.get("group_size") != group:
+        raise _refuse(
+            where, f"{path}.group_size", weights.get("group_size"), f"this format has {group}"
+        )
+    if weights.get("symmetric", True) is not True:
+        raise _refuse(
+            where, f"{path}.symmetric", weights.get("symmetric"), "zero points are not read"
+        )
+    return PackedFP4GroupCodec(nvfp4=nvfp4)
+
+
 def compressed_tensors_codecs(
     quant: Mapping[str, Any], *, where: str = "config.json"
 ) -> list[MatrixCodec]:
@@ -121,6 +149,8 @@ def compressed_tensors_codecs(
             codec = _packed(weights, f"{path}.weights", where)
         elif fmt in FLOAT_FORMATS:
             codec = _float8(weights, f"{path}.weights", where)
+        elif fmt in (MXFP4_FORMAT, NVFP4_FORMAT):
+            codec = _fp4(weights, f"{path}.weights", where, nvfp4=fmt == NVFP4_FORMAT)
         elif fmt == DENSE_FORMAT:
             continue
         else:

@@ -18,9 +18,11 @@ import numpy as np
 from ..errors import CheckpointError
 from ..numerics.quant import (
     FP8_BLOCK_SIZE,
+    decode_e4m3,
     decode_e8m0,
     decode_tensor,
     dequantize_fp4,
+    dequantize_fp4_scaled,
     dequantize_fp8,
     dequantize_fp8_scaled,
     dequantize_packed_int,
@@ -226,6 +228,58 @@ class FP8ScaledCodec:
             )
         scales = decode_tensor(s.data, s.info.dtype, tuple(expected), name=scale_name)
         return dequantize_fp8_scaled(w.data.reshape(shape), scales, name=weight, out=out)
+
+
+CT_GLOBAL_SCALE_PART = "weight_global_scale"
+MX_GROUP, NV_GROUP = 32, 16  # inputs per scale in MXFP4 and NVFP4
+
+
+@dataclass(frozen=True)
+class PackedFP4GroupCodec:
+    """compressed-tensors FP4: two E2M1 values a byte in ``weight_packed`` [O, I/2] (low nibble
+    first), and per group of inputs either an E8M0 ``weight_scale`` byte ([O, I/32],
+    ``mxfp4-pack-quantized``) or an F8_E4M3 ``weight_scale`` divided by the one F32
+    ``weight_global_scale`` ([O, I/16], ``nvfp4-pack-quantized``): ``W = e2m1(q) * s / g``."""
+
+    nvfp4: bool
+    quantized: bool = True
+
+    @property
+    def group(self) -> int:
+        return NV_GROUP if self.nvfp4 else MX_GROUP
+
+    def names(self, weight: str) -> list[str]:
+        parts = [CT_PACKED_PART, CT_SCALE_PART] + ([CT_GLOBAL_SCALE_PART] if self.nvfp4 else [])
+        return [sibling(weight, p) for p in parts]
+
+    def decode(self, raw, weight, shape, *, out=None):
+        packed_name, scale_name = self.names(weight)[:2]
+        rows, cols = shape
+        if cols % self.group:
+            raise CheckpointError(
+                f"tensor {packed_name}: {cols} inputs are not a whole number of groups of {self.group}"
+            )
+        p = checked_tensor(raw, packed_name, PACKED_FP4_DTYPES, (rows, cols // 2))
+        packed = p.data.reshape(rows, cols // 2)
+        grid = (rows, cols // self.group)
+        if not self.nvfp4:
+            s = checked_tensor(raw, scale_name, (MXFP4_BYTE_DTYPE, E8M0_DTYPE), grid)
+            return dequantize_fp4(
+                packed, s.data.reshape(grid), name=packed_name, scale_name=scale_name, out=out
+            )
+        s = checked_tensor(raw, scale_name, (FP8_WEIGHT_DTYPE,), grid)
+        global_name = self.names(weight)[2]
+        g = checked_tensor(raw, global_name, CT_SCALE_DTYPES)
+        if int(np.prod(g.info.shape)) != 1:
+            raise CheckpointError(
+                f"tensor {global_name}: shape {list(g.info.shape)}, expected one value"
+            )
+        global_scale = decode_tensor(g.data, g.info.dtype, (1, 1), name=global_name)
+        # the group scale as compressed-tensors forms it, in float32, before the product
+        scales = (decode_e4m3(s.data.reshape(grid), name=scale_name) / global_scale).astype(
+            np.float32
+        )
+        return dequantize_fp4_scaled(packed, scales, name=packed_name, out=out)
 
 
 FLOAT = FloatCodec()

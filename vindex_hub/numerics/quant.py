@@ -196,20 +196,43 @@ def dequantize_fp4(
             f"tensor {name}: packed FP4 weight {list(w.shape)} and scale {list(s.shape)} disagree "
             "(expected weight (..., O, I/2) and scale (..., O, I/block))"
         )
+    return _fp4_times(w, decode_e8m0(s, name=scale_name), name=name, out=out)
+
+
+def dequantize_fp4_scaled(
+    weight_bytes: np.ndarray,
+    scales: np.ndarray,
+    *,
+    name: str = "?",
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Packed FP4 E2M1 (two a byte, low nibble first) ``(..., O, I/2)`` times float32 block scales
+    ``(..., O, I/block)`` -> float32 ``(..., O, I)`` (NVFP4: E4M3 scales over a global scale)."""
+    w = _as_bytes(weight_bytes, name)
+    scales = np.asarray(scales, dtype=np.float32)
+    if w.ndim < 2 or scales.ndim != w.ndim or w.shape[:-1] != scales.shape[:-1]:
+        raise QuantizationError(
+            f"tensor {name}: packed FP4 weight {list(w.shape)} and scales {list(scales.shape)} "
+            "disagree (expected weight (..., O, I/2) and scales (..., O, I/block))"
+        )
+    return _fp4_times(w, scales, name=name, out=out)
+
+
+def _fp4_times(
+    w: np.ndarray, scales: np.ndarray, *, name: str, out: np.ndarray | None
+) -> np.ndarray:
     in_features = 2 * w.shape[-1]
-    num_blocks = s.shape[-1]
+    num_blocks = scales.shape[-1]
     if num_blocks == 0 or in_features % num_blocks:
         raise QuantizationError(
             f"tensor {name}: {num_blocks} scale columns do not divide {in_features} input features"
         )
     block = in_features // num_blocks
-    scales = decode_e8m0(s, name=scale_name)
-
     result = output_buffer(out, (*w.shape[:-1], in_features), name)
     pairs = result.view(np.uint64).reshape(w.shape)  # each uint64 slot = two float32 outputs
     np.take(_FP4_PAIRS_U64, w, out=pairs)
-    blocked = result.reshape(*s.shape, block)
-    with np.errstate(over="ignore"):  # an overflow to Inf is reported by check_finite
+    blocked = result.reshape(*scales.shape, block)
+    with np.errstate(over="ignore", invalid="ignore"):  # reported by check_finite
         np.multiply(blocked, scales[..., None], out=blocked)
     return check_finite(result, name=name)
 
