@@ -13,8 +13,13 @@ dequantization share.
 | gpt-oss-20b (``gpt_oss``) | 2880 x 2880 | MXFP4 ``gate_up_proj_blocks``/``_scales``, all experts fused (gate = rows 0::2) |
 | Kimi-K2 (``kimi_k2``) | 2048 x 7168 | FP8 E4M3 + F32 ``weight_scale_inv`` 128x128 blocks, one per expert |
 | DeepSeek-V4-Flash (``deepseek_v4``) | 2048 x 4096 | FP4 E2M1 packed ``I8`` + E8M0 scales per 32 inputs, one per expert |
+| Kimi-K2-Thinking (``kimi_k2``) | 2048 x 7168 | compressed-tensors INT4 ``weight_packed`` I32 + BF16 ``weight_scale`` per 32 inputs, one per expert |
+| Qwen3-30B-A3B NVFP4 (``qwen3_moe``) | 768 x 2048 | compressed-tensors NVFP4: E2M1 ``weight_packed`` U8 + E4M3 ``weight_scale`` per 16 + F32 global scale |
+| Qwen3-30B-A3B FP8-dynamic (``qwen3_moe``) | 768 x 2048 | compressed-tensors FP8 E4M3 ``weight`` + BF16 ``weight_scale`` per row |
 
-The four storage kinds a build dequantizes (BF16, FP8 blocks, MXFP4, FP4), one family each.
+Each storage kind a build dequantizes (BF16, FP8 blocks, MXFP4, FP4, compressed-tensors INT4,
+NVFP4 and FP8 per row), one family each (Kimi-K2.5's language tower stores its experts as
+Kimi-K2-Thinking does; compressed-tensors MXFP4 decodes as gpt-oss's MXFP4).
 
     python benchmarks/bench_families.py [--experts 8] [--num-feats 64] [--device cpu] [--tiny] [--workdir DIR]
 
@@ -175,6 +180,88 @@ def write_deepseek_v4(f: Family, experts: int, rng) -> tuple[dict, dict[str, tor
     return config, tensors
 
 
+def write_kimi_int4(f: Family, experts: int, rng) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Kimi-K2-Thinking as published: routed gate_proj as compressed-tensors pack-quantized INT4
+    (``weight_packed`` I32 [I, H/8], BF16 ``weight_scale`` [I, H/32], ``weight_shape``); the shared
+    expert and router BF16 (the release's ``ignore`` list)."""
+    block = "model.layers.0.mlp"
+    tensors: dict[str, torch.Tensor] = {}
+    for e in range(experts):
+        name = f"{block}.experts.{e}.gate_proj"
+        words = rng.integers(0, 2**32, (f.intermediate, f.hidden // 8), dtype=np.uint64)
+        tensors[f"{name}.weight_packed"] = torch.from_numpy(words.astype(np.uint32).view(np.int32))
+        tensors[f"{name}.weight_scale"] = _bf16(rng, f.intermediate, f.hidden // 32).abs() / 7
+        tensors[f"{name}.weight_shape"] = torch.tensor([f.intermediate, f.hidden])
+    tensors[f"{block}.shared_experts.gate_proj.weight"] = _bf16(rng, f.intermediate, f.hidden)
+    tensors.update(_router(rng, f"{block}.gate", experts, f.hidden))
+    tensors[f"{block}.gate.e_score_correction_bias"] = torch.zeros(experts)
+    weights = dict(num_bits=4, type="int", symmetric=True, strategy="group", group_size=32)
+    config = dict(
+        n_routed_experts=experts,
+        moe_intermediate_size=f.intermediate,
+        n_shared_experts=1,
+        first_k_dense_replace=0,
+        quantization_config={
+            "quant_method": "compressed-tensors",
+            "format": "pack-quantized",
+            "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights}},
+            "ignore": ["lm_head", "re:.*self_attn.*", "re:.*shared_experts.*"],
+        },
+    )
+    return config, tensors
+
+
+def _ct_config(fmt: str, weights: dict) -> dict:
+    return {
+        "quant_method": "compressed-tensors",
+        "format": fmt,
+        "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights}},
+        "ignore": ["lm_head", "re:.*mlp.gate$"],
+    }
+
+
+def _qwen3_config(f: Family, experts: int, quantization_config: dict) -> dict:
+    return dict(
+        num_experts=experts,
+        moe_intermediate_size=f.intermediate,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        quantization_config=quantization_config,
+    )
+
+
+def write_qwen3_nvfp4(f: Family, experts: int, rng) -> tuple[dict, dict[str, torch.Tensor]]:
+    """An NVFP4 requantization (llm-compressor): ``weight_packed`` U8 [I, H/2], E4M3
+    ``weight_scale`` [I, H/16], F32 ``weight_global_scale`` [1]."""
+    block = "model.layers.0.mlp"
+    tensors: dict[str, torch.Tensor] = {}
+    for e in range(experts):
+        name = f"{block}.experts.{e}.gate_proj"
+        packed = rng.integers(0, 256, (f.intermediate, f.hidden // 2), dtype=np.uint8)
+        scales = rng.uniform(16, 448, (f.intermediate, f.hidden // 16)).astype(np.float32)
+        tensors[f"{name}.weight_packed"] = torch.from_numpy(packed)
+        tensors[f"{name}.weight_scale"] = torch.from_numpy(scales).to(torch.float8_e4m3fn)
+        tensors[f"{name}.weight_global_scale"] = torch.tensor([448.0 * 6 / (WEIGHT_STD * 4)])
+    tensors.update(_router(rng, f"{block}.gate", experts, f.hidden))
+    weights = dict(num_bits=4, type="float", symmetric=True, strategy="tensor_group", group_size=16)
+    return _qwen3_config(f, experts, _ct_config("nvfp4-pack-quantized", weights)), tensors
+
+
+def write_qwen3_fp8_rows(f: Family, experts: int, rng) -> tuple[dict, dict[str, torch.Tensor]]:
+    """An FP8-dynamic requantization: E4M3 ``weight`` + BF16 ``weight_scale`` [I, 1]."""
+    block = "model.layers.0.mlp"
+    tensors: dict[str, torch.Tensor] = {}
+    for e in range(experts):
+        name = f"{block}.experts.{e}.gate_proj"
+        q = rng.integers(0, 256, (f.intermediate, f.hidden), dtype=np.uint8)
+        q[(q & 0x7F) == 0x7F] = 0  # E4M3 NaN codes: a real checkpoint has none
+        tensors[f"{name}.weight"] = torch.from_numpy(q).view(torch.float8_e4m3fn)
+        tensors[f"{name}.weight_scale"] = _bf16(rng, f.intermediate, 1).abs() / 448
+    tensors.update(_router(rng, f"{block}.gate", experts, f.hidden))
+    weights = dict(num_bits=8, type="float", symmetric=True, strategy="channel")
+    return _qwen3_config(f, experts, _ct_config("float-quantized", weights)), tensors
+
+
 FAMILIES = [
     Family("Qwen3-30B-A3B", "qwen3_moe", 768, 2048, "BF16 per expert", write_qwen3),
     Family("gpt-oss-20b", "gpt_oss", 2880, 2880, "MXFP4 fused blocks+scales", write_gpt_oss),
@@ -186,6 +273,30 @@ FAMILIES = [
         4096,
         "FP4 E2M1 + E8M0 per 32",
         write_deepseek_v4,
+    ),
+    Family(
+        "Kimi-K2-Thinking",
+        "kimi_k2",
+        2048,
+        7168,
+        "INT4 + BF16 per 32 (compressed-tensors)",
+        write_kimi_int4,
+    ),
+    Family(
+        "Qwen3-30B-A3B NVFP4",
+        "qwen3_moe",
+        768,
+        2048,
+        "NVFP4: E2M1 + E4M3 per 16 / global (compressed-tensors)",
+        write_qwen3_nvfp4,
+    ),
+    Family(
+        "Qwen3-30B-A3B FP8-dynamic",
+        "qwen3_moe",
+        768,
+        2048,
+        "FP8 E4M3 + BF16 per row (compressed-tensors)",
+        write_qwen3_fp8_rows,
     ),
 ]
 
@@ -246,7 +357,7 @@ def main() -> None:
             intermediate=_shrunk(full.intermediate, shrink),
             hidden=_shrunk(full.hidden, shrink),
         )
-        folder = write_checkpoint(f, work / f.model_type, args.experts, seed)
+        folder = write_checkpoint(f, work / f"{seed}-{f.model_type}", args.experts, seed)
         r = per_expert(folder, num_feats, device)
         print(
             f"| {f.name} | {f.intermediate} x {f.hidden} | {f.storage} | {r['experts']} | {r['read_ms']:.1f} "

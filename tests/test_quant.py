@@ -18,6 +18,8 @@ from vindex_hub.numerics.quant import (
     decode_tensor,
     dequantize_fp4,
     dequantize_fp8,
+    dequantize_fp8_scaled,
+    dequantize_packed_int,
 )
 
 ALL_BYTES = np.arange(256, dtype=np.uint8)
@@ -274,3 +276,68 @@ def test_check_finite():
     bad[1, 0] = np.nan
     with pytest.raises(QuantizationError, match=r"tensor t: .*1 NaN/Inf.*\(1, 0\)"):
         check_finite(bad, name="t")
+
+
+# ---- compressed-tensors: packed integers and FP8 with row scales --------------------------------
+def _pack_words(q: np.ndarray, bits: int) -> np.ndarray:
+    """compressed-tensors' pack-quantized layout from its definition: each row's values plus
+    2^(bits-1), 32/bits to a little-endian int32 word, element i at bits (i % (32/bits)) * bits,
+    the last word zero-padded. Returns the words' bytes (uint8 [rows, 4 * words])."""
+    rows, cols = q.shape
+    per_word = 32 // bits
+    words = -(-cols // per_word)
+    fields = np.zeros((rows, words * per_word), dtype=np.uint64)
+    fields[:, :cols] = q.astype(np.int64) + (1 << (bits - 1))
+    shifts = (np.arange(per_word, dtype=np.uint64) * bits)[None, None, :]
+    packed = (fields.reshape(rows, words, per_word) << shifts).sum(axis=-1).astype("<u4")
+    return packed.view(np.uint8).reshape(rows, 4 * words)
+
+
+@pytest.mark.parametrize(
+    "bits, cols, groups", [(4, 64, 2), (4, 36, 3), (8, 64, 1), (8, 10, 2), (4, 8, 1)]
+)
+def test_packed_int_matches_the_layout_elementwise(bits, cols, groups):
+    rng = np.random.default_rng(bits * 100 + cols)
+    rows = 5
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    q = rng.integers(lo, hi + 1, (rows, cols))
+    q[0, :2] = [lo, hi]  # both ends of the range
+    scales = rng.uniform(0.01, 0.1, (rows, groups)).astype(np.float32)
+    ours = dequantize_packed_int(_pack_words(q, bits), scales, bits, cols, name="w")
+    expected = q * np.repeat(scales.astype(np.float64), cols // groups, axis=1)
+    np.testing.assert_array_equal(ours, expected.astype(np.float32))
+
+
+def test_packed_int4_reads_the_low_nibble_first_and_broadcasts_one_scale_row():
+    word = np.array([[0x76543210]], dtype="<u4").view(np.uint8)  # fields 0..7 -> values -8..-1
+    ours = dequantize_packed_int(word, np.ones((1, 1), np.float32), 4, 8, name="w")
+    np.testing.assert_array_equal(ours, [np.arange(-8, 0)])
+    two_rows = np.concatenate([word, word])
+    ours = dequantize_packed_int(two_rows, np.full((1, 1), 0.5, np.float32), 4, 8, name="w")
+    np.testing.assert_array_equal(ours, np.tile(np.arange(-8, 0) * 0.5, (2, 1)))
+
+
+def test_packed_int_errors_name_the_tensor():
+    words = np.zeros((2, 8), np.uint8)  # two rows of two words
+    with pytest.raises(QuantizationError, match=r"tensor w: 3-bit packed integers are not read"):
+        dequantize_packed_int(words, np.ones((2, 1), np.float32), 3, 16, name="w")
+    with pytest.raises(QuantizationError, match=r"tensor w: packed bytes \[2, 8\] do not hold 17"):
+        dequantize_packed_int(words, np.ones((2, 1), np.float32), 4, 17, name="w")
+    with pytest.raises(QuantizationError, match=r"tensor s: scales \[2, 3\] do not give a group"):
+        dequantize_packed_int(words, np.ones((2, 3), np.float32), 4, 16, name="w", scale_name="s")
+    with pytest.raises(QuantizationError, match=r"tensor w: dequantized weights hold 16 NaN"):
+        dequantize_packed_int(words, np.array([[np.nan], [1]], np.float32), 4, 16, name="w")
+
+
+def test_fp8_with_row_or_tensor_scales_matches_torch():
+    rng = np.random.default_rng(7)
+    w = rng.integers(0, 256, (6, 20), dtype=np.uint8)
+    w[(w & 0x7F) == 0x7F] = 0
+    values = torch.from_numpy(w).view(torch.float8_e4m3fn).to(torch.float64).numpy()
+    rows = rng.uniform(0.5, 2, (6, 1)).astype(np.float32)
+    ours = dequantize_fp8_scaled(w, rows, name="w")
+    np.testing.assert_array_equal(ours, (values * rows).astype(np.float32))
+    one = np.array([[0.25]], np.float32)
+    np.testing.assert_array_equal(dequantize_fp8_scaled(w, one, name="w"), values * 0.25)
+    with pytest.raises(QuantizationError, match=r"tensor w: scales \[1, 6\] are neither"):
+        dequantize_fp8_scaled(w, rows.T, name="w")

@@ -344,12 +344,14 @@ def cmd_demo(args: argparse.Namespace) -> Outcome:
 
 def cmd_families(args: argparse.Namespace) -> Outcome:
     from .arch import refused_architectures, supported_architectures
-    from .arch.catalog import describe_families
+    from .arch.catalog import FORMATS, describe_families
 
     listed = describe_families(supported_architectures(), refused_architectures())
-    lines = [f"{len(listed['supported'])} supported MoE model types:"]
+    lines = [f"{len(listed['supported'])} supported MoE model types, with the formats they read:"]
+    lines += [f"  ({tag}: {name})" for tag, name in FORMATS.items()]
     lines += [
-        f"  {f['model_type']:<24} {f['family']:<34} {f['adapter']:<10} {f['note']}".rstrip()
+        f"  {f['model_type']:<24} {f['family']:<34} {f['adapter']:<10} {f['formats']:<18} "
+        f"{f['note']}".rstrip()
         for f in listed["supported"]
     ]
     lines.append(

@@ -144,11 +144,35 @@ OWN_MODULES: dict[str, tuple[str, str]] = {
 }
 
 
+# The storage formats a build reads, by short tag (``vindex-hub families``) and full name.
+FORMATS: dict[str, str] = {
+    "float": "BF16/F16/F32",
+    "fp8": "FP8 E4M3 + weight_scale_inv blocks",
+    "ct": "compressed-tensors INT4/INT8 (pack-quantized), FP8 (float-quantized), MXFP4, NVFP4",
+    "mxfp4": "MXFP4 (gate_up_proj_blocks + _scales)",
+    "fp4": "FP4 E2M1 + E8M0 scales, FP8 + E8M0 blocks (DeepSeek-V4's own)",
+}
+#: what a family with one tensor per routed expert reads (``MoEFamily.expert_codecs``): every
+#: generic type and own module, unless listed in ``OWN_FORMATS``
+COMMON_FORMATS = ("float", "fp8", "ct")
+OWN_FORMATS: dict[str, tuple[str, ...]] = {
+    "gpt_oss": ("float", "fp8", "ct", "mxfp4"),
+    "deepseek_v4": ("float", "fp8", "ct", "fp4"),
+    "dbrx": ("float",),  # one stacked w1 tensor a layer: float only
+}
+
+
+def family_formats(model_type: str) -> tuple[str, ...]:
+    """The format tags (``FORMATS``) a build of ``model_type`` reads."""
+    return OWN_FORMATS.get(model_type, COMMON_FORMATS)
+
+
 def describe_families(
     supported: list[str], refused: dict[str, str]
 ) -> dict[str, list[dict[str, str]]]:
     """What ``vindex-hub families`` prints: each supported model type with its family, how it
-    is read (its own module or the generic adapter) and a note; each refused one with why."""
+    is read (its own module or the generic adapter), the storage formats it reads and a note;
+    each refused one with why."""
     rows = []
     for model_type in supported:
         if model_type in GENERIC:
@@ -161,6 +185,7 @@ def describe_families(
             rows.append(
                 {"model_type": model_type, "family": name, "adapter": "own module", "note": note}
             )
+        rows[-1]["formats"] = " ".join(family_formats(model_type))
     return {
         "supported": rows,
         "refused": [{"model_type": t, "reason": r} for t, r in refused.items()],

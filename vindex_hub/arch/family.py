@@ -37,6 +37,7 @@ from .base import (
     first_present,
     output_buffer,
 )
+from .compressed import compressed_tensors_codecs
 from .layouts import (
     COLUMNS,
     FLOAT,
@@ -130,7 +131,13 @@ class MoEFamily:
         )
         self.top_k = self._top_k()
         self.quant = config_object(self.config, "quantization_config", where=where)
-        self.fp8_block = config_block_size(self.quant, FP8_BLOCK_SIZE, where=where)
+        quant_where = where
+        if not self.quant and self.params is not self.config:  # a language tower's own config
+            self.quant = config_object(self.params, "quantization_config", where=self.where)
+            quant_where = self.where
+        self.fp8_block = config_block_size(self.quant, FP8_BLOCK_SIZE, where=quant_where)
+        #: the codecs a compressed-tensors config's weight groups use (empty for other methods)
+        self.compressed_codecs = compressed_tensors_codecs(self.quant, where=quant_where)
         self._check_family_config()
         self._moe = self.moe_layer_ids()
         self._resolve()
@@ -170,9 +177,14 @@ class MoEFamily:
         """The family's own (quantized or unusual) layouts under ``block`` = ``prefix + 'layers.{layer}.' + name``."""
         return []
 
+    def expert_codecs(self) -> list[MatrixCodec]:
+        """How one expert's gate_proj may be stored, most specific first: the compressed-tensors
+        config's codecs, FP8 blocks with ``weight_scale_inv``, float."""
+        return [*self.compressed_codecs, FP8BlockCodec(FP8_SCALE_PART, self.fp8_block), FLOAT]
+
     def shared_codecs(self) -> list[MatrixCodec]:
         """How the shared gate_proj may be stored, most specific first."""
-        return [FP8BlockCodec(FP8_SCALE_PART, self.fp8_block), FLOAT]
+        return self.expert_codecs()
 
     def expects_router_bias(self, layer: int) -> bool | None:
         """Whether the layer must have a router bias; None: whatever the checkpoint holds."""
@@ -180,7 +192,7 @@ class MoEFamily:
 
     def quantized_expected(self) -> bool:
         """Whether the published experts are quantized (decides the layout when names are unknown)."""
-        return self.quant.get("quant_method") == FP8_QUANT_METHOD
+        return self.quant.get("quant_method") == FP8_QUANT_METHOD or bool(self.compressed_codecs)
 
     # ---- resolution ---------------------------------------------------------------------------
     def candidate_blocks(self) -> list[str]:
@@ -198,7 +210,7 @@ class MoEFamily:
         per_expert: list[RoutedLayout] = [
             PerExpert(f"{block}.experts.{{expert}}.{proj}.weight", codec, self.dims)
             for proj in self.expert_gate_projs
-            for codec in (FP8BlockCodec(FP8_SCALE_PART, self.fp8_block), FLOAT)
+            for codec in self.expert_codecs()
         ]
         generic = fused + per_expert if self.publishes_fused else per_expert + fused
         return self.family_layouts(block) + generic
@@ -211,6 +223,8 @@ class MoEFamily:
             return
         first = moe[0]
         tried: list[str] = []
+        # The layout whose first tensor is there that lacks the fewest others: (lacking, first, one)
+        partial: tuple[int, str, str] | None = None
         for block in self.candidate_blocks():
             for layout in self.candidate_layouts(block):
                 if self.names is None and layout.quantized != self.quantized_expected():
@@ -220,8 +234,17 @@ class MoEFamily:
                 if self.names is None or all(n in self.names for n in wanted):
                     self.block, self.routed = block, layout
                     break
+                if wanted[0] in self.names:
+                    missing = [n for n in wanted if n not in self.names]
+                    if partial is None or len(missing) < partial[0]:
+                        partial = (len(missing), wanted[0], missing[0])
             if self.routed is not None:
                 break
+        if self.routed is None and partial is not None:  # e.g. a quantized weight without its scale
+            raise CheckpointError(
+                f"layer {first}: tensor {partial[2]} is not in the checkpoint ({partial[0]} of the "
+                f"routed gate_proj tensors that go with {partial[1]} missing)"
+            )
         if self.routed is None:
             tried = list(dict.fromkeys(tried))
             more = (

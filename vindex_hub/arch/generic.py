@@ -41,13 +41,12 @@ from .base import (
     first_config_int,
     float_view,
 )
-from .family import FP8_SCALE_PART, MoEFamily
+from .family import MoEFamily
 from .layouts import (
     FLOAT,
     HALVES,
     INTERLEAVED,
     ROWS,
-    FP8BlockCodec,
     FusedGateUp,
     PerExpert,
     RoutedLayout,
@@ -210,7 +209,7 @@ class GenericFamily(MoEFamily):
         per_expert: list[RoutedLayout] = [
             PerExpert(f"{block}.experts.{{expert}}.{proj}.weight", codec, d)
             for proj in self.expert_gate_projs
-            for codec in (FP8BlockCodec(FP8_SCALE_PART, self.fp8_block), FLOAT)
+            for codec in self.expert_codecs()
         ]
         fused: list[RoutedLayout] = [
             FusedGateUp(
@@ -250,7 +249,7 @@ class GenericFamily(MoEFamily):
         example = self.candidate_layouts(self.candidate_blocks()[0])
         raise CheckpointError(
             f"{self.where}: no layer of the checkpoint holds routed-expert gate_proj tensors (looked "
-            f"for e.g. {', '.join(x.expert_name(0, 0) for x in example[1::2][:3])} under "
+            f"for e.g. {', '.join(list(dict.fromkeys(x.expert_name(0, 0) for x in example))[:3])} under "
             f"{len(self.candidate_blocks())} prefixes and block names)"
         )
 
@@ -295,8 +294,8 @@ class GenericFamily(MoEFamily):
         if name is None:
             return None
         codec = self.shared_codec
-        if codec is not FLOAT and codec is not None:  # FP8 blocks: a plain [rows, H] matrix
-            t = raw.get(name)
+        if codec is not FLOAT and codec is not None:  # quantized: a plain [rows, H] matrix
+            t = raw.get(codec.names(name)[0])  # the weight (weight_packed: [rows, packed words])
             rows = t.info.shape[0] if t is not None and len(t.info.shape) == 2 else 0
             return codec.decode(raw, name, (rows, self.dims.hidden))
         t = checked_tensor(raw, name, FLOAT_DTYPES)

@@ -1,7 +1,7 @@
 """How a checkpoint stores gate_proj matrices: codecs for one matrix, layouts for a layer's experts.
 
-A *codec* says how one 2-D weight is stored (float, FP8 E4M3 with 2-D block scales, packed FP4
-with E8M0 scales) and which tensors hold it. A *routed layout* says where a layer's routed
+A *codec* says how one 2-D weight is stored (float, FP8 E4M3 with 2-D block or per-row scales,
+packed FP4 with E8M0 scales, compressed-tensors' packed INT4/INT8) and which tensors hold it. A *routed layout* says where a layer's routed
 experts' gate_proj lives: one tensor per expert, or all experts fused into one tensor (named
 once, read once per layer, each expert's gate rows sliced out as a view, never copied whole).
 Families (``arch/<family>.py``) pick among these by the names the checkpoint holds.
@@ -18,10 +18,14 @@ import numpy as np
 from ..errors import CheckpointError
 from ..numerics.quant import (
     FP8_BLOCK_SIZE,
+    decode_e4m3,
     decode_e8m0,
     decode_tensor,
     dequantize_fp4,
+    dequantize_fp4_scaled,
     dequantize_fp8,
+    dequantize_fp8_scaled,
+    dequantize_packed_int,
     fp8_scale_grid,
     widen_to_float32,
 )
@@ -146,6 +150,138 @@ class PackedFP4Codec:
         )
 
 
+# compressed-tensors' tensor names beside a module (``<module>.weight_packed`` ...)
+CT_PACKED_PART = "weight_packed"
+CT_SCALE_PART = "weight_scale"
+CT_SHAPE_PART = "weight_shape"
+CT_SCALE_DTYPES = ("BF16", "F16", "F32")
+CT_SHAPE_DTYPES = {"I32": "<i4", "I64": "<i8"}
+
+
+@dataclass(frozen=True)
+class PackedIntCodec:
+    """compressed-tensors ``pack-quantized``: symmetric INT4/INT8 in int32 words (``weight_packed``
+    [O, ceil(I*b/32)], element i at bits b*i.., stored plus 2^(b-1)), a ``weight_scale`` per group
+    of ``group_size`` inputs ([O, I/group]; per row, [O, 1], when ``group_size`` is None: the
+    channel strategy) and the unpacked shape in ``weight_shape`` [2]."""
+
+    num_bits: int
+    group_size: int | None
+    quantized: bool = True
+
+    def names(self, weight: str) -> list[str]:
+        return [sibling(weight, p) for p in (CT_PACKED_PART, CT_SCALE_PART, CT_SHAPE_PART)]
+
+    def decode(self, raw, weight, shape, *, out=None):
+        packed_name, scale_name, shape_name = self.names(weight)
+        rows, cols = shape
+        stored = checked_tensor(raw, shape_name, tuple(CT_SHAPE_DTYPES), (2,))
+        dims = np.frombuffer(stored.data.tobytes(), CT_SHAPE_DTYPES[stored.info.dtype])
+        if tuple(int(d) for d in dims) != (rows, cols):
+            raise CheckpointError(
+                f"tensor {shape_name}: holds {[int(d) for d in dims]}, but the config's sizes make "
+                f"this gate_proj {[rows, cols]}"
+            )
+        group = self.group_size or cols
+        if cols % group:
+            raise CheckpointError(
+                f"tensor {packed_name}: {cols} inputs are not a whole number of groups of {group} "
+                "(quantization_config group_size)"
+            )
+        words = -(-cols * self.num_bits // 32)
+        packed = checked_tensor(raw, packed_name, ("I32",), (rows, words))
+        s = checked_tensor(raw, scale_name, CT_SCALE_DTYPES, (rows, cols // group))
+        scales = decode_tensor(s.data, s.info.dtype, (rows, cols // group), name=scale_name)
+        return dequantize_packed_int(
+            packed.data.reshape(rows, 4 * words),
+            scales,
+            self.num_bits,
+            cols,
+            name=packed_name,
+            scale_name=scale_name,
+            out=out,
+        )
+
+
+@dataclass(frozen=True)
+class FP8ScaledCodec:
+    """compressed-tensors ``float-quantized`` FP8: an F8_E4M3 weight times ``weight_scale``, one a
+    row ([O, 1], the channel strategy) or one in all ([1] or [1, 1], the tensor strategy)."""
+
+    per_row: bool
+    quantized: bool = True
+
+    def names(self, weight: str) -> list[str]:
+        return [weight, sibling(weight, CT_SCALE_PART)]
+
+    def decode(self, raw, weight, shape, *, out=None):
+        scale_name = sibling(weight, CT_SCALE_PART)
+        w = checked_tensor(raw, weight, (FP8_WEIGHT_DTYPE,), shape)
+        s = checked_tensor(raw, scale_name, CT_SCALE_DTYPES)
+        expected = [shape[0], 1] if self.per_row else [1, 1]
+        size = int(np.prod(s.info.shape)) if s.info.shape else 1
+        if size != expected[0] or len(s.info.shape) > 2:
+            what = "one scale a row" if self.per_row else "one scale"
+            raise CheckpointError(
+                f"tensor {scale_name}: shape {list(s.info.shape)}, expected {expected} ({what} for "
+                f"weight {weight} {list(shape)})"
+            )
+        scales = decode_tensor(s.data, s.info.dtype, tuple(expected), name=scale_name)
+        return dequantize_fp8_scaled(w.data.reshape(shape), scales, name=weight, out=out)
+
+
+CT_GLOBAL_SCALE_PART = "weight_global_scale"
+MX_GROUP, NV_GROUP = 32, 16  # inputs per scale in MXFP4 and NVFP4
+
+
+@dataclass(frozen=True)
+class PackedFP4GroupCodec:
+    """compressed-tensors FP4: two E2M1 values a byte in ``weight_packed`` [O, I/2] (low nibble
+    first), and per group of inputs either an E8M0 ``weight_scale`` byte ([O, I/32],
+    ``mxfp4-pack-quantized``) or an F8_E4M3 ``weight_scale`` divided by the one F32
+    ``weight_global_scale`` ([O, I/16], ``nvfp4-pack-quantized``): ``W = e2m1(q) * s / g``."""
+
+    nvfp4: bool
+    quantized: bool = True
+
+    @property
+    def group(self) -> int:
+        return NV_GROUP if self.nvfp4 else MX_GROUP
+
+    def names(self, weight: str) -> list[str]:
+        parts = [CT_PACKED_PART, CT_SCALE_PART] + ([CT_GLOBAL_SCALE_PART] if self.nvfp4 else [])
+        return [sibling(weight, p) for p in parts]
+
+    def decode(self, raw, weight, shape, *, out=None):
+        packed_name, scale_name = self.names(weight)[:2]
+        rows, cols = shape
+        if cols % self.group:
+            raise CheckpointError(
+                f"tensor {packed_name}: {cols} inputs are not a whole number of groups of {self.group}"
+            )
+        p = checked_tensor(raw, packed_name, PACKED_FP4_DTYPES, (rows, cols // 2))
+        packed = p.data.reshape(rows, cols // 2)
+        grid = (rows, cols // self.group)
+        if not self.nvfp4:
+            s = checked_tensor(raw, scale_name, (MXFP4_BYTE_DTYPE, E8M0_DTYPE), grid)
+            return dequantize_fp4(
+                packed, s.data.reshape(grid), name=packed_name, scale_name=scale_name, out=out
+            )
+        s = checked_tensor(raw, scale_name, (FP8_WEIGHT_DTYPE,), grid)
+        global_name = self.names(weight)[2]
+        g = checked_tensor(raw, global_name, CT_SCALE_DTYPES)
+        if int(np.prod(g.info.shape)) != 1:
+            raise CheckpointError(
+                f"tensor {global_name}: shape {list(g.info.shape)}, expected one value"
+            )
+        global_scale = decode_tensor(g.data, g.info.dtype, (1, 1), name=global_name)
+        # the group scale as compressed-tensors forms it, in float32, before the product
+        scales = (decode_e4m3(s.data.reshape(grid), name=scale_name) / global_scale).astype(
+            np.float32
+        )
+        return dequantize_fp4_scaled(packed, scales, name=packed_name, out=out)
+
+
 FLOAT = FloatCodec()
 
 
@@ -191,20 +327,24 @@ class PerExpert:
     def quantized(self) -> bool:
         return self.codec.quantized
 
-    def expert_name(self, layer, expert):
+    def _weight(self, layer: int, expert: int) -> str:
         return self.template.format(layer=layer, expert=expert)
+
+    def expert_name(self, layer, expert):
+        # The first tensor the codec stores: the weight, or compressed-tensors' weight_packed.
+        return self.codec.names(self._weight(layer, expert))[0]
 
     def names(self, layer):
         return [
             n
             for e in range(self.dims.num_experts)
-            for n in self.codec.names(self.expert_name(layer, e))
+            for n in self.codec.names(self._weight(layer, e))
         ]
 
     def decode(self, layer, experts, raw, out):
         shape = (self.dims.intermediate, self.dims.hidden)
         for i, expert in enumerate(experts):
-            self.codec.decode(raw, self.expert_name(layer, expert), shape, out=out[i])
+            self.codec.decode(raw, self._weight(layer, expert), shape, out=out[i])
         return out
 
 

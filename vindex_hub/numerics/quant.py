@@ -1,4 +1,5 @@
-"""Raw checkpoint bytes -> float32: FP4 E2M1 with E8M0 scales, FP8 E4M3 with block scales, BF16.
+"""Raw checkpoint bytes -> float32: FP4 E2M1 with E8M0 scales, FP8 E4M3 with block or row scales,
+packed INT4/INT8 with group scales (compressed-tensors), BF16.
 
 Pure functions on numpy arrays, no I/O. numpy has no 8-bit float dtypes, so every 8-bit format
 decodes through a 256-entry lookup table built once from the format's definition; packed FP4
@@ -195,20 +196,43 @@ def dequantize_fp4(
             f"tensor {name}: packed FP4 weight {list(w.shape)} and scale {list(s.shape)} disagree "
             "(expected weight (..., O, I/2) and scale (..., O, I/block))"
         )
+    return _fp4_times(w, decode_e8m0(s, name=scale_name), name=name, out=out)
+
+
+def dequantize_fp4_scaled(
+    weight_bytes: np.ndarray,
+    scales: np.ndarray,
+    *,
+    name: str = "?",
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Packed FP4 E2M1 (two a byte, low nibble first) ``(..., O, I/2)`` times float32 block scales
+    ``(..., O, I/block)`` -> float32 ``(..., O, I)`` (NVFP4: E4M3 scales over a global scale)."""
+    w = _as_bytes(weight_bytes, name)
+    scales = np.asarray(scales, dtype=np.float32)
+    if w.ndim < 2 or scales.ndim != w.ndim or w.shape[:-1] != scales.shape[:-1]:
+        raise QuantizationError(
+            f"tensor {name}: packed FP4 weight {list(w.shape)} and scales {list(scales.shape)} "
+            "disagree (expected weight (..., O, I/2) and scales (..., O, I/block))"
+        )
+    return _fp4_times(w, scales, name=name, out=out)
+
+
+def _fp4_times(
+    w: np.ndarray, scales: np.ndarray, *, name: str, out: np.ndarray | None
+) -> np.ndarray:
     in_features = 2 * w.shape[-1]
-    num_blocks = s.shape[-1]
+    num_blocks = scales.shape[-1]
     if num_blocks == 0 or in_features % num_blocks:
         raise QuantizationError(
             f"tensor {name}: {num_blocks} scale columns do not divide {in_features} input features"
         )
     block = in_features // num_blocks
-    scales = decode_e8m0(s, name=scale_name)
-
     result = output_buffer(out, (*w.shape[:-1], in_features), name)
     pairs = result.view(np.uint64).reshape(w.shape)  # each uint64 slot = two float32 outputs
     np.take(_FP4_PAIRS_U64, w, out=pairs)
-    blocked = result.reshape(*s.shape, block)
-    with np.errstate(over="ignore"):  # an overflow to Inf is reported by check_finite
+    blocked = result.reshape(*scales.shape, block)
+    with np.errstate(over="ignore", invalid="ignore"):  # reported by check_finite
         np.multiply(blocked, scales[..., None], out=blocked)
     return check_finite(result, name=name)
 
@@ -250,6 +274,101 @@ def dequantize_fp8(
         rows_r = result[..., r * bo : (r + 1) * bo, :]
         with np.errstate(over="ignore", invalid="ignore"):  # reported by check_finite
             np.multiply(rows_r, col_scale[..., None, :], out=rows_r)
+    return check_finite(result, name=name)
+
+
+# ---- compressed-tensors: packed integers, FP8 with per-row scales ----------------------------
+#: INT bit widths read from compressed-tensors' ``pack-quantized`` int32 words: 32/b values a word,
+#: element i at bits b*i.., so a little-endian word's bytes hold the elements in order (4 bits: low
+#: nibble first). Every compressed-tensors release packs 4 and 8 bits this way; other widths
+#: changed layout between releases (padded words, then dense packing) and are not read.
+PACKED_INT_BITS = (4, 8)
+
+
+def _packed_int_tables() -> dict[int, np.ndarray]:
+    # A stored field is the value plus 2^(b-1) (unsigned): byte -> its value(s), as float32.
+    b = np.arange(256)
+    int4 = np.stack([(b & 0xF) - 8, (b >> 4) - 8], axis=1).astype(np.float32)
+    return {
+        4: np.ascontiguousarray(int4).view(np.uint64).reshape(256),  # one 8-byte item: a pair
+        8: (b - 128).astype(np.float32),
+    }
+
+
+_PACKED_INT = _packed_int_tables()
+
+
+def dequantize_packed_int(
+    packed_bytes: np.ndarray,
+    scales: np.ndarray,
+    num_bits: int,
+    cols: int,
+    *,
+    name: str = "?",
+    scale_name: str | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """compressed-tensors ``pack-quantized`` symmetric INT weights -> float32 ``(O, cols)``.
+
+    ``packed_bytes``: uint8 ``(O, 4 * words)``, the little-endian int32 words of each row (``words
+    = ceil(cols * b / 32)``; the last word may be padded). ``scales``: float32 ``(O or 1, G)``, one
+    scale per group of ``cols / G`` inputs (``G = 1``: per row). ``W[o, i] = (field(o, i) - 2^(b-1))
+    * S[o, i // (cols / G)]``.
+    """
+    scale_name = scale_name or name
+    if num_bits not in PACKED_INT_BITS:
+        raise QuantizationError(
+            f"tensor {name}: {num_bits}-bit packed integers are not read (only {PACKED_INT_BITS})"
+        )
+    w = _as_bytes(packed_bytes, name)
+    scales = np.asarray(scales, dtype=np.float32)
+    per_byte = 8 // num_bits
+    if w.ndim != 2 or w.shape[1] * per_byte < cols or w.shape[1] % 4:
+        raise QuantizationError(
+            f"tensor {name}: packed bytes {list(w.shape)} do not hold {cols} {num_bits}-bit values a row"
+        )
+    rows = w.shape[0]
+    groups = scales.shape[-1] if scales.ndim == 2 else 0
+    if scales.ndim != 2 or scales.shape[0] not in (1, rows) or groups == 0 or cols % groups:
+        raise QuantizationError(
+            f"tensor {scale_name}: scales {list(scales.shape)} do not give a group size dividing "
+            f"{cols} inputs of {rows} rows"
+        )
+    result = output_buffer(out, (rows, cols), name)
+    whole = w.shape[1] * per_byte == cols  # no padding: decode straight into the result
+    values = result if whole else np.empty((rows, w.shape[1] * per_byte), np.float32)
+    if num_bits == 4:
+        np.take(_PACKED_INT[4], w, out=values.view(np.uint64).reshape(w.shape))
+    else:
+        np.take(_PACKED_INT[8], w, out=values)
+    if not whole:
+        result[...] = values[:, :cols]
+    blocked = result.reshape(rows, groups, cols // groups)
+    with np.errstate(over="ignore", invalid="ignore"):  # reported by check_finite
+        np.multiply(blocked, scales[..., None], out=blocked)
+    return check_finite(result, name=name)
+
+
+def dequantize_fp8_scaled(
+    weight_bytes: np.ndarray,
+    scales: np.ndarray,
+    *,
+    name: str = "?",
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """FP8 E4M3 ``(O, I)`` times one scale per row (``scales`` ``(O, 1)``) or one for all (``(1, 1)``)
+    -> float32 ``W[o, i] = e4m3(Q[o, i]) * S[o]`` (compressed-tensors channel / tensor strategy)."""
+    w = _as_bytes(weight_bytes, name)
+    scales = np.asarray(scales, dtype=np.float32)
+    if w.ndim != 2 or scales.shape not in ((w.shape[0], 1), (1, 1)):
+        raise QuantizationError(
+            f"tensor {name}: scales {list(scales.shape)} are neither one a row nor one in all for "
+            f"weight {list(w.shape)}"
+        )
+    result = output_buffer(out, w.shape, name)
+    np.take(_E4M3, w, out=result)
+    with np.errstate(over="ignore", invalid="ignore"):  # reported by check_finite
+        np.multiply(result, scales, out=result)
     return check_finite(result, name=name)
 
 
