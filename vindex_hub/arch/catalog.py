@@ -159,6 +159,7 @@ OWN_FORMATS: dict[str, tuple[str, ...]] = {
     "gpt_oss": ("float", "fp8", "ct", "mxfp4"),
     "deepseek_v4": ("float", "fp8", "ct", "fp4"),
     "dbrx": ("float",),  # one stacked w1 tensor a layer: float only
+    "muse_spark": ("float",),  # its pooled-space layouts are read as float only
 }
 
 
