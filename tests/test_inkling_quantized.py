@@ -92,6 +92,7 @@ def quantize_mxfp8(w: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 QUANTIZERS = {"nvfp4": quantize_nvfp4, "mxfp8": quantize_mxfp8}
+W13 = "model.llm.layers.{}.mlp.experts.w13_weight"
 
 
 # ---- checkpoints ------------------------------------------------------------------------------
@@ -223,8 +224,48 @@ def test_the_decoders_match_transformers_op_on_every_code():
     assert torch.equal(torch.from_numpy(got).to(want.dtype), want[0])
 
 
+def test_inkling2_mxfp8_release_against_transformers_fp8_dequantize(tmp_path):
+    # The non-loop Inkling 2 releases (Inkling-2-Small-MXFP8) store the same MXFP8 w13_weight and
+    # w13_weight_scale under an "fp8" quantization_config, which transformers loads through its
+    # fine-grained FP8 quantizer (it needs accelerate, not installed here). The reference is that
+    # quantizer's own dequantize op on each expert, then the conversion mapping's Interleave.
+    import transformers
+    from safetensors.torch import load_file
+    from transformers.core_model_loading import Interleave
+    from transformers.integrations.finegrained_fp8 import Fp8Dequantize
+
+    config = tiny_config("inkling2_text")
+    config.get_text_config().moe_intermediate_size = INTERMEDIATE
+    torch.manual_seed(2)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    model.save_pretrained(tmp_path / "float")
+    folder = _rewrite(tmp_path / "float", tmp_path / "mxfp8", _quantize_experts("mxfp8"))
+    settings = json.loads((folder / "config.json").read_text())
+    settings["quantization_config"] = {"quant_method": "fp8", "weight_block_size": [1, 32]}
+    (folder / "config.json").write_text(json.dumps(settings))
+    tensors = load_file(folder / "model.safetensors")
+    original = reference(model, HIDDEN, 4)
+    op = Fp8Dequantize(None)
+    with LocalCheckpoint(folder) as src:
+        arch = get_architecture(src.config, tensor_names=src.tensor_names())
+        assert arch.moe_layers() == sorted(original)
+        for layer in original:
+            name = W13.format(layer)
+            dense = torch.stack(
+                [
+                    op._dequantize_one(w, s, output_dtype=torch.float32)
+                    for w, s in zip(tensors[name], tensors[name + "_scale"])
+                ]
+            )
+            gate_up = Interleave(dim=1).convert({name: dense}, [name], ["gate_up"])["gate_up"]
+            expected = gate_up[:, :INTERMEDIATE].numpy()  # gate_up_proj: the gate half first
+            err = np.abs(expected - original[layer].gates).max()
+            assert 0 < err < 0.2 * np.abs(original[layer].gates).max()
+            raw = src.read(arch.layer_tensors(layer))
+            np.testing.assert_array_equal(arch.expert_gate_weights(layer, range(4), raw), expected)
+
+
 # ---- bad input: one line naming the tensor ------------------------------------------------------
-W13 = "model.llm.layers.{}.mlp.experts.w13_weight"
 
 
 def _refused(folder: Path, tmp_path: Path, match: str, error=CheckpointError) -> None:
