@@ -145,7 +145,9 @@ class QuantizedW13:
                     f"value(s) (one per expert of {self.dims.describe()})"
                 )
             values.append(decode_tensor(t.data, t.info.dtype, (size,), name=name))
-        return np.broadcast_to(nvfp4_global_scales(values[0], values[1], name=amax_name), (e,))
+        return np.broadcast_to(
+            nvfp4_global_scales(values[0], values[1], name=denominator_name), (e,)
+        )
 
 
 @dataclass(frozen=True)
