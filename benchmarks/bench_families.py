@@ -301,6 +301,55 @@ FAMILIES = [
 ]
 
 
+# ---- Inkling 2 loop (the transformers default config's shape): NVFP4 and MXFP8 w13_weight ----
+# One fused [E, 2I, H] tensor a layer, gate = rows 0::2 (docs/families.md); the build decodes
+# only the gate rows of each expert.
+def _write_inkling(fmt: str, f: Family, experts: int, rng) -> tuple[dict, dict[str, torch.Tensor]]:
+    block = "model.llm.layers.0.mlp"
+    name = f"{block}.experts.w13_weight"
+    rows = 2 * f.intermediate
+    if fmt == "nvfp4":
+        codes = rng.integers(0, 256, (experts, rows, f.hidden // 2), dtype=np.uint8)
+        scales = rng.integers(0x30, 0x70, (experts, rows, f.hidden // 16), dtype=np.uint8)
+        tensors = {
+            name: torch.from_numpy(codes),
+            f"{name}_scale": torch.from_numpy(scales).view(torch.float8_e4m3fn),
+            f"{name}_amax": torch.full((experts,), 6 * 448 * WEIGHT_STD / 4),
+            f"{name}_outer_scale_denominator": torch.full((experts,), 6.0 * 448),
+        }
+    else:
+        values = rng.integers(0, 256, (experts, rows, f.hidden), dtype=np.uint8)
+        values[(values & 0x7F) == 0x7F] = 0  # E4M3 NaN codes: a real checkpoint has none
+        scales = rng.integers(118, 124, (experts, rows, f.hidden // 32), dtype=np.uint8)
+        tensors = {
+            name: torch.from_numpy(values).view(torch.float8_e4m3fn),
+            f"{name}_scale": torch.from_numpy(scales),
+        }
+    tensors.update(_router(rng, f"{block}.gate", experts, f.hidden))
+    tensors[f"{block}.gate.bias"] = torch.zeros(experts)
+    return dict(n_routed_experts=experts, moe_intermediate_size=f.intermediate), tensors
+
+
+FAMILIES += [
+    Family(
+        "Inkling 2 loop",
+        "inkling2_loop_text",
+        1152,
+        2304,
+        "NVFP4 fused w13 (E2M1 + E4M3 per 16 + amax)",
+        lambda f, e, rng: _write_inkling("nvfp4", f, e, rng),
+    ),
+    Family(
+        "Inkling 2 loop",
+        "inkling2_loop_text",
+        1152,
+        2304,
+        "MXFP8 fused w13 (E4M3 + E8M0 per 32)",
+        lambda f, e, rng: _write_inkling("mxfp8", f, e, rng),
+    ),
+]
+
+
 def write_checkpoint(f: Family, folder: Path, experts: int, seed: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     config, tensors = f.write(f, experts, np.random.default_rng(seed))

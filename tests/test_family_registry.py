@@ -216,8 +216,8 @@ def test_a_checkpoint_without_experts(generic_checkpoint, tmp_path):
 
 
 def test_a_quantized_w13_weight_is_refused_naming_its_dtype(tmp_path):
-    # The original Inkling 2 loop releases store w13_weight as NVFP4 bytes (U8, H/2 columns);
-    # the generic adapter reads float w13_weight only.
+    # NVFP4 bytes (U8, H/2 columns) without the scale tensors beside them (the quantized
+    # releases themselves: tests/test_inkling_quantized.py).
     import torch
 
     folder = tmp_path / "checkpoint"

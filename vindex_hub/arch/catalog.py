@@ -21,6 +21,8 @@ _ZERO = (
 )
 _HYBRID = "hybrid: only the layers whose block holds experts are indexed"
 _W13 = "fused experts.w13_weight [E, 2I, H], gate and up rows interleaved"
+_W13_MXFP8 = _W13 + "; float or MXFP8"
+_W13_LOOP = _W13 + "; float, NVFP4 or MXFP8"
 
 GENERIC: dict[str, Quirks] = {
     "afmoe": Quirks("AFMoE (Arcee Trinity)", note="shared experts, expert bias"),
@@ -91,10 +93,10 @@ GENERIC: dict[str, Quirks] = {
     "qwen4_exp": Quirks("Qwen4 exp (language tower)", note=_HYBRID),
     "qwen4_exp_text": Quirks("Qwen4 exp text", note=_HYBRID),
     "inkling_mm_model": Quirks("Inkling multimodal (language tower)", note=_W13),
-    "inkling2": Quirks("Inkling 2 (language tower)", note=_W13),
-    "inkling2_text": Quirks("Inkling 2 text", note=_W13),
-    "inkling2_loop": Quirks("Inkling 2 loop (language tower)", note=_W13),
-    "inkling2_loop_text": Quirks("Inkling 2 loop text", note=_W13),
+    "inkling2": Quirks("Inkling 2 (language tower)", note=_W13_MXFP8),
+    "inkling2_text": Quirks("Inkling 2 text", note=_W13_MXFP8),
+    "inkling2_loop": Quirks("Inkling 2 loop (language tower)", note=_W13_LOOP),
+    "inkling2_loop_text": Quirks("Inkling 2 loop text", note=_W13_LOOP),
 }
 
 REFUSED: dict[str, str] = {

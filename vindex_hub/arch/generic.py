@@ -42,10 +42,10 @@ from .base import (
     float_view,
 )
 from .family import MoEFamily
+from .inkling_quant import w13_layouts
 from .layouts import (
     FLOAT,
     HALVES,
-    INTERLEAVED,
     ROWS,
     FusedGateUp,
     PerExpert,
@@ -221,8 +221,9 @@ class GenericFamily(MoEFamily):
             ),
             FusedGateUp(f"{block}.experts.fc1.weight", d, self.fused_axis, self.fused_split),
             # Inkling's released w13_weight [E, 2I, H] alternates gate and up rows (transformers'
-            # conversion mappings de-interleave it into gate_up_proj on load, for every family)
-            FusedGateUp(f"{block}.experts.w13_weight", d, ROWS, INTERLEAVED),
+            # conversion mappings de-interleave it into gate_up_proj on load, for every family);
+            # the Inkling 2 loop releases quantize it (NVFP4 or MXFP8), tried first
+            *w13_layouts(block, d),
             # Granite / JetMoE: ParallelExperts [E, 2I, H], gate = the first half
             FusedGateUp(f"{block}.input_linear.weight", d, ROWS, HALVES),
         ]

@@ -373,3 +373,93 @@ def dequantize_fp8_scaled(
 
 
 check_out = output_buffer  # the earlier name (it read as "checkout"), kept for callers
+
+
+# ---- NVFP4 and MXFP8 (the original Inkling 2 loop releases' experts) ---------------------------
+NVFP4_BLOCK = 16  # E2M1 inputs per E4M3 block scale
+MXFP8_BLOCK = 32  # E4M3 inputs per E8M0 block scale (OCP Microscaling)
+
+
+def nvfp4_global_scales(
+    amax: np.ndarray, denominator: np.ndarray, *, name: str = "?"
+) -> np.ndarray:
+    """NVFP4's per-tensor (here per-expert) factor ``amax / outer_scale_denominator``, float32.
+
+    Both are float arrays that broadcast (a denominator may be one value for all experts); the
+    division is done in float32, as the loaders of these checkpoints do. A zero or non-finite
+    denominator raises ``QuantizationError`` naming ``name``.
+    """
+    a = np.asarray(amax, dtype=np.float32)
+    d = np.asarray(denominator, dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        factors = np.asarray(a / d, dtype=np.float32)
+    if not np.isfinite(factors).all():
+        bad = int(np.flatnonzero(~np.isfinite(factors))[0])
+        raise QuantizationError(
+            f"tensor {name}: amax / outer_scale_denominator is not finite at expert {bad} "
+            f"({float(a.reshape(-1)[bad % a.size])} / {float(d.reshape(-1)[bad % d.size])})"
+        )
+    return factors
+
+
+def dequantize_nvfp4(
+    weight_bytes: np.ndarray,
+    scale_bytes: np.ndarray,
+    global_scale: float,
+    *,
+    name: str = "?",
+    scale_name: str | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Packed FP4 E2M1 + E4M3 block scales + one float32 factor (NVFP4) -> float32.
+
+    ``weight_bytes``: uint8 ``(..., O, I/2)``, two weights a byte, low nibble first.
+    ``scale_bytes``: E4M3 bytes ``(..., O, I/16)``. ``global_scale``: the tensor's factor
+    (``nvfp4_global_scales``). ``W[o, i] = (E2M1[nibble(o, i)] * e4m3(S[o, i // 16])) * g``,
+    multiplied in float32 in that order. Returns float32 ``(..., O, I)`` (into ``out`` when given).
+    """
+    w = _as_bytes(weight_bytes, name)
+    scale_name = scale_name or name
+    s = _as_bytes(scale_bytes, scale_name)
+    if w.ndim < 2 or s.shape != (*w.shape[:-1], 2 * w.shape[-1] // NVFP4_BLOCK) or w.shape[-1] % 8:
+        raise QuantizationError(
+            f"tensor {scale_name}: NVFP4 scale {list(s.shape)} does not fit packed weight "
+            f"{name} {list(w.shape)} (one scale per {NVFP4_BLOCK} inputs)"
+        )
+    result = _fp4_times(w, decode_e4m3(s, name=scale_name), name=name, out=out)
+    with np.errstate(over="ignore", invalid="ignore"):  # reported by check_finite
+        np.multiply(result, np.float32(global_scale), out=result)
+    return check_finite(result, name=name)
+
+
+def dequantize_mxfp8(
+    weight_bytes: np.ndarray,
+    scale_bytes: np.ndarray,
+    *,
+    name: str = "?",
+    scale_name: str | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """FP8 E4M3 + one E8M0 scale per 32 inputs (MXFP8) -> float32.
+
+    ``weight_bytes``: E4M3 bytes ``(..., O, I)``; ``scale_bytes``: E8M0 bytes ``(..., O, I/32)``.
+    ``W[o, i] = e4m3(Q[o, i]) * 2^(S[o, i // 32] - 127)``; byte 255 raises ``QuantizationError``.
+    """
+    w = _as_bytes(weight_bytes, name)
+    scale_name = scale_name or name
+    s = _as_bytes(scale_bytes, scale_name)
+    if (
+        w.ndim < 2
+        or w.shape[-1] % MXFP8_BLOCK
+        or s.shape != (*w.shape[:-1], w.shape[-1] // MXFP8_BLOCK)
+    ):
+        raise QuantizationError(
+            f"tensor {scale_name}: MXFP8 scale {list(s.shape)} does not fit weight {name} "
+            f"{list(w.shape)} (one scale per {MXFP8_BLOCK} inputs)"
+        )
+    result = output_buffer(out, w.shape, name)
+    np.take(_E4M3, w, out=result)
+    blocked = result.reshape(*s.shape, MXFP8_BLOCK)
+    with np.errstate(over="ignore", invalid="ignore"):  # reported by check_finite
+        np.multiply(blocked, decode_e8m0(s, name=scale_name)[..., None], out=blocked)
+    return check_finite(result, name=name)
