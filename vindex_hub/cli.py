@@ -352,9 +352,7 @@ def cmd_families(args: argparse.Namespace) -> Outcome:
         f"  {f['model_type']:<24} {f['family']:<34} {f['adapter']:<10} {f['note']}".rstrip()
         for f in listed["supported"]
     ]
-    lines.append(
-        f"refused MoE model types (no gated experts, or no [E, H] router), with why: {len(listed['refused'])}"
-    )
+    lines.append(f"refused MoE model types (no gated experts), with why: {len(listed['refused'])}")
     lines += [f"  {f['model_type']:<24} {f['reason']}" for f in listed["refused"]]
     return Outcome("\n".join(lines), listed)
 
