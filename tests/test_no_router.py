@@ -73,6 +73,35 @@ def test_the_adapter_has_no_router_and_says_why(zaya):
             assert "\n" not in str(info.value)
 
 
+def test_the_gate_rows_are_what_the_experts_forward_gates_with(zaya):
+    """The fused gate_up_proj split, against transformers' own forward: the input of the experts'
+    activation (``act_fn(gate) * up``) is x times the gate rows the adapter decodes."""
+    import torch
+
+    checkpoint, _ = zaya
+    model = build_model("zaya")  # the same seed, so the same weights as the saved checkpoint
+    with LocalCheckpoint(checkpoint) as src:
+        arch = get_architecture(src.config, tensor_names=src.tensor_names())
+        e = arch.moe_config().n_routed_experts
+        for layer in arch.moe_layers():
+            experts = model.model.layers[layer].mlp.experts
+            seen: list[torch.Tensor] = []
+            hook = experts.act_fn.register_forward_hook(lambda m, i, o: seen.append(i[0]))
+            x = torch.randn(
+                3, arch.moe_config().hidden_size, generator=torch.Generator().manual_seed(0)
+            )
+            gates = arch.expert_gate_weights(layer, range(e), src.read(arch.layer_tensors(layer)))
+            for expert in range(e):
+                seen.clear()
+                with torch.no_grad():
+                    experts(x, torch.full((3, 1), expert), torch.ones(3, 1))
+                assert len(seen) == 1, (layer, expert)
+                np.testing.assert_allclose(
+                    seen[0].numpy(), x.numpy() @ gates[expert].T, rtol=1e-5, atol=1e-6
+                )
+            hook.remove()
+
+
 def test_every_file_states_the_absence(zaya):
     _, out = zaya
     data = json.loads((out / filenames.SIDECAR_JSON).read_text())
