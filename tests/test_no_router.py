@@ -141,6 +141,9 @@ def test_it_verifies_loads_and_compares(zaya):
         assert vx.phase2[phases.LAYERS][str(layer)] is None
         assert vx.overlap(layer).shape == (vx.num_experts, vx.num_experts)
         layers = vx.layers
+        assert vx.info()[sidecar.ROUTER_MATRIX_KEY] is False
+    info = cli("info", str(out))
+    assert info.returncode == 0 and "router     not a matrix: no router figures" in info.stdout
     same = compare(out, out)
     assert sorted(same.layers) == layers
 
@@ -214,3 +217,21 @@ def test_a_sidecar_without_the_key_has_a_router_and_a_bad_value_is_refused(zaya,
     data[sidecar.ROUTER_MATRIX_KEY] = "no"
     with pytest.raises(VindexFormatError, match="router_matrix is 'no', expected true or false"):
         sidecar.VindexIndex.from_json(data)
+
+
+def test_an_unfinished_builds_layer_result_keeps_no_router(tmp_path):
+    """A resumed build reads back the layers it finished: no router stays no router."""
+    from vindex_hub.results import LayerResult
+
+    result = LayerResult(
+        layer=3,
+        sha256="0" * 64,
+        singular_values=np.ones((4, 2), np.float32),
+        frobenius_norm=np.ones(4),
+        router_singular_values=None,
+        router_frobenius_norm=None,
+    )
+    result.save(tmp_path / "layer.safetensors")
+    back = LayerResult.load(tmp_path / "layer.safetensors")
+    assert back.router_singular_values is None and back.router_frobenius_norm is None
+    np.testing.assert_array_equal(back.singular_values, result.singular_values)

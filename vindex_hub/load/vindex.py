@@ -383,6 +383,7 @@ class Vindex:
             "file_size": self._file_size,
             "source": idx.source.__dict__.copy(),
             "builder": idx.builder.__dict__.copy(),
+            sidecar.ROUTER_MATRIX_KEY: idx.router_matrix,
             "layers": [
                 {
                     "layer": layer,
