@@ -23,7 +23,7 @@ from typing import Any
 from . import __version__
 from .compat import DefaultsHelpFormatter
 from .errors import IntegrityError, UsageError, VindexError, VindexFormatError
-from .format import statistics
+from .format import sidecar, statistics
 from .format.layout import format_size
 from .numerics import routes
 
@@ -258,6 +258,11 @@ def _render_info(info: dict) -> str:
         f"  size       {format_size(info['total_bytes'])} ({format_size(info['layer_nbytes'])} a layer)",
         f"  builder    {info['builder']['name']} {info['builder']['version']}: {info['builder']['method']}",
         f"  svd route  {_describe_route(info['builder'])}",
+        *(
+            []
+            if info.get(sidecar.ROUTER_MATRIX_KEY, True)
+            else ["  router     not a matrix: no router figures"]
+        ),
         f"  {'layer':>5}  {'offset':>14}  {statistics.median_var_key(k):>12}  {'q25..q75':>17}  sha256",
     ]
     for e in info["layers"]:
@@ -354,9 +359,7 @@ def cmd_families(args: argparse.Namespace) -> Outcome:
         f"{f['note']}".rstrip()
         for f in listed["supported"]
     ]
-    lines.append(
-        f"refused MoE model types (no gated experts, or no [E, H] router), with why: {len(listed['refused'])}"
-    )
+    lines.append(f"refused MoE model types (no gated experts), with why: {len(listed['refused'])}")
     lines += [f"  {f['model_type']:<24} {f['reason']}" for f in listed["refused"]]
     return Outcome("\n".join(lines), listed)
 

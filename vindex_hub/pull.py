@@ -276,6 +276,7 @@ def _write_subset(vx: Vindex, selected: list[int], out: Path) -> None:
         builder=src.builder,
         layers=layers,
         format_version=src.format_version,
+        router_matrix=src.router_matrix,
     )
     write_derived_files(
         out,

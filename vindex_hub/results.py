@@ -25,8 +25,10 @@ class LayerResult:
     sha256: str  # of the layer's block in gate_vectors.bin
     singular_values: np.ndarray  # float32 (num_experts, num_feats), descending per expert
     frobenius_norm: np.ndarray  # float64 (num_experts,): ||W_e||_F of the dequantized gate_proj
-    router_singular_values: np.ndarray  # float64 (min(E, H),): all singular values of the router
-    router_frobenius_norm: float
+    # float64 (min(E, H),): all singular values of the router; None (and the norm None) where
+    # the model's router is not a matrix (``MoEArchitecture.has_router_matrix``)
+    router_singular_values: np.ndarray | None
+    router_frobenius_norm: float | None
     shared_singular_values: np.ndarray | None = None  # float32 (num_feats,)
     shared_frobenius_norm: float | None = None
     # Kept only when LarQL's router_weights.bin is asked for (build option larql_router).

@@ -160,6 +160,8 @@ def verify_vindex(folder: str | Path, *, links_within: str | Path | None = None)
     c.run(filenames.LARQL_INDEX_JSON, lambda: _check_larql(c, index))
     c.run(filenames.PHASE1_JSON, lambda: _check_phase1(c, index))
     c.run(filenames.PHASE2_JSON, lambda: _check_phase2(c, index))
+    if not index.router_matrix:
+        c.run(sidecar.ROUTER_MATRIX_KEY, lambda: _check_no_router(c, index))
     c.run(geometry.EXPERT_OVERLAP_PARQUET, lambda: _check_expert_overlap(c, index))
     return c.report
 
@@ -434,7 +436,7 @@ def _check_router_svd(c: _Checker, index: sidecar.VindexIndex) -> None:
         figures = read_json_object(phase2, what="phase-2 document")[phases.LAYERS]
         for row, layer in enumerate(layers):
             for name in table.column_names:
-                value = figures.get(str(layer), {}).get(name)
+                value = (figures.get(str(layer)) or {}).get(name)
                 if name == mirror.COL_LAYER or isinstance(value, list):
                     continue
                 got = table.column(name)[row].as_py()
@@ -789,6 +791,35 @@ def _check_phase1(c: _Checker, index: sidecar.VindexIndex) -> None:
 def _check_phase2(c: _Checker, index: sidecar.VindexIndex) -> None:
     if _phase_layers(c, filenames.PHASE2_JSON, index) is not None:
         c.passed(f"{filenames.PHASE2_JSON}: same layers as the index")
+
+
+def _check_no_router(c: _Checker, index: sidecar.VindexIndex) -> None:
+    """A vindex whose sidecar says the router is not a matrix holds no router figure anywhere."""
+    where = f"{filenames.SIDECAR_JSON} has {sidecar.ROUTER_MATRIX_KEY} false"
+    n_problems = len(c.report.problems)
+    for name, key in ((filenames.PHASE1_JSON, phases.ROUTER), (filenames.PHASE2_JSON, None)):
+        path = c.folder / name
+        if not path.exists():
+            continue
+        layers = read_json_object(path, what="phase document")[phases.LAYERS]
+        figured = [
+            layer
+            for layer, entry in layers.items()
+            if (entry if key is None else (entry or {}).get(key)) is not None
+        ]
+        if figured:
+            c.problem(f"{name}: router figures for layers {figured}, but {where}")
+    table = c.folder / mirror.ROUTER_SVD_PARQUET
+    if table.exists():
+        import pyarrow.parquet as pq
+
+        columns = pq.read_schema(table).names
+        if columns != [mirror.COL_LAYER]:
+            c.problem(f"{mirror.ROUTER_SVD_PARQUET}: columns {columns}, but {where}")
+    if (c.folder / filenames.LARQL_ROUTER_BIN).exists():
+        c.problem(f"{filenames.LARQL_ROUTER_BIN} exists, but {where}")
+    if len(c.report.problems) == n_problems:
+        c.passed(f"no router figures anywhere, as {where}")
 
 
 # ---- expert geometry -----------------------------------------------------------------------------

@@ -42,6 +42,10 @@ class MoEArchitecture(Protocol):
     """
 
     model_type: str
+    #: whether each MoE layer's router is one ``[num_experts, hidden]`` matrix. False (ZAYA: its
+    #: router is an MLP) means the vindex holds no router: ``layer_tensors`` lists none, and the
+    #: ``router_*`` methods raise ``UnsupportedArchitectureError`` naming why.
+    has_router_matrix: bool
 
     @property
     def num_hidden_layers(self) -> int:

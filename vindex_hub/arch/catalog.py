@@ -97,6 +97,13 @@ GENERIC: dict[str, Quirks] = {
     "inkling2_text": Quirks("Inkling 2 text", note=_W13_MXFP8),
     "inkling2_loop": Quirks("Inkling 2 loop (language tower)", note=_W13_LOOP),
     "inkling2_loop_text": Quirks("Inkling 2 loop text", note=_W13_LOOP),
+    # its router is an MLP (down_proj, GELU layers, out_proj over the experts and a skip class,
+    # fed state from the layer before): no [E, H] matrix, so no router figures
+    "zaya": Quirks(
+        "ZAYA",
+        router_matrix=False,
+        note="router is an MLP, not an [E, H] matrix: the vindex holds no router figures",
+    ),
 }
 
 REFUSED: dict[str, str] = {
@@ -106,11 +113,6 @@ REFUSED: dict[str, str] = {
     "nemotron_h_omni": "its language model's experts are ungated (Nemotron-H): there is no gate projection",
     "nemo_speechlm": "its language model is Nemotron-H, whose experts are ungated: there is no gate projection",
     "doge": "its experts are single embedding vectors (cross-domain MoE), not gated MLPs",
-    "zaya": (
-        "its router is an MLP (down_proj, two GELU layers, out_proj over the experts and a skip "
-        "class, fed state from the layer before): there is no [E, H] router matrix for the router "
-        "spectrum every vindex holds"
-    ),
 }
 
 for _model_type, _quirks in GENERIC.items():

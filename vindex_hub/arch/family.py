@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UnsupportedArchitectureError
 from ..format.sidecar import MoEConfig
 from ..numerics.quant import FP8_BLOCK_SIZE
 from ..source.base import RawTensor
@@ -79,6 +79,8 @@ class MoEFamily:
     fused_split: str = HALVES
     #: whether the published float checkpoints fuse the experts (tried first when names are unknown)
     publishes_fused: bool = False
+    #: whether the router is one [E, H] matrix (False: an MLP router; the vindex holds no router)
+    has_router_matrix: bool = True
     #: a routed expert's gate_proj module name (w1 in Mixtral and DeepSeek-V4), the published one first
     expert_gate_projs: tuple[str, ...] = ("gate_proj", "w1")
     router_parts: tuple[str, ...] = ("gate.weight", "router.weight")
@@ -256,7 +258,9 @@ class MoEFamily:
                 f"layer {first}: {self.where} makes it an MoE layer, but the checkpoint holds no "
                 f"routed-expert gate_proj for it (looked for {', '.join(tried[:SHOWN_CANDIDATES])}{more})"
             )
-        self.router_weight_part = self._pick(first, self.router_parts, "router weight")
+        self.router_weight_part = (
+            self._pick(first, self.router_parts, "router weight") if self.has_router_matrix else ""
+        )
         self.shared_codec, self.shared_part = self._pick_shared(first)
         if self.names is not None:
             for layer in moe:
@@ -324,7 +328,15 @@ class MoEFamily:
         return None if self.shared_part is None else f"{self._block(layer)}.{self.shared_part}"
 
     def router_name(self, layer: int) -> str:
+        self._check_router_matrix(layer)
         return f"{self._block(layer)}.{self.router_weight_part}"
+
+    def _check_router_matrix(self, layer: int) -> None:
+        if not self.has_router_matrix:
+            raise UnsupportedArchitectureError(
+                f"{self.model_type} layer {layer}: its router is an MLP, not an [E, H] matrix; "
+                "a vindex of it holds no router"
+            )
 
     def embedding_tensor(self) -> str:
         """The first of ``embedding_names`` the checkpoint holds (the first when it holds none: the
@@ -336,6 +348,7 @@ class MoEFamily:
         return first_present(candidates, self.names) or candidates[0]
 
     def router_bias_name(self, layer: int) -> str | None:
+        self._check_router_matrix(layer)
         block = self._block(layer)
         candidates = [f"{block}.{part}" for part in self.router_bias_parts]
         expected = self.expects_router_bias(layer)
@@ -350,6 +363,8 @@ class MoEFamily:
         shared = self.shared_gate_name(layer)
         if shared is not None:
             names += self.shared_codec.names(shared)  # type: ignore[union-attr]
+        if not self.has_router_matrix:
+            return names
         names.append(self.router_name(layer))
         bias = self.router_bias_name(layer)
         if bias is not None:

@@ -149,6 +149,8 @@ class Quirks:
     #: whether a fused experts tensor may hold more experts than are routed to weights (rows
     #: transformers allocates for zero-computation experts; only the first E are read)
     fused_extra_experts: bool = False
+    #: False where the router is not one [E, H] matrix (ZAYA's MLP router): no router is read
+    router_matrix: bool = True
     #: one line on what a vindex holds where the family is unusual (zero experts, hybrid layers)
     note: str = ""
 
@@ -180,6 +182,7 @@ class GenericFamily(MoEFamily):
     def __init__(self, config: Mapping[str, Any], **kwargs: Any):
         self.fused_axis = self.quirks.fused_axis
         self.fused_split = self.quirks.fused_split
+        self.has_router_matrix = self.quirks.router_matrix
         super().__init__(config, **kwargs)
 
     def _text_params(self) -> tuple[Mapping[str, Any], str]:

@@ -88,8 +88,8 @@ class SharedAndRouter:
     the router's weights too when LarQL's router file is asked for. Same meanings as the
     ``LayerResult`` fields of the same names."""
 
-    router_singular_values: np.ndarray
-    router_frobenius_norm: float
+    router_singular_values: np.ndarray | None
+    router_frobenius_norm: float | None
     shared_singular_values: np.ndarray | None = None
     shared_frobenius_norm: float | None = None
     router_weight: np.ndarray | None = None
@@ -225,15 +225,18 @@ def shared_and_router(
     settings: DecomposeSettings,
     keep_router: bool,
 ) -> SharedAndRouter:
-    """The shared expert's and the router's decompositions of one layer."""
-    router = arch.router_weight(layer, raw)
-    router64 = router.astype(np.float64)  # widened once, for both
-    extras = SharedAndRouter(
-        router_singular_values=svd.singular_values(
+    """The shared expert's and the router's decompositions of one layer (no router's where the
+    model's router is not a matrix: those fields stay None)."""
+    router = arch.router_weight(layer, raw) if arch.has_router_matrix else None
+    extras = SharedAndRouter(router_singular_values=None, router_frobenius_norm=None)
+    if router is not None:
+        router64 = router.astype(np.float64)  # widened once, for both
+        extras.router_singular_values = svd.singular_values(
             router64, name=arch.router_name(layer), blas_threads=settings.blas_threads
-        ),
-        router_frobenius_norm=svd.frobenius_norm(router64, blas_threads=settings.blas_threads),
-    )
+        )
+        extras.router_frobenius_norm = svd.frobenius_norm(
+            router64, blas_threads=settings.blas_threads
+        )
     shared = arch.shared_gate_weight(layer, raw)
     if shared is not None:
         top = svd.top_k_right_singular(
@@ -246,7 +249,7 @@ def shared_and_router(
         )
         extras.shared_singular_values = top.singular_values[0].astype(np.float32)
         extras.shared_frobenius_norm = float(top.frobenius_norm[0])
-    if keep_router:
+    if keep_router and router is not None:
         extras.router_weight = router
         extras.router_bias = arch.router_bias(layer, raw)
     return extras

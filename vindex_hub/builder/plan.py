@@ -159,6 +159,11 @@ def make_plan(
     )
     layer_ids = _select_layers(arch, layers)
     _check_num_feats(arch, num_feats)
+    if larql_router and not arch.has_router_matrix:
+        raise UsageError(
+            f"larql_router: {arch.model_type}'s router is an MLP, not an [E, H] matrix, so "
+            f"there are no router weights for LarQL's {filenames.LARQL_ROUTER_BIN}"
+        )
     device = svd.resolve_device(device)
     route = routes.route_for(device, precision)
     workers = worker_count(device, workers)
@@ -185,6 +190,7 @@ def make_plan(
             blas_threads=routes.BLAS_THREADS,
             workers=workers,
         ),
+        router_matrix=arch.has_router_matrix,
     )
     config_sha = config_sha256(src.config)
     # The device, the SVD route and the BLAS threads are part of it: results of different routes

@@ -62,6 +62,10 @@ The sidecar ``gate_vectors_index.json``::
                          Hub model a local checkpoint's config names) and ``license`` (the source
                          model card's)
     builder              {name, version, method, sign_rule, svd_route, blas_threads, workers}
+    router_matrix        only as false: the model's router is not an [E, H] matrix (an MLP), so
+                         the vindex holds no router figures: each layer's ``router`` in phase 1
+                         and its entry in phase 2 are null, ``router_svd`` has the layer column
+                         alone, no router_weights.bin. Absent (every older sidecar): a matrix.
     layers               {"L": {file_offset, shape, nbytes, sha256,
                                 median_var{K}, q25_var{K}, q75_var{K}}}
 """

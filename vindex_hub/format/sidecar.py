@@ -23,6 +23,10 @@ SUPPORTED_FORMAT_VERSIONS = frozenset({1})
 FORMAT_VERSION_KEY = "format_version"
 NUM_FEATS_KEY = "num_feats"
 LAYERS_KEY = "layers"
+# false: the model's router is not one [n_routed_experts, hidden_size] matrix (ZAYA's is an MLP),
+# so the vindex holds no router figures (phase documents and ``router_svd`` give none, no LarQL
+# router file). Written only then: a sidecar without the key (every older one) has a router matrix.
+ROUTER_MATRIX_KEY = "router_matrix"
 # Builder fields of a converted seed-style vindex, which recorded none.
 UNKNOWN = "unknown"
 # Bounds checked before anything is parsed or allocated from a sidecar (remote data): far above any
@@ -153,6 +157,7 @@ class VindexIndex:
     builder: BuilderInfo
     layers: dict[int, LayerEntry] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+    router_matrix: bool = True  # ROUTER_MATRIX_KEY
 
     # derived facts
     @property
@@ -227,6 +232,7 @@ class VindexIndex:
                 if k not in _SOURCE_WHEN_KNOWN or v is not None
             },
             "builder": self.builder.to_json(),
+            **({} if self.router_matrix else {ROUTER_MATRIX_KEY: False}),
             LAYERS_KEY: {
                 str(layer): {
                     "file_offset": e.file_offset,
@@ -265,6 +271,11 @@ class VindexIndex:
                     f"{where}: dtype {data.get('dtype')!r}, expected {layout.DTYPE!r}"
                 )
             k = int(data[NUM_FEATS_KEY])
+            router_matrix = data.get(ROUTER_MATRIX_KEY, True)
+            if not isinstance(router_matrix, bool):
+                raise VindexFormatError(
+                    f"{where}: {ROUTER_MATRIX_KEY} is {router_matrix!r}, expected true or false"
+                )
             mc = data["model_config"]
             if check_dimensions:  # before the layer entries are read: 10**6 of them stop here
                 _check_dimensions(k, mc, where)
@@ -292,6 +303,7 @@ class VindexIndex:
                     for name, e in data[LAYERS_KEY].items()
                 },
                 format_version=version,
+                router_matrix=router_matrix,
             )
         except VindexFormatError:
             raise

@@ -304,7 +304,8 @@ class Vindex:
 
     @cached_property
     def phase2(self) -> dict[str, Any]:
-        """``phase2_router_svd.json``: per layer, the router decomposition."""
+        """``phase2_router_svd.json``: per layer, the router decomposition (None for every layer
+        where ``index.router_matrix`` is false: the model's router is not a matrix)."""
         return read_json_object(self._files.path(filenames.PHASE2_JSON), what="phase-2 statistics")
 
     def expert_stats(self) -> dict[str, np.ndarray]:
@@ -382,6 +383,7 @@ class Vindex:
             "file_size": self._file_size,
             "source": idx.source.__dict__.copy(),
             "builder": idx.builder.__dict__.copy(),
+            sidecar.ROUTER_MATRIX_KEY: idx.router_matrix,
             "layers": [
                 {
                     "layer": layer,

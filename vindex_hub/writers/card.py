@@ -200,6 +200,7 @@ def render_card(
         var_key=statistics.var_key(k),
         has_phase1=filenames.PHASE1_JSON in files,
         has_phase2=filenames.PHASE2_JSON in files,
+        router_matrix=index.router_matrix,
         has_larql=filenames.LARQL_INDEX_JSON in files,
         has_router_bin=filenames.LARQL_ROUTER_BIN in files,
         has_browse_tier=filenames.LARQL_EMBEDDINGS_BIN in files

@@ -103,8 +103,12 @@ def router_svd_table(results: Sequence[LayerResult]) -> pa.Table:
     """One row per layer: ``layer`` then the phase-2 figures, in ``router_figures`` order.
 
     Scalars become int64/float64 columns, sequences (the spectrum) fixed-size float64 lists.
+    Where the model's router is not a matrix there are no figures: the ``layer`` column alone.
     """
-    rows = [router_figures(r) for r in results]
+    figures = [router_figures(r) for r in results]
+    rows = [f for f in figures if f is not None]
+    if rows and len(rows) != len(figures):
+        raise VindexFormatError("router figures for some layers and none for others")
     columns: dict[str, pa.Array] = {
         mirror.COL_LAYER: pa.array(np.array([r.layer for r in results], dtype=np.int16))
     }

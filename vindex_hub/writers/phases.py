@@ -18,7 +18,11 @@ def routed_summary(result: LayerResult) -> statistics.Summary:
     return stats.summarize(stats.energy_fraction(result.singular_values, result.frobenius_norm))
 
 
-def router_figures(result: LayerResult) -> dict[str, Any]:
+def router_figures(result: LayerResult) -> dict[str, Any] | None:
+    """The layer's router figures; None where the model's router is not a matrix (the phase
+    documents' null, ``sidecar.ROUTER_MATRIX_KEY``)."""
+    if result.router_singular_values is None or result.router_frobenius_norm is None:
+        return None
     return stats.router_stats(result.router_singular_values, result.router_frobenius_norm)
 
 
@@ -50,9 +54,12 @@ def phase1_json(results: Sequence[LayerResult], index: sidecar.VindexIndex) -> d
                 statistics.var_key(k): float(var[0]),
                 statistics.FROBENIUS_NORM: r.shared_frobenius_norm,
             }
-        router = {
-            key: v for key, v in router_figures(r).items() if key != statistics.SINGULAR_VALUES
-        }
+        figures = router_figures(r)
+        router = (
+            None
+            if figures is None
+            else {k: v for k, v in figures.items() if k != statistics.SINGULAR_VALUES}
+        )
         summary = routed_summary(r).by_key(k)
         summary[statistics.mp_var_key(k)] = mp  # what a Gaussian matrix of this shape gives
         layers[str(r.layer)] = {
