@@ -134,8 +134,8 @@ OWN_MODULES: dict[str, tuple[str, str]] = {
     "olmoe": ("OLMoE", ""),
     "mixtral": ("Mixtral", "block_sparse_moe.experts.E.w1"),
     "gpt_oss": ("gpt-oss", "MXFP4 blocks + scales; fused, gate/up interleaved"),
-    "llama4_text": ("Llama-4 text", "fused [E, H, 2I]; moe_layers"),
-    "llama4": ("Llama-4 (language tower)", "fused [E, H, 2I]; moe_layers"),
+    "llama4_text": ("Llama-4 text", "fused [E, H, 2I]; moe_layers; fbgemm_fp8 FP8 experts"),
+    "llama4": ("Llama-4 (language tower)", "fused [E, H, 2I]; moe_layers; fbgemm_fp8 FP8 experts"),
     "dbrx": ("DBRX", "ffn_config; transformer.blocks.L.ffn.experts.mlp.w1 [E*I, H]"),
     "muse_spark": (
         "Muse Spark (language tower)",
@@ -155,6 +155,7 @@ FORMATS: dict[str, str] = {
     "ct": "compressed-tensors INT4/INT8 (pack-quantized), FP8 (float-quantized), MXFP4, NVFP4",
     "mxfp4": "MXFP4 (gate_up_proj_blocks + _scales)",
     "fp4": "FP4 E2M1 + E8M0 scales, FP8 + E8M0 blocks (DeepSeek-V4's own)",
+    "fbgemm": "FBGEMM FP8 E4M3 + per-output scales (fbgemm_fp8: Llama-4's FP8 releases)",
 }
 #: what a family with one tensor per routed expert reads (``MoEFamily.expert_codecs``): every
 #: generic type and own module, unless listed in ``OWN_FORMATS``
@@ -164,6 +165,8 @@ OWN_FORMATS: dict[str, tuple[str, ...]] = {
     "deepseek_v4": ("float", "fp8", "ct", "fp4"),
     "dbrx": ("float",),  # one stacked w1 tensor a layer: float only
     "muse_spark": ("float",),  # its pooled-space layouts are read as float only
+    "llama4_text": ("float", "fp8", "ct", "fbgemm"),
+    "llama4": ("float", "fp8", "ct", "fbgemm"),
 }
 
 

@@ -404,6 +404,47 @@ class FusedGateUp:
 
 
 @dataclass(frozen=True)
+class FusedFP8Columns:
+    """Llama-4's FP8 release (``quant_method: fbgemm_fp8``): ``gate_up_proj`` F8_E4M3 [E, H, 2I]
+    (stored transposed, ``x @ W``) and ``gate_up_proj_scale`` [E, 1, 2I], one scale per output
+    (per row of W^T, as FBGEMM's row-wise kernels take it): expert e's gate is
+    ``e4m3(Q[e][:, :I]).T * S[e, 0, :I, None]``."""
+
+    template: str
+    scale_template: str
+    dims: ExpertDims
+    split: str = HALVES
+    quantized: bool = True
+
+    def expert_name(self, layer, expert):
+        return self.template.format(layer=layer)
+
+    def names(self, layer):
+        return [self.template.format(layer=layer), self.scale_template.format(layer=layer)]
+
+    def decode(self, layer, experts, raw, out):
+        name, scale_name = self.names(layer)
+        d = self.dims
+        w = checked_tensor(raw, name, (FP8_WEIGHT_DTYPE,))
+        check_fused_shape(w, (d.num_experts, d.hidden, 2 * d.intermediate), d, "FP8 gate_up")
+        s = checked_tensor(raw, scale_name, CT_SCALE_DTYPES)
+        check_fused_shape(
+            s, (d.num_experts, 1, 2 * d.intermediate), d, "one scale per gate_up output"
+        )
+        fused = w.data.reshape(w.info.shape)
+        scales = decode_tensor(
+            s.data, s.info.dtype, (d.num_experts, 2 * d.intermediate), name=scale_name
+        )
+        gate = _gate_outputs(self.split, d.intermediate)
+        for i, expert in enumerate(experts):
+            # A strided [I, H] view of the gate's bytes; only it is decoded.
+            dequantize_fp8_scaled(
+                fused[expert][:, gate].T, scales[expert, gate, None], name=name, out=out[i]
+            )
+        return out
+
+
+@dataclass(frozen=True)
 class StackedGate:
     """All experts' gate projections (gate only, no up) in one float tensor: [E, I, H] (Step),
     or the same rows as [E*I, H] when ``flat`` (DBRX's ``experts.mlp.w1``)."""
