@@ -618,11 +618,15 @@ def test_families_and_the_readme_say_which_formats_each_family_reads():
     # the model types the releases above were built for read their format
     assert {"fp8", "ct"} <= set(formats["kimi_k25"]) & set(formats["kimi_k2"])
     assert {"fp8", "ct"} <= set(formats["qwen3_moe"]) & set(formats["minimax_m2"])
+    assert "fbgemm" in set(formats["llama4"]) & set(
+        formats["llama4_text"]
+    )  # tests/test_fbgemm_fp8.py
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     section = readme.split("## Supported model families", 1)[1].split("\n## ", 1)[0]
     header = "| family | `model_type` | layouts read | quantizations |"
     rows = section.split(header, 1)[1].split("\n\n", 1)[0].splitlines()[2:]
     spelled = {"ct": "compressed-tensors", "mxfp4": "MXFP4", "fp4": "FP4 E2M1", "fp8": "FP8"}
+    spelled["fbgemm"] = "FBGEMM FP8"
     for row in rows:
         cell = row.split(" | ")[-1]
         for model_type in row.split(" | ")[1].split("`")[1::2]:

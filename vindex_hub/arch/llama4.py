@@ -52,7 +52,7 @@ class Llama4Text(TransposedFusedFamily):
 
     def _converted(self, module: str) -> bool:
         """Whether fbgemm_fp8 converts ``module``: not named by a ``modules_to_not_convert``
-        pattern, by the rule of the transformers that wrote the releases (the pattern anywhere in
+        pattern, by older transformers' rule (the pattern anywhere in
         the name) or today's (a regex at its start, up to a name boundary, or its suffix)."""
         patterns = self.quant.get(NOT_CONVERTED_KEY) or []
         for key in patterns if isinstance(patterns, list) else []:
