@@ -338,7 +338,8 @@ def test_a_refusing_hub_is_said_and_fails_verify(
     new = _move_main(repo)
     assert new != old
     local_hub.inject_fault("error", status=status, times=None)
-    report = verify_source(repo, cache_dir=cache)
+    with pytest.warns(CachedCopyWarning, match=f"the Hub refused.*{old}"):
+        report = verify_source(repo, cache_dir=cache)
     assert not report.ok and "vindex OK" not in report.render()
     assert any(
         "could not confirm revision 'main'" in p and str(status) in p and old in p
