@@ -138,6 +138,20 @@ def expert_batches(num_experts: int, batch_size: int, workers: int = 1) -> list[
     return [range(start, min(start + size, num_experts)) for start in range(0, num_experts, size)]
 
 
+def shrinking_batches(num_experts: int, batch_size: int, workers: int) -> list[range]:
+    """Batches of at most ``batch_size`` experts, each at most 1 / (2 ``workers``) of the experts
+    left from its start: big batches first, single experts last, so ``workers`` processes, each
+    handed the next batch as it finishes one, end the layer within about one expert of each
+    other. (A batch's results do not depend on how the experts are grouped.)"""
+    batches = []
+    start = 0
+    while start < num_experts:
+        size = max(1, min(batch_size, (num_experts - start) // (2 * workers)))
+        batches.append(range(start, start + size))
+        start += size
+    return batches
+
+
 def decompose_experts(
     arch: MoEArchitecture,
     layer: int,

@@ -41,6 +41,7 @@ from .defaults import (
 )
 from .engine import Engine, make_engine
 from .plan import BuildPlan, claim_output, make_plan, open_source
+from .workers import start_for_build, stop_spares
 
 
 @dataclass
@@ -111,6 +112,9 @@ def build_vindex(
     src = open_source(source, revision=revision, token=token)
     lock = None
     try:
+        # The worker processes start now: their start-up overlaps the planning and the first
+        # layer's read (the CLI starts them even before it imports this module).
+        start_for_build(workers, device, engine)
         plan = make_plan(
             src,
             out,
@@ -159,6 +163,7 @@ def build_vindex(
         shutil.rmtree(plan.state_dir)
         return BuildSummary(plan.out, plan.layer_ids, todo, time.monotonic() - started, plan.index)
     finally:
+        stop_spares()  # those the build did not adopt (none needed, fewer, an error)
         if lock is not None:
             lock.release()
         src.close()

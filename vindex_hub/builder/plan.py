@@ -26,6 +26,7 @@ from ..numerics import routes, svd
 from ..source.base import CheckpointSource
 from ..writers.browse import BrowseOptions
 from .decompose import DecomposeSettings
+from .workers import default_workers
 
 BUILDER_NAME = "vindex-hub"
 
@@ -84,14 +85,6 @@ def source_license(src: CheckpointSource) -> str | None:
     except VindexError:  # a card whose front matter does not parse: no license to inherit
         return None
     return value if isinstance(value, str) and value.strip() else None
-
-
-def default_workers() -> int:
-    """The cores this process may run on (its CPU affinity, not the machine's core count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def worker_count(device: str, workers: int | None) -> int:
