@@ -60,7 +60,9 @@ def spawn_worker(blas_threads: int) -> tuple[BaseProcess, Connection]:
     imports the builder, then waits for its settings (``engine.serve_worker``)."""
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
-    process = context.Process(target=_worker_entry, name="vindex-worker", daemon=True, args=(child,))
+    process = context.Process(
+        target=_worker_entry, name="vindex-worker", daemon=True, args=(child,)
+    )
     # SIGINT blocked while the worker is spawned: it inherits the mask, so a Ctrl-C during its
     # start-up (before it ignores SIGINT) is no traceback either; ours is delivered after.
     masked = threading.current_thread() is threading.main_thread()

@@ -294,12 +294,14 @@ def write_card(
     mirror_files: Sequence[MirrorFile],
     feature_examples: Sequence[dict] = (),
     geometry: CardGeometry | None = None,
+    var_plot: bytes | None = None,
 ) -> list[str]:
-    """Write ``README.md`` and the plots it embeds; return their paths."""
+    """Write ``README.md`` and the plots it embeds; return their paths. ``var_plot``: the
+    ``var_plot_png`` of ``index`` when already rendered."""
     folder = Path(folder)
     if not index.layers:
         raise VindexFormatError(f"{folder}: the index lists no layers; nothing to describe")
-    atomic_write_bytes(folder / filenames.VAR_PLOT_FILE, var_plot_png(index))
+    atomic_write_bytes(folder / filenames.VAR_PLOT_FILE, var_plot or var_plot_png(index))
     plots = [filenames.VAR_PLOT_FILE]
     if geometry is not None:
         atomic_write_bytes(

@@ -16,12 +16,20 @@
 
 ``add_geometry`` gives a finished folder the geometry (steps 0, 1, the stats tables, 5 and 6);
 ``rewrite_card`` and ``rewrite_mirror`` redo the card, or the mirror and the card.
+
+The card's plot is rendered on a thread while the mirror is written (parquet's compression,
+the hashing and the fsyncs leave the interpreter free), and ``import_ahead`` lets a build load
+the card's libraries (matplotlib, datasets, the Hub client's card classes: about a second) on a
+thread while its last layer is still being written.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+import importlib
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +49,7 @@ from .browse import (
     write_feature_tokens,
     write_larql_browse,
 )
-from .card import example_layer_of, write_card
+from .card import example_layer_of, var_plot_png, write_card
 from .geometry import (
     GeometryInputs,
     card_figures,
@@ -77,6 +85,43 @@ class WrittenFiles:
         return [*(f.path for f in self.mirror), *self.files]
 
 
+# The libraries the card's plots and front matter import on first use (writers.card,
+# format.card_data): what ``import_ahead`` loads.
+CARD_MODULES = (
+    "matplotlib.backends.backend_agg",
+    "matplotlib.figure",
+    "matplotlib.ticker",
+    "jinja2",
+    "huggingface_hub.repocard",
+    "datasets",
+)
+
+
+def import_ahead() -> threading.Thread:
+    """Start importing ``CARD_MODULES`` on a daemon thread, so the write sequence finds them
+    loaded (an import that fails here fails again, and is reported, where it is needed)."""
+
+    def load() -> None:
+        for name in CARD_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:
+                return
+
+    thread = threading.Thread(target=load, name="vindex-import-ahead", daemon=True)
+    thread.start()
+    return thread
+
+
+def _on_a_thread(fn: Callable[..., Any], *args: Any) -> Callable[[], Any]:
+    """``fn(*args)`` started on a thread now; the callable returned waits for it and returns its
+    value (or raises its error)."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="vindex-writer")
+    future = pool.submit(fn, *args)
+    pool.shutdown(wait=False)  # the thread ends with its one task
+    return future.result
+
+
 def write_derived_files(
     folder: str | Path,
     index: sidecar.VindexIndex,
@@ -107,6 +152,7 @@ def write_derived_files(
         file_size=(folder / filenames.GATE_VECTORS_BIN).stat().st_size,
     )
     written = WrittenFiles()
+    var_plot = _on_a_thread(var_plot_png, index)  # rendered while the mirror is written
     if results is not None:
         phases: tuple[dict[str, Any] | None, dict[str, Any] | None] = (
             phase1_json(results, index),
@@ -161,6 +207,7 @@ def write_derived_files(
         mirror_files=written.mirror,
         feature_examples=feature_token_examples(folder, example_layer_of(index)),
         geometry=card_figures(folder, index, written.mirror),
+        var_plot=var_plot() if index.layers else None,
     )
     atomic_write_json(folder / filenames.SIDECAR_JSON, index.to_json())
     written.files.append(filenames.SIDECAR_JSON)
