@@ -22,8 +22,8 @@ BLAS call of a decomposition with ``blas_threads`` threads whatever the process'
 results are the same bits whatever the worker count or the machine's ``OMP_NUM_THREADS``. A
 worker that dies (killed, out of memory) is replaced and its batch redone; workers that keep
 dying end the build with an error (it resumes when run again). Only plain data crosses between
-processes: the config dict and tensor names, the settings, a shared-memory name with its table
-of tensor names/dtypes/shapes/offsets, numpy arrays, and error type + message.
+processes (``worker_loop``): the config dict and tensor names, the settings, a shared-memory
+name with its table of tensor names/dtypes/shapes/offsets, numpy arrays, and error type + message.
 """
 
 from __future__ import annotations
@@ -40,31 +40,28 @@ from multiprocessing import shared_memory
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
-import numpy as np
-
 from .. import errors
-from ..arch import MoEArchitecture, get_architecture
+from ..arch import MoEArchitecture
 from ..errors import UsageError, VindexError
-from ..source.base import CheckpointSource, RawTensor, TensorInfo
+from ..source.base import CheckpointSource, RawTensor
 from .decompose import (
     BufferPool,
     DecomposedLayer,
     DecomposeSettings,
     RoutedExperts,
     SharedAndRouter,
-    decompose_experts,
     decompose_layer,
-    shared_and_router,
     shrinking_batches,
 )
 from .plan import BuildPlan
+from .worker_loop import SHARED
+from .worker_loop import LayerTable as _Table
+from .worker_loop import layer_views as _views
 from .workers import blas_thread_environment as blas_thread_environment  # its old home
 from .workers import spawn_worker, take_spare
 
 # Deaths of worker processes tolerated within one layer before the build gives up.
 MAX_WORKER_DEATHS_PER_LAYER = 3
-# A worker's task besides a batch of routed experts (a ``range``): the shared expert and router.
-SHARED = "shared"
 
 
 class Engine(Protocol):
@@ -125,9 +122,6 @@ def make_engine(
 
 
 # ---- worker processes ---------------------------------------------------------------------------
-_Table = dict[str, tuple[str, tuple[int, ...], int, int]]  # name -> (dtype, shape, offset, nbytes)
-
-
 def _share_layer(
     raw: Mapping[str, RawTensor],
 ) -> tuple[shared_memory.SharedMemory, _Table, dict[str, RawTensor]]:
@@ -149,68 +143,6 @@ def _share_layer(
         block.unlink()
         raise
     return block, table, views
-
-
-def _views(block: shared_memory.SharedMemory, table: _Table) -> dict[str, RawTensor]:
-    return {
-        name: RawTensor(
-            TensorInfo(name, dtype, shape, "", 0, nbytes),
-            np.ndarray((nbytes,), dtype=np.uint8, buffer=block.buf, offset=offset),
-        )
-        for name, (dtype, shape, offset, nbytes) in table.items()
-    }
-
-
-def serve_worker(conn: Connection) -> None:
-    """A worker (started by ``workers.spawn_worker``): take the build's settings, then do the
-    tasks it is sent until told to stop (None) or the pipe closes."""
-    try:
-        setup = conn.recv()
-    except (EOFError, OSError):  # a spare nobody adopted, or the parent is gone
-        return
-    if setup is None:
-        return
-    config, tensor_names, settings = setup
-    decompose = DecomposeSettings(**settings)
-    arch = get_architecture(config, tensor_names=tensor_names)
-    buffers = BufferPool()  # kept across batches and layers
-    block: shared_memory.SharedMemory | None = None
-    raw: dict[str, RawTensor] = {}
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):  # the parent is gone
-            task = None
-        if task is None:
-            break
-        layer, what, block_name, table = task
-        if block is None or block.name != block_name:  # a new layer: map its block
-            raw = {}
-            if block is not None:
-                block.close()
-                block = None
-            try:
-                block = shared_memory.SharedMemory(name=block_name)
-            except FileNotFoundError:  # the parent gave the layer up (an error): it reads no reply
-                conn.send(("error", "RuntimeError", f"layer {layer} is no longer shared"))
-                continue
-            raw = _views(block, table)
-        try:
-            if isinstance(what, range):
-                top = decompose_experts(arch, layer, what, raw, decompose, buffers)
-                reply: tuple = ("ok", top.vectors, top.singular_values, top.frobenius_norm)
-            else:  # (SHARED, keep_router)
-                extras = shared_and_router(arch, layer, raw, decompose, what[1])
-                reply = ("ok", extras.to_plain())
-        except Exception as exc:
-            reply = ("error", type(exc).__name__, str(exc))
-        try:
-            conn.send(reply)
-        except OSError:  # the parent is gone (stopped mid-batch): nothing to report to
-            break
-    raw = {}
-    if block is not None:
-        block.close()
 
 
 def error_from(type_name: str, message: str) -> Exception:
@@ -307,10 +239,11 @@ class ProcessEngine:
     ) -> DecomposedLayer:
         arch = plan.arch
         routed = RoutedExperts.empty(arch, self.settings.num_feats)
+        # popped from the end: the shared expert and router first, then the batches in order
         todo: list[range | str] = [
+            *shrinking_batches(routed.num_experts, self.settings.batch_size, self.workers)[::-1],
             SHARED,
-            *shrinking_batches(routed.num_experts, self.settings.batch_size, self.workers),
-        ][::-1]
+        ]
         extras: SharedAndRouter | None = None
         self._feed(layer, plan.keep_router, block_name, table, todo)
         deaths = 0

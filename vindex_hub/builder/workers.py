@@ -57,7 +57,7 @@ def blas_thread_environment(threads: int) -> Iterator[None]:
 
 def spawn_worker(blas_threads: int) -> tuple[BaseProcess, Connection]:
     """A new worker process (``blas_threads`` BLAS threads) and this side of its pipe; it
-    imports the builder, then waits for its settings (``engine.serve_worker``)."""
+    imports the builder, then waits for its settings (``worker_loop.serve_worker``)."""
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     process = context.Process(
@@ -83,7 +83,7 @@ def _worker_entry(conn: Connection) -> None:
     ignores SIGINT, so a terminal's Ctrl-C, sent to the whole process group, prints no
     traceback from each worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from .engine import serve_worker  # the heavy imports, while the parent does its own
+    from .worker_loop import serve_worker  # the heavy imports, while the parent does its own
 
     serve_worker(conn)
 
