@@ -29,7 +29,7 @@ from ..results import LayerResult, layer_result_path
 from ..source.base import CheckpointSource
 from ..writers.binary import GateVectorsWriter
 from ..writers.browse import BrowseInputs, BrowseOptions
-from ..writers.derived import add_geometry, import_ahead, write_derived_files
+from ..writers.derived import add_geometry, write_derived_files
 from ..writers.phases import routed_summary
 from .browse import check_browse_inputs, read_browse_inputs
 from .defaults import (
@@ -242,8 +242,6 @@ def _compute(
     layers = engine.run(src, plan, todo, on_experts=bar.update, on_layer_read=layer_read)
     try:
         for decomposed in layers:
-            if written == len(todo) - 1:  # the last: the card's libraries load while it is written
-                import_ahead()
             sha256 = writer.write_layer(plan.slot(decomposed.layer), decomposed.vectors)
             decomposed.result(sha256).save(layer_result_path(plan.state_dir, decomposed.layer))
             written += 1
@@ -286,4 +284,5 @@ def _finish(
         browse=plan.browse,
         browse_inputs=browse_inputs,
         geometry=plan.geometry,
+        plot_elsewhere=plan.workers > 1,  # worker processes are spawned already
     )

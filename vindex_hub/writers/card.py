@@ -90,6 +90,12 @@ def var_plot_png(index: sidecar.VindexIndex) -> bytes:
     return buf.getvalue()
 
 
+def var_plot_png_of(index_json: dict[str, Any]) -> bytes:
+    """``var_plot_png`` of the index whose ``VindexIndex.to_json`` is ``index_json`` (plain data:
+    what a process rendering the plot for another is handed)."""
+    return var_plot_png(sidecar.VindexIndex.from_json(index_json))
+
+
 def var_plot_figure(index: sidecar.VindexIndex) -> Any:
     """Median var{K} per layer with the q25-q75 band and the Marchenko-Pastur baseline (a Gaussian
     matrix of the expert's shape). The y axis runs from 0 to 1 (var{K} is a fraction), so a 1%
