@@ -1,7 +1,7 @@
 """Where a build's time outside the SVD goes (issue 24's whole-command row): worker processes
 started before the builder loads, adopted by the engine and never left behind; the shared expert
 and router decomposed on a worker with the serial engine's error order; batches that shrink
-towards a layer's end. Real spawned processes and real checkpoints; no timing assertions (the
+towards a layer's end; the card's plot rendered in a process of its own, the same PNG. Real spawned processes and real checkpoints; no timing assertions (the
 figures are ``benchmarks/bench_build.py``'s)."""
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from vindex_hub.builder import build_vindex, engine
 from vindex_hub.builder import workers as worker_processes
 from vindex_hub.builder.decompose import expert_batches, shrinking_batches
 from vindex_hub.errors import VindexError
+from vindex_hub.format import filenames, sidecar
 from vindex_hub.numerics.routes import BLAS_THREADS
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
+from vindex_hub.writers import card, derived
 
 # gate_proj 128 x 256, 16 features: small, and big enough for the mixed route.
 DIMS = dict(num_layers=2, num_experts=12, hidden_size=256, moe_intermediate_size=128, num_shards=1)
@@ -133,3 +135,38 @@ def test_a_bad_shared_expert_fails_the_same_way_on_workers_as_in_process(
         errors.append((type(caught.value), str(caught.value)))
     assert errors[0] == errors[1]
     assert named in errors[0][1]
+
+
+def test_the_card_plot_rendered_in_a_spawned_process_is_the_same_png(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "v"
+    _build(checkpoint, out, workers=1)  # one process: the plot rendered in it
+    png = (out / filenames.VAR_PLOT_FILE).read_bytes()
+    index = sidecar.VindexIndex.load(out / filenames.SIDECAR_JSON)
+
+    def not_here(index: sidecar.VindexIndex) -> bytes:
+        raise AssertionError("the plot was rendered in this process")
+
+    for module in (derived, card):  # a spawned process imports its own, unpatched
+        monkeypatch.setattr(module, "var_plot_png", not_here)
+    (out / filenames.VAR_PLOT_FILE).unlink()
+    derived.write_derived_files(out, index, plot_elsewhere=True)
+    assert (out / filenames.VAR_PLOT_FILE).read_bytes() == png
+
+
+def test_where_no_process_starts_the_plot_is_rendered_here(
+    checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "v"
+    _build(checkpoint, out, workers=1)
+    png = (out / filenames.VAR_PLOT_FILE).read_bytes()
+    index = sidecar.VindexIndex.load(out / filenames.SIDECAR_JSON)
+
+    def no_processes(*args: object, **kwargs: object) -> None:
+        raise AssertionError("daemonic processes are not allowed to have children")
+
+    monkeypatch.setattr(derived, "ProcessPoolExecutor", no_processes)
+    (out / filenames.VAR_PLOT_FILE).unlink()
+    derived.write_derived_files(out, index, plot_elsewhere=True)
+    assert (out / filenames.VAR_PLOT_FILE).read_bytes() == png
