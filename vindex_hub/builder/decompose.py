@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..arch import MoEArchitecture
-from ..numerics import svd
 from ..numerics.routes import BLAS_THREADS, DEFAULT_PRECISION
 from ..results import LayerResult
 from ..source.base import RawTensor
 from .defaults import DEFAULT_BATCH
+
+if TYPE_CHECKING:
+    from ..numerics import svd
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,8 @@ def decompose_experts(
     buffers: BufferPool,
 ) -> svd.TopK:
     """Dequantize a batch of routed experts' gate_proj into a reused buffer and decompose it."""
+    from ..numerics import svd  # here: a build on worker processes never loads scipy in its own
+
     weights = arch.expert_gate_weights(
         layer, experts, raw, out=buffers.get((len(experts), *arch.gate_shape))
     )
@@ -240,6 +244,8 @@ def shared_and_router(
     keep_router: bool,
 ) -> SharedAndRouter:
     """The shared expert's and the router's decompositions of one layer."""
+    from ..numerics import svd
+
     router = arch.router_weight(layer, raw)
     router64 = router.astype(np.float64)  # widened once, for both
     extras = SharedAndRouter(

@@ -22,7 +22,7 @@ from ..arch import MoEArchitecture, get_architecture
 from ..errors import OutputConflictError, UsageError
 from ..format import filenames, mirror, selection, sidecar
 from ..fsutil import atomic_write_json, read_json_object
-from ..numerics import routes, svd
+from ..numerics import routes
 from ..source.base import CheckpointSource
 from ..writers.browse import BrowseOptions
 from .decompose import DecomposeSettings
@@ -152,7 +152,7 @@ def make_plan(
     )
     layer_ids = _select_layers(arch, layers)
     _check_num_feats(arch, num_feats)
-    device = svd.resolve_device(device)
+    device = routes.resolve_device(device)
     route = routes.route_for(device, precision)
     workers = worker_count(device, workers)
     browse = dataclasses.replace(browse or BrowseOptions(), device=device)
