@@ -361,6 +361,7 @@ def test_the_reader_thread_stops_when_the_build_fails(tiny_checkpoint, tmp_path,
             layers="0-1",
             device="cpu",
             progress=False,
+            workers=1,  # decomposed in this process, where the crash is planted
         )
     assert not [t for t in threading.enumerate() if t.name == "vindex-reader"]
 
