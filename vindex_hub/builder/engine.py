@@ -198,10 +198,13 @@ class ProcessEngine:
     def run(self, src, plan, todo, *, on_experts, on_layer_read):
         finished = False
         try:
-            while len(self._pool) < self.workers:
-                self._pool.append(self._start())
             for layer, raw, seconds, nbytes in prefetch(src, plan.arch, todo, self.prefetch_layers):
                 on_layer_read(layer, seconds, nbytes)
+                # Once the first layer is read (the spares' imports had that long): a worker
+                # still importing reads its settings late, and sending a checkpoint's many
+                # tensor names would wait for it.
+                while len(self._pool) < self.workers:
+                    self._pool.append(self._start())
                 block, table, raw = _share_layer(raw)  # the read copy is dropped here
                 try:
                     decomposed = self._layer(plan, layer, raw, block.name, table, on_experts)
