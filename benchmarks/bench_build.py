@@ -20,12 +20,12 @@ Generates a DeepSeek-V4-Flash-format checkpoint with real expert dimensions (gat
 
 With ``--spectra flat,spiky`` (families of ``vindex_hub.testing.synth.SPECTRUM_FAMILIES``; FP4
 quantization fills "clustered"'s gaps and "rank-near-k"'s null space, so those two are only
-measured by ``bench_svd.py``), steps 1 and 3 run on a checkpoint of each family, step 2 on the
-        [--numpy-experts N] [--overhead-repeat 3] [--workdir DIR]
+measured by ``bench_svd.py``), steps 1 and 3 run on a checkpoint of each family, steps 2 and 4
+on the first, and a last table sets the whole command's ratio against issue 24's targets (64 experts:
 >= 14x flat, >= 12x spiky).
 
     python benchmarks/bench_build.py [--experts 16] [--layers 4] [--workers N] [--spectra flat]
-        [--numpy-experts N] [--workdir DIR]
+        [--numpy-experts N] [--overhead-repeat 3] [--workdir DIR]
 
 ``--layers 1`` skips the multi-layer build. ``--scale 8`` divides the matrix dimensions by 8 (a
 quick check that it runs, not figures).
