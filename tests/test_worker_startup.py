@@ -170,3 +170,27 @@ def test_where_no_process_starts_the_plot_is_rendered_here(
     (out / filenames.VAR_PLOT_FILE).unlink()
     derived.write_derived_files(out, index, plot_elsewhere=True)
     assert (out / filenames.VAR_PLOT_FILE).read_bytes() == png
+
+
+def test_import_ahead_loads_what_the_card_imports() -> None:
+    """The modules named are the card's real imports (a renamed one would silently load
+    nothing ahead): each is importable, and the thread loads them all."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from vindex_hub.writers import derived\n"
+        "derived.import_ahead().join()\n"
+        "print(all(m in sys.modules for m in derived.CARD_MODULES))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+    from vindex_hub.format import card_data
+
+    card_sources = Path(card.__file__).read_text() + Path(card_data.__file__).read_text()
+    for name in derived.CARD_MODULES:
+        # each is imported on first use by the card's own code
+        top = name.split(".")[0]
+        assert f"from {top} import" in card_sources or f"import {top}" in card_sources

@@ -29,7 +29,7 @@ from ..results import LayerResult, layer_result_path
 from ..source.base import CheckpointSource
 from ..writers.binary import GateVectorsWriter
 from ..writers.browse import BrowseInputs, BrowseOptions
-from ..writers.derived import add_geometry, write_derived_files
+from ..writers.derived import add_geometry, import_ahead, write_derived_files
 from ..writers.phases import routed_summary
 from .browse import check_browse_inputs, read_browse_inputs
 from .defaults import (
@@ -236,10 +236,21 @@ def _compute(
     def layer_read(layer: int, seconds: float, nbytes: int) -> None:
         bar.set_postfix_str(f"layer {layer} read {nbytes / max(seconds, 1e-9) / 1e6:.0f} MB/s")
 
+    # Once the workers have started, this process, only waiting for them, loads the card's
+    # libraries: they are not left for the end, after the last layer.
+    card_imports_due = plan.workers > 1
+
+    def experts_done(n: int) -> None:
+        nonlocal card_imports_due
+        bar.update(n)
+        if card_imports_due:
+            card_imports_due = False
+            import_ahead()
+
     written = 0
     # closing(): an error or Ctrl-C here stops the engine (its workers, its shared memory) now,
     # not whenever the suspended generator happens to be collected.
-    layers = engine.run(src, plan, todo, on_experts=bar.update, on_layer_read=layer_read)
+    layers = engine.run(src, plan, todo, on_experts=experts_done, on_layer_read=layer_read)
     try:
         for decomposed in layers:
             sha256 = writer.write_layer(plan.slot(decomposed.layer), decomposed.vectors)

@@ -20,13 +20,18 @@
 With ``plot_elsewhere`` (a build on worker processes, which already spawns them), the card's
 plot is rendered in a process of its own while this one writes the mirror: importing matplotlib
 and drawing take about half a second of a core that would otherwise idle. (On a thread it would
-not gain: the interpreter lock would slow this process's own writing as much.)
+not gain: the interpreter lock would slow this process's own writing as much.) And
+``import_ahead`` lets such a build load the libraries the card's front matter needs (datasets,
+which brings pandas, and the Hub client's card classes: about half a second) while its workers
+decompose and this process waits for them, rather than after the last layer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 import multiprocessing
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -82,6 +87,27 @@ class WrittenFiles:
     @property
     def paths(self) -> list[str]:
         return [*(f.path for f in self.mirror), *self.files]
+
+
+# What the card's front matter and text import on first use (``format.card_data``,
+# ``writers.card``): ``import_ahead`` loads them. (The plot's matplotlib: ``plot_elsewhere``.)
+CARD_MODULES = ("datasets", "huggingface_hub.repocard", "jinja2")
+
+
+def import_ahead() -> threading.Thread:
+    """Start importing ``CARD_MODULES`` on a daemon thread (a module that fails to import here
+    fails again where it is needed, and is reported there)."""
+
+    def load() -> None:
+        for name in CARD_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:
+                return
+
+    thread = threading.Thread(target=load, name="vindex-import-ahead", daemon=True)
+    thread.start()
+    return thread
 
 
 def _var_plot_elsewhere(index: sidecar.VindexIndex) -> Callable[[], bytes]:
