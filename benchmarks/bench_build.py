@@ -12,16 +12,20 @@ Generates a DeepSeek-V4-Flash-format checkpoint with real expert dimensions (gat
    processes, and reports wall time, peak RSS (the build process and its largest worker) and the
    *core busy share*: CPU time of the build and its workers / (wall time x cores);
 3. times the whole command ``vindex-hub build --layers 0`` (start-up, reading, writing the
-   derived files included) against ``numpy.linalg.svd`` of the same layer's dequantized experts.
+   derived files included) against ``numpy.linalg.svd`` of the same layer's dequantized experts;
+4. times the same command on a checkpoint of the same experts count and hidden size whose
+   gate_proj has only ``OVERHEAD_ROWS`` rows (the SVD next to nothing, the files written the same
+   size): what the command costs besides the SVD (start-up, reading, writing), best of
+   ``--overhead-repeat`` runs, and the first run's core busy share.
 
 With ``--spectra flat,spiky`` (families of ``vindex_hub.testing.synth.SPECTRUM_FAMILIES``; FP4
 quantization fills "clustered"'s gaps and "rank-near-k"'s null space, so those two are only
-measured by ``bench_svd.py``), steps 1 and 3 run on a checkpoint of each family, step 2 on the
-first, and a last table sets the whole command's ratio against issue 24's targets (64 experts:
+measured by ``bench_svd.py``), steps 1 and 3 run on a checkpoint of each family, steps 2 and 4
+on the first, and a last table sets the whole command's ratio against issue 24's targets (64 experts:
 >= 14x flat, >= 12x spiky).
 
     python benchmarks/bench_build.py [--experts 16] [--layers 4] [--workers N] [--spectra flat]
-        [--numpy-experts N] [--workdir DIR]
+        [--numpy-experts N] [--overhead-repeat 3] [--workdir DIR]
 
 ``--layers 1`` skips the multi-layer build. ``--scale 8`` divides the matrix dimensions by 8 (a
 quick check that it runs, not figures).
@@ -53,6 +57,7 @@ from vindex_hub.testing.synth import SPECTRUM_FAMILIES, make_deepseek_v4_checkpo
 WHOLE_COMMAND_TARGETS = {"flat": 14.0, "spiky": 12.0}
 
 HIDDEN, MOE_INTERMEDIATE, NUM_FEATS, BATCH = 4096, 2048, 64, 8
+OVERHEAD_ROWS = 128  # step 4's gate_proj rows: K = 64 still fits, the SVD costs next to nothing
 
 BUILD_AND_MEASURE = """
 import json, resource, sys, time
@@ -183,6 +188,7 @@ def main() -> None:
     ap.add_argument(
         "--scale", type=int, default=1, help="divide the matrix dimensions by this (smoke runs)"
     )
+    ap.add_argument("--overhead-repeat", type=int, default=3, help="runs of step 4 (0: skip it)")
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     spectra = [f for f in args.spectra.split(",") if f]
@@ -250,6 +256,9 @@ def main() -> None:
         )
         ratios.append((spectrum, s["routes"], wall, numpy_seconds))
 
+    if args.overhead_repeat > 0:
+        overhead(work, args, hidden)
+
     print(
         "\n| spectrum | routes | whole command s | numpy SVD s | ratio | target (64 experts) |"
         "\n| --- | --- | ---: | ---: | ---: | ---: |"
@@ -263,6 +272,32 @@ def main() -> None:
     print(
         f"\nmachine: {os.cpu_count()} cores, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}; "
         f"{blas_kernels()}"
+    )
+
+
+def overhead(work: Path, args: argparse.Namespace, hidden: int) -> None:
+    """Step 4: the whole command where the SVD costs next to nothing (see the module docstring)."""
+    checkpoint = make_deepseek_v4_checkpoint(
+        work / "checkpoint-overhead",
+        num_layers=1,
+        num_experts=args.experts,
+        hidden_size=hidden,
+        moe_intermediate_size=OVERHEAD_ROWS,
+        num_shards=1,
+        include_mtp=False,
+    )
+    runs = [
+        whole_command(checkpoint, work / f"out-overhead-{i}", args.workers)
+        for i in range(args.overhead_repeat)
+    ]
+    print(
+        f"\n| whole command besides the SVD ({args.experts} experts, gate_proj {OVERHEAD_ROWS} x "
+        f"{hidden}, {args.workers} workers) | best of {len(runs)} s | runs s | core busy (first) |"
+        "\n| --- | ---: | --- | ---: |"
+    )
+    print(
+        f"| start-up + reading + writing | {min(w for w, _ in runs):.2f} "
+        f"| {', '.join(f'{w:.2f}' for w, _ in runs)} | {runs[0][1]:.0%} |"
     )
 
 

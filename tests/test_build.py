@@ -342,7 +342,7 @@ def test_a_resumed_build_never_mixes_devices(tiny_checkpoint, tmp_path, monkeypa
     with pytest.raises(Crash):
         build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cpu", progress=False)
     monkeypatch.undo()
-    monkeypatch.setattr(build_plan.svd, "resolve_device", lambda device: "cuda")
+    monkeypatch.setattr(build_plan.routes, "resolve_device", lambda device: "cuda")
     with pytest.raises(OutputConflictError, match="device 'cpu' here, 'cuda' asked"):
         build_vindex(tiny_checkpoint, out, num_feats=NUM_FEATS, device="cuda", progress=False)
 
@@ -362,6 +362,7 @@ def test_the_reader_thread_stops_when_the_build_fails(tiny_checkpoint, tmp_path,
             layers="0-1",
             device="cpu",
             progress=False,
+            workers=1,  # decomposed in this process, where the crash is planted
         )
     assert not [t for t in threading.enumerate() if t.name == "vindex-reader"]
 

@@ -74,6 +74,11 @@ def _browse_options(args: argparse.Namespace):
 
 
 def cmd_build(args: argparse.Namespace) -> Outcome:
+    from .builder.workers import start_for_build
+
+    # Before the builder's imports: the workers' own start-up overlaps them (build_vindex adopts
+    # them, and stops any it does not need).
+    start_for_build(args.workers, args.device, args.engine)
     from .builder import build_vindex
 
     summary = build_vindex(

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..arch import MoEArchitecture
-from ..numerics import svd
 from ..numerics.routes import BLAS_THREADS, DEFAULT_PRECISION
 from ..results import LayerResult
 from ..source.base import RawTensor
 from .defaults import DEFAULT_BATCH
+
+if TYPE_CHECKING:
+    from ..numerics import svd
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,20 @@ def expert_batches(num_experts: int, batch_size: int, workers: int = 1) -> list[
     return [range(start, min(start + size, num_experts)) for start in range(0, num_experts, size)]
 
 
+def shrinking_batches(num_experts: int, batch_size: int, workers: int) -> list[range]:
+    """Batches of at most ``batch_size`` experts, each at most 1 / (2 ``workers``) of the experts
+    left from its start: big batches first, single experts last, so ``workers`` processes, each
+    handed the next batch as it finishes one, end the layer within about one expert of each
+    other. (A batch's results do not depend on how the experts are grouped.)"""
+    batches = []
+    start = 0
+    while start < num_experts:
+        size = max(1, min(batch_size, (num_experts - start) // (2 * workers)))
+        batches.append(range(start, start + size))
+        start += size
+    return batches
+
+
 def decompose_experts(
     arch: MoEArchitecture,
     layer: int,
@@ -147,6 +163,8 @@ def decompose_experts(
     buffers: BufferPool,
 ) -> svd.TopK:
     """Dequantize a batch of routed experts' gate_proj into a reused buffer and decompose it."""
+    from ..numerics import svd  # here: a build on worker processes never loads scipy in its own
+
     weights = arch.expert_gate_weights(
         layer, experts, raw, out=buffers.get((len(experts), *arch.gate_shape))
     )
@@ -227,6 +245,8 @@ def shared_and_router(
 ) -> SharedAndRouter:
     """The shared expert's and the router's decompositions of one layer (no router's where the
     model's router is not a matrix: those fields stay None)."""
+    from ..numerics import svd
+
     router = arch.router_weight(layer, raw) if arch.has_router_matrix else None
     extras = SharedAndRouter(router_singular_values=None, router_frobenius_norm=None)
     if router is not None:

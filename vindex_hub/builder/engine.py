@@ -7,28 +7,30 @@ L+1 while layer L is decomposed:
 * ``SerialEngine``: this process dequantizes and decomposes (``--workers 1``, and CUDA, which
   batches on the device);
 * ``ProcessEngine``: ``workers`` spawned processes, each with ``blas_threads`` BLAS threads (set
-  in its environment before BLAS loads). A layer's raw bytes sit once in shared memory, mapped
-  by every worker; each idle worker is handed a batch of routed experts, dequantizes them into
-  its own reused buffer, decomposes them and sends the floats back; this process then does the
-  layer's shared expert and router (as the serial engine does, after the routed experts, so a
-  bad checkpoint fails with the same error).
+  in its environment before BLAS loads), started early where they can be (``builder.workers``).
+  A layer's raw bytes sit once in shared memory, mapped by every worker; each idle worker is
+  handed a task: the layer's shared expert and router first, then batches of routed experts
+  that shrink towards the layer's end (so the workers finish it together, no core idle while
+  the last big batch ends). A worker dequantizes into its own reused buffer, decomposes and
+  sends the floats back. Errors are raised in the serial engine's order: the lowest failed
+  routed batch, else the shared expert's and router's, so a bad checkpoint fails the same way.
+  Once the last layer is decomposed the workers are told to stop, and exit while this process
+  writes it.
 
 Both run ``decompose.decompose_experts`` with the same settings, and ``numerics.svd`` runs every
 BLAS call of a decomposition with ``blas_threads`` threads whatever the process's setting, so the
 results are the same bits whatever the worker count or the machine's ``OMP_NUM_THREADS``. A
 worker that dies (killed, out of memory) is replaced and its batch redone; workers that keep
 dying end the build with an error (it resumes when run again). Only plain data crosses between
-processes: the config dict and tensor names, the settings, a shared-memory name with its table
-of tensor names/dtypes/shapes/offsets, numpy arrays, and error type + message.
+processes (``worker_loop``): the config dict and tensor names, the settings, a shared-memory
+name with its table of tensor names/dtypes/shapes/offsets, numpy arrays, and error type + message.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import os
 import queue
-import signal
 import sys
 import threading
 import time
@@ -38,28 +40,28 @@ from multiprocessing import shared_memory
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
-import numpy as np
-
 from .. import errors
-from ..arch import MoEArchitecture, get_architecture
+from ..arch import MoEArchitecture
 from ..errors import UsageError, VindexError
-from ..source.base import CheckpointSource, RawTensor, TensorInfo
+from ..source.base import CheckpointSource, RawTensor
 from .decompose import (
     BufferPool,
     DecomposedLayer,
     DecomposeSettings,
     RoutedExperts,
-    decompose_experts,
+    SharedAndRouter,
     decompose_layer,
-    expert_batches,
-    finish_layer,
+    shrinking_batches,
 )
 from .plan import BuildPlan
+from .worker_loop import SHARED
+from .worker_loop import LayerTable as _Table
+from .worker_loop import layer_views as _views
+from .workers import blas_thread_environment as blas_thread_environment  # its old home
+from .workers import spawn_worker, take_spare
 
 # Deaths of worker processes tolerated within one layer before the build gives up.
 MAX_WORKER_DEATHS_PER_LAYER = 3
-# The variables BLAS libraries read their thread count from when they load.
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 class Engine(Protocol):
@@ -120,9 +122,6 @@ def make_engine(
 
 
 # ---- worker processes ---------------------------------------------------------------------------
-_Table = dict[str, tuple[str, tuple[int, ...], int, int]]  # name -> (dtype, shape, offset, nbytes)
-
-
 def _share_layer(
     raw: Mapping[str, RawTensor],
 ) -> tuple[shared_memory.SharedMemory, _Table, dict[str, RawTensor]]:
@@ -146,65 +145,6 @@ def _share_layer(
     return block, table, views
 
 
-def _views(block: shared_memory.SharedMemory, table: _Table) -> dict[str, RawTensor]:
-    return {
-        name: RawTensor(
-            TensorInfo(name, dtype, shape, "", 0, nbytes),
-            np.ndarray((nbytes,), dtype=np.uint8, buffer=block.buf, offset=offset),
-        )
-        for name, (dtype, shape, offset, nbytes) in table.items()
-    }
-
-
-def _worker_main(
-    conn: Connection,
-    config: dict[str, Any],
-    tensor_names: list[str] | None,
-    settings: dict[str, Any],
-) -> None:
-    """A worker: decompose the batches it is sent until told to stop (None) or the pipe closes.
-
-    Ctrl-C is the parent's to handle (it stops the workers): a worker ignores SIGINT, so a
-    terminal's Ctrl-C, sent to the whole process group, prints no traceback from each worker."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    decompose = DecomposeSettings(**settings)
-    arch = get_architecture(config, tensor_names=tensor_names)
-    buffers = BufferPool()  # kept across batches and layers
-    block: shared_memory.SharedMemory | None = None
-    raw: dict[str, RawTensor] = {}
-    while True:
-        try:
-            task = conn.recv()
-        except (EOFError, OSError):  # the parent is gone
-            task = None
-        if task is None:
-            break
-        layer, start, stop, block_name, table = task
-        if block is None or block.name != block_name:  # a new layer: map its block
-            raw = {}
-            if block is not None:
-                block.close()
-                block = None
-            try:
-                block = shared_memory.SharedMemory(name=block_name)
-            except FileNotFoundError:  # the parent gave the layer up (an error): it reads no reply
-                conn.send(("error", "RuntimeError", f"layer {layer} is no longer shared"))
-                continue
-            raw = _views(block, table)
-        try:
-            top = decompose_experts(arch, layer, range(start, stop), raw, decompose, buffers)
-            reply: tuple = ("ok", top.vectors, top.singular_values, top.frobenius_norm)
-        except Exception as exc:
-            reply = ("error", type(exc).__name__, str(exc))
-        try:
-            conn.send(reply)
-        except OSError:  # the parent is gone (stopped mid-batch): nothing to report to
-            break
-    raw = {}
-    if block is not None:
-        block.close()
-
-
 def error_from(type_name: str, message: str) -> Exception:
     """A worker's (or a Ray task's) error as the package's own exception type (it crossed as plain
     data)."""
@@ -222,28 +162,11 @@ def _exit_reason(process: multiprocessing.process.BaseProcess) -> str:
     return f"signal {-code}" if code < 0 else f"exit status {code}"
 
 
-@contextlib.contextmanager
-def blas_thread_environment(threads: int) -> Iterator[None]:
-    """The BLAS thread variables set to ``threads`` for a while: a process spawned meanwhile
-    starts with them, so its BLAS loads with that many threads. This process's loaded BLAS is
-    not affected."""
-    saved = {name: os.environ.get(name) for name in THREAD_VARIABLES}
-    os.environ.update({name: str(threads) for name in THREAD_VARIABLES})
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 @dataclass
 class _Worker:
     process: multiprocessing.process.BaseProcess
     conn: Connection
-    experts: range | None = None  # the batch in flight
+    task: range | str | None = None  # in flight: a batch of routed experts, or SHARED
 
 
 class ProcessEngine:
@@ -264,7 +187,6 @@ class ProcessEngine:
         self.settings, self.workers, self.prefetch_layers = settings, workers, prefetch_layers
         self._config = dict(config)
         self._tensor_names = tensor_names
-        self._context = multiprocessing.get_context("spawn")
         self._warn = warn or (lambda message: print(message, file=sys.stderr, flush=True))
         self._pool: list[_Worker] = []
 
@@ -276,10 +198,13 @@ class ProcessEngine:
     def run(self, src, plan, todo, *, on_experts, on_layer_read):
         finished = False
         try:
-            while len(self._pool) < self.workers:
-                self._pool.append(self._start())
             for layer, raw, seconds, nbytes in prefetch(src, plan.arch, todo, self.prefetch_layers):
                 on_layer_read(layer, seconds, nbytes)
+                # Once the first layer is read (the spares' imports had that long): a worker
+                # still importing reads its settings late, and sending a checkpoint's many
+                # tensor names would wait for it.
+                while len(self._pool) < self.workers:
+                    self._pool.append(self._start())
                 block, table, raw = _share_layer(raw)  # the read copy is dropped here
                 try:
                     decomposed = self._layer(plan, layer, raw, block.name, table, on_experts)
@@ -287,6 +212,8 @@ class ProcessEngine:
                     raw = {}
                     block.close()
                     block.unlink()
+                if layer == todo[-1]:  # the last: the workers exit while it is written
+                    self._tell_stop()
                 yield decomposed
             finished = True
         finally:
@@ -294,27 +221,15 @@ class ProcessEngine:
             # wasted work, so they are stopped at once rather than waited for.
             self.close(abort=not finished)
 
-    def _start(self) -> _Worker:
-        parent, child = self._context.Pipe()
-        process = self._context.Process(
-            target=_worker_main,
-            name="vindex-worker",
-            daemon=True,
-            args=(child, self._config, self._tensor_names, asdict(self.settings)),
-        )
-        # SIGINT blocked while the worker is spawned: it inherits the mask, so a Ctrl-C during
-        # its start-up (before it ignores SIGINT) is no traceback either; ours is delivered after.
-        masked = threading.current_thread() is threading.main_thread()
-        if masked:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    def _start(self, *, spare: bool = True) -> _Worker:
+        """A worker with this build's settings: a spare started early (``spare``), else a new one."""
+        threads = self.settings.blas_threads
+        process, conn = (spare and take_spare(threads)) or spawn_worker(threads)
         try:
-            with blas_thread_environment(self.settings.blas_threads):
-                process.start()
-        finally:
-            if masked:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-        child.close()
-        return _Worker(process, parent)
+            conn.send((self._config, self._tensor_names, asdict(self.settings)))
+        except OSError:  # it died: its sentinel says so when it is handed a task
+            pass
+        return _Worker(process, conn)
 
     def _layer(
         self,
@@ -327,17 +242,23 @@ class ProcessEngine:
     ) -> DecomposedLayer:
         arch = plan.arch
         routed = RoutedExperts.empty(arch, self.settings.num_feats)
-        todo = expert_batches(routed.num_experts, self.settings.batch_size, self.workers)[::-1]
-        self._feed(layer, block_name, table, todo)
+        # popped from the end: the shared expert and router first, then the batches in order
+        todo: list[range | str] = [
+            *shrinking_batches(routed.num_experts, self.settings.batch_size, self.workers)[::-1],
+            SHARED,
+        ]
+        extras: SharedAndRouter | None = None
+        self._feed(layer, plan.keep_router, block_name, table, todo)
         deaths = 0
         # The failure of the lowest batch, raised once no lower batch is in flight: the error the
-        # serial engine, going in order, would stop at.
+        # serial engine, going in order, would stop at; the shared expert's after every batch's.
         failure: tuple[int, Exception] | None = None
-        while todo or any(w.experts for w in self._pool):
-            busy = [w for w in self._pool if w.experts]
+        shared_failure: Exception | None = None
+        while todo or any(w.task for w in self._pool):
+            busy = [w for w in self._pool if w.task]
             ready = wait([w.conn for w in busy] + [w.process.sentinel for w in busy])
             for i, worker in enumerate(self._pool):
-                if worker.experts is None:
+                if worker.task is None:
                     continue
                 reply = None
                 if worker.conn in ready:
@@ -346,43 +267,60 @@ class ProcessEngine:
                     except (EOFError, OSError):  # died mid-reply: handled as a death below
                         pass
                 if reply is not None:
-                    experts, worker.experts = worker.experts, None
+                    task, worker.task = worker.task, None
                     if reply[0] == "error":
-                        if failure is None or experts.start < failure[0]:
-                            failure = (experts.start, error_from(reply[1], reply[2]))
-                        todo[:] = [batch for batch in todo if batch.start < failure[0]]
+                        error = error_from(reply[1], reply[2])
+                        if not isinstance(task, range):
+                            shared_failure = error
+                            continue
+                        if failure is None or task.start < failure[0]:
+                            failure = (task.start, error)
+                        todo[:] = [b for b in todo if isinstance(b, range) and b.start < failure[0]]
                         continue
-                    routed.store(experts, *reply[1:])
-                    on_experts(len(experts))
+                    if isinstance(task, range):
+                        routed.store(task, *reply[1:])
+                        on_experts(len(task))
+                    else:
+                        extras = SharedAndRouter(**reply[1])
                 elif worker.process.sentinel in ready or not worker.process.is_alive():
                     deaths += 1
+                    task = worker.task
                     self._replace(i, layer, deaths)
-                    todo.append(worker.experts)
-            self._feed(layer, block_name, table, todo)
+                    todo.append(task)
+            self._feed(layer, plan.keep_router, block_name, table, todo)
         if failure is not None:
             raise failure[1]
-        # After the routed experts, as the serial engine does: a bad checkpoint fails the same way.
-        return finish_layer(arch, layer, raw, routed, self.settings, keep_router=plan.keep_router)
+        if shared_failure is not None:
+            raise shared_failure
+        assert extras is not None  # no failure: its task was done
+        return DecomposedLayer.of(layer, routed, extras)
 
-    def _feed(self, layer: int, block_name: str, table: _Table, todo: list[range]) -> None:
-        """Hand each idle worker the next batch (popped from the end of ``todo``)."""
+    def _feed(
+        self, layer: int, keep_router: bool, block_name: str, table: _Table, todo: list[range | str]
+    ) -> None:
+        """Hand each idle worker the next task (popped from the end of ``todo``)."""
         for worker in self._pool:
-            if worker.experts is None and todo:
-                worker.experts = experts = todo.pop()
+            if worker.task is None and todo:
+                worker.task = task = todo.pop()
+                what = task if isinstance(task, range) else (SHARED, keep_router)
                 try:
-                    worker.conn.send((layer, experts.start, experts.stop, block_name, table))
+                    worker.conn.send((layer, what, block_name, table))
                 except OSError:  # it died: its sentinel says so
                     pass
 
     def _replace(self, i: int, layer: int, deaths: int) -> None:
         worker = self._pool[i]
-        experts = worker.experts
-        assert experts is not None  # a worker dies while it holds a share
+        task = worker.task
+        assert task is not None  # a worker dies while it holds a task
         giving_up = deaths > MAX_WORKER_DEATHS_PER_LAYER
+        what = (
+            f"experts {task.start}-{task.stop - 1}"
+            if isinstance(task, range)
+            else "the shared expert and router"
+        )
         self._warn(
             f"worker process {worker.process.pid} died ({_exit_reason(worker.process)}) in layer {layer}, "
-            f"experts {experts.start}-{experts.stop - 1}; "
-            + ("giving up" if giving_up else "starting another and redoing them")
+            f"{what}; " + ("giving up" if giving_up else "starting another and redoing them")
         )
         worker.conn.close()
         if giving_up:
@@ -390,8 +328,13 @@ class ProcessEngine:
                 f"layer {layer}: {deaths} worker processes died (out of memory? try fewer "
                 "workers or a smaller batch_size); run the same command again to resume"
             )
-        self._pool[i] = self._start()
-        self._pool[i].experts = None
+        self._pool[i] = self._start(spare=False)
+
+    def _tell_stop(self) -> None:
+        """Tell every worker to stop once its task is done (``close`` waits for them)."""
+        for worker in self._pool:
+            with contextlib.suppress(OSError, ValueError):
+                worker.conn.send(None)
 
     def close(self, *, abort: bool = False) -> None:
         """Stop every worker through its own process handle, however the build ends: told to

@@ -29,7 +29,7 @@ from ..results import LayerResult, layer_result_path
 from ..source.base import CheckpointSource
 from ..writers.binary import GateVectorsWriter
 from ..writers.browse import BrowseInputs, BrowseOptions
-from ..writers.derived import add_geometry, write_derived_files
+from ..writers.derived import add_geometry, import_ahead, write_derived_files
 from ..writers.phases import routed_summary
 from .browse import check_browse_inputs, read_browse_inputs
 from .defaults import (
@@ -41,6 +41,7 @@ from .defaults import (
 )
 from .engine import Engine, make_engine
 from .plan import BuildPlan, claim_output, make_plan, open_source
+from .workers import start_for_build, stop_spares
 
 
 @dataclass
@@ -111,6 +112,9 @@ def build_vindex(
     src = open_source(source, revision=revision, token=token)
     lock = None
     try:
+        # The worker processes start now: their start-up overlaps the planning and the first
+        # layer's read (the CLI starts them even before it imports this module).
+        start_for_build(workers, device, engine)
         plan = make_plan(
             src,
             out,
@@ -159,6 +163,7 @@ def build_vindex(
         shutil.rmtree(plan.state_dir)
         return BuildSummary(plan.out, plan.layer_ids, todo, time.monotonic() - started, plan.index)
     finally:
+        stop_spares()  # those the build did not adopt (none needed, fewer, an error)
         if lock is not None:
             lock.release()
         src.close()
@@ -231,10 +236,21 @@ def _compute(
     def layer_read(layer: int, seconds: float, nbytes: int) -> None:
         bar.set_postfix_str(f"layer {layer} read {nbytes / max(seconds, 1e-9) / 1e6:.0f} MB/s")
 
+    # Once the workers have started, this process, only waiting for them, loads the card's
+    # libraries: they are not left for the end, after the last layer.
+    card_imports_due = plan.workers > 1
+
+    def experts_done(n: int) -> None:
+        nonlocal card_imports_due
+        bar.update(n)
+        if card_imports_due:
+            card_imports_due = False
+            import_ahead()
+
     written = 0
     # closing(): an error or Ctrl-C here stops the engine (its workers, its shared memory) now,
     # not whenever the suspended generator happens to be collected.
-    layers = engine.run(src, plan, todo, on_experts=bar.update, on_layer_read=layer_read)
+    layers = engine.run(src, plan, todo, on_experts=experts_done, on_layer_read=layer_read)
     try:
         for decomposed in layers:
             sha256 = writer.write_layer(plan.slot(decomposed.layer), decomposed.vectors)
@@ -279,4 +295,5 @@ def _finish(
         browse=plan.browse,
         browse_inputs=browse_inputs,
         geometry=plan.geometry,
+        plot_elsewhere=plan.workers > 1,  # worker processes are spawned already
     )

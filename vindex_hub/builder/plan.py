@@ -22,10 +22,11 @@ from ..arch import MoEArchitecture, get_architecture
 from ..errors import OutputConflictError, UsageError
 from ..format import filenames, mirror, selection, sidecar
 from ..fsutil import atomic_write_json, read_json_object
-from ..numerics import routes, svd
+from ..numerics import routes
 from ..source.base import CheckpointSource
 from ..writers.browse import BrowseOptions
 from .decompose import DecomposeSettings
+from .workers import default_workers
 
 BUILDER_NAME = "vindex-hub"
 
@@ -84,14 +85,6 @@ def source_license(src: CheckpointSource) -> str | None:
     except VindexError:  # a card whose front matter does not parse: no license to inherit
         return None
     return value if isinstance(value, str) and value.strip() else None
-
-
-def default_workers() -> int:
-    """The cores this process may run on (its CPU affinity, not the machine's core count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def worker_count(device: str, workers: int | None) -> int:
@@ -164,7 +157,7 @@ def make_plan(
             f"larql_router: {arch.model_type}'s router is an MLP, not an [E, H] matrix, so "
             f"there are no router weights for LarQL's {filenames.LARQL_ROUTER_BIN}"
         )
-    device = svd.resolve_device(device)
+    device = routes.resolve_device(device)
     route = routes.route_for(device, precision)
     workers = worker_count(device, workers)
     browse = dataclasses.replace(browse or BrowseOptions(), device=device)

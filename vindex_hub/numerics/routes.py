@@ -19,10 +19,11 @@ __all__ = [
     "ROUTE_F64",
     "ROUTE_MIXED",
     "method_for",
+    "resolve_device",
     "route_for",
 ]
 
-# ``--device`` choices (``numerics.svd.resolve_device`` resolves "auto"), the default first.
+# ``--device`` choices (``resolve_device`` resolves "auto"), the default first.
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_DEVICE = DEVICES[0]
 # ``precision`` choices of the CPU routes (``numerics.svd``'s docstring), the default first.
@@ -46,6 +47,21 @@ _METHODS = {
     ROUTE_F64: "exact top-K SVD: float64 Gram matrix + partial symmetric eigensolver (LAPACK dsyevr)",
     ROUTE_CUDA: "exact top-K SVD: float64 Gram matrix + symmetric eigensolver (torch eigh, batched)",
 }
+
+
+def resolve_device(device: str = DEFAULT_DEVICE) -> str:
+    """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; checks ``"cuda"`` is there."""
+    if device not in DEVICES:
+        raise UsageError(f"device={device!r}: must be auto, cpu or cuda")
+    if device == "cpu":
+        return "cpu"
+    import torch  # imported here: the CPU path does not need it
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise UsageError("device=cuda was asked for but torch sees no CUDA device")
+    return "cpu"
 
 
 def route_for(device: str, precision: str = DEFAULT_PRECISION) -> str:

@@ -79,6 +79,7 @@ from .routes import (
     ROUTE_F64,
     ROUTE_MIXED,
     method_for,
+    resolve_device,
     route_for,
 )
 
@@ -140,21 +141,6 @@ class TopK:
     singular_values: np.ndarray  # float64 (B, k), descending
     frobenius_norm: np.ndarray  # float64 (B,): ||W||_F, for energy fractions
     routes: tuple[str, ...] = field(default=())  # per matrix, the route it took (ROUTE_*)
-
-
-def resolve_device(device: str = DEFAULT_DEVICE) -> str:
-    """``"auto"`` -> ``"cuda"`` when torch sees a GPU, else ``"cpu"``; checks ``"cuda"`` is there."""
-    if device not in DEVICES:
-        raise UsageError(f"device={device!r}: must be auto, cpu or cuda")
-    if device == "cpu":
-        return "cpu"
-    import torch  # imported here: the CPU path does not need it
-
-    if torch.cuda.is_available():
-        return "cuda"
-    if device == "cuda":
-        raise UsageError("device=cuda was asked for but torch sees no CUDA device")
-    return "cpu"
 
 
 def canonicalize_signs(vectors: np.ndarray) -> np.ndarray:

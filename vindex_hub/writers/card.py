@@ -90,6 +90,12 @@ def var_plot_png(index: sidecar.VindexIndex) -> bytes:
     return buf.getvalue()
 
 
+def var_plot_png_of(index_json: dict[str, Any]) -> bytes:
+    """``var_plot_png`` of the index whose ``VindexIndex.to_json`` is ``index_json`` (plain data:
+    what a process rendering the plot for another is handed)."""
+    return var_plot_png(sidecar.VindexIndex.from_json(index_json))
+
+
 def var_plot_figure(index: sidecar.VindexIndex) -> Any:
     """Median var{K} per layer with the q25-q75 band and the Marchenko-Pastur baseline (a Gaussian
     matrix of the expert's shape). The y axis runs from 0 to 1 (var{K} is a fraction), so a 1%
@@ -295,12 +301,14 @@ def write_card(
     mirror_files: Sequence[MirrorFile],
     feature_examples: Sequence[dict] = (),
     geometry: CardGeometry | None = None,
+    var_plot: bytes | None = None,
 ) -> list[str]:
-    """Write ``README.md`` and the plots it embeds; return their paths."""
+    """Write ``README.md`` and the plots it embeds; return their paths. ``var_plot``: the
+    ``var_plot_png`` of ``index`` when already rendered."""
     folder = Path(folder)
     if not index.layers:
         raise VindexFormatError(f"{folder}: the index lists no layers; nothing to describe")
-    atomic_write_bytes(folder / filenames.VAR_PLOT_FILE, var_plot_png(index))
+    atomic_write_bytes(folder / filenames.VAR_PLOT_FILE, var_plot or var_plot_png(index))
     plots = [filenames.VAR_PLOT_FILE]
     if geometry is not None:
         atomic_write_bytes(

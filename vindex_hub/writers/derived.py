@@ -16,12 +16,24 @@
 
 ``add_geometry`` gives a finished folder the geometry (steps 0, 1, the stats tables, 5 and 6);
 ``rewrite_card`` and ``rewrite_mirror`` redo the card, or the mirror and the card.
+
+With ``plot_elsewhere`` (a build on worker processes, which already spawns them), the card's
+plot is rendered in a process of its own while this one writes the mirror: importing matplotlib
+and drawing take about half a second of a core that would otherwise idle. (On a thread it would
+not gain: the interpreter lock would slow this process's own writing as much.) And
+``import_ahead`` lets such a build load the libraries the card's front matter needs (datasets,
+which brings pandas, and the Hub client's card classes: about half a second) while its workers
+decompose and this process waits for them, rather than after the last layer.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+import importlib
+import multiprocessing
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +53,7 @@ from .browse import (
     write_feature_tokens,
     write_larql_browse,
 )
-from .card import example_layer_of, write_card
+from .card import example_layer_of, var_plot_png, var_plot_png_of, write_card
 from .geometry import (
     GeometryInputs,
     card_figures,
@@ -77,6 +89,49 @@ class WrittenFiles:
         return [*(f.path for f in self.mirror), *self.files]
 
 
+# What the card's front matter and text import on first use (``format.card_data``,
+# ``writers.card``): ``import_ahead`` loads them. (The plot's matplotlib: ``plot_elsewhere``.)
+CARD_MODULES = ("datasets", "huggingface_hub.repocard", "jinja2")
+
+
+def import_ahead() -> threading.Thread:
+    """Start importing ``CARD_MODULES`` on a daemon thread (a module that fails to import here
+    fails again where it is needed, and is reported there)."""
+
+    def load() -> None:
+        for name in CARD_MODULES:
+            try:
+                importlib.import_module(name)
+            except Exception:
+                return
+
+    thread = threading.Thread(target=load, name="vindex-import-ahead", daemon=True)
+    thread.start()
+    return thread
+
+
+def _var_plot_elsewhere(index: sidecar.VindexIndex) -> Callable[[], bytes]:
+    """Start rendering ``var_plot_png(index)`` in a spawned process; the callable returned waits
+    for its PNG. Where no process starts, or it fails, the plot is rendered here instead (the
+    same bytes: the same function of the same index)."""
+    try:
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        future = pool.submit(var_plot_png_of, index.to_json())
+        pool.shutdown(wait=False)  # the process ends with its one task
+    except Exception:  # no child processes here (a daemonic process, a resource limit)
+        return lambda: var_plot_png(index)
+
+    def result() -> bytes:
+        try:
+            png = future.result()
+        except Exception:  # the process died: render here (a bug fails here, with its traceback)
+            return var_plot_png(index)
+        assert isinstance(png, bytes)
+        return png
+
+    return result
+
+
 def write_derived_files(
     folder: str | Path,
     index: sidecar.VindexIndex,
@@ -90,6 +145,7 @@ def write_derived_files(
     browse_inputs: BrowseInputs | None = None,
     geometry: bool = False,
     geometry_inputs: GeometryInputs | None = None,
+    plot_elsewhere: bool = False,
 ) -> WrittenFiles:
     """Write every derived file of the vindex in ``folder`` (see the module docstring).
 
@@ -99,7 +155,8 @@ def write_derived_files(
     ``browse`` asks for the files made from ``browse_inputs`` (the embedding and tokenizer).
     ``geometry`` asks for the expert geometry; its singular values and routers come from
     ``results``, else ``geometry_inputs`` (``GeometryInputs.of_folder``), else it goes without
-    (plain overlaps only).
+    (plain overlaps only). ``plot_elsewhere``: render the card's plot in a spawned process
+    meanwhile (see the module docstring).
     """
     folder = Path(folder)
     index.check_layout(
@@ -107,6 +164,7 @@ def write_derived_files(
         file_size=(folder / filenames.GATE_VECTORS_BIN).stat().st_size,
     )
     written = WrittenFiles()
+    var_plot = _var_plot_elsewhere(index) if plot_elsewhere and index.layers else None
     if results is not None:
         phases: tuple[dict[str, Any] | None, dict[str, Any] | None] = (
             phase1_json(results, index),
@@ -161,6 +219,7 @@ def write_derived_files(
         mirror_files=written.mirror,
         feature_examples=feature_token_examples(folder, example_layer_of(index)),
         geometry=card_figures(folder, index, written.mirror),
+        var_plot=var_plot() if var_plot is not None else None,
     )
     atomic_write_json(folder / filenames.SIDECAR_JSON, index.to_json())
     written.files.append(filenames.SIDECAR_JSON)
