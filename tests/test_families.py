@@ -286,6 +286,7 @@ def refused(folder: Path, tmp_path: Path, error: type[Exception], match: str) ->
     return message
 
 
+@pytest.mark.slow
 def test_an_unknown_model_type_lists_the_families_and_the_nearest(checkpoints, tmp_path):
     folder = variant(
         checkpoints, "qwen3_moe-f16", tmp_path, lambda c: c.update(model_type="qwen3moe")

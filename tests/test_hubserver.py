@@ -105,6 +105,7 @@ def test_create_repo_new_existing_and_conflict(local_hub: LocalHub, hub_repo_id:
     assert not api.repo_exists(hub_repo_id) and api.repo_exists(hub_repo_id, repo_type="dataset")
 
 
+@pytest.mark.slow
 def test_upload_folder_lfs_and_regular(
     lfs_transfer: LocalHub, local_hub: LocalHub, hub_repo_id: str, folder: Path
 ) -> None:

@@ -257,6 +257,7 @@ def test_the_viewers_first_rows_step(local_hub, hub_repo_id, vindex):
 
 
 @pytest.mark.parametrize("hidden", [4096, 7168])
+@pytest.mark.slow
 def test_row_groups_at_real_sizes_stay_far_below_the_viewer_limit(tmp_path, hidden):
     """K = 64 at DeepSeek-V4-Flash (4096) and Kimi-K2 / V4-Pro (7168) width: a layer file with two
     row groups, the first full."""

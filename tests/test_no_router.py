@@ -181,6 +181,7 @@ def test_asking_for_the_router_file_is_one_line_naming_why(zaya, tmp_path):
     assert not (tmp_path / "cli" / filenames.GATE_VECTORS_BIN).exists()
 
 
+@pytest.mark.slow
 def test_geometry_added_later_keeps_the_absence(zaya, tmp_path):
     checkpoint, _ = zaya
     out = tmp_path / "plain"
@@ -195,6 +196,7 @@ def test_geometry_added_later_keeps_the_absence(zaya, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_push_and_pull_keep_the_absence(zaya, local_hub, hub_repo_id, tmp_path):
     _, out = zaya
     push_vindex(out, hub_repo_id, progress=False)

@@ -309,6 +309,7 @@ def test_a_body_dropped_mid_tensor_resumes_from_the_missing_byte(
     )
 
 
+@pytest.mark.slow
 def test_a_range_that_keeps_failing_is_a_hub_error_naming_the_url(local_hub, remote_repo):
     with HubCheckpoint(remote_repo, max_retries=1) as src:
         name = "layers.0.ffn.gate.weight"

@@ -56,6 +56,7 @@ def _build(checkpoint: Path, out: Path, workers: int) -> None:
     )
 
 
+@pytest.mark.slow
 def test_spares_started_early_are_adopted_and_none_outlives_the_build(
     checkpoint: Path, tmp_path: Path, spawned: list
 ) -> None:
@@ -137,6 +138,7 @@ def test_a_bad_shared_expert_fails_the_same_way_on_workers_as_in_process(
     assert named in errors[0][1]
 
 
+@pytest.mark.slow
 def test_the_card_plot_rendered_in_a_spawned_process_is_the_same_png(
     checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -172,6 +174,7 @@ def test_where_no_process_starts_the_plot_is_rendered_here(
     assert (out / filenames.VAR_PLOT_FILE).read_bytes() == png
 
 
+@pytest.mark.slow
 def test_import_ahead_loads_what_the_card_imports() -> None:
     """The modules named are the card's real imports (a renamed one would silently load
     nothing ahead): each is importable, and the thread loads them all."""
