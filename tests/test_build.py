@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,24 @@ def gap_allows(s: np.ndarray, i: int, rel_gap: float = 1e-3) -> bool:
     """Vector i is well defined when s_i is separated from its neighbours (relative to s_0)."""
     gaps = [abs(s[i] - s[j]) for j in (i - 1, i + 1) if 0 <= j < len(s)]
     return min(gaps) > rel_gap * s[0]
+
+
+def matched_top_vectors(
+    block: np.ndarray, gates: Iterable[np.ndarray], k: int, *, layer: int
+) -> tuple[int, int]:
+    """Each expert's top-``k`` vectors in ``block`` against a float64 LAPACK SVD of its gate
+    rows: every vector whose singular value has a gap (``gap_allows``) must match to
+    |cos| >= 0.9999. Returns (vectors checked, vectors in all), for a caller's coverage check."""
+    checked = total = 0
+    block = np.asarray(block, dtype=np.float64)
+    for expert, gate in enumerate(gates):
+        _, s, vt = scipy.linalg.svd(gate, lapack_driver="gesvd")
+        for i in range(k):
+            total += 1
+            if gap_allows(s, i):
+                assert abs(block[expert, i] @ vt[i]) >= 0.9999, (layer, expert, i)
+                checked += 1
+    return checked, total
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:
