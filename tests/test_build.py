@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ from vindex_hub.arch import deepseek_v4 as ds
 from vindex_hub.builder import build_vindex
 from vindex_hub.errors import OutputConflictError, UsageError
 from vindex_hub.format import filenames, sidecar, statistics
+from vindex_hub.load import Vindex
 from vindex_hub.results import LayerResult, layer_result_path
 from vindex_hub.testing.synth import make_deepseek_v4_checkpoint
 
@@ -54,6 +55,29 @@ def matched_top_vectors(
                 assert abs(block[expert, i] @ vt[i]) >= 0.9999, (layer, expert, i)
                 checked += 1
     return checked, total
+
+
+def assert_build_matches(
+    checkpoint: Path,
+    out: Path,
+    gates_by_layer: Mapping[int, np.ndarray],
+    num_feats: int,
+    *,
+    model_type: str | None = None,
+) -> None:
+    """Build ``checkpoint`` into ``out`` (one process) and check it: exactly the layers of
+    ``gates_by_layer`` (each [E, I, H], float64), of ``model_type`` when given, and at least 90%
+    of all top-``num_feats`` vectors gap-allowed and matched (``matched_top_vectors``)."""
+    build_vindex(checkpoint, out, num_feats=num_feats, device="cpu", progress=False, workers=1)
+    checked = total = 0
+    with Vindex.open(out) as vindex:
+        assert vindex.layers == sorted(gates_by_layer)
+        if model_type is not None:
+            assert vindex.index.model_config.model_type == model_type
+        for layer, gates in gates_by_layer.items():
+            c, t = matched_top_vectors(vindex.layer(layer), gates, num_feats, layer=layer)
+            checked, total = checked + c, total + t
+    assert checked >= 0.9 * total
 
 
 def folder_bytes(folder: Path) -> dict[str, bytes]:

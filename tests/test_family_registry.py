@@ -22,12 +22,11 @@ import pytest
 pytest.importorskip("transformers")
 
 from family_registry import HIDDEN, SKIPPED, build_model, moe_model_types, reference
-from test_build import matched_top_vectors
+from test_build import assert_build_matches
 
 from vindex_hub.arch import get_architecture, refused_architectures, supported_architectures
 from vindex_hub.builder import build_vindex
 from vindex_hub.errors import UnsupportedArchitectureError
-from vindex_hub.load import Vindex
 from vindex_hub.source.local import LocalCheckpoint
 
 pytestmark = pytest.mark.slow
@@ -126,16 +125,13 @@ def test_a_tiny_model_saved_by_transformers_builds_against_its_own_parameters(mo
             raw = src.read(arch.layer_tensors(layer))
             gates = arch.expert_gate_weights(layer, range(num_experts), raw)
             _assert_gates(gates, ref)
-    out = tmp_path / "vindex"
-    build_vindex(folder, out, num_feats=NUM_FEATS, device="cpu", progress=False, workers=1)
-    checked = total = 0
-    with Vindex.open(out) as vindex:
-        assert vindex.layers == sorted(expected)
-        assert vindex.index.model_config.model_type == model_type
-        for layer, ref in expected.items():
-            c, t = matched_top_vectors(vindex.layer(layer), ref.gates, NUM_FEATS, layer=layer)
-            checked, total = checked + c, total + t
-    assert checked >= 0.9 * total
+    assert_build_matches(
+        folder,
+        tmp_path / "vindex",
+        {layer: ref.gates for layer, ref in expected.items()},
+        NUM_FEATS,
+        model_type=model_type,
+    )
 
 
 def test_families_lists_every_supported_and_refused_type_and_the_readme_agrees():

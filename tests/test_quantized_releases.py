@@ -41,13 +41,12 @@ pytest.importorskip("transformers")
 
 from family_registry import HIDDEN, build_model, reference
 from safetensors.torch import load_file, save_file
-from test_build import matched_top_vectors
+from test_build import assert_build_matches
 
 from vindex_hub.arch import get_architecture
 from vindex_hub.builder import build_vindex
 from vindex_hub.errors import CheckpointError
 from vindex_hub.format import filenames
-from vindex_hub.load import Vindex
 from vindex_hub.source.local import LocalCheckpoint
 
 pytestmark = pytest.mark.slow
@@ -401,16 +400,7 @@ def test_a_quantized_release_builds_against_its_float64_dequantization(case, rel
             if r.shared:
                 shared = arch.shared_gate_weight(layer, raw)
                 np.testing.assert_array_equal(shared, r.shared[layer].astype(np.float32))
-    out = tmp_path / "vindex"
-    build_vindex(r.folder, out, num_feats=NUM_FEATS, device="cpu", progress=False, workers=1)
-    checked = total = 0
-    with Vindex.open(out) as vindex:
-        assert vindex.layers == sorted(r.refs)
-        assert vindex.index.model_config.model_type == r.model_type
-        for layer, ref in r.refs.items():
-            c, t = matched_top_vectors(vindex.layer(layer), ref, NUM_FEATS, layer=layer)
-            checked, total = checked + c, total + t
-    assert checked >= 0.9 * total
+    assert_build_matches(r.folder, tmp_path / "vindex", r.refs, NUM_FEATS, model_type=r.model_type)
 
 
 def test_the_packed_words_are_read_low_bits_first(release):
