@@ -26,7 +26,7 @@ from ..numerics import routes
 from ..source.base import CheckpointSource
 from ..writers.browse import BrowseOptions
 from .decompose import DecomposeSettings
-from .workers import default_workers
+from .workers import worker_count
 
 BUILDER_NAME = "vindex-hub"
 
@@ -85,15 +85,6 @@ def source_license(src: CheckpointSource) -> str | None:
     except VindexError:  # a card whose front matter does not parse: no license to inherit
         return None
     return value if isinstance(value, str) and value.strip() else None
-
-
-def worker_count(device: str, workers: int | None) -> int:
-    """How many processes a build decomposes on (CUDA: this one); checks ``workers``."""
-    if workers is not None and workers < 1:
-        raise UsageError(f"workers must be at least 1, got {workers}")
-    if device == "cuda":
-        return 1
-    return default_workers() if workers is None else workers
 
 
 @dataclass

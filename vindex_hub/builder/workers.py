@@ -9,7 +9,7 @@ them. A worker started here knows nothing of the build: ``engine.ProcessEngine``
 the same as a worker spawned later. Spares nobody adopted are stopped (``stop_spares``) when the
 build ends, however it ends.
 
-Standard library only: importing this module loads nothing heavy.
+Standard library and the package's errors only: importing this module loads nothing heavy.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import threading
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+
+from ..errors import UsageError
 
 # The variables BLAS libraries read their thread count from when they load.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -36,6 +38,15 @@ def default_workers() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def worker_count(device: str, workers: int | None) -> int:
+    """How many processes a build decomposes on (CUDA: this one); checks ``workers``."""
+    if workers is not None and workers < 1:
+        raise UsageError(f"workers must be at least 1, got {workers}")
+    if device == "cuda":
+        return 1
+    return default_workers() if workers is None else workers
 
 
 @contextlib.contextmanager
@@ -102,8 +113,10 @@ def start_for_build(workers: int | None, device: str, engine: str | None) -> Non
     arguments, not yet checked: a wrong guess costs only the spares' start-up)."""
     from ..numerics.routes import BLAS_THREADS  # no numpy: light
 
-    count = default_workers() if workers is None else workers
-    if engine not in (None, "local") or count < 2 or device == "cuda":
+    if engine not in (None, "local") or (workers is not None and workers < 1):
+        return  # not this engine's workers; a bad count is refused by the build itself
+    count = worker_count(device, workers)
+    if count < 2:
         return
     # "auto" resolves to CUDA only where torch sees a GPU: not worth importing torch to ask;
     # without NVIDIA's driver there is none.
