@@ -372,9 +372,6 @@ def dequantize_fp8_scaled(
     return check_finite(result, name=name)
 
 
-check_out = output_buffer  # the earlier name (it read as "checkout"), kept for callers
-
-
 # ---- NVFP4 and MXFP8 (the original Inkling 2 loop releases' experts) ---------------------------
 NVFP4_BLOCK = 16  # E2M1 inputs per E4M3 block scale
 MXFP8_BLOCK = 32  # E4M3 inputs per E8M0 block scale (OCP Microscaling)
